@@ -1,0 +1,185 @@
+"""The response side of the contract: stream events, their grammar, and the completion.
+
+A worker turns a request into events::
+
+    (TextDelta | ToolCallStart | ToolCallDelta | Usage)* Done
+
+or raises a :class:`~trio_orchestrator.errors.WorkerError` and emits nothing after it. A
+non-streaming answer is the accumulation of that stream (:class:`Accumulator`).
+"""
+
+from __future__ import annotations
+
+from typing import TypeAlias
+
+import attrs
+
+from .types import ToolCall
+
+__all__ = [
+    "Accumulator",
+    "Completion",
+    "Done",
+    "EventGrammarError",
+    "StreamEvent",
+    "TextDelta",
+    "ToolCallDelta",
+    "ToolCallStart",
+    "Usage",
+]
+
+
+@attrs.frozen
+class TextDelta:
+    """A piece of generated text."""
+
+    text: str
+
+
+@attrs.frozen
+class ToolCallStart:
+    """The model began tool call number ``index`` (several may be open at once)."""
+
+    index: int
+    id: str
+    name: str
+
+
+@attrs.frozen
+class ToolCallDelta:
+    """More JSON text of the arguments of tool call number ``index``."""
+
+    index: int
+    arguments: str
+
+
+@attrs.frozen
+class Usage:
+    """Token counts; a later ``Usage`` event replaces an earlier one."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        """Input plus output tokens."""
+        return self.input_tokens + self.output_tokens
+
+
+@attrs.frozen
+class Done:
+    """The last event of every successful stream.
+
+    Attributes:
+        finish_reason: ``stop``, ``length``, ``tool_calls``, ``content_filter`` or a
+            provider's own reason.
+        text: the whole generated text (the concatenation of the ``TextDelta`` events).
+        usage: the final token counts, when known.
+        tool_calls: the complete tool calls.
+        model: the model that answered, when known.
+    """
+
+    finish_reason: str = "stop"
+    text: str = ""
+    usage: Usage | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
+    model: str | None = None
+
+
+StreamEvent: TypeAlias = TextDelta | ToolCallStart | ToolCallDelta | Usage | Done
+
+
+@attrs.frozen
+class Completion:
+    """The result of a completed request.
+
+    Attributes:
+        request_id: the request's id.
+        text: the generated text, after post-processing.
+        finish_reason: why generation ended.
+        usage: token counts, when the worker reported them.
+        tool_calls: complete tool calls.
+        model: the model that answered, when known.
+    """
+
+    request_id: str
+    text: str
+    finish_reason: str = "stop"
+    usage: Usage | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
+    model: str | None = None
+
+
+class EventGrammarError(Exception):
+    """A stream broke the event grammar (an event after ``Done``, a delta for an unknown
+    tool call, ``Done`` text differing from the deltas…)."""
+
+
+@attrs.define
+class _OpenCall:
+    id: str
+    name: str
+    arguments: list[str] = attrs.field(factory=list)
+
+
+@attrs.define
+class Accumulator:
+    """Folds a stream of events into the parts of a :class:`Completion`, checking the grammar.
+
+    Feed every event to :meth:`add`; after ``Done`` the accumulator is finished.
+    """
+
+    _text: list[str] = attrs.field(factory=list, init=False)
+    _calls: dict[int, _OpenCall] = attrs.field(factory=dict, init=False)
+    usage: Usage | None = attrs.field(default=None, init=False)
+    done: Done | None = attrs.field(default=None, init=False)
+
+    @property
+    def text(self) -> str:
+        """The text accumulated so far."""
+        return "".join(self._text)
+
+    def tool_calls(self) -> tuple[ToolCall, ...]:
+        """The tool calls accumulated so far, by index."""
+        return tuple(
+            ToolCall(call.id, call.name, "".join(call.arguments))
+            for _, call in sorted(self._calls.items())
+        )
+
+    def add(self, event: StreamEvent) -> None:
+        """Take one event.
+
+        Raises:
+            EventGrammarError: the event breaks the grammar.
+        """
+        if self.done is not None:
+            raise EventGrammarError(f"{type(event).__name__} after Done")
+        if isinstance(event, TextDelta):
+            self._text.append(event.text)
+        elif isinstance(event, ToolCallStart):
+            if event.index in self._calls:
+                raise EventGrammarError(f"tool call {event.index} started twice")
+            self._calls[event.index] = _OpenCall(event.id, event.name)
+        elif isinstance(event, ToolCallDelta):
+            call = self._calls.get(event.index)
+            if call is None:
+                raise EventGrammarError(f"delta for tool call {event.index} before its start")
+            call.arguments.append(event.arguments)
+        elif isinstance(event, Usage):
+            self.usage = event
+        else:
+            if event.text and event.text != self.text:
+                raise EventGrammarError("Done.text differs from the accumulated deltas")
+            self.done = event
+
+    def completion(self, request_id: str) -> Completion:
+        """Return the completion; tool calls and usage from ``Done`` win when it has them."""
+        done = self.done if self.done is not None else Done()
+        return Completion(
+            request_id=request_id,
+            text=self.text,
+            finish_reason=done.finish_reason,
+            usage=done.usage or self.usage,
+            tool_calls=done.tool_calls or self.tool_calls(),
+            model=done.model,
+        )

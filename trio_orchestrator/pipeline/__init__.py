@@ -1,0 +1,35 @@
+"""The pipeline: stages, channels, outcomes, dead letters."""
+
+from .assemble import Assembler, DefaultAssembler
+from .core import Pipeline, RequestStream, open_pipeline
+from .dead_letters import DeadLetter, DeadLetterQueue, DeadLetterStatistics
+from .job import FinishedRequest, Outcome
+from .post import PostProcessor, StopSequences, TextFilter, TrimWhitespace
+from .rag import LexicalRetriever, NoRetriever, Retriever
+from .sinks import CallbackSink, MemorySink, OutputSink
+from .statistics import PipelineStatistics, StageStatistics
+
+__all__ = [
+    "Assembler",
+    "CallbackSink",
+    "DeadLetter",
+    "DeadLetterQueue",
+    "DeadLetterStatistics",
+    "DefaultAssembler",
+    "FinishedRequest",
+    "LexicalRetriever",
+    "MemorySink",
+    "NoRetriever",
+    "Outcome",
+    "OutputSink",
+    "Pipeline",
+    "PipelineStatistics",
+    "PostProcessor",
+    "RequestStream",
+    "Retriever",
+    "StageStatistics",
+    "StopSequences",
+    "TextFilter",
+    "TrimWhitespace",
+    "open_pipeline",
+]

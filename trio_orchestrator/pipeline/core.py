@@ -1,0 +1,621 @@
+"""The five-stage pipeline: one nursery, five stage tasks, bounded channels between them.
+
+::
+
+    caller ─▶ [rag] ─▶ [assemble] ─▶ [inference] ─▶ [post] ─▶ [stream] ─▶ caller / sinks
+
+Requests move between stages as jobs, through Trio memory channels with explicit capacities.
+A stage hands a job on with ``send_nowait``: a full channel sheds the job to the dead-letter
+queue at once, so no stage ever waits on the one after it; only a caller entering the
+pipeline may wait (``submit``) or be refused (``try_submit``). Stages drain whatever is
+buffered on each wake, so a burst costs one scheduler round per stage, not one per request.
+
+Tokens do not take the stage hops: the worker's events go straight from the inference task to
+the caller (through the post-processing filters, which run incrementally), and the post and
+stream stages finish each request once its worker is done.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from types import TracebackType
+from typing import Final
+
+import attrs
+import trio
+
+from ..config import Config
+from ..errors import (
+    DeadlineExceeded,
+    PipelineClosed,
+    RequestCancelled,
+    RequestShed,
+    WorkerCrashed,
+    WorkerError,
+)
+from ..events import Completion, Done, StreamEvent, TextDelta
+from ..types import PromptRequest
+from ..workers.base import ModelWorker
+from .assemble import Assembler, DefaultAssembler
+from .dead_letters import DeadLetter, DeadLetterQueue
+from .job import FinishedRequest, Job, Outcome
+from .post import PostProcessor, StopSequences, open_filters
+from .rag import NoRetriever, Retriever
+from .sinks import OutputSink
+from .statistics import PipelineStatistics, StageStatistics
+
+__all__ = ["Pipeline", "RequestStream", "open_pipeline"]
+
+logger = logging.getLogger("trio_orchestrator.pipeline")
+
+STAGES: Final = ("rag", "assemble", "inference", "post", "stream")
+RAG, ASSEMBLE, INFERENCE, POST, STREAM = range(5)
+
+Listener = Callable[[FinishedRequest], None]
+
+
+@attrs.define(eq=False, slots=True)
+class _StageCounter:
+    sent: int = 0
+    received: int = 0
+    peak: int = 0
+    shed: int = 0
+
+    def count_sent(self) -> None:
+        self.sent += 1
+        depth = self.sent - self.received
+        if depth > self.peak:
+            self.peak = depth
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """The single leaf of nested one-exception groups (a worker's nursery wraps its error)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+class Pipeline:
+    """A running pipeline. Get one from :func:`open_pipeline`; do not construct it directly."""
+
+    def __init__(
+        self,
+        worker: ModelWorker,
+        config: Config,
+        *,
+        retriever: Retriever,
+        assembler: Assembler,
+        post_processors: Sequence[PostProcessor],
+        sinks: Sequence[OutputSink],
+    ) -> None:
+        self._worker = worker
+        self._config = config
+        cfg = config.pipeline
+        self._retriever = None if isinstance(retriever, NoRetriever) else retriever
+        self._assembler = assembler
+        self._post_processors = tuple(post_processors)
+        self._sinks = tuple(sinks)
+        self._capacities = (
+            cfg.rag_capacity,
+            cfg.assemble_capacity,
+            cfg.inference_capacity,
+            cfg.post_capacity,
+            cfg.stream_capacity,
+        )
+        channels = [trio.open_memory_channel[Job](cap) for cap in self._capacities]
+        self._sends = [send for send, _ in channels]
+        self._receives = [receive for _, receive in channels]
+        self._counters = [_StageCounter() for _ in STAGES]
+        self._limiter = trio.CapacityLimiter(cfg.inference_concurrency)
+        self.dead_letters = DeadLetterQueue(cfg.dead_letter_capacity)
+        self._in_flight: set[Job] = set()
+        self._outcomes = dict.fromkeys(Outcome, 0)
+        self._submitted = 0
+        self._sink_errors = 0
+        self._listeners: list[Listener] = []
+        self._closing = False
+        self._idle = trio.Event()
+        self._now = trio.current_time()
+
+    # ----------------------------------------------------------------- the caller's side
+
+    async def submit(self, request: PromptRequest) -> Completion:
+        """Submit a request, waiting for room at the entry if need be, and return its answer.
+
+        Raises:
+            RequestShed: a stage's channel was full (``PipelineClosed`` if shutting down).
+            DeadlineExceeded: the request's deadline passed.
+            RequestCancelled: shutdown cancelled it.
+            WorkerError: the worker failed.
+        """
+        job = self._new_job(request)
+        await self._enter_and_wait(job, wait=True)
+        return job.result()
+
+    async def try_submit(self, request: PromptRequest) -> Completion:
+        """Like :meth:`submit`, but refuse at once when the entry channel is full.
+
+        Raises:
+            RequestShed: with stage ``"admission"`` when the entry channel is full, and as
+                :meth:`submit` otherwise.
+        """
+        job = self._new_job(request)
+        await self._enter_and_wait(job, wait=False)
+        return job.result()
+
+    def stream(self, request: PromptRequest) -> RequestStream:
+        """Return an async context manager that submits ``request`` and yields its events.
+
+        ::
+
+            async with pipeline.stream(request) as events:
+                async for event in events:
+                    ...
+
+        Leaving the block before the last event cancels the request.
+        """
+        return RequestStream(self, request)
+
+    async def replay(self, letter_id: str) -> Completion:
+        """Take a dead letter out of the queue and submit its request again.
+
+        An absolute deadline is dropped (it has passed); a relative ``timeout`` applies anew.
+
+        Raises:
+            KeyError: no such dead letter.
+        """
+        letter = self.dead_letters.take(letter_id)
+        return await self.submit(attrs.evolve(letter.request, deadline=None))
+
+    def add_listener(self, listener: Listener) -> None:
+        """Call ``listener`` with a :class:`FinishedRequest` each time a request ends.
+
+        Listeners run inline and must not block or raise.
+        """
+        self._listeners.append(listener)
+
+    @property
+    def config(self) -> Config:
+        """The configuration in force."""
+        return self._config
+
+    @property
+    def closing(self) -> bool:
+        """True once shutdown has begun: no new requests are admitted."""
+        return self._closing
+
+    def statistics(self) -> PipelineStatistics:
+        """Return a snapshot of the pipeline's counters."""
+        stages = tuple(
+            StageStatistics(
+                name=name,
+                capacity=capacity,
+                queue_depth=receive.statistics().current_buffer_used,
+                peak_depth=counter.peak,
+                processed=counter.received,
+                shed=counter.shed,
+            )
+            for name, capacity, receive, counter in zip(
+                STAGES, self._capacities, self._receives, self._counters, strict=True
+            )
+        )
+        limiter = self._limiter.statistics()
+        return PipelineStatistics(
+            submitted=self._submitted,
+            completed=self._outcomes[Outcome.COMPLETED],
+            failed=self._outcomes[Outcome.FAILED],
+            shed=self._outcomes[Outcome.SHED],
+            expired=self._outcomes[Outcome.EXPIRED],
+            cancelled=self._outcomes[Outcome.CANCELLED],
+            in_flight=len(self._in_flight),
+            stages=stages,
+            inference_active=limiter.borrowed_tokens,
+            inference_concurrency=int(limiter.total_tokens),
+            waiting_to_enter=self._sends[RAG].statistics().tasks_waiting_send,
+            dead_letters=self.dead_letters.statistics(),
+            sink_errors=self._sink_errors,
+        )
+
+    def _new_job(self, request: PromptRequest) -> Job:
+        now = trio.current_time()
+        if request.deadline is None and request.timeout is None:
+            deadline = now + self._config.pipeline.request_timeout
+        else:
+            deadline = request.resolve_deadline(now)
+        job = Job(request, deadline, now, trio.CancelScope(deadline=deadline))
+        self._submitted += 1
+        self._in_flight.add(job)
+        return job
+
+    async def _enter_and_wait(self, job: Job, *, wait: bool) -> None:
+        """Admit ``job`` and wait for it to end; whatever happens, it ends exactly once."""
+        try:
+            with trio.move_on_at(job.deadline):
+                if wait:
+                    await self._enter(job)
+                else:
+                    self._enter_nowait(job)
+                await job.done.wait()
+        except BaseException:
+            self._cancel(job, "the caller stopped waiting")
+            raise
+        self._expire_if_running(job)
+
+    async def _enter(self, job: Job) -> None:
+        send = self._sends[RAG]
+        try:
+            try:
+                send.send_nowait(job)
+            except trio.WouldBlock:
+                await send.send(job)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            self._shed(job, "admission", "the pipeline is shutting down", PipelineClosed())
+        else:
+            self._counters[RAG].count_sent()
+
+    def _enter_nowait(self, job: Job) -> None:
+        try:
+            self._sends[RAG].send_nowait(job)
+        except trio.WouldBlock:
+            reason = f"the entry channel is full ({self._capacities[RAG]} requests)"
+            self._shed(job, "admission", reason)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            self._shed(job, "admission", "the pipeline is shutting down", PipelineClosed())
+        else:
+            self._counters[RAG].count_sent()
+
+    def _expire_if_running(self, job: Job) -> bool:
+        error = DeadlineExceeded(f"request {job.request.request_id} passed its deadline")
+        return self._finish(job, Outcome.EXPIRED, error=error)
+
+    def _cancel(self, job: Job, reason: str) -> None:
+        self._finish(job, Outcome.CANCELLED, error=RequestCancelled(reason))
+
+    # ----------------------------------------------------------------- endings
+
+    def _finish(
+        self,
+        job: Job,
+        outcome: Outcome,
+        *,
+        completion: Completion | None = None,
+        error: BaseException | None = None,
+    ) -> bool:
+        """End ``job`` with ``outcome`` unless it has ended already; say whether it did."""
+        if job.outcome is not None:
+            return False
+        job.outcome, job.completion, job.error = outcome, completion, error
+        self._outcomes[outcome] += 1
+        self._in_flight.discard(job)
+        if outcome is not Outcome.COMPLETED:  # a completed job's worker has returned already
+            job.scope.cancel()
+        if job.stream is not None:
+            job.stream.close()
+        job.done.set()
+        if self._listeners:
+            self._notify(job)
+        if self._closing and not self._in_flight:
+            self._idle.set()
+        return True
+
+    def _notify(self, job: Job) -> None:
+        assert job.outcome is not None
+        now = trio.current_time()
+        first = job.first_token_at
+        record = FinishedRequest(
+            request=job.request,
+            outcome=job.outcome,
+            completion=job.completion,
+            error=job.error,
+            latency=now - job.submitted_at,
+            time_to_first_token=None if first is None else first - job.submitted_at,
+        )
+        for listener in self._listeners:
+            try:
+                listener(record)
+            except Exception:
+                logger.exception("a pipeline listener raised; it was ignored")
+
+    def _shed(self, job: Job, stage: str, reason: str, error: RequestShed | None = None) -> None:
+        if self._finish(job, Outcome.SHED, error=error or RequestShed(stage, reason)):
+            letter = DeadLetter(job.request, stage, reason, trio.current_time())
+            self.dead_letters.add(letter)
+
+    def _fail(self, job: Job, exc: BaseException, what: str = "worker") -> None:
+        exc = _unwrap(exc)
+        if not isinstance(exc, WorkerError):
+            crashed = WorkerCrashed(f"the {what} raised {type(exc).__name__}: {exc}")
+            crashed.__cause__ = exc
+            exc = crashed
+        self._finish(job, Outcome.FAILED, error=exc)
+
+    def _forward(self, job: Job, stage: int) -> None:
+        """Hand ``job`` to ``stage`` without waiting; shed it when the channel is full."""
+        try:
+            self._sends[stage].send_nowait(job)
+        except trio.WouldBlock:
+            self._counters[stage].shed += 1
+            name = STAGES[stage]
+            reason = f"the {name} stage's input channel is full ({self._capacities[stage]})"
+            self._shed(job, name, reason)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            self._cancel(job, "the pipeline shut down")
+        else:
+            self._counters[stage].count_sent()
+
+    # ----------------------------------------------------------------- the stages
+
+    async def _next(self, stage: int) -> Job | None:
+        """The next live job for ``stage``, or None when its channel has ended.
+
+        Takes buffered jobs without a checkpoint, so a stage drains a burst in one wake.
+        """
+        receive = self._receives[stage]
+        counter = self._counters[stage]
+        while True:
+            try:
+                job = receive.receive_nowait()
+            except trio.WouldBlock:
+                try:
+                    job = await receive.receive()
+                except trio.EndOfChannel:
+                    return None
+                self._now = trio.current_time()
+            except trio.EndOfChannel:
+                return None
+            counter.received += 1
+            if job.outcome is None:
+                # A drained burst shares one reading of the clock: no time passes without a
+                # checkpoint, as far as deadlines are concerned.
+                if self._now < job.deadline:
+                    return job
+                self._expire_if_running(job)
+
+    async def _rag_stage(self) -> None:
+        async with self._receives[RAG], self._sends[ASSEMBLE]:
+            while (job := await self._next(RAG)) is not None:
+                if self._retriever is not None:
+                    try:
+                        with trio.move_on_at(job.deadline):
+                            job.documents = await self._retriever.retrieve(job.request)
+                    except Exception as exc:
+                        self._fail(job, exc, "retriever")
+                        continue
+                    if trio.current_time() >= job.deadline:
+                        self._expire_if_running(job)
+                        continue
+                self._forward(job, ASSEMBLE)
+
+    async def _assemble_stage(self) -> None:
+        async with self._receives[ASSEMBLE], self._sends[INFERENCE]:
+            while (job := await self._next(ASSEMBLE)) is not None:
+                try:
+                    job.prepared = self._assembler.assemble(job.request, job.documents)
+                except Exception as exc:
+                    self._fail(job, exc, "assembler")
+                    continue
+                self._forward(job, INFERENCE)
+
+    async def _inference_stage(self) -> None:
+        limiter = self._limiter
+        async with self._receives[INFERENCE], self._sends[POST], trio.open_nursery() as nursery:
+            while (job := await self._next(INFERENCE)) is not None:
+                try:
+                    limiter.acquire_on_behalf_of_nowait(job)
+                except trio.WouldBlock:
+                    await limiter.acquire_on_behalf_of(job)
+                if job.outcome is not None:
+                    limiter.release_on_behalf_of(job)
+                    continue
+                nursery.start_soon(self._infer, job)
+
+    async def _infer(self, job: Job) -> None:
+        try:
+            await self._generate(job)
+        finally:
+            self._limiter.release_on_behalf_of(job)
+        if job.outcome is None:
+            self._forward(job, POST)
+
+    async def _generate(self, job: Job) -> None:
+        request = job.prepared or job.request
+        job.filter = open_filters(self._post_processors, request)
+        try:
+            with job.scope:
+                if job.filter is None:
+                    await self._worker.generate(request, job.emit)
+                else:
+                    with trio.CancelScope() as job.generation:
+                        await self._worker.generate(request, job.emit)
+        except Exception as exc:
+            self._fail(job, exc)
+            return
+        if job.outcome is None and job.scope.cancelled_caught:
+            # Every other cancellation ends the job before cancelling its scope.
+            self._expire_if_running(job)
+
+    async def _post_stage(self) -> None:
+        async with self._receives[POST], self._sends[STREAM]:
+            while (job := await self._next(POST)) is not None:
+                try:
+                    job.completion = job.complete()
+                except Exception as exc:
+                    self._fail(job, exc, "post-processor")
+                    continue
+                self._forward(job, STREAM)
+
+    async def _stream_stage(self) -> None:
+        async with self._receives[STREAM]:
+            while (job := await self._next(STREAM)) is not None:
+                completion = job.completion
+                assert completion is not None
+                for sink in self._sinks:
+                    try:
+                        sink.deliver(job.request, completion)
+                    except Exception:
+                        self._sink_errors += 1
+                        logger.exception("output sink %r raised; it was ignored", sink)
+                self._finish(job, Outcome.COMPLETED, completion=completion)
+
+    # ----------------------------------------------------------------- life cycle
+
+    def _start(self, nursery: trio.Nursery) -> None:
+        for stage in (
+            self._rag_stage,
+            self._assemble_stage,
+            self._inference_stage,
+            self._post_stage,
+            self._stream_stage,
+        ):
+            nursery.start_soon(stage, name=f"trio_orchestrator.{stage.__name__[1:]}")
+
+    async def _shutdown(self, nursery: trio.Nursery, *, graceful: bool) -> None:
+        """Stop admitting; drain within the grace period if graceful; cancel the rest."""
+        self._closing = True
+        self._sends[RAG].close()
+        if not self._in_flight:
+            self._idle.set()
+        if graceful:
+            with trio.move_on_after(self._config.pipeline.grace_period):
+                await self._idle.wait()
+        for job in list(self._in_flight):
+            self._cancel(job, "the pipeline shut down before the request finished")
+        nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def open_pipeline(
+    worker: ModelWorker,
+    config: Config | None = None,
+    *,
+    retriever: Retriever | None = None,
+    assembler: Assembler | None = None,
+    post_processors: Sequence[PostProcessor] | None = None,
+    sinks: Sequence[OutputSink] = (),
+) -> AsyncIterator[Pipeline]:
+    """Run a pipeline around ``worker`` for the duration of the ``async with`` block.
+
+    Leaving the block normally stops admission, lets in-flight requests finish within
+    ``config.pipeline.grace_period`` seconds, then cancels the rest (each recorded as
+    cancelled). Leaving it by an exception, cancellation included, cancels in-flight
+    requests at once.
+
+    Args:
+        worker: turns each request into events.
+        config: the configuration; defaults throughout when ``None``.
+        retriever: the retrieval stage's retriever (default: none, no context added).
+        assembler: the assembly stage's assembler (default: :class:`DefaultAssembler`).
+        post_processors: text filters (default: the request's stop sequences).
+        sinks: receive every completed answer.
+    """
+    pipeline = Pipeline(
+        worker,
+        config or Config(),
+        retriever=retriever or NoRetriever(),
+        assembler=assembler or DefaultAssembler(),
+        post_processors=(StopSequences(),) if post_processors is None else post_processors,
+        sinks=sinks,
+    )
+    async with trio.open_nursery() as nursery:
+        pipeline._start(nursery)
+        try:
+            yield pipeline
+        except BaseException:
+            await pipeline._shutdown(nursery, graceful=False)
+            raise
+        await pipeline._shutdown(nursery, graceful=True)
+
+
+class RequestStream:
+    """The events of one streamed request; use it as an async context manager.
+
+    Attributes:
+        request_id: the request's id.
+        completion: the answer, once the final ``Done`` has been yielded.
+    """
+
+    def __init__(self, pipeline: Pipeline, request: PromptRequest) -> None:
+        self._pipeline = pipeline
+        self._request = request
+        self._job: Job | None = None
+        self._receive: trio.MemoryReceiveChannel[StreamEvent] | None = None
+        self._pending: list[StreamEvent] = []
+        self._ended = False
+        self.request_id = request.request_id
+        self.completion: Completion | None = None
+
+    async def __aenter__(self) -> RequestStream:
+        pipeline = self._pipeline
+        job = pipeline._new_job(self._request)
+        send, self._receive = trio.open_memory_channel[StreamEvent](
+            pipeline._config.pipeline.stream_buffer
+        )
+        job.stream = send
+        self._job = job
+        try:
+            with trio.move_on_at(job.deadline):
+                await pipeline._enter(job)
+        except BaseException:
+            pipeline._cancel(job, "the caller stopped waiting")
+            raise
+        if job.outcome is None and trio.current_time() >= job.deadline:
+            pipeline._expire_if_running(job)
+        if job.outcome is not None and job.outcome is not Outcome.COMPLETED:
+            job.result()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._job is not None:
+            self._pipeline._cancel(self._job, "the caller closed the stream")
+        if self._receive is not None:
+            self._receive.close()
+
+    def __aiter__(self) -> RequestStream:
+        return self
+
+    async def __anext__(self) -> StreamEvent:
+        if self._pending:
+            return self._pending.pop(0)
+        job, receive = self._job, self._receive
+        if job is None or receive is None:
+            raise RuntimeError("use the stream as `async with pipeline.stream(request) as s:`")
+        if self._ended:
+            raise StopAsyncIteration
+        while True:
+            try:
+                return receive.receive_nowait()
+            except trio.WouldBlock:
+                pass
+            except trio.EndOfChannel:
+                return self._end(job)
+            with trio.move_on_at(job.deadline):
+                try:
+                    return await receive.receive()
+                except trio.EndOfChannel:
+                    return self._end(job)
+            # The deadline passed; unless the job ended meanwhile, it has expired.
+            self._pipeline._expire_if_running(job)
+
+    def _end(self, job: Job) -> StreamEvent:
+        self._ended = True
+        completion = job.result()
+        self.completion = completion
+        if job.tail:
+            self._pending.append(TextDelta(job.tail))
+        self._pending.append(
+            Done(
+                completion.finish_reason,
+                completion.text,
+                completion.usage,
+                completion.tool_calls,
+                completion.model,
+            )
+        )
+        return self._pending.pop(0)

@@ -1,0 +1,204 @@
+"""The request side of the contract: chat messages, generation parameters, requests."""
+
+from __future__ import annotations
+
+import enum
+import math
+import uuid
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal
+
+import attrs
+
+__all__ = [
+    "Document",
+    "GenerationParams",
+    "Message",
+    "Priority",
+    "PromptRequest",
+    "Role",
+    "Tool",
+    "ToolCall",
+    "new_request_id",
+]
+
+Role = Literal["system", "user", "assistant", "tool"]
+_ROLES = frozenset(("system", "user", "assistant", "tool"))
+
+
+def new_request_id() -> str:
+    """Return a fresh, unique request id (``req_`` and 24 hex digits)."""
+    return "req_" + uuid.uuid4().hex[:24]
+
+
+class Priority(enum.IntEnum):
+    """Admission priority at the inference stage: lower values go first."""
+
+    CRITICAL = 0
+    HIGH = 1
+    NORMAL = 2
+    LOW = 3
+
+
+@attrs.frozen
+class ToolCall:
+    """A complete tool call made by the model.
+
+    Attributes:
+        id: the provider's id for the call.
+        name: the function name.
+        arguments: the arguments as JSON text, exactly as the model produced them.
+    """
+
+    id: str
+    name: str
+    arguments: str = ""
+
+
+@attrs.frozen(eq=False)
+class Tool:
+    """A function the model may call.
+
+    Attributes:
+        name: the function name.
+        description: what the function does, for the model.
+        parameters: a JSON Schema of the arguments.
+    """
+
+    name: str
+    description: str = ""
+    parameters: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+def _check_role(_instance: object, _attribute: object, value: str) -> None:
+    if value not in _ROLES:
+        raise ValueError(f"message role must be one of {sorted(_ROLES)}, got {value!r}")
+
+
+@attrs.frozen
+class Message:
+    """One chat message.
+
+    Attributes:
+        role: ``system``, ``user``, ``assistant`` or ``tool``.
+        content: the text.
+        name: an optional participant name.
+        tool_calls: calls made by an assistant message.
+        tool_call_id: for a ``tool`` message, the call it answers.
+    """
+
+    role: str = attrs.field(validator=_check_role)
+    content: str = ""
+    name: str | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
+
+
+@attrs.frozen(eq=False)
+class GenerationParams:
+    """What to generate and how.
+
+    Attributes:
+        model: the model name or alias the caller asked for.
+        max_tokens: the most tokens to generate, or ``None`` for the provider's default.
+        temperature: sampling temperature; ``None`` for the provider's default.
+        top_p: nucleus sampling; ``None`` for the provider's default.
+        stop: stop sequences; generation ends before any of them.
+        tools: functions the model may call.
+        tool_choice: ``"auto"``, ``"none"``, ``"required"`` or a provider-specific mapping.
+        seed: a sampling seed, where the provider supports one.
+        extra: further provider-specific parameters, passed through unchanged.
+    """
+
+    model: str = "echo"
+    max_tokens: int | None = attrs.field(default=None)
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: tuple[str, ...] = ()
+    tools: tuple[Tool, ...] = ()
+    tool_choice: str | Mapping[str, Any] | None = None
+    seed: int | None = None
+    extra: Mapping[str, Any] = attrs.field(factory=dict)
+
+    @max_tokens.validator
+    def _check_max_tokens(self, _attribute: object, value: int | None) -> None:
+        if value is not None and value < 1:
+            raise ValueError(f"max_tokens must be at least 1, got {value}")
+
+
+@attrs.frozen
+class Document:
+    """A retrieved passage.
+
+    Attributes:
+        id: the document's id in its corpus.
+        text: the passage.
+        score: the retriever's relevance score (higher is better).
+    """
+
+    id: str
+    text: str
+    score: float = 0.0
+
+
+def _to_messages(messages: Iterable[Message]) -> tuple[Message, ...]:
+    return tuple(messages)
+
+
+def _check_time(_instance: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
+    if value is None:
+        return
+    if math.isnan(value):
+        raise ValueError(f"{attribute.name} must be a number, got NaN")
+    if attribute.name == "timeout" and value <= 0:
+        raise ValueError(f"timeout must be positive (use math.inf for no limit), got {value}")
+
+
+@attrs.frozen(eq=False)
+class PromptRequest:
+    """One request to the pipeline.
+
+    Give ``messages`` (a chat), ``input`` (a plain prompt, sent as one user message), or both
+    (``input`` then follows the messages).
+
+    Attributes:
+        messages: the chat so far.
+        input: a plain prompt.
+        params: what to generate and how.
+        request_id: unique id; generated when not given.
+        session: the conversation this request belongs to (for affinity and logs).
+        meta: free-form string labels (user, API key id, tenant…).
+        deadline: absolute deadline on Trio's clock (:func:`trio.current_time`).
+        timeout: seconds from submission; used when ``deadline`` is not given.
+        priority: admission priority when inference is saturated.
+        context: documents the retrieval stage attached.
+    """
+
+    messages: tuple[Message, ...] = attrs.field(default=(), converter=_to_messages)
+    input: str | None = None
+    params: GenerationParams = attrs.field(factory=GenerationParams)
+    request_id: str = attrs.field(factory=new_request_id)
+    session: str | None = None
+    meta: Mapping[str, str] = attrs.field(factory=dict)
+    deadline: float | None = attrs.field(default=None, validator=_check_time)
+    timeout: float | None = attrs.field(default=None, validator=_check_time)
+    priority: Priority = attrs.field(default=Priority.NORMAL, converter=Priority)
+    context: tuple[Document, ...] = ()
+
+    def __attrs_post_init__(self) -> None:
+        if not self.messages and self.input is None:
+            raise ValueError("a PromptRequest needs messages or an input prompt")
+
+    def chat(self) -> tuple[Message, ...]:
+        """Return the conversation to send: ``messages``, then ``input`` as a user message."""
+        if self.input is None:
+            return self.messages
+        return (*self.messages, Message("user", self.input))
+
+    def resolve_deadline(self, now: float) -> float:
+        """Return the absolute deadline: ``deadline``, else ``now + timeout``, else infinity."""
+        if self.deadline is not None:
+            return self.deadline
+        if self.timeout is not None:
+            return now + self.timeout
+        return math.inf

@@ -1,0 +1,93 @@
+"""An offline, deterministic worker that answers with the last user message."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import attrs
+import trio
+
+from ..events import Done, TextDelta, ToolCallDelta, ToolCallStart, Usage
+from ..types import PromptRequest, ToolCall
+from .base import EventSink
+
+__all__ = ["EchoWorker", "split_tokens"]
+
+_TOKEN = re.compile(r"\S+\s*|\s+")
+
+
+def split_tokens(text: str) -> list[str]:
+    """Split ``text`` into word-like tokens whose concatenation is ``text`` exactly."""
+    return _TOKEN.findall(text)
+
+
+def _check_delay(_instance: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if math.isnan(value) or value < 0:
+        raise ValueError(f"{attribute.name} must be a non-negative number, got {value}")
+
+
+@attrs.define(eq=False)
+class EchoWorker:
+    """Answers with the last user message, token by token, and needs no network or key.
+
+    With tools offered and ``tool_choice`` ``"required"`` (or naming a function), it calls the
+    first (or named) tool with ``{"input": <last user message>}`` instead.
+
+    Args:
+        token_delay: seconds between tokens.
+        first_token_delay: seconds before the first token.
+        prefix: text put before the echoed message.
+        model: the model name reported in ``Done``.
+    """
+
+    token_delay: float = attrs.field(default=0.0, validator=_check_delay)
+    first_token_delay: float = attrs.field(default=0.0, validator=_check_delay)
+    prefix: str = ""
+    model: str = "echo"
+
+    async def generate(self, request: PromptRequest, emit: EventSink) -> None:
+        """Echo the request; see the class docstring."""
+        chat = request.chat()
+        prompt = next((m.content for m in reversed(chat) if m.role == "user"), "")
+        input_tokens = sum(len(split_tokens(m.content)) for m in chat)
+        if self.first_token_delay:
+            await trio.sleep(self.first_token_delay)
+        else:
+            await trio.lowlevel.checkpoint()
+        call = self._tool_call(request, prompt)
+        if call is not None:
+            await emit(ToolCallStart(0, call.id, call.name))
+            await emit(ToolCallDelta(0, call.arguments))
+            usage = Usage(input_tokens, 1)
+            await emit(usage)
+            await emit(Done("tool_calls", "", usage, (call,), self.model))
+            return
+        await self._echo(request, self.prefix + prompt, input_tokens, emit)
+
+    async def _echo(
+        self, request: PromptRequest, text: str, input_tokens: int, emit: EventSink
+    ) -> None:
+        tokens = split_tokens(text)
+        limit = request.params.max_tokens
+        finish_reason = "stop"
+        if limit is not None and len(tokens) > limit:
+            tokens, finish_reason = tokens[:limit], "length"
+        for i, token in enumerate(tokens):
+            if i and self.token_delay:
+                await trio.sleep(self.token_delay)
+            await emit(TextDelta(token))
+        usage = Usage(input_tokens, len(tokens))
+        await emit(usage)
+        await emit(Done(finish_reason, "".join(tokens), usage, (), self.model))
+
+    @staticmethod
+    def _tool_call(request: PromptRequest, prompt: str) -> ToolCall | None:
+        tools, choice = request.params.tools, request.params.tool_choice
+        if not tools or choice in (None, "auto", "none"):
+            return None
+        name = tools[0].name
+        if isinstance(choice, dict):
+            name = str(choice.get("function", {}).get("name", name))
+        return ToolCall(f"call_{request.request_id[-12:]}", name, json.dumps({"input": prompt}))
