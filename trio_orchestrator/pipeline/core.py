@@ -518,14 +518,20 @@ async def open_pipeline(
         post_processors=(StopSequences(),) if post_processors is None else post_processors,
         sinks=sinks,
     )
+    body_error: BaseException | None = None
     async with trio.open_nursery() as nursery:
         pipeline._start(nursery)
         try:
             yield pipeline
-        except BaseException:
+        except BaseException as exc:
+            # Re-raised below, outside the nursery, so the caller sees its own exception
+            # rather than an ExceptionGroup wrapping it.
+            body_error = exc
             await pipeline._shutdown(nursery, graceful=False)
-            raise
-        await pipeline._shutdown(nursery, graceful=True)
+        else:
+            await pipeline._shutdown(nursery, graceful=True)
+    if body_error is not None:
+        raise body_error
 
 
 class RequestStream:

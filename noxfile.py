@@ -1,0 +1,46 @@
+"""Sessions: tests, lint, typing, bench (``nox -l`` lists them)."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["tests", "lint", "typing"]
+nox.options.default_venv_backend = "venv"
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Run the test suite with the CI Hypothesis profile."""
+    session.install("-e", ".[dev]")
+    session.run("pytest", *session.posargs, env={"HYPOTHESIS_PROFILE": "ci"})
+
+
+@nox.session
+def thorough(session: nox.Session) -> None:
+    """Run the test suite with many more Hypothesis examples (nightly-style)."""
+    session.install("-e", ".[dev]")
+    session.run("pytest", *session.posargs, env={"HYPOTHESIS_PROFILE": "thorough"})
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """Ruff, with the flake8-async rules."""
+    session.install("ruff")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def typing(session: nox.Session) -> None:
+    """mypy --strict over the package, tests, benchmarks and examples."""
+    session.install("-e", ".[dev]")
+    session.run("mypy")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Every benchmark, quick mode (pass ``-- --full`` for full runs)."""
+    session.install("-e", ".[dev]")
+    quick = [] if "--full" in session.posargs else ["--quick"]
+    for script in sorted(__import__("pathlib").Path("benchmarks").glob("bench_*.py")):
+        session.run("python", str(script), *quick)

@@ -1,0 +1,27 @@
+"""Shared test configuration: Hypothesis profiles and common fixtures.
+
+Profiles (choose with ``HYPOTHESIS_PROFILE``): ``dev`` (the default, quick), ``ci`` (enough
+examples to matter, derandomized so CI is repeatable), ``thorough`` (nightly-style).
+"""
+
+from __future__ import annotations
+
+import os
+
+from hypothesis import HealthCheck, settings
+
+_SLOW_OK = [HealthCheck.too_slow]
+
+settings.register_profile("dev", max_examples=30, deadline=None, suppress_health_check=_SLOW_OK)
+settings.register_profile(
+    "ci",
+    max_examples=150,
+    deadline=None,
+    derandomize=True,
+    print_blob=True,
+    suppress_health_check=_SLOW_OK,
+)
+settings.register_profile(
+    "thorough", max_examples=2000, deadline=None, suppress_health_check=_SLOW_OK
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
