@@ -1,5 +1,6 @@
 """Configuration: attrs classes with documented defaults."""
 
 from .model import Config, PipelineConfig
+from .secret import Secret
 
-__all__ = ["Config", "PipelineConfig"]
+__all__ = ["Config", "PipelineConfig", "Secret"]
