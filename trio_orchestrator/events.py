@@ -141,6 +141,8 @@ class Accumulator:
 
     def tool_calls(self) -> tuple[ToolCall, ...]:
         """The tool calls accumulated so far, by index."""
+        if not self._calls:
+            return ()
         return tuple(
             ToolCall(call.id, call.name, "".join(call.arguments))
             for _, call in sorted(self._calls.items())

@@ -17,13 +17,17 @@ stream stages finish each request once its worker is done.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
+import math
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Final
 
 import attrs
+import outcome
 import trio
 
 from ..config import Config
@@ -118,6 +122,12 @@ class Pipeline:
         self._closing = False
         self._idle = trio.Event()
         self._now = trio.current_time()
+        # Deadlines of jobs in flight: (deadline, seq, job), with lazy deletion of ended jobs.
+        self._deadlines: list[tuple[float, int, Job]] = []
+        self._seq = itertools.count()
+        self._reaper_scope: trio.CancelScope | None = None
+        # Inference runner tasks parked between requests (a hand-off is cheaper than a spawn).
+        self._idle_runners: list[trio.lowlevel.Task] = []
 
     # ----------------------------------------------------------------- the caller's side
 
@@ -227,21 +237,46 @@ class Pipeline:
         job = Job(request, deadline, now, trio.CancelScope(deadline=deadline))
         self._submitted += 1
         self._in_flight.add(job)
+        if deadline != math.inf:
+            self._watch_deadline(job)
         return job
 
+    def _watch_deadline(self, job: Job) -> None:
+        """Have the reaper expire ``job`` at its deadline, wherever it is waiting.
+
+        One reaper task watching a heap costs far less than a cancel scope per caller; the
+        job's own scope still bounds the worker call itself.
+        """
+        heap = self._deadlines
+        if len(heap) > 1024 and len(heap) > 2 * len(self._in_flight):
+            heap[:] = [entry for entry in heap if entry[2].outcome is None]
+            heapq.heapify(heap)
+        heapq.heappush(heap, (job.deadline, next(self._seq), job))
+        scope = self._reaper_scope
+        if scope is not None and job.deadline < scope.deadline:
+            scope.deadline = job.deadline
+
+    async def _reap_deadlines(self) -> None:
+        heap = self._deadlines
+        while True:
+            with trio.CancelScope(deadline=heap[0][0] if heap else math.inf) as scope:
+                self._reaper_scope = scope
+                await trio.sleep_forever()
+            now = trio.current_time()
+            while heap and heap[0][0] <= now:
+                self._expire_if_running(heapq.heappop(heap)[2])
+
     async def _enter_and_wait(self, job: Job, *, wait: bool) -> None:
-        """Admit ``job`` and wait for it to end; whatever happens, it ends exactly once."""
+        """Admit ``job`` and wait for it to end (the reaper ends it at its deadline)."""
         try:
-            with trio.move_on_at(job.deadline):
-                if wait:
-                    await self._enter(job)
-                else:
-                    self._enter_nowait(job)
-                await job.done.wait()
+            if wait:
+                await self._enter(job)
+            else:
+                self._enter_nowait(job)
+            await job.done.wait()
         except BaseException:
             self._cancel(job, "the caller stopped waiting")
             raise
-        self._expire_if_running(job)
 
     async def _enter(self, job: Job) -> None:
         send = self._sends[RAG]
@@ -409,7 +444,36 @@ class Pipeline:
                 if job.outcome is not None:
                     limiter.release_on_behalf_of(job)
                     continue
-                nursery.start_soon(self._infer, job)
+                self._dispatch(nursery, job)
+
+    def _dispatch(self, nursery: trio.Nursery, job: Job) -> None:
+        """Run ``job`` on a parked runner task, or on a new one when none is idle.
+
+        The limiter bounds how many run at once, so the pool never outgrows it.
+        """
+        if self._idle_runners:
+            trio.lowlevel.reschedule(self._idle_runners.pop(), outcome.Value(job))
+        else:
+            nursery.start_soon(self._runner, job, name="trio_orchestrator.inference_runner")
+
+    async def _runner(self, job: Job | None) -> None:
+        while job is not None:
+            await self._infer(job)
+            job = await self._park_runner()
+
+    async def _park_runner(self) -> Job | None:
+        """Wait for the next job; None means the pool has shrunk and this runner should end."""
+        if len(self._idle_runners) >= self._limiter.total_tokens:
+            return None
+        task = trio.lowlevel.current_task()
+        self._idle_runners.append(task)
+
+        def abort(_: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
+            self._idle_runners.remove(task)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        job: Job = await trio.lowlevel.wait_task_rescheduled(abort)
+        return job
 
     async def _infer(self, job: Job) -> None:
         try:
@@ -463,6 +527,7 @@ class Pipeline:
 
     def _start(self, nursery: trio.Nursery) -> None:
         for stage in (
+            self._reap_deadlines,
             self._rag_stage,
             self._assemble_stage,
             self._inference_stage,
@@ -561,13 +626,10 @@ class RequestStream:
         job.stream = send
         self._job = job
         try:
-            with trio.move_on_at(job.deadline):
-                await pipeline._enter(job)
+            await pipeline._enter(job)
         except BaseException:
             pipeline._cancel(job, "the caller stopped waiting")
             raise
-        if job.outcome is None and trio.current_time() >= job.deadline:
-            pipeline._expire_if_running(job)
         if job.outcome is not None and job.outcome is not Outcome.COMPLETED:
             job.result()
         return self
@@ -594,20 +656,17 @@ class RequestStream:
             raise RuntimeError("use the stream as `async with pipeline.stream(request) as s:`")
         if self._ended:
             raise StopAsyncIteration
-        while True:
-            try:
-                return receive.receive_nowait()
-            except trio.WouldBlock:
-                pass
-            except trio.EndOfChannel:
-                return self._end(job)
-            with trio.move_on_at(job.deadline):
-                try:
-                    return await receive.receive()
-                except trio.EndOfChannel:
-                    return self._end(job)
-            # The deadline passed; unless the job ended meanwhile, it has expired.
-            self._pipeline._expire_if_running(job)
+        # Any ending (the reaper's expiry included) closes the job's channel.
+        try:
+            return receive.receive_nowait()
+        except trio.WouldBlock:
+            pass
+        except trio.EndOfChannel:
+            return self._end(job)
+        try:
+            return await receive.receive()
+        except trio.EndOfChannel:
+            return self._end(job)
 
     def _end(self, job: Job) -> StreamEvent:
         self._ended = True

@@ -16,6 +16,7 @@ from ..events import (
     EventGrammarError,
     StreamEvent,
     TextDelta,
+    Usage,
 )
 from ..types import Document, PromptRequest
 from .post import TextFilter
@@ -65,7 +66,9 @@ class Job:
     documents: Sequence[Document] = ()
     filter: TextFilter | None = None
     generation: trio.CancelScope | None = None
-    accumulator: Accumulator = attrs.field(factory=Accumulator)
+    text: list[str] = attrs.field(factory=list)
+    usage: Usage | None = None
+    tool_calls: Accumulator | None = None
     worker_done: Done | None = None
     stopped: bool = False
     first_token_at: float | None = None
@@ -90,10 +93,16 @@ class Job:
                 if not text:
                     return
                 event = TextDelta(text)
+            self.text.append(event.text)
         elif isinstance(event, Done):
             self.worker_done = event
             return
-        self.accumulator.add(event)
+        elif isinstance(event, Usage):
+            self.usage = event
+        else:
+            if self.tool_calls is None:
+                self.tool_calls = Accumulator()
+            self.tool_calls.add(event)
         if self.stream is not None:
             try:
                 self.stream.send_nowait(event)
@@ -102,7 +111,6 @@ class Job:
 
     def complete(self) -> Completion:
         """Close the text filter and build the completion (the post stage's work)."""
-        accumulator = self.accumulator
         if self.filter is not None:
             self.tail = self.filter.finish()
         done = self.worker_done
@@ -111,10 +119,11 @@ class Job:
         finish_reason = "stop" if self.stopped or done is None else done.finish_reason
         return Completion(
             request_id=self.request.request_id,
-            text=accumulator.text + self.tail,
+            text="".join(self.text) + self.tail,
             finish_reason=finish_reason,
-            usage=(done.usage if done else None) or accumulator.usage,
-            tool_calls=(done.tool_calls if done else ()) or accumulator.tool_calls(),
+            usage=(done.usage if done else None) or self.usage,
+            tool_calls=(done.tool_calls if done else ())
+            or (self.tool_calls.tool_calls() if self.tool_calls else ()),
             model=done.model if done else None,
         )
 

@@ -51,11 +51,11 @@ class EchoWorker:
         """Echo the request; see the class docstring."""
         chat = request.chat()
         prompt = next((m.content for m in reversed(chat) if m.role == "user"), "")
-        input_tokens = sum(len(split_tokens(m.content)) for m in chat)
+        input_tokens = sum(len(m.content.split()) for m in chat)
         if self.first_token_delay:
             await trio.sleep(self.first_token_delay)
         else:
-            await trio.lowlevel.checkpoint()
+            await trio.lowlevel.checkpoint_if_cancelled()
         call = self._tool_call(request, prompt)
         if call is not None:
             await emit(ToolCallStart(0, call.id, call.name))
