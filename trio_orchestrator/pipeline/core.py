@@ -44,7 +44,7 @@ from ..types import PromptRequest
 from ..workers.base import ModelWorker
 from .assemble import Assembler, DefaultAssembler
 from .dead_letters import DeadLetter, DeadLetterQueue
-from .job import FinishedRequest, Job, Outcome
+from .job import EventPipe, FinishedRequest, Job, Outcome
 from .post import PostProcessor, StopSequences, open_filters
 from .rag import NoRetriever, Retriever
 from .sinks import OutputSink
@@ -67,11 +67,12 @@ class _StageCounter:
     peak: int = 0
     shed: int = 0
 
-    def count_sent(self) -> None:
+    def count_sent(self, channel: trio.MemorySendChannel[Job]) -> None:
         self.sent += 1
-        depth = self.sent - self.received
-        if depth > self.peak:
-            self.peak = depth
+        # sent - received overstates the queue by jobs handed straight to a waiting stage,
+        # so confirm a new peak with the channel's real buffer (rarely: peaks are rare).
+        if self.sent - self.received > self.peak:
+            self.peak = max(self.peak, channel.statistics().current_buffer_used)
 
 
 def _unwrap(exc: BaseException) -> BaseException:
@@ -273,10 +274,31 @@ class Pipeline:
                 await self._enter(job)
             else:
                 self._enter_nowait(job)
-            await job.done.wait()
+            if job.outcome is None:
+                await self._wait(job)
+            else:
+                # Refused at the door: still a checkpoint, but one that cannot turn the
+                # counted outcome into a Cancelled the caller would see instead.
+                await trio.lowlevel.cancel_shielded_checkpoint()
         except BaseException:
             self._cancel(job, "the caller stopped waiting")
             raise
+
+    async def _wait(self, job: Job) -> None:
+        """Park until ``job`` ends.
+
+        A caller cancelled while parked ends its job as cancelled inside the abort callback,
+        synchronously, so no other ending (a deadline falling due in the same instant) can
+        be counted for a request whose caller saw Cancelled.
+        """
+        job.waiter = trio.lowlevel.current_task()
+
+        def abort(_: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
+            job.waiter = None
+            self._cancel(job, "the caller stopped waiting")
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
 
     async def _enter(self, job: Job) -> None:
         send = self._sends[RAG]
@@ -288,7 +310,7 @@ class Pipeline:
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             self._shed(job, "admission", "the pipeline is shutting down", PipelineClosed())
         else:
-            self._counters[RAG].count_sent()
+            self._counters[RAG].count_sent(self._sends[RAG])
 
     def _enter_nowait(self, job: Job) -> None:
         try:
@@ -299,7 +321,7 @@ class Pipeline:
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             self._shed(job, "admission", "the pipeline is shutting down", PipelineClosed())
         else:
-            self._counters[RAG].count_sent()
+            self._counters[RAG].count_sent(self._sends[RAG])
 
     def _expire_if_running(self, job: Job) -> bool:
         error = DeadlineExceeded(f"request {job.request.request_id} passed its deadline")
@@ -328,7 +350,9 @@ class Pipeline:
             job.scope.cancel()
         if job.stream is not None:
             job.stream.close()
-        job.done.set()
+        if job.waiter is not None:
+            trio.lowlevel.reschedule(job.waiter)
+            job.waiter = None
         if self._listeners:
             self._notify(job)
         if self._closing and not self._in_flight:
@@ -378,7 +402,7 @@ class Pipeline:
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             self._cancel(job, "the pipeline shut down")
         else:
-            self._counters[stage].count_sent()
+            self._counters[stage].count_sent(self._sends[stage])
 
     # ----------------------------------------------------------------- the stages
 
@@ -521,7 +545,11 @@ class Pipeline:
                     except Exception:
                         self._sink_errors += 1
                         logger.exception("output sink %r raised; it was ignored", sink)
-                self._finish(job, Outcome.COMPLETED, completion=completion)
+                if job.stream is None:
+                    self._finish(job, Outcome.COMPLETED, completion=completion)
+                else:
+                    # A streamed request completes when its caller reads the end.
+                    job.stream.close()
 
     # ----------------------------------------------------------------- life cycle
 
@@ -611,7 +639,6 @@ class RequestStream:
         self._pipeline = pipeline
         self._request = request
         self._job: Job | None = None
-        self._receive: trio.MemoryReceiveChannel[StreamEvent] | None = None
         self._pending: list[StreamEvent] = []
         self._ended = False
         self.request_id = request.request_id
@@ -620,10 +647,10 @@ class RequestStream:
     async def __aenter__(self) -> RequestStream:
         pipeline = self._pipeline
         job = pipeline._new_job(self._request)
-        send, self._receive = trio.open_memory_channel[StreamEvent](
-            pipeline._config.pipeline.stream_buffer
+        job.stream = EventPipe(
+            pipeline._config.pipeline.stream_buffer,
+            lambda: pipeline._cancel(job, "the caller stopped waiting"),
         )
-        job.stream = send
         self._job = job
         try:
             await pipeline._enter(job)
@@ -642,8 +669,6 @@ class RequestStream:
     ) -> None:
         if self._job is not None:
             self._pipeline._cancel(self._job, "the caller closed the stream")
-        if self._receive is not None:
-            self._receive.close()
 
     def __aiter__(self) -> RequestStream:
         return self
@@ -651,25 +676,19 @@ class RequestStream:
     async def __anext__(self) -> StreamEvent:
         if self._pending:
             return self._pending.pop(0)
-        job, receive = self._job, self._receive
-        if job is None or receive is None:
+        job = self._job
+        if job is None or job.stream is None:
             raise RuntimeError("use the stream as `async with pipeline.stream(request) as s:`")
         if self._ended:
             raise StopAsyncIteration
-        # Any ending (the reaper's expiry included) closes the job's channel.
-        try:
-            return receive.receive_nowait()
-        except trio.WouldBlock:
-            pass
-        except trio.EndOfChannel:
-            return self._end(job)
-        try:
-            return await receive.receive()
-        except trio.EndOfChannel:
-            return self._end(job)
+        # Any ending (the reaper's expiry included) closes the job's pipe.
+        event = await job.stream.get()
+        return self._end(job) if event is None else event
 
     def _end(self, job: Job) -> StreamEvent:
         self._ended = True
+        if job.outcome is None and job.completion is not None:
+            self._pipeline._finish(job, Outcome.COMPLETED, completion=job.completion)
         completion = job.result()
         self.completion = completion
         if job.tail:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
 
 import attrs
 import trio
@@ -21,7 +22,7 @@ from ..events import (
 from ..types import Document, PromptRequest
 from .post import TextFilter
 
-__all__ = ["FinishedRequest", "Job", "Outcome"]
+__all__ = ["EventPipe", "FinishedRequest", "Job", "Outcome"]
 
 
 class Outcome(enum.Enum):
@@ -52,6 +53,68 @@ class FinishedRequest:
     """Seconds from submission to the first event from the worker, when there was one."""
 
 
+def _wake(task: trio.lowlevel.Task | None) -> None:
+    if task is not None:
+        trio.lowlevel.reschedule(task)
+
+
+@attrs.define(eq=False, slots=True)
+class EventPipe:
+    """One streaming caller's bounded buffer of events: the worker puts, the caller gets.
+
+    Like a memory channel with one sender and one receiver, plus one thing a channel cannot
+    do: when the caller is cancelled while it waits, ``on_abandon`` runs synchronously during
+    Trio's cancellation delivery, before any other task runs, so the request is counted
+    cancelled before anything else (its deadline, say) can end it otherwise.
+    """
+
+    capacity: int
+    on_abandon: Callable[[], None]
+    _buffer: deque[StreamEvent] = attrs.field(factory=deque)
+    _reader: trio.lowlevel.Task | None = None
+    _writer: trio.lowlevel.Task | None = None
+    closed: bool = False
+
+    async def put(self, event: StreamEvent) -> None:
+        """Add an event, waiting while the buffer is full; dropped once the pipe is closed."""
+        while not self.closed and len(self._buffer) >= self.capacity:
+            self._writer = trio.lowlevel.current_task()
+
+            def abort(_: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
+                self._writer = None
+                return trio.lowlevel.Abort.SUCCEEDED
+
+            await trio.lowlevel.wait_task_rescheduled(abort)
+        if not self.closed:
+            self._buffer.append(event)
+            _wake(self._reader)
+            self._reader = None
+
+    def close(self) -> None:
+        """No more events; the reader drains what is buffered, then sees the end."""
+        self.closed = True
+        _wake(self._reader)
+        _wake(self._writer)
+        self._reader = self._writer = None
+
+    async def get(self) -> StreamEvent | None:
+        """Return the next event, or None once the pipe is closed and drained."""
+        while not self._buffer:
+            if self.closed:
+                return None
+            self._reader = trio.lowlevel.current_task()
+
+            def abort(_: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
+                self._reader = None
+                self.on_abandon()
+                return trio.lowlevel.Abort.SUCCEEDED
+
+            await trio.lowlevel.wait_task_rescheduled(abort)
+        _wake(self._writer)
+        self._writer = None
+        return self._buffer.popleft()
+
+
 @attrs.define(eq=False, slots=True)
 class Job:
     """The pipeline's private record of one request in flight."""
@@ -60,8 +123,8 @@ class Job:
     deadline: float
     submitted_at: float
     scope: trio.CancelScope
-    done: trio.Event = attrs.field(factory=trio.Event)
-    stream: trio.MemorySendChannel[StreamEvent] | None = None
+    waiter: trio.lowlevel.Task | None = None
+    stream: EventPipe | None = None
     prepared: PromptRequest | None = None
     documents: Sequence[Document] = ()
     filter: TextFilter | None = None
@@ -104,10 +167,7 @@ class Job:
                 self.tool_calls = Accumulator()
             self.tool_calls.add(event)
         if self.stream is not None:
-            try:
-                self.stream.send_nowait(event)
-            except trio.WouldBlock:
-                await self.stream.send(event)
+            await self.stream.put(event)
 
     def complete(self) -> Completion:
         """Close the text filter and build the completion (the post stage's work)."""
