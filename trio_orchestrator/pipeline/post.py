@@ -51,10 +51,12 @@ class _StopFilter:
         if self.stopped:
             return ""
         buffer = self._held + text
-        hits = [i for i in (buffer.find(stop) for stop in self.stops) if i != -1]
+        # The stop that completes first wins (ties: the one starting first) — all that a
+        # stream can know — so the cut does not depend on how the text was chunked.
+        hits = [(i + len(stop), i) for stop in self.stops if (i := buffer.find(stop)) != -1]
         if hits:
             self.stopped, self._held = True, ""
-            return buffer[: min(hits)]
+            return buffer[: min(hits)[1]]
         hold = max((_overlap(buffer, stop) for stop in self.stops), default=0)
         self._held = buffer[len(buffer) - hold :]
         return buffer[: len(buffer) - hold]
@@ -74,7 +76,7 @@ def _overlap(text: str, stop: str) -> int:
 
 @attrs.define(eq=False)
 class StopSequences:
-    """Ends the text before the first stop sequence, and stops generation there.
+    """Ends the text before the first stop sequence to complete, and stops generation there.
 
     Args:
         stops: stop sequences applied to every request, besides each request's own
