@@ -1,0 +1,32 @@
+"""Every example script runs and prints what it promises."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
+
+
+@pytest.mark.parametrize(
+    ("script", "expected"),
+    [
+        ("quickstart.py", "submitted=3 completed=3 shed=0"),
+        ("streaming.py", "[done: stop"),
+        ("custom_retriever.py", "Refunds are issued within 14 days"),
+    ],
+)
+def test_example_runs(script: str, expected: str) -> None:
+    """The example exits 0 and its output shows the feature working."""
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert expected in result.stdout
