@@ -73,7 +73,6 @@ async def pipeline_rps(n: int, callers: int) -> float:
 
 async def stream_per_token(tokens: int, repeats: int) -> tuple[float, float]:
     """Microseconds per token: streaming a long answer, and the same answer via submit."""
-    request = PromptRequest(input=" ".join(["tok"] * tokens), params=None)  # type: ignore[arg-type]
     request = PromptRequest(input=" ".join(["tok"] * tokens))
     async with open_pipeline(EchoWorker()) as pipeline:
         start = time.perf_counter()
