@@ -1,4 +1,4 @@
-"""Sessions: tests, lint, typing, bench (``nox -l`` lists them)."""
+"""Sessions: tests, lint, typing, docs, bench (``nox -l`` lists them)."""
 
 from __future__ import annotations
 
@@ -35,6 +35,13 @@ def typing(session: nox.Session) -> None:
     """mypy --strict over the package, tests, benchmarks and examples."""
     session.install("-e", ".[dev]")
     session.run("mypy")
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the documentation site; any warning is an error (``mkdocs --strict``)."""
+    session.install("-e", ".[docs]")
+    session.run("mkdocs", "build", "--strict", "--site-dir", "site")
 
 
 @nox.session
