@@ -82,7 +82,10 @@ class ModelBreaker:
         self.tick(now)
         if self.state == "closed":
             return True, False, 0.0
-        if self.state == "half_open" and self.in_flight + self.ok + self.bad < self.cfg.half_open_probes:
+        if (
+            self.state == "half_open"
+            and self.in_flight + self.ok + self.bad < self.cfg.half_open_probes
+        ):
             self.in_flight += 1
             return True, True, 0.0
         wait = self.open_until - now if self.state == "open" else self.cfg.cooldown
@@ -179,7 +182,9 @@ class BreakerAgainstModel(RuleBasedStateMachine):
             self.breaker.release(permit, self.now)
         else:  # a timeout is reported to the breaker as a failure
             self.breaker.record_failure(permit, self.now)
-        self.model.finish(generation, probe, self.now, "failure" if outcome == "timeout" else outcome)
+        self.model.finish(
+            generation, probe, self.now, "failure" if outcome == "timeout" else outcome
+        )
 
     @rule(dt=st.sampled_from([0.0, 0.1, 0.5, 1.0, 2.0, 5.0, 25.0]))
     def advance(self, dt: float) -> None:
@@ -317,7 +322,9 @@ def test_result_of_an_earlier_generation_does_not_move_the_state() -> None:
 def test_anomalously_slow_success_counts_as_failure(mode: str) -> None:
     """With latency anomaly detection, a call far slower than its baseline trips."""
     breaker = CircuitBreaker(
-        _config(failure_threshold=1, latency_anomaly=mode, latency_warmup=10, latency_min_excess=0.5)
+        _config(
+            failure_threshold=1, latency_anomaly=mode, latency_warmup=10, latency_min_excess=0.5
+        )
     )
     for i in range(30):
         breaker.record_success(breaker.acquire(0.0), 0.0, 1.0 + 0.01 * (i % 3))
@@ -391,7 +398,9 @@ async def test_errors_that_do_not_trip_are_not_counted() -> None:
     assert layer.statistics()[0].state == "closed"
 
 
-async def test_timeout_by_deadline_counts_as_failure(autojump_clock: trio.testing.MockClock) -> None:
+async def test_timeout_by_deadline_counts_as_failure(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     """A call cancelled by its own deadline is a failure."""
     layer = CircuitBreakerLayer(ScriptedWorker([Step(delay=10.0)]), _config(failure_threshold=1))
     with trio.move_on_after(1.0):

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from trio_orchestrator.errors import RateLimitExceeded
 from trio_orchestrator.events import Done, TextDelta, Usage
 from trio_orchestrator.resilience import (
+    Charge,
     LimitConfig,
     RateLimiter,
     RateLimitLayer,
@@ -26,7 +27,7 @@ bursts = st.floats(1.0, 20.0)
 EPS = 1e-6
 
 
-def _limiter(rate: float, burst: float) -> tuple[RateLimiter, list]:  # type: ignore[type-arg]
+def _limiter(rate: float, burst: float) -> tuple[RateLimiter, list[Charge]]:
     limiter = RateLimiter([LimitConfig("model", requests_per_second=rate, burst=burst)])
     return limiter, limiter.charges({"model": "m"}, 0)
 
@@ -54,7 +55,7 @@ def test_admitted_never_exceeds_rate_times_window_plus_burst(
 def test_demand_above_the_rate_is_not_under_admitted(
     rate: float, burst: float, horizon: float
 ) -> None:
-    """A caller always asking gets ≥ rate·t − 1 over any window of length t between admissions."""
+    """A caller always asking gets ≥ rate·t - 1 over any window of length t between admissions."""
     limiter, charges = _limiter(rate, burst)
     now, admitted = 0.0, []
     while now <= horizon:
@@ -78,7 +79,7 @@ def test_charges_are_all_or_nothing(levels: list[float], costs: list[float]) -> 
     scopes = ["provider", "model", "user", "api_key"][: len(levels)]
     limits = [LimitConfig(s, requests_per_second=1.0, burst=10.0) for s in scopes]
     limiter = RateLimiter(limits)
-    charges = limiter.charges({s: "k" for s in scopes}, 0)
+    charges = limiter.charges(dict.fromkeys(scopes, "k"), 0)
     for charge, level in zip(charges, levels, strict=True):
         charge.bucket.take(10.0 - level, 0.0)
     charges = [type(c)(c.bucket, cost, c.limit) for c, cost in zip(charges, costs, strict=False)]

@@ -15,6 +15,7 @@ from .breaker import (
 from .config import BreakerConfig, LimitConfig, RateLimitsConfig, ResilienceConfig, RetryConfig
 from .ratelimit import (
     BucketStatistics,
+    Charge,
     RateLimiter,
     RateLimitLayer,
     RateLimitStatistics,
@@ -30,6 +31,7 @@ __all__ = [
     "BreakerState",
     "BreakerStatistics",
     "BucketStatistics",
+    "Charge",
     "CircuitBreaker",
     "CircuitBreakerLayer",
     "LatencyBaseline",

@@ -7,6 +7,7 @@ no layers; turn each on with ``enabled = true`` in its section.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Any
 
 import attrs
@@ -240,6 +241,10 @@ class LimitConfig:
         return max(1.0, period)
 
 
+def _to_limits(limits: Iterable[LimitConfig]) -> tuple[LimitConfig, ...]:
+    return tuple(limits)
+
+
 @attrs.frozen
 class RateLimitsConfig:
     """Local rate limits, checked together before each provider call.
@@ -253,7 +258,7 @@ class RateLimitsConfig:
     """
 
     enabled: bool = False
-    limits: tuple[LimitConfig, ...] = attrs.field(default=(), converter=tuple)
+    limits: tuple[LimitConfig, ...] = attrs.field(default=(), converter=_to_limits)
     default_max_tokens: int = attrs.field(default=256, validator=positive_int)
 
 
