@@ -234,3 +234,14 @@ async def test_layer_passes_events_through_unchanged() -> None:
     await layer.generate(_request(), recorder)
     usage = Usage(3, 1)
     assert recorder.events == [TextDelta("ok"), usage, Done("stop", "ok", usage, (), "m")]
+
+
+async def test_users_share_the_model_bucket() -> None:
+    """A model limit counts every user's requests together."""
+    layer = _layer(
+        LimitConfig("user", requests_per_second=10.0),
+        LimitConfig("model", requests_per_second=1.0, mode="reject"),
+    )
+    await layer.generate(_request(user="a"), Recorder())
+    with pytest.raises(RateLimitExceeded):
+        await layer.generate(_request(user="b"), Recorder())
