@@ -175,7 +175,8 @@ class RateLimiter:
         return requests + [Charge(c.bucket, tokens, c.limit) for c in token_charges]
 
     def _plan(self, plan_key: tuple[str | None, ...]) -> tuple[list[Charge], list[Charge]]:
-        requests, tokens = [], []
+        requests: list[Charge] = []
+        tokens: list[Charge] = []
         for index, (limit, key) in enumerate(zip(self.limits, plan_key, strict=True)):
             if key is None or (limit.match is not None and key != limit.match):
                 continue
