@@ -2,13 +2,32 @@
 
 from __future__ import annotations
 
+import attrs
 import pytest
 import trio
 import trio.testing
-from _scripted import OK, ScriptedWorker, Step, fail
+from _scripted import OK, Recorder, ScriptedWorker, Step, fail
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from trio_orchestrator import Config, EchoWorker, PromptRequest, open_pipeline
-from trio_orchestrator.errors import CircuitOpen, DeadlineExceeded, RateLimitExceeded, ServerError
+from trio_orchestrator.errors import (
+    BadRequest,
+    CircuitOpen,
+    DeadlineExceeded,
+    OrchestratorError,
+    RateLimited,
+    RateLimitExceeded,
+    ServerError,
+)
+from trio_orchestrator.events import (
+    Done,
+    StreamEvent,
+    TextDelta,
+    ToolCallDelta,
+    ToolCallStart,
+    Usage,
+)
 from trio_orchestrator.pipeline import Pipeline, PipelineStatistics
 from trio_orchestrator.resilience import (
     BreakerConfig,
@@ -22,6 +41,8 @@ from trio_orchestrator.resilience import (
     iter_layers,
     open_layers,
 )
+from trio_orchestrator.types import GenerationParams, ToolCall
+from trio_orchestrator.workers.base import EventSink, ModelWorker, collect
 
 BREAKER = BreakerConfig(enabled=True, failure_threshold=2, cooldown=30.0, jitter=0.0)
 RETRY = RetryConfig(enabled=True, max_attempts=3, initial_backoff=0.1)
@@ -192,3 +213,114 @@ def test_limit_needs_exactly_one_rate() -> None:
         LimitConfig("model")
     with pytest.raises(ValueError, match="exactly one"):
         LimitConfig("model", requests_per_second=1.0, tokens_per_minute=10.0)
+
+
+# ------------------------------------------------------------------ the worker contract
+
+STREAM: list[StreamEvent] = [
+    TextDelta("Hel"),
+    TextDelta("lo"),
+    ToolCallStart(0, "call_1", "lookup"),
+    ToolCallDelta(0, '{"q": 1}'),
+    Usage(4, 3),
+    Done("tool_calls", "Hello", Usage(4, 3), (ToolCall("call_1", "lookup", '{"q": 1}'),), "m"),
+]
+
+
+@attrs.define(eq=False)
+class _Streamer:
+    """Emits STREAM, then raises ``error`` instead of returning if one is given."""
+
+    error: Exception | None = None
+
+    async def generate(self, request: PromptRequest, emit: EventSink) -> None:
+        for event in STREAM if self.error is None else STREAM[:2]:
+            await emit(event)
+        if self.error is not None:
+            raise self.error
+
+
+def _wrap_each(inner: ModelWorker) -> list[ModelWorker]:
+    return [
+        RateLimitLayer(
+            inner,
+            _limits(
+                LimitConfig("model", requests_per_second=100.0),
+                LimitConfig("model", tokens_per_minute=1e6),
+            ),
+        ),
+        CircuitBreakerLayer(inner, BREAKER),
+        RetryLayer(inner, RETRY),
+    ]
+
+
+@pytest.mark.parametrize("index", range(3), ids=["rate_limit", "breaker", "retry"])
+async def test_every_layer_passes_events_through_unchanged(index: int) -> None:
+    """Each layer delivers the stream exactly as emitted, in grammar, one Done."""
+    layer = _wrap_each(_Streamer())[index]
+    completion = await collect(layer, PromptRequest(input="hi", params=GenerationParams("m")))
+    recorder = Recorder()
+    await layer.generate(PromptRequest(input="hi", params=GenerationParams("m")), recorder)
+    assert recorder.events == STREAM
+    assert completion.text == "Hello"
+
+
+@pytest.mark.parametrize("index", range(3), ids=["rate_limit", "breaker", "retry"])
+async def test_every_layer_raises_the_workers_typed_error(index: int) -> None:
+    """A worker's typed error reaches the caller as the same object, with nothing after it."""
+    error = ServerError("mid-stream")
+    layer = _wrap_each(_Streamer(error))[index]
+    recorder = Recorder()
+    with pytest.raises(ServerError) as info:
+        await layer.generate(PromptRequest(input="hi"), recorder)
+    assert info.value is error
+    assert recorder.events == STREAM[:2]
+
+
+# ------------------------------------------------------------------ accounting under faults
+
+steps = st.one_of(
+    st.just(OK),
+    st.builds(Step, delay=st.sampled_from([0.5, 3.0, 30.0])),
+    st.sampled_from(
+        [ServerError("5xx"), BadRequest("4xx"), RateLimited("429", retry_after=2.0)]
+    ).map(fail),
+    st.just(Step(ServerError("cut"), tokens=("a",))),
+)
+
+
+@settings(max_examples=40)
+@given(
+    script=st.lists(steps, min_size=1, max_size=12),
+    timeouts=st.lists(st.sampled_from([1.0, 5.0, 60.0]), min_size=1, max_size=25),
+)
+def test_every_request_ends_exactly_once_with_all_layers_on(
+    script: list[Step], timeouts: list[float]
+) -> None:
+    """With every layer on and random faults, every request ends in exactly one outcome."""
+    config = _config(
+        rate_limits=_limits(LimitConfig("model", requests_per_second=2.0, burst=2.0)),
+        breaker=BreakerConfig(enabled=True, failure_threshold=2, cooldown=3.0, half_open_probes=1),
+        retry=RETRY,
+    )
+    errors: list[BaseException] = []
+
+    async def run() -> PipelineStatistics:
+        async with open_pipeline(ScriptedWorker(script), config) as pipeline:
+
+            async def call(seconds: float) -> None:
+                try:
+                    await pipeline.submit(PromptRequest(input="hi", timeout=seconds))
+                except OrchestratorError as exc:
+                    errors.append(exc)
+
+            async with trio.open_nursery() as nursery:
+                for timeout in timeouts:
+                    nursery.start_soon(call, timeout)
+                    await trio.sleep(0.3)
+            return pipeline.statistics()
+
+    stats = trio.run(run, clock=trio.testing.MockClock(autojump_threshold=0))
+    _accounted(stats)
+    assert stats.submitted == len(timeouts)
+    assert stats.completed + len(errors) == len(timeouts)
