@@ -245,3 +245,20 @@ async def test_users_share_the_model_bucket() -> None:
     await layer.generate(_request(user="a"), Recorder())
     with pytest.raises(RateLimitExceeded):
         await layer.generate(_request(user="b"), Recorder())
+
+
+async def test_full_buckets_are_forgotten_past_max_buckets(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Past max_buckets, refilled buckets are dropped; a busy one is kept with its level."""
+    limits = (LimitConfig("user", requests_per_minute=60.0, burst=2.0),)
+    config = RateLimitsConfig(enabled=True, limits=limits, max_buckets=3)
+    layer = RateLimitLayer(ScriptedWorker([Step()]), config)
+    for user in "abcd":
+        await layer.generate(_request(user=user), Recorder())
+    await trio.sleep(5.0)  # every bucket refills
+    await layer.generate(_request(user="e"), Recorder())
+    await layer.generate(_request(user="e"), Recorder())
+    assert [b.key for b in layer.statistics().buckets] == ["e"]
+    with pytest.raises(RateLimitExceeded), trio.fail_after(0.5):
+        await layer.generate(_request(user="e"), Recorder())  # e's bucket is still empty

@@ -255,11 +255,15 @@ class RateLimitsConfig:
             atomically (all admit, or none is charged).
         default_max_tokens: the output tokens assumed when estimating a request that sets
             no ``max_tokens``.
+        max_buckets: past this many buckets (one per provider, model, user and key seen),
+            buckets that have refilled completely are forgotten (they would be recreated
+            full, so no decision changes).
     """
 
     enabled: bool = False
     limits: tuple[LimitConfig, ...] = attrs.field(default=(), converter=_to_limits)
     default_max_tokens: int = attrs.field(default=256, validator=positive_int)
+    max_buckets: int = attrs.field(default=100_000, validator=positive_int)
 
 
 @attrs.frozen

@@ -217,6 +217,26 @@ class RateLimiter:
                 bucket._level -= charge.cost if charge.cost < bucket.capacity else bucket.capacity
         return wait, reject
 
+    @property
+    def size(self) -> int:
+        """Buckets held."""
+        return len(self._buckets)
+
+    def sweep(self, now: float) -> int:
+        """Forget every bucket that is full at ``now`` and return how many were forgotten.
+
+        A full bucket is indistinguishable from the fresh one that replaces it on the next
+        request, so this bounds memory (one bucket per user ever seen) without changing any
+        decision.
+        """
+        buckets = self._buckets
+        full = [key for key, bucket in buckets.items() if bucket.level(now) >= bucket.capacity]
+        for key in full:
+            del buckets[key]
+        if full:
+            self._plans.clear()  # plans hold buckets; they are rebuilt on demand
+        return len(full)
+
     def statistics(self, now: float) -> tuple[BucketStatistics, ...]:
         """One snapshot per bucket in use."""
         return tuple(
@@ -252,6 +272,7 @@ class RateLimitLayer:
     _limiter: RateLimiter = attrs.field(init=False)
     _queues: dict[tuple[int, ...], trio.Lock] = attrs.field(factory=dict, init=False)
     _counts_tokens: bool = attrs.field(init=False)
+    _sweep_at: int = attrs.field(init=False)
     _admitted: int = attrs.field(default=0, init=False)
     _rejected: int = attrs.field(default=0, init=False)
     _waited: int = attrs.field(default=0, init=False)
@@ -261,6 +282,7 @@ class RateLimitLayer:
     def __attrs_post_init__(self) -> None:
         self._limiter = RateLimiter(self.config.limits)
         self._counts_tokens = any(limit.counts_tokens for limit in self.config.limits)
+        self._sweep_at = self.config.max_buckets
 
     def statistics(self) -> RateLimitStatistics:
         """A snapshot of the counters and buckets."""
@@ -283,7 +305,11 @@ class RateLimitLayer:
         estimate = (
             estimate_tokens(request, self.config.default_max_tokens) if self._counts_tokens else 0
         )
-        charges = self._limiter.charges(self._keys(request), estimate)
+        limiter = self._limiter
+        if limiter.size > self._sweep_at and not self._queues:
+            limiter.sweep(trio.current_time())
+            self._sweep_at = max(self.config.max_buckets, 2 * limiter.size)
+        charges = limiter.charges(self._keys(request), estimate)
         await self._admit(charges)
         if not estimate or not any(charge.limit.counts_tokens for charge in charges):
             await self.inner.generate(request, emit)
