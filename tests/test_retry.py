@@ -68,9 +68,7 @@ async def test_attempts_are_bounded_by_max_attempts(
 
 async def test_retry_after_is_honoured(autojump_clock: trio.testing.MockClock) -> None:
     """A 429 with Retry-After 7 s waits at least 7 s before the next attempt."""
-    layer, _ = _layer(
-        [fail(RateLimited("slow down", retry_after=7.0)), OK], initial_backoff=0.1
-    )
+    layer, _ = _layer([fail(RateLimited("slow down", retry_after=7.0)), OK], initial_backoff=0.1)
     assert await _sleeps(layer, autojump_clock) >= 7.0
 
 
