@@ -432,3 +432,15 @@ async def test_layer_passes_events_through_unchanged() -> None:
         usage,
         Done("stop", "ab", usage, (), "m1"),
     ]
+
+
+async def test_layer_trips_on_a_latency_anomaly(autojump_clock: trio.testing.MockClock) -> None:
+    """Through the layer, one call far slower than its steady baseline opens the circuit."""
+    steady = [Step(delay=1.0 + 0.01 * (i % 3)) for i in range(25)]
+    worker = ScriptedWorker([*steady, Step(delay=10.0)])
+    config = _config(failure_threshold=1, latency_anomaly="ewma", latency_warmup=10)
+    layer = CircuitBreakerLayer(worker, config)
+    for _ in range(26):
+        await layer.generate(REQUEST, Recorder())
+    stats = layer.statistics()[0]
+    assert (stats.state, stats.latency_anomalies) == ("open", 1)

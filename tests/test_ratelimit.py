@@ -262,3 +262,21 @@ async def test_full_buckets_are_forgotten_past_max_buckets(
     assert [b.key for b in layer.statistics().buckets] == ["e"]
     with pytest.raises(RateLimitExceeded), trio.fail_after(0.5):
         await layer.generate(_request(user="e"), Recorder())  # e's bucket is still empty
+
+
+async def test_reject_limit_refuses_at_once_even_behind_waiters(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A reject-mode limit without room refuses at once, even while others queue on a model."""
+    layer = _layer(
+        LimitConfig("model", requests_per_second=1.0),
+        LimitConfig("user", requests_per_second=1.0, burst=1.0, mode="reject"),
+    )
+    await layer.generate(_request(user="a"), Recorder())
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(layer.generate, _request(user="b"), Recorder())  # waits on model
+        await trio.sleep(0.1)
+        start = trio.current_time()
+        with pytest.raises(RateLimitExceeded):
+            await layer.generate(_request(user="a"), Recorder())
+        assert trio.current_time() == start
