@@ -7,6 +7,8 @@ from typing import Any
 
 import attrs
 
+from ..resilience.config import ResilienceConfig
+
 __all__ = ["Config", "PipelineConfig", "non_negative_time", "positive_int", "positive_time"]
 
 
@@ -75,6 +77,8 @@ class Config:
 
     Attributes:
         pipeline: stage capacities, concurrency, timeouts and shutdown.
+        resilience: rate limits, circuit breakers and retries around the provider.
     """
 
     pipeline: PipelineConfig = attrs.field(factory=PipelineConfig)
+    resilience: ResilienceConfig = attrs.field(factory=ResilienceConfig)

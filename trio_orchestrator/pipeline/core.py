@@ -40,6 +40,7 @@ from ..errors import (
     WorkerError,
 )
 from ..events import Completion, Done, StreamEvent, TextDelta
+from ..resilience.stack import open_layers
 from ..types import PromptRequest
 from ..workers.base import ModelWorker
 from .assemble import Assembler, DefaultAssembler
@@ -191,6 +192,12 @@ class Pipeline:
     def config(self) -> Config:
         """The configuration in force."""
         return self._config
+
+    @property
+    def worker(self) -> ModelWorker:
+        """The worker requests go to: the given one, wrapped in the enabled resilience layers
+        (walk them with :func:`~trio_orchestrator.resilience.iter_layers`)."""
+        return self._worker
 
     @property
     def closing(self) -> bool:
@@ -603,16 +610,17 @@ async def open_pipeline(
         post_processors: text filters (default: the request's stop sequences).
         sinks: receive every completed answer.
     """
+    config = config or Config()
     pipeline = Pipeline(
         worker,
-        config or Config(),
+        config,
         retriever=retriever or NoRetriever(),
         assembler=assembler or DefaultAssembler(),
         post_processors=(StopSequences(),) if post_processors is None else post_processors,
         sinks=sinks,
     )
     body_error: BaseException | None = None
-    async with trio.open_nursery() as nursery:
+    async with open_layers(worker, config) as pipeline._worker, trio.open_nursery() as nursery:
         pipeline._start(nursery)
         try:
             yield pipeline

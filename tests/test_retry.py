@@ -1,0 +1,163 @@
+"""The retry layer: what is retried, how long it waits, and when it gives up."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import trio
+import trio.testing
+from _scripted import OK, Recorder, ScriptedWorker, Step, fail
+from hypothesis import given
+from hypothesis import strategies as st
+
+from trio_orchestrator.errors import BadRequest, RateLimited, ServerError
+from trio_orchestrator.events import Done, TextDelta
+from trio_orchestrator.resilience import RetryConfig, RetryLayer
+from trio_orchestrator.resilience.retry import backoff_cap
+from trio_orchestrator.types import PromptRequest
+
+REQUEST = PromptRequest(input="hi")
+
+
+def _layer(script: list[Step], **overrides: object) -> tuple[RetryLayer, ScriptedWorker]:
+    worker = ScriptedWorker(script)
+    config = RetryConfig(enabled=True, **overrides)  # type: ignore[arg-type]
+    return RetryLayer(worker, config, rng=random.Random(0)), worker
+
+
+async def _sleeps(layer: RetryLayer, clock: trio.testing.MockClock) -> float:
+    """Run one request through ``layer`` and return the Trio time it took."""
+    start = trio.current_time()
+    await layer.generate(REQUEST, Recorder())
+    return trio.current_time() - start
+
+
+async def test_transient_error_is_retried_until_success(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Two ServerErrors then success: the caller sees only the success."""
+    layer, worker = _layer([fail(ServerError("a")), fail(ServerError("b")), OK])
+    recorder = Recorder()
+    await layer.generate(REQUEST, recorder)
+    assert worker.calls == 3
+    assert isinstance(recorder.events[-1], Done)
+    stats = layer.statistics()
+    assert (stats.attempts, stats.retries, stats.recovered) == (3, 2, 1)
+
+
+async def test_not_retryable_error_is_raised_at_once() -> None:
+    """A BadRequest goes to the caller after one attempt."""
+    layer, worker = _layer([fail(BadRequest("no")), OK])
+    with pytest.raises(BadRequest):
+        await layer.generate(REQUEST, Recorder())
+    assert worker.calls == 1
+    assert layer.statistics().gave_up["not_retryable"] == 1
+
+
+async def test_attempts_are_bounded_by_max_attempts(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """With max_attempts 3 the worker is called 3 times, then the last error surfaces."""
+    layer, worker = _layer([fail(ServerError("down"))], max_attempts=3)
+    with pytest.raises(ServerError):
+        await layer.generate(REQUEST, Recorder())
+    assert worker.calls == 3
+    assert layer.statistics().gave_up["attempts"] == 1
+
+
+async def test_retry_after_is_honoured(autojump_clock: trio.testing.MockClock) -> None:
+    """A 429 with Retry-After 7 s waits at least 7 s before the next attempt."""
+    layer, _ = _layer([fail(RateLimited("slow down", retry_after=7.0)), OK], initial_backoff=0.1)
+    assert await _sleeps(layer, autojump_clock) >= 7.0
+
+
+async def test_retry_after_beyond_the_maximum_is_not_waited_for() -> None:
+    """A Retry-After above max_retry_after gives up at once."""
+    layer, worker = _layer(
+        [fail(RateLimited("come back tomorrow", retry_after=86400.0)), OK], max_retry_after=60.0
+    )
+    with pytest.raises(RateLimited):
+        await layer.generate(REQUEST, Recorder())
+    assert worker.calls == 1
+    assert layer.statistics().gave_up["retry_after"] == 1
+
+
+async def test_backoff_that_would_cross_the_deadline_gives_up(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """With 5 s left and a 7 s Retry-After, the error surfaces at once, not at the deadline."""
+    layer, worker = _layer([fail(RateLimited("later", retry_after=7.0)), OK])
+    start = trio.current_time()
+    with trio.move_on_after(5.0), pytest.raises(RateLimited):
+        await layer.generate(REQUEST, Recorder())
+    assert trio.current_time() == start
+    assert worker.calls == 1
+    assert layer.statistics().gave_up["deadline"] == 1
+
+
+async def test_nothing_is_retried_after_an_event_reached_the_caller() -> None:
+    """A failure after a token was emitted is not retried by default."""
+    layer, worker = _layer([Step(ServerError("cut"), tokens=("a",)), OK])
+    with pytest.raises(ServerError):
+        await layer.generate(REQUEST, Recorder())
+    assert worker.calls == 1
+    assert layer.statistics().gave_up["streamed"] == 1
+
+
+async def test_restart_stream_swallows_the_replayed_prefix(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """With restart_stream, a retry that repeats what was sent continues the stream seamlessly."""
+    layer, _ = _layer(
+        [Step(ServerError("cut"), tokens=("a",)), Step(tokens=("a", "b"))], restart_stream=True
+    )
+    recorder = Recorder()
+    await layer.generate(REQUEST, recorder)
+    texts = [e.text for e in recorder.events if isinstance(e, TextDelta)]
+    assert texts == ["a", "b"]
+    assert sum(isinstance(e, Done) for e in recorder.events) == 1
+
+
+async def test_restart_stream_that_diverges_raises_the_original_error(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A restarted attempt that says something else ends with the first attempt's error."""
+    original = ServerError("cut")
+    layer, _ = _layer([Step(original, tokens=("a",)), Step(tokens=("x", "y"))], restart_stream=True)
+    recorder = Recorder()
+    with pytest.raises(ServerError) as info:
+        await layer.generate(REQUEST, recorder)
+    assert info.value is original
+    assert recorder.events == [TextDelta("a")]
+    assert layer.statistics().gave_up["diverged"] == 1
+
+
+@given(
+    attempt=st.integers(1, 40),
+    initial=st.floats(0.01, 10.0),
+    multiplier=st.floats(1.0, 4.0),
+    maximum=st.floats(0.01, 100.0),
+)
+def test_backoff_cap_grows_exponentially_and_is_capped(
+    attempt: int, initial: float, multiplier: float, maximum: float
+) -> None:
+    """The backoff bound is initial·multiplier^(n-1), never above max_backoff."""
+    config = RetryConfig(initial_backoff=initial, multiplier=multiplier, max_backoff=maximum)
+    cap = backoff_cap(config, attempt)
+    assert cap <= maximum
+    assert cap == pytest.approx(min(maximum, initial * multiplier ** (attempt - 1)))
+
+
+async def test_backoff_is_full_jitter_below_its_cap(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Each backoff lies in [0, cap]; across requests they vary (jitter)."""
+    waits = []
+    for seed in range(10):
+        worker = ScriptedWorker([fail(ServerError("x")), OK])
+        config = RetryConfig(enabled=True, initial_backoff=2.0)
+        layer = RetryLayer(worker, config, rng=random.Random(seed))
+        waits.append(await _sleeps(layer, autojump_clock))
+    assert all(0.0 <= wait <= 2.0 for wait in waits)
+    assert len(set(waits)) > 1

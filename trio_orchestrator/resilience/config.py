@@ -1,0 +1,285 @@
+"""Configuration of the resilience layers: ``[resilience.*]`` in the TOML file.
+
+Every layer is off by default, so a bare configuration behaves exactly like a pipeline with
+no layers; turn each on with ``enabled = true`` in its section.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import attrs
+
+__all__ = [
+    "BreakerConfig",
+    "LimitConfig",
+    "RateLimitsConfig",
+    "ResilienceConfig",
+    "RetryConfig",
+]
+
+LATENCY_ANOMALY_MODES = ("off", "ewma", "zscore")
+LIMIT_SCOPES = ("provider", "model", "user", "api_key")
+LIMIT_MODES = ("wait", "reject")
+
+
+# The root ``config.model`` imports this module, so its validators are not imported from
+# there (that would be an import cycle); these are the same checks.
+
+
+def positive_int(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    """A whole number ≥ 1 (``bool`` is not a number here)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{attribute.name} must be a whole number ≥ 1, got {value!r}")
+
+
+def non_negative_time(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    """Seconds ≥ 0, finite."""
+    if not _is_number(value) or not 0 <= value < math.inf:  # type: ignore[operator]
+        raise ValueError(f"{attribute.name} must be a number of seconds ≥ 0, got {value!r}")
+
+
+def positive_time(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    """Seconds > 0 (``inf`` for no limit)."""
+    if not _is_number(value) or not value > 0:  # type: ignore[operator]
+        raise ValueError(
+            f"{attribute.name} must be a number of seconds > 0 (inf for no limit), got {value!r}"
+        )
+
+
+def _fraction(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    """A number in (0, 1]."""
+    if not _is_number(value) or not 0 < value <= 1:  # type: ignore[operator]
+        raise ValueError(f"{attribute.name} must be a number in (0, 1], got {value!r}")
+
+
+def _jitter(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    """A number in [0, 1)."""
+    if not _is_number(value) or not 0 <= value < 1:  # type: ignore[operator]
+        raise ValueError(f"{attribute.name} must be a number in [0, 1), got {value!r}")
+
+
+def _at_least_one(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    """A finite number ≥ 1."""
+    if not _is_number(value) or not 1 <= value < math.inf:  # type: ignore[operator]
+        raise ValueError(f"{attribute.name} must be a finite number ≥ 1, got {value!r}")
+
+
+def _positive_number(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    """A finite number > 0."""
+    if not _is_number(value) or not 0 < value < math.inf:  # type: ignore[operator]
+        raise ValueError(f"{attribute.name} must be a finite number > 0, got {value!r}")
+
+
+def _optional_positive(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None:
+        _positive_number(_instance, attribute, value)
+
+
+def _is_number(value: object) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int | float) and not math.isnan(value)
+
+
+def _one_of(choices: tuple[str, ...]) -> Any:
+    def check(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        if value not in choices:
+            raise ValueError(f"{attribute.name} must be one of {list(choices)}, got {value!r}")
+
+    return check
+
+
+@attrs.frozen
+class BreakerConfig:
+    """The circuit breaker: one per provider and model.
+
+    Attributes:
+        enabled: put the circuit-breaker layer in the request path.
+        failure_threshold: consecutive failures that open the circuit.
+        failure_rate_threshold: failure rate over ``window`` (with at least ``minimum_calls``
+            calls in it) that opens the circuit, in (0, 1].
+        window: seconds of the rolling window the failure rate is measured over.
+        minimum_calls: calls in the window before the failure rate is trusted.
+        cooldown: seconds the circuit stays open after it first opens.
+        cooldown_multiplier: the cool-down grows by this factor after each failed probe
+            round (≥ 1).
+        max_cooldown: the cool-down never exceeds this many seconds.
+        jitter: the cool-down is shortened by a random fraction up to this much, in [0, 1),
+            so breakers opened together do not probe together.
+        half_open_probes: calls let through at once while half-open; their results decide.
+        probe_success_threshold: fraction of a probe round that must succeed to close.
+        latency_anomaly: ``off``, ``ewma`` (exponentially weighted mean and variance) or
+            ``zscore`` (mean and deviation of the last ``latency_window`` calls): a call whose
+            time to first event is far above its baseline counts as a failure.
+        latency_threshold: how far above: this many standard deviations.
+        latency_min_excess: and at least this many seconds above the mean (so a perfectly
+            steady baseline does not trip on noise).
+        latency_warmup: calls observed before anomalies are judged.
+        latency_alpha: the EWMA's weight of the newest sample, in (0, 1].
+        latency_window: samples the z-score baseline keeps.
+    """
+
+    enabled: bool = False
+    failure_threshold: int = attrs.field(default=5, validator=positive_int)
+    failure_rate_threshold: float = attrs.field(default=0.5, validator=_fraction)
+    window: float = attrs.field(default=60.0, validator=_positive_number)
+    minimum_calls: int = attrs.field(default=20, validator=positive_int)
+    cooldown: float = attrs.field(default=5.0, validator=_positive_number)
+    cooldown_multiplier: float = attrs.field(default=2.0, validator=_at_least_one)
+    max_cooldown: float = attrs.field(default=300.0, validator=_positive_number)
+    jitter: float = attrs.field(default=0.1, validator=_jitter)
+    half_open_probes: int = attrs.field(default=3, validator=positive_int)
+    probe_success_threshold: float = attrs.field(default=1.0, validator=_fraction)
+    latency_anomaly: str = attrs.field(default="off", validator=_one_of(LATENCY_ANOMALY_MODES))
+    latency_threshold: float = attrs.field(default=4.0, validator=_positive_number)
+    latency_min_excess: float = attrs.field(default=0.05, validator=non_negative_time)
+    latency_warmup: int = attrs.field(default=20, validator=positive_int)
+    latency_alpha: float = attrs.field(default=0.1, validator=_fraction)
+    latency_window: int = attrs.field(default=100, validator=positive_int)
+
+    def __attrs_post_init__(self) -> None:
+        if self.max_cooldown < self.cooldown:
+            raise ValueError(
+                f"max_cooldown ({self.max_cooldown}) must be ≥ cooldown ({self.cooldown})"
+            )
+
+
+@attrs.frozen
+class RetryConfig:
+    """Retries of failed provider calls.
+
+    Attributes:
+        enabled: put the retry layer in the request path.
+        max_attempts: calls in all, the first included (so 3 means up to 2 retries).
+        initial_backoff: the cap of the first backoff, in seconds; each backoff is drawn
+            uniformly from [0, cap] ("full jitter").
+        multiplier: the cap grows by this factor per retry (≥ 1).
+        max_backoff: the cap never exceeds this many seconds.
+        max_retry_after: a provider asking to wait longer than this (``Retry-After``) is not
+            retried; the error goes to the caller at once.
+        restart_stream: allow a retry after events reached the caller. The new attempt must
+            repeat the events already sent exactly (they are swallowed, the rest passes on);
+            if it diverges, the caller gets the original error. Off: no retry once an event
+            has been emitted.
+    """
+
+    enabled: bool = False
+    max_attempts: int = attrs.field(default=3, validator=positive_int)
+    initial_backoff: float = attrs.field(default=0.5, validator=_positive_number)
+    multiplier: float = attrs.field(default=2.0, validator=_at_least_one)
+    max_backoff: float = attrs.field(default=30.0, validator=_positive_number)
+    max_retry_after: float = attrs.field(default=60.0, validator=positive_time)
+    restart_stream: bool = False
+
+
+@attrs.frozen
+class LimitConfig:
+    """One rate limit: a token bucket per value of its scope.
+
+    Exactly one of ``requests_per_second``, ``requests_per_minute`` and ``tokens_per_minute``
+    is given.
+
+    Attributes:
+        scope: what the limit is counted per: ``provider``, ``model`` (the request's
+            ``params.model``), ``user`` (``request.meta["user"]``) or ``api_key``
+            (``request.meta["api_key_id"]``). A request without that meta key is not
+            limited by this limit.
+        requests_per_second: requests admitted per second.
+        requests_per_minute: requests admitted per minute.
+        tokens_per_minute: estimated tokens per minute (prompt characters / 4 plus
+            ``max_tokens``), corrected by the real usage after the call.
+        burst: the bucket's size, i.e. what may pass at once after a quiet spell; default:
+            one period's worth of the rate (at least 1).
+        mode: ``wait`` (queue in FIFO order, up to the request's deadline) or ``reject``
+            (refuse at once with ``RateLimitExceeded`` and its ``retry_after``).
+        match: only limit requests whose scope value equals this (e.g. one model); default:
+            every value gets its own bucket.
+    """
+
+    scope: str = attrs.field(validator=_one_of(LIMIT_SCOPES))
+    requests_per_second: float | None = attrs.field(default=None, validator=_optional_positive)
+    requests_per_minute: float | None = attrs.field(default=None, validator=_optional_positive)
+    tokens_per_minute: float | None = attrs.field(default=None, validator=_optional_positive)
+    burst: float | None = attrs.field(default=None, validator=_optional_positive)
+    mode: str = attrs.field(default="wait", validator=_one_of(LIMIT_MODES))
+    match: str | None = None
+
+    def __attrs_post_init__(self) -> None:
+        given = [
+            self.requests_per_second,
+            self.requests_per_minute,
+            self.tokens_per_minute,
+        ]
+        if sum(rate is not None for rate in given) != 1:
+            raise ValueError(
+                "a limit needs exactly one of requests_per_second, requests_per_minute, "
+                f"tokens_per_minute (scope {self.scope!r})"
+            )
+
+    @property
+    def counts_tokens(self) -> bool:
+        """True for a tokens-per-minute limit, False for a requests limit."""
+        return self.tokens_per_minute is not None
+
+    @property
+    def rate(self) -> float:
+        """Units (requests or tokens) refilled per second."""
+        if self.requests_per_second is not None:
+            return self.requests_per_second
+        per_minute = self.requests_per_minute or self.tokens_per_minute
+        assert per_minute is not None
+        return per_minute / 60.0
+
+    @property
+    def capacity(self) -> float:
+        """The bucket's size: ``burst``, or one period's worth of the rate (at least 1)."""
+        if self.burst is not None:
+            return self.burst
+        period = self.requests_per_second or self.requests_per_minute or self.tokens_per_minute
+        assert period is not None
+        return max(1.0, period)
+
+
+def _to_limits(limits: Iterable[LimitConfig]) -> tuple[LimitConfig, ...]:
+    return tuple(limits)
+
+
+@attrs.frozen
+class RateLimitsConfig:
+    """Local rate limits, checked together before each provider call.
+
+    Attributes:
+        enabled: put the rate-limit layer in the request path.
+        limits: the limits; a request is charged against every one that applies to it,
+            atomically (all admit, or none is charged).
+        default_max_tokens: the output tokens assumed when estimating a request that sets
+            no ``max_tokens``.
+        max_buckets: past this many buckets (one per provider, model, user and key seen),
+            buckets that have refilled completely are forgotten (they would be recreated
+            full, so no decision changes).
+    """
+
+    enabled: bool = False
+    limits: tuple[LimitConfig, ...] = attrs.field(default=(), converter=_to_limits)
+    default_max_tokens: int = attrs.field(default=256, validator=positive_int)
+    max_buckets: int = attrs.field(default=100_000, validator=positive_int)
+
+
+@attrs.frozen
+class ResilienceConfig:
+    """The resilience layers around the provider, outermost first: cache → coalescing →
+    rate limit → circuit breaker → retry → provider.
+
+    Attributes:
+        rate_limits: token buckets per provider, model, user and API key.
+        breaker: the circuit breaker per provider and model.
+        retry: retries with capped, fully jittered exponential backoff.
+    """
+
+    # The cache and coalescing sections (``cache: CacheConfig``, ``coalescing:
+    # CoalescingConfig``) are added here by the coalescing work; their layers plug into the
+    # hooks of the same names in ``stack.py``.
+    rate_limits: RateLimitsConfig = attrs.field(factory=RateLimitsConfig)
+    breaker: BreakerConfig = attrs.field(factory=BreakerConfig)
+    retry: RetryConfig = attrs.field(factory=RetryConfig)

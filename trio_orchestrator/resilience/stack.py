@@ -1,0 +1,153 @@
+"""The composition of the resilience layers around a provider worker.
+
+Outermost first, each layer a worker wrapping the next::
+
+    cache → coalescing → rate limit → circuit breaker → retry → provider
+
+Why this order: a cache hit or a coalesced request costs the provider nothing, so neither
+should spend rate-limit budget; a request refused by a rate limit never reaches the breaker,
+so local throttling does not look like an unhealthy upstream; the breaker sits outside the
+retries so that one request counts once (a request that recovered by retrying is a success,
+one that used every attempt is one failure), and an open circuit stops the retries of every
+new request at once instead of letting each one back off against a dead upstream.
+
+Each layer is switched on by its ``enabled`` key under ``[resilience]``; a disabled layer is
+not in the chain at all (no cost). :func:`open_layers` runs for the pipeline's lifetime and
+gives layers a nursery for background work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, TypeAlias
+
+import attrs
+import trio
+
+from ..workers.base import ModelWorker
+from .breaker import CircuitBreakerLayer
+from .config import ResilienceConfig
+from .ratelimit import RateLimitLayer
+from .retry import RetryLayer
+
+if TYPE_CHECKING:
+    from ..config import Config
+
+__all__ = ["LAYERS", "LayerContext", "iter_layers", "open_layers", "provider_name", "wrap"]
+
+
+@attrs.frozen(eq=False)
+class LayerContext:
+    """What a layer factory may use besides the worker it wraps and the configuration.
+
+    Attributes:
+        nursery: lives as long as the layers; for background tasks (it is cancelled after
+            the pipeline has drained).
+        provider: the provider's name (see :func:`provider_name`), for per-provider keys.
+    """
+
+    nursery: trio.Nursery
+    provider: str
+
+
+LayerFactory: TypeAlias = Callable[[ModelWorker, ResilienceConfig, LayerContext], ModelWorker]
+
+
+def provider_name(worker: ModelWorker) -> str:
+    """The provider's name: the worker's ``name`` attribute when it is a string, else its
+    class name."""
+    name = getattr(worker, "name", None)
+    return name if isinstance(name, str) and name else type(worker).__name__
+
+
+def _cache(worker: ModelWorker, config: ResilienceConfig, context: LayerContext) -> ModelWorker:
+    # Hook: the cache layer (config.cache) wraps the worker here.
+    return worker
+
+
+def _coalescing(
+    worker: ModelWorker, config: ResilienceConfig, context: LayerContext
+) -> ModelWorker:
+    # Hook: the coalescing layer (config.coalescing) wraps the worker here; it may start its
+    # background tasks in context.nursery.
+    return worker
+
+
+def _rate_limit(
+    worker: ModelWorker, config: ResilienceConfig, context: LayerContext
+) -> ModelWorker:
+    if not config.rate_limits.enabled or not config.rate_limits.limits:
+        return worker
+    return RateLimitLayer(worker, config.rate_limits, provider=context.provider)
+
+
+def _circuit_breaker(
+    worker: ModelWorker, config: ResilienceConfig, context: LayerContext
+) -> ModelWorker:
+    if not config.breaker.enabled:
+        return worker
+    return CircuitBreakerLayer(worker, config.breaker, provider=context.provider)
+
+
+def _retry(worker: ModelWorker, config: ResilienceConfig, context: LayerContext) -> ModelWorker:
+    if not config.retry.enabled:
+        return worker
+    return RetryLayer(worker, config.retry)
+
+
+LAYERS: tuple[tuple[str, LayerFactory], ...] = (
+    ("cache", _cache),
+    ("coalescing", _coalescing),
+    ("rate_limit", _rate_limit),
+    ("circuit_breaker", _circuit_breaker),
+    ("retry", _retry),
+)
+"""The layers, outermost first, each with the factory that wraps a worker in it (or returns
+the worker unchanged when the layer is disabled)."""
+
+
+def wrap(worker: ModelWorker, config: ResilienceConfig, context: LayerContext) -> ModelWorker:
+    """Wrap ``worker`` in every enabled layer, in the order of :data:`LAYERS`."""
+    for _, factory in reversed(LAYERS):
+        worker = factory(worker, config, context)
+    return worker
+
+
+def iter_layers(worker: ModelWorker) -> Iterator[ModelWorker]:
+    """Yield ``worker`` and every worker it wraps (through ``.inner``), outermost first.
+
+    Use it to find a layer and read its ``statistics()``::
+
+        breakers = next(w for w in iter_layers(pipeline.worker)
+                        if isinstance(w, CircuitBreakerLayer))
+    """
+    current: object = worker
+    while isinstance(current, ModelWorker):
+        yield current
+        current = getattr(current, "inner", None)
+
+
+@asynccontextmanager
+async def open_layers(worker: ModelWorker, config: Config) -> AsyncIterator[ModelWorker]:
+    """Wrap ``worker`` in the layers ``config.resilience`` enables, for the ``async with``.
+
+    Args:
+        worker: the provider worker.
+        config: the whole configuration (its ``resilience`` section is used).
+
+    Yields:
+        The outermost layer (``worker`` itself when no layer is enabled).
+    """
+    body_error: BaseException | None = None
+    async with trio.open_nursery() as nursery:
+        context = LayerContext(nursery, provider_name(worker))
+        try:
+            yield wrap(worker, config.resilience, context)
+        except BaseException as exc:
+            # Re-raised outside the nursery, so the caller sees its own exception rather
+            # than an ExceptionGroup wrapping it.
+            body_error = exc
+        nursery.cancel_scope.cancel()
+    if body_error is not None:
+        raise body_error
