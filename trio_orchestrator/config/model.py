@@ -7,6 +7,7 @@ from typing import Any
 
 import attrs
 
+from ..distributed.config import DistributedConfig
 from ..resilience.config import ResilienceConfig
 
 __all__ = ["Config", "PipelineConfig", "non_negative_time", "positive_int", "positive_time"]
@@ -78,7 +79,9 @@ class Config:
     Attributes:
         pipeline: stage capacities, concurrency, timeouts and shutdown.
         resilience: rate limits, circuit breakers and retries around the provider.
+        distributed: state shared with other processes through Redis (off by default).
     """
 
     pipeline: PipelineConfig = attrs.field(factory=PipelineConfig)
     resilience: ResilienceConfig = attrs.field(factory=ResilienceConfig)
+    distributed: DistributedConfig = attrs.field(factory=DistributedConfig)

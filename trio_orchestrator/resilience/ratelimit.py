@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Protocol
 
 import attrs
 import trio
@@ -37,6 +38,7 @@ __all__ = [
     "RateLimitLayer",
     "RateLimitStatistics",
     "RateLimiter",
+    "SharedLimits",
     "TokenBucket",
     "estimate_tokens",
 ]
@@ -251,6 +253,17 @@ class RateLimiter:
         )
 
 
+class SharedLimits(Protocol):
+    """Buckets shared with other processes (see
+    :class:`~trio_orchestrator.distributed.SharedRateLimiter`)."""
+
+    async def try_acquire(self, keys: dict[str, str], tokens: int) -> tuple[float, bool] | None:
+        """Like :meth:`RateLimiter.try_acquire`; ``None``: unavailable, use local buckets."""
+
+    async def reconcile(self, keys: dict[str, str], estimate: int, actual: int) -> None:
+        """Correct the token buckets by a request's real usage."""
+
+
 @attrs.define(eq=False)
 class RateLimitLayer:
     """A worker that admits calls to ``inner`` within the configured rate limits.
@@ -264,11 +277,14 @@ class RateLimitLayer:
         inner: the worker to call.
         config: the limits.
         provider: the provider's name (the value of the ``provider`` scope).
+        shared: when given, the buckets are shared with other processes (in Redis) and the
+            local ones are used only while it is unavailable.
     """
 
     inner: ModelWorker
     config: RateLimitsConfig
     provider: str = attrs.field(default="default", kw_only=True)
+    shared: SharedLimits | None = attrs.field(default=None, kw_only=True)
     _limiter: RateLimiter = attrs.field(init=False)
     _queues: dict[tuple[int, ...], trio.Lock] = attrs.field(factory=dict, init=False)
     _counts_tokens: bool = attrs.field(init=False)
@@ -309,8 +325,10 @@ class RateLimitLayer:
         if limiter.size > self._sweep_at and not self._queues:
             limiter.sweep(trio.current_time())
             self._sweep_at = max(self.config.max_buckets, 2 * limiter.size)
-        charges = limiter.charges(self._keys(request), estimate)
-        await self._admit(charges)
+        keys = self._keys(request)
+        charges = limiter.charges(keys, estimate)
+        if self.shared is None or not await self._admit_shared(self.shared, keys, estimate):
+            await self._admit(charges)
         if not estimate or not any(charge.limit.counts_tokens for charge in charges):
             await self.inner.generate(request, emit)
             return
@@ -327,7 +345,10 @@ class RateLimitLayer:
         try:
             await self.inner.generate(request, metered_emit)
         finally:
-            if usage is not None:
+            if usage is not None and self.shared is not None:
+                with trio.CancelScope(shield=True):  # bounded by the operation timeout
+                    await self.shared.reconcile(keys, estimate, usage.total_tokens)
+            elif usage is not None:
                 self._reconcile(charges, estimate, usage.total_tokens)
 
     def _keys(self, request: PromptRequest) -> dict[str, str]:
@@ -350,6 +371,27 @@ class RateLimitLayer:
                 return
             self._refuse_if(reject, wait, trio.current_effective_deadline())
         await self._wait_in_line(queue_key or tuple(id(c.bucket) for c in charges), charges)
+
+    async def _admit_shared(self, shared: SharedLimits, keys: dict[str, str], tokens: int) -> bool:
+        """Wait for (or be refused) room in the shared buckets; False: they are unavailable
+        and the local buckets decide."""
+        deadline = trio.current_effective_deadline()
+        start = trio.current_time()
+        while (answer := await shared.try_acquire(keys, tokens)) is not None:
+            wait, reject = answer
+            if wait == 0.0:
+                self._admitted += 1
+                if trio.current_time() > start:
+                    self._waited += 1
+                    self._wait_seconds += trio.current_time() - start
+                return True
+            self._refuse_if(reject, wait, deadline)
+            self._waiting += 1
+            try:
+                await trio.sleep(wait)
+            finally:
+                self._waiting -= 1
+        return False
 
     async def _wait_in_line(self, queue_key: tuple[int, ...], charges: list[Charge]) -> None:
         queue = self._queues.setdefault(queue_key, trio.Lock())

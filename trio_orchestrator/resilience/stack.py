@@ -33,6 +33,7 @@ from .retry import RetryLayer
 
 if TYPE_CHECKING:
     from ..config import Config
+    from ..distributed.connection import RedisConnection
 
 __all__ = ["LAYERS", "LayerContext", "iter_layers", "open_layers", "provider_name", "wrap"]
 
@@ -45,10 +46,13 @@ class LayerContext:
         nursery: lives as long as the layers; for background tasks (it is cancelled after
             the pipeline has drained).
         provider: the provider's name (see :func:`provider_name`), for per-provider keys.
+        redis: the connection to Redis when ``[distributed] redis_url`` is set (layers then
+            share their state with other processes), else None.
     """
 
     nursery: trio.Nursery
     provider: str
+    redis: RedisConnection | None = None
 
 
 LayerFactory: TypeAlias = Callable[[ModelWorker, ResilienceConfig, LayerContext], ModelWorker]
@@ -79,7 +83,12 @@ def _rate_limit(
 ) -> ModelWorker:
     if not config.rate_limits.enabled or not config.rate_limits.limits:
         return worker
-    return RateLimitLayer(worker, config.rate_limits, provider=context.provider)
+    shared = None
+    if context.redis is not None:
+        from ..distributed.ratelimit import SharedRateLimiter
+
+        shared = SharedRateLimiter(context.redis, config.rate_limits.limits, context.provider)
+    return RateLimitLayer(worker, config.rate_limits, provider=context.provider, shared=shared)
 
 
 def _circuit_breaker(
@@ -140,8 +149,8 @@ async def open_layers(worker: ModelWorker, config: Config) -> AsyncIterator[Mode
         The outermost layer (``worker`` itself when no layer is enabled).
     """
     body_error: BaseException | None = None
-    async with trio.open_nursery() as nursery:
-        context = LayerContext(nursery, provider_name(worker))
+    async with _open_shared_state(config) as redis, trio.open_nursery() as nursery:
+        context = LayerContext(nursery, provider_name(worker), redis)
         try:
             yield wrap(worker, config.resilience, context)
         except BaseException as exc:
@@ -151,3 +160,15 @@ async def open_layers(worker: ModelWorker, config: Config) -> AsyncIterator[Mode
         nursery.cancel_scope.cancel()
     if body_error is not None:
         raise body_error
+
+
+@asynccontextmanager
+async def _open_shared_state(config: Config) -> AsyncIterator[RedisConnection | None]:
+    """The Redis connection when ``[distributed] redis_url`` is set, else None."""
+    if config.distributed.redis_url is None:
+        yield None
+        return
+    from ..distributed.connection import open_redis
+
+    async with open_redis(config.distributed) as redis:
+        yield redis

@@ -1,0 +1,162 @@
+"""The Redis connection: bounded operations, health state, loss and recovery (real server).
+
+These tests talk to a real ``redis-server`` over real sockets, so they run on the real clock
+(an autojump clock would jump past every socket wait); waits are short and bounded.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import trio
+from redis_fixture import RedisServer, redis_server
+
+from trio_orchestrator import Config, EchoWorker, PromptRequest, open_pipeline
+from trio_orchestrator.distributed import (
+    DistributedConfig,
+    RedisUnavailable,
+    SharedRateLimiter,
+    open_redis,
+)
+from trio_orchestrator.resilience import (
+    LimitConfig,
+    RateLimitLayer,
+    RateLimitsConfig,
+    ResilienceConfig,
+    open_layers,
+)
+
+__all__ = ["redis_server"]
+
+
+def distributed(server: RedisServer, **overrides: object) -> DistributedConfig:
+    """A ``[distributed]`` section for ``server`` with quick health checks."""
+    settings: dict[str, object] = {"redis_url": server.url, "health_interval": 0.05}
+    settings.update(overrides)
+    return DistributedConfig(**settings)  # type: ignore[arg-type]
+
+
+async def wait_until(condition: Callable[[], bool]) -> None:
+    """Poll ``condition`` on the real clock until it holds (fails the test after 5 s)."""
+    with trio.fail_after(5):
+        # Polling: the condition depends on an outside server, with no event to wait on.
+        while not condition():  # noqa: ASYNC110
+            await trio.sleep(0.01)
+
+
+def closed_server(tmp_path: Path) -> RedisServer:
+    """A server object whose port nothing listens on (until it is started)."""
+    executable = shutil.which("redis-server")
+    if executable is None:
+        pytest.skip("redis-server is not installed (Debian: apt-get install redis-server)")
+    return RedisServer(executable, tmp_path)
+
+
+def test_config_rejects_a_url_without_a_redis_scheme() -> None:
+    """A redis_url that is not redis://, rediss:// or unix:// is refused, naming the key."""
+    with pytest.raises(ValueError, match="redis_url"):
+        DistributedConfig(redis_url="http://localhost:6379")
+
+
+def test_config_rejects_a_non_positive_timeout() -> None:
+    """operation_timeout must be a positive number of seconds."""
+    with pytest.raises(ValueError, match="operation_timeout"):
+        DistributedConfig(operation_timeout=0)
+
+
+async def test_call_runs_the_operation(redis_server: RedisServer) -> None:
+    """An operation through ``call`` reaches Redis and returns its answer."""
+    async with open_redis(distributed(redis_server)) as redis:
+        await redis.call(lambda r: r.set(redis.key("k"), "v"))
+        assert await redis.call(lambda r: r.get(redis.key("k"))) == "v"
+        assert redis.statistics().up
+
+
+async def test_start_fails_clearly_when_redis_is_down(tmp_path: Path) -> None:
+    """With on_start_failure = fail, an unreachable Redis refuses to start, saying what to do."""
+    server = closed_server(tmp_path)
+    with pytest.raises(RedisUnavailable, match="on_start_failure"):
+        async with open_redis(distributed(server, start_timeout=0.5)):
+            pass  # pragma: no cover
+
+
+async def test_start_locally_then_use_redis_once_it_answers(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With on_start_failure = local, it starts down with a warning and comes up with Redis."""
+    server = closed_server(tmp_path)
+    caplog.set_level(logging.WARNING, "trio_orchestrator.distributed")
+    async with open_redis(distributed(server, on_start_failure="local")) as redis:
+        assert not redis.up
+        assert "STARTING WITHOUT REDIS" in caplog.text
+        server.start()
+        try:
+            await wait_until(lambda: redis.up)
+            assert await redis.call(lambda r: r.ping())
+        finally:
+            server.stop()
+
+
+async def test_lost_redis_fails_fast_then_recovers(redis_server: RedisServer) -> None:
+    """Once Redis is lost, calls fail at once without a round trip; it is used again on return."""
+    async with open_redis(distributed(redis_server)) as redis:
+        redis_server.stop()
+        with pytest.raises(RedisUnavailable):
+            await redis.call(lambda r: r.ping())
+        with pytest.raises(RedisUnavailable):
+            await redis.call(lambda r: r.ping())
+        stats = redis.statistics()
+        assert (stats.up, stats.times_lost, stats.refused_while_down) == (False, 1, 1)
+        redis_server.start()
+        await wait_until(lambda: redis.up)
+        assert await redis.call(lambda r: r.ping())
+        assert redis.statistics().times_recovered == 1
+
+
+async def test_a_hung_redis_costs_at_most_the_operation_timeout(
+    redis_server: RedisServer,
+) -> None:
+    """A frozen Redis turns a call into RedisUnavailable at the timeout, not a hang."""
+    async with open_redis(distributed(redis_server, health_interval=60)) as redis:
+        redis_server.pause()
+        try:
+            with trio.fail_after(2):  # a guard: the call must end by itself long before
+                with pytest.raises(RedisUnavailable, match=r"no answer within 0\.25 s"):
+                    await redis.call(lambda r: r.ping())
+        finally:
+            redis_server.resume()
+        assert redis.statistics().timeouts == 1
+
+
+async def test_password_is_not_shown(redis_server: RedisServer) -> None:
+    """The URL in statistics and messages hides the password."""
+    url = f"redis://:hunter2@127.0.0.1:{redis_server.port}/0"
+    config = DistributedConfig(redis_url=url, on_start_failure="local", start_timeout=0.5)
+    async with open_redis(config) as redis:
+        assert "hunter2" not in redis.statistics().url
+        assert "hunter2" not in redis.statistics().last_error
+
+
+async def test_open_layers_shares_rate_limits_only_with_redis(redis_server: RedisServer) -> None:
+    """With redis_url set the rate-limit layer gets shared buckets; without, it stays local."""
+    limits = RateLimitsConfig(enabled=True, limits=[LimitConfig("provider", requests_per_second=1)])
+    resilience = ResilienceConfig(rate_limits=limits)
+    shared_config = Config(resilience=resilience, distributed=distributed(redis_server))
+    async with open_layers(EchoWorker(), shared_config) as worker:
+        assert isinstance(worker, RateLimitLayer)
+        assert isinstance(worker.shared, SharedRateLimiter)
+    async with open_layers(EchoWorker(), Config(resilience=resilience)) as worker:
+        assert isinstance(worker, RateLimitLayer)
+        assert worker.shared is None
+
+
+async def test_pipeline_runs_with_redis_configured(redis_server: RedisServer) -> None:
+    """A pipeline with redis_url set serves requests and shuts down cleanly."""
+    config = Config(distributed=distributed(redis_server))
+    async with open_pipeline(EchoWorker(), config) as pipeline:
+        completion = await pipeline.submit(PromptRequest(input="hello"))
+    assert completion.text == "hello"

@@ -1,0 +1,21 @@
+"""Shared state across processes and hosts, through Redis.
+
+With ``[distributed] redis_url`` set, :func:`~trio_orchestrator.resilience.open_layers`
+connects to Redis (:func:`open_redis`) and the layers share their state through it: rate
+limits are global (:class:`SharedRateLimiter`). Without it everything stays in memory, per
+process.
+"""
+
+from .config import DistributedConfig
+from .connection import RedisConnection, RedisStatistics, RedisUnavailable, open_redis
+from .ratelimit import SharedRateLimiter, SharedRateLimitStatistics
+
+__all__ = [
+    "DistributedConfig",
+    "RedisConnection",
+    "RedisStatistics",
+    "RedisUnavailable",
+    "SharedRateLimitStatistics",
+    "SharedRateLimiter",
+    "open_redis",
+]
