@@ -24,6 +24,7 @@ import enum
 import math
 import random
 from collections import deque
+from typing import Protocol
 
 import attrs
 import trio
@@ -41,6 +42,7 @@ __all__ = [
     "CircuitBreakerLayer",
     "LatencyBaseline",
     "Permit",
+    "SharedBreakerState",
 ]
 
 _LATENCY_SAMPLES = 1024
@@ -371,6 +373,39 @@ class CircuitBreaker:
         )
 
 
+class SharedVerdict(Protocol):
+    """What the shared state says about one call."""
+
+    @property
+    def state(self) -> str:
+        """``closed``, ``probe``, ``open`` or ``busy``."""
+
+    @property
+    def retry_after(self) -> float:
+        """Seconds until a call may pass."""
+
+    @property
+    def admitted(self) -> bool:
+        """True when the call may go ahead."""
+
+
+class SharedBreakerState(Protocol):
+    """Breaker state shared with other processes (see
+    :class:`~trio_orchestrator.distributed.SharedBreakers`)."""
+
+    async def check(self, target: str) -> SharedVerdict:
+        """The verdict on one call to ``target``."""
+
+    async def opened(self, target: str) -> None:
+        """Publish that ``target``'s circuit opened here."""
+
+    async def probe_succeeded(self, target: str) -> None:
+        """Close ``target``'s circuit for every process."""
+
+    async def release(self, target: str) -> None:
+        """Give back an unused probe slot."""
+
+
 @attrs.define(eq=False)
 class CircuitBreakerLayer:
     """A worker that guards ``inner`` with one :class:`CircuitBreaker` per target.
@@ -388,12 +423,16 @@ class CircuitBreakerLayer:
         config: the breaker settings, shared by every target.
         provider: the provider's name, the first part of each target.
         rng: the source of cool-down jitter (seed it in tests).
+        shared: when given, an opening is published to every process and every call is
+            also checked against the shared state (the local breaker still decides when to
+            open, and alone while the shared state is unreachable).
     """
 
     inner: ModelWorker
     config: BreakerConfig
     provider: str = attrs.field(default="default", kw_only=True)
     rng: random.Random = attrs.field(factory=random.Random, kw_only=True)
+    shared: SharedBreakerState | None = attrs.field(default=None, kw_only=True)
     _breakers: dict[str, CircuitBreaker] = attrs.field(factory=dict, init=False)
 
     def breaker(self, model: str) -> CircuitBreaker:
@@ -416,14 +455,14 @@ class CircuitBreakerLayer:
             CircuitOpen: the breaker refused the call.
         """
         breaker = self.breaker(request.params.model)
-        start = trio.current_time()
-        permit = breaker.acquire(start)
+        permit = breaker.acquire(trio.current_time())
         if not permit.admitted:
             raise CircuitOpen(
                 f"the circuit for {breaker.name} is open after repeated failures; "
                 f"retry in {permit.retry_after:.3g} s",
                 retry_after=permit.retry_after,
             )
+        probe = self.shared is not None and await self._check_shared(breaker, permit)
         first_event_at: float | None = None
 
         async def timed_emit(event: StreamEvent) -> None:
@@ -432,18 +471,58 @@ class CircuitBreakerLayer:
                 first_event_at = trio.current_time()
             await emit(event)
 
+        start = trio.current_time()
         deadline = trio.current_effective_deadline()
         try:
             await self.inner.generate(request, timed_emit)
         except BaseException as exc:
-            _settle(breaker, permit, exc, deadline)
+            counted = _settle(breaker, permit, exc, deadline)
+            await self._publish(breaker, probe, "failure" if counted else "release")
             raise
         end = trio.current_time()
         breaker.record_success(permit, end, (first_event_at or end) - start)
+        await self._publish(breaker, probe, "success")
+
+    async def _check_shared(self, breaker: CircuitBreaker, permit: Permit) -> bool:
+        """Ask the shared state; True when this call is a shared probe.
+
+        Raises:
+            CircuitOpen: another process opened the circuit (or took every probe slot).
+        """
+        assert self.shared is not None
+        try:
+            verdict = await self.shared.check(breaker.name)
+        except BaseException:
+            breaker.release(permit, trio.current_time())
+            raise
+        if not verdict.admitted:
+            breaker.release(permit, trio.current_time())
+            raise CircuitOpen(
+                f"the circuit for {breaker.name} is open (shared by every process) after "
+                f"repeated failures; retry in {verdict.retry_after:.3g} s",
+                retry_after=verdict.retry_after,
+            )
+        return verdict.state == "probe"
+
+    async def _publish(self, breaker: CircuitBreaker, probe: bool, outcome: str) -> None:
+        """Tell the shared state what this call showed (nothing, if it changes nothing)."""
+        shared = self.shared
+        if shared is None:
+            return
+        opened = breaker.state(trio.current_time()) is BreakerState.OPEN
+        # Shielded so that a cancelled call still reports; each operation is bounded by
+        # the Redis operation timeout.
+        with trio.CancelScope(shield=True):
+            if opened or (probe and outcome == "failure"):
+                await shared.opened(breaker.name)
+            elif probe and outcome == "success":
+                await shared.probe_succeeded(breaker.name)
+            elif probe:
+                await shared.release(breaker.name)
 
 
-def _settle(breaker: CircuitBreaker, permit: Permit, exc: BaseException, deadline: float) -> None:
-    """Report a call that raised ``exc``: a failure, or a release without evidence."""
+def _settle(breaker: CircuitBreaker, permit: Permit, exc: BaseException, deadline: float) -> bool:
+    """Report a call that raised ``exc``: a failure (True), or a release without evidence."""
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]  # a worker's nursery wraps its error
     now = trio.current_time()
@@ -457,3 +536,4 @@ def _settle(breaker: CircuitBreaker, permit: Permit, exc: BaseException, deadlin
         breaker.record_failure(permit, now)
     else:
         breaker.release(permit, now)
+    return counts

@@ -96,7 +96,12 @@ def _circuit_breaker(
 ) -> ModelWorker:
     if not config.breaker.enabled:
         return worker
-    return CircuitBreakerLayer(worker, config.breaker, provider=context.provider)
+    shared = None
+    if context.redis is not None:
+        from ..distributed.breaker import SharedBreakers
+
+        shared = SharedBreakers(context.redis, config.breaker)
+    return CircuitBreakerLayer(worker, config.breaker, provider=context.provider, shared=shared)
 
 
 def _retry(worker: ModelWorker, config: ResilienceConfig, context: LayerContext) -> ModelWorker:
