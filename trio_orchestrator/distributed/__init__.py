@@ -1,26 +1,56 @@
 """Shared state across processes and hosts, through Redis.
 
-With ``[distributed] redis_url`` set, :func:`~trio_orchestrator.resilience.open_layers`
-connects to Redis (:func:`open_redis`) and the layers share their state through it: rate
-limits are global (:class:`SharedRateLimiter`), circuit breakers are shared
-(:class:`SharedBreakers`). Without it everything stays in memory, per
-process.
+With ``[distributed] redis_url`` set, :func:`~trio_orchestrator.open_pipeline` connects to
+Redis (:func:`open_redis`) and shares state through it: rate limits are global
+(:class:`SharedRateLimiter`), circuit breakers are shared (:class:`SharedBreakers`), and dead
+letters are durable on a stream (:class:`RedisDeadLetterQueue`, :func:`replay_shared`).
+Without it everything stays in memory, per process.
 """
+
+from typing import TYPE_CHECKING, Any
 
 from .breaker import SharedBreakers, SharedBreakerStatistics, Verdict
 from .config import DistributedConfig
 from .connection import RedisConnection, RedisStatistics, RedisUnavailable, open_redis
 from .ratelimit import SharedRateLimiter, SharedRateLimitStatistics
 
+if TYPE_CHECKING:
+    from .dead_letters import RedisDeadLetterQueue, SharedDeadLetterStatistics, replay_shared
+    from .state import SharedState, open_state
+
 __all__ = [
     "DistributedConfig",
     "RedisConnection",
+    "RedisDeadLetterQueue",
     "RedisStatistics",
     "RedisUnavailable",
     "SharedBreakerStatistics",
     "SharedBreakers",
+    "SharedDeadLetterStatistics",
     "SharedRateLimitStatistics",
     "SharedRateLimiter",
+    "SharedState",
     "Verdict",
     "open_redis",
+    "open_state",
+    "replay_shared",
 ]
+
+# These build on the pipeline, which imports the configuration, which imports this package
+# (for DistributedConfig): they are loaded on first use to break that cycle.
+_LAZY = {
+    "RedisDeadLetterQueue": "dead_letters",
+    "SharedDeadLetterStatistics": "dead_letters",
+    "replay_shared": "dead_letters",
+    "SharedState": "state",
+    "open_state": "state",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)

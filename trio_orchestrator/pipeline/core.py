@@ -40,7 +40,7 @@ from ..errors import (
     WorkerError,
 )
 from ..events import Completion, Done, StreamEvent, TextDelta
-from ..resilience.stack import open_layers
+from ..resilience.stack import open_layers, open_shared_state
 from ..types import PromptRequest
 from ..workers.base import ModelWorker
 from .assemble import Assembler, DefaultAssembler
@@ -178,7 +178,7 @@ class Pipeline:
         Raises:
             KeyError: no such dead letter.
         """
-        letter = self.dead_letters.take(letter_id)
+        letter = await self.dead_letters.take_for_replay(letter_id)
         return await self.submit(attrs.evolve(letter.request, deadline=None))
 
     def add_listener(self, listener: Listener) -> None:
@@ -620,7 +620,13 @@ async def open_pipeline(
         sinks=sinks,
     )
     body_error: BaseException | None = None
-    async with open_layers(worker, config) as pipeline._worker, trio.open_nursery() as nursery:
+    async with (
+        open_shared_state(config) as shared,
+        open_layers(worker, config, redis=shared.redis if shared else None) as pipeline._worker,
+        trio.open_nursery() as nursery,
+    ):
+        if shared is not None:
+            pipeline.dead_letters = shared.dead_letters  # written through to Redis
         pipeline._start(nursery)
         try:
             yield pipeline

@@ -102,6 +102,15 @@ class DeadLetterQueue:
         self._replayed += 1
         return letter
 
+    async def take_for_replay(self, letter_id: str) -> DeadLetter:
+        """Like :meth:`take`; a queue shared between processes overrides it to make sure a
+        letter is replayed by one process only.
+
+        Raises:
+            KeyError: no such letter.
+        """
+        return self.take(letter_id)
+
     def statistics(self) -> DeadLetterStatistics:
         """Return a snapshot of the queue's counters."""
         return DeadLetterStatistics(

@@ -34,8 +34,17 @@ from .retry import RetryLayer
 if TYPE_CHECKING:
     from ..config import Config
     from ..distributed.connection import RedisConnection
+    from ..distributed.state import SharedState
 
-__all__ = ["LAYERS", "LayerContext", "iter_layers", "open_layers", "provider_name", "wrap"]
+__all__ = [
+    "LAYERS",
+    "LayerContext",
+    "iter_layers",
+    "open_layers",
+    "open_shared_state",
+    "provider_name",
+    "wrap",
+]
 
 
 @attrs.frozen(eq=False)
@@ -143,18 +152,23 @@ def iter_layers(worker: ModelWorker) -> Iterator[ModelWorker]:
 
 
 @asynccontextmanager
-async def open_layers(worker: ModelWorker, config: Config) -> AsyncIterator[ModelWorker]:
+async def open_layers(
+    worker: ModelWorker, config: Config, *, redis: RedisConnection | None = None
+) -> AsyncIterator[ModelWorker]:
     """Wrap ``worker`` in the layers ``config.resilience`` enables, for the ``async with``.
 
     Args:
         worker: the provider worker.
-        config: the whole configuration (its ``resilience`` section is used).
+        config: the whole configuration (its ``resilience`` section is used, and with
+            ``distributed.redis_url`` set the layers share their state through Redis).
+        redis: an open Redis connection to share state through; when not given and
+            ``redis_url`` is set, one is opened for the block.
 
     Yields:
         The outermost layer (``worker`` itself when no layer is enabled).
     """
     body_error: BaseException | None = None
-    async with _open_shared_state(config) as redis, trio.open_nursery() as nursery:
+    async with _open_redis(config, redis) as redis, trio.open_nursery() as nursery:
         context = LayerContext(nursery, provider_name(worker), redis)
         try:
             yield wrap(worker, config.resilience, context)
@@ -168,12 +182,27 @@ async def open_layers(worker: ModelWorker, config: Config) -> AsyncIterator[Mode
 
 
 @asynccontextmanager
-async def _open_shared_state(config: Config) -> AsyncIterator[RedisConnection | None]:
-    """The Redis connection when ``[distributed] redis_url`` is set, else None."""
-    if config.distributed.redis_url is None:
-        yield None
+async def _open_redis(
+    config: Config, given: RedisConnection | None
+) -> AsyncIterator[RedisConnection | None]:
+    """``given``, or a new connection when ``redis_url`` is set, or None."""
+    if given is not None or config.distributed.redis_url is None:
+        yield given
         return
     from ..distributed.connection import open_redis
 
     async with open_redis(config.distributed) as redis:
         yield redis
+
+
+@asynccontextmanager
+async def open_shared_state(config: Config) -> AsyncIterator[SharedState | None]:
+    """What a pipeline shares through Redis (the connection, durable dead letters) when
+    ``[distributed] redis_url`` is set, else None (nothing is imported or opened)."""
+    if config.distributed.redis_url is None:
+        yield None
+        return
+    from ..distributed.state import open_state
+
+    async with open_state(config) as state:
+        yield state
