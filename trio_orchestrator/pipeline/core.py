@@ -18,6 +18,7 @@ stream stages finish each request once its worker is done.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from types import TracebackType
@@ -27,7 +28,10 @@ import attrs
 import trio
 
 from ..config import Config
+from ..config.load import parse_config
+from ..config.reload import ReloadReport, plan_reload, reconfigure_inner
 from ..errors import (
+    ConfigError,
     DeadlineExceeded,
     PipelineClosed,
     RequestCancelled,
@@ -180,6 +184,46 @@ class Pipeline:
     def config(self) -> Config:
         """The configuration in force."""
         return self._config
+
+    def reload(self, config: Config) -> ReloadReport:
+        """Put ``config`` in force without dropping a request in flight.
+
+        Options marked reloadable change at once (inference concurrency; request timeout,
+        stream buffer and grace period for what starts next); the others keep their old
+        values and are reported as refused. The worker, if :class:`Reloadable`, applies its
+        own sections and reports what it refused.
+
+        Args:
+            config: the new configuration, already validated.
+
+        Returns:
+            What was applied and what was refused.
+        """
+        merged, applied, refused = plan_reload(self._config, config)
+        self._config = merged
+        self._limiter.total_tokens = merged.pipeline.inference_concurrency
+        refused += reconfigure_inner(self._worker, merged)
+        kept = [c for c in applied if not any(r.startswith(f"{c.path}:") for r in refused)]
+        report = ReloadReport(applied=tuple(kept), refused=tuple(refused))
+        logger.info("configuration reloaded: %s", report)
+        return report
+
+    async def reload_from_file(self, path: str | os.PathLike[str]) -> ReloadReport:
+        """Load a TOML configuration file and :meth:`reload` it.
+
+        An unreadable or invalid file changes nothing; the report's ``invalid`` says why.
+        """
+        try:
+            text = await trio.Path(path).read_text(encoding="utf-8")
+            config = parse_config(text)
+        except (OSError, UnicodeDecodeError) as exc:
+            report = ReloadReport(invalid=(f"cannot read {os.fspath(path)}: {exc}",))
+        except ConfigError as exc:
+            report = ReloadReport(invalid=tuple(exc.problems))
+        else:
+            return self.reload(config)
+        logger.warning("%s", report)
+        return report
 
     @property
     def closing(self) -> bool:
