@@ -13,10 +13,11 @@ retry policy, routing, keys) apply theirs by implementing :class:`Reloadable`.
 
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import attrs
 
+from .load import _key
 from .model import Config
 from .secret import Secret
 
@@ -27,6 +28,8 @@ __all__ = [
     "plan_reload",
     "reconfigure_inner",
 ]
+
+T = TypeVar("T")
 
 
 @runtime_checkable
@@ -105,12 +108,12 @@ class ReloadReport:
         return "\n".join(lines) or "configuration unchanged"
 
 
-def plan_reload(old: Config, new: Config) -> tuple[Config, list[ConfigChange], list[str]]:
+def plan_reload(old: T, new: T) -> tuple[T, list[ConfigChange], list[str]]:
     """Compare two configurations and decide what a reload may apply.
 
     Args:
-        old: the configuration in force.
-        new: the configuration asked for.
+        old: the configuration in force (a :class:`Config`, or any attrs class).
+        new: the configuration asked for, of the same class.
 
     Returns:
         The configuration to put in force (new values where reloadable, old ones elsewhere),
@@ -118,7 +121,7 @@ def plan_reload(old: Config, new: Config) -> tuple[Config, list[ConfigChange], l
     """
     applied: list[ConfigChange] = []
     refused: list[str] = []
-    merged = _merge(old, new, "", False, applied, refused)
+    merged: T = _merge(old, new, "", False, applied, refused)
     return merged, applied, refused
 
 
@@ -130,18 +133,28 @@ def _merge(
     applied: list[ConfigChange],
     refused: list[str],
 ) -> Any:
+    """The value to put in force at ``path``; records each change as applied or refused."""
     if attrs.has(type(old)) and type(old) is type(new) and not _is_leaf(old):
         changes = {}
         for field in attrs.fields(type(old)):
-            if not field.init:
-                continue
             before, after = getattr(old, field.name), getattr(new, field.name)
-            if before == after:
-                continue
-            allowed = field.metadata.get("reloadable", reloadable)
-            key = f"{path}.{field.name}" if path else field.name
-            changes[field.alias] = _merge(before, after, key, allowed, applied, refused)
+            if field.init and before != after:
+                allowed = field.metadata.get("reloadable", reloadable)
+                key = _key(path, field.name)
+                changes[field.alias] = _merge(before, after, key, allowed, applied, refused)
         return attrs.evolve(old, **changes) if changes else old
+    if isinstance(old, dict) and isinstance(new, dict):
+        merged = {}
+        for key in [*new, *(k for k in old if k not in new)]:
+            before, after = old.get(key, _ABSENT), new.get(key, _ABSENT)
+            value = (
+                before
+                if before == after
+                else _merge(before, after, _key(path, key), reloadable, applied, refused)
+            )
+            if value is not _ABSENT:
+                merged[key] = value
+        return merged
     if reloadable:
         applied.append(ConfigChange(path, old, new))
         return new
@@ -150,6 +163,16 @@ def _merge(
         "(restart to apply it)"
     )
     return old
+
+
+class _Absent:
+    """An entry missing from a table (before it was added, or after it was removed)."""
+
+    def __repr__(self) -> str:
+        return "(absent)"
+
+
+_ABSENT: Any = _Absent()
 
 
 def _is_leaf(value: object) -> bool:
