@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import os
+import signal
 from pathlib import Path
 
 import attrs
@@ -10,7 +13,13 @@ import trio
 import trio.testing
 from config_classes import Provider, Root, Window
 
-from trio_orchestrator.config import Config, ConfigChange, PipelineConfig, ReloadReport
+from trio_orchestrator.config import (
+    Config,
+    ConfigChange,
+    PipelineConfig,
+    ReloadReport,
+    reload_on_signal,
+)
 from trio_orchestrator.config.reload import plan_reload
 from trio_orchestrator.errors import DeadlineExceeded
 from trio_orchestrator.events import Done, TextDelta
@@ -242,3 +251,26 @@ def test_added_and_removed_table_entries_are_changes() -> None:
     merged, _, refused = plan_reload(old, new)
     assert merged == old
     assert [line.split(":")[0] for line in refused] == ['providers."new one"', "providers.gone"]
+
+
+async def test_sighup_reloads_the_file(tmp_path: Path) -> None:
+    """SIGHUP makes reload_on_signal read the file again and apply it."""
+    path = tmp_path / "live.toml"
+    path.write_text("[pipeline]\ninference_concurrency = 3\n")
+    reports: list[ReloadReport] = []
+    reloaded = trio.Event()
+
+    def on_report(report: ReloadReport) -> None:
+        reports.append(report)
+        reloaded.set()
+
+    async with open_pipeline(SlowWorker()) as pipeline, trio.open_nursery() as nursery:
+        await nursery.start(
+            functools.partial(reload_on_signal, pipeline, path, on_report=on_report)
+        )
+        os.kill(os.getpid(), signal.SIGHUP)
+        with trio.fail_after(10):
+            await reloaded.wait()
+        assert pipeline.statistics().inference_concurrency == 3
+        nursery.cancel_scope.cancel()
+    assert [change.path for change in reports[0].applied] == ["pipeline.inference_concurrency"]

@@ -6,6 +6,7 @@ from .model import Config, PipelineConfig, Range
 from .reload import ConfigChange, Reloadable, ReloadReport, reconfigure_inner
 from .schema import config_schema
 from .secret import Secret
+from .signals import reload_on_signal
 from .toml_writer import to_toml
 
 __all__ = [
@@ -21,5 +22,6 @@ __all__ = [
     "load_config",
     "parse_config",
     "reconfigure_inner",
+    "reload_on_signal",
     "to_toml",
 ]
