@@ -71,10 +71,14 @@ class Route:
     Attributes:
         model: the model name callers ask for.
         weight: share of traffic.
+        max_tokens: a cap on answers, when set.
     """
 
     model: str
     weight: int = attrs.field(default=1, validator=positive_int)
+    max_tokens: int | None = attrs.field(
+        default=None, validator=attrs.validators.optional(positive_int)
+    )
 
 
 @attrs.frozen
@@ -87,11 +91,12 @@ class Window:
     """
 
     low: int = 0
-    high: int = 10
+    high: int = attrs.field(default=10)
 
-    def __attrs_post_init__(self) -> None:
-        if self.high < self.low:
-            raise ValueError(f"high ({self.high}) must be at least low ({self.low})")
+    @high.validator
+    def _at_least_low(self, _attribute: attrs.Attribute[int], value: int) -> None:
+        if value < self.low:
+            raise ValueError(f"high ({value}) must be at least low ({self.low})")
 
 
 @attrs.frozen

@@ -203,10 +203,18 @@ def test_missing_required_key() -> None:
 
 
 def test_cross_field_check_is_reported_at_the_table() -> None:
-    """A check comparing two options (``__attrs_post_init__``) names the table."""
+    """A validator comparing two options (it needs the instance) names the table."""
     assert problems("[window]\nlow = 5\nhigh = 1\n") == [
         "window: high (1) must be at least low (5)"
     ]
+
+
+def test_optional_validator_checks_a_given_value() -> None:
+    """An optional option's range is checked when it is given, and unset is fine."""
+    assert problems('[[routes]]\nmodel = "m"\nmax_tokens = 0\n') == [
+        "routes[0].max_tokens: expected a whole number ≥ 1, found the whole number 0"
+    ]
+    assert parse_config('[[routes]]\nmodel = "m"\n', Root).routes[0].max_tokens is None
 
 
 def test_not_toml() -> None:

@@ -127,6 +127,7 @@ def test_every_supported_type_maps_to_a_schema() -> None:
     assert {"type": "string"} in provider["api_key"]["anyOf"]
     assert schema["properties"]["providers"]["additionalProperties"] == {"$ref": "#/$defs/Provider"}
     assert schema["$defs"]["Route"]["required"] == ["model"]
+    assert schema["$defs"]["Route"]["properties"]["max_tokens"]["minimum"] == 1
     assert all(d["additionalProperties"] is False for d in schema["$defs"].values())
 
 

@@ -274,3 +274,39 @@ async def test_sighup_reloads_the_file(tmp_path: Path) -> None:
         assert pipeline.statistics().inference_concurrency == 3
         nursery.cancel_scope.cancel()
     assert [change.path for change in reports[0].applied] == ["pipeline.inference_concurrency"]
+
+
+@attrs.define(eq=False)
+class Component:
+    """A component outside the worker stack that takes reloads (like the service)."""
+
+    seen: list[object] = attrs.field(factory=list)
+
+    def reconfigure(self, config: Config) -> list[str]:
+        """Record the configuration; refuse nothing."""
+        self.seen.append(config)
+        return []
+
+
+# Today's Config has only the pipeline section; Root stands in for the merged Config with
+# more sections (the pipeline reads only ``config.pipeline``).
+
+
+async def test_other_sections_are_refused_when_no_component_takes_reloads() -> None:
+    """With no Reloadable component, a reloadable change outside the pipeline is refused."""
+    async with open_pipeline(SlowWorker(), Root()) as pipeline:  # type: ignore[arg-type]
+        report = pipeline.reload(Root(window=Window(1, 2)))  # type: ignore[arg-type]
+        assert pipeline.config == Root()  # type: ignore[comparison-overlap]
+    assert report.applied == ()
+    assert [line.split(":")[0] for line in report.refused] == ["window.low", "window.high"]
+    assert "no component of this pipeline takes reloads" in report.refused[0]
+
+
+async def test_added_component_takes_its_sections() -> None:
+    """A component given to add_reloadable gets the reloaded configuration to apply."""
+    component = Component()
+    async with open_pipeline(SlowWorker(), Root()) as pipeline:  # type: ignore[arg-type]
+        pipeline.add_reloadable(component)
+        report = pipeline.reload(Root(window=Window(1, 2)))  # type: ignore[arg-type]
+    assert component.seen == [Root(window=Window(1, 2))]
+    assert [change.path for change in report.applied] == ["window.low", "window.high"]

@@ -124,7 +124,7 @@ def parse_config(
     converter = _structuring_converter(os.environ if env is None else env)
     try:
         return converter.structure(source, cls)
-    except Exception as exc:
+    except (cattrs.BaseValidationError, ValueError) as exc:
         raise ConfigError(_problems(exc, "")) from None
 
 
@@ -386,7 +386,9 @@ def _validated(converter: cattrs.Converter, field: attrs.Attribute[Any]) -> Hook
 def _validate(validator: Any, field: attrs.Attribute[Any], value: Any) -> None:
     """Run an attrs validator on a field's value, without an instance (there is none yet).
 
-    Validators that compare fields with each other belong in ``__attrs_post_init__``.
+    A validator that needs the instance (one comparing fields) fails here with something
+    other than ValueError or TypeError; it is left to run when the instance is built, and its
+    error is then reported at the section's path.
     """
     if isinstance(validator, Range):
         if not validator.accepts(value):
@@ -394,8 +396,16 @@ def _validate(validator: Any, field: attrs.Attribute[Any], value: Any) -> None:
     elif hasattr(validator, "_validators"):  # attrs.validators.and_
         for each in validator._validators:
             _validate(each, field, value)
+    elif type(validator).__name__ == "_OptionalValidator":  # attrs.validators.optional
+        if value is not None:
+            _validate(validator.validator, field, value)
     else:
-        validator(None, field, value)
+        try:
+            validator(None, field, value)
+        except (ValueError, TypeError):
+            raise
+        except Exception:  # it needs the instance: it runs when the instance is built
+            return
 
 
 # ---------------------------------------------------------------------------- reporting

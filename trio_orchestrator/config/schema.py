@@ -78,12 +78,14 @@ def config_schema(cls: type = Config) -> dict[str, Any]:
 
 def field_range(field: attrs.Attribute[Any]) -> Range | None:
     """The :class:`Range` among ``field``'s validators, if it has one."""
-    pending = [field.validator]
+    pending: list[Any] = [field.validator]
     while pending:
         validator = pending.pop()
         if isinstance(validator, Range):
             return validator
         pending.extend(getattr(validator, "_validators", ()))  # attrs.validators.and_
+        if type(validator).__name__ == "_OptionalValidator":  # attrs.validators.optional
+            pending.append(validator.validator)
     return None
 
 

@@ -29,7 +29,7 @@ import trio
 
 from ..config import Config
 from ..config.load import parse_config
-from ..config.reload import ReloadReport, plan_reload, reconfigure_inner
+from ..config.reload import ConfigChange, Reloadable, ReloadReport, plan_reload
 from ..errors import (
     ConfigError,
     DeadlineExceeded,
@@ -72,6 +72,13 @@ class _StageCounter:
         depth = self.sent - self.received
         if depth > self.peak:
             self.peak = depth
+
+
+def _nobody_applies(change: ConfigChange) -> str:
+    return (
+        f"{change.path}: {change.old!r} → {change.new!r} refused: no component of this pipeline "
+        "takes reloads of this section (neither the worker nor any added with add_reloadable)"
+    )
 
 
 def _unwrap(exc: BaseException) -> BaseException:
@@ -119,6 +126,7 @@ class Pipeline:
         self._submitted = 0
         self._sink_errors = 0
         self._listeners: list[Listener] = []
+        self._reloadables: list[Reloadable] = []
         self._closing = False
         self._idle = trio.Event()
         self._now = trio.current_time()
@@ -190,8 +198,9 @@ class Pipeline:
 
         Options marked reloadable change at once (inference concurrency; request timeout,
         stream buffer and grace period for what starts next); the others keep their old
-        values and are reported as refused. The worker, if :class:`Reloadable`, applies its
-        own sections and reports what it refused.
+        values and are reported as refused. Sections other than ``pipeline`` are applied by
+        the :class:`Reloadable` components: the worker, if it is one, and those given to
+        :meth:`add_reloadable`; with none, changes there are refused too.
 
         Args:
             config: the new configuration, already validated.
@@ -200,13 +209,23 @@ class Pipeline:
             What was applied and what was refused.
         """
         merged, applied, refused = plan_reload(self._config, config)
+        components = [c for c in (self._worker, *self._reloadables) if isinstance(c, Reloadable)]
+        if not components:
+            merged = attrs.evolve(self._config, pipeline=merged.pipeline)
+            refused += [_nobody_applies(c) for c in applied if not c.path.startswith("pipeline.")]
+            applied = [c for c in applied if c.path.startswith("pipeline.")]
         self._config = merged
         self._limiter.total_tokens = merged.pipeline.inference_concurrency
-        refused += reconfigure_inner(self._worker, merged)
+        for component in components:
+            refused += component.reconfigure(merged)
         kept = [c for c in applied if not any(r.startswith(f"{c.path}:") for r in refused)]
         report = ReloadReport(applied=tuple(kept), refused=tuple(refused))
         logger.info("configuration reloaded: %s", report)
         return report
+
+    def add_reloadable(self, component: Reloadable) -> None:
+        """Have :meth:`reload` reconfigure ``component`` too (the service, for its section)."""
+        self._reloadables.append(component)
 
     async def reload_from_file(self, path: str | os.PathLike[str]) -> ReloadReport:
         """Load a TOML configuration file and :meth:`reload` it.
