@@ -30,7 +30,7 @@ import re
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar, get_args, get_origin, overload
+from typing import Any, TypeVar, get_args, get_origin, overload
 
 import attrs
 import cattrs
@@ -43,6 +43,16 @@ from cattrs.errors import (
 from cattrs.gen import make_dict_structure_fn, override
 
 from ..errors import ConfigError
+from .kinds import (
+    choices,
+    is_enum,
+    is_literal,
+    is_optional,
+    is_sequence,
+    is_str_mapping,
+    key_path,
+    optional_inner,
+)
 from .model import Config, Range
 from .secret import Secret
 
@@ -54,7 +64,6 @@ MASK = "***"
 """What a secret looks like in a dumped configuration with ``mask_secrets=True``."""
 
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _SECRET_FORMS = 'a string (the secret, or "${ENV_VAR}") or a table { env = "ENV_VAR" }'
 
 
@@ -188,48 +197,13 @@ def expected(tp: Any) -> str:
         return simple[tp]
     if tp is Secret:
         return _SECRET_FORMS
-    if _is_optional(tp):
-        return expected(_optional_inner(tp))
-    if _is_literal(tp) or _is_enum(tp):
+    if is_optional(tp):
+        return expected(optional_inner(tp))
+    if is_literal(tp) or is_enum(tp):
         return "one of " + ", ".join(repr(v) for v in choices(tp))
-    if _is_sequence(tp):
+    if is_sequence(tp):
         return "an array"
     return "a table"
-
-
-def choices(tp: Any) -> list[Any]:
-    """The values a ``Literal`` or enum type accepts, as written in a file."""
-    if _is_enum(tp):
-        return [member.value for member in tp]
-    return [v.value if isinstance(v, enum.Enum) else v for v in get_args(tp)]
-
-
-# ---------------------------------------------------------------------------- type predicates
-
-
-def _is_enum(tp: Any) -> bool:
-    return isinstance(tp, type) and issubclass(tp, enum.Enum)
-
-
-def _is_literal(tp: Any) -> bool:
-    return get_origin(tp) is Literal
-
-
-def _is_optional(tp: Any) -> bool:
-    args = get_args(tp)
-    return len(args) == 2 and type(None) in args and not _is_literal(tp)
-
-
-def _optional_inner(tp: Any) -> Any:
-    return next(arg for arg in get_args(tp) if arg is not type(None))
-
-
-def _is_sequence(tp: Any) -> bool:
-    return get_origin(tp) in (list, tuple)
-
-
-def _is_str_mapping(tp: Any) -> bool:
-    return get_origin(tp) is dict and get_args(tp)[:1] == (str,)
 
 
 # ---------------------------------------------------------------------------- structuring
@@ -240,13 +214,13 @@ def _structuring_converter(env: Mapping[str, str]) -> cattrs.Converter:
     for tp in (bool, int, float, str):
         converter.register_structure_hook(tp, _scalar_hook(tp))
     converter.register_structure_hook(Secret, functools.partial(_structure_secret, env=env))
-    converter.register_structure_hook_factory(_is_enum, _choice_hook)
-    converter.register_structure_hook_factory(_is_literal, _choice_hook)
+    converter.register_structure_hook_factory(is_enum, _choice_hook)
+    converter.register_structure_hook_factory(is_literal, _choice_hook)
     converter.register_structure_hook_factory(
-        _is_sequence, functools.partial(_sequence_hook, converter)
+        is_sequence, functools.partial(_sequence_hook, converter)
     )
     converter.register_structure_hook_factory(
-        _is_str_mapping, functools.partial(_mapping_hook, converter)
+        is_str_mapping, functools.partial(_mapping_hook, converter)
     )
     converter.register_structure_hook_factory(attrs.has, functools.partial(_class_hook, converter))
     return converter
@@ -269,7 +243,7 @@ def _scalar_hook(tp: type) -> Hook:
 
 
 def _choice_hook(tp: Any) -> Hook:
-    members = list(tp) if _is_enum(tp) else list(get_args(tp))
+    members = list(tp) if is_enum(tp) else list(get_args(tp))
     by_value = {(m.value if isinstance(m, enum.Enum) else m): m for m in members}
 
     def structure(value: Any, _: Any) -> Any:
@@ -415,10 +389,14 @@ def _problems(exc: BaseException, path: str) -> list[str]:
     """Flatten cattrs' tree of errors into one line per problem, each naming its key path."""
     if isinstance(exc, ClassValidationError):
         with_notes, others = exc.group_exceptions()
-        problems = [p for sub, note in with_notes for p in _problems(sub, _key(path, note.name))]
+        problems = [
+            p for sub, note in with_notes for p in _problems(sub, key_path(path, note.name))
+        ]
         for sub in others:
             if isinstance(sub, ForbiddenExtraKeysError):
-                problems += [_unknown_key(path, key, sub.cl) for key in sorted(sub.extra_fields)]
+                problems += [
+                    _unknownkey_path(path, key, sub.cl) for key in sorted(sub.extra_fields)
+                ]
             else:
                 problems += _problems(sub, path)
         return problems
@@ -431,17 +409,12 @@ def _problems(exc: BaseException, path: str) -> list[str]:
     return [f"{path or '(top level)'}: {exc}"]
 
 
-def _unknown_key(path: str, key: str, cls: type) -> str:
+def _unknownkey_path(path: str, key: str, cls: type) -> str:
     known = [field.name for field in attrs.fields(cls)]
     close = difflib.get_close_matches(key, known, n=1)
     hint = f"did you mean {close[0]!r}?" if close else "expected one of: " + ", ".join(known)
-    return f"{_key(path, key)}: unknown key; {hint}"
-
-
-def _key(path: str, key: str) -> str:
-    part = key if _BARE_KEY.fullmatch(key) else f'"{key}"'
-    return f"{path}.{part}" if path else part
+    return f"{key_path(path, key)}: unknown key; {hint}"
 
 
 def _index(path: str, index: int | str) -> str:
-    return f"{path}[{index}]" if isinstance(index, int) else _key(path, index)
+    return f"{path}[{index}]" if isinstance(index, int) else key_path(path, index)

@@ -6,17 +6,17 @@ page is up to date, so a new section or option only needs its class and docstrin
 
 from __future__ import annotations
 
-import enum
 from typing import Any, get_args, get_origin
 
 import attrs
 
 from .docs import attribute_docs, class_summary
-from .load import _is_literal, _is_optional, _key, _optional_inner, choices, to_plain
+from .kinds import choices, is_enum, is_literal, is_optional, key_path, optional_inner
+from .load import to_plain
 from .model import Config
 from .schema import field_range
 from .secret import Secret
-from .toml_writer import _value
+from .toml_writer import toml_value
 
 __all__ = ["render_reference"]
 
@@ -39,7 +39,7 @@ def _section(out: list[str], cls: type, path: str, header: str, *, reloadable: b
     nested: list[tuple[type, str, str, bool]] = []
     for field in attrs.fields(cls):
         allowed = field.metadata.get("reloadable", reloadable)
-        table = _table(field.type, _key(path, field.name))
+        table = _table(field.type, key_path(path, field.name))
         if table is not None:
             nested.append((*table, allowed))
             continue
@@ -58,8 +58,8 @@ def _section(out: list[str], cls: type, path: str, header: str, *, reloadable: b
 
 def _table(tp: Any, path: str) -> tuple[type, str, str] | None:
     """For a field written as TOML tables: the class, its key path and its table header."""
-    if _is_optional(tp):
-        tp = _optional_inner(tp)
+    if is_optional(tp):
+        tp = optional_inner(tp)
     args = get_args(tp)
     if _is_class(tp):
         return tp, path, f"[{path}]"
@@ -85,10 +85,10 @@ def _type_name(tp: Any) -> str:
         return names[tp]
     if tp is Secret:
         return 'secret (literal, `"${VAR}"` or `{ env = "VAR" }`)'
-    if _is_optional(tp):
-        return _type_name(_optional_inner(tp)) + " (optional)"
-    if _is_literal(tp) or (isinstance(tp, type) and issubclass(tp, enum.Enum)):
-        return " \\| ".join(f"`{_value(choice)}`" for choice in choices(tp))
+    if is_optional(tp):
+        return _type_name(optional_inner(tp)) + " (optional)"
+    if is_literal(tp) or (is_enum(tp)):
+        return " \\| ".join(f"`{toml_value(choice)}`" for choice in choices(tp))
     args = get_args(tp)
     if get_origin(tp) in (list, tuple):
         return f"array of {_type_name(args[0])}"
@@ -104,7 +104,7 @@ def _default(field: attrs.Attribute[Any]) -> str:
     if isinstance(value, attrs.Factory):  # type: ignore[arg-type]
         value = value.factory()
     plain = to_plain(value)
-    return "unset" if plain is None else f"`{_value(plain)}`"
+    return "unset" if plain is None else f"`{toml_value(plain)}`"
 
 
 def _cell(text: str) -> str:

@@ -17,7 +17,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import attrs
 
-from .load import _key
+from .kinds import key_path
 from .model import Config
 from .secret import Secret
 
@@ -140,7 +140,7 @@ def _merge(
             before, after = getattr(old, field.name), getattr(new, field.name)
             if field.init and before != after:
                 allowed = field.metadata.get("reloadable", reloadable)
-                key = _key(path, field.name)
+                key = key_path(path, field.name)
                 changes[field.alias] = _merge(before, after, key, allowed, applied, refused)
         return attrs.evolve(old, **changes) if changes else old
     if isinstance(old, dict) and isinstance(new, dict):
@@ -150,7 +150,7 @@ def _merge(
             value = (
                 before
                 if before == after
-                else _merge(before, after, _key(path, key), reloadable, applied, refused)
+                else _merge(before, after, key_path(path, key), reloadable, applied, refused)
             )
             if value is not _ABSENT:
                 merged[key] = value

@@ -14,16 +14,16 @@ from typing import Any, get_args
 import attrs
 
 from .docs import attribute_docs, class_summary
-from .load import (
-    _is_enum,
-    _is_literal,
-    _is_optional,
-    _is_sequence,
-    _is_str_mapping,
-    _optional_inner,
+from .kinds import (
     choices,
-    to_plain,
+    is_enum,
+    is_literal,
+    is_optional,
+    is_sequence,
+    is_str_mapping,
+    optional_inner,
 )
+from .load import to_plain
 from .model import Config, Range
 from .secret import Secret
 
@@ -147,13 +147,13 @@ def _type(tp: Any, definitions: dict[str, Any]) -> dict[str, Any]:
         return _SCALARS[tp]
     if tp is Secret:
         return _SECRET
-    if _is_optional(tp):
-        return _type(_optional_inner(tp), definitions)  # TOML has no null: omit the key
-    if _is_literal(tp) or _is_enum(tp):
+    if is_optional(tp):
+        return _type(optional_inner(tp), definitions)  # TOML has no null: omit the key
+    if is_literal(tp) or is_enum(tp):
         return {"enum": choices(tp)}
-    if _is_sequence(tp):
+    if is_sequence(tp):
         return {"type": "array", "items": _type(get_args(tp)[0], definitions)}
-    if _is_str_mapping(tp):
+    if is_str_mapping(tp):
         return {"type": "object", "additionalProperties": _type(get_args(tp)[1], definitions)}
     if attrs.has(tp):
         if tp.__name__ not in definitions:

@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["to_toml"]
+__all__ = ["to_toml", "toml_key", "toml_value"]
 
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f"}
@@ -47,10 +47,10 @@ def _table(
         if isinstance(value, Mapping) or _is_table_array(value):
             nested.append((key, value))
         else:
-            lines.append(f"{_key(key)} = {_value(value)}")
+            lines.append(f"{toml_key(key)} = {toml_value(value)}")
     for key, value in nested:
         sub = (*path, key)
-        dotted = ".".join(_key(part) for part in sub)
+        dotted = ".".join(toml_key(part) for part in sub)
         if isinstance(value, Mapping):
             _table(lines, sub, value, f"[{dotted}]")
         else:
@@ -66,11 +66,13 @@ def _is_table_array(value: object) -> bool:
     )
 
 
-def _key(key: str) -> str:
+def toml_key(key: str) -> str:
+    """``key`` as a TOML key: bare when it can be, quoted otherwise."""
     return key if _BARE_KEY.fullmatch(key) else _string(key)
 
 
-def _value(value: object) -> str:
+def toml_value(value: object) -> str:
+    """``value`` (a string, number, boolean, list or mapping) as a TOML value."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):
@@ -84,9 +86,11 @@ def _value(value: object) -> str:
     if isinstance(value, str):
         return _string(value)
     if isinstance(value, list | tuple):
-        return "[" + ", ".join(_value(element) for element in value) + "]"
+        return "[" + ", ".join(toml_value(element) for element in value) + "]"
     if isinstance(value, Mapping):
-        items = ", ".join(f"{_key(k)} = {_value(v)}" for k, v in value.items() if v is not None)
+        items = ", ".join(
+            f"{toml_key(k)} = {toml_value(v)}" for k, v in value.items() if v is not None
+        )
         return "{ " + items + " }" if items else "{}"
     raise TypeError(f"cannot write {type(value).__name__} {value!r} as TOML")
 
