@@ -29,6 +29,7 @@ import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, TypeVar, get_args, get_origin, overload
 
@@ -64,6 +65,8 @@ MASK = "***"
 """What a secret looks like in a dumped configuration with ``mask_secrets=True``."""
 
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# Where "${VAR}" secrets are looked up during one parse_config call.
+_ENV: ContextVar[Mapping[str, str]] = ContextVar("trio_orchestrator.config.env")
 _SECRET_FORMS = 'a string (the secret, or "${ENV_VAR}") or a table { env = "ENV_VAR" }'
 
 
@@ -130,11 +133,13 @@ def parse_config(
             source = tomllib.loads(source)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"not valid TOML: {exc}") from None
-    converter = _structuring_converter(os.environ if env is None else env)
+    token = _ENV.set(os.environ if env is None else env)
     try:
-        return converter.structure(source, cls)
+        return _structuring_converter().structure(source, cls)
     except (cattrs.BaseValidationError, ValueError) as exc:
         raise ConfigError(_problems(exc, "")) from None
+    finally:
+        _ENV.reset(token)
 
 
 def dump_config(config: object, *, mask_secrets: bool = True) -> dict[str, Any]:
@@ -209,11 +214,13 @@ def expected(tp: Any) -> str:
 # ---------------------------------------------------------------------------- structuring
 
 
-def _structuring_converter(env: Mapping[str, str]) -> cattrs.Converter:
+@functools.cache
+def _structuring_converter() -> cattrs.Converter:
+    """The converter, built once: its generated code per class is what makes loading fast."""
     converter = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
     for tp in (bool, int, float, str):
         converter.register_structure_hook(tp, _scalar_hook(tp))
-    converter.register_structure_hook(Secret, functools.partial(_structure_secret, env=env))
+    converter.register_structure_hook(Secret, _structure_secret)
     converter.register_structure_hook_factory(is_enum, _choice_hook)
     converter.register_structure_hook_factory(is_literal, _choice_hook)
     converter.register_structure_hook_factory(
@@ -256,7 +263,8 @@ def _choice_hook(tp: Any) -> Hook:
     return structure
 
 
-def _structure_secret(value: Any, _: Any, *, env: Mapping[str, str]) -> Secret:
+def _structure_secret(value: Any, _: Any) -> Secret:
+    env = _ENV.get()
     if isinstance(value, str):
         reference = _ENV_REFERENCE.fullmatch(value)
         return Secret(_from_env(reference[1], env) if reference else value)
