@@ -103,8 +103,8 @@ class ReloadReport:
     def __str__(self) -> str:
         if self.invalid:
             return "configuration not reloaded (invalid):\n  " + "\n  ".join(self.invalid)
-        lines = [f"applied {change}" for change in self.applied]
-        lines += [f"refused {reason}" for reason in self.refused]
+        lines = [f"applied  {change}" for change in self.applied]
+        lines += [f"refused  {reason}" for reason in self.refused]
         return "\n".join(lines) or "configuration unchanged"
 
 
@@ -158,10 +158,7 @@ def _merge(
     if reloadable:
         applied.append(ConfigChange(path, old, new))
         return new
-    refused.append(
-        f"{path}: {old!r} → {new!r} refused: this option cannot change while running "
-        "(restart to apply it)"
-    )
+    refused.append(f"{path}: cannot change while running; restart to apply {old!r} → {new!r}")
     return old
 
 

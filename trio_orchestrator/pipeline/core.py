@@ -76,8 +76,8 @@ class _StageCounter:
 
 def _nobody_applies(change: ConfigChange) -> str:
     return (
-        f"{change.path}: {change.old!r} → {change.new!r} refused: no component of this pipeline "
-        "takes reloads of this section (neither the worker nor any added with add_reloadable)"
+        f"{change.path}: nothing in this pipeline takes reloads of this section (neither the "
+        f"worker nor any add_reloadable component); {change.old!r} → {change.new!r} not applied"
     )
 
 
