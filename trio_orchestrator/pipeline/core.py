@@ -21,6 +21,7 @@ import heapq
 import itertools
 import logging
 import math
+import os
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from types import TracebackType
@@ -31,7 +32,10 @@ import outcome
 import trio
 
 from ..config import Config
+from ..config.load import parse_config
+from ..config.reload import ConfigChange, Reloadable, ReloadReport, plan_reload
 from ..errors import (
+    ConfigError,
     DeadlineExceeded,
     PipelineClosed,
     RequestCancelled,
@@ -74,6 +78,13 @@ class _StageCounter:
         # so confirm a new peak with the channel's real buffer (rarely: peaks are rare).
         if self.sent - self.received > self.peak:
             self.peak = max(self.peak, channel.statistics().current_buffer_used)
+
+
+def _nobody_applies(change: ConfigChange) -> str:
+    return (
+        f"{change.path}: nothing in this pipeline takes reloads of this section (neither the "
+        f"worker nor any add_reloadable component); {change.old!r} → {change.new!r} not applied"
+    )
 
 
 def _unwrap(exc: BaseException) -> BaseException:
@@ -121,6 +132,7 @@ class Pipeline:
         self._submitted = 0
         self._sink_errors = 0
         self._listeners: list[Listener] = []
+        self._reloadables: list[Reloadable] = []
         self._closing = False
         self._idle = trio.Event()
         self._now = trio.current_time()
@@ -192,6 +204,57 @@ class Pipeline:
     def config(self) -> Config:
         """The configuration in force."""
         return self._config
+
+    def reload(self, config: Config) -> ReloadReport:
+        """Put ``config`` in force without dropping a request in flight.
+
+        Options marked reloadable change at once (inference concurrency; request timeout,
+        stream buffer and grace period for what starts next); the others keep their old
+        values and are reported as refused. Sections other than ``pipeline`` are applied by
+        the :class:`Reloadable` components: the worker, if it is one, and those given to
+        :meth:`add_reloadable`; with none, changes there are refused too.
+
+        Args:
+            config: the new configuration, already validated.
+
+        Returns:
+            What was applied and what was refused.
+        """
+        merged, applied, refused = plan_reload(self._config, config)
+        components = [c for c in (self._worker, *self._reloadables) if isinstance(c, Reloadable)]
+        if not components:
+            merged = attrs.evolve(self._config, pipeline=merged.pipeline)
+            refused += [_nobody_applies(c) for c in applied if not c.path.startswith("pipeline.")]
+            applied = [c for c in applied if c.path.startswith("pipeline.")]
+        self._config = merged
+        self._limiter.total_tokens = merged.pipeline.inference_concurrency
+        for component in components:
+            refused += component.reconfigure(merged)
+        kept = [c for c in applied if not any(r.startswith(f"{c.path}:") for r in refused)]
+        report = ReloadReport(applied=tuple(kept), refused=tuple(refused))
+        logger.info("configuration reloaded: %s", report)
+        return report
+
+    def add_reloadable(self, component: Reloadable) -> None:
+        """Have :meth:`reload` reconfigure ``component`` too (the service, for its section)."""
+        self._reloadables.append(component)
+
+    async def reload_from_file(self, path: str | os.PathLike[str]) -> ReloadReport:
+        """Load a TOML configuration file and :meth:`reload` it.
+
+        An unreadable or invalid file changes nothing; the report's ``invalid`` says why.
+        """
+        try:
+            text = await trio.Path(path).read_text(encoding="utf-8")
+            config = parse_config(text)
+        except (OSError, UnicodeDecodeError) as exc:
+            report = ReloadReport(invalid=(f"cannot read {os.fspath(path)}: {exc}",))
+        except ConfigError as exc:
+            report = ReloadReport(invalid=tuple(exc.problems))
+        else:
+            return self.reload(config)
+        logger.warning("%s", report)
+        return report
 
     @property
     def worker(self) -> ModelWorker:
