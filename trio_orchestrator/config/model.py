@@ -7,6 +7,8 @@ from typing import Any
 
 import attrs
 
+from ..observability.config import ObservabilityConfig
+
 __all__ = ["Config", "PipelineConfig", "non_negative_time", "positive_int", "positive_time"]
 
 
@@ -75,6 +77,8 @@ class Config:
 
     Attributes:
         pipeline: stage capacities, concurrency, timeouts and shutdown.
+        observability: metrics, logs and traces.
     """
 
     pipeline: PipelineConfig = attrs.field(factory=PipelineConfig)
+    observability: ObservabilityConfig = attrs.field(factory=ObservabilityConfig)

@@ -40,6 +40,7 @@ from ..types import PromptRequest
 from ..workers.base import ModelWorker
 from .assemble import Assembler, DefaultAssembler
 from .dead_letters import DeadLetter, DeadLetterQueue
+from .hooks import PipelineHooks
 from .job import FinishedRequest, Job, Outcome
 from .post import PostProcessor, StopSequences, open_filters
 from .rag import NoRetriever, Retriever
@@ -115,6 +116,7 @@ class Pipeline:
         self._submitted = 0
         self._sink_errors = 0
         self._listeners: list[Listener] = []
+        self._hooks: PipelineHooks | None = None
         self._closing = False
         self._idle = trio.Event()
         self._now = trio.current_time()
@@ -176,6 +178,21 @@ class Pipeline:
         """
         self._listeners.append(listener)
 
+    def set_hooks(self, hooks: PipelineHooks) -> None:
+        """Have ``hooks`` follow every request from now on (observability sets this).
+
+        Raises:
+            RuntimeError: hooks are set already.
+        """
+        if self._hooks is not None:
+            raise RuntimeError("this pipeline's hooks are set already (instrumented twice?)")
+        self._hooks = hooks
+
+    @property
+    def worker(self) -> ModelWorker:
+        """The worker that answers requests."""
+        return self._worker
+
     @property
     def config(self) -> Config:
         """The configuration in force."""
@@ -227,6 +244,8 @@ class Pipeline:
         job = Job(request, deadline, now, trio.CancelScope(deadline=deadline))
         self._submitted += 1
         self._in_flight.add(job)
+        if self._hooks is not None:
+            self._hooks.started(job)
         return job
 
     async def _enter_and_wait(self, job: Job, *, wait: bool) -> None:
@@ -294,6 +313,8 @@ class Pipeline:
         if job.stream is not None:
             job.stream.close()
         job.done.set()
+        if self._hooks is not None:
+            self._hooks.finished(job)
         if self._listeners:
             self._notify(job)
         if self._closing and not self._in_flight:
@@ -333,6 +354,8 @@ class Pipeline:
 
     def _forward(self, job: Job, stage: int) -> None:
         """Hand ``job`` to ``stage`` without waiting; shed it when the channel is full."""
+        if self._hooks is not None:
+            self._hooks.stage_left(job)
         try:
             self._sends[stage].send_nowait(job)
         except trio.WouldBlock:
@@ -370,6 +393,8 @@ class Pipeline:
                 # A drained burst shares one reading of the clock: no time passes without a
                 # checkpoint, as far as deadlines are concerned.
                 if self._now < job.deadline:
+                    if self._hooks is not None:
+                        self._hooks.stage_entered(job, STAGES[stage])
                     return job
                 self._expire_if_running(job)
 
@@ -422,19 +447,27 @@ class Pipeline:
     async def _generate(self, job: Job) -> None:
         request = job.prepared or job.request
         job.filter = open_filters(self._post_processors, request)
+        hooks = self._hooks
         try:
             with job.scope:
-                if job.filter is None:
-                    await self._worker.generate(request, job.emit)
+                if hooks is None:
+                    await self._call_worker(job, request)
                 else:
-                    with trio.CancelScope() as job.generation:
-                        await self._worker.generate(request, job.emit)
+                    with hooks.inference(job):
+                        await self._call_worker(job, request)
         except Exception as exc:
             self._fail(job, exc)
             return
         if job.outcome is None and job.scope.cancelled_caught:
             # Every other cancellation ends the job before cancelling its scope.
             self._expire_if_running(job)
+
+    async def _call_worker(self, job: Job, request: PromptRequest) -> None:
+        if job.filter is None:
+            await self._worker.generate(request, job.emit)
+        else:
+            with trio.CancelScope() as job.generation:
+                await self._worker.generate(request, job.emit)
 
     async def _post_stage(self) -> None:
         async with self._receives[POST], self._sends[STREAM]:

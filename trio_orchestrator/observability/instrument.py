@@ -1,0 +1,142 @@
+"""One call wires metrics, traces and request logs onto a running pipeline."""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+import attrs
+
+from .hooks import ObservationHooks
+from .logging import RequestLogger
+from .metrics import (
+    HasStatistics,
+    PipelineCollector,
+    RequestMetrics,
+    StatisticsCollector,
+    prometheus,
+    render_metrics,
+    stage_histogram,
+)
+from .tracing import RequestTracer, build_tracer_provider
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
+
+    from opentelemetry.sdk.trace import TracerProvider
+    from prometheus_client import CollectorRegistry
+
+    from ..config import Config
+    from ..pipeline.core import Pipeline
+
+__all__ = ["Instrumentation", "instrument_pipeline", "provider_name"]
+
+
+@attrs.define(eq=False)
+class Instrumentation:
+    """What :func:`instrument_pipeline` set up. Keep it: components register through it.
+
+    Attributes:
+        registry: the Prometheus registry holding the metrics, or None with metrics off.
+        statistics: exports registered components' ``statistics()``, or None with metrics off.
+        tracer_provider: the provider built from ``tracing.otlp_endpoint`` (shut down by
+            :meth:`shutdown`), or None.
+    """
+
+    registry: CollectorRegistry | None
+    statistics: StatisticsCollector | None
+    tracer_provider: TracerProvider | None = None
+
+    def register_statistics(
+        self,
+        kind: str,
+        component: HasStatistics,
+        *,
+        labels: Mapping[str, str] | None = None,
+        counters: Iterable[str] = (),
+    ) -> None:
+        """Export ``component.statistics()`` as ``trio_orchestrator_<kind>_<field>``.
+
+        See :meth:`StatisticsCollector.register` for the arguments. Does nothing when
+        metrics are off.
+        """
+        if self.statistics is not None:
+            self.statistics.register(kind, component, labels=labels, counters=counters)
+
+    def render(self) -> bytes:
+        """The text exposition for ``GET /metrics`` (empty with metrics off)."""
+        return b"" if self.registry is None else render_metrics(self.registry)
+
+    def shutdown(self) -> None:
+        """Flush and close the tracer provider this instrumentation built, if any."""
+        if self.tracer_provider is not None:
+            self.tracer_provider.shutdown()
+            self.tracer_provider = None
+
+
+def provider_name(worker: object) -> str:
+    """The ``provider`` label for ``worker``: its ``provider`` or ``name`` attribute when a
+    string, else its class name without ``Worker``, lower-cased (``EchoWorker`` → ``echo``)."""
+    for attribute in ("provider", "name"):
+        value = getattr(worker, attribute, None)
+        if isinstance(value, str) and value:
+            break
+    else:
+        value = type(worker).__name__.removesuffix("Worker").lower() or "worker"
+    return re.sub(r"[^A-Za-z0-9_.:/-]", "_", value)[:64]
+
+
+def instrument_pipeline(
+    pipeline: Pipeline,
+    config: Config | None = None,
+    registry: CollectorRegistry | None = None,
+    *,
+    tracer_provider: TracerProvider | None = None,
+) -> Instrumentation:
+    """Wire metrics, traces and request logs onto ``pipeline``, as ``config`` says.
+
+    Call it once, right after :func:`open_pipeline`, before submitting requests.
+
+    Args:
+        pipeline: the running pipeline.
+        config: the configuration (default: the pipeline's); its ``observability`` section
+            decides what is on.
+        registry: the Prometheus registry (default: ``prometheus_client.REGISTRY``).
+        tracer_provider: where spans go (default: built from ``tracing.otlp_endpoint``, else
+            the global provider).
+
+    Returns:
+        The handle to register component statistics on, render ``/metrics`` and shut down.
+
+    Raises:
+        ImportError: metrics or tracing are on but their extra is not installed.
+        ValueError: ``registry`` already holds a pipeline's metrics.
+    """
+    observability = (config or pipeline.config).observability
+    metrics, tracing = observability.metrics, observability.tracing
+    provider = metrics.provider or provider_name(pipeline.worker)
+    result = Instrumentation(None, None)
+    stage_times = None
+    if metrics.enabled:
+        registry = prometheus().REGISTRY if registry is None else registry
+        result.registry, result.statistics = registry, StatisticsCollector()
+        registry.register(PipelineCollector(pipeline))
+        registry.register(result.statistics)
+        pipeline.add_listener(RequestMetrics(registry, metrics, provider))
+        result.register_statistics(
+            "dead_letters", pipeline.dead_letters, counters=("total", "dropped", "replayed")
+        )
+        if metrics.stage_timing:
+            stage_times = stage_histogram(registry, metrics)
+    tracer = None
+    if tracing.enabled:
+        if tracer_provider is None:
+            tracer_provider = result.tracer_provider = build_tracer_provider(tracing)
+        tracer = RequestTracer(tracer_provider)
+    if stage_times is not None or tracer is not None:
+        pipeline.set_hooks(ObservationHooks(stage_times, tracer))
+    if observability.logging.requests:
+        pipeline.add_listener(
+            RequestLogger(provider, log_prompts=observability.logging.log_prompts)
+        )
+    return result
