@@ -9,6 +9,8 @@ from contextlib import AbstractContextManager, nullcontext
 import attrs
 import pytest
 import trio
+from hypothesis import given
+from hypothesis import strategies as st
 from observability_helpers import (
     GateRetriever,
     ScriptedWorker,
@@ -19,6 +21,7 @@ from observability_helpers import (
     value,
 )
 from prometheus_client import CollectorRegistry
+from prometheus_client.core import HistogramMetricFamily
 
 from trio_orchestrator import EchoWorker, open_pipeline
 from trio_orchestrator.observability import (
@@ -28,6 +31,7 @@ from trio_orchestrator.observability import (
     instrument_pipeline,
     render_metrics,
 )
+from trio_orchestrator.observability.metrics import Histogram
 
 OUTCOMES = {"completed": 7, "failed": 2, "shed": 1, "expired": 1, "cancelled": 1}
 
@@ -354,3 +358,31 @@ async def test_instrumentation_registers_components_with_one_call() -> None:
             "breaker", FakeBreaker(transitions=2), labels={"target": "a"}, counters=["transitions"]
         )
     assert value(samples(registry), "trio_orchestrator_breaker_transitions_total") == 2
+
+
+# ------------------------------------------------------------------------- the histogram
+
+finite = st.floats(min_value=0, max_value=1e4, allow_nan=False)
+
+
+@given(
+    bounds=st.lists(finite.filter(lambda b: b > 0), min_size=1, max_size=12, unique=True).map(
+        sorted
+    ),
+    observations=st.lists(finite, max_size=50),
+)
+def test_histogram_buckets_count_observations_at_or_below_each_bound(
+    bounds: list[float], observations: list[float]
+) -> None:
+    """Each cumulative bucket counts exactly the observations ≤ its bound (le is inclusive)."""
+    histogram = Histogram(bounds)
+    for observation in observations:
+        histogram.observe(observation)
+    family = HistogramMetricFamily("h", "h", labels=["x"])
+    histogram.add_to(family, ["y"])
+    buckets = {s.labels["le"]: s.value for s in family.samples if s.name == "h_bucket"}
+    for bound in bounds:
+        assert buckets[repr(float(bound))] == sum(o <= bound for o in observations)
+    assert buckets["+Inf"] == len(observations)
+    (total,) = [s.value for s in family.samples if s.name == "h_sum"]
+    assert total == pytest.approx(sum(observations))

@@ -9,9 +9,8 @@ import attrs
 import trio
 
 if TYPE_CHECKING:
-    from prometheus_client import Histogram
-
     from ..pipeline.job import Job
+    from .metrics import StageTimes
     from .tracing import RequestTracer
 
 __all__ = ["ObservationHooks"]
@@ -32,20 +31,15 @@ class ObservationHooks:
     """Times each stage of each request and opens its trace spans (either may be off).
 
     Args:
-        stage_times: the per-stage processing-time histogram, or None not to time stages.
+        stage_times: where per-stage processing times go, or None not to time stages.
         tracer: opens the request's spans, or None not to trace.
     """
 
     def __init__(
-        self, stage_times: Histogram | None = None, tracer: RequestTracer | None = None
+        self, stage_times: StageTimes | None = None, tracer: RequestTracer | None = None
     ) -> None:
-        # Imported here: the config model imports this package, and the pipeline the config.
-        from ..pipeline.core import STAGES
-
         self._tracer = tracer
-        self._stage_times = (
-            None if stage_times is None else {s: stage_times.labels(s) for s in STAGES}
-        )
+        self._stage_times = None if stage_times is None else stage_times.histograms
 
     def started(self, job: Job) -> None:
         """Begin observing ``job``; open its request span."""

@@ -13,10 +13,10 @@ from .metrics import (
     HasStatistics,
     PipelineCollector,
     RequestMetrics,
+    StageTimes,
     StatisticsCollector,
     prometheus,
     render_metrics,
-    stage_histogram,
 )
 from .tracing import RequestTracer, build_tracer_provider
 
@@ -122,12 +122,15 @@ def instrument_pipeline(
         result.registry, result.statistics = registry, StatisticsCollector()
         registry.register(PipelineCollector(pipeline))
         registry.register(result.statistics)
-        pipeline.add_listener(RequestMetrics(registry, metrics, provider))
+        requests = RequestMetrics(metrics, provider)
+        registry.register(requests)
+        pipeline.add_listener(requests)
         result.register_statistics(
             "dead_letters", pipeline.dead_letters, counters=("total", "dropped", "replayed")
         )
         if metrics.stage_timing:
-            stage_times = stage_histogram(registry, metrics)
+            stage_times = StageTimes(metrics)
+            registry.register(stage_times)
     tracer = None
     if tracing.enabled:
         if tracer_provider is None:

@@ -6,7 +6,10 @@ Three sources feed one registry:
   requests by outcome, in flight, per-stage queue depth, capacity, peak and shed counts,
   inference slots. Nothing is counted twice.
 - :class:`RequestMetrics`, a pipeline listener, counts each finished request by provider,
-  model and outcome, and observes its latency, time to first token, tokens, cost and error.
+  model and outcome, and observes its latency, time to first token, tokens, cost and error;
+  :class:`StageTimes` holds the per-stage processing time the pipeline hooks observe. Both
+  keep plain Python numbers (the pipeline runs on one thread; no locks on the request path)
+  and export them at scrape time.
 - :class:`StatisticsCollector` exports the numeric fields of any registered component's
   frozen-attrs ``statistics()`` (breakers, limiters, caches, the dead-letter queue…).
 
@@ -17,7 +20,9 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from bisect import bisect_left
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from itertools import accumulate
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
@@ -27,8 +32,13 @@ from ..errors import WorkerError
 from .config import MetricsConfig, ModelPrice
 
 if TYPE_CHECKING:
-    from prometheus_client import CollectorRegistry, Counter, Histogram
-    from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.metrics_core import (
+        CounterMetricFamily,
+        GaugeMetricFamily,
+        HistogramMetricFamily,
+        Metric,
+    )
 
     _Family = CounterMetricFamily | GaugeMetricFamily
 
@@ -37,8 +47,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "PREFIX",
+    "Histogram",
     "PipelineCollector",
     "RequestMetrics",
+    "StageTimes",
     "StatisticsCollector",
     "metrics_content_type",
     "render_metrics",
@@ -192,21 +204,56 @@ class _BoundedLabel:
         return value
 
 
-@attrs.define(eq=False, slots=True)
-class _Children:
-    """Pre-resolved metric children for one (model, outcome), so a request costs no lookups."""
+class Histogram:
+    """A histogram kept in plain Python numbers (no locks: the pipeline runs on one thread),
+    exported by a collector at scrape time.
 
-    requests: Any
-    latency: Any
-    first_token: Any
-    input_tokens: Any
-    output_tokens: Any
-    cost: Any
+    Args:
+        bounds: the buckets' upper bounds, increasing.
+    """
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = tuple(bounds)
+        self.counts = [0] * (len(self.bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        """Count one observation."""
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def add_to(self, family: HistogramMetricFamily, labels: list[str]) -> None:
+        """Add this histogram's cumulative buckets to ``family`` as one series."""
+        counts, total = list(self.counts), self.sum  # one consistent reading
+        cumulative = list(accumulate(counts))
+        edges = [repr(float(b)) for b in self.bounds] + ["+Inf"]
+        family.add_metric(labels, list(zip(edges, cumulative, strict=True)), total)
+
+
+@attrs.define(eq=False, slots=True)
+class _Outcomes:
+    """The numbers kept for one (model, outcome)."""
+
+    latency: Histogram
+    requests: int = 0
+
+
+@attrs.define(eq=False, slots=True)
+class _Model:
+    """The numbers kept for one model."""
+
+    first_token: Histogram
     price: ModelPrice | None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost: float = 0.0
 
 
 class RequestMetrics:
-    """A pipeline listener: counts and times each finished request.
+    """A pipeline listener that counts and times each finished request, and the collector
+    that exports those numbers.
 
     Exports ``requests_total``, ``request_duration_seconds``,
     ``time_to_first_token_seconds``, ``tokens_total``, ``cost_usd_total`` (with prices
@@ -215,102 +262,134 @@ class RequestMetrics:
     one per pipeline, models beyond ``max_models`` count as ``other``.
 
     Args:
-        registry: where to register the metrics.
         config: buckets, model cap and prices.
         provider: the ``provider`` label value.
     """
 
-    def __init__(self, registry: CollectorRegistry, config: MetricsConfig, provider: str) -> None:
-        prom, p = prometheus(), PREFIX
-        by_model = ["provider", "model"]
+    def __init__(self, config: MetricsConfig, provider: str) -> None:
+        self._config = config
         self._provider = provider
         self._prices = dict(config.prices)
         self._model = _BoundedLabel(config.max_models, always=self._prices)
         self._error = _BoundedLabel(_MAX_ERROR_CLASSES)
-        self._children: dict[tuple[str, str], _Children] = {}
-        self._requests: Counter = prom.Counter(
-            f"{p}_requests",
-            "Requests ended, by provider, model and outcome.",
-            [*by_model, "outcome"],
-            registry=registry,
-        )
-        self._latency: Histogram = prom.Histogram(
-            f"{p}_request_duration_seconds",
-            "Seconds from submission to the request's end.",
-            [*by_model, "outcome"],
-            buckets=config.latency_buckets,
-            registry=registry,
-        )
-        self._first_token: Histogram = prom.Histogram(
-            f"{p}_time_to_first_token_seconds",
-            "Seconds from submission to the worker's first event.",
-            by_model,
-            buckets=config.first_token_buckets,
-            registry=registry,
-        )
-        self._tokens: Counter = prom.Counter(
-            f"{p}_tokens", "Tokens of completed requests, by type (input, output).",
-            [*by_model, "type"], registry=registry,
-        )  # fmt: skip
-        self._cost: Counter | None = None
-        if self._prices:
-            self._cost = prom.Counter(
-                f"{p}_cost_usd", "Estimated cost of completed requests, in USD.",
-                by_model, registry=registry,
-            )  # fmt: skip
-        self._errors: Counter = prom.Counter(
-            f"{p}_upstream_errors",
-            "Failed requests, by error class.",
-            [*by_model, "error"],
-            registry=registry,
-        )
+        self._outcomes: dict[tuple[str, str], _Outcomes] = {}
+        self._models: dict[str, _Model] = {}
+        self._errors: dict[tuple[str, str], int] = {}
 
     def __call__(self, record: FinishedRequest) -> None:
         """Count one finished request."""
         model = self._model(record.request.params.model)
-        outcome = record.outcome.value
-        children = self._children.get((model, outcome)) or self._resolve(model, outcome)
-        children.requests.inc()
-        children.latency.observe(record.latency)
+        key = (model, record.outcome.value)
+        outcomes = self._outcomes.get(key) or self._new_outcomes(key)
+        outcomes.requests += 1
+        outcomes.latency.observe(record.latency)
+        numbers = self._models.get(model) or self._new_model(model)
         if record.time_to_first_token is not None:
-            children.first_token.observe(record.time_to_first_token)
+            numbers.first_token.observe(record.time_to_first_token)
         completion = record.completion
         if completion is not None and completion.usage is not None:
             usage = completion.usage
-            children.input_tokens.inc(usage.input_tokens)
-            children.output_tokens.inc(usage.output_tokens)
-            if children.price is not None:
-                children.cost.inc(children.price.cost(usage.input_tokens, usage.output_tokens))
+            numbers.input_tokens += usage.input_tokens
+            numbers.output_tokens += usage.output_tokens
+            if numbers.price is not None:
+                numbers.cost += numbers.price.cost(usage.input_tokens, usage.output_tokens)
         if isinstance(record.error, WorkerError):
-            error = self._error(type(record.error).__name__)
-            self._errors.labels(self._provider, model, error).inc()
+            error_key = (model, self._error(type(record.error).__name__))
+            self._errors[error_key] = self._errors.get(error_key, 0) + 1
 
-    def _resolve(self, model: str, outcome: str) -> _Children:
-        provider = self._provider
-        price = self._prices.get(model)
-        children = _Children(
-            requests=self._requests.labels(provider, model, outcome),
-            latency=self._latency.labels(provider, model, outcome),
-            first_token=self._first_token.labels(provider, model),
-            input_tokens=self._tokens.labels(provider, model, "input"),
-            output_tokens=self._tokens.labels(provider, model, "output"),
-            cost=None if self._cost is None else self._cost.labels(provider, model),
-            price=price if self._cost is not None else None,
+    def _new_outcomes(self, key: tuple[str, str]) -> _Outcomes:
+        outcomes = self._outcomes[key] = _Outcomes(Histogram(self._config.latency_buckets))
+        return outcomes
+
+    def _new_model(self, model: str) -> _Model:
+        first_token = Histogram(self._config.first_token_buckets)
+        numbers = self._models[model] = _Model(first_token, self._prices.get(model))
+        return numbers
+
+    def describe(self) -> Iterator[Metric]:
+        """The metric families (so a registry notices a name clash)."""
+        return self.collect()
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield the request metric families, read now."""
+        yield from self._by_outcome()
+        yield from self._by_model()
+        family = prometheus().core.CounterMetricFamily(
+            f"{PREFIX}_upstream_errors",
+            "Failed requests, by error class.",
+            labels=["provider", "model", "error"],
         )
-        self._children[model, outcome] = children
-        return children
+        for (model, error), count in list(self._errors.items()):
+            family.add_metric([self._provider, model, error], count)
+        yield family
+
+    def _by_outcome(self) -> Iterator[Metric]:
+        core, labels = prometheus().core, ["provider", "model", "outcome"]
+        requests = core.CounterMetricFamily(
+            f"{PREFIX}_requests", "Requests ended, by provider, model and outcome.", labels=labels
+        )
+        latency = core.HistogramMetricFamily(
+            f"{PREFIX}_request_duration_seconds",
+            "Seconds from submission to the request's end.",
+            labels=labels,
+        )
+        for (model, outcome), numbers in list(self._outcomes.items()):
+            requests.add_metric([self._provider, model, outcome], numbers.requests)
+            numbers.latency.add_to(latency, [self._provider, model, outcome])
+        yield from (requests, latency)
+
+    def _by_model(self) -> Iterator[Metric]:
+        core, labels = prometheus().core, ["provider", "model"]
+        first_token = core.HistogramMetricFamily(
+            f"{PREFIX}_time_to_first_token_seconds",
+            "Seconds from submission to the worker's first event.",
+            labels=labels,
+        )
+        tokens = core.CounterMetricFamily(
+            f"{PREFIX}_tokens",
+            "Tokens of completed requests, by type (input, output).",
+            labels=[*labels, "type"],
+        )
+        cost = core.CounterMetricFamily(
+            f"{PREFIX}_cost_usd", "Estimated cost of completed requests, in USD.", labels=labels
+        )
+        for model, numbers in list(self._models.items()):
+            numbers.first_token.add_to(first_token, [self._provider, model])
+            tokens.add_metric([self._provider, model, "input"], numbers.input_tokens)
+            tokens.add_metric([self._provider, model, "output"], numbers.output_tokens)
+            if numbers.price is not None:
+                cost.add_metric([self._provider, model], numbers.cost)
+        yield from (first_token, tokens)
+        if self._prices:
+            yield cost
 
 
-def stage_histogram(registry: CollectorRegistry, config: MetricsConfig) -> Histogram:
-    """Return the per-stage processing-time histogram, registered in ``registry``."""
-    histogram: Histogram = prometheus().Histogram(
-        f"{PREFIX}_stage_duration_seconds",
-        "Seconds a stage held a request, from taking it off its input to handing it on.",
-        ["stage"],
-        buckets=config.stage_buckets,
-        registry=registry,
-    )
-    return histogram
+class StageTimes:
+    """Per-stage processing time, kept by the pipeline hooks and exported at scrape time.
+
+    Args:
+        config: the stage buckets.
+    """
+
+    def __init__(self, config: MetricsConfig) -> None:
+        from ..pipeline.core import STAGES  # not at import: the config model imports this
+
+        self.histograms = {stage: Histogram(config.stage_buckets) for stage in STAGES}
+
+    def describe(self) -> Iterator[Metric]:
+        """The metric family (so a registry notices a name clash)."""
+        return self.collect()
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield the per-stage histogram."""
+        family = prometheus().core.HistogramMetricFamily(
+            f"{PREFIX}_stage_duration_seconds",
+            "Seconds a stage held a request, from taking it off its input to handing it on.",
+            labels=["stage"],
+        )
+        for stage, histogram in self.histograms.items():
+            histogram.add_to(family, [stage])
+        yield family
 
 
 # ------------------------------------------------------------------------- any component
