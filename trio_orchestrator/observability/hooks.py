@@ -30,6 +30,8 @@ class _Observation:
 class ObservationHooks:
     """Times each stage of each request and opens its trace spans (either may be off).
 
+    Create it inside the Trio run that runs the pipeline (it reads that run's clock).
+
     Args:
         stage_times: where per-stage processing times go, or None not to time stages.
         tracer: opens the request's spans, or None not to trace.
@@ -40,6 +42,9 @@ class ObservationHooks:
     ) -> None:
         self._tracer = tracer
         self._stage_times = None if stage_times is None else stage_times.histograms
+        # The run's clock, read directly: trio.current_time() costs three calls per reading,
+        # and stage timing reads it twice per stage of every request.
+        self._clock = trio.lowlevel.current_clock().current_time
 
     def started(self, job: Job) -> None:
         """Begin observing ``job``; open its request span."""
@@ -55,7 +60,7 @@ class ObservationHooks:
             return
         observation.stage = stage
         if self._stage_times is not None:
-            observation.stage_started = trio.current_time()
+            observation.stage_started = self._clock()
         if observation.spans is not None:
             assert self._tracer is not None
             self._tracer.stage_started(observation.spans, stage)
@@ -66,7 +71,7 @@ class ObservationHooks:
         if observation is None or observation.stage is None:
             return
         if self._stage_times is not None:
-            elapsed = trio.current_time() - observation.stage_started
+            elapsed = self._clock() - observation.stage_started
             self._stage_times[observation.stage].observe(elapsed)
         observation.stage = None
         if observation.spans is not None:
