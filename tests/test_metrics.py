@@ -386,3 +386,31 @@ def test_histogram_buckets_count_observations_at_or_below_each_bound(
     assert buckets["+Inf"] == len(observations)
     (total,) = [s.value for s in family.samples if s.name == "h_sum"]
     assert total == pytest.approx(sum(observations))
+
+
+async def test_closed_instrumentation_leaves_the_registry_for_the_next_pipeline() -> None:
+    """After close, a new pipeline instruments into the same registry and counts afresh."""
+    registry = CollectorRegistry()
+    async with open_pipeline(EchoWorker()) as pipeline:
+        with instrument_pipeline(pipeline, registry=registry):
+            await pipeline.submit(request("hello"))
+    assert samples(registry) == {}
+    async with open_pipeline(EchoWorker()) as pipeline:
+        instrument_pipeline(pipeline, registry=registry)
+        await pipeline.submit(request("hello"))
+    assert value(samples(registry), "trio_orchestrator_requests_total") == 1
+
+
+async def test_streamed_requests_are_counted_like_submitted_ones() -> None:
+    """A request through pipeline.stream is counted, timed and its tokens added."""
+    registry = CollectorRegistry()
+    async with open_pipeline(ScriptedWorker()) as pipeline:
+        instrument_pipeline(pipeline, registry=registry)
+        async with pipeline.stream(request("hello world")) as events:
+            async for _ in events:
+                pass
+    parsed = samples(registry)
+    assert value(parsed, "trio_orchestrator_requests_total", outcome="completed") == 1
+    assert value(parsed, "trio_orchestrator_time_to_first_token_seconds_count") == 1
+    assert value(parsed, "trio_orchestrator_tokens_total", type="output") == 3
+    assert value(parsed, "trio_orchestrator_stage_duration_seconds_count", stage="stream") == 1

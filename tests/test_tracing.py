@@ -287,8 +287,27 @@ async def test_spans_are_exported_over_otlp(
     async with open_pipeline(ScriptedWorker(), config) as pipeline:
         observed = instrument_pipeline(pipeline)
         await pipeline.submit(request("hello"))
-    await trio.to_thread.run_sync(observed.shutdown)
+    await trio.to_thread.run_sync(observed.close)
     assert [path for path, _ in received] == ["/v1/traces"]
     body = received[0][1]
     assert b"orchestrator.request" in body
     assert b"orchestrator-test" in body
+
+
+async def test_streamed_request_is_traced_through_every_stage(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    """pipeline.stream gets the same request span and stage children as submit."""
+    async with open_pipeline(ScriptedWorker(), TRACED) as pipeline:
+        instrument_pipeline(pipeline, tracer_provider=provider)
+        async with pipeline.stream(request("hello")) as events:
+            async for _ in events:
+                pass
+    spans = by_name(exporter.get_finished_spans())
+    (root,) = spans["orchestrator.request"]
+    assert root.context is not None
+    stages = [n for n in spans if n.startswith("orchestrator.stage")]
+    assert len(stages) == 5
+    assert all(
+        s.parent and s.parent.span_id == root.context.span_id for n in stages for s in spans[n]
+    )

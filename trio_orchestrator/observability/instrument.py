@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
     from opentelemetry.sdk.trace import TracerProvider
     from prometheus_client import CollectorRegistry
+    from prometheus_client.registry import Collector
 
     from ..config import Config
     from ..pipeline.core import Pipeline
@@ -34,18 +35,25 @@ __all__ = ["Instrumentation", "instrument_pipeline", "provider_name"]
 
 @attrs.define(eq=False)
 class Instrumentation:
-    """What :func:`instrument_pipeline` set up. Keep it: components register through it.
+    """What :func:`instrument_pipeline` set up. Keep it: components register through it, and
+    :meth:`close` (or a ``with`` block) takes the metrics out of the registry again.
 
     Attributes:
         registry: the Prometheus registry holding the metrics, or None with metrics off.
         statistics: exports registered components' ``statistics()``, or None with metrics off.
         tracer_provider: the provider built from ``tracing.otlp_endpoint`` (shut down by
-            :meth:`shutdown`), or None.
+            :meth:`close`), or None.
     """
 
     registry: CollectorRegistry | None
     statistics: StatisticsCollector | None
     tracer_provider: TracerProvider | None = None
+    _collectors: list[Collector] = attrs.field(factory=list, init=False)
+
+    def _register(self, collector: Collector) -> None:
+        assert self.registry is not None
+        self.registry.register(collector)
+        self._collectors.append(collector)
 
     def register_statistics(
         self,
@@ -67,11 +75,27 @@ class Instrumentation:
         """The text exposition for ``GET /metrics`` (empty with metrics off)."""
         return b"" if self.registry is None else render_metrics(self.registry)
 
-    def shutdown(self) -> None:
-        """Flush and close the tracer provider this instrumentation built, if any."""
+    def close(self) -> None:
+        """Take the metrics out of the registry, and flush and close the tracer provider this
+        instrumentation built, if any. The pipeline can then be instrumented again (after a
+        restart or reload) into the same registry.
+
+        Flushing spans may block on the network: from Trio, call it through
+        ``trio.to_thread.run_sync``.
+        """
+        if self.registry is not None:
+            for collector in self._collectors:
+                self.registry.unregister(collector)
+            self._collectors.clear()
         if self.tracer_provider is not None:
             self.tracer_provider.shutdown()
             self.tracer_provider = None
+
+    def __enter__(self) -> Instrumentation:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 def provider_name(worker: object) -> str:
@@ -95,7 +119,11 @@ def instrument_pipeline(
 ) -> Instrumentation:
     """Wire metrics, traces and request logs onto ``pipeline``, as ``config`` says.
 
-    Call it once, right after :func:`open_pipeline`, before submitting requests.
+    Call it once, right after :func:`open_pipeline`, before submitting requests::
+
+        async with open_pipeline(worker, config) as pipeline:
+            with instrument_pipeline(pipeline, config) as observed:
+                ...
 
     Args:
         pipeline: the running pipeline.
@@ -120,17 +148,17 @@ def instrument_pipeline(
     if metrics.enabled:
         registry = prometheus().REGISTRY if registry is None else registry
         result.registry, result.statistics = registry, StatisticsCollector()
-        registry.register(PipelineCollector(pipeline))
-        registry.register(result.statistics)
+        result._register(PipelineCollector(pipeline))
+        result._register(result.statistics)
         requests = RequestMetrics(metrics, provider)
-        registry.register(requests)
+        result._register(requests)
         pipeline.add_listener(requests)
         result.register_statistics(
             "dead_letters", pipeline.dead_letters, counters=("total", "dropped", "replayed")
         )
         if metrics.stage_timing:
             stage_times = StageTimes(metrics)
-            registry.register(stage_times)
+            result._register(stage_times)
     tracer = None
     if tracing.enabled:
         if tracer_provider is None:
