@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 
     from ..pipeline.core import Pipeline
     from ..pipeline.job import FinishedRequest
+    from ..pipeline.statistics import PipelineStatistics
 
 __all__ = [
     "PREFIX",
@@ -157,7 +158,7 @@ class PipelineCollector:
         )
         yield from self._stages(stats)
 
-    def _stages(self, stats: Any) -> Iterator[Metric]:
+    def _stages(self, stats: PipelineStatistics) -> Iterator[Metric]:
         core = prometheus().core
         gauge, counter = core.GaugeMetricFamily, core.CounterMetricFamily
         p, stage = PREFIX, ["stage"]
