@@ -62,3 +62,12 @@ def test_price_estimates_cost_per_million_tokens() -> None:
 def test_log_level_maps_to_logging_numbers() -> None:
     """The configured level name maps to the logging module's number."""
     assert LoggingConfig(level="WARNING").level_number == 30
+
+
+def test_config_with_prices_stays_hashable() -> None:
+    """A configuration with prices can still be hashed, and equal ones hash equal."""
+    prices = {"gpt-test": ModelPrice(1.0, 2.0)}
+    first = Config(observability=ObservabilityConfig(metrics=MetricsConfig(prices=prices)))
+    second = Config(observability=ObservabilityConfig(metrics=MetricsConfig(prices=dict(prices))))
+    assert first == second
+    assert hash(first) == hash(second)

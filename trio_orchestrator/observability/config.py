@@ -139,7 +139,8 @@ class MetricsConfig:
     stage_timing: bool = True
     provider: str | None = attrs.field(default=None, validator=_label_value)
     max_models: int = attrs.field(default=32, validator=_positive_int)
-    prices: Mapping[str, ModelPrice] = attrs.field(factory=dict)
+    # Left out of the hash (a dict has none), so the whole Config stays hashable.
+    prices: Mapping[str, ModelPrice] = attrs.field(factory=dict, hash=False)
 
 
 @attrs.frozen
