@@ -13,6 +13,7 @@ from typing import Any
 
 import attrs
 
+from ..observability.config import ObservabilityConfig
 from ..resilience.config import ResilienceConfig
 
 __all__ = [
@@ -113,7 +114,9 @@ class Config:
     Attributes:
         pipeline: stage capacities, concurrency, timeouts and shutdown.
         resilience: rate limits, circuit breakers and retries around the provider.
+        observability: metrics, logs and traces.
     """
 
     pipeline: PipelineConfig = attrs.field(factory=PipelineConfig)
     resilience: ResilienceConfig = attrs.field(factory=ResilienceConfig)
+    observability: ObservabilityConfig = attrs.field(factory=ObservabilityConfig)
