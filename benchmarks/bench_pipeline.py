@@ -51,12 +51,18 @@ async def bare_chain(n: int) -> float:
     return n / (time.perf_counter() - start)
 
 
-async def pipeline_rps(n: int, callers: int) -> float:
+async def pipeline_rps(n: int, callers: int, metrics: bool = False) -> float:
     """Requests per second through the whole pipeline with EchoWorker (no delay)."""
     request = PromptRequest(input="hello")
     per_caller = n // callers
 
     async with open_pipeline(EchoWorker()) as pipeline:
+        if metrics:
+            from prometheus_client import CollectorRegistry
+
+            from trio_orchestrator.observability import instrument_pipeline
+
+            instrument_pipeline(pipeline, registry=CollectorRegistry())
 
         async def caller() -> None:
             for _ in range(per_caller):
@@ -94,6 +100,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--callers", type=int, default=256)
+    parser.add_argument(
+        "--metrics", action="store_true", help="instrument the pipeline (default observability)"
+    )
     args = parser.parse_args()
     n = args.requests or (20_000 if args.quick else 100_000)
     repeats = args.repeats or (3 if args.quick else 7)
@@ -101,7 +110,7 @@ def main() -> None:
     bare, piped = [], []
     for _ in range(repeats):  # interleaved, so drift on a noisy machine hits both alike
         bare.append(trio.run(bare_chain, n))
-        piped.append(trio.run(pipeline_rps, n, args.callers))
+        piped.append(trio.run(pipeline_rps, n, args.callers, args.metrics))
     streamed, whole = trio.run(stream_per_token, 256, 50 if args.quick else 200)
     result = {
         "benchmark": "bench_pipeline",
@@ -112,6 +121,7 @@ def main() -> None:
         "machine": platform.machine(),
         "requests": n,
         "callers": args.callers,
+        "metrics": args.metrics,
         "repeats": repeats,
         "bare_chain_rps": round(statistics.median(bare)),
         "pipeline_rps": round(statistics.median(piped)),
@@ -121,6 +131,7 @@ def main() -> None:
     }
     print(
         f"conditions: {n} requests, {args.callers} concurrent callers, {repeats} repeats, "
+        f"metrics {'on' if args.metrics else 'off'}, "
         f"Python {result['python']}, trio {result['trio']}, {result['cpus']} CPUs",
         file=sys.stderr,
     )

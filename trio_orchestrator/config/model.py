@@ -14,6 +14,7 @@ from typing import Any
 import attrs
 
 from ..distributed.config import DistributedConfig
+from ..observability.config import ObservabilityConfig
 from ..resilience.config import ResilienceConfig
 
 __all__ = [
@@ -114,9 +115,11 @@ class Config:
     Attributes:
         pipeline: stage capacities, concurrency, timeouts and shutdown.
         resilience: rate limits, circuit breakers and retries around the provider.
+        observability: metrics, logs and traces.
         distributed: state shared with other processes through Redis (off by default).
     """
 
     pipeline: PipelineConfig = attrs.field(factory=PipelineConfig)
     resilience: ResilienceConfig = attrs.field(factory=ResilienceConfig)
+    observability: ObservabilityConfig = attrs.field(factory=ObservabilityConfig)
     distributed: DistributedConfig = attrs.field(factory=DistributedConfig)

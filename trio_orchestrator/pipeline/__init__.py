@@ -3,6 +3,7 @@
 from .assemble import Assembler, DefaultAssembler
 from .core import Pipeline, RequestStream, open_pipeline
 from .dead_letters import DeadLetter, DeadLetterQueue, DeadLetterStatistics
+from .hooks import PipelineHooks
 from .job import FinishedRequest, Outcome
 from .post import PostProcessor, StopSequences, TextFilter, TrimWhitespace
 from .rag import LexicalRetriever, NoRetriever, Retriever
@@ -23,6 +24,7 @@ __all__ = [
     "Outcome",
     "OutputSink",
     "Pipeline",
+    "PipelineHooks",
     "PipelineStatistics",
     "PostProcessor",
     "RequestStream",

@@ -49,6 +49,7 @@ from ..types import PromptRequest
 from ..workers.base import ModelWorker
 from .assemble import Assembler, DefaultAssembler
 from .dead_letters import DeadLetter, DeadLetterQueue
+from .hooks import PipelineHooks
 from .job import EventPipe, FinishedRequest, Job, Outcome
 from .post import PostProcessor, StopSequences, open_filters
 from .rag import NoRetriever, Retriever
@@ -133,6 +134,7 @@ class Pipeline:
         self._sink_errors = 0
         self._listeners: list[Listener] = []
         self._reloadables: list[Reloadable] = []
+        self._hooks: PipelineHooks | None = None
         self._closing = False
         self._idle = trio.Event()
         self._now = trio.current_time()
@@ -199,6 +201,16 @@ class Pipeline:
         Listeners run inline and must not block or raise.
         """
         self._listeners.append(listener)
+
+    def set_hooks(self, hooks: PipelineHooks) -> None:
+        """Have ``hooks`` follow every request from now on (observability sets this).
+
+        Raises:
+            RuntimeError: hooks are set already.
+        """
+        if self._hooks is not None:
+            raise RuntimeError("this pipeline's hooks are set already (instrumented twice?)")
+        self._hooks = hooks
 
     @property
     def config(self) -> Config:
@@ -310,6 +322,8 @@ class Pipeline:
         self._in_flight.add(job)
         if deadline != math.inf:
             self._watch_deadline(job)
+        if self._hooks is not None:
+            self._hooks.started(job)
         return job
 
     def _watch_deadline(self, job: Job) -> None:
@@ -423,6 +437,8 @@ class Pipeline:
         if job.waiter is not None:
             trio.lowlevel.reschedule(job.waiter)
             job.waiter = None
+        if self._hooks is not None:
+            self._hooks.finished(job)
         if self._listeners:
             self._notify(job)
         if self._closing and not self._in_flight:
@@ -462,6 +478,8 @@ class Pipeline:
 
     def _forward(self, job: Job, stage: int) -> None:
         """Hand ``job`` to ``stage`` without waiting; shed it when the channel is full."""
+        if self._hooks is not None:
+            self._hooks.stage_left(job)
         try:
             self._sends[stage].send_nowait(job)
         except trio.WouldBlock:
@@ -499,6 +517,8 @@ class Pipeline:
                 # A drained burst shares one reading of the clock: no time passes without a
                 # checkpoint, as far as deadlines are concerned.
                 if self._now < job.deadline:
+                    if self._hooks is not None:
+                        self._hooks.stage_entered(job, STAGES[stage])
                     return job
                 self._expire_if_running(job)
 
@@ -580,19 +600,27 @@ class Pipeline:
     async def _generate(self, job: Job) -> None:
         request = job.prepared or job.request
         job.filter = open_filters(self._post_processors, request)
+        hooks = self._hooks
         try:
             with job.scope:
-                if job.filter is None:
-                    await self._worker.generate(request, job.emit)
+                if hooks is None:
+                    await self._call_worker(job, request)
                 else:
-                    with trio.CancelScope() as job.generation:
-                        await self._worker.generate(request, job.emit)
+                    with hooks.inference(job):
+                        await self._call_worker(job, request)
         except Exception as exc:
             self._fail(job, exc)
             return
         if job.outcome is None and job.scope.cancelled_caught:
             # Every other cancellation ends the job before cancelling its scope.
             self._expire_if_running(job)
+
+    async def _call_worker(self, job: Job, request: PromptRequest) -> None:
+        if job.filter is None:
+            await self._worker.generate(request, job.emit)
+        else:
+            with trio.CancelScope() as job.generation:
+                await self._worker.generate(request, job.emit)
 
     async def _post_stage(self) -> None:
         async with self._receives[POST], self._sends[STREAM]:

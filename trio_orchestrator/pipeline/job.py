@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 from collections import deque
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import attrs
 import trio
@@ -139,6 +140,8 @@ class Job:
     outcome: Outcome | None = None
     completion: Completion | None = None
     error: BaseException | None = None
+    observation: Any = None
+    """What the pipeline's hooks keep for this request (trace spans, stage timings)."""
 
     async def emit(self, event: StreamEvent) -> None:
         """The worker's event sink: post-filter text, accumulate, forward to a streaming caller."""

@@ -1,0 +1,201 @@
+"""The ``observability`` section of the configuration: metrics, logs, traces."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+__all__ = [
+    "LoggingConfig",
+    "MetricsConfig",
+    "ModelPrice",
+    "ObservabilityConfig",
+    "TracingConfig",
+]
+
+_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_LABEL_VALUE = re.compile(r"[A-Za-z0-9_.:/-]{1,64}")
+
+
+# This module imports nothing from the rest of the package: ``config.model`` imports it.
+
+
+def _positive_int(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{attribute.name} must be a whole number ≥ 1, got {value!r}")
+
+
+def _buckets(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    """attrs validator: a non-empty, strictly increasing tuple of finite positive numbers."""
+    ok = (
+        isinstance(value, tuple)
+        and len(value) > 0
+        and all(
+            isinstance(v, int | float) and not isinstance(v, bool) and 0 < v < math.inf
+            for v in value
+        )
+        and all(a < b for a, b in itertools.pairwise(value))
+    )
+    if not ok:
+        raise ValueError(
+            f"{attribute.name} must be a non-empty list of finite positive numbers in "
+            f"strictly increasing order (seconds), got {value!r}"
+        )
+
+
+def _to_buckets(value: object) -> object:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _non_negative(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
+        raise ValueError(f"{attribute.name} must be a finite number ≥ 0, got {value!r}")
+
+
+def _label_value(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and not (isinstance(value, str) and _LABEL_VALUE.fullmatch(value)):
+        raise ValueError(
+            f"{attribute.name} must be 1 to 64 characters of letters, digits and _ . : / -, "
+            f"got {value!r}"
+        )
+
+
+def _level(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value not in _LEVELS:
+        raise ValueError(f"{attribute.name} must be one of {', '.join(_LEVELS)}, got {value!r}")
+
+
+def _endpoint(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and not (
+        isinstance(value, str) and value.startswith(("http://", "https://"))
+    ):
+        raise ValueError(f"{attribute.name} must be an http:// or https:// URL, got {value!r}")
+
+
+def _ratio(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise ValueError(f"{attribute.name} must be a number from 0 to 1, got {value!r}")
+
+
+@attrs.frozen
+class ModelPrice:
+    """What one model costs, for the estimated-cost counter.
+
+    Attributes:
+        input_per_million: price of a million input (prompt) tokens, in USD.
+        output_per_million: price of a million output (generated) tokens, in USD.
+    """
+
+    input_per_million: float = attrs.field(default=0.0, validator=_non_negative)
+    output_per_million: float = attrs.field(default=0.0, validator=_non_negative)
+
+    def cost(self, input_tokens: int, output_tokens: int) -> float:
+        """Return the estimated cost in USD of a request with these token counts."""
+        return (
+            input_tokens * self.input_per_million + output_tokens * self.output_per_million
+        ) / 1e6
+
+
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+FIRST_TOKEN_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+STAGE_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0)
+
+
+@attrs.frozen
+class MetricsConfig:
+    """Prometheus metrics (needs the ``metrics`` extra: ``prometheus-client``).
+
+    Attributes:
+        enabled: export metrics at all.
+        latency_buckets: histogram buckets of the total request latency, in seconds.
+        first_token_buckets: histogram buckets of the time to first token, in seconds.
+        stage_buckets: histogram buckets of the per-stage processing time, in seconds.
+        stage_timing: time each stage per request (two clock readings per stage and request;
+            off removes the per-stage hook entirely when tracing is off too).
+        provider: the ``provider`` label of this pipeline's requests; by default the worker's
+            ``provider`` or ``name`` attribute, else its class name without ``Worker``.
+        max_models: distinct ``model`` label values kept; requests naming any further model
+            are counted under ``model="other"`` (label values stay bounded).
+        prices: USD per million input and output tokens, by model name; when empty, the
+            estimated-cost counter is not exported.
+    """
+
+    enabled: bool = True
+    latency_buckets: tuple[float, ...] = attrs.field(
+        default=LATENCY_BUCKETS, converter=_to_buckets, validator=_buckets
+    )
+    first_token_buckets: tuple[float, ...] = attrs.field(
+        default=FIRST_TOKEN_BUCKETS, converter=_to_buckets, validator=_buckets
+    )
+    stage_buckets: tuple[float, ...] = attrs.field(
+        default=STAGE_BUCKETS, converter=_to_buckets, validator=_buckets
+    )
+    stage_timing: bool = True
+    provider: str | None = attrs.field(default=None, validator=_label_value)
+    max_models: int = attrs.field(default=32, validator=_positive_int)
+    # Left out of the hash (a dict has none), so the whole Config stays hashable.
+    prices: Mapping[str, ModelPrice] = attrs.field(factory=dict, hash=False)
+
+
+@attrs.frozen
+class LoggingConfig:
+    """Structured logs.
+
+    Attributes:
+        level: level of the ``trio_orchestrator`` logger (``DEBUG`` … ``CRITICAL``).
+        json: write one JSON object per line instead of ``key=value`` text.
+        requests: log one line per finished request at ``INFO`` on
+            ``trio_orchestrator.requests``.
+        log_prompts: include prompt and answer text in request lines. Off by default: prompts
+            often hold personal data. Secrets are never logged either way.
+    """
+
+    level: str = attrs.field(default="INFO", validator=_level)
+    json: bool = False
+    requests: bool = True
+    log_prompts: bool = False
+
+    @property
+    def level_number(self) -> int:
+        """The level as a :mod:`logging` number."""
+        return logging.getLevelNamesMapping()[self.level]
+
+
+@attrs.frozen
+class TracingConfig:
+    """OpenTelemetry traces (needs the ``otel`` extra).
+
+    Attributes:
+        enabled: trace requests at all.
+        service_name: the ``service.name`` resource attribute of exported spans.
+        otlp_endpoint: OTLP/HTTP traces URL (``http://127.0.0.1:4318/v1/traces``); when
+            unset, spans go to the application's global tracer provider.
+        sample_ratio: fraction of new traces sampled (a request with a sampled parent follows
+            its parent); only used with ``otlp_endpoint``.
+    """
+
+    enabled: bool = False
+    service_name: str = "trio-orchestrator"
+    otlp_endpoint: str | None = attrs.field(default=None, validator=_endpoint)
+    sample_ratio: float = attrs.field(default=1.0, validator=_ratio)
+
+
+@attrs.frozen
+class ObservabilityConfig:
+    """Metrics, logs and traces.
+
+    Attributes:
+        metrics: Prometheus metrics.
+        logging: structured logs and the per-request log line.
+        tracing: OpenTelemetry traces.
+    """
+
+    metrics: MetricsConfig = attrs.field(factory=MetricsConfig)
+    logging: LoggingConfig = attrs.field(factory=LoggingConfig)
+    tracing: TracingConfig = attrs.field(factory=TracingConfig)
