@@ -62,6 +62,20 @@ def test_config_rejects_a_url_without_a_redis_scheme() -> None:
         DistributedConfig(redis_url="http://localhost:6379")
 
 
+def test_the_toml_section_is_read_and_checked() -> None:
+    """[distributed] in a TOML file sets the keys; a bad policy is reported with its path."""
+    from trio_orchestrator.config.load import parse_config
+    from trio_orchestrator.errors import ConfigError
+
+    config = parse_config('[distributed]\nredis_url = "redis://h:1/0"\noperation_timeout = 0.1\n')
+    assert (config.distributed.redis_url, config.distributed.operation_timeout) == (
+        "redis://h:1/0",
+        0.1,
+    )
+    with pytest.raises(ConfigError, match="distributed.rate_limit_policy"):
+        parse_config('[distributed]\nrate_limit_policy = "maybe"\n')
+
+
 def test_config_rejects_a_non_positive_timeout() -> None:
     """operation_timeout must be a positive number of seconds."""
     with pytest.raises(ValueError, match="operation_timeout"):

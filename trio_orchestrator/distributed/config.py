@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 
@@ -66,8 +66,10 @@ class DistributedConfig:
     redis_url: str | None = attrs.field(default=None, validator=_redis_url)
     operation_timeout: float = attrs.field(default=0.25, validator=_positive_seconds)
     start_timeout: float = attrs.field(default=2.0, validator=_positive_seconds)
-    on_start_failure: str = attrs.field(default="fail", validator=_one_of(ON_START_FAILURE))
-    rate_limit_policy: str = attrs.field(
+    on_start_failure: Literal["fail", "local"] = attrs.field(
+        default="fail", validator=_one_of(ON_START_FAILURE)
+    )
+    rate_limit_policy: Literal["fail_open", "fail_closed"] = attrs.field(
         default="fail_open", validator=_one_of(RATE_LIMIT_POLICIES)
     )
     key_prefix: str = "trio-orchestrator:"

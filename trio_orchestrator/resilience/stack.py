@@ -186,7 +186,7 @@ async def _open_redis(
     config: Config, given: RedisConnection | None
 ) -> AsyncIterator[RedisConnection | None]:
     """``given``, or a new connection when ``redis_url`` is set, or None."""
-    if given is not None or config.distributed.redis_url is None:
+    if given is not None or not _shares_state(config):
         yield given
         return
     from ..distributed.connection import open_redis
@@ -199,10 +199,17 @@ async def _open_redis(
 async def open_shared_state(config: Config) -> AsyncIterator[SharedState | None]:
     """What a pipeline shares through Redis (the connection, durable dead letters) when
     ``[distributed] redis_url`` is set, else None (nothing is imported or opened)."""
-    if config.distributed.redis_url is None:
+    if not _shares_state(config):
         yield None
         return
     from ..distributed.state import open_state
 
     async with open_state(config) as state:
         yield state
+
+
+def _shares_state(config: Config) -> bool:
+    # getattr: a configuration object of another shape (an application's own root, in
+    # tests) may have no [distributed] section at all.
+    distributed = getattr(config, "distributed", None)
+    return distributed is not None and distributed.redis_url is not None
