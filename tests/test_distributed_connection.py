@@ -72,7 +72,7 @@ def test_the_toml_section_is_read_and_checked() -> None:
         "redis://h:1/0",
         0.1,
     )
-    with pytest.raises(ConfigError, match="distributed.rate_limit_policy"):
+    with pytest.raises(ConfigError, match=r"distributed\.rate_limit_policy"):
         parse_config('[distributed]\nrate_limit_policy = "maybe"\n')
 
 
