@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from .breaker import SharedBreakers, SharedBreakerStatistics, Verdict
 from .config import DistributedConfig
 from .connection import RedisConnection, RedisStatistics, RedisUnavailable, open_redis
+from .queue import QueueItem, QueueProgress, WorkQueue, work_through
 from .ratelimit import SharedRateLimiter, SharedRateLimitStatistics
 
 if TYPE_CHECKING:
@@ -20,6 +21,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DistributedConfig",
+    "QueueItem",
+    "QueueProgress",
     "RedisConnection",
     "RedisDeadLetterQueue",
     "RedisStatistics",
@@ -31,9 +34,11 @@ __all__ = [
     "SharedRateLimiter",
     "SharedState",
     "Verdict",
+    "WorkQueue",
     "open_redis",
     "open_state",
     "replay_shared",
+    "work_through",
 ]
 
 # These build on the pipeline, which imports the configuration, which imports this package

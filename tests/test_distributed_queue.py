@@ -1,0 +1,109 @@
+"""The batch work queue on a Redis stream: shared by consumers, reclaimed from the dead,
+each item's result recorded exactly once."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import trio
+from redis_fixture import RedisServer, redis_server
+
+from trio_orchestrator.distributed import DistributedConfig, open_redis
+from trio_orchestrator.distributed.queue import QueueItem, WorkQueue, work_through
+
+__all__ = ["redis_server"]
+
+CONSUMER = Path(__file__).parent / "_queue_consumer.py"
+
+
+def settings(server: RedisServer) -> DistributedConfig:
+    """Quick health checks against ``server``."""
+    return DistributedConfig(redis_url=server.url, health_interval=0.05)
+
+
+def items(n: int) -> list[tuple[str, str]]:
+    """``n`` items ``i0…`` with payloads ``p0…``."""
+    return [(f"i{k}", f"p{k}") for k in range(n)]
+
+
+async def echo(item: QueueItem) -> str:
+    """A handler whose result is the payload."""
+    await trio.lowlevel.checkpoint()
+    return item.payload
+
+
+async def test_an_item_is_recorded_once(redis_server: RedisServer) -> None:
+    """Completing an item twice records its first result only."""
+    async with open_redis(settings(redis_server)) as redis:
+        queue = WorkQueue(redis, "batch", "c1")
+        await queue.put(items(1))
+        (item,) = await queue.take()
+        assert await queue.complete(item, "first")
+        assert not await queue.complete(item, "second")
+        assert await queue.results() == {"i0": "first"}
+
+
+async def test_two_consumers_share_one_batch(redis_server: RedisServer) -> None:
+    """Two consumers (two connections) split the batch; every item is done exactly once."""
+    async with open_redis(settings(redis_server)) as a, open_redis(settings(redis_server)) as b:
+        await WorkQueue(a, "batch", "a").put(items(40))
+        recorded: list[int] = []
+
+        async def consume(connection: object, name: str) -> None:
+            queue = WorkQueue(connection, "batch", name)  # type: ignore[arg-type]
+
+            async def slow(item: QueueItem) -> str:
+                await trio.sleep(0.005)
+                return item.payload
+
+            recorded.append(await work_through(queue, slow, concurrency=4, poll_interval=0.01))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(consume, a, "a")
+            nursery.start_soon(consume, b, "b")
+        results = await WorkQueue(a, "batch", "a").results()
+    assert results == {f"i{k}": f"p{k}" for k in range(40)}
+    assert sum(recorded) == 40
+    assert all(count > 0 for count in recorded)
+
+
+async def test_items_of_a_killed_consumer_are_reclaimed(redis_server: RedisServer) -> None:
+    """Kill a consumer process mid-job: another claims its items; each is done exactly once."""
+    async with open_redis(settings(redis_server)) as redis:
+        queue = WorkQueue(redis, "batch", "survivor", claim_after=0.5)
+        await queue.put(items(20))
+        doomed = await trio.lowlevel.open_process(
+            [sys.executable, str(CONSUMER), redis_server.url, "batch", "doomed", "60"],
+            stdout=subprocess.PIPE,
+        )
+        assert doomed.stdout is not None
+        try:
+            taken = await doomed.stdout.receive_some(100)
+            assert taken.startswith(b"took i")
+        finally:
+            doomed.kill()
+            await doomed.wait()
+            await doomed.stdout.aclose()
+        with trio.fail_after(10):
+            recorded = await work_through(queue, echo, concurrency=4, poll_interval=0.02)
+        results = await queue.results()
+        count_pending = redis.script("return redis.call('XPENDING', KEYS[1], 'workers')[1]")
+        stream = redis.key("queue", "batch")
+        pending: int = await redis.call(lambda _: count_pending(keys=[stream]))
+    assert recorded == 20  # the doomed consumer took items but recorded none
+    assert results == {f"i{k}": f"p{k}" for k in range(20)}
+    assert pending == 0
+
+
+async def test_consumers_wait_for_items(redis_server: RedisServer) -> None:
+    """A consumer started before the batch is put waits, then works through it."""
+    async with open_redis(settings(redis_server)) as redis:
+        queue = WorkQueue(redis, "batch", "early")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(work_through, queue, echo)
+            await trio.sleep(0.05)
+            await queue.put(items(3))
+        progress = await queue.progress()
+    assert (progress.total, progress.done, progress.finished) == (3, 3, True)
