@@ -174,3 +174,26 @@ async def test_pipeline_runs_with_redis_configured(redis_server: RedisServer) ->
     async with open_pipeline(EchoWorker(), config) as pipeline:
         completion = await pipeline.submit(PromptRequest(input="hello"))
     assert completion.text == "hello"
+
+
+async def test_metrics_expose_the_redis_state(redis_server: RedisServer) -> None:
+    """/metrics says whether Redis is up, and counts its loss."""
+    from prometheus_client import CollectorRegistry
+
+    from trio_orchestrator.observability import instrument_pipeline
+    from trio_orchestrator.observability.config import MetricsConfig, ObservabilityConfig
+
+    config = Config(
+        distributed=distributed(redis_server),
+        observability=ObservabilityConfig(metrics=MetricsConfig(enabled=True)),
+    )
+    async with open_pipeline(EchoWorker(), config) as pipeline:
+        assert pipeline.redis is not None
+        redis = pipeline.redis
+        with instrument_pipeline(pipeline, registry=CollectorRegistry()) as observed:
+            assert "trio_orchestrator_redis_up 1.0" in observed.render().decode()
+            redis_server.stop()
+            await wait_until(lambda: not redis.up)
+            text = observed.render().decode()
+    assert "trio_orchestrator_redis_up 0.0" in text
+    assert "trio_orchestrator_redis_times_lost_total 1.0" in text

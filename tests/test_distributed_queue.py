@@ -3,6 +3,7 @@ each item's result recorded exactly once."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -10,8 +11,15 @@ from pathlib import Path
 import trio
 from redis_fixture import RedisServer, redis_server
 
+from trio_orchestrator import Config, EchoWorker, PromptRequest, open_pipeline
 from trio_orchestrator.distributed import DistributedConfig, open_redis
-from trio_orchestrator.distributed.queue import QueueItem, WorkQueue, work_through
+from trio_orchestrator.distributed.queue import (
+    QueueItem,
+    WorkQueue,
+    encode_request,
+    pipeline_handler,
+    work_through,
+)
 
 __all__ = ["redis_server"]
 
@@ -107,3 +115,23 @@ async def test_consumers_wait_for_items(redis_server: RedisServer) -> None:
             await queue.put(items(3))
         progress = await queue.progress()
     assert (progress.total, progress.done, progress.finished) == (3, 3, True)
+
+
+async def test_pipelines_answer_a_shared_batch_of_requests(redis_server: RedisServer) -> None:
+    """End to end: two pipelines work through one queue of requests; each is answered once."""
+    requests = [PromptRequest(input=f"q{k}", request_id=f"r{k}") for k in range(12)]
+    config = Config(distributed=settings(redis_server))
+    async with open_pipeline(EchoWorker(), config) as a, open_pipeline(EchoWorker(), config) as b:
+        assert a.redis is not None
+        assert b.redis is not None
+        queue_a = WorkQueue(a.redis, "requests", "a")
+        await queue_a.put([encode_request(request) for request in requests])
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(work_through, queue_a, pipeline_handler(a))
+            nursery.start_soon(
+                work_through, WorkQueue(b.redis, "requests", "b"), pipeline_handler(b)
+            )
+        results = await queue_a.results()
+    answers = {key: json.loads(value)["text"] for key, value in results.items()}
+    assert answers == {f"r{k}": f"q{k}" for k in range(12)}
+    assert a.statistics().completed + b.statistics().completed == 12

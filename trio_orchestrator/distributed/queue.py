@@ -10,6 +10,7 @@ acknowledging it — still has exactly one result, and an item already done is s
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from collections.abc import Awaitable, Callable, Sequence
@@ -23,7 +24,17 @@ from .connection import RedisConnection, RedisUnavailable
 if TYPE_CHECKING:
     from coredis.commands.script import Script
 
-__all__ = ["QueueItem", "QueueProgress", "WorkQueue", "work_through"]
+    from ..pipeline import Pipeline
+    from ..types import PromptRequest
+
+__all__ = [
+    "QueueItem",
+    "QueueProgress",
+    "WorkQueue",
+    "encode_request",
+    "pipeline_handler",
+    "work_through",
+]
 
 _GROUP = "workers"
 
@@ -238,3 +249,32 @@ async def _guarded(run: Callable[[QueueItem], Awaitable[None]], item: QueueItem)
         await run(item)
     except Exception:
         return
+
+
+def encode_request(request: PromptRequest) -> tuple[str, str]:
+    """A request as a queue item ``(request id, JSON)`` for :meth:`WorkQueue.put`."""
+    from .dead_letters import _converter
+
+    return request.request_id, json.dumps(_converter.unstructure(request))
+
+
+def pipeline_handler(pipeline: Pipeline) -> Callable[[QueueItem], Awaitable[str]]:
+    """A :func:`work_through` handler that submits each item's request to ``pipeline``.
+
+    The items are requests put with :func:`encode_request`; each result is JSON:
+    ``{"text": …, "finish_reason": …}`` for an answer, ``{"error": …, "message": …}`` for a
+    request that ended otherwise (it is done: an error is a result, not a retry).
+    """
+    from ..errors import OrchestratorError
+    from ..types import PromptRequest
+    from .dead_letters import _converter
+
+    async def handle(item: QueueItem) -> str:
+        request = _converter.structure(json.loads(item.payload), PromptRequest)
+        try:
+            completion = await pipeline.submit(request)
+        except OrchestratorError as exc:
+            return json.dumps({"error": type(exc).__name__, "message": str(exc)})
+        return json.dumps({"text": completion.text, "finish_reason": completion.finish_reason})
+
+    return handle

@@ -32,6 +32,15 @@ if TYPE_CHECKING:
 
 __all__ = ["Instrumentation", "instrument_pipeline", "provider_name"]
 
+_REDIS_COUNTERS = (
+    "operations",
+    "failures",
+    "timeouts",
+    "refused_while_down",
+    "times_lost",
+    "times_recovered",
+)
+
 
 @attrs.define(eq=False)
 class Instrumentation:
@@ -156,6 +165,8 @@ def instrument_pipeline(
         result.register_statistics(
             "dead_letters", pipeline.dead_letters, counters=("total", "dropped", "replayed")
         )
+        if pipeline.redis is not None:  # [distributed]: trio_orchestrator_redis_up and kin
+            result.register_statistics("redis", pipeline.redis, counters=_REDIS_COUNTERS)
         if metrics.stage_timing:
             stage_times = StageTimes(metrics)
             result._register(stage_times)

@@ -25,7 +25,7 @@ import os
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from types import TracebackType
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import attrs
 import outcome
@@ -55,6 +55,9 @@ from .post import PostProcessor, StopSequences, open_filters
 from .rag import NoRetriever, Retriever
 from .sinks import OutputSink
 from .statistics import PipelineStatistics, StageStatistics
+
+if TYPE_CHECKING:
+    from ..distributed.connection import RedisConnection
 
 __all__ = ["Pipeline", "RequestStream", "open_pipeline"]
 
@@ -128,6 +131,9 @@ class Pipeline:
         self._counters = [_StageCounter() for _ in STAGES]
         self._limiter = trio.CapacityLimiter(cfg.inference_concurrency)
         self.dead_letters = DeadLetterQueue(cfg.dead_letter_capacity)
+        # The connection to Redis while ``[distributed] redis_url`` is set (its health for
+        # readiness checks and metrics), else None.
+        self.redis: RedisConnection | None = None
         self._in_flight: set[Job] = set()
         self._outcomes = dict.fromkeys(Outcome, 0)
         self._submitted = 0
@@ -718,6 +724,7 @@ async def open_pipeline(
     ):
         if shared is not None:
             pipeline.dead_letters = shared.dead_letters  # written through to Redis
+            pipeline.redis = shared.redis
         pipeline._start(nursery)
         try:
             yield pipeline
