@@ -3,6 +3,8 @@ policy holds while it is gone, and shared state is used again once it returns.""
 
 from __future__ import annotations
 
+from typing import Literal
+
 import pytest
 import trio
 from redis_fixture import RedisServer, redis_server
@@ -21,7 +23,7 @@ from trio_orchestrator.resilience import (
 __all__ = ["redis_server"]
 
 
-def config(server: RedisServer, policy: str) -> Config:
+def config(server: RedisServer, policy: Literal["fail_open", "fail_closed"]) -> Config:
     """Shared limits that never refuse while Redis answers, and shared breakers."""
     limits = RateLimitsConfig(
         enabled=True, limits=[LimitConfig("model", requests_per_second=1e6, mode="reject")]
@@ -36,7 +38,7 @@ def config(server: RedisServer, policy: str) -> Config:
 @pytest.mark.parametrize("outage", ["stop", "pause"])
 @pytest.mark.parametrize("policy", ["fail_open", "fail_closed"])
 async def test_requests_never_hang_while_redis_is_lost(
-    redis_server: RedisServer, outage: str, policy: str
+    redis_server: RedisServer, outage: str, policy: Literal["fail_open", "fail_closed"]
 ) -> None:
     """Under load, Redis stopped (or frozen) then back: every request ends within a bound,
     fail_open keeps serving and fail_closed refuses, and the shared limits resume."""
