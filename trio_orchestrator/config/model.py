@@ -7,7 +7,14 @@ from typing import Any
 
 import attrs
 
-__all__ = ["Config", "PipelineConfig", "non_negative_time", "positive_int", "positive_time"]
+__all__ = [
+    "Config",
+    "PipelineConfig",
+    "PriorityConfig",
+    "non_negative_time",
+    "positive_int",
+    "positive_time",
+]
 
 
 def positive_int(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -41,6 +48,33 @@ def non_negative_time(_instance: object, attribute: attrs.Attribute[Any], value:
 
 
 @attrs.frozen
+class PriorityConfig:
+    """Priority admission to inference when every inference slot is busy.
+
+    A request waiting for a slot is ranked by ``submitted_at + level * aging_interval``
+    (``level`` 0 for ``CRITICAL`` … 3 for ``LOW``), smallest first, first come first served
+    among equals: its effective priority improves by one level for every ``aging_interval``
+    seconds it has waited, so a ``LOW`` request is served before any ``CRITICAL`` request
+    submitted more than ``3 * aging_interval`` seconds after it, and is never starved.
+
+    Attributes:
+        enabled: rank waiting requests by priority (default ``True``); when ``False`` the
+            inference stage admits strictly in arrival order.
+        aging_interval: seconds of waiting worth one priority level (default 10; ``inf``
+            for strict priority, under which a saturated stage may starve ``LOW``).
+        max_waiting: requests the inference stage takes from its input channel and holds,
+            ranked, while every slot is busy (default 64). When it holds that many it stops
+            reading, so its channel fills to ``inference_capacity`` and the stage before it
+            sheds: at most ``inference_concurrency + max_waiting + inference_capacity``
+            requests are ever in or before inference.
+    """
+
+    enabled: bool = True
+    aging_interval: float = attrs.field(default=10.0, validator=positive_time)
+    max_waiting: int = attrs.field(default=64, validator=positive_int)
+
+
+@attrs.frozen
 class PipelineConfig:
     """The pipeline's shape and limits.
 
@@ -55,6 +89,7 @@ class PipelineConfig:
         request_timeout: seconds a request may take when it names no deadline or timeout.
         grace_period: seconds shutdown waits for in-flight requests before cancelling them.
         dead_letter_capacity: entries the dead-letter ring buffer keeps (oldest dropped).
+        priority: priority admission to inference when it is saturated.
     """
 
     rag_capacity: int = attrs.field(default=512, validator=positive_int)
@@ -67,6 +102,7 @@ class PipelineConfig:
     request_timeout: float = attrs.field(default=300.0, validator=positive_time)
     grace_period: float = attrs.field(default=10.0, validator=non_negative_time)
     dead_letter_capacity: int = attrs.field(default=1000, validator=positive_int)
+    priority: PriorityConfig = attrs.field(factory=PriorityConfig)
 
 
 @attrs.frozen
