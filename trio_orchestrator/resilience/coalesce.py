@@ -58,9 +58,10 @@ class CoalescingStatistics:
     """A snapshot of a coalescing layer."""
 
     in_flight_keys: int
-    """Upstream calls running now (one per distinct key)."""
+    """Keys with an upstream call running now."""
     subscribers: int
-    """Callers attached to those calls now."""
+    """Callers receiving a shared answer now (from a running call, or still replaying the
+    buffer of one that has ended)."""
     upstream_calls: int
     """Upstream calls started since the layer was made."""
     coalesced: int
@@ -70,7 +71,8 @@ class CoalescingStatistics:
     abandoned: int
     """Upstream calls cancelled because every subscriber left before the answer ended."""
     buffered_events: int
-    """Events held in the shared buffers of the calls in flight."""
+    """Events held in shared buffers now: one answer's events per call that is running or
+    still being replayed to a subscriber, however many subscribers it has."""
 
 
 @attrs.define(eq=False, slots=True)
@@ -124,6 +126,7 @@ class CoalescingLayer:
     _config: CoalescingConfig
     _nursery: trio.Nursery
     _flights: dict[str, _Flight] = attrs.field(factory=dict, init=False)
+    _live: set[_Flight] = attrs.field(factory=set, init=False)
     _upstream_calls: int = attrs.field(default=0, init=False)
     _coalesced: int = attrs.field(default=0, init=False)
     _bypassed: int = attrs.field(default=0, init=False)
@@ -147,7 +150,7 @@ class CoalescingLayer:
 
     def statistics(self) -> CoalescingStatistics:
         """Return a snapshot of the layer's counters."""
-        flights = self._flights.values()
+        flights = self._live
         return CoalescingStatistics(
             in_flight_keys=len(self._flights),
             subscribers=sum(f.subscribers for f in flights),
@@ -171,6 +174,7 @@ class CoalescingLayer:
             flight = _Flight(key, deadline)
             flight.scope.deadline = deadline
             self._flights[key] = flight
+            self._live.add(flight)
             self._upstream_calls += 1
             self._nursery.start_soon(self._upstream, flight, request, name=f"coalesced {key[:12]}")
         flight.subscribers += 1
@@ -191,7 +195,11 @@ class CoalescingLayer:
 
     def _leave(self, flight: _Flight) -> None:
         flight.subscribers -= 1
-        if flight.subscribers == 0 and not flight.finished:
+        if flight.subscribers:
+            return
+        if flight.finished:
+            self._live.discard(flight)  # the buffer goes with the last subscriber
+        else:
             self._abandoned += 1
             self._forget(flight)
             flight.scope.cancel()
@@ -215,6 +223,8 @@ class CoalescingLayer:
             if error is None and not returned:
                 error = self._cancelled_error(flight)
             flight.end(error)
+            if not flight.subscribers:
+                self._live.discard(flight)
 
     @staticmethod
     def _cancelled_error(flight: _Flight) -> BaseException:
