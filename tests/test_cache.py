@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import OrderedDict
 
 import attrs
+import pytest
 import trio
 import trio.testing
 from hypothesis import given
@@ -18,10 +19,11 @@ from trio_orchestrator import (
     ServerError,
     StreamEvent,
     TextDelta,
+    Tool,
     open_pipeline,
 )
 from trio_orchestrator.resilience import CacheConfig, CacheLayer, LRUStore
-from trio_orchestrator.workers import EventSink
+from trio_orchestrator.workers import EventSink, collect
 
 
 def greedy(text: str = "cache me please") -> PromptRequest:
@@ -188,3 +190,23 @@ def test_store_agrees_with_a_reference_lru(
             assert store.get(arg, now) == (None if entry is None else entry[1])
         assert store.keys() == list(model)
         assert len(store) <= max_entries
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        greedy("a short answer"),
+        PromptRequest(
+            input="call a tool",
+            params=GenerationParams(temperature=0, tools=(Tool("lookup"),), tool_choice="required"),
+        ),
+    ],
+)
+async def test_miss_and_hit_keep_the_worker_contract(request_: PromptRequest) -> None:
+    """Both a miss and a hit give the grammar-checked answer of the bare worker."""
+    worker = EchoWorker()
+    layer = CacheLayer(worker, CacheConfig(enabled=True))
+    expected = await collect(worker, request_)
+    assert await collect(layer, request_) == expected
+    assert await collect(layer, request_) == expected
+    assert layer.statistics().hits == 1

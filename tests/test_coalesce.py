@@ -19,11 +19,12 @@ from trio_orchestrator import (
     PromptRequest,
     StreamEvent,
     TextDelta,
+    Tool,
     Usage,
     open_pipeline,
 )
 from trio_orchestrator.resilience import CoalescingConfig, CoalescingLayer, request_key
-from trio_orchestrator.workers import EventSink
+from trio_orchestrator.workers import EventSink, collect
 
 GREEDY = GenerationParams(temperature=0)
 
@@ -314,3 +315,20 @@ async def test_streaming_callers_share_one_call_end_to_end(
     assert worker.calls == 1
     assert streams[0] == streams[1]
     assert "".join(e.text for e in streams[1] if isinstance(e, TextDelta)) == "one two three four"
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        greedy("a short answer"),
+        greedy("cut me short please", max_tokens=2),
+        greedy("call a tool", tools=(Tool("lookup"),), tool_choice="required"),
+        PromptRequest(input="sampled, so passed straight through"),
+    ],
+)
+async def test_layer_keeps_the_worker_contract(request_: PromptRequest) -> None:
+    """Through the layer, the grammar-checked answer equals the bare worker's answer."""
+    worker = EchoWorker()
+    async with trio.open_nursery() as nursery:
+        layer = CoalescingLayer(worker, CoalescingConfig(), nursery)
+        assert await collect(layer, request_) == await collect(worker, request_)
