@@ -8,6 +8,8 @@ import attrs
 import pytest
 import trio
 import trio.testing
+from hypothesis import given
+from hypothesis import strategies as st
 
 from trio_orchestrator import (
     Config,
@@ -56,7 +58,7 @@ def one_slot(**priority: float) -> Config:
 async def submit_quietly(pipeline: Pipeline, request: PromptRequest) -> None:
     try:
         await pipeline.submit(request)
-    except (RequestCancelled, DeadlineExceeded):
+    except (RequestCancelled, DeadlineExceeded, RequestShed):
         pass
 
 
@@ -179,3 +181,59 @@ async def test_unsaturated_requests_never_wait_in_the_queue() -> None:
     assert stats is not None
     assert stats.queued == 0
     assert sum(stats.admitted_by_level) == 5
+
+
+@attrs.define(eq=False)
+class TimedWorker:
+    """Takes ``duration`` seconds per request and records when each one started."""
+
+    duration: float
+    started: dict[str, float] = attrs.field(factory=dict)
+
+    async def generate(self, request: PromptRequest, emit: EventSink) -> None:
+        self.started[request.request_id] = trio.current_time()
+        await trio.sleep(self.duration)
+        await emit(Done("stop"))
+
+
+_ARRIVALS = st.lists(
+    st.tuples(
+        st.sampled_from(list(Priority)),
+        st.sampled_from([0.0, 0.3, 1.0]),  # gap before this arrival
+        st.sampled_from([None, 0.5, 2.0, 5.0]),  # timeout
+    ),
+    max_size=25,
+)
+
+
+@given(arrivals=_ARRIVALS, slots=st.integers(1, 3), max_waiting=st.integers(1, 4))
+def test_every_request_ends_once_and_none_starts_after_its_deadline(
+    arrivals: list[tuple[Priority, float, float | None]], slots: int, max_waiting: int
+) -> None:
+    """Under saturation and expiry, outcomes add up and no request starts past its deadline."""
+
+    async def scenario() -> None:
+        worker = TimedWorker(duration=1.0)
+        config = Config(
+            PipelineConfig(
+                inference_concurrency=slots,
+                inference_capacity=2,
+                priority=PriorityConfig(aging_interval=1.0, max_waiting=max_waiting),
+            )
+        )
+        deadlines: dict[str, float] = {}
+        async with open_pipeline(worker, config) as pipeline, trio.open_nursery() as n:
+            for level, gap, timeout in arrivals:
+                await trio.sleep(gap)
+                request = PromptRequest(input="x", priority=level, timeout=timeout)
+                deadlines[request.request_id] = request.resolve_deadline(trio.current_time())
+                n.start_soon(submit_quietly, pipeline, request)
+        stats = pipeline.statistics()
+        ended = stats.completed + stats.failed + stats.shed + stats.expired + stats.cancelled
+        assert (stats.submitted, ended, stats.in_flight) == (len(arrivals), len(arrivals), 0)
+        assert stats.completed <= len(worker.started)  # some start, then expire mid-answer
+        assert all(at < deadlines[rid] for rid, at in worker.started.items())
+        assert stats.priority is not None
+        assert stats.priority.waiting == 0
+
+    trio.run(scenario, clock=trio.testing.MockClock(autojump_threshold=0))

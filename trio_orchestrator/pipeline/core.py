@@ -409,7 +409,9 @@ class Pipeline:
         async with self._receives[INFERENCE], self._sends[POST], trio.open_nursery() as nursery:
             if self._admission is not None:
                 await self._admission.run(
-                    lambda: self._next(INFERENCE), lambda job: nursery.start_soon(self._infer, job)
+                    lambda: self._next(INFERENCE),
+                    lambda job: nursery.start_soon(self._infer, job),
+                    self._expire_if_running,
                 )
                 return
             while (job := await self._next(INFERENCE)) is not None:

@@ -42,6 +42,10 @@ class Waiting(Protocol):
         """When it was submitted, on Trio's clock."""
 
     @property
+    def deadline(self) -> float:
+        """The absolute deadline, on Trio's clock."""
+
+    @property
     def outcome(self) -> object | None:
         """Not None once the request has ended (such jobs are skipped)."""
 
@@ -81,6 +85,7 @@ class PriorityAdmission(Generic[J]):
     _heap: list[tuple[float, int, J]] = attrs.field(factory=list, init=False)
     _order: itertools.count[int] = attrs.field(factory=itertools.count, init=False)
     _start: Callable[[J], None] | None = attrs.field(default=None, init=False)
+    _expire: Callable[[J], object] | None = attrs.field(default=None, init=False)
     _room: trio.Event = attrs.field(factory=trio.Event, init=False)
     _waiting: list[int] = attrs.field(factory=lambda: [0] * _LEVELS, init=False)
     _admitted: list[int] = attrs.field(factory=lambda: [0] * _LEVELS, init=False)
@@ -93,15 +98,20 @@ class PriorityAdmission(Generic[J]):
         return len(self._heap)
 
     async def run(
-        self, next_job: Callable[[], Awaitable[J | None]], start: Callable[[J], None]
+        self,
+        next_job: Callable[[], Awaitable[J | None]],
+        start: Callable[[J], None],
+        expire: Callable[[J], object],
     ) -> None:
         """Admit every job ``next_job`` yields until it yields None.
 
         Args:
             next_job: the stage's channel reader; it is not called while the queue is full.
             start: called with each job once it holds a slot (starts its inference task).
+            expire: called with a waiting job whose deadline has passed instead of starting
+                it (ends it as expired).
         """
-        self._start = start
+        self._start, self._expire = start, expire
         limiter = self._limiter
         while (job := await next_job()) is not None:
             if not self._heap:
@@ -148,12 +158,16 @@ class PriorityAdmission(Generic[J]):
 
     def _dispatch(self) -> None:
         assert self._start is not None
-        limiter, heap = self._limiter, self._heap
+        assert self._expire is not None
+        limiter, heap, now = self._limiter, self._heap, trio.current_time()
         while heap and limiter.available_tokens >= 1:
             job = heapq.heappop(heap)[2]
             level = job.request.priority
             self._waiting[level] -= 1
             if job.outcome is not None:  # expired or cancelled while it waited
+                continue
+            if now >= job.deadline:  # its caller has not noticed yet (same clock tick)
+                self._expire(job)
                 continue
             if any(self._waiting[:level]):
                 self._aged += 1
