@@ -3,9 +3,9 @@
 Both runs stream every request through a whole pipeline to an EchoWorker that sleeps
 ``--token-delay`` seconds between tokens. The coalesced run wraps the worker in a
 CoalescingLayer (temperature 0, so the requests are eligible); the baseline sends every
-request upstream. Reports the wall time (median of the repeats), the upstream calls, and the
-memory per subscriber (tracemalloc peak of one extra run, divided by N). Ends with one line
-of JSON.
+request upstream. Reports the wall time and the process CPU time (medians of the repeats; CPU
+time is the steadier figure on a shared machine), the upstream calls, and the memory per
+subscriber (tracemalloc peak of one extra run, divided by N). Ends with one line of JSON.
 
     python benchmarks/bench_coalesce.py [--quick] [--requests N] [--tokens T] [--repeats R]
 """
@@ -49,8 +49,8 @@ class Counting:
         await self.inner.generate(request, emit)
 
 
-async def run_once(n: int, tokens: int, delay: float, coalesce: bool) -> tuple[float, int]:
-    """Stream ``n`` identical requests at once; return (seconds, upstream calls)."""
+async def run_once(n: int, tokens: int, delay: float, coalesce: bool) -> tuple[float, float, int]:
+    """Stream ``n`` identical requests at once; return (seconds, CPU seconds, upstream calls)."""
     config = Config(
         PipelineConfig(
             rag_capacity=n,
@@ -78,13 +78,13 @@ async def run_once(n: int, tokens: int, delay: float, coalesce: bool) -> tuple[f
                     async for _ in events:
                         received += 1
 
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             async with trio.open_nursery() as callers:
                 for _ in range(n):
                     callers.start_soon(subscriber)
-            elapsed = time.perf_counter() - start
+            elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     assert received == n * (tokens + 2), received  # every token, then Usage and Done
-    return elapsed, upstream.calls
+    return elapsed, cpu, upstream.calls
 
 
 def memory_per_subscriber(n: int, tokens: int, delay: float, coalesce: bool) -> float:
@@ -116,11 +116,13 @@ def main() -> None:
         file=sys.stderr,
     )
     times: dict[bool, list[float]] = {True: [], False: []}
+    cpus: dict[bool, list[float]] = {True: [], False: []}
     calls: dict[bool, int] = {}
     for _ in range(repeats):  # interleaved, so drift on a noisy machine hits both alike
         for coalesce in (True, False):
-            elapsed, calls[coalesce] = trio.run(run_once, n, tokens, delay, coalesce)
+            elapsed, cpu, calls[coalesce] = trio.run(run_once, n, tokens, delay, coalesce)
             times[coalesce].append(elapsed)
+            cpus[coalesce].append(cpu)
     memory = {c: memory_per_subscriber(n, tokens, delay, c) for c in (True, False)}
     result = {
         "benchmark": "bench_coalesce",
@@ -137,13 +139,17 @@ def main() -> None:
         "coalesced_seconds": round(statistics.median(times[True]), 4),
         "baseline_seconds": round(statistics.median(times[False]), 4),
         "speedup": round(statistics.median(times[False]) / statistics.median(times[True]), 2),
+        "coalesced_cpu_seconds": round(statistics.median(cpus[True]), 4),
+        "baseline_cpu_seconds": round(statistics.median(cpus[False]), 4),
+        "cpu_ratio": round(statistics.median(cpus[False]) / statistics.median(cpus[True]), 2),
         "coalesced_bytes_per_subscriber": round(memory[True]),
         "baseline_bytes_per_subscriber": round(memory[False]),
     }
     for label, key in (("coalesced", True), ("baseline ", False)):
         print(
             f"{label}: {calls[key]:>5} upstream calls, "
-            f"{statistics.median(times[key]) * 1e3:8.1f} ms (median), "
+            f"{statistics.median(times[key]) * 1e3:8.1f} ms wall, "
+            f"{statistics.median(cpus[key]) * 1e3:8.1f} ms CPU (medians), "
             f"{memory[key] / 1024:6.1f} KiB peak per subscriber",
             file=sys.stderr,
         )
