@@ -5,7 +5,9 @@ Both runs stream every request through a whole pipeline to an EchoWorker that sl
 CoalescingLayer (temperature 0, so the requests are eligible); the baseline sends every
 request upstream. Reports the wall time and the process CPU time (medians of the repeats; CPU
 time is the steadier figure on a shared machine), the upstream calls, and the memory per
-subscriber (tracemalloc peak of one extra run, divided by N). Ends with one line of JSON.
+subscriber (tracemalloc peak of one extra run, divided by N). A second, pipeline-free
+measurement calls the layer (or the bare worker) directly from N tasks, to show the layer's
+own cost per subscriber without the pipeline's per-request state. Ends with one line of JSON.
 
     python benchmarks/bench_coalesce.py [--quick] [--requests N] [--tokens T] [--repeats R]
 """
@@ -20,6 +22,7 @@ import statistics
 import sys
 import time
 import tracemalloc
+from collections.abc import Awaitable, Callable
 
 import attrs
 import trio
@@ -87,11 +90,40 @@ async def run_once(n: int, tokens: int, delay: float, coalesce: bool) -> tuple[f
     return elapsed, cpu, upstream.calls
 
 
-def memory_per_subscriber(n: int, tokens: int, delay: float, coalesce: bool) -> float:
-    """Bytes of peak traced memory per subscriber for one run."""
+async def layer_only(n: int, tokens: int, delay: float, coalesce: bool) -> tuple[float, int]:
+    """``n`` tasks call the layer (or the bare worker) directly; return (seconds, calls)."""
+    request = PromptRequest(
+        input=" ".join(f"tok{i}" for i in range(tokens)), params=GenerationParams(temperature=0)
+    )
+    upstream = Counting(EchoWorker(token_delay=delay))
+    received = 0
+
+    async def emit(event: object) -> None:
+        nonlocal received
+        received += 1
+
+    start = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        worker: ModelWorker = (
+            CoalescingLayer(upstream, CoalescingConfig(), nursery) if coalesce else upstream
+        )
+        for _ in range(n):
+            nursery.start_soon(worker.generate, request, emit)
+    assert received == n * (tokens + 2), received
+    return time.perf_counter() - start, upstream.calls
+
+
+def memory_per_subscriber(
+    n: int,
+    tokens: int,
+    delay: float,
+    coalesce: bool,
+    run: Callable[[int, int, float, bool], Awaitable[object]] = run_once,
+) -> float:
+    """Bytes of peak traced memory per subscriber for one run of ``run``."""
     tracemalloc.start()
     try:
-        trio.run(run_once, n, tokens, delay, coalesce)
+        trio.run(run, n, tokens, delay, coalesce)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -124,6 +156,11 @@ def main() -> None:
             times[coalesce].append(elapsed)
             cpus[coalesce].append(cpu)
     memory = {c: memory_per_subscriber(n, tokens, delay, c) for c in (True, False)}
+    bare_times: dict[bool, list[float]] = {True: [], False: []}
+    for _ in range(repeats):
+        for coalesce in (True, False):
+            bare_times[coalesce].append(trio.run(layer_only, n, tokens, delay, coalesce)[0])
+    bare_memory = {c: memory_per_subscriber(n, tokens, delay, c, layer_only) for c in (True, False)}
     result = {
         "benchmark": "bench_coalesce",
         "version": __version__,
@@ -144,6 +181,10 @@ def main() -> None:
         "cpu_ratio": round(statistics.median(cpus[False]) / statistics.median(cpus[True]), 2),
         "coalesced_bytes_per_subscriber": round(memory[True]),
         "baseline_bytes_per_subscriber": round(memory[False]),
+        "layer_only_coalesced_seconds": round(statistics.median(bare_times[True]), 4),
+        "layer_only_baseline_seconds": round(statistics.median(bare_times[False]), 4),
+        "layer_only_coalesced_bytes_per_subscriber": round(bare_memory[True]),
+        "layer_only_baseline_bytes_per_subscriber": round(bare_memory[False]),
     }
     for label, key in (("coalesced", True), ("baseline ", False)):
         print(
@@ -151,6 +192,12 @@ def main() -> None:
             f"{statistics.median(times[key]) * 1e3:8.1f} ms wall, "
             f"{statistics.median(cpus[key]) * 1e3:8.1f} ms CPU (medians), "
             f"{memory[key] / 1024:6.1f} KiB peak per subscriber",
+            file=sys.stderr,
+        )
+    for label, key in (("layer only, coalesced", True), ("layer only, baseline ", False)):
+        print(
+            f"{label}: {statistics.median(bare_times[key]) * 1e3:8.1f} ms wall (median), "
+            f"{bare_memory[key] / 1024:6.2f} KiB peak per subscriber",
             file=sys.stderr,
         )
     print(json.dumps(result))
