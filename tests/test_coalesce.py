@@ -11,6 +11,7 @@ import trio.testing
 
 from trio_orchestrator import (
     Config,
+    DeadlineExceeded,
     Done,
     EchoWorker,
     GenerationParams,
@@ -332,3 +333,29 @@ async def test_layer_keeps_the_worker_contract(request_: PromptRequest) -> None:
     async with trio.open_nursery() as nursery:
         layer = CoalescingLayer(worker, CoalescingConfig(), nursery)
         assert await collect(layer, request_) == await collect(worker, request_)
+
+
+async def test_subscriber_expiring_leaves_the_others_their_answer(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Through the pipeline, one coalesced request expiring does not cut the other short."""
+    worker = CountingWorker()  # 0.1 s per token: the answer takes 0.2 s
+    outcomes: dict[str, object] = {}
+    async with trio.open_nursery() as layers:
+        layer = CoalescingLayer(worker, CoalescingConfig(), layers)
+        async with open_pipeline(layer) as pipeline:
+
+            async def call(name: str, seconds: float) -> None:
+                request = attrs.evolve(greedy(), timeout=seconds)
+                try:
+                    outcomes[name] = (await pipeline.submit(request)).text
+                except DeadlineExceeded as exc:
+                    outcomes[name] = exc
+
+            async with trio.open_nursery() as callers:
+                callers.start_soon(call, "impatient", 0.05)
+                callers.start_soon(call, "patient", 10.0)
+        stats = layer.statistics()
+    assert isinstance(outcomes["impatient"], DeadlineExceeded)
+    assert outcomes["patient"] == "hello there world"
+    assert (worker.calls, stats.coalesced, stats.abandoned) == (1, 1, 0)
