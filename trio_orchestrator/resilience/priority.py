@@ -91,6 +91,7 @@ class PriorityAdmission(Generic[J]):
     _admitted: list[int] = attrs.field(factory=lambda: [0] * _LEVELS, init=False)
     _queued: int = attrs.field(default=0, init=False)
     _aged: int = attrs.field(default=0, init=False)
+    _popped_since_prune: int = attrs.field(default=0, init=False)
 
     @property
     def waiting(self) -> int:
@@ -164,6 +165,7 @@ class PriorityAdmission(Generic[J]):
             job = heapq.heappop(heap)[2]
             level = job.request.priority
             self._waiting[level] -= 1
+            self._popped_since_prune += 1
             if job.outcome is not None:  # expired or cancelled while it waited
                 continue
             if now >= job.deadline:  # its caller has not noticed yet (same clock tick)
@@ -178,9 +180,16 @@ class PriorityAdmission(Generic[J]):
             self._room.set()
 
     async def _wait_for_room(self) -> None:
-        """Wait until the heap is below its bound, dropping jobs that ended meanwhile."""
+        """Wait until the heap is below its bound.
+
+        Jobs that ended while waiting are dropped when popped; a full heap is also swept for
+        them, but at most once per ``max_waiting`` pops, so a saturated stage does not pay
+        a scan per admission.
+        """
         while True:
-            self._prune()
+            if self._popped_since_prune >= self._config.max_waiting:
+                self._popped_since_prune = 0
+                self._prune()
             if len(self._heap) < self._config.max_waiting:
                 return
             self._room = trio.Event()
