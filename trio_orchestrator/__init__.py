@@ -1,6 +1,7 @@
 """trio_orchestrator: safe, fast plumbing between applications and LLM providers, on Trio."""
 
 from .config import Config, PipelineConfig
+from .resilience import PriorityConfig
 from .errors import (
     AuthenticationError,
     BadRequest,
@@ -110,6 +111,7 @@ __all__ = [
     "PipelineStatistics",
     "PostProcessor",
     "Priority",
+    "PriorityConfig",
     "PromptRequest",
     "ProviderConnectionError",
     "ProviderError",
