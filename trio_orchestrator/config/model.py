@@ -7,6 +7,8 @@ from typing import Any
 
 import attrs
 
+from ..routing.registry import RoutingConfig
+
 __all__ = ["Config", "PipelineConfig", "non_negative_time", "positive_int", "positive_time"]
 
 
@@ -75,6 +77,8 @@ class Config:
 
     Attributes:
         pipeline: stage capacities, concurrency, timeouts and shutdown.
+        routing: the model registry, routing strategy, fallbacks and budgets.
     """
 
     pipeline: PipelineConfig = attrs.field(factory=PipelineConfig)
+    routing: RoutingConfig = attrs.field(factory=RoutingConfig)
