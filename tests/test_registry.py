@@ -147,3 +147,33 @@ def test_models_describes_each_public_model() -> None:
     """models() merges each public model's deployments for /v1/models."""
     gpt, llama = registry().models()
     assert (gpt.id, gpt.providers, llama.id) == ("gpt", ("openai", "azure"), "llama")
+
+
+def test_routing_config_structures_from_toml_through_cattrs() -> None:
+    """A TOML routing section becomes the attrs classes, validated, through cattrs."""
+    import tomllib
+
+    import cattrs
+
+    document = tomllib.loads(
+        """
+        [routing]
+        strategy = "latency"
+        [[routing.deployments]]
+        name = "gpt@openai"
+        model = "gpt-4o"
+        provider = "openai"
+        capabilities = ["tools", "streaming"]
+        groups = ["strong"]
+        [routing.aliases.best]
+        targets = ["strong"]
+        strategy = "reliability"
+        [routing.budgets]
+        per_api_key = { team-a = 20.0 }
+        """
+    )
+    config = cattrs.Converter(forbid_extra_keys=True).structure(document, Config)
+    (deployment,) = config.routing.deployments
+    assert deployment.capabilities == ("streaming", "tools")
+    assert config.routing.aliases["best"].targets == ("strong",)
+    assert config.routing.budgets.per_api_key == {"team-a": 20.0}

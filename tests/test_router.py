@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from pathlib import Path
 
 import attrs
 import pytest
@@ -42,10 +43,12 @@ from trio_orchestrator.routing import (
     BudgetConfig,
     BudgetExceeded,
     ModelDeployment,
+    OutcomeTracker,
     RouterWorker,
     RoutingConfig,
     build_router,
     estimate_prompt_tokens,
+    open_router,
     precheck,
 )
 from trio_orchestrator.workers import EventSink, ModelWorker
@@ -564,7 +567,7 @@ async def test_build_router_serves_deployments_from_config_through_their_provide
         build_router(config, {"openai": openai})
 
 
-async def test_build_router_loads_saved_profiles(tmp_path: object) -> None:
+async def test_build_router_loads_saved_profiles(tmp_path: Path) -> None:
     """Profiles saved by one router are loaded by the next one built from the same config."""
     path = f"{tmp_path}/profiles.json"
     routing = RoutingConfig(
@@ -646,3 +649,24 @@ async def test_usage_and_done_carry_the_deployments_model() -> None:
     worker = router((deployment("a", 1.0), Bare()))
     completion = await collect(worker, request())
     assert completion.model == "a-upstream"
+
+
+async def test_open_router_saves_profiles_periodically_and_on_exit(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """Under open_router the profiles file appears after the interval and is final on exit."""
+    path = tmp_path / "profiles.json"
+    routing = RoutingConfig(
+        deployments=(ModelDeployment("d", "m", "p"),),
+        profile_path=str(path),
+        profile_save_interval=60.0,
+    )
+    async with open_router(routing, {"p": Scripted()}) as worker:
+        await collect(worker, request())
+        assert not path.exists()
+        await trio.sleep(61)
+        assert OutcomeTracker().import_profiles(path) == 1
+        await collect(worker, request())
+    saved = OutcomeTracker()
+    saved.import_profiles(path)
+    assert saved.statistics().deployments[0].successes == 2

@@ -15,7 +15,7 @@ from .registry import (
     Route,
     RoutingConfig,
 )
-from .router import RouterStatistics, RouterWorker, build_router, falls_back
+from .router import RouterStatistics, RouterWorker, build_router, falls_back, open_router
 from .strategies import (
     Candidate,
     HealthCheck,
@@ -57,6 +57,7 @@ __all__ = [
     "complexity_score",
     "estimate_prompt_tokens",
     "falls_back",
+    "open_router",
     "order",
     "precheck",
     "required_capabilities",

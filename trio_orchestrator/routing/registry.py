@@ -66,11 +66,11 @@ def _unit(_instance: object, attribute: attrs.Attribute[Any], value: object) -> 
         raise ValueError(f"{attribute.name} must be a number in [0, 1], got {value!r}")
 
 
-def _capabilities(value: Iterable[str]) -> frozenset[str]:
+def _capabilities(value: Iterable[str]) -> tuple[str, ...]:
     if isinstance(value, str):
         raise ValueError(f"capabilities must be a list of names, got the string {value!r}")
-    found = frozenset(value)
-    unknown = found - CAPABILITIES
+    found = tuple(sorted(set(value)))
+    unknown = set(found) - CAPABILITIES
     if unknown:
         raise ValueError(
             f"unknown capabilities {sorted(unknown)}; expected some of {sorted(CAPABILITIES)}"
@@ -117,9 +117,7 @@ class ModelDeployment:
     max_output_tokens: int = attrs.field(default=4096, validator=positive_int)
     input_price: float = attrs.field(default=0.0, validator=_non_negative)
     output_price: float = attrs.field(default=0.0, validator=_non_negative)
-    capabilities: frozenset[str] = attrs.field(
-        default=frozenset(("streaming",)), converter=_capabilities
-    )
+    capabilities: tuple[str, ...] = attrs.field(default=("streaming",), converter=_capabilities)
     weight: float = attrs.field(default=1.0)
     groups: tuple[str, ...] = attrs.field(default=(), converter=_names)
 
@@ -295,6 +293,8 @@ class RoutingConfig:
         bandit: settings of the ``bandit`` strategy.
         profile_path: JSON file the tracker's profiles are loaded from at start and saved to
             (``None``: not persisted).
+        profile_save_interval: seconds between saves of the profiles while the router runs
+            under :func:`open_router` (which also saves once more when it closes).
         decision_log: routing decisions kept for inspection (``RouterWorker.recent_decisions``).
     """
 
@@ -312,12 +312,18 @@ class RoutingConfig:
     budgets: BudgetConfig = attrs.field(factory=BudgetConfig)
     bandit: BanditConfig = attrs.field(factory=BanditConfig)
     profile_path: str | None = None
+    profile_save_interval: float = attrs.field(default=300.0)
     decision_log: int = attrs.field(default=100, validator=positive_int)
 
     @ewma_alpha.validator
     def _check_alpha(self, _attribute: object, value: float) -> None:
         if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
             raise ValueError(f"ewma_alpha must be in (0, 1], got {value!r}")
+
+    @profile_save_interval.validator
+    def _check_interval(self, _attribute: object, value: float) -> None:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            raise ValueError(f"profile_save_interval must be seconds > 0, got {value!r}")
 
     @deployments.validator
     def _check_unique(self, _attribute: object, value: tuple[ModelDeployment, ...]) -> None:

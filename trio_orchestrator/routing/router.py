@@ -21,7 +21,8 @@ from __future__ import annotations
 import logging
 import random
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
 import attrs
@@ -60,7 +61,7 @@ from .tracker import OutcomeTracker
 if TYPE_CHECKING:
     from ..config.model import Config
 
-__all__ = ["RouterStatistics", "RouterWorker", "build_router"]
+__all__ = ["RouterStatistics", "RouterWorker", "build_router", "falls_back", "open_router"]
 
 logger = logging.getLogger("trio_orchestrator.routing")
 
@@ -247,14 +248,25 @@ class RouterWorker:
     async def save_profiles(self) -> bool:
         """Write the tracker's profiles to ``routing.profile_path`` (in a thread).
 
+        A failure to write is logged, not raised: losing a snapshot must not fail requests.
+
         Returns:
-            whether a file was written (``False`` when no path is configured).
+            whether a file was written (``False`` when no path is configured or it failed).
         """
         path = self._config.profile_path
         if path is None:
             return False
-        await trio.to_thread.run_sync(self._tracker.export_profiles, path)
+        try:
+            await trio.to_thread.run_sync(self._tracker.export_profiles, path)
+        except OSError as exc:
+            logger.warning("could not save routing profiles to %s: %s", path, exc)
+            return False
         return True
+
+    async def _save_periodically(self) -> None:
+        while True:
+            await trio.sleep(self._config.profile_save_interval)
+            await self.save_profiles()
 
     # ----------------------------------------------------------------- deciding
 
@@ -540,3 +552,33 @@ def _load_profiles(tracker: OutcomeTracker, path: str | None) -> None:
         logger.warning("routing profiles at %s ignored: %s", path, exc)
     else:
         logger.info("loaded %d routing profiles from %s", loaded, path)
+
+
+@asynccontextmanager
+async def open_router(
+    config: Config | RoutingConfig,
+    workers_by_provider: Mapping[str, ModelWorker],
+    *,
+    health: Sequence[HealthCheck] = (),
+    tracker: OutcomeTracker | None = None,
+) -> AsyncIterator[RouterWorker]:
+    """Build a router (see :func:`build_router`) that keeps its profiles saved while open.
+
+    With ``routing.profile_path`` set, the profiles are saved every
+    ``routing.profile_save_interval`` seconds and once more on leaving the block, even by an
+    exception or cancellation (the last save is shielded, and bounded to 10 seconds).
+
+    Raises:
+        ConfigError: as :func:`build_router`.
+    """
+    router = build_router(config, workers_by_provider, health=health, tracker=tracker)
+    try:
+        async with trio.open_nursery() as nursery:
+            if router._config.profile_path is not None:
+                nursery.start_soon(router._save_periodically)
+            yield router
+            nursery.cancel_scope.cancel()
+    finally:
+        with trio.move_on_after(10) as scope:
+            scope.shield = True
+            await router.save_profiles()

@@ -116,7 +116,7 @@ def precheck(
         max_tokens: the request's ``max_tokens`` (``None``: at least one token must fit).
         needed: the capabilities the request needs.
     """
-    missing = needed - deployment.capabilities
+    missing = needed.difference(deployment.capabilities)
     if missing:
         return f"lacks {', '.join(sorted(missing))}"
     if max_tokens is not None and max_tokens > deployment.max_output_tokens:
