@@ -272,12 +272,16 @@ class RouterWorker:
 
     def available(self, deployment: ModelDeployment) -> bool:
         """Whether ``deployment`` may be called now: not resting, and every check agrees."""
-        until = self._resting.get(deployment.name)
-        if until is not None:
-            if trio.current_time() < until:
+        if self._resting:
+            until = self._resting.get(deployment.name)
+            if until is not None:
+                if trio.current_time() < until:
+                    return False
+                del self._resting[deployment.name]
+        for check in self._health:
+            if not check.is_available(deployment):
                 return False
-            del self._resting[deployment.name]
-        return all(check.is_available(deployment) for check in self._health)
+        return True
 
     def decide(self, request: PromptRequest) -> RoutingDecision:
         """Choose the deployment for ``request`` and its fallback chain, without calling.
@@ -366,8 +370,12 @@ class RouterWorker:
         skipped: list[tuple[str, str]],
         prompt_tokens: int,
     ) -> RoutingDecision:
-        available = [c for c in candidates if self.available(c.deployment)]
-        skipped += [(c.deployment.name, "unavailable") for c in candidates if c not in available]
+        available: list[Candidate] = []
+        for candidate in candidates:
+            if self.available(candidate.deployment):
+                available.append(candidate)
+            else:
+                skipped.append((candidate.deployment.name, "unavailable"))
         context = StrategyContext(self._tracker, self._rng, self._bandit, route.pools)
         if route.strategy == "complexity":
             context.complexity = complexity_score(request, prompt_tokens)
