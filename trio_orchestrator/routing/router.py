@@ -346,12 +346,15 @@ class RouterWorker:
         if not self._config.budgets.enabled:
             return candidates
         ledger, key_left = self._ledger, self._ledger.key_left(api_key)
+        model_left: dict[str, float] = {}
         kept = []
         for candidate in candidates:
             cost, model = candidate.predicted_cost, candidate.deployment.model
+            if model not in model_left:
+                model_left[model] = ledger.model_left(model)
             if cost > key_left:
                 skipped.append((candidate.deployment.name, "would exceed the API key's budget"))
-            elif cost > ledger.model_left(model):
+            elif cost > model_left[model]:
                 skipped.append((candidate.deployment.name, f"would exceed {model}'s budget"))
             else:
                 kept.append(candidate)
