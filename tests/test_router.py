@@ -31,7 +31,9 @@ from trio_orchestrator import (
     StreamEvent,
     TextDelta,
     Tool,
+    ToolCallStart,
     Usage,
+    WorkerCrashed,
     WorkerError,
     collect,
     open_pipeline,
@@ -670,3 +672,47 @@ async def test_open_router_saves_profiles_periodically_and_on_exit(
     saved = OutcomeTracker()
     saved.import_profiles(path)
     assert saved.statistics().deployments[0].successes == 2
+
+
+@attrs.define
+class ToolThenFail:
+    """Starts tool call 0, then loses the connection."""
+
+    async def generate(self, request: PromptRequest, emit: EventSink) -> None:
+        await emit(ToolCallStart(0, "call_a", "f"))
+        await emit(Usage(5, 1))
+        raise ServerError("lost", provider="a")
+
+
+async def test_a_restart_shifts_tool_call_indexes_and_adds_up_usage() -> None:
+    """After a restart, the new tool calls do not collide with those sent, and usage sums."""
+    config = RoutingConfig(stream_fallback="restart")
+    worker = router(
+        (deployment("a", 1.0), ToolThenFail()), (deployment("b", 2.0), Scripted()), config=config
+    )
+    params = GenerationParams(model="m", tools=(Tool("f"),), tool_choice="required")
+    req = PromptRequest(input="go", params=params, meta={"allow_stream_restart": "1"})
+    events: list[StreamEvent] = []
+
+    async def keep(event: StreamEvent) -> None:
+        events.append(event)
+
+    await worker.generate(req, keep)
+    starts = [e for e in events if isinstance(e, ToolCallStart)]
+    assert [s.index for s in starts] == [0, 1]
+    final = events[-1]
+    assert isinstance(final, Done)
+    assert final.usage == Usage(5 + 1, 1 + 1)
+
+
+async def test_a_deployment_that_returns_without_done_is_a_crash() -> None:
+    """A worker that returns without Done fails the request as WorkerCrashed, naming it."""
+
+    @attrs.define
+    class Quiet:
+        async def generate(self, request: PromptRequest, emit: EventSink) -> None:
+            await trio.lowlevel.checkpoint()
+
+    worker = router((deployment("a", 1.0), Quiet()), (deployment("b", 2.0), Scripted()))
+    with pytest.raises(WorkerCrashed, match="'a' returned without emitting Done"):
+        await collect(worker, request())

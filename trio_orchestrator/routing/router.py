@@ -278,10 +278,7 @@ class RouterWorker:
                 if trio.current_time() < until:
                     return False
                 del self._resting[deployment.name]
-        for check in self._health:
-            if not check.is_available(deployment):
-                return False
-        return True
+        return not self._health or all(check.is_available(deployment) for check in self._health)
 
     def decide(self, request: PromptRequest) -> RoutingDecision:
         """Choose the deployment for ``request`` and its fallback chain, without calling.
