@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import sys
+import types
+
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -11,6 +15,7 @@ from trio_orchestrator.routing import (
     estimate_prompt_tokens,
     precheck,
     required_capabilities,
+    tokens,
 )
 from trio_orchestrator.routing.tokens import heuristic_tokens
 
@@ -71,3 +76,30 @@ def test_precheck_passes_exactly_when_prompt_and_answer_fit(
     d = ModelDeployment("d", "m", "p", context_window=4096, max_output_tokens=4096)
     fits = prompt + (max_tokens or 1) <= 4096
     assert (precheck(d, prompt, max_tokens, frozenset()) is None) == fits
+
+
+def test_tiktoken_counts_when_it_is_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a tiktoken module importable, its encoding counts the tokens, not the heuristic."""
+
+    class Encoding:
+        def encode(self, text: str, disallowed_special: object = ()) -> list[int]:
+            return [0] * len(text)  # one token per character: unlike the heuristic
+
+    fake = types.ModuleType("tiktoken")
+    fake.get_encoding = lambda name: Encoding()  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "tiktoken", fake)
+    tokens._counter.cache_clear()
+    try:
+        assert estimate_prompt_tokens(PromptRequest(input="12345678")) == 8 + 4 + 3
+    finally:
+        tokens._counter.cache_clear()
+
+
+def test_without_tiktoken_the_heuristic_counts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """When tiktoken cannot be imported, the four-characters rule is used."""
+    monkeypatch.setitem(sys.modules, "tiktoken", None)
+    tokens._counter.cache_clear()
+    try:
+        assert estimate_prompt_tokens(PromptRequest(input="12345678")) == 2 + 4 + 3
+    finally:
+        tokens._counter.cache_clear()
