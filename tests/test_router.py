@@ -716,3 +716,46 @@ async def test_a_deployment_that_returns_without_done_is_a_crash() -> None:
     worker = router((deployment("a", 1.0), Quiet()), (deployment("b", 2.0), Scripted()))
     with pytest.raises(WorkerCrashed, match="'a' returned without emitting Done"):
         await collect(worker, request())
+
+
+FAULTS = st.sampled_from(
+    [
+        None,
+        ServerError("5xx", provider="x"),
+        RateLimited("429", provider="x", retry_after=0.0),
+        CircuitOpen("open", retry_after=0.0),
+        ContextLengthExceeded("long", provider="x"),
+        BadRequest("bad", provider="x"),
+    ]
+)
+
+
+@given(
+    faults=st.lists(st.tuples(FAULTS, st.booleans()), min_size=1, max_size=4),
+    requests=st.integers(1, 6),
+)
+async def test_every_routed_request_ends_exactly_once_under_faults(
+    faults: list[tuple[WorkerError | None, bool]], requests: int
+) -> None:
+    """Whatever the deployments do, each request completes or fails typed, counted once."""
+    config = RoutingConfig(stream_fallback="restart", max_attempts=4)
+    pairs = [
+        (deployment(f"d{i}", float(i)), Scripted(error=error, partial="p " if partial else ""))
+        for i, (error, partial) in enumerate(faults)
+    ]
+    worker = router(*pairs, config=config)
+    outcomes: list[str] = []
+    async with open_pipeline(worker) as pipeline:
+        for i in range(requests):
+            meta = {"allow_stream_restart": "1"} if i % 2 else {}
+            try:
+                await pipeline.submit(request("q", meta=meta))
+                outcomes.append("completed")
+            except WorkerError:
+                outcomes.append("failed")
+        stats = pipeline.statistics()
+    assert stats.submitted == requests
+    assert stats.completed == outcomes.count("completed")
+    assert stats.failed == outcomes.count("failed")
+    assert worker.tracker.statistics().deployments  # every request reached a deployment
+    assert all(d.in_flight == 0 for d in worker.tracker.statistics().deployments)
