@@ -67,6 +67,13 @@ def test_a_deployment_rejects_invalid_values(fields: dict[str, object], message:
             ),
             r"repeated: \['d'\]",
         ),
+        (
+            lambda: RoutingConfig(
+                deployments=(ModelDeployment("d", "m", "p"),),
+                aliases={"best": AliasConfig(("m", "gpt-5"))},
+            ),
+            r"aliases\.best\.targets: \['gpt-5'\]",
+        ),
     ],
 )
 def test_routing_config_rejects_invalid_values(build: object, message: str) -> None:

@@ -332,6 +332,22 @@ class RoutingConfig:
         if duplicates:
             raise ValueError(f"deployment names must be unique; repeated: {duplicates}")
 
+    @aliases.validator
+    def _check_targets(self, _attribute: object, value: Mapping[str, AliasConfig]) -> None:
+        # Checked only when deployments are declared here: a RouterWorker built in code
+        # brings its deployments separately.
+        if not self.deployments:
+            return
+        known: set[str] = set()
+        for d in self.deployments:
+            known.update((d.name, d.model, *d.groups))
+        for alias, config in value.items():
+            unknown = [t for t in config.targets if t not in known]
+            if unknown:
+                raise ValueError(
+                    f"aliases.{alias}.targets: {unknown} name no model, group or deployment"
+                )
+
     @property
     def enabled(self) -> bool:
         """Whether routing is on (some deployment is declared)."""
