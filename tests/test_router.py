@@ -759,3 +759,11 @@ async def test_every_routed_request_ends_exactly_once_under_faults(
     assert stats.failed == outcomes.count("failed")
     assert worker.tracker.statistics().deployments  # every request reached a deployment
     assert all(d.in_flight == 0 for d in worker.tracker.statistics().deployments)
+
+
+async def test_an_alias_with_no_deployment_behind_it_says_so() -> None:
+    """An alias whose targets match nothing raises ModelNotFound pointing at the aliases."""
+    config = RoutingConfig(aliases={"best": AliasConfig(("nothing",))})
+    worker = router((deployment("a", 1.0), Scripted()), config=config)
+    with pytest.raises(ModelNotFound, match="routing.aliases"):
+        worker.decide(request(model="best"))
