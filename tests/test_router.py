@@ -761,9 +761,8 @@ async def test_every_routed_request_ends_exactly_once_under_faults(
     assert all(d.in_flight == 0 for d in worker.tracker.statistics().deployments)
 
 
-async def test_an_alias_with_no_deployment_behind_it_says_so() -> None:
-    """An alias whose targets match nothing raises ModelNotFound pointing at the aliases."""
+async def test_an_alias_with_no_deployment_behind_it_is_refused_at_construction() -> None:
+    """A router whose alias targets match no deployment is a configuration error."""
     config = RoutingConfig(aliases={"best": AliasConfig(("nothing",))})
-    worker = router((deployment("a", 1.0), Scripted()), config=config)
-    with pytest.raises(ModelNotFound, match="routing.aliases"):
-        worker.decide(request(model="best"))
+    with pytest.raises(ValueError, match=r"aliases\.best\.targets: \['nothing'\]"):
+        router((deployment("a", 1.0), Scripted()), config=config)

@@ -321,13 +321,7 @@ class RouterWorker:
 
     def _route(self, name: str) -> Route:
         route = self._registry.resolve(name)
-        if route is not None and not route.candidates:
-            raise ModelNotFound(
-                f"{name!r} resolves to no deployment; check the targets of routing.aliases",
-                provider="router",
-                status=404,
-            )
-        if route is None:
+        if route is None or not route.candidates:
             known = ", ".join(self._registry.names()) or "none configured"
             raise ModelNotFound(
                 f"no model, group or alias is named {name!r}; ask for one of: {known}",
