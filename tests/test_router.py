@@ -766,3 +766,36 @@ async def test_an_alias_with_no_deployment_behind_it_is_refused_at_construction(
     config = RoutingConfig(aliases={"best": AliasConfig(("nothing",))})
     with pytest.raises(ValueError, match=r"aliases\.best\.targets: \['nothing'\]"):
         router((deployment("a", 1.0), Scripted()), config=config)
+
+
+async def test_a_deployment_that_hangs_past_the_deadline_counts_as_slow_and_failing(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A call cut by the request deadline is a failure, and its time enters the latency."""
+    config = RoutingConfig(strategy="latency")
+    hanging = Scripted(delay=1000.0)
+    worker = router(
+        (deployment("hanging", 1.0), hanging),
+        (deployment("other", 2.0), Scripted(delay=1.0)),
+        config=config,
+    )
+    async with open_pipeline(worker) as pipeline:
+        with pytest.raises(DeadlineExceeded):
+            await pipeline.submit(request(timeout=10.0))
+        stats = {d.name: d for d in worker.tracker.statistics().deployments}
+        assert stats["hanging"].errors == {"DeadlineExceeded": 1}
+        assert stats["hanging"].latency == pytest.approx(10.0)
+        assert worker.decide(request()).chosen.name == "other"
+
+
+async def test_a_caller_leaving_is_no_evidence_against_the_deployment(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Cancelled before its deadline, a call is neither a failure nor a success."""
+    worker = router((deployment("a", 1.0), Scripted(delay=100.0)))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(collect, worker, request())
+        await trio.sleep(5)
+        nursery.cancel_scope.cancel()
+    (stats,) = worker.tracker.statistics().deployments
+    assert (stats.failures, stats.successes, stats.in_flight) == (0, 0, 0)

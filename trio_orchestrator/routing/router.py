@@ -458,6 +458,7 @@ class RouterWorker:
         name = deployment.name
         params = attrs.evolve(request.params, model=deployment.upstream_model)
         call = attrs.evolve(request, params=params)
+        deadline = trio.current_effective_deadline()
         self._tracker.started(name)
         try:
             await self._workers[name].generate(call, attempt.emit)
@@ -467,10 +468,22 @@ class RouterWorker:
             self._failed(attempt, exc, request)
             raise
         except BaseException:
-            self._tracker.abandoned(name)
-            self._ledger.charge(request.meta.get("api_key_id"), deployment.model, attempt.cost())
+            self._interrupted(attempt, request, deadline)
             raise
         self._succeeded(attempt, request)
+
+    def _interrupted(self, attempt: _Attempt, request: PromptRequest, deadline: float) -> None:
+        """Cancelled: at the request's deadline it is a timeout; otherwise no evidence (the
+        caller left, shutdown, or a stop sequence ended the answer)."""
+        deployment, cost = attempt.deployment, attempt.cost()
+        now = trio.current_time()
+        if now >= deadline:
+            elapsed = now - attempt.started
+            self._tracker.timed_out(deployment.name, elapsed=elapsed, cost=cost)
+            self._bandit.update(deployment.name, 0.0)
+        else:
+            self._tracker.abandoned(deployment.name)
+        self._ledger.charge(request.meta.get("api_key_id"), deployment.model, cost)
 
     def _succeeded(self, attempt: _Attempt, request: PromptRequest) -> None:
         deployment, now = attempt.deployment, trio.current_time()

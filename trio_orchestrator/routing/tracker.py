@@ -121,6 +121,20 @@ class OutcomeTracker:
         profile.errors[kind] = profile.errors.get(kind, 0) + 1
         profile.total_cost += cost
 
+    def timed_out(self, name: str, *, elapsed: float, cost: float = 0.0) -> None:
+        """A call to ``name`` was still running when the request's deadline passed.
+
+        Counted as a failure (class ``DeadlineExceeded``) and ``elapsed`` enters the latency
+        average as a lower bound, so a deployment that hangs does not look unmeasured.
+        """
+        profile = self._profile(name)
+        profile.in_flight = max(profile.in_flight - 1, 0)
+        profile.failures += 1
+        profile.error_rate += self.alpha * (1.0 - profile.error_rate)
+        profile.errors["DeadlineExceeded"] = profile.errors.get("DeadlineExceeded", 0) + 1
+        profile.latency = _ewma(profile.latency, elapsed, self.alpha)
+        profile.total_cost += cost
+
     def abandoned(self, name: str) -> None:
         """A call to ``name`` was cancelled (no evidence either way)."""
         profile = self._profile(name)
