@@ -1,7 +1,6 @@
 """trio_orchestrator: safe, fast plumbing between applications and LLM providers, on Trio."""
 
 from .config import Config, PipelineConfig
-from .resilience import PriorityConfig
 from .errors import (
     AuthenticationError,
     BadRequest,
@@ -63,6 +62,7 @@ from .pipeline import (
     TrimWhitespace,
     open_pipeline,
 )
+from .resilience import PriorityConfig
 from .sharding import shard_session
 from .types import Document, GenerationParams, Message, Priority, PromptRequest, Tool, ToolCall
 from .workers import EchoWorker, EventSink, ModelWorker, collect

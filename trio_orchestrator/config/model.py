@@ -12,6 +12,7 @@ import attrs
 
 from ..observability.config import ObservabilityConfig
 from ..resilience.config import PriorityConfig, ResilienceConfig
+from ..routing.registry import RoutingConfig
 from .ranges import Range, non_negative_time, positive_int, positive_time
 
 __all__ = [
@@ -71,9 +72,11 @@ class Config:
     Attributes:
         pipeline: stage capacities, concurrency, timeouts and shutdown.
         resilience: rate limits, circuit breakers and retries around the provider.
+        routing: the model registry, routing strategy, fallbacks and budgets.
         observability: metrics, logs and traces.
     """
 
     pipeline: PipelineConfig = attrs.field(factory=PipelineConfig)
     resilience: ResilienceConfig = attrs.field(factory=ResilienceConfig)
+    routing: RoutingConfig = attrs.field(factory=RoutingConfig)
     observability: ObservabilityConfig = attrs.field(factory=ObservabilityConfig)
