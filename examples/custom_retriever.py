@@ -1,6 +1,6 @@
 """A custom retriever: the retrieval stage puts your documents into the prompt.
 
-    python examples/custom_retriever.py
+python examples/custom_retriever.py
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Library quick start: submit prompts through the pipeline, then read its counters.
 
-    python examples/quickstart.py
+python examples/quickstart.py
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Streaming: print tokens as the worker produces them; leaving early cancels the request.
 
-    python examples/streaming.py
+python examples/streaming.py
 """
 
 from __future__ import annotations

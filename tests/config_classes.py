@@ -13,7 +13,6 @@ from hypothesis import strategies as st
 from trio_orchestrator.config import PipelineConfig, Secret
 from trio_orchestrator.config.model import non_negative_time, positive_int, positive_time
 from trio_orchestrator.config.schema import field_range
-from trio_orchestrator.resilience.config import ResilienceConfig
 
 
 class Color(enum.Enum):
@@ -109,14 +108,12 @@ class Root:
         providers: providers by name.
         routes: routing rules, in order.
         window: a window.
-        resilience: the real resilience section (the pipeline reads it).
     """
 
     pipeline: PipelineConfig = attrs.field(factory=PipelineConfig)
     providers: dict[str, Provider] = attrs.field(factory=dict)
     routes: list[Route] = attrs.field(factory=list)
     window: Window = attrs.field(factory=Window, metadata={"reloadable": True})
-    resilience: ResilienceConfig = attrs.field(factory=ResilienceConfig)
 
 
 def config_values(cls: type) -> st.SearchStrategy[Any]:

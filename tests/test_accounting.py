@@ -19,6 +19,7 @@ from trio_orchestrator import (
     FinishedRequest,
     Outcome,
     PipelineConfig,
+    PriorityConfig,
     PromptRequest,
     RequestCancelled,
     RequestShed,
@@ -207,9 +208,16 @@ class Stalled:
         await emit(Done("stop", ""))
 
 
-async def run_backpressure(concurrency: int, capacities: tuple[int, ...], n: int) -> None:
+async def run_backpressure(
+    concurrency: int, capacities: tuple[int, ...], n: int, max_waiting: int | None
+) -> None:
     rag, assemble, inference = capacities
     post = stream = 64  # room for everything held to finish at once when released
+    priority = (
+        PriorityConfig(enabled=False)
+        if max_waiting is None
+        else PriorityConfig(max_waiting=max_waiting)
+    )
     config = Config(
         pipeline=PipelineConfig(
             rag_capacity=rag,
@@ -218,6 +226,7 @@ async def run_backpressure(concurrency: int, capacities: tuple[int, ...], n: int
             post_capacity=post,
             stream_capacity=stream,
             inference_concurrency=concurrency,
+            priority=priority,
         )
     )
     worker = Stalled()
@@ -235,8 +244,11 @@ async def run_backpressure(concurrency: int, capacities: tuple[int, ...], n: int
                 nursery.start_soon(submit, i)
                 await trio.testing.wait_all_tasks_blocked()
             running = min(n, concurrency)
-            held = 1 if n > concurrency else 0  # taken by the stage, waiting for a slot
-            queued = min(max(n - concurrency - 1, 0), inference)
+            # Taken off the channel by the stage to wait for a slot: one in FIFO admission,
+            # up to max_waiting in priority admission (ranked while they wait).
+            limit = 1 if max_waiting is None else max_waiting
+            held = min(n - running, limit)
+            queued = min(n - running - held, inference)
             stats = pipeline.statistics()
             stage = stats.stage("inference")
             assert (stage.queue_depth, stage.peak_depth) == (queued, queued)
@@ -255,9 +267,10 @@ async def run_backpressure(concurrency: int, capacities: tuple[int, ...], n: int
     concurrency=st.integers(1, 5),
     capacities=st.tuples(*[st.integers(1, 8)] * 3),
     n=st.integers(1, 40),
+    max_waiting=st.none() | st.integers(1, 6),
 )
 def test_a_stalled_worker_fills_its_channel_to_capacity_and_sheds_the_rest(
-    concurrency: int, capacities: tuple[int, ...], n: int
+    concurrency: int, capacities: tuple[int, ...], n: int, max_waiting: int | None
 ) -> None:
     """With inference stalled, its channel fills to exactly its capacity, later requests are
     shed at that stage, upstream stages stay empty, and the requests held stay bounded."""
@@ -266,5 +279,6 @@ def test_a_stalled_worker_fills_its_channel_to_capacity_and_sheds_the_rest(
         concurrency,
         capacities,
         n,
+        max_waiting,
         clock=trio.testing.MockClock(autojump_threshold=0),
     )

@@ -10,7 +10,7 @@ from typing import Any
 import attrs
 import pytest
 from config_classes import Color, Limits, Provider, Root, Route, Window, config_values
-from hypothesis import given
+from hypothesis import given, settings
 
 from trio_orchestrator.config import (
     Config,
@@ -307,12 +307,16 @@ def test_dump_writes_plain_values() -> None:
     assert tomllib.loads(to_toml(data))["providers"]["p"]["limits"]["rate"] == math.inf
 
 
+# A whole config tree per example is costly: a quarter of the profile's examples.
+@settings(max_examples=max(10, settings().max_examples // 4))
 @given(config_values(Root))
 def test_dump_then_parse_round_trips(root: Root) -> None:
     """parse_config(dump_config(c, mask_secrets=False)) == c for generated valid configs."""
     assert parse_config(dump_config(root, mask_secrets=False), Root, env={}) == root
 
 
+# A whole config tree per example is costly: a quarter of the profile's examples.
+@settings(max_examples=max(10, settings().max_examples // 4))
 @given(config_values(Root))
 def test_toml_round_trips(root: Root) -> None:
     """A dumped configuration written as TOML loads back as the same configuration."""

@@ -13,7 +13,7 @@ import attrs
 import jsonschema
 import pytest
 from config_classes import Provider, Root, config_values
-from hypothesis import given
+from hypothesis import given, settings
 
 from trio_orchestrator.config import (
     Config,
@@ -138,6 +138,8 @@ def test_secret_forms_validate() -> None:
     assert errors({"providers": {"p": {"api_key": {"file": "/k"}}}}, Root) != []
 
 
+# A whole config tree per example is costly: a quarter of the profile's examples.
+@settings(max_examples=max(10, settings().max_examples // 4))
 @given(config_values(Root))
 def test_every_valid_config_passes_the_schema(root: Root) -> None:
     """What the classes accept, the schema accepts (dumped configs, as TOML, validate)."""

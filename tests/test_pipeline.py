@@ -24,6 +24,7 @@ from trio_orchestrator import (
     Outcome,
     PipelineClosed,
     PipelineConfig,
+    PriorityConfig,
     PromptRequest,
     RequestCancelled,
     RequestShed,
@@ -35,7 +36,7 @@ from trio_orchestrator import (
 )
 
 
-def small(**kwargs: int | float) -> Config:
+def small(**kwargs: object) -> Config:
     """A config with small channels, so tests can fill them."""
     return Config(pipeline=PipelineConfig(**kwargs))  # type: ignore[arg-type]
 
@@ -305,7 +306,9 @@ async def test_shed_requests_land_in_the_dead_letter_queue_whole_and_replay(
 ) -> None:
     """A shed request is dead-lettered with its payload and reason, and replays to completion."""
     worker = SlowWorker(release=trio.Event())
-    config = small(inference_concurrency=1, inference_capacity=1)
+    config = small(
+        inference_concurrency=1, inference_capacity=1, priority=PriorityConfig(max_waiting=1)
+    )
     requests = [PromptRequest(input=f"r{i}", meta={"i": str(i)}) for i in range(5)]
     shed: list[RequestShed] = []
 

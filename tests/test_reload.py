@@ -25,6 +25,7 @@ from trio_orchestrator.config.reload import plan_reload
 from trio_orchestrator.errors import DeadlineExceeded
 from trio_orchestrator.events import Done, TextDelta
 from trio_orchestrator.pipeline import Outcome, open_pipeline
+from trio_orchestrator.resilience.config import ResilienceConfig
 from trio_orchestrator.types import PromptRequest
 from trio_orchestrator.workers.base import EventSink
 
@@ -288,15 +289,22 @@ class Component:
         return []
 
 
-# Today's Config has only the pipeline section; Root stands in for the merged Config with
-# more sections (the pipeline reads only ``config.pipeline``).
+@attrs.frozen
+class ServedRoot(Root):
+    """Root with the sections a running pipeline reads besides ``pipeline``.
+
+    Attributes:
+        resilience: the real resilience section (the pipeline builds its layers from it).
+    """
+
+    resilience: ResilienceConfig = attrs.field(factory=ResilienceConfig)
 
 
 async def test_other_sections_are_refused_when_no_component_takes_reloads() -> None:
     """With no Reloadable component, a reloadable change outside the pipeline is refused."""
-    async with open_pipeline(SlowWorker(), Root()) as pipeline:  # type: ignore[arg-type]
-        report = pipeline.reload(Root(window=Window(1, 2)))  # type: ignore[arg-type]
-        assert pipeline.config == Root()  # type: ignore[comparison-overlap]
+    async with open_pipeline(SlowWorker(), ServedRoot()) as pipeline:  # type: ignore[arg-type]
+        report = pipeline.reload(ServedRoot(window=Window(1, 2)))  # type: ignore[arg-type]
+        assert pipeline.config == ServedRoot()  # type: ignore[comparison-overlap]
     assert report.applied == ()
     assert [line.split(":")[0] for line in report.refused] == ["window.low", "window.high"]
     assert "nothing in this pipeline takes reloads of this section" in report.refused[0]
@@ -305,10 +313,10 @@ async def test_other_sections_are_refused_when_no_component_takes_reloads() -> N
 async def test_added_component_takes_its_sections() -> None:
     """A component given to add_reloadable gets the reloaded configuration to apply."""
     component = Component()
-    async with open_pipeline(SlowWorker(), Root()) as pipeline:  # type: ignore[arg-type]
+    async with open_pipeline(SlowWorker(), ServedRoot()) as pipeline:  # type: ignore[arg-type]
         pipeline.add_reloadable(component)
-        report = pipeline.reload(Root(window=Window(1, 2)))  # type: ignore[arg-type]
-    assert component.seen == [Root(window=Window(1, 2))]
+        report = pipeline.reload(ServedRoot(window=Window(1, 2)))  # type: ignore[arg-type]
+    assert component.seen == [ServedRoot(window=Window(1, 2))]
     assert [change.path for change in report.applied] == ["window.low", "window.high"]
 
 

@@ -62,6 +62,7 @@ from .pipeline import (
     TrimWhitespace,
     open_pipeline,
 )
+from .resilience import PriorityConfig
 from .sharding import shard_session
 from .types import Document, GenerationParams, Message, Priority, PromptRequest, Tool, ToolCall
 from .workers import EchoWorker, EventSink, ModelWorker, collect
@@ -110,6 +111,7 @@ __all__ = [
     "PipelineStatistics",
     "PostProcessor",
     "Priority",
+    "PriorityConfig",
     "PromptRequest",
     "ProviderConnectionError",
     "ProviderError",

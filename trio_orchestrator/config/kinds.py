@@ -8,6 +8,7 @@ a configuration class may use: ``bool``, ``int``, ``float``, ``str``, ``Secret``
 
 from __future__ import annotations
 
+import collections.abc
 import enum
 from typing import Any, Literal, get_args, get_origin
 
@@ -52,8 +53,8 @@ def is_sequence(tp: Any) -> bool:
 
 
 def is_str_mapping(tp: Any) -> bool:
-    """``dict[str, X]`` (a TOML table of values)."""
-    return get_origin(tp) is dict and get_args(tp)[:1] == (str,)
+    """``dict[str, X]`` or ``Mapping[str, X]`` (a TOML table of values)."""
+    return get_origin(tp) in (dict, collections.abc.Mapping) and get_args(tp)[:1] == (str,)
 
 
 def choices(tp: Any) -> list[Any]:

@@ -44,6 +44,7 @@ from ..errors import (
     WorkerError,
 )
 from ..events import Completion, Done, StreamEvent, TextDelta
+from ..resilience.priority import PriorityAdmission
 from ..resilience.stack import open_layers, open_shared_state
 from ..types import PromptRequest
 from ..workers.base import ModelWorker
@@ -130,6 +131,9 @@ class Pipeline:
         self._receives = [receive for _, receive in channels]
         self._counters = [_StageCounter() for _ in STAGES]
         self._limiter = trio.CapacityLimiter(cfg.inference_concurrency)
+        self._admission = (
+            PriorityAdmission[Job](cfg.priority, self._limiter) if cfg.priority.enabled else None
+        )
         self.dead_letters = DeadLetterQueue(cfg.dead_letter_capacity)
         # The connection to Redis while ``[distributed] redis_url`` is set (its health for
         # readiness checks and metrics), else None.
@@ -295,6 +299,7 @@ class Pipeline:
                 peak_depth=counter.peak,
                 processed=counter.received,
                 shed=counter.shed,
+                held=self._admission.waiting if name == "inference" and self._admission else 0,
             )
             for name, capacity, receive, counter in zip(
                 STAGES, self._capacities, self._receives, self._counters, strict=True
@@ -315,6 +320,7 @@ class Pipeline:
             waiting_to_enter=self._sends[RAG].statistics().tasks_waiting_send,
             dead_letters=self.dead_letters.statistics(),
             sink_errors=self._sink_errors,
+            priority=None if self._admission is None else self._admission.statistics(),
         )
 
     def _new_job(self, request: PromptRequest) -> Job:
@@ -556,6 +562,13 @@ class Pipeline:
     async def _inference_stage(self) -> None:
         limiter = self._limiter
         async with self._receives[INFERENCE], self._sends[POST], trio.open_nursery() as nursery:
+            if self._admission is not None:
+                await self._admission.run(
+                    lambda: self._next(INFERENCE),
+                    lambda job: nursery.start_soon(self._infer, job),
+                    self._expire_if_running,
+                )
+                return
             while (job := await self._next(INFERENCE)) is not None:
                 try:
                     limiter.acquire_on_behalf_of_nowait(job)
@@ -599,7 +612,10 @@ class Pipeline:
         try:
             await self._generate(job)
         finally:
-            self._limiter.release_on_behalf_of(job)
+            if self._admission is None:
+                self._limiter.release_on_behalf_of(job)
+            else:
+                self._admission.release(job)  # and hands the slot to the best-ranked waiter
         if job.outcome is None:
             self._forward(job, POST)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import attrs
 
+from ..resilience.priority import PriorityStatistics
 from .dead_letters import DeadLetterStatistics
 
 __all__ = ["PipelineStatistics", "StageStatistics"]
@@ -25,6 +26,9 @@ class StageStatistics:
     """Requests the stage has taken from its channel."""
     shed: int
     """Requests shed because this stage's input channel was full."""
+    held: int = 0
+    """Requests taken from the channel and held waiting for a slot (the inference stage's
+    priority queue, at most ``priority.max_waiting``); 0 for the other stages."""
 
 
 @attrs.frozen
@@ -58,6 +62,8 @@ class PipelineStatistics:
     """The dead-letter queue."""
     sink_errors: int
     """Exceptions raised by output sinks (logged and otherwise ignored)."""
+    priority: PriorityStatistics | None = None
+    """Priority admission to inference, when enabled."""
 
     def stage(self, name: str) -> StageStatistics:
         """Return the statistics of the stage called ``name``."""

@@ -1,7 +1,8 @@
-"""Resilience layers: rate limits, circuit breakers, retries, and their composition.
+"""Resilience layers: rate limits, circuit breakers, retries, coalescing, cache, priority.
 
 Each layer is a worker wrapping a worker; :func:`open_layers` stacks the enabled ones in the
-order cache → coalescing → rate limit → circuit breaker → retry → provider.
+order cache → coalescing → rate limit → circuit breaker → retry → provider. Priority admission
+works at the inference stage's entry instead (``[pipeline.priority]``).
 """
 
 from .breaker import (
@@ -12,7 +13,19 @@ from .breaker import (
     LatencyBaseline,
     Permit,
 )
-from .config import BreakerConfig, LimitConfig, RateLimitsConfig, ResilienceConfig, RetryConfig
+from .cache import CacheLayer, CacheStatistics, LRUStore
+from .coalesce import CoalescingLayer, CoalescingStatistics
+from .config import (
+    BreakerConfig,
+    CacheConfig,
+    CoalescingConfig,
+    LimitConfig,
+    RateLimitsConfig,
+    ResilienceConfig,
+    RetryConfig,
+)
+from .keys import is_deterministic, request_key
+from .priority import PriorityAdmission, PriorityConfig, PriorityStatistics
 from .ratelimit import (
     BucketStatistics,
     Charge,
@@ -31,13 +44,23 @@ __all__ = [
     "BreakerState",
     "BreakerStatistics",
     "BucketStatistics",
+    "CacheConfig",
+    "CacheLayer",
+    "CacheStatistics",
     "Charge",
     "CircuitBreaker",
     "CircuitBreakerLayer",
+    "CoalescingConfig",
+    "CoalescingLayer",
+    "CoalescingStatistics",
+    "LRUStore",
     "LatencyBaseline",
     "LayerContext",
     "LimitConfig",
     "Permit",
+    "PriorityAdmission",
+    "PriorityConfig",
+    "PriorityStatistics",
     "RateLimitLayer",
     "RateLimitStatistics",
     "RateLimiter",
@@ -48,7 +71,9 @@ __all__ = [
     "RetryStatistics",
     "TokenBucket",
     "estimate_tokens",
+    "is_deterministic",
     "iter_layers",
     "open_layers",
     "provider_name",
+    "request_key",
 ]

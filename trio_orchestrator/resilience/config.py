@@ -12,6 +12,8 @@ from typing import Any
 
 import attrs
 
+from ..config.ranges import non_negative_time, positive_int, positive_time
+
 __all__ = [
     "BreakerConfig",
     "LimitConfig",
@@ -27,26 +29,6 @@ LIMIT_MODES = ("wait", "reject")
 
 # The root ``config.model`` imports this module, so its validators are not imported from
 # there (that would be an import cycle); these are the same checks.
-
-
-def positive_int(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    """A whole number ≥ 1 (``bool`` is not a number here)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{attribute.name} must be a whole number ≥ 1, got {value!r}")
-
-
-def non_negative_time(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    """Seconds ≥ 0, finite."""
-    if not _is_number(value) or not 0 <= value < math.inf:  # type: ignore[operator]
-        raise ValueError(f"{attribute.name} must be a number of seconds ≥ 0, got {value!r}")
-
-
-def positive_time(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    """Seconds > 0 (``inf`` for no limit)."""
-    if not _is_number(value) or not value > 0:  # type: ignore[operator]
-        raise ValueError(
-            f"{attribute.name} must be a number of seconds > 0 (inf for no limit), got {value!r}"
-        )
 
 
 def _fraction(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -267,19 +249,89 @@ class RateLimitsConfig:
 
 
 @attrs.frozen
+class CoalescingConfig:
+    """How identical in-flight requests are merged.
+
+    Attributes:
+        enabled: put the coalescing layer in the request path (default ``False``, like every
+            layer; when on, only deterministic requests are merged unless
+            ``coalesce_sampled`` is set, so merging never changes what a caller could have
+            received).
+        coalesce_sampled: also merge requests whose temperature is above 0 or unset (the
+            provider's default, which is sampled). Subscribers then all get the same sample
+            instead of independent ones. Default ``False``.
+        max_subscribers: subscribers one upstream call may have; a request beyond that starts
+            its own call. Default 10 000.
+    """
+
+    enabled: bool = False
+    coalesce_sampled: bool = False
+    max_subscribers: int = attrs.field(default=10_000, validator=positive_int)
+
+
+@attrs.frozen
+class CacheConfig:
+    """The answer cache.
+
+    Attributes:
+        enabled: put the cache layer in the request path. Default ``False``: a cache changes
+            what repeated callers see, so it is opted into.
+        max_entries: the most answers kept; the least recently used is evicted beyond it.
+            Default 1024.
+        ttl: seconds an answer stays valid after it was stored (``inf``: until evicted).
+            Default 300.
+        cache_sampled: also cache requests whose temperature is above 0 or unset; every later
+            caller then gets the first sample. Default ``False``.
+    """
+
+    enabled: bool = False
+    max_entries: int = attrs.field(default=1024, validator=positive_int)
+    ttl: float = attrs.field(default=300.0, validator=positive_time)
+    cache_sampled: bool = False
+
+
+@attrs.frozen
+class PriorityConfig:
+    """Priority admission to inference when every inference slot is busy.
+
+    A request waiting for a slot is ranked by ``submitted_at + level * aging_interval``
+    (``level`` 0 for ``CRITICAL`` … 3 for ``LOW``), smallest first, first come first served
+    among equals: its effective priority improves by one level for every ``aging_interval``
+    seconds it has waited, so a ``LOW`` request is served before any ``CRITICAL`` request
+    submitted more than ``3 * aging_interval`` seconds after it, and is never starved.
+
+    Attributes:
+        enabled: rank waiting requests by priority (default ``True``); when ``False`` the
+            inference stage admits strictly in arrival order.
+        aging_interval: seconds of waiting worth one priority level (default 10; ``inf``
+            for strict priority, under which a saturated stage may starve ``LOW``).
+        max_waiting: requests the inference stage takes from its input channel and holds,
+            ranked, while every slot is busy (default 64). When it holds that many it stops
+            reading, so its channel fills to ``inference_capacity`` and the stage before it
+            sheds: at most ``inference_concurrency + max_waiting + inference_capacity``
+            requests are ever in or before inference.
+    """
+
+    enabled: bool = True
+    aging_interval: float = attrs.field(default=10.0, validator=positive_time)
+    max_waiting: int = attrs.field(default=64, validator=positive_int)
+
+
+@attrs.frozen
 class ResilienceConfig:
     """The resilience layers around the provider, outermost first: cache → coalescing →
     rate limit → circuit breaker → retry → provider.
 
     Attributes:
+        cache: the answer cache (TTL and LRU bound; deterministic requests only by default).
+        coalescing: identical in-flight requests share one upstream call.
         rate_limits: token buckets per provider, model, user and API key.
         breaker: the circuit breaker per provider and model.
         retry: retries with capped, fully jittered exponential backoff.
     """
 
-    # The cache and coalescing sections (``cache: CacheConfig``, ``coalescing:
-    # CoalescingConfig``) are added here by the coalescing work; their layers plug into the
-    # hooks of the same names in ``stack.py``.
+    cache: CacheConfig = attrs.field(factory=CacheConfig)
+    coalescing: CoalescingConfig = attrs.field(factory=CoalescingConfig)
     rate_limits: RateLimitsConfig = attrs.field(factory=RateLimitsConfig)
     breaker: BreakerConfig = attrs.field(factory=BreakerConfig)
     retry: RetryConfig = attrs.field(factory=RetryConfig)

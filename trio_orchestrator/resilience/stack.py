@@ -27,6 +27,8 @@ import trio
 
 from ..workers.base import ModelWorker
 from .breaker import CircuitBreakerLayer
+from .cache import CacheLayer
+from .coalesce import CoalescingLayer
 from .config import ResilienceConfig
 from .ratelimit import RateLimitLayer
 from .retry import RetryLayer
@@ -75,16 +77,18 @@ def provider_name(worker: ModelWorker) -> str:
 
 
 def _cache(worker: ModelWorker, config: ResilienceConfig, context: LayerContext) -> ModelWorker:
-    # Hook: the cache layer (config.cache) wraps the worker here.
-    return worker
+    if not config.cache.enabled:
+        return worker
+    return CacheLayer(worker, config.cache)
 
 
 def _coalescing(
     worker: ModelWorker, config: ResilienceConfig, context: LayerContext
 ) -> ModelWorker:
-    # Hook: the coalescing layer (config.coalescing) wraps the worker here; it may start its
-    # background tasks in context.nursery.
-    return worker
+    if not config.coalescing.enabled:
+        return worker
+    # Upstream calls run in the layers' nursery, so no one subscriber owns them.
+    return CoalescingLayer(worker, config.coalescing, context.nursery)
 
 
 def _rate_limit(

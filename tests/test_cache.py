@@ -1,0 +1,212 @@
+"""The answer cache: TTL, LRU bound, what is and is not stored, and replay as a stream."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import attrs
+import pytest
+import trio
+import trio.testing
+from hypothesis import given
+from hypothesis import strategies as st
+
+from trio_orchestrator import (
+    Done,
+    EchoWorker,
+    GenerationParams,
+    PromptRequest,
+    ServerError,
+    StreamEvent,
+    TextDelta,
+    Tool,
+    open_pipeline,
+)
+from trio_orchestrator.resilience import CacheConfig, CacheLayer, LRUStore
+from trio_orchestrator.workers import EventSink, collect
+
+
+def greedy(text: str = "cache me please") -> PromptRequest:
+    return PromptRequest(input=text, params=GenerationParams(temperature=0))
+
+
+@attrs.define(eq=False)
+class CountingWorker:
+    """An echo worker that counts its calls and can be told to fail the next ones."""
+
+    calls: int = 0
+    failures: int = 0
+
+    async def generate(self, request: PromptRequest, emit: EventSink) -> None:
+        self.calls += 1
+        if self.failures:
+            self.failures -= 1
+            raise ServerError("upstream 500", status=500)
+        await EchoWorker(token_delay=0.01).generate(request, emit)
+
+
+async def ask(layer: CacheLayer, request: PromptRequest) -> list[StreamEvent]:
+    events: list[StreamEvent] = []
+
+    async def emit(event: StreamEvent) -> None:
+        events.append(event)
+
+    await layer.generate(request, emit)
+    return events
+
+
+async def test_hit_replays_the_stored_stream_through_the_pipeline(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A second streamed request is answered from the cache with the same events."""
+    worker = CountingWorker()
+    layer = CacheLayer(worker, CacheConfig(enabled=True))
+    streams: list[list[StreamEvent]] = []
+    async with open_pipeline(layer) as pipeline:
+        for _ in range(2):
+            async with pipeline.stream(greedy()) as events:
+                streams.append([event async for event in events])
+    assert worker.calls == 1
+    assert streams[0] == streams[1]
+    assert [e for e in streams[1] if isinstance(e, TextDelta)] == [
+        TextDelta("cache "),
+        TextDelta("me "),
+        TextDelta("please"),
+    ]
+    assert isinstance(streams[1][-1], Done)
+    stats = layer.statistics()
+    assert (stats.hits, stats.misses, stats.stored, stats.size) == (1, 1, 1, 1)
+
+
+async def test_entry_expires_after_its_ttl(autojump_clock: trio.testing.MockClock) -> None:
+    """An answer is served until its TTL has passed, then asked for again."""
+    worker = CountingWorker()
+    layer = CacheLayer(worker, CacheConfig(enabled=True, ttl=60.0))
+    await ask(layer, greedy())
+    await trio.sleep(59)
+    await ask(layer, greedy())
+    assert worker.calls == 1
+    await trio.sleep(2)
+    await ask(layer, greedy())
+    assert worker.calls == 2
+    assert layer.statistics().expirations == 1
+
+
+async def test_least_recently_used_entry_is_evicted() -> None:
+    """With room for two, using ``a`` then adding ``c`` evicts ``b``, not ``a``."""
+    worker = CountingWorker()
+    layer = CacheLayer(worker, CacheConfig(enabled=True, max_entries=2))
+    a, b, c = greedy("a"), greedy("b"), greedy("c")
+    for request in (a, b, a, c):
+        await ask(layer, request)
+    assert worker.calls == 3
+    await ask(layer, a)
+    assert worker.calls == 3
+    await ask(layer, b)
+    assert worker.calls == 4
+    stats = layer.statistics()
+    assert (stats.evictions, stats.size) == (2, 2)
+
+
+async def test_errors_are_not_cached() -> None:
+    """A failed call stores nothing: the next identical request reaches the worker."""
+    worker = CountingWorker(failures=1)
+    layer = CacheLayer(worker, CacheConfig(enabled=True))
+    async with open_pipeline(layer) as pipeline:
+        try:
+            await pipeline.submit(greedy())
+        except ServerError:
+            pass
+        completion = await pipeline.submit(greedy())
+    assert completion.text == "cache me please"
+    assert worker.calls == 2
+    assert layer.statistics().stored == 1
+
+
+async def test_cancelled_answer_is_not_cached(autojump_clock: trio.testing.MockClock) -> None:
+    """A stream the caller left half-way stores nothing."""
+    worker = CountingWorker()
+    layer = CacheLayer(worker, CacheConfig(enabled=True))
+    with trio.move_on_after(0.015):
+        await ask(layer, greedy())
+    assert layer.statistics().size == 0
+    await ask(layer, greedy())
+    assert worker.calls == 2
+
+
+async def test_sampled_requests_are_not_cached_by_default() -> None:
+    """Requests with an unset temperature bypass the cache unless cache_sampled is set."""
+    sampled = PromptRequest(input="hi")
+    worker = CountingWorker()
+    layer = CacheLayer(worker, CacheConfig(enabled=True))
+    await ask(layer, sampled)
+    await ask(layer, sampled)
+    assert worker.calls == 2
+    assert layer.statistics().bypassed == 2
+    opted_in = CacheLayer(worker, CacheConfig(enabled=True, cache_sampled=True))
+    await ask(opted_in, sampled)
+    await ask(opted_in, sampled)
+    assert worker.calls == 3
+
+
+_OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("get"), st.sampled_from("abcdef")),
+        st.tuples(st.just("put"), st.sampled_from("abcdef")),
+        st.tuples(st.just("wait"), st.sampled_from([0.5, 1.0, 3.0])),
+    ),
+    max_size=60,
+)
+
+
+@given(ops=_OPS, max_entries=st.integers(1, 4), ttl=st.sampled_from([1.0, 2.5, 10.0]))
+def test_store_agrees_with_a_reference_lru(
+    ops: list[tuple[str, str | float]], max_entries: int, ttl: float
+) -> None:
+    """LRUStore matches an OrderedDict LRU with expiry times on every operation."""
+    store: LRUStore[int] = LRUStore(max_entries, ttl)
+    model: OrderedDict[str, tuple[float, int]] = OrderedDict()
+    now, value = 0.0, 0
+    for op, arg in ops:
+        if op == "wait":
+            assert isinstance(arg, float)
+            now += arg
+            continue
+        assert isinstance(arg, str)
+        if op == "put":
+            value += 1
+            store.put(arg, value, now)
+            model[arg] = (now + ttl, value)
+            model.move_to_end(arg)
+            while len(model) > max_entries:
+                model.popitem(last=False)
+        else:
+            entry = model.get(arg)
+            if entry is not None and now >= entry[0]:
+                del model[arg]
+                entry = None
+            if entry is not None:
+                model.move_to_end(arg)
+            assert store.get(arg, now) == (None if entry is None else entry[1])
+        assert store.keys() == list(model)
+        assert len(store) <= max_entries
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        greedy("a short answer"),
+        PromptRequest(
+            input="call a tool",
+            params=GenerationParams(temperature=0, tools=(Tool("lookup"),), tool_choice="required"),
+        ),
+    ],
+)
+async def test_miss_and_hit_keep_the_worker_contract(request_: PromptRequest) -> None:
+    """Both a miss and a hit give the grammar-checked answer of the bare worker."""
+    worker = EchoWorker()
+    layer = CacheLayer(worker, CacheConfig(enabled=True))
+    expected = await collect(worker, request_)
+    assert await collect(layer, request_) == expected
+    assert await collect(layer, request_) == expected
+    assert layer.statistics().hits == 1

@@ -1,0 +1,70 @@
+"""The request identity key and the determinism rule."""
+
+from __future__ import annotations
+
+import attrs
+import pytest
+
+from trio_orchestrator import GenerationParams, Message, PromptRequest, Tool
+from trio_orchestrator.resilience import is_deterministic, request_key
+
+
+def make(**params: object) -> PromptRequest:
+    return PromptRequest(
+        messages=(Message("system", "be brief"),),
+        input="hello",
+        params=attrs.evolve(GenerationParams(temperature=0), **params),  # type: ignore[arg-type]
+    )
+
+
+def test_key_is_stable_hex() -> None:
+    """The key is 64 lowercase hex digits and the same for equal requests made separately."""
+    key = request_key(make())
+    assert key == request_key(make())
+    assert len(key) == 64
+    assert int(key, 16) >= 0
+
+
+def test_integer_and_float_temperature_share_a_key() -> None:
+    """temperature 0 and 0.0 are the same request."""
+    assert request_key(make(temperature=0)) == request_key(make(temperature=0.0))
+
+
+def test_extra_key_order_does_not_matter() -> None:
+    """Provider extras are compared as mappings, not by insertion order."""
+    assert request_key(make(extra={"a": 1, "b": 2})) == request_key(make(extra={"b": 2, "a": 1}))
+
+
+def test_input_and_the_same_chat_as_messages_share_a_key() -> None:
+    """A prompt given as ``input`` keys like the same text given as a final user message."""
+    as_messages = PromptRequest(
+        messages=(Message("system", "be brief"), Message("user", "hello")),
+        params=GenerationParams(temperature=0),
+    )
+    assert request_key(as_messages) == request_key(make())
+
+
+@pytest.mark.parametrize(
+    "changed",
+    [
+        {"tools": (Tool("f"),)},
+        {"tool_choice": "required"},
+        {"tools": (Tool("f", parameters={"type": "object"}),)},
+    ],
+)
+def test_tool_settings_split_the_key(changed: dict[str, object]) -> None:
+    """Offering tools or changing their schema or the tool choice changes the key."""
+    assert request_key(make(**changed)) != request_key(make())
+
+
+@pytest.mark.parametrize(
+    ("temperature", "expected"), [(0, True), (0.0, True), (None, False), (0.2, False)]
+)
+def test_only_zero_temperature_is_deterministic(temperature: float | None, expected: bool) -> None:
+    """An unset temperature is the provider's sampled default, so not deterministic."""
+    assert is_deterministic(make(temperature=temperature)) is expected
+
+
+def test_seed_alone_is_not_deterministic() -> None:
+    """A seed with a sampled temperature does not make a request deterministic."""
+    assert not is_deterministic(make(temperature=0.7, seed=1))

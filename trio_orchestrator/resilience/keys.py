@@ -1,0 +1,94 @@
+"""The identity of a request's answer: what coalescing and the cache key on.
+
+Two requests share a key exactly when a provider would see the same inference call: the same
+model, the same chat (roles, contents, names, tool calls), the same retrieved context and the
+same output-shaping parameters (``temperature``, ``top_p``, ``max_tokens``, ``stop``,
+``tools``, ``tool_choice``, ``seed``, ``extra``). Fields that only label or schedule the
+request (``request_id``, ``session``, ``meta``, ``deadline``, ``timeout``, ``priority``) are
+left out, so two callers asking the same question share one answer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from ..types import GenerationParams, Message, PromptRequest, Tool
+
+__all__ = ["is_deterministic", "request_key"]
+
+
+def request_key(request: PromptRequest) -> str:
+    """Return a stable key (64 hex digits, SHA-256) for the answer ``request`` asks for.
+
+    Stable across processes and runs (no ``hash()`` randomisation), so it can key a shared
+    cache. Mappings are serialised with sorted keys; numbers are normalised so ``0`` and
+    ``0.0`` agree; values JSON cannot express fall back to their ``repr``.
+
+    Args:
+        request: the request as the worker will see it (after prompt assembly).
+
+    Returns:
+        The key, as lowercase hex.
+    """
+    payload = {
+        "chat": [_message(m) for m in request.chat()],
+        "context": [[d.id, d.text] for d in request.context],
+        "params": _params(request.params),
+    }
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=repr)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def is_deterministic(request: PromptRequest) -> bool:
+    """Whether ``request`` asks for a reproducible answer: its ``temperature`` is exactly 0.
+
+    An unset temperature means the provider's default, which is sampled (1.0 at OpenAI and
+    Anthropic), so it is *not* deterministic. A ``seed`` alone does not count: providers
+    document seeded sampling as best-effort only.
+
+    Args:
+        request: the request.
+
+    Returns:
+        True when greedy decoding was asked for.
+    """
+    return request.params.temperature == 0
+
+
+def _message(message: Message) -> list[Any]:
+    calls = [[c.id, c.name, c.arguments] for c in message.tool_calls]
+    return [message.role, message.content, message.name, calls, message.tool_call_id]
+
+
+def _tool(tool: Tool) -> list[Any]:
+    return [tool.name, tool.description, _plain(tool.parameters)]
+
+
+def _number(value: float | None) -> float | None:
+    return None if value is None else float(value)
+
+
+def _params(params: GenerationParams) -> dict[str, Any]:
+    return {
+        "model": params.model,
+        "max_tokens": params.max_tokens,
+        "temperature": _number(params.temperature),
+        "top_p": _number(params.top_p),
+        "stop": list(params.stop),
+        "tools": [_tool(t) for t in params.tools],
+        "tool_choice": _plain(params.tool_choice),
+        "seed": params.seed,
+        "extra": _plain(params.extra),
+    }
+
+
+def _plain(value: Any) -> Any:
+    """Mappings to dicts (json sorts their keys), other containers to lists."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
