@@ -22,6 +22,7 @@ from trio_orchestrator.distributed import (
 from trio_orchestrator.errors import RequestShed
 from trio_orchestrator.events import Done, TextDelta
 from trio_orchestrator.pipeline import DeadLetter, Pipeline
+from trio_orchestrator.resilience.config import PriorityConfig
 from trio_orchestrator.types import GenerationParams
 from trio_orchestrator.workers.base import EventSink
 
@@ -179,7 +180,9 @@ async def test_a_letter_shed_on_one_process_is_replayed_on_another(
     redis_server: RedisServer,
 ) -> None:
     """End to end: A sheds a request; B finds it on the stream and replays it to completion."""
-    small = PipelineConfig(inference_concurrency=1, inference_capacity=1)
+    small = PipelineConfig(
+        inference_concurrency=1, inference_capacity=1, priority=PriorityConfig(max_waiting=1)
+    )
     config = Config(pipeline=small, distributed=settings(redis_server))
     gate = Gate()
     shed: list[str] = []
