@@ -314,3 +314,19 @@ def test_sigint_mid_run_leaves_consistent_files(tmp_path: Path) -> None:
     assert subprocess.run(command, capture_output=True, check=False).returncode == 0
     keys = [_key(r) for r in _records(out)] + [_key(r) for r in _records(dead)]
     assert Counter(keys) == Counter([f"r{i}" for i in range(300)] + ["line:151"])
+
+
+def test_batch_job_example_runs(tmp_path: Path) -> None:
+    """examples/batch_job.py runs the example input: four results and one bad line."""
+    example = Path(__file__).parent.parent / "examples" / "batch_job.py"
+    result = subprocess.run(
+        [sys.executable, str(example), str(tmp_path)], capture_output=True, text=True, check=True
+    )
+    assert "completed=4" in result.stdout
+    assert "bad input: line 4" in result.stderr
+    assert sorted(_key(r) for r in _records(tmp_path / "results.jsonl")) == [
+        "greeting",
+        "openai-1",
+        "openai-2",
+        "short",
+    ]

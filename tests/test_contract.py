@@ -7,6 +7,7 @@ To put another worker or layer under the contract, add one line::
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -41,7 +42,7 @@ from trio_orchestrator.workers import EventSink, ModelWorker
 
 # Each example of each of the four rules is one or more whole calls; this many per rule and
 # configuration keeps the file fast while the thorough profile's runs go deeper on demand.
-EXAMPLES = 15
+EXAMPLES = 10
 
 
 def contract(factory: Callable[[], ModelWorker], **options: Any) -> type[WorkerContract]:
@@ -77,9 +78,10 @@ _CANCELS = (
 )
 
 
+@settings(max_examples=50)  # each example is a fresh Trio run of up to four calls
 @given(
-    schedule=fault_schedules(),
-    calls=st.lists(st.tuples(prompt_requests(), _CANCELS), min_size=1, max_size=6),
+    schedule=fault_schedules(max_size=4),
+    calls=st.lists(st.tuples(prompt_requests(), _CANCELS), min_size=1, max_size=4),
 )
 def test_scripted_worker_keeps_contract_under_any_schedule(
     schedule: list[Any], calls: list[tuple[PromptRequest, CancelPoint | None]]
@@ -275,3 +277,27 @@ def test_contract_class_runs_without_trio_mode(tmp_path: Path) -> None:
     )
     assert "4 failed, 4 passed" in result.stdout, result.stdout
     assert "worker contract broken [grammar]: emitted TextDelta after Done" in result.stdout
+
+
+def test_custom_worker_example_passes_its_contract_test() -> None:
+    """examples/test_custom_worker.py (the two-line contract test) passes."""
+    examples = Path(__file__).parent.parent / "examples"
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_custom_worker.py"],
+        cwd=examples,
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "HYPOTHESIS_PROFILE": "examples"},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "4 passed" in result.stdout
+
+
+def test_custom_worker_example_runs() -> None:
+    """examples/custom_worker.py streams its answer through a pipeline."""
+    example = Path(__file__).parent.parent / "examples" / "custom_worker.py"
+    result = subprocess.run(
+        [sys.executable, str(example), "quiet", "words"], capture_output=True, text=True, check=True
+    )
+    assert result.stdout == "QUIET WORDS\n"

@@ -78,7 +78,7 @@ _WORDS = st.text(string.ascii_letters + string.digits + "éü漢🙂'.,!?-", min
 
 
 @st.composite
-def _texts(draw: st.DrawFn, max_words: int = 12) -> str:
+def _texts(draw: st.DrawFn, max_words: int = 8) -> str:
     words = draw(st.lists(_WORDS, max_size=max_words))
     separators = draw(st.lists(st.sampled_from([" ", " ", "  ", "\n", "\t"]), min_size=len(words)))
     return "".join(w + s for w, s in zip(words, separators, strict=False)).rstrip()
@@ -143,7 +143,7 @@ def prompt_requests(
         params: the generation parameters (default: :func:`generation_params`).
         with_tools: when ``params`` is not given, whether to offer tools.
     """
-    history = draw(st.lists(messages(), max_size=3))
+    history = draw(st.lists(messages(), max_size=2))
     form = draw(st.sampled_from(["messages", "input", "both"]))
     last = draw(_texts())
     chat = (*history, Message("user", last)) if form != "input" else tuple(history)
