@@ -279,16 +279,23 @@ def test_contract_class_runs_without_trio_mode(tmp_path: Path) -> None:
     assert "worker contract broken [grammar]: emitted TextDelta after Done" in result.stdout
 
 
-def test_custom_worker_example_passes_its_contract_test() -> None:
-    """examples/test_custom_worker.py (the two-line contract test) passes."""
+def test_custom_worker_example_passes_its_contract_test(tmp_path: Path) -> None:
+    """examples/test_custom_worker.py (the two-line contract test) passes under pytest."""
     examples = Path(__file__).parent.parent / "examples"
+    # A plugin that loads a quick Hypothesis profile, so the example itself stays two lines.
+    (tmp_path / "quick_profile.py").write_text(
+        "from hypothesis import settings\n"
+        f"settings.register_profile('quick', max_examples={EXAMPLES})\n"
+        "settings.load_profile('quick')\n"
+    )
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_custom_worker.py"],
+        [*command, "-p", "quick_profile", "test_custom_worker.py"],
         cwd=examples,
         capture_output=True,
         text=True,
         check=False,
-        env={**os.environ, "HYPOTHESIS_PROFILE": "examples"},
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "4 passed" in result.stdout
