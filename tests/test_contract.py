@@ -71,6 +71,55 @@ TestScriptedSchedule = contract(
     call_timeout=5.0,
 )
 
+
+class ChannelServerWorker:
+    """A worker that asks a server task for each answer (the shape of an HTTP worker)."""
+
+    def __init__(self, server: trio.MemorySendChannel[Any]) -> None:
+        self.server = server
+
+    async def generate(self, request: PromptRequest, emit: EventSink) -> None:
+        reply_send, reply_receive = trio.open_memory_channel[list[Any]](1)
+        await self.server.send((request, reply_send))
+        for event in await reply_receive.receive():
+            await emit(event)
+
+
+def _appender(events: list[Any]) -> EventSink:
+    async def append(event: Any) -> None:
+        events.append(event)
+
+    return append
+
+
+@pytest.fixture
+async def echo_server(nursery: trio.Nursery) -> trio.MemorySendChannel[Any]:
+    """A server task, started in the test's nursery, answering with EchoWorker's events."""
+    send, receive = trio.open_memory_channel[Any](0)
+
+    async def serve() -> None:
+        async for request, reply in receive:
+            events: list[Any] = []
+            await EchoWorker().generate(request, _appender(events))
+            await reply.send(events)
+
+    nursery.start_soon(serve)
+    return send
+
+
+class TestWorkerNeedingAnAsyncFixture(WorkerContract):
+    """A worker built from an async fixture: override the contract_worker_factory fixture."""
+
+    deterministic = True
+    max_examples = EXAMPLES
+
+    @pytest.fixture
+    async def contract_worker_factory(
+        self, echo_server: trio.MemorySendChannel[Any]
+    ) -> Callable[[], ModelWorker]:
+        return lambda: ChannelServerWorker(echo_server)
+
+
 _CANCELS = (
     st.none()
     | st.tuples(st.just("event"), st.integers(0, 10))

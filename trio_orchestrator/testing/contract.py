@@ -155,7 +155,11 @@ class _Watch(trio.abc.Instrument):
 
     def task_spawned(self, task: trio.lowlevel.Task) -> None:
         # Spawning runs in the spawner's step, so the current task is the one that spawned it.
-        if trio.lowlevel.current_task() in self.family:
+        try:
+            spawner = trio.lowlevel.current_task()
+        except RuntimeError:  # spawned by the run loop itself, not by a task
+            return
+        if spawner in self.family:
             self.family.add(task)
             self.alive.add(task)
 
@@ -677,7 +681,14 @@ class WorkerContract:
         """pytest-trio runs the test under the clock a fixture returns: virtual time here."""
         return trio.testing.MockClock(autojump_threshold=0) if self.virtual_time else None
 
-    async def _check(self, rule: str) -> None:
+    @pytest.fixture
+    def contract_worker_factory(self) -> WorkerFactory:
+        """The factory the tests use: :meth:`make_worker`. Override this fixture (it may be
+        async) when the worker needs other fixtures, such as a fake server started by an
+        async fixture."""
+        return self.make_worker
+
+    async def _check(self, rule: str, factory: WorkerFactory) -> None:
         __tracebackhide__ = True  # pytest: show the violation, not the harness
         options = _Options(
             self.deterministic,
@@ -687,27 +698,35 @@ class WorkerContract:
             self.max_examples,
             self.hypothesis_settings,
         )
-        await _check_rule(rule, self.make_worker, self.requests(), options)
+        await _check_rule(rule, factory, self.requests(), options)
 
     @pytest.mark.trio
-    async def test_event_grammar_and_typed_errors(self, contract_clock: object) -> None:
+    async def test_event_grammar_and_typed_errors(
+        self, contract_clock: object, contract_worker_factory: WorkerFactory
+    ) -> None:
         """Each call emits deltas then exactly one Done, or raises a typed WorkerError."""
-        await self._check("grammar")
+        await self._check("grammar", contract_worker_factory)
 
     @pytest.mark.trio
-    async def test_prompt_cancellation(self, contract_clock: object) -> None:
+    async def test_prompt_cancellation(
+        self, contract_clock: object, contract_worker_factory: WorkerFactory
+    ) -> None:
         """A cancelled call stops at once, emits nothing more and leaves no task behind."""
-        await self._check("cancellation")
+        await self._check("cancellation", contract_worker_factory)
 
     @pytest.mark.trio
-    async def test_deadline_respected(self, contract_clock: object) -> None:
+    async def test_deadline_respected(
+        self, contract_clock: object, contract_worker_factory: WorkerFactory
+    ) -> None:
         """A call inside a cancel scope with a deadline returns by that deadline."""
-        await self._check("deadline")
+        await self._check("deadline", contract_worker_factory)
 
     @pytest.mark.trio
-    async def test_concurrent_use(self, contract_clock: object) -> None:
+    async def test_concurrent_use(
+        self, contract_clock: object, contract_worker_factory: WorkerFactory
+    ) -> None:
         """Many requests at once on one worker each keep the rules (and their answers)."""
-        await self._check("concurrency")
+        await self._check("concurrency", contract_worker_factory)
 
 
 def worker_contract(
