@@ -56,6 +56,7 @@ TestEchoWorker = contract(EchoWorker, deterministic=True)
 TestEchoWorkerSlow = contract(
     lambda: EchoWorker(token_delay=0.05, first_token_delay=1.0), deterministic=True
 )
+TestEchoWorkerRealClock = contract(EchoWorker, deterministic=True, virtual_time=False)
 TestEchoWorkerPrefixed = contract(lambda: EchoWorker(prefix="» ", model="m"), deterministic=True)
 TestScriptedSuccess = contract(
     lambda: ScriptedWorker.always(Succeed(5, 0.5, 0.1, tool_call=True)), deterministic=True
