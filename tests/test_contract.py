@@ -218,8 +218,9 @@ _NO_SHRINK = settings(phases=[Phase.explicit, Phase.reuse, Phase.generate])
 
 
 def _violation(factory: Callable[[], ModelWorker], **options: Any) -> ContractViolation:
+    options.setdefault("max_examples", EXAMPLES)
     with pytest.raises(ContractViolation) as info:
-        check_worker(factory, max_examples=EXAMPLES, hypothesis_settings=_NO_SHRINK, **options)
+        check_worker(factory, hypothesis_settings=_NO_SHRINK, **options)
     return info.value
 
 
@@ -254,7 +255,9 @@ def test_contract_catches_overrun_deadline() -> None:
 def test_contract_catches_shared_state() -> None:
     """Per-call state kept on the instance breaks the concurrency rule for a deterministic
     worker."""
-    violation = _violation(SharedBufferWorker, rules=["concurrency"], deterministic=True)
+    violation = _violation(
+        SharedBufferWorker, rules=["concurrency"], deterministic=True, max_examples=50
+    )
     assert violation.rule == "concurrency"
     assert "alone it got" in str(violation)
 

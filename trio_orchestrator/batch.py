@@ -32,7 +32,7 @@ import trio
 from .config import Config
 from .errors import RequestCancelled, RequestError, RequestShed, WorkerError
 from .events import Completion
-from .pipeline import open_pipeline
+from .pipeline import Pipeline, open_pipeline
 from .types import GenerationParams, Message, PromptRequest, ToolCall
 from .workers.base import ModelWorker
 
@@ -408,7 +408,7 @@ class _Writer:
 
 
 async def _run_one(
-    pipeline: Any, item: BatchItem, writer: _Writer, limiter: trio.CapacityLimiter
+    pipeline: Pipeline, item: BatchItem, writer: _Writer, limiter: trio.CapacityLimiter
 ) -> None:
     try:
         completion = await pipeline.submit(item.request)
@@ -428,7 +428,7 @@ async def _run_one(
 
 async def _feed(
     input_path: Path,
-    pipeline: Any,
+    pipeline: Pipeline,
     writer: _Writer,
     done: set[str],
     concurrency: int,
