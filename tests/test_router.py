@@ -672,7 +672,7 @@ async def test_open_router_saves_profiles_periodically_and_on_exit(
         for _ in range(100):
             if path.exists():
                 break
-            await trio.sleep(0.1)  # noqa: ASYNC110
+            await trio.sleep(0.1)
         assert OutcomeTracker().import_profiles(path) == 1
         await collect(worker, request())
     saved = OutcomeTracker()

@@ -1,0 +1,127 @@
+"""``trio-orchestrator batch INPUT.jsonl --out OUTPUT.jsonl``: a resumable batch job."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import cattrs
+import trio
+
+from ..batch import BatchSummary, run_batch
+from ..config import Config
+from ..errors import ConfigError
+from ..workers import EchoWorker
+from ..workers.base import ModelWorker
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``batch`` subcommand."""
+    parser = subparsers.add_parser(
+        "batch",
+        help="run a JSONL file of requests through the pipeline (resumable)",
+        description=(
+            "Run one request per line (OpenAI batch format or {'id', 'prompt'}), write each "
+            "result as it finishes, failures to a dead-letter file. Rerun to resume; Ctrl-C "
+            "stops admitting, lets in-flight requests finish within the grace period, and "
+            "records the rest (a second Ctrl-C stops at once)."
+        ),
+    )
+    parser.add_argument("input", type=Path, help="the input JSONL file")
+    parser.add_argument("--out", type=Path, required=True, help="the output JSONL file")
+    parser.add_argument("--config", type=Path, help="a TOML configuration file")
+    parser.add_argument(
+        "--concurrency", type=_positive, default=32, help="requests at once (default 32)"
+    )
+    parser.add_argument(
+        "--dead-letters", type=Path, help="the dead-letter file (default: OUTPUT.jsonl.dead)"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def load_config(path: Path | None) -> Config:
+    """Read a TOML configuration file (defaults when ``path`` is None).
+
+    Raises:
+        ConfigError: the file is not valid TOML or does not match the configuration.
+    """
+    if path is None:
+        return Config()
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    converter = cattrs.Converter(forbid_extra_keys=True)
+    try:
+        return converter.structure(data, Config)
+    except Exception as exc:
+        messages = (
+            cattrs.transform_error(exc)
+            if isinstance(exc, cattrs.BaseValidationError)
+            else [str(exc)]
+        )
+        raise ConfigError([f"{path}: {m}" for m in messages]) from exc
+
+
+def make_worker(config: Config) -> ModelWorker:
+    """The worker a batch job runs (the echo worker until providers are configured)."""
+    return EchoWorker()
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the batch job; return 0 when the input was worked through, 130 if interrupted."""
+    if not args.input.is_file():
+        print(f"trio-orchestrator batch: no such input file: {args.input}", file=sys.stderr)
+        return 2
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"trio-orchestrator batch: {exc}", file=sys.stderr)
+        return 2
+    progress = None if args.no_progress else _progress()
+    summary = trio.run(
+        lambda: run_batch(
+            args.input,
+            args.out,
+            worker=make_worker(config),
+            dead_path=args.dead_letters,
+            config=config,
+            concurrency=args.concurrency,
+            progress=progress,
+            handle_sigint=True,
+            warn=lambda line: print(f"{args.input}: {line}", file=sys.stderr),
+        )
+    )
+    dead = args.dead_letters or args.out.with_name(args.out.name + ".dead")
+    print(_describe(summary, args.out, dead), file=sys.stderr)
+    return 130 if summary.was_interrupted else 0
+
+
+def _progress() -> Any:
+    try:
+        from ._progress import RichProgress
+    except ImportError:  # rich is optional (the `batch` extra)
+        return None
+    return RichProgress()
+
+
+def _describe(summary: BatchSummary, out: Path, dead: Path) -> str:
+    head = "interrupted" if summary.was_interrupted else "done"
+    return (
+        f"batch {head}: {summary.completed} completed, {summary.failed} failed, "
+        f"{summary.shed} shed, {summary.expired} expired, {summary.interrupted} interrupted, "
+        f"{summary.bad_lines} bad lines, {summary.skipped} skipped (already done) "
+        f"of {summary.total} lines; results in {out}, dead letters in {dead}"
+        + ("; rerun the same command to resume" if summary.was_interrupted else "")
+    )
