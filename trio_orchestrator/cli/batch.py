@@ -8,6 +8,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import attrs
 import cattrs
 import trio
 
@@ -40,6 +41,17 @@ def register(subparsers: Any) -> None:
         "--dead-letters", type=Path, help="the dead-letter file (default: OUTPUT.jsonl.dead)"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--queue",
+        metavar="REDIS_URL",
+        help=(
+            "work through the batch together with every other process given the same input "
+            "and Redis (a shared work queue; see docs/scaling.md)"
+        ),
+    )
+    parser.add_argument(
+        "--queue-name", help="the shared queue's name (default: from the input's name and contents)"
+    )
     parser.set_defaults(func=run)
 
 
@@ -89,6 +101,8 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"trio-orchestrator batch: {exc}", file=sys.stderr)
         return 2
+    if args.queue is not None:
+        return _run_shared(args, config)
     progress = None if args.no_progress else _progress()
     summary = trio.run(
         lambda: run_batch(
@@ -106,6 +120,36 @@ def run(args: argparse.Namespace) -> int:
     dead = args.dead_letters or args.out.with_name(args.out.name + ".dead")
     print(_describe(summary, args.out, dead), file=sys.stderr)
     return 130 if summary.was_interrupted else 0
+
+
+def _run_shared(args: argparse.Namespace, config: Config) -> int:
+    """``--queue``: a batch shared through Redis with other processes."""
+    from ..distributed.batch import run_shared_batch
+    from ..distributed.connection import RedisUnavailable
+
+    distributed = attrs.evolve(config.distributed, redis_url=args.queue)
+    try:
+        summary = trio.run(
+            lambda: run_shared_batch(
+                args.input,
+                args.out,
+                worker=make_worker(config),
+                config=attrs.evolve(config, distributed=distributed),
+                dead_path=args.dead_letters,
+                name=args.queue_name,
+                concurrency=args.concurrency,
+            )
+        )
+    except (RedisUnavailable, ValueError) as exc:
+        print(f"trio-orchestrator batch: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"shared batch {summary.queue}: {summary.done} of {summary.total} lines done; this "
+        f"process recorded {summary.recorded} ({summary.completed} completed, "
+        f"{summary.dead} dead letters) in {args.out}",
+        file=sys.stderr,
+    )
+    return 0
 
 
 def _progress() -> Any:

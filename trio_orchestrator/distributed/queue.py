@@ -58,6 +58,26 @@ redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 return first
 """
 
+# KEYS: the loader marker, the total counter. ARGV: the batch's size. Returns 1 for the one
+# process that is to load the batch (it is given the whole total at once, so that no
+# consumer sees a partly loaded batch as finished).
+CLAIM_LOAD = """
+if redis.call('SET', KEYS[1], '1', 'NX') then
+  redis.call('SET', KEYS[2], ARGV[1])
+  return 1
+end
+return 0
+"""
+
+# KEYS: the stream. ARGV: id, payload, id, payload…
+ADD = """
+redis.pcall('XGROUP', 'CREATE', KEYS[1], 'workers', '0', 'MKSTREAM')
+for i = 1, #ARGV, 2 do
+  redis.call('XADD', KEYS[1], '*', 'id', ARGV[i], 'payload', ARGV[i + 1])
+end
+return 1
+"""
+
 # KEYS: the stream, the total counter. ARGV: id, payload, id, payload…
 PUT = """
 redis.pcall('XGROUP', 'CREATE', KEYS[1], 'workers', '0', 'MKSTREAM')
@@ -121,11 +141,15 @@ class WorkQueue:
     _take: Script[str] = attrs.field(init=False)
     _complete: Script[str] = attrs.field(init=False)
     _put: Script[str] = attrs.field(init=False)
+    _claim_load: Script[str] = attrs.field(init=False)
+    _add: Script[str] = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self._take = self.connection.script(TAKE)
         self._complete = self.connection.script(COMPLETE)
         self._put = self.connection.script(PUT)
+        self._claim_load = self.connection.script(CLAIM_LOAD)
+        self._add = self.connection.script(ADD)
 
     def _keys(self) -> tuple[str, str, str]:
         key = self.connection.key
@@ -146,6 +170,27 @@ class WorkQueue:
         script = self._put
         count: int = await self.connection.call(lambda _: script(keys=[stream, total], args=args))
         return count
+
+    async def load(self, items: Sequence[tuple[str, str]], chunk: int = 1000) -> bool:
+        """Put the whole batch unless a process already did (every process may call this with
+        the same items; one loads them). Return True if this process loaded them.
+
+        Raises:
+            RedisUnavailable: Redis is unreachable.
+        """
+        stream, _, total = self._keys()
+        marker = self.connection.key("queue", self.name, "loaded")
+        claim, add = self._claim_load, self._add
+        size = str(len(items))
+        claimed: int = await self.connection.call(
+            lambda _: claim(keys=[marker, total], args=[size])
+        )
+        if not claimed:
+            return False
+        for start in range(0, len(items), chunk):
+            args = [part for item in items[start : start + chunk] for part in item]
+            await self.connection.call(_adder(add, stream, args))
+        return True
 
     async def take(self, count: int = 10) -> list[QueueItem]:
         """Up to ``count`` items for this consumer: stalled ones first, then new ones.
@@ -200,12 +245,17 @@ class WorkQueue:
         return QueueProgress(int(count or 0), done)
 
 
+def _adder(add: Script[str], stream: str, args: list[str]) -> Callable[[object], Awaitable[object]]:
+    return lambda _: add(keys=[stream], args=args)
+
+
 async def work_through(
     queue: WorkQueue,
     handle: Callable[[QueueItem], Awaitable[str]],
     *,
     concurrency: int = 8,
     poll_interval: float = 0.2,
+    on_recorded: Callable[[QueueItem, str], None] | None = None,
 ) -> int:
     """Take items from ``queue`` and ``handle`` them until the whole batch is done (by this
     process and the others); return how many results this process recorded. Items not yet
@@ -213,7 +263,8 @@ async def work_through(
 
     ``handle`` returns the item's result as text; an exception from it leaves the item
     unacknowledged, to be claimed again after ``claim_after``. While Redis is unreachable
-    this waits (polling) rather than failing.
+    this waits (polling) rather than failing. ``on_recorded(item, result)`` is called for
+    each result this process recorded (not for one another process had recorded first).
     """
     recorded = 0
     limiter = trio.CapacityLimiter(concurrency)
@@ -227,6 +278,8 @@ async def work_through(
             result = await handle(item)
             first = await queue.complete(item, result)
             recorded += first
+            if first and on_recorded is not None:
+                on_recorded(item, result)
 
     while True:
         try:
