@@ -1,7 +1,9 @@
 """Shared state across processes and hosts, through Redis.
 
 With ``[distributed] redis_url`` set, :func:`~trio_orchestrator.open_pipeline` connects to
-Redis (:func:`open_redis`) and shares state through it: rate limits are global
+Redis (:func:`open_redis`) and shares state through it: identical requests on different
+processes make one upstream call and the answer cache is shared (:class:`SharedAnswerLayer`),
+rate limits are global
 (:class:`SharedRateLimiter`), circuit breakers are shared (:class:`SharedBreakers`), and dead
 letters are durable on a stream (:class:`RedisDeadLetterQueue`, :func:`replay_shared`).
 Without it everything stays in memory, per process.
@@ -9,6 +11,7 @@ Without it everything stays in memory, per process.
 
 from typing import TYPE_CHECKING, Any
 
+from .answers import SharedAnswerLayer, SharedAnswerStatistics
 from .breaker import SharedBreakers, SharedBreakerStatistics, Verdict
 from .config import DistributedConfig
 from .connection import RedisConnection, RedisStatistics, RedisUnavailable, open_redis
@@ -27,6 +30,8 @@ __all__ = [
     "RedisDeadLetterQueue",
     "RedisStatistics",
     "RedisUnavailable",
+    "SharedAnswerLayer",
+    "SharedAnswerStatistics",
     "SharedBreakerStatistics",
     "SharedBreakers",
     "SharedDeadLetterStatistics",

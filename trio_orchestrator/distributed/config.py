@@ -61,6 +61,9 @@ class DistributedConfig:
             breaker's state before reading it again.
         probe_timeout: seconds a shared half-open breaker waits for its probes to report
             before it forgets them (a process that died mid-probe does not block the target).
+        share_answers: with coalescing or the cache on, share them across processes too:
+            identical requests on different processes make one upstream call, and the
+            answer cache is shared.
     """
 
     redis_url: str | None = attrs.field(default=None, validator=_redis_url)
@@ -76,6 +79,7 @@ class DistributedConfig:
     health_interval: float = attrs.field(default=1.0, validator=_positive_seconds)
     breaker_cache: float = attrs.field(default=0.1, validator=_positive_seconds)
     probe_timeout: float = attrs.field(default=30.0, validator=_positive_seconds)
+    share_answers: bool = True
 
     @property
     def enabled(self) -> bool:

@@ -91,6 +91,21 @@ def _coalescing(
     return CoalescingLayer(worker, config.coalescing, context.nursery)
 
 
+def _shared_answers(
+    worker: ModelWorker, config: ResilienceConfig, context: LayerContext
+) -> ModelWorker:
+    redis = context.redis
+    if redis is None or not redis.config.share_answers:
+        return worker
+    if not (config.coalescing.enabled or config.cache.enabled):
+        return worker
+    from ..distributed.answers import SharedAnswerLayer
+
+    return SharedAnswerLayer(
+        worker, redis, config.cache, share_sampled=config.coalescing.coalesce_sampled
+    )
+
+
 def _rate_limit(
     worker: ModelWorker, config: ResilienceConfig, context: LayerContext
 ) -> ModelWorker:
@@ -126,6 +141,7 @@ def _retry(worker: ModelWorker, config: ResilienceConfig, context: LayerContext)
 LAYERS: tuple[tuple[str, LayerFactory], ...] = (
     ("cache", _cache),
     ("coalescing", _coalescing),
+    ("shared_answers", _shared_answers),
     ("rate_limit", _rate_limit),
     ("circuit_breaker", _circuit_breaker),
     ("retry", _retry),
