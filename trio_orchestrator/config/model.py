@@ -7,6 +7,8 @@ from typing import Any
 
 import attrs
 
+from .service import ServiceConfig
+
 __all__ = ["Config", "PipelineConfig", "non_negative_time", "positive_int", "positive_time"]
 
 
@@ -75,6 +77,8 @@ class Config:
 
     Attributes:
         pipeline: stage capacities, concurrency, timeouts and shutdown.
+        service: the HTTP service: address, API keys, body limit, CORS, models.
     """
 
     pipeline: PipelineConfig = attrs.field(factory=PipelineConfig)
+    service: ServiceConfig = attrs.field(factory=ServiceConfig)
