@@ -38,6 +38,7 @@ from .guard import CatchAll, Guard, KeyRing
 from .openapi import openapi_document
 from .settings import config_from_environment, open_worker
 from .state import ServiceState, worker_models
+from .streaming import ClientGone
 from .ws import websocket_endpoint
 
 __all__ = ["app", "create_app"]
@@ -94,6 +95,7 @@ def create_app(
             ApiError: _api_error,
             OrchestratorError: _api_error,
             HTTPException: _http_error,
+            ClientGone: _client_gone,
         },
         lifespan=partial_lifespan(state, opener),
     )
@@ -166,12 +168,20 @@ async def _http_error(_request: Request, exc: Exception) -> Response:
     return JSONResponse(error.body(), exc.status_code, exc.headers)
 
 
+async def _client_gone(_request: Request, _exc: Exception) -> Response:
+    # Nobody is listening; the server drops whatever is sent. 499 is nginx's "client closed".
+    return Response(status_code=499)
+
+
 async def _openapi(_request: Request) -> Response:
     return JSONResponse(openapi_document())
 
 
-def _module_app() -> Any:
-    return create_app(config_from_environment())
-
-
-app = _module_app()
+def __getattr__(name: str) -> Any:
+    # ``app`` is built on first use, so importing this module reads no configuration file;
+    # hypercorn's ``getattr(module, "app")`` builds it once per process.
+    if name == "app":
+        application = create_app(config_from_environment())
+        globals()["app"] = application
+        return application
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -42,10 +42,10 @@ async def _body(request: Request) -> Fields:
 async def chat_completions(request: Request) -> Response:
     """``POST /v1/chat/completions``."""
     state = service_of(request)
+    pipeline = state.open_pipeline()
     caller = caller_of(request.scope)
     extra = {} if caller.priority_cap is None else {"priority": caller.priority_cap}
     chat = parse_chat_request(await _body(request), state.models, caller.meta(), **extra)
-    pipeline = state.open_pipeline()
     if chat.stream:
         return EventStream(partial(_stream_chat, pipeline, chat), _chat_error, b"[DONE]")
     completion = await cancel_on_disconnect(
@@ -93,6 +93,7 @@ def _model_json(name: str) -> dict[str, Any]:
 async def embeddings(request: Request) -> Response:
     """``POST /v1/embeddings``: for workers with ``async embed(texts, model)``."""
     state = service_of(request)
+    state.open_pipeline()  # refuse while starting or draining, like every request
     fields = await _body(request)
     model = fields.text("model", required=True, max_length=256)
     if model not in state.models:
@@ -102,7 +103,6 @@ async def embeddings(request: Request) -> Response:
     if embed is None:
         message = f"the model {model!r} does not support embeddings"
         raise ApiError(400, message, code="embeddings_not_supported", param="model")
-    state.open_pipeline()  # refuse while draining, like every request
     with trio.fail_after(state.config.pipeline.request_timeout):
         vectors: Sequence[Sequence[float]] = await cancel_on_disconnect(
             request.receive, partial(embed, texts, model)
@@ -135,8 +135,8 @@ def _prompt(request: Request, fields: Fields) -> PromptRequest:
 
 async def prompt(request: Request) -> Response:
     """``POST /v1/prompt``: run a prompt; answer with the completion and its outcome."""
-    prompt_request = _prompt(request, await _body(request))
     pipeline = service_of(request).open_pipeline()
+    prompt_request = _prompt(request, await _body(request))
     return await _answer(
         request, prompt_request.request_id, partial(pipeline.try_submit, prompt_request)
     )
@@ -160,8 +160,8 @@ def failure_response(request_id: str, exc: BaseException) -> Response:
 
 async def prompt_stream(request: Request) -> Response:
     """``POST /v1/prompt/stream``: a prompt's events as server-sent events."""
-    prompt_request = _prompt(request, await _body(request))
     pipeline = service_of(request).open_pipeline()
+    prompt_request = _prompt(request, await _body(request))
     return EventStream(partial(stream_prompt, pipeline, prompt_request), _native_error)
 
 

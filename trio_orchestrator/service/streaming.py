@@ -12,6 +12,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+import outcome
 import trio
 from starlette.responses import Response
 
@@ -43,18 +44,19 @@ async def _watch(receive: Callable[[], Awaitable[dict[str, Any]]], scope: trio.C
 async def cancel_on_disconnect(receive: Any, work: Callable[[], Awaitable[T]]) -> T:
     """Run ``work``, cancelling it if the client disconnects meanwhile.
 
+    ``work``'s own exceptions propagate unchanged (not wrapped in an exception group).
+
     Raises:
         ClientGone: the client disconnected (``work`` was cancelled).
     """
-    done = False
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_watch, receive, nursery.cancel_scope)
-        result = await work()
-        done = True
+        result = await outcome.acapture(work)
+        gone = nursery.cancel_scope.cancel_called
         nursery.cancel_scope.cancel()
-    if not done:
+    if gone:
         raise ClientGone
-    return result
+    return result.unwrap()
 
 
 def _frame(data: bytes) -> bytes:

@@ -85,10 +85,10 @@ class _Connection:
             if len(self._prompts) >= MAX_IN_FLIGHT:
                 message = f"at most {MAX_IN_FLIGHT} prompts may be in flight per connection"
                 raise ApiError(429, message, "rate_limit_error", "too_many_prompts")
+            self._state.open_pipeline()
             request = parse_prompt_request(
                 fields, self._state.models, self._caller.meta(), self._caller.priority_cap
             )
-            self._state.open_pipeline()
             self._prompts[prompt_id] = scope = trio.CancelScope()
             nursery.start_soon(self._run_prompt, prompt_id, request, scope)
         else:
