@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -59,6 +60,24 @@ async def wait_for_statistic(client: httpx.AsyncClient, name: str, value: int) -
         await trio.sleep(0.01)
 
 
+async def open_raw_post(url: str, path: str, body: dict[str, Any]) -> trio.SocketStream:
+    """Send a POST by hand on a fresh connection and return the connection, unread.
+
+    Tests that disconnect mid-response use this rather than an HTTP client, so that closing
+    the socket is the whole story.
+    """
+    host, port = httpx.URL(url).host, httpx.URL(url).port
+    assert port is not None
+    stream = await trio.open_tcp_stream(host, port)
+    data = json.dumps(body).encode()
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(data)}\r\n\r\n"
+    )
+    await stream.send_all(head.encode() + data)
+    return stream
+
+
 @attrs.define(eq=False)
 class RaisingWorker:
     """Raises ``error`` for every request."""
@@ -113,6 +132,7 @@ __all__ = [
     "RecordingWorker",
     "WorkerError",
     "make_config",
+    "open_raw_post",
     "running_service",
     "statistics",
     "wait_for_statistic",

@@ -160,4 +160,6 @@ async def test_not_started_service_refuses_with_503() -> None:
 def test_api_error_body_has_the_openai_shape() -> None:
     """The error body has exactly message, type, param and code."""
     body = ApiError(400, "m", param="p", code="c").body()
-    assert body == {"error": {"message": "m", "type": "invalid_request_error", "param": "p", "code": "c"}}
+    assert body == {
+        "error": {"message": "m", "type": "invalid_request_error", "param": "p", "code": "c"}
+    }

@@ -17,8 +17,7 @@ from service_helpers import RaisingWorker, make_config, running_service
 # The SDK's HTTP stack (httpx2, httpcore2) leaves async generators of a streamed response to
 # the garbage collector (trio warns); that is the client's doing, not the service's.
 pytestmark = pytest.mark.filterwarnings(
-    "ignore:Exception ignored in. <async_generator object"
-    ":pytest.PytestUnraisableExceptionWarning"
+    "ignore:Exception ignored in. <async_generator object:pytest.PytestUnraisableExceptionWarning"
 )
 
 TOOL = {
@@ -135,7 +134,11 @@ async def test_a_tool_result_conversation_is_accepted(client: openai.AsyncOpenAI
                 "role": "assistant",
                 "content": None,
                 "tool_calls": [
-                    {"id": "c1", "type": "function", "function": {"name": "lookup", "arguments": "{}"}}
+                    {
+                        "id": "c1",
+                        "type": "function",
+                        "function": {"name": "lookup", "arguments": "{}"},
+                    }
                 ],
             },
             {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
