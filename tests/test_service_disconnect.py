@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import httpx
 import trio
+from service_helpers import RecordingWorker, open_raw_post, running_service, wait_for_statistic
 
 from trio_orchestrator.workers import EchoWorker
-
-from service_helpers import RecordingWorker, open_raw_post, running_service, wait_for_statistic
 
 # 400 tokens at 50 ms: 20 s if nobody cancels it.
 LONG_PROMPT = " ".join(["word"] * 400)

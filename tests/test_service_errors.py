@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import httpx
 import pytest
+from service_helpers import RaisingWorker, make_config, running_service
 
 from trio_orchestrator import errors as e
 from trio_orchestrator.service import ApiError, map_exception
 from trio_orchestrator.service.app import create_app
-
-from service_helpers import RaisingWorker, make_config, running_service
 
 CHAT = {"model": "echo", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -101,7 +102,7 @@ async def test_chunked_body_over_the_limit_is_a_413() -> None:
     """A body without Content-Length is counted as it arrives and refused past the limit."""
     config = make_config(max_body_bytes=100)
 
-    async def chunks():  # type: ignore[no-untyped-def]
+    async def chunks() -> AsyncIterator[bytes]:
         for _ in range(10):
             yield b"x" * 50
 

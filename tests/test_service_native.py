@@ -7,14 +7,13 @@ from typing import Any
 
 import httpx
 import trio
+from service_helpers import EmbeddingWorker, make_config, running_service, statistics
 
 from trio_orchestrator.config import Config
 from trio_orchestrator.pipeline import open_pipeline
 from trio_orchestrator.service import ServiceState
 from trio_orchestrator.service.openapi import openapi_document
 from trio_orchestrator.workers import EchoWorker
-
-from service_helpers import EmbeddingWorker, make_config, running_service, statistics
 
 SLOW = EchoWorker(first_token_delay=0.3)
 
@@ -73,9 +72,11 @@ TINY = {"inference_concurrency": 1, "inference_capacity": 1, "assemble_capacity"
 
 async def test_a_full_pipeline_sheds_with_503_and_retry_after() -> None:
     """Requests beyond a full stage get 503, outcome shed, and Retry-After."""
-    async with running_service(make_config(TINY), SLOW) as url:
-        async with httpx.AsyncClient(base_url=url) as client:
-            responses = await _flood(client, 6)
+    async with (
+        running_service(make_config(TINY), SLOW) as url,
+        httpx.AsyncClient(base_url=url) as client,
+    ):
+        responses = await _flood(client, 6)
     shed = [r for r in responses if r.status_code == 503]
     assert shed
     assert all(r.json()["outcome"] == "shed" and "retry-after" in r.headers for r in shed)
@@ -83,10 +84,12 @@ async def test_a_full_pipeline_sheds_with_503_and_retry_after() -> None:
 
 async def test_shed_requests_are_listed_as_dead_letters() -> None:
     """Each shed request appears in /v1/dead-letters with its stage and its prompt."""
-    async with running_service(make_config(TINY), SLOW) as url:
-        async with httpx.AsyncClient(base_url=url) as client:
-            responses = await _flood(client, 6)
-            letters = (await client.get("/v1/dead-letters")).json()["data"]
+    async with (
+        running_service(make_config(TINY), SLOW) as url,
+        httpx.AsyncClient(base_url=url) as client,
+    ):
+        responses = await _flood(client, 6)
+        letters = (await client.get("/v1/dead-letters")).json()["data"]
     shed_ids = {r.json()["request_id"] for r in responses if r.status_code == 503}
     assert {letter["id"] for letter in letters} == shed_ids
     assert all(letter["request"]["input"].startswith("p") for letter in letters)
@@ -94,12 +97,14 @@ async def test_shed_requests_are_listed_as_dead_letters() -> None:
 
 async def test_replaying_a_dead_letter_completes_it() -> None:
     """POST /v1/dead-letters/{id}/replay runs the shed request again and removes the letter."""
-    async with running_service(make_config(TINY), SLOW) as url:
-        async with httpx.AsyncClient(base_url=url) as client:
-            await _flood(client, 6)
-            letter = (await client.get("/v1/dead-letters")).json()["data"][0]
-            replay = await client.post(f"/v1/dead-letters/{letter['id']}/replay")
-            remaining = (await client.get("/v1/dead-letters")).json()["data"]
+    async with (
+        running_service(make_config(TINY), SLOW) as url,
+        httpx.AsyncClient(base_url=url) as client,
+    ):
+        await _flood(client, 6)
+        letter = (await client.get("/v1/dead-letters")).json()["data"][0]
+        replay = await client.post(f"/v1/dead-letters/{letter['id']}/replay")
+        remaining = (await client.get("/v1/dead-letters")).json()["data"]
     assert (replay.status_code, replay.json()["outcome"]) == (200, "completed")
     assert replay.json()["completion"]["text"] == letter["request"]["input"]
     assert letter["id"] not in {r["id"] for r in remaining}
@@ -140,9 +145,11 @@ async def test_embeddings_are_refused_clearly_by_the_echo_worker() -> None:
 async def test_embeddings_come_from_a_worker_that_embeds() -> None:
     """With a worker that has `embed`, /v1/embeddings returns one vector per input."""
     body = {"model": "echo", "input": ["a b", "c"]}
-    async with running_service(worker=EmbeddingWorker()) as url:
-        async with httpx.AsyncClient(base_url=url) as client:
-            response = await client.post("/v1/embeddings", json=body)
+    async with (
+        running_service(worker=EmbeddingWorker()) as url,
+        httpx.AsyncClient(base_url=url) as client,
+    ):
+        response = await client.post("/v1/embeddings", json=body)
     vectors = [item["embedding"] for item in response.json()["data"]]
     assert vectors == [[3.0, 2.0], [1.0, 1.0]]
 

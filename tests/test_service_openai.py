@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 import openai
 import pytest
-
-from trio_orchestrator.config.service import ApiKeyConfig
-from trio_orchestrator.config.secret import Secret
-from trio_orchestrator.errors import RateLimited
-
 from service_helpers import RaisingWorker, make_config, running_service
+
+from trio_orchestrator.config.secret import Secret
+from trio_orchestrator.config.service import ApiKeyConfig
+from trio_orchestrator.errors import RateLimited
 
 # The SDK's HTTP stack (httpx2, httpcore2) leaves async generators of a streamed response to
 # the garbage collector (trio warns); that is the client's doing, not the service's.
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.filterwarnings(
     "ignore:Exception ignored in. <async_generator object:pytest.PytestUnraisableExceptionWarning"
 )
 
-TOOL = {
+TOOL: Any = {
     "type": "function",
     "function": {
         "name": "lookup",
@@ -92,13 +92,13 @@ async def test_required_tool_choice_calls_the_first_tool(client: openai.AsyncOpe
     response = await client.chat.completions.create(
         model="echo",
         messages=[{"role": "user", "content": "weather"}],
-        tools=[TOOL],  # type: ignore[list-item]
+        tools=[TOOL],
         tool_choice="required",
     )
     choice = response.choices[0]
     assert choice.finish_reason == "tool_calls"
-    calls = choice.message.tool_calls or []
-    assert [(c.function.name, json.loads(c.function.arguments)) for c in calls] == [  # type: ignore[union-attr]
+    calls: list[Any] = list(choice.message.tool_calls or [])
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in calls] == [
         ("lookup", {"input": "weather"})
     ]
 
@@ -110,7 +110,7 @@ async def test_streamed_tool_call_deltas_assemble_into_the_call(
     stream = await client.chat.completions.create(
         model="echo",
         messages=[{"role": "user", "content": "weather"}],
-        tools=[TOOL],  # type: ignore[list-item]
+        tools=[TOOL],
         tool_choice="required",
         stream=True,
     )

@@ -8,13 +8,12 @@ from typing import Any
 
 import httpx
 import trio
+from service_helpers import make_config, running_service
 from trio_websocket import WebSocketConnection, open_websocket_url
 
 from trio_orchestrator.config.secret import Secret
 from trio_orchestrator.config.service import ApiKeyConfig
 from trio_orchestrator.workers import EchoWorker
-
-from service_helpers import make_config, running_service
 
 PROMPTLY = 5
 
@@ -60,7 +59,7 @@ async def test_several_prompts_run_concurrently_on_one_connection() -> None:
 async def test_a_fast_prompt_is_not_held_up_by_a_slow_one() -> None:
     """A short prompt sent after a long one on the same socket finishes first."""
     worker = EchoWorker(token_delay=0.02)
-    finished = []
+    finished: list[str] = []
     async with running_service(worker=worker) as url, open_websocket_url(ws_url(url)) as ws:
         await send(ws, type="prompt", id="slow", input=" ".join(["w"] * 50))
         await send(ws, type="prompt", id="fast", input="quick")

@@ -41,7 +41,7 @@ from .state import ServiceState, worker_models
 from .streaming import ClientGone
 from .ws import websocket_endpoint
 
-__all__ = ["app", "create_app"]
+__all__ = ["app", "create_app"]  # noqa: F822 - `app` is built lazily by __getattr__
 
 logger = logging.getLogger("trio_orchestrator.service")
 
