@@ -166,7 +166,7 @@ async def test_openapi_document_lists_every_endpoint() -> None:
     """/openapi.json describes every HTTP route the application has."""
     async with running_service() as url, httpx.AsyncClient(base_url=url) as client:
         document = (await client.get("/openapi.json")).json()
-    assert document == json.loads(json.dumps(openapi_document()))
+    assert document == json.loads(json.dumps(openapi_document(("echo",))))
     expected = {
         "/v1/chat/completions", "/v1/models", "/v1/models/{model}", "/v1/embeddings",
         "/v1/prompt", "/v1/prompt/stream", "/v1/stats", "/v1/dead-letters",

@@ -25,7 +25,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 
 from ..config import Config
@@ -37,7 +37,7 @@ from .errors import ApiError, map_exception
 from .guard import CatchAll, Guard, KeyRing
 from .openapi import openapi_document
 from .settings import config_from_environment, open_worker
-from .state import ServiceState, worker_models
+from .state import ServiceState, service_of, worker_models
 from .streaming import ClientGone
 from .ws import websocket_endpoint
 
@@ -165,7 +165,7 @@ async def _http_error(_request: Request, exc: Exception) -> Response:
     elif exc.status_code == 405:
         message = "method not allowed on this endpoint; /openapi.json lists the methods"
     error = ApiError(exc.status_code, message, code=code)
-    return JSONResponse(error.body(), exc.status_code, exc.headers)
+    return ep.JSONResponse(error.body(), exc.status_code, exc.headers)
 
 
 async def _client_gone(_request: Request, _exc: Exception) -> Response:
@@ -173,8 +173,8 @@ async def _client_gone(_request: Request, _exc: Exception) -> Response:
     return Response(status_code=499)
 
 
-async def _openapi(_request: Request) -> Response:
-    return JSONResponse(openapi_document())
+async def _openapi(request: Request) -> Response:
+    return ep.JSONResponse(openapi_document(service_of(request).models or ("echo",)))
 
 
 def __getattr__(name: str) -> Any:

@@ -11,7 +11,8 @@ from typing import Any
 import attrs
 import trio
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse as _StarletteJSONResponse
+from starlette.responses import Response
 
 from ..errors import OrchestratorError
 from ..pipeline import DeadLetter, Pipeline
@@ -25,7 +26,16 @@ from .state import service_of
 from .streaming import Emit, EventStream, cancel_on_disconnect, error_json
 from .validate import Fields, invalid, parse_json_object
 
-__all__ = ["failure_response", "json_error", "stream_prompt"]
+__all__ = ["JSONResponse", "failure_response", "json_error", "stream_prompt"]
+
+
+class JSONResponse(_StarletteJSONResponse):
+    """JSON with non-ASCII escaped: a prompt may hold lone surrogates, which UTF-8 cannot
+    encode, and echoing one back must not turn into a 500."""
+
+    def render(self, content: Any) -> bytes:
+        """Serialize ``content`` compactly, ASCII only."""
+        return _dumps(content)
 
 
 def _dumps(data: Any) -> bytes:

@@ -75,7 +75,7 @@ _TOOL = {
     },
 }
 _STOP = {"oneOf": [_STR, {"type": "array", "items": _STR, "maxItems": 4}]}
-_CHAT_REQUEST = {
+_CHAT_REQUEST: dict[str, Any] = {
     "type": "object",
     "required": ["model", "messages"],
     "properties": {
@@ -114,7 +114,7 @@ _CHAT_REQUEST = {
         "user": _STR,
     },
 }
-_PROMPT_REQUEST = {
+_PROMPT_REQUEST: dict[str, Any] = {
     "type": "object",
     "description": "Give `input`, `messages`, or both.",
     "properties": {
@@ -204,8 +204,18 @@ _WS_DESCRIPTION = (
 
 
 @cache
-def openapi_document() -> dict[str, Any]:
-    """The service's OpenAPI 3.0 document."""
+def openapi_document(models: tuple[str, ...] = ("echo",)) -> dict[str, Any]:
+    """The service's OpenAPI 3.0 document, naming the models served."""
+    model_name = {"type": "string", "enum": list(models)}
+    chat_request = {
+        **_CHAT_REQUEST,
+        "properties": {**_CHAT_REQUEST["properties"], "model": model_name},
+    }
+    prompt_request = {
+        **_PROMPT_REQUEST,
+        "properties": {**_PROMPT_REQUEST["properties"], "model": model_name},
+        "anyOf": [{"required": ["input"]}, {"required": ["messages"]}],
+    }
     id_param = {"name": "id", "in": "path", "required": True, "schema": _STR}
     model_param = {"name": "model", "in": "path", "required": True, "schema": _STR}
     limit = {"name": "limit", "in": "query", "required": False}
@@ -221,14 +231,14 @@ def openapi_document() -> dict[str, Any]:
         "type": "object",
         "required": ["model", "input"],
         "properties": {
-            "model": _STR,
+            "model": model_name,
             "input": {"oneOf": [_STR, {"type": "array", "items": _STR, "minItems": 1}]},
         },
     }
     paths = {
         "/v1/chat/completions": _post(
             "OpenAI chat completions (streaming with `stream: true`)",
-            _CHAT_REQUEST,
+            chat_request,
             {
                 "description": "A chat.completion, or chat.completion.chunk events",
                 "content": {
@@ -243,11 +253,9 @@ def openapi_document() -> dict[str, Any]:
             "Embeddings, where the worker has them", embedding_body, _json(_ANY_OBJECT)
         ),
         "/v1/prompt": _post(
-            "Run a prompt; the completion and its outcome", _PROMPT_REQUEST, _json(_PROMPT_RESPONSE)
+            "Run a prompt; the completion and its outcome", prompt_request, _json(_PROMPT_RESPONSE)
         ),
-        "/v1/prompt/stream": _post(
-            "A prompt's events as server-sent events", _PROMPT_REQUEST, _SSE
-        ),
+        "/v1/prompt/stream": _post("A prompt's events as server-sent events", prompt_request, _SSE),
         "/v1/stats": _get("Pipeline statistics", _json(_ANY_OBJECT)),
         "/v1/dead-letters": dead_letters,
         "/v1/dead-letters/{id}/replay": replay,

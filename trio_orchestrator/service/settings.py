@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import cattrs
+from cattrs.v import format_exception
 
 from ..config import Config, Secret
 from ..errors import ConfigError
@@ -51,6 +52,13 @@ def _converter() -> cattrs.Converter:
     return converter
 
 
+def _describe_error(exc: BaseException, type_: type | None) -> str:
+    # The validators' own messages say what was expected; keep them.
+    if isinstance(exc, ValueError) and not isinstance(exc, KeyError):
+        return str(exc)
+    return format_exception(exc, type_)
+
+
 def load_config(path: str | os.PathLike[str]) -> Config:
     """Read a TOML configuration file.
 
@@ -64,7 +72,8 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     try:
         return _converter().structure(data, Config)
     except cattrs.BaseValidationError as exc:
-        raise ConfigError([f"{path}: {line}" for line in cattrs.transform_error(exc)]) from exc
+        lines = cattrs.transform_error(exc, format_exception=_describe_error)
+        raise ConfigError([f"{path}: {line}" for line in lines]) from exc
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{path}: {exc}") from exc
 
