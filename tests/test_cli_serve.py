@@ -13,7 +13,6 @@ from pathlib import Path
 import attrs
 import httpx
 import trio
-
 from service_helpers import wait_for_statistic
 
 PROMPTLY = 20  # seconds: a hang guard for process start and shutdown, never asserted on
@@ -80,14 +79,14 @@ async def _run_under_load(served: Served, n: int, words: int) -> list[httpx.Resp
         except httpx.HTTPError as exc:
             results.append(exc)
 
-    async with httpx.AsyncClient(base_url=served.url, timeout=PROMPTLY) as client:
-        async with trio.open_nursery() as nursery:
-            for i in range(n):
-                nursery.start_soon(one, client, i)
-            async with httpx.AsyncClient(base_url=served.url) as monitor:
-                with trio.fail_after(PROMPTLY):
-                    await wait_for_statistic(monitor, "inference_active", n)
-            served.process.send_signal(signal.SIGTERM)
+    client = httpx.AsyncClient(base_url=served.url, timeout=PROMPTLY)
+    async with client, trio.open_nursery() as nursery:
+        for i in range(n):
+            nursery.start_soon(one, client, i)
+        async with httpx.AsyncClient(base_url=served.url) as monitor:
+            with trio.fail_after(PROMPTLY):
+                await wait_for_statistic(monitor, "inference_active", n)
+        served.process.send_signal(signal.SIGTERM)
     with trio.fail_after(PROMPTLY):
         await served.process.wait()
     return results
