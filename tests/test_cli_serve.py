@@ -16,7 +16,7 @@ import trio
 from service_helpers import wait_for_statistic
 
 PROMPTLY = 20  # seconds: a hang guard for process start and shutdown, never asserted on
-LISTENING = re.compile(rb"serving on (http://\S+)")
+LISTENING = re.compile(rb"(?:serving on|Running on) (http://[0-9.]+:[0-9]+)")
 
 
 @attrs.define
@@ -42,11 +42,18 @@ async def _drain(stream: trio.abc.ReceiveStream | None, output: bytearray) -> No
 
 
 @asynccontextmanager
-async def serve_process(config: Path) -> AsyncIterator[Served]:
+async def serve_process(config: Path, *options: str) -> AsyncIterator[Served]:
     """Run ``python -m trio_orchestrator serve --config FILE --port 0`` for the block."""
     command = [sys.executable, "-m", "trio_orchestrator", "serve", "--config", str(config)]
+    async with open_server([*command, "--port", "0", *options]) as served:
+        yield served
+
+
+@asynccontextmanager
+async def open_server(command: list[str]) -> AsyncIterator[Served]:
+    """Run a server process for the block; its output is collected as it runs."""
     process = await trio.lowlevel.open_process(
-        [*command, "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
     output = bytearray()
     try:
@@ -125,3 +132,30 @@ async def test_invalid_config_file_exits_2_naming_the_key(tmp_path: Path) -> Non
     result = await trio.run_process(command, capture_stdout=True, capture_stderr=True, check=False)
     assert result.returncode == 2
     assert b"prot" in result.stderr
+
+
+async def test_worker_processes_serve_and_drain_on_sigterm(tmp_path: Path) -> None:
+    """With --workers 2, both processes serve; SIGTERM drains them and the parent exits 0."""
+    config = write_config(tmp_path, token_delay=0, grace=5)
+    async with serve_process(config, "--workers", "2") as served:
+        async with httpx.AsyncClient(base_url=served.url) as client:
+            response = await client.post("/v1/prompt", json={"input": "hi"})
+        served.process.send_signal(signal.SIGTERM)
+        with trio.fail_after(PROMPTLY):
+            await served.process.wait()
+    assert response.json()["outcome"] == "completed"
+    assert served.process.returncode == 0
+    assert served.output.count(b"pipeline closed:") == 2
+
+
+async def test_hypercorn_serves_the_module_app(tmp_path: Path) -> None:
+    """`hypercorn --worker-class trio trio_orchestrator.service.app:app` serves the service."""
+    command = [sys.executable, "-m", "hypercorn", "--worker-class", "trio"]
+    command += ["--bind", "127.0.0.1:0", "trio_orchestrator.service.app:app"]
+    async with open_server(command) as served:
+        async with httpx.AsyncClient(base_url=served.url) as client:
+            models = (await client.get("/v1/models")).json()
+        served.process.send_signal(signal.SIGTERM)
+        with trio.fail_after(PROMPTLY):
+            await served.process.wait()
+    assert [m["id"] for m in models["data"]] == ["echo"]

@@ -41,7 +41,7 @@ def service_url() -> Iterator[str]:
         process.stdout.close()
 
 
-def test_no_input_makes_the_service_fail_or_hang(service_url: str) -> None:
+def test_no_input_makes_the_service_fail_or_hang(service_url: str, tmp_path: Path) -> None:
     """Every generated request, valid or not, is answered below 500 within 10 seconds."""
     command = [
         str(SCHEMATHESIS), "run", service_url + "/openapi.json",
@@ -51,5 +51,8 @@ def test_no_input_makes_the_service_fail_or_hang(service_url: str) -> None:
         "--generation-deterministic",
         "--phases", "examples,coverage,fuzzing",
     ]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    # Run where schemathesis may leave its report directory.
+    result = subprocess.run(
+        command, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False
+    )
     assert result.returncode == 0, result.stdout[-4000:]

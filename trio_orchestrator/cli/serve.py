@@ -14,7 +14,7 @@ import trio
 from ..config import Config
 from ..errors import ConfigError
 from ..service.server import run_workers, serve
-from ..service.settings import load_config
+from ..service.settings import load_config, log_to_stderr
 
 logger = logging.getLogger("trio_orchestrator.service")
 
@@ -39,30 +39,15 @@ def _config(args: argparse.Namespace) -> Config:
         raise ConfigError(f"command line: {exc}") from exc
 
 
-def _log_to_stderr() -> None:
-    # Hypercorn logs to stderr itself; the service's own logger gets a handler of its own.
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-    package = logging.getLogger("trio_orchestrator")
-    package.addHandler(handler)
-    package.setLevel(logging.INFO)
-
-
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGTERM or SIGINT, then drain within the grace period; return the status."""
-    _log_to_stderr()
+    log_to_stderr()
     try:
         config = _config(args)
     except ConfigError as exc:
         print(f"trio-orchestrator serve: {exc}", file=sys.stderr)
         return 2
     if config.service.workers > 1:
-        service = config.service
-        print(
-            f"trio-orchestrator: serving on http://{service.host}:{service.port} "
-            f"with {service.workers} worker processes",
-            flush=True,
-        )
         return run_workers(config, args.config)
     trio.run(_serve_until_signal, config)
     return 0

@@ -36,12 +36,12 @@ from . import endpoints as ep
 from .errors import ApiError, map_exception
 from .guard import CatchAll, Guard, KeyRing
 from .openapi import openapi_document
-from .settings import config_from_environment, open_worker
+from .settings import config_from_environment, log_to_stderr, open_worker
 from .state import ServiceState, service_of, worker_models
 from .streaming import ClientGone
 from .ws import websocket_endpoint
 
-__all__ = ["app", "create_app"]  # noqa: F822 - `app` is built lazily by __getattr__
+__all__ = ["app", "create_app"]
 
 logger = logging.getLogger("trio_orchestrator.service")
 
@@ -177,11 +177,18 @@ async def _openapi(request: Request) -> Response:
     return ep.JSONResponse(openapi_document(service_of(request).models or ("echo",)))
 
 
-def __getattr__(name: str) -> Any:
-    # ``app`` is built on first use, so importing this module reads no configuration file;
-    # hypercorn's ``getattr(module, "app")`` builds it once per process.
-    if name == "app":
-        application = create_app(config_from_environment())
-        globals()["app"] = application
-        return application
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+class _ConfiguredByEnvironment:
+    """The application ``hypercorn …:app`` loads: built on first use (the lifespan), from
+    ``$TRIO_ORCHESTRATOR_CONFIG``, so importing this module reads no file."""
+
+    def __init__(self) -> None:
+        self._app: Starlette | None = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if self._app is None:
+            log_to_stderr()
+            self._app = create_app(config_from_environment())
+        await self._app(scope, receive, send)
+
+
+app = _ConfiguredByEnvironment()

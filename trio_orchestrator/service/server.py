@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any, cast
@@ -88,10 +89,20 @@ def run_workers(config: Config, config_path: str | None) -> int:
 
     Each process imports :data:`trio_orchestrator.service.app.app`, which reads the file
     named by ``$TRIO_ORCHESTRATOR_CONFIG``; the parent handles SIGTERM/SIGINT and tells the
-    workers to drain. Returns the exit status.
+    workers to drain. Prints where it listens; returns the exit status.
     """
     from hypercorn.run import run
 
     if config_path is not None:
         os.environ[CONFIG_ENV] = os.path.abspath(config_path)
-    return int(run(hypercorn_config(config)))
+    hconfig = hypercorn_config(config)
+    # Bind here so that port 0 becomes a port we can print; the workers inherit the socket.
+    (sock,) = hconfig.create_sockets().insecure_sockets
+    host, port = sock.getsockname()[:2]
+    sock.listen(hconfig.backlog)  # connections queue until a worker accepts them
+    hconfig.bind = [f"fd://{sock.detach()}"]  # hypercorn owns (and closes) it from here
+    shown = f"[{host}]" if ":" in host else host
+    workers = config.service.workers
+    print(f"trio-orchestrator: serving on http://{shown}:{port} with {workers} worker processes")
+    sys.stdout.flush()
+    return int(run(hconfig))

@@ -11,6 +11,7 @@ Two seams, each one function, for the branches that provide the real thing:
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import tomllib
@@ -26,7 +27,13 @@ from ..config import Config, Secret
 from ..errors import ConfigError
 from ..workers import EchoWorker, ModelWorker
 
-__all__ = ["CONFIG_ENV", "config_from_environment", "load_config", "open_worker"]
+__all__ = [
+    "CONFIG_ENV",
+    "config_from_environment",
+    "load_config",
+    "log_to_stderr",
+    "open_worker",
+]
 
 # Names the config file for ``hypercorn trio_orchestrator.service.app:app`` (and for the
 # worker processes of ``serve --workers N``, which import the app the same way).
@@ -93,3 +100,17 @@ async def open_worker(config: Config) -> AsyncIterator[ModelWorker]:
     """
     echo = config.service.echo
     yield EchoWorker(echo.token_delay, echo.first_token_delay, model=echo.model)
+
+
+def log_to_stderr() -> None:
+    """Send the package's log (INFO and up) to stderr, unless logging is set up already.
+
+    Hypercorn logs to stderr itself; this adds the service's lines (draining, final counts).
+    """
+    package = logging.getLogger("trio_orchestrator")
+    if package.handlers or logging.getLogger().handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    package.addHandler(handler)
+    package.setLevel(logging.INFO)
