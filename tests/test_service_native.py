@@ -6,12 +6,13 @@ import json
 from typing import Any
 
 import httpx
+import pytest
 import trio
 from service_helpers import EmbeddingWorker, make_config, running_service, statistics
 
 from trio_orchestrator.config import Config
 from trio_orchestrator.pipeline import open_pipeline
-from trio_orchestrator.service import ServiceState
+from trio_orchestrator.service import ApiError, ServiceState
 from trio_orchestrator.service.openapi import openapi_document
 from trio_orchestrator.workers import EchoWorker
 
@@ -188,3 +189,13 @@ async def test_readiness_follows_the_upstream_hook() -> None:
         broken = ServiceState(Config(), upstreams_ready=lambda: False, pipeline=pipeline)
         working = ServiceState(Config(), upstreams_ready=lambda: True, pipeline=pipeline)
         assert (broken.ready(), working.ready()) == (False, True)
+
+
+async def test_a_draining_service_refuses_new_requests_and_is_not_ready() -> None:
+    """Once draining, new requests get 503 `draining` with Retry-After, and readiness fails."""
+    async with open_pipeline(EchoWorker()) as pipeline:
+        state = ServiceState(Config(), pipeline=pipeline, draining=True)
+        with pytest.raises(ApiError) as info:
+            state.open_pipeline()
+        assert (info.value.status, info.value.code, info.value.retry_after) == (503, "draining", 1)
+        assert not state.ready()
