@@ -14,6 +14,7 @@ from ..observability.config import ObservabilityConfig
 from ..resilience.config import PriorityConfig, ResilienceConfig
 from ..routing.registry import RoutingConfig
 from .ranges import Range, non_negative_time, positive_int, positive_time
+from .service import ServiceConfig
 
 __all__ = [
     "Config",
@@ -73,10 +74,12 @@ class Config:
         pipeline: stage capacities, concurrency, timeouts and shutdown.
         resilience: rate limits, circuit breakers and retries around the provider.
         routing: the model registry, routing strategy, fallbacks and budgets.
+        service: the HTTP service: address, API keys, body limit, CORS, models.
         observability: metrics, logs and traces.
     """
 
     pipeline: PipelineConfig = attrs.field(factory=PipelineConfig)
     resilience: ResilienceConfig = attrs.field(factory=ResilienceConfig)
     routing: RoutingConfig = attrs.field(factory=RoutingConfig)
+    service: ServiceConfig = attrs.field(factory=ServiceConfig)
     observability: ObservabilityConfig = attrs.field(factory=ObservabilityConfig)
