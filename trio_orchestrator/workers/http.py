@@ -525,6 +525,19 @@ class HTTPProvider:
             if chunk is None:
                 break
         await parser.end()
+        if chunk is not None:
+            await self._drain(chunks)
+
+    async def _drain(self, chunks: Any) -> None:
+        # Read to the end (a server closes the body right after its last event): an
+        # exhausted response keeps its connection for the next call. The answer is already
+        # complete, so a failure here only costs the connection.
+        with trio.move_on_after(self.timeouts.idle):
+            try:
+                while await self._next_chunk(chunks) is not None:
+                    pass
+            except ProviderError:
+                pass
 
     async def _next_chunk(self, chunks: Any) -> bytes | None:
         try:
@@ -577,9 +590,24 @@ async def _close(response: httpx.Response, chunks: Any) -> None:
     # can never hang a cancellation.
     with trio.CancelScope(shield=True, deadline=trio.current_time() + 5):
         try:
-            if chunks is not None:
-                await chunks.aclose()
             await response.aclose()
         except Exception as exc:
             if not _from_http_library(exc):
                 raise
+        if chunks is not None:
+            await _finish_iteration(chunks)
+
+
+async def _finish_iteration(chunks: Any) -> None:
+    """Run the body iterator to its end on the closed response.
+
+    httpx reads bodies through nested async generators; closing only the outer one leaves
+    the inner ones for the garbage collector, which Trio reports as a ResourceWarning. On a
+    closed response the next read fails (or ends) at once, unwinding every level.
+    """
+    try:
+        async for _ in chunks:
+            pass
+    except Exception as exc:
+        if not _from_http_library(exc) and not isinstance(exc, trio.ClosedResourceError):
+            raise
