@@ -20,7 +20,7 @@ Every HTTP provider gets one ``httpx.AsyncClient`` (or ``httpx2``), shared by al
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Literal, cast
 
@@ -60,6 +60,14 @@ def _to_secrets(value: Sequence[str | Secret]) -> tuple[Secret, ...]:
     return tuple(v if isinstance(v, Secret) else Secret(v) for v in value)
 
 
+def _to_strings(value: Iterable[str]) -> tuple[str, ...]:
+    return tuple(value)
+
+
+def _to_providers(value: Iterable[ProviderConfig]) -> tuple[ProviderConfig, ...]:
+    return tuple(value)
+
+
 def _one_of(*choices: str) -> Callable[[object, attrs.Attribute[Any], object], None]:
     def check(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
         if value not in choices:
@@ -96,7 +104,7 @@ class ProviderConfig:
     base_url: str | None = None
     api_keys: tuple[Secret, ...] = attrs.field(default=(), converter=_to_secrets)
     api_key_env: str | None = None
-    models: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    models: tuple[str, ...] = attrs.field(default=(), converter=_to_strings)
     timeouts: Timeouts = attrs.field(factory=Timeouts)
     stream: bool = True
     key_rest: float = attrs.field(default=5.0, validator=positive_time)
@@ -140,7 +148,7 @@ class ProvidersConfig:
             ``"httpx2"`` (its fork with the same API; see docs/providers.md).
     """
 
-    providers: tuple[ProviderConfig, ...] = attrs.field(converter=tuple)
+    providers: tuple[ProviderConfig, ...] = attrs.field(converter=_to_providers)
     strategy: Strategy = attrs.field(default="round_robin", validator=_one_of(*STRATEGIES))
     http_client: HTTPClient = attrs.field(default="httpx", validator=_one_of("httpx", "httpx2"))
 
