@@ -19,10 +19,12 @@ Endpoints: ``POST /v1/chat/completions``, ``GET /v1/models``, ``POST /v1/embeddi
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import itertools
 import json
 import math
+import sys
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
 from contextlib import asynccontextmanager
@@ -186,8 +188,20 @@ class _Answer:
     tokens: list[str]
     finish: str
     input_tokens: int
+    _pending: bytearray = attrs.field(factory=bytearray)
+
+    @property
+    def instant(self) -> bool:
+        """No delays and no faults: the whole answer can go in one write."""
+        b = self.behaviour
+        faults = (b.stall_after, b.disconnect_after, b.malformed_after, b.error_after, b.drip)
+        return not (b.token_delay or b.first_token_delay) and all(f is None for f in faults)
 
     async def write(self, data: bytes) -> None:
+        if self.instant:
+            # Buffered to the end: a benchmark's floor should not be the fake's send calls.
+            self._pending += data
+            return
         drip = self.behaviour.drip
         if not drip:
             await self.send({"type": "http.response.body", "body": data, "more_body": True})
@@ -276,6 +290,7 @@ class FakeProvider:
         config.errorlog = None  # a scripted disconnect is not an error worth a traceback
         config.accesslog = None
         config.graceful_timeout = 0.0
+        config.backlog = 4096  # benchmarks open a thousand connections at once
         async with trio.open_nursery() as nursery:
             binds = await nursery.start(partial(serve, cast(Any, self), config, mode="asgi"))
             self.base_url = str(binds[0])
@@ -439,7 +454,8 @@ async def _start_stream(answer: _Answer) -> None:
 
 
 async def _end_stream(answer: _Answer) -> None:
-    await answer.send({"type": "http.response.body", "body": b"", "more_body": False})
+    body = bytes(answer._pending)
+    await answer.send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 async def _text_tokens(answer: _Answer, event: Callable[[str], bytes], error: bytes) -> bool:
@@ -685,3 +701,24 @@ async def open_fake_provider(
             yield fake
         finally:
             nursery.cancel_scope.cancel()
+
+
+async def _serve_until_stdin_closes(default: Behaviour) -> None:
+    async with open_fake_provider(default) as fake:
+        print(fake.base_url, flush=True)
+        # Serve until the parent closes our stdin (or kills us).
+        await trio.to_thread.run_sync(sys.stdin.read)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run a fake provider in its own process (for benchmarks): prints its base URL on the
+    first line of stdout, serves until stdin closes.
+
+    Args:
+        argv: ``[--tokens N] [--token-delay SECONDS]``.
+    """
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--tokens", type=int, default=8)
+    parser.add_argument("--token-delay", type=float, default=0.0)
+    args = parser.parse_args(argv)
+    trio.run(_serve_until_stdin_closes, Behaviour(tokens=args.tokens, token_delay=args.token_delay))

@@ -508,25 +508,34 @@ class HTTPProvider:
                 await _close(response, chunks)
 
     async def _pump(self, chunks: Any, parser: StreamParser, first: float) -> None:
-        t = self.timeouts
         decoder = SSEDecoder(self.name)
-        while not parser.finished:
-            if parser.started:
-                deadline, error = trio.current_time() + t.idle, self._timeout("idle", t.idle)
-            else:
-                deadline, error = first, self._timeout("first token", t.first_token)
-            with _time_limit(deadline, error):
+        chunk: bytes | None = b""
+        # One scope for the whole stream, its deadline moved per read (a new scope per
+        # chunk costs more than the parsing); it is lifted while events are emitted, so a
+        # slow consumer is never mistaken for a stalled provider.
+        with trio.CancelScope() as scope:
+            while not parser.finished and chunk is not None:
+                scope.deadline = self._read_deadline(parser, first)
                 chunk = await self._next_chunk(chunks)
-            events = decoder.close() if chunk is None else decoder.feed(chunk)
-            for event in events:
-                await parser.event(event)
-                if parser.finished:
-                    break
-            if chunk is None:
-                break
+                scope.deadline = math.inf
+                events = decoder.close() if chunk is None else decoder.feed(chunk)
+                for event in events:
+                    await parser.event(event)
+                    if parser.finished:
+                        break
+        if scope.cancelled_caught:
+            t = self.timeouts
+            if parser.started:
+                raise self._timeout("idle", t.idle)()
+            raise self._timeout("first token", t.first_token)()
         await parser.end()
         if chunk is not None:
             await self._drain(chunks)
+
+    def _read_deadline(self, parser: StreamParser, first: float) -> float:
+        if parser.started:
+            return trio.current_time() + self.timeouts.idle
+        return first
 
     async def _drain(self, chunks: Any) -> None:
         # Read to the end (a server closes the body right after its last event): an
