@@ -7,6 +7,8 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from trio_orchestrator.config.secret import Secret
 from trio_orchestrator.errors import (
@@ -14,6 +16,7 @@ from trio_orchestrator.errors import (
     MalformedResponse,
     Overloaded,
     ProviderConnectionError,
+    ProviderError,
     RateLimited,
 )
 from trio_orchestrator.events import (
@@ -223,3 +226,33 @@ async def test_json_delta_for_a_text_block_is_malformed() -> None:
     )
     with pytest.raises(MalformedResponse):
         await collect(worker(START + TEXT_BLOCK + bad), REQUEST)
+
+
+_json = st.recursive(
+    st.none() | st.integers() | st.text(max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(
+                ["type", "index", "delta", "content_block", "message", "usage", "text"]
+            ),
+            inner,
+            max_size=4,
+        )
+    ),
+    max_leaves=12,
+)
+_types = st.sampled_from(
+    ["message_start", "content_block_start", "content_block_delta", "message_delta", "error"]
+)
+
+
+@settings(max_examples=60)
+@given(st.lists(st.tuples(_types, st.dictionaries(st.just("delta"), _json)), max_size=5))
+async def test_any_event_stream_ends_typed(events: list[tuple[str, dict[str, Any]]]) -> None:
+    """Whatever events a provider streams, the worker completes or raises a ProviderError."""
+    body = b"".join(event(name, **data) for name, data in events)
+    try:
+        await collect(worker(body), REQUEST)
+    except ProviderError:
+        pass

@@ -12,6 +12,8 @@ from typing import Any
 import httpx
 import pytest
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from trio_orchestrator.config.secret import Secret
 from trio_orchestrator.errors import (
@@ -21,6 +23,7 @@ from trio_orchestrator.errors import (
     ModelNotFound,
     Overloaded,
     ProviderConnectionError,
+    ProviderError,
     ProviderTimeout,
     RateLimited,
     ServerError,
@@ -403,3 +406,30 @@ async def test_cancelling_closes_the_connection() -> None:
         with trio.fail_after(10):
             await fake.wait_for_disconnects(1)
     assert fake.statistics().client_disconnects == 1
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(
+                ["choices", "delta", "content", "tool_calls", "index", "usage", "error"]
+            ),
+            inner,
+            max_size=4,
+        )
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=60)
+@given(st.lists(_json, max_size=4), st.booleans())
+async def test_any_json_stream_ends_typed(payloads: list[Any], done: bool) -> None:
+    """Whatever JSON a provider streams, the worker completes or raises a ProviderError."""
+    body = sse(*payloads, *([b"[DONE]"] if done else []))
+    try:
+        await collect(worker(answering(body)), REQUEST)
+    except ProviderError:
+        pass

@@ -15,7 +15,7 @@ from ..events import Done, TextDelta, ToolCallDelta, ToolCallStart, Usage
 from ..types import Message, PromptRequest, ToolCall
 from ._sse import ServerSentEvent
 from .base import EventSink
-from .http import HTTPProvider, Timeouts, error_from_body
+from .http import HTTPProvider, Timeouts, error_from_body, wire_format_guard
 from .keys import KeyPool
 from .openai import _parse
 
@@ -282,4 +282,5 @@ class AnthropicWorker:
             await self._http.post_stream("/v1/messages", body, _MessageStream(self.name, emit))
             return
         answer = await self._http.post_json("/v1/messages", body)
-        await _emit_message(answer, self.name, emit)
+        with wire_format_guard(self.name):
+            await _emit_message(answer, self.name, emit)

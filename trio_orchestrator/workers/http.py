@@ -351,6 +351,23 @@ def transport_error(exc: Exception, provider: str) -> ProviderError:
 
 
 @contextmanager
+def wire_format_guard(provider: str) -> Iterator[None]:
+    """Turn the errors of reading an unexpected JSON shape into :class:`MalformedResponse`.
+
+    Parsers walk the provider's JSON assuming its documented shape; a provider that sends
+    another shape must fail typed, never with a stray ``KeyError``.
+    """
+    try:
+        yield
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+        raise MalformedResponse(
+            f"{provider or 'the provider'} sent an answer of an unexpected shape "
+            f"({type(exc).__name__}: {exc}); retrying may help",
+            provider=provider,
+        ) from exc
+
+
+@contextmanager
 def _time_limit(deadline: float, make_error: Callable[[], ProviderError]) -> Iterator[None]:
     with trio.move_on_at(deadline) as scope:
         yield
@@ -520,7 +537,8 @@ class HTTPProvider:
                 scope.deadline = math.inf
                 events = decoder.close() if chunk is None else decoder.feed(chunk)
                 for event in events:
-                    await parser.event(event)
+                    with wire_format_guard(self.name):
+                        await parser.event(event)
                     if parser.finished:
                         break
         if scope.cancelled_caught:

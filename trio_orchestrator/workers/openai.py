@@ -20,7 +20,7 @@ from ..events import Done, TextDelta, ToolCallDelta, ToolCallStart, Usage
 from ..types import Message, PromptRequest, ToolCall
 from ._sse import ServerSentEvent
 from .base import EventSink
-from .http import HTTPProvider, Timeouts, error_from_body
+from .http import HTTPProvider, Timeouts, error_from_body, wire_format_guard
 from .keys import KeyPool
 
 __all__ = ["OpenAIWorker", "chat_body"]
@@ -236,7 +236,8 @@ class OpenAIWorker:
             await self._http.post_stream("/chat/completions", body, _ChatStream(self.name, emit))
             return
         answer = await self._http.post_json("/chat/completions", body)
-        await _emit_completion(answer, self.name, emit)
+        with wire_format_guard(self.name):
+            await _emit_completion(answer, self.name, emit)
 
     async def list_models(self) -> list[str]:
         """The ids of the models the server offers (``GET /models``).
@@ -265,5 +266,6 @@ class OpenAIWorker:
                 f"{self.name}: /embeddings answered with the wrong number of vectors",
                 provider=self.name,
             )
-        ordered = sorted(data, key=lambda item: int(item.get("index", 0)))
-        return [[float(x) for x in item["embedding"]] for item in ordered]
+        with wire_format_guard(self.name):
+            ordered = sorted(data, key=lambda item: int(item.get("index", 0)))
+            return [[float(x) for x in item["embedding"]] for item in ordered]
