@@ -9,11 +9,17 @@ import httpx
 import openai
 import pytest
 import trio
+import trio.testing
 
-from trio_orchestrator.errors import ProviderConnectionError
+from trio_orchestrator.errors import (
+    Overloaded,
+    ProviderConnectionError,
+    ProviderTimeout,
+    ServerError,
+)
 from trio_orchestrator.testing import Behaviour, FakeProvider, open_fake_provider
 from trio_orchestrator.types import GenerationParams, PromptRequest
-from trio_orchestrator.workers import AnthropicWorker, OpenAIWorker, collect
+from trio_orchestrator.workers import AnthropicWorker, OpenAIWorker, Timeouts, collect
 
 TOOLS: Any = [
     {"type": "function", "function": {"name": n, "parameters": {"type": "object"}}}
@@ -174,3 +180,30 @@ async def test_started_with_nursery_start() -> None:
         nursery.cancel_scope.cancel()
     assert [r.path for r in fake.requests] == ["/v1/chat/completions"]
     assert fake.requests[0].body["model"] == "fake-model"
+
+
+async def test_hang_is_cut_by_the_first_token_timeout(mock_clock: trio.testing.MockClock) -> None:
+    """A fake that never answers trips the worker's first-token timeout, not a hang."""
+    mock_clock.autojump_threshold = 0.05  # real network: jump only once all is quiet
+    async with open_fake_provider(Behaviour(hang=True)) as fake, httpx.AsyncClient() as c:
+        w = OpenAIWorker(c, fake.openai_base_url, timeouts=Timeouts(first_token=30))
+        with pytest.raises(ProviderTimeout, match="first token"):
+            await collect(w, REQUEST)
+
+
+async def test_error_object_mid_stream_in_both_formats() -> None:
+    """error_after sends each format's mid-stream error object, typed by the workers."""
+    async with open_fake_provider(Behaviour(error_after=2)) as fake, httpx.AsyncClient() as c:
+        with pytest.raises(ServerError):
+            await collect(OpenAIWorker(c, fake.openai_base_url), REQUEST)
+        with pytest.raises(Overloaded):
+            await collect(AnthropicWorker(c, fake.base_url), REQUEST)
+
+
+async def test_omitted_done_still_completes() -> None:
+    """Without [DONE] / message_stop but with a finish reason, both workers complete."""
+    behaviour = Behaviour(text="a b", omit_done=True)
+    async with open_fake_provider(behaviour) as fake, httpx.AsyncClient() as c:
+        first = await collect(OpenAIWorker(c, fake.openai_base_url), REQUEST)
+        second = await collect(AnthropicWorker(c, fake.base_url), REQUEST)
+    assert (first.text, second.text) == ("a b", "a b")
