@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -76,14 +77,18 @@ def new_client(library: str, concurrency: int) -> httpx.AsyncClient:
 async def drive(n: int, concurrency: int, call: Callable[[], Awaitable[None]]) -> dict[str, float]:
     """Run ``n`` calls, ``concurrency`` at a time; return rps, latencies and CPU per request."""
     latencies: list[float] = []
-    remaining = n
+    remaining, errors = n, 0
 
     async def caller() -> None:
-        nonlocal remaining
+        nonlocal remaining, errors
         while remaining > 0:
             remaining -= 1
             start = time.perf_counter()
-            await call()
+            try:
+                await call()
+            except Exception:
+                errors += 1  # counted and reported, not hidden in the latencies
+                continue
             latencies.append(time.perf_counter() - start)
 
     cpu, wall = time.process_time(), time.perf_counter()
@@ -91,12 +96,13 @@ async def drive(n: int, concurrency: int, call: Callable[[], Awaitable[None]]) -
         for _ in range(concurrency):
             nursery.start_soon(caller)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    latencies.sort()
+    latencies = sorted(latencies) or [math.nan]
     return {
-        "rps": n / wall,
+        "rps": (n - errors) / wall,
         "p50_ms": latencies[len(latencies) // 2] * 1000,
         "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
         "cpu_ms_per_request": cpu / n * 1000,
+        "errors": errors,
     }
 
 
@@ -154,6 +160,7 @@ def show(name: str, row: dict[str, float] | str) -> None:
     print(
         f"  {name:<22} {row['rps']:>9.0f} req/s   p50 {row['p50_ms']:>8.2f} ms   "
         f"p99 {row['p99_ms']:>8.2f} ms   CPU {row['cpu_ms_per_request']:.3f} ms/req"
+        f"   errors {row.get('errors', 0):.0f}"
     )
 
 

@@ -291,6 +291,9 @@ class FakeProvider:
         config.accesslog = None
         config.graceful_timeout = 0.0
         config.backlog = 4096  # benchmarks open a thousand connections at once
+        # A loaded benchmark leaves pooled connections idle for seconds; closing them then
+        # races the client's reuse and fails requests that did nothing wrong.
+        config.keep_alive_timeout = 600.0
         async with trio.open_nursery() as nursery:
             binds = await nursery.start(partial(serve, cast(Any, self), config, mode="asgi"))
             self.base_url = str(binds[0])
