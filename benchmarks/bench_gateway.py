@@ -6,8 +6,8 @@ Rows, for each HTTP client library (httpx, httpx2) and each concurrency:
 1. ``bare``: the bare client POSTs a streaming ``/v1/chat/completions`` and reads the whole
    SSE body (the floor: no parsing, no pipeline);
 2. ``pipeline``: ``open_pipeline(OpenAIWorker(client))`` and ``submit`` (SSE parsed into
-   events, accumulated, every pipeline stage). No resilience layers: none exist on this
-   branch yet;
+   events, accumulated, every pipeline stage; stage capacities raised to the concurrency so
+   nothing is shed). No resilience layers: none exist on this branch yet;
 3. ``litellm``: ``Router.acompletion(stream=True)`` under asyncio, in its own process and
    virtualenv (``--litellm-python``, default ``.venv-litellm/bin/python``); skipped with a
    message when that interpreter or LiteLLM is missing.
@@ -119,7 +119,19 @@ async def bare(url: str, library: str, n: int, concurrency: int) -> dict[str, fl
 
 
 async def pipeline(url: str, library: str, n: int, concurrency: int) -> dict[str, float]:
-    config = Config(PipelineConfig(inference_concurrency=concurrency))
+    # Stage capacities at least the concurrency: with smaller ones the pipeline sheds the
+    # overflow by design (backpressure), which is not what this row measures.
+    room = max(concurrency, 512)
+    config = Config(
+        PipelineConfig(
+            rag_capacity=room,
+            assemble_capacity=room,
+            inference_capacity=max(room, 1024),
+            post_capacity=room,
+            stream_capacity=room,
+            inference_concurrency=concurrency,
+        )
+    )
     request = PromptRequest(input="hello", params=GenerationParams(model="fake-model"))
     async with new_client(library, concurrency) as client:
         worker = OpenAIWorker(client, url + "/v1", name="fake")

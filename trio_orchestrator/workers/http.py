@@ -536,11 +536,11 @@ class HTTPProvider:
                 chunk = await self._next_chunk(chunks)
                 scope.deadline = math.inf
                 events = decoder.close() if chunk is None else decoder.feed(chunk)
-                for event in events:
-                    with wire_format_guard(self.name):
+                with wire_format_guard(self.name):
+                    for event in events:
                         await parser.event(event)
-                    if parser.finished:
-                        break
+                        if parser.finished:
+                            break
         if scope.cancelled_caught:
             t = self.timeouts
             if parser.started:
