@@ -12,6 +12,7 @@ from service_helpers import EmbeddingWorker, make_config, running_service, stati
 
 from trio_orchestrator.config import Config
 from trio_orchestrator.pipeline import open_pipeline
+from trio_orchestrator.resilience import PriorityConfig
 from trio_orchestrator.service import ApiError, ServiceState
 from trio_orchestrator.service.openapi import openapi_document
 from trio_orchestrator.workers import EchoWorker
@@ -68,7 +69,12 @@ async def _flood(client: httpx.AsyncClient, n: int) -> list[httpx.Response]:
     return responses
 
 
-TINY = {"inference_concurrency": 1, "inference_capacity": 1, "assemble_capacity": 1}
+TINY = {
+    "inference_concurrency": 1,
+    "inference_capacity": 1,
+    "assemble_capacity": 1,
+    "priority": PriorityConfig(max_waiting=1),
+}
 
 
 async def test_a_full_pipeline_sheds_with_503_and_retry_after() -> None:

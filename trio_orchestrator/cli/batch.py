@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tomllib
 from pathlib import Path
 from typing import Any
 
-import cattrs
 import trio
 
 from ..batch import BatchSummary, run_batch
 from ..config import Config
+from ..config import load_config as _load_config
 from ..errors import ConfigError
-from ..workers import EchoWorker
-from ..workers.base import ModelWorker
+from ..gateway import open_configured_worker
 
 
 def register(subparsers: Any) -> None:
@@ -51,32 +49,12 @@ def _positive(text: str) -> int:
 
 
 def load_config(path: Path | None) -> Config:
-    """Read a TOML configuration file (defaults when ``path`` is None).
+    """Read a TOML configuration file with the strict loader (defaults when ``path`` is None).
 
     Raises:
-        ConfigError: the file is not valid TOML or does not match the configuration.
+        ConfigError: every problem in the file, each with its key path.
     """
-    if path is None:
-        return Config()
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"{path}: {exc}") from exc
-    converter = cattrs.Converter(forbid_extra_keys=True)
-    try:
-        return converter.structure(data, Config)
-    except Exception as exc:
-        messages = (
-            cattrs.transform_error(exc)
-            if isinstance(exc, cattrs.BaseValidationError)
-            else [str(exc)]
-        )
-        raise ConfigError([f"{path}: {m}" for m in messages]) from exc
-
-
-def make_worker(config: Config) -> ModelWorker:
-    """The worker a batch job runs (the echo worker until providers are configured)."""
-    return EchoWorker()
+    return Config() if path is None else _load_config(path)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -90,19 +68,27 @@ def run(args: argparse.Namespace) -> int:
         print(f"trio-orchestrator batch: {exc}", file=sys.stderr)
         return 2
     progress = None if args.no_progress else _progress()
-    summary = trio.run(
-        lambda: run_batch(
-            args.input,
-            args.out,
-            worker=make_worker(config),
-            dead_path=args.dead_letters,
-            config=config,
-            concurrency=args.concurrency,
-            progress=progress,
-            handle_sigint=True,
-            warn=lambda line: print(f"{args.input}: {line}", file=sys.stderr),
-        )
-    )
+
+    async def batch() -> BatchSummary:
+        # The worker the configuration describes (echo when no provider is configured).
+        async with open_configured_worker(config) as worker:
+            return await run_batch(
+                args.input,
+                args.out,
+                worker=worker,
+                dead_path=args.dead_letters,
+                config=config,
+                concurrency=args.concurrency,
+                progress=progress,
+                handle_sigint=True,
+                warn=lambda line: print(f"{args.input}: {line}", file=sys.stderr),
+            )
+
+    try:
+        summary = trio.run(batch)
+    except ConfigError as exc:
+        print(f"trio-orchestrator batch: {exc}", file=sys.stderr)
+        return 2
     dead = args.dead_letters or args.out.with_name(args.out.name + ".dead")
     print(_describe(summary, args.out, dead), file=sys.stderr)
     return 130 if summary.was_interrupted else 0

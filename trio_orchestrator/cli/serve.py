@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -14,7 +16,7 @@ import trio
 from ..config import Config
 from ..errors import ConfigError
 from ..service.server import run_workers, serve
-from ..service.settings import load_config, log_to_stderr
+from ..service.settings import CONFIG_ENV, load_config, log_to_stderr
 
 logger = logging.getLogger("trio_orchestrator.service")
 
@@ -47,6 +49,9 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"trio-orchestrator serve: {exc}", file=sys.stderr)
         return 2
+    if args.config is not None:
+        # The service reloads this file on SIGHUP (worker processes also read it from here).
+        os.environ[CONFIG_ENV] = str(Path(args.config).resolve())
     if config.service.workers > 1:
         return run_workers(config, args.config)
     trio.run(_serve_until_signal, config)

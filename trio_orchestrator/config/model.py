@@ -13,6 +13,7 @@ import attrs
 from ..observability.config import ObservabilityConfig
 from ..resilience.config import PriorityConfig, ResilienceConfig
 from ..routing.registry import RoutingConfig
+from ..workers.config import ProvidersConfig
 from .ranges import Range, non_negative_time, positive_int, positive_time
 from .service import ServiceConfig
 
@@ -72,6 +73,8 @@ class Config:
 
     Attributes:
         pipeline: stage capacities, concurrency, timeouts and shutdown.
+        providers: the model providers (OpenAI-compatible, Anthropic, echo); none means the
+            built-in echo worker (``[service.echo]``), which needs no key.
         resilience: rate limits, circuit breakers and retries around the provider.
         routing: the model registry, routing strategy, fallbacks and budgets.
         service: the HTTP service: address, API keys, body limit, CORS, models.
@@ -79,6 +82,7 @@ class Config:
     """
 
     pipeline: PipelineConfig = attrs.field(factory=PipelineConfig)
+    providers: ProvidersConfig | None = None
     resilience: ResilienceConfig = attrs.field(factory=ResilienceConfig)
     routing: RoutingConfig = attrs.field(factory=RoutingConfig)
     service: ServiceConfig = attrs.field(factory=ServiceConfig)

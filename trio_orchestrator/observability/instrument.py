@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import attrs
 
 from .hooks import ObservationHooks
+from .layers import register_layers
 from .logging import RequestLogger
 from .metrics import (
     HasStatistics,
@@ -156,6 +157,7 @@ def instrument_pipeline(
         result.register_statistics(
             "dead_letters", pipeline.dead_letters, counters=("total", "dropped", "replayed")
         )
+        register_layers(result, pipeline.worker)
         if metrics.stage_timing:
             stage_times = StageTimes(metrics)
             result._register(stage_times)

@@ -16,10 +16,13 @@ rest (each recorded as cancelled), and the final counts are logged.
 from __future__ import annotations
 
 import logging
+import os
+import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from typing import Any
 
+import trio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -29,14 +32,17 @@ from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 
 from ..config import Config
+from ..config.signals import reload_on_signal
 from ..errors import OrchestratorError
+from ..observability import instrument_pipeline
+from ..observability.metrics import prometheus
 from ..pipeline import open_pipeline
 from ..workers import ModelWorker
 from . import endpoints as ep
 from .errors import ApiError, map_exception
 from .guard import CatchAll, Guard, KeyRing
 from .openapi import openapi_document
-from .settings import config_from_environment, log_to_stderr, open_worker
+from .settings import CONFIG_ENV, config_from_environment, log_to_stderr, open_worker
 from .state import ServiceState, service_of, worker_models
 from .streaming import ClientGone
 from .ws import websocket_endpoint
@@ -132,10 +138,20 @@ def partial_lifespan(
             state.models = state.config.service.models or worker_models(worker)
             async with open_pipeline(worker, state.config) as pipeline:
                 state.pipeline = pipeline
-                try:
-                    yield
-                finally:
-                    state.draining = True
+                state.observed = instrument_pipeline(
+                    pipeline, state.config, registry=prometheus().CollectorRegistry()
+                )
+                async with trio.open_nursery() as nursery:
+                    path = os.environ.get(CONFIG_ENV)
+                    if path and threading.current_thread() is threading.main_thread():
+                        # SIGHUP re-reads the file: limits, breaker, retry, concurrency…
+                        await nursery.start(reload_on_signal, pipeline, path)
+                    try:
+                        yield
+                    finally:
+                        state.draining = True
+                        nursery.cancel_scope.cancel()
+            await trio.to_thread.run_sync(state.observed.close)
             stats = pipeline.statistics()
             logger.info(
                 "pipeline closed: submitted=%d completed=%d failed=%d shed=%d expired=%d "

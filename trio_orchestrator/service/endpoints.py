@@ -205,7 +205,7 @@ async def readyz(request: Request) -> Response:
 
 async def metrics(request: Request) -> Response:
     """``GET /metrics``: Prometheus exposition."""
-    body, content_type = render_metrics(service_of(request).pipeline)
+    body, content_type = render_metrics(service_of(request))
     return Response(body, media_type=content_type)
 
 

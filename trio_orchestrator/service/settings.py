@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 
 from ..config import Config
 from ..config import load_config as _load_config
-from ..workers import EchoWorker, ModelWorker
+from ..gateway import open_configured_worker
+from ..workers import ModelWorker
 
 __all__ = [
     "CONFIG_ENV",
@@ -46,15 +46,11 @@ def config_from_environment() -> Config:
     return Config() if not path else load_config(path)
 
 
-@asynccontextmanager
-async def open_worker(config: Config) -> AsyncIterator[ModelWorker]:
-    """Open the worker the configuration asks for, for the life of the service.
-
-    For now this is always the echo worker (``[service.echo]``); the provider workers,
-    which hold an HTTP client open, plug in here.
-    """
-    echo = config.service.echo
-    yield EchoWorker(echo.token_delay, echo.first_token_delay, model=echo.model)
+def open_worker(config: Config) -> AbstractAsyncContextManager[ModelWorker]:
+    """Open the worker the configuration asks for, for the life of the service: the echo
+    worker when no provider is configured, else the providers (behind the router when
+    ``[routing]`` declares deployments); see :func:`trio_orchestrator.gateway`."""
+    return open_configured_worker(config)
 
 
 def log_to_stderr() -> None:

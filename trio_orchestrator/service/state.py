@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 from starlette.requests import HTTPConnection
@@ -25,6 +25,10 @@ def worker_models(worker: ModelWorker) -> tuple[str, ...]:
     return (str(model),) if model else ("echo",)
 
 
+if TYPE_CHECKING:
+    from ..observability import Instrumentation
+
+
 @attrs.define(eq=False)
 class ServiceState:
     """The service's state, one per process.
@@ -37,6 +41,7 @@ class ServiceState:
         pipeline: the pipeline, while the lifespan holds it open.
         models: the models served (``service.models``, else the worker's).
         draining: shutdown has begun; new requests are refused with 503.
+        observed: the pipeline's metrics, traces and logs, while it is open.
     """
 
     config: Config
@@ -45,6 +50,7 @@ class ServiceState:
     pipeline: Pipeline | None = None
     models: tuple[str, ...] = ()
     draining: bool = False
+    observed: Instrumentation | None = None
 
     def open_pipeline(self) -> Pipeline:
         """The pipeline, if it admits requests.

@@ -177,7 +177,8 @@ def make_client(provider: ProviderConfig, library: HTTPClient = "httpx2") -> htt
     return cast(httpx.AsyncClient, module.AsyncClient(limits=limits, timeout=None))
 
 
-def _worker(provider: ProviderConfig, client: httpx.AsyncClient | None) -> ModelWorker:
+def worker_for(provider: ProviderConfig, client: httpx.AsyncClient | None) -> ModelWorker:
+    """The worker for one provider (``client`` may be None only for an echo provider)."""
     if provider.kind == "echo":
         return EchoWorker(model=provider.models[0] if provider.models else "echo")
     assert client is not None
@@ -224,7 +225,7 @@ def build_worker(
                 http = client(provider)
             else:
                 http = client
-        workers.append(_worker(provider, http))
+        workers.append(worker_for(provider, http))
     if len(workers) == 1:
         return workers[0]
     weights = [p.weight for p in providers_config.providers]
