@@ -16,6 +16,19 @@ def tests(session: nox.Session) -> None:
 
 
 @nox.session
+def tests_httpx2(session: nox.Session) -> None:
+    """The provider tests with httpx2 standing in for httpx (both must pass)."""
+    session.install("-e", ".[dev]")
+    providers = [
+        "tests/test_openai_worker.py",
+        "tests/test_anthropic_worker.py",
+        "tests/test_fake_provider.py",
+        "tests/test_providers_e2e.py",
+    ]
+    session.run("python", "scripts/pytest_httpx2.py", *providers, *session.posargs)
+
+
+@nox.session
 def thorough(session: nox.Session) -> None:
     """Run the test suite with many more Hypothesis examples (nightly-style)."""
     session.install("-e", ".[dev]")

@@ -281,25 +281,16 @@ def test_cli_rejects_unknown_config_keys(
     assert not (tmp_path / "o").exists()
 
 
-_SLOW_CLI = """
-import sys
-from trio_orchestrator.cli import batch, main
-from trio_orchestrator.workers import EchoWorker
-
-batch.make_worker = lambda config: EchoWorker(token_delay=0.05)
-sys.exit(main(sys.argv[1:]))
-"""
-
-
 def test_sigint_mid_run_leaves_consistent_files(tmp_path: Path) -> None:
     """Ctrl-C mid-run exits 130 with whole lines only; a resume then accounts for every id
     exactly once across output and dead letters."""
     lines = [_simple(i, "one two three four five six") for i in range(300)]
     source = _write(tmp_path / "in.jsonl", [*lines[:150], "not json", *lines[150:]])
     out, dead = tmp_path / "out.jsonl", tmp_path / "out.jsonl.dead"
-    script = tmp_path / "slow_cli.py"
-    script.write_text(_SLOW_CLI)
-    command = [sys.executable, str(script), "batch", str(source), "--out", str(out)]
+    slow = tmp_path / "slow.toml"  # a slow echo worker, so Ctrl-C lands mid-run
+    slow.write_text("[service.echo]\ntoken_delay = 0.05\n")
+    command = [sys.executable, "-m", "trio_orchestrator", "batch", str(source)]
+    command += ["--out", str(out), "--config", str(slow)]
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while len(out.read_bytes().splitlines()) < 10 if out.exists() else True:

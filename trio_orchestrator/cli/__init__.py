@@ -14,7 +14,7 @@ from importlib import import_module
 __all__ = ["main"]
 
 # Modules of this package, one per subcommand (or group of subcommands).
-_COMMANDS: tuple[str, ...] = ("batch", "config", "demo")
+_COMMANDS: tuple[str, ...] = ("serve", "batch", "config", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

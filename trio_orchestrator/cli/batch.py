@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tomllib
 from pathlib import Path
 from typing import Any
 
 import attrs
-import cattrs
 import trio
 
 from ..batch import BatchSummary, run_batch
 from ..config import Config
+from ..config import load_config as _load_config
 from ..errors import ConfigError
-from ..workers import EchoWorker
-from ..workers.base import ModelWorker
+from ..gateway import open_configured_worker
 
 
 def register(subparsers: Any) -> None:
@@ -63,32 +61,12 @@ def _positive(text: str) -> int:
 
 
 def load_config(path: Path | None) -> Config:
-    """Read a TOML configuration file (defaults when ``path`` is None).
+    """Read a TOML configuration file with the strict loader (defaults when ``path`` is None).
 
     Raises:
-        ConfigError: the file is not valid TOML or does not match the configuration.
+        ConfigError: every problem in the file, each with its key path.
     """
-    if path is None:
-        return Config()
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"{path}: {exc}") from exc
-    converter = cattrs.Converter(forbid_extra_keys=True)
-    try:
-        return converter.structure(data, Config)
-    except Exception as exc:
-        messages = (
-            cattrs.transform_error(exc)
-            if isinstance(exc, cattrs.BaseValidationError)
-            else [str(exc)]
-        )
-        raise ConfigError([f"{path}: {m}" for m in messages]) from exc
-
-
-def make_worker(config: Config) -> ModelWorker:
-    """The worker a batch job runs (the echo worker until providers are configured)."""
-    return EchoWorker()
+    return Config() if path is None else _load_config(path)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -104,19 +82,27 @@ def run(args: argparse.Namespace) -> int:
     if args.queue is not None:
         return _run_shared(args, config)
     progress = None if args.no_progress else _progress()
-    summary = trio.run(
-        lambda: run_batch(
-            args.input,
-            args.out,
-            worker=make_worker(config),
-            dead_path=args.dead_letters,
-            config=config,
-            concurrency=args.concurrency,
-            progress=progress,
-            handle_sigint=True,
-            warn=lambda line: print(f"{args.input}: {line}", file=sys.stderr),
-        )
-    )
+
+    async def batch() -> BatchSummary:
+        # The worker the configuration describes (echo when no provider is configured).
+        async with open_configured_worker(config) as worker:
+            return await run_batch(
+                args.input,
+                args.out,
+                worker=worker,
+                dead_path=args.dead_letters,
+                config=config,
+                concurrency=args.concurrency,
+                progress=progress,
+                handle_sigint=True,
+                warn=lambda line: print(f"{args.input}: {line}", file=sys.stderr),
+            )
+
+    try:
+        summary = trio.run(batch)
+    except ConfigError as exc:
+        print(f"trio-orchestrator batch: {exc}", file=sys.stderr)
+        return 2
     dead = args.dead_letters or args.out.with_name(args.out.name + ".dead")
     print(_describe(summary, args.out, dead), file=sys.stderr)
     return 130 if summary.was_interrupted else 0
@@ -124,23 +110,28 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_shared(args: argparse.Namespace, config: Config) -> int:
     """``--queue``: a batch shared through Redis with other processes."""
-    from ..distributed.batch import run_shared_batch
+    from ..distributed.batch import SharedBatchSummary, run_shared_batch
     from ..distributed.connection import RedisUnavailable
 
-    distributed = attrs.evolve(config.distributed, redis_url=args.queue)
-    try:
-        summary = trio.run(
-            lambda: run_shared_batch(
+    shared = attrs.evolve(
+        config, distributed=attrs.evolve(config.distributed, redis_url=args.queue)
+    )
+
+    async def batch() -> SharedBatchSummary:
+        async with open_configured_worker(shared) as worker:
+            return await run_shared_batch(
                 args.input,
                 args.out,
-                worker=make_worker(config),
-                config=attrs.evolve(config, distributed=distributed),
+                worker=worker,
+                config=shared,
                 dead_path=args.dead_letters,
                 name=args.queue_name,
                 concurrency=args.concurrency,
             )
-        )
-    except (RedisUnavailable, ValueError) as exc:
+
+    try:
+        summary = trio.run(batch)
+    except (RedisUnavailable, ConfigError, ValueError) as exc:
         print(f"trio-orchestrator batch: {exc}", file=sys.stderr)
         return 2
     print(

@@ -14,7 +14,9 @@ from ..distributed.config import DistributedConfig
 from ..observability.config import ObservabilityConfig
 from ..resilience.config import PriorityConfig, ResilienceConfig
 from ..routing.registry import RoutingConfig
+from ..workers.config import ProvidersConfig
 from .ranges import Range, non_negative_time, positive_int, positive_time
+from .service import ServiceConfig
 
 __all__ = [
     "Config",
@@ -72,14 +74,19 @@ class Config:
 
     Attributes:
         pipeline: stage capacities, concurrency, timeouts and shutdown.
+        providers: the model providers (OpenAI-compatible, Anthropic, echo); none means the
+            built-in echo worker (``[service.echo]``), which needs no key.
         resilience: rate limits, circuit breakers and retries around the provider.
         routing: the model registry, routing strategy, fallbacks and budgets.
+        service: the HTTP service: address, API keys, body limit, CORS, models.
         observability: metrics, logs and traces.
         distributed: state shared with other processes through Redis (off by default).
     """
 
     pipeline: PipelineConfig = attrs.field(factory=PipelineConfig)
+    providers: ProvidersConfig | None = None
     resilience: ResilienceConfig = attrs.field(factory=ResilienceConfig)
     routing: RoutingConfig = attrs.field(factory=RoutingConfig)
+    service: ServiceConfig = attrs.field(factory=ServiceConfig)
     observability: ObservabilityConfig = attrs.field(factory=ObservabilityConfig)
     distributed: DistributedConfig = attrs.field(factory=DistributedConfig)

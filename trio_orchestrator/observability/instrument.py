@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import attrs
 
 from .hooks import ObservationHooks
+from .layers import register_layers
 from .logging import RequestLogger
 from .metrics import (
     HasStatistics,
@@ -165,6 +166,7 @@ def instrument_pipeline(
         result.register_statistics(
             "dead_letters", pipeline.dead_letters, counters=("total", "dropped", "replayed")
         )
+        register_layers(result, pipeline.worker)
         if pipeline.redis is not None:  # [distributed]: trio_orchestrator_redis_up and kin
             result.register_statistics("redis", pipeline.redis, counters=_REDIS_COUNTERS)
         if metrics.stage_timing:

@@ -24,7 +24,7 @@ import enum
 import math
 import random
 from collections import deque
-from typing import Protocol
+from typing import Any, Protocol
 
 import attrs
 import trio
@@ -442,6 +442,15 @@ class CircuitBreakerLayer:
             name = f"{self.provider}/{model}"
             breaker = self._breakers[model] = CircuitBreaker(self.config, name, rng=self.rng)
         return breaker
+
+    def is_available(self, deployment: Any) -> bool:
+        """A router health check: False while this provider's breaker for the deployment's
+        upstream model is open (other providers' deployments are not this layer's to judge).
+        """
+        if getattr(deployment, "provider", self.provider) != self.provider:
+            return True
+        breaker = self._breakers.get(getattr(deployment, "upstream_model", ""))
+        return breaker is None or breaker.state(trio.current_time()) is not BreakerState.OPEN
 
     def statistics(self) -> tuple[BreakerStatistics, ...]:
         """One snapshot per target seen so far, in order of first use."""

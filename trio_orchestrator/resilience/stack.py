@@ -150,10 +150,24 @@ LAYERS: tuple[tuple[str, LayerFactory], ...] = (
 the worker unchanged when the layer is disabled)."""
 
 
-def wrap(worker: ModelWorker, config: ResilienceConfig, context: LayerContext) -> ModelWorker:
-    """Wrap ``worker`` in every enabled layer, in the order of :data:`LAYERS`."""
-    for _, factory in reversed(LAYERS):
-        worker = factory(worker, config, context)
+def wrap(
+    worker: ModelWorker,
+    config: ResilienceConfig,
+    context: LayerContext,
+    *,
+    only: tuple[str, ...] | None = None,
+) -> ModelWorker:
+    """Wrap ``worker`` in every enabled layer, in the order of :data:`LAYERS`.
+
+    A worker that applies some layers inside itself says so with a ``layers_inside``
+    attribute (the router puts a breaker and retries below it, one per provider, so that it
+    can skip open breakers); those layers are not applied again on top. ``only`` restricts
+    the layers to the names given.
+    """
+    inside = set(getattr(worker, "layers_inside", ()))
+    for name, factory in reversed(LAYERS):
+        if name not in inside and (only is None or name in only):
+            worker = factory(worker, config, context)
     return worker
 
 

@@ -187,6 +187,13 @@ class RouterWorker:
         ValueError: a mapping key differs from its deployment's name.
     """
 
+    layers_inside: tuple[str, ...] = ()
+    """Resilience layers the deployments' workers already apply (see ``resilience.wrap``)."""
+
+    def deployment_workers(self) -> tuple[ModelWorker, ...]:
+        """The distinct workers the deployments call (for metrics of their layers)."""
+        return tuple({id(w): w for w in self._workers.values()}.values())
+
     def __init__(
         self,
         deployments: Mapping[str, tuple[ModelDeployment, ModelWorker]],

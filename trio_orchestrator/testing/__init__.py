@@ -4,6 +4,9 @@
   :class:`ScriptedWorker`, a worker that follows a fault schedule.
 - :mod:`.contract`: the worker contract, as a base class for pytest (:class:`WorkerContract`)
   and as a function (:func:`check_worker`).
+- :mod:`.fake_provider`: a real HTTP server speaking the OpenAI and Anthropic wire formats,
+  with scripted faults (:func:`open_fake_provider`; its scripts are
+  :class:`FakeBehaviour`, ``fake_provider.Behaviour``).
 """
 
 from .contract import (
@@ -13,6 +16,13 @@ from .contract import (
     check_worker,
     check_worker_async,
     worker_contract,
+)
+from .fake_provider import Behaviour as FakeBehaviour
+from .fake_provider import (
+    FakeProvider,
+    FakeProviderStatistics,
+    RecordedRequest,
+    open_fake_provider,
 )
 from .strategies import (
     WORKER_ERRORS,
@@ -39,7 +49,11 @@ __all__ = [
     "BreakGrammar",
     "ContractViolation",
     "Fail",
+    "FakeBehaviour",
+    "FakeProvider",
+    "FakeProviderStatistics",
     "Hang",
+    "RecordedRequest",
     "ScriptedWorker",
     "ScriptedWorkerStatistics",
     "Stall",
@@ -52,6 +66,7 @@ __all__ = [
     "fault_schedules",
     "generation_params",
     "messages",
+    "open_fake_provider",
     "prompt_requests",
     "tools",
     "worker_contract",

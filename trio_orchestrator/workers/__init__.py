@@ -1,6 +1,31 @@
 """Workers: the protocol, and the built-in providers."""
 
+from .anthropic import AnthropicWorker
+from .balance import BalanceStatistics, LoadBalancedWorker, WorkerLoad
 from .base import EventSink, ModelWorker, collect
+from .config import ProviderConfig, ProvidersConfig, build_worker, make_client, open_worker
 from .echo import EchoWorker
+from .http import Timeouts
+from .keys import KeyPool, KeyPoolStatistics, KeyStatistics
+from .openai import OpenAIWorker
 
-__all__ = ["EchoWorker", "EventSink", "ModelWorker", "collect"]
+__all__ = [
+    "AnthropicWorker",
+    "BalanceStatistics",
+    "EchoWorker",
+    "EventSink",
+    "KeyPool",
+    "KeyPoolStatistics",
+    "KeyStatistics",
+    "LoadBalancedWorker",
+    "ModelWorker",
+    "OpenAIWorker",
+    "ProviderConfig",
+    "ProvidersConfig",
+    "Timeouts",
+    "WorkerLoad",
+    "build_worker",
+    "collect",
+    "make_client",
+    "open_worker",
+]

@@ -1,0 +1,239 @@
+"""Gateway overhead: this project's pipeline + OpenAIWorker against the bare HTTP client, and
+against LiteLLM's Router, all calling the same fake provider over real HTTP.
+
+Rows, for each HTTP client library (httpx, httpx2) and each concurrency:
+
+1. ``bare``: the bare client POSTs a streaming ``/v1/chat/completions`` and reads the whole
+   SSE body (the floor: no parsing, no pipeline);
+2. ``pipeline``: ``open_pipeline(OpenAIWorker(client))`` and ``submit`` (SSE parsed into
+   events, accumulated, every pipeline stage; stage capacities raised to the concurrency so
+   nothing is shed). No resilience layers: none exist on this branch yet;
+3. ``litellm``: ``Router.acompletion(stream=True)`` under asyncio, in its own process and
+   virtualenv (``--litellm-python``, default ``.venv-litellm/bin/python``); skipped with a
+   message when that interpreter or LiteLLM is missing.
+
+The fake provider runs in its own process and answers at once (8 tokens), so CPU per request
+is the client process's CPU time (``time.process_time``) divided by requests. Each row is
+the median of ``--repeats`` runs. Ends with one line of JSON.
+
+    python benchmarks/bench_gateway.py [--quick] [--requests N] [--repeats R]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, cast
+
+import httpx
+import trio
+
+from trio_orchestrator import PromptRequest, open_pipeline
+from trio_orchestrator.config import Config, PipelineConfig
+from trio_orchestrator.types import GenerationParams
+from trio_orchestrator.workers import OpenAIWorker
+
+HERE = Path(__file__).resolve().parent
+BODY = {
+    "model": "fake-model",
+    "messages": [{"role": "user", "content": "hello"}],
+    "stream": True,
+    "stream_options": {"include_usage": True},
+}
+
+
+def start_fake(tokens: int) -> tuple[subprocess.Popen[str], str]:
+    """Start the fake provider in its own process; return it and its base URL."""
+    code = "from trio_orchestrator.testing.fake_provider import main; main()"
+    process = subprocess.Popen(
+        [sys.executable, "-c", code, "--tokens", str(tokens)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    return process, process.stdout.readline().strip()
+
+
+def new_client(library: str, concurrency: int) -> httpx.AsyncClient:
+    module: Any = httpx
+    if library == "httpx2":
+        import httpx2
+
+        module = httpx2
+    limits = module.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    return cast(httpx.AsyncClient, module.AsyncClient(limits=limits, timeout=None))
+
+
+async def drive(n: int, concurrency: int, call: Callable[[], Awaitable[None]]) -> dict[str, float]:
+    """Run ``n`` calls, ``concurrency`` at a time; return rps, latencies and CPU per request."""
+    latencies: list[float] = []
+    remaining, errors = n, 0
+
+    async def caller() -> None:
+        nonlocal remaining, errors
+        while remaining > 0:
+            remaining -= 1
+            start = time.perf_counter()
+            try:
+                await call()
+            except Exception:
+                errors += 1  # counted and reported, not hidden in the latencies
+                continue
+            latencies.append(time.perf_counter() - start)
+
+    cpu, wall = time.process_time(), time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for _ in range(concurrency):
+            nursery.start_soon(caller)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    latencies = sorted(latencies) or [math.nan]
+    return {
+        "rps": (n - errors) / wall,
+        "p50_ms": latencies[len(latencies) // 2] * 1000,
+        "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
+        "cpu_ms_per_request": cpu / n * 1000,
+        "errors": errors,
+    }
+
+
+async def bare(url: str, library: str, n: int, concurrency: int) -> dict[str, float]:
+    async with new_client(library, concurrency) as client:
+
+        async def call() -> None:
+            async with client.stream("POST", url + "/v1/chat/completions", json=BODY) as r:
+                await r.aread()
+                assert r.status_code == 200
+
+        await drive(min(n, concurrency), concurrency, call)  # warm the connection pool
+        return await drive(n, concurrency, call)
+
+
+async def pipeline(url: str, library: str, n: int, concurrency: int) -> dict[str, float]:
+    # Stage capacities at least the concurrency: with smaller ones the pipeline sheds the
+    # overflow by design (backpressure), which is not what this row measures.
+    room = max(concurrency, 512)
+    config = Config(
+        PipelineConfig(
+            rag_capacity=room,
+            assemble_capacity=room,
+            inference_capacity=max(room, 1024),
+            post_capacity=room,
+            stream_capacity=room,
+            inference_concurrency=concurrency,
+        )
+    )
+    request = PromptRequest(input="hello", params=GenerationParams(model="fake-model"))
+    async with new_client(library, concurrency) as client:
+        worker = OpenAIWorker(client, url + "/v1", name="fake")
+        async with open_pipeline(worker, config) as p:
+
+            async def call() -> None:
+                completion = await p.submit(request)
+                assert completion.finish_reason == "stop"
+
+            await drive(min(n, concurrency), concurrency, call)
+            return await drive(n, concurrency, call)
+
+
+def litellm(python: str, url: str, n: int, concurrency: int) -> dict[str, float] | str:
+    """Run the LiteLLM row in its own interpreter; a message says why when it cannot."""
+    if not Path(python).exists():
+        return f"skipped: no LiteLLM virtualenv at {python} (see --litellm-python)"
+    script = str(HERE / "_litellm_router.py")
+    done = subprocess.run(
+        [python, script, url + "/v1", str(n), str(concurrency)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        return "skipped: " + (done.stderr.strip().splitlines() or ["LiteLLM failed"])[-1]
+    return cast(dict[str, float], json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def median_row(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {key: round(statistics.median(r[key] for r in runs), 3) for key in runs[0]}
+
+
+def show(name: str, row: dict[str, float] | str) -> None:
+    if isinstance(row, str):
+        print(f"  {name:<22} {row}")
+        return
+    print(
+        f"  {name:<22} {row['rps']:>9.0f} req/s   p50 {row['p50_ms']:>8.2f} ms   "
+        f"p99 {row['p99_ms']:>8.2f} ms   CPU {row['cpu_ms_per_request']:.3f} ms/req"
+        f"   errors {row.get('errors', 0):.0f}"
+    )
+
+
+def ratio(a: dict[str, float] | str, b: dict[str, float] | str, key: str) -> float | None:
+    if isinstance(a, str) or isinstance(b, str) or not b[key]:
+        return None
+    return round(a[key] / b[key], 3)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a run under a minute")
+    parser.add_argument("--requests", type=int, default=None)
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--concurrency", type=int, nargs="*", default=None)
+    parser.add_argument("--libraries", nargs="*", default=["httpx", "httpx2"])
+    parser.add_argument("--litellm-python", default=str(HERE.parent / ".venv-litellm/bin/python"))
+    args = parser.parse_args()
+    n = args.requests or (600 if args.quick else 4000)
+    repeats = args.repeats or (1 if args.quick else 3)
+    concurrencies = args.concurrency or ([64] if args.quick else [64, 1024])
+
+    fake, url = start_fake(tokens=8)
+    print(
+        f"bench_gateway: {n} requests x {repeats} repeats (medians), fake provider in its own "
+        f"process answering 8 tokens at once; Python {platform.python_version()}, "
+        f"{os.cpu_count()} CPUs; pipeline rows without resilience layers"
+    )
+    results: dict[str, Any] = {}
+    try:
+        for concurrency in concurrencies:
+            print(f"concurrency {concurrency}:")
+            lite = litellm(args.litellm_python, url, n, concurrency)
+            show("litellm Router", lite)
+            results[f"c{concurrency}/litellm"] = lite
+            for library in args.libraries:
+                rows = {}
+                for name, run in (("bare", bare), ("pipeline", pipeline)):
+                    runs = [trio.run(run, url, library, n, concurrency) for _ in range(repeats)]
+                    rows[name] = median_row(runs)
+                    show(f"{library} {name}", rows[name])
+                    results[f"c{concurrency}/{library}/{name}"] = rows[name]
+                over_bare = ratio(rows["pipeline"], rows["bare"], "rps")
+                over_lite = ratio(rows["pipeline"], lite, "rps")
+                cpu_vs_lite = ratio(lite, rows["pipeline"], "cpu_ms_per_request")
+                print(
+                    f"  {library}: pipeline/bare {over_bare}x req/s; pipeline/litellm "
+                    f"{over_lite}x req/s, {cpu_vs_lite}x less CPU per request"
+                )
+                results[f"c{concurrency}/{library}/ratios"] = {
+                    "pipeline_over_bare_rps": over_bare,
+                    "pipeline_over_litellm_rps": over_lite,
+                    "litellm_cpu_over_pipeline_cpu": cpu_vs_lite,
+                }
+    finally:
+        assert fake.stdin is not None
+        fake.stdin.close()
+        fake.wait(10)
+    conditions = {"requests": n, "repeats": repeats, "concurrency": concurrencies, "tokens": 8}
+    print(json.dumps({"bench": "gateway", "conditions": conditions, "results": results}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,314 @@
+"""The service's HTTP throughput against the floor hypercorn's Trio worker allows.
+
+Scenarios, each a server process of its own on 127.0.0.1, all loaded by the same generator
+(``wrk``, or an in-Python httpx generator when wrk is absent) at 64 connections:
+
+- ``raw``: a bare ASGI app that echoes the request body, under hypercorn's Trio worker — the
+  floor for any application on this server;
+- ``service``: ``POST /v1/chat/completions`` (non-streaming) with the echo worker.
+
+(The fake-provider scenario plugs in at ``SCENARIOS`` once the provider workers land.)
+
+Each scenario runs ``--repeats`` times; medians of requests/s, p50 and p99 are reported, and
+the service's ratio to the floor. Ends with one line of JSON.
+
+    python benchmarks/bench_service.py [--quick] [--duration S] [--repeats R]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import trio
+
+CONNECTIONS = 64
+PROMPT = {"model": "echo", "messages": [{"role": "user", "content": "hello from the benchmark"}]}
+BODY = json.dumps(PROMPT)
+
+
+async def raw_echo_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """A bare ASGI app: answer each request with its own body, as JSON."""
+    if scope["type"] == "lifespan":
+        while (await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    body = b""
+    more = True
+    while more:
+        message = await receive()
+        body += message.get("body", b"")
+        more = message.get("more_body", False)
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _serve(scenario: str) -> None:
+    from hypercorn.config import Config as HypercornConfig
+    from hypercorn.trio import serve as hypercorn_serve
+
+    from trio_orchestrator.config import Config
+    from trio_orchestrator.config.service import ServiceConfig
+    from trio_orchestrator.service import serve
+
+    async with trio.open_nursery() as nursery:
+        if scenario == "raw":
+            hconfig = HypercornConfig()
+            hconfig.bind = ["127.0.0.1:0"]
+            hconfig.accesslog = None
+            binds = await nursery.start(hypercorn_serve, raw_echo_app, hconfig)
+            url = binds[0]
+        else:
+            config = Config(service=ServiceConfig(port=0))
+            url = await nursery.start(serve, config)
+        print(f"LISTENING {url}", flush=True)
+
+
+# Scenario name -> the path to load. The fake-provider row goes here after the merge.
+SCENARIOS: dict[str, str] = {"raw": "/", "service": "/v1/chat/completions"}
+
+
+@attrs.frozen
+class Result:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+
+
+_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def _ms(text: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
+    assert match, text
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def wrk(url: str, duration: float) -> Result:
+    """Load ``url`` with wrk (POST, the benchmark body) and parse its report."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(
+            'wrk.method = "POST"\n'
+            f"wrk.body = {json.dumps(BODY)}\n"
+            'wrk.headers["Content-Type"] = "application/json"\n'
+        )
+    command = [
+        "wrk",
+        "-t2",
+        f"-c{CONNECTIONS}",
+        f"-d{max(1, round(duration))}s",
+        "--latency",
+        "-s",
+        script.name,
+    ]
+    out = subprocess.run([*command, url], capture_output=True, text=True, check=True).stdout
+    os.unlink(script.name)
+    if "Non-2xx" in out or "Socket errors" in out:
+        raise RuntimeError(f"the load run had errors:\n{out}")
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = _ms(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    return Result(rps, p50, p99)
+
+
+def httpx_load(url: str, duration: float) -> Result:
+    """The fallback generator: 64 httpx clients in one Trio run, each POSTing in a loop."""
+    import httpx
+
+    latencies: list[float] = []
+
+    async def client(deadline: float) -> None:
+        async with httpx.AsyncClient() as http:
+            while time.perf_counter() < deadline:
+                start = time.perf_counter()
+                response = await http.post(url, content=BODY)
+                response.raise_for_status()
+                latencies.append(time.perf_counter() - start)
+
+    async def main() -> float:
+        start = time.perf_counter()
+        async with trio.open_nursery() as nursery:
+            for _ in range(CONNECTIONS):
+                nursery.start_soon(client, start + duration)
+        return time.perf_counter() - start
+
+    elapsed = trio.run(main)
+    latencies.sort()
+
+    def pick(q: float) -> float:
+        return latencies[int(q * (len(latencies) - 1))] * 1000
+
+    return Result(len(latencies) / elapsed, pick(0.5), pick(0.99))
+
+
+def run_scenario(scenario: str, load: Callable[[str, float], Result], duration: float) -> Result:
+    """Start the scenario's server process, warm it up, load it once, stop it."""
+    process = subprocess.Popen(
+        [sys.executable, __file__, "--serve", scenario],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        base = line.split()[1]
+        url = base + SCENARIOS[scenario]
+        load(url, 1.0)  # warm-up
+        return load(url, duration)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+async def _app_cost(app: Any, n: int) -> float:
+    """Microseconds of CPU per request for ``app`` called in-process, 64 callers at once."""
+    body = BODY.encode()
+    scope = {
+        "type": "http", "asgi": {"version": "3.0", "spec_version": "2.1"}, "http_version": "1.1",
+        "method": "POST", "scheme": "http", "path": "/v1/chat/completions",
+        "raw_path": b"/v1/chat/completions", "query_string": b"", "root_path": "",
+        "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))],
+        "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 2),
+    }  # fmt: skip
+
+    async def one() -> None:
+        messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def receive() -> dict[str, Any]:
+            if messages:
+                return messages.pop()
+            await trio.sleep_forever()  # the client stays: no disconnect
+            raise AssertionError
+
+        sent: list[dict[str, Any]] = []
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        await app(dict(scope), receive, send)
+        assert sent[0]["status"] == 200, sent
+
+    async def caller() -> None:
+        for _ in range(n // CONNECTIONS):
+            await one()
+
+    start = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for _ in range(CONNECTIONS):
+            nursery.start_soon(caller)
+    return (time.perf_counter() - start) / (n // CONNECTIONS * CONNECTIONS) * 1e6
+
+
+async def app_costs(n: int) -> dict[str, float]:
+    """In-process CPU per request of each layer: where the time over the floor goes."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+
+    from trio_orchestrator import EchoWorker, PromptRequest, open_pipeline
+    from trio_orchestrator.service import create_app, endpoints, streaming
+
+    async def constant(request: Request) -> Response:
+        await request.body()
+        return JSONResponse({"ok": True})
+
+    costs = {"raw_asgi": await _app_cost(raw_echo_app, n)}
+    costs["starlette_route"] = await _app_cost(
+        Starlette(routes=[Route("/v1/chat/completions", constant, methods=["POST"])]), n
+    )
+    async with open_pipeline(EchoWorker()) as pipeline:
+
+        async def through_pipeline(request: Request) -> Response:
+            await request.body()
+            completion = await pipeline.try_submit(PromptRequest(input="hello"))
+            return JSONResponse({"text": completion.text})
+
+        route = Route("/v1/chat/completions", through_pipeline, methods=["POST"])
+        costs["starlette_plus_pipeline"] = await _app_cost(Starlette(routes=[route]), n)
+        app = create_app()
+        state = app.state.service
+        state.pipeline, state.models, state.worker = pipeline, ("echo",), EchoWorker()
+        costs["service"] = await _app_cost(app, n)
+        watched = streaming.cancel_on_disconnect
+
+        async def unwatched(receive: Any, work: Any) -> Any:
+            return await work()
+
+        endpoints.cancel_on_disconnect = unwatched  # type: ignore[attr-defined]
+        try:
+            costs["service_without_disconnect_watch"] = await _app_cost(app, n)
+        finally:
+            endpoints.cancel_on_disconnect = watched  # type: ignore[attr-defined]
+    return costs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="one short run per scenario")
+    parser.add_argument("--duration", type=float, default=None, help="seconds per run")
+    parser.add_argument("--repeats", type=int, default=None, help="runs per scenario")
+    parser.add_argument("--serve", choices=sorted(SCENARIOS), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        trio.run(_serve, args.serve)
+        return
+    duration = args.duration or (5.0 if args.quick else 10.0)
+    repeats = args.repeats or (1 if args.quick else 3)
+    generator = "wrk" if shutil.which("wrk") else "httpx"
+    load = wrk if generator == "wrk" else httpx_load
+    print(
+        f"# bench_service: python {platform.python_version()}, {os.cpu_count()} CPUs, "
+        f"{CONNECTIONS} connections, {generator}, {duration:g}s x {repeats} per scenario"
+    )
+    medians: dict[str, dict[str, float]] = {}
+    for scenario in SCENARIOS:
+        runs = [run_scenario(scenario, load, duration) for _ in range(repeats)]
+        median = {
+            "rps": statistics.median(r.rps for r in runs),
+            "p50_ms": statistics.median(r.p50_ms for r in runs),
+            "p99_ms": statistics.median(r.p99_ms for r in runs),
+        }
+        medians[scenario] = median
+        print(
+            f"{scenario:>8}: {median['rps']:8.0f} req/s   p50 {median['p50_ms']:7.2f} ms   "
+            f"p99 {median['p99_ms']:7.2f} ms"
+        )
+    ratio = medians["service"]["rps"] / medians["raw"]["rps"]
+    print(f"service / raw floor: {ratio:.2f}x")
+    costs = trio.run(app_costs, 3200 if args.quick else 12800)
+    print("in-process CPU per request (64 callers, no network), microseconds:")
+    for name, cost in costs.items():
+        print(f"  {name:>34}: {cost:7.1f}")
+    summary = {
+        "benchmark": "service",
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "connections": CONNECTIONS,
+        "generator": generator,
+        "duration_s": duration,
+        "repeats": repeats,
+        **{name: {k: round(v, 2) for k, v in m.items()} for name, m in medians.items()},
+        "service_over_raw": round(ratio, 3),
+        "in_process_us_per_request": {k: round(v, 1) for k, v in costs.items()},
+    }
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""Helpers for the service tests: a real server on a free port, and small test workers."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import partial
+from typing import Any
+
+import attrs
+import httpx
+import trio
+
+from trio_orchestrator.config import Config, PipelineConfig
+from trio_orchestrator.config.service import ServiceConfig
+from trio_orchestrator.errors import WorkerError
+from trio_orchestrator.service import serve
+from trio_orchestrator.types import PromptRequest
+from trio_orchestrator.workers import EchoWorker, EventSink, ModelWorker
+
+
+def make_config(pipeline: dict[str, Any] | None = None, **service: Any) -> Config:
+    """A configuration listening on a free port of 127.0.0.1."""
+    return Config(
+        pipeline=PipelineConfig(**(pipeline or {})),
+        service=ServiceConfig(**({"port": 0} | service)),
+    )
+
+
+@asynccontextmanager
+async def running_service(
+    config: Config | None = None, worker: ModelWorker | None = None
+) -> AsyncIterator[str]:
+    """Serve on 127.0.0.1 (a free port) for the block; yield the base URL."""
+    async with trio.open_nursery() as nursery:
+        stop = trio.Event()
+        server = partial(serve, config or make_config(), worker=worker, shutdown_trigger=stop.wait)
+        url: str = await nursery.start(server)
+        try:
+            yield url
+        finally:
+            stop.set()
+
+
+async def statistics(client: httpx.AsyncClient) -> dict[str, Any]:
+    """The pipeline statistics from ``GET /v1/stats``."""
+    response = await client.get("/v1/stats")
+    response.raise_for_status()
+    stats: dict[str, Any] = response.json()["pipeline"]
+    return stats
+
+
+async def wait_for_statistic(client: httpx.AsyncClient, name: str, value: int) -> dict[str, Any]:
+    """Poll ``/v1/stats`` until ``name`` reaches ``value``; the caller bounds the wait."""
+    while True:
+        stats = await statistics(client)
+        if stats[name] >= value:
+            return stats
+        await trio.sleep(0.01)
+
+
+async def open_raw_post(url: str, path: str, body: dict[str, Any]) -> trio.SocketStream:
+    """Send a POST by hand on a fresh connection and return the connection, unread.
+
+    Tests that disconnect mid-response use this rather than an HTTP client, so that closing
+    the socket is the whole story.
+    """
+    host, port = httpx.URL(url).host, httpx.URL(url).port
+    assert port is not None
+    stream = await trio.open_tcp_stream(host, port)
+    data = json.dumps(body).encode()
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(data)}\r\n\r\n"
+    )
+    await stream.send_all(head.encode() + data)
+    return stream
+
+
+@attrs.define(eq=False)
+class RaisingWorker:
+    """Raises ``error`` for every request."""
+
+    error: BaseException
+    model: str = "echo"
+
+    async def generate(self, request: PromptRequest, emit: EventSink) -> None:
+        """Raise the configured error."""
+        await trio.lowlevel.checkpoint()
+        raise self.error
+
+
+@attrs.define(eq=False)
+class RecordingWorker:
+    """Echoes, remembering each request it saw and whether its call was cancelled."""
+
+    inner: EchoWorker = attrs.field(factory=EchoWorker)
+    seen: list[PromptRequest] = attrs.field(factory=list)
+    cancelled: list[str] = attrs.field(factory=list)
+    model: str = "echo"
+
+    async def generate(self, request: PromptRequest, emit: EventSink) -> None:
+        """Echo; record the request, and its cancellation if it is cancelled."""
+        self.seen.append(request)
+        try:
+            await self.inner.generate(request, emit)
+        except trio.Cancelled:
+            self.cancelled.append(request.request_id)
+            raise
+
+
+@attrs.define(eq=False)
+class EmbeddingWorker:
+    """An echo worker that also embeds: each text becomes [length, word count]."""
+
+    model: str = "echo"
+
+    async def generate(self, request: PromptRequest, emit: EventSink) -> None:
+        """Echo the request."""
+        await EchoWorker().generate(request, emit)
+
+    async def embed(self, texts: list[str], model: str) -> list[list[float]]:
+        """A deterministic toy embedding."""
+        await trio.lowlevel.checkpoint()
+        return [[float(len(t)), float(len(t.split()))] for t in texts]
+
+
+__all__ = [
+    "EmbeddingWorker",
+    "RaisingWorker",
+    "RecordingWorker",
+    "WorkerError",
+    "make_config",
+    "open_raw_post",
+    "running_service",
+    "statistics",
+    "wait_for_statistic",
+]

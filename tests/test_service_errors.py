@@ -1,0 +1,166 @@
+"""Errors the service sends: the status and OpenAI error object for each failure."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from service_helpers import RaisingWorker, make_config, running_service
+
+from trio_orchestrator import errors as e
+from trio_orchestrator.service import ApiError, map_exception
+from trio_orchestrator.service.app import create_app
+
+CHAT = {"model": "echo", "messages": [{"role": "user", "content": "hi"}]}
+
+# Every class of trio_orchestrator.errors a request can end with, and its status.
+STATUS = [
+    (e.PipelineClosed(), 503),
+    (e.RequestShed("inference", "full"), 503),
+    (e.DeadlineExceeded("late"), 408),
+    (e.RequestCancelled("shutdown"), 503),
+    (e.WorkerCrashed("boom"), 500),
+    (e.WorkerError("untyped"), 500),
+    (e.CircuitOpen("open", retry_after=3), 503),
+    (e.RateLimitExceeded("local", retry_after=2), 429),
+    (e.RateLimited("upstream", retry_after=5), 429),
+    (e.Overloaded("busy"), 503),
+    (e.ServerError("500"), 502),
+    (e.ProviderTimeout("slow"), 504),
+    (e.ProviderConnectionError("reset"), 502),
+    (e.MalformedResponse("garbled"), 502),
+    (e.AuthenticationError("bad key"), 502),
+    (e.PermissionDenied("no"), 502),
+    (e.ModelNotFound("gone"), 404),
+    (e.ContentFiltered("no"), 400),
+    (e.BadRequest("bad"), 400),
+    (e.ContextLengthExceeded("long"), 400),
+    (e.ProviderError("other"), 502),
+]
+
+
+@pytest.mark.parametrize(("error", "status"), STATUS, ids=lambda x: type(x).__name__)
+def test_each_error_class_maps_to_its_status(error: Exception, status: int) -> None:
+    """Every exception class of the hierarchy has its documented HTTP status."""
+    assert map_exception(error).status == status
+
+
+def test_the_mapping_covers_every_error_class() -> None:
+    """No class of trio_orchestrator.errors is left out of the status table."""
+    covered = {type(error) for error, _ in STATUS}
+    classes = {getattr(e, name) for name in e.__all__} - {
+        e.OrchestratorError,
+        e.ConfigError,
+        e.RequestError,
+    }
+    assert classes <= covered
+
+
+@pytest.mark.parametrize(
+    "error", [e.RateLimited("x", retry_after=2.5), e.RequestShed("a", "b"), e.CircuitOpen("c")]
+)
+def test_retryable_refusals_carry_retry_after(error: Exception) -> None:
+    """429 and 503 answers tell the client when to retry (whole seconds, at least 1)."""
+    assert int(map_exception(error).headers()["Retry-After"]) >= 1
+
+
+async def test_bad_field_is_named_in_a_400() -> None:
+    """Invalid input gets 400 with `param` naming the bad field."""
+    body = {"model": "echo", "messages": [{"role": "user", "content": 7}]}
+    async with running_service() as url, httpx.AsyncClient(base_url=url) as client:
+        response = await client.post("/v1/chat/completions", json=body)
+    error = response.json()["error"]
+    assert (response.status_code, error["param"]) == (400, "messages[0].content")
+
+
+async def test_invalid_json_is_a_400() -> None:
+    """A body that is not JSON gets 400 in the OpenAI error shape."""
+    async with running_service() as url, httpx.AsyncClient(base_url=url) as client:
+        response = await client.post("/v1/chat/completions", content=b"{nope")
+    assert (response.status_code, response.json()["error"]["code"]) == (400, "invalid_json")
+
+
+async def test_missing_field_is_named() -> None:
+    """A missing required field is named as missing."""
+    async with running_service() as url, httpx.AsyncClient(base_url=url) as client:
+        response = await client.post("/v1/chat/completions", json={"model": "echo"})
+    error = response.json()["error"]
+    assert (error["code"], error["param"]) == ("missing_field", "messages")
+
+
+async def test_body_over_the_limit_is_a_413() -> None:
+    """A body larger than service.max_body_bytes gets 413."""
+    config = make_config(max_body_bytes=100)
+    body = {"model": "echo", "messages": [{"role": "user", "content": "x" * 200}]}
+    async with running_service(config) as url, httpx.AsyncClient(base_url=url) as client:
+        response = await client.post("/v1/chat/completions", json=body)
+    assert (response.status_code, response.json()["error"]["code"]) == (413, "request_too_large")
+
+
+async def test_chunked_body_over_the_limit_is_a_413() -> None:
+    """A body without Content-Length is counted as it arrives and refused past the limit."""
+    config = make_config(max_body_bytes=100)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(10):
+            yield b"x" * 50
+
+    async with running_service(config) as url, httpx.AsyncClient(base_url=url) as client:
+        response = await client.post("/v1/chat/completions", content=chunks())
+    assert response.status_code == 413
+
+
+async def test_worker_crash_is_a_generic_500_without_details() -> None:
+    """A worker's untyped exception reaches the client as a generic 500, no traceback."""
+    worker = RaisingWorker(ZeroDivisionError("secret internals"))
+    async with running_service(worker=worker) as url, httpx.AsyncClient(base_url=url) as client:
+        response = await client.post("/v1/chat/completions", json=CHAT)
+    assert response.status_code == 500
+    assert "secret internals" not in response.text
+    assert "Traceback" not in response.text
+    assert response.json()["error"]["type"] == "server_error"
+
+
+async def test_error_mid_stream_is_an_error_event() -> None:
+    """A failure after a stream started is sent as a final `data: {"error": ...}` event."""
+    worker = RaisingWorker(e.Overloaded("busy"))
+    body = CHAT | {"stream": True}
+    async with running_service(worker=worker) as url, httpx.AsyncClient(base_url=url) as client:
+        response = await client.post("/v1/chat/completions", json=body)
+    events = [line for line in response.text.split("\n\n") if line]
+    assert response.status_code == 200
+    assert events[-1].startswith('data: {"error"')
+
+
+async def test_unknown_route_is_a_404_error_object() -> None:
+    """An unknown path gets 404 in the OpenAI error shape."""
+    async with running_service() as url, httpx.AsyncClient(base_url=url) as client:
+        response = await client.get("/v1/nothing-here")
+    assert (response.status_code, response.json()["error"]["code"]) == (404, "not_found")
+
+
+async def test_wrong_method_is_a_405_error_object() -> None:
+    """A known path with the wrong method gets 405 in the OpenAI error shape."""
+    async with running_service() as url, httpx.AsyncClient(base_url=url) as client:
+        response = await client.get("/v1/chat/completions")
+    assert response.status_code == 405
+    assert "error" in response.json()
+
+
+async def test_not_started_service_refuses_with_503() -> None:
+    """Before the lifespan opened the pipeline, requests get 503 and /readyz is not ready."""
+    transport = httpx.ASGITransport(app=create_app(make_config()))
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        chat = await client.post("/v1/chat/completions", json=CHAT)
+        ready = await client.get("/readyz")
+    assert (chat.status_code, ready.status_code) == (503, 503)
+    assert chat.headers["retry-after"] == "1"
+
+
+def test_api_error_body_has_the_openai_shape() -> None:
+    """The error body has exactly message, type, param and code."""
+    body = ApiError(400, "m", param="p", code="c").body()
+    assert body == {
+        "error": {"message": "m", "type": "invalid_request_error", "param": "p", "code": "c"}
+    }

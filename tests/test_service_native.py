@@ -1,0 +1,207 @@
+"""The native endpoints, dead letters and replay, embeddings, and the operational endpoints."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import pytest
+import trio
+from service_helpers import EmbeddingWorker, make_config, running_service, statistics
+
+from trio_orchestrator.config import Config
+from trio_orchestrator.pipeline import open_pipeline
+from trio_orchestrator.resilience import PriorityConfig
+from trio_orchestrator.service import ApiError, ServiceState
+from trio_orchestrator.service.openapi import openapi_document
+from trio_orchestrator.workers import EchoWorker
+
+SLOW = EchoWorker(first_token_delay=0.3)
+
+
+def sse_payloads(text: str) -> list[Any]:
+    """The JSON payloads of a server-sent event stream."""
+    return [json.loads(frame.removeprefix("data: ")) for frame in text.split("\n\n") if frame]
+
+
+async def test_prompt_returns_the_completion_and_its_outcome() -> None:
+    """POST /v1/prompt answers with the request id, outcome completed, and the completion."""
+    body = {"input": "hello world", "request_id": "req-1", "session": "s1"}
+    async with running_service() as url, httpx.AsyncClient(base_url=url) as client:
+        response = await client.post("/v1/prompt", json=body)
+    data = response.json()
+    assert (data["request_id"], data["outcome"]) == ("req-1", "completed")
+    assert data["completion"]["text"] == "hello world"
+
+
+async def test_prompt_past_its_timeout_is_a_408_with_outcome_expired() -> None:
+    """A prompt whose timeout passes gets 408 and outcome expired."""
+    async with running_service(worker=SLOW) as url, httpx.AsyncClient(base_url=url) as client:
+        response = await client.post("/v1/prompt", json={"input": "hi", "timeout": 0.01})
+    assert (response.status_code, response.json()["outcome"]) == (408, "expired")
+
+
+async def test_prompt_stream_sends_each_event() -> None:
+    """POST /v1/prompt/stream sends start, the deltas, usage and done, in order."""
+    async with running_service() as url, httpx.AsyncClient(base_url=url) as client:
+        response = await client.post("/v1/prompt/stream", json={"input": "a b"})
+    kinds = [event["type"] for event in sse_payloads(response.text)]
+    assert kinds == ["start", "text_delta", "text_delta", "usage", "done"]
+
+
+async def test_invalid_priority_is_named() -> None:
+    """An unknown priority gets 400 naming `priority`."""
+    async with running_service() as url, httpx.AsyncClient(base_url=url) as client:
+        response = await client.post("/v1/prompt", json={"input": "hi", "priority": "urgent"})
+    assert (response.status_code, response.json()["error"]["param"]) == (400, "priority")
+
+
+async def _flood(client: httpx.AsyncClient, n: int) -> list[httpx.Response]:
+    responses: list[httpx.Response] = []
+
+    async def one(i: int) -> None:
+        responses.append(await client.post("/v1/prompt", json={"input": f"p{i}"}))
+
+    async with trio.open_nursery() as nursery:
+        for i in range(n):
+            nursery.start_soon(one, i)
+    return responses
+
+
+TINY = {
+    "inference_concurrency": 1,
+    "inference_capacity": 1,
+    "assemble_capacity": 1,
+    "priority": PriorityConfig(max_waiting=1),
+}
+
+
+async def test_a_full_pipeline_sheds_with_503_and_retry_after() -> None:
+    """Requests beyond a full stage get 503, outcome shed, and Retry-After."""
+    async with (
+        running_service(make_config(TINY), SLOW) as url,
+        httpx.AsyncClient(base_url=url) as client,
+    ):
+        responses = await _flood(client, 6)
+    shed = [r for r in responses if r.status_code == 503]
+    assert shed
+    assert all(r.json()["outcome"] == "shed" and "retry-after" in r.headers for r in shed)
+
+
+async def test_shed_requests_are_listed_as_dead_letters() -> None:
+    """Each shed request appears in /v1/dead-letters with its stage and its prompt."""
+    async with (
+        running_service(make_config(TINY), SLOW) as url,
+        httpx.AsyncClient(base_url=url) as client,
+    ):
+        responses = await _flood(client, 6)
+        letters = (await client.get("/v1/dead-letters")).json()["data"]
+    shed_ids = {r.json()["request_id"] for r in responses if r.status_code == 503}
+    assert {letter["id"] for letter in letters} == shed_ids
+    assert all(letter["request"]["input"].startswith("p") for letter in letters)
+
+
+async def test_replaying_a_dead_letter_completes_it() -> None:
+    """POST /v1/dead-letters/{id}/replay runs the shed request again and removes the letter."""
+    async with (
+        running_service(make_config(TINY), SLOW) as url,
+        httpx.AsyncClient(base_url=url) as client,
+    ):
+        await _flood(client, 6)
+        letter = (await client.get("/v1/dead-letters")).json()["data"][0]
+        replay = await client.post(f"/v1/dead-letters/{letter['id']}/replay")
+        remaining = (await client.get("/v1/dead-letters")).json()["data"]
+    assert (replay.status_code, replay.json()["outcome"]) == (200, "completed")
+    assert replay.json()["completion"]["text"] == letter["request"]["input"]
+    assert letter["id"] not in {r["id"] for r in remaining}
+
+
+async def test_replaying_an_unknown_letter_is_a_404() -> None:
+    """Replaying an id that is not in the queue gets 404."""
+    async with running_service() as url, httpx.AsyncClient(base_url=url) as client:
+        response = await client.post("/v1/dead-letters/nope/replay")
+    assert (response.status_code, response.json()["error"]["code"]) == (
+        404,
+        "dead_letter_not_found",
+    )
+
+
+async def test_stats_count_the_requests_served() -> None:
+    """GET /v1/stats reports the pipeline's counters."""
+    async with running_service() as url, httpx.AsyncClient(base_url=url) as client:
+        for _ in range(3):
+            await client.post("/v1/prompt", json={"input": "hi"})
+        stats = await statistics(client)
+    assert (stats["submitted"], stats["completed"], stats["in_flight"]) == (3, 3, 0)
+
+
+async def test_embeddings_are_refused_clearly_by_the_echo_worker() -> None:
+    """The echo worker has no embeddings: 400 embeddings_not_supported, naming `model`."""
+    body = {"model": "echo", "input": "hi"}
+    async with running_service() as url, httpx.AsyncClient(base_url=url) as client:
+        response = await client.post("/v1/embeddings", json=body)
+    error = response.json()["error"]
+    assert (response.status_code, error["code"], error["param"]) == (
+        400,
+        "embeddings_not_supported",
+        "model",
+    )
+
+
+async def test_embeddings_come_from_a_worker_that_embeds() -> None:
+    """With a worker that has `embed`, /v1/embeddings returns one vector per input."""
+    body = {"model": "echo", "input": ["a b", "c"]}
+    async with (
+        running_service(worker=EmbeddingWorker()) as url,
+        httpx.AsyncClient(base_url=url) as client,
+    ):
+        response = await client.post("/v1/embeddings", json=body)
+    vectors = [item["embedding"] for item in response.json()["data"]]
+    assert vectors == [[3.0, 2.0], [1.0, 1.0]]
+
+
+async def test_metrics_are_prometheus_text() -> None:
+    """GET /metrics answers the Prometheus text format."""
+    async with running_service() as url, httpx.AsyncClient(base_url=url) as client:
+        response = await client.get("/metrics")
+    assert response.headers["content-type"].startswith("text/plain")
+    assert "# TYPE" in response.text
+
+
+async def test_openapi_document_lists_every_endpoint() -> None:
+    """/openapi.json describes every HTTP route the application has."""
+    async with running_service() as url, httpx.AsyncClient(base_url=url) as client:
+        document = (await client.get("/openapi.json")).json()
+    assert document == json.loads(json.dumps(openapi_document(("echo",))))
+    expected = {
+        "/v1/chat/completions", "/v1/models", "/v1/models/{model}", "/v1/embeddings",
+        "/v1/prompt", "/v1/prompt/stream", "/v1/stats", "/v1/dead-letters",
+        "/v1/dead-letters/{id}/replay", "/metrics", "/healthz", "/readyz", "/openapi.json",
+    }  # fmt: skip
+    assert set(document["paths"]) == expected
+
+
+async def test_readyz_is_ready_while_serving() -> None:
+    """/readyz is 200 while the pipeline is open and not draining."""
+    async with running_service() as url, httpx.AsyncClient(base_url=url) as client:
+        response = await client.get("/readyz")
+    assert (response.status_code, response.json()["status"]) == (200, "ready")
+
+
+async def test_readiness_follows_the_upstream_hook() -> None:
+    """The service is not ready while the readiness hook says every upstream is broken."""
+    async with open_pipeline(EchoWorker()) as pipeline:
+        broken = ServiceState(Config(), upstreams_ready=lambda: False, pipeline=pipeline)
+        working = ServiceState(Config(), upstreams_ready=lambda: True, pipeline=pipeline)
+        assert (broken.ready(), working.ready()) == (False, True)
+
+
+async def test_a_draining_service_refuses_new_requests_and_is_not_ready() -> None:
+    """Once draining, new requests get 503 `draining` with Retry-After, and readiness fails."""
+    async with open_pipeline(EchoWorker()) as pipeline:
+        state = ServiceState(Config(), pipeline=pipeline, draining=True)
+        with pytest.raises(ApiError) as info:
+            state.open_pipeline()
+        assert (info.value.status, info.value.code, info.value.retry_after) == (503, "draining", 1)
+        assert not state.ready()

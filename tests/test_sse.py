@@ -1,0 +1,108 @@
+"""The incremental SSE parser."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from trio_orchestrator.errors import MalformedResponse
+from trio_orchestrator.workers._sse import ServerSentEvent, SSEDecoder
+
+
+def decode(*chunks: bytes) -> list[ServerSentEvent]:
+    decoder = SSEDecoder("p")
+    events = [e for chunk in chunks for e in decoder.feed(chunk)]
+    return events + decoder.close()
+
+
+def test_one_event() -> None:
+    """A data line and a blank line make one message event."""
+    assert decode(b"data: hello\n\n") == [ServerSentEvent("message", "hello")]
+
+
+def test_multi_line_data_is_joined() -> None:
+    """Several data lines of one event join with newlines."""
+    assert decode(b"data: a\ndata: b\n\n")[0].data == "a\nb"
+
+
+def test_comments_are_ignored() -> None:
+    """Lines starting with a colon are comments (keep-alives)."""
+    assert decode(b": keep-alive\n\n: ping\ndata: x\n\n") == [ServerSentEvent("message", "x")]
+
+
+def test_event_names() -> None:
+    """The event field names the event; the next event is unnamed again."""
+    events = decode(b"event: ping\ndata: {}\n\ndata: y\n\n")
+    assert [e.event for e in events] == ["ping", "message"]
+
+
+def test_crlf_and_cr_line_endings() -> None:
+    """CRLF and lone CR end lines like LF, even with the CRLF split across chunks."""
+    assert decode(b"data: a\r", b"\n\r\ndata: b\r\r") == [
+        ServerSentEvent("message", "a"),
+        ServerSentEvent("message", "b"),
+    ]
+
+
+def test_event_without_data_is_not_dispatched() -> None:
+    """An event with only a name carries nothing and is dropped, as the spec says."""
+    assert decode(b"event: x\n\n") == []
+
+
+def test_id_and_retry_fields() -> None:
+    """id and retry are kept; a non-numeric retry is ignored."""
+    [event] = decode(b"id: 7\nretry: 1500\nretry: soon\ndata: d\n\n")
+    assert (event.id, event.retry) == ("7", 1500)
+
+
+def test_truncated_last_event_is_returned_on_close() -> None:
+    """A last event without its blank line (or newline) still comes out at close."""
+    assert decode(b'data: {"a": 1}') == [ServerSentEvent("message", '{"a": 1}')]
+
+
+def test_split_utf8_sequence() -> None:
+    """A UTF-8 character split across chunks decodes whole."""
+    raw = "data: héllo ✓\n\n".encode()
+    assert decode(raw[:8], raw[8:13], raw[13:])[0].data == "héllo ✓"
+
+
+def test_invalid_utf8_is_malformed() -> None:
+    """Bytes that are not UTF-8 raise MalformedResponse, not UnicodeDecodeError."""
+    with pytest.raises(MalformedResponse):
+        decode(b"data: \xff\xfe\n\n")
+
+
+def test_runaway_line_is_malformed() -> None:
+    """A line longer than the limit raises instead of growing the buffer without bound."""
+    decoder = SSEDecoder("p", max_line_bytes=16)
+    with pytest.raises(MalformedResponse, match="exceeded 16 bytes"):
+        decoder.feed(b"data: " + b"x" * 32)
+
+
+_text = st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="\r\n\0"))
+
+
+@given(
+    st.lists(st.tuples(st.sampled_from(["message", "a", "b"]), st.lists(_text, min_size=1))),
+    st.lists(st.integers(min_value=1, max_value=7), min_size=1),
+    st.sampled_from(["\n", "\r\n", "\r"]),
+)
+def test_any_chunking_gives_the_same_events(
+    events: list[tuple[str, list[str]]], sizes: list[int], eol: str
+) -> None:
+    """However the byte stream is cut into chunks, the same events come out."""
+    wire = "".join(
+        (f"event: {name}{eol}" if name != "message" else "")
+        + "".join(f"data: {line}{eol}" for line in lines)
+        + eol
+        for name, lines in events
+    ).encode()
+    chunks: list[bytes] = []
+    i = 0
+    while i < len(wire):
+        size = sizes[len(chunks) % len(sizes)]
+        chunks.append(wire[i : i + size])
+        i += size
+    expected = [ServerSentEvent(name, "\n".join(lines)) for name, lines in events]
+    assert decode(*chunks) == expected

@@ -1,0 +1,113 @@
+"""The service's configuration: where it listens, who may call it, and what it accepts."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Any
+
+import attrs
+
+from .secret import Secret
+
+__all__ = ["ApiKeyConfig", "EchoConfig", "ServiceConfig"]
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_PRIORITIES = ("critical", "high", "normal", "low")
+
+
+def _check_port(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
+        raise ValueError(f"{attribute.name} must be a port number 0-65535, got {value!r}")
+
+
+def _check_positive(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{attribute.name} must be a whole number ≥ 1, got {value!r}")
+
+
+def _check_delay(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+        raise ValueError(f"{attribute.name} must be a number of seconds ≥ 0, got {value!r}")
+
+
+def _check_sha256(_instance: object, _attribute: object, value: str | None) -> None:
+    if value is not None and not _SHA256.fullmatch(value):
+        raise ValueError(f"sha256 must be 64 lowercase hex digits, got {len(value)} characters")
+
+
+def _check_priority(_instance: object, _attribute: object, value: str | None) -> None:
+    if value is not None and value not in _PRIORITIES:
+        raise ValueError(f"priority must be one of {list(_PRIORITIES)}, got {value!r}")
+
+
+@attrs.frozen
+class ApiKeyConfig:
+    """One API key the service accepts, given either as the key or as its SHA-256 digest.
+
+    Attributes:
+        name: a label for logs (the key itself never appears anywhere).
+        key: the key (write ``"${ENV_VAR}"`` to read it from the environment).
+        sha256: the hex SHA-256 digest of the key, so the file need not hold the key.
+        admin: the key may also use the admin endpoints (dead letters, replay).
+        priority: the highest priority this key's requests may have (``critical``, ``high``,
+            ``normal``, ``low``); ``None`` for no cap. It is also their default.
+    """
+
+    name: str = ""
+    key: Secret | None = None
+    sha256: str | None = attrs.field(default=None, validator=_check_sha256)
+    admin: bool = False
+    priority: str | None = attrs.field(default=None, validator=_check_priority)
+
+    def __attrs_post_init__(self) -> None:
+        if (self.key is None) == (self.sha256 is None):
+            raise ValueError("an API key needs exactly one of `key` or `sha256`")
+
+    def digest(self) -> bytes:
+        """The SHA-256 digest of the key, which is all the service keeps."""
+        if self.sha256 is not None:
+            return bytes.fromhex(self.sha256)
+        assert self.key is not None
+        return hashlib.sha256(self.key.reveal().encode()).digest()
+
+
+@attrs.frozen
+class EchoConfig:
+    """The built-in echo worker, used when no provider is configured.
+
+    Attributes:
+        token_delay: seconds between tokens.
+        first_token_delay: seconds before the first token.
+        model: the model name it serves.
+    """
+
+    token_delay: float = attrs.field(default=0.0, validator=_check_delay)
+    first_token_delay: float = attrs.field(default=0.0, validator=_check_delay)
+    model: str = "echo"
+
+
+@attrs.frozen
+class ServiceConfig:
+    """The HTTP service (``trio-orchestrator serve``).
+
+    Attributes:
+        host: the address to listen on.
+        port: the port to listen on (0 for any free port).
+        workers: processes to run (hypercorn's multi-process mode when more than 1).
+        api_keys: keys accepted as ``Authorization: Bearer <key>``; none means no auth.
+        max_body_bytes: the largest request body accepted (413 beyond it).
+        cors_origins: origins allowed by CORS; empty means CORS is off.
+        models: model names listed by ``/v1/models`` and accepted by the OpenAI endpoints;
+            empty means the worker's own model(s).
+        echo: the echo worker's settings.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = attrs.field(default=8000, validator=_check_port)
+    workers: int = attrs.field(default=1, validator=_check_positive)
+    api_keys: tuple[ApiKeyConfig, ...] = ()
+    max_body_bytes: int = attrs.field(default=1_048_576, validator=_check_positive)
+    cors_origins: tuple[str, ...] = ()
+    models: tuple[str, ...] = ()
+    echo: EchoConfig = attrs.field(factory=EchoConfig)

@@ -1,0 +1,210 @@
+"""The ASGI application: ``create_app(config)``, and ``app`` for hypercorn.
+
+::
+
+    hypercorn --worker-class trio trio_orchestrator.service.app:app
+
+serves the configuration named by ``$TRIO_ORCHESTRATOR_CONFIG`` (the defaults without it).
+
+The application holds one pipeline per process, opened in the ASGI lifespan. Starlette enters
+and exits the lifespan context in one task (hypercorn's lifespan task, which lives until
+shutdown), which is what the pipeline's nursery needs. When the lifespan ends, the pipeline
+stops admitting, lets in-flight requests finish within ``pipeline.grace_period``, cancels the
+rest (each recorded as cancelled), and the final counts are logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
+from typing import Any
+
+import trio
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route, WebSocketRoute
+
+from ..config import Config
+from ..config.signals import reload_on_signal
+from ..errors import OrchestratorError
+from ..observability import instrument_pipeline
+from ..observability.metrics import prometheus
+from ..pipeline import open_pipeline
+from ..workers import ModelWorker
+from . import endpoints as ep
+from .errors import ApiError, map_exception
+from .guard import CatchAll, Guard, KeyRing
+from .openapi import openapi_document
+from .settings import CONFIG_ENV, config_from_environment, log_to_stderr, open_worker
+from .state import ServiceState, service_of, worker_models
+from .streaming import ClientGone
+from .ws import websocket_endpoint
+
+__all__ = ["app", "create_app"]
+
+logger = logging.getLogger("trio_orchestrator.service")
+
+WorkerOpener = Callable[[Config], AbstractAsyncContextManager[ModelWorker]]
+
+ROUTES = [
+    Route("/v1/chat/completions", ep.chat_completions, methods=["POST"]),
+    Route("/v1/models", ep.list_models, methods=["GET"]),
+    Route("/v1/models/{model:path}", ep.get_model, methods=["GET"]),
+    Route("/v1/embeddings", ep.embeddings, methods=["POST"]),
+    Route("/v1/prompt", ep.prompt, methods=["POST"]),
+    Route("/v1/prompt/stream", ep.prompt_stream, methods=["POST"]),
+    WebSocketRoute("/v1/ws", websocket_endpoint),
+    Route("/v1/stats", ep.stats, methods=["GET"]),
+    Route("/v1/dead-letters", ep.list_dead_letters, methods=["GET"]),
+    Route("/v1/dead-letters/{id}/replay", ep.replay_dead_letter, methods=["POST"]),
+    Route("/metrics", ep.metrics, methods=["GET"]),
+    Route("/healthz", ep.healthz, methods=["GET"]),
+    Route("/readyz", ep.readyz, methods=["GET"]),
+]
+
+
+def create_app(
+    config: Config | None = None,
+    worker: ModelWorker | None = None,
+    *,
+    worker_factory: WorkerOpener = open_worker,
+    upstreams_ready: Callable[[], bool] | None = None,
+) -> Starlette:
+    """Build the service's ASGI application.
+
+    Args:
+        config: the configuration (defaults throughout when ``None``).
+        worker: the worker to serve; when ``None``, ``worker_factory`` opens one in the
+            lifespan.
+        worker_factory: opens the worker for the life of the application.
+        upstreams_ready: the readiness hook (``/readyz`` is 503 while it returns false).
+
+    Returns:
+        The application; its ``state.service`` is the :class:`ServiceState`.
+    """
+    config = config or Config()
+    state = ServiceState(config)
+    if upstreams_ready is not None:
+        state.upstreams_ready = upstreams_ready
+    opener = (lambda _config: nullcontext(worker)) if worker is not None else worker_factory
+    application = Starlette(
+        routes=[*ROUTES, Route("/openapi.json", _openapi, methods=["GET"])],
+        middleware=_middleware(config),
+        exception_handlers={
+            ApiError: _api_error,
+            OrchestratorError: _api_error,
+            HTTPException: _http_error,
+            ClientGone: _client_gone,
+        },
+        lifespan=partial_lifespan(state, opener),
+    )
+    application.state.service = state
+    return application
+
+
+def _middleware(config: Config) -> list[Middleware]:
+    service = config.service
+    layers = [Middleware(CatchAll)]
+    if service.cors_origins:
+        layers.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(service.cors_origins),
+                allow_methods=["GET", "POST"],
+                allow_headers=["authorization", "content-type"],
+            )
+        )
+    keys = KeyRing.from_config(service.api_keys)
+    layers.append(Middleware(Guard, keys=keys, max_body_bytes=service.max_body_bytes))
+    return layers
+
+
+def partial_lifespan(
+    state: ServiceState, opener: WorkerOpener
+) -> Callable[[Starlette], AbstractAsyncContextManager[None]]:
+    """The lifespan: open the worker and the pipeline; drain and close them at shutdown."""
+
+    @asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        async with opener(state.config) as worker:
+            state.worker = worker
+            state.models = state.config.service.models or worker_models(worker)
+            async with open_pipeline(worker, state.config) as pipeline:
+                state.pipeline = pipeline
+                state.observed = instrument_pipeline(
+                    pipeline, state.config, registry=prometheus().CollectorRegistry()
+                )
+                async with trio.open_nursery() as nursery:
+                    path = os.environ.get(CONFIG_ENV)
+                    if path and threading.current_thread() is threading.main_thread():
+                        # SIGHUP re-reads the file: limits, breaker, retry, concurrency…
+                        await nursery.start(reload_on_signal, pipeline, path)
+                    try:
+                        yield
+                    finally:
+                        state.draining = True
+                        nursery.cancel_scope.cancel()
+            await trio.to_thread.run_sync(state.observed.close)
+            stats = pipeline.statistics()
+            logger.info(
+                "pipeline closed: submitted=%d completed=%d failed=%d shed=%d expired=%d "
+                "cancelled=%d in_flight=%d",
+                stats.submitted,
+                stats.completed,
+                stats.failed,
+                stats.shed,
+                stats.expired,
+                stats.cancelled,
+                stats.in_flight,
+            )
+
+    return lifespan
+
+
+async def _api_error(_request: Request, exc: Exception) -> Response:
+    return ep.json_error(map_exception(exc))
+
+
+async def _http_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = "not_found" if exc.status_code == 404 else "invalid_request"
+    message = exc.detail
+    if exc.status_code == 404:
+        message = "no such endpoint; /openapi.json lists them"
+    elif exc.status_code == 405:
+        message = "method not allowed on this endpoint; /openapi.json lists the methods"
+    error = ApiError(exc.status_code, message, code=code)
+    return ep.JSONResponse(error.body(), exc.status_code, exc.headers)
+
+
+async def _client_gone(_request: Request, _exc: Exception) -> Response:
+    # Nobody is listening; the server drops whatever is sent. 499 is nginx's "client closed".
+    return Response(status_code=499)
+
+
+async def _openapi(request: Request) -> Response:
+    return ep.JSONResponse(openapi_document(service_of(request).models or ("echo",)))
+
+
+class _ConfiguredByEnvironment:
+    """The application ``hypercorn …:app`` loads: built on first use (the lifespan), from
+    ``$TRIO_ORCHESTRATOR_CONFIG``, so importing this module reads no file."""
+
+    def __init__(self) -> None:
+        self._app: Starlette | None = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if self._app is None:
+            log_to_stderr()
+            self._app = create_app(config_from_environment())
+        await self._app(scope, receive, send)
+
+
+app = _ConfiguredByEnvironment()

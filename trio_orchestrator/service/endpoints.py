@@ -1,0 +1,272 @@
+"""The HTTP endpoints: OpenAI-compatible, native, and operational."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
+
+import attrs
+import trio
+from starlette.requests import Request
+from starlette.responses import JSONResponse as _StarletteJSONResponse
+from starlette.responses import Response
+
+from ..errors import OrchestratorError
+from ..pipeline import DeadLetter, Pipeline
+from ..types import PromptRequest
+from .chat import ChatRequest, ChunkWriter, completion_body, parse_chat_request
+from .errors import ApiError, map_exception, outcome_of
+from .guard import caller_of
+from .metrics import render_metrics
+from .native import completion_json, event_json, parse_prompt_request
+from .state import service_of
+from .streaming import Emit, EventStream, cancel_on_disconnect, error_json
+from .validate import Fields, invalid, parse_json_object
+
+__all__ = ["JSONResponse", "failure_response", "json_error", "stream_prompt"]
+
+
+class JSONResponse(_StarletteJSONResponse):
+    """JSON with non-ASCII escaped: a prompt may hold lone surrogates, which UTF-8 cannot
+    encode, and echoing one back must not turn into a 500."""
+
+    def render(self, content: Any) -> bytes:
+        """Serialize ``content`` compactly, ASCII only."""
+        return _dumps(content)
+
+
+def _dumps(data: Any) -> bytes:
+    return json.dumps(data, separators=(",", ":")).encode()
+
+
+async def _body(request: Request) -> Fields:
+    return parse_json_object(await request.body())
+
+
+# ----------------------------------------------------------------- OpenAI-compatible
+
+
+async def chat_completions(request: Request) -> Response:
+    """``POST /v1/chat/completions``."""
+    state = service_of(request)
+    pipeline = state.open_pipeline()
+    caller = caller_of(request.scope)
+    extra = {} if caller.priority_cap is None else {"priority": caller.priority_cap}
+    chat = parse_chat_request(await _body(request), state.models, caller.meta(), **extra)
+    if chat.stream:
+        return EventStream(partial(_stream_chat, pipeline, chat), _chat_error, b"[DONE]")
+    completion = await cancel_on_disconnect(
+        request.receive, partial(pipeline.try_submit, chat.prompt)
+    )
+    return JSONResponse(completion_body(completion, chat.prompt.params.model))
+
+
+async def _stream_chat(pipeline: Pipeline, chat: ChatRequest, emit: Emit) -> None:
+    prompt = chat.prompt
+    writer = ChunkWriter(prompt.request_id, prompt.params.model, chat.include_usage)
+    async with pipeline.stream(prompt) as events:
+        await emit(writer.first())
+        async for event in events:
+            chunk = writer.event(event)
+            if chunk is not None:
+                await emit(chunk)
+        assert events.completion is not None
+        for chunk in writer.last(events.completion):
+            await emit(chunk)
+
+
+def _chat_error(error: ApiError, _exc: BaseException) -> bytes:
+    return error_json(error)
+
+
+async def list_models(request: Request) -> Response:
+    """``GET /v1/models``."""
+    models = [_model_json(name) for name in service_of(request).models]
+    return JSONResponse({"object": "list", "data": models})
+
+
+async def get_model(request: Request) -> Response:
+    """``GET /v1/models/{model}``."""
+    name = request.path_params["model"]
+    if name not in service_of(request).models:
+        raise ApiError(404, f"the model {name!r} does not exist", code="model_not_found")
+    return JSONResponse(_model_json(name))
+
+
+def _model_json(name: str) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": 0, "owned_by": "trio-orchestrator"}
+
+
+async def embeddings(request: Request) -> Response:
+    """``POST /v1/embeddings``: for workers with ``async embed(texts, model)``."""
+    state = service_of(request)
+    state.open_pipeline()  # refuse while starting or draining, like every request
+    fields = await _body(request)
+    model = fields.text("model", required=True, max_length=256)
+    if model not in state.models:
+        raise ApiError(404, f"the model {model!r} does not exist", code="model_not_found")
+    texts = _embedding_input(fields)
+    embed = getattr(state.worker, "embed", None)
+    if embed is None:
+        message = f"the model {model!r} does not support embeddings"
+        raise ApiError(400, message, code="embeddings_not_supported", param="model")
+    with trio.fail_after(state.config.pipeline.request_timeout):
+        vectors: Sequence[Sequence[float]] = await cancel_on_disconnect(
+            request.receive, partial(embed, texts, model)
+        )
+    data = [
+        {"object": "embedding", "index": i, "embedding": list(v)} for i, v in enumerate(vectors)
+    ]
+    tokens = sum(len(t.split()) for t in texts)
+    usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+    return JSONResponse({"object": "list", "data": data, "model": model, "usage": usage})
+
+
+def _embedding_input(fields: Fields) -> list[str]:
+    value = fields.data.get("input")
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and value and all(isinstance(t, str) for t in value):
+        return value
+    raise invalid("input", "a string or a non-empty array of strings", value)
+
+
+# ----------------------------------------------------------------- native
+
+
+def _prompt(request: Request, fields: Fields) -> PromptRequest:
+    state = service_of(request)
+    caller = caller_of(request.scope)
+    return parse_prompt_request(fields, state.models, caller.meta(), caller.priority_cap)
+
+
+async def prompt(request: Request) -> Response:
+    """``POST /v1/prompt``: run a prompt; answer with the completion and its outcome."""
+    pipeline = service_of(request).open_pipeline()
+    prompt_request = _prompt(request, await _body(request))
+    return await _answer(
+        request, prompt_request.request_id, partial(pipeline.try_submit, prompt_request)
+    )
+
+
+async def _answer(request: Request, request_id: str, work: Any) -> Response:
+    try:
+        completion = await cancel_on_disconnect(request.receive, work)
+    except OrchestratorError as exc:
+        return failure_response(request_id, exc)
+    body = {"request_id": request_id, "outcome": "completed"}
+    return JSONResponse(body | {"completion": completion_json(completion)})
+
+
+def failure_response(request_id: str, exc: BaseException) -> Response:
+    """The native answer for a request that ended without a completion."""
+    error = map_exception(exc)
+    body = {"request_id": request_id, "outcome": outcome_of(exc).value, **error.body()}
+    return JSONResponse(body, error.status, error.headers())
+
+
+async def prompt_stream(request: Request) -> Response:
+    """``POST /v1/prompt/stream``: a prompt's events as server-sent events."""
+    pipeline = service_of(request).open_pipeline()
+    prompt_request = _prompt(request, await _body(request))
+    return EventStream(partial(stream_prompt, pipeline, prompt_request), _native_error)
+
+
+async def stream_prompt(pipeline: Pipeline, request: PromptRequest, emit: Emit) -> None:
+    """Send ``request``'s events: ``start``, each event, ending with ``done``."""
+    async with pipeline.stream(request) as events:
+        await emit(_dumps({"type": "start", "request_id": request.request_id}))
+        async for event in events:
+            await emit(_dumps(event_json(event)))
+
+
+def _native_error(error: ApiError, exc: BaseException) -> bytes:
+    return _dumps({"type": "error", "outcome": outcome_of(exc).value, **error.body()})
+
+
+# ----------------------------------------------------------------- operations
+
+
+async def healthz(request: Request) -> Response:
+    """``GET /healthz``: the process is alive."""
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    """``GET /readyz``: 200 when requests would be served, else 503."""
+    state = service_of(request)
+    if state.ready():
+        return JSONResponse({"status": "ready"})
+    return JSONResponse({"status": "draining" if state.draining else "not ready"}, 503)
+
+
+async def metrics(request: Request) -> Response:
+    """``GET /metrics``: Prometheus exposition."""
+    body, content_type = render_metrics(service_of(request))
+    return Response(body, media_type=content_type)
+
+
+async def stats(request: Request) -> Response:
+    """``GET /v1/stats``: the pipeline's statistics."""
+    state = service_of(request)
+    pipeline = state.pipeline
+    data = None if pipeline is None else attrs.asdict(pipeline.statistics())
+    return JSONResponse({"draining": state.draining, "pipeline": data})
+
+
+async def list_dead_letters(request: Request) -> Response:
+    """``GET /v1/dead-letters``: shed requests, oldest first."""
+    limit = _limit(request.query_params.get("limit"))
+    pipeline = service_of(request).pipeline
+    letters = [] if pipeline is None else pipeline.dead_letters.list(limit)
+    now = trio.current_time()
+    return JSONResponse({"object": "list", "data": [_letter_json(d, now) for d in letters]})
+
+
+def _limit(value: str | None) -> int | None:
+    if value is None:
+        return None
+    if not value.isdigit() or not 1 <= int(value) <= 10_000:
+        raise invalid("limit", "an integer in [1, 10000]", value)
+    return int(value)
+
+
+def _letter_json(letter: DeadLetter, now: float) -> dict[str, Any]:
+    request = letter.request
+    return {
+        "id": letter.id,
+        "stage": letter.stage,
+        "reason": letter.reason,
+        "age_seconds": round(max(0.0, now - letter.time), 3),
+        "request": {
+            "input": request.input,
+            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+            "model": request.params.model,
+            "session": request.session,
+            "priority": request.priority.name.lower(),
+            "meta": dict(request.meta),
+            "timeout": None
+            if request.timeout is None or math.isinf(request.timeout)
+            else request.timeout,
+        },
+    }
+
+
+async def replay_dead_letter(request: Request) -> Response:
+    """``POST /v1/dead-letters/{id}/replay``: submit a shed request again."""
+    letter_id = request.path_params["id"]
+    pipeline = service_of(request).open_pipeline()
+    try:
+        pipeline.dead_letters.get(letter_id)
+    except KeyError:
+        message = f"no dead letter {letter_id!r} (never shed, already replayed, or pushed out)"
+        raise ApiError(404, message, code="dead_letter_not_found", param="id") from None
+    return await _answer(request, letter_id, partial(pipeline.replay, letter_id))
+
+
+def json_error(error: ApiError) -> Response:
+    """``error`` as a response."""
+    return JSONResponse(error.body(), error.status, error.headers())

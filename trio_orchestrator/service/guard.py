@@ -1,0 +1,223 @@
+"""The service's outer ASGI layers: API keys, body size limit, and the last-resort 500.
+
+Both are plain ASGI middleware (no per-request task or buffering), so they cost a few
+dictionary lookups per request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import attrs
+
+from ..config.service import ApiKeyConfig
+from ..types import Priority
+from .errors import ApiError
+
+__all__ = ["Caller", "CatchAll", "Guard", "KeyRing", "caller_of"]
+
+logger = logging.getLogger("trio_orchestrator.service")
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+
+# The scope key under which the guard leaves the authenticated caller.
+CALLER_KEY = "trio_orchestrator.caller"
+PUBLIC_PATHS = frozenset(("/healthz", "/readyz"))
+ADMIN_PREFIXES = ("/v1/dead-letters", "/v1/admin")
+
+
+@attrs.frozen
+class Caller:
+    """Who sent a request.
+
+    Attributes:
+        key_id: the API key's fingerprint (``sha256:`` and 8 hex digits), when keys are on.
+        admin: the caller may use the admin endpoints.
+        priority_cap: the highest priority the caller's requests may have.
+    """
+
+    key_id: str | None = None
+    admin: bool = True
+    priority_cap: Priority | None = None
+
+    def meta(self) -> dict[str, str]:
+        """Labels for the caller's requests (``api_key_id``, used by per-key rate limits)."""
+        return {} if self.key_id is None else {"api_key_id": self.key_id}
+
+
+_ANONYMOUS = Caller()
+
+
+def caller_of(scope: Mapping[str, Any]) -> Caller:
+    """The caller the guard identified for this request."""
+    caller: Caller = scope.get(CALLER_KEY, _ANONYMOUS)
+    return caller
+
+
+@attrs.define(eq=False)
+class KeyRing:
+    """The accepted API keys, held only as SHA-256 digests."""
+
+    _entries: tuple[tuple[bytes, Caller], ...]
+
+    @classmethod
+    def from_config(cls, keys: Iterable[ApiKeyConfig]) -> KeyRing:
+        """Digest each configured key; drop the keys themselves."""
+        entries = []
+        for key in keys:
+            digest = key.digest()
+            cap = None if key.priority is None else Priority[key.priority.upper()]
+            caller = Caller("sha256:" + digest.hex()[:8], key.admin, cap)
+            entries.append((digest, caller))
+        return cls(tuple(entries))
+
+    @property
+    def enabled(self) -> bool:
+        """True when at least one key is configured (then every request needs one)."""
+        return bool(self._entries)
+
+    def identify(self, token: str) -> Caller | None:
+        """The caller holding ``token``, or ``None``; compares every digest in constant time."""
+        digest = hashlib.sha256(token.encode()).digest()
+        found = None
+        for known, caller in self._entries:
+            if hmac.compare_digest(known, digest):
+                found = caller
+        return found
+
+
+def _bearer(scope: Scope) -> str | None:
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            return token.strip() if scheme.lower() == "bearer" else None
+    return None
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+async def send_error(send: Any, error: ApiError) -> None:
+    """Send ``error`` as a complete JSON response."""
+    body = json.dumps(error.body()).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    headers += [(k.lower().encode(), v.encode()) for k, v in error.headers().items()]
+    if error.status == 401:
+        headers.append((b"www-authenticate", b"Bearer"))
+    await send({"type": "http.response.start", "status": error.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+_UNAUTHORIZED = ApiError(
+    401,
+    "missing or unknown API key: send `Authorization: Bearer <key>` with a configured key",
+    code="invalid_api_key",
+)
+_FORBIDDEN = ApiError(
+    403, "this endpoint needs an admin API key", "permission_error", "admin_required"
+)
+
+
+@attrs.define(eq=False)
+class Guard:
+    """Checks the API key and the body size before the application sees a request.
+
+    Args:
+        app: the application.
+        keys: the accepted keys; with none, every request is let through as an admin.
+        max_body_bytes: the largest request body; larger ones get 413.
+    """
+
+    app: Any
+    keys: KeyRing
+    max_body_bytes: int
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        kind = scope["type"]
+        if kind == "lifespan":
+            await self.app(scope, receive, send)
+            return
+        if self.keys.enabled and scope["path"] not in PUBLIC_PATHS:
+            token = _bearer(scope)
+            caller = None if token is None else self.keys.identify(token)
+            error = _UNAUTHORIZED if caller is None else None
+            if caller is not None and not caller.admin and scope["path"].startswith(ADMIN_PREFIXES):
+                error = _FORBIDDEN
+            if error is not None:
+                await self._refuse(kind, send, error)
+                return
+            scope[CALLER_KEY] = caller
+        if kind != "http":
+            await self.app(scope, receive, send)
+            return
+        length = _content_length(scope)
+        if length is not None and length > self.max_body_bytes:
+            await send_error(send, self._too_large())
+            return
+        await self.app(scope, self._limited(receive), send)
+
+    def _too_large(self) -> ApiError:
+        message = f"the request body is larger than the limit of {self.max_body_bytes} bytes"
+        return ApiError(413, message, code="request_too_large")
+
+    def _limited(self, receive: Any) -> Any:
+        seen = 0
+
+        async def limited_receive() -> Message:
+            nonlocal seen
+            message: Message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_body_bytes:
+                raise self._too_large()
+            return message
+
+        return limited_receive
+
+    @staticmethod
+    async def _refuse(kind: str, send: Any, error: ApiError) -> None:
+        if kind == "websocket":
+            # Closing before accepting makes the server answer the handshake with 403.
+            await send({"type": "websocket.close", "code": 1008, "reason": error.message[:100]})
+        else:
+            await send_error(send, error)
+
+
+@attrs.define(eq=False)
+class CatchAll:
+    """The outermost layer: an exception that escapes everything else is logged here and the
+    client gets a generic 500 in OpenAI's error shape, never a traceback."""
+
+    app: Any
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            # A failed startup must stop the server, not be answered.
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            logger.exception("unhandled error serving %s %s", scope.get("method"), scope["path"])
+            if scope["type"] == "http" and not started:
+                message = "internal error; the server log has the details"
+                await send_error(send, ApiError(500, message, "server_error", "internal_error"))

@@ -1,0 +1,281 @@
+"""The OpenAPI document served at ``/openapi.json``."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+__all__ = ["openapi_document"]
+
+_STR = {"type": "string"}
+_ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type"],
+            "properties": {
+                "message": _STR,
+                "type": _STR,
+                "param": {"type": "string", "nullable": True},
+                "code": {"type": "string", "nullable": True},
+            },
+        }
+    },
+}
+_TEXT_PART = {
+    "type": "object",
+    "required": ["type", "text"],
+    "properties": {"type": {"type": "string", "enum": ["text"]}, "text": _STR},
+}
+_MESSAGE = {
+    "type": "object",
+    "required": ["role"],
+    "properties": {
+        "role": {"type": "string", "enum": ["system", "developer", "user", "assistant", "tool"]},
+        "content": {
+            "nullable": True,
+            "oneOf": [_STR, {"type": "array", "items": _TEXT_PART}],
+        },
+        "name": _STR,
+        "tool_call_id": _STR,
+        "tool_calls": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["id", "type", "function"],
+                "properties": {
+                    "id": _STR,
+                    "type": {"type": "string", "enum": ["function"]},
+                    "function": {
+                        "type": "object",
+                        "required": ["name"],
+                        "properties": {"name": _STR, "arguments": _STR},
+                    },
+                },
+            },
+        },
+    },
+}
+_TOOL = {
+    "type": "object",
+    "required": ["type", "function"],
+    "properties": {
+        "type": {"type": "string", "enum": ["function"]},
+        "function": {
+            "type": "object",
+            "required": ["name"],
+            "properties": {
+                "name": {"type": "string", "maxLength": 64},
+                "description": _STR,
+                "parameters": {"type": "object"},
+            },
+        },
+    },
+}
+_STOP = {"oneOf": [_STR, {"type": "array", "items": _STR, "maxItems": 4}]}
+_CHAT_REQUEST: dict[str, Any] = {
+    "type": "object",
+    "required": ["model", "messages"],
+    "properties": {
+        "model": {"type": "string", "description": "one of the ids GET /v1/models lists"},
+        "messages": {"type": "array", "minItems": 1, "items": _MESSAGE},
+        "stream": {"type": "boolean"},
+        "stream_options": {
+            "type": "object",
+            "properties": {"include_usage": {"type": "boolean"}},
+        },
+        "max_tokens": {"type": "integer", "minimum": 1},
+        "max_completion_tokens": {"type": "integer", "minimum": 1},
+        "temperature": {"type": "number", "minimum": 0, "maximum": 2},
+        "top_p": {"type": "number", "minimum": 0, "maximum": 1},
+        "n": {"type": "integer", "minimum": 1, "maximum": 1},
+        "stop": _STOP,
+        "seed": {"type": "integer"},
+        "tools": {"type": "array", "items": _TOOL},
+        "tool_choice": {
+            "oneOf": [
+                {"type": "string", "enum": ["none", "auto", "required"]},
+                {
+                    "type": "object",
+                    "required": ["type", "function"],
+                    "properties": {
+                        "type": {"type": "string", "enum": ["function"]},
+                        "function": {
+                            "type": "object",
+                            "required": ["name"],
+                            "properties": {"name": _STR},
+                        },
+                    },
+                },
+            ]
+        },
+        "user": _STR,
+    },
+}
+_PROMPT_REQUEST: dict[str, Any] = {
+    "type": "object",
+    "description": "Give `input`, `messages`, or both.",
+    "properties": {
+        "input": _STR,
+        "messages": {"type": "array", "minItems": 1, "items": _MESSAGE},
+        "model": _STR,
+        "max_tokens": {"type": "integer", "minimum": 1},
+        "temperature": {"type": "number", "minimum": 0, "maximum": 2},
+        "stop": _STOP,
+        "request_id": {"type": "string", "maxLength": 128},
+        "session": _STR,
+        "priority": {
+            "oneOf": [
+                {"type": "string", "enum": ["critical", "high", "normal", "low"]},
+                {"type": "integer", "minimum": 0, "maximum": 3},
+            ]
+        },
+        "timeout": {"type": "number", "exclusiveMinimum": True, "minimum": 0},
+        "deadline": {"type": "number", "description": "Unix time by which to answer"},
+        "meta": {"type": "object", "additionalProperties": _STR},
+    },
+}
+_COMPLETION = {
+    "type": "object",
+    "properties": {
+        "text": _STR,
+        "finish_reason": _STR,
+        "usage": {"type": "object", "nullable": True},
+        "tool_calls": {"type": "array", "items": {"type": "object"}},
+        "model": {"type": "string", "nullable": True},
+    },
+}
+_PROMPT_RESPONSE = {
+    "type": "object",
+    "required": ["request_id", "outcome"],
+    "properties": {
+        "request_id": _STR,
+        "outcome": {
+            "type": "string",
+            "enum": ["completed", "failed", "shed", "expired", "cancelled"],
+        },
+        "completion": _COMPLETION,
+        "error": _ERROR["properties"]["error"],  # type: ignore[index]
+    },
+}
+_ANY_OBJECT = {"type": "object"}
+
+
+def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+_ERRORS = {
+    "400": _json(_ERROR, "Bad input; `param` names the field"),
+    "401": _json(_ERROR, "Missing or unknown API key"),
+    "404": _json(_ERROR, "Unknown model or resource"),
+    "408": _json(_ERROR, "The request's deadline passed"),
+    "413": _json(_ERROR, "The body is larger than service.max_body_bytes"),
+    "429": _json(_ERROR, "Rate limited; see Retry-After"),
+    "500": _json(_ERROR, "The worker failed"),
+    "502": _json(_ERROR, "The upstream provider failed"),
+    "503": _json(_ERROR, "Draining, full or circuit open; see Retry-After"),
+    "504": _json(_ERROR, "The upstream provider timed out"),
+}
+_SSE = {"description": "Server-sent events", "content": {"text/event-stream": {"schema": _STR}}}
+
+
+def _post(summary: str, body: dict[str, Any], ok: dict[str, Any]) -> dict[str, Any]:
+    request = {"required": True, "content": {"application/json": {"schema": body}}}
+    return {
+        "post": {"summary": summary, "requestBody": request, "responses": {"200": ok, **_ERRORS}}
+    }
+
+
+def _get(summary: str, ok: dict[str, Any], *, public: bool = False) -> dict[str, Any]:
+    operation: dict[str, Any] = {"summary": summary, "responses": {"200": ok, **_ERRORS}}
+    if public:
+        operation["security"] = []
+    return {"get": operation}
+
+
+_WS_DESCRIPTION = (
+    'WebSocket at /v1/ws: send {"type": "prompt", "id": ..., <fields of /v1/prompt>} '
+    'and {"type": "cancel", "id": ...}; receive events tagged with the id, each prompt '
+    "ending with one of done, error or cancelled. See docs/service.md."
+)
+
+
+@cache
+def openapi_document(models: tuple[str, ...] = ("echo",)) -> dict[str, Any]:
+    """The service's OpenAPI 3.0 document, naming the models served."""
+    model_name = {"type": "string", "enum": list(models)}
+    chat_request = {
+        **_CHAT_REQUEST,
+        "properties": {**_CHAT_REQUEST["properties"], "model": model_name},
+    }
+    prompt_request = {
+        **_PROMPT_REQUEST,
+        "properties": {**_PROMPT_REQUEST["properties"], "model": model_name},
+        "anyOf": [{"required": ["input"]}, {"required": ["messages"]}],
+    }
+    id_param = {"name": "id", "in": "path", "required": True, "schema": _STR}
+    model_param = {"name": "model", "in": "path", "required": True, "schema": _STR}
+    limit = {"name": "limit", "in": "query", "required": False}
+    limit["schema"] = {"type": "integer", "minimum": 1, "maximum": 10000}
+    replay = _post("Replay a dead letter", _ANY_OBJECT, _json(_PROMPT_RESPONSE))
+    del replay["post"]["requestBody"]
+    replay["post"]["parameters"] = [id_param]
+    dead_letters = _get("Shed requests, oldest first", _json(_ANY_OBJECT))
+    dead_letters["get"]["parameters"] = [limit]
+    model = _get("One model", _json(_ANY_OBJECT))
+    model["get"]["parameters"] = [model_param]
+    embedding_body = {
+        "type": "object",
+        "required": ["model", "input"],
+        "properties": {
+            "model": model_name,
+            "input": {"oneOf": [_STR, {"type": "array", "items": _STR, "minItems": 1}]},
+        },
+    }
+    paths = {
+        "/v1/chat/completions": _post(
+            "OpenAI chat completions (streaming with `stream: true`)",
+            chat_request,
+            {
+                "description": "A chat.completion, or chat.completion.chunk events",
+                "content": {
+                    "application/json": {"schema": _ANY_OBJECT},
+                    "text/event-stream": {"schema": _STR},
+                },
+            },
+        ),
+        "/v1/models": _get("The models served", _json(_ANY_OBJECT)),
+        "/v1/models/{model}": model,
+        "/v1/embeddings": _post(
+            "Embeddings, where the worker has them", embedding_body, _json(_ANY_OBJECT)
+        ),
+        "/v1/prompt": _post(
+            "Run a prompt; the completion and its outcome", prompt_request, _json(_PROMPT_RESPONSE)
+        ),
+        "/v1/prompt/stream": _post("A prompt's events as server-sent events", prompt_request, _SSE),
+        "/v1/stats": _get("Pipeline statistics", _json(_ANY_OBJECT)),
+        "/v1/dead-letters": dead_letters,
+        "/v1/dead-letters/{id}/replay": replay,
+        "/metrics": _get(
+            "Prometheus metrics", {"description": "OK", "content": {"text/plain": {"schema": _STR}}}
+        ),
+        "/healthz": _get("Alive", _json(_ANY_OBJECT), public=True),
+        "/readyz": _get("Ready to serve (503 when not)", _json(_ANY_OBJECT), public=True),
+        "/openapi.json": _get("This document", _json(_ANY_OBJECT)),
+    }
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "trio_orchestrator",
+            "version": "0.1.0",
+            "description": "An OpenAI-compatible gateway with native endpoints. " + _WS_DESCRIPTION,
+        },
+        "paths": paths,
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{"bearer": []}],
+    }

@@ -1,0 +1,80 @@
+"""What the service's handlers share: the configuration, the worker, the open pipeline."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import attrs
+from starlette.requests import HTTPConnection
+
+from ..config import Config
+from ..pipeline import Pipeline
+from ..workers import ModelWorker
+from .errors import ApiError
+
+__all__ = ["ServiceState", "service_of", "worker_models"]
+
+
+def worker_models(worker: ModelWorker) -> tuple[str, ...]:
+    """The models a worker serves: its ``models`` attribute, else its ``model``, else echo."""
+    models = getattr(worker, "models", None)
+    if models:
+        return tuple(str(m) for m in models)
+    model = getattr(worker, "model", None)
+    return (str(model),) if model else ("echo",)
+
+
+if TYPE_CHECKING:
+    from ..observability import Instrumentation
+
+
+@attrs.define(eq=False)
+class ServiceState:
+    """The service's state, one per process.
+
+    Attributes:
+        config: the configuration in force.
+        upstreams_ready: the readiness hook: false when every upstream is broken (for
+            example, every circuit breaker open). Always true for the echo worker.
+        worker: the worker, once the lifespan has opened it.
+        pipeline: the pipeline, while the lifespan holds it open.
+        models: the models served (``service.models``, else the worker's).
+        draining: shutdown has begun; new requests are refused with 503.
+        observed: the pipeline's metrics, traces and logs, while it is open.
+    """
+
+    config: Config
+    upstreams_ready: Callable[[], bool] = lambda: True
+    worker: ModelWorker | None = None
+    pipeline: Pipeline | None = None
+    models: tuple[str, ...] = ()
+    draining: bool = False
+    observed: Instrumentation | None = None
+
+    def open_pipeline(self) -> Pipeline:
+        """The pipeline, if it admits requests.
+
+        Raises:
+            ApiError: 503 when the service is starting, draining or stopped.
+        """
+        pipeline = self.pipeline
+        if pipeline is None or self.draining or pipeline.closing:
+            message = "the service is shutting down (or not started); retry elsewhere"
+            raise ApiError(503, message, "service_unavailable", "draining", retry_after=1)
+        return pipeline
+
+    def ready(self) -> bool:
+        """True when the pipeline is open, not draining, and some upstream works."""
+        return (
+            self.pipeline is not None
+            and not self.draining
+            and not self.pipeline.closing
+            and self.upstreams_ready()
+        )
+
+
+def service_of(connection: HTTPConnection | Any) -> ServiceState:
+    """The service state of the application serving ``connection``."""
+    state: ServiceState = connection.app.state.service
+    return state

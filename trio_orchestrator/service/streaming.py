@@ -1,0 +1,149 @@
+"""Noticing a client that went away, and server-sent event responses.
+
+A client that disconnects cancels its request at once: the handler's work runs in a nursery
+next to a task that waits for ``http.disconnect`` and then cancels the nursery. Cancelling a
+pipeline call ends its request as *cancelled* and cancels the worker at its next checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import outcome
+import trio
+from starlette.responses import Response
+
+from ..errors import OrchestratorError
+from .errors import ApiError, map_exception
+from .guard import send_error
+
+__all__ = ["ClientGone", "Emit", "EventStream", "cancel_on_disconnect"]
+
+logger = logging.getLogger("trio_orchestrator.service")
+
+T = TypeVar("T")
+Emit = Callable[[bytes], Awaitable[None]]
+ErrorEvent = Callable[[ApiError, BaseException], bytes]
+
+
+class ClientGone(Exception):
+    """The client disconnected before the answer was ready."""
+
+
+async def _watch(receive: Callable[[], Awaitable[dict[str, Any]]], scope: trio.CancelScope) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            scope.cancel()
+            return
+
+
+async def cancel_on_disconnect(receive: Any, work: Callable[[], Awaitable[T]]) -> T:
+    """Run ``work``, cancelling it if the client disconnects meanwhile.
+
+    ``work``'s own exceptions propagate unchanged (not wrapped in an exception group).
+
+    Raises:
+        ClientGone: the client disconnected (``work`` was cancelled).
+    """
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_watch, receive, nursery.cancel_scope)
+        result = await outcome.acapture(work)
+        gone = nursery.cancel_scope.cancel_called
+        nursery.cancel_scope.cancel()
+    if gone:
+        raise ClientGone
+    return result.unwrap()
+
+
+def _frame(data: bytes) -> bytes:
+    return b"data: " + data + b"\n\n"
+
+
+_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+
+
+class EventStream(Response):
+    """A server-sent event response: ``data: <payload>`` per event, each ended by a blank line.
+
+    ``produce(emit)`` sends events with ``await emit(payload)``. An error it raises before its
+    first event is answered with that error's status, like any other request; after it, the
+    error goes out as one more event (``error_event`` renders it) and the stream ends. A
+    client that disconnects cancels ``produce``.
+
+    Args:
+        produce: writes the stream.
+        error_event: renders an error as an event payload.
+        trailer: sent after a stream that ended without error (e.g. ``[DONE]``).
+    """
+
+    def __init__(
+        self,
+        produce: Callable[[Emit], Awaitable[None]],
+        error_event: ErrorEvent,
+        trailer: bytes | None = None,
+    ) -> None:
+        self.produce = produce
+        self.error_event = error_event
+        self.trailer = trailer
+        self.status_code = 200
+        self.background = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        out = _Output(send)
+        with trio.CancelScope() as client:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_watch, receive, client)
+                await self._run(out)
+                nursery.cancel_scope.cancel()
+        if not client.cancelled_caught:  # else the client went away: no one to finish for
+            await out.finish()
+
+    async def _run(self, out: _Output) -> None:
+        try:
+            await self.produce(out.emit)
+        except (OrchestratorError, ApiError) as exc:
+            error = map_exception(exc)
+            if out.started:
+                await out.emit(self.error_event(error, exc))
+            else:
+                await send_error(out.send, error)
+                out.finished = True
+            return
+        if self.trailer is not None:
+            await out.emit(self.trailer)
+
+
+class _Output:
+    """The response side of an event stream: headers go out with the first event."""
+
+    def __init__(self, send: Any) -> None:
+        self.send = send
+        self.started = False
+        self.finished = False
+
+    async def emit(self, data: bytes) -> None:
+        await self._start()
+        await self.send({"type": "http.response.body", "body": _frame(data), "more_body": True})
+
+    async def _start(self) -> None:
+        if not self.started:
+            self.started = True
+            await self.send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
+
+    async def finish(self) -> None:
+        if not self.finished:
+            await self._start()
+            await self.send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def error_json(error: ApiError) -> bytes:
+    """An error event in OpenAI's shape."""
+    return json.dumps(error.body()).encode()

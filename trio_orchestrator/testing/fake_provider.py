@@ -1,0 +1,727 @@
+"""A fault-injecting fake LLM provider: a real HTTP server speaking OpenAI's and Anthropic's
+wire formats, for tests and benchmarks.
+
+::
+
+    async with open_fake_provider(Behaviour(text="Hello there")) as fake:
+        worker = OpenAIWorker(client, base_url=fake.openai_base_url)
+        fake.script(Behaviour(status=429, retry_after=2))   # the next request gets a 429
+        fake.set_model("slow", Behaviour(token_delay=0.5))   # every request for "slow"
+
+It runs under hypercorn's Trio worker on ``127.0.0.1`` and a free port. Which behaviour a
+request gets: the next scripted one (:meth:`FakeProvider.script`), else the one for its API
+key, else the one for its model, else the default. It counts the requests it saw and the
+connections clients closed before their answer was complete.
+
+Endpoints: ``POST /v1/chat/completions``, ``GET /v1/models``, ``POST /v1/embeddings``
+(OpenAI) and ``POST /v1/messages`` (Anthropic), streaming and not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import itertools
+import json
+import math
+import sys
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
+from contextlib import asynccontextmanager
+from functools import partial
+from typing import Any, cast
+
+import attrs
+import trio
+
+from ..workers.echo import split_tokens
+
+__all__ = [
+    "Behaviour",
+    "FakeProvider",
+    "FakeProviderStatistics",
+    "RecordedRequest",
+    "open_fake_provider",
+]
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+_LOREM = [
+    "lorem",
+    "ipsum",
+    "dolor",
+    "sit",
+    "amet",
+    "consectetur",
+    "adipiscing",
+    "elit",
+    "sed",
+    "do",
+    "eiusmod",
+    "tempor",
+]
+
+
+@attrs.frozen
+class Behaviour:
+    """How the fake answers one request.
+
+    Token positions (``stall_after`` and the rest) count content tokens already sent: 0 means
+    before the first token.
+
+    Attributes:
+        text: the answer; ``None`` generates ``tokens`` words.
+        tokens: how many words to generate when ``text`` is ``None``.
+        token_delay: seconds between tokens (between pieces when ``drip`` is set).
+        first_token_delay: seconds before the first token (after the headers when streaming).
+        status: the HTTP status; ≥ 400 sends the format's error body.
+        retry_after: the ``Retry-After`` header value (seconds or an HTTP-date).
+        error_type: the error's ``type`` (and OpenAI ``code``); a default per status.
+        error_message: the error's message.
+        headers: extra response headers.
+        hang: accept the request and never answer (no headers).
+        stall_after: stop sending after this many tokens, keeping the stream open.
+        disconnect_after: drop the connection after this many tokens.
+        malformed_after: send an event that is not JSON after this many tokens.
+        error_after: send an error object in the stream after this many tokens, then end.
+        omit_done: end without OpenAI's ``[DONE]`` / Anthropic's ``message_stop``.
+        drip: send the stream in pieces of this many bytes (a slow drip).
+        tool_calls: ``(name, arguments JSON)`` pairs; they stream in parallel, interleaved.
+        finish_reason: the finish reason (``stop``/``end_turn`` by default).
+    """
+
+    text: str | None = None
+    tokens: int = 8
+    token_delay: float = 0.0
+    first_token_delay: float = 0.0
+    status: int = 200
+    retry_after: float | str | None = None
+    error_type: str | None = None
+    error_message: str = "the fake provider was told to fail"
+    headers: Mapping[str, str] = attrs.field(factory=dict)
+    hang: bool = False
+    stall_after: int | None = None
+    disconnect_after: int | None = None
+    malformed_after: int | None = None
+    error_after: int | None = None
+    omit_done: bool = False
+    drip: int | None = None
+    tool_calls: tuple[tuple[str, str], ...] = ()
+    finish_reason: str | None = None
+
+
+@attrs.frozen
+class RecordedRequest:
+    """A request the fake received.
+
+    Attributes:
+        method: the HTTP method.
+        path: the URL path.
+        headers: the request headers, names lower-cased (keys included: this is a test tool).
+        body: the parsed JSON body, or ``None``.
+    """
+
+    method: str
+    path: str
+    headers: Mapping[str, str]
+    body: Any
+
+
+@attrs.frozen
+class FakeProviderStatistics:
+    """What the fake has seen.
+
+    Attributes:
+        requests: requests received.
+        client_disconnects: connections the client closed before its answer was complete.
+        active: requests being answered now.
+    """
+
+    requests: int
+    client_disconnects: int
+    active: int
+
+
+class _Disconnect(Exception):
+    """Raised inside the app to make hypercorn drop the connection mid-answer."""
+
+
+_OPENAI_ERRORS = {
+    400: "invalid_request_error",
+    401: "invalid_api_key",
+    403: "permission_denied",
+    404: "model_not_found",
+    429: "rate_limit_exceeded",
+    500: "server_error",
+    503: "server_error",
+}
+_ANTHROPIC_ERRORS = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    529: "overloaded_error",
+}
+
+
+def _words(body: Any) -> int:
+    messages = body.get("messages") if isinstance(body, Mapping) else None
+    total = 0
+    for message in messages or ():
+        content = message.get("content") if isinstance(message, Mapping) else None
+        total += len(str(content or "").split())
+    return total
+
+
+@attrs.define(eq=False)
+class _Answer:
+    """One answer being written: its tokens, its fault plan, and the ASGI ``send``."""
+
+    behaviour: Behaviour
+    send: Send
+    model: str
+    tokens: list[str]
+    finish: str
+    input_tokens: int
+    _pending: bytearray = attrs.field(factory=bytearray)
+
+    @property
+    def instant(self) -> bool:
+        """No delays and no faults: the whole answer can go in one write."""
+        b = self.behaviour
+        faults = (b.stall_after, b.disconnect_after, b.malformed_after, b.error_after, b.drip)
+        return not (b.token_delay or b.first_token_delay) and all(f is None for f in faults)
+
+    async def write(self, data: bytes) -> None:
+        if self.instant:
+            # Buffered to the end: a benchmark's floor should not be the fake's send calls.
+            self._pending += data
+            return
+        drip = self.behaviour.drip
+        if not drip:
+            await self.send({"type": "http.response.body", "body": data, "more_body": True})
+            return
+        for start in range(0, len(data), drip):
+            if start:
+                await trio.sleep(self.behaviour.token_delay)
+            piece = data[start : start + drip]
+            await self.send({"type": "http.response.body", "body": piece, "more_body": True})
+
+    async def fault(self, sent: int, error_event: bytes) -> bool:
+        """Apply the faults planned at position ``sent``; ``True`` ends the answer."""
+        b = self.behaviour
+        if b.stall_after == sent:
+            await trio.sleep_forever()
+        if b.disconnect_after == sent:
+            raise _Disconnect
+        if b.malformed_after == sent:
+            await self.write(b'data: {"choices": [{"delta": {"content": "cut\n\n')
+        if b.error_after == sent:
+            await self.write(error_event)
+            return True
+        return False
+
+
+def _sse(data: Any, event: str | None = None) -> bytes:
+    head = f"event: {event}\n" if event else ""
+    return f"{head}data: {json.dumps(data)}\n\n".encode()
+
+
+@attrs.define(eq=False)
+class FakeProvider:
+    """The fake's state and its ASGI application. Start it with :func:`open_fake_provider`
+    or ``await nursery.start(fake.serve)``.
+
+    Args:
+        default: the behaviour when nothing more specific applies.
+        models: the model ids ``/v1/models`` lists.
+    """
+
+    default: Behaviour = attrs.field(factory=Behaviour)
+    models: tuple[str, ...] = ("fake-model",)
+    base_url: str = attrs.field(default="", init=False)
+    requests: list[RecordedRequest] = attrs.field(factory=list, init=False)
+    _queue: deque[Behaviour] = attrs.field(factory=deque, init=False)
+    _by_model: dict[str, Behaviour] = attrs.field(factory=dict, init=False)
+    _by_key: dict[str, Behaviour] = attrs.field(factory=dict, init=False)
+    _seen: int = attrs.field(default=0, init=False)
+    _disconnects: int = attrs.field(default=0, init=False)
+    _active: int = attrs.field(default=0, init=False)
+    _disconnected: trio.Event = attrs.field(factory=trio.Event, init=False)
+
+    @property
+    def openai_base_url(self) -> str:
+        """The base URL for OpenAI-style clients (with ``/v1``)."""
+        return self.base_url + "/v1"
+
+    def script(self, *behaviours: Behaviour) -> None:
+        """Queue behaviours for the next requests, one each, in order."""
+        self._queue.extend(behaviours)
+
+    def set_model(self, model: str, behaviour: Behaviour) -> None:
+        """Answer every request for ``model`` with ``behaviour``."""
+        self._by_model[model] = behaviour
+
+    def set_key(self, api_key: str, behaviour: Behaviour) -> None:
+        """Answer every request made with ``api_key`` with ``behaviour``."""
+        self._by_key[api_key] = behaviour
+
+    def statistics(self) -> FakeProviderStatistics:
+        """Counts of requests seen, client disconnects and answers in progress."""
+        return FakeProviderStatistics(self._seen, self._disconnects, self._active)
+
+    async def wait_for_disconnects(self, count: int) -> None:
+        """Wait until clients have closed ``count`` connections mid-answer (in all)."""
+        while self._disconnects < count:
+            await self._disconnected.wait()
+
+    async def serve(self, *, task_status: trio.TaskStatus[FakeProvider]) -> None:
+        """Serve until cancelled; ``task_status.started`` gives this fake, its URL set."""
+        from hypercorn.config import Config
+        from hypercorn.trio import serve
+
+        config = Config()
+        config.bind = ["127.0.0.1:0"]
+        config.errorlog = None  # a scripted disconnect is not an error worth a traceback
+        config.accesslog = None
+        config.graceful_timeout = 0.0
+        config.backlog = 4096  # benchmarks open a thousand connections at once
+        # A loaded benchmark leaves pooled connections idle for seconds; closing them then
+        # races the client's reuse and fails requests that did nothing wrong.
+        config.keep_alive_timeout = 600.0
+        async with trio.open_nursery() as nursery:
+            binds = await nursery.start(partial(serve, cast(Any, self), config, mode="asgi"))
+            self.base_url = str(binds[0])
+            task_status.started(self)
+
+    # ----------------------------------------------------------------- ASGI
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        raw = b""
+        while True:
+            message = await receive()
+            raw += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            body = None
+        self.requests.append(RecordedRequest(scope["method"], scope["path"], headers, body))
+        self._seen += 1
+        self._active += 1
+        try:
+            await self._answer_watching(scope, headers, body, receive, send)
+        finally:
+            self._active -= 1
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _answer_watching(
+        self, scope: Scope, headers: Mapping[str, str], body: Any, receive: Receive, send: Send
+    ) -> None:
+        done = False
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            if not done:
+                self._disconnects += 1
+                self._disconnected.set()
+                self._disconnected = trio.Event()
+            nursery.cancel_scope.cancel()
+
+        async def send_marking_done(message: MutableMapping[str, Any]) -> None:
+            nonlocal done
+            # Marked before sending: hypercorn reports the stream closed during this send.
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                done = True
+            await send(message)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch)
+            await self._route(scope["method"], scope["path"], headers, body, send_marking_done)
+            nursery.cancel_scope.cancel()
+
+    def _pick(self, headers: Mapping[str, str], body: Any) -> Behaviour:
+        if self._queue:
+            return self._queue.popleft()
+        key = headers.get("x-api-key") or headers.get("authorization", "").removeprefix("Bearer ")
+        if key in self._by_key:
+            return self._by_key[key]
+        model = body.get("model") if isinstance(body, Mapping) else None
+        return self._by_model.get(str(model), self.default)
+
+    async def _route(
+        self, method: str, path: str, headers: Mapping[str, str], body: Any, send: Send
+    ) -> None:
+        if method == "GET" and path == "/v1/models":
+            data = [
+                {"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in self.models
+            ]
+            await _json(send, 200, {"object": "list", "data": data})
+        elif method == "POST" and path == "/v1/embeddings" and isinstance(body, Mapping):
+            await _json(send, 200, _embeddings(body))
+        elif method == "POST" and path == "/v1/chat/completions" and isinstance(body, Mapping):
+            await self._chat(self._pick(headers, body), body, send, anthropic=False)
+        elif method == "POST" and path == "/v1/messages" and isinstance(body, Mapping):
+            if "anthropic-version" not in headers:
+                error = {"type": "invalid_request_error", "message": "anthropic-version missing"}
+                await _json(send, 400, {"type": "error", "error": error})
+                return
+            await self._chat(self._pick(headers, body), body, send, anthropic=True)
+        else:
+            error = {"message": f"no route for {method} {path}", "type": "not_found"}
+            await _json(send, 404, {"error": error})
+
+    async def _chat(
+        self, b: Behaviour, body: Mapping[str, Any], send: Send, *, anthropic: bool
+    ) -> None:
+        if b.hang:
+            await trio.sleep_forever()
+        if b.status >= 400:
+            await self._error(b, send, anthropic=anthropic)
+            return
+        answer = self._plan(b, body, send, anthropic=anthropic)
+        stream = bool(body.get("stream"))
+        if anthropic:
+            await (_anthropic_stream(answer) if stream else _anthropic_json(answer))
+        else:
+            usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            await (_openai_stream(answer, usage) if stream else _openai_json(answer))
+
+    def _plan(
+        self, b: Behaviour, body: Mapping[str, Any], send: Send, *, anthropic: bool
+    ) -> _Answer:
+        text = (
+            b.text
+            if b.text is not None
+            else " ".join(itertools.islice(itertools.cycle(_LOREM), b.tokens))
+        )
+        tokens = split_tokens(text)
+        finish = b.finish_reason or ("end_turn" if anthropic else "stop")
+        if b.tool_calls:
+            finish = b.finish_reason or ("tool_use" if anthropic else "tool_calls")
+        limit = body.get("max_tokens")
+        if isinstance(limit, int) and len(tokens) > limit:
+            tokens, finish = tokens[:limit], ("max_tokens" if anthropic else "length")
+        model = str(body.get("model", "fake-model"))
+        return _Answer(b, send, model, tokens, finish, _words(body))
+
+    async def _error(self, b: Behaviour, send: Send, *, anthropic: bool) -> None:
+        headers = dict(b.headers)
+        if b.retry_after is not None:
+            headers["retry-after"] = str(b.retry_after)
+        if anthropic:
+            kind = b.error_type or _ANTHROPIC_ERRORS.get(b.status, "api_error")
+            payload: Any = {"type": "error", "error": {"type": kind, "message": b.error_message}}
+        else:
+            kind = b.error_type or _OPENAI_ERRORS.get(b.status, "server_error")
+            error = {"message": b.error_message, "type": kind, "param": None, "code": kind}
+            payload = {"error": error}
+        await _json(send, b.status, payload, headers)
+
+
+async def _json(
+    send: Send, status: int, payload: Any, headers: Mapping[str, str] | None = None
+) -> None:
+    data = json.dumps(payload).encode()
+    pairs = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
+    pairs += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": pairs})
+    await send({"type": "http.response.body", "body": data, "more_body": False})
+
+
+async def _start_stream(answer: _Answer) -> None:
+    pairs = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+    pairs += [(k.encode(), v.encode()) for k, v in answer.behaviour.headers.items()]
+    await answer.send({"type": "http.response.start", "status": 200, "headers": pairs})
+
+
+async def _end_stream(answer: _Answer) -> None:
+    body = bytes(answer._pending)
+    await answer.send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def _text_tokens(answer: _Answer, event: Callable[[str], bytes], error: bytes) -> bool:
+    """Send the text tokens with their delays and faults; ``True``: the answer was ended."""
+    b = answer.behaviour
+    await trio.sleep(b.first_token_delay)
+    for i, token in enumerate(answer.tokens):
+        if await answer.fault(i, error):
+            return True
+        if i and b.token_delay and not b.drip:
+            await trio.sleep(b.token_delay)
+        await answer.write(event(token))
+    return await answer.fault(len(answer.tokens), error)
+
+
+def _pieces(arguments: str) -> list[str]:
+    size = max(1, math.ceil(len(arguments) / 3))
+    return [arguments[i : i + size] for i in range(0, len(arguments), size)] or [""]
+
+
+# ------------------------------------------------------------------ OpenAI
+
+
+def _chunk(answer: _Answer, cid: str, delta: Any, finish: str | None = None) -> dict[str, Any]:
+    return {
+        "id": cid,
+        "object": "chat.completion.chunk",
+        "created": 0,
+        "model": answer.model,
+        "system_fingerprint": None,
+        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+    }
+
+
+def _openai_usage(answer: _Answer) -> dict[str, int]:
+    out = len(answer.tokens) + len(answer.behaviour.tool_calls)
+    return {
+        "prompt_tokens": answer.input_tokens,
+        "completion_tokens": out,
+        "total_tokens": answer.input_tokens + out,
+    }
+
+
+async def _openai_stream(answer: _Answer, include_usage: bool) -> None:
+    cid = "chatcmpl-fake"
+    error = _sse({"error": {"message": "mid-stream failure", "type": "server_error", "code": None}})
+
+    def chunk(delta: Any, finish: str | None = None) -> dict[str, Any]:
+        out = _chunk(answer, cid, delta, finish)
+        if include_usage:
+            out["usage"] = None
+        return out
+
+    await _start_stream(answer)
+    await answer.write(_sse(chunk({"role": "assistant", "content": ""})))
+    if await _text_tokens(answer, lambda t: _sse(chunk({"content": t})), error):
+        await _end_stream(answer)
+        return
+    calls = answer.behaviour.tool_calls
+    for i, (name, _) in enumerate(calls):
+        start = {
+            "index": i,
+            "id": f"call_{i}",
+            "type": "function",
+            "function": {"name": name, "arguments": ""},
+        }
+        await answer.write(_sse(chunk({"tool_calls": [start]})))
+    split = [_pieces(arguments) for _, arguments in calls]
+    for round_ in itertools.zip_longest(*split):  # interleaved: calls stream in parallel
+        for i, piece in enumerate(round_):
+            if piece:
+                delta = {"tool_calls": [{"index": i, "function": {"arguments": piece}}]}
+                await answer.write(_sse(chunk(delta)))
+    await answer.write(_sse(chunk({}, answer.finish)))
+    if include_usage:
+        final = _chunk(answer, cid, {}, None)
+        final["choices"], final["usage"] = [], _openai_usage(answer)
+        await answer.write(_sse(final))
+    if not answer.behaviour.omit_done:
+        await answer.write(b"data: [DONE]\n\n")
+    await _end_stream(answer)
+
+
+async def _openai_json(answer: _Answer) -> None:
+    b = answer.behaviour
+    await _nonstream_faults(answer)
+    calls = [
+        {"id": f"call_{i}", "type": "function", "function": {"name": n, "arguments": a}}
+        for i, (n, a) in enumerate(b.tool_calls)
+    ]
+    message: dict[str, Any] = {"role": "assistant", "content": "".join(answer.tokens) or None}
+    if calls:
+        message["tool_calls"] = calls
+    payload = {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "created": 0,
+        "model": answer.model,
+        "choices": [
+            {"index": 0, "message": message, "logprobs": None, "finish_reason": answer.finish}
+        ],
+        "usage": _openai_usage(answer),
+    }
+    await _json(answer.send, 200, payload, b.headers)
+
+
+async def _nonstream_faults(answer: _Answer) -> None:
+    b = answer.behaviour
+    await trio.sleep(b.first_token_delay + b.token_delay * max(0, len(answer.tokens) - 1))
+    if b.stall_after is not None:
+        await trio.sleep_forever()
+    if b.disconnect_after is not None:
+        raise _Disconnect
+    if b.malformed_after is not None:
+        await answer.send({"type": "http.response.start", "status": 200, "headers": []})
+        await answer.send(
+            {"type": "http.response.body", "body": b'{"choices": [', "more_body": False}
+        )
+        raise _Disconnect
+
+
+def _embeddings(body: Mapping[str, Any]) -> dict[str, Any]:
+    inputs = body.get("input")
+    items = [inputs] if isinstance(inputs, str) else list(inputs or ())
+    data = []
+    for i, text in enumerate(items):
+        digest = hashlib.sha256(str(text).encode()).digest()
+        data.append({"object": "embedding", "index": i, "embedding": [b / 255 for b in digest[:8]]})
+    usage = {"prompt_tokens": len(items), "total_tokens": len(items)}
+    return {"object": "list", "data": data, "model": body.get("model"), "usage": usage}
+
+
+# ------------------------------------------------------------------ Anthropic
+
+
+async def _anthropic_stream(answer: _Answer) -> None:
+    b = answer.behaviour
+    error = _sse(
+        {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}, "error"
+    )
+    usage = {"input_tokens": answer.input_tokens, "output_tokens": 1}
+    message: dict[str, Any] = {
+        "id": "msg_fake",
+        "type": "message",
+        "role": "assistant",
+        "model": answer.model,
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": usage,
+    }
+    await _start_stream(answer)
+    await answer.write(_sse({"type": "message_start", "message": message}, "message_start"))
+    block = {
+        "type": "content_block_start",
+        "index": 0,
+        "content_block": {"type": "text", "text": ""},
+    }
+    await answer.write(_sse(block, "content_block_start"))
+    await answer.write(_sse({"type": "ping"}, "ping"))
+
+    def text_event(token: str) -> bytes:
+        delta = {
+            "type": "content_block_delta",
+            "index": 0,
+            "delta": {"type": "text_delta", "text": token},
+        }
+        return _sse(delta, "content_block_delta")
+
+    if await _text_tokens(answer, text_event, error):
+        await _end_stream(answer)
+        return
+    await answer.write(_sse({"type": "content_block_stop", "index": 0}, "content_block_stop"))
+    await _anthropic_tools(answer)
+    out = len(answer.tokens) + len(b.tool_calls)
+    delta = {
+        "type": "message_delta",
+        "delta": {"stop_reason": answer.finish, "stop_sequence": None},
+        "usage": {"output_tokens": out},
+    }
+    await answer.write(_sse(delta, "message_delta"))
+    if not b.omit_done:
+        await answer.write(_sse({"type": "message_stop"}, "message_stop"))
+    await _end_stream(answer)
+
+
+async def _anthropic_tools(answer: _Answer) -> None:
+    # Anthropic streams content blocks one after another (never interleaved).
+    for i, (name, arguments) in enumerate(answer.behaviour.tool_calls, start=1):
+        block = {"type": "tool_use", "id": f"toolu_{i}", "name": name, "input": {}}
+        start = {"type": "content_block_start", "index": i, "content_block": block}
+        await answer.write(_sse(start, "content_block_start"))
+        for piece in _pieces(arguments):
+            delta = {"type": "input_json_delta", "partial_json": piece}
+            event = {"type": "content_block_delta", "index": i, "delta": delta}
+            await answer.write(_sse(event, "content_block_delta"))
+        await answer.write(_sse({"type": "content_block_stop", "index": i}, "content_block_stop"))
+
+
+async def _anthropic_json(answer: _Answer) -> None:
+    b = answer.behaviour
+    await _nonstream_faults(answer)
+    content: list[dict[str, Any]] = []
+    if answer.tokens:
+        content.append({"type": "text", "text": "".join(answer.tokens)})
+    for i, (name, arguments) in enumerate(b.tool_calls, start=1):
+        content.append(
+            {"type": "tool_use", "id": f"toolu_{i}", "name": name, "input": json.loads(arguments)}
+        )
+    payload = {
+        "id": "msg_fake",
+        "type": "message",
+        "role": "assistant",
+        "model": answer.model,
+        "content": content,
+        "stop_reason": answer.finish,
+        "stop_sequence": None,
+        "usage": {
+            "input_tokens": answer.input_tokens,
+            "output_tokens": len(answer.tokens) + len(b.tool_calls),
+        },
+    }
+    await _json(answer.send, 200, payload, b.headers)
+
+
+@asynccontextmanager
+async def open_fake_provider(
+    default: Behaviour | None = None, *, models: tuple[str, ...] = ("fake-model",)
+) -> AsyncIterator[FakeProvider]:
+    """Start a fake provider on a free loopback port; stop it on exit.
+
+    Args:
+        default: the behaviour when nothing more specific applies.
+        models: the model ids ``/v1/models`` lists.
+
+    Returns:
+        An async context manager giving the running :class:`FakeProvider`.
+    """
+    fake = FakeProvider(default or Behaviour(), models)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(fake.serve)
+        try:
+            yield fake
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+async def _serve_until_stdin_closes(default: Behaviour) -> None:
+    async with open_fake_provider(default) as fake:
+        print(fake.base_url, flush=True)
+        # Serve until the parent closes our stdin (or kills us).
+        await trio.to_thread.run_sync(sys.stdin.read)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run a fake provider in its own process (for benchmarks): prints its base URL on the
+    first line of stdout, serves until stdin closes.
+
+    Args:
+        argv: ``[--tokens N] [--token-delay SECONDS]``.
+    """
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--tokens", type=int, default=8)
+    parser.add_argument("--token-delay", type=float, default=0.0)
+    args = parser.parse_args(argv)
+    trio.run(_serve_until_stdin_closes, Behaviour(tokens=args.tokens, token_delay=args.token_delay))

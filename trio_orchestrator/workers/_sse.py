@@ -1,0 +1,160 @@
+"""An incremental parser for Server-Sent Events (the WHATWG ``text/event-stream`` format).
+
+Bytes go in as they arrive from the network, in chunks split anywhere (inside a line, inside a
+UTF-8 sequence, between the ``\\r`` and ``\\n`` of a CRLF); complete events come out.
+Providers stream their answers this way::
+
+    event: content_block_delta
+    data: {"type": "content_block_delta", ...}
+
+    : a comment, ignored
+    data: {"choices": [...]}
+
+    data: [DONE]
+
+Malformed input (a line too long, bytes that are not UTF-8) raises
+:class:`~trio_orchestrator.errors.MalformedResponse`; the parser never waits for more than it
+was given, so a broken stream cannot make it hang.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from ..errors import MalformedResponse
+
+__all__ = ["SSEDecoder", "ServerSentEvent"]
+
+#: A single line longer than this is not an answer but a runaway stream.
+MAX_LINE_BYTES = 4 * 1024 * 1024
+
+
+@attrs.frozen
+class ServerSentEvent:
+    """One dispatched event.
+
+    Attributes:
+        event: the ``event:`` name, ``"message"`` when the event named none.
+        data: the ``data:`` lines joined with ``\\n``.
+        id: the last ``id:`` seen, when any.
+        retry: the ``retry:`` reconnection time in milliseconds, when given.
+    """
+
+    event: str = "message"
+    data: str = ""
+    id: str | None = None
+    retry: int | None = None
+
+
+@attrs.define(eq=False)
+class SSEDecoder:
+    """Turns chunks of bytes into :class:`ServerSentEvent` objects, incrementally.
+
+    Args:
+        provider: the provider's name, for error messages.
+        max_line_bytes: the longest line accepted.
+    """
+
+    provider: str = ""
+    max_line_bytes: int = MAX_LINE_BYTES
+    _buffer: bytearray = attrs.field(factory=bytearray, init=False)
+    _event: str = attrs.field(default="", init=False)
+    _data: list[str] = attrs.field(factory=list, init=False)
+    _has_data: bool = attrs.field(default=False, init=False)
+    _last_id: str | None = attrs.field(default=None, init=False)
+    _retry: int | None = attrs.field(default=None, init=False)
+
+    def feed(self, chunk: bytes) -> list[ServerSentEvent]:
+        """Take the next chunk and return the events it completed (maybe none).
+
+        Raises:
+            MalformedResponse: a line is too long or is not UTF-8.
+        """
+        self._buffer += chunk
+        events: list[ServerSentEvent] = []
+        for line in self._complete_lines():
+            event = self._line(line)
+            if event is not None:
+                events.append(event)
+        if len(self._buffer) > self.max_line_bytes:
+            raise self._malformed(f"an event-stream line exceeded {self.max_line_bytes} bytes")
+        return events
+
+    def close(self) -> list[ServerSentEvent]:
+        """End of stream: dispatch what is pending, even without its closing blank line.
+
+        A truncated last event is still returned, so that its caller can tell a complete
+        answer that merely lacked the final newline from a cut one (whose JSON will not
+        parse).
+
+        Raises:
+            MalformedResponse: the pending bytes are not UTF-8.
+        """
+        events: list[ServerSentEvent] = []
+        if self._buffer:
+            rest = bytes(self._buffer.rstrip(b"\r"))
+            self._buffer.clear()
+            event = self._line(rest)
+            if event is not None:
+                events.append(event)
+        event = self._dispatch()
+        if event is not None:
+            events.append(event)
+        return events
+
+    def _complete_lines(self) -> list[bytes]:
+        lines: list[bytes] = []
+        buffer = self._buffer
+        start = 0
+        while True:
+            cr = buffer.find(b"\r", start)
+            lf = buffer.find(b"\n", start)
+            if cr == -1 and lf == -1:
+                break
+            if lf != -1 and (cr == -1 or lf < cr):
+                lines.append(bytes(buffer[start:lf]))
+                start = lf + 1
+            elif cr == len(buffer) - 1:
+                break  # a CR at the end of the chunk may be the first half of a CRLF
+            else:
+                lines.append(bytes(buffer[start:cr]))
+                start = cr + 2 if buffer[cr + 1 : cr + 2] == b"\n" else cr + 1
+        del buffer[:start]
+        return lines
+
+    def _line(self, raw: bytes) -> ServerSentEvent | None:
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise self._malformed("an event-stream line is not valid UTF-8") from exc
+        if not line:
+            return self._dispatch()
+        if line.startswith(":"):
+            return None
+        field, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if field == "data":
+            self._data.append(value)
+            self._has_data = True
+        elif field == "event":
+            self._event = value
+        elif field == "id" and "\0" not in value:
+            self._last_id = value
+        elif field == "retry" and value.isascii() and value.isdigit():
+            self._retry = int(value)
+        return None
+
+    def _dispatch(self) -> ServerSentEvent | None:
+        event, data, has_data = self._event, self._data, self._has_data
+        self._event, self._data, self._has_data = "", [], False
+        if not has_data:
+            return None
+        return ServerSentEvent(event or "message", "\n".join(data), self._last_id, self._retry)
+
+    def _malformed(self, what: str) -> MalformedResponse:
+        name = self.provider or "the provider"
+        return MalformedResponse(
+            f"{name} sent a malformed event stream: {what}; this is a provider bug, "
+            "retrying may help",
+            provider=self.provider,
+        )

@@ -1,0 +1,286 @@
+"""A worker for Anthropic's Messages API (``/v1/messages``)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+import httpx
+
+from ..config.secret import Secret
+from ..errors import MalformedResponse, ProviderConnectionError
+from ..events import Done, TextDelta, ToolCallDelta, ToolCallStart, Usage
+from ..types import Message, PromptRequest, ToolCall
+from ._sse import ServerSentEvent
+from .base import EventSink
+from .http import HTTPProvider, Timeouts, error_from_body, wire_format_guard
+from .keys import KeyPool
+from .openai import _parse
+
+__all__ = ["ANTHROPIC_VERSION", "AnthropicWorker", "messages_body"]
+
+ANTHROPIC_VERSION = "2023-06-01"
+
+#: Anthropic's stop reasons, in OpenAI's words (others pass through unchanged).
+STOP_REASONS: Mapping[str, str] = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
+
+
+def _blocks(message: Message) -> list[dict[str, Any]]:
+    if message.role == "tool":
+        return [
+            {"type": "tool_result", "tool_use_id": message.tool_call_id, "content": message.content}
+        ]
+    blocks: list[dict[str, Any]] = []
+    if message.content:
+        blocks.append({"type": "text", "text": message.content})
+    for call in message.tool_calls:
+        try:
+            arguments = json.loads(call.arguments or "{}")
+        except ValueError:
+            arguments = {"arguments": call.arguments}
+        blocks.append({"type": "tool_use", "id": call.id, "name": call.name, "input": arguments})
+    return blocks
+
+
+def _messages(chat: tuple[Message, ...]) -> list[dict[str, Any]]:
+    """Chat messages in Anthropic's shape: tool results are user turns; same roles merge."""
+    out: list[dict[str, Any]] = []
+    for message in chat:
+        if message.role == "system":
+            continue
+        role = "assistant" if message.role == "assistant" else "user"
+        blocks = _blocks(message)
+        if out and out[-1]["role"] == role:
+            out[-1]["content"].extend(blocks)
+        else:
+            out.append({"role": role, "content": blocks})
+    return out
+
+
+def _tool_choice(choice: Any) -> Any:
+    if choice == "auto":
+        return {"type": "auto"}
+    if choice == "required":
+        return {"type": "any"}
+    if choice == "none":
+        return {"type": "none"}
+    if isinstance(choice, Mapping) and choice.get("type") == "function":
+        return {"type": "tool", "name": choice.get("function", {}).get("name")}
+    return choice
+
+
+def messages_body(request: PromptRequest, *, stream: bool, max_tokens: int) -> dict[str, Any]:
+    """The ``/v1/messages`` JSON body for ``request``.
+
+    Args:
+        request: the request.
+        stream: ask for SSE.
+        max_tokens: used when the request names none (Anthropic requires it).
+    """
+    p = request.params
+    chat = request.chat()
+    body: dict[str, Any] = {
+        "model": p.model,
+        "max_tokens": p.max_tokens or max_tokens,
+        "messages": _messages(chat),
+    }
+    system = "\n\n".join(m.content for m in chat if m.role == "system")
+    optional = {
+        "system": system or None,
+        "temperature": p.temperature,
+        "top_p": p.top_p,
+        "stop_sequences": list(p.stop) or None,
+        "tool_choice": None if p.tool_choice is None else _tool_choice(p.tool_choice),
+    }
+    body.update({k: v for k, v in optional.items() if v is not None})
+    if p.tools:
+        body["tools"] = [
+            {
+                "name": t.name,
+                "description": t.description,
+                "input_schema": dict(t.parameters) or {"type": "object", "properties": {}},
+            }
+            for t in p.tools
+        ]
+    if stream:
+        body["stream"] = True
+    body.update(p.extra)
+    return body
+
+
+def _x_api_key(key: Secret) -> dict[str, str]:
+    return {"x-api-key": key.reveal()}
+
+
+@attrs.define(eq=False)
+class _MessageStream:
+    """Folds Messages API stream events into stream events."""
+
+    provider: str
+    emit: EventSink
+    started: bool = False
+    finished: bool = False
+    _text: list[str] = attrs.field(factory=list)
+    _tools: dict[int, int] = attrs.field(factory=dict)  # content block index -> call index
+    _calls: list[list[str]] = attrs.field(factory=list)
+    _call_ids: list[tuple[str, str]] = attrs.field(factory=list)
+    _input_tokens: int = 0
+    _usage: Usage | None = None
+    _stop: str | None = None
+    _model: str | None = None
+
+    async def event(self, event: ServerSentEvent) -> None:
+        data = _parse(event.data, self.provider)
+        kind = data.get("type", event.event)
+        if kind == "error":
+            raise error_from_body(data, provider=self.provider)
+        if kind == "message_start":
+            message = data.get("message") or {}
+            self._model = message.get("model")
+            self._input_tokens = int((message.get("usage") or {}).get("input_tokens") or 0)
+        elif kind == "content_block_start":
+            await self._block_start(int(data.get("index", 0)), data.get("content_block") or {})
+        elif kind == "content_block_delta":
+            await self._delta(int(data.get("index", 0)), data.get("delta") or {})
+        elif kind == "message_delta":
+            await self._message_delta(data)
+        elif kind == "message_stop":
+            self.finished = True
+
+    async def _block_start(self, index: int, block: Mapping[str, Any]) -> None:
+        if block.get("type") != "tool_use":
+            return
+        self.started = True
+        call = len(self._calls)
+        self._tools[index] = call
+        self._calls.append([])
+        self._call_ids.append((str(block.get("id", f"toolu_{call}")), str(block.get("name", ""))))
+        await self.emit(ToolCallStart(call, *self._call_ids[call]))
+
+    async def _delta(self, index: int, delta: Mapping[str, Any]) -> None:
+        kind = delta.get("type")
+        if kind == "text_delta" and (text := delta.get("text")):
+            self.started = True
+            self._text.append(text)
+            await self.emit(TextDelta(text))
+        elif kind == "input_json_delta" and (part := delta.get("partial_json")):
+            call = self._tools.get(index)
+            if call is None:
+                raise MalformedResponse(
+                    f"{self.provider}: input_json_delta for content block {index}, which is "
+                    "not a tool_use block; retrying may help",
+                    provider=self.provider,
+                )
+            self._calls[call].append(part)
+            await self.emit(ToolCallDelta(call, part))
+
+    async def _message_delta(self, data: Mapping[str, Any]) -> None:
+        stop = (data.get("delta") or {}).get("stop_reason")
+        if stop:
+            self._stop = STOP_REASONS.get(stop, stop)
+        usage = data.get("usage") or {}
+        if "output_tokens" in usage:
+            inputs = int(usage.get("input_tokens") or self._input_tokens)
+            self._usage = Usage(inputs, int(usage["output_tokens"] or 0))
+            await self.emit(self._usage)
+
+    async def end(self) -> None:
+        if self._stop is None:
+            raise ProviderConnectionError(
+                f"{self.provider or 'the provider'} ended the stream before the answer was "
+                "complete (no stop_reason, no message_stop); retry",
+                provider=self.provider,
+            )
+        calls = tuple(
+            ToolCall(*self._call_ids[i], "".join(parts)) for i, parts in enumerate(self._calls)
+        )
+        await self.emit(Done(self._stop, "".join(self._text), self._usage, calls, self._model))
+
+
+async def _emit_message(answer: Mapping[str, Any], provider: str, emit: EventSink) -> None:
+    if answer.get("type") == "error":
+        raise error_from_body(answer, provider=provider)
+    content = answer.get("content")
+    if not isinstance(content, list):
+        raise MalformedResponse(
+            f"{provider or 'the provider'} answered without content; retrying may help",
+            provider=provider,
+        )
+    text: list[str] = []
+    calls: list[ToolCall] = []
+    for block in content:
+        if block.get("type") == "text" and block.get("text"):
+            text.append(block["text"])
+            await emit(TextDelta(block["text"]))
+        elif block.get("type") == "tool_use":
+            call = ToolCall(str(block.get("id")), str(block.get("name")))
+            call = attrs.evolve(call, arguments=json.dumps(block.get("input") or {}))
+            await emit(ToolCallStart(len(calls), call.id, call.name))
+            await emit(ToolCallDelta(len(calls), call.arguments))
+            calls.append(call)
+    raw = answer.get("usage") or {}
+    usage = Usage(int(raw.get("input_tokens") or 0), int(raw.get("output_tokens") or 0))
+    await emit(usage)
+    stop = str(answer.get("stop_reason") or "end_turn")
+    await emit(
+        Done(STOP_REASONS.get(stop, stop), "".join(text), usage, tuple(calls), answer.get("model"))
+    )
+
+
+@attrs.define(eq=False, repr=False)
+class AnthropicWorker:
+    """Generates through Anthropic's Messages API.
+
+    Args:
+        client: the provider's shared ``httpx.AsyncClient`` (or ``httpx2``).
+        base_url: the API root, without ``/v1`` (as the Anthropic SDK takes it).
+        keys: the key pool.
+        name: the provider's name, for errors and statistics.
+        timeouts: connect, first-token, idle and total timeouts.
+        stream: stream the answer with SSE (``False``: one JSON answer).
+        max_tokens: sent when a request names none (the API requires a value).
+        version: the ``anthropic-version`` header.
+        headers: extra headers sent on every call (never put keys here; use ``keys``).
+    """
+
+    client: httpx.AsyncClient
+    base_url: str = "https://api.anthropic.com"
+    keys: KeyPool | None = None
+    name: str = "anthropic"
+    timeouts: Timeouts = attrs.field(factory=Timeouts)
+    stream: bool = True
+    max_tokens: int = 4096
+    version: str = ANTHROPIC_VERSION
+    headers: Mapping[str, str] = attrs.field(factory=dict)
+    _http: HTTPProvider = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        headers = {"anthropic-version": self.version, **self.headers}
+        self._http = HTTPProvider(
+            self.client, self.base_url, self.name, self.keys, self.timeouts, _x_api_key, headers
+        )
+
+    def __repr__(self) -> str:
+        return f"AnthropicWorker(name={self.name!r}, base_url={self.base_url!r})"
+
+    async def generate(self, request: PromptRequest, emit: EventSink) -> None:
+        """Generate the answer to ``request``; see :class:`~trio_orchestrator.workers.ModelWorker`.
+
+        Raises:
+            ProviderError: a typed failure.
+        """
+        body = messages_body(request, stream=self.stream, max_tokens=self.max_tokens)
+        if self.stream:
+            await self._http.post_stream("/v1/messages", body, _MessageStream(self.name, emit))
+            return
+        answer = await self._http.post_json("/v1/messages", body)
+        with wire_format_guard(self.name):
+            await _emit_message(answer, self.name, emit)

@@ -1,0 +1,166 @@
+"""A worker that spreads requests over several equivalent workers.
+
+Strategies:
+
+- ``round_robin``: each worker in turn.
+- ``least_loaded``: the worker with the fewest requests in flight (ties in turn).
+- ``weighted``: in proportion to ``weights``, smoothly interleaved (nginx's smooth weighted
+  round-robin: deterministic, and no worker gets a burst).
+- ``session``: a request's ``session`` always goes to the same worker
+  (:func:`~trio_orchestrator.sharding.shard_session`); requests without one go in turn.
+
+Balancing is not failover: a failed call raises its error; retries and fallbacks are layers of
+their own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Literal
+
+import attrs
+
+from ..sharding import shard_session
+from ..types import PromptRequest
+from .base import EventSink, ModelWorker
+
+__all__ = ["STRATEGIES", "BalanceStatistics", "LoadBalancedWorker", "Strategy", "WorkerLoad"]
+
+Strategy = Literal["round_robin", "least_loaded", "weighted", "session"]
+STRATEGIES: tuple[Strategy, ...] = ("round_robin", "least_loaded", "weighted", "session")
+
+
+@attrs.frozen
+class WorkerLoad:
+    """One worker's share.
+
+    Attributes:
+        name: the worker's name (its ``name`` attribute, else its position).
+        in_flight: requests it is answering now.
+        requests: requests sent to it.
+        failures: requests that raised.
+    """
+
+    name: str
+    in_flight: int
+    requests: int
+    failures: int
+
+
+@attrs.frozen
+class BalanceStatistics:
+    """A snapshot of a load-balanced worker.
+
+    Attributes:
+        strategy: the strategy in use.
+        workers: each worker's load, in configuration order.
+    """
+
+    strategy: str
+    workers: tuple[WorkerLoad, ...]
+
+
+@attrs.define(eq=False)
+class _Slot:
+    worker: ModelWorker
+    name: str
+    weight: float
+    in_flight: int = 0
+    requests: int = 0
+    failures: int = 0
+    current: float = 0.0  # smooth weighted round-robin's running score
+
+
+def _to_tuple(workers: Iterable[ModelWorker]) -> tuple[ModelWorker, ...]:
+    return tuple(workers)
+
+
+def _check_strategy(_instance: object, _attribute: object, value: str) -> None:
+    if value not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {list(STRATEGIES)}, got {value!r}")
+
+
+@attrs.define(eq=False)
+class LoadBalancedWorker:
+    """Sends each request to one of ``workers``, chosen by ``strategy``.
+
+    Args:
+        workers: the workers (at least one), all able to serve the same models.
+        strategy: ``round_robin``, ``least_loaded``, ``weighted`` or ``session``.
+        weights: one positive weight per worker, for ``weighted`` (default: all 1).
+
+    Raises:
+        ValueError: no workers, an unknown strategy, or weights that do not fit.
+    """
+
+    workers: Sequence[ModelWorker] = attrs.field(converter=_to_tuple)
+    strategy: Strategy = attrs.field(default="round_robin", validator=_check_strategy)
+    weights: Sequence[float] | None = None
+    _slots: list[_Slot] = attrs.field(init=False)
+    _next: int = attrs.field(default=0, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        if not self.workers:
+            raise ValueError("a LoadBalancedWorker needs at least one worker")
+        weights = list(self.weights) if self.weights is not None else [1.0] * len(self.workers)
+        if len(weights) != len(self.workers) or any(not w > 0 for w in weights):
+            raise ValueError(
+                f"weights must be {len(self.workers)} positive numbers, one per worker, "
+                f"got {weights!r}"
+            )
+        self._slots = [
+            _Slot(w, str(getattr(w, "name", i)), weight)
+            for i, (w, weight) in enumerate(zip(self.workers, weights, strict=True))
+        ]
+
+    async def generate(self, request: PromptRequest, emit: EventSink) -> None:
+        """Generate with the chosen worker; see :class:`~trio_orchestrator.workers.ModelWorker`.
+
+        Raises:
+            WorkerError: whatever the chosen worker raised.
+        """
+        slot = self._choose(request)
+        slot.in_flight += 1
+        slot.requests += 1
+        try:
+            await slot.worker.generate(request, emit)
+        except Exception:
+            slot.failures += 1
+            raise
+        finally:
+            slot.in_flight -= 1
+
+    def statistics(self) -> BalanceStatistics:
+        """Each worker's in-flight, request and failure counts."""
+        loads = tuple(WorkerLoad(s.name, s.in_flight, s.requests, s.failures) for s in self._slots)
+        return BalanceStatistics(self.strategy, loads)
+
+    def _choose(self, request: PromptRequest) -> _Slot:
+        if self.strategy == "session" and request.session is not None:
+            return self._slots[shard_session(request.session, len(self._slots))]
+        if self.strategy == "weighted":
+            return self._weighted()
+        if self.strategy == "least_loaded":
+            return self._least_loaded()
+        return self._in_turn()
+
+    def _in_turn(self) -> _Slot:
+        slot = self._slots[self._next % len(self._slots)]
+        self._next += 1
+        return slot
+
+    def _least_loaded(self) -> _Slot:
+        n = len(self._slots)
+        order = [self._slots[(self._next + i) % n] for i in range(n)]
+        best = min(order, key=lambda s: s.in_flight)
+        self._next = self._slots.index(best) + 1
+        return best
+
+    def _weighted(self) -> _Slot:
+        total = 0.0
+        for slot in self._slots:
+            slot.current += slot.weight
+            total += slot.weight
+        best = max(self._slots, key=lambda s: s.current)
+        best.current -= total
+        return best

@@ -1,0 +1,640 @@
+"""HTTP plumbing shared by the provider workers: timeouts, errors, keys, streaming.
+
+Every HTTP call goes through :class:`HTTPProvider`, which
+
+- applies four timeouts as Trio cancel scopes: *connect* (to open the connection, given to
+  the transport), *first token* (from sending the request to the first content event),
+  *idle* (the longest gap between chunks once content has begun: a stalled stream is cut
+  here) and *total*;
+- maps HTTP statuses, error bodies and transport exceptions onto
+  :mod:`trio_orchestrator.errors`, most specific first, ``raise … from exc``;
+- takes keys from a :class:`~trio_orchestrator.workers.keys.KeyPool`, resting a key that got
+  a 429 and disabling one that got a 401, and tries the next key while nothing was emitted;
+- closes the HTTP stream at once when the request is cancelled (deadline, caller gone), so
+  nobody pays for tokens nobody reads.
+
+It uses only the API that ``httpx`` and its fork ``httpx2`` share, so either client can be
+injected; transport exceptions are recognised by the module they come from.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import math
+import re
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any, Protocol, TypeVar
+
+import attrs
+import httpx
+import trio
+
+from ..config.ranges import positive_time
+from ..config.secret import Secret
+from ..errors import (
+    AuthenticationError,
+    BadRequest,
+    ContentFiltered,
+    ContextLengthExceeded,
+    MalformedResponse,
+    ModelNotFound,
+    Overloaded,
+    PermissionDenied,
+    ProviderConnectionError,
+    ProviderError,
+    ProviderTimeout,
+    RateLimited,
+    ServerError,
+)
+from ._sse import ServerSentEvent, SSEDecoder
+from .keys import KeyPool
+
+__all__ = [
+    "HTTPProvider",
+    "StreamParser",
+    "Timeouts",
+    "error_from_body",
+    "error_from_response",
+    "parse_retry_after",
+    "transport_error",
+]
+
+T = TypeVar("T")
+
+#: The most of an error body read (and quoted); error bodies are small.
+MAX_ERROR_BODY = 64 * 1024
+
+_CONTEXT_PATTERNS = re.compile(
+    r"context[ _]length|context window|maximum context|prompt is too long|"
+    r"exceed(s|ed)? (the )?context|too many tokens|input length and `?max_tokens`? exceed",
+    re.IGNORECASE,
+)
+_KEYISH = re.compile(r"\b(sk|key)-[A-Za-z0-9_\-*]{6,}")
+
+
+@attrs.frozen
+class Timeouts:
+    """How long each phase of a provider call may take, in seconds (``math.inf``: no limit).
+
+    Attributes:
+        connect: to open the connection (and write the request).
+        first_token: from sending the request to the first content (headers included).
+        idle: the longest gap between chunks once content has begun; a stalled stream is
+            cut here.
+        total: the whole call.
+    """
+
+    connect: float = attrs.field(default=10.0, validator=positive_time)
+    first_token: float = attrs.field(default=60.0, validator=positive_time)
+    idle: float = attrs.field(default=30.0, validator=positive_time)
+    total: float = attrs.field(default=600.0, validator=positive_time)
+
+
+class StreamParser(Protocol):
+    """Turns one provider's SSE events into stream events (see the workers)."""
+
+    @property
+    def started(self) -> bool:
+        """Whether content (the first token) has arrived."""
+
+    @property
+    def finished(self) -> bool:
+        """Whether the answer is complete, so reading can stop."""
+
+    async def event(self, event: ServerSentEvent) -> None:
+        """Take one SSE event; emit what it carries or raise a ProviderError."""
+
+    async def end(self) -> None:
+        """The stream ended: emit ``Done``, or raise if the answer was cut short."""
+
+
+# ------------------------------------------------------------------ errors
+
+
+def redact(text: str, secrets: Sequence[Secret] = ()) -> str:
+    """Remove every revealed key and anything key-shaped from ``text``."""
+    for secret in secrets:
+        value = secret.reveal()
+        if value:
+            text = text.replace(value, "***")
+    return _KEYISH.sub("***", text)
+
+
+def _duration(text: str) -> float | None:
+    """OpenAI's reset durations: ``"1s"``, ``"6m0s"``, ``"20ms"``, ``"1h2m3.5s"``."""
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", text.strip())
+    if not parts or "".join(n + u for n, u in parts) != text.strip():
+        return None
+    scale = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    return sum(float(n) * scale[u] for n, u in parts)
+
+
+def _seconds_until(text: str, now: datetime) -> float | None:
+    """An HTTP-date or an RFC 3339 timestamp, as seconds from ``now`` (never negative)."""
+    try:
+        when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - now).total_seconds())
+
+
+def _retry_value(text: str, now: datetime) -> float | None:
+    text = text.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        return _duration(text) or _seconds_until(text, now)
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+
+
+def parse_retry_after(headers: Mapping[str, str], now: datetime | None = None) -> float | None:
+    """Seconds the provider asked us to wait, from its headers, or ``None``.
+
+    In order: ``retry-after-ms``, ``retry-after`` (seconds or an HTTP-date), then the reset
+    headers (``x-ratelimit-reset-*``, ``anthropic-ratelimit-*-reset``), preferring those whose
+    matching ``remaining`` header is 0 and taking the latest of them.
+
+    Args:
+        headers: the response headers (case-insensitive mapping, as httpx gives).
+        now: the wall-clock time to measure dates from (UTC now by default).
+    """
+    now = now or datetime.now(UTC)
+    lower = {k.lower(): v for k, v in headers.items()}
+    if "retry-after-ms" in lower:
+        try:
+            return max(0.0, float(lower["retry-after-ms"]) / 1000)
+        except ValueError:
+            pass
+    if "retry-after" in lower and (value := _retry_value(lower["retry-after"], now)) is not None:
+        return value
+    resets: dict[str, float] = {}
+    for name, raw in lower.items():
+        if name.startswith("x-ratelimit-reset-") or (
+            name.startswith("anthropic-ratelimit-") and name.endswith("-reset")
+        ):
+            value = _retry_value(raw, now)
+            if value is not None:
+                resets[name] = value
+    exhausted = [v for k, v in resets.items() if lower.get(_remaining_header(k)) == "0"]
+    chosen = exhausted or list(resets.values())
+    return max(chosen) if chosen else None
+
+
+def _remaining_header(reset: str) -> str:
+    if reset.startswith("x-ratelimit-reset-"):
+        return "x-ratelimit-remaining-" + reset.removeprefix("x-ratelimit-reset-")
+    return reset.removesuffix("-reset") + "-remaining"
+
+
+def _error_fields(body: Any) -> tuple[str, str, str]:
+    """``(type, code, message)`` from an OpenAI or Anthropic error object."""
+    error = body.get("error", body) if isinstance(body, dict) else body
+    if isinstance(error, str):
+        return "", "", error
+    if not isinstance(error, dict):
+        return "", "", ""
+    message = error.get("message") or error.get("detail") or ""
+    return str(error.get("type") or ""), str(error.get("code") or ""), str(message)
+
+
+_BY_TYPE: Mapping[str, type[ProviderError]] = {
+    # Anthropic's error types, which also arrive as ``event: error`` mid-stream.
+    "invalid_request_error": BadRequest,
+    "authentication_error": AuthenticationError,
+    "permission_error": PermissionDenied,
+    "not_found_error": ModelNotFound,
+    "request_too_large": BadRequest,
+    "rate_limit_error": RateLimited,
+    "api_error": ServerError,
+    "overloaded_error": Overloaded,
+    # OpenAI's.
+    "server_error": ServerError,
+    "rate_limit_exceeded": RateLimited,
+    "insufficient_quota": RateLimited,
+    "invalid_api_key": AuthenticationError,
+    "model_not_found": ModelNotFound,
+    "content_filter": ContentFiltered,
+    "content_policy_violation": ContentFiltered,
+}
+
+_BY_STATUS: Mapping[int, type[ProviderError]] = {
+    400: BadRequest,
+    401: AuthenticationError,
+    403: PermissionDenied,
+    404: ModelNotFound,
+    408: ProviderTimeout,
+    413: BadRequest,
+    422: BadRequest,
+    429: RateLimited,
+    503: Overloaded,
+    529: Overloaded,
+}
+
+_ADVICE: Mapping[type[ProviderError], str] = {
+    RateLimited: "retry after the wait it asked for, or add API keys",
+    Overloaded: "retry later or route to another provider",
+    ServerError: "retry; this is the provider's fault",
+    ProviderTimeout: "retry, or raise the timeout",
+    AuthenticationError: "check the API key in the configuration",
+    PermissionDenied: "check that the key may use this model",
+    ModelNotFound: "check the model name and the provider's base_url",
+    ContentFiltered: "change the prompt; retrying will not help",
+    ContextLengthExceeded: "shorten the prompt or lower max_tokens",
+    BadRequest: "fix the request; retrying will not help",
+}
+
+
+def _classify(status: int | None, kind: str, code: str, message: str) -> type[ProviderError]:
+    if _CONTEXT_PATTERNS.search(message) or "context_length" in code:
+        return ContextLengthExceeded
+    for key in (code, kind):
+        if key in _BY_TYPE:
+            return _BY_TYPE[key]
+    if status is None:
+        return ServerError
+    if status in _BY_STATUS:
+        return _BY_STATUS[status]
+    return ServerError if status >= 500 else BadRequest
+
+
+def error_from_body(
+    body: Any,
+    *,
+    provider: str,
+    status: int | None = None,
+    retry_after: float | None = None,
+    secrets: Sequence[Secret] = (),
+) -> ProviderError:
+    """The typed error for a provider's error object (an HTTP error body or one mid-stream).
+
+    Args:
+        body: the parsed JSON (OpenAI's ``{"error": {...}}`` or Anthropic's
+            ``{"type": "error", "error": {...}}``), or raw text.
+        provider: the provider's name.
+        status: the HTTP status, when the error came with one.
+        retry_after: seconds the provider asked us to wait.
+        secrets: keys to scrub from the provider's message.
+    """
+    kind, code, message = _error_fields(body)
+    cls = _classify(status, kind, code, message)
+    if status is not None and status >= 500 and cls is BadRequest:
+        cls = ServerError
+    said = redact(message, secrets)[:500] or "no message"
+    where = f"HTTP {status}" if status is not None else "an error in the stream"
+    text = f"{provider or 'the provider'} answered {where} ({kind or code or 'error'}): {said}"
+    return cls(
+        f"{text}; {_ADVICE.get(cls, 'see the provider message')}",
+        provider=provider,
+        status=status,
+        retry_after=retry_after,
+    )
+
+
+def error_from_response(
+    status: int,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    provider: str,
+    secrets: Sequence[Secret] = (),
+) -> ProviderError:
+    """The typed error for an HTTP error answer (status ≥ 400)."""
+    try:
+        parsed: Any = json.loads(body)
+    except ValueError:
+        parsed = body[:500].decode("utf-8", "replace")
+    retry_after = parse_retry_after(headers) if status in (429, 503, 529) else None
+    return error_from_body(
+        parsed, provider=provider, status=status, retry_after=retry_after, secrets=secrets
+    )
+
+
+def _from_http_library(exc: BaseException) -> bool:
+    return any(
+        cls.__module__.split(".")[0] in ("httpx", "httpcore", "httpx2", "httpcore2", "h11", "h2")
+        for cls in type(exc).__mro__[:-2]
+    )
+
+
+def transport_error(exc: Exception, provider: str) -> ProviderError:
+    """The typed error for an exception raised by the HTTP client (httpx or httpx2)."""
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    name = provider or "the provider"
+    detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    if "TimeoutException" in names:
+        phase = "connecting to" if "ConnectTimeout" in names else "talking to"
+        return ProviderTimeout(
+            f"timed out {phase} {name} ({detail}); retry, or raise the connect timeout",
+            provider=provider,
+        )
+    if "DecodingError" in names:
+        return MalformedResponse(
+            f"{name} sent a body that could not be decoded ({detail}); retrying may help",
+            provider=provider,
+        )
+    return ProviderConnectionError(
+        f"the connection to {name} failed ({detail}); check base_url and that the server "
+        "is up, then retry",
+        provider=provider,
+    )
+
+
+# ------------------------------------------------------------------ calls
+
+
+@contextmanager
+def wire_format_guard(provider: str) -> Iterator[None]:
+    """Turn the errors of reading an unexpected JSON shape into :class:`MalformedResponse`.
+
+    Parsers walk the provider's JSON assuming its documented shape; a provider that sends
+    another shape must fail typed, never with a stray ``KeyError``.
+    """
+    try:
+        yield
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+        raise MalformedResponse(
+            f"{provider or 'the provider'} sent an answer of an unexpected shape "
+            f"({type(exc).__name__}: {exc}); retrying may help",
+            provider=provider,
+        ) from exc
+
+
+@contextmanager
+def _time_limit(deadline: float, make_error: Callable[[], ProviderError]) -> Iterator[None]:
+    with trio.move_on_at(deadline) as scope:
+        yield
+    if scope.cancelled_caught:
+        raise make_error()
+
+
+@attrs.define(eq=False, repr=False)
+class HTTPProvider:
+    """One provider's HTTP calls: the shared client, base URL, keys and timeouts.
+
+    Args:
+        client: the provider's ``httpx.AsyncClient`` (or an ``httpx2`` one), shared by all calls.
+        base_url: prepended to every path.
+        name: the provider's name, for errors and statistics.
+        keys: the key pool, or ``None`` for servers that need no key.
+        timeouts: the four timeouts.
+        auth: the headers that carry a key.
+        headers: headers sent on every call.
+    """
+
+    client: httpx.AsyncClient
+    base_url: str
+    name: str
+    keys: KeyPool | None
+    timeouts: Timeouts
+    auth: Callable[[Secret], dict[str, str]]
+    headers: Mapping[str, str] = attrs.field(factory=dict)
+
+    def __repr__(self) -> str:
+        return f"HTTPProvider(name={self.name!r}, base_url={self.base_url!r})"
+
+    @property
+    def secrets(self) -> list[Secret]:
+        """The pool's keys (to scrub from error text)."""
+        return [] if self.keys is None else list(self.keys._keys_in)
+
+    async def get_json(self, path: str) -> Any:
+        """GET ``path`` and return its JSON body.
+
+        Raises:
+            ProviderError: a typed failure.
+        """
+        return await self._with_keys(lambda h: self._json_once("GET", path, None, h), None)
+
+    async def post_json(self, path: str, body: Mapping[str, Any]) -> Any:
+        """POST ``body`` to ``path`` and return the JSON answer (no streaming).
+
+        Raises:
+            ProviderError: a typed failure.
+        """
+        return await self._with_keys(lambda h: self._json_once("POST", path, body, h), None)
+
+    async def post_stream(self, path: str, body: Mapping[str, Any], parser: StreamParser) -> None:
+        """POST ``body`` to ``path`` and feed the answer's SSE events to ``parser``.
+
+        Raises:
+            ProviderError: a typed failure.
+        """
+        await self._with_keys(lambda h: self._stream_once(path, body, h, parser), parser)
+
+    async def _with_keys(
+        self,
+        call: Callable[[Mapping[str, str]], Awaitable[T]],
+        parser: StreamParser | None,
+    ) -> T:
+        pool = self.keys
+        if pool is None:
+            return await call({})
+        while True:
+            key = pool.acquire()
+            try:
+                result = await call(self.auth(key))
+            except RateLimited as exc:
+                pool.rate_limited(key, exc.retry_after)
+                if (parser is not None and parser.started) or not pool.has_ready():
+                    raise
+            except AuthenticationError:
+                pool.rejected(key)
+                if (parser is not None and parser.started) or not pool.has_ready():
+                    raise
+            else:
+                pool.succeeded(key)
+                return result
+
+    def _request(
+        self, method: str, path: str, body: Mapping[str, Any] | None, auth: Mapping[str, str]
+    ) -> httpx.Request:
+        t = self.timeouts
+        connect = None if math.isinf(t.connect) else t.connect
+        headers = {**self.headers, **auth}
+        if body is not None:
+            headers["content-type"] = "application/json"
+        return self.client.build_request(
+            method,
+            self.base_url.rstrip("/") + path,
+            content=None if body is None else json.dumps(body).encode(),
+            headers=headers,
+            # The transport applies the connect (and write) limit; Trio scopes do the rest.
+            extensions={
+                "timeout": {"connect": connect, "read": None, "write": connect, "pool": None}
+            },
+        )
+
+    def _timeout(self, what: str, seconds: float) -> Callable[[], ProviderError]:
+        return lambda: ProviderTimeout(
+            f"{self.name or 'the provider'} exceeded the {what} timeout ({seconds:g}s); "
+            f"retry, or raise timeouts.{what.replace(' ', '_')}",
+            provider=self.name,
+        )
+
+    async def _json_once(
+        self, method: str, path: str, body: Mapping[str, Any] | None, auth: Mapping[str, str]
+    ) -> Any:
+        t = self.timeouts
+        start = trio.current_time()
+        with (
+            _time_limit(start + t.total, self._timeout("total", t.total)),
+            _time_limit(start + t.first_token, self._timeout("first token", t.first_token)),
+        ):
+            response = await self._send(self._request(method, path, body, auth))
+            try:
+                content = await self._read(response)
+            finally:
+                await _close(response, None)
+        try:
+            return json.loads(content)
+        except ValueError as exc:
+            raise MalformedResponse(
+                f"{self.name or 'the provider'} answered with a body that is not JSON; "
+                "check base_url, or retry",
+                provider=self.name,
+            ) from exc
+
+    async def _stream_once(
+        self,
+        path: str,
+        body: Mapping[str, Any],
+        auth: Mapping[str, str],
+        parser: StreamParser,
+    ) -> None:
+        t = self.timeouts
+        start = trio.current_time()
+        first = start + t.first_token
+        with _time_limit(start + t.total, self._timeout("total", t.total)):
+            with _time_limit(first, self._timeout("first token", t.first_token)):
+                response = await self._send(self._request("POST", path, body, auth))
+            chunks = response.aiter_bytes()
+            try:
+                if response.status_code >= 400:
+                    with _time_limit(first, self._timeout("first token", t.first_token)):
+                        await self._read(response)
+                await self._pump(chunks, parser, first)
+            finally:
+                await _close(response, chunks)
+
+    async def _pump(self, chunks: Any, parser: StreamParser, first: float) -> None:
+        decoder = SSEDecoder(self.name)
+        chunk: bytes | None = b""
+        # One scope for the whole stream, its deadline moved per read (a new scope per
+        # chunk costs more than the parsing); it is lifted while events are emitted, so a
+        # slow consumer is never mistaken for a stalled provider.
+        with trio.CancelScope() as scope:
+            while not parser.finished and chunk is not None:
+                scope.deadline = self._read_deadline(parser, first)
+                chunk = await self._next_chunk(chunks)
+                scope.deadline = math.inf
+                events = decoder.close() if chunk is None else decoder.feed(chunk)
+                with wire_format_guard(self.name):
+                    for event in events:
+                        await parser.event(event)
+                        if parser.finished:
+                            break
+        if scope.cancelled_caught:
+            t = self.timeouts
+            if parser.started:
+                raise self._timeout("idle", t.idle)()
+            raise self._timeout("first token", t.first_token)()
+        await parser.end()
+        if chunk is not None:
+            await self._drain(chunks)
+
+    def _read_deadline(self, parser: StreamParser, first: float) -> float:
+        if parser.started:
+            return trio.current_time() + self.timeouts.idle
+        return first
+
+    async def _drain(self, chunks: Any) -> None:
+        # Read to the end (a server closes the body right after its last event): an
+        # exhausted response keeps its connection for the next call. The answer is already
+        # complete, so a failure here only costs the connection.
+        with trio.move_on_after(self.timeouts.idle):
+            try:
+                while await self._next_chunk(chunks) is not None:
+                    pass
+            except ProviderError:
+                pass
+
+    async def _next_chunk(self, chunks: Any) -> bytes | None:
+        try:
+            chunk: bytes | None = await anext(chunks, None)
+        except Exception as exc:
+            if _from_http_library(exc):
+                raise transport_error(exc, self.name) from exc
+            raise
+        return chunk
+
+    async def _send(self, request: httpx.Request) -> httpx.Response:
+        try:
+            return await self.client.send(request, stream=True)
+        except Exception as exc:
+            if _from_http_library(exc):
+                raise transport_error(exc, self.name) from exc
+            raise
+
+    async def _read(self, response: httpx.Response) -> bytes:
+        """Read the whole body; raise the typed error for an error status."""
+        try:
+            if response.status_code >= 400:
+                content = await _read_some(response, MAX_ERROR_BODY)
+                raise error_from_response(
+                    response.status_code,
+                    response.headers,
+                    content,
+                    provider=self.name,
+                    secrets=self.secrets,
+                )
+            return await response.aread()
+        except Exception as exc:
+            if _from_http_library(exc):
+                raise transport_error(exc, self.name) from exc
+            raise
+
+
+async def _read_some(response: httpx.Response, limit: int) -> bytes:
+    data = bytearray()
+    async for chunk in response.aiter_bytes():
+        data += chunk
+        if len(data) >= limit:
+            break
+    return bytes(data[:limit])
+
+
+async def _close(response: httpx.Response, chunks: Any) -> None:
+    # Shielded, so that a cancelled request still closes its connection (and the server
+    # sees it go) instead of leaving it for the garbage collector; bounded, so a close
+    # can never hang a cancellation.
+    with trio.CancelScope(shield=True, deadline=trio.current_time() + 5):
+        try:
+            await response.aclose()
+        except Exception as exc:
+            if not _from_http_library(exc):
+                raise
+        if chunks is not None:
+            await _finish_iteration(chunks)
+
+
+async def _finish_iteration(chunks: Any) -> None:
+    """Run the body iterator to its end on the closed response.
+
+    httpx reads bodies through nested async generators; closing only the outer one leaves
+    the inner ones for the garbage collector, which Trio reports as a ResourceWarning. On a
+    closed response the next read fails (or ends) at once, unwinding every level.
+    """
+    try:
+        async for _ in chunks:
+            pass
+    except Exception as exc:
+        if not _from_http_library(exc) and not isinstance(exc, trio.ClosedResourceError):
+            raise
