@@ -198,9 +198,11 @@ async def healthz(request: Request) -> Response:
 async def readyz(request: Request) -> Response:
     """``GET /readyz``: 200 when requests would be served, else 503."""
     state = service_of(request)
+    shared = {} if (redis := state.redis_state()) is None else {"redis": redis}
     if state.ready():
-        return JSONResponse({"status": "ready"})
-    return JSONResponse({"status": "draining" if state.draining else "not ready"}, 503)
+        return JSONResponse({"status": "ready", **shared})
+    status = "draining" if state.draining else "not ready"
+    return JSONResponse({"status": status, **shared}, 503)
 
 
 async def metrics(request: Request) -> Response:

@@ -65,13 +65,25 @@ class ServiceState:
         return pipeline
 
     def ready(self) -> bool:
-        """True when the pipeline is open, not draining, and some upstream works."""
+        """True when the pipeline is open, not draining, some upstream works, and — with
+        ``[distributed] rate_limit_policy = "fail_closed"`` — Redis answers."""
         return (
             self.pipeline is not None
             and not self.draining
             and not self.pipeline.closing
             and self.upstreams_ready()
+            and not (self.redis_state() == "down" and self._fails_closed())
         )
+
+    def redis_state(self) -> str | None:
+        """``up`` or ``down`` with ``[distributed] redis_url`` set, else None."""
+        redis = None if self.pipeline is None else self.pipeline.redis
+        if redis is None:
+            return None
+        return "up" if redis.up else "down"
+
+    def _fails_closed(self) -> bool:
+        return self.config.distributed.rate_limit_policy == "fail_closed"
 
 
 def service_of(connection: HTTPConnection | Any) -> ServiceState:

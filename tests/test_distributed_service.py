@@ -1,0 +1,145 @@
+"""`trio-orchestrator serve` processes sharing one Redis: a global limit holds across them,
+identical requests to different processes make one upstream call, a breaker opened on one
+refuses on the others, and /readyz says whether Redis is there."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+
+import attrs
+import httpx
+import trio
+from redis_fixture import RedisServer, redis_server
+from service_helpers import make_config, running_service
+from test_cli_serve import Served, serve_process
+
+from trio_orchestrator.distributed import DistributedConfig
+from trio_orchestrator.testing.fake_provider import Behaviour, FakeProvider, open_fake_provider
+
+__all__ = ["redis_server"]
+
+BURST = 10
+
+
+def write_config(path: Path, fake: FakeProvider, server: RedisServer, extra: str) -> Path:
+    """A service configuration: the fake provider, Redis, and ``extra`` TOML."""
+    path.write_text(
+        "[providers]\n"
+        f'providers = [{{ kind = "openai", name = "fake", base_url = "{fake.openai_base_url}",'
+        ' models = ["fake-model"] }]\n\n'
+        f'[distributed]\nredis_url = "{server.url}"\nhealth_interval = 0.1\n\n{extra}'
+    )
+    return path
+
+
+@asynccontextmanager
+async def services(config: Path, count: int) -> AsyncIterator[list[Served]]:
+    """``count`` serve processes with ``config``."""
+    async with AsyncExitStack() as stack:
+        served = [await stack.enter_async_context(serve_process(config)) for _ in range(count)]
+        try:
+            yield served
+        finally:
+            for service in served:  # its output reader ends when it does
+                service.process.kill()
+
+
+async def test_three_services_admit_a_global_rate(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Three services under a global 20 requests/s admit 20·t within 5 % over 3 s."""
+    rate, seconds = 20.0, 3.0
+    limits = (
+        '[resilience.rate_limits]\nenabled = true\nlimits = [{ scope = "provider", '
+        f'requests_per_second = {rate}, burst = {BURST}, mode = "reject" }}]\n'
+    )
+    statuses: list[int] = []
+    async with open_fake_provider() as fake:
+        config = write_config(tmp_path / "service.toml", fake, redis_server, limits)
+        async with services(config, 3) as served:
+            opened = time.monotonic()
+            end = opened + seconds
+
+            async def hammer(url: str) -> None:
+                # Stops between requests (cancelling one mid-way would leak httpx's stream).
+                async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+                    while time.monotonic() < end:
+                        response = await client.post("/v1/prompt", json={"input": "hi"})
+                        statuses.append(response.status_code)
+
+            async with trio.open_nursery() as nursery:
+                for service in served:
+                    for _ in range(4):
+                        nursery.start_soon(hammer, service.url)
+            window = time.monotonic() - opened
+    admitted = statuses.count(200)
+    assert set(statuses) <= {200, 429}
+    assert 0.95 * rate * seconds <= admitted <= rate * window + BURST
+
+
+async def test_identical_requests_to_two_services_make_one_upstream_call(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """The same request sent to two services at once reaches the provider once."""
+    body = {"input": "the same question", "temperature": 0}
+    async with open_fake_provider(Behaviour(first_token_delay=0.5)) as fake:
+        config = write_config(
+            tmp_path / "service.toml",
+            fake,
+            redis_server,
+            "[resilience.coalescing]\nenabled = true\n",
+        )
+        async with services(config, 2) as served:
+            answers: list[httpx.Response] = []
+
+            async def ask(url: str) -> None:
+                async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+                    answers.append(await client.post("/v1/prompt", json=body))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(ask, served[0].url)
+                await trio.sleep(0.1)
+                nursery.start_soon(ask, served[1].url)
+        seen = fake.statistics().requests
+    assert [a.status_code for a in answers] == [200, 200]
+    assert answers[0].json()["completion"]["text"] == answers[1].json()["completion"]["text"]
+    assert seen == 1
+
+
+async def test_a_breaker_opened_on_one_service_refuses_on_another(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """A provider failure opens the breaker on one service; the other refuses at once."""
+    breaker = "[resilience.breaker]\nenabled = true\nfailure_threshold = 1\ncooldown = 60\n"
+    async with open_fake_provider(Behaviour(status=500)) as fake:
+        config = write_config(tmp_path / "service.toml", fake, redis_server, breaker)
+        async with services(config, 2) as (a, b):
+            async with httpx.AsyncClient(base_url=a.url, timeout=10) as client:
+                failed = await client.post("/v1/prompt", json={"input": "hi"})
+            async with httpx.AsyncClient(base_url=b.url, timeout=10) as client:
+                refused = await client.post("/v1/prompt", json={"input": "hi"})
+        seen = fake.statistics().requests
+    assert failed.status_code >= 500
+    assert refused.status_code == 503
+    assert refused.json()["error"]["code"] == "circuit_open"
+    assert seen == 1
+
+
+async def test_readyz_reports_redis_and_follows_the_policy(redis_server: RedisServer) -> None:
+    """/readyz shows Redis up; with fail_closed it turns 503 while Redis is lost."""
+    config = make_config()
+    distributed = DistributedConfig(
+        redis_url=redis_server.url, health_interval=0.05, rate_limit_policy="fail_closed"
+    )
+    config = attrs.evolve(config, distributed=distributed)
+    async with running_service(config) as url, httpx.AsyncClient(base_url=url) as client:
+        ready = await client.get("/readyz")
+        redis_server.stop()
+        with trio.fail_after(5):
+            while (lost := await client.get("/readyz")).status_code == 200:  # noqa: ASYNC110
+                await trio.sleep(0.02)
+    assert (ready.status_code, ready.json()["redis"]) == (200, "up")
+    assert (lost.status_code, lost.json()["redis"]) == (503, "down")
