@@ -43,7 +43,7 @@ from .errors import ApiError, map_exception
 from .guard import CatchAll, Guard, KeyRing
 from .openapi import openapi_document
 from .settings import CONFIG_ENV, config_from_environment, log_to_stderr, open_worker
-from .state import ServiceState, service_of, worker_models
+from .state import ServiceState, served_models, service_of
 from .streaming import ClientGone
 from .ws import websocket_endpoint
 
@@ -135,7 +135,7 @@ def partial_lifespan(
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         async with opener(state.config) as worker:
             state.worker = worker
-            state.models = state.config.service.models or worker_models(worker)
+            state.models = served_models(state.config, worker)
             async with open_pipeline(worker, state.config) as pipeline:
                 state.pipeline = pipeline
                 state.observed = instrument_pipeline(
