@@ -120,8 +120,10 @@ def wrk(url: str, duration: float) -> Result:
     if "Non-2xx" in out or "Socket errors" in out:
         raise RuntimeError(f"the load run had errors:\n{out}")
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    p50 = _ms(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
-    p99 = _ms(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    # The latency distribution's own lines ("     50%    1.23ms"); anchored, because a
+    # thread-stats column can end in "…50%" too.
+    p50 = _ms(re.search(r"^\s+50%\s+(\S+)$", out, re.M).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"^\s+99%\s+(\S+)$", out, re.M).group(1))  # type: ignore[union-attr]
     return Result(rps, p50, p99)
 
 
