@@ -180,3 +180,44 @@ async def test_reloaded_routing_prices_change_the_next_decision() -> None:
 
 def _m() -> GenerationParams:
     return GenerationParams(model="m")
+
+
+async def test_reloaded_provider_keys_are_used_for_the_next_call() -> None:
+    """Rotating a provider's API key by a reload: the next upstream call carries the new key."""
+    from trio_orchestrator.testing import FakeBehaviour, open_fake_provider
+
+    async with open_fake_provider(FakeBehaviour(text="ok")) as fake:
+        table = '[[providers.providers]]\nkind = "openai"\nname = "up"\nbase_url = "{url}"\n'
+        table += 'api_keys = ["{key}"]\n'
+        old = parse_config(table.format(url=fake.openai_base_url, key="sk-old"))
+        new = parse_config(table.format(url=fake.openai_base_url, key="sk-new"))
+        async with open_configured_worker(old) as worker, open_pipeline(worker, old) as pipeline:
+            await pipeline.submit(PromptRequest(input="before"))
+            report = pipeline.reload(new)
+            await pipeline.submit(PromptRequest(input="after"))
+        moved = parse_config(table.format(url="http://127.0.0.1:9/v1", key="sk-new"))
+        async with open_configured_worker(old) as worker, open_pipeline(worker, old) as pipeline:
+            refused = pipeline.reload(moved).refused
+    assert report.refused == ()
+    assert [r.headers["authorization"] for r in fake.requests] == [
+        "Bearer sk-old",
+        "Bearer sk-new",
+    ]
+    assert refused == ("providers.up: base_url and timeouts change only on a restart",)
+
+
+async def test_reloaded_service_keys_revoke_and_admit_at_once() -> None:
+    """The service's key ring takes reloaded API keys: a revoked key is refused, a new one
+    accepted, with nothing restarted."""
+    from trio_orchestrator.service.guard import KeyRing
+
+    old = parse_config('[service]\napi_keys = [{ name = "a", key = "k-old" }]\n')
+    new = parse_config('[service]\napi_keys = [{ name = "b", key = "k-new" }]\n')
+    ring = KeyRing.from_config(old.service.api_keys)
+    async with open_pipeline(EchoWorker(), old) as pipeline:
+        pipeline.add_reloadable(ring)
+        assert ring.identify("k-old") is not None
+        report = pipeline.reload(new)
+    assert [c.path for c in report.applied] == ["service.api_keys"]
+    assert ring.identify("k-old") is None
+    assert ring.identify("k-new") is not None

@@ -74,7 +74,8 @@ class Config:
     Attributes:
         pipeline: stage capacities, concurrency, timeouts and shutdown.
         providers: the model providers (OpenAI-compatible, Anthropic, echo); none means the
-            built-in echo worker (``[service.echo]``), which needs no key.
+            built-in echo worker (``[service.echo]``), which needs no key (reloadable: API
+            keys; other changes are refused and need a restart).
         resilience: rate limits, circuit breakers and retries around the provider
             (reloadable: thresholds, limits and policies; not switching a layer on or off).
         routing: the model registry, routing strategy, fallbacks and budgets (reloadable:
@@ -84,7 +85,7 @@ class Config:
     """
 
     pipeline: PipelineConfig = attrs.field(factory=PipelineConfig)
-    providers: ProvidersConfig | None = None
+    providers: ProvidersConfig | None = attrs.field(default=None, metadata={"reloadable": True})
     resilience: ResilienceConfig = attrs.field(
         factory=ResilienceConfig, metadata={"reloadable": True}
     )

@@ -11,13 +11,16 @@ import hmac
 import json
 import logging
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from ..config.service import ApiKeyConfig
 from ..types import Priority
 from .errors import ApiError
+
+if TYPE_CHECKING:
+    from ..config.model import Config
 
 __all__ = ["Caller", "CatchAll", "Guard", "KeyRing", "caller_of"]
 
@@ -76,6 +79,11 @@ class KeyRing:
             caller = Caller("sha256:" + digest.hex()[:8], key.admin, cap)
             entries.append((digest, caller))
         return cls(tuple(entries))
+
+    def reconfigure(self, config: Config) -> list[str]:
+        """Take the reloaded ``service.api_keys`` (a reload component: keys rotate live)."""
+        self._entries = KeyRing.from_config(config.service.api_keys)._entries
+        return []
 
     @property
     def enabled(self) -> bool:

@@ -44,6 +44,7 @@ def worker_models(worker: ModelWorker) -> tuple[str, ...]:
 
 if TYPE_CHECKING:
     from ..observability import Instrumentation
+    from .guard import KeyRing
 
 
 @attrs.define(eq=False)
@@ -59,6 +60,7 @@ class ServiceState:
         models: the models served (``service.models``, else the worker's).
         draining: shutdown has begun; new requests are refused with 503.
         observed: the pipeline's metrics, traces and logs, while it is open.
+        keyring: the accepted API keys (replaced in place by a reload).
     """
 
     config: Config
@@ -68,6 +70,7 @@ class ServiceState:
     models: tuple[str, ...] = ()
     draining: bool = False
     observed: Instrumentation | None = None
+    keyring: KeyRing | None = attrs.field(default=None, kw_only=True)
 
     def open_pipeline(self) -> Pipeline:
         """The pipeline, if it admits requests.
