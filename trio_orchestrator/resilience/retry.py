@@ -30,6 +30,7 @@ import trio
 
 from ..errors import WorkerError
 from ..events import StreamEvent
+from ..observability.tracing import attempt_span
 from ..types import PromptRequest
 from ..workers.base import EventSink, ModelWorker
 from .config import RetryConfig, reconfigure_inner, refuse_toggle
@@ -152,7 +153,8 @@ class RetryLayer:
             self._attempts += 1
             sink.restart()
             try:
-                await self.inner.generate(request, sink)
+                with attempt_span("upstream attempt", attempt=attempt):
+                    await self.inner.generate(request, sink)
             except WorkerError as exc:
                 last_error = exc
                 delay = self._backoff_or_raise(exc, attempt, streamed=sink.forwarded > 0)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from ..config.service import ApiKeyConfig
+from ..observability.tracing import trace_meta
 from ..types import Priority
 from .errors import ApiError
 
@@ -49,9 +50,14 @@ class Caller:
     admin: bool = True
     priority_cap: Priority | None = None
 
-    def meta(self) -> dict[str, str]:
-        """Labels for the caller's requests (``api_key_id``, used by per-key rate limits)."""
-        return {} if self.key_id is None else {"api_key_id": self.key_id}
+    def meta(self, headers: Mapping[str, str] | None = None) -> dict[str, str]:
+        """Labels for the caller's requests: ``api_key_id`` (per-key rate limits and budgets)
+        and, from ``headers``, an incoming ``traceparent`` (the request's trace continues
+        the caller's)."""
+        meta = {} if self.key_id is None else {"api_key_id": self.key_id}
+        if headers is not None:
+            meta.update(trace_meta(headers))
+        return meta
 
 
 _ANONYMOUS = Caller()
