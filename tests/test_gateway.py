@@ -3,6 +3,8 @@ served by the real service in front of fake providers over real HTTP."""
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import trio
 from prometheus_client.parser import text_string_to_metric_families
@@ -125,3 +127,51 @@ async def test_metrics_show_the_pipeline_and_the_layers_as_configured() -> None:
         (("state", "closed"), ("target", "EchoWorker/echo")),
     )
     assert samples[breaker_closed] == 1
+
+
+THREE = """
+[routing]
+strategy = "cost"
+[[routing.deployments]]
+name = "failing"
+model = "m"
+provider = "a"
+input_price = 1.0
+[[routing.deployments]]
+name = "limited"
+model = "m"
+provider = "b"
+input_price = 2.0
+[[routing.deployments]]
+name = "slow"
+model = "m"
+provider = "c"
+input_price = 3.0
+"""
+
+
+async def test_a_stream_falls_back_invisibly_past_a_failing_and_a_rate_limited_provider() -> None:
+    """Streaming through /v1/chat/completions: the cheapest provider fails and the next is
+    rate limited, both before any token; the client sees only the slow provider's stream,
+    and the rate-limited provider rests (is not asked again) for its Retry-After."""
+    async with (
+        open_fake_provider(FakeBehaviour(status=500)) as a,
+        open_fake_provider(FakeBehaviour(status=429, retry_after=30)) as b,
+        open_fake_provider(FakeBehaviour(text="slow but sure", token_delay=0.01)) as c,
+    ):
+        urls = provider("a", a.openai_base_url) + provider("b", b.openai_base_url)
+        settings = config(urls + provider("c", c.openai_base_url) + THREE)
+        async with running_service(settings) as url, httpx.AsyncClient(base_url=url) as client:
+            streamed: list[str] = []
+            for _ in range(2):
+                body = chat("m", stream=True)
+                async with client.stream("POST", "/v1/chat/completions", json=body) as reply:
+                    assert reply.status_code == 200
+                    async for line in reply.aiter_lines():
+                        if line.startswith("data: {"):
+                            delta = json.loads(line[6:])["choices"]
+                            if delta and delta[0]["delta"].get("content"):
+                                streamed.append(delta[0]["delta"]["content"])
+    assert "".join(streamed) == "slow but sure" * 2
+    assert (a.statistics().requests, b.statistics().requests) == (2, 1)
+    assert c.statistics().requests == 2
