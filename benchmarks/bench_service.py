@@ -7,7 +7,8 @@ Scenarios, each a server process of its own on 127.0.0.1, all loaded by the same
   floor for any application on this server;
 - ``service``: ``POST /v1/chat/completions`` (non-streaming) with the echo worker.
 
-(The fake-provider scenario plugs in at ``SCENARIOS`` once the provider workers land.)
+The third row is the service in front of the fake provider (its own process, answering at
+once), through the OpenAI-compatible worker: what the gateway costs when it has an upstream.
 
 Each scenario runs ``--repeats`` times; medians of requests/s, p50 and p99 are reported, and
 the service's ratio to the floor. Ends with one line of JSON.
@@ -29,6 +30,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -57,7 +59,7 @@ async def raw_echo_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-async def _serve(scenario: str) -> None:
+async def _serve(scenario: str, upstream: str | None = None) -> None:
     from hypercorn.config import Config as HypercornConfig
     from hypercorn.trio import serve as hypercorn_serve
 
@@ -74,12 +76,23 @@ async def _serve(scenario: str) -> None:
             url = binds[0]
         else:
             config = Config(service=ServiceConfig(port=0))
+            if upstream is not None:
+                from trio_orchestrator.config import parse_config
+
+                config = parse_config(
+                    f'[service]\nport = 0\n[[providers.providers]]\nkind = "openai"\n'
+                    f'name = "fake"\nbase_url = "{upstream}/v1"\n'
+                )
             url = await nursery.start(serve, config)
         print(f"LISTENING {url}", flush=True)
 
 
-# Scenario name -> the path to load. The fake-provider row goes here after the merge.
-SCENARIOS: dict[str, str] = {"raw": "/", "service": "/v1/chat/completions"}
+# Scenario name -> the path to load.
+SCENARIOS: dict[str, str] = {
+    "raw": "/",
+    "service": "/v1/chat/completions",
+    "fake_provider": "/v1/chat/completions",
+}
 
 
 @attrs.frozen
@@ -120,8 +133,10 @@ def wrk(url: str, duration: float) -> Result:
     if "Non-2xx" in out or "Socket errors" in out:
         raise RuntimeError(f"the load run had errors:\n{out}")
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    p50 = _ms(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
-    p99 = _ms(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    # The latency distribution's own lines ("     50%    1.23ms"); anchored, because a
+    # thread-stats column can end in "…50%" too.
+    p50 = _ms(re.search(r"^\s+50%\s+(\S+)$", out, re.M).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"^\s+99%\s+(\S+)$", out, re.M).group(1))  # type: ignore[union-attr]
     return Result(rps, p50, p99)
 
 
@@ -157,11 +172,16 @@ def httpx_load(url: str, duration: float) -> Result:
 
 def run_scenario(scenario: str, load: Callable[[str, float], Result], duration: float) -> Result:
     """Start the scenario's server process, warm it up, load it once, stop it."""
+    command = [sys.executable, __file__, "--serve", scenario]
+    fake = None
+    if scenario == "fake_provider":
+        sys.path.insert(0, str(Path(__file__).parent))
+        from bench_gateway import start_fake
+
+        fake, upstream = start_fake(8)
+        command += ["--upstream", upstream]
     process = subprocess.Popen(
-        [sys.executable, __file__, "--serve", scenario],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
+        command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
     )
     try:
         assert process.stdout is not None
@@ -173,6 +193,9 @@ def run_scenario(scenario: str, load: Callable[[str, float], Result], duration: 
     finally:
         process.terminate()
         process.wait(timeout=30)
+        if fake is not None:
+            fake.terminate()
+            fake.wait(timeout=30)
 
 
 async def _app_cost(app: Any, n: int) -> float:
@@ -264,9 +287,10 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=None, help="seconds per run")
     parser.add_argument("--repeats", type=int, default=None, help="runs per scenario")
     parser.add_argument("--serve", choices=sorted(SCENARIOS), help=argparse.SUPPRESS)
+    parser.add_argument("--upstream", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        trio.run(_serve, args.serve)
+        trio.run(_serve, args.serve, args.upstream)
         return
     duration = args.duration or (5.0 if args.quick else 10.0)
     repeats = args.repeats or (1 if args.quick else 3)
@@ -291,6 +315,8 @@ def main() -> None:
         )
     ratio = medians["service"]["rps"] / medians["raw"]["rps"]
     print(f"service / raw floor: {ratio:.2f}x")
+    upstream_ratio = medians["fake_provider"]["rps"] / medians["raw"]["rps"]
+    print(f"service with a fake upstream / raw floor: {upstream_ratio:.2f}x")
     costs = trio.run(app_costs, 3200 if args.quick else 12800)
     print("in-process CPU per request (64 callers, no network), microseconds:")
     for name, cost in costs.items():
@@ -305,6 +331,7 @@ def main() -> None:
         "repeats": repeats,
         **{name: {k: round(v, 2) for k, v in m.items()} for name, m in medians.items()},
         "service_over_raw": round(ratio, 3),
+        "fake_provider_over_raw": round(upstream_ratio, 3),
         "in_process_us_per_request": {k: round(v, 1) for k, v in costs.items()},
     }
     print(json.dumps(summary))

@@ -22,6 +22,7 @@ from trio_orchestrator.cli import main
 from trio_orchestrator.cli._progress import RichProgress
 from trio_orchestrator.config import Config, PipelineConfig
 from trio_orchestrator.errors import RateLimited
+from trio_orchestrator.resilience import PriorityConfig
 from trio_orchestrator.testing import Fail, Hang, ScriptedWorker, Succeed
 from trio_orchestrator.workers import ModelWorker
 
@@ -155,7 +156,13 @@ async def test_shed_requests_are_dead_lettered(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
     """With the pipeline's inference channel full, the batch's excess is shed to dead letters."""
-    config = Config(PipelineConfig(inference_capacity=1, inference_concurrency=1))
+    config = Config(
+        PipelineConfig(
+            inference_capacity=1,
+            inference_concurrency=1,
+            priority=PriorityConfig(max_waiting=1),
+        )
+    )
     worker = ScriptedWorker.always(Succeed(2, first_token_delay=1.0))
     lines = [_simple(i) for i in range(10)]
     summary = await _run(tmp_path, lines, worker, config=config, concurrency=10)

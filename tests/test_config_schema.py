@@ -15,6 +15,7 @@ import pytest
 from config_classes import Provider, Root, config_values
 from hypothesis import given, settings
 
+from trio_orchestrator import GenerationParams, PromptRequest, open_pipeline
 from trio_orchestrator.config import (
     Config,
     Secret,
@@ -24,6 +25,7 @@ from trio_orchestrator.config import (
     to_toml,
 )
 from trio_orchestrator.config.docs import attribute_docs, class_summary
+from trio_orchestrator.gateway import open_configured_worker
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "config.toml"
 
@@ -58,8 +60,21 @@ def test_example_config_validates() -> None:
 
 
 def test_example_config_loads() -> None:
-    """examples/config.toml loads, and its values are the defaults it says they are."""
-    assert load_config(EXAMPLE) == Config()
+    """examples/config.toml loads, and its [pipeline] values are the defaults it says."""
+    assert load_config(EXAMPLE).pipeline == Config().pipeline
+
+
+async def test_example_config_runs_as_it_is() -> None:
+    """The example's worker (echo behind routing and every layer it enables) answers."""
+    config = load_config(EXAMPLE)
+    async with (
+        open_configured_worker(config) as worker,
+        open_pipeline(worker, config) as pipeline,
+    ):
+        answer = await pipeline.submit(
+            PromptRequest(input="hello", params=GenerationParams(model="cheap"))
+        )
+    assert answer.text == "hello"
 
 
 def test_example_config_covers_every_section() -> None:

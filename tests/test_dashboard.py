@@ -11,7 +11,8 @@ from observability_helpers import GateRetriever, ScriptedWorker, scripted_worklo
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from trio_orchestrator import open_pipeline
+from trio_orchestrator import EchoWorker, GenerationParams, PromptRequest, open_pipeline
+from trio_orchestrator.config import parse_config
 from trio_orchestrator.observability import (
     MetricsConfig,
     ModelPrice,
@@ -39,6 +40,32 @@ async def exported_names() -> set[str]:
     async with open_pipeline(ScriptedWorker(), config, retriever=gate) as pipeline:
         instrument_pipeline(pipeline, registry=registry)
         await scripted_workload(pipeline, gate)
+    families = list(text_string_to_metric_families(render_metrics(registry).decode()))
+    names = {f.name for f in families} | {s.name for f in families for s in f.samples}
+    return names | await layer_names()
+
+
+LAYERS = """
+[resilience.cache]
+enabled = true
+[resilience.coalescing]
+enabled = true
+[resilience.rate_limits]
+enabled = true
+limits = [{ scope = "provider", requests_per_second = 100.0 }]
+[resilience.breaker]
+enabled = true
+[resilience.retry]
+enabled = true
+"""
+
+
+async def layer_names() -> set[str]:
+    """Names the resilience layers export, with every layer on."""
+    registry = CollectorRegistry()
+    async with open_pipeline(EchoWorker(), parse_config(LAYERS)) as pipeline:
+        instrument_pipeline(pipeline, registry=registry)
+        await pipeline.submit(PromptRequest(input="x", params=GenerationParams(temperature=0)))
     families = list(text_string_to_metric_families(render_metrics(registry).decode()))
     return {f.name for f in families} | {s.name for f in families for s in f.samples}
 

@@ -17,6 +17,11 @@ EXAMPLES = Path(__file__).parent.parent / "examples"
         ("quickstart.py", "submitted=3 completed=3 shed=0"),
         ("streaming.py", "[done: stop"),
         ("custom_retriever.py", "Refunds are issued within 14 days"),
+        (
+            "observed_pipeline.py",
+            'trio_orchestrator_pipeline_requests_total{outcome="completed"} 3.0',
+        ),
+        ("serve_with_openai_sdk.py", "usage: 8 tokens"),
     ],
 )
 def test_example_runs(script: str, expected: str) -> None:

@@ -311,3 +311,48 @@ async def test_streamed_request_is_traced_through_every_stage(
     assert all(
         s.parent and s.parent.span_id == root.context.span_id for n in stages for s in spans[n]
     )
+
+
+async def test_the_real_retry_layer_and_http_worker_carry_each_attempt_upstream(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    """With the retry layer and the OpenAI worker over real HTTP: one span per attempt under
+    the worker call, and each upstream request carries its own attempt's traceparent."""
+    import httpx
+
+    from trio_orchestrator.resilience import ResilienceConfig, RetryConfig
+    from trio_orchestrator.testing import FakeBehaviour, open_fake_provider
+    from trio_orchestrator.workers.openai import OpenAIWorker
+
+    retrying = attrs.evolve(
+        TRACED,
+        resilience=ResilienceConfig(retry=RetryConfig(enabled=True, initial_backoff=0.01)),
+    )
+    async with open_fake_provider(FakeBehaviour(text="ok")) as fake, httpx.AsyncClient() as c:
+        fake.script(FakeBehaviour(status=500))
+        worker = OpenAIWorker(c, fake.openai_base_url)
+        async with open_pipeline(worker, retrying) as pipeline:
+            instrument_pipeline(pipeline, tracer_provider=provider)
+            answer = await pipeline.submit(request("hello"))
+    assert answer.text == "ok"
+    attempts = sorted(
+        (s for s in exporter.get_finished_spans() if s.name == "upstream attempt"),
+        key=attempt_number,
+    )
+    assert [attempt_number(s) for s in attempts] == [1, 2]
+    assert attempts[0].status.status_code is StatusCode.ERROR
+    sent = [r.headers["traceparent"] for r in fake.requests]
+    expected = [
+        f"00-{s.context.trace_id:032x}-{s.context.span_id:016x}-{int(s.context.trace_flags):02x}"
+        for s in attempts
+    ]
+    assert sent == expected
+
+
+def test_the_service_puts_an_incoming_traceparent_into_the_request_meta() -> None:
+    """A caller's well-formed traceparent header reaches the request's meta; junk does not."""
+    from trio_orchestrator.service.guard import Caller
+
+    good = f"00-{PARENT_TRACE}-{PARENT_SPAN}-01"
+    assert Caller().meta({"TraceParent": good}) == {"traceparent": good}
+    assert Caller().meta({"traceparent": "not-a-trace"}) == {}

@@ -1,6 +1,17 @@
 """trio_orchestrator: safe, fast plumbing between applications and LLM providers, on Trio."""
 
-from .config import Config, PipelineConfig
+from .config import (
+    Config,
+    ConfigChange,
+    PipelineConfig,
+    Reloadable,
+    ReloadReport,
+    Secret,
+    config_schema,
+    dump_config,
+    load_config,
+    parse_config,
+)
 from .errors import (
     AuthenticationError,
     BadRequest,
@@ -38,6 +49,8 @@ from .events import (
     ToolCallStart,
     Usage,
 )
+from .gateway import open_configured_worker
+from .observability import Instrumentation, ObservabilityConfig, instrument_pipeline
 from .pipeline import (
     Assembler,
     CallbackSink,
@@ -62,22 +75,62 @@ from .pipeline import (
     TrimWhitespace,
     open_pipeline,
 )
-from .resilience import PriorityConfig
+from .resilience import (
+    BreakerConfig,
+    CacheConfig,
+    CacheLayer,
+    CircuitBreakerLayer,
+    CoalescingConfig,
+    CoalescingLayer,
+    LimitConfig,
+    PriorityConfig,
+    RateLimitLayer,
+    RateLimitsConfig,
+    ResilienceConfig,
+    RetryConfig,
+    RetryLayer,
+    iter_layers,
+    open_layers,
+)
+from .routing import (
+    BudgetExceeded,
+    ModelDeployment,
+    RouterWorker,
+    RoutingConfig,
+    RoutingDecision,
+    build_router,
+    open_router,
+)
 from .sharding import shard_session
 from .types import Document, GenerationParams, Message, Priority, PromptRequest, Tool, ToolCall
 from .workers import EchoWorker, EventSink, ModelWorker, collect
+from .workers.anthropic import AnthropicWorker
+from .workers.balance import LoadBalancedWorker
+from .workers.config import ProviderConfig, ProvidersConfig, build_worker, open_worker
+from .workers.http import Timeouts
+from .workers.keys import KeyPool
+from .workers.openai import OpenAIWorker
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Accumulator",
+    "AnthropicWorker",
     "Assembler",
     "AuthenticationError",
     "BadRequest",
+    "BreakerConfig",
+    "BudgetExceeded",
+    "CacheConfig",
+    "CacheLayer",
     "CallbackSink",
+    "CircuitBreakerLayer",
     "CircuitOpen",
+    "CoalescingConfig",
+    "CoalescingLayer",
     "Completion",
     "Config",
+    "ConfigChange",
     "ConfigError",
     "ContentFiltered",
     "ContextLengthExceeded",
@@ -93,13 +146,20 @@ __all__ = [
     "EventSink",
     "FinishedRequest",
     "GenerationParams",
+    "Instrumentation",
+    "KeyPool",
     "LexicalRetriever",
+    "LimitConfig",
+    "LoadBalancedWorker",
     "MalformedResponse",
     "MemorySink",
     "Message",
+    "ModelDeployment",
     "ModelNotFound",
     "ModelWorker",
     "NoRetriever",
+    "ObservabilityConfig",
+    "OpenAIWorker",
     "OrchestratorError",
     "Outcome",
     "OutputSink",
@@ -113,22 +173,36 @@ __all__ = [
     "Priority",
     "PriorityConfig",
     "PromptRequest",
+    "ProviderConfig",
     "ProviderConnectionError",
     "ProviderError",
     "ProviderTimeout",
+    "ProvidersConfig",
     "RateLimitExceeded",
+    "RateLimitLayer",
     "RateLimited",
+    "RateLimitsConfig",
+    "ReloadReport",
+    "Reloadable",
     "RequestCancelled",
     "RequestError",
     "RequestShed",
     "RequestStream",
+    "ResilienceConfig",
     "Retriever",
+    "RetryConfig",
+    "RetryLayer",
+    "RouterWorker",
+    "RoutingConfig",
+    "RoutingDecision",
+    "Secret",
     "ServerError",
     "StageStatistics",
     "StopSequences",
     "StreamEvent",
     "TextDelta",
     "TextFilter",
+    "Timeouts",
     "Tool",
     "ToolCall",
     "ToolCallDelta",
@@ -138,7 +212,19 @@ __all__ = [
     "WorkerCrashed",
     "WorkerError",
     "__version__",
+    "build_router",
+    "build_worker",
     "collect",
+    "config_schema",
+    "dump_config",
+    "instrument_pipeline",
+    "iter_layers",
+    "load_config",
+    "open_configured_worker",
+    "open_layers",
     "open_pipeline",
+    "open_router",
+    "open_worker",
+    "parse_config",
     "shard_session",
 ]

@@ -75,18 +75,23 @@ class Config:
     Attributes:
         pipeline: stage capacities, concurrency, timeouts and shutdown.
         providers: the model providers (OpenAI-compatible, Anthropic, echo); none means the
-            built-in echo worker (``[service.echo]``), which needs no key.
-        resilience: rate limits, circuit breakers and retries around the provider.
-        routing: the model registry, routing strategy, fallbacks and budgets.
+            built-in echo worker (``[service.echo]``), which needs no key (reloadable: API
+            keys; other changes are refused and need a restart).
+        resilience: rate limits, circuit breakers and retries around the provider
+            (reloadable: thresholds, limits and policies; not switching a layer on or off).
+        routing: the model registry, routing strategy, fallbacks and budgets (reloadable:
+            weights, prices, strategy, aliases, budgets; not the set of deployments).
         service: the HTTP service: address, API keys, body limit, CORS, models.
         observability: metrics, logs and traces.
         distributed: state shared with other processes through Redis (off by default).
     """
 
     pipeline: PipelineConfig = attrs.field(factory=PipelineConfig)
-    providers: ProvidersConfig | None = None
-    resilience: ResilienceConfig = attrs.field(factory=ResilienceConfig)
-    routing: RoutingConfig = attrs.field(factory=RoutingConfig)
+    providers: ProvidersConfig | None = attrs.field(default=None, metadata={"reloadable": True})
+    resilience: ResilienceConfig = attrs.field(
+        factory=ResilienceConfig, metadata={"reloadable": True}
+    )
+    routing: RoutingConfig = attrs.field(factory=RoutingConfig, metadata={"reloadable": True})
     service: ServiceConfig = attrs.field(factory=ServiceConfig)
     observability: ObservabilityConfig = attrs.field(factory=ObservabilityConfig)
     distributed: DistributedConfig = attrs.field(factory=DistributedConfig)

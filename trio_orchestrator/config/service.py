@@ -95,7 +95,8 @@ class ServiceConfig:
         host: the address to listen on.
         port: the port to listen on (0 for any free port).
         workers: processes to run (hypercorn's multi-process mode when more than 1).
-        api_keys: keys accepted as ``Authorization: Bearer <key>``; none means no auth.
+        api_keys: keys accepted as ``Authorization: Bearer <key>``; none means no auth
+            (reloadable: keys can be added, revoked or rotated while serving).
         max_body_bytes: the largest request body accepted (413 beyond it).
         cors_origins: origins allowed by CORS; empty means CORS is off.
         models: model names listed by ``/v1/models`` and accepted by the OpenAI endpoints;
@@ -106,7 +107,7 @@ class ServiceConfig:
     host: str = "127.0.0.1"
     port: int = attrs.field(default=8000, validator=_check_port)
     workers: int = attrs.field(default=1, validator=_check_positive)
-    api_keys: tuple[ApiKeyConfig, ...] = ()
+    api_keys: tuple[ApiKeyConfig, ...] = attrs.field(default=(), metadata={"reloadable": True})
     max_body_bytes: int = attrs.field(default=1_048_576, validator=_check_positive)
     cors_origins: tuple[str, ...] = ()
     models: tuple[str, ...] = ()

@@ -565,7 +565,7 @@ class Pipeline:
             if self._admission is not None:
                 await self._admission.run(
                     lambda: self._next(INFERENCE),
-                    lambda job: nursery.start_soon(self._infer, job),
+                    lambda job: self._dispatch(nursery, job),
                     self._expire_if_running,
                 )
                 return

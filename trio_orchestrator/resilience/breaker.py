@@ -24,7 +24,7 @@ import enum
 import math
 import random
 from collections import deque
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 import trio
@@ -33,7 +33,10 @@ from ..errors import CircuitOpen, WorkerError
 from ..events import StreamEvent
 from ..types import PromptRequest
 from ..workers.base import EventSink, ModelWorker
-from .config import BreakerConfig
+from .config import BreakerConfig, reconfigure_inner, refuse_toggle
+
+if TYPE_CHECKING:
+    from ..config.model import Config
 
 __all__ = [
     "BreakerState",
@@ -442,6 +445,17 @@ class CircuitBreakerLayer:
             name = f"{self.provider}/{model}"
             breaker = self._breakers[model] = CircuitBreaker(self.config, name, rng=self.rng)
         return breaker
+
+    def reconfigure(self, config: Config) -> list[str]:
+        """Apply reloaded breaker thresholds to every target's breaker (its state and current
+        cool-down stay); pass the rest on to the inner worker."""
+        new = config.resilience.breaker
+        refused = refuse_toggle("breaker", self.config.enabled, new.enabled)
+        if not refused:
+            self.config = new
+            for breaker in self._breakers.values():
+                breaker.config = new
+        return refused + reconfigure_inner(self.inner, config)
 
     def is_available(self, deployment: Any) -> bool:
         """A router health check: False while this provider's breaker for the deployment's

@@ -9,7 +9,7 @@ streaming caller still gets a stream. Expiry uses Trio's clock (:func:`trio.curr
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 import attrs
 import trio
@@ -18,8 +18,11 @@ from ..config.ranges import positive_int, positive_time
 from ..events import Done, StreamEvent
 from ..types import PromptRequest
 from ..workers.base import EventSink, ModelWorker
-from .config import CacheConfig
+from .config import CacheConfig, reconfigure_inner, refuse_toggle
 from .keys import is_deterministic, request_key
+
+if TYPE_CHECKING:
+    from ..config.model import Config
 
 __all__ = ["CacheConfig", "CacheLayer", "CacheStatistics", "LRUStore"]
 
@@ -64,6 +67,13 @@ class LRUStore(Generic[V]):
     misses: int = attrs.field(default=0, init=False)
     evictions: int = attrs.field(default=0, init=False)
     expirations: int = attrs.field(default=0, init=False)
+
+    def resize(self, max_entries: int, ttl: float) -> None:
+        """Change the bound and the TTL, evicting least recently used entries beyond it."""
+        self.max_entries, self.ttl = max_entries, ttl
+        while len(self._entries) > max_entries:
+            self._entries.popitem(last=False)
+            self.evictions += 1
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -121,6 +131,15 @@ class CacheLayer:
 
     def __attrs_post_init__(self) -> None:
         self._store = LRUStore(self._config.max_entries, self._config.ttl)
+
+    def reconfigure(self, config: Config) -> list[str]:
+        """Apply a reloaded size bound, TTL and eligibility; pass the rest on."""
+        new = config.resilience.cache
+        refused = refuse_toggle("cache", self._config.enabled, new.enabled)
+        if not refused:
+            self._config = new
+            self._store.resize(new.max_entries, new.ttl)
+        return refused + reconfigure_inner(self._inner, config)
 
     @property
     def inner(self) -> ModelWorker:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import TYPE_CHECKING
 
 import attrs
 import trio
@@ -27,8 +28,11 @@ from ..errors import ProviderTimeout, RequestCancelled
 from ..events import StreamEvent
 from ..types import PromptRequest
 from ..workers.base import EventSink, ModelWorker
-from .config import CoalescingConfig
+from .config import CoalescingConfig, reconfigure_inner, refuse_toggle
 from .keys import is_deterministic, request_key
+
+if TYPE_CHECKING:
+    from ..config.model import Config
 
 __all__ = ["CoalescingConfig", "CoalescingLayer", "CoalescingStatistics"]
 
@@ -111,6 +115,14 @@ class CoalescingLayer:
     _coalesced: int = attrs.field(default=0, init=False)
     _bypassed: int = attrs.field(default=0, init=False)
     _abandoned: int = attrs.field(default=0, init=False)
+
+    def reconfigure(self, config: Config) -> list[str]:
+        """Apply a reloaded eligibility and subscriber bound; pass the rest on."""
+        new = config.resilience.coalescing
+        refused = refuse_toggle("coalescing", self._config.enabled, new.enabled)
+        if not refused:
+            self._config = new
+        return refused + reconfigure_inner(self._inner, config)
 
     @property
     def inner(self) -> ModelWorker:

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from ..config.ranges import non_negative_time, positive_int, positive_time
+
+if TYPE_CHECKING:
+    from ..config.model import Config
 
 __all__ = [
     "BreakerConfig",
@@ -335,3 +338,19 @@ class ResilienceConfig:
     rate_limits: RateLimitsConfig = attrs.field(factory=RateLimitsConfig)
     breaker: BreakerConfig = attrs.field(factory=BreakerConfig)
     retry: RetryConfig = attrs.field(factory=RetryConfig)
+
+
+def refuse_toggle(name: str, old_enabled: bool, new_enabled: bool) -> list[str]:
+    """A refusal when a reload would switch a layer on or off (that needs a restart)."""
+    if old_enabled == new_enabled:
+        return []
+    return [
+        f"resilience.{name}.enabled: adding or removing a layer needs a restart "
+        f"{old_enabled} → {new_enabled}"
+    ]
+
+
+def reconfigure_inner(worker: object, config: Config) -> list[str]:
+    """Pass a reload on to ``worker`` when it takes reloads; return its refusals."""
+    reconfigure = getattr(worker, "reconfigure", None)
+    return list(reconfigure(config)) if callable(reconfigure) else []

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import attrs
 import trio
@@ -30,7 +30,10 @@ from ..errors import RateLimitExceeded
 from ..events import Done, StreamEvent, Usage
 from ..types import PromptRequest
 from ..workers.base import EventSink, ModelWorker
-from .config import LimitConfig, RateLimitsConfig
+from .config import LimitConfig, RateLimitsConfig, reconfigure_inner, refuse_toggle
+
+if TYPE_CHECKING:
+    from ..config.model import Config
 
 __all__ = [
     "BucketStatistics",
@@ -299,6 +302,17 @@ class RateLimitLayer:
         self._limiter = RateLimiter(self.config.limits)
         self._counts_tokens = any(limit.counts_tokens for limit in self.config.limits)
         self._sweep_at = self.config.max_buckets
+
+    def reconfigure(self, config: Config) -> list[str]:
+        """Apply reloaded limits to what is admitted next (fresh, full buckets; requests
+        already waiting keep the buckets they wait on); pass the rest on."""
+        new = config.resilience.rate_limits
+        refused = refuse_toggle("rate_limits", self.config.enabled, new.enabled)
+        if not refused and new != self.config:
+            self.config = new
+            self.__attrs_post_init__()
+            self._queues = {}
+        return refused + reconfigure_inner(self.inner, config)
 
     def statistics(self) -> RateLimitStatistics:
         """A snapshot of the counters and buckets."""

@@ -23,15 +23,20 @@ stop, wait and retry callbacks around a loop this short.
 from __future__ import annotations
 
 import random
+from typing import TYPE_CHECKING
 
 import attrs
 import trio
 
 from ..errors import WorkerError
 from ..events import StreamEvent
+from ..observability.tracing import attempt_span
 from ..types import PromptRequest
 from ..workers.base import EventSink, ModelWorker
-from .config import RetryConfig
+from .config import RetryConfig, reconfigure_inner, refuse_toggle
+
+if TYPE_CHECKING:
+    from ..config.model import Config
 
 __all__ = ["GIVE_UP_REASONS", "RetryLayer", "RetryStatistics", "backoff_cap"]
 
@@ -124,6 +129,15 @@ class RetryLayer:
             gave_up=dict(self._gave_up),
         )
 
+    def reconfigure(self, config: Config) -> list[str]:
+        """Apply a reloaded ``[resilience.retry]`` (attempts, backoff, policy) to what starts
+        next; pass the rest on to the inner worker."""
+        new = config.resilience.retry
+        refused = refuse_toggle("retry", self.config.enabled, new.enabled)
+        if not refused:
+            self.config = new
+        return refused + reconfigure_inner(self.inner, config)
+
     async def generate(self, request: PromptRequest, emit: EventSink) -> None:
         """Call ``inner``, retrying by the rules in the module docstring.
 
@@ -139,7 +153,8 @@ class RetryLayer:
             self._attempts += 1
             sink.restart()
             try:
-                await self.inner.generate(request, sink)
+                with attempt_span("upstream attempt", attempt=attempt):
+                    await self.inner.generate(request, sink)
             except WorkerError as exc:
                 last_error = exc
                 delay = self._backoff_or_raise(exc, attempt, streamed=sink.forwarded > 0)

@@ -74,6 +74,11 @@ class BudgetLedger:
     _period_start: float | None = attrs.field(default=None, init=False)
     _refused: int = attrs.field(default=0, init=False)
 
+    def take_spending_from(self, other: BudgetLedger) -> None:
+        """Carry ``other``'s spending so far over (a reload changes limits, not history)."""
+        self._keys, self._models = dict(other._keys), dict(other._models)
+        self._period_start, self._refused = other._period_start, other._refused
+
     def _roll(self) -> None:
         now = trio.current_time()
         if self._period_start is None:

@@ -202,9 +202,9 @@ class BudgetConfig:
         default_output_tokens: output tokens assumed when a request sets no ``max_tokens``.
     """
 
-    per_api_key: Mapping[str, float] = attrs.field(factory=dict)
+    per_api_key: Mapping[str, float] = attrs.field(factory=dict, hash=False)
     default_per_api_key: float = attrs.field(default=math.inf, validator=_non_negative)
-    per_model: Mapping[str, float] = attrs.field(factory=dict)
+    per_model: Mapping[str, float] = attrs.field(factory=dict, hash=False)
     period: float = attrs.field(default=math.inf)
     default_output_tokens: int = attrs.field(default=256, validator=positive_int)
 
@@ -300,7 +300,7 @@ class RoutingConfig:
 
     deployments: tuple[ModelDeployment, ...] = attrs.field(default=(), converter=_deployments)
     strategy: str = attrs.field(default="cost", validator=_strategy)
-    aliases: Mapping[str, AliasConfig] = attrs.field(factory=dict)
+    aliases: Mapping[str, AliasConfig] = attrs.field(factory=dict, hash=False)
     auto: AutoConfig = attrs.field(factory=AutoConfig)
     max_attempts: int = attrs.field(default=3, validator=positive_int)
     stream_fallback: StreamFallback = attrs.field(

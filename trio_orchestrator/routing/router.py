@@ -227,6 +227,31 @@ class RouterWorker:
         """The names this router answers to, and the models behind them."""
         return self._registry
 
+    def reconfigure(self, config: Config) -> list[str]:
+        """Apply a reloaded ``[routing]``: weights, prices, strategy, aliases, attempts and
+        budgets change for the next decision (budgets keep what was spent). Adding, removing
+        or moving deployments needs their workers, so it is refused. The rest of the
+        configuration goes on to the deployments' workers (their breakers and retries).
+        """
+        new = config.routing
+        placed = {(d.name, d.provider) for d in self._config.deployments}
+        refused = []
+        if {(d.name, d.provider) for d in new.deployments} != placed:
+            refused.append(
+                "routing.deployments: adding, removing or moving deployments needs a restart"
+            )
+        else:
+            spent = self._ledger
+            self._config = new
+            self._registry = ModelRegistry(new)
+            self._ledger = BudgetLedger(new.budgets)
+            self._ledger.take_spending_from(spent)
+        for worker in self.deployment_workers():
+            reconfigure = getattr(worker, "reconfigure", None)
+            if callable(reconfigure):
+                refused += reconfigure(config)
+        return refused
+
     @property
     def tracker(self) -> OutcomeTracker:
         """The outcome tracker the strategies read."""

@@ -43,7 +43,7 @@ from .errors import ApiError, map_exception
 from .guard import CatchAll, Guard, KeyRing
 from .openapi import openapi_document
 from .settings import CONFIG_ENV, config_from_environment, log_to_stderr, open_worker
-from .state import ServiceState, service_of, worker_models
+from .state import ServiceState, served_models, service_of
 from .streaming import ClientGone
 from .ws import websocket_endpoint
 
@@ -90,13 +90,14 @@ def create_app(
         The application; its ``state.service`` is the :class:`ServiceState`.
     """
     config = config or Config()
-    state = ServiceState(config)
+    keyring = KeyRing.from_config(config.service.api_keys)
+    state = ServiceState(config, keyring=keyring)
     if upstreams_ready is not None:
         state.upstreams_ready = upstreams_ready
     opener = (lambda _config: nullcontext(worker)) if worker is not None else worker_factory
     application = Starlette(
         routes=[*ROUTES, Route("/openapi.json", _openapi, methods=["GET"])],
-        middleware=_middleware(config),
+        middleware=_middleware(config, keyring),
         exception_handlers={
             ApiError: _api_error,
             OrchestratorError: _api_error,
@@ -109,7 +110,7 @@ def create_app(
     return application
 
 
-def _middleware(config: Config) -> list[Middleware]:
+def _middleware(config: Config, keyring: KeyRing) -> list[Middleware]:
     service = config.service
     layers = [Middleware(CatchAll)]
     if service.cors_origins:
@@ -121,8 +122,7 @@ def _middleware(config: Config) -> list[Middleware]:
                 allow_headers=["authorization", "content-type"],
             )
         )
-    keys = KeyRing.from_config(service.api_keys)
-    layers.append(Middleware(Guard, keys=keys, max_body_bytes=service.max_body_bytes))
+    layers.append(Middleware(Guard, keys=keyring, max_body_bytes=service.max_body_bytes))
     return layers
 
 
@@ -135,9 +135,11 @@ def partial_lifespan(
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         async with opener(state.config) as worker:
             state.worker = worker
-            state.models = state.config.service.models or worker_models(worker)
+            state.models = served_models(state.config, worker)
             async with open_pipeline(worker, state.config) as pipeline:
                 state.pipeline = pipeline
+                if state.keyring is not None:
+                    pipeline.add_reloadable(state.keyring)  # API keys rotate on reload
                 state.observed = instrument_pipeline(
                     pipeline, state.config, registry=prometheus().CollectorRegistry()
                 )

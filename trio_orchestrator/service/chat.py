@@ -43,7 +43,7 @@ def parse_chat_request(
 
     Args:
         body: the JSON body.
-        models: the models served; any other ``model`` is a 404.
+        models: the models served; any other ``model`` is a 404 (empty: any model).
         meta: labels for the request (API key id, user).
         request: further :class:`PromptRequest` fields (priority, request_id).
 
@@ -52,7 +52,7 @@ def parse_chat_request(
     """
     model = body.text("model", required=True, max_length=256)
     assert model is not None
-    if model not in models:
+    if models and model not in models:
         message = f"the model {model!r} does not exist; GET /v1/models lists the models served"
         raise ApiError(404, message, code="model_not_found", param="model")
     n = body.integer("n", minimum=1, maximum=1)

@@ -55,7 +55,9 @@ async def chat_completions(request: Request) -> Response:
     pipeline = state.open_pipeline()
     caller = caller_of(request.scope)
     extra = {} if caller.priority_cap is None else {"priority": caller.priority_cap}
-    chat = parse_chat_request(await _body(request), state.models, caller.meta(), **extra)
+    chat = parse_chat_request(
+        await _body(request), state.models, caller.meta(request.headers), **extra
+    )
     if chat.stream:
         return EventStream(partial(_stream_chat, pipeline, chat), _chat_error, b"[DONE]")
     completion = await cancel_on_disconnect(
@@ -140,7 +142,9 @@ def _embedding_input(fields: Fields) -> list[str]:
 def _prompt(request: Request, fields: Fields) -> PromptRequest:
     state = service_of(request)
     caller = caller_of(request.scope)
-    return parse_prompt_request(fields, state.models, caller.meta(), caller.priority_cap)
+    return parse_prompt_request(
+        fields, state.models, caller.meta(request.headers), caller.priority_cap
+    )
 
 
 async def prompt(request: Request) -> Response:

@@ -11,13 +11,17 @@ import hmac
 import json
 import logging
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from ..config.service import ApiKeyConfig
+from ..observability.tracing import trace_meta
 from ..types import Priority
 from .errors import ApiError
+
+if TYPE_CHECKING:
+    from ..config.model import Config
 
 __all__ = ["Caller", "CatchAll", "Guard", "KeyRing", "caller_of"]
 
@@ -46,9 +50,14 @@ class Caller:
     admin: bool = True
     priority_cap: Priority | None = None
 
-    def meta(self) -> dict[str, str]:
-        """Labels for the caller's requests (``api_key_id``, used by per-key rate limits)."""
-        return {} if self.key_id is None else {"api_key_id": self.key_id}
+    def meta(self, headers: Mapping[str, str] | None = None) -> dict[str, str]:
+        """Labels for the caller's requests: ``api_key_id`` (per-key rate limits and budgets)
+        and, from ``headers``, an incoming ``traceparent`` (the request's trace continues
+        the caller's)."""
+        meta = {} if self.key_id is None else {"api_key_id": self.key_id}
+        if headers is not None:
+            meta.update(trace_meta(headers))
+        return meta
 
 
 _ANONYMOUS = Caller()
@@ -76,6 +85,11 @@ class KeyRing:
             caller = Caller("sha256:" + digest.hex()[:8], key.admin, cap)
             entries.append((digest, caller))
         return cls(tuple(entries))
+
+    def reconfigure(self, config: Config) -> list[str]:
+        """Take the reloaded ``service.api_keys`` (a reload component: keys rotate live)."""
+        self._entries = KeyRing.from_config(config.service.api_keys)._entries
+        return []
 
     @property
     def enabled(self) -> bool:

@@ -45,7 +45,7 @@ def parse_prompt_request(
         ApiError: 400 naming the bad field; 404 for an unknown model.
     """
     model = fields.text("model", max_length=256) or models[0]
-    if model not in models:
+    if models and model not in models:
         message = f"the model {model!r} does not exist; GET /v1/models lists the models served"
         raise ApiError(404, message, code="model_not_found", param=fields._path("model"))
     text = fields.text("input")

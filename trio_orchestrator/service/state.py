@@ -16,6 +16,23 @@ from .errors import ApiError
 __all__ = ["ServiceState", "service_of", "worker_models"]
 
 
+def served_models(config: Config, worker: ModelWorker) -> tuple[str, ...]:
+    """The model names clients may ask for; empty means any (the upstream decides).
+
+    ``service.models`` when set; else every name the router resolves (models, groups,
+    aliases); else the models the providers declare — none declared passes any name
+    through; else the worker's own.
+    """
+    if config.service.models:
+        return tuple(config.service.models)
+    registry = getattr(worker, "registry", None)
+    if registry is not None:
+        return tuple(registry.names())
+    if config.providers is not None:
+        return tuple(dict.fromkeys(m for p in config.providers.providers for m in p.models))
+    return worker_models(worker)
+
+
 def worker_models(worker: ModelWorker) -> tuple[str, ...]:
     """The models a worker serves: its ``models`` attribute, else its ``model``, else echo."""
     models = getattr(worker, "models", None)
@@ -27,6 +44,7 @@ def worker_models(worker: ModelWorker) -> tuple[str, ...]:
 
 if TYPE_CHECKING:
     from ..observability import Instrumentation
+    from .guard import KeyRing
 
 
 @attrs.define(eq=False)
@@ -42,6 +60,7 @@ class ServiceState:
         models: the models served (``service.models``, else the worker's).
         draining: shutdown has begun; new requests are refused with 503.
         observed: the pipeline's metrics, traces and logs, while it is open.
+        keyring: the accepted API keys (replaced in place by a reload).
     """
 
     config: Config
@@ -51,6 +70,7 @@ class ServiceState:
     models: tuple[str, ...] = ()
     draining: bool = False
     observed: Instrumentation | None = None
+    keyring: KeyRing | None = attrs.field(default=None, kw_only=True)
 
     def open_pipeline(self) -> Pipeline:
         """The pipeline, if it admits requests.

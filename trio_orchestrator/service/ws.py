@@ -51,6 +51,7 @@ class _Connection:
         self._ws = websocket
         self._state = state
         self._caller = caller
+        self._headers = dict(websocket.headers)
         self._send_lock = trio.Lock()
         self._prompts: dict[str, trio.CancelScope] = {}
 
@@ -87,7 +88,10 @@ class _Connection:
                 raise ApiError(429, message, "rate_limit_error", "too_many_prompts")
             self._state.open_pipeline()
             request = parse_prompt_request(
-                fields, self._state.models, self._caller.meta(), self._caller.priority_cap
+                fields,
+                self._state.models,
+                self._caller.meta(self._headers),
+                self._caller.priority_cap,
             )
             self._prompts[prompt_id] = scope = trio.CancelScope()
             nursery.start_soon(self._run_prompt, prompt_id, request, scope)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import httpx
@@ -16,8 +16,11 @@ from ..types import Message, PromptRequest, ToolCall
 from ._sse import ServerSentEvent
 from .base import EventSink
 from .http import HTTPProvider, Timeouts, error_from_body, wire_format_guard
-from .keys import KeyPool
+from .keys import KeyPool, reconfigure_provider
 from .openai import _parse
+
+if TYPE_CHECKING:
+    from ..config.model import Config
 
 __all__ = ["ANTHROPIC_VERSION", "AnthropicWorker", "messages_body"]
 
@@ -261,6 +264,12 @@ class AnthropicWorker:
     version: str = ANTHROPIC_VERSION
     headers: Mapping[str, str] = attrs.field(factory=dict)
     _http: HTTPProvider = attrs.field(init=False)
+
+    def reconfigure(self, config: Config) -> list[str]:
+        """Apply this provider's reloaded ``api_keys``; other changes need a restart."""
+        return reconfigure_provider(
+            self.name, self.keys, config, base_url=self.base_url, timeouts=self.timeouts
+        )
 
     def __attrs_post_init__(self) -> None:
         headers = {"anthropic-version": self.version, **self.headers}

@@ -16,13 +16,16 @@ their own.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import attrs
 
 from ..sharding import shard_session
 from ..types import PromptRequest
 from .base import EventSink, ModelWorker
+
+if TYPE_CHECKING:
+    from ..config.model import Config
 
 __all__ = ["STRATEGIES", "BalanceStatistics", "LoadBalancedWorker", "Strategy", "WorkerLoad"]
 
@@ -112,6 +115,15 @@ class LoadBalancedWorker:
             _Slot(w, str(getattr(w, "name", i)), weight)
             for i, (w, weight) in enumerate(zip(self.workers, weights, strict=True))
         ]
+
+    def reconfigure(self, config: Config) -> list[str]:
+        """Pass a reload on to every balanced worker; return their refusals."""
+        refused: list[str] = []
+        for worker in self.workers:
+            reconfigure = getattr(worker, "reconfigure", None)
+            if callable(reconfigure):
+                refused += reconfigure(config)
+        return refused
 
     async def generate(self, request: PromptRequest, emit: EventSink) -> None:
         """Generate with the chosen worker; see :class:`~trio_orchestrator.workers.ModelWorker`.

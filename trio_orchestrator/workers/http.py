@@ -49,6 +49,7 @@ from ..errors import (
     RateLimited,
     ServerError,
 )
+from ..observability.tracing import inject_headers
 from ._sse import ServerSentEvent, SSEDecoder
 from .keys import KeyPool
 
@@ -461,6 +462,7 @@ class HTTPProvider:
         headers = {**self.headers, **auth}
         if body is not None:
             headers["content-type"] = "application/json"
+        inject_headers(headers)  # traceparent of the current attempt; nothing when tracing is off
         return self.client.build_request(
             method,
             self.base_url.rstrip("/") + path,

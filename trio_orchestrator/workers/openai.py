@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import httpx
@@ -21,7 +21,10 @@ from ..types import Message, PromptRequest, ToolCall
 from ._sse import ServerSentEvent
 from .base import EventSink
 from .http import HTTPProvider, Timeouts, error_from_body, wire_format_guard
-from .keys import KeyPool
+from .keys import KeyPool, reconfigure_provider
+
+if TYPE_CHECKING:
+    from ..config.model import Config
 
 __all__ = ["OpenAIWorker", "chat_body"]
 
@@ -216,6 +219,12 @@ class OpenAIWorker:
     stream: bool = True
     headers: Mapping[str, str] = attrs.field(factory=dict)
     _http: HTTPProvider = attrs.field(init=False)
+
+    def reconfigure(self, config: Config) -> list[str]:
+        """Apply this provider's reloaded ``api_keys``; other changes need a restart."""
+        return reconfigure_provider(
+            self.name, self.keys, config, base_url=self.base_url, timeouts=self.timeouts
+        )
 
     def __attrs_post_init__(self) -> None:
         self._http = HTTPProvider(

@@ -1,0 +1,112 @@
+"""Every built-in worker and every resilience layer keeps the worker contract.
+
+Each class is the one-line contract of ``trio_orchestrator.testing`` (event grammar, typed
+errors, prompt cancellation, deadlines, concurrent use), run over a built-in; those that
+need a nursery or a server get it from an async fixture.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import pytest
+import trio
+from test_contract import EXAMPLES, contract
+
+from trio_orchestrator.resilience import (
+    BreakerConfig,
+    CacheConfig,
+    CacheLayer,
+    CircuitBreakerLayer,
+    CoalescingConfig,
+    CoalescingLayer,
+    LimitConfig,
+    RateLimitLayer,
+    RateLimitsConfig,
+    RetryConfig,
+    RetryLayer,
+)
+from trio_orchestrator.routing import ModelDeployment, RoutingConfig, build_router
+from trio_orchestrator.testing import FakeBehaviour, WorkerContract, open_fake_provider
+from trio_orchestrator.workers import EchoWorker, ModelWorker
+from trio_orchestrator.workers.anthropic import AnthropicWorker
+from trio_orchestrator.workers.balance import LoadBalancedWorker
+from trio_orchestrator.workers.openai import OpenAIWorker
+
+GENEROUS = RateLimitsConfig(
+    enabled=True, limits=(LimitConfig(scope="provider", requests_per_second=1e6, burst=1e6),)
+)
+
+TestRetryLayer = contract(
+    lambda: RetryLayer(EchoWorker(), RetryConfig(enabled=True)), deterministic=True
+)
+TestCircuitBreakerLayer = contract(
+    lambda: CircuitBreakerLayer(EchoWorker(), BreakerConfig(enabled=True)), deterministic=True
+)
+TestRateLimitLayer = contract(lambda: RateLimitLayer(EchoWorker(), GENEROUS), deterministic=True)
+TestCacheLayer = contract(
+    lambda: CacheLayer(EchoWorker(), CacheConfig(enabled=True, cache_sampled=True)),
+    deterministic=True,
+)
+TestLoadBalancedWorker = contract(
+    lambda: LoadBalancedWorker([EchoWorker(), EchoWorker()], "least_loaded"), deterministic=True
+)
+TestRouterWorker = contract(
+    lambda: build_router(
+        RoutingConfig(
+            deployments=(
+                ModelDeployment("one", "m", "echo", upstream_model="echo"),
+                ModelDeployment("two", "m", "echo", upstream_model="echo"),
+            )
+        ),
+        {"echo": EchoWorker()},
+    ),
+    deterministic=True,
+)
+
+
+class TestCoalescingLayer(WorkerContract):
+    """The coalescing layer runs upstream calls in a nursery of its own."""
+
+    deterministic = True
+    max_examples = EXAMPLES
+
+    @pytest.fixture
+    async def contract_worker_factory(self, nursery: trio.Nursery) -> Callable[[], ModelWorker]:
+        config = CoalescingConfig(enabled=True, coalesce_sampled=True)
+        return lambda: CoalescingLayer(EchoWorker(), config, nursery)
+
+
+@pytest.fixture
+async def fake_upstream() -> AsyncIterator[Any]:
+    """A fake provider on a free loopback port, and an HTTP client for it."""
+    async with open_fake_provider(FakeBehaviour(tokens=6)) as fake, httpx.AsyncClient() as client:
+        yield fake, client
+
+
+class TestOpenAIWorker(WorkerContract):
+    """The OpenAI-compatible worker over real HTTP to the fake provider."""
+
+    virtual_time = False
+    call_timeout = 20.0
+    max_examples = EXAMPLES
+
+    @pytest.fixture
+    async def contract_worker_factory(self, fake_upstream: Any) -> Callable[[], ModelWorker]:
+        fake, client = fake_upstream
+        return lambda: OpenAIWorker(client, fake.openai_base_url)
+
+
+class TestAnthropicWorker(WorkerContract):
+    """The Anthropic Messages worker over real HTTP to the fake provider."""
+
+    virtual_time = False
+    call_timeout = 20.0
+    max_examples = EXAMPLES
+
+    @pytest.fixture
+    async def contract_worker_factory(self, fake_upstream: Any) -> Callable[[], ModelWorker]:
+        fake, client = fake_upstream
+        return lambda: AnthropicWorker(client, fake.base_url)
