@@ -145,7 +145,11 @@ async def test_worker_processes_serve_and_drain_on_sigterm(tmp_path: Path) -> No
             await served.process.wait()
     assert response.json()["outcome"] == "completed"
     assert served.process.returncode == 0
-    assert served.output.count(b"pipeline closed:") == 2
+    # Every worker process that opened its pipeline drained and closed it (under load the
+    # second may still be starting when SIGTERM arrives, and then never opens one).
+    opened = served.output.count(b"pipeline opened:")
+    assert 1 <= opened <= 2
+    assert served.output.count(b"pipeline closed:") == opened
 
 
 async def test_hypercorn_serves_the_module_app(tmp_path: Path) -> None:

@@ -138,6 +138,7 @@ def partial_lifespan(
             state.models = served_models(state.config, worker)
             async with open_pipeline(worker, state.config) as pipeline:
                 state.pipeline = pipeline
+                logger.info("pipeline opened: serving %s", ", ".join(state.models) or "any model")
                 if state.keyring is not None:
                     pipeline.add_reloadable(state.keyring)  # API keys rotate on reload
                 state.observed = instrument_pipeline(
