@@ -12,6 +12,7 @@ from .config import (
     load_config,
     parse_config,
 )
+from .distributed import DistributedConfig, RedisUnavailable, WorkQueue, work_through
 from .errors import (
     AuthenticationError,
     BadRequest,
@@ -139,6 +140,7 @@ __all__ = [
     "DeadLetterStatistics",
     "DeadlineExceeded",
     "DefaultAssembler",
+    "DistributedConfig",
     "Document",
     "Done",
     "EchoWorker",
@@ -182,6 +184,7 @@ __all__ = [
     "RateLimitLayer",
     "RateLimited",
     "RateLimitsConfig",
+    "RedisUnavailable",
     "ReloadReport",
     "Reloadable",
     "RequestCancelled",
@@ -209,6 +212,7 @@ __all__ = [
     "ToolCallStart",
     "TrimWhitespace",
     "Usage",
+    "WorkQueue",
     "WorkerCrashed",
     "WorkerError",
     "__version__",
@@ -227,4 +231,5 @@ __all__ = [
     "open_worker",
     "parse_config",
     "shard_session",
+    "work_through",
 ]
