@@ -175,3 +175,29 @@ async def test_a_stream_falls_back_invisibly_past_a_failing_and_a_rate_limited_p
     assert "".join(streamed) == "slow but sure" * 2
     assert (a.statistics().requests, b.statistics().requests) == (2, 1)
     assert c.statistics().requests == 2
+
+
+async def test_the_router_skips_a_provider_whose_keys_all_rest() -> None:
+    """A provider whose only API key is resting (after a 429) is skipped at decision time,
+    before any call: its key pool is one of the router's health checks."""
+    from trio_orchestrator import GenerationParams, PromptRequest
+    from trio_orchestrator.gateway import open_configured_worker
+    from trio_orchestrator.resilience import iter_layers
+    from trio_orchestrator.workers.openai import OpenAIWorker
+
+    urls = provider("a", "http://127.0.0.1:9/v1") + provider("b", "http://127.0.0.1:9/v1")
+    settings = config(urls + ROUTED.split("[resilience.breaker]")[0])
+    request = PromptRequest(input="x", params=GenerationParams(model="m"))
+    async with open_configured_worker(settings) as router:
+        (cheap,) = [
+            w
+            for top in router.deployment_workers()  # type: ignore[attr-defined]
+            for w in iter_layers(top)
+            if isinstance(w, OpenAIWorker) and w.name == "a"
+        ]
+        assert cheap.keys is not None
+        assert router.decide(request).chosen.name == "cheap"  # type: ignore[attr-defined]
+        cheap.keys.rate_limited(cheap.keys.acquire(), 30.0)
+        decision = router.decide(request)  # type: ignore[attr-defined]
+    assert decision.chosen.name == "dear"
+    assert "cheap" in {name for name, _ in decision.skipped}

@@ -9,9 +9,9 @@
 - No ``[providers]``: the built-in echo worker (``[service.echo]``); no key, no network.
 - Providers, no routing: the provider's worker, or a load balancer over several.
 - ``[routing]`` with deployments: a router over one worker per provider, each behind its
-  own circuit breaker and retries (so the router can skip a provider whose breaker is open,
-  and fall back to the next deployment); the pipeline then puts the remaining layers
-  (cache → coalescing → rate limit) in front of the router.
+  own circuit breaker and retries (so the router can skip a provider whose breaker is open
+  or whose API keys all rest, and fall back to the next deployment); the pipeline then
+  puts the remaining layers (cache → coalescing → rate limit) in front of the router.
 """
 
 from __future__ import annotations
@@ -25,8 +25,10 @@ from .config import Config
 from .resilience.breaker import CircuitBreakerLayer
 from .resilience.stack import LayerContext, iter_layers, wrap
 from .routing.router import open_router
+from .routing.strategies import HealthCheck
 from .workers import EchoWorker, ModelWorker
 from .workers.config import make_client, worker_for
+from .workers.keys import KeyPool
 
 __all__ = ["open_configured_worker"]
 
@@ -75,11 +77,15 @@ async def open_configured_worker(config: Config) -> AsyncIterator[ModelWorker]:
             )
             for name, worker in workers.items()
         }
-        health = [
+        # The router skips a provider whose breaker is open or whose keys all rest.
+        health: list[HealthCheck] = [
             layer
             for worker in guarded.values()
             for layer in iter_layers(worker)
             if isinstance(layer, CircuitBreakerLayer)
+        ]
+        health += [
+            pool for w in workers.values() if isinstance(pool := getattr(w, "keys", None), KeyPool)
         ]
         async with open_router(config.routing, guarded, health=health) as router:
             router.layers_inside = PER_PROVIDER_LAYERS

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
@@ -138,6 +138,11 @@ class KeyPool:
         """Whether some key is usable now."""
         now = trio.current_time()
         return any(key.ready(now) for key in self._keys)
+
+    def is_available(self, deployment: Any) -> bool:
+        """A router health check: False while every key of this provider is resting, so the
+        router skips its deployments instead of calling and being refused."""
+        return getattr(deployment, "provider", self.provider) != self.provider or self.has_ready()
 
     def succeeded(self, secret: Secret) -> None:
         """Record an answered call made with ``secret``."""
