@@ -143,3 +143,43 @@ async def test_readyz_reports_redis_and_follows_the_policy(redis_server: RedisSe
                 await trio.sleep(0.02)
     assert (ready.status_code, ready.json()["redis"]) == (200, "up")
     assert (lost.status_code, lost.json()["redis"]) == (503, "down")
+
+
+async def test_a_service_rides_out_redis_going_away_and_coming_back(
+    redis_server: RedisServer,
+) -> None:
+    """Redis stopped mid-run under a serving process: no request hangs, fail_closed refuses
+    with 429 while it is gone, /readyz says so, and both recover when Redis returns."""
+    from trio_orchestrator.config import parse_config
+
+    config = parse_config(
+        f"""
+[service]
+port = 0
+[distributed]
+redis_url = "{redis_server.url}"
+health_interval = 0.05
+rate_limit_policy = "fail_closed"
+[resilience.rate_limits]
+enabled = true
+limits = [{{ scope = "provider", requests_per_second = 1000.0, burst = 1000.0, mode = "reject" }}]
+"""
+    )
+    body = {"model": "echo", "messages": [{"role": "user", "content": "hi"}]}
+    async with running_service(config) as url, httpx.AsyncClient(base_url=url) as client:
+        before = await client.post("/v1/chat/completions", json=body)
+        redis_server.stop()
+        with trio.fail_after(5):  # never hangs: every answer comes within Redis's timeout
+            while (ready := await client.get("/readyz")).status_code == 200:  # noqa: ASYNC110
+                await trio.sleep(0.02)
+            during = [await client.post("/v1/chat/completions", json=body) for _ in range(5)]
+        redis_server.start()
+        with trio.fail_after(10):
+            while (await client.get("/readyz")).status_code != 200:  # noqa: ASYNC110
+                await trio.sleep(0.05)
+            after = await client.post("/v1/chat/completions", json=body)
+    assert before.status_code == 200
+    assert ready.json()["redis"] == "down"
+    assert {r.status_code for r in during} == {429}
+    assert after.status_code == 200
+    assert after.json()["choices"][0]["message"]["content"] == "hi"
