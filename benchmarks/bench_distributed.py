@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import trio
 
@@ -148,6 +149,52 @@ def _throughput(url: str | None, processes: int, seconds: float) -> float:
     return total / seconds
 
 
+SERVICE_CONFIG = """
+[service]
+port = 0
+workers = {workers}
+[resilience.rate_limits]
+enabled = true
+limits = [
+    {{ scope = "provider", requests_per_second = 1e12, burst = 1e12, mode = "reject" }},
+    {{ scope = "model", requests_per_second = 1e12, burst = 1e12, mode = "reject" }},
+]
+"""
+
+
+def _service_throughput(url: str | None, workers: int, seconds: float) -> float | str:
+    """Requests/s of `trio-orchestrator serve --workers N` under wrk (64 connections), its
+    processes sharing rate limits through Redis (``url``) or each keeping its own."""
+    import re
+    import shutil
+    import tempfile
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from bench_service import wrk
+
+    if shutil.which("wrk") is None:
+        return "skipped: wrk is not installed (apt-get install wrk)"
+    text = SERVICE_CONFIG.format(workers=workers)
+    if url is not None:
+        text += f'[distributed]\nredis_url = "{url}"\n'
+    with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as file:
+        file.write(text)
+    command = [sys.executable, "-m", "trio_orchestrator", "serve", "--config", file.name]
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert server.stdout is not None
+        found = re.search(r"http://\S+", server.stdout.readline())
+        assert found, "serve printed no address"
+        base = found.group(0)
+        time.sleep(1.0)  # let every worker process open its pipeline
+        wrk(base + "/v1/chat/completions", 1.0)  # warm-up
+        return wrk(base + "/v1/chat/completions", seconds).rps
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        os.unlink(file.name)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a run under a minute")
@@ -192,6 +239,16 @@ def main() -> None:
                 f"{shared[processes]:8,.0f} requests/s ({shared[processes] / shared[1]:.2f}x "
                 "1 process)"
             )
+        service_local: dict[int, float | str] = {}
+        service_shared: dict[int, float | str] = {}
+        for workers in (1, 2, 4):
+            service_local[workers] = _service_throughput(None, workers, seconds)
+            service_shared[workers] = _service_throughput(url, workers, seconds)
+            print(
+                f"serve --workers {workers}: local limits (baseline) "
+                f"{_rate(service_local[workers])}; limits shared through Redis "
+                f"{_rate(service_shared[workers])}"
+            )
         cores = os.cpu_count() or 1
         if cores <= 2:
             print(
@@ -215,9 +272,21 @@ def main() -> None:
                 f"redis_checks_per_s_{IN_FLIGHT}_tasks": round(parallel),
                 "requests_per_s_local": {str(p): round(r) for p, r in local_state.items()},
                 "requests_per_s_shared": {str(p): round(r) for p, r in shared.items()},
+                "service_requests_per_s_local": {str(w): _num(r) for w, r in service_local.items()},
+                "service_requests_per_s_shared": {
+                    str(w): _num(r) for w, r in service_shared.items()
+                },
             }
         )
     )
+
+
+def _rate(value: float | str) -> str:
+    return value if isinstance(value, str) else f"{value:8,.0f} requests/s"
+
+
+def _num(value: float | str) -> float | str:
+    return value if isinstance(value, str) else round(value)
 
 
 if __name__ == "__main__":
