@@ -183,3 +183,58 @@ limits = [{{ scope = "provider", requests_per_second = 1000.0, burst = 1000.0, m
     assert {r.status_code for r in during} == {429}
     assert after.status_code == 200
     assert after.json()["choices"][0]["message"]["content"] == "hi"
+
+
+async def test_routers_in_two_processes_share_each_providers_breaker(
+    redis_server: RedisServer,
+) -> None:
+    """In routing mode too, a provider's breaker is shared: once one router's calls open it,
+    another router (its own Redis connection, as in another process) does not call that
+    provider at all, and falls back."""
+    from trio_orchestrator import GenerationParams, PromptRequest, collect
+    from trio_orchestrator.config import parse_config
+    from trio_orchestrator.gateway import open_configured_worker
+
+    async with (
+        open_fake_provider(Behaviour(status=500)) as failing,
+        open_fake_provider(Behaviour(text="fine")) as fine,
+    ):
+        text = f"""
+[distributed]
+redis_url = "{redis_server.url}"
+breaker_cache = 0.001
+[resilience.breaker]
+enabled = true
+failure_threshold = 1
+cooldown = 60.0
+[[providers.providers]]
+kind = "openai"
+name = "a"
+base_url = "{failing.openai_base_url}"
+[[providers.providers]]
+kind = "openai"
+name = "b"
+base_url = "{fine.openai_base_url}"
+[routing]
+strategy = "cost"
+[[routing.deployments]]
+name = "cheap"
+model = "m"
+provider = "a"
+input_price = 1.0
+[[routing.deployments]]
+name = "dear"
+model = "m"
+provider = "b"
+input_price = 2.0
+"""
+        config = parse_config(text)
+        request = PromptRequest(input="hi", params=GenerationParams(model="m"))
+        async with (
+            open_configured_worker(config) as first,
+            open_configured_worker(config) as second,
+        ):
+            assert (await collect(first, request)).text == "fine"  # a failed, b answered
+            answers = [(await collect(second, request)).text for _ in range(3)]
+    assert answers == ["fine"] * 3
+    assert failing.statistics().requests == 1  # only the first router's call

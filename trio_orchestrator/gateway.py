@@ -23,7 +23,7 @@ import trio
 
 from .config import Config
 from .resilience.breaker import CircuitBreakerLayer
-from .resilience.stack import LayerContext, iter_layers, wrap
+from .resilience.stack import LayerContext, iter_layers, open_redis_for, wrap
 from .routing.router import open_router
 from .routing.strategies import HealthCheck
 from .workers import EchoWorker, ModelWorker
@@ -58,21 +58,26 @@ async def open_configured_worker(config: Config) -> AsyncIterator[ModelWorker]:
         async with open_worker(config.providers) as worker:
             yield worker
         return
-    async with AsyncExitStack() as stack, trio.open_nursery() as nursery:
+    async with (
+        # With [distributed], each provider's breaker and limits are shared across
+        # processes; the connection (and its own task) outlives the layers' nursery.
+        open_redis_for(config, None) as redis,
+        AsyncExitStack() as clients,
+        trio.open_nursery() as nursery,
+    ):
         workers: dict[str, ModelWorker] = {"echo": echo_worker(config)}
         if config.providers is not None:
             for provider in config.providers.providers:
                 client = None
                 if provider.kind != "echo":
                     client = make_client(provider, config.providers.http_client)
-                    stack.push_async_callback(client.aclose)
+                    clients.push_async_callback(client.aclose)
                 workers[provider.label] = worker_for(provider, client)
-        context = LayerContext(nursery, "")
         guarded = {
             name: wrap(
                 worker,
                 config.resilience,
-                LayerContext(context.nursery, name),
+                LayerContext(nursery, name, redis),
                 only=PER_PROVIDER_LAYERS,
             )
             for name, worker in workers.items()

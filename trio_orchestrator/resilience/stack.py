@@ -43,6 +43,7 @@ __all__ = [
     "LayerContext",
     "iter_layers",
     "open_layers",
+    "open_redis_for",
     "open_shared_state",
     "provider_name",
     "wrap",
@@ -202,7 +203,7 @@ async def open_layers(
         The outermost layer (``worker`` itself when no layer is enabled).
     """
     body_error: BaseException | None = None
-    async with _open_redis(config, redis) as redis, trio.open_nursery() as nursery:
+    async with open_redis_for(config, redis) as redis, trio.open_nursery() as nursery:
         context = LayerContext(nursery, provider_name(worker), redis)
         try:
             yield wrap(worker, config.resilience, context)
@@ -216,10 +217,11 @@ async def open_layers(
 
 
 @asynccontextmanager
-async def _open_redis(
+async def open_redis_for(
     config: Config, given: RedisConnection | None
 ) -> AsyncIterator[RedisConnection | None]:
-    """``given``, or a new connection when ``redis_url`` is set, or None."""
+    """``given``, or a new connection when ``[distributed] redis_url`` is set, or None
+    (then nothing is imported or opened)."""
     if given is not None or not _shares_state(config):
         yield given
         return
