@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import httpx
+import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 from service_helpers import open_raw_post, running_service
@@ -201,3 +202,16 @@ async def test_the_router_skips_a_provider_whose_keys_all_rest() -> None:
         decision = router.decide(request)  # type: ignore[attr-defined]
     assert decision.chosen.name == "dear"
     assert "cheap" in {name for name, _ in decision.skipped}
+
+
+async def test_an_error_in_the_block_reaches_the_caller_as_itself() -> None:
+    """An exception raised inside ``open_configured_worker``'s block (routing on) comes out
+    as itself, not wrapped in an exception group."""
+    from trio_orchestrator.gateway import open_configured_worker
+
+    settings = config(
+        '[routing]\n[[routing.deployments]]\nname = "e"\nmodel = "m"\nprovider = "echo"\n'
+    )
+    with pytest.raises(KeyError, match="inside"):
+        async with open_configured_worker(settings):
+            raise KeyError("inside")

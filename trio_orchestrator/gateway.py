@@ -27,7 +27,7 @@ from .resilience.stack import LayerContext, iter_layers, open_redis_for, wrap
 from .routing.router import open_router
 from .routing.strategies import HealthCheck
 from .workers import EchoWorker, ModelWorker
-from .workers.config import make_client, worker_for
+from .workers.config import make_client, open_worker, worker_for
 from .workers.keys import KeyPool
 
 __all__ = ["open_configured_worker"]
@@ -53,8 +53,6 @@ async def open_configured_worker(config: Config) -> AsyncIterator[ModelWorker]:
         if config.providers is None:
             yield echo_worker(config)
             return
-        from .workers.config import open_worker
-
         async with open_worker(config.providers) as worker:
             yield worker
         return
@@ -92,7 +90,15 @@ async def open_configured_worker(config: Config) -> AsyncIterator[ModelWorker]:
         health += [
             pool for w in workers.values() if isinstance(pool := getattr(w, "keys", None), KeyPool)
         ]
+        body_error: BaseException | None = None
         async with open_router(config.routing, guarded, health=health) as router:
             router.layers_inside = PER_PROVIDER_LAYERS
-            yield router
+            try:
+                yield router
+            except BaseException as exc:
+                # Re-raised below, outside the nursery, so the caller sees its own exception
+                # rather than an ExceptionGroup wrapping it.
+                body_error = exc
         nursery.cancel_scope.cancel()
+    if body_error is not None:
+        raise body_error
