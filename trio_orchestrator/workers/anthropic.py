@@ -16,7 +16,7 @@ from ..types import Message, PromptRequest, ToolCall
 from ._sse import ServerSentEvent
 from .base import EventSink
 from .http import HTTPProvider, Timeouts, error_from_body, wire_format_guard
-from .keys import KeyPool, reconfigure_provider
+from .keys import KeyPool
 from .openai import _parse
 
 if TYPE_CHECKING:
@@ -267,9 +267,7 @@ class AnthropicWorker:
 
     def reconfigure(self, config: Config) -> list[str]:
         """Apply this provider's reloaded ``api_keys``; other changes need a restart."""
-        return reconfigure_provider(
-            self.name, self.keys, config, base_url=self.base_url, timeouts=self.timeouts
-        )
+        return self._http.reconfigure(config)
 
     def __attrs_post_init__(self) -> None:
         headers = {"anthropic-version": self.version, **self.headers}

@@ -26,7 +26,7 @@ import re
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import attrs
 import httpx
@@ -52,6 +52,9 @@ from ..errors import (
 from ..observability.tracing import inject_headers
 from ._sse import ServerSentEvent, SSEDecoder
 from .keys import KeyPool
+
+if TYPE_CHECKING:
+    from ..config.model import Config
 
 __all__ = [
     "HTTPProvider",
@@ -453,6 +456,32 @@ class HTTPProvider:
             else:
                 pool.succeeded(key)
                 return result
+
+    def reconfigure(self, config: Config) -> list[str]:
+        """Apply this provider's reloaded ``api_keys`` to its key pool (a reload).
+
+        Returns:
+            Refusals: the provider was removed or renamed, its base URL or timeouts changed,
+            or it gained keys where it had none — a restart applies those.
+        """
+        providers = config.providers.providers if config.providers is not None else ()
+        provider = next((p for p in providers if p.label == self.name), None)
+        if provider is None:
+            return [f"providers: provider {self.name!r} was removed or renamed; restart to apply"]
+        refused = []
+        if (
+            provider.base_url or self.base_url
+        ) != self.base_url or provider.timeouts != self.timeouts:
+            refused.append(f"providers.{self.name}: base_url and timeouts change only on a restart")
+        keys = provider.keys()
+        if self.keys is None:
+            if keys:
+                refused.append(
+                    f"providers.{self.name}.api_keys: a provider without keys needs a restart"
+                )
+        elif keys:
+            self.keys.replace_keys(keys)
+        return refused
 
     def _request(
         self, method: str, path: str, body: Mapping[str, Any] | None, auth: Mapping[str, str]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 import trio
@@ -17,14 +17,10 @@ import trio
 from ..config.secret import Secret
 from ..errors import AuthenticationError, RateLimited
 
-if TYPE_CHECKING:
-    from ..config.model import Config
-
 __all__ = [
     "KeyPool",
     "KeyPoolStatistics",
     "KeyStatistics",
-    "reconfigure_provider",
 ]
 
 
@@ -217,35 +213,3 @@ class KeyPool:
             "and re-enable them",
             provider=self.provider,
         )
-
-
-def reconfigure_provider(
-    name: str, pool: KeyPool | None, config: Config, *, base_url: str, timeouts: object
-) -> list[str]:
-    """Apply the reloaded ``api_keys`` of the provider called ``name`` to its key pool.
-
-    Args:
-        name: the provider's name.
-        pool: its key pool (``None``: it has no keys).
-        config: the reloaded configuration.
-        base_url: the base URL the worker uses now.
-        timeouts: the timeouts the worker uses now.
-
-    Returns:
-        Refusals: the provider was removed or renamed, its base URL or timeouts changed, or
-        it gained keys where it had none — a restart applies those.
-    """
-    providers = config.providers.providers if config.providers is not None else ()
-    provider = next((p for p in providers if p.label == name), None)
-    if provider is None:
-        return [f"providers: provider {name!r} was removed or renamed; a restart applies that"]
-    refused = []
-    if (provider.base_url or base_url) != base_url or provider.timeouts != timeouts:
-        refused.append(f"providers.{name}: base_url and timeouts change only on a restart")
-    keys = provider.keys()
-    if pool is None:
-        if keys:
-            refused.append(f"providers.{name}.api_keys: a provider without keys needs a restart")
-    elif keys:
-        pool.replace_keys(keys)
-    return refused

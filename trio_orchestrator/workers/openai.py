@@ -21,7 +21,7 @@ from ..types import Message, PromptRequest, ToolCall
 from ._sse import ServerSentEvent
 from .base import EventSink
 from .http import HTTPProvider, Timeouts, error_from_body, wire_format_guard
-from .keys import KeyPool, reconfigure_provider
+from .keys import KeyPool
 
 if TYPE_CHECKING:
     from ..config.model import Config
@@ -222,9 +222,7 @@ class OpenAIWorker:
 
     def reconfigure(self, config: Config) -> list[str]:
         """Apply this provider's reloaded ``api_keys``; other changes need a restart."""
-        return reconfigure_provider(
-            self.name, self.keys, config, base_url=self.base_url, timeouts=self.timeouts
-        )
+        return self._http.reconfigure(config)
 
     def __attrs_post_init__(self) -> None:
         self._http = HTTPProvider(
