@@ -179,3 +179,81 @@ async def test_without_redis_requests_are_served_locally(redis_server: RedisServ
             completion = await a.submit(ask("hello"))
         assert layer(a).statistics().local == 1
     assert completion.text == "echo: hello"
+
+
+@attrs.define
+class Drip:
+    """A provider streaming ``tokens`` words, ``delay`` seconds apart, logging each one."""
+
+    log: list[str]
+    tokens: int = 8
+    delay: float = 0.1
+    calls: int = 0
+
+    async def generate(self, request: PromptRequest, emit: EventSink) -> None:
+        self.calls += 1
+        for i in range(self.tokens):
+            await trio.sleep(self.delay)
+            self.log.append(f"upstream {i}")
+            await emit(TextDelta(f"w{i} "))
+        text = "".join(f"w{i} " for i in range(self.tokens))
+        await emit(Done("stop", text))
+
+
+async def test_a_follower_streams_the_leaders_answer_as_it_comes(
+    redis_server: RedisServer,
+) -> None:
+    """A follower on another process receives the leader's tokens while the leader is still
+    generating (not only once the answer is complete), from the first token on."""
+    log: list[str] = []
+    first, second = Drip(log), Drip(log)
+    followed: list[str] = []
+    async with processes(redis_server, [first, second]) as (a, b):  # type: ignore[list-item]
+
+        async def lead() -> None:
+            await a.submit(ask("stream me"))
+
+        async def follow() -> None:
+            async with b.stream(ask("stream me")) as events:
+                async for event in events:
+                    if isinstance(event, TextDelta):
+                        log.append(f"follower {event.text.strip()}")
+                        followed.append(event.text)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lead)
+            await trio.sleep(0.25)  # the leader has begun; the follower joins late
+            nursery.start_soon(follow)
+    assert first.calls + second.calls == 1
+    assert "".join(followed) == "".join(f"w{i} " for i in range(8))
+    # The follower had tokens before the upstream produced its last one.
+    assert log.index("follower w0") < log.index("upstream 7")
+
+
+async def test_a_follower_mid_answer_is_told_when_the_leader_dies(
+    redis_server: RedisServer,
+) -> None:
+    """A leader that dies after publishing part of its answer: the follower, having streamed
+    that part, gets a typed ProviderConnectionError instead of another call's answer spliced
+    on."""
+    from trio_orchestrator.errors import ProviderConnectionError
+
+    upstream = Upstream()
+    seen: list[object] = []
+    async with processes(redis_server, [upstream]) as (a,):
+        redis = a.redis
+        assert redis is not None
+        key = request_key(ask("half"))
+        partial = '["dead", "TextDelta", {"text": "half "}]'
+        await redis.call(lambda r: r.set(redis.key("flight", key), "dead", px=300))
+        await redis.call(lambda r: r.rpush(redis.key("answer-events", key), [partial]))
+
+        async def consume() -> None:
+            async with a.stream(ask("half")) as events:
+                async for event in events:
+                    seen.append(event)
+
+        with pytest.raises(ProviderConnectionError, match="went away mid-answer"):
+            await consume()
+    assert seen == [TextDelta("half ")]
+    assert upstream.calls == 0

@@ -14,11 +14,16 @@ processes):
    the same TTL and the same ``max_entries`` bound, least recently used first — else for
    ``result_ttl`` seconds, long enough for the followers); an error is stored briefly so the
    followers raise it too;
-3. the other processes follow: they wait (polling every ``poll_interval``) for the answer,
-   the error, or the lock to vanish without either (the leader died: one of them leads).
+3. the other processes follow its result stream: the leader pushes each event to a Redis
+   list as it goes (tagged with its lock token), and followers, looking every
+   ``poll_interval``, emit the new ones as they appear — a follower joining late starts
+   from the first event — then finish from the stored answer, or raise the stored error.
+   When the lock vanishes without either (the leader died), a follower that has emitted
+   nothing leads instead; one that has emitted part of the answer raises
+   ``ProviderConnectionError`` (it cannot splice another call's answer onto it).
 
-Followers receive the answer once it is complete, not token by token. Whenever Redis is
-unreachable before anything was emitted, the request is served locally (its own call).
+Whenever Redis is unreachable before anything was emitted, the request is served locally
+(its own call).
 """
 
 from __future__ import annotations
@@ -88,10 +93,26 @@ end
 return 1
 """
 
-# KEYS: lock. ARGV: token, ttl ms. Takes the lock if it is free.
+# KEYS: lock, events. ARGV: token, ttl ms. Takes the lock if it is free, and clears the
+# events a dead leader may have left.
 LOCK = """
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  redis.call('DEL', KEYS[2])
+  return 1
+end
 return 0
+"""
+
+# KEYS: events. ARGV: ttl ms, then the encoded events to append.
+PUSH = """
+redis.call('RPUSH', KEYS[1], unpack(ARGV, 2))
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return 1
+"""
+
+# KEYS: events. ARGV: the first index to read.
+READ = """
+return redis.call('LRANGE', KEYS[1], ARGV[1], -1)
 """
 
 # KEYS: lock. ARGV: token, ttl ms. Extends the lock if it is still ours.
@@ -153,12 +174,15 @@ class SharedAnswerLayer:
     _keep: Script[str] = attrs.field(init=False)
     _fail: Script[str] = attrs.field(init=False)
     _take_lock: Script[str] = attrs.field(init=False)
+    _push: Script[str] = attrs.field(init=False)
+    _read: Script[str] = attrs.field(init=False)
     _counts: dict[str, int] = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         script = self.connection.script
         self._look, self._store = script(LOOK), script(STORE)
         self._keep, self._fail, self._take_lock = script(KEEP), script(FAIL), script(LOCK)
+        self._push, self._read = script(PUSH), script(READ)
         self._counts = dict.fromkeys(("led", "followed", "hits", "local", "bypassed"), 0)
 
     def statistics(self) -> SharedAnswerStatistics:
@@ -180,38 +204,68 @@ class SharedAnswerLayer:
 
     async def _share(self, key: str, request: PromptRequest, emit: EventSink) -> None:
         keys = self._keys(key)
-        waited = False
+        follow = _Following()
         while True:
             state, value = await self._call(self._look, keys, [_now_ms(), self._lru()])
             if state == "answer":
-                self._counts["followed" if waited else "hits"] += 1
-                await _replay(value, emit)
+                self._counts["followed" if follow.waited else "hits"] += 1
+                await _replay(value, emit, skip=follow.emitted)
                 return
             if state == "error":
                 self._counts["followed"] += 1
                 raise _error(value)
             if state == "lead":
+                if follow.emitted:
+                    raise errors.ProviderConnectionError(
+                        "the process answering this request went away mid-answer; retry it"
+                    )
                 token = secrets.token_hex(8)
                 ttl = str(round(self.lock_ttl * 1000))
-                if await self._call(self._take_lock, [keys[2]], [token, ttl]):
+                if await self._call(self._take_lock, [keys[2], keys[4]], [token, ttl]):
                     await self._lead(keys, token, request, emit)
                     return
-            waited = True
+            follow.waited = True
+            await self._follow(keys[4], follow, emit)
+            if follow.finished:  # the whole answer came through the published events
+                self._counts["followed"] += 1
+                return
             await trio.sleep(self.poll_interval)
+
+    async def _follow(self, events_key: str, follow: _Following, emit: EventSink) -> None:
+        """Emit the leader's events published since the last look."""
+        for item in await self._call(self._read, [events_key], [str(follow.emitted)]):
+            token, name, data = json.loads(item)
+            if follow.token is None:
+                follow.token = token
+            elif token != follow.token:
+                raise errors.ProviderConnectionError(
+                    "the process answering this request went away mid-answer; retry it"
+                )
+            event = _converter.structure(data, _EVENTS[name])
+            await emit(event)
+            follow.emitted += 1
+            if isinstance(event, Done):
+                follow.finished = True
+                return
 
     async def _lead(
         self, keys: list[str], token: str, request: PromptRequest, emit: EventSink
     ) -> None:
-        answer, error_key, lock, index = keys
+        answer, error_key, lock, index, _events = keys
         recorded: list[StreamEvent] = []
+
+        published, to_publish = trio.open_memory_channel[str](math.inf)
 
         async def record(event: StreamEvent) -> None:
             recorded.append(event)
+            # Bounded by one answer's events; publishing never slows the leader's caller.
+            published.send_nowait(_encode_event(token, event))
             await emit(event)
 
         self._counts["led"] += 1
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._keep_alive, lock, token)
+            nursery.start_soon(self._publish, keys[4], to_publish)
             try:
                 await self.inner.generate(request, record)
             except errors.WorkerError as exc:
@@ -233,6 +287,22 @@ class SharedAnswerLayer:
             ]
             await self._quietly(self._store, [answer, lock, index], args)
 
+    async def _publish(self, events_key: str, events: trio.MemoryReceiveChannel[str]) -> None:
+        """Append the leader's events to the list followers read, a batch per round trip.
+
+        Best effort: the stored answer, written when the call ends, is what a follower
+        finishes from.
+        """
+        ttl = str(round(max(self.lock_ttl, self.result_ttl) * 1000))
+        async for first in events:
+            batch = [first]
+            while True:
+                try:
+                    batch.append(events.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            await self._quietly(self._push, [events_key], [ttl, *batch])
+
     async def _keep_alive(self, lock: str, token: str) -> None:
         ttl = str(round(self.lock_ttl * 1000))
         while True:
@@ -251,7 +321,13 @@ class SharedAnswerLayer:
 
     def _keys(self, key: str) -> list[str]:
         k = self.connection.key
-        return [k("answer", key), k("answer-error", key), k("flight", key), k("answers")]
+        return [
+            k("answer", key),
+            k("answer-error", key),
+            k("flight", key),
+            k("answers"),
+            k("answer-events", key),
+        ]
 
     def _lru(self) -> str:
         return "1" if self.cache.enabled else "0"
@@ -265,10 +341,24 @@ def _encode_events(events: list[StreamEvent]) -> str:
     return json.dumps([[type(e).__name__, _converter.unstructure(e)] for e in events])
 
 
-async def _replay(text: str, emit: EventSink) -> None:
+async def _replay(text: str, emit: EventSink, *, skip: int = 0) -> None:
     await trio.lowlevel.checkpoint()
-    for name, data in json.loads(text):
+    for name, data in json.loads(text)[skip:]:
         await emit(_converter.structure(data, _EVENTS[name]))
+
+
+def _encode_event(token: str, event: StreamEvent) -> str:
+    return json.dumps([token, type(event).__name__, _converter.unstructure(event)])
+
+
+@attrs.define
+class _Following:
+    """A follower's progress through the leader's published events."""
+
+    emitted: int = 0
+    token: str | None = None
+    waited: bool = False
+    finished: bool = False
 
 
 def _encode_error(exc: errors.WorkerError) -> str:
