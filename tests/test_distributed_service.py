@@ -238,3 +238,31 @@ input_price = 2.0
             answers = [(await collect(second, request)).text for _ in range(3)]
     assert answers == ["fine"] * 3
     assert failing.statistics().requests == 1  # only the first router's call
+
+
+async def test_a_letter_shed_by_one_process_is_listed_and_replayed_by_another(
+    redis_server: RedisServer,
+) -> None:
+    """/v1/dead-letters on one service lists a letter another process dead-lettered, and
+    replaying it there completes it (once: the letter leaves the shared stream)."""
+    from trio_orchestrator import EchoWorker, PromptRequest, open_pipeline
+    from trio_orchestrator.pipeline import DeadLetter
+
+    config = attrs.evolve(
+        make_config(),
+        distributed=DistributedConfig(redis_url=redis_server.url, health_interval=0.05),
+    )
+    shed = PromptRequest(input="shed elsewhere", request_id="req_elsewhere")
+    async with open_pipeline(EchoWorker(), config) as other:
+        other.dead_letters.add(DeadLetter(shed, "inference", "full", trio.current_time()))
+        async with running_service(config) as url, httpx.AsyncClient(base_url=url) as client:
+            with trio.fail_after(5):  # the other process writes its letters in the background
+                while not (await client.get("/v1/dead-letters")).json()["data"]:  # noqa: ASYNC110
+                    await trio.sleep(0.02)
+            listed = (await client.get("/v1/dead-letters")).json()["data"]
+            replayed = await client.post("/v1/dead-letters/req_elsewhere/replay")
+            after = (await client.get("/v1/dead-letters")).json()["data"]
+    assert [letter["id"] for letter in listed] == ["req_elsewhere"]
+    assert (replayed.status_code, replayed.json()["outcome"]) == (200, "completed")
+    assert replayed.json()["completion"]["text"] == "shed elsewhere"
+    assert after == []

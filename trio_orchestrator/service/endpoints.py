@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse as _StarletteJSONResponse
 from starlette.responses import Response
 
+from ..distributed.connection import RedisUnavailable
 from ..errors import OrchestratorError
 from ..pipeline import DeadLetter, Pipeline
 from ..types import PromptRequest
@@ -227,9 +228,40 @@ async def list_dead_letters(request: Request) -> Response:
     """``GET /v1/dead-letters``: shed requests, oldest first."""
     limit = _limit(request.query_params.get("limit"))
     pipeline = service_of(request).pipeline
-    letters = [] if pipeline is None else pipeline.dead_letters.list(limit)
+    letters = [] if pipeline is None else await _letters(pipeline.dead_letters, limit)
     now = trio.current_time()
     return JSONResponse({"object": "list", "data": [_letter_json(d, now) for d in letters]})
+
+
+async def _letters(queue: Any, limit: int | None) -> list[DeadLetter]:
+    """The letters of every process when they are shared through Redis (this process's own
+    while Redis is unreachable), else this process's."""
+    list_shared = getattr(queue, "list_shared", None)
+    if list_shared is not None:
+        try:
+            letters: list[DeadLetter] = await list_shared(limit)
+            return letters
+        except RedisUnavailable:
+            pass
+    local: list[DeadLetter] = queue.list(limit)
+    return local
+
+
+async def _has_letter(queue: Any, letter_id: str) -> bool:
+    """Whether a letter exists here, or on the shared stream when there is one."""
+    try:
+        queue.get(letter_id)
+        return True
+    except KeyError:
+        pass
+    get_shared = getattr(queue, "get_shared", None)
+    if get_shared is None:
+        return False
+    try:
+        await get_shared(letter_id)
+    except (KeyError, RedisUnavailable):
+        return False
+    return True
 
 
 def _limit(value: str | None) -> int | None:
@@ -265,11 +297,9 @@ async def replay_dead_letter(request: Request) -> Response:
     """``POST /v1/dead-letters/{id}/replay``: submit a shed request again."""
     letter_id = request.path_params["id"]
     pipeline = service_of(request).open_pipeline()
-    try:
-        pipeline.dead_letters.get(letter_id)
-    except KeyError:
+    if not await _has_letter(pipeline.dead_letters, letter_id):
         message = f"no dead letter {letter_id!r} (never shed, already replayed, or pushed out)"
-        raise ApiError(404, message, code="dead_letter_not_found", param="id") from None
+        raise ApiError(404, message, code="dead_letter_not_found", param="id")
     return await _answer(request, letter_id, partial(pipeline.replay, letter_id))
 
 
