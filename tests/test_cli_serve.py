@@ -138,6 +138,11 @@ async def test_worker_processes_serve_and_drain_on_sigterm(tmp_path: Path) -> No
     """With --workers 2, both processes serve; SIGTERM drains them and the parent exits 0."""
     config = write_config(tmp_path, token_delay=0, grace=5)
     async with serve_process(config, "--workers", "2") as served:
+        # Both worker processes have opened their pipelines before the signal (one still
+        # starting up when SIGTERM arrives is another test's business).
+        with trio.fail_after(PROMPTLY):
+            while served.output.count(b"pipeline opened:") < 2:  # noqa: ASYNC110
+                await trio.sleep(0.05)
         async with httpx.AsyncClient(base_url=served.url) as client:
             response = await client.post("/v1/prompt", json={"input": "hi"})
         served.process.send_signal(signal.SIGTERM)
@@ -145,11 +150,7 @@ async def test_worker_processes_serve_and_drain_on_sigterm(tmp_path: Path) -> No
             await served.process.wait()
     assert response.json()["outcome"] == "completed"
     assert served.process.returncode == 0
-    # Every worker process that opened its pipeline drained and closed it (under load the
-    # second may still be starting when SIGTERM arrives, and then never opens one).
-    opened = served.output.count(b"pipeline opened:")
-    assert 1 <= opened <= 2
-    assert served.output.count(b"pipeline closed:") == opened
+    assert served.output.count(b"pipeline closed:") == 2  # each process drained its own
 
 
 async def test_hypercorn_serves_the_module_app(tmp_path: Path) -> None:
