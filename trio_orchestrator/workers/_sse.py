@@ -70,14 +70,28 @@ class SSEDecoder:
         Raises:
             MalformedResponse: a line is too long or is not UTF-8.
         """
-        self._buffer += chunk
-        events: list[ServerSentEvent] = []
-        for line in self._complete_lines():
-            event = self._line(line)
-            if event is not None:
-                events.append(event)
-        if len(self._buffer) > self.max_line_bytes:
+        buffer = self._buffer
+        buffer += chunk
+        if b"\r" in buffer:
+            lines = [self._decode(line) for line in self._complete_lines()]
+        else:
+            # The common case, lines ended by LF alone: decode every complete line at once
+            # (a complete line never ends inside a UTF-8 sequence).
+            end = buffer.rfind(b"\n")
+            lines = [] if end == -1 else self._decode(buffer[:end]).split("\n")
+            del buffer[: end + 1]
+        if len(buffer) > self.max_line_bytes:
             raise self._malformed(f"an event-stream line exceeded {self.max_line_bytes} bytes")
+        events: list[ServerSentEvent] = []
+        for line in lines:
+            if not line:
+                if (event := self._dispatch()) is not None:
+                    events.append(event)
+            elif line.startswith("data:"):
+                self._data.append(line[6:] if line.startswith("data: ") else line[5:])
+                self._has_data = True
+            else:
+                self._field(line)
         return events
 
     def close(self) -> list[ServerSentEvent]:
@@ -94,7 +108,7 @@ class SSEDecoder:
         if self._buffer:
             rest = bytes(self._buffer.rstrip(b"\r"))
             self._buffer.clear()
-            event = self._line(rest)
+            event = self._line(self._decode(rest))
             if event is not None:
                 events.append(event)
         event = self._dispatch()
@@ -122,15 +136,21 @@ class SSEDecoder:
         del buffer[:start]
         return lines
 
-    def _line(self, raw: bytes) -> ServerSentEvent | None:
+    def _decode(self, raw: bytes | bytearray) -> str:
         try:
-            line = raw.decode("utf-8")
+            return raw.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise self._malformed("an event-stream line is not valid UTF-8") from exc
+
+    def _line(self, line: str) -> ServerSentEvent | None:
         if not line:
             return self._dispatch()
+        self._field(line)
+        return None
+
+    def _field(self, line: str) -> None:
         if line.startswith(":"):
-            return None
+            return
         field, _, value = line.partition(":")
         value = value.removeprefix(" ")
         if field == "data":
@@ -142,7 +162,6 @@ class SSEDecoder:
             self._last_id = value
         elif field == "retry" and value.isascii() and value.isdigit():
             self._retry = int(value)
-        return None
 
     def _dispatch(self) -> ServerSentEvent | None:
         event, data, has_data = self._event, self._data, self._has_data

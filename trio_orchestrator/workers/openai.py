@@ -7,12 +7,12 @@ at the server's ``/v1`` (``https://api.openai.com/v1``, ``http://localhost:8000/
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
 import httpx
+import orjson
 
 from ..config.secret import Secret
 from ..errors import MalformedResponse, ProviderConnectionError
@@ -102,30 +102,32 @@ class _ChatStream:
     _model: str | None = None
 
     async def event(self, event: ServerSentEvent) -> None:
-        if event.data.strip() == "[DONE]":
+        data = event.data
+        if data[:1] != "{" and data.strip() == "[DONE]":
             self.finished = True
             return
-        chunk = _parse(event.data, self.provider)
+        chunk = _parse(data, self.provider)
         if "error" in chunk:
             raise error_from_body(chunk, provider=self.provider)
         self._model = chunk.get("model") or self._model
-        if (usage := _usage(chunk.get("usage"))) is not None:
+        if (usage := chunk.get("usage")) is not None and (usage := _usage(usage)) is not None:
             self._usage = usage
             await self.emit(usage)
         for choice in chunk.get("choices") or ():
-            if isinstance(choice, Mapping) and choice.get("index", 0) == 0:
+            if isinstance(choice, dict) and choice.get("index", 0) == 0:
                 await self._choice(choice)
 
-    async def _choice(self, choice: Mapping[str, Any]) -> None:
+    async def _choice(self, choice: dict[str, Any]) -> None:
         delta = choice.get("delta") or {}
         if content := delta.get("content"):
             self.started = True
             self._text.append(content)
             await self.emit(TextDelta(content))
-        for call in delta.get("tool_calls") or ():
-            await self._tool_call(call)
-        if choice.get("finish_reason"):
-            self._finish = choice["finish_reason"]
+        if calls := delta.get("tool_calls"):
+            for call in calls:
+                await self._tool_call(call)
+        if finish := choice.get("finish_reason"):
+            self._finish = finish
 
     async def _tool_call(self, call: Mapping[str, Any]) -> None:
         self.started = True
@@ -154,8 +156,8 @@ class _ChatStream:
 
 def _parse(data: str | bytes, provider: str) -> dict[str, Any]:
     try:
-        parsed = json.loads(data)
-    except ValueError as exc:
+        parsed = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
         raise MalformedResponse(
             f"{provider or 'the provider'} sent an event that is not JSON; retrying may help",
             provider=provider,
