@@ -3,14 +3,20 @@ against LiteLLM's Router, all calling the same fake provider over real HTTP.
 
 Rows, for each HTTP client library (httpx, httpx2) and each concurrency:
 
-1. ``bare``: the bare client POSTs a streaming ``/v1/chat/completions`` and reads the whole
-   SSE body (the floor: no parsing, no pipeline);
-2. ``pipeline``: ``open_pipeline(OpenAIWorker(client))`` and ``submit`` (SSE parsed into
-   events, accumulated, every pipeline stage; stage capacities raised to the concurrency so
-   nothing is shed). No resilience layers: none exist on this branch yet;
+1. ``bare``: the bare client (``AsyncClient`` with ``max_connections`` = the concurrency)
+   POSTs a streaming ``/v1/chat/completions`` and reads the whole SSE body (the floor: no
+   parsing, no pipeline);
+2. ``pipeline``: what a user of ``[providers]`` gets: ``open_configured_worker(config)``
+   (the OpenAI-compatible worker on the client ``make_client`` builds: ``max_connections`` =
+   the concurrency, split into pools of ``pool_size`` 16) inside ``open_pipeline``, with the
+   circuit breaker and retry layers on, and ``submit`` (SSE parsed into events, accumulated,
+   every pipeline stage; stage capacities raised to the concurrency so nothing is shed);
 3. ``litellm``: ``Router.acompletion(stream=True)`` under asyncio, in its own process and
    virtualenv (``--litellm-python``, default ``.venv-litellm/bin/python``); skipped with a
    message when that interpreter or LiteLLM is missing.
+
+One more row shows where the pipeline's margin comes from: ``bare sharded``, the bare client
+on this project's ``ShardedTransport`` (the same pools as row 2).
 
 The fake provider runs in its own process and answers at once (8 tokens), so CPU per request
 is the client process's CPU time (``time.process_time``) divided by requests. Each row is
@@ -37,10 +43,14 @@ from typing import Any, cast
 import httpx
 import trio
 
-from trio_orchestrator import PromptRequest, open_pipeline
+from trio_orchestrator import PromptRequest, open_configured_worker, open_pipeline
 from trio_orchestrator.config import Config, PipelineConfig
+from trio_orchestrator.resilience import BreakerConfig, ResilienceConfig, RetryConfig
 from trio_orchestrator.types import GenerationParams
-from trio_orchestrator.workers import OpenAIWorker
+from trio_orchestrator.workers import ProviderConfig, ProvidersConfig
+from trio_orchestrator.workers.transport import sharded_client
+
+POOL_SIZE = ProviderConfig(kind="openai").pool_size
 
 HERE = Path(__file__).resolve().parent
 BODY = {
@@ -64,12 +74,16 @@ def start_fake(tokens: int) -> tuple[subprocess.Popen[str], str]:
     return process, process.stdout.readline().strip()
 
 
-def new_client(library: str, concurrency: int) -> httpx.AsyncClient:
-    module: Any = httpx
+def library_module(library: str) -> Any:
     if library == "httpx2":
         import httpx2
 
-        module = httpx2
+        return httpx2
+    return httpx
+
+
+def new_client(library: str, concurrency: int) -> httpx.AsyncClient:
+    module = library_module(library)
     limits = module.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     return cast(httpx.AsyncClient, module.AsyncClient(limits=limits, timeout=None))
 
@@ -107,7 +121,18 @@ async def drive(n: int, concurrency: int, call: Callable[[], Awaitable[None]]) -
 
 
 async def bare(url: str, library: str, n: int, concurrency: int) -> dict[str, float]:
-    async with new_client(library, concurrency) as client:
+    return await bare_on(new_client(library, concurrency), url, n, concurrency)
+
+
+async def bare_sharded(url: str, library: str, n: int, concurrency: int) -> dict[str, float]:
+    client = sharded_client(library_module(library), concurrency, POOL_SIZE)
+    return await bare_on(client, url, n, concurrency)
+
+
+async def bare_on(
+    client: httpx.AsyncClient, url: str, n: int, concurrency: int
+) -> dict[str, float]:
+    async with client:
 
         async def call() -> None:
             async with client.stream("POST", url + "/v1/chat/completions", json=BODY) as r:
@@ -122,6 +147,9 @@ async def pipeline(url: str, library: str, n: int, concurrency: int) -> dict[str
     # Stage capacities at least the concurrency: with smaller ones the pipeline sheds the
     # overflow by design (backpressure), which is not what this row measures.
     room = max(concurrency, 512)
+    provider = ProviderConfig(
+        kind="openai", name="fake", base_url=url + "/v1", max_connections=concurrency
+    )
     config = Config(
         PipelineConfig(
             rag_capacity=room,
@@ -130,19 +158,21 @@ async def pipeline(url: str, library: str, n: int, concurrency: int) -> dict[str
             post_capacity=room,
             stream_capacity=room,
             inference_concurrency=concurrency,
-        )
+        ),
+        providers=ProvidersConfig((provider,), http_client=cast(Any, library)),
+        resilience=ResilienceConfig(
+            breaker=BreakerConfig(enabled=True), retry=RetryConfig(enabled=True)
+        ),
     )
     request = PromptRequest(input="hello", params=GenerationParams(model="fake-model"))
-    async with new_client(library, concurrency) as client:
-        worker = OpenAIWorker(client, url + "/v1", name="fake")
-        async with open_pipeline(worker, config) as p:
+    async with open_configured_worker(config) as worker, open_pipeline(worker, config) as p:
 
-            async def call() -> None:
-                completion = await p.submit(request)
-                assert completion.finish_reason == "stop"
+        async def call() -> None:
+            completion = await p.submit(request)
+            assert completion.finish_reason == "stop"
 
-            await drive(min(n, concurrency), concurrency, call)
-            return await drive(n, concurrency, call)
+        await drive(min(n, concurrency), concurrency, call)
+        return await drive(n, concurrency, call)
 
 
 def litellm(python: str, url: str, n: int, concurrency: int) -> dict[str, float] | str:
@@ -199,7 +229,8 @@ def main() -> None:
     print(
         f"bench_gateway: {n} requests x {repeats} repeats (medians), fake provider in its own "
         f"process answering 8 tokens at once; Python {platform.python_version()}, "
-        f"{os.cpu_count()} CPUs; pipeline rows without resilience layers"
+        f"{os.cpu_count()} CPUs; pipeline rows with the breaker and retry layers on, "
+        f"pools of {POOL_SIZE} connections"
     )
     results: dict[str, Any] = {}
     try:
@@ -210,7 +241,11 @@ def main() -> None:
             results[f"c{concurrency}/litellm"] = lite
             for library in args.libraries:
                 rows = {}
-                for name, run in (("bare", bare), ("pipeline", pipeline)):
+                for name, run in (
+                    ("bare", bare),
+                    ("bare sharded", bare_sharded),
+                    ("pipeline", pipeline),
+                ):
                     runs = [trio.run(run, url, library, n, concurrency) for _ in range(repeats)]
                     rows[name] = median_row(runs)
                     show(f"{library} {name}", rows[name])
@@ -231,7 +266,14 @@ def main() -> None:
         assert fake.stdin is not None
         fake.stdin.close()
         fake.wait(10)
-    conditions = {"requests": n, "repeats": repeats, "concurrency": concurrencies, "tokens": 8}
+    conditions = {
+        "requests": n,
+        "repeats": repeats,
+        "concurrency": concurrencies,
+        "tokens": 8,
+        "pool_size": POOL_SIZE,
+        "layers": ["circuit_breaker", "retry"],
+    }
     print(json.dumps({"bench": "gateway", "conditions": conditions, "results": results}))
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import attrs
 import httpx
@@ -37,6 +37,7 @@ from .echo import EchoWorker
 from .http import Timeouts
 from .keys import KeyPool
 from .openai import OpenAIWorker
+from .transport import sharded_client
 
 __all__ = [
     "ProviderConfig",
@@ -95,6 +96,10 @@ class ProviderConfig:
         key_rest: seconds a key rests after a 429 that named no wait.
         weight: this provider's share under the ``weighted`` balance strategy.
         max_connections: the most connections its HTTP client opens.
+        pool_size: the most connections in one of the client's connection pools: the
+            connections are split over ``ceil(max_connections / pool_size)`` pools, because
+            a pool's cost per request grows with its size (see
+            :mod:`trio_orchestrator.workers.transport`).
         max_tokens: for Anthropic, ``max_tokens`` when a request names none.
         anthropic_version: for Anthropic, the ``anthropic-version`` header.
     """
@@ -110,6 +115,7 @@ class ProviderConfig:
     key_rest: float = attrs.field(default=5.0, validator=positive_time)
     weight: float = attrs.field(default=1.0, validator=positive_time)
     max_connections: int = attrs.field(default=1024, validator=positive_int)
+    pool_size: int = attrs.field(default=16, validator=positive_int)
     max_tokens: int = attrs.field(default=4096, validator=positive_int)
     anthropic_version: str = ANTHROPIC_VERSION
 
@@ -164,17 +170,13 @@ class ProvidersConfig:
 
 def make_client(provider: ProviderConfig, library: HTTPClient = "httpx2") -> httpx.AsyncClient:
     """A new HTTP client sized for ``provider`` (the library's own timeouts off: the workers
-    apply theirs)."""
+    apply theirs), its connections split over pools of ``provider.pool_size``."""
     module: Any = httpx
     if library == "httpx2":
         import httpx2
 
         module = httpx2
-    limits = module.Limits(
-        max_connections=provider.max_connections,
-        max_keepalive_connections=provider.max_connections,
-    )
-    return cast(httpx.AsyncClient, module.AsyncClient(limits=limits, timeout=None))
+    return sharded_client(module, provider.max_connections, provider.pool_size)
 
 
 def worker_for(provider: ProviderConfig, client: httpx.AsyncClient | None) -> ModelWorker:

@@ -20,7 +20,6 @@ injected; transport exceptions are recognised by the module they come from.
 from __future__ import annotations
 
 import email.utils
-import json
 import math
 import re
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
@@ -30,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import attrs
 import httpx
+import orjson
 import trio
 
 from ..config.ranges import positive_time
@@ -52,6 +52,7 @@ from ..errors import (
 from ..observability.tracing import inject_headers
 from ._sse import ServerSentEvent, SSEDecoder
 from .keys import KeyPool
+from .transport import pool_limits
 
 if TYPE_CHECKING:
     from ..config.model import Config
@@ -312,7 +313,7 @@ def error_from_response(
 ) -> ProviderError:
     """The typed error for an HTTP error answer (status ≥ 400)."""
     try:
-        parsed: Any = json.loads(body)
+        parsed: Any = orjson.loads(body)
     except ValueError:
         parsed = body[:500].decode("utf-8", "replace")
     retry_after = parse_retry_after(headers) if status in (429, 503, 529) else None
@@ -354,21 +355,29 @@ def transport_error(exc: Exception, provider: str) -> ProviderError:
 # ------------------------------------------------------------------ calls
 
 
-@contextmanager
-def wire_format_guard(provider: str) -> Iterator[None]:
+class wire_format_guard:
     """Turn the errors of reading an unexpected JSON shape into :class:`MalformedResponse`.
 
     Parsers walk the provider's JSON assuming its documented shape; a provider that sends
-    another shape must fail typed, never with a stray ``KeyError``.
+    another shape must fail typed, never with a stray ``KeyError``. (A class, not a
+    ``@contextmanager``: it is entered once per chunk of every stream.)
     """
-    try:
-        yield
-    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
-        raise MalformedResponse(
-            f"{provider or 'the provider'} sent an answer of an unexpected shape "
-            f"({type(exc).__name__}: {exc}); retrying may help",
-            provider=provider,
-        ) from exc
+
+    def __init__(self, provider: str) -> None:
+        self.provider = provider
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, _: Any) -> None:
+        if exc is not None and isinstance(
+            exc, (KeyError, IndexError, TypeError, ValueError, AttributeError)
+        ):
+            raise MalformedResponse(
+                f"{self.provider or 'the provider'} sent an answer of an unexpected shape "
+                f"({type(exc).__name__}: {exc}); retrying may help",
+                provider=self.provider,
+            ) from exc
 
 
 @contextmanager
@@ -400,6 +409,7 @@ class HTTPProvider:
     timeouts: Timeouts
     auth: Callable[[Secret], dict[str, str]]
     headers: Mapping[str, str] = attrs.field(factory=dict)
+    _urls: dict[str, httpx.URL] = attrs.field(factory=dict, init=False)
 
     def __repr__(self) -> str:
         return f"HTTPProvider(name={self.name!r}, base_url={self.base_url!r})"
@@ -473,6 +483,11 @@ class HTTPProvider:
             provider.base_url or self.base_url
         ) != self.base_url or provider.timeouts != self.timeouts:
             refused.append(f"providers.{self.name}: base_url and timeouts change only on a restart")
+        limits = pool_limits(self.client)
+        if limits is not None and limits != (provider.max_connections, provider.pool_size):
+            refused.append(
+                f"providers.{self.name}: max_connections and pool_size change only on a restart"
+            )
         keys = provider.keys()
         if self.keys is None:
             if keys:
@@ -492,10 +507,14 @@ class HTTPProvider:
         if body is not None:
             headers["content-type"] = "application/json"
         inject_headers(headers)  # traceparent of the current attempt; nothing when tracing is off
+        url = self._urls.get(path)
+        if url is None:
+            # Parsed once per path, with the client's own URL class (httpx's or httpx2's).
+            url = self._urls[path] = type(self.client.base_url)(self.base_url.rstrip("/") + path)
         return self.client.build_request(
             method,
-            self.base_url.rstrip("/") + path,
-            content=None if body is None else json.dumps(body).encode(),
+            url,
+            content=None if body is None else orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS),
             headers=headers,
             # The transport applies the connect (and write) limit; Trio scopes do the rest.
             extensions={
@@ -525,7 +544,7 @@ class HTTPProvider:
             finally:
                 await _close(response, None)
         try:
-            return json.loads(content)
+            return orjson.loads(content)
         except ValueError as exc:
             raise MalformedResponse(
                 f"{self.name or 'the provider'} answered with a body that is not JSON; "
@@ -542,60 +561,67 @@ class HTTPProvider:
     ) -> None:
         t = self.timeouts
         start = trio.current_time()
-        first = start + t.first_token
-        with _time_limit(start + t.total, self._timeout("total", t.total)):
-            with _time_limit(first, self._timeout("first token", t.first_token)):
-                response = await self._send(self._request("POST", path, body, auth))
+        total, first = start + t.total, start + t.first_token
+        # One scope carries all three limits; its deadline is moved rather than nesting a
+        # scope per limit (entering a scope costs more than moving a deadline).
+        answered = False
+        with trio.CancelScope(deadline=min(total, first)) as scope:
+            response = await self._send(self._request("POST", path, body, auth))
             chunks = response.aiter_bytes()
             try:
                 if response.status_code >= 400:
-                    with _time_limit(first, self._timeout("first token", t.first_token)):
-                        await self._read(response)
-                await self._pump(chunks, parser, first)
+                    await self._read(response)
+                unread = await self._pump(chunks, parser, scope, total, first)
+                answered = True
+                if unread:
+                    # Read to the end (a server closes the body right after its last
+                    # event): an exhausted response keeps its connection for the next
+                    # call. The answer is complete, so a failure or timeout here only
+                    # costs the connection.
+                    scope.deadline = min(total, trio.current_time() + t.idle)
+                    await self._drain(chunks)
             finally:
                 await _close(response, chunks)
-
-    async def _pump(self, chunks: Any, parser: StreamParser, first: float) -> None:
-        decoder = SSEDecoder(self.name)
-        chunk: bytes | None = b""
-        # One scope for the whole stream, its deadline moved per read (a new scope per
-        # chunk costs more than the parsing); it is lifted while events are emitted, so a
-        # slow consumer is never mistaken for a stalled provider.
-        with trio.CancelScope() as scope:
-            while not parser.finished and chunk is not None:
-                scope.deadline = self._read_deadline(parser, first)
-                chunk = await self._next_chunk(chunks)
-                scope.deadline = math.inf
-                events = decoder.close() if chunk is None else decoder.feed(chunk)
-                with wire_format_guard(self.name):
-                    for event in events:
-                        await parser.event(event)
-                        if parser.finished:
-                            break
-        if scope.cancelled_caught:
-            t = self.timeouts
+        if scope.cancelled_caught and not answered:
+            if trio.current_time() >= total:
+                raise self._timeout("total", t.total)()
             if parser.started:
                 raise self._timeout("idle", t.idle)()
             raise self._timeout("first token", t.first_token)()
-        await parser.end()
-        if chunk is not None:
-            await self._drain(chunks)
 
-    def _read_deadline(self, parser: StreamParser, first: float) -> float:
-        if parser.started:
-            return trio.current_time() + self.timeouts.idle
-        return first
+    async def _pump(
+        self, chunks: Any, parser: StreamParser, scope: trio.CancelScope, total: float, first: float
+    ) -> bool:
+        """Feed the stream's events to ``parser`` until the answer is complete.
+
+        Returns:
+            Whether the body has bytes left after the answer's end.
+        """
+        decoder = SSEDecoder(self.name)
+        idle = self.timeouts.idle
+        chunk: bytes | None = b""
+        while not parser.finished and chunk is not None:
+            # Each read gets the idle (or, before content, the first-token) limit; while
+            # events are emitted only the total applies, so a slow consumer is never
+            # mistaken for a stalled provider.
+            scope.deadline = min(total, trio.current_time() + idle if parser.started else first)
+            chunk = await self._next_chunk(chunks)
+            scope.deadline = total
+            events = decoder.close() if chunk is None else decoder.feed(chunk)
+            with wire_format_guard(self.name):
+                for event in events:
+                    await parser.event(event)
+                    if parser.finished:
+                        break
+        await parser.end()
+        return chunk is not None
 
     async def _drain(self, chunks: Any) -> None:
-        # Read to the end (a server closes the body right after its last event): an
-        # exhausted response keeps its connection for the next call. The answer is already
-        # complete, so a failure here only costs the connection.
-        with trio.move_on_after(self.timeouts.idle):
-            try:
-                while await self._next_chunk(chunks) is not None:
-                    pass
-            except ProviderError:
+        try:
+            while await self._next_chunk(chunks) is not None:
                 pass
+        except ProviderError:
+            pass
 
     async def _next_chunk(self, chunks: Any) -> bytes | None:
         try:
@@ -654,6 +680,8 @@ async def _close(response: httpx.Response, chunks: Any) -> None:
                 raise
         if chunks is not None:
             await _finish_iteration(chunks)
+    # A cancel that arrived during the shielded close still ends the call as cancelled.
+    await trio.lowlevel.checkpoint_if_cancelled()
 
 
 async def _finish_iteration(chunks: Any) -> None:
