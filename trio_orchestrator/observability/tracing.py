@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping, MutableMapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from contextvars import ContextVar
 from types import SimpleNamespace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import attrs
 
@@ -106,8 +106,9 @@ def build_tracer_provider(config: TracingConfig) -> TracerProvider | None:
 # ------------------------------------------------------------------------- for workers
 
 
-@contextmanager
-def attempt_span(name: str, **attributes: str | int | float | bool) -> Iterator[Span | None]:
+def attempt_span(
+    name: str, **attributes: str | int | float | bool
+) -> AbstractContextManager[Span | None]:
     """Trace one upstream attempt as a child of the current worker call (for retry layers).
 
     ::
@@ -117,7 +118,7 @@ def attempt_span(name: str, **attributes: str | int | float | bool) -> Iterator[
                 ...
 
     An exception leaving the block is recorded on the span. Outside a traced worker call
-    (tracing off, or no pipeline around) it does nothing and yields None.
+    (tracing off, or no pipeline around) it does nothing and gives None.
 
     Args:
         name: the span name (keep it low-cardinality: no ids).
@@ -125,10 +126,12 @@ def attempt_span(name: str, **attributes: str | int | float | bool) -> Iterator[
     """
     tracer = _current_tracer.get()
     if tracer is None:
-        yield None
-        return
-    with tracer.start_as_current_span(name, attributes=attributes) as span:
-        yield span
+        return _NO_SPAN  # every attempt of every request: no generator when tracing is off
+    span = tracer.start_as_current_span(name, attributes=attributes)
+    return cast("AbstractContextManager[Span | None]", span)
+
+
+_NO_SPAN: AbstractContextManager[None] = nullcontext()
 
 
 def inject_headers(headers: MutableMapping[str, str]) -> MutableMapping[str, str]:

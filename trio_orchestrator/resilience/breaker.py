@@ -495,16 +495,19 @@ class CircuitBreakerLayer:
             await emit(event)
 
         start = trio.current_time()
+        # Read before the call: once a surrounding scope is cancelled it reads -inf.
         deadline = trio.current_effective_deadline()
         try:
             await self.inner.generate(request, timed_emit)
         except BaseException as exc:
             counted = _settle(breaker, permit, exc, deadline)
-            await self._publish(breaker, probe, "failure" if counted else "release")
+            if self.shared is not None:
+                await self._publish(breaker, probe, "failure" if counted else "release")
             raise
         end = trio.current_time()
         breaker.record_success(permit, end, (first_event_at or end) - start)
-        await self._publish(breaker, probe, "success")
+        if self.shared is not None:
+            await self._publish(breaker, probe, "success")
 
     async def _check_shared(self, breaker: CircuitBreaker, permit: Permit) -> bool:
         """Ask the shared state; True when this call is a shared probe.
