@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import Any
 
@@ -16,6 +16,7 @@ from starlette.responses import Response
 
 from ..distributed.connection import RedisUnavailable
 from ..errors import OrchestratorError
+from ..events import Completion
 from ..pipeline import DeadLetter, Pipeline
 from ..types import PromptRequest
 from .chat import ChatRequest, ChunkWriter, completion_body, parse_chat_request
@@ -24,7 +25,7 @@ from .guard import caller_of
 from .metrics import render_metrics
 from .native import completion_json, event_json, parse_prompt_request
 from .state import service_of
-from .streaming import Emit, EventStream, cancel_on_disconnect, error_json
+from .streaming import Emit, EventStream, cancel_on_disconnect, complete_unless_gone, error_json
 from .validate import Fields, invalid, parse_json_object
 
 __all__ = ["JSONResponse", "failure_response", "json_error", "stream_prompt"]
@@ -61,9 +62,7 @@ async def chat_completions(request: Request) -> Response:
     )
     if chat.stream:
         return EventStream(partial(_stream_chat, pipeline, chat), _chat_error, b"[DONE]")
-    completion = await cancel_on_disconnect(
-        request.receive, partial(pipeline.try_submit, chat.prompt)
-    )
+    completion = await complete_unless_gone(request.receive, pipeline, chat.prompt)
     return JSONResponse(completion_body(completion, chat.prompt.params.model))
 
 
@@ -152,14 +151,13 @@ async def prompt(request: Request) -> Response:
     """``POST /v1/prompt``: run a prompt; answer with the completion and its outcome."""
     pipeline = service_of(request).open_pipeline()
     prompt_request = _prompt(request, await _body(request))
-    return await _answer(
-        request, prompt_request.request_id, partial(pipeline.try_submit, prompt_request)
-    )
+    work = partial(complete_unless_gone, request.receive, pipeline, prompt_request)
+    return await _answer(prompt_request.request_id, work)
 
 
-async def _answer(request: Request, request_id: str, work: Any) -> Response:
+async def _answer(request_id: str, work: Callable[[], Awaitable[Completion]]) -> Response:
     try:
-        completion = await cancel_on_disconnect(request.receive, work)
+        completion = await work()
     except OrchestratorError as exc:
         return failure_response(request_id, exc)
     body = {"request_id": request_id, "outcome": "completed"}
@@ -300,7 +298,8 @@ async def replay_dead_letter(request: Request) -> Response:
     if not await _has_letter(pipeline.dead_letters, letter_id):
         message = f"no dead letter {letter_id!r} (never shed, already replayed, or pushed out)"
         raise ApiError(404, message, code="dead_letter_not_found", param="id")
-    return await _answer(request, letter_id, partial(pipeline.replay, letter_id))
+    work = partial(cancel_on_disconnect, request.receive, partial(pipeline.replay, letter_id))
+    return await _answer(letter_id, work)
 
 
 def json_error(error: ApiError) -> Response:
