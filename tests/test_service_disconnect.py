@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import httpx
@@ -12,15 +11,14 @@ import trio
 import trio.testing
 from service_helpers import (
     RecordingWorker,
-    make_config,
+    call_app,
     open_raw_post,
     running_service,
+    serving_in_process,
     wait_for_statistic,
 )
 
-from trio_orchestrator import Pipeline, open_pipeline
-from trio_orchestrator.service import create_app
-from trio_orchestrator.workers import EchoWorker, ModelWorker
+from trio_orchestrator.workers import EchoWorker
 
 # 400 tokens at 50 ms: 20 s if nobody cancels it.
 LONG_PROMPT = " ".join(["word"] * 400)
@@ -77,43 +75,7 @@ async def test_a_native_stream_disconnect_cancels_the_request() -> None:
 
 
 # In process, on Trio's mock clock: the ASGI application called directly, with a client
-# whose receive() gives the body and then, when told, http.disconnect.
-
-
-@asynccontextmanager
-async def serving_in_process(worker: ModelWorker) -> AsyncIterator[tuple[Any, Pipeline]]:
-    """The service's application around an open pipeline, without a server or lifespan."""
-    app = create_app(make_config(), worker)
-    async with open_pipeline(worker) as pipeline:
-        state = app.state.service
-        state.pipeline, state.models, state.worker = pipeline, ("echo",), worker
-        yield app, pipeline
-
-
-async def call_app(
-    app: Any, path: str, body: dict[str, Any], gone: trio.Event, sent: list[dict[str, Any]]
-) -> None:
-    """POST ``body`` to ``path``; the client disconnects once ``gone`` is set. What the
-    application sends goes to ``sent``."""
-    data = json.dumps(body).encode()
-    scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-        "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
-        "root_path": "", "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 2),
-        "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(data))],
-    }  # fmt: skip
-    messages = [{"type": "http.request", "body": data, "more_body": False}]
-
-    async def receive() -> dict[str, Any]:
-        if messages:
-            return messages.pop()
-        await gone.wait()
-        return {"type": "http.disconnect"}
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    await app(scope, receive, send)
+# whose receive() gives the body and then, once ``gone`` is set, http.disconnect.
 
 
 CHAT_BODY = {"model": "echo", "messages": [{"role": "user", "content": LONG_PROMPT}]}
@@ -129,13 +91,15 @@ async def test_a_disconnect_while_waiting_cancels_the_request_at_once(
     async with serving_in_process(worker) as (app, pipeline):
         sent: list[dict[str, Any]] = []
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(call_app, app, "/v1/chat/completions", CHAT_BODY, gone, sent)
+            nursery.start_soon(
+                partial(call_app, app, "/v1/chat/completions", CHAT_BODY, gone=gone, sent=sent)
+            )
             await trio.sleep(3.0)
             gone.set()
         stats = pipeline.statistics()
     assert (stats.submitted, stats.cancelled, stats.completed, stats.in_flight) == (1, 1, 0, 0)
     assert worker.cancelled == [worker.seen[0].request_id]
-    assert not [m for m in sent if m.get("status") == 200]
+    assert sent == []
 
 
 async def test_a_disconnect_cancels_a_native_prompt_too(
@@ -146,7 +110,9 @@ async def test_a_disconnect_cancels_a_native_prompt_too(
     gone = trio.Event()
     async with serving_in_process(worker) as (app, pipeline):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(call_app, app, "/v1/prompt", {"input": LONG_PROMPT}, gone, [])
+            nursery.start_soon(
+                partial(call_app, app, "/v1/prompt", {"input": LONG_PROMPT}, gone=gone)
+            )
             await trio.sleep(3.0)
             gone.set()
         stats = pipeline.statistics()
@@ -162,11 +128,23 @@ async def test_a_handler_cancelled_from_outside_counts_its_request_cancelled(
     worker = slow_worker()
     async with serving_in_process(worker) as (app, pipeline):
         with trio.move_on_after(3.0):
-            await call_app(app, "/v1/chat/completions", CHAT_BODY, trio.Event(), [])
+            await call_app(app, "/v1/chat/completions", CHAT_BODY)
         await trio.testing.wait_all_tasks_blocked()
         stats = pipeline.statistics()
     assert (stats.submitted, stats.cancelled, stats.completed, stats.in_flight) == (1, 1, 0, 0)
     assert worker.cancelled == [worker.seen[0].request_id]
+
+
+async def test_a_disconnect_while_the_body_arrives_submits_nothing(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A client gone before its body is whole is not answered and starts no request."""
+    async with serving_in_process(slow_worker()) as (app, pipeline):
+        gone = trio.Event()
+        gone.set()
+        sent = await call_app(app, "/v1/chat/completions", CHAT_BODY, gone=gone, cut_body=True)
+        stats = pipeline.statistics()
+    assert (sent, stats.submitted) == ([], 0)
 
 
 async def test_a_client_that_stays_gets_its_answer(
@@ -175,8 +153,7 @@ async def test_a_client_that_stays_gets_its_answer(
     """Without a disconnect, the answer comes back and the wait for one ends with it."""
     async with serving_in_process(slow_worker()) as (app, pipeline):
         body = {"model": "echo", "messages": [{"role": "user", "content": "a b c"}]}
-        sent: list[dict[str, Any]] = []
-        await call_app(app, "/v1/chat/completions", body, trio.Event(), sent)
+        sent = await call_app(app, "/v1/chat/completions", body)
         stats = pipeline.statistics()
     assert sent[0]["status"] == 200
     answer = json.loads(sent[1]["body"])

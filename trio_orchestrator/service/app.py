@@ -40,6 +40,7 @@ from ..pipeline import open_pipeline
 from ..workers import ModelWorker
 from . import endpoints as ep
 from .errors import ApiError, map_exception
+from .fastpath import CHAT_PATH, ChatFastPath, ChatRoute
 from .guard import CatchAll, Guard, KeyRing
 from .openapi import openapi_document
 from .settings import CONFIG_ENV, config_from_environment, log_to_stderr, open_worker
@@ -54,7 +55,7 @@ logger = logging.getLogger("trio_orchestrator.service")
 WorkerOpener = Callable[[Config], AbstractAsyncContextManager[ModelWorker]]
 
 ROUTES = [
-    Route("/v1/chat/completions", ep.chat_completions, methods=["POST"]),
+    Route(CHAT_PATH, ChatRoute(), methods=["POST"]),
     Route("/v1/models", ep.list_models, methods=["GET"]),
     Route("/v1/models/{model:path}", ep.get_model, methods=["GET"]),
     Route("/v1/embeddings", ep.embeddings, methods=["POST"]),
@@ -97,7 +98,7 @@ def create_app(
     opener = (lambda _config: nullcontext(worker)) if worker is not None else worker_factory
     application = Starlette(
         routes=[*ROUTES, Route("/openapi.json", _openapi, methods=["GET"])],
-        middleware=_middleware(config, keyring),
+        middleware=_middleware(config, keyring, state),
         exception_handlers={
             ApiError: _api_error,
             OrchestratorError: _api_error,
@@ -110,7 +111,7 @@ def create_app(
     return application
 
 
-def _middleware(config: Config, keyring: KeyRing) -> list[Middleware]:
+def _middleware(config: Config, keyring: KeyRing, state: ServiceState) -> list[Middleware]:
     service = config.service
     layers = [Middleware(CatchAll)]
     if service.cors_origins:
@@ -123,6 +124,8 @@ def _middleware(config: Config, keyring: KeyRing) -> list[Middleware]:
             )
         )
     layers.append(Middleware(Guard, keys=keyring, max_body_bytes=service.max_body_bytes))
+    # Innermost: the hot endpoint skips Starlette's router, behind the same layers.
+    layers.append(Middleware(ChatFastPath, state=state))
     return layers
 
 

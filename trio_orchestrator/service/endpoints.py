@@ -19,13 +19,12 @@ from ..errors import OrchestratorError
 from ..events import Completion
 from ..pipeline import DeadLetter, Pipeline
 from ..types import PromptRequest
-from .chat import ChatRequest, ChunkWriter, completion_body, parse_chat_request
 from .errors import ApiError, map_exception, outcome_of
 from .guard import caller_of
 from .metrics import render_metrics
 from .native import completion_json, event_json, parse_prompt_request
 from .state import service_of
-from .streaming import Emit, EventStream, cancel_on_disconnect, complete_unless_gone, error_json
+from .streaming import Emit, EventStream, cancel_on_disconnect, complete_unless_gone
 from .validate import Fields, invalid, parse_json_object
 
 __all__ = ["JSONResponse", "failure_response", "json_error", "stream_prompt"]
@@ -49,39 +48,6 @@ async def _body(request: Request) -> Fields:
 
 
 # ----------------------------------------------------------------- OpenAI-compatible
-
-
-async def chat_completions(request: Request) -> Response:
-    """``POST /v1/chat/completions``."""
-    state = service_of(request)
-    pipeline = state.open_pipeline()
-    caller = caller_of(request.scope)
-    extra = {} if caller.priority_cap is None else {"priority": caller.priority_cap}
-    chat = parse_chat_request(
-        await _body(request), state.models, caller.meta(request.headers), **extra
-    )
-    if chat.stream:
-        return EventStream(partial(_stream_chat, pipeline, chat), _chat_error, b"[DONE]")
-    completion = await complete_unless_gone(request.receive, pipeline, chat.prompt)
-    return JSONResponse(completion_body(completion, chat.prompt.params.model))
-
-
-async def _stream_chat(pipeline: Pipeline, chat: ChatRequest, emit: Emit) -> None:
-    prompt = chat.prompt
-    writer = ChunkWriter(prompt.request_id, prompt.params.model, chat.include_usage)
-    async with pipeline.stream(prompt) as events:
-        await emit(writer.first())
-        async for event in events:
-            chunk = writer.event(event)
-            if chunk is not None:
-                await emit(chunk)
-        assert events.completion is not None
-        for chunk in writer.last(events.completion):
-            await emit(chunk)
-
-
-def _chat_error(error: ApiError, _exc: BaseException) -> bytes:
-    return error_json(error)
 
 
 async def list_models(request: Request) -> Response:
