@@ -105,6 +105,7 @@ async def call_app(
     root_path: str = "",
     headers: list[tuple[bytes, bytes]] = [],  # noqa: B006 - read only
     method: str = "POST",
+    content_length: bool = True,
 ) -> list[dict[str, Any]]:
     """POST ``body`` to ``path`` by calling the ASGI ``app`` directly; return what it sent.
 
@@ -116,18 +117,18 @@ async def call_app(
         root_path: the ASGI ``root_path`` (prefixed to ``path``).
         headers: more request headers.
         method: the request's method.
+        content_length: send a Content-Length header.
     """
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
     full_path = root_path + path
-    scope = {
+    scope: dict[str, Any] = {
         "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
         "scheme": "http", "path": full_path, "raw_path": full_path.encode(), "query_string": b"",
         "root_path": root_path, "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 2),
-        "headers": [
-            (b"content-type", b"application/json"), (b"content-length", b"%d" % len(data)),
-            *headers,
-        ],
+        "headers": [(b"content-type", b"application/json"), *headers],
     }  # fmt: skip
+    if content_length:
+        scope["headers"].append((b"content-length", b"%d" % len(data)))
     size = chunk or max(1, len(data))
     pieces = [data[i : i + size] for i in range(0, len(data), size)] or [b""]
     messages = [

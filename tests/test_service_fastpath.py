@@ -124,3 +124,25 @@ async def test_other_methods_go_on_to_starlette() -> None:
         stats = pipeline.statistics()
     assert (sent[0]["status"], stats.submitted) == (405, 0)
     assert json.loads(sent[1]["body"])["error"]["code"] == "invalid_request"
+
+
+async def test_with_cors_the_chat_answer_carries_its_headers() -> None:
+    """With CORS configured, chat completions go through the CORS layer (no fast path)."""
+    config = make_config(cors_origins=("https://example.com",))
+    origin = [(b"origin", b"https://example.com")]
+    async with serving_in_process(EchoWorker(), config) as (app, _pipeline):
+        sent = await call_app(app, CHAT_PATH, HELLO, headers=origin)
+    assert sent[0]["status"] == 200
+    assert (b"access-control-allow-origin", b"https://example.com") in sent[0]["headers"]
+
+
+async def test_a_body_growing_past_the_limit_is_a_413() -> None:
+    """A body sent in pieces without a Content-Length is counted as it arrives: 413 past the
+    limit, and nothing is submitted."""
+    config = make_config(max_body_bytes=100)
+    body = HELLO | {"user": "x" * 200}
+    async with serving_in_process(EchoWorker(), config) as (app, pipeline):
+        sent = await call_app(app, CHAT_PATH, body, chunk=30, content_length=False)
+        stats = pipeline.statistics()
+    assert (sent[0]["status"], stats.submitted) == (413, 0)
+    assert json.loads(sent[1]["body"])["error"]["code"] == "request_too_large"

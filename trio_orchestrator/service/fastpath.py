@@ -1,12 +1,18 @@
-"""``POST /v1/chat/completions`` as plain ASGI, in front of Starlette's router.
+"""``POST /v1/chat/completions`` as plain ASGI, answered before Starlette's stack.
 
 The endpoint every client calls is served by :func:`chat_completions`, which reads the body,
 answers and reports errors with the ASGI ``receive`` and ``send`` it is given: no routing, no
-``Request`` or ``Response`` objects, no exception-handler wrapping. Measured with
-``benchmarks/bench_service.py``, Starlette's share of such a request was about 50 µs of CPU,
-a third of what the service added to hypercorn's own cost. Every other path and method,
-streaming or not, still goes through Starlette; the layers in front (the last-resort 500, CORS
-when configured, API keys and the body size limit) are the same for both.
+``Request`` or ``Response`` objects, no exception-handler wrapping, and no middleware layers
+wrapping ``send`` and ``receive`` — :class:`ChatFastPath` makes their checks inline (the API
+key and the body size limit through the same :class:`~.guard.Guard`, and the last-resort
+500 through the same :func:`~.guard.answer_crash`). Measured with
+``benchmarks/bench_service.py``, the layers and Starlette's routing cost about a quarter of
+what the service adds per request to hypercorn's own work, counting the garbage collection
+their per-request objects cause.
+
+Every other path and method still goes through Starlette, and so does this one when CORS is
+configured (its middleware adds response headers) or under a ``root_path``, by
+:class:`ChatRoute`: the same code behind the same layers.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from ..errors import OrchestratorError
 from ..pipeline import Pipeline
 from .chat import ChatRequest, ChunkWriter, completion_body, parse_chat_request
 from .errors import ApiError, map_exception
-from .guard import caller_of
+from .guard import CatchAll, Guard, answer_crash, caller_of, send_error
 from .state import ServiceState
 from .streaming import ClientGone, Emit, EventStream, complete_unless_gone, error_json
 from .validate import parse_json_object
@@ -34,59 +40,97 @@ CHAT_PATH = "/v1/chat/completions"
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
+Headers = list[tuple[bytes, bytes]]
 
 _TRACE_HEADERS = (b"traceparent", b"tracestate")
 
 
 @attrs.define(eq=False)
 class ChatFastPath:
-    """Serves ``POST /v1/chat/completions`` itself; passes everything else to ``app``.
+    """Serves ``POST /v1/chat/completions`` with the checks of the layers it skips.
 
     Args:
-        app: the rest of the application (Starlette's exception handling and router).
         state: the service's state.
+        guard: the API keys and body size limit (the same object the layers use).
     """
 
-    app: Any
     state: ServiceState
+    guard: Guard
+
+    @staticmethod
+    def handles(scope: Scope) -> bool:
+        """True for the requests this serves: ``POST /v1/chat/completions``."""
+        return bool(
+            scope["type"] == "http" and scope["path"] == CHAT_PATH and scope["method"] == "POST"
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] == CHAT_PATH and scope["method"] == "POST":
-            await chat_completions(self.state, scope, receive, send)
-        else:
-            await self.app(scope, receive, send)
+        error = self.guard.refusal(scope)
+        if error is not None:
+            await send_error(send, error)
+            return
+        await chat_completions(self.state, scope, receive, send, self.guard)
 
 
 class ChatRoute:
-    """The same endpoint as a Starlette route's ASGI application (reached when the fast path
-    is not: under a ``root_path``, for example)."""
+    """The same endpoint as a Starlette route's ASGI application, behind the layers (with
+    CORS configured, or under a ``root_path``)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await chat_completions(scope["app"].state.service, scope, receive, send)
+        state: ServiceState = scope["app"].state.service
+        await chat_completions(state, scope, receive, send)
 
 
-async def chat_completions(state: ServiceState, scope: Scope, receive: Receive, send: Send) -> None:
+async def chat_completions(
+    state: ServiceState, scope: Scope, receive: Receive, send: Send, guard: Guard | None = None
+) -> None:
     """``POST /v1/chat/completions``: streaming (server-sent events) or not.
 
     A client that disconnects before the answer is ready cancels its request and is sent
-    nothing. Errors are answered in OpenAI's error shape; anything else propagates to the
-    layer that turns it into a 500.
+    nothing. Errors are answered in OpenAI's error shape; any other exception is logged and
+    answered with a generic 500.
+
+    Args:
+        state: the service's state.
+        scope: the request's ASGI scope, receive and send.
+        guard: counts the body against its limit as it arrives (when no layer does).
+    """
+    try:
+        answer = await _answer(state, scope, receive, guard)
+    except ClientGone:
+        return  # nobody is listening
+    except Exception:
+        await answer_crash(scope, send, started=False)
+        return
+    if isinstance(answer, EventStream):
+        await CatchAll(answer)(scope, receive, send)
+        return
+    status, body, headers = answer
+    try:
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+    except Exception:
+        await answer_crash(scope, send, started=True)
+
+
+async def _answer(
+    state: ServiceState, scope: Scope, receive: Receive, guard: Guard | None
+) -> tuple[int, bytes, Headers] | EventStream:
+    """The response: the completion or the error as status, body and headers, or the stream.
+
+    Raises:
+        ClientGone: the client disconnected first.
     """
     try:
         pipeline = state.open_pipeline()
-        chat = _parse(state, scope, await _read_body(receive))
-        if not chat.stream:
-            completion = await complete_unless_gone(receive, pipeline, chat.prompt)
-            await _send_json(send, 200, completion_body(completion, chat.prompt.params.model))
-            return
+        chat = _parse(state, scope, await _read_body(receive, guard))
+        if chat.stream:
+            return EventStream(partial(_stream_chat, pipeline, chat), _chat_error, b"[DONE]")
+        completion = await complete_unless_gone(receive, pipeline, chat.prompt)
+        return _json(200, completion_body(completion, chat.prompt.params.model))
     except (ApiError, OrchestratorError) as exc:
         error = map_exception(exc)
-        await _send_json(send, error.status, error.body(), _encode(error.headers()))
-        return
-    except ClientGone:
-        return  # nobody is listening
-    stream = EventStream(partial(_stream_chat, pipeline, chat), _chat_error, b"[DONE]")
-    await stream(scope, receive, send)
+        return _json(error.status, error.body(), error.headers())
 
 
 def _parse(state: ServiceState, scope: Scope, body: bytes) -> ChatRequest:
@@ -105,39 +149,38 @@ def _trace_headers(scope: Scope) -> dict[str, str]:
     }
 
 
-async def _read_body(receive: Receive) -> bytes:
+async def _read_body(receive: Receive, guard: Guard | None) -> bytes:
     """The whole request body.
 
     Raises:
+        ApiError: 413, the body grew past ``guard``'s limit.
         ClientGone: the client disconnected first.
     """
     chunks = []
+    size = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             raise ClientGone
-        chunks.append(message.get("body", b""))
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if guard is not None and size > guard.max_body_bytes:
+            raise guard.too_large()
+        chunks.append(chunk)
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-async def _send_json(
-    send: Send, status: int, data: Any, headers: list[tuple[bytes, bytes]] | None = None
-) -> None:
+def _json(
+    status: int, data: Any, headers: dict[str, str] | None = None
+) -> tuple[int, bytes, Headers]:
     # As JSONResponse renders it: compact, non-ASCII escaped (a lone surrogate in a prompt
     # must not become a 500 when echoed back).
     body = json.dumps(data, separators=(",", ":")).encode()
     start = [(b"content-length", b"%d" % len(body)), (b"content-type", b"application/json")]
     if headers:
-        start += headers
-    await send({"type": "http.response.start", "status": status, "headers": start})
-    await send({"type": "http.response.body", "body": body})
-
-
-def _encode(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
-    return [
-        (name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()
-    ]
+        start += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+    return status, body, start
 
 
 async def _stream_chat(pipeline: Pipeline, chat: ChatRequest, emit: Emit) -> None:
