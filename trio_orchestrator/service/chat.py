@@ -59,7 +59,32 @@ def parse_chat_request(
     del n  # only n=1 is supported; the bound check above says so
     user = body.text("user", max_length=256)
     stream_options = body.object("stream_options")
-    params = GenerationParams(
+    params = _params(body, model)
+    labels = dict(meta) | ({"user": user} if user else {})
+    prompt = PromptRequest(messages=_messages(body), params=params, meta=labels, **request)
+    include_usage = stream_options is not None and stream_options.flag("include_usage")
+    return ChatRequest(prompt, body.flag("stream"), include_usage)
+
+
+# The members _params reads; a body with none of them has the default parameters.
+_PARAMETERS = frozenset(
+    [
+        "max_completion_tokens",
+        "max_tokens",
+        "temperature",
+        "top_p",
+        "stop",
+        "tools",
+        "tool_choice",
+        "seed",
+    ]
+)
+
+
+def _params(body: Fields, model: str) -> GenerationParams:
+    if _PARAMETERS.isdisjoint(body.data):  # the usual request: no reader has work to do
+        return GenerationParams(model=model)
+    return GenerationParams(
         model=model,
         max_tokens=_max_tokens(body),
         temperature=body.number("temperature", minimum=0, maximum=2),
@@ -69,10 +94,6 @@ def parse_chat_request(
         tool_choice=_tool_choice(body),
         seed=body.integer("seed"),
     )
-    labels = dict(meta) | ({"user": user} if user else {})
-    prompt = PromptRequest(messages=_messages(body), params=params, meta=labels, **request)
-    include_usage = stream_options is not None and stream_options.flag("include_usage")
-    return ChatRequest(prompt, body.flag("stream"), include_usage)
 
 
 def _max_tokens(body: Fields) -> int | None:
