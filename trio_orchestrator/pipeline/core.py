@@ -895,4 +895,7 @@ class PendingRequest:
         Returns:
             True if this call ended it; False if it had ended already (see :meth:`result`).
         """
-        return self._pipeline._finish(self._job, Outcome.CANCELLED, error=RequestCancelled(reason))
+        job = self._job
+        if job.outcome is not None:
+            return False
+        return self._pipeline._finish(job, Outcome.CANCELLED, error=RequestCancelled(reason))

@@ -14,7 +14,14 @@ from ..types import GenerationParams, Message, PromptRequest, Tool, ToolCall
 from .errors import ApiError
 from .validate import Fields, invalid
 
-__all__ = ["ChatRequest", "ChunkWriter", "completion_body", "parse_chat_request", "usage_body"]
+__all__ = [
+    "ChatRequest",
+    "ChunkWriter",
+    "completion_body",
+    "json_bytes",
+    "parse_chat_request",
+    "usage_body",
+]
 
 _ROLES = {"system": "system", "developer": "system", "user": "user"}
 _ROLES |= {"assistant": "assistant", "tool": "tool"}
@@ -193,8 +200,14 @@ def _tool_choice(body: Fields) -> str | Mapping[str, Any] | None:
 # ----------------------------------------------------------------- responses
 
 
-def _dumps(data: Any) -> bytes:
-    return json.dumps(data, separators=(",", ":")).encode()
+# One encoder for every call: json.dumps builds a new one per call when given separators.
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
+
+def json_bytes(data: Any) -> bytes:
+    """``data`` as compact JSON, non-ASCII escaped (a lone surrogate in a prompt must not
+    become a 500 when echoed back)."""
+    return _ENCODER.encode(data).encode()
 
 
 def usage_body(usage: Usage | None) -> dict[str, int] | None:
@@ -261,7 +274,7 @@ class ChunkWriter:
         }
         if self.include_usage:
             chunk["usage"] = None
-        return _dumps(chunk)
+        return json_bytes(chunk)
 
     def first(self) -> bytes:
         """The opening chunk, announcing the assistant's role."""
@@ -292,5 +305,5 @@ class ChunkWriter:
                 "choices": [],
                 "usage": usage_body(completion.usage),
             }
-            chunks.append(_dumps(usage))
+            chunks.append(json_bytes(usage))
         return chunks

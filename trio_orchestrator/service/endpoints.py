@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
@@ -19,6 +18,7 @@ from ..errors import OrchestratorError
 from ..events import Completion
 from ..pipeline import DeadLetter, Pipeline
 from ..types import PromptRequest
+from .chat import json_bytes
 from .errors import ApiError, map_exception, outcome_of
 from .guard import caller_of
 from .metrics import render_metrics
@@ -36,11 +36,7 @@ class JSONResponse(_StarletteJSONResponse):
 
     def render(self, content: Any) -> bytes:
         """Serialize ``content`` compactly, ASCII only."""
-        return _dumps(content)
-
-
-def _dumps(data: Any) -> bytes:
-    return json.dumps(data, separators=(",", ":")).encode()
+        return json_bytes(content)
 
 
 async def _body(request: Request) -> Fields:
@@ -147,13 +143,13 @@ async def prompt_stream(request: Request) -> Response:
 async def stream_prompt(pipeline: Pipeline, request: PromptRequest, emit: Emit) -> None:
     """Send ``request``'s events: ``start``, each event, ending with ``done``."""
     async with pipeline.stream(request) as events:
-        await emit(_dumps({"type": "start", "request_id": request.request_id}))
+        await emit(json_bytes({"type": "start", "request_id": request.request_id}))
         async for event in events:
-            await emit(_dumps(event_json(event)))
+            await emit(json_bytes(event_json(event)))
 
 
 def _native_error(error: ApiError, exc: BaseException) -> bytes:
-    return _dumps({"type": "error", "outcome": outcome_of(exc).value, **error.body()})
+    return json_bytes({"type": "error", "outcome": outcome_of(exc).value, **error.body()})
 
 
 # ----------------------------------------------------------------- operations

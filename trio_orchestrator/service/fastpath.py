@@ -17,7 +17,6 @@ configured (its middleware adds response headers) or under a ``root_path``, by
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
@@ -26,7 +25,7 @@ import attrs
 
 from ..errors import OrchestratorError
 from ..pipeline import Pipeline
-from .chat import ChatRequest, ChunkWriter, completion_body, parse_chat_request
+from .chat import ChatRequest, ChunkWriter, completion_body, json_bytes, parse_chat_request
 from .errors import ApiError, map_exception
 from .guard import CatchAll, Guard, answer_crash, caller_of, send_error
 from .state import ServiceState
@@ -140,13 +139,14 @@ def _parse(state: ServiceState, scope: Scope, body: bytes) -> ChatRequest:
     return parse_chat_request(parse_json_object(body), state.models, meta, **extra)
 
 
-def _trace_headers(scope: Scope) -> dict[str, str]:
-    """The request's trace context headers (all that ``Caller.meta`` reads)."""
-    return {
-        name.decode("latin-1"): value.decode("latin-1")
-        for name, value in scope["headers"]
-        if name in _TRACE_HEADERS
-    }
+def _trace_headers(scope: Scope) -> dict[str, str] | None:
+    """The request's trace context headers (all that ``Caller.meta`` reads), if any."""
+    found = None
+    for name, value in scope["headers"]:
+        if name in _TRACE_HEADERS:
+            found = found or {}
+            found[name.decode("latin-1")] = value.decode("latin-1")
+    return found
 
 
 async def _read_body(receive: Receive, guard: Guard | None) -> bytes:
@@ -174,9 +174,7 @@ async def _read_body(receive: Receive, guard: Guard | None) -> bytes:
 def _json(
     status: int, data: Any, headers: dict[str, str] | None = None
 ) -> tuple[int, bytes, Headers]:
-    # As JSONResponse renders it: compact, non-ASCII escaped (a lone surrogate in a prompt
-    # must not become a 500 when echoed back).
-    body = json.dumps(data, separators=(",", ":")).encode()
+    body = json_bytes(data)  # as the JSONResponse of the other endpoints renders it
     start = [(b"content-length", b"%d" % len(body)), (b"content-type", b"application/json")]
     if headers:
         start += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]

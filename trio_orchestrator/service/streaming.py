@@ -87,10 +87,9 @@ async def complete_unless_gone(
                 if (await receive())["type"] == "http.disconnect":
                     gone = True
                     pending.cancel("the client disconnected")
-        except BaseException:
-            # Cancelled by ended (a no-op then), or from outside: either way, end it here.
+        finally:
+            # Left by ended's cancellation (it has ended), or cancelled from outside.
             pending.cancel("the caller stopped waiting")
-            raise
     if gone:
         raise ClientGone
     return pending.result()
