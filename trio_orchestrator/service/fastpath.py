@@ -3,16 +3,15 @@
 The endpoint every client calls is served by :func:`chat_completions`, which reads the body,
 answers and reports errors with the ASGI ``receive`` and ``send`` it is given: no routing, no
 ``Request`` or ``Response`` objects, no exception-handler wrapping, and no middleware layers
-wrapping ``send`` and ``receive`` — :class:`ChatFastPath` makes their checks inline (the API
-key and the body size limit through the same :class:`~.guard.Guard`, and the last-resort
-500 through the same :func:`~.guard.answer_crash`). Measured with
-``benchmarks/bench_service.py``, the layers and Starlette's routing cost about a quarter of
-what the service adds per request to hypercorn's own work, counting the garbage collection
-their per-request objects cause.
+wrapping ``send`` and ``receive``. :class:`ChatFastPath` makes the checks of the layers it
+skips itself: the API key and the body size limit through the same :class:`~.guard.Guard`,
+the last-resort 500 through the same :func:`~.guard.answer_crash`.
 
-Every other path and method still goes through Starlette, and so does this one when CORS is
-configured (its middleware adds response headers) or under a ``root_path``, by
-:class:`ChatRoute`: the same code behind the same layers.
+Why: ``benchmarks/bench_service.py`` measured, in process, 149 µs of CPU per request through
+Starlette's stack and route against 121 µs here, with hypercorn's own about 530 µs; the
+wrk figures are in ``docs/service.md``. Starlette stays for every other path and method, and
+for this one when CORS is configured (its middleware adds response headers) or under a
+``root_path``, by :class:`ChatRoute`: the same code behind the same layers.
 """
 
 from __future__ import annotations
