@@ -67,7 +67,9 @@ def parse_chat_request(
     user = body.text("user", max_length=256)
     stream_options = body.object("stream_options")
     params = _params(body, model)
-    labels = dict(meta) | ({"user": user} if user else {})
+    labels = dict(meta)
+    if user:
+        labels["user"] = user
     prompt = PromptRequest(messages=_messages(body), params=params, meta=labels, **request)
     include_usage = stream_options is not None and stream_options.flag("include_usage")
     return ChatRequest(prompt, body.flag("stream"), include_usage)
@@ -91,6 +93,10 @@ _PARAMETERS = frozenset(
 def _params(body: Fields, model: str) -> GenerationParams:
     if _PARAMETERS.isdisjoint(body.data):  # the usual request: no reader has work to do
         return GenerationParams(model=model)
+    return _read_params(body, model)
+
+
+def _read_params(body: Fields, model: str) -> GenerationParams:
     return GenerationParams(
         model=model,
         max_tokens=_max_tokens(body),
@@ -123,7 +129,24 @@ def _messages(body: Fields) -> tuple[Message, ...]:
     items = body.array("messages", required=True, max_items=4096)
     if not items:
         raise invalid("messages", "a non-empty array of messages", items)
-    return tuple(_message(body.item("messages", i, item)) for i, item in enumerate(items))
+    return tuple(
+        _plain_message(item) or _message(body.item("messages", i, item))
+        for i, item in enumerate(items)
+    )
+
+
+_PLAIN_ROLES = {role: value for role, value in _ROLES.items() if role != "tool"}
+
+
+def _plain_message(item: Any) -> Message | None:
+    """The usual message, ``{"role": ..., "content": "..."}``, without the general reader;
+    ``None`` for anything else (which the general reader then validates)."""
+    if type(item) is not dict or len(item) != 2:
+        return None
+    role, content = item.get("role"), item.get("content")
+    if type(role) is not str or type(content) is not str or role not in _PLAIN_ROLES:
+        return None
+    return Message(_PLAIN_ROLES[role], content)
 
 
 def _message(fields: Fields) -> Message:
