@@ -29,7 +29,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -198,13 +199,14 @@ def run_scenario(scenario: str, load: Callable[[str, float], Result], duration: 
             fake.wait(timeout=30)
 
 
-async def _app_cost(app: Any, n: int) -> float:
+async def _app_cost(app: Any, n: int, root_path: str = "") -> float:
     """Microseconds of CPU per request for ``app`` called in-process, 64 callers at once."""
     body = BODY.encode()
+    path = root_path + "/v1/chat/completions"
     scope = {
         "type": "http", "asgi": {"version": "3.0", "spec_version": "2.1"}, "http_version": "1.1",
-        "method": "POST", "scheme": "http", "path": "/v1/chat/completions",
-        "raw_path": b"/v1/chat/completions", "query_string": b"", "root_path": "",
+        "method": "POST", "scheme": "http", "path": path, "raw_path": path.encode(),
+        "query_string": b"", "root_path": root_path,
         "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))],
         "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 2),
     }  # fmt: skip
@@ -237,6 +239,21 @@ async def _app_cost(app: Any, n: int) -> float:
     return (time.perf_counter() - start) / (n // CONNECTIONS * CONNECTIONS) * 1e6
 
 
+@asynccontextmanager
+async def _lifespan(app: Any) -> AsyncIterator[None]:
+    """Run ``app``'s ASGI lifespan around the block, as the server does."""
+    to_app, app_receives = trio.open_memory_channel[dict[str, Any]](1)
+    app_sends, from_app = trio.open_memory_channel[dict[str, Any]](1)
+    scope = {"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(app, scope, app_receives.receive, app_sends.send)
+        await to_app.send({"type": "lifespan.startup"})
+        assert (await from_app.receive())["type"] == "lifespan.startup.complete"
+        yield
+        await to_app.send({"type": "lifespan.shutdown"})
+        assert (await from_app.receive())["type"] == "lifespan.shutdown.complete"
+
+
 async def app_costs(n: int) -> dict[str, float]:
     """In-process CPU per request of each layer: where the time over the floor goes."""
     from starlette.applications import Starlette
@@ -245,7 +262,9 @@ async def app_costs(n: int) -> dict[str, float]:
     from starlette.routing import Route
 
     from trio_orchestrator import EchoWorker, PromptRequest, open_pipeline
-    from trio_orchestrator.service import create_app, endpoints, streaming
+    from trio_orchestrator.config import Config
+    from trio_orchestrator.config.service import ServiceConfig
+    from trio_orchestrator.service import create_app, fastpath
 
     async def constant(request: Request) -> Response:
         await request.body()
@@ -264,20 +283,23 @@ async def app_costs(n: int) -> dict[str, float]:
 
         route = Route("/v1/chat/completions", through_pipeline, methods=["POST"])
         costs["starlette_plus_pipeline"] = await _app_cost(Starlette(routes=[route]), n)
-        app = create_app()
-        state = app.state.service
-        state.pipeline, state.models, state.worker = pipeline, ("echo",), EchoWorker()
+    # The service as served: its lifespan opens the pipeline, with metrics on.
+    app = create_app(Config(service=ServiceConfig(port=0)))
+    async with _lifespan(app):
+        await _app_cost(app, n // 4)  # warm-up
         costs["service"] = await _app_cost(app, n)
-        watched = streaming.cancel_on_disconnect
+        # Under a root_path the request misses the fast path and takes Starlette's route.
+        costs["service_via_starlette_route"] = await _app_cost(app, n, root_path="/gw")
+        watched = fastpath.complete_unless_gone  # type: ignore[attr-defined]
 
-        async def unwatched(receive: Any, work: Any) -> Any:
-            return await work()
+        async def unwatched(receive: Any, pipeline: Any, request: Any) -> Any:
+            return await pipeline.try_submit(request)
 
-        endpoints.cancel_on_disconnect = unwatched  # type: ignore[attr-defined]
+        fastpath.complete_unless_gone = unwatched  # type: ignore[attr-defined]
         try:
             costs["service_without_disconnect_watch"] = await _app_cost(app, n)
         finally:
-            endpoints.cancel_on_disconnect = watched  # type: ignore[attr-defined]
+            fastpath.complete_unless_gone = watched  # type: ignore[attr-defined]
     return costs
 
 

@@ -15,7 +15,8 @@ import trio
 from trio_orchestrator.config import Config, PipelineConfig
 from trio_orchestrator.config.service import ServiceConfig
 from trio_orchestrator.errors import WorkerError
-from trio_orchestrator.service import serve
+from trio_orchestrator.pipeline import Pipeline, open_pipeline
+from trio_orchestrator.service import create_app, serve
 from trio_orchestrator.types import PromptRequest
 from trio_orchestrator.workers import EchoWorker, EventSink, ModelWorker
 
@@ -78,6 +79,81 @@ async def open_raw_post(url: str, path: str, body: dict[str, Any]) -> trio.Socke
     return stream
 
 
+@asynccontextmanager
+async def serving_in_process(
+    worker: ModelWorker, config: Config | None = None
+) -> AsyncIterator[tuple[Any, Pipeline]]:
+    """The service's application around an open pipeline, without a server or lifespan:
+    for calling it directly, on Trio's mock clock."""
+    config = config or make_config()
+    app = create_app(config, worker)
+    async with open_pipeline(worker, config) as pipeline:
+        state = app.state.service
+        state.pipeline, state.models, state.worker = pipeline, ("echo",), worker
+        yield app, pipeline
+
+
+async def call_app(
+    app: Any,
+    path: str,
+    body: dict[str, Any] | bytes,
+    *,
+    gone: trio.Event | None = None,
+    sent: list[dict[str, Any]] | None = None,
+    chunk: int | None = None,
+    cut_body: bool = False,
+    root_path: str = "",
+    headers: list[tuple[bytes, bytes]] = [],  # noqa: B006 - read only
+    method: str = "POST",
+    content_length: bool = True,
+) -> list[dict[str, Any]]:
+    """POST ``body`` to ``path`` by calling the ASGI ``app`` directly; return what it sent.
+
+    Args:
+        gone: the client disconnects once it is set (after the body); never without it.
+        sent: where the application's messages go (to see them while it runs).
+        chunk: send the body in pieces of this many bytes.
+        cut_body: disconnect before the last piece of the body.
+        root_path: the ASGI ``root_path`` (prefixed to ``path``).
+        headers: more request headers.
+        method: the request's method.
+        content_length: send a Content-Length header.
+    """
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    full_path = root_path + path
+    scope: dict[str, Any] = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
+        "scheme": "http", "path": full_path, "raw_path": full_path.encode(), "query_string": b"",
+        "root_path": root_path, "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 2),
+        "headers": [(b"content-type", b"application/json"), *headers],
+    }  # fmt: skip
+    if content_length:
+        scope["headers"].append((b"content-length", b"%d" % len(data)))
+    size = chunk or max(1, len(data))
+    pieces = [data[i : i + size] for i in range(0, len(data), size)] or [b""]
+    messages = [
+        {"type": "http.request", "body": piece, "more_body": i < len(pieces) - 1}
+        for i, piece in enumerate(pieces)
+    ]
+    if cut_body:
+        messages.pop()
+    messages.reverse()
+    sent = [] if sent is None else sent
+    never = trio.Event()
+
+    async def receive() -> dict[str, Any]:
+        if messages:
+            return messages.pop()
+        await (never if gone is None else gone).wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    return sent
+
+
 @attrs.define(eq=False)
 class RaisingWorker:
     """Raises ``error`` for every request."""
@@ -131,9 +207,11 @@ __all__ = [
     "RaisingWorker",
     "RecordingWorker",
     "WorkerError",
+    "call_app",
     "make_config",
     "open_raw_post",
     "running_service",
+    "serving_in_process",
     "statistics",
     "wait_for_statistic",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Callable, Iterator
 
@@ -18,6 +19,8 @@ from trio_orchestrator import (
     EventSink,
     FinishedRequest,
     Outcome,
+    PendingRequest,
+    Pipeline,
     PipelineConfig,
     PriorityConfig,
     PromptRequest,
@@ -29,7 +32,7 @@ from trio_orchestrator import (
     open_pipeline,
 )
 
-MODES = ("submit", "try_submit", "stream")
+MODES = ("submit", "try_submit", "stream", "start", "start_disconnect")
 FAILURES = ("none", "typed", "crash")
 
 
@@ -95,10 +98,62 @@ class PlannedWorker:
         await emit(Done("stop", "half done"))
 
 
+def outcome_of(pending: PendingRequest) -> str:
+    """The outcome a started request's handle reports."""
+    try:
+        pending.result()
+    except RequestShed:
+        return "shed"
+    except DeadlineExceeded:
+        return "expired"
+    except RequestCancelled:
+        return "cancelled"
+    except WorkerError:
+        return "failed"
+    return "completed"
+
+
+async def wait_started(
+    pipeline: Pipeline, request: PromptRequest, disconnect_at: float, started: list[PendingRequest]
+) -> None:
+    """Wait as the service does, in one task: read for a disconnect (here: at
+    ``disconnect_at``) until the request's end cancels the read; a disconnect cancels it."""
+    with trio.CancelScope() as ended:
+        pending = pipeline.try_start(request, ended.cancel)
+        started.append(pending)
+        try:
+            while not pending.done:
+                await trio.sleep_until(disconnect_at)  # receive() returning http.disconnect
+                pending.cancel("the client disconnected")
+        except BaseException:
+            pending.cancel()
+            raise
+
+
+async def call_started(
+    pipeline: Pipeline, plan: Plan, request: PromptRequest, record: Callable[[str, str], None]
+) -> None:
+    """Start one request as planned (the caller cancelled, or its client disconnecting, at
+    ``cancel_after``) and record the outcome its handle reports."""
+    await trio.sleep(plan.arrival)
+    now = trio.current_time()
+    cancel_at = math.inf if plan.cancel_after is None else now + plan.cancel_after
+    disconnect = plan.mode == "start_disconnect"
+    started: list[PendingRequest] = []
+    with trio.CancelScope(deadline=math.inf if disconnect else cancel_at):
+        await wait_started(pipeline, request, cancel_at if disconnect else math.inf, started)
+    (pending,) = started
+    assert pending.done, "the caller left a started request running"
+    record(request.request_id, outcome_of(pending))
+
+
 async def call(
     pipeline: object, plan: Plan, request: PromptRequest, record: Callable[[str, str], None]
 ) -> None:
     """Make one request as planned and record the outcome its caller observed."""
+    if plan.mode.startswith("start"):
+        await call_started(pipeline, plan, request, record)  # type: ignore[arg-type]
+        return
     p = pipeline
     await trio.sleep(plan.arrival)
     observed = "cancelled"  # what a caller whose own scope fired sees

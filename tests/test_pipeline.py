@@ -301,6 +301,84 @@ async def test_try_submit_refuses_at_once_when_the_entry_is_full(
     assert (stats.completed, stats.shed, stats.dead_letters.size) == (4, 1, 1)
 
 
+async def test_try_start_tells_on_end_once_and_hands_over_the_completion(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """try_start returns at once; on_end is called once when the request ends, and the
+    handle's result is the completion submit would have returned."""
+    ended: list[float] = []
+    async with open_pipeline(SlowWorker(delay=2.0)) as pipeline:
+        pending = pipeline.try_start(
+            PromptRequest(input="x"), lambda: ended.append(trio.current_time())
+        )
+        assert not pending.done
+        with pytest.raises(RuntimeError):
+            pending.result()
+        await trio.sleep(5.0)
+        assert ended == [2.0]
+        assert pending.done
+        assert pending.result().text == "ok"
+        assert not pending.cancel()  # it has ended: nothing to cancel
+        stats = pipeline.statistics()
+    assert (stats.submitted, stats.completed, stats.cancelled, stats.in_flight) == (1, 1, 0, 0)
+
+
+async def test_cancelling_a_started_request_cancels_its_worker_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A started request whose caller gives up (a client that disconnected) is counted
+    cancelled, once, and its worker is cancelled in the same instant."""
+    worker = SlowWorker(delay=100.0)
+    ended: list[float] = []
+    async with open_pipeline(worker) as pipeline:
+        pending = pipeline.try_start(
+            PromptRequest(input="x"), lambda: ended.append(trio.current_time())
+        )
+        await trio.sleep(3.0)
+        assert worker.running == 1
+        assert pending.cancel("the client disconnected")
+        assert not pending.cancel()
+        await trio.testing.wait_all_tasks_blocked()
+        assert worker.cancelled_at == ended == [3.0]
+        with pytest.raises(RequestCancelled, match="the client disconnected"):
+            pending.result()
+        stats = pipeline.statistics()
+    assert (stats.submitted, stats.cancelled, stats.completed, stats.in_flight) == (1, 1, 0, 0)
+    assert_accounted(stats)
+
+
+async def test_try_start_refused_at_the_entry_has_ended_when_it_returns(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """With the entry channel full, try_start sheds the request before returning: on_end
+    has been called and the handle raises RequestShed('admission')."""
+    retriever = BlockedRetriever()
+    async with open_pipeline(EchoWorker(), small(rag_capacity=1), retriever=retriever) as pipeline:
+        first = pipeline.try_start(PromptRequest(input="in retrieval"))
+        await trio.testing.wait_all_tasks_blocked()
+        second = pipeline.try_start(PromptRequest(input="queued"))
+        ended: list[str] = []
+        refused = pipeline.try_start(PromptRequest(input="refused"), lambda: ended.append("x"))
+        assert (ended, refused.done) == (["x"], True)
+        with pytest.raises(RequestShed) as info:
+            refused.result()
+        assert info.value.stage == "admission"
+        retriever.release.set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert [first.result().text, second.result().text] == ["in retrieval", "queued"]
+        stats = pipeline.statistics()
+    assert (stats.completed, stats.shed, stats.in_flight) == (2, 1, 0)
+
+
+async def test_try_start_on_a_closing_pipeline_is_refused() -> None:
+    """A request started after shutdown began ends at once with PipelineClosed."""
+    async with open_pipeline(EchoWorker()) as pipeline:
+        pass
+    pending = pipeline.try_start(PromptRequest(input="late"))
+    with pytest.raises(PipelineClosed):
+        pending.result()
+
+
 async def test_shed_requests_land_in_the_dead_letter_queue_whole_and_replay(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

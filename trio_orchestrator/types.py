@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import math
-import uuid
+import os
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
@@ -28,7 +28,7 @@ _ROLES = frozenset(("system", "user", "assistant", "tool"))
 
 def new_request_id() -> str:
     """Return a fresh, unique request id (``req_`` and 24 hex digits)."""
-    return "req_" + uuid.uuid4().hex[:24]
+    return "req_" + os.urandom(12).hex()  # uuid4's randomness, without building a UUID
 
 
 class Priority(enum.IntEnum):

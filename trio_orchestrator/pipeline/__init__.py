@@ -1,7 +1,7 @@
 """The pipeline: stages, channels, outcomes, dead letters."""
 
 from .assemble import Assembler, DefaultAssembler
-from .core import Pipeline, RequestStream, open_pipeline
+from .core import PendingRequest, Pipeline, RequestStream, open_pipeline
 from .dead_letters import DeadLetter, DeadLetterQueue, DeadLetterStatistics
 from .hooks import PipelineHooks
 from .job import FinishedRequest, Outcome
@@ -23,6 +23,7 @@ __all__ = [
     "NoRetriever",
     "Outcome",
     "OutputSink",
+    "PendingRequest",
     "Pipeline",
     "PipelineHooks",
     "PipelineStatistics",

@@ -60,7 +60,7 @@ from .statistics import PipelineStatistics, StageStatistics
 if TYPE_CHECKING:
     from ..distributed.connection import RedisConnection
 
-__all__ = ["Pipeline", "RequestStream", "open_pipeline"]
+__all__ = ["PendingRequest", "Pipeline", "RequestStream", "open_pipeline"]
 
 logger = logging.getLogger("trio_orchestrator.pipeline")
 
@@ -180,6 +180,30 @@ class Pipeline:
         job = self._new_job(request)
         await self._enter_and_wait(job, wait=False)
         return job.result()
+
+    def try_start(
+        self, request: PromptRequest, on_end: Callable[[], None] | None = None
+    ) -> PendingRequest:
+        """Admit ``request`` without waiting and return its handle at once.
+
+        For a caller that waits for something else meanwhile, in the same task: an HTTP
+        handler reading ``http.disconnect`` until ``on_end`` cancels that read, say. Admission
+        is :meth:`try_submit`'s: a refused request has ended (shed, or ``PipelineClosed``) by
+        the time this returns, and ``on_end`` has been called.
+
+        Args:
+            request: the request.
+            on_end: called once, synchronously, by whatever ends the request (the worker's
+                end, its deadline, a shed, a cancellation); it must not block or raise.
+
+        Returns:
+            The handle: the caller that stops waiting before the request has ended must
+            :meth:`~PendingRequest.cancel` it (it is then counted cancelled).
+        """
+        job = self._new_job(request)
+        job.on_end = on_end
+        self._enter_nowait(job)
+        return PendingRequest(self, job)
 
     def stream(self, request: PromptRequest) -> RequestStream:
         """Return an async context manager that submits ``request`` and yields its events.
@@ -449,6 +473,8 @@ class Pipeline:
         if job.waiter is not None:
             trio.lowlevel.reschedule(job.waiter)
             job.waiter = None
+        if job.on_end is not None:
+            job.on_end()
         if self._hooks is not None:
             self._hooks.finished(job)
         if self._listeners:
@@ -831,3 +857,45 @@ class RequestStream:
             )
         )
         return self._pending.pop(0)
+
+
+class PendingRequest:
+    """A request started with :meth:`Pipeline.try_start`, until and after it ends.
+
+    Attributes:
+        request_id: the request's id.
+    """
+
+    __slots__ = ("_job", "_pipeline", "request_id")
+
+    def __init__(self, pipeline: Pipeline, job: Job) -> None:
+        self._pipeline = pipeline
+        self._job = job
+        self.request_id = job.request.request_id
+
+    @property
+    def done(self) -> bool:
+        """True once the request has ended, in whichever outcome."""
+        return self._job.outcome is not None
+
+    def result(self) -> Completion:
+        """Return the completion, or raise the error the request ended with.
+
+        Raises:
+            OrchestratorError: how the request ended, as :meth:`Pipeline.try_submit` raises it.
+            RuntimeError: the request has not ended yet.
+        """
+        if self._job.outcome is None:
+            raise RuntimeError(f"request {self.request_id} has not ended yet")
+        return self._job.result()
+
+    def cancel(self, reason: str = "the caller stopped waiting") -> bool:
+        """End the request as cancelled, and its worker call with it, unless it has ended.
+
+        Returns:
+            True if this call ended it; False if it had ended already (see :meth:`result`).
+        """
+        job = self._job
+        if job.outcome is not None:
+            return False
+        return self._pipeline._finish(job, Outcome.CANCELLED, error=RequestCancelled(reason))

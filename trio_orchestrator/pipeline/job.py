@@ -125,6 +125,8 @@ class Job:
     submitted_at: float
     scope: trio.CancelScope
     waiter: trio.lowlevel.Task | None = None
+    on_end: Callable[[], None] | None = None
+    """Called once the job has ended (``Pipeline.try_start``'s caller is told this way)."""
     stream: EventPipe | None = None
     prepared: PromptRequest | None = None
     documents: Sequence[Document] = ()

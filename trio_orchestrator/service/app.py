@@ -40,6 +40,7 @@ from ..pipeline import open_pipeline
 from ..workers import ModelWorker
 from . import endpoints as ep
 from .errors import ApiError, map_exception
+from .fastpath import CHAT_PATH, ChatFastPath, ChatRoute
 from .guard import CatchAll, Guard, KeyRing
 from .openapi import openapi_document
 from .settings import CONFIG_ENV, config_from_environment, log_to_stderr, open_worker
@@ -47,14 +48,14 @@ from .state import ServiceState, served_models, service_of
 from .streaming import ClientGone
 from .ws import websocket_endpoint
 
-__all__ = ["app", "create_app"]
+__all__ = ["ServiceApp", "app", "create_app"]
 
 logger = logging.getLogger("trio_orchestrator.service")
 
 WorkerOpener = Callable[[Config], AbstractAsyncContextManager[ModelWorker]]
 
 ROUTES = [
-    Route("/v1/chat/completions", ep.chat_completions, methods=["POST"]),
+    Route(CHAT_PATH, ChatRoute(), methods=["POST"]),
     Route("/v1/models", ep.list_models, methods=["GET"]),
     Route("/v1/models/{model:path}", ep.get_model, methods=["GET"]),
     Route("/v1/embeddings", ep.embeddings, methods=["POST"]),
@@ -76,7 +77,7 @@ def create_app(
     *,
     worker_factory: WorkerOpener = open_worker,
     upstreams_ready: Callable[[], bool] | None = None,
-) -> Starlette:
+) -> ServiceApp:
     """Build the service's ASGI application.
 
     Args:
@@ -88,6 +89,8 @@ def create_app(
 
     Returns:
         The application; its ``state.service`` is the :class:`ServiceState`.
+        ``POST /v1/chat/completions`` skips Starlette's stack (:mod:`.fastpath`) unless
+        ``service.cors_origins`` is set.
     """
     config = config or Config()
     keyring = KeyRing.from_config(config.service.api_keys)
@@ -95,7 +98,7 @@ def create_app(
     if upstreams_ready is not None:
         state.upstreams_ready = upstreams_ready
     opener = (lambda _config: nullcontext(worker)) if worker is not None else worker_factory
-    application = Starlette(
+    application = ServiceApp(
         routes=[*ROUTES, Route("/openapi.json", _openapi, methods=["GET"])],
         middleware=_middleware(config, keyring),
         exception_handlers={
@@ -107,7 +110,26 @@ def create_app(
         lifespan=partial_lifespan(state, opener),
     )
     application.state.service = state
+    if not config.service.cors_origins:  # else CORS must see every response: no fast path
+        guard = Guard(None, keyring, config.service.max_body_bytes)  # its checks, no layer
+        application.fast_path = ChatFastPath(state, guard)
     return application
+
+
+class ServiceApp(Starlette):
+    """Starlette, with ``POST /v1/chat/completions`` answered in front of its middleware
+    stack by :class:`~.fastpath.ChatFastPath` when one is set (which makes the layers'
+    checks itself)."""
+
+    fast_path: ChatFastPath | None = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        """Serve one ASGI connection or the lifespan."""
+        fast_path = self.fast_path
+        if fast_path is not None and fast_path.handles(scope):
+            await fast_path(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
 
 
 def _middleware(config: Config, keyring: KeyRing) -> list[Middleware]:

@@ -14,7 +14,14 @@ from ..types import GenerationParams, Message, PromptRequest, Tool, ToolCall
 from .errors import ApiError
 from .validate import Fields, invalid
 
-__all__ = ["ChatRequest", "ChunkWriter", "completion_body", "parse_chat_request", "usage_body"]
+__all__ = [
+    "ChatRequest",
+    "ChunkWriter",
+    "completion_body",
+    "json_bytes",
+    "parse_chat_request",
+    "usage_body",
+]
 
 _ROLES = {"system": "system", "developer": "system", "user": "user"}
 _ROLES |= {"assistant": "assistant", "tool": "tool"}
@@ -59,7 +66,38 @@ def parse_chat_request(
     del n  # only n=1 is supported; the bound check above says so
     user = body.text("user", max_length=256)
     stream_options = body.object("stream_options")
-    params = GenerationParams(
+    params = _params(body, model)
+    labels = dict(meta)
+    if user:
+        labels["user"] = user
+    prompt = PromptRequest(messages=_messages(body), params=params, meta=labels, **request)
+    include_usage = stream_options is not None and stream_options.flag("include_usage")
+    return ChatRequest(prompt, body.flag("stream"), include_usage)
+
+
+# The members _params reads; a body with none of them has the default parameters.
+_PARAMETERS = frozenset(
+    [
+        "max_completion_tokens",
+        "max_tokens",
+        "temperature",
+        "top_p",
+        "stop",
+        "tools",
+        "tool_choice",
+        "seed",
+    ]
+)
+
+
+def _params(body: Fields, model: str) -> GenerationParams:
+    if _PARAMETERS.isdisjoint(body.data):  # the usual request: no reader has work to do
+        return GenerationParams(model=model)
+    return _read_params(body, model)
+
+
+def _read_params(body: Fields, model: str) -> GenerationParams:
+    return GenerationParams(
         model=model,
         max_tokens=_max_tokens(body),
         temperature=body.number("temperature", minimum=0, maximum=2),
@@ -69,10 +107,6 @@ def parse_chat_request(
         tool_choice=_tool_choice(body),
         seed=body.integer("seed"),
     )
-    labels = dict(meta) | ({"user": user} if user else {})
-    prompt = PromptRequest(messages=_messages(body), params=params, meta=labels, **request)
-    include_usage = stream_options is not None and stream_options.flag("include_usage")
-    return ChatRequest(prompt, body.flag("stream"), include_usage)
 
 
 def _max_tokens(body: Fields) -> int | None:
@@ -95,7 +129,24 @@ def _messages(body: Fields) -> tuple[Message, ...]:
     items = body.array("messages", required=True, max_items=4096)
     if not items:
         raise invalid("messages", "a non-empty array of messages", items)
-    return tuple(_message(body.item("messages", i, item)) for i, item in enumerate(items))
+    return tuple(
+        _plain_message(item) or _message(body.item("messages", i, item))
+        for i, item in enumerate(items)
+    )
+
+
+_PLAIN_ROLES = {role: value for role, value in _ROLES.items() if role != "tool"}
+
+
+def _plain_message(item: Any) -> Message | None:
+    """The usual message, ``{"role": ..., "content": "..."}``, without the general reader;
+    ``None`` for anything else (which the general reader then validates)."""
+    if type(item) is not dict or len(item) != 2:
+        return None
+    role, content = item.get("role"), item.get("content")
+    if type(role) is not str or type(content) is not str or role not in _PLAIN_ROLES:
+        return None
+    return Message(_PLAIN_ROLES[role], content)
 
 
 def _message(fields: Fields) -> Message:
@@ -172,8 +223,14 @@ def _tool_choice(body: Fields) -> str | Mapping[str, Any] | None:
 # ----------------------------------------------------------------- responses
 
 
-def _dumps(data: Any) -> bytes:
-    return json.dumps(data, separators=(",", ":")).encode()
+# One encoder for every call: json.dumps builds a new one per call when given separators.
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
+
+def json_bytes(data: Any) -> bytes:
+    """``data`` as compact JSON, non-ASCII escaped (a lone surrogate in a prompt must not
+    become a 500 when echoed back)."""
+    return _ENCODER.encode(data).encode()
 
 
 def usage_body(usage: Usage | None) -> dict[str, int] | None:
@@ -240,7 +297,7 @@ class ChunkWriter:
         }
         if self.include_usage:
             chunk["usage"] = None
-        return _dumps(chunk)
+        return json_bytes(chunk)
 
     def first(self) -> bytes:
         """The opening chunk, announcing the assistant's role."""
@@ -271,5 +328,5 @@ class ChunkWriter:
                 "choices": [],
                 "usage": usage_body(completion.usage),
             }
-            chunks.append(_dumps(usage))
+            chunks.append(json_bytes(usage))
         return chunks

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import Any
 
@@ -16,15 +15,16 @@ from starlette.responses import Response
 
 from ..distributed.connection import RedisUnavailable
 from ..errors import OrchestratorError
+from ..events import Completion
 from ..pipeline import DeadLetter, Pipeline
 from ..types import PromptRequest
-from .chat import ChatRequest, ChunkWriter, completion_body, parse_chat_request
+from .chat import json_bytes
 from .errors import ApiError, map_exception, outcome_of
 from .guard import caller_of
 from .metrics import render_metrics
 from .native import completion_json, event_json, parse_prompt_request
 from .state import service_of
-from .streaming import Emit, EventStream, cancel_on_disconnect, error_json
+from .streaming import Emit, EventStream, cancel_on_disconnect, complete_unless_gone
 from .validate import Fields, invalid, parse_json_object
 
 __all__ = ["JSONResponse", "failure_response", "json_error", "stream_prompt"]
@@ -36,11 +36,7 @@ class JSONResponse(_StarletteJSONResponse):
 
     def render(self, content: Any) -> bytes:
         """Serialize ``content`` compactly, ASCII only."""
-        return _dumps(content)
-
-
-def _dumps(data: Any) -> bytes:
-    return json.dumps(data, separators=(",", ":")).encode()
+        return json_bytes(content)
 
 
 async def _body(request: Request) -> Fields:
@@ -48,41 +44,6 @@ async def _body(request: Request) -> Fields:
 
 
 # ----------------------------------------------------------------- OpenAI-compatible
-
-
-async def chat_completions(request: Request) -> Response:
-    """``POST /v1/chat/completions``."""
-    state = service_of(request)
-    pipeline = state.open_pipeline()
-    caller = caller_of(request.scope)
-    extra = {} if caller.priority_cap is None else {"priority": caller.priority_cap}
-    chat = parse_chat_request(
-        await _body(request), state.models, caller.meta(request.headers), **extra
-    )
-    if chat.stream:
-        return EventStream(partial(_stream_chat, pipeline, chat), _chat_error, b"[DONE]")
-    completion = await cancel_on_disconnect(
-        request.receive, partial(pipeline.try_submit, chat.prompt)
-    )
-    return JSONResponse(completion_body(completion, chat.prompt.params.model))
-
-
-async def _stream_chat(pipeline: Pipeline, chat: ChatRequest, emit: Emit) -> None:
-    prompt = chat.prompt
-    writer = ChunkWriter(prompt.request_id, prompt.params.model, chat.include_usage)
-    async with pipeline.stream(prompt) as events:
-        await emit(writer.first())
-        async for event in events:
-            chunk = writer.event(event)
-            if chunk is not None:
-                await emit(chunk)
-        assert events.completion is not None
-        for chunk in writer.last(events.completion):
-            await emit(chunk)
-
-
-def _chat_error(error: ApiError, _exc: BaseException) -> bytes:
-    return error_json(error)
 
 
 async def list_models(request: Request) -> Response:
@@ -152,14 +113,13 @@ async def prompt(request: Request) -> Response:
     """``POST /v1/prompt``: run a prompt; answer with the completion and its outcome."""
     pipeline = service_of(request).open_pipeline()
     prompt_request = _prompt(request, await _body(request))
-    return await _answer(
-        request, prompt_request.request_id, partial(pipeline.try_submit, prompt_request)
-    )
+    work = partial(complete_unless_gone, request.receive, pipeline, prompt_request)
+    return await _answer(prompt_request.request_id, work)
 
 
-async def _answer(request: Request, request_id: str, work: Any) -> Response:
+async def _answer(request_id: str, work: Callable[[], Awaitable[Completion]]) -> Response:
     try:
-        completion = await cancel_on_disconnect(request.receive, work)
+        completion = await work()
     except OrchestratorError as exc:
         return failure_response(request_id, exc)
     body = {"request_id": request_id, "outcome": "completed"}
@@ -183,13 +143,13 @@ async def prompt_stream(request: Request) -> Response:
 async def stream_prompt(pipeline: Pipeline, request: PromptRequest, emit: Emit) -> None:
     """Send ``request``'s events: ``start``, each event, ending with ``done``."""
     async with pipeline.stream(request) as events:
-        await emit(_dumps({"type": "start", "request_id": request.request_id}))
+        await emit(json_bytes({"type": "start", "request_id": request.request_id}))
         async for event in events:
-            await emit(_dumps(event_json(event)))
+            await emit(json_bytes(event_json(event)))
 
 
 def _native_error(error: ApiError, exc: BaseException) -> bytes:
-    return _dumps({"type": "error", "outcome": outcome_of(exc).value, **error.body()})
+    return json_bytes({"type": "error", "outcome": outcome_of(exc).value, **error.body()})
 
 
 # ----------------------------------------------------------------- operations
@@ -300,7 +260,8 @@ async def replay_dead_letter(request: Request) -> Response:
     if not await _has_letter(pipeline.dead_letters, letter_id):
         message = f"no dead letter {letter_id!r} (never shed, already replayed, or pushed out)"
         raise ApiError(404, message, code="dead_letter_not_found", param="id")
-    return await _answer(request, letter_id, partial(pipeline.replay, letter_id))
+    work = partial(cancel_on_disconnect, request.receive, partial(pipeline.replay, letter_id))
+    return await _answer(letter_id, work)
 
 
 def json_error(error: ApiError) -> Response:

@@ -23,7 +23,7 @@ from .errors import ApiError
 if TYPE_CHECKING:
     from ..config.model import Config
 
-__all__ = ["Caller", "CatchAll", "Guard", "KeyRing", "caller_of"]
+__all__ = ["Caller", "CatchAll", "Guard", "KeyRing", "answer_crash", "caller_of"]
 
 logger = logging.getLogger("trio_orchestrator.service")
 
@@ -164,26 +164,38 @@ class Guard:
         if kind == "lifespan":
             await self.app(scope, receive, send)
             return
-        if self.keys.enabled and scope["path"] not in PUBLIC_PATHS:
-            token = _bearer(scope)
-            caller = None if token is None else self.keys.identify(token)
-            error = _UNAUTHORIZED if caller is None else None
-            if caller is not None and not caller.admin and scope["path"].startswith(ADMIN_PREFIXES):
-                error = _FORBIDDEN
-            if error is not None:
-                await self._refuse(kind, send, error)
-                return
-            scope[CALLER_KEY] = caller
+        error = self.refusal(scope)
+        if error is not None:
+            await self._refuse(kind, send, error)
+            return
         if kind != "http":
             await self.app(scope, receive, send)
             return
-        length = _content_length(scope)
-        if length is not None and length > self.max_body_bytes:
-            await send_error(send, self._too_large())
-            return
         await self.app(scope, self._limited(receive), send)
 
-    def _too_large(self) -> ApiError:
+    def refusal(self, scope: Scope) -> ApiError | None:
+        """The error to refuse an HTTP or WebSocket request with, or ``None`` to let it in
+        (noting its caller in the scope for :func:`caller_of`).
+
+        Checks the API key, and an HTTP request's ``Content-Length`` against the limit; a
+        body sent without one must still be counted as it arrives (:meth:`too_large`).
+        """
+        if self.keys.enabled and scope["path"] not in PUBLIC_PATHS:
+            token = _bearer(scope)
+            caller = None if token is None else self.keys.identify(token)
+            if caller is None:
+                return _UNAUTHORIZED
+            if not caller.admin and scope["path"].startswith(ADMIN_PREFIXES):
+                return _FORBIDDEN
+            scope[CALLER_KEY] = caller
+        if scope["type"] == "http":
+            length = _content_length(scope)
+            if length is not None and length > self.max_body_bytes:
+                return self.too_large()
+        return None
+
+    def too_large(self) -> ApiError:
+        """The 413 for a body over the limit."""
         message = f"the request body is larger than the limit of {self.max_body_bytes} bytes"
         return ApiError(413, message, code="request_too_large")
 
@@ -195,7 +207,7 @@ class Guard:
             message: Message = await receive()
             seen += len(message.get("body", b""))
             if seen > self.max_body_bytes:
-                raise self._too_large()
+                raise self.too_large()
             return message
 
         return limited_receive
@@ -231,7 +243,16 @@ class CatchAll:
         try:
             await self.app(scope, receive, tracking_send)
         except Exception:
-            logger.exception("unhandled error serving %s %s", scope.get("method"), scope["path"])
-            if scope["type"] == "http" and not started:
-                message = "internal error; the server log has the details"
-                await send_error(send, ApiError(500, message, "server_error", "internal_error"))
+            await answer_crash(scope, send, started=started)
+
+
+_INTERNAL_ERROR = ApiError(
+    500, "internal error; the server log has the details", "server_error", "internal_error"
+)
+
+
+async def answer_crash(scope: Scope, send: Any, *, started: bool) -> None:
+    """Log the exception being handled; answer a generic 500 unless the response began."""
+    logger.exception("unhandled error serving %s %s", scope.get("method"), scope["path"])
+    if scope["type"] == "http" and not started:
+        await send_error(send, _INTERNAL_ERROR)

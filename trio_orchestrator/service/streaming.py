@@ -1,15 +1,18 @@
 """Noticing a client that went away, and server-sent event responses.
 
-A client that disconnects cancels its request at once: the handler's work runs in a nursery
-next to a task that waits for ``http.disconnect`` and then cancels the nursery. Cancelling a
-pipeline call ends its request as *cancelled* and cancels the worker at its next checkpoint.
+A client that disconnects cancels its request at once. A pipeline request is started with
+:meth:`~trio_orchestrator.pipeline.Pipeline.try_start` and the handler itself then reads
+``receive()`` until the request's end cancels that read (:func:`complete_unless_gone`): one
+task per request, no nursery. Other work runs in a nursery next to a task that waits for
+``http.disconnect`` and then cancels the nursery (:func:`cancel_on_disconnect`). Either way
+the request ends *cancelled* and its worker is cancelled at its next checkpoint.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import outcome
@@ -17,10 +20,13 @@ import trio
 from starlette.responses import Response
 
 from ..errors import OrchestratorError
+from ..events import Completion
+from ..pipeline import Pipeline
+from ..types import PromptRequest
 from .errors import ApiError, map_exception
 from .guard import send_error
 
-__all__ = ["ClientGone", "Emit", "EventStream", "cancel_on_disconnect"]
+__all__ = ["ClientGone", "Emit", "EventStream", "cancel_on_disconnect", "complete_unless_gone"]
 
 logger = logging.getLogger("trio_orchestrator.service")
 
@@ -57,6 +63,36 @@ async def cancel_on_disconnect(receive: Any, work: Callable[[], Awaitable[T]]) -
     if gone:
         raise ClientGone
     return result.unwrap()
+
+
+async def complete_unless_gone(
+    receive: Callable[[], Awaitable[Mapping[str, Any]]], pipeline: Pipeline, request: PromptRequest
+) -> Completion:
+    """Run ``request`` through ``pipeline`` (admitted as by ``try_submit``) and return its
+    completion, cancelling it if the client disconnects meanwhile.
+
+    Call it once the request body has been read: the only message ``receive`` has left to
+    give is ``http.disconnect``. The request's end cancels the wait for it.
+
+    Raises:
+        ClientGone: the client disconnected (the request is counted cancelled, unless it
+            ended in that same instant).
+        OrchestratorError: what the request ended with, as ``try_submit`` raises it.
+    """
+    gone = False
+    with trio.CancelScope() as ended:
+        pending = pipeline.try_start(request, ended.cancel)
+        try:
+            while not pending.done:
+                if (await receive())["type"] == "http.disconnect":
+                    gone = True
+                    pending.cancel("the client disconnected")
+        finally:
+            # Left by ended's cancellation (it has ended), or cancelled from outside.
+            pending.cancel("the caller stopped waiting")
+    if gone:
+        raise ClientGone
+    return pending.result()
 
 
 def _frame(data: bytes) -> bytes:

@@ -1,0 +1,198 @@
+"""``POST /v1/chat/completions`` as plain ASGI, answered before Starlette's stack.
+
+The endpoint every client calls is served by :func:`chat_completions`, which reads the body,
+answers and reports errors with the ASGI ``receive`` and ``send`` it is given: no routing, no
+``Request`` or ``Response`` objects, no exception-handler wrapping, and no middleware layers
+wrapping ``send`` and ``receive``. :class:`ChatFastPath` makes the checks of the layers it
+skips itself: the API key and the body size limit through the same :class:`~.guard.Guard`,
+the last-resort 500 through the same :func:`~.guard.answer_crash`.
+
+Why: ``benchmarks/bench_service.py`` measured, in process, 127 µs of CPU per request through
+Starlette's stack and route against 103 µs here, with hypercorn's own about 530 µs; the
+wrk figures are in ``docs/service.md``. Starlette stays for every other path and method, and
+for this one when CORS is configured (its middleware adds response headers) or under a
+``root_path``, by :class:`ChatRoute`: the same code behind the same layers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any
+
+import attrs
+
+from ..errors import OrchestratorError
+from ..pipeline import Pipeline
+from .chat import ChatRequest, ChunkWriter, completion_body, json_bytes, parse_chat_request
+from .errors import ApiError, map_exception
+from .guard import CatchAll, Guard, answer_crash, caller_of, send_error
+from .state import ServiceState
+from .streaming import ClientGone, Emit, EventStream, complete_unless_gone, error_json
+from .validate import parse_json_object
+
+__all__ = ["CHAT_PATH", "ChatFastPath", "ChatRoute", "chat_completions"]
+
+CHAT_PATH = "/v1/chat/completions"
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+Headers = list[tuple[bytes, bytes]]
+
+_TRACE_HEADERS = (b"traceparent", b"tracestate")
+
+
+@attrs.define(eq=False)
+class ChatFastPath:
+    """Serves ``POST /v1/chat/completions`` with the checks of the layers it skips.
+
+    Args:
+        state: the service's state.
+        guard: the API keys and body size limit (the same object the layers use).
+    """
+
+    state: ServiceState
+    guard: Guard
+
+    @staticmethod
+    def handles(scope: Scope) -> bool:
+        """True for the requests this serves: ``POST /v1/chat/completions``."""
+        return bool(
+            scope["type"] == "http" and scope["path"] == CHAT_PATH and scope["method"] == "POST"
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        error = self.guard.refusal(scope)
+        if error is not None:
+            await send_error(send, error)
+            return
+        await chat_completions(self.state, scope, receive, send, self.guard)
+
+
+class ChatRoute:
+    """The same endpoint as a Starlette route's ASGI application, behind the layers (with
+    CORS configured, or under a ``root_path``)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        state: ServiceState = scope["app"].state.service
+        await chat_completions(state, scope, receive, send)
+
+
+async def chat_completions(
+    state: ServiceState, scope: Scope, receive: Receive, send: Send, guard: Guard | None = None
+) -> None:
+    """``POST /v1/chat/completions``: streaming (server-sent events) or not.
+
+    A client that disconnects before the answer is ready cancels its request and is sent
+    nothing. Errors are answered in OpenAI's error shape; any other exception is logged and
+    answered with a generic 500.
+
+    Args:
+        state: the service's state.
+        scope: the request's ASGI scope, receive and send.
+        guard: counts the body against its limit as it arrives (when no layer does).
+    """
+    try:
+        answer = await _answer(state, scope, receive, guard)
+    except ClientGone:
+        return  # nobody is listening
+    except Exception:
+        await answer_crash(scope, send, started=False)
+        return
+    if isinstance(answer, EventStream):
+        await CatchAll(answer)(scope, receive, send)
+        return
+    status, body, headers = answer
+    try:
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+    except Exception:
+        await answer_crash(scope, send, started=True)
+
+
+async def _answer(
+    state: ServiceState, scope: Scope, receive: Receive, guard: Guard | None
+) -> tuple[int, bytes, Headers] | EventStream:
+    """The response: the completion or the error as status, body and headers, or the stream.
+
+    Raises:
+        ClientGone: the client disconnected first.
+    """
+    try:
+        pipeline = state.open_pipeline()
+        chat = _parse(state, scope, await _read_body(receive, guard))
+        if chat.stream:
+            return EventStream(partial(_stream_chat, pipeline, chat), _chat_error, b"[DONE]")
+        completion = await complete_unless_gone(receive, pipeline, chat.prompt)
+        return _json(200, completion_body(completion, chat.prompt.params.model))
+    except (ApiError, OrchestratorError) as exc:
+        error = map_exception(exc)
+        return _json(error.status, error.body(), error.headers())
+
+
+def _parse(state: ServiceState, scope: Scope, body: bytes) -> ChatRequest:
+    caller = caller_of(scope)
+    extra = {} if caller.priority_cap is None else {"priority": caller.priority_cap}
+    meta = caller.meta(_trace_headers(scope))
+    return parse_chat_request(parse_json_object(body), state.models, meta, **extra)
+
+
+def _trace_headers(scope: Scope) -> dict[str, str] | None:
+    """The request's trace context headers (all that ``Caller.meta`` reads), if any."""
+    found = None
+    for name, value in scope["headers"]:
+        if name in _TRACE_HEADERS:
+            found = found or {}
+            found[name.decode("latin-1")] = value.decode("latin-1")
+    return found
+
+
+async def _read_body(receive: Receive, guard: Guard | None) -> bytes:
+    """The whole request body.
+
+    Raises:
+        ApiError: 413, the body grew past ``guard``'s limit.
+        ClientGone: the client disconnected first.
+    """
+    chunks = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if guard is not None and size > guard.max_body_bytes:
+            raise guard.too_large()
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _json(
+    status: int, data: Any, headers: dict[str, str] | None = None
+) -> tuple[int, bytes, Headers]:
+    body = json_bytes(data)  # as the JSONResponse of the other endpoints renders it
+    start = [(b"content-length", b"%d" % len(body)), (b"content-type", b"application/json")]
+    if headers:
+        start += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+    return status, body, start
+
+
+async def _stream_chat(pipeline: Pipeline, chat: ChatRequest, emit: Emit) -> None:
+    prompt = chat.prompt
+    writer = ChunkWriter(prompt.request_id, prompt.params.model, chat.include_usage)
+    async with pipeline.stream(prompt) as events:
+        await emit(writer.first())
+        async for event in events:
+            chunk = writer.event(event)
+            if chunk is not None:
+                await emit(chunk)
+        assert events.completion is not None
+        for chunk in writer.last(events.completion):
+            await emit(chunk)
+
+
+def _chat_error(error: ApiError, _exc: BaseException) -> bytes:
+    return error_json(error)
