@@ -151,7 +151,7 @@ class ProvidersConfig:
         strategy: ``round_robin`` (default), ``least_loaded``, ``weighted`` (by each
             provider's ``weight``) or ``session`` (session affinity).
         http_client: the HTTP library for the clients built here: ``"httpx2"`` (default:
-            about twice the requests per second of httpx under Trio in bench_gateway.py) or
+            more requests per second than httpx under Trio in bench_gateway.py) or
             ``"httpx"`` (same API; see docs/providers.md).
     """
 
