@@ -433,3 +433,13 @@ async def test_any_json_stream_ends_typed(payloads: list[Any], done: bool) -> No
         await collect(worker(answering(body)), REQUEST)
     except ProviderError:
         pass
+
+
+async def test_a_complete_answer_whose_body_never_ends_is_still_answered(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """After [DONE], a body that stalls instead of ending costs its connection, not the answer."""
+    stream = Stalling([sse(chunk({"content": "a"})) + sse(chunk({}, "stop")) + b"data: [DONE]\n\n"])
+    w = worker(lambda r: httpx.Response(200, stream=stream), timeouts=Timeouts(idle=5))
+    completion = await collect(w, REQUEST)
+    assert (completion.text, completion.finish_reason) == ("a", "stop")
