@@ -20,7 +20,8 @@ on this project's ``ShardedTransport`` (the same pools as row 2).
 
 The fake provider runs in its own process and answers at once (8 tokens), so CPU per request
 is the client process's CPU time (``time.process_time``) divided by requests. Each row is
-the median of ``--repeats`` runs. Ends with one line of JSON.
+the median of ``--repeats`` runs; the rows take turns, one run each per round. Ends with one
+line of JSON.
 
     python benchmarks/bench_gateway.py [--quick] [--requests N] [--repeats R]
 """
@@ -175,6 +176,13 @@ async def pipeline(url: str, library: str, n: int, concurrency: int) -> dict[str
         return await drive(n, concurrency, call)
 
 
+ROWS: dict[str, Callable[[str, str, int, int], Awaitable[dict[str, float]]]] = {
+    "bare": bare,
+    "bare sharded": bare_sharded,
+    "pipeline": pipeline,
+}
+
+
 def litellm(python: str, url: str, n: int, concurrency: int) -> dict[str, float] | str:
     """Run the LiteLLM row in its own interpreter; a message says why when it cannot."""
     if not Path(python).exists():
@@ -240,16 +248,16 @@ def main() -> None:
             show("litellm Router", lite)
             results[f"c{concurrency}/litellm"] = lite
             for library in args.libraries:
-                rows = {}
-                for name, run in (
-                    ("bare", bare),
-                    ("bare sharded", bare_sharded),
-                    ("pipeline", pipeline),
-                ):
-                    runs = [trio.run(run, url, library, n, concurrency) for _ in range(repeats)]
-                    rows[name] = median_row(runs)
-                    show(f"{library} {name}", rows[name])
-                    results[f"c{concurrency}/{library}/{name}"] = rows[name]
+                # Rows take turns, one run each per round, so a drift of the machine (or of
+                # the fake's process) over the run falls on every row alike.
+                runs: dict[str, list[dict[str, float]]] = {name: [] for name in ROWS}
+                for _ in range(repeats):
+                    for name, run in ROWS.items():
+                        runs[name].append(trio.run(run, url, library, n, concurrency))
+                rows = {name: median_row(row_runs) for name, row_runs in runs.items()}
+                for name, row in rows.items():
+                    show(f"{library} {name}", row)
+                    results[f"c{concurrency}/{library}/{name}"] = row
                 over_bare = ratio(rows["pipeline"], rows["bare"], "rps")
                 over_lite = ratio(rows["pipeline"], lite, "rps")
                 cpu_vs_lite = ratio(lite, rows["pipeline"], "cpu_ms_per_request")

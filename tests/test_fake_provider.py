@@ -182,6 +182,15 @@ async def test_started_with_nursery_start() -> None:
     assert fake.requests[0].body["model"] == "fake-model"
 
 
+async def test_a_fake_that_does_not_record_still_counts() -> None:
+    """With record=False the fake keeps no request log but still counts what it saw."""
+    async with open_fake_provider(record=False) as fake, httpx.AsyncClient() as client:
+        for _ in range(3):
+            await collect(OpenAIWorker(client, fake.openai_base_url), REQUEST)
+    assert fake.requests == []
+    assert fake.statistics().requests == 3
+
+
 async def test_hang_is_cut_by_the_first_token_timeout(mock_clock: trio.testing.MockClock) -> None:
     """A fake that never answers trips the worker's first-token timeout, not a hang."""
     mock_clock.autojump_threshold = 0.05  # real network: jump only once all is quiet

@@ -240,10 +240,14 @@ class FakeProvider:
     Args:
         default: the behaviour when nothing more specific applies.
         models: the model ids ``/v1/models`` lists.
+        record: keep every request in :attr:`requests`. Off for a long benchmark run, where
+            the list only grows (and the fake's garbage collections slow down with it); the
+            counts in :meth:`statistics` are kept either way.
     """
 
     default: Behaviour = attrs.field(factory=Behaviour)
     models: tuple[str, ...] = ("fake-model",)
+    record: bool = True
     base_url: str = attrs.field(default="", init=False)
     requests: list[RecordedRequest] = attrs.field(factory=list, init=False)
     _queue: deque[Behaviour] = attrs.field(factory=deque, init=False)
@@ -318,7 +322,8 @@ class FakeProvider:
             body = json.loads(raw) if raw else None
         except ValueError:
             body = None
-        self.requests.append(RecordedRequest(scope["method"], scope["path"], headers, body))
+        if self.record:
+            self.requests.append(RecordedRequest(scope["method"], scope["path"], headers, body))
         self._seen += 1
         self._active += 1
         try:
@@ -686,18 +691,22 @@ async def _anthropic_json(answer: _Answer) -> None:
 
 @asynccontextmanager
 async def open_fake_provider(
-    default: Behaviour | None = None, *, models: tuple[str, ...] = ("fake-model",)
+    default: Behaviour | None = None,
+    *,
+    models: tuple[str, ...] = ("fake-model",),
+    record: bool = True,
 ) -> AsyncIterator[FakeProvider]:
     """Start a fake provider on a free loopback port; stop it on exit.
 
     Args:
         default: the behaviour when nothing more specific applies.
         models: the model ids ``/v1/models`` lists.
+        record: keep every request in :attr:`FakeProvider.requests`.
 
     Returns:
         An async context manager giving the running :class:`FakeProvider`.
     """
-    fake = FakeProvider(default or Behaviour(), models)
+    fake = FakeProvider(default or Behaviour(), models, record)
     async with trio.open_nursery() as nursery:
         await nursery.start(fake.serve)
         try:
@@ -707,7 +716,8 @@ async def open_fake_provider(
 
 
 async def _serve_until_stdin_closes(default: Behaviour) -> None:
-    async with open_fake_provider(default) as fake:
+    # Benchmarks send it tens of thousands of requests: a record of each would only grow.
+    async with open_fake_provider(default, record=False) as fake:
         print(fake.base_url, flush=True)
         # Serve until the parent closes our stdin (or kills us).
         await trio.to_thread.run_sync(sys.stdin.read)
