@@ -440,7 +440,12 @@ class RouterWorker:
                 failed in a way no other deployment can help with, or every deployment of
                 the chain failed (the last error, with a note listing the attempts).
         """
-        decision = self.decide(request)
+        try:
+            decision = self.decide(request)
+        except WorkerError:
+            # A call cancelled before it began ends cancelled, whatever it asked for.
+            await trio.lowlevel.checkpoint_if_cancelled()
+            raise
         logger.debug("routing %s: %s", request.request_id, decision.reason)
         run = _Run(emit)
         restart_ok = (
