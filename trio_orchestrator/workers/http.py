@@ -14,7 +14,9 @@ Every HTTP call goes through :class:`HTTPProvider`, which
   nobody pays for tokens nobody reads.
 
 It uses only the API that ``httpx`` and its fork ``httpx2`` share, so either client can be
-injected; transport exceptions are recognised by the module they come from.
+injected; transport exceptions are recognised by the module they come from. A call goes
+straight to the transport the client picks for its URL unless the client has event hooks,
+auth or redirects to follow (then through ``AsyncClient.send``; see ``_direct_transport``).
 """
 
 from __future__ import annotations
@@ -633,8 +635,16 @@ class HTTPProvider:
         return chunk
 
     async def _send(self, request: httpx.Request) -> httpx.Response:
+        client = self.client
         try:
-            return await self.client.send(request, stream=True)
+            transport = _direct_transport(client, request.url)
+            if transport is None:
+                return await client.send(request, stream=True)
+            response: httpx.Response = await transport.handle_async_request(request)
+            response.request = request
+            if "set-cookie" in response.headers:
+                client.cookies.extract_cookies(response)  # as the client's send would
+            return response
         except Exception as exc:
             if _from_http_library(exc):
                 raise transport_error(exc, self.name) from exc
@@ -657,6 +667,30 @@ class HTTPProvider:
             if _from_http_library(exc):
                 raise transport_error(exc, self.name) from exc
             raise
+
+
+def _direct_transport(client: httpx.AsyncClient, url: httpx.URL) -> Any | None:
+    """The transport to hand a request to directly, or None when ``client.send`` must run.
+
+    ``AsyncClient.send`` wraps the transport in event hooks, an auth flow, redirect handling
+    and cookie bookkeeping, and costs a provider call more CPU than the transport itself.
+    A client with hooks, auth or redirects to follow goes through ``send`` as usual (so does
+    a closed one, for its error); any other goes straight to the transport the client
+    itself would pick for ``url`` (its mounts and proxies included), and keeps the cookies
+    it is sent.
+    """
+    hooks = client.event_hooks
+    if (
+        hooks["request"]
+        or hooks["response"]
+        or client.auth is not None
+        or client.follow_redirects
+        or client.is_closed
+    ):
+        return None
+    # The client's own choice of transport; httpx and httpx2 share this method.
+    pick = getattr(client, "_transport_for_url", None)
+    return None if pick is None else pick(url)
 
 
 async def _read_some(response: httpx.Response, limit: int) -> bytes:
