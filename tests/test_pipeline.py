@@ -113,6 +113,37 @@ async def test_inference_runs_requests_concurrently_up_to_the_limit(
     assert pipeline.statistics().completed == 10
 
 
+class Rounds(trio.abc.Instrument):
+    """Counts scheduler rounds (Trio checks for I/O once per round)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def before_io_wait(self, timeout: float) -> None:
+        self.count += 1
+
+
+@pytest.mark.parametrize("priority", [True, False])
+async def test_a_burst_starts_its_calls_over_several_rounds(priority: bool) -> None:
+    """Sixteen requests at once, 16 slots: at most a quarter of them start per round."""
+    rounds = Rounds()
+    started: list[int] = []
+
+    class Recording:
+        async def generate(self, request: PromptRequest, emit: EventSink) -> None:
+            started.append(rounds.count)
+            await emit(Done("stop", ""))
+
+    config = small(inference_concurrency=16, priority=PriorityConfig(enabled=priority))
+    async with open_pipeline(Recording(), config) as pipeline, trio.open_nursery() as nursery:
+        trio.lowlevel.add_instrument(rounds)
+        for _ in range(16):
+            nursery.start_soon(pipeline.submit, PromptRequest(input="x"))
+    trio.lowlevel.remove_instrument(rounds)
+    assert len(started) == 16
+    assert max(started.count(r) for r in set(started)) == 4
+
+
 async def test_deadline_cancels_the_worker_at_the_deadline(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -9,6 +9,10 @@ A stage hands a job on with ``send_nowait``: a full channel sheds the job to the
 queue at once, so no stage ever waits on the one after it; only a caller entering the
 pipeline may wait (``submit``) or be refused (``try_submit``). Stages drain whatever is
 buffered on each wake, so a burst costs one scheduler round per stage, not one per request.
+The inference stage alone takes at most a quarter of its slots' worth of jobs per round: a
+burst that started every provider call in the same round would have them answered in one
+wave too, and a closed loop of callers (each submitting again once answered) would then lock
+into client and provider taking turns instead of working at once.
 
 Tokens do not take the stage hops: the worker's events go straight from the inference task to
 the caller (through the post-processing filters, which run incrementally), and the post and
@@ -148,6 +152,7 @@ class Pipeline:
         self._closing = False
         self._idle = trio.Event()
         self._now = trio.current_time()
+        self._taken_this_round = 0  # jobs the inference stage took since its last checkpoint
         # Deadlines of jobs in flight: (deadline, seq, job), with lazy deletion of ended jobs.
         self._deadlines: list[tuple[float, int, Job]] = []
         self._seq = itertools.count()
@@ -535,11 +540,19 @@ class Pipeline:
     async def _next(self, stage: int) -> Job | None:
         """The next live job for ``stage``, or None when its channel has ended.
 
-        Takes buffered jobs without a checkpoint, so a stage drains a burst in one wake.
+        Takes buffered jobs without a checkpoint, so a stage drains a burst in one wake; the
+        inference stage checkpoints after each quarter of its slots (the module docstring
+        says why).
         """
         receive = self._receives[stage]
         counter = self._counters[stage]
         while True:
+            if stage == INFERENCE:
+                if self._taken_this_round >= max(1, int(self._limiter.total_tokens) // 4):
+                    await trio.lowlevel.checkpoint()
+                    self._taken_this_round = 0
+                    self._now = trio.current_time()
+                self._taken_this_round += 1
             try:
                 job = receive.receive_nowait()
             except trio.WouldBlock:
@@ -548,6 +561,7 @@ class Pipeline:
                 except trio.EndOfChannel:
                     return None
                 self._now = trio.current_time()
+                self._taken_this_round = 1
             except trio.EndOfChannel:
                 return None
             counter.received += 1
