@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import math
+import weakref
 
 import attrs
 import pytest
@@ -142,6 +144,19 @@ async def test_a_burst_starts_its_calls_over_several_rounds(priority: bool) -> N
     trio.lowlevel.remove_instrument(rounds)
     assert len(started) == 16
     assert max(started.count(r) for r in set(started)) == 4
+
+
+async def test_finished_requests_are_not_kept_alive_by_the_pipeline() -> None:
+    """Once answered, a request and its completion are freed (not held for deadlines)."""
+    async with open_pipeline(EchoWorker()) as pipeline:
+        first = PromptRequest(input="the first")
+        gone = weakref.ref(first)
+        await pipeline.submit(first)
+        del first
+        for _ in range(200):
+            await pipeline.submit(PromptRequest(input="x"))
+        gc.collect()
+        assert gone() is None
 
 
 async def test_deadline_cancels_the_worker_at_the_deadline(

@@ -374,7 +374,9 @@ class Pipeline:
         job's own scope still bounds the worker call itself.
         """
         heap = self._deadlines
-        if len(heap) > 1024 and len(heap) > 2 * len(self._in_flight):
+        # Ended jobs leave lazily, but not too lazily: an entry keeps its job, request and
+        # answer alive (and the garbage collector busy with them).
+        if len(heap) > 64 and len(heap) > 2 * len(self._in_flight):
             heap[:] = [entry for entry in heap if entry[2].outcome is None]
             heapq.heapify(heap)
         heapq.heappush(heap, (job.deadline, next(self._seq), job))
