@@ -566,7 +566,7 @@ class HTTPProvider:
         total, first = start + t.total, start + t.first_token
         # One scope carries all three limits; its deadline is moved rather than nesting a
         # scope per limit (entering a scope costs more than moving a deadline).
-        answered = False
+        answered = ended = False
         with trio.CancelScope(deadline=min(total, first)) as scope:
             response = await self._send(self._request("POST", path, body, auth))
             chunks = response.aiter_bytes()
@@ -574,16 +574,16 @@ class HTTPProvider:
                 if response.status_code >= 400:
                     await self._read(response)
                 unread = await self._pump(chunks, parser, scope, total, first)
-                answered = True
+                answered, ended = True, not unread
                 if unread:
                     # Read to the end (a server closes the body right after its last
                     # event): an exhausted response keeps its connection for the next
                     # call. The answer is complete, so a failure or timeout here only
                     # costs the connection.
                     scope.deadline = min(total, trio.current_time() + t.idle)
-                    await self._drain(chunks)
+                    ended = await self._drain(chunks)
             finally:
-                await _close(response, chunks)
+                await _close(response, chunks, ended=ended)
         if scope.cancelled_caught and not answered:
             if trio.current_time() >= total:
                 raise self._timeout("total", t.total)()
@@ -618,12 +618,14 @@ class HTTPProvider:
         await parser.end()
         return chunk is not None
 
-    async def _drain(self, chunks: Any) -> None:
+    async def _drain(self, chunks: Any) -> bool:
+        """Read the body to its end; say whether it got there."""
         try:
             while await self._next_chunk(chunks) is not None:
                 pass
         except ProviderError:
-            pass
+            return False
+        return True
 
     async def _next_chunk(self, chunks: Any) -> bytes | None:
         try:
@@ -702,20 +704,29 @@ async def _read_some(response: httpx.Response, limit: int) -> bytes:
     return bytes(data[:limit])
 
 
-async def _close(response: httpx.Response, chunks: Any) -> None:
-    # Shielded, so that a cancelled request still closes its connection (and the server
-    # sees it go) instead of leaving it for the garbage collector; bounded, so a close
-    # can never hang a cancellation.
-    with trio.CancelScope(shield=True, deadline=trio.current_time() + 5):
-        try:
-            await response.aclose()
-        except Exception as exc:
-            if not _from_http_library(exc):
-                raise
-        if chunks is not None:
-            await _finish_iteration(chunks)
-    # A cancel that arrived during the shielded close still ends the call as cancelled.
+async def _close(response: httpx.Response, chunks: Any, *, ended: bool = False) -> None:
+    if ended:
+        # A body read to its end only gives its connection back to the pool (httpcore
+        # shields that itself): the common case needs no scope of its own.
+        await _aclose(response)
+    else:
+        # Shielded, so that a cancelled request still closes its connection (and the server
+        # sees it go) instead of leaving it for the garbage collector; bounded, so a close
+        # can never hang a cancellation.
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + 5):
+            await _aclose(response)
+            if chunks is not None:
+                await _finish_iteration(chunks)
+    # A cancel that arrived during the close still ends the call as cancelled.
     await trio.lowlevel.checkpoint_if_cancelled()
+
+
+async def _aclose(response: httpx.Response) -> None:
+    try:
+        await response.aclose()
+    except Exception as exc:
+        if not _from_http_library(exc):
+            raise
 
 
 async def _finish_iteration(chunks: Any) -> None:
