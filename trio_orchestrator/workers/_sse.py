@@ -29,9 +29,9 @@ __all__ = ["SSEDecoder", "ServerSentEvent"]
 MAX_LINE_BYTES = 4 * 1024 * 1024
 
 
-@attrs.frozen
+@attrs.define
 class ServerSentEvent:
-    """One dispatched event.
+    """One dispatched event (mutable only to be cheap to make: one per streamed token).
 
     Attributes:
         event: the ``event:`` name, ``"message"`` when the event named none.
@@ -59,8 +59,7 @@ class SSEDecoder:
     max_line_bytes: int = MAX_LINE_BYTES
     _buffer: bytearray = attrs.field(factory=bytearray, init=False)
     _event: str = attrs.field(default="", init=False)
-    _data: list[str] = attrs.field(factory=list, init=False)
-    _has_data: bool = attrs.field(default=False, init=False)
+    _data: list[str] = attrs.field(factory=list, init=False)  # non-empty: an event pending
     _last_id: str | None = attrs.field(default=None, init=False)
     _retry: int | None = attrs.field(default=None, init=False)
 
@@ -83,15 +82,19 @@ class SSEDecoder:
         if len(buffer) > self.max_line_bytes:
             raise self._malformed(f"an event-stream line exceeded {self.max_line_bytes} bytes")
         events: list[ServerSentEvent] = []
+        data = self._data
         for line in lines:
-            if not line:
-                if (event := self._dispatch()) is not None:
-                    events.append(event)
-            elif line.startswith("data:"):
-                self._data.append(line[6:] if line.startswith("data: ") else line[5:])
-                self._has_data = True
+            if line[:5] == "data:":
+                data.append(line[6:] if line[5:6] == " " else line[5:])
+            elif line:
+                self._field(line)  # appends to data for a bare "data" line
+            elif data:
+                name = self._event or "message"
+                events.append(ServerSentEvent(name, "\n".join(data), self._last_id, self._retry))
+                data = self._data = []
+                self._event = ""
             else:
-                self._field(line)
+                self._event = ""  # a blank line with no data dispatches nothing
         return events
 
     def close(self) -> list[ServerSentEvent]:
@@ -155,7 +158,6 @@ class SSEDecoder:
         value = value.removeprefix(" ")
         if field == "data":
             self._data.append(value)
-            self._has_data = True
         elif field == "event":
             self._event = value
         elif field == "id" and "\0" not in value:
@@ -164,9 +166,9 @@ class SSEDecoder:
             self._retry = int(value)
 
     def _dispatch(self) -> ServerSentEvent | None:
-        event, data, has_data = self._event, self._data, self._has_data
-        self._event, self._data, self._has_data = "", [], False
-        if not has_data:
+        event, data = self._event, self._data
+        self._event, self._data = "", []
+        if not data:
             return None
         return ServerSentEvent(event or "message", "\n".join(data), self._last_id, self._retry)
 

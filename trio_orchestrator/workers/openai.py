@@ -114,20 +114,19 @@ class _ChatStream:
             self._usage = usage
             await self.emit(usage)
         for choice in chunk.get("choices") or ():
-            if isinstance(choice, dict) and choice.get("index", 0) == 0:
-                await self._choice(choice)
-
-    async def _choice(self, choice: dict[str, Any]) -> None:
-        delta = choice.get("delta") or {}
-        if content := delta.get("content"):
-            self.started = True
-            self._text.append(content)
-            await self.emit(TextDelta(content))
-        if calls := delta.get("tool_calls"):
-            for call in calls:
-                await self._tool_call(call)
-        if finish := choice.get("finish_reason"):
-            self._finish = finish
+            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+                continue
+            # Inline rather than a method: this runs once per streamed token.
+            delta = choice.get("delta") or {}
+            if content := delta.get("content"):
+                self.started = True
+                self._text.append(content)
+                await self.emit(TextDelta(content))
+            if calls := delta.get("tool_calls"):
+                for call in calls:
+                    await self._tool_call(call)
+            if finish := choice.get("finish_reason"):
+                self._finish = finish
 
     async def _tool_call(self, call: Mapping[str, Any]) -> None:
         self.started = True
