@@ -256,7 +256,9 @@ async def test_a_letter_shed_by_one_process_is_listed_and_replayed_by_another(
     async with open_pipeline(EchoWorker(), config) as other:
         other.dead_letters.add(DeadLetter(shed, "inference", "full", trio.current_time()))
         async with running_service(config) as url, httpx.AsyncClient(base_url=url) as client:
-            with trio.fail_after(5):  # the other process writes its letters in the background
+            # The other process writes its letters in the background; generous, since this
+            # guards against a hang, not a slow machine.
+            with trio.fail_after(30):
                 while not (await client.get("/v1/dead-letters")).json()["data"]:  # noqa: ASYNC110
                     await trio.sleep(0.02)
             listed = (await client.get("/v1/dead-letters")).json()["data"]
