@@ -7,9 +7,9 @@ wrapping ``send`` and ``receive``. :class:`ChatFastPath` makes the checks of the
 skips itself: the API key and the body size limit through the same :class:`~.guard.Guard`,
 the last-resort 500 through the same :func:`~.guard.answer_crash`.
 
-Why: ``benchmarks/bench_service.py`` measured, in process, 127 µs of CPU per request through
-Starlette's stack and route against 103 µs here, with hypercorn's own about 530 µs; the
-wrk figures are in ``docs/service.md``. Starlette stays for every other path and method, and
+Why: ``benchmarks/bench_service.py --repeats 3`` measured, in process, 121 µs of CPU per
+request through Starlette's stack and route against 99 µs here; its wrk figures are in
+``docs/service.md``. Starlette stays for every other path and method, and
 for this one when CORS is configured (its middleware adds response headers) or under a
 ``root_path``, by :class:`ChatRoute`: the same code behind the same layers.
 """
