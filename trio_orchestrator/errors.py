@@ -26,7 +26,9 @@ caller as one of these::
             ├── ModelNotFound            404 for the model
             ├── ContentFiltered          the provider refused the content
             └── BadRequest               other 4xx
-                └── ContextLengthExceeded  prompt + max_tokens exceed the context window
+                ├── ContextLengthExceeded  prompt + max_tokens exceed the context window
+                └── UnsupportedParameter   a request member this provider's format cannot
+                                           carry (raised before any call; names ``param``)
 
 Each :class:`WorkerError` class says whether it is worth retrying (``retryable``) and whether
 it is evidence that the upstream is unhealthy (``trips_breaker``).
@@ -59,6 +61,7 @@ __all__ = [
     "RequestError",
     "RequestShed",
     "ServerError",
+    "UnsupportedParameter",
     "WorkerCrashed",
     "WorkerError",
 ]
@@ -237,3 +240,19 @@ class BadRequest(ProviderError):
 
 class ContextLengthExceeded(BadRequest):
     """The prompt plus ``max_tokens`` exceed the model's context window."""
+
+
+class UnsupportedParameter(BadRequest):
+    """The request has a member the provider's wire format has no equivalent for; raised by
+    a translating worker before it calls anyone, so it never counts against the provider.
+
+    Args:
+        param: the member at fault, by its path in the client's request (``logit_bias``,
+            ``messages[2].content[0]``…).
+        message: what cannot be carried, and what to do instead.
+        provider: the provider's name.
+    """
+
+    def __init__(self, param: str, message: str, *, provider: str = "") -> None:
+        self.param = param
+        super().__init__(message, provider=provider, status=400)

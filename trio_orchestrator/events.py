@@ -2,7 +2,7 @@
 
 A worker turns a request into events::
 
-    (TextDelta | ToolCallStart | ToolCallDelta | Usage)* Done
+    (TextDelta | ToolCallStart | ToolCallDelta | Usage | Passthrough)* Done
 
 or raises a :class:`~trio_orchestrator.errors.WorkerError` and emits nothing after it. A
 non-streaming answer is the accumulation of that stream (:class:`Accumulator`).
@@ -10,7 +10,8 @@ non-streaming answer is the accumulation of that stream (:class:`Accumulator`).
 
 from __future__ import annotations
 
-from typing import TypeAlias
+from collections.abc import Mapping
+from typing import Any, TypeAlias
 
 import attrs
 
@@ -21,11 +22,13 @@ __all__ = [
     "Completion",
     "Done",
     "EventGrammarError",
+    "Passthrough",
     "StreamEvent",
     "TextDelta",
     "ToolCallDelta",
     "ToolCallStart",
     "Usage",
+    "merge_passthrough",
 ]
 
 
@@ -55,15 +58,80 @@ class ToolCallDelta:
 
 @attrs.frozen
 class Usage:
-    """Token counts; a later ``Usage`` event replaces an earlier one."""
+    """Token counts; a later ``Usage`` event replaces an earlier one.
+
+    Attributes:
+        input_tokens: prompt tokens, all of them (cached ones included).
+        output_tokens: generated tokens, reasoning included.
+        cached_input_tokens: of ``input_tokens``, those read from the provider's prompt
+            cache (OpenAI ``prompt_tokens_details.cached_tokens``, Anthropic
+            ``cache_read_input_tokens``).
+        cache_write_tokens: of ``input_tokens``, those written to the provider's prompt
+            cache (Anthropic ``cache_creation_input_tokens``).
+        reasoning_tokens: of ``output_tokens``, those spent on reasoning (OpenAI
+            ``completion_tokens_details.reasoning_tokens``).
+        details: the upstream's usage members beyond the counts above, in OpenAI's
+            Chat Completions shape (``prompt_tokens_details``, ``completion_tokens_details``
+            …), sent on to a client of that format as they came.
+    """
 
     input_tokens: int = 0
     output_tokens: int = 0
+    cached_input_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+    details: Mapping[str, Any] = attrs.field(factory=dict, eq=False, hash=False, repr=False)
 
     @property
     def total_tokens(self) -> int:
         """Input plus output tokens."""
         return self.input_tokens + self.output_tokens
+
+
+@attrs.frozen(eq=False)
+class Passthrough:
+    """Members of the upstream's answer that the gateway carries without interpreting them,
+    for a client of the same format: in OpenAI's Chat Completions shape, by where they sit.
+
+    Streamed, one event per chunk that has any (``refusal`` or ``reasoning_content`` pieces,
+    a token's ``logprobs``, a ``system_fingerprint``); a non-streaming worker emits one
+    before ``Done``. :class:`Accumulator` folds them with :func:`merge_passthrough`.
+
+    Attributes:
+        response: top-level members (``system_fingerprint``, ``service_tier``, a local
+            server's ``timings``…).
+        choice: members of the choice (``logprobs``).
+        message: members of the message, or of the streamed delta (``refusal``,
+            ``annotations``, ``audio``, ``reasoning_content``…).
+    """
+
+    response: Mapping[str, Any] = attrs.field(factory=dict)
+    choice: Mapping[str, Any] = attrs.field(factory=dict)
+    message: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+def _merge(old: Any, new: Any) -> Any:
+    if isinstance(old, str) and isinstance(new, str):
+        return old + new
+    if isinstance(old, list) and isinstance(new, list):
+        return old + new
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        return {**old, **{k: _merge(old[k], v) if k in old else v for k, v in new.items()}}
+    return new
+
+
+def merge_passthrough(old: Passthrough | None, new: Passthrough) -> Passthrough:
+    """Fold a later :class:`Passthrough` into an earlier one, as a client folds chunks:
+    ``response`` members are replaced; ``choice`` and ``message`` members concatenate
+    (strings and arrays, such as ``refusal`` pieces and ``logprobs.content``) or merge
+    (objects)."""
+    if old is None:
+        return new
+    return Passthrough(
+        {**old.response, **new.response},
+        _merge(old.choice, new.choice),
+        _merge(old.message, new.message),
+    )
 
 
 @attrs.frozen
@@ -86,7 +154,7 @@ class Done:
     model: str | None = None
 
 
-StreamEvent: TypeAlias = TextDelta | ToolCallStart | ToolCallDelta | Usage | Done
+StreamEvent: TypeAlias = TextDelta | ToolCallStart | ToolCallDelta | Usage | Passthrough | Done
 
 
 @attrs.frozen
@@ -100,6 +168,7 @@ class Completion:
         usage: token counts, when the worker reported them.
         tool_calls: complete tool calls.
         model: the model that answered, when known.
+        passthrough: the upstream's uninterpreted members, folded (see :class:`Passthrough`).
     """
 
     request_id: str
@@ -108,6 +177,7 @@ class Completion:
     usage: Usage | None = None
     tool_calls: tuple[ToolCall, ...] = ()
     model: str | None = None
+    passthrough: Passthrough | None = attrs.field(default=None, eq=False)
 
 
 class EventGrammarError(Exception):
@@ -132,6 +202,7 @@ class Accumulator:
     _text: list[str] = attrs.field(factory=list, init=False)
     _calls: dict[int, _OpenCall] = attrs.field(factory=dict, init=False)
     usage: Usage | None = attrs.field(default=None, init=False)
+    passthrough: Passthrough | None = attrs.field(default=None, init=False)
     done: Done | None = attrs.field(default=None, init=False)
 
     @property
@@ -169,6 +240,8 @@ class Accumulator:
             call.arguments.append(event.arguments)
         elif isinstance(event, Usage):
             self.usage = event
+        elif isinstance(event, Passthrough):
+            self.passthrough = merge_passthrough(self.passthrough, event)
         else:
             if event.text and event.text != self.text:
                 raise EventGrammarError("Done.text differs from the accumulated deltas")
@@ -184,4 +257,5 @@ class Accumulator:
             usage=done.usage or self.usage,
             tool_calls=done.tool_calls or self.tool_calls(),
             model=done.model,
+            passthrough=self.passthrough,
         )

@@ -11,6 +11,7 @@ from typing import Any, Literal
 import attrs
 
 __all__ = [
+    "TYPED_MEMBERS",
     "Document",
     "GenerationParams",
     "Message",
@@ -79,12 +80,25 @@ def _check_role(_instance: object, _attribute: object, value: str) -> None:
 class Message:
     """One chat message.
 
+    The typed members are what the gateway reads (token estimates, cache keys, translation
+    to other wire formats). A message that came in OpenAI's Chat Completions format also
+    keeps the client's object in ``wire``, which an upstream speaking that same format
+    receives unchanged (``developer`` role, ``refusal``, ``audio`` and unknown members
+    included); the typed members are then a read-only view of it.
+
     Attributes:
-        role: ``system``, ``user``, ``assistant`` or ``tool``.
-        content: the text.
+        role: ``system``, ``user``, ``assistant`` or ``tool`` (a ``developer`` message is
+            read as ``system``).
+        content: the text (of an array of content parts, the text parts joined).
         name: an optional participant name.
         tool_calls: calls made by an assistant message.
         tool_call_id: for a ``tool`` message, the call it answers.
+        parts: the content parts, in OpenAI's Chat Completions shape (``{"type": "text"}``,
+            ``"image_url"``, ``"input_audio"``, ``"file"``…), when the content is an array;
+            empty for plain text. Workers for other wire formats translate them.
+        wire: the message exactly as the client sent it in OpenAI's Chat Completions
+            format, or ``None`` (built in code, or translated from another format). Whoever
+            changes a message builds a new one without it.
     """
 
     role: str = attrs.field(validator=_check_role)
@@ -92,6 +106,25 @@ class Message:
     name: str | None = None
     tool_calls: tuple[ToolCall, ...] = ()
     tool_call_id: str | None = None
+    parts: tuple[Mapping[str, Any], ...] = attrs.field(default=(), eq=False)
+    wire: Mapping[str, Any] | None = attrs.field(default=None, eq=False, repr=False)
+
+
+#: The Chat Completions members that :class:`GenerationParams` reads into typed fields. When
+#: one of them is also in ``extra`` (as the service puts it there), a translating worker uses
+#: the typed field and skips the member.
+TYPED_MEMBERS = frozenset(
+    [
+        "max_tokens",
+        "max_completion_tokens",
+        "temperature",
+        "top_p",
+        "stop",
+        "tools",
+        "tool_choice",
+        "seed",
+    ]
+)
 
 
 @attrs.frozen(eq=False)
@@ -107,7 +140,13 @@ class GenerationParams:
         tools: functions the model may call.
         tool_choice: ``"auto"``, ``"none"``, ``"required"`` or a provider-specific mapping.
         seed: a sampling seed, where the provider supports one.
-        extra: further provider-specific parameters, passed through unchanged.
+        extra: further request members, by their wire names. An upstream speaking OpenAI's
+            Chat Completions format receives them unchanged, after the typed members (so a
+            member here wins); other workers translate the ones they know and refuse the
+            rest with :class:`~trio_orchestrator.errors.UnsupportedParameter`. The service
+            puts here every member of a Chat Completions body but ``model``, ``messages``,
+            ``stream`` and ``stream_options`` — the typed members too, exactly as sent,
+            which the typed fields then merely read (``TYPED_MEMBERS``).
     """
 
     model: str = "echo"

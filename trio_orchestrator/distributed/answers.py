@@ -39,7 +39,15 @@ import trio
 from cattrs.preconf.json import make_converter
 
 from .. import errors
-from ..events import Done, StreamEvent, TextDelta, ToolCallDelta, ToolCallStart, Usage
+from ..events import (
+    Done,
+    Passthrough,
+    StreamEvent,
+    TextDelta,
+    ToolCallDelta,
+    ToolCallStart,
+    Usage,
+)
 from ..resilience.config import CacheConfig
 from ..resilience.keys import is_deterministic, request_key
 from ..types import PromptRequest
@@ -52,7 +60,7 @@ if TYPE_CHECKING:
 __all__ = ["SharedAnswerLayer", "SharedAnswerStatistics"]
 
 _EVENTS: dict[str, type[Any]] = {
-    cls.__name__: cls for cls in (TextDelta, ToolCallStart, ToolCallDelta, Usage, Done)
+    cls.__name__: cls for cls in (TextDelta, ToolCallStart, ToolCallDelta, Usage, Passthrough, Done)
 }
 _converter = make_converter()
 

@@ -16,9 +16,11 @@ from ..events import (
     Completion,
     Done,
     EventGrammarError,
+    Passthrough,
     StreamEvent,
     TextDelta,
     Usage,
+    merge_passthrough,
 )
 from ..types import Document, PromptRequest
 from .post import TextFilter
@@ -134,6 +136,7 @@ class Job:
     generation: trio.CancelScope | None = None
     text: list[str] = attrs.field(factory=list)
     usage: Usage | None = None
+    passthrough: Passthrough | None = None
     tool_calls: Accumulator | None = None
     worker_done: Done | None = None
     stopped: bool = False
@@ -167,6 +170,8 @@ class Job:
             return
         elif isinstance(event, Usage):
             self.usage = event
+        elif isinstance(event, Passthrough):
+            self.passthrough = merge_passthrough(self.passthrough, event)
         else:
             if self.tool_calls is None:
                 self.tool_calls = Accumulator()
@@ -190,6 +195,7 @@ class Job:
             tool_calls=(done.tool_calls if done else ())
             or (self.tool_calls.tool_calls() if self.tool_calls else ()),
             model=done.model if done else None,
+            passthrough=self.passthrough,
         )
 
     def result(self) -> Completion:

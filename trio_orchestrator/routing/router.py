@@ -41,7 +41,15 @@ from ..errors import (
     WorkerCrashed,
     WorkerError,
 )
-from ..events import Done, StreamEvent, TextDelta, ToolCallDelta, ToolCallStart, Usage
+from ..events import (
+    Done,
+    Passthrough,
+    StreamEvent,
+    TextDelta,
+    ToolCallDelta,
+    ToolCallStart,
+    Usage,
+)
 from ..types import PromptRequest
 from ..workers.base import EventSink, ModelWorker
 from .bandit import Bandit, reward
@@ -147,7 +155,7 @@ class _Attempt:
         elif isinstance(event, Usage):
             self.usage = event
             event = run.add_usage(event)
-        else:
+        elif not isinstance(event, Passthrough):
             event = self._final(event)
         await run.emit(event)
 

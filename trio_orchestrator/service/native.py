@@ -8,7 +8,16 @@ from typing import Any
 
 import trio
 
-from ..events import Completion, Done, StreamEvent, TextDelta, ToolCallDelta, ToolCallStart, Usage
+from ..events import (
+    Completion,
+    Done,
+    Passthrough,
+    StreamEvent,
+    TextDelta,
+    ToolCallDelta,
+    ToolCallStart,
+    Usage,
+)
 from ..types import GenerationParams, Priority, PromptRequest
 from .chat import _messages, _stop
 from .errors import ApiError
@@ -127,4 +136,7 @@ def event_json(event: StreamEvent) -> dict[str, Any]:
         return {"type": "tool_call_delta", "index": event.index, "arguments": event.arguments}
     if isinstance(event, Usage):
         return {"type": "usage", **(_usage_json(event) or {})}
+    if isinstance(event, Passthrough):
+        response, choice, message = event.response, event.choice, event.message
+        return {"type": "passthrough", "response": response, "choice": choice, "message": message}
     return {"type": "done", **_answer_json(event)}

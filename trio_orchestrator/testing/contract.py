@@ -16,9 +16,10 @@ the request and the whole event sequence.
 The rules:
 
 ``grammar``
-    Events are ``(TextDelta | ToolCallStart | ToolCallDelta | Usage)*`` then exactly one
-    ``Done``, last; a ``ToolCallDelta`` follows its ``ToolCallStart``; ``Done.text`` equals
-    the concatenated ``TextDelta`` text; nothing is emitted once ``generate`` has returned.
+    Events are ``(TextDelta | ToolCallStart | ToolCallDelta | Usage | Passthrough)*`` then
+    exactly one ``Done``, last; a ``ToolCallDelta`` follows its ``ToolCallStart``;
+    ``Done.text`` equals the concatenated ``TextDelta`` text; nothing is emitted once
+    ``generate`` has returned.
 ``errors``
     Only :class:`~trio_orchestrator.errors.WorkerError` subclasses escape (not inside an
     ``ExceptionGroup``), with ``retryable`` and ``trips_breaker`` booleans and

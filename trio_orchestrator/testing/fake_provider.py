@@ -90,6 +90,12 @@ class Behaviour:
         drip: send the stream in pieces of this many bytes (a slow drip).
         tool_calls: ``(name, arguments JSON)`` pairs; they stream in parallel, interleaved.
         finish_reason: the finish reason (``stop``/``end_turn`` by default).
+        body: answer a non-streaming request with exactly this JSON (a recorded answer, such
+            as one from the provider's API reference); the fields above other than
+            ``status``, ``headers`` and ``hang`` are then unused.
+        events: answer a streaming request with exactly these event payloads, each as
+            ``data: <JSON>`` (Anthropic: with ``event: <its type>``), then OpenAI's
+            ``data: [DONE]``.
     """
 
     text: str | None = None
@@ -110,6 +116,8 @@ class Behaviour:
     drip: int | None = None
     tool_calls: tuple[tuple[str, str], ...] = ()
     finish_reason: str | None = None
+    body: Any = None
+    events: tuple[Any, ...] = ()
 
 
 @attrs.frozen
@@ -405,8 +413,14 @@ class FakeProvider:
         if b.status >= 400:
             await self._error(b, send, anthropic=anthropic)
             return
-        answer = self._plan(b, body, send, anthropic=anthropic)
         stream = bool(body.get("stream"))
+        if b.body is not None and not stream:
+            await _json(send, b.status, b.body, b.headers)
+            return
+        if b.events and stream:
+            await _recorded_stream(send, b, anthropic=anthropic)
+            return
+        answer = self._plan(b, body, send, anthropic=anthropic)
         if anthropic:
             await (_anthropic_stream(answer) if stream else _anthropic_json(answer))
         else:
@@ -453,6 +467,16 @@ async def _json(
     pairs += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": pairs})
     await send({"type": "http.response.body", "body": data, "more_body": False})
+
+
+async def _recorded_stream(send: Send, b: Behaviour, *, anthropic: bool) -> None:
+    pairs = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+    pairs += [(k.encode(), v.encode()) for k, v in b.headers.items()]
+    await send({"type": "http.response.start", "status": b.status, "headers": pairs})
+    frames = [_sse(data, data.get("type") if anthropic else None) for data in b.events]
+    if not anthropic:
+        frames.append(b"data: [DONE]\n\n")
+    await send({"type": "http.response.body", "body": b"".join(frames), "more_body": False})
 
 
 async def _start_stream(answer: _Answer) -> None:

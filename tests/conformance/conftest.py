@@ -1,0 +1,168 @@
+"""The conformance suite's gateway: ``serve`` over real HTTP in front of a recording upstream,
+driven by clients nobody here wrote (the official ``openai`` and ``anthropic`` SDKs).
+
+The service and the fake upstream run in a thread of their own, under their own
+``trio.run``; the tests are plain synchronous functions calling the SDKs' synchronous clients
+with their default transports, as a user's code would. Each test scripts what the upstream
+answers (``Behaviour(body=...)`` / ``Behaviour(events=...)`` replay recorded answers
+verbatim) and reads what it received.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from functools import partial
+from typing import Any
+
+import anthropic
+import attrs
+import openai
+import pytest
+import trio
+
+from trio_orchestrator.config import Config
+from trio_orchestrator.config.service import ServiceConfig
+from trio_orchestrator.service import serve
+from trio_orchestrator.testing.fake_provider import (
+    Behaviour,
+    FakeProvider,
+    RecordedRequest,
+    open_fake_provider,
+)
+from trio_orchestrator.workers import ProviderConfig, ProvidersConfig
+
+#: The upstream kinds every conformance test runs against (``upstream_kind`` fixture).
+UPSTREAM_KINDS = ("openai", "anthropic")
+
+#: The key the gateway holds for the upstream; a test can check it was sent.
+UPSTREAM_KEY = "sk-upstream-test"
+
+ConfigFactory = Callable[[FakeProvider], Config]
+
+
+def single_provider(kind: str, **provider: Any) -> ConfigFactory:
+    """A configuration with one provider of ``kind`` pointing at the fake upstream."""
+
+    def make(fake: FakeProvider) -> Config:
+        base = fake.openai_base_url if kind == "openai" else fake.base_url
+        upstream = ProviderConfig(kind, "up", base, api_keys=[UPSTREAM_KEY], **provider)  # type: ignore[arg-type]
+        return Config(providers=ProvidersConfig([upstream]), service=ServiceConfig(port=0))
+
+    return make
+
+
+@attrs.define(eq=False)
+class Gateway:
+    """A running gateway and its recording upstream, for synchronous tests.
+
+    Attributes:
+        url: the gateway's base URL (``http://127.0.0.1:<port>``).
+        kind: the upstream's wire format, ``"openai"`` or ``"anthropic"``.
+    """
+
+    url: str
+    kind: str
+    _fake: FakeProvider
+    _token: trio.lowlevel.TrioToken
+
+    def openai(self, **options: Any) -> openai.OpenAI:
+        """The official OpenAI SDK's client, pointed at the gateway (no retries)."""
+        url = self.url + "/v1"
+        return openai.OpenAI(base_url=url, api_key="sk-client", max_retries=0, **options)
+
+    def anthropic(self, **options: Any) -> anthropic.Anthropic:
+        """The official Anthropic SDK's client, pointed at the gateway (no retries)."""
+        return anthropic.Anthropic(base_url=self.url, api_key="sk-client", max_retries=0, **options)
+
+    def script(self, *behaviours: Behaviour) -> None:
+        """Queue how the upstream answers the next requests, one behaviour each."""
+        trio.from_thread.run_sync(self._fake.script, *behaviours, trio_token=self._token)
+
+    def received(self) -> list[RecordedRequest]:
+        """Every request the upstream has received, oldest first."""
+        return trio.from_thread.run_sync(list, self._fake.requests, trio_token=self._token)
+
+    def last(self) -> RecordedRequest:
+        """The request the upstream received last."""
+        received = self.received()
+        assert received, "the upstream received no request"
+        return received[-1]
+
+    def clear(self) -> None:
+        """Forget the requests received so far, and any behaviours still queued."""
+
+        def clear() -> None:
+            self._fake.requests.clear()
+            self._fake._queue.clear()
+
+        trio.from_thread.run_sync(clear, trio_token=self._token)
+
+
+@attrs.define(eq=False)
+class _Running:
+    thread: threading.Thread
+    stop: Callable[[], None]
+    gateway: Gateway
+
+
+def start_gateway(kind: str, make_config: ConfigFactory) -> _Running:
+    """Start the fake upstream and the service in a thread; return once both listen."""
+    ready: queue.Queue[tuple[FakeProvider, str, trio.lowlevel.TrioToken] | BaseException]
+    ready = queue.Queue()
+
+    async def main(stopped: trio.Event) -> None:
+        async with open_fake_provider() as fake, trio.open_nursery() as nursery:
+            server = partial(serve, make_config(fake), shutdown_trigger=stopped.wait)
+            url = await nursery.start(server)
+            ready.put((fake, url, trio.lowlevel.current_trio_token()))
+
+    stopped: list[trio.Event] = []
+
+    def run() -> None:
+        async def entry() -> None:
+            stopped.append(trio.Event())
+            await main(stopped[0])
+
+        try:
+            trio.run(entry)
+        except BaseException as exc:  # reported to the waiting test
+            ready.put(exc)
+
+    thread = threading.Thread(target=run, name=f"gateway-{kind}", daemon=True)
+    thread.start()
+    started = ready.get(timeout=60)
+    if isinstance(started, BaseException):
+        raise started
+    fake, url, token = started
+
+    def stop() -> None:
+        trio.from_thread.run_sync(stopped[0].set, trio_token=token)
+        thread.join(timeout=30)
+
+    return _Running(thread, stop, Gateway(url, kind, fake, token))
+
+
+@pytest.fixture(scope="module", params=UPSTREAM_KINDS)
+def upstream_kind(request: pytest.FixtureRequest) -> str:
+    """Each upstream wire format in turn."""
+    kind: str = request.param
+    return kind
+
+
+@pytest.fixture(scope="module")
+def gateway(upstream_kind: str) -> Iterator[Gateway]:
+    """The gateway in front of one provider of ``upstream_kind`` (the fake upstream)."""
+    running = start_gateway(upstream_kind, single_provider(upstream_kind))
+    try:
+        yield running.gateway
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+def gw(gateway: Gateway) -> Gateway:
+    """The module's gateway, its upstream's record cleared for this test."""
+    gateway.clear()
+    return gateway
