@@ -113,7 +113,7 @@ async def test_invalid_json_message_is_an_error_event() -> None:
 
 
 async def test_websocket_needs_a_key_when_keys_are_configured() -> None:
-    """Without a valid key, the WebSocket handshake is refused with 403."""
+    """Without a valid key, the WebSocket handshake is refused with 401 and the JSON error."""
     config = make_config(api_keys=(ApiKeyConfig("k", key=Secret("s3cret")),))
     handshake = {
         "Connection": "Upgrade",
@@ -124,4 +124,4 @@ async def test_websocket_needs_a_key_when_keys_are_configured() -> None:
     # A plain HTTP client: trio-websocket leaks its socket when a handshake is rejected.
     async with running_service(config) as url, httpx.AsyncClient(base_url=url) as client:
         response = await client.get("/v1/ws", headers=handshake)
-    assert response.status_code == 403
+    assert (response.status_code, response.json()["error"]["code"]) == (401, "invalid_api_key")

@@ -48,7 +48,7 @@ from .state import ServiceState, served_models, service_of
 from .streaming import ClientGone
 from .ws import websocket_endpoint
 
-__all__ = ["ServiceApp", "app", "create_app"]
+__all__ = ["AUTHENTICATED_ROUTES", "ServiceApp", "app", "create_app"]
 
 logger = logging.getLogger("trio_orchestrator.service")
 
@@ -69,6 +69,24 @@ ROUTES = [
     Route("/healthz", ep.healthz, methods=["GET"]),
     Route("/readyz", ep.readyz, methods=["GET"]),
 ]
+OPENAPI_PATH = "/openapi.json"
+# The routes any configured key may call. Public and admin routes are placed by the guard's
+# own rule (guard.PUBLIC_PATHS, guard.ADMIN_PREFIXES); every other route must be listed here,
+# so that tests/test_service_routes_auth.py fails for a route nobody placed.
+AUTHENTICATED_ROUTES = frozenset(
+    (
+        CHAT_PATH,
+        "/v1/models",
+        "/v1/models/{model:path}",
+        "/v1/embeddings",
+        "/v1/prompt",
+        "/v1/prompt/stream",
+        "/v1/ws",
+        "/v1/stats",
+        "/metrics",
+        OPENAPI_PATH,
+    )
+)
 
 
 def create_app(
@@ -99,7 +117,7 @@ def create_app(
         state.upstreams_ready = upstreams_ready
     opener = (lambda _config: nullcontext(worker)) if worker is not None else worker_factory
     application = ServiceApp(
-        routes=[*ROUTES, Route("/openapi.json", _openapi, methods=["GET"])],
+        routes=[*ROUTES, Route(OPENAPI_PATH, _openapi, methods=["GET"])],
         middleware=_middleware(config, keyring),
         exception_handlers={
             ApiError: _api_error,

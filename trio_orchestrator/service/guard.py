@@ -6,6 +6,7 @@ dictionary lookups per request.
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import hmac
 import json
@@ -23,7 +24,19 @@ from .errors import ApiError
 if TYPE_CHECKING:
     from ..config.model import Config
 
-__all__ = ["Caller", "CatchAll", "Guard", "KeyRing", "answer_crash", "caller_of"]
+__all__ = [
+    "ADMIN_PREFIXES",
+    "PUBLIC_PATHS",
+    "Access",
+    "Caller",
+    "CatchAll",
+    "Guard",
+    "KeyRing",
+    "access_of",
+    "answer_crash",
+    "caller_of",
+    "route_path",
+]
 
 logger = logging.getLogger("trio_orchestrator.service")
 
@@ -32,8 +45,50 @@ Message = dict[str, Any]
 
 # The scope key under which the guard leaves the authenticated caller.
 CALLER_KEY = "trio_orchestrator.caller"
+# Who may call what: the guard's one rule (:func:`access_of`). Every route of the service is
+# held to it by tests/test_service_routes_auth.py, which also wants each route that is neither
+# public nor admin listed in ``app.AUTHENTICATED_ROUTES``.
 PUBLIC_PATHS = frozenset(("/healthz", "/readyz"))
 ADMIN_PREFIXES = ("/v1/dead-letters", "/v1/admin")
+
+
+class Access(enum.Enum):
+    """Who may call a route when API keys are configured."""
+
+    PUBLIC = "public"
+    """Anyone, with or without a key (health and readiness probes)."""
+    AUTHENTICATED = "authenticated"
+    """Any configured key."""
+    ADMIN = "admin"
+    """A key with ``admin = true``."""
+
+
+def access_of(path: str) -> Access:
+    """Who may call ``path`` (a route path: the request's path without the ``root_path``).
+
+    The paths in :data:`PUBLIC_PATHS` are public, the paths under :data:`ADMIN_PREFIXES`
+    (sub-paths too) are admin, and every other path needs a key: a route nobody thought
+    about is closed, not open.
+    """
+    if path in PUBLIC_PATHS:
+        return Access.PUBLIC
+    if path.startswith(ADMIN_PREFIXES):
+        return Access.ADMIN
+    return Access.AUTHENTICATED
+
+
+def route_path(scope: Mapping[str, Any]) -> str:
+    """The path Starlette routes ``scope`` by: ``path`` without a leading ``root_path``.
+
+    ASGI servers put the ``root_path`` in ``path`` too (hypercorn ``--root-path``); the
+    guard must judge the path the router will serve, or ``/prefix/v1/dead-letters`` would
+    reach the admin route as an ordinary one.
+    """
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root) and path[len(root) : len(root) + 1] in ("", "/"):
+        return path[len(root) :]
+    return path
 
 
 @attrs.frozen
@@ -124,15 +179,24 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
-async def send_error(send: Any, error: ApiError) -> None:
-    """Send ``error`` as a complete JSON response."""
+async def send_error(send: Any, error: ApiError, *, websocket: bool = False) -> None:
+    """Send ``error`` as a complete JSON response.
+
+    Args:
+        send: the ASGI send.
+        error: the error.
+        websocket: answer a WebSocket handshake (ASGI's ``websocket.http.response``).
+    """
+    prefix = "websocket." if websocket else ""
     body = json.dumps(error.body()).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
     headers += [(k.lower().encode(), v.encode()) for k, v in error.headers().items()]
     if error.status == 401:
         headers.append((b"www-authenticate", b"Bearer"))
-    await send({"type": "http.response.start", "status": error.status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    if websocket:
+        headers.append((b"connection", b"close"))  # the server closes it after a refusal
+    await send({"type": prefix + "http.response.start", "status": error.status, "headers": headers})
+    await send({"type": prefix + "http.response.body", "body": body})
 
 
 _UNAUTHORIZED = ApiError(
@@ -166,7 +230,7 @@ class Guard:
             return
         error = self.refusal(scope)
         if error is not None:
-            await self._refuse(kind, send, error)
+            await self._refuse(scope, send, error)
             return
         if kind != "http":
             await self.app(scope, receive, send)
@@ -180,12 +244,13 @@ class Guard:
         Checks the API key, and an HTTP request's ``Content-Length`` against the limit; a
         body sent without one must still be counted as it arrives (:meth:`too_large`).
         """
-        if self.keys.enabled and scope["path"] not in PUBLIC_PATHS:
+        access = access_of(route_path(scope)) if self.keys.enabled else Access.PUBLIC
+        if access is not Access.PUBLIC:
             token = _bearer(scope)
             caller = None if token is None else self.keys.identify(token)
             if caller is None:
                 return _UNAUTHORIZED
-            if not caller.admin and scope["path"].startswith(ADMIN_PREFIXES):
+            if not caller.admin and access is Access.ADMIN:
                 return _FORBIDDEN
             scope[CALLER_KEY] = caller
         if scope["type"] == "http":
@@ -213,12 +278,15 @@ class Guard:
         return limited_receive
 
     @staticmethod
-    async def _refuse(kind: str, send: Any, error: ApiError) -> None:
-        if kind == "websocket":
+    async def _refuse(scope: Scope, send: Any, error: ApiError) -> None:
+        if scope["type"] != "websocket":
+            await send_error(send, error)
+        elif "websocket.http.response" in scope.get("extensions", {}):
+            # The handshake gets the real status (401 or 403) and the JSON error.
+            await send_error(send, error, websocket=True)
+        else:
             # Closing before accepting makes the server answer the handshake with 403.
             await send({"type": "websocket.close", "code": 1008, "reason": error.message[:100]})
-        else:
-            await send_error(send, error)
 
 
 @attrs.define(eq=False)
