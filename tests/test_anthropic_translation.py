@@ -429,6 +429,15 @@ async def test_images_anthropic_cannot_read_are_refused(
     assert refusal.param == param
 
 
+async def test_a_parts_cache_control_travels_with_its_block(upstream: Upstream) -> None:
+    """A content part's cache_control (Anthropic's breakpoint) stays on its block."""
+    part = {"type": "text", "text": "long context", "cache_control": {"type": "ephemeral"}}
+    body = await upstream.sent(user(part))
+    assert body["messages"][0]["content"] == [
+        {"type": "text", "text": "long context", "cache_control": {"type": "ephemeral"}}
+    ]
+
+
 async def test_a_pdf_file_becomes_a_document_block(upstream: Upstream) -> None:
     """file with PDF file_data → document block, base64 source, the filename as title."""
     data = f"data:application/pdf;base64,{PDF}"

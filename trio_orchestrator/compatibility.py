@@ -83,7 +83,13 @@ def _refused(name: str, note: str, *no_op: Any) -> MemberRule:
 
 
 _RULES = (
-    MemberRule("model", "forwarded", "model", "The deployment's model name when routing maps it."),
+    MemberRule(
+        "model",
+        "forwarded",
+        "model",
+        "The deployment's model name when routing maps the requested one to it.",
+        openai="forwarded (the deployment's model name)",
+    ),
     MemberRule(
         "messages",
         "translated",
@@ -94,7 +100,7 @@ _RULES = (
     MemberRule(
         "stream",
         "gateway",
-        "stream",
+        "",
         "The provider's `stream` setting decides how the gateway calls the upstream; the "
         "gateway answers the client in the form it asked for.",
         openai="set by the gateway (the provider's `stream` setting)",
@@ -104,7 +110,7 @@ _RULES = (
         "gateway",
         "",
         "`include_usage` is honoured by the gateway.",
-        openai="set by the gateway (it always asks for usage)",
+        openai="set by the gateway (it asks for usage when streaming)",
     ),
     _refused("audio", "Claude does not answer in audio."),
     _refused("frequency_penalty", "The Messages API has no repetition penalties.", 0),
@@ -248,7 +254,7 @@ MESSAGE_CONTENT = (
     ContentRule(
         "role `system` / `developer`",
         "translated",
-        "system",
+        "`system`",
         "Joined, in order, with blank lines between them, wherever they stand in the chat.",
     ),
     ContentRule("role `user`", "translated", "a `user` turn"),
@@ -269,13 +275,19 @@ MESSAGE_CONTENT = (
         "part `image_url`, a `data:` URL",
         "translated",
         "`image` block, `base64` source",
-        "JPEG, PNG, GIF and WebP; `detail` `auto` and `high` (Claude reads images at full "
-        "resolution); `low` is refused.",
+        "JPEG, PNG, GIF and WebP.",
     ),
     ContentRule(
         "part `image_url`, an `http(s)` URL",
         "translated",
         "`image` block, `url` source",
+    ),
+    ContentRule(
+        "`image_url.detail`",
+        "translated",
+        "nothing",
+        "`auto` and `high` are Claude's way (it reads images at full resolution); `low` is "
+        "refused.",
     ),
     ContentRule(
         "part `file` with `file_data`",
@@ -286,6 +298,12 @@ MESSAGE_CONTENT = (
     ContentRule("part `file` with `file_id`", "refused", "", "OpenAI file ids mean nothing there."),
     ContentRule("part `input_audio`", "refused", "", "Claude does not read audio."),
     ContentRule("part `refusal`", "translated", "`text` block"),
+    ContentRule(
+        "`cache_control` on a part",
+        "translated",
+        "the block's `cache_control`",
+        "Not OpenAI's, but how clients of Anthropic-fronting gateways mark cache breakpoints.",
+    ),
     ContentRule(
         "member `name`",
         "refused",
