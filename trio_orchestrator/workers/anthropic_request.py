@@ -66,7 +66,8 @@ class _Translation:
     def refuse(self, param: str, why: str) -> UnsupportedParameter:
         """The error refusing ``param``, for the caller to raise."""
         where = f"the Anthropic upstream {self.provider!r}" if self.provider else "Anthropic"
-        message = f"`{param}` cannot be sent to {where}: {why} (see docs/compatibility.md)"
+        why = why[:1].upper() + why[1:].rstrip(".")
+        message = f"`{param}` cannot be sent to {where}. {why}. See docs/compatibility.md."
         return UnsupportedParameter(param, message, provider=self.provider)
 
 
