@@ -24,7 +24,7 @@ def upstream_kind() -> str:
 
 def ask(gw: Gateway, content: Any = "Hi", **options: Any) -> Any:
     """One chat completion through the gateway with the official SDK."""
-    messages = [{"role": "user", "content": content}]
+    messages: list[Any] = [{"role": "user", "content": content}]
     return gw.openai().chat.completions.create(model="fake-model", messages=messages, **options)
 
 
