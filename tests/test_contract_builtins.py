@@ -10,9 +10,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import attrs
 import httpx
 import pytest
 import trio
+from hypothesis import strategies as st
 from test_contract import EXAMPLES, contract
 
 from trio_orchestrator.resilience import (
@@ -30,6 +32,8 @@ from trio_orchestrator.resilience import (
 )
 from trio_orchestrator.routing import ModelDeployment, RoutingConfig, build_router
 from trio_orchestrator.testing import FakeBehaviour, WorkerContract, open_fake_provider
+from trio_orchestrator.testing.strategies import generation_params, prompt_requests
+from trio_orchestrator.types import GenerationParams, PromptRequest
 from trio_orchestrator.workers import EchoWorker, ModelWorker
 from trio_orchestrator.workers.anthropic import AnthropicWorker
 from trio_orchestrator.workers.balance import LoadBalancedWorker
@@ -110,3 +114,13 @@ class TestAnthropicWorker(WorkerContract):
     async def contract_worker_factory(self, fake_upstream: Any) -> Callable[[], ModelWorker]:
         fake, client = fake_upstream
         return lambda: AnthropicWorker(client, fake.base_url)
+
+    def requests(self) -> st.SearchStrategy[PromptRequest]:
+        """Requests Anthropic can carry: no seed, temperature at most 1 (the rest is refused
+        before any call, which would leave the contract little to check)."""
+        return prompt_requests(params=generation_params().map(_anthropic_params))
+
+
+def _anthropic_params(params: GenerationParams) -> GenerationParams:
+    temperature = None if params.temperature is None else min(params.temperature, 1.0)
+    return attrs.evolve(params, seed=None, temperature=temperature)

@@ -36,6 +36,7 @@ STATUS = [
     (e.ContentFiltered("no"), 400),
     (e.BadRequest("bad"), 400),
     (e.ContextLengthExceeded("long"), 400),
+    (e.UnsupportedParameter("logit_bias", "no equivalent"), 400),
     (e.ProviderError("other"), 502),
 ]
 
@@ -55,6 +56,17 @@ def test_the_mapping_covers_every_error_class() -> None:
         e.RequestError,
     }
     assert classes <= covered
+
+
+def test_an_unsupported_parameter_is_named_in_its_400() -> None:
+    """A member the upstream's format cannot carry is a 400 whose `param` names it."""
+    error = map_exception(e.UnsupportedParameter("messages[1].content[0]", "no audio"))
+    assert error.body()["error"] == {
+        "message": "no audio",
+        "type": "invalid_request_error",
+        "param": "messages[1].content[0]",
+        "code": "unsupported_parameter",
+    }
 
 
 @pytest.mark.parametrize(

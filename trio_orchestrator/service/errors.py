@@ -20,6 +20,7 @@ AuthenticationError, PermissionDenied 502     upstream_error               upstr
 ModelNotFound                         404     invalid_request_error        model_not_found
 ContextLengthExceeded                 400     invalid_request_error        context_length_exceeded
 ContentFiltered                       400     invalid_request_error        content_filter
+UnsupportedParameter                  400     invalid_request_error        unsupported_parameter
 BadRequest                            400     invalid_request_error        upstream_bad_request
 WorkerCrashed, other errors           500     server_error                 internal_error
 ====================================  ======  ===========================  =================
@@ -146,6 +147,8 @@ def _provider_error(exc: e.ProviderError) -> ApiError:
         return ApiError(400, str(exc), invalid, "context_length_exceeded", "messages")
     if isinstance(exc, e.ContentFiltered):
         return ApiError(400, str(exc), invalid, "content_filter")
+    if isinstance(exc, e.UnsupportedParameter):
+        return ApiError(400, str(exc), invalid, "unsupported_parameter", exc.param)
     if isinstance(exc, e.BadRequest):
         return ApiError(400, str(exc), invalid, "upstream_bad_request")
     return ApiError(502, f"the upstream provider failed: {exc}", "upstream_error", "upstream_error")

@@ -12,8 +12,9 @@ import httpx
 from ..config.secret import Secret
 from ..errors import MalformedResponse, ProviderConnectionError
 from ..events import Done, TextDelta, ToolCallDelta, ToolCallStart, Usage
-from ..types import Message, PromptRequest, ToolCall
+from ..types import PromptRequest, ToolCall
 from ._sse import ServerSentEvent
+from .anthropic_request import messages_body
 from .base import EventSink
 from .http import HTTPProvider, Timeouts, error_from_body, wire_format_guard
 from .keys import KeyPool
@@ -34,89 +35,6 @@ STOP_REASONS: Mapping[str, str] = {
     "tool_use": "tool_calls",
     "refusal": "content_filter",
 }
-
-
-def _blocks(message: Message) -> list[dict[str, Any]]:
-    if message.role == "tool":
-        return [
-            {"type": "tool_result", "tool_use_id": message.tool_call_id, "content": message.content}
-        ]
-    blocks: list[dict[str, Any]] = []
-    if message.content:
-        blocks.append({"type": "text", "text": message.content})
-    for call in message.tool_calls:
-        try:
-            arguments = json.loads(call.arguments or "{}")
-        except ValueError:
-            arguments = {"arguments": call.arguments}
-        blocks.append({"type": "tool_use", "id": call.id, "name": call.name, "input": arguments})
-    return blocks
-
-
-def _messages(chat: tuple[Message, ...]) -> list[dict[str, Any]]:
-    """Chat messages in Anthropic's shape: tool results are user turns; same roles merge."""
-    out: list[dict[str, Any]] = []
-    for message in chat:
-        if message.role == "system":
-            continue
-        role = "assistant" if message.role == "assistant" else "user"
-        blocks = _blocks(message)
-        if out and out[-1]["role"] == role:
-            out[-1]["content"].extend(blocks)
-        else:
-            out.append({"role": role, "content": blocks})
-    return out
-
-
-def _tool_choice(choice: Any) -> Any:
-    if choice == "auto":
-        return {"type": "auto"}
-    if choice == "required":
-        return {"type": "any"}
-    if choice == "none":
-        return {"type": "none"}
-    if isinstance(choice, Mapping) and choice.get("type") == "function":
-        return {"type": "tool", "name": choice.get("function", {}).get("name")}
-    return choice
-
-
-def messages_body(request: PromptRequest, *, stream: bool, max_tokens: int) -> dict[str, Any]:
-    """The ``/v1/messages`` JSON body for ``request``.
-
-    Args:
-        request: the request.
-        stream: ask for SSE.
-        max_tokens: used when the request names none (Anthropic requires it).
-    """
-    p = request.params
-    chat = request.chat()
-    body: dict[str, Any] = {
-        "model": p.model,
-        "max_tokens": p.max_tokens or max_tokens,
-        "messages": _messages(chat),
-    }
-    system = "\n\n".join(m.content for m in chat if m.role == "system")
-    optional = {
-        "system": system or None,
-        "temperature": p.temperature,
-        "top_p": p.top_p,
-        "stop_sequences": list(p.stop) or None,
-        "tool_choice": None if p.tool_choice is None else _tool_choice(p.tool_choice),
-    }
-    body.update({k: v for k, v in optional.items() if v is not None})
-    if p.tools:
-        body["tools"] = [
-            {
-                "name": t.name,
-                "description": t.description,
-                "input_schema": dict(t.parameters) or {"type": "object", "properties": {}},
-            }
-            for t in p.tools
-        ]
-    if stream:
-        body["stream"] = True
-    body.update(p.extra)
-    return body
 
 
 def _x_api_key(key: Secret) -> dict[str, str]:
@@ -282,9 +200,12 @@ class AnthropicWorker:
         """Generate the answer to ``request``; see :class:`~trio_orchestrator.workers.ModelWorker`.
 
         Raises:
+            UnsupportedParameter: a request member Anthropic cannot carry (before any call).
             ProviderError: a typed failure.
         """
-        body = messages_body(request, stream=self.stream, max_tokens=self.max_tokens)
+        body = messages_body(
+            request, stream=self.stream, max_tokens=self.max_tokens, provider=self.name
+        )
         if self.stream:
             await self._http.post_stream("/v1/messages", body, _MessageStream(self.name, emit))
             return
