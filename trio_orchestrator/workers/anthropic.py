@@ -12,7 +12,7 @@ import httpx
 from ..config.secret import Secret
 from ..errors import MalformedResponse, ProviderConnectionError
 from ..events import Done, TextDelta, ToolCallDelta, ToolCallStart, Usage
-from ..types import Message, PromptRequest, ToolCall
+from ..types import TYPED_MEMBERS, Message, PromptRequest, ToolCall
 from ._sse import ServerSentEvent
 from .base import EventSink
 from .http import HTTPProvider, Timeouts, error_from_body, wire_format_guard
@@ -115,7 +115,8 @@ def messages_body(request: PromptRequest, *, stream: bool, max_tokens: int) -> d
         ]
     if stream:
         body["stream"] = True
-    body.update(p.extra)
+    # The typed members were translated above; their Chat Completions forms must not follow.
+    body.update({k: v for k, v in p.extra.items() if k not in TYPED_MEMBERS})
     return body
 
 
