@@ -4,12 +4,21 @@ what cannot be served is a 400 naming it."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import openai
 import pytest
 
 from trio_orchestrator.testing.fake_provider import Behaviour
 
 from .conftest import Gateway
+
+
+@pytest.fixture
+def client(gw: Gateway) -> Iterator[openai.OpenAI]:
+    """The official SDK's client for the gateway, closed after the test."""
+    with gw.openai() as sdk:
+        yield sdk
 
 
 def _user_text(gw: Gateway) -> str:
@@ -20,11 +29,13 @@ def _user_text(gw: Gateway) -> str:
     return "".join(block["text"] for block in content if block["type"] == "text")
 
 
-def test_a_text_completion_parses_and_reaches_the_upstream_as_a_prompt(gw: Gateway) -> None:
+def test_a_text_completion_parses_and_reaches_the_upstream_as_a_prompt(
+    gw: Gateway, client: openai.OpenAI
+) -> None:
     """The prompt reaches the upstream as the user's message, with the reference's default
     max_tokens of 16, and the answer parses as a text_completion."""
     gw.script(Behaviour(text="Paris is the capital."))
-    answer = gw.openai().completions.create(model="fake-model", prompt="The capital of France:")
+    answer = client.completions.create(model="fake-model", prompt="The capital of France:")
     assert answer.object == "text_completion"
     assert answer.id.startswith("cmpl-")
     assert answer.choices[0].text == "Paris is the capital."
@@ -35,10 +46,10 @@ def test_a_text_completion_parses_and_reaches_the_upstream_as_a_prompt(gw: Gatew
     assert gw.last().body["max_tokens"] == 16
 
 
-def test_sampling_members_reach_the_upstream(gw: Gateway) -> None:
+def test_sampling_members_reach_the_upstream(gw: Gateway, client: openai.OpenAI) -> None:
     """max_tokens, temperature, top_p and stop travel, translated for the upstream's format."""
     gw.script(Behaviour(text="ok"))
-    gw.openai().completions.create(
+    client.completions.create(
         model="fake-model",
         prompt=["Count:"],
         max_tokens=5,
@@ -51,12 +62,14 @@ def test_sampling_members_reach_the_upstream(gw: Gateway) -> None:
     assert body["stop" if gw.kind == "openai" else "stop_sequences"] == ["\n"]
 
 
-def test_a_streamed_text_completion_parses_chunk_by_chunk(gw: Gateway) -> None:
+def test_a_streamed_text_completion_parses_chunk_by_chunk(
+    gw: Gateway, client: openai.OpenAI
+) -> None:
     """Streamed text_completion chunks parse in the SDK, join to the answer, and end with the
     usage chunk when include_usage is asked for."""
     gw.script(Behaviour(text="one two three"))
     chunks = list(
-        gw.openai().completions.create(
+        client.completions.create(
             model="fake-model",
             prompt="Say three words",
             stream=True,
@@ -73,23 +86,24 @@ def test_a_streamed_text_completion_parses_chunk_by_chunk(gw: Gateway) -> None:
     assert chunks[-1].usage.completion_tokens > 0
 
 
-def test_echo_puts_the_prompt_before_the_answer(gw: Gateway) -> None:
+def test_echo_puts_the_prompt_before_the_answer(gw: Gateway, client: openai.OpenAI) -> None:
     """echo: true answers with the prompt followed by the completion, streamed or not."""
     gw.script(Behaviour(text=" world"), Behaviour(text=" world"))
-    client = gw.openai()
     answer = client.completions.create(model="fake-model", prompt="Hello", echo=True)
     assert answer.choices[0].text == "Hello world"
     chunks = client.completions.create(model="fake-model", prompt="Hello", echo=True, stream=True)
     assert "".join(c.choices[0].text for c in chunks if c.choices) == "Hello world"
 
 
-def test_unknown_members_travel_to_an_openai_compatible_upstream(gw: Gateway) -> None:
+def test_unknown_members_travel_to_an_openai_compatible_upstream(
+    gw: Gateway, client: openai.OpenAI
+) -> None:
     """A member the gateway does not know (a vLLM option) reaches an OpenAI-compatible
     upstream as sent."""
     if gw.kind != "openai":
         pytest.skip("unknown members travel to OpenAI-compatible upstreams")
     gw.script(Behaviour(text="ok"))
-    gw.openai().completions.create(
+    client.completions.create(
         model="fake-model", prompt="Hi", user="u-1", extra_body={"repetition_penalty": 1.1}
     )
     body = gw.last().body
@@ -109,23 +123,25 @@ def test_unknown_members_travel_to_an_openai_compatible_upstream(gw: Gateway) ->
     ],
 )
 def test_what_cannot_be_served_is_a_400_naming_it(
-    gw: Gateway, members: dict[str, object], param: str
+    gw: Gateway, client: openai.OpenAI, members: dict[str, object], param: str
 ) -> None:
     """Several prompts, token ids, suffix, legacy logprobs, n/best_of > 1: a 400 naming the
     member, and the upstream is never called."""
     arguments = {"model": "fake-model", "prompt": "Hi"} | members
     with pytest.raises(openai.BadRequestError) as caught:
-        gw.openai().completions.create(**arguments)  # type: ignore[call-overload]
+        client.completions.create(**arguments)  # type: ignore[call-overload]
     assert caught.value.status_code == 400
     assert isinstance(caught.value.body, dict)
     assert caught.value.body["param"] == param
     assert gw.received() == []
 
 
-def test_an_upstream_429_before_the_first_token_is_a_rate_limit_error(gw: Gateway) -> None:
+def test_an_upstream_429_before_the_first_token_is_a_rate_limit_error(
+    gw: Gateway, client: openai.OpenAI
+) -> None:
     """A streamed completion whose upstream answers 429 raises openai.RateLimitError (the
     real status, not a 200 with an error inside)."""
     gw.script(Behaviour(status=429, retry_after=3))
     with pytest.raises(openai.RateLimitError) as caught:
-        gw.openai().completions.create(model="fake-model", prompt="Hi", stream=True)
+        client.completions.create(model="fake-model", prompt="Hi", stream=True)
     assert caught.value.status_code == 429

@@ -129,8 +129,9 @@ def parse_responses_request(
     return ResponsesRequest(prompt, body.flag("stream"), echo)
 
 
-def _unsupported(path: str, why: str) -> ApiError:
-    message = f"`{path}` is not supported on /v1/responses: {why}"
+def _unsupported(path: str, why: str, value: str | None = None) -> ApiError:
+    named = f"`{path}`" if value is None else f"`{path}` {value!r}"
+    message = f"{named} is not supported on /v1/responses: {why}"
     return ApiError(400, message, code="unsupported_parameter", param=path)
 
 
@@ -170,7 +171,7 @@ def _input_messages(body: Fields) -> tuple[Message, ...]:
             why = "only message, function_call and function_call_output items are supported"
             if kind == "item_reference":
                 why = "item references need stored responses; send the item itself"
-            raise _unsupported(fields._path("type") + f" = {kind!r}", why)
+            raise _unsupported(fields._path("type"), why, str(kind))
     return tuple(messages)
 
 
@@ -291,7 +292,7 @@ def _chat_tool(fields: Fields) -> dict[str, Any]:
     kind = fields.text("type", required=True)
     if kind != "function":
         why = "only function tools are supported (built-in tools run at OpenAI)"
-        raise _unsupported(fields._path("type") + f" = {kind!r}", why)
+        raise _unsupported(fields._path("type"), why, str(kind))
     name = fields.text("name", required=True, max_length=64)
     function: dict[str, Any] = {"name": name}
     description = fields.text("description")
