@@ -68,3 +68,19 @@ def test_only_zero_temperature_is_deterministic(temperature: float | None, expec
 def test_seed_alone_is_not_deterministic() -> None:
     """A seed with a sampled temperature does not make a request deterministic."""
     assert not is_deterministic(make(temperature=0.7, seed=1))
+
+
+def test_content_parts_split_the_key() -> None:
+    """Two messages with the same text but different images never share a cached or
+    coalesced answer."""
+
+    def with_image(url: str) -> PromptRequest:
+        parts = (
+            {"type": "text", "text": "What is this?"},
+            {"type": "image_url", "image_url": {"url": url}},
+        )
+        return PromptRequest(messages=[Message("user", "What is this?", parts=parts)])
+
+    assert request_key(with_image("https://a.example/cat.png")) != request_key(
+        with_image("https://a.example/dog.png")
+    )

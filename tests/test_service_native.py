@@ -176,6 +176,7 @@ async def test_openapi_document_lists_every_endpoint() -> None:
     assert document == json.loads(json.dumps(openapi_document(("echo",))))
     expected = {
         "/v1/chat/completions", "/v1/models", "/v1/models/{model}", "/v1/embeddings",
+        "/v1/completions", "/v1/responses",
         "/v1/prompt", "/v1/prompt/stream", "/v1/stats", "/v1/dead-letters",
         "/v1/dead-letters/{id}/replay", "/metrics", "/healthz", "/readyz", "/openapi.json",
     }  # fmt: skip

@@ -60,7 +60,9 @@ def is_deterministic(request: PromptRequest) -> bool:
 
 def _message(message: Message) -> list[Any]:
     calls = [[c.id, c.name, c.arguments] for c in message.tool_calls]
-    return [message.role, message.content, message.name, calls, message.tool_call_id]
+    key = [message.role, message.content, message.name, calls, message.tool_call_id]
+    # Content parts (images, files) differ where the text may not; plain text keeps its key.
+    return [*key, _plain(message.parts)] if message.parts else key
 
 
 def _tool(tool: Tool) -> list[Any]:

@@ -39,10 +39,12 @@ from ..observability.metrics import prometheus
 from ..pipeline import open_pipeline
 from ..workers import ModelWorker
 from . import endpoints as ep
+from .completions import completions
 from .errors import ApiError, map_exception
 from .fastpath import CHAT_PATH, ChatFastPath, ChatRoute
 from .guard import CatchAll, Guard, KeyRing
 from .openapi import openapi_document
+from .responses import responses
 from .settings import CONFIG_ENV, config_from_environment, log_to_stderr, open_worker
 from .state import ServiceState, served_models, service_of
 from .streaming import ClientGone
@@ -60,6 +62,8 @@ ROUTES = [
     Route("/v1/models/{model:path}", ep.get_model, methods=["GET"]),
     Route("/v1/embeddings", ep.embeddings, methods=["POST"]),
     Route("/v1/prompt", ep.prompt, methods=["POST"]),
+    Route("/v1/completions", completions, methods=["POST"]),
+    Route("/v1/responses", responses, methods=["POST"]),
     Route("/v1/prompt/stream", ep.prompt_stream, methods=["POST"]),
     WebSocketRoute("/v1/ws", websocket_endpoint),
     Route("/v1/stats", ep.stats, methods=["GET"]),
@@ -79,6 +83,8 @@ AUTHENTICATED_ROUTES = frozenset(
         "/v1/models",
         "/v1/models/{model:path}",
         "/v1/embeddings",
+        "/v1/completions",
+        "/v1/responses",
         "/v1/prompt",
         "/v1/prompt/stream",
         "/v1/ws",

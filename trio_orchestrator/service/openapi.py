@@ -161,6 +161,134 @@ _PROMPT_RESPONSE = {
     },
 }
 _ANY_OBJECT = {"type": "object"}
+_COMPLETIONS_REQUEST: dict[str, Any] = {
+    "type": "object",
+    "required": ["model", "prompt"],
+    "description": "One prompt per request; n, best_of > 1, suffix and logprobs are refused.",
+    "properties": {
+        "model": _STR,
+        "prompt": {"oneOf": [_STR, {"type": "array", "items": _STR, "minItems": 1, "maxItems": 1}]},
+        "max_tokens": {"type": "integer", "minimum": 1, "default": 16},
+        "temperature": {"type": "number", "minimum": 0, "maximum": 2},
+        "top_p": {"type": "number", "minimum": 0, "maximum": 1},
+        "stop": _STOP,
+        "seed": {"type": "integer"},
+        "echo": {"type": "boolean"},
+        "n": {"type": "integer", "minimum": 1, "maximum": 1},
+        "best_of": {"type": "integer", "minimum": 1, "maximum": 1},
+        "frequency_penalty": {"type": "number", "minimum": -2, "maximum": 2},
+        "presence_penalty": {"type": "number", "minimum": -2, "maximum": 2},
+        "logit_bias": {"type": "object", "additionalProperties": {"type": "integer"}},
+        "user": _STR,
+        "stream": {"type": "boolean"},
+        "stream_options": {"type": "object", "properties": {"include_usage": {"type": "boolean"}}},
+    },
+}
+_INPUT_PART = {
+    "type": "object",
+    "required": ["type"],
+    "properties": {
+        "type": {
+            "type": "string",
+            "enum": ["input_text", "output_text", "refusal", "input_image", "input_file"],
+        },
+        "text": _STR,
+        "refusal": _STR,
+        "image_url": _STR,
+        "detail": {"type": "string", "enum": ["low", "high", "auto"]},
+        "file_data": _STR,
+        "file_id": _STR,
+        "filename": _STR,
+    },
+}
+_INPUT_ITEM = {
+    "type": "object",
+    "description": "A message (role, content), a function_call (call_id, name, arguments) "
+    "or a function_call_output (call_id, output).",
+    "properties": {
+        "type": {
+            "type": "string",
+            "enum": ["message", "function_call", "function_call_output"],
+        },
+        "role": {"type": "string", "enum": ["user", "system", "developer", "assistant"]},
+        "content": {"oneOf": [_STR, {"type": "array", "items": _INPUT_PART}]},
+        "call_id": _STR,
+        "name": _STR,
+        "arguments": _STR,
+        "output": _STR,
+    },
+}
+_FUNCTION_TOOL = {
+    "type": "object",
+    "required": ["type", "name"],
+    "properties": {
+        "type": {"type": "string", "enum": ["function"]},
+        "name": {"type": "string", "maxLength": 64},
+        "description": _STR,
+        "parameters": {"type": "object"},
+        "strict": {"type": "boolean"},
+    },
+}
+_RESPONSES_REQUEST: dict[str, Any] = {
+    "type": "object",
+    "required": ["model", "input"],
+    "description": "Stateless: nothing is stored, so previous_response_id, conversation, "
+    "background and item references are refused; only function tools.",
+    "properties": {
+        "model": _STR,
+        "input": {"oneOf": [_STR, {"type": "array", "items": _INPUT_ITEM, "minItems": 1}]},
+        "instructions": _STR,
+        "tools": {"type": "array", "items": _FUNCTION_TOOL},
+        "tool_choice": {
+            "oneOf": [
+                {"type": "string", "enum": ["none", "auto", "required"]},
+                {
+                    "type": "object",
+                    "required": ["type", "name"],
+                    "properties": {
+                        "type": {"type": "string", "enum": ["function"]},
+                        "name": _STR,
+                    },
+                },
+            ]
+        },
+        "text": {
+            "type": "object",
+            "properties": {
+                "format": {
+                    "type": "object",
+                    "required": ["type"],
+                    "properties": {
+                        "type": {"type": "string", "enum": ["text", "json_object", "json_schema"]},
+                        "name": _STR,
+                        "schema": {"type": "object"},
+                        "strict": {"type": "boolean"},
+                        "description": _STR,
+                    },
+                },
+                "verbosity": {"type": "string", "enum": ["low", "medium", "high"]},
+            },
+        },
+        "reasoning": {
+            "type": "object",
+            "properties": {
+                "effort": {"type": "string", "enum": ["minimal", "low", "medium", "high"]},
+            },
+        },
+        "max_output_tokens": {"type": "integer", "minimum": 1},
+        "temperature": {"type": "number", "minimum": 0, "maximum": 2},
+        "top_p": {"type": "number", "minimum": 0, "maximum": 1},
+        "parallel_tool_calls": {"type": "boolean"},
+        "metadata": {"type": "object", "additionalProperties": _STR},
+        "store": {"type": "boolean", "description": "accepted; nothing is stored"},
+        "user": _STR,
+        "stream": {"type": "boolean"},
+    },
+}
+_STREAMING_OR_JSON = {
+    "application/json": {"schema": _ANY_OBJECT},
+    "text/event-stream": {"schema": _STR},
+}
 
 
 def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
@@ -194,6 +322,10 @@ def _get(summary: str, ok: dict[str, Any], *, public: bool = False) -> dict[str,
     if public:
         operation["security"] = []
     return {"get": operation}
+
+
+def _with_model(schema: dict[str, Any], model: dict[str, Any]) -> dict[str, Any]:
+    return {**schema, "properties": {**schema["properties"], "model": model}}
 
 
 _WS_DESCRIPTION = (
@@ -246,6 +378,16 @@ def openapi_document(models: tuple[str, ...] = ("echo",)) -> dict[str, Any]:
                     "text/event-stream": {"schema": _STR},
                 },
             },
+        ),
+        "/v1/completions": _post(
+            "OpenAI legacy text completions (streaming with `stream: true`)",
+            _with_model(_COMPLETIONS_REQUEST, model_name),
+            {"description": "A text_completion, or its chunks", "content": _STREAMING_OR_JSON},
+        ),
+        "/v1/responses": _post(
+            "OpenAI Responses, stateless (streaming with `stream: true`)",
+            _with_model(_RESPONSES_REQUEST, model_name),
+            {"description": "A response, or response.* events", "content": _STREAMING_OR_JSON},
         ),
         "/v1/models": _get("The models served", _json(_ANY_OBJECT)),
         "/v1/models/{model}": model,

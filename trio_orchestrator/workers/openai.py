@@ -34,7 +34,9 @@ def _bearer(key: Secret) -> dict[str, str]:
 
 
 def _message(message: Message) -> dict[str, Any]:
-    out: dict[str, Any] = {"role": message.role, "content": message.content}
+    # Content parts (images, files…) when the content was an array, else the text.
+    content = [dict(part) for part in message.parts] if message.parts else message.content
+    out: dict[str, Any] = {"role": message.role, "content": content}
     if message.name is not None:
         out["name"] = message.name
     if message.tool_calls:
