@@ -68,3 +68,30 @@ def test_only_zero_temperature_is_deterministic(temperature: float | None, expec
 def test_seed_alone_is_not_deterministic() -> None:
     """A seed with a sampled temperature does not make a request deterministic."""
     assert not is_deterministic(make(temperature=0.7, seed=1))
+
+
+def test_messages_alike_in_text_but_not_in_their_parts_do_not_share_a_key() -> None:
+    """Two chats with the same text but different images (or roles on the wire) differ."""
+
+    def chat(url: str, role: str = "user") -> PromptRequest:
+        parts = (
+            {"type": "text", "text": "what is this?"},
+            {"type": "image_url", "image_url": {"url": url}},
+        )
+        wire = {"role": role, "content": list(parts)}
+        return PromptRequest(messages=(Message("user", "what is this?", parts=parts, wire=wire),))
+
+    assert request_key(chat("https://a.example/cat.png")) != request_key(
+        chat("https://a.example/dog.png")
+    )
+    assert request_key(chat("https://a.example/cat.png")) == request_key(
+        chat("https://a.example/cat.png")
+    )
+    plain = PromptRequest(
+        messages=(Message("system", "hi", wire={"role": "system", "content": "hi"}),)
+    )
+    developer = PromptRequest(
+        messages=(Message("system", "hi", wire={"role": "developer", "content": "hi"}),)
+    )
+    assert request_key(plain) == request_key(PromptRequest(messages=(Message("system", "hi"),)))
+    assert request_key(plain) != request_key(developer)
