@@ -268,12 +268,13 @@ def test_a_member_outside_its_documented_type_is_a_400_naming_it(
     assert gw.received() == []
 
 
-def test_a_string_where_a_content_part_belongs_is_described_as_a_string(gw: Gateway) -> None:
-    """The error for ``content: ["hello"]`` says a string was found, not an object."""
-    body = {"model": "fake-model", "messages": [{"role": "user", "content": ["hello"]}]}
+def test_a_content_part_of_an_unknown_type_is_described_by_its_type(gw: Gateway) -> None:
+    """The error for a part ``{"type": "video"}`` quotes the string "video", not "an object"."""
+    body = {"model": "fake-model", "messages": [{"role": "user", "content": [{"type": "video"}]}]}
     with pytest.raises(openai.BadRequestError) as caught:
         create(gw, body)
-    assert "got the string 'hello'" in caught.value.message
+    assert "got the string 'video'" in caught.value.message
+    assert '"image_url"' in caught.value.message
 
 
 def test_the_refused_value_is_quoted_in_the_message(gw: Gateway) -> None:

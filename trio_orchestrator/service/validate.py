@@ -58,11 +58,12 @@ def _describe(value: object) -> str:
     return "an object"
 
 
-def parse_json_object(body: bytes | str) -> Fields:
+def parse_json_object(body: bytes | str, what: str = "the request body") -> Fields:
     """Parse a request body that must be a JSON object, refusing what no upstream can carry.
 
     Args:
         body: the request body (UTF-8 JSON).
+        what: what the body is, for error messages (a WebSocket message, say).
 
     Returns:
         The body's members.
@@ -75,16 +76,16 @@ def parse_json_object(body: bytes | str) -> Fields:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        message = f"the request body is not valid JSON ({exc}); send a JSON object"
+        message = f"{what} is not valid JSON ({exc}); send a JSON object"
         raise ApiError(400, message, code="invalid_json") from None
     if not isinstance(data, dict):
-        raise ApiError(400, f"the request body must be a JSON object, got {_describe(data)}")
-    if _poisoned(data):  # rare: only a huge integral float sends us here
+        raise ApiError(400, f"{what} must be a JSON object, got {_describe(data)}")
+    if _poisoned(data, what):  # rare: only a huge integral float sends us here
         _check_integers(body)
     return Fields(data)
 
 
-def _poisoned(data: dict[str, Any]) -> bool:
+def _poisoned(data: dict[str, Any], what: str) -> bool:
     """Check the nesting depth; whether a float may stand for an out-of-range integer.
 
     orjson reads an integer beyond 64 bits as a float, silently; such a float is integral
@@ -97,7 +98,7 @@ def _poisoned(data: dict[str, Any]) -> bool:
     level: list[Any] = [data]
     for depth in range(1, MAX_DEPTH + 2):
         if depth > MAX_DEPTH:
-            message = f"the request body is nested deeper than {MAX_DEPTH} levels"
+            message = f"{what} is nested deeper than {MAX_DEPTH} levels"
             raise ApiError(400, message, code="invalid_json")
         below: list[Any] = []
         for container in level:
