@@ -70,17 +70,28 @@ def test_seed_alone_is_not_deterministic() -> None:
     assert not is_deterministic(make(temperature=0.7, seed=1))
 
 
-def test_content_parts_split_the_key() -> None:
-    """Two messages with the same text but different images never share a cached or
-    coalesced answer."""
+def test_messages_alike_in_text_but_not_in_their_parts_do_not_share_a_key() -> None:
+    """Two chats with the same text but different images (or roles on the wire) differ."""
 
-    def with_image(url: str) -> PromptRequest:
+    def chat(url: str, role: str = "user") -> PromptRequest:
         parts = (
-            {"type": "text", "text": "What is this?"},
+            {"type": "text", "text": "what is this?"},
             {"type": "image_url", "image_url": {"url": url}},
         )
-        return PromptRequest(messages=[Message("user", "What is this?", parts=parts)])
+        wire = {"role": role, "content": list(parts)}
+        return PromptRequest(messages=(Message("user", "what is this?", parts=parts, wire=wire),))
 
-    assert request_key(with_image("https://a.example/cat.png")) != request_key(
-        with_image("https://a.example/dog.png")
+    assert request_key(chat("https://a.example/cat.png")) != request_key(
+        chat("https://a.example/dog.png")
     )
+    assert request_key(chat("https://a.example/cat.png")) == request_key(
+        chat("https://a.example/cat.png")
+    )
+    plain = PromptRequest(
+        messages=(Message("system", "hi", wire={"role": "system", "content": "hi"}),)
+    )
+    developer = PromptRequest(
+        messages=(Message("system", "hi", wire={"role": "developer", "content": "hi"}),)
+    )
+    assert request_key(plain) == request_key(PromptRequest(messages=(Message("system", "hi"),)))
+    assert request_key(plain) != request_key(developer)

@@ -1,7 +1,8 @@
 """The identity of a request's answer: what coalescing and the cache key on.
 
 Two requests share a key exactly when a provider would see the same inference call: the same
-model, the same chat (roles, contents, names, tool calls), the same retrieved context and the
+model, the same chat (roles, contents, names, tool calls; content parts and the client's own
+message objects, when the request has them), the same retrieved context and the
 same output-shaping parameters (``temperature``, ``top_p``, ``max_tokens``, ``stop``,
 ``tools``, ``tool_choice``, ``seed``, ``extra``). Fields that only label or schedule the
 request (``request_id``, ``session``, ``meta``, ``deadline``, ``timeout``, ``priority``) are
@@ -61,8 +62,23 @@ def is_deterministic(request: PromptRequest) -> bool:
 def _message(message: Message) -> list[Any]:
     calls = [[c.id, c.name, c.arguments] for c in message.tool_calls]
     key = [message.role, message.content, message.name, calls, message.tool_call_id]
-    # Content parts (images, files) differ where the text may not; plain text keeps its key.
-    return [*key, _plain(message.parts)] if message.parts else key
+    wire = message.wire
+    if wire is not None and not _says_no_more(wire, message):
+        # Images, audio, files, a developer role, a refusal… reach the upstream too: two
+        # requests alike in their text but not in these must not share an answer.
+        key.append(_plain(wire))
+    elif message.parts:
+        key.append(_plain(message.parts))
+    return key
+
+
+def _says_no_more(wire: Mapping[str, Any], message: Message) -> bool:
+    """Whether the client's message object is just the typed role and text (the usual one)."""
+    return (
+        len(wire) == 2
+        and wire.get("role") == message.role
+        and wire.get("content") == message.content
+    )
 
 
 def _tool(tool: Tool) -> list[Any]:

@@ -10,11 +10,13 @@ from typing import Any
 import attrs
 
 from ..events import Completion, StreamEvent, TextDelta, ToolCallDelta, ToolCallStart, Usage
-from ..types import GenerationParams, Message, PromptRequest, Tool, ToolCall
+from ..types import TYPED_MEMBERS, GenerationParams, Message, PromptRequest, Tool, ToolCall
+from .chat_schema import CHAT_MEMBERS, CHAT_SCHEMA, MESSAGE, MESSAGES, check_members
 from .errors import ApiError
-from .validate import Fields, invalid
+from .validate import Fields
 
 __all__ = [
+    "CHAT_MEMBERS",
     "ChatRequest",
     "ChunkWriter",
     "completion_body",
@@ -24,8 +26,11 @@ __all__ = [
 ]
 
 _ROLES = {"system": "system", "developer": "system", "user": "user"}
-_ROLES |= {"assistant": "assistant", "tool": "tool"}
-_TOOL_CHOICES = ("none", "auto", "required")
+_ROLES |= {"assistant": "assistant", "tool": "tool", "function": "tool"}
+
+# The members that describe how the gateway answers its client, not what to generate: they
+# stay out of GenerationParams.extra (the worker decides how it talks to its upstream).
+_TRANSPORT = frozenset(["model", "messages", "stream", "stream_options"])
 
 
 @attrs.frozen
@@ -48,6 +53,12 @@ def parse_chat_request(
 ) -> ChatRequest:
     """Validate an OpenAI chat-completions body and turn it into a :class:`ChatRequest`.
 
+    Every member OpenAI documents is checked against its documented type and range
+    (:data:`CHAT_MEMBERS`); every member but ``model``, ``messages``, ``stream`` and
+    ``stream_options`` goes into ``params.extra`` exactly as sent, unknown members included
+    (that is how vLLM's, Ollama's and OpenRouter's own options travel). Each message keeps
+    the client's object as ``Message.wire`` and its content parts as ``Message.parts``.
+
     Args:
         body: the JSON body.
         models: the models served; any other ``model`` is a 404 (empty: any model).
@@ -55,87 +66,106 @@ def parse_chat_request(
         request: further :class:`PromptRequest` fields (priority, request_id).
 
     Raises:
-        ApiError: 400 naming the bad field, or 404 for an unknown model.
+        ApiError: 400 naming the bad field (``param`` is its path), or 404 for an unknown
+            model.
     """
-    model = body.text("model", required=True, max_length=256)
-    assert model is not None
+    data = body.data
+    check_members(data, skip=("messages",))
+    model: str = data["model"]
     if models and model not in models:
         message = f"the model {model!r} does not exist; GET /v1/models lists the models served"
         raise ApiError(404, message, code="model_not_found", param="model")
-    n = body.integer("n", minimum=1, maximum=1)
-    del n  # only n=1 is supported; the bound check above says so
-    user = body.text("user", max_length=256)
-    stream_options = body.object("stream_options")
-    params = _params(body, model)
     labels = dict(meta)
-    if user:
+    if user := data.get("user"):
         labels["user"] = user
-    prompt = PromptRequest(messages=_messages(body), params=params, meta=labels, **request)
-    include_usage = stream_options is not None and stream_options.flag("include_usage")
-    return ChatRequest(prompt, body.flag("stream"), include_usage)
+    prompt = PromptRequest(
+        messages=_messages(body), params=_params(data, model), meta=labels, **request
+    )
+    stream_options = data.get("stream_options") or {}
+    include_usage = stream_options.get("include_usage") is True
+    return ChatRequest(prompt, data.get("stream") is True, include_usage)
 
 
 # The members _params reads; a body with none of them has the default parameters.
-_PARAMETERS = frozenset(
-    [
-        "max_completion_tokens",
-        "max_tokens",
-        "temperature",
-        "top_p",
-        "stop",
-        "tools",
-        "tool_choice",
-        "seed",
-    ]
-)
+_PARAMETERS = TYPED_MEMBERS | {"functions", "function_call"}
 
 
-def _params(body: Fields, model: str) -> GenerationParams:
-    if _PARAMETERS.isdisjoint(body.data):  # the usual request: no reader has work to do
+def _params(data: Mapping[str, Any], model: str) -> GenerationParams:
+    if len(data) == 2:  # the usual request, {model, messages}: nothing else to read
         return GenerationParams(model=model)
-    return _read_params(body, model)
+    extra = {name: value for name, value in data.items() if name not in _TRANSPORT}
+    if _PARAMETERS.isdisjoint(data):
+        return GenerationParams(model=model, extra=extra)
+    return _read_params(data, model, extra)
 
 
-def _read_params(body: Fields, model: str) -> GenerationParams:
+def _read_params(data: Mapping[str, Any], model: str, extra: dict[str, Any]) -> GenerationParams:
+    """The typed view of an already checked body."""
+    max_tokens = data.get("max_completion_tokens")
+    tools = _tools(data.get("tools") or ()) or _functions(data.get("functions") or ())
+    choice = data.get("tool_choice")
     return GenerationParams(
         model=model,
-        max_tokens=_max_tokens(body),
-        temperature=body.number("temperature", minimum=0, maximum=2),
-        top_p=body.number("top_p", minimum=0, maximum=1),
-        stop=_stop(body),
-        tools=_tools(body),
-        tool_choice=_tool_choice(body),
-        seed=body.integer("seed"),
+        max_tokens=max_tokens if max_tokens is not None else data.get("max_tokens"),
+        temperature=_float(data.get("temperature")),
+        top_p=_float(data.get("top_p")),
+        stop=_stop_value(data.get("stop")),
+        tools=tools,
+        tool_choice=choice if choice is not None else _function_choice(data.get("function_call")),
+        seed=data.get("seed"),
+        extra=extra,
     )
 
 
-def _max_tokens(body: Fields) -> int | None:
-    value: int | None = body.integer("max_completion_tokens", minimum=1)
-    return value if value is not None else body.integer("max_tokens", minimum=1)
+def _float(value: float | None) -> float | None:
+    return None if value is None else float(value)
+
+
+def _stop_value(value: str | list[str] | None) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    return (value,) if isinstance(value, str) else tuple(value)
 
 
 def _stop(body: Fields) -> tuple[str, ...]:
+    """The ``stop`` member (a string or up to 4 strings) as a tuple.
+
+    Raises:
+        ApiError: 400 when it is anything else.
+    """
     value = body.data.get("stop")
-    if value is None:
-        return ()
-    if isinstance(value, str):
-        return (value,)
-    if isinstance(value, list) and len(value) <= 4 and all(isinstance(s, str) for s in value):
-        return tuple(value)
-    raise invalid("stop", "a string or an array of up to 4 strings", value)
+    if value is not None:
+        CHAT_SCHEMA["stop"].check(value, body._path("stop"))
+    return _stop_value(value)
+
+
+def _tools(tools: Sequence[Mapping[str, Any]]) -> tuple[Tool, ...]:
+    """The function tools (custom tools have no typed form; they travel in ``extra``)."""
+    return _functions([t["function"] for t in tools if t["type"] == "function"])
+
+
+def _functions(functions: Sequence[Mapping[str, Any]]) -> tuple[Tool, ...]:
+    return tuple(
+        Tool(f["name"], f.get("description") or "", f.get("parameters") or {}) for f in functions
+    )
+
+
+def _function_choice(value: str | Mapping[str, Any] | None) -> str | Mapping[str, Any] | None:
+    """The deprecated ``function_call`` as a ``tool_choice``."""
+    if value is None or isinstance(value, str):
+        return value
+    return {"type": "function", "function": {"name": value["name"]}}
 
 
 def _messages(body: Fields) -> tuple[Message, ...]:
-    items = body.array("messages", required=True, max_items=4096)
-    if not items:
-        raise invalid("messages", "a non-empty array of messages", items)
+    items = MESSAGES.check_shape(body.data.get("messages"), body._path("messages"))
     return tuple(
         _plain_message(item) or _message(body.item("messages", i, item))
         for i, item in enumerate(items)
     )
 
 
-_PLAIN_ROLES = {role: value for role, value in _ROLES.items() if role != "tool"}
+_PLAIN_ROLES = {role: value for role, value in _ROLES.items() if role not in ("tool", "function")}
 
 
 def _plain_message(item: Any) -> Message | None:
@@ -146,78 +176,47 @@ def _plain_message(item: Any) -> Message | None:
     role, content = item.get("role"), item.get("content")
     if type(role) is not str or type(content) is not str or role not in _PLAIN_ROLES:
         return None
-    return Message(_PLAIN_ROLES[role], content)
+    return Message(_PLAIN_ROLES[role], content, wire=item)
 
 
 def _message(fields: Fields) -> Message:
-    role = fields.text("role", required=True)
-    if role not in _ROLES:
-        raise invalid(fields._path("role"), f"one of {sorted(_ROLES)}", role)
-    tool_call_id = fields.text("tool_call_id")
-    if role == "tool" and tool_call_id is None:
-        raise invalid(fields._path("tool_call_id"), "the id of the call answered", missing=True)
-    calls = fields.array("tool_calls")
+    """One message of any role, checked against OpenAI's schema, with its typed view."""
+    data = fields.data
+    MESSAGE.check(data, fields.path)
+    role = data["role"]
+    content = data.get("content")
+    parts = tuple(content) if isinstance(content, list) else ()
+    calls = tuple(_tool_call(call) for call in data.get("tool_calls") or ())
+    if (function_call := data.get("function_call")) is not None:
+        calls += (
+            ToolCall(function_call["name"], function_call["name"], function_call["arguments"]),
+        )
+    tool_call_id = data.get("tool_call_id")
+    if role == "function":  # answers the deprecated function_call, whose id is its name
+        tool_call_id = data["name"]
     return Message(
         role=_ROLES[role],
-        content=_content(fields),
-        name=fields.text("name", max_length=256),
-        tool_calls=tuple(_tool_call(fields.item("tool_calls", i, c)) for i, c in enumerate(calls)),
+        content=_text(content),
+        name=data.get("name") if role != "function" else None,
+        tool_calls=calls,
         tool_call_id=tool_call_id,
+        parts=parts,
+        wire=data,
     )
 
 
-def _content(fields: Fields) -> str:
-    value = fields.data.get("content")
-    path = fields._path("content")
-    if value is None or isinstance(value, str):
-        return value or ""
-    if not isinstance(value, list):
-        raise invalid(path, "a string, null, or an array of text parts", value)
-    parts = []
-    for i, part in enumerate(value):
-        item = fields.item("content", i, part)
-        if item.text("type", required=True) != "text":
-            raise invalid(f"{path}[{i}].type", '"text" (only text parts are supported)', part)
-        parts.append(item.text("text", required=True) or "")
-    return "".join(parts)
+def _text(content: str | list[Mapping[str, Any]] | None) -> str:
+    """The text of a message's content: the string, or its text parts joined."""
+    if content is None or isinstance(content, str):
+        return content or ""
+    return "".join(part["text"] for part in content if part["type"] == "text")
 
 
-def _tool_call(fields: Fields) -> ToolCall:
-    function = fields.object("function", required=True)
-    assert function is not None
-    name = function.text("name", required=True, max_length=256)
-    assert name is not None
-    call_id = fields.text("id", required=True, max_length=256)
-    assert call_id is not None
-    return ToolCall(call_id, name, function.text("arguments") or "")
-
-
-def _tools(body: Fields) -> tuple[Tool, ...]:
-    tools = []
-    for i, item in enumerate(body.array("tools", max_items=128)):
-        fields = body.item("tools", i, item)
-        if fields.text("type", required=True) != "function":
-            raise invalid(fields._path("type"), '"function"', fields.data.get("type"))
-        function = fields.object("function", required=True)
-        assert function is not None
-        name = function.text("name", required=True, max_length=64)
-        assert name is not None
-        parameters = function.object("parameters")
-        description = function.text("description") or ""
-        tools.append(Tool(name, description, parameters.data if parameters else {}))
-    return tuple(tools)
-
-
-def _tool_choice(body: Fields) -> str | Mapping[str, Any] | None:
-    value = body.data.get("tool_choice")
-    if value is None or value in _TOOL_CHOICES:
-        return value
-    expected = 'one of "none", "auto", "required" or {"type": "function", "function": {...}}'
-    choice = body.object("tool_choice") if isinstance(value, dict) else None
-    function = choice.object("function") if choice is not None else None
-    if function is None or function.text("name", required=True) is None:
-        raise invalid("tool_choice", expected, value)
-    return {"type": "function", "function": {"name": function.data["name"]}}
+def _tool_call(call: Mapping[str, Any]) -> ToolCall:
+    if call["type"] == "custom":  # a custom tool's input is free text, not JSON arguments
+        return ToolCall(call["id"], call["custom"]["name"], call["custom"]["input"])
+    function = call["function"]
+    return ToolCall(call["id"], function["name"], function["arguments"])
 
 
 # ----------------------------------------------------------------- responses

@@ -5,6 +5,8 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
+from .chat_schema import CHAT_SCHEMA, MESSAGE
+
 __all__ = ["openapi_document"]
 
 _STR = {"type": "string"}
@@ -24,94 +26,17 @@ _ERROR = {
         }
     },
 }
-_TEXT_PART = {
-    "type": "object",
-    "required": ["type", "text"],
-    "properties": {"type": {"type": "string", "enum": ["text"]}, "text": _STR},
-}
-_MESSAGE = {
-    "type": "object",
-    "required": ["role"],
-    "properties": {
-        "role": {"type": "string", "enum": ["system", "developer", "user", "assistant", "tool"]},
-        "content": {
-            "nullable": True,
-            "oneOf": [_STR, {"type": "array", "items": _TEXT_PART}],
-        },
-        "name": _STR,
-        "tool_call_id": _STR,
-        "tool_calls": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "required": ["id", "type", "function"],
-                "properties": {
-                    "id": _STR,
-                    "type": {"type": "string", "enum": ["function"]},
-                    "function": {
-                        "type": "object",
-                        "required": ["name"],
-                        "properties": {"name": _STR, "arguments": _STR},
-                    },
-                },
-            },
-        },
-    },
-}
-_TOOL = {
-    "type": "object",
-    "required": ["type", "function"],
-    "properties": {
-        "type": {"type": "string", "enum": ["function"]},
-        "function": {
-            "type": "object",
-            "required": ["name"],
-            "properties": {
-                "name": {"type": "string", "maxLength": 64},
-                "description": _STR,
-                "parameters": {"type": "object"},
-            },
-        },
-    },
-}
-_STOP = {"oneOf": [_STR, {"type": "array", "items": _STR, "maxItems": 4}]}
+_MESSAGE = MESSAGE.openapi()
+_STOP = CHAT_SCHEMA["stop"].openapi()
+# Rendered from the schema the door checks (chat_schema.py), so the two cannot disagree.
 _CHAT_REQUEST: dict[str, Any] = {
     "type": "object",
     "required": ["model", "messages"],
+    "description": "OpenAI's Chat Completions request. Members not listed here are accepted "
+    "and forwarded to OpenAI-compatible upstreams unchanged.",
     "properties": {
+        **{name: schema.openapi() for name, schema in CHAT_SCHEMA.items()},
         "model": {"type": "string", "description": "one of the ids GET /v1/models lists"},
-        "messages": {"type": "array", "minItems": 1, "items": _MESSAGE},
-        "stream": {"type": "boolean"},
-        "stream_options": {
-            "type": "object",
-            "properties": {"include_usage": {"type": "boolean"}},
-        },
-        "max_tokens": {"type": "integer", "minimum": 1},
-        "max_completion_tokens": {"type": "integer", "minimum": 1},
-        "temperature": {"type": "number", "minimum": 0, "maximum": 2},
-        "top_p": {"type": "number", "minimum": 0, "maximum": 1},
-        "n": {"type": "integer", "minimum": 1, "maximum": 1},
-        "stop": _STOP,
-        "seed": {"type": "integer"},
-        "tools": {"type": "array", "items": _TOOL},
-        "tool_choice": {
-            "oneOf": [
-                {"type": "string", "enum": ["none", "auto", "required"]},
-                {
-                    "type": "object",
-                    "required": ["type", "function"],
-                    "properties": {
-                        "type": {"type": "string", "enum": ["function"]},
-                        "function": {
-                            "type": "object",
-                            "required": ["name"],
-                            "properties": {"name": _STR},
-                        },
-                    },
-                },
-            ]
-        },
-        "user": _STR,
     },
 }
 _PROMPT_REQUEST: dict[str, Any] = {

@@ -2,6 +2,12 @@
 
 Each reader raises :class:`~.errors.ApiError` (400, ``param`` set to the field's path, such as
 ``messages[2].content``) saying what was expected and what was found.
+
+Bodies are parsed at the door by :func:`parse_json_object`, which refuses what the rest of
+the gateway could not carry: invalid UTF-8 and lone surrogates, ``NaN`` and infinities,
+nesting deeper than :data:`MAX_DEPTH`, and integers outside the 64-bit range. Each of those
+would otherwise pass the door and fail later, inside a worker's JSON encoder, as a 500 that
+counts against the provider's circuit breaker.
 """
 
 from __future__ import annotations
@@ -11,9 +17,21 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
+
 from .errors import ApiError
 
-__all__ = ["Fields", "invalid", "parse_json_object"]
+__all__ = ["MAX_DEPTH", "Fields", "invalid", "parse_json_object"]
+
+#: The deepest nesting a request body may have (the body object itself is depth 1). The
+#: workers' encoder (orjson) refuses documents nested 254 deep; this leaves room below it
+#: for a translation that nests a member a little deeper, and is far above any real JSON
+#: Schema or message.
+MAX_DEPTH = 128
+
+# The integers every upstream encoder can carry: signed and unsigned 64-bit.
+_INT_MIN = -(1 << 63)
+_INT_MAX = (1 << 64) - 1
 
 
 def invalid(path: str, expected: str, value: object = None, *, missing: bool = False) -> ApiError:
@@ -40,20 +58,87 @@ def _describe(value: object) -> str:
     return "an object"
 
 
-def parse_json_object(body: bytes) -> Fields:
-    """Parse a request body that must be a JSON object.
+def parse_json_object(body: bytes | str, what: str = "the request body") -> Fields:
+    """Parse a request body that must be a JSON object, refusing what no upstream can carry.
+
+    Args:
+        body: the request body (UTF-8 JSON).
+        what: what the body is, for error messages (a WebSocket message, say).
+
+    Returns:
+        The body's members.
 
     Raises:
-        ApiError: 400 when the body is not valid JSON or not an object.
+        ApiError: 400 when the body is not valid JSON (lone surrogates, ``NaN`` and invalid
+            UTF-8 included), not an object, nested deeper than :data:`MAX_DEPTH`, or holds
+            an integer outside the 64-bit range; ``param`` names the member when there is one.
     """
     try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, ValueError) as exc:
-        message = f"the request body is not valid JSON ({exc}); send a JSON object"
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        message = f"{what} is not valid JSON ({exc}); send a JSON object"
         raise ApiError(400, message, code="invalid_json") from None
     if not isinstance(data, dict):
-        raise ApiError(400, f"the request body must be a JSON object, got {_describe(data)}")
+        raise ApiError(400, f"{what} must be a JSON object, got {_describe(data)}")
+    if _poisoned(data, what):  # rare: only a huge integral float sends us here
+        _check_integers(body)
     return Fields(data)
+
+
+def _poisoned(data: dict[str, Any], what: str) -> bool:
+    """Check the nesting depth; whether a float may stand for an out-of-range integer.
+
+    orjson reads an integer beyond 64 bits as a float, silently; such a float is integral
+    and at least 2**63 in size, so only then is the body read again to tell the two apart.
+
+    Raises:
+        ApiError: 400 when the body is nested deeper than :data:`MAX_DEPTH`.
+    """
+    suspect = False
+    level: list[Any] = [data]
+    for depth in range(1, MAX_DEPTH + 2):
+        if depth > MAX_DEPTH:
+            message = f"{what} is nested deeper than {MAX_DEPTH} levels"
+            raise ApiError(400, message, code="invalid_json")
+        below: list[Any] = []
+        for container in level:
+            for value in container.values() if type(container) is dict else container:
+                if type(value) is dict or type(value) is list:
+                    below.append(value)
+                elif type(value) is float and abs(value) >= 2**63 and value.is_integer():
+                    suspect = True
+        if not below:
+            break
+        level = below
+    return suspect
+
+
+def _check_integers(body: bytes | str) -> None:
+    """Refuse an integer outside the 64-bit range, naming the member that holds it.
+
+    Raises:
+        ApiError: 400 naming the first such integer's path.
+    """
+    path = _big_integer(json.loads(body), "")
+    if path is not None:
+        expected = f"an integer in [{_INT_MIN}, {_INT_MAX}] (64 bits)"
+        message = f"`{path or 'the body'}` must be {expected}, got an integer outside that range"
+        raise ApiError(400, message, code="invalid_value", param=path or None)
+
+
+def _big_integer(value: Any, path: str) -> str | None:
+    """The path of the first integer outside the 64-bit range in ``value``, or ``None``."""
+    if isinstance(value, dict):
+        items: Any = ((f"{path}.{k}" if path else k, v) for k, v in value.items())
+    elif isinstance(value, list):
+        items = ((f"{path}[{i}]", v) for i, v in enumerate(value))
+    else:
+        bad = isinstance(value, int) and not _INT_MIN <= value <= _INT_MAX
+        return path if bad else None
+    for item_path, item in items:
+        if (found := _big_integer(item, item_path)) is not None:
+            return found
+    return None
 
 
 class Fields:

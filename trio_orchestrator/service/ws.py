@@ -31,7 +31,7 @@ from .errors import ApiError, map_exception, outcome_of
 from .guard import Caller, caller_of
 from .native import event_json, parse_prompt_request
 from .state import ServiceState, service_of
-from .validate import Fields, invalid
+from .validate import Fields, invalid, parse_json_object
 
 __all__ = ["websocket_endpoint"]
 
@@ -123,13 +123,8 @@ class _Connection:
 def _parse(text: str | None) -> Fields:
     if text is None:
         raise ApiError(400, "send JSON text messages, not binary ones", code="invalid_json")
-    try:
-        data = json.loads(text)
-    except ValueError:
-        raise ApiError(400, "the message is not valid JSON", code="invalid_json") from None
-    if not isinstance(data, dict):
-        raise ApiError(400, "the message must be a JSON object", code="invalid_json")
-    return Fields(data)
+    # The door every JSON body goes through: what no upstream can carry is refused here.
+    return parse_json_object(text, "the message")
 
 
 def _id(fields: Fields) -> str:

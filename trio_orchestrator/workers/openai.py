@@ -17,7 +17,7 @@ import orjson
 from ..config.secret import Secret
 from ..errors import MalformedResponse, ProviderConnectionError
 from ..events import Done, TextDelta, ToolCallDelta, ToolCallStart, Usage
-from ..types import Message, PromptRequest, ToolCall
+from ..types import Message, PromptRequest, Tool, ToolCall
 from ._sse import ServerSentEvent
 from .base import EventSink
 from .http import HTTPProvider, Timeouts, error_from_body, wire_format_guard
@@ -34,13 +34,17 @@ def _bearer(key: Secret) -> dict[str, str]:
 
 
 def _message(message: Message) -> dict[str, Any]:
-    # Content parts (images, files…) when the content was an array, else the text.
-    content = [dict(part) for part in message.parts] if message.parts else message.content
-    out: dict[str, Any] = {"role": message.role, "content": content}
+    """The message as the client sent it when it came in this format; else built from the
+    typed members, content parts included."""
+    if message.wire is not None:
+        return dict(message.wire)
+    out: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.parts:
+        out["content"] = [dict(part) for part in message.parts]
     if message.name is not None:
         out["name"] = message.name
     if message.tool_calls:
-        out["content"] = message.content or None
+        out["content"] = out["content"] or None
         out["tool_calls"] = [
             {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
             for c in message.tool_calls
@@ -50,9 +54,46 @@ def _message(message: Message) -> dict[str, Any]:
     return out
 
 
+def _tool(tool: Tool) -> dict[str, Any]:
+    parameters = dict(tool.parameters) or {"type": "object", "properties": {}}
+    function = {"name": tool.name, "description": tool.description, "parameters": parameters}
+    return {"type": "function", "function": function}
+
+
+# The members a typed parameter may have been read from: when ``extra`` holds one of them,
+# the typed parameter is only a view of it and is not sent again.
+_READ_FROM = {
+    "max_tokens": ("max_tokens", "max_completion_tokens"),
+    "tools": ("tools", "functions"),
+    "tool_choice": ("tool_choice", "function_call"),
+}
+
+
 def chat_body(request: PromptRequest, *, stream: bool) -> dict[str, Any]:
-    """The ``/chat/completions`` JSON body for ``request``."""
+    """The ``/chat/completions`` JSON body for ``request``: what the client sent, exactly.
+
+    Each message is its ``wire`` object when it has one (the client's message, unchanged),
+    else it is built from the typed members. Then come the typed parameters, then every
+    member of ``params.extra`` unchanged. A typed parameter is left out when ``extra`` holds
+    the member it was read from (``max_tokens`` from ``max_completion_tokens``, ``tools``
+    from the deprecated ``functions``, ``tool_choice`` from ``function_call``), so the
+    client's choice of member stays its own. A body the
+    service parsed thus reaches the upstream as the client sent it, with two rewrites only:
+
+    - ``model`` is the upstream's model (the router resolves aliases and deployments);
+    - ``stream`` and ``stream_options`` say how *this worker* reads the answer: when it
+      streams, ``"stream": true, "stream_options": {"include_usage": true}``; when it does
+      not, neither member. The client's own are about the gateway's answer to it.
+
+    Args:
+        request: the request.
+        stream: ask the upstream for server-sent events.
+
+    Returns:
+        The JSON body.
+    """
     p = request.params
+    extra = p.extra
     body: dict[str, Any] = {"model": p.model, "messages": [_message(m) for m in request.chat()]}
     optional = {
         "max_tokens": p.max_tokens,
@@ -61,24 +102,18 @@ def chat_body(request: PromptRequest, *, stream: bool) -> dict[str, Any]:
         "seed": p.seed,
         "tool_choice": p.tool_choice,
         "stop": list(p.stop) or None,
+        "tools": [_tool(t) for t in p.tools] or None,
     }
-    body.update({k: v for k, v in optional.items() if v is not None})
-    if p.tools:
-        body["tools"] = [
-            {
-                "type": "function",
-                "function": {
-                    "name": t.name,
-                    "description": t.description,
-                    "parameters": dict(t.parameters) or {"type": "object", "properties": {}},
-                },
-            }
-            for t in p.tools
-        ]
+    for name, value in optional.items():
+        if value is not None and extra.keys().isdisjoint(_READ_FROM.get(name, (name,))):
+            body[name] = value
+    body.update(extra)
+    body.pop("stream_options", None)
     if stream:
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
-    body.update(p.extra)
+    else:
+        body.pop("stream", None)
     return body
 
 
