@@ -66,15 +66,30 @@ class Gateway:
     kind: str
     _fake: FakeProvider
     _token: trio.lowlevel.TrioToken
+    _clients: list[openai.OpenAI | anthropic.Anthropic] = attrs.field(factory=list)
 
     def openai(self, **options: Any) -> openai.OpenAI:
-        """The official OpenAI SDK's client, pointed at the gateway (no retries)."""
+        """The official OpenAI SDK's client, pointed at the gateway (no retries); closed
+        when the test ends."""
         url = self.url + "/v1"
-        return openai.OpenAI(base_url=url, api_key="sk-client", max_retries=0, **options)
+        client = openai.OpenAI(base_url=url, api_key="sk-client", max_retries=0, **options)
+        self._clients.append(client)
+        return client
 
     def anthropic(self, **options: Any) -> anthropic.Anthropic:
-        """The official Anthropic SDK's client, pointed at the gateway (no retries)."""
-        return anthropic.Anthropic(base_url=self.url, api_key="sk-client", max_retries=0, **options)
+        """The official Anthropic SDK's client, pointed at the gateway (no retries); closed
+        when the test ends."""
+        client = anthropic.Anthropic(
+            base_url=self.url, api_key="sk-client", max_retries=0, **options
+        )
+        self._clients.append(client)
+        return client
+
+    def close_clients(self) -> None:
+        """Close the SDK clients made so far (an open one warns when collected, and warnings
+        are errors)."""
+        while self._clients:
+            self._clients.pop().close()
 
     def script(self, *behaviours: Behaviour) -> None:
         """Queue how the upstream answers the next requests, one behaviour each."""
@@ -137,11 +152,14 @@ def start_gateway(kind: str, make_config: ConfigFactory) -> _Running:
         raise started
     fake, url, token = started
 
+    gateway = Gateway(url, kind, fake, token)
+
     def stop() -> None:
+        gateway.close_clients()
         trio.from_thread.run_sync(stopped[0].set, trio_token=token)
         thread.join(timeout=30)
 
-    return _Running(thread, stop, Gateway(url, kind, fake, token))
+    return _Running(thread, stop, gateway)
 
 
 @pytest.fixture(scope="module", params=UPSTREAM_KINDS)
@@ -162,7 +180,8 @@ def gateway(upstream_kind: str) -> Iterator[Gateway]:
 
 
 @pytest.fixture
-def gw(gateway: Gateway) -> Gateway:
+def gw(gateway: Gateway) -> Iterator[Gateway]:
     """The module's gateway, its upstream's record cleared for this test."""
     gateway.clear()
-    return gateway
+    yield gateway
+    gateway.close_clients()

@@ -439,7 +439,7 @@ class FakeProvider:
         finish = b.finish_reason or ("end_turn" if anthropic else "stop")
         if b.tool_calls:
             finish = b.finish_reason or ("tool_use" if anthropic else "tool_calls")
-        limit = body.get("max_tokens")
+        limit = body.get("max_completion_tokens", body.get("max_tokens"))
         if isinstance(limit, int) and len(tokens) > limit:
             tokens, finish = tokens[:limit], ("max_tokens" if anthropic else "length")
         model = str(body.get("model", "fake-model"))
