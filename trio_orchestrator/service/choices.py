@@ -105,12 +105,15 @@ async def complete_choices(
     """
     waiter = _Waiter()
     started: list[PendingRequest] = []
+    failed: PendingRequest | None = None
     gone = False
     try:
         for request in choice_requests(prompt, n):
             started.append(pipeline.try_start(request, waiter.wake))
         # Nothing runs between this check and the wait below: an end after it wakes it.
-        while not all(p.done for p in started) and not any(_failed(p) for p in started):
+        while not all(p.done for p in started):
+            if (failed := next((p for p in started if _failed(p)), None)) is not None:
+                break
             with trio.CancelScope() as waiter.scope:
                 if (await receive())["type"] == "http.disconnect":
                     gone = True
@@ -122,9 +125,10 @@ async def complete_choices(
             pending.cancel(reason)
     if gone:
         raise ClientGone
-    for pending in started:
-        if _failed(pending):
-            pending.result()
+    if failed is None:
+        failed = next((p for p in started if _failed(p)), None)
+    if failed is not None:
+        failed.result()  # raises what it ended with
     return [p.result() for p in started]
 
 
