@@ -10,7 +10,8 @@ usage member beyond the three counts travels verbatim in ``Usage.details``. Memb
 does not interpret travel as :class:`~..events.Passthrough` events: in a stream, per chunk,
 the delta's and the choice's members that are present and not null (``refusal``,
 ``reasoning_content``, ``audio``, ``annotations``, ``logprobs``…) and the top-level ones
-(``system_fingerprint``, ``service_tier``, llama.cpp's ``timings``…) when they change; in a
+(``system_fingerprint``, ``service_tier``, llama.cpp's ``timings``…) when they change, with
+the next event (so that the first event is still the first token); in a
 JSON answer, one event with every member beyond those read (``id``, ``object``, ``created``,
 ``model``, ``choices``, ``usage``; ``index``, ``message``, ``finish_reason``; ``role``,
 ``content``, ``tool_calls``), nulls included. OpenAI's per-chunk ``obfuscation`` padding is
@@ -149,6 +150,7 @@ class _ChatStream:
     _model: str | None = None
     _top: dict[str, Any] = attrs.field(factory=dict)  # watched member -> value passed on
     _names: frozenset[str] = _ANSWER_READ  # the top-level names read or watched
+    _held: dict[str, Any] | None = None  # changed top-level members not emitted yet
 
     async def event(self, event: ServerSentEvent) -> None:
         data = event.data
@@ -163,9 +165,12 @@ class _ChatStream:
         # them and passed on when they change: a constant system_fingerprint costs a lookup.
         if not self._names.issuperset(chunk):
             self._watch(chunk)
-        top = self._changed(chunk) if self._top else None
+        if self._top and (top := self._changed(chunk)):
+            self._held = top if self._held is None else {**self._held, **top}
         if (usage := chunk.get("usage")) is not None and (usage := _usage(usage)) is not None:
             self._usage = usage
+            if self._held:
+                await self._release()
             await self.emit(usage)
         for choice in chunk.get("choices") or ():
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
@@ -173,33 +178,35 @@ class _ChatStream:
             # Inline rather than a method: this runs once per streamed token.
             delta = choice.get("delta") or {}
             if (
-                top
-                or not _CHOICE_PLAIN.issuperset(choice)
+                not _CHOICE_PLAIN.issuperset(choice)
                 or choice.get("logprobs") is not None
                 or not _MESSAGE_READ.issuperset(delta)
             ):
                 # Before the text it came with, so that the answer carries them together.
-                passed = Passthrough(
-                    top or {}, _present(choice, _CHOICE_READ), _present(delta, _MESSAGE_READ)
-                )
-                if passed.choice or passed.message:
+                extra, message = _present(choice, _CHOICE_READ), _present(delta, _MESSAGE_READ)
+                if extra or message:
                     # A token all the same (reasoning, refusal): the first-token wait is over.
                     self.started = True
-                    await self.emit(passed)
-                elif passed.response:
-                    await self.emit(passed)
-                top = None
+                    await self.emit(Passthrough(self._held or {}, extra, message))
+                    self._held = None
             if content := delta.get("content"):
                 self.started = True
                 self._text.append(content)
+                if self._held:
+                    await self._release()
                 await self.emit(TextDelta(content))
             if calls := delta.get("tool_calls"):
                 for call in calls:
                     await self._tool_call(call)
             if finish := choice.get("finish_reason"):
                 self._finish = finish
-        if top:
-            await self.emit(Passthrough(top))
+
+    async def _release(self) -> None:
+        """Emit the top-level members held back: they go out with the next event, so that
+        the first event is the first token (for time to first token, retries, fallbacks)."""
+        held, self._held = self._held, None
+        if held:
+            await self.emit(Passthrough(held))
 
     def _watch(self, chunk: Mapping[str, Any]) -> None:
         """Watch the chunk's top-level members not seen before."""
@@ -222,6 +229,8 @@ class _ChatStream:
 
     async def _tool_call(self, call: Mapping[str, Any]) -> None:
         self.started = True
+        if self._held:
+            await self._release()
         index = int(call.get("index", len(self._calls)))
         function = call.get("function") or {}
         if index not in self._calls:
@@ -242,6 +251,7 @@ class _ChatStream:
         calls = tuple(
             ToolCall(*self._call_ids[i], "".join(self._calls[i])) for i in sorted(self._calls)
         )
+        await self._release()
         await self.emit(Done(self._finish, "".join(self._text), self._usage, calls, self._model))
 
 
