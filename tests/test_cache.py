@@ -15,11 +15,13 @@ from trio_orchestrator import (
     Done,
     EchoWorker,
     GenerationParams,
+    Passthrough,
     PromptRequest,
     ServerError,
     StreamEvent,
     TextDelta,
     Tool,
+    Usage,
     open_pipeline,
 )
 from trio_orchestrator.resilience import CacheConfig, CacheLayer, LRUStore
@@ -210,3 +212,38 @@ async def test_miss_and_hit_keep_the_worker_contract(request_: PromptRequest) ->
     assert await collect(layer, request_) == expected
     assert await collect(layer, request_) == expected
     assert layer.statistics().hits == 1
+
+
+@attrs.define(eq=False)
+class RichWorker:
+    """Answers with members passed through and usage details, counting its calls."""
+
+    calls: int = 0
+
+    async def generate(self, request: PromptRequest, emit: EventSink) -> None:
+        self.calls += 1
+        await emit(Passthrough({"system_fingerprint": "fp_1"}, {"logprobs": {"content": []}}))
+        await emit(TextDelta("Hi"))
+        await emit(Passthrough(message={"refusal": None, "annotations": []}))
+        usage = Usage(9, 2, cached_input_tokens=8, reasoning_tokens=1, details=DETAILS)
+        await emit(usage)
+        await emit(Done("stop", "Hi", usage))
+
+
+DETAILS = {"prompt_tokens_details": {"cached_tokens": 8}, "completion_tokens_details": {}}
+
+
+async def test_a_hit_replays_passthrough_members_and_usage_details() -> None:
+    """A cached answer keeps its Passthrough events and its usage details."""
+    inner = RichWorker()
+    layer = CacheLayer(inner, CacheConfig(enabled=True))
+    first = await collect(layer, greedy())
+    second = await collect(layer, greedy())
+    assert inner.calls == 1
+    for completion in (first, second):
+        assert completion.passthrough is not None
+        assert completion.passthrough.response == {"system_fingerprint": "fp_1"}
+        assert completion.passthrough.choice == {"logprobs": {"content": []}}
+        assert completion.passthrough.message == {"refusal": None, "annotations": []}
+        assert completion.usage == Usage(9, 2, cached_input_tokens=8, reasoning_tokens=1)
+        assert completion.usage.details == DETAILS

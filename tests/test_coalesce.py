@@ -16,6 +16,7 @@ from trio_orchestrator import (
     EchoWorker,
     GenerationParams,
     Overloaded,
+    Passthrough,
     PipelineConfig,
     PromptRequest,
     StreamEvent,
@@ -365,3 +366,45 @@ async def test_subscriber_expiring_leaves_the_others_their_answer(
     assert isinstance(outcomes["impatient"], DeadlineExceeded)
     assert outcomes["patient"] == "hello there world"
     assert (worker.calls, stats.coalesced, stats.abandoned) == (1, 1, 0)
+
+
+@attrs.define(eq=False)
+class RichWorker:
+    """Answers slowly with members passed through and usage details, counting its calls."""
+
+    calls: int = 0
+
+    async def generate(self, request: PromptRequest, emit: EventSink) -> None:
+        self.calls += 1
+        await emit(Passthrough({"service_tier": "default"}, message={"reasoning_content": "so"}))
+        await trio.sleep(0.5)
+        await emit(TextDelta("Hi"))
+        usage = Usage(9, 2, cached_input_tokens=8, details={"prompt_tokens_details": {"x": 1}})
+        await emit(usage)
+        await emit(Done("stop", "Hi", usage))
+
+
+async def test_followers_get_passthrough_members_and_usage_details(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A follower of a shared call gets the leader's Passthrough events and usage details."""
+    inner = RichWorker()
+    completions = []
+    async with trio.open_nursery() as flights:
+        layer = CoalescingLayer(inner, CoalescingConfig(), flights)
+
+        async def ask() -> None:
+            completions.append(await collect(layer, greedy()))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ask)
+            await trio.sleep(0.1)
+            nursery.start_soon(ask)
+    assert inner.calls == 1
+    for completion in completions:
+        assert completion.passthrough is not None
+        assert completion.passthrough.response == {"service_tier": "default"}
+        assert completion.passthrough.message == {"reasoning_content": "so"}
+        assert completion.usage is not None
+        assert completion.usage.details == {"prompt_tokens_details": {"x": 1}}
+        assert completion.usage.cached_input_tokens == 8

@@ -15,7 +15,7 @@ from trio_orchestrator import Config, PromptRequest, open_pipeline
 from trio_orchestrator.distributed import DistributedConfig
 from trio_orchestrator.distributed.answers import SharedAnswerLayer
 from trio_orchestrator.errors import ServerError
-from trio_orchestrator.events import Done, TextDelta, Usage
+from trio_orchestrator.events import Done, Passthrough, TextDelta, Usage
 from trio_orchestrator.pipeline import Pipeline
 from trio_orchestrator.resilience import ResilienceConfig, iter_layers
 from trio_orchestrator.resilience.config import CacheConfig, CoalescingConfig
@@ -257,3 +257,36 @@ async def test_a_follower_mid_answer_is_told_when_the_leader_dies(
             await consume()
     assert seen == [TextDelta("half ")]
     assert upstream.calls == 0
+
+
+@attrs.define
+class RichUpstream:
+    """Answers with members passed through and usage details, counting its calls."""
+
+    calls: int = 0
+
+    async def generate(self, request: PromptRequest, emit: EventSink) -> None:
+        self.calls += 1
+        logprobs = {"content": [{"token": "Hi", "logprob": -0.5, "bytes": [72, 105]}]}
+        await emit(Passthrough({"system_fingerprint": "fp_1"}, {"logprobs": logprobs}))
+        await emit(TextDelta("Hi"))
+        usage = Usage(9, 2, 8, 0, 1, {"prompt_tokens_details": {"cached_tokens": 8}})
+        await emit(usage)
+        await emit(Done("stop", "Hi", usage))
+
+
+async def test_a_shared_answer_keeps_passthrough_members_and_usage_details(
+    redis_server: RedisServer,
+) -> None:
+    """An answer replayed from Redis has the same Passthrough members and usage details."""
+    first, second = RichUpstream(), RichUpstream()
+    async with processes(redis_server, [first, second], CacheConfig(enabled=True)) as (a, b):  # type: ignore[list-item]
+        stored = await a.submit(ask("hello"))
+        replayed = await b.submit(ask("hello"))
+    assert (first.calls, second.calls) == (1, 0)
+    for completion in (stored, replayed):
+        assert completion.passthrough is not None
+        assert completion.passthrough.response == {"system_fingerprint": "fp_1"}
+        assert completion.passthrough.choice["logprobs"]["content"][0]["bytes"] == [72, 105]
+        assert completion.usage == Usage(9, 2, 8, 0, 1)
+        assert completion.usage.details == {"prompt_tokens_details": {"cached_tokens": 8}}

@@ -8,6 +8,7 @@ from trio_orchestrator import (
     Accumulator,
     Done,
     EventGrammarError,
+    Passthrough,
     StreamEvent,
     TextDelta,
     ToolCall,
@@ -15,6 +16,7 @@ from trio_orchestrator import (
     ToolCallStart,
     Usage,
 )
+from trio_orchestrator.events import merge_passthrough
 
 
 def test_accumulator_joins_text_tool_calls_and_usage() -> None:
@@ -59,3 +61,43 @@ def test_accumulator_rejects_broken_grammar(events: list[StreamEvent], message: 
         acc.add(event)
     with pytest.raises(EventGrammarError, match=message):
         acc.add(events[-1])
+
+
+def test_merge_passthrough_concatenates_pieces_and_replaces_top_level_members() -> None:
+    """Refusal pieces and logprobs concatenate; objects merge; top-level members are replaced."""
+    first = Passthrough(
+        {"system_fingerprint": "fp_1", "service_tier": "default"},
+        {"logprobs": {"content": [{"token": "I"}], "refusal": None}},
+        {"refusal": "I'm", "audio": {"id": "a1", "transcript": "I"}},
+    )
+    second = Passthrough(
+        {"system_fingerprint": "fp_2"},
+        {"logprobs": {"content": [{"token": "'m"}]}},
+        {"refusal": " sorry", "audio": {"transcript": "'m"}},
+    )
+    merged = merge_passthrough(merge_passthrough(None, first), second)
+    assert merged.response == {"system_fingerprint": "fp_2", "service_tier": "default"}
+    assert merged.choice == {
+        "logprobs": {"content": [{"token": "I"}, {"token": "'m"}], "refusal": None}
+    }
+    assert merged.message == {"refusal": "I'm sorry", "audio": {"id": "a1", "transcript": "I'm"}}
+
+
+def test_accumulator_folds_passthrough_into_the_completion() -> None:
+    """Passthrough events between text deltas end up folded on the completion."""
+    acc = Accumulator()
+    events: list[StreamEvent] = [
+        Passthrough({"system_fingerprint": "fp"}, message={"reasoning_content": "Let me "}),
+        Passthrough(message={"reasoning_content": "think."}),
+        Passthrough(choice={"logprobs": {"content": [{"token": "Hi"}]}}),
+        TextDelta("Hi"),
+        Done("stop"),
+    ]
+    for event in events:
+        acc.add(event)
+    passed = acc.completion("r1").passthrough
+    assert passed is not None
+    assert passed.response == {"system_fingerprint": "fp"}
+    assert passed.message == {"reasoning_content": "Let me think."}
+    assert passed.choice == {"logprobs": {"content": [{"token": "Hi"}]}}
+    assert Accumulator().completion("r2").passthrough is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import attrs
 import pytest
 import trio
 import trio.testing
@@ -12,10 +13,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from trio_orchestrator.errors import BadRequest, RateLimited, ServerError
-from trio_orchestrator.events import Done, TextDelta
+from trio_orchestrator.events import Done, Passthrough, TextDelta
 from trio_orchestrator.resilience import RetryConfig, RetryLayer
 from trio_orchestrator.resilience.retry import backoff_cap
 from trio_orchestrator.types import PromptRequest
+from trio_orchestrator.workers.base import EventSink
 
 REQUEST = PromptRequest(input="hi")
 
@@ -161,3 +163,33 @@ async def test_backoff_is_full_jitter_below_its_cap(
         waits.append(await _sleeps(layer, autojump_clock))
     assert all(0.0 <= wait <= 2.0 for wait in waits)
     assert len(set(waits)) > 1
+
+
+@attrs.define(eq=False)
+class CutOnce:
+    """Sends a passed-through member and a token, fails once, then answers in full."""
+
+    calls: int = 0
+
+    async def generate(self, request: PromptRequest, emit: EventSink) -> None:
+        self.calls += 1
+        await emit(Passthrough({"system_fingerprint": "fp"}, {"logprobs": {"content": []}}))
+        await emit(TextDelta("a"))
+        if self.calls == 1:
+            raise ServerError("cut")
+        await emit(TextDelta("b"))
+        await emit(Done("stop", "ab"))
+
+
+async def test_restart_stream_repeats_passed_through_members_seamlessly(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A restarted attempt that repeats the Passthrough events sent is not taken as diverged."""
+    worker = CutOnce()
+    layer = RetryLayer(worker, RetryConfig(enabled=True, restart_stream=True))
+    recorder = Recorder()
+    await layer.generate(REQUEST, recorder)
+    assert worker.calls == 2
+    assert [type(e).__name__ for e in recorder.events] == [
+        "Passthrough", "TextDelta", "TextDelta", "Done",
+    ]  # fmt: skip

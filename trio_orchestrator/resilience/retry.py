@@ -29,7 +29,7 @@ import attrs
 import trio
 
 from ..errors import WorkerError
-from ..events import StreamEvent
+from ..events import Passthrough, StreamEvent
 from ..observability.tracing import attempt_span
 from ..types import PromptRequest
 from ..workers.base import EventSink, ModelWorker
@@ -71,6 +71,14 @@ class StreamDiverged(Exception):
     """A restarted attempt emitted something other than what the caller already has."""
 
 
+def _same(new: StreamEvent, old: StreamEvent) -> bool:
+    """Whether a restarted attempt repeats an event: by value (a Passthrough, which
+    compares by identity, by its members)."""
+    if isinstance(new, Passthrough) and isinstance(old, Passthrough):
+        return (new.response, new.choice, new.message) == (old.response, old.choice, old.message)
+    return new == old
+
+
 @attrs.define(eq=False)
 class _Resume:
     """The emit of every attempt: forwards events, counting them; on a restarted attempt,
@@ -88,7 +96,7 @@ class _Resume:
 
     async def __call__(self, event: StreamEvent) -> None:
         if self.position < self.forwarded:
-            if event != self.sent[self.position]:
+            if not _same(event, self.sent[self.position]):
                 raise StreamDiverged
             self.position += 1
             return

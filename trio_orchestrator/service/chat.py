@@ -9,7 +9,16 @@ from typing import Any
 
 import attrs
 
-from ..events import Completion, StreamEvent, TextDelta, ToolCallDelta, ToolCallStart, Usage
+from ..events import (
+    Completion,
+    Passthrough,
+    StreamEvent,
+    TextDelta,
+    ToolCallDelta,
+    ToolCallStart,
+    Usage,
+    merge_passthrough,
+)
 from ..types import TYPED_MEMBERS, GenerationParams, Message, PromptRequest, Tool, ToolCall
 from .chat_schema import CHAT_MEMBERS, CHAT_SCHEMA, MESSAGE, MESSAGES, check_members
 from .errors import ApiError
@@ -20,8 +29,10 @@ __all__ = [
     "ChatRequest",
     "ChunkWriter",
     "completion_body",
+    "completions_body",
     "json_bytes",
     "parse_chat_request",
+    "total_usage",
     "usage_body",
 ]
 
@@ -220,6 +231,12 @@ def _tool_call(call: Mapping[str, Any]) -> ToolCall:
 
 
 # ----------------------------------------------------------------- responses
+#
+# An answer carries what the upstream sent: the usage details (cached, cache-write and
+# reasoning token counts over the upstream's own usage members), and the members the
+# workers pass through uninterpreted (Passthrough: logprobs, refusal, annotations,
+# reasoning_content, system_fingerprint, service_tier…), each in its place. Several
+# completions make one answer of several choices (``n``).
 
 
 # One encoder for every call: json.dumps builds a new one per call when given separators.
@@ -232,16 +249,66 @@ def json_bytes(data: Any) -> bytes:
     return _ENCODER.encode(data).encode()
 
 
-def usage_body(usage: Usage | None) -> dict[str, int] | None:
-    """OpenAI's ``usage`` object."""
+def _details(body: dict[str, Any], name: str, **counts: int) -> None:
+    """Set the non-zero ``counts`` in ``body[name]``, over what the upstream sent there;
+    zeros too when the upstream sent that object."""
+    sent = body.get(name)
+    if isinstance(sent, Mapping):
+        body[name] = {**sent, **{k: v for k, v in counts.items() if v or k in sent}}
+    elif any(counts.values()):
+        body[name] = {k: v for k, v in counts.items() if v}
+
+
+def usage_body(usage: Usage | None) -> dict[str, Any] | None:
+    """OpenAI's ``usage`` object: the counts, then the upstream's further members as it
+    sent them, with ``prompt_tokens_details.cached_tokens`` (and ``cache_write_tokens``,
+    OpenRouter's name for Anthropic's cache creation) and
+    ``completion_tokens_details.reasoning_tokens`` set from the counts the gateway read."""
     if usage is None:
         return None
-    total = usage.input_tokens + usage.output_tokens
-    return {
+    body: dict[str, Any] = {
         "prompt_tokens": usage.input_tokens,
         "completion_tokens": usage.output_tokens,
-        "total_tokens": total,
+        "total_tokens": usage.input_tokens + usage.output_tokens,
     }
+    cached, written, reasoning = (
+        usage.cached_input_tokens,
+        usage.cache_write_tokens,
+        usage.reasoning_tokens,
+    )
+    if not (usage.details or cached or written or reasoning):
+        return body  # the usual answer
+    body.update(usage.details)
+    _details(body, "prompt_tokens_details", cached_tokens=cached, cache_write_tokens=written)
+    _details(body, "completion_tokens_details", reasoning_tokens=reasoning)
+    return body
+
+
+def _add(old: Any, new: Any) -> Any:
+    """Usage details added member by member (counts summed, other values kept)."""
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        return {**new, **{k: _add(v, new[k]) if k in new else v for k, v in old.items()}}
+    if type(old) is int and type(new) is int:
+        return old + new
+    return old
+
+
+def total_usage(usages: Sequence[Usage | None]) -> Usage | None:
+    """The usage of several completions answered as one (``n`` choices): summed."""
+    known = [u for u in usages if u is not None]
+    if not known:
+        return None
+    details: Any = {}
+    for usage in known:
+        details = _add(details, usage.details)
+    return Usage(
+        sum(u.input_tokens for u in known),
+        sum(u.output_tokens for u in known),
+        cached_input_tokens=sum(u.cached_input_tokens for u in known),
+        cache_write_tokens=sum(u.cache_write_tokens for u in known),
+        reasoning_tokens=sum(u.reasoning_tokens for u in known),
+        details=details,
+    )
 
 
 def _tool_calls_body(calls: Sequence[ToolCall]) -> list[dict[str, Any]]:
@@ -251,56 +318,100 @@ def _tool_calls_body(calls: Sequence[ToolCall]) -> list[dict[str, Any]]:
     ]
 
 
-def completion_body(completion: Completion, model: str) -> dict[str, Any]:
-    """A ``chat.completion`` object for a finished request."""
+def _choice_body(completion: Completion, index: int) -> dict[str, Any]:
+    passed = completion.passthrough
     message: dict[str, Any] = {"role": "assistant", "content": completion.text or None}
     if completion.tool_calls:
         message["tool_calls"] = _tool_calls_body(completion.tool_calls)
-    elif message["content"] is None:
-        message["content"] = ""
-    return {
-        "id": "chatcmpl-" + completion.request_id,
+    elif message["content"] is None and not (passed and passed.message.get("refusal")):
+        message["content"] = ""  # a refusal comes with null content, as OpenAI sends it
+    choice = {
+        "index": index,
+        "message": message,
+        "logprobs": None,
+        "finish_reason": completion.finish_reason,
+    }
+    if passed is not None:
+        message.update(passed.message)
+        choice.update(passed.choice)
+    return choice
+
+
+def completion_body(completion: Completion, model: str) -> dict[str, Any]:
+    """A ``chat.completion`` object for a finished request."""
+    return completions_body([completion], model)
+
+
+def completions_body(completions: Sequence[Completion], model: str) -> dict[str, Any]:
+    """A ``chat.completion`` object whose choices are ``completions``, in order (``n``):
+    the first one's id, model and top-level members, the usage summed."""
+    first = completions[0]
+    body = {
+        "id": "chatcmpl-" + first.request_id,
         "object": "chat.completion",
         "created": int(time.time()),
-        "model": completion.model or model,
-        "choices": [
-            {
-                "index": 0,
-                "message": message,
-                "finish_reason": completion.finish_reason,
-                "logprobs": None,
-            }
-        ],
-        "usage": usage_body(completion.usage),
+        "model": first.model or model,
+        "choices": [_choice_body(c, i) for i, c in enumerate(completions)],
+        "usage": usage_body(
+            first.usage if len(completions) == 1 else total_usage([c.usage for c in completions])
+        ),
     }
+    if first.passthrough is not None:
+        body.update(first.passthrough.response)
+    return body
 
 
 @attrs.define
 class ChunkWriter:
-    """Turns a request's events into ``chat.completion.chunk`` SSE payloads."""
+    """Turns a request's events into ``chat.completion.chunk`` SSE payloads.
+
+    Members passed through go where the upstream had them: a delta's (``refusal``,
+    ``reasoning_content``…) in a chunk of their own, with the choice's of the same upstream
+    chunk; a choice's alone (``logprobs``) with the next chunk, the text or tool call that
+    a worker emits after them (so a token's logprobs stay with it); top-level ones
+    (``system_fingerprint``) on every chunk from the one they came with.
+
+    Args:
+        request_id: the answer's id is ``chatcmpl-`` and this.
+        model: the model named in the chunks.
+        include_usage: each chunk has ``usage: null``, and a last one the usage.
+        index: the choice's index (several writers write the choices of one answer).
+        created: the answer's time (by default now).
+    """
 
     request_id: str
     model: str
     include_usage: bool
-    _created: int = attrs.field(init=False, factory=lambda: int(time.time()))
+    index: int = 0
+    created: int = attrs.field(factory=lambda: int(time.time()))
+    _top: dict[str, Any] = attrs.field(init=False, factory=dict)
+    _pending: Mapping[str, Any] | None = attrs.field(init=False, default=None)
 
-    def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+    def _chunk(
+        self, delta: dict[str, Any], finish_reason: str | None = None, *, pending: bool = True
+    ) -> bytes:
+        choice = {"index": self.index, "delta": delta, "finish_reason": finish_reason}
+        choice["logprobs"] = None
+        if pending and self._pending is not None:
+            choice.update(self._pending)
+            self._pending = None
         chunk: dict[str, Any] = {
             "id": "chatcmpl-" + self.request_id,
             "object": "chat.completion.chunk",
-            "created": self._created,
+            "created": self.created,
             "model": self.model,
-            "choices": [
-                {"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}
-            ],
+            "choices": [choice],
         }
+        if self._top:
+            chunk.update(self._top)
         if self.include_usage:
             chunk["usage"] = None
         return json_bytes(chunk)
 
     def first(self) -> bytes:
-        """The opening chunk, announcing the assistant's role."""
-        return self._chunk({"role": "assistant", "content": ""})
+        """The opening chunk, announcing the assistant's role (with the top-level members
+        of the events written so far, but not their tokens' choice members)."""
+        return self._chunk({"role": "assistant", "content": ""}, pending=False)
 
     def event(self, event: StreamEvent) -> bytes | None:
         """The chunk for one stream event, or ``None`` for events sent only at the end."""
@@ -313,19 +424,44 @@ class ChunkWriter:
         if isinstance(event, ToolCallDelta):
             call = {"index": event.index, "function": {"arguments": event.arguments}}
             return self._chunk({"tool_calls": [call]})
+        if isinstance(event, Passthrough):
+            return self._passthrough(event)
         return None
+
+    def _passthrough(self, event: Passthrough) -> bytes | None:
+        if event.response:
+            self._top = {**self._top, **event.response}
+        if event.choice:
+            pending = self._pending
+            if pending is not None:  # no token took them: they wait together
+                merged = merge_passthrough(
+                    Passthrough(choice=pending), Passthrough(choice=event.choice)
+                )
+                self._pending = merged.choice
+            else:
+                self._pending = event.choice
+        return self._chunk(dict(event.message)) if event.message else None
+
+    def finish(self, completion: Completion) -> bytes:
+        """The final chunk of the choice, with its finish reason."""
+        return self._chunk({}, completion.finish_reason)
+
+    def usage_chunk(self, usage: Usage | None) -> bytes:
+        """The chunk that ends an answer streamed with ``include_usage``: no choices."""
+        chunk: dict[str, Any] = {
+            "id": "chatcmpl-" + self.request_id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [],
+        }
+        chunk.update(self._top)
+        chunk["usage"] = usage_body(usage)
+        return json_bytes(chunk)
 
     def last(self, completion: Completion) -> list[bytes]:
         """The final chunk (with the finish reason), then the usage chunk when asked for."""
-        chunks = [self._chunk({}, completion.finish_reason)]
+        chunks = [self.finish(completion)]
         if self.include_usage:
-            usage = {
-                "id": "chatcmpl-" + self.request_id,
-                "object": "chat.completion.chunk",
-                "created": self._created,
-                "model": self.model,
-                "choices": [],
-                "usage": usage_body(completion.usage),
-            }
-            chunks.append(json_bytes(usage))
+            chunks.append(self.usage_chunk(completion.usage))
         return chunks

@@ -24,7 +24,15 @@ import attrs
 
 from ..errors import OrchestratorError
 from ..pipeline import Pipeline
-from .chat import ChatRequest, ChunkWriter, completion_body, json_bytes, parse_chat_request
+from .chat import (
+    ChatRequest,
+    ChunkWriter,
+    completion_body,
+    completions_body,
+    json_bytes,
+    parse_chat_request,
+)
+from .choices import complete_choices, stream_choices, take_choices
 from .errors import ApiError, map_exception
 from .guard import CatchAll, Guard, answer_crash, caller_of, send_error
 from .state import ServiceState
@@ -121,9 +129,15 @@ async def _answer(
     """
     try:
         pipeline = state.open_pipeline()
-        chat = _parse(state, scope, await _read_body(receive, guard))
+        chat, n = _parse(state, scope, await _read_body(receive, guard))
         if chat.stream:
-            return EventStream(partial(_stream_chat, pipeline, chat), _chat_error, b"[DONE]")
+            produce = partial(_stream_chat, pipeline, chat)
+            if n > 1:
+                produce = partial(stream_choices, pipeline, chat, n)
+            return EventStream(produce, _chat_error, b"[DONE]")
+        if n > 1:
+            completions = await complete_choices(receive, pipeline, chat.prompt, n)
+            return _json(200, completions_body(completions, chat.prompt.params.model))
         completion = await complete_unless_gone(receive, pipeline, chat.prompt)
         return _json(200, completion_body(completion, chat.prompt.params.model))
     except (ApiError, OrchestratorError) as exc:
@@ -131,11 +145,13 @@ async def _answer(
         return _json(error.status, error.body(), error.headers())
 
 
-def _parse(state: ServiceState, scope: Scope, body: bytes) -> ChatRequest:
+def _parse(state: ServiceState, scope: Scope, body: bytes) -> tuple[ChatRequest, int]:
+    """The request, and how many choices it asks for (``n``, see :mod:`.choices`)."""
     caller = caller_of(scope)
     extra = {} if caller.priority_cap is None else {"priority": caller.priority_cap}
     meta = caller.meta(_trace_headers(scope))
-    return parse_chat_request(parse_json_object(body), state.models, meta, **extra)
+    fields, n = take_choices(parse_json_object(body))
+    return parse_chat_request(fields, state.models, meta, **extra), n
 
 
 def _trace_headers(scope: Scope) -> dict[str, str] | None:

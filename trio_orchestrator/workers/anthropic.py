@@ -1,4 +1,19 @@
-"""A worker for Anthropic's Messages API (``/v1/messages``)."""
+"""A worker for Anthropic's Messages API (``/v1/messages``).
+
+Answers are folded into the gateway's events in OpenAI's terms:
+
+- usage: Anthropic's ``input_tokens`` counts only the prompt tokens after the last cache
+  breakpoint; the whole prompt is ``input_tokens + cache_read_input_tokens +
+  cache_creation_input_tokens`` (Anthropic's prompt-caching guide). :class:`~..events.Usage`
+  holds that sum as ``input_tokens``, with ``cached_input_tokens`` (read) and
+  ``cache_write_tokens`` (created) of it, so an OpenAI client sees ``prompt_tokens`` and
+  ``prompt_tokens_details.cached_tokens`` as OpenAI reports them.
+- ``thinking`` blocks: their text is passed on as the message's ``reasoning_content``
+  (:class:`~..events.Passthrough`), the name DeepSeek's and vLLM's OpenAI-compatible
+  servers use for a reasoning model's thoughts; signatures and ``redacted_thinking``
+  blocks have no place in that format and are not carried.
+- ``stop_reason``: mapped by :data:`STOP_REASONS` (``refusal`` is ``content_filter``).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +26,7 @@ import httpx
 
 from ..config.secret import Secret
 from ..errors import MalformedResponse, ProviderConnectionError
-from ..events import Done, TextDelta, ToolCallDelta, ToolCallStart, Usage
+from ..events import Done, Passthrough, TextDelta, ToolCallDelta, ToolCallStart, Usage
 from ..types import PromptRequest, ToolCall
 from ._sse import ServerSentEvent
 from .anthropic_request import messages_body
@@ -41,6 +56,23 @@ def _x_api_key(key: Secret) -> dict[str, str]:
     return {"x-api-key": key.reveal()}
 
 
+def _usage(raw: Mapping[str, Any]) -> Usage:
+    """Anthropic's ``usage`` in the gateway's terms: every prompt token counted as input."""
+    uncached = int(raw.get("input_tokens") or 0)
+    read = int(raw.get("cache_read_input_tokens") or 0)
+    written = int(raw.get("cache_creation_input_tokens") or 0)
+    return Usage(
+        uncached + read + written,
+        int(raw.get("output_tokens") or 0),
+        cached_input_tokens=read,
+        cache_write_tokens=written,
+    )
+
+
+def _reasoning(text: str) -> Passthrough:
+    return Passthrough(message={"reasoning_content": text})
+
+
 @attrs.define(eq=False)
 class _MessageStream:
     """Folds Messages API stream events into stream events."""
@@ -53,7 +85,7 @@ class _MessageStream:
     _tools: dict[int, int] = attrs.field(factory=dict)  # content block index -> call index
     _calls: list[list[str]] = attrs.field(factory=list)
     _call_ids: list[tuple[str, str]] = attrs.field(factory=list)
-    _input_tokens: int = 0
+    _prompt: Mapping[str, Any] = attrs.field(factory=dict)  # message_start's usage
     _usage: Usage | None = None
     _stop: str | None = None
     _model: str | None = None
@@ -66,7 +98,7 @@ class _MessageStream:
         if kind == "message_start":
             message = data.get("message") or {}
             self._model = message.get("model")
-            self._input_tokens = int((message.get("usage") or {}).get("input_tokens") or 0)
+            self._prompt = message.get("usage") or {}
         elif kind == "content_block_start":
             await self._block_start(int(data.get("index", 0)), data.get("content_block") or {})
         elif kind == "content_block_delta":
@@ -77,6 +109,9 @@ class _MessageStream:
             self.finished = True
 
     async def _block_start(self, index: int, block: Mapping[str, Any]) -> None:
+        if block.get("type") == "thinking" and (thought := block.get("thinking")):
+            self.started = True
+            await self.emit(_reasoning(thought))
         if block.get("type") != "tool_use":
             return
         self.started = True
@@ -92,6 +127,10 @@ class _MessageStream:
             self.started = True
             self._text.append(text)
             await self.emit(TextDelta(text))
+        elif kind == "thinking_delta" and (thought := delta.get("thinking")):
+            # A token all the same: the first-token wait is over while the model thinks.
+            self.started = True
+            await self.emit(_reasoning(thought))
         elif kind == "input_json_delta" and (part := delta.get("partial_json")):
             call = self._tools.get(index)
             if call is None:
@@ -109,8 +148,10 @@ class _MessageStream:
             self._stop = STOP_REASONS.get(stop, stop)
         usage = data.get("usage") or {}
         if "output_tokens" in usage:
-            inputs = int(usage.get("input_tokens") or self._input_tokens)
-            self._usage = Usage(inputs, int(usage["output_tokens"] or 0))
+            # message_delta's counts are cumulative; the prompt's may be there or only in
+            # message_start.
+            counts = {k: v for k, v in usage.items() if v is not None}
+            self._usage = _usage({**self._prompt, **counts})
             await self.emit(self._usage)
 
     async def end(self) -> None:
@@ -136,9 +177,12 @@ async def _emit_message(answer: Mapping[str, Any], provider: str, emit: EventSin
             provider=provider,
         )
     text: list[str] = []
+    thoughts: list[str] = []
     calls: list[ToolCall] = []
     for block in content:
-        if block.get("type") == "text" and block.get("text"):
+        if block.get("type") == "thinking" and block.get("thinking"):
+            thoughts.append(block["thinking"])
+        elif block.get("type") == "text" and block.get("text"):
             text.append(block["text"])
             await emit(TextDelta(block["text"]))
         elif block.get("type") == "tool_use":
@@ -147,8 +191,9 @@ async def _emit_message(answer: Mapping[str, Any], provider: str, emit: EventSin
             await emit(ToolCallStart(len(calls), call.id, call.name))
             await emit(ToolCallDelta(len(calls), call.arguments))
             calls.append(call)
-    raw = answer.get("usage") or {}
-    usage = Usage(int(raw.get("input_tokens") or 0), int(raw.get("output_tokens") or 0))
+    if thoughts:
+        await emit(_reasoning("".join(thoughts)))
+    usage = _usage(answer.get("usage") or {})
     await emit(usage)
     stop = str(answer.get("stop_reason") or "end_turn")
     await emit(

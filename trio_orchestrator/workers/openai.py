@@ -3,6 +3,19 @@
 OpenAI itself, vLLM, llama.cpp's server, Ollama, LM Studio and many more: point ``base_url``
 at the server's ``/v1`` (``https://api.openai.com/v1``, ``http://localhost:8000/v1``,
 ``http://localhost:11434/v1``…).
+
+Answers carry what the upstream sent. Usage: ``prompt_tokens_details.cached_tokens`` and
+``completion_tokens_details.reasoning_tokens`` are read into :class:`~..events.Usage`, and every
+usage member beyond the three counts travels verbatim in ``Usage.details``. Members the worker
+does not interpret travel as :class:`~..events.Passthrough` events: in a stream, per chunk,
+the delta's and the choice's members that are present and not null (``refusal``,
+``reasoning_content``, ``audio``, ``annotations``, ``logprobs``…) and the top-level ones
+(``system_fingerprint``, ``service_tier``, llama.cpp's ``timings``…) when they change, with
+the next event (so that the first event is still the first token); in a
+JSON answer, one event with every member beyond those read (``id``, ``object``, ``created``,
+``model``, ``choices``, ``usage``; ``index``, ``message``, ``finish_reason``; ``role``,
+``content``, ``tool_calls``), nulls included. OpenAI's per-chunk ``obfuscation`` padding is
+not carried: it pads the chunks of the hop it came on, and the gateway's chunks differ.
 """
 
 from __future__ import annotations
@@ -16,7 +29,7 @@ import orjson
 
 from ..config.secret import Secret
 from ..errors import MalformedResponse, ProviderConnectionError
-from ..events import Done, TextDelta, ToolCallDelta, ToolCallStart, Usage
+from ..events import Done, Passthrough, TextDelta, ToolCallDelta, ToolCallStart, Usage
 from ..types import Message, PromptRequest, Tool, ToolCall
 from ._sse import ServerSentEvent
 from .base import EventSink
@@ -117,10 +130,45 @@ def chat_body(request: PromptRequest, *, stream: bool) -> dict[str, Any]:
     return body
 
 
+# The members the worker reads; any other member of an answer is carried as a Passthrough.
+_USAGE_COUNTS = frozenset(["prompt_tokens", "completion_tokens", "total_tokens"])
+_ANSWER_READ = frozenset(["id", "object", "created", "model", "choices", "usage", "obfuscation"])
+_CHOICE_READ = frozenset(["index", "message", "delta", "finish_reason"])
+_MESSAGE_READ = frozenset(["role", "content", "tool_calls"])
+
+
+def _count(details: Any, name: str) -> int:
+    return int(details.get(name) or 0) if isinstance(details, Mapping) else 0
+
+
 def _usage(data: Any) -> Usage | None:
     if not isinstance(data, Mapping):
         return None
-    return Usage(int(data.get("prompt_tokens") or 0), int(data.get("completion_tokens") or 0))
+    details = {k: v for k, v in data.items() if k not in _USAGE_COUNTS}
+    prompt = details.get("prompt_tokens_details")
+    return Usage(
+        int(data.get("prompt_tokens") or 0),
+        int(data.get("completion_tokens") or 0),
+        cached_input_tokens=_count(prompt, "cached_tokens"),
+        # OpenRouter's name for prompt tokens written to the provider's cache.
+        cache_write_tokens=_count(prompt, "cache_write_tokens"),
+        reasoning_tokens=_count(details.get("completion_tokens_details"), "reasoning_tokens"),
+        details=details,
+    )
+
+
+# A choice and a delta with only these members (logprobs null) carry nothing more: the
+# usual chunk. (Set comparisons: this runs once per streamed token.)
+_CHOICE_PLAIN = frozenset(["index", "delta", "finish_reason", "logprobs"])
+
+
+def _present(data: Mapping[str, Any], read: frozenset[str]) -> dict[str, Any]:
+    """The members of a streamed object beyond those ``read`` that carry something."""
+    found = {}
+    for k, v in data.items():
+        if v is not None and k not in read:
+            found[k] = v
+    return found
 
 
 @attrs.define(eq=False)
@@ -137,6 +185,9 @@ class _ChatStream:
     _finish: str | None = None
     _usage: Usage | None = None
     _model: str | None = None
+    _top: dict[str, Any] = attrs.field(factory=dict)  # watched member -> value passed on
+    _names: frozenset[str] = _ANSWER_READ  # the top-level names read or watched
+    _held: dict[str, Any] | None = None  # changed top-level members not emitted yet
 
     async def event(self, event: ServerSentEvent) -> None:
         data = event.data
@@ -147,17 +198,39 @@ class _ChatStream:
         if "error" in chunk:
             raise error_from_body(chunk, provider=self.provider)
         self._model = chunk.get("model") or self._model
+        # Top-level members beyond those read are watched from the first chunk that has
+        # them and passed on when they change: a constant system_fingerprint costs a lookup.
+        if not self._names.issuperset(chunk):
+            self._watch(chunk)
+        if self._top and (top := self._changed(chunk)):
+            self._held = top if self._held is None else {**self._held, **top}
         if (usage := chunk.get("usage")) is not None and (usage := _usage(usage)) is not None:
             self._usage = usage
+            if self._held:
+                await self._release()
             await self.emit(usage)
         for choice in chunk.get("choices") or ():
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue
             # Inline rather than a method: this runs once per streamed token.
             delta = choice.get("delta") or {}
+            if (
+                not _CHOICE_PLAIN.issuperset(choice)
+                or choice.get("logprobs") is not None
+                or not _MESSAGE_READ.issuperset(delta)
+            ):
+                # Before the text it came with, so that the answer carries them together.
+                extra, message = _present(choice, _CHOICE_READ), _present(delta, _MESSAGE_READ)
+                if extra or message:
+                    # A token all the same (reasoning, refusal): the first-token wait is over.
+                    self.started = True
+                    await self.emit(Passthrough(self._held or {}, extra, message))
+                    self._held = None
             if content := delta.get("content"):
                 self.started = True
                 self._text.append(content)
+                if self._held:
+                    await self._release()
                 await self.emit(TextDelta(content))
             if calls := delta.get("tool_calls"):
                 for call in calls:
@@ -165,8 +238,36 @@ class _ChatStream:
             if finish := choice.get("finish_reason"):
                 self._finish = finish
 
+    async def _release(self) -> None:
+        """Emit the top-level members held back: they go out with the next event, so that
+        the first event is the first token (for time to first token, retries, fallbacks)."""
+        held, self._held = self._held, None
+        if held:
+            await self.emit(Passthrough(held))
+
+    def _watch(self, chunk: Mapping[str, Any]) -> None:
+        """Watch the chunk's top-level members not seen before."""
+        self._names = self._names.union(chunk)
+        for name in chunk:
+            if name not in _ANSWER_READ:
+                self._top.setdefault(name, None)
+
+    def _changed(self, chunk: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The watched members that the chunk has, not null, and new or changed."""
+        changed = None
+        for name, seen in self._top.items():
+            value = chunk.get(name)
+            if value is not None and value != seen:
+                changed = changed or {}
+                changed[name] = value
+        if changed:
+            self._top.update(changed)
+        return changed
+
     async def _tool_call(self, call: Mapping[str, Any]) -> None:
         self.started = True
+        if self._held:
+            await self._release()
         index = int(call.get("index", len(self._calls)))
         function = call.get("function") or {}
         if index not in self._calls:
@@ -187,6 +288,7 @@ class _ChatStream:
         calls = tuple(
             ToolCall(*self._call_ids[i], "".join(self._calls[i])) for i in sorted(self._calls)
         )
+        await self._release()
         await self.emit(Done(self._finish, "".join(self._text), self._usage, calls, self._model))
 
 
@@ -216,6 +318,13 @@ async def _emit_completion(answer: Mapping[str, Any], provider: str, emit: Event
             provider=provider,
         )
     message = choices[0].get("message") or {}
+    passthrough = Passthrough(
+        {k: v for k, v in answer.items() if k not in _ANSWER_READ},
+        {k: v for k, v in choices[0].items() if k not in _CHOICE_READ},
+        {k: v for k, v in message.items() if k not in _MESSAGE_READ},
+    )
+    if passthrough.response or passthrough.choice or passthrough.message:
+        await emit(passthrough)
     text = message.get("content") or ""
     if text:
         await emit(TextDelta(text))
