@@ -15,6 +15,7 @@ from ..events import Done, TextDelta, ToolCallDelta, ToolCallStart, Usage
 from ..types import Message, PromptRequest, ToolCall
 from ._sse import ServerSentEvent
 from .base import EventSink
+from .embeddings import cannot_embed
 from .http import HTTPProvider, Timeouts, error_from_body, wire_format_guard
 from .keys import KeyPool
 from .openai import _parse
@@ -283,7 +284,10 @@ class AnthropicWorker:
 
         Raises:
             ProviderError: a typed failure.
+            UnsupportedParameter: an embedding request (Anthropic has no embeddings).
         """
+        if request.embed is not None:
+            raise cannot_embed(request, self.name, "an Anthropic Messages provider")
         body = messages_body(request, stream=self.stream, max_tokens=self.max_tokens)
         if self.stream:
             await self._http.post_stream("/v1/messages", body, _MessageStream(self.name, emit))
