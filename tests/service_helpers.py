@@ -15,6 +15,7 @@ import trio
 from trio_orchestrator.config import Config, PipelineConfig
 from trio_orchestrator.config.service import ServiceConfig
 from trio_orchestrator.errors import WorkerError
+from trio_orchestrator.events import Done, Embeddings
 from trio_orchestrator.pipeline import Pipeline, open_pipeline
 from trio_orchestrator.service import create_app, serve
 from trio_orchestrator.types import PromptRequest
@@ -188,18 +189,19 @@ class RecordingWorker:
 
 @attrs.define(eq=False)
 class EmbeddingWorker:
-    """An echo worker that also embeds: each text becomes [length, word count]."""
+    """An echo worker whose embeddings are toys: each text becomes [length, word count]."""
 
     model: str = "echo"
 
     async def generate(self, request: PromptRequest, emit: EventSink) -> None:
-        """Echo the request."""
-        await EchoWorker().generate(request, emit)
-
-    async def embed(self, texts: list[str], model: str) -> list[list[float]]:
-        """A deterministic toy embedding."""
+        """Embed an embedding request; echo any other."""
+        if request.embed is None:
+            await EchoWorker().generate(request, emit)
+            return
         await trio.lowlevel.checkpoint()
-        return [[float(len(t)), float(len(t.split()))] for t in texts]
+        texts = [str(t) for t in request.embed]
+        await emit(Embeddings(tuple((float(len(t)), float(len(t.split()))) for t in texts)))
+        await emit(Done("stop", "", None, (), self.model))
 
 
 __all__ = [

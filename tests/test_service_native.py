@@ -136,21 +136,23 @@ async def test_stats_count_the_requests_served() -> None:
     assert (stats["submitted"], stats["completed"], stats["in_flight"]) == (3, 3, 0)
 
 
-async def test_embeddings_are_refused_clearly_by_the_echo_worker() -> None:
-    """The echo worker has no embeddings: 400 embeddings_not_supported, naming `model`."""
-    body = {"model": "echo", "input": "hi"}
+async def test_the_echo_worker_embeds_with_deterministic_fake_vectors() -> None:
+    """The offline service embeds: the same input gets the same unit vector, `dimensions` long."""
+    body = {"model": "echo", "input": ["a b", "c", "a b"], "dimensions": 5}
     async with running_service() as url, httpx.AsyncClient(base_url=url) as client:
         response = await client.post("/v1/embeddings", json=body)
-    error = response.json()["error"]
-    assert (response.status_code, error["code"], error["param"]) == (
-        400,
-        "embeddings_not_supported",
-        "model",
-    )
+        default = await client.post("/v1/embeddings", json={"model": "echo", "input": "x"})
+    answer = response.json()
+    vectors = [item["embedding"] for item in answer["data"]]
+    assert vectors[0] == vectors[2] != vectors[1]
+    assert [len(v) for v in vectors] == [5, 5, 5]
+    assert abs(sum(x * x for x in vectors[1]) - 1.0) < 1e-9
+    assert answer["usage"] == {"prompt_tokens": 5, "total_tokens": 5}  # words
+    assert len(default.json()["data"][0]["embedding"]) == 16
 
 
 async def test_embeddings_come_from_a_worker_that_embeds() -> None:
-    """With a worker that has `embed`, /v1/embeddings returns one vector per input."""
+    """With a worker that embeds, /v1/embeddings returns its vectors, one per input."""
     body = {"model": "echo", "input": ["a b", "c"]}
     async with (
         running_service(worker=EmbeddingWorker()) as url,

@@ -4,6 +4,7 @@ A worker turns a request into events::
 
     (TextDelta | ToolCallStart | ToolCallDelta | Usage | Passthrough)* Done
 
+(an embedding request, one with ``embed``: ``Embeddings (Usage | Passthrough)* Done``)
 or raises a :class:`~trio_orchestrator.errors.WorkerError` and emits nothing after it. A
 non-streaming answer is the accumulation of that stream (:class:`Accumulator`).
 """
@@ -21,6 +22,7 @@ __all__ = [
     "Accumulator",
     "Completion",
     "Done",
+    "Embeddings",
     "EventGrammarError",
     "Passthrough",
     "StreamEvent",
@@ -135,6 +137,18 @@ def merge_passthrough(old: Passthrough | None, new: Passthrough) -> Passthrough:
 
 
 @attrs.frozen
+class Embeddings:
+    """The answer to an embedding request: one vector per input, in input order.
+
+    Attributes:
+        vectors: the vectors, as the upstream gave them (a base64 answer decoded from its
+            little-endian float32).
+    """
+
+    vectors: tuple[tuple[float, ...], ...]
+
+
+@attrs.frozen
 class Done:
     """The last event of every successful stream.
 
@@ -154,7 +168,9 @@ class Done:
     model: str | None = None
 
 
-StreamEvent: TypeAlias = TextDelta | ToolCallStart | ToolCallDelta | Usage | Passthrough | Done
+StreamEvent: TypeAlias = (
+    TextDelta | ToolCallStart | ToolCallDelta | Usage | Passthrough | Embeddings | Done
+)
 
 
 @attrs.frozen
@@ -169,6 +185,7 @@ class Completion:
         tool_calls: complete tool calls.
         model: the model that answered, when known.
         passthrough: the upstream's uninterpreted members, folded (see :class:`Passthrough`).
+        embeddings: for an embedding request, the vectors (see :class:`Embeddings`).
     """
 
     request_id: str
@@ -178,6 +195,7 @@ class Completion:
     tool_calls: tuple[ToolCall, ...] = ()
     model: str | None = None
     passthrough: Passthrough | None = attrs.field(default=None, eq=False)
+    embeddings: tuple[tuple[float, ...], ...] = ()
 
 
 class EventGrammarError(Exception):
@@ -203,6 +221,7 @@ class Accumulator:
     _calls: dict[int, _OpenCall] = attrs.field(factory=dict, init=False)
     usage: Usage | None = attrs.field(default=None, init=False)
     passthrough: Passthrough | None = attrs.field(default=None, init=False)
+    embeddings: tuple[tuple[float, ...], ...] = attrs.field(default=(), init=False)
     done: Done | None = attrs.field(default=None, init=False)
 
     @property
@@ -242,6 +261,10 @@ class Accumulator:
             self.usage = event
         elif isinstance(event, Passthrough):
             self.passthrough = merge_passthrough(self.passthrough, event)
+        elif isinstance(event, Embeddings):
+            if self.embeddings:
+                raise EventGrammarError("a second Embeddings event")
+            self.embeddings = event.vectors
         else:
             if event.text and event.text != self.text:
                 raise EventGrammarError("Done.text differs from the accumulated deltas")
@@ -258,4 +281,5 @@ class Accumulator:
             tool_calls=done.tool_calls or self.tool_calls(),
             model=done.model,
             passthrough=self.passthrough,
+            embeddings=self.embeddings,
         )

@@ -6,13 +6,14 @@ import enum
 import math
 import os
 from collections.abc import Iterable, Mapping
-from typing import Any, Literal
+from typing import Any, Literal, TypeAlias
 
 import attrs
 
 __all__ = [
     "TYPED_MEMBERS",
     "Document",
+    "EmbeddingInput",
     "GenerationParams",
     "Message",
     "Priority",
@@ -184,6 +185,18 @@ def _to_messages(messages: Iterable[Message]) -> tuple[Message, ...]:
     return tuple(messages)
 
 
+#: One input of an embedding request: a text, or a text already split into token ids.
+EmbeddingInput: TypeAlias = str | tuple[int, ...]
+
+
+def _to_embed(
+    inputs: Iterable[str | Iterable[int]] | None,
+) -> tuple[EmbeddingInput, ...] | None:
+    if inputs is None:
+        return None
+    return tuple(i if isinstance(i, str) else tuple(i) for i in inputs)
+
+
 def _check_time(_instance: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
     if value is None:
         return
@@ -198,7 +211,8 @@ class PromptRequest:
     """One request to the pipeline.
 
     Give ``messages`` (a chat), ``input`` (a plain prompt, sent as one user message), or both
-    (``input`` then follows the messages).
+    (``input`` then follows the messages); or, for embeddings instead of a generated answer,
+    ``embed`` alone.
 
     Attributes:
         messages: the chat so far.
@@ -211,6 +225,13 @@ class PromptRequest:
         timeout: seconds from submission; used when ``deadline`` is not given.
         priority: admission priority when inference is saturated.
         context: documents the retrieval stage attached.
+        embed: the inputs to embed, when this request asks for embeddings (OpenAI's
+            ``/v1/embeddings``): a worker that can embed answers with one
+            :class:`~trio_orchestrator.events.Embeddings` event (then ``Usage`` and
+            ``Done``); one that cannot raises
+            :class:`~trio_orchestrator.errors.UnsupportedParameter` naming ``model``. The
+            other members of an embeddings body (``encoding_format``, ``dimensions``,
+            ``user``…) travel in ``params.extra``.
     """
 
     messages: tuple[Message, ...] = attrs.field(default=(), converter=_to_messages)
@@ -223,9 +244,15 @@ class PromptRequest:
     timeout: float | None = attrs.field(default=None, validator=_check_time)
     priority: Priority = attrs.field(default=Priority.NORMAL, converter=Priority)
     context: tuple[Document, ...] = ()
+    embed: tuple[EmbeddingInput, ...] | None = attrs.field(default=None, converter=_to_embed)
 
     def __attrs_post_init__(self) -> None:
-        if not self.messages and self.input is None:
+        if self.embed is not None:
+            if not self.embed:
+                raise ValueError("an embedding request needs at least one input")
+            if self.messages or self.input is not None:
+                raise ValueError("an embedding request has no messages and no input prompt")
+        elif not self.messages and self.input is None:
             raise ValueError("a PromptRequest needs messages or an input prompt")
 
     def chat(self) -> tuple[Message, ...]:

@@ -41,6 +41,7 @@ from cattrs.preconf.json import make_converter
 from .. import errors
 from ..events import (
     Done,
+    Embeddings,
     Passthrough,
     StreamEvent,
     TextDelta,
@@ -60,7 +61,8 @@ if TYPE_CHECKING:
 __all__ = ["SharedAnswerLayer", "SharedAnswerStatistics"]
 
 _EVENTS: dict[str, type[Any]] = {
-    cls.__name__: cls for cls in (TextDelta, ToolCallStart, ToolCallDelta, Usage, Passthrough, Done)
+    cls.__name__: cls
+    for cls in (TextDelta, ToolCallStart, ToolCallDelta, Usage, Passthrough, Embeddings, Done)
 }
 _converter = make_converter()
 

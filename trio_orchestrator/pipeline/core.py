@@ -579,7 +579,8 @@ class Pipeline:
     async def _rag_stage(self) -> None:
         async with self._receives[RAG], self._sends[ASSEMBLE]:
             while (job := await self._next(RAG)) is not None:
-                if self._retriever is not None:
+                # An embedding request has no conversation to retrieve for.
+                if self._retriever is not None and job.request.embed is None:
                     try:
                         with trio.move_on_at(job.deadline):
                             job.documents = await self._retriever.retrieve(job.request)
@@ -594,6 +595,9 @@ class Pipeline:
     async def _assemble_stage(self) -> None:
         async with self._receives[ASSEMBLE], self._sends[INFERENCE]:
             while (job := await self._next(ASSEMBLE)) is not None:
+                if job.request.embed is not None:  # no chat to assemble: sent as it came
+                    self._forward(job, INFERENCE)
+                    continue
                 try:
                     job.prepared = self._assembler.assemble(job.request, job.documents)
                 except Exception as exc:

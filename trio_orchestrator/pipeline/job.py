@@ -15,6 +15,7 @@ from ..events import (
     Accumulator,
     Completion,
     Done,
+    Embeddings,
     EventGrammarError,
     Passthrough,
     StreamEvent,
@@ -137,6 +138,7 @@ class Job:
     text: list[str] = attrs.field(factory=list)
     usage: Usage | None = None
     passthrough: Passthrough | None = None
+    embeddings: tuple[tuple[float, ...], ...] = ()
     tool_calls: Accumulator | None = None
     worker_done: Done | None = None
     stopped: bool = False
@@ -172,6 +174,8 @@ class Job:
             self.usage = event
         elif isinstance(event, Passthrough):
             self.passthrough = merge_passthrough(self.passthrough, event)
+        elif isinstance(event, Embeddings):
+            self.embeddings = event.vectors
         else:
             if self.tool_calls is None:
                 self.tool_calls = Accumulator()
@@ -196,6 +200,7 @@ class Job:
             or (self.tool_calls.tool_calls() if self.tool_calls else ()),
             model=done.model if done else None,
             passthrough=self.passthrough,
+            embeddings=self.embeddings,
         )
 
     def result(self) -> Completion:

@@ -4,7 +4,8 @@ Two requests share a key exactly when a provider would see the same inference ca
 model, the same chat (roles, contents, names, tool calls; content parts and the client's own
 message objects, when the request has them), the same retrieved context and the
 same output-shaping parameters (``temperature``, ``top_p``, ``max_tokens``, ``stop``,
-``tools``, ``tool_choice``, ``seed``, ``extra``). Fields that only label or schedule the
+``tools``, ``tool_choice``, ``seed``, ``extra``) — for an embedding request, the same inputs
+(``embed``), in the same order. Fields that only label or schedule the
 request (``request_id``, ``session``, ``meta``, ``deadline``, ``timeout``, ``priority``) are
 left out, so two callers asking the same question share one answer.
 """
@@ -39,12 +40,15 @@ def request_key(request: PromptRequest) -> str:
         "context": [[d.id, d.text] for d in request.context],
         "params": _params(request.params),
     }
+    if request.embed is not None:  # absent otherwise, so chat keys stay what they were
+        payload["embed"] = _plain(request.embed)
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=repr)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
 def is_deterministic(request: PromptRequest) -> bool:
-    """Whether ``request`` asks for a reproducible answer: its ``temperature`` is exactly 0.
+    """Whether ``request`` asks for a reproducible answer: an embedding request (a model
+    embeds the same input the same way), or a chat whose ``temperature`` is exactly 0.
 
     An unset temperature means the provider's default, which is sampled (1.0 at OpenAI and
     Anthropic), so it is *not* deterministic. A ``seed`` alone does not count: providers
@@ -56,7 +60,7 @@ def is_deterministic(request: PromptRequest) -> bool:
     Returns:
         True when greedy decoding was asked for.
     """
-    return request.params.temperature == 0
+    return request.embed is not None or request.params.temperature == 0
 
 
 def _message(message: Message) -> list[Any]:

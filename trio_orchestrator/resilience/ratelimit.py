@@ -8,9 +8,10 @@ all are charged, or none is (:meth:`RateLimiter.try_acquire`, which has no check
 
 Requests limits charge 1. Tokens-per-minute limits charge an estimate before the call —
 ``ceil(characters of the chat / 4) + max_tokens`` (``default_max_tokens`` when the request
-sets none) — and are corrected by the real ``Usage`` after it: the unused part is given back,
-an overrun is taken (the bucket may go below zero, delaying later calls). Without a reported
-usage the estimate stands. A charge larger than a bucket is clamped to the bucket's size, so
+sets none; for an embedding request, its inputs' characters / 4 and no output) — and are
+corrected by the real ``Usage`` after it: the unused part is given back, an overrun is taken
+(the bucket may go below zero, delaying later calls). Without a reported usage the estimate
+stands. A charge larger than a bucket is clamped to the bucket's size, so
 that a big request waits for a full bucket instead of never passing.
 
 The arithmetic (:class:`TokenBucket`, :class:`RateLimiter`) takes ``now`` explicitly and never
@@ -141,7 +142,12 @@ class RateLimitStatistics:
 
 
 def estimate_tokens(request: PromptRequest, default_max_tokens: int) -> int:
-    """The tokens a request is charged before the call: chat characters / 4, plus output."""
+    """The tokens a request is charged before the call: chat characters / 4, plus output
+    (an embedding request: its inputs' characters / 4, a token array its length; no output)."""
+    if request.embed is not None:
+        texts = sum(len(i) for i in request.embed if isinstance(i, str))
+        arrays = sum(len(i) for i in request.embed if isinstance(i, tuple))
+        return math.ceil(texts / 4) + arrays
     characters = sum(len(message.content) for message in request.chat())
     return math.ceil(characters / 4) + (request.params.max_tokens or default_max_tokens)
 

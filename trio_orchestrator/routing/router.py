@@ -43,7 +43,6 @@ from ..errors import (
 )
 from ..events import (
     Done,
-    Passthrough,
     StreamEvent,
     TextDelta,
     ToolCallDelta,
@@ -63,7 +62,12 @@ from .strategies import (
     complexity_score,
     order,
 )
-from .tokens import estimate_prompt_tokens, precheck, required_capabilities
+from .tokens import (
+    estimate_input_tokens,
+    estimate_prompt_tokens,
+    precheck,
+    required_capabilities,
+)
 from .tracker import OutcomeTracker
 
 if TYPE_CHECKING:
@@ -155,7 +159,7 @@ class _Attempt:
         elif isinstance(event, Usage):
             self.usage = event
             event = run.add_usage(event)
-        elif not isinstance(event, Passthrough):
+        elif isinstance(event, Done):
             event = self._final(event)
         await run.emit(event)
 
@@ -340,20 +344,23 @@ class RouterWorker:
 
     def _decide(self, request: PromptRequest) -> RoutingDecision:
         route = self._route(request.params.model)
-        prompt_tokens = estimate_prompt_tokens(request)
+        prompt_tokens = fit_tokens = estimate_prompt_tokens(request)
         max_tokens = request.params.max_tokens
+        output = max_tokens or self._config.budgets.default_output_tokens
+        if request.embed is not None:
+            # Each input must fit the model's window on its own; nothing is generated.
+            fit_tokens, output = max(estimate_input_tokens(request)), 0
         needed = required_capabilities(request)
         skipped: list[tuple[str, str]] = []
         fitting = []
         for deployment in route.candidates:
-            why = precheck(deployment, prompt_tokens, max_tokens, needed)
+            why = precheck(deployment, fit_tokens, max_tokens, needed)
             if why is None:
                 fitting.append(deployment)
             else:
                 skipped.append((deployment.name, why))
         if not fitting:
             raise _nothing_fits(route, skipped)
-        output = max_tokens or self._config.budgets.default_output_tokens
         stream = request.meta.get("stream") == "1"
         candidates = [self._candidate(d, prompt_tokens, output, stream) for d in fitting]
         candidates = self._affordable(candidates, request.meta.get("api_key_id"), skipped)

@@ -6,7 +6,9 @@ installed and its encoding loads; otherwise a documented heuristic:
 * each message costs ``ceil(len(text) / 4)`` tokens for its text (content, name, tool-call
   names and arguments) plus 4 tokens of framing (role and separators);
 * each offered tool costs ``ceil(len(json) / 4)`` tokens of its JSON description;
-* the reply is primed with 3 tokens.
+* the reply is primed with 3 tokens;
+* an input of an embedding request costs ``ceil(len(text) / 4)`` (a token array, its length),
+  with no framing.
 
 Four characters per token is the usual rule of thumb for English with GPT-style BPE
 vocabularies; it over-counts code a little and under-counts some languages, which is why a
@@ -27,6 +29,7 @@ from .registry import ModelDeployment
 __all__ = [
     "MESSAGE_OVERHEAD",
     "REPLY_OVERHEAD",
+    "estimate_input_tokens",
     "estimate_prompt_tokens",
     "heuristic_tokens",
     "precheck",
@@ -69,8 +72,19 @@ def _message_text(message: Message) -> str:
     return "".join(parts)
 
 
+def estimate_input_tokens(request: PromptRequest) -> tuple[int, ...]:
+    """Estimate the tokens of each input of an embedding request (none for a chat)."""
+    if request.embed is None:
+        return ()
+    count = _counter()
+    return tuple(len(i) if isinstance(i, tuple) else count(i) for i in request.embed)
+
+
 def estimate_prompt_tokens(request: PromptRequest) -> int:
-    """Estimate the input tokens of ``request`` (messages, input, offered tools)."""
+    """Estimate the input tokens of ``request`` (messages, input, offered tools; or the
+    inputs of an embedding request)."""
+    if request.embed is not None:
+        return sum(estimate_input_tokens(request))
     count = _counter()
     total = REPLY_OVERHEAD
     for message in request.chat():
@@ -84,11 +98,14 @@ def estimate_prompt_tokens(request: PromptRequest) -> int:
 def required_capabilities(request: PromptRequest) -> frozenset[str]:
     """The capabilities a deployment needs to serve ``request``.
 
-    ``tools`` when tools are offered; ``json_mode`` when ``params.extra["response_format"]``
-    asks for JSON; ``vision`` when ``meta["vision"] == "1"`` (messages carry text only, so
-    whoever converts image parts — the service — says so in ``meta``).
+    ``embeddings`` for an embedding request; ``tools`` when tools are offered;
+    ``json_mode`` when ``params.extra["response_format"]`` asks for JSON; ``vision`` when
+    ``meta["vision"] == "1"`` (messages carry text only, so whoever converts image parts —
+    the service — says so in ``meta``).
     """
     needed: set[str] = set()
+    if request.embed is not None:
+        needed.add("embeddings")
     if request.params.tools:
         needed.add("tools")
     response_format = request.params.extra.get("response_format")

@@ -219,7 +219,7 @@ CHAT_SCHEMA: Mapping[str, Schema] = {
     "metadata": Map(String(max_length=512), max_items=16, max_key_length=64),
     "modalities": Array(String(choices=("text", "audio"))),
     "moderation": Object({"model": _STR, "policy": Object()}, frozenset({"model"})),
-    "n": Integer(1, 128),
+    "n": Integer(1, 16),  # service.choices.MAX_CHOICES: the gateway fans n > 1 out
     "parallel_tool_calls": _BOOL,
     "prediction": Tagged({"content": Object({"content": _TEXT_CONTENT}, frozenset({"content"}))}),
     "presence_penalty": Number(-2.0, 2.0),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
@@ -19,6 +19,7 @@ from ..events import Completion
 from ..pipeline import DeadLetter, Pipeline
 from ..types import PromptRequest
 from .chat import json_bytes
+from .embeddings import embeddings_answer, parse_embeddings_request
 from .errors import ApiError, map_exception, outcome_of
 from .guard import caller_of
 from .metrics import render_metrics
@@ -65,37 +66,15 @@ def _model_json(name: str) -> dict[str, Any]:
 
 
 async def embeddings(request: Request) -> Response:
-    """``POST /v1/embeddings``: for workers with ``async embed(texts, model)``."""
+    """``POST /v1/embeddings``: through the pipeline like a chat (see :mod:`.embeddings`)."""
     state = service_of(request)
-    state.open_pipeline()  # refuse while starting or draining, like every request
-    fields = await _body(request)
-    model = fields.text("model", required=True, max_length=256)
-    if model not in state.models:
-        raise ApiError(404, f"the model {model!r} does not exist", code="model_not_found")
-    texts = _embedding_input(fields)
-    embed = getattr(state.worker, "embed", None)
-    if embed is None:
-        message = f"the model {model!r} does not support embeddings"
-        raise ApiError(400, message, code="embeddings_not_supported", param="model")
-    with trio.fail_after(state.config.pipeline.request_timeout):
-        vectors: Sequence[Sequence[float]] = await cancel_on_disconnect(
-            request.receive, partial(embed, texts, model)
-        )
-    data = [
-        {"object": "embedding", "index": i, "embedding": list(v)} for i, v in enumerate(vectors)
-    ]
-    tokens = sum(len(t.split()) for t in texts)
-    usage = {"prompt_tokens": tokens, "total_tokens": tokens}
-    return JSONResponse({"object": "list", "data": data, "model": model, "usage": usage})
-
-
-def _embedding_input(fields: Fields) -> list[str]:
-    value = fields.data.get("input")
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, list) and value and all(isinstance(t, str) for t in value):
-        return value
-    raise invalid("input", "a string or a non-empty array of strings", value)
+    pipeline = state.open_pipeline()
+    caller = caller_of(request.scope)
+    extra = {} if caller.priority_cap is None else {"priority": caller.priority_cap}
+    meta = caller.meta(request.headers)
+    parsed = parse_embeddings_request(await _body(request), state.models, meta, **extra)
+    completion = await complete_unless_gone(request.receive, pipeline, parsed.prompt)
+    return JSONResponse(embeddings_answer(completion, parsed))
 
 
 # ----------------------------------------------------------------- native

@@ -11,6 +11,7 @@ import trio
 from ..events import (
     Completion,
     Done,
+    Embeddings,
     Passthrough,
     StreamEvent,
     TextDelta,
@@ -139,4 +140,6 @@ def event_json(event: StreamEvent) -> dict[str, Any]:
     if isinstance(event, Passthrough):
         response, choice, message = event.response, event.choice, event.message
         return {"type": "passthrough", "response": response, "choice": choice, "message": message}
+    if isinstance(event, Embeddings):
+        return {"type": "embeddings", "vectors": [list(v) for v in event.vectors]}
     return {"type": "done", **_answer_json(event)}

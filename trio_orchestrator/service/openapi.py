@@ -215,6 +215,64 @@ _STREAMING_OR_JSON = {
     "text/event-stream": {"schema": _STR},
 }
 
+_TOKENS = {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1}
+_EMBEDDINGS_REQUEST: dict[str, Any] = {
+    "type": "object",
+    "required": ["model", "input"],
+    "additionalProperties": True,  # forwarded to OpenAI-compatible upstreams as sent
+    "properties": {
+        "model": _STR,
+        "input": {
+            "oneOf": [
+                {"type": "string", "minLength": 1},
+                {
+                    "type": "array",
+                    "items": {"type": "string", "minLength": 1},
+                    "minItems": 1,
+                    "maxItems": 2048,
+                },
+                {**_TOKENS, "maxItems": 2048},
+                {"type": "array", "items": _TOKENS, "minItems": 1, "maxItems": 2048},
+            ]
+        },
+        "encoding_format": {"type": "string", "enum": ["float", "base64"]},
+        "dimensions": {"type": "integer", "minimum": 1},
+        "user": _STR,
+    },
+}
+_EMBEDDINGS_RESPONSE = {
+    "type": "object",
+    "required": ["object", "data", "model", "usage"],
+    "properties": {
+        "object": {"type": "string", "enum": ["list"]},
+        "data": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["object", "index", "embedding"],
+                "properties": {
+                    "object": {"type": "string", "enum": ["embedding"]},
+                    "index": {"type": "integer"},
+                    "embedding": {
+                        "oneOf": [{"type": "array", "items": {"type": "number"}}, _STR],
+                        "description": "floats, or with encoding_format base64 the "
+                        "little-endian float32 values in base64",
+                    },
+                },
+            },
+        },
+        "model": _STR,
+        "usage": {
+            "type": "object",
+            "required": ["prompt_tokens", "total_tokens"],
+            "properties": {
+                "prompt_tokens": {"type": "integer"},
+                "total_tokens": {"type": "integer"},
+            },
+        },
+    },
+}
+
 
 def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
@@ -285,12 +343,8 @@ def openapi_document(models: tuple[str, ...] = ("echo",)) -> dict[str, Any]:
     model = _get("One model", _json(_ANY_OBJECT))
     model["get"]["parameters"] = [model_param]
     embedding_body = {
-        "type": "object",
-        "required": ["model", "input"],
-        "properties": {
-            "model": model_name,
-            "input": {"oneOf": [_STR, {"type": "array", "items": _STR, "minItems": 1}]},
-        },
+        **_EMBEDDINGS_REQUEST,
+        "properties": {**_EMBEDDINGS_REQUEST["properties"], "model": model_name},
     }
     paths = {
         "/v1/chat/completions": _post(
@@ -317,7 +371,9 @@ def openapi_document(models: tuple[str, ...] = ("echo",)) -> dict[str, Any]:
         "/v1/models": _get("The models served", _json(_ANY_OBJECT)),
         "/v1/models/{model}": model,
         "/v1/embeddings": _post(
-            "Embeddings, where the worker has them", embedding_body, _json(_ANY_OBJECT)
+            "OpenAI embeddings, through the pipeline; a provider without embeddings is a 400",
+            embedding_body,
+            _json(_EMBEDDINGS_RESPONSE),
         ),
         "/v1/prompt": _post(
             "Run a prompt; the completion and its outcome", prompt_request, _json(_PROMPT_RESPONSE)

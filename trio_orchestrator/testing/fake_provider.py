@@ -14,16 +14,19 @@ key, else the one for its model, else the default. It counts the requests it saw
 connections clients closed before their answer was complete.
 
 Endpoints: ``POST /v1/chat/completions``, ``GET /v1/models``, ``POST /v1/embeddings``
-(OpenAI) and ``POST /v1/messages`` (Anthropic), streaming and not.
+(OpenAI) and ``POST /v1/messages`` (Anthropic), streaming and not. An embeddings request
+takes its behaviour's ``status``, ``body``, ``headers`` and ``hang``; the rest is for chats.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import hashlib
 import itertools
 import json
 import math
+import struct
 import sys
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
@@ -392,7 +395,7 @@ class FakeProvider:
             ]
             await _json(send, 200, {"object": "list", "data": data})
         elif method == "POST" and path == "/v1/embeddings" and isinstance(body, Mapping):
-            await _json(send, 200, _embeddings(body))
+            await self._embeddings(self._pick(headers, body), body, send)
         elif method == "POST" and path == "/v1/chat/completions" and isinstance(body, Mapping):
             await self._chat(self._pick(headers, body), body, send, anthropic=False)
         elif method == "POST" and path == "/v1/messages" and isinstance(body, Mapping):
@@ -426,6 +429,16 @@ class FakeProvider:
         else:
             usage = bool((body.get("stream_options") or {}).get("include_usage"))
             await (_openai_stream(answer, usage) if stream else _openai_json(answer))
+
+    async def _embeddings(self, b: Behaviour, body: Mapping[str, Any], send: Send) -> None:
+        if b.hang:
+            await trio.sleep_forever()
+        if b.status >= 400:
+            await self._error(b, send, anthropic=False)
+        elif b.body is not None:
+            await _json(send, b.status, b.body, b.headers)
+        else:
+            await _json(send, 200, _embeddings(body), b.headers)
 
     def _plan(
         self, b: Behaviour, body: Mapping[str, Any], send: Send, *, anthropic: bool
@@ -610,12 +623,21 @@ async def _nonstream_faults(answer: _Answer) -> None:
 
 
 def _embeddings(body: Mapping[str, Any]) -> dict[str, Any]:
+    """One vector per input from the input's SHA-256 (``dimensions`` values, default 8, at
+    most 32), as floats or, with ``encoding_format: "base64"``, as OpenAI encodes them."""
     inputs = body.get("input")
     items = [inputs] if isinstance(inputs, str) else list(inputs or ())
+    if items and all(isinstance(t, int) for t in items):
+        items = [items]  # one token array
+    dimensions = body.get("dimensions")
+    size = dimensions if isinstance(dimensions, int) and 1 <= dimensions <= 32 else 8
     data = []
     for i, text in enumerate(items):
         digest = hashlib.sha256(str(text).encode()).digest()
-        data.append({"object": "embedding", "index": i, "embedding": [b / 255 for b in digest[:8]]})
+        vector: Any = [b / 255 for b in digest[:size]]
+        if body.get("encoding_format") == "base64":
+            vector = base64.b64encode(struct.pack(f"<{size}f", *vector)).decode()
+        data.append({"object": "embedding", "index": i, "embedding": vector})
     usage = {"prompt_tokens": len(items), "total_tokens": len(items)}
     return {"object": "list", "data": data, "model": body.get("model"), "usage": usage}
 

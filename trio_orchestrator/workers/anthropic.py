@@ -31,6 +31,7 @@ from ..types import PromptRequest, ToolCall
 from ._sse import ServerSentEvent
 from .anthropic_request import messages_body
 from .base import EventSink
+from .embeddings import cannot_embed
 from .http import HTTPProvider, Timeouts, error_from_body, wire_format_guard
 from .keys import KeyPool
 from .openai import _parse
@@ -245,9 +246,12 @@ class AnthropicWorker:
         """Generate the answer to ``request``; see :class:`~trio_orchestrator.workers.ModelWorker`.
 
         Raises:
-            UnsupportedParameter: a request member Anthropic cannot carry (before any call).
+            UnsupportedParameter: a request member Anthropic cannot carry, or an embedding
+                request (Anthropic has no embeddings); raised before any call.
             ProviderError: a typed failure.
         """
+        if request.embed is not None:
+            raise cannot_embed(request, self.name, "an Anthropic Messages provider")
         body = messages_body(
             request, stream=self.stream, max_tokens=self.max_tokens, provider=self.name
         )

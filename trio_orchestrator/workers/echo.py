@@ -5,15 +5,21 @@ from __future__ import annotations
 import json
 import math
 import re
+from typing import ClassVar
 
 import attrs
 import trio
 
-from ..events import Done, TextDelta, ToolCallDelta, ToolCallStart, Usage
+from ..errors import UnsupportedParameter
+from ..events import Done, Embeddings, TextDelta, ToolCallDelta, ToolCallStart, Usage
 from ..types import PromptRequest, ToolCall
 from .base import EventSink
+from .embeddings import fake_vector, input_tokens
 
 __all__ = ["EchoWorker", "split_tokens"]
+
+# Bounds the memory one fake embedding request can ask for (text-embedding-3-large has 3072).
+_MOST_DIMENSIONS = 4096
 
 _TOKEN = re.compile(r"\S+\s*|\s+")
 
@@ -35,6 +41,11 @@ class EchoWorker:
     With tools offered and ``tool_choice`` ``"required"`` (or naming a function), it calls the
     first (or named) tool with ``{"input": <last user message>}`` instead.
 
+    An embedding request gets deterministic fake vectors: the same input always gets the
+    same unit vector (of ``params.extra["dimensions"]`` values, default
+    ``EMBEDDING_DIMENSIONS``), with no meaning, so the offline service answers
+    ``/v1/embeddings`` as it answers chats.
+
     Args:
         token_delay: seconds between tokens.
         first_token_delay: seconds before the first token.
@@ -47,8 +58,14 @@ class EchoWorker:
     prefix: str = ""
     model: str = "echo"
 
+    EMBEDDING_DIMENSIONS: ClassVar[int] = 16
+    """The length of a fake vector when the request names no ``dimensions``."""
+
     async def generate(self, request: PromptRequest, emit: EventSink) -> None:
         """Echo the request; see the class docstring."""
+        if request.embed is not None:
+            await self._embed(request, emit)
+            return
         chat = request.chat()
         prompt = next((m.content for m in reversed(chat) if m.role == "user"), "")
         input_tokens = sum(len(m.content.split()) for m in chat)
@@ -81,6 +98,23 @@ class EchoWorker:
         usage = Usage(input_tokens, len(tokens))
         await emit(usage)
         await emit(Done(finish_reason, "".join(tokens), usage, (), self.model))
+
+    async def _embed(self, request: PromptRequest, emit: EventSink) -> None:
+        assert request.embed is not None
+        dimensions = request.params.extra.get("dimensions")
+        if not isinstance(dimensions, int) or isinstance(dimensions, bool) or dimensions < 1:
+            dimensions = self.EMBEDDING_DIMENSIONS
+        elif dimensions > _MOST_DIMENSIONS:
+            message = f"the echo worker's vectors have at most {_MOST_DIMENSIONS} dimensions"
+            raise UnsupportedParameter("dimensions", message, provider="echo")
+        if self.first_token_delay:
+            await trio.sleep(self.first_token_delay)
+        else:
+            await trio.lowlevel.checkpoint_if_cancelled()
+        await emit(Embeddings(tuple(fake_vector(i, dimensions) for i in request.embed)))
+        usage = Usage(sum(input_tokens(i) for i in request.embed), 0)
+        await emit(usage)
+        await emit(Done("stop", "", usage, (), self.model))
 
     @staticmethod
     def _tool_call(request: PromptRequest, prompt: str) -> ToolCall | None:

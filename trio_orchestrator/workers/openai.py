@@ -30,9 +30,10 @@ import orjson
 from ..config.secret import Secret
 from ..errors import MalformedResponse, ProviderConnectionError
 from ..events import Done, Passthrough, TextDelta, ToolCallDelta, ToolCallStart, Usage
-from ..types import Message, PromptRequest, Tool, ToolCall
+from ..types import GenerationParams, Message, PromptRequest, Tool, ToolCall
 from ._sse import ServerSentEvent
-from .base import EventSink
+from .base import EventSink, collect
+from .embeddings import embeddings_body, emit_embeddings
 from .http import HTTPProvider, Timeouts, error_from_body, wire_format_guard
 from .keys import KeyPool
 
@@ -385,6 +386,9 @@ class OpenAIWorker:
         Raises:
             ProviderError: a typed failure.
         """
+        if request.embed is not None:
+            await self._embed(request, emit)
+            return
         body = chat_body(request, stream=self.stream)
         if self.stream:
             await self._http.post_stream("/chat/completions", body, _ChatStream(self.name, emit))
@@ -407,19 +411,18 @@ class OpenAIWorker:
             )
         return [str(m["id"]) for m in data if isinstance(m, Mapping) and "id" in m]
 
+    async def _embed(self, request: PromptRequest, emit: EventSink) -> None:
+        answer = await self._http.post_json("/embeddings", embeddings_body(request))
+        with wire_format_guard(self.name):
+            await emit_embeddings(answer, request, self.name, emit)
+
     async def embed(self, inputs: Sequence[str], *, model: str) -> list[list[float]]:
-        """Embed ``inputs`` with ``model`` (``POST /embeddings``), in input order.
+        """Embed ``inputs`` with ``model`` (``POST /embeddings``), in input order: a shortcut
+        for an embedding request (``PromptRequest(embed=...)``) outside any pipeline.
 
         Raises:
             ProviderError: a typed failure.
         """
-        answer = await self._http.post_json("/embeddings", {"model": model, "input": list(inputs)})
-        data = answer.get("data") if isinstance(answer, Mapping) else None
-        if not isinstance(data, list) or len(data) != len(inputs):
-            raise MalformedResponse(
-                f"{self.name}: /embeddings answered with the wrong number of vectors",
-                provider=self.name,
-            )
-        with wire_format_guard(self.name):
-            ordered = sorted(data, key=lambda item: int(item.get("index", 0)))
-            return [[float(x) for x in item["embedding"]] for item in ordered]
+        request = PromptRequest(embed=inputs, params=GenerationParams(model=model))
+        completion = await collect(self, request)
+        return [list(vector) for vector in completion.embeddings]
