@@ -10,6 +10,10 @@ import os
 
 from hypothesis import HealthCheck, settings
 
+# tiktoken comes with langchain-openai (a dev dependency) and would download its encoding from
+# the internet on first use; the tests count tokens with the documented heuristic instead.
+os.environ.setdefault("TRIO_ORCHESTRATOR_TOKENIZER", "heuristic")
+
 _SLOW_OK = [HealthCheck.too_slow]
 
 settings.register_profile("dev", max_examples=30, deadline=None, suppress_health_check=_SLOW_OK)

@@ -88,9 +88,27 @@ def test_tiktoken_counts_when_it_is_installed(monkeypatch: pytest.MonkeyPatch) -
     fake = types.ModuleType("tiktoken")
     fake.get_encoding = lambda name: Encoding()  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "tiktoken", fake)
+    monkeypatch.delenv(tokens.TOKENIZER_ENV, raising=False)  # the tests' own setting
     tokens._counter.cache_clear()
     try:
         assert estimate_prompt_tokens(PromptRequest(input="12345678")) == 8 + 4 + 3
+    finally:
+        tokens._counter.cache_clear()
+
+
+def test_the_heuristic_setting_never_loads_tiktoken(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``TRIO_ORCHESTRATOR_TOKENIZER=heuristic`` keeps tiktoken (and its download) unused."""
+
+    def refuse(name: str) -> object:
+        raise AssertionError("tiktoken was asked for its encoding")
+
+    fake = types.ModuleType("tiktoken")
+    fake.get_encoding = refuse  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "tiktoken", fake)
+    monkeypatch.setenv(tokens.TOKENIZER_ENV, "heuristic")
+    tokens._counter.cache_clear()
+    try:
+        assert estimate_prompt_tokens(PromptRequest(input="12345678")) == 2 + 4 + 3
     finally:
         tokens._counter.cache_clear()
 

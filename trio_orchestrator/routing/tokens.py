@@ -1,7 +1,9 @@
 """Token estimation, the capabilities a request needs, and the pre-call check.
 
 Estimation uses tiktoken's ``cl100k_base`` encoding when the optional ``tiktoken`` extra is
-installed and its encoding loads; otherwise a documented heuristic:
+installed and its encoding loads (tiktoken downloads it on first use; set
+``TRIO_ORCHESTRATOR_TOKENIZER=heuristic`` on a machine that must not reach the internet, as
+the tests do); otherwise a documented heuristic:
 
 * each message costs ``ceil(len(text) / 4)`` tokens for its text (content, name, tool-call
   names and arguments) plus 4 tokens of framing (role and separators);
@@ -20,6 +22,7 @@ from __future__ import annotations
 import functools
 import importlib
 import json
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +32,7 @@ from .registry import ModelDeployment
 __all__ = [
     "MESSAGE_OVERHEAD",
     "REPLY_OVERHEAD",
+    "TOKENIZER_ENV",
     "estimate_input_tokens",
     "estimate_prompt_tokens",
     "heuristic_tokens",
@@ -36,6 +40,8 @@ __all__ = [
     "required_capabilities",
 ]
 
+TOKENIZER_ENV = "TRIO_ORCHESTRATOR_TOKENIZER"
+"""Set to ``heuristic`` to never load tiktoken (which downloads its encoding)."""
 MESSAGE_OVERHEAD = 4
 """Tokens of framing per message (role, separators)."""
 REPLY_OVERHEAD = 3
@@ -53,6 +59,8 @@ def _counter() -> Callable[[str], int]:
 
     Loaded once: tiktoken fetches its encoding on first use, which may fail offline.
     """
+    if os.environ.get(TOKENIZER_ENV) == "heuristic":
+        return heuristic_tokens
     try:
         tiktoken: Any = importlib.import_module("tiktoken")
         encoding = tiktoken.get_encoding("cl100k_base")
