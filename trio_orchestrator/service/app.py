@@ -42,6 +42,7 @@ from . import endpoints as ep
 from .errors import ApiError, map_exception
 from .fastpath import CHAT_PATH, ChatFastPath, ChatRoute
 from .guard import CatchAll, Guard, KeyRing
+from .messages import COUNT_TOKENS_PATH, MESSAGES_PATH, CountTokensRoute, MessagesRoute
 from .openapi import openapi_document
 from .settings import CONFIG_ENV, config_from_environment, log_to_stderr, open_worker
 from .state import ServiceState, served_models, service_of
@@ -68,6 +69,8 @@ ROUTES = [
     Route("/metrics", ep.metrics, methods=["GET"]),
     Route("/healthz", ep.healthz, methods=["GET"]),
     Route("/readyz", ep.readyz, methods=["GET"]),
+    Route(MESSAGES_PATH, MessagesRoute(), methods=["POST"]),
+    Route(COUNT_TOKENS_PATH, CountTokensRoute(), methods=["POST"]),
 ]
 
 

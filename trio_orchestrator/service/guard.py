@@ -19,6 +19,7 @@ from ..config.service import ApiKeyConfig
 from ..observability.tracing import trace_meta
 from ..types import Priority
 from .errors import ApiError
+from .messages_answer import ANTHROPIC_PATH, AnthropicApiError
 
 if TYPE_CHECKING:
     from ..config.model import Config
@@ -106,12 +107,17 @@ class KeyRing:
         return found
 
 
-def _bearer(scope: Scope) -> str | None:
+def _api_key(scope: Scope) -> str | None:
+    """The key from ``Authorization: Bearer <key>``, else from ``x-api-key: <key>`` (how
+    the ``anthropic`` SDK sends it)."""
+    key = None
     for name, value in scope["headers"]:
         if name == b"authorization":
             scheme, _, token = value.decode("latin-1").partition(" ")
             return token.strip() if scheme.lower() == "bearer" else None
-    return None
+        if name == b"x-api-key":
+            key = value.decode("latin-1").strip()
+    return key
 
 
 def _content_length(scope: Scope) -> int | None:
@@ -137,7 +143,8 @@ async def send_error(send: Any, error: ApiError) -> None:
 
 _UNAUTHORIZED = ApiError(
     401,
-    "missing or unknown API key: send `Authorization: Bearer <key>` with a configured key",
+    "missing or unknown API key: send `Authorization: Bearer <key>` (or `x-api-key: <key>`) "
+    "with a configured key",
     code="invalid_api_key",
 )
 _FORBIDDEN = ApiError(
@@ -166,6 +173,8 @@ class Guard:
             return
         error = self.refusal(scope)
         if error is not None:
+            if scope["path"].startswith(ANTHROPIC_PATH):
+                error = AnthropicApiError.of(error)  # Anthropic's clients read its shape
             await self._refuse(kind, send, error)
             return
         if kind != "http":
@@ -181,7 +190,7 @@ class Guard:
         body sent without one must still be counted as it arrives (:meth:`too_large`).
         """
         if self.keys.enabled and scope["path"] not in PUBLIC_PATHS:
-            token = _bearer(scope)
+            token = _api_key(scope)
             caller = None if token is None else self.keys.identify(token)
             if caller is None:
                 return _UNAUTHORIZED
