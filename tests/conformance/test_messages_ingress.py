@@ -170,26 +170,41 @@ def test_a_tool_result_turn_reaches_the_upstream(gw: Gateway) -> None:
         assert messages[2]["content"][0]["content"] == "18C"
 
 
-def test_tool_choice_any_without_parallel_calls_reaches_an_openai_upstream(gw: Gateway) -> None:
-    """tool_choice any with disable_parallel_tool_use is required + parallel_tool_calls false."""
-    if gw.kind != "openai":
-        pytest.skip("the Anthropic worker's translation is the anthropic-translation branch's")
+def test_tool_choice_any_without_parallel_calls_reaches_the_upstream(gw: Gateway) -> None:
+    """tool_choice any with disable_parallel_tool_use is required + parallel_tool_calls false
+    (OpenAI), or as sent (Anthropic; needs the anthropic-translation branch's worker)."""
     gw.script(Behaviour(text="", tool_calls=(("get_weather", '{"city": "Oslo"}'),)))
     _ask(gw, tools=[WEATHER], tool_choice={"type": "any", "disable_parallel_tool_use": True})
     body = gw.last().body
-    assert body["tool_choice"] == "required"
-    assert body["parallel_tool_calls"] is False
+    if gw.kind == "openai":
+        assert body["tool_choice"] == "required"
+        assert body["parallel_tool_calls"] is False
+    else:
+        assert body["tool_choice"] == {"type": "any", "disable_parallel_tool_use": True}
 
 
 def test_anthropic_only_members_travel_by_their_names(gw: Gateway) -> None:
-    """top_k, metadata and thinking reach the upstream as the client sent them."""
+    """top_k and thinking reach the upstream as the client sent them."""
     gw.script(Behaviour(text="ok"))
     thinking = {"type": "enabled", "budget_tokens": 2048}
-    _ask(gw, metadata={"user_id": "u-42"}, thinking=thinking, extra_body={"top_k": 5})
+    _ask(gw, thinking=thinking, extra_body={"top_k": 5})
     body = gw.last().body
     assert body["top_k"] == 5
-    assert body["metadata"] == {"user_id": "u-42"}
     assert body["thinking"] == thinking
+
+
+def test_the_user_id_and_service_tier_reach_the_upstream_in_its_words(gw: Gateway) -> None:
+    """metadata.user_id and service_tier arrive as user / service_tier default (OpenAI) or as
+    sent (Anthropic; needs the anthropic-translation branch's worker)."""
+    gw.script(Behaviour(text="ok"))
+    _ask(gw, metadata={"user_id": "u-42"}, service_tier="standard_only")
+    body = gw.last().body
+    if gw.kind == "openai":
+        assert body["user"] == "u-42"
+        assert body["service_tier"] == "default"
+    else:
+        assert body["metadata"] == {"user_id": "u-42"}
+        assert body["service_tier"] == "standard_only"
 
 
 # ----------------------------------------------------------------------- streaming
@@ -457,28 +472,45 @@ def keyed() -> Iterator[Gateway]:
 
 
 def test_the_api_key_is_accepted_as_x_api_key_and_as_bearer(keyed: Gateway) -> None:
-    """The anthropic SDK's x-api-key and the openai SDK's Authorization: Bearer both work."""
-    answer = _anthropic(keyed, KEY).messages.create(
-        model=MODEL, max_tokens=16, messages=[{"role": "user", "content": "Hi"}]
-    )
+    """x-api-key (Anthropic's documented header: its curl examples, older SDKs and tools
+    built on them) and Authorization: Bearer (this anthropic SDK, the openai SDK) both work."""
+    request = {"model": MODEL, "max_tokens": 16, "messages": [{"role": "user", "content": "Hi"}]}
+    headers = {"x-api-key": KEY, "anthropic-version": "2023-06-01"}
+    response = httpx.post(keyed.url + "/v1/messages", headers=headers, json=request)
+    assert response.status_code == 200
+    assert Message.model_validate(response.json()).content
+    with _anthropic(keyed, KEY) as client:
+        answer = client.messages.create(
+            model=MODEL, max_tokens=16, messages=[{"role": "user", "content": "Hi"}]
+        )
     assert answer.content
-    chat = _openai(keyed, KEY).chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "Hi"}]
-    )
+    with _openai(keyed, KEY) as chat_client:
+        chat = chat_client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "Hi"}]
+        )
     assert chat.choices[0].message.content
     assert httpx.get(keyed.url + "/v1/models", headers={"x-api-key": KEY}).status_code == 200
 
 
 def test_a_wrong_key_is_refused_in_each_sdks_shape(keyed: Gateway) -> None:
-    """A wrong x-api-key is Anthropic's authentication_error; a wrong Bearer is OpenAI's 401."""
+    """A wrong key is Anthropic's authentication_error on /v1/messages (x-api-key or Bearer),
+    OpenAI's 401 on the OpenAI endpoints."""
     keyed.clear()
-    with pytest.raises(anthropic.AuthenticationError) as caught:
-        _anthropic(keyed, "sk-wrong").messages.create(
+    response = httpx.post(
+        keyed.url + "/v1/messages", headers={"x-api-key": "sk-wrong"}, json={"model": MODEL}
+    )
+    assert response.status_code == 401
+    assert response.json()["error"]["type"] == "authentication_error"
+    with (
+        _anthropic(keyed, "sk-wrong") as client,
+        pytest.raises(anthropic.AuthenticationError) as caught,
+    ):
+        client.messages.create(
             model=MODEL, max_tokens=16, messages=[{"role": "user", "content": "Hi"}]
         )
     assert caught.value.body["error"]["type"] == "authentication_error"  # type: ignore[index]
-    with pytest.raises(openai.AuthenticationError):
-        _openai(keyed, "sk-wrong").chat.completions.create(
+    with _openai(keyed, "sk-wrong") as chat_client, pytest.raises(openai.AuthenticationError):
+        chat_client.chat.completions.create(
             model=MODEL, messages=[{"role": "user", "content": "Hi"}]
         )
     assert keyed.received() == []

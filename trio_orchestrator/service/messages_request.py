@@ -15,8 +15,15 @@ The request is translated into the gateway's own model, which any worker serves:
 * ``max_tokens``, ``temperature``, ``top_p``, ``stop_sequences``, ``tools`` and
   ``tool_choice`` become the typed :class:`~trio_orchestrator.types.GenerationParams`;
   ``tool_choice.disable_parallel_tool_use`` becomes ``parallel_tool_calls: false``;
-* every other member (``top_k``, ``thinking``, ``metadata``, ``service_tier``, and members
-  this parser does not know) goes to ``params.extra`` by its Anthropic name, exactly as sent.
+* members with a Chat Completions equivalent that the Anthropic worker turns back into
+  exactly what was sent go to ``params.extra`` by their OpenAI names, so that an
+  OpenAI-compatible upstream understands them too: ``metadata.user_id`` → ``user``,
+  ``service_tier`` ``standard_only`` → ``default`` (``auto`` stays),
+  ``tool_choice.disable_parallel_tool_use`` → ``parallel_tool_calls: false``;
+* every other member (``top_k``, ``thinking``, ``output_config`` and members this parser
+  does not know) goes to ``params.extra`` by its Anthropic name, exactly as sent: an
+  Anthropic upstream receives it, an OpenAI-compatible one receives it as it is (vLLM takes
+  ``top_k``). ``thinking: {"type": "disabled"}``, the default, is not sent at all.
 
 What the gateway cannot carry is refused with a 400 naming it: server tools, file-id and URL
 document sources, images inside tool results.
@@ -342,8 +349,22 @@ def _tool_choice(body: Fields) -> str | Mapping[str, Any] | None:
     raise invalid(choice._path("type"), '"auto", "any", "tool" or "none"', kind)
 
 
+#: Anthropic's ``service_tier`` values in OpenAI's words.
+_SERVICE_TIERS = {"auto": "auto", "standard_only": "default"}
+
+
 def _extra(body: Fields) -> dict[str, Any]:
     extra = {k: v for k, v in body.data.items() if k not in TYPED}
+    if "metadata" in extra:
+        del extra["metadata"]
+        user = _user_id(body)
+        if user:
+            extra["user"] = user
+    if "service_tier" in extra:
+        tier = body.text("service_tier")
+        if tier not in _SERVICE_TIERS:
+            raise invalid("service_tier", '"auto" or "standard_only"', tier)
+        extra["service_tier"] = _SERVICE_TIERS[tier]
     if "top_k" in extra:
         body.integer("top_k", minimum=0)
     if "thinking" in extra:
