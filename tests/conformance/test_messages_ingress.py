@@ -33,9 +33,20 @@ WEATHER: ToolParam = {
 
 
 def _ask(gw: Gateway, **request: Any) -> Message:
+    """messages.create's answer (the client closed after it)."""
     request.setdefault("messages", [{"role": "user", "content": "Hi"}])
-    answer: Message = gw.anthropic().messages.create(model=MODEL, max_tokens=256, **request)
+    request.setdefault("max_tokens", 256)
+    with gw.anthropic() as client:
+        answer: Message = client.messages.create(model=MODEL, **request)
     return answer
+
+
+def _final(gw: Gateway, **request: Any) -> Message:
+    """The final message of a messages.stream call."""
+    request.setdefault("messages", [{"role": "user", "content": "Hi"}])
+    request.setdefault("max_tokens", 64)
+    with gw.anthropic() as client, client.messages.stream(model=MODEL, **request) as stream:
+        return stream.get_final_message()
 
 
 def _upstream_messages(gw: Gateway) -> list[dict[str, Any]]:
@@ -67,9 +78,7 @@ def test_a_text_answer_parses_in_the_sdks_message_model(gw: Gateway) -> None:
 def test_max_tokens_reached_is_the_max_tokens_stop_reason(gw: Gateway) -> None:
     """An answer cut at max_tokens says stop_reason max_tokens."""
     gw.script(Behaviour(tokens=20))
-    answer = gw.anthropic().messages.create(
-        model=MODEL, max_tokens=3, messages=[{"role": "user", "content": "Hi"}]
-    )
+    answer = _ask(gw, max_tokens=3)
     assert answer.stop_reason == "max_tokens"
     assert gw.last().body["max_tokens"] == 3
 
@@ -213,11 +222,11 @@ def test_the_user_id_and_service_tier_reach_the_upstream_in_its_words(gw: Gatewa
 def test_a_streamed_answer_has_anthropics_event_names_and_order(gw: Gateway) -> None:
     """stream=True gives message_start, block start/deltas/stop, message_delta, message_stop."""
     gw.script(Behaviour(text="one two three"))
-    events = list(
-        gw.anthropic().messages.create(
-            model=MODEL, max_tokens=64, messages=[{"role": "user", "content": "Hi"}], stream=True
+    with gw.anthropic() as client:
+        messages: Any = [{"role": "user", "content": "Hi"}]
+        events = list(
+            client.messages.create(model=MODEL, max_tokens=64, messages=messages, stream=True)
         )
-    )
     kinds = [e.type for e in events]
     assert kinds[:2] == ["message_start", "content_block_start"]
     assert kinds[-3:] == ["content_block_stop", "message_delta", "message_stop"]
@@ -230,9 +239,11 @@ def test_a_streamed_answer_has_anthropics_event_names_and_order(gw: Gateway) -> 
 def test_messages_stream_gives_text_and_the_final_message(gw: Gateway) -> None:
     """messages.stream's text_stream and get_final_message work through the gateway."""
     gw.script(Behaviour(text="Hello from the stream"))
-    with gw.anthropic().messages.stream(
-        model=MODEL, max_tokens=64, messages=[{"role": "user", "content": "Hi"}]
-    ) as stream:
+    messages: Any = [{"role": "user", "content": "Hi"}]
+    with (
+        gw.anthropic() as client,
+        client.messages.stream(model=MODEL, max_tokens=64, messages=messages) as stream,
+    ):
         text = "".join(stream.text_stream)
         final = stream.get_final_message()
     assert text == "Hello from the stream"
@@ -246,10 +257,7 @@ def test_a_streamed_tool_use_accumulates_in_the_final_message(gw: Gateway) -> No
     input complete (the OpenAI upstream interleaves the calls' arguments)."""
     calls = (("get_weather", '{"city": "Paris"}'), ("get_weather", '{"city": "Rome"}'))
     gw.script(Behaviour(text="Checking.", tool_calls=calls))
-    with gw.anthropic().messages.stream(
-        model=MODEL, max_tokens=64, tools=[WEATHER], messages=[{"role": "user", "content": "?"}]
-    ) as stream:
-        final = stream.get_final_message()
+    final = _final(gw, tools=[WEATHER])
     assert [b.type for b in final.content] == ["text", "tool_use", "tool_use"]
     assert final.content[0].text == "Checking."  # type: ignore[union-attr]
     inputs = [b.input for b in final.content if isinstance(b, ToolUseBlock)]
@@ -325,13 +333,7 @@ def test_usage_reports_cache_reads_and_writes_as_anthropic_counts_them(gw: Gatew
     recorded = _OPENAI_CACHED if gw.kind == "openai" else _ANTHROPIC_CACHED
     for stream in (False, True):
         gw.script(Behaviour(events=tuple(recorded)))
-        if stream:
-            with gw.anthropic().messages.stream(
-                model=MODEL, max_tokens=400, messages=[{"role": "user", "content": "Hi"}]
-            ) as events:
-                usage = events.get_final_message().usage
-        else:
-            usage = _ask(gw).usage
+        usage = (_final(gw) if stream else _ask(gw)).usage
         if gw.kind == "openai":
             assert (usage.input_tokens, usage.cache_read_input_tokens) == (86, 1920)
             assert usage.cache_creation_input_tokens == 0
@@ -342,14 +344,6 @@ def test_usage_reports_cache_reads_and_writes_as_anthropic_counts_them(gw: Gatew
 
 
 # ----------------------------------------------------------------------- errors
-
-
-def _final(gw: Gateway) -> Message:
-    """The final message of a ``messages.stream`` call."""
-    with gw.anthropic().messages.stream(
-        model=MODEL, max_tokens=64, messages=[{"role": "user", "content": "Hi"}]
-    ) as events:
-        return events.get_final_message()
 
 
 def test_an_upstream_429_is_the_sdks_rate_limit_error(gw: Gateway) -> None:
@@ -416,14 +410,16 @@ def test_an_unknown_model_is_the_sdks_not_found_error() -> None:
 
 def test_count_tokens_answers_an_estimate_without_calling_the_upstream(gw: Gateway) -> None:
     """count_tokens gives input_tokens, more for a longer prompt, and calls no upstream."""
-    client = gw.anthropic()
-    short = client.messages.count_tokens(model=MODEL, messages=[{"role": "user", "content": "Hi"}])
-    long = client.messages.count_tokens(
-        model=MODEL,
-        system="You answer questions about the weather.",
-        tools=[WEATHER],
-        messages=[{"role": "user", "content": "What is the weather in Paris today? " * 20}],
-    )
+    with gw.anthropic() as client:
+        short = client.messages.count_tokens(
+            model=MODEL, messages=[{"role": "user", "content": "Hi"}]
+        )
+        long = client.messages.count_tokens(
+            model=MODEL,
+            system="You answer questions about the weather.",
+            tools=[WEATHER],
+            messages=[{"role": "user", "content": "What is the weather in Paris today? " * 20}],
+        )
     assert 0 < short.input_tokens < long.input_tokens
     assert gw.received() == []
 
