@@ -177,8 +177,8 @@ def _blocks(turn: Fields) -> list[Fields]:
     path = turn._path("content")
     if isinstance(value, str):
         return [Fields({"type": "text", "text": value}, path)]
-    if not isinstance(value, list):
-        raise invalid(path, "a string or an array of content blocks", value)
+    if not isinstance(value, list) or not value:
+        raise invalid(path, "a string or a non-empty array of content blocks", value)
     return [turn.item("content", i, block) for i, block in enumerate(value)]
 
 
