@@ -9,9 +9,10 @@ A stream goes::
 Anthropic's content blocks come one after another, never interleaved, and their indexes
 count up from 0 in the order they start (the SDK appends each started block to its list).
 The gateway's events may interleave (an OpenAI-compatible upstream may stream several tool
-calls at once), so :class:`MessageStreamWriter` keeps one block open and streams it live,
-holds what belongs to later blocks, and sends those whole once the open one is known to be
-complete (at the end, or when text follows text). ``reasoning_content`` passthrough (from
+calls at once), so :class:`MessageStreamWriter` keeps one block open and streams it live.
+A new block closes an open text or thinking block; but an open tool call may still receive
+arguments, so what starts after it (more calls, more text) is held and sent whole, block
+after block, when the answer ends. ``reasoning_content`` passthrough (from
 reasoning models behind an OpenAI-compatible server) is rendered as ``thinking`` blocks,
 with an empty ``signature``: the gateway has none to give.
 """
@@ -35,6 +36,7 @@ __all__ = [
     "MessageStreamWriter",
     "anthropic_error_body",
     "anthropic_status",
+    "frame_bytes",
     "message_body",
     "message_id",
     "stop_reason",
