@@ -43,6 +43,7 @@ from .completions import completions
 from .errors import ApiError, map_exception
 from .fastpath import CHAT_PATH, ChatFastPath, ChatRoute
 from .guard import CatchAll, Guard, KeyRing
+from .messages import COUNT_TOKENS_PATH, MESSAGES_PATH, CountTokensRoute, MessagesRoute
 from .openapi import openapi_document
 from .responses import responses
 from .settings import CONFIG_ENV, config_from_environment, log_to_stderr, open_worker
@@ -72,6 +73,8 @@ ROUTES = [
     Route("/metrics", ep.metrics, methods=["GET"]),
     Route("/healthz", ep.healthz, methods=["GET"]),
     Route("/readyz", ep.readyz, methods=["GET"]),
+    Route(MESSAGES_PATH, MessagesRoute(), methods=["POST"]),
+    Route(COUNT_TOKENS_PATH, CountTokensRoute(), methods=["POST"]),
 ]
 OPENAPI_PATH = "/openapi.json"
 # The routes any configured key may call. Public and admin routes are placed by the guard's
@@ -85,6 +88,8 @@ AUTHENTICATED_ROUTES = frozenset(
         "/v1/embeddings",
         "/v1/completions",
         "/v1/responses",
+        MESSAGES_PATH,
+        COUNT_TOKENS_PATH,
         "/v1/prompt",
         "/v1/prompt/stream",
         "/v1/ws",

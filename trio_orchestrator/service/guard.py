@@ -20,6 +20,7 @@ from ..config.service import ApiKeyConfig
 from ..observability.tracing import trace_meta
 from ..types import Priority
 from .errors import ApiError
+from .messages_answer import ANTHROPIC_PATH, AnthropicApiError
 
 if TYPE_CHECKING:
     from ..config.model import Config
@@ -161,12 +162,17 @@ class KeyRing:
         return found
 
 
-def _bearer(scope: Scope) -> str | None:
+def _api_key(scope: Scope) -> str | None:
+    """The key from ``Authorization: Bearer <key>``, else from ``x-api-key: <key>`` (how
+    the ``anthropic`` SDK sends it)."""
+    key = None
     for name, value in scope["headers"]:
         if name == b"authorization":
             scheme, _, token = value.decode("latin-1").partition(" ")
             return token.strip() if scheme.lower() == "bearer" else None
-    return None
+        if name == b"x-api-key":
+            key = value.decode("latin-1").strip()
+    return key
 
 
 def _content_length(scope: Scope) -> int | None:
@@ -201,7 +207,8 @@ async def send_error(send: Any, error: ApiError, *, websocket: bool = False) -> 
 
 _UNAUTHORIZED = ApiError(
     401,
-    "missing or unknown API key: send `Authorization: Bearer <key>` with a configured key",
+    "missing or unknown API key: send `Authorization: Bearer <key>` (or `x-api-key: <key>`) "
+    "with a configured key",
     code="invalid_api_key",
 )
 _FORBIDDEN = ApiError(
@@ -230,6 +237,8 @@ class Guard:
             return
         error = self.refusal(scope)
         if error is not None:
+            if route_path(scope).startswith(ANTHROPIC_PATH):
+                error = AnthropicApiError.of(error)  # Anthropic's clients read its shape
             await self._refuse(scope, send, error)
             return
         if kind != "http":
@@ -246,7 +255,7 @@ class Guard:
         """
         access = access_of(route_path(scope)) if self.keys.enabled else Access.PUBLIC
         if access is not Access.PUBLIC:
-            token = _bearer(scope)
+            token = _api_key(scope)
             caller = None if token is None else self.keys.identify(token)
             if caller is None:
                 return _UNAUTHORIZED

@@ -273,6 +273,94 @@ _EMBEDDINGS_RESPONSE = {
     },
 }
 
+# ------------------------------------------------------------------- Anthropic Messages
+
+_TEXT_PART = {
+    "type": "object",
+    "required": ["type", "text"],
+    "properties": {"type": {"type": "string", "enum": ["text"]}, "text": _STR},
+}
+_ANTHROPIC_ERROR = {
+    "type": "object",
+    "required": ["type", "error"],
+    "properties": {
+        "type": {"type": "string", "enum": ["error"]},
+        "error": {
+            "type": "object",
+            "required": ["type", "message"],
+            "properties": {"type": _STR, "message": _STR},
+        },
+        "request_id": _STR,
+    },
+}
+_BLOCK_TYPES = [
+    "text",
+    "image",
+    "document",
+    "tool_use",
+    "tool_result",
+    "thinking",
+    "redacted_thinking",
+]
+_CONTENT_BLOCK = {
+    "type": "object",
+    "required": ["type"],
+    "properties": {"type": {"type": "string", "enum": _BLOCK_TYPES}},
+}
+_ANTHROPIC_TURN = {
+    "type": "object",
+    "required": ["role", "content"],
+    "properties": {
+        "role": {"type": "string", "enum": ["user", "assistant"]},
+        "content": {"oneOf": [_STR, {"type": "array", "items": _CONTENT_BLOCK}]},
+    },
+}
+_ANTHROPIC_TOOL = {
+    "type": "object",
+    "required": ["name", "input_schema"],
+    "properties": {
+        "type": {"type": "string", "enum": ["custom"]},
+        "name": {"type": "string", "maxLength": 128},
+        "description": _STR,
+        "input_schema": {"type": "object"},
+    },
+}
+_MESSAGES_REQUEST: dict[str, Any] = {
+    "type": "object",
+    "required": ["model", "max_tokens", "messages"],
+    "properties": {
+        "model": {"type": "string", "description": "one of the ids GET /v1/models lists"},
+        "max_tokens": {"type": "integer", "minimum": 1},
+        "messages": {"type": "array", "items": _ANTHROPIC_TURN, "minItems": 1},
+        "system": {"oneOf": [_STR, {"type": "array", "items": _TEXT_PART}]},
+        "stream": {"type": "boolean"},
+        "temperature": {"type": "number", "minimum": 0, "maximum": 1},
+        "top_p": {"type": "number", "minimum": 0, "maximum": 1},
+        "top_k": {"type": "integer", "minimum": 0},
+        "stop_sequences": {"type": "array", "items": _STR},
+        "tools": {"type": "array", "items": _ANTHROPIC_TOOL},
+        "tool_choice": {
+            "type": "object",
+            "required": ["type"],
+            "properties": {
+                "type": {"type": "string", "enum": ["auto", "any", "tool", "none"]},
+                "name": _STR,
+                "disable_parallel_tool_use": {"type": "boolean"},
+            },
+        },
+        "metadata": {"type": "object", "properties": {"user_id": _STR}},
+        "thinking": {
+            "type": "object",
+            "required": ["type"],
+            "properties": {
+                "type": {"type": "string", "enum": ["enabled", "adaptive", "disabled"]},
+                "budget_tokens": {"type": "integer", "minimum": 1},
+            },
+        },
+        "service_tier": {"type": "string", "enum": ["auto", "standard_only"]},
+    },
+}
+
 
 def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
@@ -290,6 +378,13 @@ _ERRORS = {
     "503": _json(_ERROR, "Draining, full or circuit open; see Retry-After"),
     "504": _json(_ERROR, "The upstream provider timed out"),
 }
+_ANTHROPIC_ERRORS = {
+    status: _json(_ANTHROPIC_ERROR, response["description"])
+    for status, response in {
+        **_ERRORS,
+        "529": {"description": "The upstream is overloaded"},
+    }.items()
+}
 _SSE = {"description": "Server-sent events", "content": {"text/event-stream": {"schema": _STR}}}
 
 
@@ -298,6 +393,13 @@ def _post(summary: str, body: dict[str, Any], ok: dict[str, Any]) -> dict[str, A
     return {
         "post": {"summary": summary, "requestBody": request, "responses": {"200": ok, **_ERRORS}}
     }
+
+
+def _anthropic_post(summary: str, body: dict[str, Any], ok: dict[str, Any]) -> dict[str, Any]:
+    """A POST on the Anthropic paths, whose errors are in Anthropic's shape."""
+    operation = _post(summary, body, ok)
+    operation["post"]["responses"] = {"200": ok, **_ANTHROPIC_ERRORS}
+    return operation
 
 
 def _get(summary: str, ok: dict[str, Any], *, public: bool = False) -> dict[str, Any]:
@@ -346,6 +448,11 @@ def openapi_document(models: tuple[str, ...] = ("echo",)) -> dict[str, Any]:
         **_EMBEDDINGS_REQUEST,
         "properties": {**_EMBEDDINGS_REQUEST["properties"], "model": model_name},
     }
+    messages_request = {
+        **_MESSAGES_REQUEST,
+        "properties": {**_MESSAGES_REQUEST["properties"], "model": model_name},
+    }
+    count_request = {**messages_request, "required": ["model", "messages"]}
     paths = {
         "/v1/chat/completions": _post(
             "OpenAI chat completions (streaming with `stream: true`)",
@@ -367,6 +474,28 @@ def openapi_document(models: tuple[str, ...] = ("echo",)) -> dict[str, Any]:
             "OpenAI Responses, stateless (streaming with `stream: true`)",
             _with_model(_RESPONSES_REQUEST, model_name),
             {"description": "A response, or response.* events", "content": _STREAMING_OR_JSON},
+        ),
+        "/v1/messages": _anthropic_post(
+            "Anthropic Messages (streaming with `stream: true`), served by any provider",
+            messages_request,
+            {
+                "description": "A message, or Anthropic's named stream events",
+                "content": {
+                    "application/json": {"schema": _ANY_OBJECT},
+                    "text/event-stream": {"schema": _STR},
+                },
+            },
+        ),
+        "/v1/messages/count_tokens": _anthropic_post(
+            "An estimate of a Messages request's input tokens (no upstream call)",
+            count_request,
+            _json(
+                {
+                    "type": "object",
+                    "required": ["input_tokens"],
+                    "properties": {"input_tokens": {"type": "integer"}},
+                }
+            ),
         ),
         "/v1/models": _get("The models served", _json(_ANY_OBJECT)),
         "/v1/models/{model}": model,
@@ -398,7 +527,10 @@ def openapi_document(models: tuple[str, ...] = ("echo",)) -> dict[str, Any]:
         },
         "paths": paths,
         "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "x-api-key": {"type": "apiKey", "in": "header", "name": "x-api-key"},
+            },
         },
-        "security": [{"bearer": []}],
+        "security": [{"bearer": []}, {"x-api-key": []}],
     }
