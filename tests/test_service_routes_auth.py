@@ -159,6 +159,10 @@ async def serving(root_path: str) -> AsyncIterator[tuple[str, list[Route | WebSo
             stop.set()
 
 
+# Anthropic's error types for the guard's refusals, in the OpenAI codes the cases expect.
+ANTHROPIC_TYPES = {"authentication_error": "invalid_api_key", "permission_error": "admin_required"}
+
+
 async def outcome(client: httpx.AsyncClient, case: Case, headers: dict[str, str]) -> str:
     """How the service answered ``case``: refused (status and code), not routed, or served.
 
@@ -179,7 +183,9 @@ async def outcome(client: httpx.AsyncClient, case: Case, headers: dict[str, str]
         return f"{status} without an error body"
     if status == 405 or (status == 404 and "no such endpoint" in error["message"]):
         return f"not routed ({status})"  # the filled path missed its route
-    return SERVED if status == 404 else f"{status} {error['code']}"
+    # The Anthropic-compatible routes refuse in Anthropic's shape: a type, no code.
+    code = error.get("code") or ANTHROPIC_TYPES.get(error.get("type"), error.get("type"))
+    return SERVED if status == 404 else f"{status} {code}"
 
 
 def test_every_route_is_placed() -> None:
