@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import attrs
 import httpx
 import pytest
 from service_helpers import RaisingWorker, make_config, running_service
 
 from trio_orchestrator import errors as e
+from trio_orchestrator.events import TextDelta
 from trio_orchestrator.service import ApiError, map_exception
 from trio_orchestrator.service.app import create_app
+from trio_orchestrator.types import PromptRequest
+from trio_orchestrator.workers import EventSink
 
 CHAT = {"model": "echo", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -122,15 +126,40 @@ async def test_worker_crash_is_a_generic_500_without_details() -> None:
     assert response.json()["error"]["type"] == "server_error"
 
 
+@attrs.define
+class FailingAfterTokenWorker:
+    """Emits one token, then raises ``error``."""
+
+    error: BaseException
+    model: str = "echo"
+
+    async def generate(self, request: PromptRequest, emit: EventSink) -> None:
+        """Emit a token, then raise the configured error."""
+        await emit(TextDelta("partial"))
+        raise self.error
+
+
 async def test_error_mid_stream_is_an_error_event() -> None:
     """A failure after a stream started is sent as a final `data: {"error": ...}` event."""
-    worker = RaisingWorker(e.Overloaded("busy"))
+    worker = FailingAfterTokenWorker(e.Overloaded("busy"))
     body = CHAT | {"stream": True}
     async with running_service(worker=worker) as url, httpx.AsyncClient(base_url=url) as client:
         response = await client.post("/v1/chat/completions", json=body)
     events = [line for line in response.text.split("\n\n") if line]
     assert response.status_code == 200
+    assert '"partial"' in response.text
     assert events[-1].startswith('data: {"error"')
+
+
+async def test_error_before_the_first_event_keeps_its_status() -> None:
+    """A stream that fails before its first event is answered with the error's status."""
+    worker = RaisingWorker(e.Overloaded("busy"))
+    body = CHAT | {"stream": True}
+    async with running_service(worker=worker) as url, httpx.AsyncClient(base_url=url) as client:
+        response = await client.post("/v1/chat/completions", json=body)
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "upstream_overloaded"
+    assert "retry-after" in response.headers
 
 
 async def test_unknown_route_is_a_404_error_object() -> None:

@@ -141,10 +141,16 @@ async def prompt_stream(request: Request) -> Response:
 
 
 async def stream_prompt(pipeline: Pipeline, request: PromptRequest, emit: Emit) -> None:
-    """Send ``request``'s events: ``start``, each event, ending with ``done``."""
+    """Send ``request``'s events: ``start``, each event, ending with ``done``.
+
+    ``start`` goes out with the first event, so that a failure before it keeps its status.
+    """
+    start: bytes | None = json_bytes({"type": "start", "request_id": request.request_id})
     async with pipeline.stream(request) as events:
-        await emit(json_bytes({"type": "start", "request_id": request.request_id}))
         async for event in events:
+            if start is not None:
+                await emit(start)
+                start = None
             await emit(json_bytes(event_json(event)))
 
 

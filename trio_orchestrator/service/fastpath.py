@@ -183,9 +183,14 @@ def _json(
 async def _stream_chat(pipeline: Pipeline, chat: ChatRequest, emit: Emit) -> None:
     prompt = chat.prompt
     writer = ChunkWriter(prompt.request_id, prompt.params.model, chat.include_usage)
+    opening: bytes | None = writer.first()
     async with pipeline.stream(prompt) as events:
-        await emit(writer.first())
         async for event in events:
+            # The role chunk waits for the first upstream event: until something is sent,
+            # a failure (an upstream 429, 400, 5xx…) is still answered with its own status.
+            if opening is not None:
+                await emit(opening)
+                opening = None
             chunk = writer.event(event)
             if chunk is not None:
                 await emit(chunk)
