@@ -22,6 +22,7 @@ from trio_orchestrator.service.app import create_app
 from trio_orchestrator.types import PromptRequest
 from trio_orchestrator.workers import EventSink
 
+CHAT_PATH = "/v1/chat/completions"
 CHAT = {"model": "echo", "messages": [{"role": "user", "content": "hi"}]}
 
 # Every error class a request can end with, from anywhere in the package, and its status.
@@ -261,3 +262,27 @@ def test_api_error_body_has_the_openai_shape() -> None:
     assert body == {
         "error": {"message": "m", "type": "invalid_request_error", "param": "p", "code": "c"}
     }
+
+
+@pytest.mark.parametrize("cors", [(), ("http://example.com",)], ids=["fast path", "layers"])
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+async def test_the_request_after_a_413_on_the_same_connection_succeeds(
+    cors: tuple[str, ...], chunked: bool
+) -> None:
+    """A 413 closes its connection, so the client's next request never meets a dead one."""
+    config = make_config(max_body_bytes=1000, cors_origins=cors)
+    big = b'{"pad": "' + b"x" * 300_000 + b'"}'
+
+    async def pieces() -> AsyncIterator[bytes]:
+        yield big
+
+    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+    async with (
+        running_service(config) as url,
+        httpx.AsyncClient(base_url=url, limits=limits) as client,
+    ):
+        for _ in range(50):
+            refused = await client.post(CHAT_PATH, content=pieces() if chunked else big)
+            assert refused.status_code == 413
+            answered = await client.post(CHAT_PATH, json=CHAT)
+            assert answered.status_code == 200

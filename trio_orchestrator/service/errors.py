@@ -73,6 +73,7 @@ class ApiError(Exception):
         retry_after: seconds for the ``Retry-After`` header, when the client should retry.
         should_retry: the ``x-should-retry`` header (the OpenAI and Anthropic SDKs obey it
             over their own rules), when set.
+        close: end the connection after this answer (``Connection: close``).
     """
 
     status: int
@@ -82,6 +83,7 @@ class ApiError(Exception):
     param: str | None = None
     retry_after: int | None = None
     should_retry: bool | None = attrs.field(default=None, kw_only=True)
+    close: bool = attrs.field(default=False, kw_only=True)
 
     def body(self) -> dict[str, Any]:
         """The JSON body: ``{"error": {...}}``."""
@@ -89,10 +91,12 @@ class ApiError(Exception):
         return {"error": {**error, "code": self.code}}
 
     def headers(self) -> dict[str, str]:
-        """Response headers: ``Retry-After`` and ``x-should-retry`` when set."""
+        """Response headers: ``Retry-After``, ``x-should-retry`` and ``Connection`` when set."""
         headers = {} if self.retry_after is None else {"Retry-After": str(self.retry_after)}
         if self.should_retry is not None:
             headers["x-should-retry"] = "true" if self.should_retry else "false"
+        if self.close:
+            headers["Connection"] = "close"
         return headers
 
 

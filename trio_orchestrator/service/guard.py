@@ -195,9 +195,14 @@ class Guard:
         return None
 
     def too_large(self) -> ApiError:
-        """The 413 for a body over the limit."""
+        """The 413 for a body over the limit.
+
+        It closes the connection: the rest of the body is never read, so the connection
+        cannot carry another request (kept open, the client's next request on it could meet
+        the server dropping it).
+        """
         message = f"the request body is larger than the limit of {self.max_body_bytes} bytes"
-        return ApiError(413, message, code="request_too_large")
+        return ApiError(413, message, code="request_too_large", close=True)
 
     def _limited(self, receive: Any) -> Any:
         seen = 0
