@@ -41,7 +41,7 @@ from ..workers import ModelWorker
 from . import endpoints as ep
 from .errors import ApiError, map_exception
 from .fastpath import CHAT_PATH, ChatFastPath, ChatRoute
-from .guard import CatchAll, Guard, KeyRing
+from .guard import CatchAll, Guard, KeyRing, RequestIds
 from .openapi import openapi_document
 from .settings import CONFIG_ENV, config_from_environment, log_to_stderr, open_worker
 from .state import ServiceState, served_models, service_of
@@ -134,7 +134,7 @@ class ServiceApp(Starlette):
 
 def _middleware(config: Config, keyring: KeyRing) -> list[Middleware]:
     service = config.service
-    layers = [Middleware(CatchAll)]
+    layers = [Middleware(RequestIds), Middleware(CatchAll)]
     if service.cors_origins:
         layers.append(
             Middleware(
@@ -142,6 +142,7 @@ def _middleware(config: Config, keyring: KeyRing) -> list[Middleware]:
                 allow_origins=list(service.cors_origins),
                 allow_methods=["GET", "POST"],
                 allow_headers=["authorization", "content-type"],
+                expose_headers=["x-request-id"],
             )
         )
     layers.append(Middleware(Guard, keys=keyring, max_body_bytes=service.max_body_bytes))

@@ -20,7 +20,7 @@ from ..pipeline import DeadLetter, Pipeline
 from ..types import PromptRequest
 from .chat import json_bytes
 from .errors import ApiError, map_exception, outcome_of
-from .guard import caller_of
+from .guard import caller_of, set_request_id
 from .metrics import render_metrics
 from .native import completion_json, event_json, parse_prompt_request
 from .state import service_of
@@ -104,9 +104,11 @@ def _embedding_input(fields: Fields) -> list[str]:
 def _prompt(request: Request, fields: Fields) -> PromptRequest:
     state = service_of(request)
     caller = caller_of(request.scope)
-    return parse_prompt_request(
+    prompt_request = parse_prompt_request(
         fields, state.models, caller.meta(request.headers), caller.priority_cap
     )
+    set_request_id(request.scope, prompt_request.request_id)  # x-request-id names it
+    return prompt_request
 
 
 async def prompt(request: Request) -> Response:

@@ -1,6 +1,7 @@
-"""The service's outer ASGI layers: API keys, body size limit, and the last-resort 500.
+"""The service's outer ASGI layers: request ids, API keys, body size limit, and the
+last-resort 500.
 
-Both are plain ASGI middleware (no per-request task or buffering), so they cost a few
+All are plain ASGI middleware (no per-request task or buffering), so they cost a few
 dictionary lookups per request.
 """
 
@@ -10,20 +11,30 @@ import hashlib
 import hmac
 import json
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from ..config.service import ApiKeyConfig
 from ..observability.tracing import trace_meta
-from ..types import Priority
+from ..types import Priority, new_request_id
 from .errors import ApiError
 
 if TYPE_CHECKING:
     from ..config.model import Config
 
-__all__ = ["Caller", "CatchAll", "Guard", "KeyRing", "answer_crash", "caller_of"]
+__all__ = [
+    "Caller",
+    "CatchAll",
+    "Guard",
+    "KeyRing",
+    "RequestIds",
+    "answer_crash",
+    "caller_of",
+    "request_id_of",
+    "set_request_id",
+]
 
 logger = logging.getLogger("trio_orchestrator.service")
 
@@ -32,6 +43,9 @@ Message = dict[str, Any]
 
 # The scope key under which the guard leaves the authenticated caller.
 CALLER_KEY = "trio_orchestrator.caller"
+# The scope key holding the id the response's ``x-request-id`` header carries.
+REQUEST_ID_KEY = "trio_orchestrator.request_id"
+REQUEST_ID_HEADER = b"x-request-id"
 PUBLIC_PATHS = frozenset(("/healthz", "/readyz"))
 ADMIN_PREFIXES = ("/v1/dead-letters", "/v1/admin")
 
@@ -124,11 +138,12 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
-async def send_error(send: Any, error: ApiError) -> None:
-    """Send ``error`` as a complete JSON response."""
+async def send_error(send: Any, error: ApiError, extra: Iterable[tuple[bytes, bytes]] = ()) -> None:
+    """Send ``error`` as a complete JSON response, with the ``extra`` headers."""
     body = json.dumps(error.body()).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
     headers += [(k.lower().encode(), v.encode()) for k, v in error.headers().items()]
+    headers += extra
     if error.status == 401:
         headers.append((b"www-authenticate", b"Bearer"))
     await send({"type": "http.response.start", "status": error.status, "headers": headers})
@@ -256,8 +271,57 @@ _INTERNAL_ERROR = ApiError(
 )
 
 
-async def answer_crash(scope: Scope, send: Any, *, started: bool) -> None:
-    """Log the exception being handled; answer a generic 500 unless the response began."""
+async def answer_crash(
+    scope: Scope, send: Any, *, started: bool, extra: Iterable[tuple[bytes, bytes]] = ()
+) -> None:
+    """Log the exception being handled; answer a generic 500 (with the ``extra`` headers)
+    unless the response began."""
     logger.exception("unhandled error serving %s %s", scope.get("method"), scope["path"])
     if scope["type"] == "http" and not started:
-        await send_error(send, _INTERNAL_ERROR)
+        await send_error(send, _INTERNAL_ERROR, extra)
+
+
+def request_id_of(scope: MutableMapping[str, Any]) -> str:
+    """The id of this request, as :class:`RequestIds` answers it in ``x-request-id`` (a new
+    one when no such layer chose one)."""
+    request_id: str | None = scope.get(REQUEST_ID_KEY)
+    if request_id is None:
+        request_id = scope[REQUEST_ID_KEY] = new_request_id()
+    return request_id
+
+
+def set_request_id(scope: MutableMapping[str, Any], request_id: str) -> None:
+    """Answer ``request_id`` in ``x-request-id`` (a handler whose pipeline request has an id
+    of its own, such as one the client chose)."""
+    scope[REQUEST_ID_KEY] = request_id
+
+
+def request_id_header(request_id: str) -> tuple[bytes, bytes]:
+    """The ``x-request-id`` header for ``request_id``."""
+    return (REQUEST_ID_HEADER, request_id.encode("latin-1"))
+
+
+@attrs.define(eq=False)
+class RequestIds:
+    """The outermost layer: every HTTP response carries ``x-request-id`` (the SDKs expose it
+    as ``_request_id`` / ``request_id``), the id of the pipeline request where there is one.
+
+    A new id is put in the scope (:func:`request_id_of`); a handler that runs a pipeline
+    request under another id says so with :func:`set_request_id` before it answers.
+    """
+
+    app: Any
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        scope[REQUEST_ID_KEY] = new_request_id()
+
+        async def tagging_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                header = request_id_header(scope[REQUEST_ID_KEY])
+                message = {**message, "headers": [*message.get("headers", ()), header]}
+            await send(message)
+
+        await self.app(scope, receive, tagging_send)
