@@ -12,9 +12,13 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
-from trio_orchestrator.testing.fake_provider import Behaviour
+from trio_orchestrator.config import Config
+from trio_orchestrator.config.service import ServiceConfig
+from trio_orchestrator.routing.registry import ModelDeployment, RoutingConfig
+from trio_orchestrator.testing.fake_provider import Behaviour, FakeProvider
+from trio_orchestrator.workers import ProviderConfig, ProvidersConfig
 
-from .conftest import Gateway, single_provider, start_gateway
+from .conftest import UPSTREAM_KEY, ConfigFactory, Gateway, single_provider, start_gateway
 
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Hi"}]
 
@@ -125,3 +129,32 @@ def test_the_native_stream_starts_with_its_first_event(gw: Gateway) -> None:
     response = httpx.post(gw.url + "/v1/prompt/stream", json={"input": "Hi", "model": "m"})
     kinds = [json.loads(line[6:])["type"] for line in response.text.split("\n\n") if line]
     assert (response.status_code, kinds[0], kinds[-1]) == (200, "start", "done")
+
+
+def _two_deployments(kind: str) -> ConfigFactory:
+    """One model served by two deployments (two providers in front of the one fake)."""
+
+    def make(fake: FakeProvider) -> Config:
+        base = fake.openai_base_url if kind == "openai" else fake.base_url
+        providers = ProvidersConfig(
+            [ProviderConfig(kind, name, base, api_keys=[UPSTREAM_KEY]) for name in ("p1", "p2")]  # type: ignore[arg-type]
+        )
+        deployments = [
+            ModelDeployment(f"d-{name}", "fake-model", name, input_price=price)
+            for name, price in (("p1", 1.0), ("p2", 2.0))
+        ]
+        routing = RoutingConfig(deployments=deployments, strategy="cost", max_attempts=2)
+        return Config(providers=providers, routing=routing, service=ServiceConfig(port=0))
+
+    return make
+
+
+def test_a_router_fallback_before_the_first_token_is_invisible(upstream_kind: str) -> None:
+    """The first deployment failing before any token falls back; the client sees one 200."""
+    running = start_gateway(upstream_kind, _two_deployments(upstream_kind))
+    try:
+        running.gateway.script(Behaviour(status=500), Behaviour(text="Hello there"))
+        assert "".join(_stream(running.gateway)) == "Hello there"
+        assert len(running.gateway.received()) == 2
+    finally:
+        running.stop()
