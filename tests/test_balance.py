@@ -6,11 +6,12 @@ import attrs
 import pytest
 import trio
 
-from trio_orchestrator.errors import ServerError
+from trio_orchestrator.errors import ModelNotFound, ServerError
 from trio_orchestrator.events import StreamEvent
 from trio_orchestrator.sharding import shard_session
-from trio_orchestrator.types import PromptRequest
+from trio_orchestrator.types import GenerationParams, PromptRequest
 from trio_orchestrator.workers import EchoWorker, LoadBalancedWorker, collect
+from trio_orchestrator.workers.balance import Strategy
 from trio_orchestrator.workers.base import EventSink
 
 
@@ -104,3 +105,43 @@ def test_bad_weights_are_refused() -> None:
         LoadBalancedWorker(echoes(2), "weighted", [1])
     with pytest.raises(ValueError, match="strategy"):
         LoadBalancedWorker(echoes(2), "random")  # type: ignore[arg-type]
+
+
+def ask(model: str) -> PromptRequest:
+    return PromptRequest(input="x", params=GenerationParams(model=model))
+
+
+@pytest.mark.parametrize("strategy", ["round_robin", "least_loaded", "weighted", "session"])
+async def test_a_request_goes_only_to_workers_serving_its_model(strategy: Strategy) -> None:
+    """With models declared, each strategy picks among the workers listing the model (or
+    listing none), whatever order the models' requests come in."""
+    models = [["a"], ["b"], []]
+    balancer = LoadBalancedWorker(echoes(3), strategy, models=models)
+    asked = ["a", "a", "a", "b", "b", "b", "c", "a", "b"]
+    chosen = await models_for(balancer, [ask(m) for m in asked])
+    for model, worker in zip(asked, chosen, strict=True):
+        assert worker in {"a": {"w0", "w2"}, "b": {"w1", "w2"}, "c": {"w2"}}[model]
+
+
+async def test_round_robin_takes_turns_per_model() -> None:
+    """Each model's requests go in turn over its own workers, unaffected by other models."""
+    balancer = LoadBalancedWorker(echoes(3), models=[["a"], ["a", "b"], ["b"]])
+    asked = ["a", "b", "a", "b", "a", "b", "a", "b"]
+    chosen = await models_for(balancer, [ask(m) for m in asked])
+    assert chosen[0::2] == ["w0", "w1", "w0", "w1"]
+    assert chosen[1::2] == ["w1", "w2", "w1", "w2"]
+
+
+async def test_a_model_no_worker_serves_is_model_not_found_without_a_call() -> None:
+    """A model no worker lists (and none lists every model) is ModelNotFound, 404."""
+    balancer = LoadBalancedWorker(echoes(2), models=[["a"], ["b"]])
+    with pytest.raises(ModelNotFound) as caught:
+        await collect(balancer, ask("z"))
+    assert caught.value.status == 404
+    assert [w.requests for w in balancer.statistics().workers] == [0, 0]
+
+
+def test_models_must_be_one_list_per_worker() -> None:
+    """A models list of the wrong length is refused when the balancer is built."""
+    with pytest.raises(ValueError, match="one per worker"):
+        LoadBalancedWorker(echoes(2), models=[["a"]])

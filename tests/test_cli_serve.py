@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -132,6 +133,32 @@ async def test_invalid_config_file_exits_2_naming_the_key(tmp_path: Path) -> Non
     result = await trio.run_process(command, capture_stdout=True, capture_stderr=True, check=False)
     assert result.returncode == 2
     assert b"prot" in result.stderr
+
+
+UNSET_KEY = (
+    '[[providers.providers]]\nkind = "openai"\nname = "oa"\n'
+    'api_key_env = "TRIO_ORCHESTRATOR_TEST_UNSET_KEY"\n'
+)
+
+
+async def test_an_unset_key_variable_stops_serve_before_it_listens(tmp_path: Path) -> None:
+    """An api_key_env naming an unset variable: one line naming the key path, status 2,
+    nothing served and no traceback."""
+    path = tmp_path / "unset.toml"
+    path.write_text(UNSET_KEY)
+    command = [sys.executable, "-m", "trio_orchestrator", "serve", "--config", str(path)]
+    command += ["--port", "0"]
+    env = {k: v for k, v in os.environ.items() if k != "TRIO_ORCHESTRATOR_TEST_UNSET_KEY"}
+    with trio.fail_after(PROMPTLY):
+        result = await trio.run_process(
+            command, capture_stdout=True, capture_stderr=True, check=False, env=env
+        )
+    assert result.returncode == 2
+    assert b"serving on" not in result.stdout + result.stderr
+    assert b"Traceback" not in result.stderr
+    (line,) = result.stderr.decode().splitlines()
+    assert "providers.providers[0].api_key_env" in line
+    assert "TRIO_ORCHESTRATOR_TEST_UNSET_KEY" in line
 
 
 async def test_worker_processes_serve_and_drain_on_sigterm(tmp_path: Path) -> None:

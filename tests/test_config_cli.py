@@ -91,3 +91,32 @@ def test_check_runs_as_a_module_without_traceback(bad: Path) -> None:
     assert result.returncode == 1
     assert "pipeline.rag_capacity: expected a whole number" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_check_accepts_a_set_api_key_env(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the variable set, api_key_env passes and the key is masked in the output."""
+    monkeypatch.setenv("TRIO_ORCHESTRATOR_TEST_SET_KEY", "sk-secret")
+    path = tmp_path / "set.toml"
+    path.write_text(
+        '[[providers.providers]]\nkind = "openai"\napi_key_env = "TRIO_ORCHESTRATOR_TEST_SET_KEY"\n'
+    )
+    assert main(["config", "check", str(path)]) == 0
+    assert "sk-secret" not in capsys.readouterr().out
+
+
+def test_check_refuses_an_unset_api_key_env(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An api_key_env naming an unset variable fails the check, naming the key path."""
+    monkeypatch.delenv("TRIO_ORCHESTRATOR_TEST_UNSET_KEY", raising=False)
+    path = tmp_path / "unset.toml"
+    path.write_text(
+        '[[providers.providers]]\nkind = "openai"\n'
+        'api_key_env = "TRIO_ORCHESTRATOR_TEST_UNSET_KEY"\n'
+    )
+    assert main(["config", "check", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "providers.providers[0].api_key_env: the environment variable" in err
+    assert "TRIO_ORCHESTRATOR_TEST_UNSET_KEY" in err

@@ -2,26 +2,37 @@
 
 from __future__ import annotations
 
+import importlib
+import logging
+import pkgutil
 from collections.abc import AsyncIterator
 
+import attrs
 import httpx
 import pytest
 from service_helpers import RaisingWorker, make_config, running_service
 
+import trio_orchestrator
 from trio_orchestrator import errors as e
+from trio_orchestrator.distributed.connection import RedisUnavailable
+from trio_orchestrator.events import EventGrammarError, TextDelta
+from trio_orchestrator.routing.budget import BudgetExceeded
 from trio_orchestrator.service import ApiError, map_exception
 from trio_orchestrator.service.app import create_app
+from trio_orchestrator.types import PromptRequest
+from trio_orchestrator.workers import EventSink
 
+CHAT_PATH = "/v1/chat/completions"
 CHAT = {"model": "echo", "messages": [{"role": "user", "content": "hi"}]}
 
-# Every class of trio_orchestrator.errors a request can end with, and its status.
-STATUS = [
+# Every error class a request can end with, from anywhere in the package, and its status.
+STATUS: list[tuple[Exception, int]] = [
     (e.PipelineClosed(), 503),
     (e.RequestShed("inference", "full"), 503),
     (e.DeadlineExceeded("late"), 408),
     (e.RequestCancelled("shutdown"), 503),
+    (e.RequestError("ended"), 503),
     (e.WorkerCrashed("boom"), 500),
-    (e.WorkerError("untyped"), 500),
     (e.CircuitOpen("open", retry_after=3), 503),
     (e.RateLimitExceeded("local", retry_after=2), 429),
     (e.RateLimited("upstream", retry_after=5), 429),
@@ -38,24 +49,85 @@ STATUS = [
     (e.ContextLengthExceeded("long"), 400),
     (e.UnsupportedParameter("logit_bias", "no equivalent"), 400),
     (e.ProviderError("other"), 502),
+    (BudgetExceeded("model", "gpt", limit=1.0, spent=1.0, needed=0.1), 429),
+    (RedisUnavailable("down"), 503),
+    (e.ConfigError("routing.deployments: bad"), 503),
+    (EventGrammarError("TextDelta after Done"), 502),
+]
+
+# Abstract bases: a bare instance says nothing about what failed, so it is an internal error.
+UNTYPED: list[tuple[Exception, int]] = [
+    (e.OrchestratorError("untyped"), 500),
+    (e.WorkerError("untyped"), 500),
 ]
 
 
-@pytest.mark.parametrize(("error", "status"), STATUS, ids=lambda x: type(x).__name__)
+@pytest.mark.parametrize(("error", "status"), STATUS + UNTYPED, ids=lambda x: type(x).__name__)
 def test_each_error_class_maps_to_its_status(error: Exception, status: int) -> None:
     """Every exception class of the hierarchy has its documented HTTP status."""
     assert map_exception(error).status == status
 
 
-def test_the_mapping_covers_every_error_class() -> None:
-    """No class of trio_orchestrator.errors is left out of the status table."""
-    covered = {type(error) for error, _ in STATUS}
-    classes = {getattr(e, name) for name in e.__all__} - {
-        e.OrchestratorError,
-        e.ConfigError,
-        e.RequestError,
-    }
-    assert classes <= covered
+def _package_error_classes() -> set[type[BaseException]]:
+    """Every OrchestratorError subclass defined anywhere in the package (all modules
+    imported first, so that none is missed because nothing imported it yet)."""
+    for module in pkgutil.walk_packages(trio_orchestrator.__path__, "trio_orchestrator."):
+        if module.name != "trio_orchestrator.__main__":  # it runs the CLI
+            importlib.import_module(module.name)
+    found: set[type[BaseException]] = set()
+    todo: list[type[BaseException]] = [e.OrchestratorError]
+    while todo:
+        cls = todo.pop()
+        found.add(cls)
+        todo += cls.__subclasses__()
+    return {cls for cls in found if cls.__module__.startswith("trio_orchestrator.")}
+
+
+def test_every_error_class_of_the_package_has_a_deliberate_mapping() -> None:
+    """No OrchestratorError subclass in the package is left to the generic 500 fallback."""
+    table = {type(error) for error, _ in STATUS + UNTYPED}
+    assert _package_error_classes() - table == set()
+
+
+@pytest.mark.parametrize(("error", "status"), STATUS, ids=lambda x: type(x).__name__)
+def test_only_a_crash_is_a_500_and_nothing_typed_logs_a_traceback(
+    error: Exception, status: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A typed error is answered without the internal-error log; only WorkerCrashed is 500."""
+    mapped = map_exception(error)
+    assert (mapped.status == 500) == isinstance(error, e.WorkerCrashed)
+    logged = any(record.levelno >= logging.ERROR for record in caplog.records)
+    assert logged == (status == 500)
+
+
+@pytest.mark.parametrize(
+    ("cause", "status"),
+    [
+        (RedisUnavailable("down"), 503),
+        (EventGrammarError("delta before start"), 502),
+        (e.ConfigError("x"), 503),
+        (ZeroDivisionError("bug"), 500),
+    ],
+    ids=lambda x: type(x).__name__,
+)
+def test_a_crash_wrapping_a_typed_error_is_answered_as_that_error(
+    cause: Exception, status: int
+) -> None:
+    """The pipeline wraps non-WorkerErrors as WorkerCrashed; a typed cause keeps its status."""
+    crashed = e.WorkerCrashed(f"the worker raised {type(cause).__name__}")
+    crashed.__cause__ = cause
+    assert map_exception(crashed).status == status
+
+
+def test_a_budget_refusal_is_openais_insufficient_quota() -> None:
+    """BudgetExceeded is 429 insufficient_quota (type and code), and not to be retried."""
+    error = map_exception(BudgetExceeded("api_key", "k", limit=1.0, spent=1.0, needed=0.2))
+    assert (error.status, error.type, error.code) == (
+        429,
+        "insufficient_quota",
+        "insufficient_quota",
+    )
+    assert error.headers() == {"x-should-retry": "false"}
 
 
 def test_an_unsupported_parameter_is_named_in_its_400() -> None:
@@ -134,15 +206,40 @@ async def test_worker_crash_is_a_generic_500_without_details() -> None:
     assert response.json()["error"]["type"] == "server_error"
 
 
+@attrs.define
+class FailingAfterTokenWorker:
+    """Emits one token, then raises ``error``."""
+
+    error: BaseException
+    model: str = "echo"
+
+    async def generate(self, request: PromptRequest, emit: EventSink) -> None:
+        """Emit a token, then raise the configured error."""
+        await emit(TextDelta("partial"))
+        raise self.error
+
+
 async def test_error_mid_stream_is_an_error_event() -> None:
     """A failure after a stream started is sent as a final `data: {"error": ...}` event."""
-    worker = RaisingWorker(e.Overloaded("busy"))
+    worker = FailingAfterTokenWorker(e.Overloaded("busy"))
     body = CHAT | {"stream": True}
     async with running_service(worker=worker) as url, httpx.AsyncClient(base_url=url) as client:
         response = await client.post("/v1/chat/completions", json=body)
     events = [line for line in response.text.split("\n\n") if line]
     assert response.status_code == 200
+    assert '"partial"' in response.text
     assert events[-1].startswith('data: {"error"')
+
+
+async def test_error_before_the_first_event_keeps_its_status() -> None:
+    """A stream that fails before its first event is answered with the error's status."""
+    worker = RaisingWorker(e.Overloaded("busy"))
+    body = CHAT | {"stream": True}
+    async with running_service(worker=worker) as url, httpx.AsyncClient(base_url=url) as client:
+        response = await client.post("/v1/chat/completions", json=body)
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "upstream_overloaded"
+    assert "retry-after" in response.headers
 
 
 async def test_unknown_route_is_a_404_error_object() -> None:
@@ -176,3 +273,27 @@ def test_api_error_body_has_the_openai_shape() -> None:
     assert body == {
         "error": {"message": "m", "type": "invalid_request_error", "param": "p", "code": "c"}
     }
+
+
+@pytest.mark.parametrize("cors", [(), ("http://example.com",)], ids=["fast path", "layers"])
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+async def test_the_request_after_a_413_on_the_same_connection_succeeds(
+    cors: tuple[str, ...], chunked: bool
+) -> None:
+    """A 413 closes its connection, so the client's next request never meets a dead one."""
+    config = make_config(max_body_bytes=1000, cors_origins=cors)
+    big = b'{"pad": "' + b"x" * 300_000 + b'"}'
+
+    async def pieces() -> AsyncIterator[bytes]:
+        yield big
+
+    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+    async with (
+        running_service(config) as url,
+        httpx.AsyncClient(base_url=url, limits=limits) as client,
+    ):
+        for _ in range(50):
+            refused = await client.post(CHAT_PATH, content=pieces() if chunked else big)
+            assert refused.status_code == 413
+            answered = await client.post(CHAT_PATH, json=CHAT)
+            assert answered.status_code == 200

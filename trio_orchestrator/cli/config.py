@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
+from collections.abc import Mapping
 from typing import Any
 
-from ..config import config_schema, dump_config, load_config, to_toml
+from ..config import Config, config_schema, dump_config, load_config, to_toml
 from ..errors import ConfigError
 
 
@@ -26,10 +28,42 @@ def register(subparsers: Any) -> None:
     schema.set_defaults(func=run_schema)
 
 
+def environment_problems(config: Config, env: Mapping[str, str] | None = None) -> list[str]:
+    """What the configuration reads from the environment when the service starts and is not
+    there: each provider's ``api_key_env`` (``"${VAR}"`` secrets are checked as the file
+    loads), one line per problem naming its key path.
+
+    Args:
+        config: the configuration.
+        env: the environment (default: ``os.environ``).
+    """
+    env = os.environ if env is None else env
+    providers = () if config.providers is None else config.providers.providers
+    return [
+        f"providers.providers[{i}].api_key_env: the environment variable "
+        f"{provider.api_key_env} is not set; set it, or remove the key"
+        for i, provider in enumerate(providers)
+        if provider.api_key_env and not env.get(provider.api_key_env)
+    ]
+
+
+def load_checked(path: str) -> Config:
+    """Load ``path`` and check what it reads from the environment, as serving would.
+
+    Raises:
+        ConfigError: every problem of the file, or every variable it needs and lacks.
+    """
+    config = load_config(path)
+    problems = environment_problems(config)
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
 def run_check(args: argparse.Namespace) -> int:
     """Print the effective configuration; on a bad file, every problem and exit status 1."""
     try:
-        config = load_config(args.file)
+        config = load_checked(args.file)
     except ConfigError as exc:
         print(f"{args.file}: invalid configuration", file=sys.stderr)
         for problem in exc.problems:

@@ -14,9 +14,10 @@ import attrs
 import trio
 
 from ..config import Config
-from ..errors import ConfigError
+from ..errors import ConfigError, OrchestratorError
 from ..service.server import run_workers, serve
-from ..service.settings import CONFIG_ENV, load_config, log_to_stderr
+from ..service.settings import CONFIG_ENV, log_to_stderr
+from .config import load_checked
 
 logger = logging.getLogger("trio_orchestrator.service")
 
@@ -32,7 +33,9 @@ def register(subparsers: Any) -> None:
 
 
 def _config(args: argparse.Namespace) -> Config:
-    config = Config() if args.config is None else load_config(args.config)
+    # Checked whole before anything listens: a missing key's variable is refused here, in
+    # one line, not by a traceback after "serving on".
+    config = Config() if args.config is None else load_checked(args.config)
     overrides = {k: getattr(args, k) for k in ("host", "port", "workers")}
     changes = {k: v for k, v in overrides.items() if v is not None}
     try:
@@ -47,15 +50,41 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = _config(args)
     except ConfigError as exc:
-        print(f"trio-orchestrator serve: {exc}", file=sys.stderr)
+        print(f"trio-orchestrator serve: invalid configuration: {_one_line(exc)}", file=sys.stderr)
         return 2
     if args.config is not None:
         # The service reloads this file on SIGHUP (worker processes also read it from here).
         os.environ[CONFIG_ENV] = str(Path(args.config).resolve())
     if config.service.workers > 1:
         return run_workers(config, args.config)
-    trio.run(_serve_until_signal, config)
+    try:
+        trio.run(_serve_until_signal, config)
+    except BaseException as exc:
+        error = _startup_error(exc)
+        if error is None:
+            raise
+        print(f"trio-orchestrator serve: cannot start: {_one_line(error)}", file=sys.stderr)
+        return 2
     return 0
+
+
+def _one_line(error: OrchestratorError) -> str:
+    if isinstance(error, ConfigError):
+        return "; ".join(error.problems)
+    return " ".join(str(error).split())
+
+
+def _startup_error(exc: BaseException) -> OrchestratorError | None:
+    """The package's own error that stopped the service (a configuration the file check
+    cannot see, Redis unreachable at start…), out of the exception groups around it."""
+    if isinstance(exc, OrchestratorError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _startup_error(inner)
+            if found is not None:
+                return found
+    return None
 
 
 async def _serve_until_signal(config: Config) -> None:

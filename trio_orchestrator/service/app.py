@@ -42,7 +42,7 @@ from . import endpoints as ep
 from .completions import completions
 from .errors import ApiError, map_exception
 from .fastpath import CHAT_PATH, ChatFastPath, ChatRoute
-from .guard import CatchAll, Guard, KeyRing
+from .guard import CatchAll, Guard, KeyRing, RequestIds
 from .messages import COUNT_TOKENS_PATH, MESSAGES_PATH, CountTokensRoute, MessagesRoute
 from .openapi import openapi_document
 from .responses import responses
@@ -163,7 +163,7 @@ class ServiceApp(Starlette):
 
 def _middleware(config: Config, keyring: KeyRing) -> list[Middleware]:
     service = config.service
-    layers = [Middleware(CatchAll)]
+    layers = [Middleware(RequestIds), Middleware(CatchAll)]
     if service.cors_origins:
         layers.append(
             Middleware(
@@ -171,6 +171,7 @@ def _middleware(config: Config, keyring: KeyRing) -> list[Middleware]:
                 allow_origins=list(service.cors_origins),
                 allow_methods=["GET", "POST"],
                 allow_headers=["authorization", "content-type"],
+                expose_headers=["x-request-id"],
             )
         )
     layers.append(Middleware(Guard, keys=keyring, max_body_bytes=service.max_body_bytes))

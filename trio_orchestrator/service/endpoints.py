@@ -21,7 +21,7 @@ from ..types import PromptRequest
 from .chat import json_bytes
 from .embeddings import embeddings_answer, parse_embeddings_request
 from .errors import ApiError, map_exception, outcome_of
-from .guard import caller_of
+from .guard import caller_of, set_request_id
 from .metrics import render_metrics
 from .native import completion_json, event_json, parse_prompt_request
 from .state import service_of
@@ -83,9 +83,11 @@ async def embeddings(request: Request) -> Response:
 def _prompt(request: Request, fields: Fields) -> PromptRequest:
     state = service_of(request)
     caller = caller_of(request.scope)
-    return parse_prompt_request(
+    prompt_request = parse_prompt_request(
         fields, state.models, caller.meta(request.headers), caller.priority_cap
     )
+    set_request_id(request.scope, prompt_request.request_id)  # x-request-id names it
+    return prompt_request
 
 
 async def prompt(request: Request) -> Response:
@@ -120,10 +122,16 @@ async def prompt_stream(request: Request) -> Response:
 
 
 async def stream_prompt(pipeline: Pipeline, request: PromptRequest, emit: Emit) -> None:
-    """Send ``request``'s events: ``start``, each event, ending with ``done``."""
+    """Send ``request``'s events: ``start``, each event, ending with ``done``.
+
+    ``start`` goes out with the first event, so that a failure before it keeps its status.
+    """
+    start: bytes | None = json_bytes({"type": "start", "request_id": request.request_id})
     async with pipeline.stream(request) as events:
-        await emit(json_bytes({"type": "start", "request_id": request.request_id}))
         async for event in events:
+            if start is not None:
+                await emit(start)
+                start = None
             await emit(json_bytes(event_json(event)))
 
 

@@ -17,13 +17,21 @@ ProviderTimeout                       504     upstream_error               upstr
 ServerError, ProviderConnectionError,
 MalformedResponse                     502     upstream_error               upstream_error
 AuthenticationError, PermissionDenied 502     upstream_error               upstream_auth
-ModelNotFound                         404     invalid_request_error        model_not_found
+ModelNotFound (upstream or router)    404     invalid_request_error        model_not_found
 ContextLengthExceeded                 400     invalid_request_error        context_length_exceeded
 ContentFiltered                       400     invalid_request_error        content_filter
 UnsupportedParameter                  400     invalid_request_error        unsupported_parameter
 BadRequest                            400     invalid_request_error        upstream_bad_request
+BudgetExceeded                        429     insufficient_quota           insufficient_quota
+RedisUnavailable                      503     service_unavailable          shared_state_unavailable
+ConfigError                           503     service_unavailable          configuration_error
+EventGrammarError                     502     upstream_error               upstream_error
 WorkerCrashed, other errors           500     server_error                 internal_error
 ====================================  ======  ===========================  =================
+
+A ``WorkerCrashed`` that wraps one of the errors above (the pipeline wraps what a worker
+raises outside ``WorkerError``) is answered as that error. ``BudgetExceeded`` is OpenAI's
+"out of credit" answer, with ``Retry-After`` only when the budget period restarts.
 
 A shed request gets 503 and not 429: it says the *service* is full, not that this caller
 exceeded its own quota, so clients and dashboards can tell the two apart; both carry
@@ -40,7 +48,10 @@ from typing import Any
 import attrs
 
 from .. import errors as e
+from ..distributed.connection import RedisUnavailable
+from ..events import EventGrammarError
 from ..pipeline import Outcome
+from ..routing.budget import BudgetExceeded
 
 __all__ = ["ApiError", "map_exception", "outcome_of"]
 
@@ -61,6 +72,9 @@ class ApiError(Exception):
         code: a short machine-readable code.
         param: the request field at fault, when there is one.
         retry_after: seconds for the ``Retry-After`` header, when the client should retry.
+        should_retry: the ``x-should-retry`` header (the OpenAI and Anthropic SDKs obey it
+            over their own rules), when set.
+        close: end the connection after this answer (``Connection: close``).
     """
 
     status: int
@@ -69,6 +83,8 @@ class ApiError(Exception):
     code: str | None = None
     param: str | None = None
     retry_after: int | None = None
+    should_retry: bool | None = attrs.field(default=None, kw_only=True)
+    close: bool = attrs.field(default=False, kw_only=True)
 
     def body(self) -> dict[str, Any]:
         """The JSON body: ``{"error": {...}}``."""
@@ -76,8 +92,13 @@ class ApiError(Exception):
         return {"error": {**error, "code": self.code}}
 
     def headers(self) -> dict[str, str]:
-        """Response headers: ``Retry-After`` when set."""
-        return {} if self.retry_after is None else {"Retry-After": str(self.retry_after)}
+        """Response headers: ``Retry-After``, ``x-should-retry`` and ``Connection`` when set."""
+        headers = {} if self.retry_after is None else {"Retry-After": str(self.retry_after)}
+        if self.should_retry is not None:
+            headers["x-should-retry"] = "true" if self.should_retry else "false"
+        if self.close:
+            headers["Connection"] = "close"
+        return headers
 
 
 def _retry_after(exc: BaseException) -> int:
@@ -104,6 +125,9 @@ def map_exception(exc: BaseException) -> ApiError:
     """
     if isinstance(exc, ApiError):
         return exc
+    cause = _typed_cause(exc)
+    if cause is not None:
+        return map_exception(cause)
     if isinstance(exc, e.RequestError):
         return _request_error(exc)
     if isinstance(exc, e.ProviderError):
@@ -113,9 +137,48 @@ def map_exception(exc: BaseException) -> ApiError:
         return _rate_limited(exc, message)
     if isinstance(exc, e.CircuitOpen):
         return _unavailable(exc, "circuit_open", f"the upstream is failing: {exc}; retry later")
+    error = _gateway_error(exc)
+    if error is not None:
+        return error
     logger.error("request failed with an internal error", exc_info=exc)
     message = "internal error: the worker failed; the server log has the details"
     return ApiError(500, message, "server_error", "internal_error")
+
+
+def _typed_cause(exc: BaseException) -> BaseException | None:
+    """The typed error a :class:`~trio_orchestrator.errors.WorkerCrashed` wraps, if any.
+
+    The pipeline wraps whatever a worker raises outside :class:`WorkerError` as
+    ``WorkerCrashed``; when that was one of the package's own errors (Redis lost, the event
+    grammar broken…), the client gets its mapping rather than a bare 500.
+    """
+    if not isinstance(exc, e.WorkerCrashed):
+        return None
+    cause = exc.__cause__
+    typed = isinstance(cause, e.OrchestratorError | EventGrammarError)
+    return cause if typed and not isinstance(cause, e.WorkerCrashed) else None
+
+
+def _gateway_error(exc: BaseException) -> ApiError | None:
+    """The mapping of the errors raised by the gateway's own parts (routing, shared state,
+    configuration, the event grammar), or ``None``."""
+    if isinstance(exc, BudgetExceeded):
+        # OpenAI's answer to an account out of credit; a retry before the budget period
+        # restarts (never, without one) would only be refused again.
+        seconds = None if exc.retry_after is None else _retry_after(exc)
+        kind = "insufficient_quota"
+        return ApiError(429, str(exc), kind, kind, retry_after=seconds, should_retry=False)
+    if isinstance(exc, RedisUnavailable):
+        message = f"the gateway's shared state is unreachable: {exc}; retry later"
+        return _unavailable(exc, "shared_state_unavailable", message)
+    if isinstance(exc, e.ConfigError):
+        logger.warning("a request hit a configuration error: %s", exc)
+        message = "the gateway's configuration cannot serve this request; tell its operator"
+        return ApiError(503, message, "service_unavailable", "configuration_error")
+    if isinstance(exc, EventGrammarError):
+        message = f"the upstream's answer broke the event grammar: {exc}"
+        return ApiError(502, message, "upstream_error", "upstream_error")
+    return None
 
 
 def _request_error(exc: e.RequestError) -> ApiError:

@@ -24,6 +24,7 @@ import attrs
 
 from ..errors import OrchestratorError
 from ..pipeline import Pipeline
+from ..types import new_request_id
 from .chat import (
     ChatRequest,
     ChunkWriter,
@@ -34,7 +35,15 @@ from .chat import (
 )
 from .choices import complete_choices, stream_choices, take_choices
 from .errors import ApiError, map_exception
-from .guard import CatchAll, Guard, answer_crash, caller_of, send_error
+from .guard import (
+    CatchAll,
+    Guard,
+    answer_crash,
+    caller_of,
+    request_id_header,
+    request_id_of,
+    send_error,
+)
 from .state import ServiceState
 from .streaming import ClientGone, Emit, EventStream, complete_unless_gone, error_json
 from .validate import parse_json_object
@@ -71,11 +80,12 @@ class ChatFastPath:
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request_id = new_request_id()
         error = self.guard.refusal(scope)
         if error is not None:
-            await send_error(send, error)
+            await send_error(send, error, (request_id_header(request_id),))
             return
-        await chat_completions(self.state, scope, receive, send, self.guard)
+        await chat_completions(self.state, scope, receive, send, self.guard, request_id)
 
 
 class ChatRoute:
@@ -88,7 +98,12 @@ class ChatRoute:
 
 
 async def chat_completions(
-    state: ServiceState, scope: Scope, receive: Receive, send: Send, guard: Guard | None = None
+    state: ServiceState,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    guard: Guard | None = None,
+    request_id: str | None = None,
 ) -> None:
     """``POST /v1/chat/completions``: streaming (server-sent events) or not.
 
@@ -100,13 +115,21 @@ async def chat_completions(
         state: the service's state.
         scope: the request's ASGI scope, receive and send.
         guard: counts the body against its limit as it arrives (when no layer does).
+        request_id: the pipeline request's id, which every response here carries in
+            ``x-request-id``; ``None`` behind the layers, where
+            :class:`~.guard.RequestIds` chose the id and tags the response itself.
     """
+    tag: Headers = []
+    if request_id is None:
+        request_id = request_id_of(scope)
+    else:
+        tag.append(request_id_header(request_id))
     try:
-        answer = await _answer(state, scope, receive, guard)
+        answer = await _answer(state, scope, receive, guard, request_id, tag)
     except ClientGone:
         return  # nobody is listening
     except Exception:
-        await answer_crash(scope, send, started=False)
+        await answer_crash(scope, send, started=False, extra=tag)
         return
     if isinstance(answer, EventStream):
         await CatchAll(answer)(scope, receive, send)
@@ -120,35 +143,45 @@ async def chat_completions(
 
 
 async def _answer(
-    state: ServiceState, scope: Scope, receive: Receive, guard: Guard | None
+    state: ServiceState,
+    scope: Scope,
+    receive: Receive,
+    guard: Guard | None,
+    request_id: str,
+    tag: Headers,
 ) -> tuple[int, bytes, Headers] | EventStream:
-    """The response: the completion or the error as status, body and headers, or the stream.
+    """The response: the completion or the error as status, body and headers (``tag``
+    among them), or the stream.
 
     Raises:
         ClientGone: the client disconnected first.
     """
     try:
         pipeline = state.open_pipeline()
-        chat, n = _parse(state, scope, await _read_body(receive, guard))
+        chat, n = _parse(state, scope, await _read_body(receive, guard), request_id)
         if chat.stream:
             produce = partial(_stream_chat, pipeline, chat)
             if n > 1:
                 produce = partial(stream_choices, pipeline, chat, n)
-            return EventStream(produce, _chat_error, b"[DONE]")
+            return EventStream(produce, _chat_error, b"[DONE]", headers=tag)
         if n > 1:
             completions = await complete_choices(receive, pipeline, chat.prompt, n)
-            return _json(200, completions_body(completions, chat.prompt.params.model))
+            return _json(200, completions_body(completions, chat.prompt.params.model), tag)
         completion = await complete_unless_gone(receive, pipeline, chat.prompt)
-        return _json(200, completion_body(completion, chat.prompt.params.model))
+        return _json(200, completion_body(completion, chat.prompt.params.model), tag)
     except (ApiError, OrchestratorError) as exc:
         error = map_exception(exc)
-        return _json(error.status, error.body(), error.headers())
+        return _json(error.status, error.body(), tag, error.headers())
 
 
-def _parse(state: ServiceState, scope: Scope, body: bytes) -> tuple[ChatRequest, int]:
+def _parse(
+    state: ServiceState, scope: Scope, body: bytes, request_id: str
+) -> tuple[ChatRequest, int]:
     """The request, and how many choices it asks for (``n``, see :mod:`.choices`)."""
     caller = caller_of(scope)
-    extra = {} if caller.priority_cap is None else {"priority": caller.priority_cap}
+    extra: dict[str, Any] = {"request_id": request_id}
+    if caller.priority_cap is not None:
+        extra["priority"] = caller.priority_cap
     meta = caller.meta(_trace_headers(scope))
     fields, n = take_choices(parse_json_object(body))
     return parse_chat_request(fields, state.models, meta, **extra), n
@@ -187,10 +220,11 @@ async def _read_body(receive: Receive, guard: Guard | None) -> bytes:
 
 
 def _json(
-    status: int, data: Any, headers: dict[str, str] | None = None
+    status: int, data: Any, tag: Headers, headers: dict[str, str] | None = None
 ) -> tuple[int, bytes, Headers]:
     body = json_bytes(data)  # as the JSONResponse of the other endpoints renders it
     start = [(b"content-length", b"%d" % len(body)), (b"content-type", b"application/json")]
+    start += tag
     if headers:
         start += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
     return status, body, start
@@ -199,13 +233,20 @@ def _json(
 async def _stream_chat(pipeline: Pipeline, chat: ChatRequest, emit: Emit) -> None:
     prompt = chat.prompt
     writer = ChunkWriter(prompt.request_id, prompt.params.model, chat.include_usage)
+    opened = False
     async with pipeline.stream(prompt) as events:
-        await emit(writer.first())
         async for event in events:
-            chunk = writer.event(event)
+            chunk = writer.event(event)  # first: the opening chunk carries its members
+            # The role chunk waits for the first upstream event: until something is sent,
+            # a failure (an upstream 429, 400, 5xx…) is still answered with its own status.
+            if not opened:
+                opened = True
+                await emit(writer.first())
             if chunk is not None:
                 await emit(chunk)
         assert events.completion is not None
+        if not opened:  # an answer with no events at all still opens with the role
+            await emit(writer.first())
         for chunk in writer.last(events.completion):
             await emit(chunk)
 

@@ -1,6 +1,7 @@
-"""The service's outer ASGI layers: API keys, body size limit, and the last-resort 500.
+"""The service's outer ASGI layers: request ids, API keys, body size limit, and the
+last-resort 500.
 
-Both are plain ASGI middleware (no per-request task or buffering), so they cost a few
+All are plain ASGI middleware (no per-request task or buffering), so they cost a few
 dictionary lookups per request.
 """
 
@@ -11,14 +12,14 @@ import hashlib
 import hmac
 import json
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from ..config.service import ApiKeyConfig
 from ..observability.tracing import trace_meta
-from ..types import Priority
+from ..types import Priority, new_request_id
 from .errors import ApiError
 from .messages_answer import ANTHROPIC_PATH, AnthropicApiError
 
@@ -33,10 +34,13 @@ __all__ = [
     "CatchAll",
     "Guard",
     "KeyRing",
+    "RequestIds",
     "access_of",
     "answer_crash",
     "caller_of",
+    "request_id_of",
     "route_path",
+    "set_request_id",
 ]
 
 logger = logging.getLogger("trio_orchestrator.service")
@@ -49,6 +53,9 @@ CALLER_KEY = "trio_orchestrator.caller"
 # Who may call what: the guard's one rule (:func:`access_of`). Every route of the service is
 # held to it by tests/test_service_routes_auth.py, which also wants each route that is neither
 # public nor admin listed in ``app.AUTHENTICATED_ROUTES``.
+# The scope key holding the id the response's ``x-request-id`` header carries.
+REQUEST_ID_KEY = "trio_orchestrator.request_id"
+REQUEST_ID_HEADER = b"x-request-id"
 PUBLIC_PATHS = frozenset(("/healthz", "/readyz"))
 ADMIN_PREFIXES = ("/v1/dead-letters", "/v1/admin")
 
@@ -185,18 +192,26 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
-async def send_error(send: Any, error: ApiError, *, websocket: bool = False) -> None:
+async def send_error(
+    send: Any,
+    error: ApiError,
+    extra: Iterable[tuple[bytes, bytes]] = (),
+    *,
+    websocket: bool = False,
+) -> None:
     """Send ``error`` as a complete JSON response.
 
     Args:
         send: the ASGI send.
         error: the error.
+        extra: more response headers.
         websocket: answer a WebSocket handshake (ASGI's ``websocket.http.response``).
     """
     prefix = "websocket." if websocket else ""
     body = json.dumps(error.body()).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
     headers += [(k.lower().encode(), v.encode()) for k, v in error.headers().items()]
+    headers += extra
     if error.status == 401:
         headers.append((b"www-authenticate", b"Bearer"))
     if websocket:
@@ -269,9 +284,14 @@ class Guard:
         return None
 
     def too_large(self) -> ApiError:
-        """The 413 for a body over the limit."""
+        """The 413 for a body over the limit.
+
+        It closes the connection: the rest of the body is never read, so the connection
+        cannot carry another request (kept open, the client's next request on it could meet
+        the server dropping it).
+        """
         message = f"the request body is larger than the limit of {self.max_body_bytes} bytes"
-        return ApiError(413, message, code="request_too_large")
+        return ApiError(413, message, code="request_too_large", close=True)
 
     def _limited(self, receive: Any) -> Any:
         seen = 0
@@ -328,8 +348,57 @@ _INTERNAL_ERROR = ApiError(
 )
 
 
-async def answer_crash(scope: Scope, send: Any, *, started: bool) -> None:
-    """Log the exception being handled; answer a generic 500 unless the response began."""
+async def answer_crash(
+    scope: Scope, send: Any, *, started: bool, extra: Iterable[tuple[bytes, bytes]] = ()
+) -> None:
+    """Log the exception being handled; answer a generic 500 (with the ``extra`` headers)
+    unless the response began."""
     logger.exception("unhandled error serving %s %s", scope.get("method"), scope["path"])
     if scope["type"] == "http" and not started:
-        await send_error(send, _INTERNAL_ERROR)
+        await send_error(send, _INTERNAL_ERROR, extra)
+
+
+def request_id_of(scope: MutableMapping[str, Any]) -> str:
+    """The id of this request, as :class:`RequestIds` answers it in ``x-request-id`` (a new
+    one when no such layer chose one)."""
+    request_id: str | None = scope.get(REQUEST_ID_KEY)
+    if request_id is None:
+        request_id = scope[REQUEST_ID_KEY] = new_request_id()
+    return request_id
+
+
+def set_request_id(scope: MutableMapping[str, Any], request_id: str) -> None:
+    """Answer ``request_id`` in ``x-request-id`` (a handler whose pipeline request has an id
+    of its own, such as one the client chose)."""
+    scope[REQUEST_ID_KEY] = request_id
+
+
+def request_id_header(request_id: str) -> tuple[bytes, bytes]:
+    """The ``x-request-id`` header for ``request_id``."""
+    return (REQUEST_ID_HEADER, request_id.encode("latin-1"))
+
+
+@attrs.define(eq=False)
+class RequestIds:
+    """The outermost layer: every HTTP response carries ``x-request-id`` (the SDKs expose it
+    as ``_request_id`` / ``request_id``), the id of the pipeline request where there is one.
+
+    A new id is put in the scope (:func:`request_id_of`); a handler that runs a pipeline
+    request under another id says so with :func:`set_request_id` before it answers.
+    """
+
+    app: Any
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        scope[REQUEST_ID_KEY] = new_request_id()
+
+        async def tagging_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                header = request_id_header(scope[REQUEST_ID_KEY])
+                message = {**message, "headers": [*message.get("headers", ()), header]}
+            await send(message)
+
+        await self.app(scope, receive, tagging_send)

@@ -20,8 +20,8 @@ def served_models(config: Config, worker: ModelWorker) -> tuple[str, ...]:
     """The model names clients may ask for; empty means any (the upstream decides).
 
     ``service.models`` when set; else every name the router resolves (models, groups,
-    aliases); else the models the providers declare — none declared passes any name
-    through; else the worker's own.
+    aliases); else the models the providers declare — a provider declaring none passes
+    any name through; else the worker's own.
     """
     if config.service.models:
         return tuple(config.service.models)
@@ -29,7 +29,10 @@ def served_models(config: Config, worker: ModelWorker) -> tuple[str, ...]:
     if registry is not None:
         return tuple(registry.names())
     if config.providers is not None:
-        return tuple(dict.fromkeys(m for p in config.providers.providers for m in p.models))
+        providers = config.providers.providers
+        if not all(p.models for p in providers):
+            return ()  # a provider listing no model serves any: the upstream decides
+        return tuple(dict.fromkeys(m for p in providers for m in p.models))
     return worker_models(worker)
 
 

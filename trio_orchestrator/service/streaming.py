@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import outcome
@@ -118,6 +118,7 @@ class EventStream(Response):
         produce: writes the stream.
         error_event: renders an error as an event payload.
         trailer: sent after a stream that ended without error (e.g. ``[DONE]``).
+        headers: further response headers, sent with the stream or with its error.
     """
 
     def __init__(
@@ -125,15 +126,18 @@ class EventStream(Response):
         produce: Callable[[Emit], Awaitable[None]],
         error_event: ErrorEvent,
         trailer: bytes | None = None,
+        *,
+        headers: Sequence[tuple[bytes, bytes]] = (),
     ) -> None:
         self.produce = produce
         self.error_event = error_event
         self.trailer = trailer
+        self.extra_headers = headers
         self.status_code = 200
         self.background = None
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        out = _Output(send)
+        out = _Output(send, self.extra_headers)
         with trio.CancelScope() as client:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_watch, receive, client)
@@ -150,7 +154,7 @@ class EventStream(Response):
             if out.started:
                 await out.emit(self.error_event(error, exc))
             else:
-                await send_error(out.send, error)
+                await send_error(out.send, error, out.extra)
                 out.finished = True
             return
         if self.trailer is not None:
@@ -160,8 +164,9 @@ class EventStream(Response):
 class _Output:
     """The response side of an event stream: headers go out with the first event."""
 
-    def __init__(self, send: Any) -> None:
+    def __init__(self, send: Any, extra: Sequence[tuple[bytes, bytes]] = ()) -> None:
         self.send = send
+        self.extra = extra
         self.started = False
         self.finished = False
 
@@ -172,7 +177,8 @@ class _Output:
     async def _start(self) -> None:
         if not self.started:
             self.started = True
-            await self.send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
+            headers = [*_HEADERS, *self.extra] if self.extra else _HEADERS
+            await self.send({"type": "http.response.start", "status": 200, "headers": headers})
 
     async def finish(self) -> None:
         if not self.finished:

@@ -9,6 +9,10 @@ Strategies:
 - ``session``: a request's ``session`` always goes to the same worker
   (:func:`~trio_orchestrator.sharding.shard_session`); requests without one go in turn.
 
+Each worker may declare the models it serves (``models``, one list per worker, empty for
+any model): a request goes only to the workers that list its model or list none, and a model
+none of them serves is :class:`~trio_orchestrator.errors.ModelNotFound` at once.
+
 Balancing is not failover: a failed call raises its error; retries and fallbacks are layers of
 their own.
 """
@@ -20,6 +24,7 @@ from typing import TYPE_CHECKING, Literal
 
 import attrs
 
+from ..errors import ModelNotFound
 from ..sharding import shard_session
 from ..types import PromptRequest
 from .base import EventSink, ModelWorker
@@ -68,6 +73,7 @@ class _Slot:
     worker: ModelWorker
     name: str
     weight: float
+    models: frozenset[str] = frozenset()  # empty: any model
     in_flight: int = 0
     requests: int = 0
     failures: int = 0
@@ -88,19 +94,25 @@ class LoadBalancedWorker:
     """Sends each request to one of ``workers``, chosen by ``strategy``.
 
     Args:
-        workers: the workers (at least one), all able to serve the same models.
+        workers: the workers (at least one).
         strategy: ``round_robin``, ``least_loaded``, ``weighted`` or ``session``.
         weights: one positive weight per worker, for ``weighted`` (default: all 1).
+        models: one list per worker of the models it serves, empty for any (default: every
+            worker serves any model). A request goes only to the workers serving its model.
 
     Raises:
-        ValueError: no workers, an unknown strategy, or weights that do not fit.
+        ValueError: no workers, an unknown strategy, or weights or models that do not fit.
     """
 
     workers: Sequence[ModelWorker] = attrs.field(converter=_to_tuple)
     strategy: Strategy = attrs.field(default="round_robin", validator=_check_strategy)
     weights: Sequence[float] | None = None
+    models: Sequence[Sequence[str]] | None = None
     _slots: list[_Slot] = attrs.field(init=False)
-    _next: int = attrs.field(default=0, init=False)
+    _any_model: bool = attrs.field(default=True, init=False)
+    # The next turn per set of eligible workers, so that each model's requests go in turn
+    # over the workers serving it whatever the other models' requests do.
+    _turns: dict[tuple[int, ...], int] = attrs.field(factory=dict, init=False)
 
     def __attrs_post_init__(self) -> None:
         if not self.workers:
@@ -111,10 +123,16 @@ class LoadBalancedWorker:
                 f"weights must be {len(self.workers)} positive numbers, one per worker, "
                 f"got {weights!r}"
             )
+        models = list(self.models) if self.models is not None else [()] * len(self.workers)
+        if len(models) != len(self.workers):
+            raise ValueError(
+                f"models must be {len(self.workers)} lists, one per worker, got {models!r}"
+            )
         self._slots = [
-            _Slot(w, str(getattr(w, "name", i)), weight)
-            for i, (w, weight) in enumerate(zip(self.workers, weights, strict=True))
+            _Slot(w, str(getattr(w, "name", i)), weight, frozenset(served))
+            for i, (w, weight, served) in enumerate(zip(self.workers, weights, models, strict=True))
         ]
+        self._any_model = not any(slot.models for slot in self._slots)
 
     def reconfigure(self, config: Config) -> list[str]:
         """Pass a reload on to every balanced worker; return their refusals."""
@@ -148,31 +166,54 @@ class LoadBalancedWorker:
         return BalanceStatistics(self.strategy, loads)
 
     def _choose(self, request: PromptRequest) -> _Slot:
+        slots = self._eligible(request.params.model)
         if self.strategy == "session" and request.session is not None:
-            return self._slots[shard_session(request.session, len(self._slots))]
+            return slots[shard_session(request.session, len(slots))]
         if self.strategy == "weighted":
-            return self._weighted()
+            return self._weighted(slots)
         if self.strategy == "least_loaded":
-            return self._least_loaded()
-        return self._in_turn()
+            return self._least_loaded(slots)
+        return self._in_turn(slots)
 
-    def _in_turn(self) -> _Slot:
-        slot = self._slots[self._next % len(self._slots)]
-        self._next += 1
-        return slot
+    def _eligible(self, model: str) -> list[_Slot]:
+        """The workers that serve ``model`` (list it, or list no model).
 
-    def _least_loaded(self) -> _Slot:
-        n = len(self._slots)
-        order = [self._slots[(self._next + i) % n] for i in range(n)]
-        best = min(order, key=lambda s: s.in_flight)
-        self._next = self._slots.index(best) + 1
-        return best
+        Raises:
+            ModelNotFound: none does.
+        """
+        if self._any_model:
+            return self._slots
+        slots = [slot for slot in self._slots if not slot.models or model in slot.models]
+        if not slots:
+            served = sorted({m for slot in self._slots for m in slot.models})
+            raise ModelNotFound(
+                f"no provider serves the model {model!r}; ask for one of: {', '.join(served)}",
+                provider="balancer",
+                status=404,
+            )
+        return slots
 
-    def _weighted(self) -> _Slot:
+    def _turn(self, slots: list[_Slot]) -> int:
+        """Take the next turn among ``slots``."""
+        key = tuple(id(slot) for slot in slots) if slots is not self._slots else ()
+        turn = self._turns.get(key, 0)
+        self._turns[key] = turn + 1
+        return turn
+
+    def _in_turn(self, slots: list[_Slot]) -> _Slot:
+        return slots[self._turn(slots) % len(slots)]
+
+    def _least_loaded(self, slots: list[_Slot]) -> _Slot:
+        n = len(slots)
+        start = self._turn(slots)
+        order = [slots[(start + i) % n] for i in range(n)]
+        return min(order, key=lambda s: s.in_flight)
+
+    def _weighted(self, slots: list[_Slot]) -> _Slot:
         total = 0.0
-        for slot in self._slots:
+        for slot in slots:
             slot.current += slot.weight
             total += slot.weight
-        best = max(self._slots, key=lambda s: s.current)
+        best = max(slots, key=lambda s: s.current)
         best.current -= total
         return best

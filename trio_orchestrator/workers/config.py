@@ -90,7 +90,8 @@ class ProviderConfig:
             server's ``…/v1``.
         api_keys: the keys (a key pool when several); may be empty for local servers.
         api_key_env: an environment variable holding one more key, read when building.
-        models: the models this provider serves (informational; routing uses it).
+        models: the models this provider serves: with several providers and no routing,
+            a request goes only to those listing its model (or listing none).
         timeouts: connect, first-token, idle and total timeouts in seconds.
         stream: ask the provider to stream (SSE); ``False`` for one JSON answer.
         key_rest: seconds a key rests after a 429 that named no wait.
@@ -231,7 +232,8 @@ def build_worker(
     if len(workers) == 1:
         return workers[0]
     weights = [p.weight for p in providers_config.providers]
-    return LoadBalancedWorker(workers, providers_config.strategy, weights)
+    models = [p.models for p in providers_config.providers]
+    return LoadBalancedWorker(workers, providers_config.strategy, weights, models)
 
 
 @asynccontextmanager
