@@ -15,7 +15,7 @@ from trio_orchestrator.pipeline import open_pipeline
 from trio_orchestrator.resilience import PriorityConfig
 from trio_orchestrator.service import ApiError, ServiceState
 from trio_orchestrator.service.openapi import openapi_document
-from trio_orchestrator.workers import EchoWorker
+from trio_orchestrator.workers import EchoWorker, ProviderConfig, ProvidersConfig
 
 SLOW = EchoWorker(first_token_delay=0.3)
 
@@ -33,6 +33,34 @@ async def test_prompt_returns_the_completion_and_its_outcome() -> None:
     data = response.json()
     assert (data["request_id"], data["outcome"]) == ("req-1", "completed")
     assert data["completion"]["text"] == "hello world"
+
+
+@pytest.mark.parametrize("request_id", ["섽Ü", "a b", "x\r\ninjected: 1", "é", "a" * 129])
+async def test_a_request_id_unfit_for_a_header_is_a_400(request_id: str) -> None:
+    """A client-chosen request id travels in x-request-id, so one that a header cannot carry
+    (non-ASCII, spaces, line breaks, too long) is refused with 400, streamed or not."""
+    body = {"input": "hello", "request_id": request_id}
+    async with running_service() as url, httpx.AsyncClient(base_url=url) as client:
+        for path in ("/v1/prompt", "/v1/prompt/stream"):
+            response = await client.post(path, json=body)
+            assert response.status_code == 400, path
+            assert response.json()["error"]["param"] == "request_id"
+
+
+async def test_a_prompt_without_a_model_when_none_is_listed_is_a_400() -> None:
+    """With providers that list no models there is no default model: omitting it is a 400
+    naming `model`, not a 500."""
+    config = make_config()
+    config = Config(
+        pipeline=config.pipeline,
+        service=config.service,
+        providers=ProvidersConfig([ProviderConfig("echo", "e")]),
+    )
+    async with running_service(config) as url, httpx.AsyncClient(base_url=url) as client:
+        response = await client.post("/v1/prompt", json={"input": "hello"})
+        named = await client.post("/v1/prompt", json={"input": "hello", "model": "echo"})
+    assert (response.status_code, response.json()["error"]["param"]) == (400, "model")
+    assert named.status_code == 200
 
 
 async def test_prompt_past_its_timeout_is_a_408_with_outcome_expired() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -46,6 +47,9 @@ def priority_of(fields: Fields, cap: Priority | None) -> Priority:
     return priority if cap is None else Priority(max(priority, cap))
 
 
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+
+
 def parse_prompt_request(
     fields: Fields, models: Sequence[str], meta: Mapping[str, str], cap: Priority | None
 ) -> PromptRequest:
@@ -54,7 +58,9 @@ def parse_prompt_request(
     Raises:
         ApiError: 400 naming the bad field; 404 for an unknown model.
     """
-    model = fields.text("model", max_length=256) or models[0]
+    model = fields.text("model", max_length=256) or (models[0] if models else None)
+    if model is None:  # the providers list no models, so there is no default to pick
+        raise invalid(fields._path("model"), "the model to use", missing=True)
     if models and model not in models:
         message = f"the model {model!r} does not exist; GET /v1/models lists the models served"
         raise ApiError(404, message, code="model_not_found", param=fields._path("model"))
@@ -71,6 +77,10 @@ def parse_prompt_request(
     extra: dict[str, Any] = {}
     request_id = fields.text("request_id", max_length=128)
     if request_id:
+        if not _REQUEST_ID.fullmatch(request_id):
+            # It goes out in the x-request-id header: visible ASCII only, no spaces.
+            expected = "up to 128 letters, digits and the marks . _ : -"
+            raise invalid(fields._path("request_id"), expected, request_id)
         extra["request_id"] = request_id
     return PromptRequest(
         messages=messages,
