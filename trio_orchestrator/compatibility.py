@@ -23,6 +23,7 @@ import attrs
 __all__ = [
     "ANTHROPIC_NATIVE",
     "CHAT_COMPLETIONS",
+    "ENDPOINTS",
     "MESSAGE_CONTENT",
     "ContentRule",
     "MemberRule",
@@ -333,6 +334,50 @@ def is_no_op(rule: MemberRule, value: Any) -> bool:
     return value is None or any(_same(value, v) for v in rule.no_op)
 
 
+#: The model endpoints (every route that reaches a provider), and how each reaches each kind of
+#: upstream. tests/test_compatibility.py holds it to the service's route table.
+ENDPOINTS: tuple[tuple[str, str, str], ...] = (
+    (
+        "POST /v1/chat/completions",
+        "forwarded as sent (members above); `n` > 1 fanned out as n requests",
+        "translated (members above); streamed with its status until the first event",
+    ),
+    (
+        "POST /v1/completions",
+        "translated to Chat Completions (the prompt as one user message); `echo` by the "
+        "gateway; several prompts, `suffix`, `logprobs`, `n`/`best_of` > 1 refused",
+        "translated through Chat Completions",
+    ),
+    (
+        "POST /v1/responses",
+        "stateless; translated to Chat Completions (not forwarded natively); "
+        "`previous_response_id`, built-in tools and stored items refused",
+        "translated through Chat Completions",
+    ),
+    (
+        "POST /v1/messages",
+        "Anthropic ingress translated to Chat Completions and the answer back to a Message",
+        "translated through Chat Completions; Anthropic's own members (`top_k`, "
+        "`thinking`) sent on",
+    ),
+    (
+        "POST /v1/messages/count_tokens",
+        "answered by the gateway (an estimate, no upstream call)",
+        "answered by the gateway (an estimate, no upstream call)",
+    ),
+    (
+        "POST /v1/embeddings",
+        "forwarded as sent (base64 honoured)",
+        "refused: 400 naming the model (Anthropic has no embeddings)",
+    ),
+    (
+        "POST /v1/prompt, /v1/prompt/stream, /v1/ws",
+        "the native request, sent as Chat Completions",
+        "the native request, translated",
+    ),
+)
+
+
 def _row(*cells: str) -> str:
     return "| " + " | ".join(c.replace("|", "\\|") or "—" for c in cells) + " |"
 
@@ -385,5 +430,11 @@ def render_markdown() -> str:
         "",
         "Sent to an Anthropic upstream unchanged (and, like any member, to an OpenAI-compatible "
         "one): " + ", ".join(f"`{name}`" for name in sorted(ANTHROPIC_NATIVE)) + ".",
+        "",
+        "### Endpoints",
+        "",
+        "| Endpoint | OpenAI-compatible upstream | Anthropic upstream |",
+        "| --- | --- | --- |",
     ]
+    lines += [_row(f"`{path}`", openai, anthropic) for path, openai, anthropic in ENDPOINTS]
     return "\n".join(lines) + "\n"
