@@ -226,7 +226,7 @@ def test_an_input_image_becomes_an_image_url_part(gw: Gateway, client: openai.Op
     """An input_image content part reaches an OpenAI-compatible upstream as Chat's
     image_url part next to the text."""
     if gw.kind != "openai":
-        pytest.skip("image blocks for Anthropic are the Anthropic worker's translation")
+        pytest.skip("the Anthropic form is the next test")
     gw.script(Behaviour(text="A cat."))
     url = "data:image/png;base64,iVBORw0KGgo="
     client.responses.create(
@@ -245,6 +245,34 @@ def test_an_input_image_becomes_an_image_url_part(gw: Gateway, client: openai.Op
     assert content == [
         {"type": "text", "text": "What is this?"},
         {"type": "image_url", "image_url": {"url": url, "detail": "low"}},
+    ]
+
+
+def test_an_input_image_reaches_an_anthropic_upstream_as_an_image_block(
+    gw: Gateway, client: openai.OpenAI
+) -> None:
+    """An input_image part with a data: URL reaches an Anthropic upstream as a base64 image
+    block, translated through Chat Completions."""
+    if gw.kind != "anthropic":
+        pytest.skip("the OpenAI-compatible form is the test above")
+    gw.script(Behaviour(text="A cat."))
+    client.responses.create(
+        model="fake-model",
+        input=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "input_text", "text": "What is this?"},
+                    {"type": "input_image", "image_url": "data:image/png;base64,iVBORw0KGgo="},
+                ],
+            }
+        ],
+    )
+    content = gw.last().body["messages"][-1]["content"]
+    source = {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}
+    assert content == [
+        {"type": "text", "text": "What is this?"},
+        {"type": "image", "source": source},
     ]
 
 
