@@ -256,18 +256,11 @@ def test_an_input_image_reaches_an_anthropic_upstream_as_an_image_block(
     if gw.kind != "anthropic":
         pytest.skip("the OpenAI-compatible form is the test above")
     gw.script(Behaviour(text="A cat."))
-    client.responses.create(
-        model="fake-model",
-        input=[
-            {
-                "role": "user",
-                "content": [
-                    {"type": "input_text", "text": "What is this?"},
-                    {"type": "input_image", "image_url": "data:image/png;base64,iVBORw0KGgo="},
-                ],
-            }
-        ],
-    )
+    image = {"type": "input_image", "image_url": "data:image/png;base64,iVBORw0KGgo="}
+    items: Any = [
+        {"role": "user", "content": [{"type": "input_text", "text": "What is this?"}, image]}
+    ]
+    client.responses.create(model="fake-model", input=items)
     content = gw.last().body["messages"][-1]["content"]
     source = {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}
     assert content == [
