@@ -115,6 +115,22 @@ async def test_cors_is_off_by_default() -> None:
     assert "access-control-allow-origin" not in response.headers
 
 
+async def test_a_cors_preflight_admits_the_anthropic_sdks_headers() -> None:
+    """A browser's preflight for /v1/messages with the Anthropic SDK's headers (x-api-key,
+    anthropic-version) is allowed, so a browser client can call the Anthropic ingress."""
+    config = make_config(cors_origins=("https://example.com",))
+    headers = {
+        "Origin": "https://example.com",
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "x-api-key, anthropic-version, content-type",
+    }
+    async with running_service(config) as url, httpx.AsyncClient(base_url=url) as client:
+        response = await client.options("/v1/messages", headers=headers)
+    assert response.status_code == 200
+    allowed = response.headers["access-control-allow-headers"].lower()
+    assert {"x-api-key", "anthropic-version"} <= {h.strip() for h in allowed.split(",")}
+
+
 async def test_cors_allows_configured_origins() -> None:
     """A configured origin gets Access-Control-Allow-Origin."""
     config = make_config(cors_origins=("https://example.com",))

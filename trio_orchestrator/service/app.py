@@ -77,6 +77,17 @@ ROUTES = [
     Route(COUNT_TOKENS_PATH, CountTokensRoute(), methods=["POST"]),
 ]
 OPENAPI_PATH = "/openapi.json"
+# The request headers a browser may send cross-origin: the OpenAI SDK's and the Anthropic
+# SDK's (its key in x-api-key, its version and beta flags), and a client's traceparent.
+CORS_REQUEST_HEADERS = [
+    "authorization",
+    "content-type",
+    "x-api-key",
+    "anthropic-version",
+    "anthropic-beta",
+    "traceparent",
+    "tracestate",
+]
 # The routes any configured key may call. Public and admin routes are placed by the guard's
 # own rule (guard.PUBLIC_PATHS, guard.ADMIN_PREFIXES); every other route must be listed here,
 # so that tests/test_service_routes_auth.py fails for a route nobody placed.
@@ -170,7 +181,8 @@ def _middleware(config: Config, keyring: KeyRing) -> list[Middleware]:
                 CORSMiddleware,
                 allow_origins=list(service.cors_origins),
                 allow_methods=["GET", "POST"],
-                allow_headers=["authorization", "content-type"],
+                # The Anthropic SDK sends its key and version in headers of its own.
+                allow_headers=CORS_REQUEST_HEADERS,
                 expose_headers=["x-request-id"],
             )
         )
