@@ -70,7 +70,7 @@ async def embeddings(request: Request) -> Response:
     state = service_of(request)
     pipeline = state.open_pipeline()
     caller = caller_of(request.scope)
-    extra = {} if caller.priority_cap is None else {"priority": caller.priority_cap}
+    extra = caller.request_fields()
     meta = caller.meta(request.headers)
     parsed = parse_embeddings_request(await _body(request), state.models, meta, **extra)
     completion = await complete_unless_gone(request.receive, pipeline, parsed.prompt)

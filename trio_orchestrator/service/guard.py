@@ -122,6 +122,11 @@ class Caller:
             meta.update(trace_meta(headers))
         return meta
 
+    def request_fields(self) -> dict[str, Any]:
+        """Further :class:`~trio_orchestrator.types.PromptRequest` fields the caller's key
+        imposes: ``priority`` when the key caps it."""
+        return {} if self.priority_cap is None else {"priority": self.priority_cap}
+
 
 _ANONYMOUS = Caller()
 

@@ -126,7 +126,7 @@ async def _answer(
 
 def _parse(state: ServiceState, scope: Scope, body: bytes) -> MessagesRequest:
     caller = caller_of(scope)
-    extra = {} if caller.priority_cap is None else {"priority": caller.priority_cap}
+    extra = caller.request_fields()
     meta = caller.meta(_trace_headers(scope))
     return parse_messages_request(parse_json_object(body), state.models, meta, **extra)
 

@@ -313,7 +313,7 @@ async def responses(request: Request) -> Response:
     state = service_of(request)
     pipeline = state.open_pipeline()
     caller = caller_of(request.scope)
-    extra = {} if caller.priority_cap is None else {"priority": caller.priority_cap}
+    extra = caller.request_fields()
     body = parse_json_object(await request.body())
     parsed = parse_responses_request(body, state.models, caller.meta(request.headers), **extra)
     if parsed.stream:
