@@ -563,11 +563,11 @@ async def test_build_router_serves_deployments_from_config_through_their_provide
             )
         )
     )
-    worker = build_router(config, {"openai": openai, "local": local})
+    worker = build_router(config.routing, {"openai": openai, "local": local})
     assert (await collect(worker, request("hi", model="gpt"))).text == "hi"
     assert local.models == ["llama3"]
     with pytest.raises(ConfigError, match=r"routing.deployments\[1\].provider"):
-        build_router(config, {"openai": openai})
+        build_router(config.routing, {"openai": openai})
 
 
 async def test_build_router_loads_saved_profiles(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from trio_orchestrator.events import StreamEvent, TextDelta
 from trio_orchestrator.testing.fake_provider import Behaviour, FakeProvider, open_fake_provider
 from trio_orchestrator.types import GenerationParams
 from trio_orchestrator.workers import OpenAIWorker
-from trio_orchestrator.workers.config import (
+from trio_orchestrator.workers.factory import (
     ProviderConfig,
     ProvidersConfig,
     make_client,

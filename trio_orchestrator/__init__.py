@@ -12,7 +12,8 @@ from .config import (
     load_config,
     parse_config,
 )
-from .distributed import DistributedConfig, RedisUnavailable, WorkQueue, work_through
+from .distributed import DistributedConfig, RedisUnavailable
+from .distributed.queue import WorkQueue, work_through
 from .errors import (
     AuthenticationError,
     BadRequest,
@@ -53,7 +54,7 @@ from .events import (
     ToolCallStart,
     Usage,
 )
-from .gateway import open_configured_worker
+from .gateway import Component, Gateway, open_gateway
 from .observability import Instrumentation, ObservabilityConfig, instrument_pipeline
 from .pipeline import (
     Assembler,
@@ -95,7 +96,6 @@ from .resilience import (
     RetryConfig,
     RetryLayer,
     iter_layers,
-    open_layers,
 )
 from .routing import (
     BudgetExceeded,
@@ -111,8 +111,8 @@ from .types import Document, GenerationParams, Message, Priority, PromptRequest,
 from .workers import EchoWorker, EventSink, ModelWorker, collect
 from .workers.anthropic import AnthropicWorker
 from .workers.balance import LoadBalancedWorker
-from .workers.config import ProviderConfig, ProvidersConfig, build_worker, open_worker
-from .workers.http import Timeouts
+from .workers.config import ProviderConfig, ProvidersConfig, Timeouts
+from .workers.factory import build_worker, open_worker
 from .workers.keys import KeyPool
 from .workers.openai import OpenAIWorker
 
@@ -134,6 +134,7 @@ __all__ = [
     "CoalescingConfig",
     "CoalescingLayer",
     "Completion",
+    "Component",
     "Config",
     "ConfigChange",
     "ConfigError",
@@ -152,6 +153,7 @@ __all__ = [
     "EventGrammarError",
     "EventSink",
     "FinishedRequest",
+    "Gateway",
     "GenerationParams",
     "Instrumentation",
     "KeyPool",
@@ -232,8 +234,7 @@ __all__ = [
     "instrument_pipeline",
     "iter_layers",
     "load_config",
-    "open_configured_worker",
-    "open_layers",
+    "open_gateway",
     "open_pipeline",
     "open_router",
     "open_worker",

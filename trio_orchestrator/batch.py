@@ -32,7 +32,8 @@ import trio
 from .config import Config
 from .errors import RequestCancelled, RequestError, RequestShed, WorkerError
 from .events import Completion
-from .pipeline import Pipeline, open_pipeline
+from .gateway import open_gateway
+from .pipeline import Pipeline
 from .types import GenerationParams, Message, PromptRequest, ToolCall
 from .workers.base import ModelWorker
 
@@ -461,7 +462,7 @@ async def run_batch(
     input_path: Path,
     out_path: Path,
     *,
-    worker: ModelWorker,
+    worker: ModelWorker | None = None,
     dead_path: Path | None = None,
     config: Config | None = None,
     concurrency: int = 32,
@@ -471,12 +472,13 @@ async def run_batch(
     handle_sigint: bool = False,
     warn: Callable[[str], None] = lambda message: None,
 ) -> BatchSummary:
-    """Run every request of ``input_path`` through a pipeline around ``worker``.
+    """Run every request of ``input_path`` through the gateway ``config`` describes.
 
     Args:
         input_path: the JSONL input (see the module docstring).
         out_path: where results go (appended; existing results are skipped).
-        worker: the worker the pipeline calls.
+        worker: the provider worker (default: the configuration's providers; the layers
+            ``[resilience]`` enables go around it either way).
         dead_path: where failures go (default: ``out_path`` plus ``.dead``).
         config: the pipeline's configuration (limits, timeouts, grace period).
         concurrency: the most requests submitted at once.
@@ -505,7 +507,11 @@ async def run_batch(
     writer = _Writer(out, dead, progress, warn)
     progress.start(total)
     try:
-        async with open_pipeline(worker, config) as pipeline, trio.open_nursery() as nursery:
+        async with (
+            open_gateway(config, worker=worker) as gateway,
+            trio.open_nursery() as nursery,
+        ):
+            pipeline = gateway.pipeline
             feed_scope = trio.CancelScope()
             nursery.start_soon(_stop_after_grace, stop, feed_scope, grace)
             if handle_sigint:

@@ -1,104 +1,492 @@
-"""The worker a configuration describes, for the service, the batch command and library users.
+"""The composition root: :func:`open_gateway` builds the whole gateway a configuration
+describes, in one place and in one order, and tears it down in reverse.
 
 ::
 
-    async with open_configured_worker(config) as worker:
-        async with open_pipeline(worker, config) as pipeline:
-            ...
+    async with open_gateway(config) as gateway:
+        completion = await gateway.pipeline.submit(request)
+        report = gateway.reload(new_config)
 
-- No ``[providers]``: the built-in echo worker (``[service.echo]``); no key, no network.
-- Providers, no routing: the provider's worker, or a load balancer over several.
-- ``[routing]`` with deployments: a router over one worker per provider, each behind its
-  own circuit breaker and retries (so the router can skip a provider whose breaker is open
-  or whose API keys all rest, and fall back to the next deployment); the pipeline then
-  puts the remaining layers (cache → coalescing → rate limit) in front of the router.
+The order, each part opened inside the one before:
+
+1. shared resources: one Redis connection (``[distributed] redis_url``), the HTTP clients, a
+   nursery for the layers' background work;
+2. providers: one worker per ``[[providers]]`` entry, or the built-in echo worker, or the
+   worker given;
+3. per-provider layers: with ``[routing]``, each provider's own circuit breaker and retries
+   (so the router can skip a provider whose breaker is open or whose keys all rest);
+4. the router (``[routing]``) or the load balancer (several providers);
+5. the outer layers: cache → coalescing → shared answers → rate limit (→ breaker → retry when
+   there is no router);
+6. the pipeline, its dead letters written through to Redis with ``[distributed]``;
+7. instrumentation: metrics, traces, request logs.
+
+Every part is registered as a :class:`Component`: with the key path of the section it takes
+on a reload, the provider it serves, and whatever seams of :mod:`trio_orchestrator.seams` it
+implements (statistics, readiness). Nothing is found by probing attributes.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import logging
+import os
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
+from typing import TYPE_CHECKING, Any
 
+import attrs
 import trio
 
 from .config import Config
-from .resilience.breaker import CircuitBreakerLayer
-from .resilience.stack import LayerContext, iter_layers, open_redis_for, wrap
+from .config.load import parse_config
+from .config.reload import ConfigChange, ReloadReport, plan_reload
+from .errors import ConfigError
+from .observability import Instrumentation, instrument_pipeline
+from .observability.metrics import prometheus
+from .pipeline import (
+    Assembler,
+    DeadLetterQueue,
+    OutputSink,
+    Pipeline,
+    PostProcessor,
+    Retriever,
+    open_pipeline,
+)
+from .resilience.stack import LayerContext, wrap
 from .routing.router import open_router
 from .routing.strategies import HealthCheck
-from .workers import EchoWorker, ModelWorker
-from .workers.config import make_client, open_worker, worker_for
-from .workers.keys import KeyPool
+from .seams import ModelCatalog, Readiness, Reloadable, provider_name
+from .workers import EchoWorker, LoadBalancedWorker, ModelWorker
+from .workers.config import ProviderConfig
+from .workers.factory import key_pool, make_client, worker_for
 
-__all__ = ["open_configured_worker"]
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+    from .distributed.connection import RedisConnection
+
+__all__ = ["Component", "Gateway", "open_gateway"]
+
+logger = logging.getLogger("trio_orchestrator.gateway")
 
 # The layers that go below the router, one stack per provider.
 PER_PROVIDER_LAYERS = ("circuit_breaker", "retry")
 
 
-def echo_worker(config: Config) -> EchoWorker:
-    """The built-in echo worker, as ``[service.echo]`` configures it."""
-    echo = config.service.echo
-    return EchoWorker(echo.token_delay, echo.first_token_delay, model=echo.model)
+@attrs.frozen(eq=False)
+class Component:
+    """One part the gateway built, and what it is registered for.
+
+    Attributes:
+        part: the object (a layer, a provider's worker, a key pool, the pipeline…).
+        path: the key path of the configuration section it takes on a reload
+            (``"resilience.breaker"``), or None when it takes none.
+        provider: the label of the provider it serves, or None for a gateway-wide part.
+        section: picks its section out of the whole configuration; by default the value
+            at ``path``.
+    """
+
+    part: object
+    path: str | None = None
+    provider: str | None = None
+    section: Callable[[Config], object] | None = None
+
+    def section_of(self, config: Config) -> object:
+        """This part's section of ``config``."""
+        if self.section is not None:
+            return self.section(config)
+        value: object = config
+        for name in (self.path or "").split("."):
+            value = getattr(value, name)
+        return value
+
+    def takes(self, change: ConfigChange) -> bool:
+        """True when ``change`` falls within this part's section."""
+        path = self.path
+        return path is not None and (change.path == path or change.path.startswith(path + "."))
+
+
+class Gateway:
+    """The assembled gateway: its pipeline, the worker behind it, and every part, for
+    reload, readiness and statistics. Get one from :func:`open_gateway`.
+
+    Attributes:
+        redis: the one Redis connection, with ``[distributed] redis_url``; else None.
+        observed: the metrics, traces and logs wired onto the pipeline.
+    """
+
+    def __init__(self, config: Config) -> None:
+        self._config = config
+        self._components: list[Component] = []
+        self._providers: list[str] = []
+        self._pipeline: Pipeline | None = None
+        self._catalog: ModelCatalog | None = None
+        self.redis: RedisConnection | None = None
+        self.observed: Instrumentation | None = None
+
+    @property
+    def config(self) -> Config:
+        """The configuration in force."""
+        return self._config
+
+    @property
+    def pipeline(self) -> Pipeline:
+        """The running pipeline."""
+        if self._pipeline is None:
+            raise RuntimeError("the gateway is not open; use `async with open_gateway(...)`")
+        return self._pipeline
+
+    @property
+    def worker(self) -> ModelWorker:
+        """The outermost worker the pipeline calls (layers, router, providers below it)."""
+        return self.pipeline.worker
+
+    @property
+    def components(self) -> tuple[Component, ...]:
+        """Every registered part, in the order it was built."""
+        return tuple(self._components)
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        """The model names clients may ask for; empty means any (the upstream decides).
+
+        With ``[routing]``, the router's names (models, groups, aliases); with providers,
+        the models they list (a provider listing none serves any); else the names the
+        worker knows (the echo worker's model, or a given worker's if it is a
+        :class:`~trio_orchestrator.seams.ModelCatalog`).
+        """
+        providers = self._config.providers
+        if providers is not None and not self._config.routing.enabled:
+            if not all(p.models for p in providers.providers):
+                return ()
+            return tuple(dict.fromkeys(m for p in providers.providers for m in p.models))
+        catalog = self._catalog
+        return () if catalog is None else catalog.model_names()
+
+    def add(
+        self,
+        part: object,
+        path: str | None = None,
+        *,
+        provider: str | None = None,
+        section: Callable[[Config], object] | None = None,
+    ) -> None:
+        """Register ``part`` (see :class:`Component`); the service adds its API keys so."""
+        self._components.append(Component(part, path, provider, section))
+
+    def parts(self) -> Iterator[tuple[object, str | None]]:
+        """Every part with the label of the provider it serves (for metrics)."""
+        return ((c.part, c.provider) for c in self._components)
+
+    # ------------------------------------------------------------------ reload
+
+    def reload(self, config: Config) -> ReloadReport:
+        """Put ``config`` in force without dropping a request in flight.
+
+        Each changed option goes to the parts whose section holds it; an option that is not
+        reloadable, or that no running part takes (a layer switched off, say), keeps its
+        value and is reported as refused, as is whatever a part refuses.
+
+        Args:
+            config: the new configuration, already validated.
+
+        Returns:
+            What was applied and what was refused.
+        """
+        merged, applied, refused = plan_reload(self._config, config)
+        taken: list[ConfigChange] = []
+        for change in applied:
+            if any(c.takes(change) for c in self._components):
+                taken.append(change)
+            else:
+                refused.append(_nobody_takes(change))
+                merged = _restore(merged, self._config, change.path)
+        for component in self._components:
+            if isinstance(component.part, Reloadable) and any(map(component.takes, taken)):
+                refused += component.part.reconfigure(component.section_of(merged))
+        self._config = merged
+        kept = [c for c in taken if not any(r.startswith(f"{c.path}:") for r in refused)]
+        report = ReloadReport(applied=tuple(kept), refused=tuple(refused))
+        logger.info("configuration reloaded: %s", report)
+        return report
+
+    async def reload_from_file(self, path: str | os.PathLike[str]) -> ReloadReport:
+        """Load a TOML configuration file and :meth:`reload` it.
+
+        An unreadable or invalid file changes nothing; the report's ``invalid`` says why.
+        """
+        try:
+            text = await trio.Path(path).read_text(encoding="utf-8")
+            config = parse_config(text)
+        except (OSError, UnicodeDecodeError) as exc:
+            report = ReloadReport(invalid=(f"cannot read {os.fspath(path)}: {exc}",))
+        except ConfigError as exc:
+            report = ReloadReport(invalid=tuple(exc.problems))
+        else:
+            return self.reload(config)
+        logger.warning("%s", report)
+        return report
+
+    # ------------------------------------------------------------------ readiness
+
+    def unready(self) -> list[str]:
+        """Why the gateway cannot take a request now; empty when it can.
+
+        Not ready while the pipeline shuts down, while a gateway-wide part is not (Redis
+        down under ``rate_limit_policy = "fail_closed"``), or while no provider can take a
+        request (each has every breaker open, or every key resting or disabled).
+        """
+        pipeline = self._pipeline
+        if pipeline is None or pipeline.closing:
+            return ["the pipeline is not open"]
+        reasons: dict[str | None, list[str]] = {}
+        for component in self._components:
+            if isinstance(component.part, Readiness):
+                reason = component.part.unready()
+                if reason is not None:
+                    reasons.setdefault(component.provider, []).append(reason)
+        problems = reasons.pop(None, [])
+        if self._providers and all(p in reasons for p in self._providers):
+            problems += [r for p in self._providers for r in reasons[p]]
+        return problems
+
+
+def _nobody_takes(change: ConfigChange) -> str:
+    return (
+        f"{change.path}: no running part takes this option (its layer or feature is off); "
+        f"restart to apply {change.old!r} → {change.new!r}"
+    )
+
+
+def _restore(merged: Any, old: Any, path: str) -> Any:
+    """``merged`` with the value at ``path`` put back to ``old``'s (at the deepest attrs
+    field on the path: below it are tables and values, restored whole)."""
+    name, _, rest = path.partition(".")
+    fields = attrs.fields_dict(type(merged)) if attrs.has(type(merged)) else {}
+    if name not in fields:
+        return old
+    inner = getattr(merged, name)
+    before = getattr(old, name)
+    value = _restore(inner, before, rest) if rest and attrs.has(type(inner)) else before
+    changes: dict[str, Any] = {name: value}
+    return attrs.evolve(merged, **changes)
+
+
+@attrs.frozen(eq=False)
+class _RedisReadiness:
+    """Redis is a gateway-wide dependency only when rate limits fail closed without it."""
+
+    redis: RedisConnection
+    fails_closed: bool
+
+    def unready(self) -> str | None:
+        if self.fails_closed and not self.redis.up:
+            return 'Redis is down and [distributed] rate_limit_policy is "fail_closed"'
+        return None
 
 
 @asynccontextmanager
-async def open_configured_worker(config: Config) -> AsyncIterator[ModelWorker]:
-    """Open the worker ``config`` describes, and close its HTTP clients afterwards.
+async def open_gateway(
+    config: Config | None = None,
+    *,
+    worker: ModelWorker | None = None,
+    retriever: Retriever | None = None,
+    assembler: Assembler | None = None,
+    post_processors: Sequence[PostProcessor] | None = None,
+    sinks: Sequence[OutputSink] = (),
+    registry: CollectorRegistry | None = None,
+) -> AsyncIterator[Gateway]:
+    """Build and run the gateway ``config`` describes, for the ``async with`` block.
+
+    Leaving the block normally drains the pipeline (see
+    :func:`~trio_orchestrator.open_pipeline`); leaving it by an exception cancels what is in
+    flight. Then everything closes in reverse order of opening.
+
+    Args:
+        config: the configuration (defaults throughout when None).
+        worker: the provider worker to use instead of ``[[providers]]`` (the layers that
+            ``[resilience]`` enables still go around it).
+        retriever: the retrieval stage's retriever.
+        assembler: the assembly stage's assembler.
+        post_processors: text filters (default: the request's stop sequences).
+        sinks: receive every completed answer.
+        registry: the Prometheus registry for the metrics (default: a new one per gateway;
+            read it with ``gateway.observed.render()``).
 
     Raises:
-        ConfigError: a provider's key comes from an environment variable that is not set.
+        ConfigError: a provider's key comes from an environment variable that is not set,
+            or a routing deployment names a provider that is not configured.
+        RedisUnavailable: Redis is unreachable at start and ``on_start_failure`` is ``fail``.
     """
-    if not config.routing.enabled:
-        if config.providers is None:
-            yield echo_worker(config)
-            return
-        async with open_worker(config.providers) as worker:
-            yield worker
-        return
-    async with (
-        # With [distributed], each provider's breaker and limits are shared across
-        # processes; the connection (and its own task) outlives the layers' nursery.
-        open_redis_for(config, None) as redis,
-        AsyncExitStack() as clients,
-        trio.open_nursery() as nursery,
-    ):
-        workers: dict[str, ModelWorker] = {"echo": echo_worker(config)}
-        if config.providers is not None:
-            for provider in config.providers.providers:
-                client = None
-                if provider.kind != "echo":
-                    client = make_client(provider, config.providers.http_client)
-                    clients.push_async_callback(client.aclose)
-                workers[provider.label] = worker_for(provider, client)
-        guarded = {
-            name: wrap(
-                worker,
-                config.resilience,
-                LayerContext(nursery, name, redis),
-                only=PER_PROVIDER_LAYERS,
-            )
-            for name, worker in workers.items()
-        }
-        # The router skips a provider whose breaker is open or whose keys all rest.
-        health: list[HealthCheck] = [
-            layer
-            for worker in guarded.values()
-            for layer in iter_layers(worker)
-            if isinstance(layer, CircuitBreakerLayer)
-        ]
-        health += [
-            pool for w in workers.values() if isinstance(pool := getattr(w, "keys", None), KeyPool)
-        ]
-        body_error: BaseException | None = None
-        async with open_router(config.routing, guarded, health=health) as router:
-            router.layers_inside = PER_PROVIDER_LAYERS
-            try:
-                yield router
-            except BaseException as exc:
-                # Re-raised below, outside the nursery, so the caller sees its own exception
-                # rather than an ExceptionGroup wrapping it.
-                body_error = exc
+    config = config or Config()
+    gateway = Gateway(config)
+    body_error: BaseException | None = None
+    async with AsyncExitStack() as stack:
+        redis = await stack.enter_async_context(_open_redis(config))
+        if redis is not None:
+            gateway.redis = redis
+            fails_closed = config.distributed.rate_limit_policy == "fail_closed"
+            gateway.add(_RedisReadiness(redis, fails_closed))
+            gateway.add(redis)
+        providers = _open_providers(gateway, config, worker, stack)
+        nursery = await stack.enter_async_context(trio.open_nursery())
+        try:
+            top = await _assemble(gateway, config, providers, redis, stack, nursery)
+            dead_letters = await stack.enter_async_context(_open_dead_letters(config, redis))
+            async with open_pipeline(
+                top,
+                config,
+                retriever=retriever,
+                assembler=assembler,
+                post_processors=post_processors,
+                sinks=sinks,
+                dead_letters=dead_letters,
+            ) as pipeline:
+                gateway._pipeline = pipeline
+                gateway.add(pipeline, "pipeline")
+                gateway.add(pipeline.dead_letters)
+                gateway.observed = _instrument(gateway, registry)
+                yield gateway
+        except BaseException as exc:
+            # Re-raised below, outside the nursery, so the caller sees its own exception
+            # rather than an ExceptionGroup wrapping it.
+            body_error = exc
+        finally:
+            if gateway.observed is not None:
+                # Flushing spans may block on the network.
+                await trio.to_thread.run_sync(gateway.observed.close)
         nursery.cancel_scope.cancel()
     if body_error is not None:
         raise body_error
+
+
+def _instrument(gateway: Gateway, registry: CollectorRegistry | None) -> Instrumentation:
+    if registry is None and gateway.config.observability.metrics.enabled:
+        registry = prometheus().CollectorRegistry()
+    return instrument_pipeline(
+        gateway.pipeline, gateway.config, registry, parts=list(gateway.parts())
+    )
+
+
+async def _assemble(
+    gateway: Gateway,
+    config: Config,
+    providers: dict[str, ModelWorker],
+    redis: RedisConnection | None,
+    stack: AsyncExitStack,
+    nursery: trio.Nursery,
+) -> ModelWorker:
+    """Per-provider layers → router or balancer → outer layers."""
+    if config.routing.enabled:
+        guarded = {
+            label: wrap(
+                worker,
+                config.resilience,
+                _context(gateway, nursery, label, redis),
+                only=PER_PROVIDER_LAYERS,
+            )
+            for label, worker in providers.items()
+        }
+        # The router skips a provider whose breaker is open or whose keys all rest.
+        health = [c.part for c in gateway.components if isinstance(c.part, HealthCheck)]
+        router = await stack.enter_async_context(
+            open_router(config.routing, guarded, health=health)
+        )
+        gateway.add(router, "routing")
+        gateway._catalog = router
+        inner: ModelWorker = router
+        label = "router"
+    elif len(providers) == 1:
+        ((label, inner),) = providers.items()
+    else:
+        assert config.providers is not None
+        entries = config.providers.providers
+        inner = LoadBalancedWorker(
+            list(providers.values()),
+            config.providers.strategy,
+            [p.weight for p in entries],
+            [p.models for p in entries],
+        )
+        label = "balancer"
+    skip = PER_PROVIDER_LAYERS if config.routing.enabled else ()
+    context = _context(gateway, nursery, label, redis)
+    return wrap(inner, config.resilience, context, skip=skip)
+
+
+def _context(
+    gateway: Gateway, nursery: trio.Nursery, label: str, redis: RedisConnection | None
+) -> LayerContext:
+    def register(part: object, path: str) -> None:
+        gateway.add(part, path, provider=label)
+
+    return LayerContext(nursery, label, redis, register)
+
+
+def _open_providers(
+    gateway: Gateway, config: Config, given: ModelWorker | None, stack: AsyncExitStack
+) -> dict[str, ModelWorker]:
+    """One worker per provider, by label; each registered with its entry and key pool."""
+    if given is not None:
+        label = provider_name(given)
+        gateway._providers.append(label)
+        gateway.add(given, provider=label)
+        if isinstance(given, ModelCatalog):
+            gateway._catalog = given
+        return {label: given}
+    workers: dict[str, ModelWorker] = {}
+    if config.providers is None or config.routing.enabled:
+        echo = config.service.echo
+        builtin = EchoWorker(echo.token_delay, echo.first_token_delay, model=echo.model)
+        workers["echo"] = gateway._catalog = builtin
+    if config.providers is not None:
+        library = config.providers.http_client
+        for entry in config.providers.providers:
+            client = None
+            if entry.kind != "echo":
+                client = make_client(entry, library)
+                stack.push_async_callback(client.aclose)
+            workers[entry.label] = worker_for(entry, client)
+    for label, worker in workers.items():
+        gateway._providers.append(label)
+        gateway.add(worker, "providers", provider=label, section=_entry_of(label))
+        pool = key_pool(worker)
+        if pool is not None:
+            gateway.add(pool, provider=label)
+    if config.providers is not None and config.routing.enabled:
+        # Requests go only to configured providers; echo only when a deployment names it.
+        named = {d.provider for d in config.routing.deployments}
+        if "echo" not in named:
+            gateway._providers.remove("echo")
+    return workers
+
+
+def _entry_of(label: str) -> Callable[[Config], ProviderConfig | None]:
+    def entry(config: Config) -> ProviderConfig | None:
+        providers = config.providers.providers if config.providers is not None else ()
+        return next((p for p in providers if p.label == label), None)
+
+    return entry
+
+
+@asynccontextmanager
+async def _open_redis(config: Config) -> AsyncIterator[RedisConnection | None]:
+    if config.distributed.redis_url is None:
+        yield None
+        return
+    from .distributed.connection import open_redis
+
+    async with open_redis(config.distributed) as redis:
+        yield redis
+
+
+@asynccontextmanager
+async def _open_dead_letters(
+    config: Config, redis: RedisConnection | None
+) -> AsyncIterator[DeadLetterQueue | None]:
+    if redis is None:
+        yield None
+        return
+    from .distributed.state import open_dead_letters
+
+    async with open_dead_letters(redis, config.pipeline.dead_letter_capacity) as queue:
+        yield queue

@@ -14,7 +14,6 @@ from ..batch import BatchSummary, run_batch
 from ..config import Config
 from ..config import load_config as _load_config
 from ..errors import ConfigError
-from ..gateway import open_configured_worker
 
 
 def register(subparsers: Any) -> None:
@@ -84,19 +83,17 @@ def run(args: argparse.Namespace) -> int:
     progress = None if args.no_progress else _progress()
 
     async def batch() -> BatchSummary:
-        # The worker the configuration describes (echo when no provider is configured).
-        async with open_configured_worker(config) as worker:
-            return await run_batch(
-                args.input,
-                args.out,
-                worker=worker,
-                dead_path=args.dead_letters,
-                config=config,
-                concurrency=args.concurrency,
-                progress=progress,
-                handle_sigint=True,
-                warn=lambda line: print(f"{args.input}: {line}", file=sys.stderr),
-            )
+        # The gateway the configuration describes (echo when no provider is configured).
+        return await run_batch(
+            args.input,
+            args.out,
+            dead_path=args.dead_letters,
+            config=config,
+            concurrency=args.concurrency,
+            progress=progress,
+            handle_sigint=True,
+            warn=lambda line: print(f"{args.input}: {line}", file=sys.stderr),
+        )
 
     try:
         summary = trio.run(batch)
@@ -118,16 +115,14 @@ def _run_shared(args: argparse.Namespace, config: Config) -> int:
     )
 
     async def batch() -> SharedBatchSummary:
-        async with open_configured_worker(shared) as worker:
-            return await run_shared_batch(
-                args.input,
-                args.out,
-                worker=worker,
-                config=shared,
-                dead_path=args.dead_letters,
-                name=args.queue_name,
-                concurrency=args.concurrency,
-            )
+        return await run_shared_batch(
+            args.input,
+            args.out,
+            config=shared,
+            dead_path=args.dead_letters,
+            name=args.queue_name,
+            concurrency=args.concurrency,
+        )
 
     try:
         summary = trio.run(batch)

@@ -3,7 +3,7 @@ and reload while running."""
 
 from .load import dump_config, load_config, parse_config
 from .model import Config, PipelineConfig, Range
-from .reload import ConfigChange, Reloadable, ReloadReport, reconfigure_inner
+from .reload import ConfigChange, Reloadable, ReloadReport
 from .schema import config_schema
 from .secret import Secret
 from .signals import reload_on_signal
@@ -21,7 +21,6 @@ __all__ = [
     "dump_config",
     "load_config",
     "parse_config",
-    "reconfigure_inner",
     "reload_on_signal",
     "to_toml",
 ]

@@ -7,18 +7,19 @@ force with a new one and returns the configuration to apply: the new values of r
 options, the old values of the others, each of which is reported as refused. Nothing is
 silently ignored.
 
-The pipeline applies its own options; the layers of its worker stack (breakers, rate limits,
-retry policy, routing, keys) apply theirs by implementing :class:`Reloadable`.
+:class:`~trio_orchestrator.Gateway` hands each running component its own section (the
+pipeline ``[pipeline]``, a breaker ``[resilience.breaker]``, a provider its entry, …): the
+components implement :class:`~trio_orchestrator.seams.Reloadable`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import Any, TypeVar
 
 import attrs
 
+from ..seams import Reloadable
 from .kinds import key_path
-from .model import Config
 from .secret import Secret
 
 __all__ = [
@@ -26,41 +27,9 @@ __all__ = [
     "ReloadReport",
     "Reloadable",
     "plan_reload",
-    "reconfigure_inner",
 ]
 
 T = TypeVar("T")
-
-
-@runtime_checkable
-class Reloadable(Protocol):
-    """A worker or layer whose settings can change while it runs.
-
-    A layer that wraps another worker applies its own section and then passes the
-    configuration on with :func:`reconfigure_inner`, so the whole stack is reached.
-    """
-
-    def reconfigure(self, config: Config) -> list[str]:
-        """Apply the reloadable parts of ``config`` and return what could not be applied.
-
-        Must not block (it runs without a checkpoint, so requests see the old settings or the
-        new ones, never a mixture), and must not drop requests in flight.
-
-        Args:
-            config: the whole new configuration (reloadable options already filtered).
-
-        Returns:
-            One line per refused change, starting with its key path and a colon
-            (``"providers.openai.base_url: cannot change while requests use it"``).
-        """
-        ...
-
-
-def reconfigure_inner(worker: object, config: Config) -> list[str]:
-    """Reconfigure ``worker`` if it is :class:`Reloadable`; return its refusals (or none)."""
-    if isinstance(worker, Reloadable):
-        return list(worker.reconfigure(config))
-    return []
 
 
 @attrs.frozen

@@ -36,7 +36,7 @@ async def reload_on_signal(
     refusals and invalid files at warning, the old configuration staying in force.
 
     Args:
-        pipeline: what to reload (a :class:`~trio_orchestrator.Pipeline`).
+        pipeline: what to reload (a :class:`~trio_orchestrator.Gateway`).
         path: the configuration file, read again at each signal.
         signum: the signal to listen for.
         on_report: also called with each :class:`ReloadReport`.

@@ -31,7 +31,8 @@ from ..batch import (
 )
 from ..config import Config
 from ..errors import RequestError, WorkerError
-from ..pipeline import Pipeline, open_pipeline
+from ..gateway import open_gateway
+from ..pipeline import Pipeline
 from ..workers.base import ModelWorker
 from .queue import QueueItem, WorkQueue, work_through
 
@@ -68,7 +69,7 @@ async def run_shared_batch(
     input_path: Path,
     out_path: Path,
     *,
-    worker: ModelWorker,
+    worker: ModelWorker | None = None,
     config: Config,
     dead_path: Path | None = None,
     name: str | None = None,
@@ -105,9 +106,10 @@ async def run_shared_batch(
             (out if kind == "out" else dead).flush()
             counts[kind] += 1
 
-        async with open_pipeline(worker, config) as pipeline:
-            assert pipeline.redis is not None
-            queue = WorkQueue(pipeline.redis, name, claim_after=claim_after)
+        async with open_gateway(config, worker=worker) as gateway:
+            pipeline = gateway.pipeline
+            assert gateway.redis is not None
+            queue = WorkQueue(gateway.redis, name, claim_after=claim_after)
             loaded = await queue.load(lines)
             recorded = await work_through(
                 queue, _handler(pipeline), concurrency=concurrency, on_recorded=write

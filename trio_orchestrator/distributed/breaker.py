@@ -154,6 +154,13 @@ class SharedBreakers:
         self._open = self.connection.script(OPEN)
         self._release = self.connection.script(RELEASE)
 
+    def reconfigure(self, section: BreakerConfig, /) -> list[str]:
+        """Take reloaded ``[resilience.breaker]`` settings (cool-down, probes) for the next
+        opening and check; what is in Redis already keeps its own expiry."""
+        self.config = section
+        self._cache.clear()
+        return []
+
     async def check(self, target: str) -> Verdict:
         """The verdict on one call to ``target`` (a probe slot, if given, is now taken)."""
         now = trio.current_time()

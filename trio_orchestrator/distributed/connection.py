@@ -17,7 +17,7 @@ import math
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import attrs
 import trio
@@ -226,6 +226,16 @@ class RedisConnection:
                 why,
             )
         return RedisUnavailable(f"Redis at {self.url} is unreachable: {why}")
+
+    metric_kind: ClassVar[str] = "redis"
+    metric_counters: ClassVar[tuple[str, ...]] = (
+        "operations",
+        "failures",
+        "timeouts",
+        "refused_while_down",
+        "times_lost",
+        "times_recovered",
+    )
 
     def statistics(self) -> RedisStatistics:
         """A snapshot of the health state and counters."""

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import attrs
 
 from ..errors import RateLimitExceeded
-from ..resilience.config import LimitConfig
+from ..resilience.config import LimitConfig, RateLimitsConfig
 from .connection import RedisConnection, RedisUnavailable
 
 if TYPE_CHECKING:
@@ -132,6 +132,13 @@ class SharedRateLimiter:
     def __attrs_post_init__(self) -> None:
         self._acquire = self.connection.script(ACQUIRE)
         self._adjust = self.connection.script(ADJUST)
+
+    def reconfigure(self, section: RateLimitsConfig, /) -> list[str]:
+        """Take reloaded ``[resilience.rate_limits]`` limits for what is charged next (every
+        process must be given the same list; a reload on each does that)."""
+        self.limits = section.limits
+        self._plans.clear()
+        return []
 
     async def try_acquire(self, keys: dict[str, str], tokens: int) -> tuple[float, bool] | None:
         """Charge every applicable bucket in Redis if all have room; otherwise none.

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import re
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import attrs
 
+from ..seams import HasStatistics as Exported
+from ..seams import Layer, iter_layers, provider_name
 from .hooks import ObservationHooks
-from .layers import register_layers
+from .layers import PER_TARGET
 from .logging import RequestLogger
 from .metrics import (
     HasStatistics,
@@ -22,7 +24,7 @@ from .metrics import (
 from .tracing import RequestTracer, build_tracer_provider
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping
+    from collections.abc import Mapping
 
     from opentelemetry.sdk.trace import TracerProvider
     from prometheus_client import CollectorRegistry
@@ -31,16 +33,10 @@ if TYPE_CHECKING:
     from ..config import Config
     from ..pipeline.core import Pipeline
 
-__all__ = ["Instrumentation", "instrument_pipeline", "provider_name"]
+__all__ = ["Instrumentation", "Part", "instrument_pipeline", "provider_name"]
 
-_REDIS_COUNTERS = (
-    "operations",
-    "failures",
-    "timeouts",
-    "refused_while_down",
-    "times_lost",
-    "times_recovered",
-)
+Part = tuple[object, str | None]
+"""A component to export, and the provider it serves (None for a gateway-wide one)."""
 
 
 @attrs.define(eq=False)
@@ -60,7 +56,8 @@ class Instrumentation:
     tracer_provider: TracerProvider | None = None
     _collectors: list[Collector] = attrs.field(factory=list, init=False)
 
-    def _register(self, collector: Collector) -> None:
+    def register_collector(self, collector: Collector) -> None:
+        """Add a Prometheus collector to the registry (taken out again by :meth:`close`)."""
         assert self.registry is not None
         self.registry.register(collector)
         self._collectors.append(collector)
@@ -108,24 +105,13 @@ class Instrumentation:
         self.close()
 
 
-def provider_name(worker: object) -> str:
-    """The ``provider`` label for ``worker``: its ``provider`` or ``name`` attribute when a
-    string, else its class name without ``Worker``, lower-cased (``EchoWorker`` → ``echo``)."""
-    for attribute in ("provider", "name"):
-        value = getattr(worker, attribute, None)
-        if isinstance(value, str) and value:
-            break
-    else:
-        value = type(worker).__name__.removesuffix("Worker").lower() or "worker"
-    return re.sub(r"[^A-Za-z0-9_.:/-]", "_", value)[:64]
-
-
 def instrument_pipeline(
     pipeline: Pipeline,
     config: Config | None = None,
     registry: CollectorRegistry | None = None,
     *,
     tracer_provider: TracerProvider | None = None,
+    parts: Iterable[Part] | None = None,
 ) -> Instrumentation:
     """Wire metrics, traces and request logs onto ``pipeline``, as ``config`` says.
 
@@ -142,6 +128,10 @@ def instrument_pipeline(
         registry: the Prometheus registry (default: ``prometheus_client.REGISTRY``).
         tracer_provider: where spans go (default: built from ``tracing.otlp_endpoint``, else
             the global provider).
+        parts: the components whose statistics to export, each with its provider's label
+            (the gateway passes every part it built); by default the layers of the
+            pipeline's worker and its dead-letter queue. Parts that are not
+            :class:`~trio_orchestrator.seams.HasStatistics` are skipped.
 
     Returns:
         The handle to register component statistics on, render ``/metrics`` and shut down.
@@ -152,26 +142,22 @@ def instrument_pipeline(
     """
     observability = (config or pipeline.config).observability
     metrics, tracing = observability.metrics, observability.tracing
-    provider = metrics.provider or provider_name(pipeline.worker)
+    *_, innermost = iter_layers(pipeline.worker)
+    provider = metrics.provider or provider_name(innermost)
     result = Instrumentation(None, None)
     stage_times = None
     if metrics.enabled:
         registry = prometheus().REGISTRY if registry is None else registry
         result.registry, result.statistics = registry, StatisticsCollector()
-        result._register(PipelineCollector(pipeline))
-        result._register(result.statistics)
+        result.register_collector(PipelineCollector(pipeline))
+        result.register_collector(result.statistics)
         requests = RequestMetrics(metrics, provider)
-        result._register(requests)
+        result.register_collector(requests)
         pipeline.add_listener(requests)
-        result.register_statistics(
-            "dead_letters", pipeline.dead_letters, counters=("total", "dropped", "replayed")
-        )
-        register_layers(result, pipeline.worker)
-        if pipeline.redis is not None:  # [distributed]: trio_orchestrator_redis_up and kin
-            result.register_statistics("redis", pipeline.redis, counters=_REDIS_COUNTERS)
+        export_parts(result, _parts_of(pipeline) if parts is None else parts)
         if metrics.stage_timing:
             stage_times = StageTimes(metrics)
-            result._register(stage_times)
+            result.register_collector(stage_times)
     tracer = None
     if tracing.enabled:
         if tracer_provider is None:
@@ -184,3 +170,30 @@ def instrument_pipeline(
             RequestLogger(provider, log_prompts=observability.logging.log_prompts)
         )
     return result
+
+
+def export_parts(observed: Instrumentation, parts: Iterable[Part]) -> None:
+    """Export the statistics of every :class:`~trio_orchestrator.seams.HasStatistics` part
+    as its ``metric_kind`` says, labelled with its provider (once per kind and provider)."""
+    per_target: dict[str, list[Exported]] = {}
+    seen: set[tuple[str, str | None]] = set()
+    for part, provider in parts:
+        if not isinstance(part, Exported):
+            continue
+        kind = part.metric_kind
+        if kind in PER_TARGET:
+            per_target.setdefault(kind, []).append(part)
+        elif (kind, provider) not in seen:
+            seen.add((kind, provider))
+            labels = {} if provider is None else {"provider": provider}
+            observed.register_statistics(kind, part, labels=labels, counters=part.metric_counters)
+    for kind, group in per_target.items():
+        observed.register_collector(PER_TARGET[kind](group))
+
+
+def _parts_of(pipeline: Pipeline) -> list[Part]:
+    parts: list[Part] = [(pipeline.dead_letters, None)]
+    for layer in iter_layers(pipeline.worker):
+        if isinstance(layer, Layer):
+            parts.append((layer, provider_name(layer.inner)))
+    return parts

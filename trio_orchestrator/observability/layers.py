@@ -1,12 +1,13 @@
-"""Metrics of the resilience layers, registered from the layer chain a pipeline runs.
+"""Collectors for components whose ``statistics()`` is one snapshot per target.
 
-Each layer's ``statistics()`` is read at scrape time, never bookkept twice. Breakers have
-one target per provider/model, appearing on first use, so they get a collector of their own.
+Circuit breakers have one target per provider/model, appearing on first use, so they get a
+collector of their own (:data:`PER_TARGET`); every other component's flat statistics go
+through :class:`~trio_orchestrator.observability.metrics.StatisticsCollector`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from .metrics import PREFIX, prometheus
@@ -14,22 +15,9 @@ from .metrics import PREFIX, prometheus
 if TYPE_CHECKING:
     from prometheus_client.registry import Collector
 
-    from ..workers.base import ModelWorker
-    from .instrument import Instrumentation
-
-__all__ = ["BreakerCollector", "register_layers", "walk_workers"]
+__all__ = ["PER_TARGET", "BreakerCollector"]
 
 _STATES = ("closed", "open", "half_open")
-
-
-def walk_workers(worker: ModelWorker) -> Iterator[ModelWorker]:
-    """Every worker in the chain below ``worker``, including each router deployment's."""
-    from ..resilience.stack import iter_layers
-
-    for layer in iter_layers(worker):
-        yield layer
-        for child in getattr(layer, "deployment_workers", lambda: ())():
-            yield from walk_workers(child)
 
 
 class BreakerCollector:
@@ -75,42 +63,5 @@ class BreakerCollector:
         yield from counts.values()
 
 
-def register_layers(observed: Instrumentation, worker: ModelWorker) -> None:
-    """Register the statistics of every resilience layer in ``worker``'s chain."""
-    from ..resilience import (
-        CacheLayer,
-        CircuitBreakerLayer,
-        CoalescingLayer,
-        RateLimitLayer,
-        RetryLayer,
-    )
-    from ..resilience.stack import provider_name
-
-    breakers: list[CircuitBreakerLayer] = []
-    seen: set[tuple[str, str]] = set()
-    for layer in walk_workers(worker):
-        inner = getattr(layer, "inner", layer)
-        labels = {"provider": provider_name(inner)}
-        kind_counters: tuple[str, tuple[str, ...]] | None = None
-        if isinstance(layer, CircuitBreakerLayer):
-            breakers.append(layer)
-        elif isinstance(layer, RetryLayer):
-            kind_counters = ("retry", ("calls", "attempts", "retries", "recovered"))
-        elif isinstance(layer, RateLimitLayer):
-            kind_counters = ("rate_limit", ("admitted", "rejected", "waited"))
-        elif isinstance(layer, CoalescingLayer):
-            kind_counters = ("coalescing", ("upstream_calls", "coalesced", "bypassed", "abandoned"))
-        elif isinstance(layer, CacheLayer):
-            kind_counters = (
-                "cache",
-                ("hits", "misses", "evictions", "expirations", "stored", "bypassed"),
-            )
-        if kind_counters is not None and (kind_counters[0], labels["provider"]) not in seen:
-            seen.add((kind_counters[0], labels["provider"]))
-            component: Any = layer  # each of these layers has statistics()
-            observed.register_statistics(
-                kind_counters[0], component, labels=labels, counters=kind_counters[1]
-            )
-    if breakers:
-        collector: Collector = BreakerCollector(breakers)
-        observed._register(collector)
+PER_TARGET: dict[str, Callable[[Iterable[Any]], Collector]] = {"breaker": BreakerCollector}
+"""Metric kinds whose components report one snapshot per target, and their collector."""

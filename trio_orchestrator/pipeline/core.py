@@ -25,21 +25,17 @@ import heapq
 import itertools
 import logging
 import math
-import os
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from types import TracebackType
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 import attrs
 import outcome
 import trio
 
-from ..config import Config
-from ..config.load import parse_config
-from ..config.reload import ConfigChange, Reloadable, ReloadReport, plan_reload
+from ..config import Config, PipelineConfig
 from ..errors import (
-    ConfigError,
     DeadlineExceeded,
     PipelineClosed,
     RequestCancelled,
@@ -49,7 +45,6 @@ from ..errors import (
 )
 from ..events import Completion, Done, StreamEvent, TextDelta
 from ..resilience.priority import PriorityAdmission
-from ..resilience.stack import open_layers, open_shared_state
 from ..types import PromptRequest
 from ..workers.base import ModelWorker
 from .assemble import Assembler, DefaultAssembler
@@ -60,9 +55,6 @@ from .post import PostProcessor, StopSequences, open_filters
 from .rag import NoRetriever, Retriever
 from .sinks import OutputSink
 from .statistics import PipelineStatistics, StageStatistics
-
-if TYPE_CHECKING:
-    from ..distributed.connection import RedisConnection
 
 __all__ = ["PendingRequest", "Pipeline", "RequestStream", "open_pipeline"]
 
@@ -89,13 +81,6 @@ class _StageCounter:
             self.peak = max(self.peak, channel.statistics().current_buffer_used)
 
 
-def _nobody_applies(change: ConfigChange) -> str:
-    return (
-        f"{change.path}: nothing in this pipeline takes reloads of this section (neither the "
-        f"worker nor any add_reloadable component); {change.old!r} → {change.new!r} not applied"
-    )
-
-
 def _unwrap(exc: BaseException) -> BaseException:
     """The single leaf of nested one-exception groups (a worker's nursery wraps its error)."""
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
@@ -115,6 +100,7 @@ class Pipeline:
         assembler: Assembler,
         post_processors: Sequence[PostProcessor],
         sinks: Sequence[OutputSink],
+        dead_letters: DeadLetterQueue | None = None,
     ) -> None:
         self._worker = worker
         self._config = config
@@ -138,16 +124,12 @@ class Pipeline:
         self._admission = (
             PriorityAdmission[Job](cfg.priority, self._limiter) if cfg.priority.enabled else None
         )
-        self.dead_letters = DeadLetterQueue(cfg.dead_letter_capacity)
-        # The connection to Redis while ``[distributed] redis_url`` is set (its health for
-        # readiness checks and metrics), else None.
-        self.redis: RedisConnection | None = None
+        self.dead_letters = dead_letters or DeadLetterQueue(cfg.dead_letter_capacity)
         self._in_flight: set[Job] = set()
         self._outcomes = dict.fromkeys(Outcome, 0)
         self._submitted = 0
         self._sink_errors = 0
         self._listeners: list[Listener] = []
-        self._reloadables: list[Reloadable] = []
         self._hooks: PipelineHooks | None = None
         self._closing = False
         self._idle = trio.Event()
@@ -256,56 +238,19 @@ class Pipeline:
         """The configuration in force."""
         return self._config
 
-    def reload(self, config: Config) -> ReloadReport:
-        """Put ``config`` in force without dropping a request in flight.
+    def reconfigure(self, section: PipelineConfig, /) -> list[str]:
+        """Put a reloaded ``[pipeline]`` in force without dropping a request in flight.
 
-        Options marked reloadable change at once (inference concurrency; request timeout,
-        stream buffer and grace period for what starts next); the others keep their old
-        values and are reported as refused. Sections other than ``pipeline`` are applied by
-        the :class:`Reloadable` components: the worker, if it is one, and those given to
-        :meth:`add_reloadable`; with none, changes there are refused too.
-
-        Args:
-            config: the new configuration, already validated.
+        Its reloadable options change at once (inference concurrency; request timeout,
+        stream buffer and grace period for what starts next); the gateway has already kept
+        the old values of the others (see :meth:`trio_orchestrator.Gateway.reload`).
 
         Returns:
-            What was applied and what was refused.
+            Nothing refused (the list a :class:`~trio_orchestrator.seams.Reloadable` returns).
         """
-        merged, applied, refused = plan_reload(self._config, config)
-        components = [c for c in (self._worker, *self._reloadables) if isinstance(c, Reloadable)]
-        if not components:
-            merged = attrs.evolve(self._config, pipeline=merged.pipeline)
-            refused += [_nobody_applies(c) for c in applied if not c.path.startswith("pipeline.")]
-            applied = [c for c in applied if c.path.startswith("pipeline.")]
-        self._config = merged
-        self._limiter.total_tokens = merged.pipeline.inference_concurrency
-        for component in components:
-            refused += component.reconfigure(merged)
-        kept = [c for c in applied if not any(r.startswith(f"{c.path}:") for r in refused)]
-        report = ReloadReport(applied=tuple(kept), refused=tuple(refused))
-        logger.info("configuration reloaded: %s", report)
-        return report
-
-    def add_reloadable(self, component: Reloadable) -> None:
-        """Have :meth:`reload` reconfigure ``component`` too (the service, for its section)."""
-        self._reloadables.append(component)
-
-    async def reload_from_file(self, path: str | os.PathLike[str]) -> ReloadReport:
-        """Load a TOML configuration file and :meth:`reload` it.
-
-        An unreadable or invalid file changes nothing; the report's ``invalid`` says why.
-        """
-        try:
-            text = await trio.Path(path).read_text(encoding="utf-8")
-            config = parse_config(text)
-        except (OSError, UnicodeDecodeError) as exc:
-            report = ReloadReport(invalid=(f"cannot read {os.fspath(path)}: {exc}",))
-        except ConfigError as exc:
-            report = ReloadReport(invalid=tuple(exc.problems))
-        else:
-            return self.reload(config)
-        logger.warning("%s", report)
-        return report
+        self._config = attrs.evolve(self._config, pipeline=section)
+        self._limiter.total_tokens = section.inference_concurrency
+        return []
 
     @property
     def worker(self) -> ModelWorker:
@@ -753,8 +698,13 @@ async def open_pipeline(
     assembler: Assembler | None = None,
     post_processors: Sequence[PostProcessor] | None = None,
     sinks: Sequence[OutputSink] = (),
+    dead_letters: DeadLetterQueue | None = None,
 ) -> AsyncIterator[Pipeline]:
     """Run a pipeline around ``worker`` for the duration of the ``async with`` block.
+
+    ``worker`` is called as it is: the resilience layers, routing and shared state that
+    the configuration describes are built by :func:`trio_orchestrator.open_gateway`, which
+    opens the pipeline around the finished worker.
 
     Leaving the block normally stops admission, lets in-flight requests finish within
     ``config.pipeline.grace_period`` seconds, then cancels the rest (each recorded as
@@ -768,6 +718,8 @@ async def open_pipeline(
         assembler: the assembly stage's assembler (default: :class:`DefaultAssembler`).
         post_processors: text filters (default: the request's stop sequences).
         sinks: receive every completed answer.
+        dead_letters: where shed requests go (default: an in-memory ring buffer of
+            ``pipeline.dead_letter_capacity``).
     """
     config = config or Config()
     pipeline = Pipeline(
@@ -777,16 +729,10 @@ async def open_pipeline(
         assembler=assembler or DefaultAssembler(),
         post_processors=(StopSequences(),) if post_processors is None else post_processors,
         sinks=sinks,
+        dead_letters=dead_letters,
     )
     body_error: BaseException | None = None
-    async with (
-        open_shared_state(config) as shared,
-        open_layers(worker, config, redis=shared.redis if shared else None) as pipeline._worker,
-        trio.open_nursery() as nursery,
-    ):
-        if shared is not None:
-            pipeline.dead_letters = shared.dead_letters  # written through to Redis
-            pipeline.redis = shared.redis
+    async with trio.open_nursery() as nursery:
         pipeline._start(nursery)
         try:
             yield pipeline

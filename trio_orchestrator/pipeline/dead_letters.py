@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterator
+from typing import ClassVar
 
 import attrs
 
@@ -110,6 +111,9 @@ class DeadLetterQueue:
             KeyError: no such letter.
         """
         return self.take(letter_id)
+
+    metric_kind: ClassVar[str] = "dead_letters"
+    metric_counters: ClassVar[tuple[str, ...]] = ("total", "dropped", "replayed")
 
     def statistics(self) -> DeadLetterStatistics:
         """Return a snapshot of the queue's counters."""

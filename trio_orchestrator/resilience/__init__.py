@@ -1,6 +1,6 @@
 """Resilience layers: rate limits, circuit breakers, retries, coalescing, cache, priority.
 
-Each layer is a worker wrapping a worker; :func:`open_layers` stacks the enabled ones in the
+Each layer is a worker wrapping a worker; :func:`wrap` stacks the enabled ones in the
 order cache → coalescing → rate limit → circuit breaker → retry → provider. Priority admission
 works at the inference stage's entry instead (``[pipeline.priority]``).
 """
@@ -36,7 +36,7 @@ from .ratelimit import (
     estimate_tokens,
 )
 from .retry import RetryLayer, RetryStatistics
-from .stack import LAYERS, LayerContext, iter_layers, open_layers, provider_name
+from .stack import LAYERS, LayerContext, iter_layers, provider_name, wrap
 
 __all__ = [
     "LAYERS",
@@ -73,7 +73,7 @@ __all__ = [
     "estimate_tokens",
     "is_deterministic",
     "iter_layers",
-    "open_layers",
     "provider_name",
     "request_key",
+    "wrap",
 ]

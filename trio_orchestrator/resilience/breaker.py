@@ -24,7 +24,7 @@ import enum
 import math
 import random
 from collections import deque
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import attrs
 import trio
@@ -33,10 +33,7 @@ from ..errors import CircuitOpen, WorkerError
 from ..events import StreamEvent
 from ..types import PromptRequest
 from ..workers.base import EventSink, ModelWorker
-from .config import BreakerConfig, reconfigure_inner, refuse_toggle
-
-if TYPE_CHECKING:
-    from ..config.model import Config
+from .config import BreakerConfig, refuse_toggle
 
 __all__ = [
     "BreakerState",
@@ -438,6 +435,15 @@ class CircuitBreakerLayer:
     shared: SharedBreakerState | None = attrs.field(default=None, kw_only=True)
     _breakers: dict[str, CircuitBreaker] = attrs.field(factory=dict, init=False)
 
+    metric_kind: ClassVar[str] = "breaker"
+    metric_counters: ClassVar[tuple[str, ...]] = (
+        "transitions",
+        "times_opened",
+        "calls",
+        "failures",
+        "rejected",
+    )
+
     def breaker(self, model: str) -> CircuitBreaker:
         """The breaker of ``model`` at this provider (made on first use)."""
         breaker = self._breakers.get(model)
@@ -446,16 +452,15 @@ class CircuitBreakerLayer:
             breaker = self._breakers[model] = CircuitBreaker(self.config, name, rng=self.rng)
         return breaker
 
-    def reconfigure(self, config: Config) -> list[str]:
-        """Apply reloaded breaker thresholds to every target's breaker (its state and current
-        cool-down stay); pass the rest on to the inner worker."""
-        new = config.resilience.breaker
-        refused = refuse_toggle("breaker", self.config.enabled, new.enabled)
+    def reconfigure(self, section: BreakerConfig, /) -> list[str]:
+        """Apply reloaded ``[resilience.breaker]`` thresholds to every target's breaker (its
+        state and current cool-down stay)."""
+        refused = refuse_toggle("breaker", self.config.enabled, section.enabled)
         if not refused:
-            self.config = new
+            self.config = section
             for breaker in self._breakers.values():
-                breaker.config = new
-        return refused + reconfigure_inner(self.inner, config)
+                breaker.config = section
+        return refused
 
     def is_available(self, deployment: Any) -> bool:
         """A router health check: False while this provider's breaker for the deployment's
@@ -465,6 +470,15 @@ class CircuitBreakerLayer:
             return True
         breaker = self._breakers.get(getattr(deployment, "upstream_model", ""))
         return breaker is None or breaker.state(trio.current_time()) is not BreakerState.OPEN
+
+    def unready(self) -> str | None:
+        """Why this provider can take no request now: every target's breaker is open (a
+        readiness check; None while any target admits calls, or none was called yet)."""
+        now = trio.current_time()
+        states = [breaker.state(now) for breaker in self._breakers.values()]
+        if states and all(state is BreakerState.OPEN for state in states):
+            return f"every circuit breaker of {self.provider} is open"
+        return None
 
     def statistics(self) -> tuple[BreakerStatistics, ...]:
         """One snapshot per target seen so far, in order of first use."""

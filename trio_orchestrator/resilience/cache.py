@@ -9,7 +9,7 @@ streaming caller still gets a stream. Expiry uses Trio's clock (:func:`trio.curr
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import ClassVar, Generic, TypeVar
 
 import attrs
 import trio
@@ -18,11 +18,8 @@ from ..config.ranges import positive_int, positive_time
 from ..events import Done, StreamEvent
 from ..types import PromptRequest
 from ..workers.base import EventSink, ModelWorker
-from .config import CacheConfig, reconfigure_inner, refuse_toggle
+from .config import CacheConfig, refuse_toggle
 from .keys import is_deterministic, request_key
-
-if TYPE_CHECKING:
-    from ..config.model import Config
 
 __all__ = ["CacheConfig", "CacheLayer", "CacheStatistics", "LRUStore"]
 
@@ -132,14 +129,13 @@ class CacheLayer:
     def __attrs_post_init__(self) -> None:
         self._store = LRUStore(self._config.max_entries, self._config.ttl)
 
-    def reconfigure(self, config: Config) -> list[str]:
-        """Apply a reloaded size bound, TTL and eligibility; pass the rest on."""
-        new = config.resilience.cache
-        refused = refuse_toggle("cache", self._config.enabled, new.enabled)
+    def reconfigure(self, section: CacheConfig, /) -> list[str]:
+        """Apply a reloaded ``[resilience.cache]``: size bound, TTL and eligibility."""
+        refused = refuse_toggle("cache", self._config.enabled, section.enabled)
         if not refused:
-            self._config = new
-            self._store.resize(new.max_entries, new.ttl)
-        return refused + reconfigure_inner(self._inner, config)
+            self._config = section
+            self._store.resize(section.max_entries, section.ttl)
+        return refused
 
     @property
     def inner(self) -> ModelWorker:
@@ -176,6 +172,16 @@ class CacheLayer:
         if _complete(recorded):
             self._store.put(key, tuple(recorded), trio.current_time())
             self._stored += 1
+
+    metric_kind: ClassVar[str] = "cache"
+    metric_counters: ClassVar[tuple[str, ...]] = (
+        "hits",
+        "misses",
+        "evictions",
+        "expirations",
+        "stored",
+        "bypassed",
+    )
 
     def statistics(self) -> CacheStatistics:
         """Return a snapshot of the cache's counters."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import TYPE_CHECKING
+from typing import ClassVar
 
 import attrs
 import trio
@@ -28,11 +28,8 @@ from ..errors import ProviderTimeout, RequestCancelled
 from ..events import StreamEvent
 from ..types import PromptRequest
 from ..workers.base import EventSink, ModelWorker
-from .config import CoalescingConfig, reconfigure_inner, refuse_toggle
+from .config import CoalescingConfig, refuse_toggle
 from .keys import is_deterministic, request_key
-
-if TYPE_CHECKING:
-    from ..config.model import Config
 
 __all__ = ["CoalescingConfig", "CoalescingLayer", "CoalescingStatistics"]
 
@@ -116,13 +113,12 @@ class CoalescingLayer:
     _bypassed: int = attrs.field(default=0, init=False)
     _abandoned: int = attrs.field(default=0, init=False)
 
-    def reconfigure(self, config: Config) -> list[str]:
-        """Apply a reloaded eligibility and subscriber bound; pass the rest on."""
-        new = config.resilience.coalescing
-        refused = refuse_toggle("coalescing", self._config.enabled, new.enabled)
+    def reconfigure(self, section: CoalescingConfig, /) -> list[str]:
+        """Apply a reloaded ``[resilience.coalescing]``: eligibility, subscriber bound."""
+        refused = refuse_toggle("coalescing", self._config.enabled, section.enabled)
         if not refused:
-            self._config = new
-        return refused + reconfigure_inner(self._inner, config)
+            self._config = section
+        return refused
 
     @property
     def inner(self) -> ModelWorker:
@@ -144,6 +140,14 @@ class CoalescingLayer:
             await self._follow(flight, emit)
         finally:
             self._leave(flight)
+
+    metric_kind: ClassVar[str] = "coalescing"
+    metric_counters: ClassVar[tuple[str, ...]] = (
+        "upstream_calls",
+        "coalesced",
+        "bypassed",
+        "abandoned",
+    )
 
     def statistics(self) -> CoalescingStatistics:
         """Return a snapshot of the layer's counters."""

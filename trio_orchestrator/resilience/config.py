@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 
 from ..config.ranges import non_negative_time, positive_int, positive_time
-
-if TYPE_CHECKING:
-    from ..config.model import Config
 
 __all__ = [
     "BreakerConfig",
@@ -348,9 +345,3 @@ def refuse_toggle(name: str, old_enabled: bool, new_enabled: bool) -> list[str]:
         f"resilience.{name}.enabled: adding or removing a layer needs a restart "
         f"{old_enabled} → {new_enabled}"
     ]
-
-
-def reconfigure_inner(worker: object, config: Config) -> list[str]:
-    """Pass a reload on to ``worker`` when it takes reloads; return its refusals."""
-    reconfigure = getattr(worker, "reconfigure", None)
-    return list(reconfigure(config)) if callable(reconfigure) else []

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import ClassVar, Protocol
 
 import attrs
 import trio
@@ -31,10 +31,7 @@ from ..errors import RateLimitExceeded
 from ..events import Done, StreamEvent, Usage
 from ..types import PromptRequest
 from ..workers.base import EventSink, ModelWorker
-from .config import LimitConfig, RateLimitsConfig, reconfigure_inner, refuse_toggle
-
-if TYPE_CHECKING:
-    from ..config.model import Config
+from .config import LimitConfig, RateLimitsConfig, refuse_toggle
 
 __all__ = [
     "BucketStatistics",
@@ -309,16 +306,18 @@ class RateLimitLayer:
         self._counts_tokens = any(limit.counts_tokens for limit in self.config.limits)
         self._sweep_at = self.config.max_buckets
 
-    def reconfigure(self, config: Config) -> list[str]:
-        """Apply reloaded limits to what is admitted next (fresh, full buckets; requests
-        already waiting keep the buckets they wait on); pass the rest on."""
-        new = config.resilience.rate_limits
-        refused = refuse_toggle("rate_limits", self.config.enabled, new.enabled)
-        if not refused and new != self.config:
-            self.config = new
+    def reconfigure(self, section: RateLimitsConfig, /) -> list[str]:
+        """Apply reloaded ``[resilience.rate_limits]`` to what is admitted next (fresh, full
+        buckets; requests already waiting keep the buckets they wait on)."""
+        refused = refuse_toggle("rate_limits", self.config.enabled, section.enabled)
+        if not refused and section != self.config:
+            self.config = section
             self.__attrs_post_init__()
             self._queues = {}
-        return refused + reconfigure_inner(self.inner, config)
+        return refused
+
+    metric_kind: ClassVar[str] = "rate_limit"
+    metric_counters: ClassVar[tuple[str, ...]] = ("admitted", "rejected", "waited")
 
     def statistics(self) -> RateLimitStatistics:
         """A snapshot of the counters and buckets."""

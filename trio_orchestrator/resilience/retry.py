@@ -23,20 +23,17 @@ stop, wait and retry callbacks around a loop this short.
 from __future__ import annotations
 
 import random
-from typing import TYPE_CHECKING
+from typing import ClassVar
 
 import attrs
 import trio
 
 from ..errors import WorkerError
 from ..events import Passthrough, StreamEvent
-from ..observability.tracing import attempt_span
+from ..observability.spans import attempt_span
 from ..types import PromptRequest
 from ..workers.base import EventSink, ModelWorker
-from .config import RetryConfig, reconfigure_inner, refuse_toggle
-
-if TYPE_CHECKING:
-    from ..config.model import Config
+from .config import RetryConfig, refuse_toggle
 
 __all__ = ["GIVE_UP_REASONS", "RetryLayer", "RetryStatistics", "backoff_cap"]
 
@@ -127,6 +124,9 @@ class RetryLayer:
         factory=lambda: dict.fromkeys(GIVE_UP_REASONS, 0), init=False
     )
 
+    metric_kind: ClassVar[str] = "retry"
+    metric_counters: ClassVar[tuple[str, ...]] = ("calls", "attempts", "retries", "recovered")
+
     def statistics(self) -> RetryStatistics:
         """A snapshot of the counters."""
         return RetryStatistics(
@@ -137,14 +137,13 @@ class RetryLayer:
             gave_up=dict(self._gave_up),
         )
 
-    def reconfigure(self, config: Config) -> list[str]:
+    def reconfigure(self, section: RetryConfig, /) -> list[str]:
         """Apply a reloaded ``[resilience.retry]`` (attempts, backoff, policy) to what starts
-        next; pass the rest on to the inner worker."""
-        new = config.resilience.retry
-        refused = refuse_toggle("retry", self.config.enabled, new.enabled)
+        next."""
+        refused = refuse_toggle("retry", self.config.enabled, section.enabled)
         if not refused:
-            self.config = new
-        return refused + reconfigure_inner(self.inner, config)
+            self.config = section
+        return refused
 
     async def generate(self, request: PromptRequest, emit: EventSink) -> None:
         """Call ``inner``, retrying by the rules in the module docstring.

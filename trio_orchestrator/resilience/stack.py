@@ -12,19 +12,19 @@ one that used every attempt is one failure), and an open circuit stops the retri
 new request at once instead of letting each one back off against a dead upstream.
 
 Each layer is switched on by its ``enabled`` key under ``[resilience]``; a disabled layer is
-not in the chain at all (no cost). :func:`open_layers` runs for the pipeline's lifetime and
-gives layers a nursery for background work.
+not in the chain at all (no cost). The composition root (:func:`trio_orchestrator.open_gateway`)
+calls :func:`wrap` and gives the layers a nursery for background work.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeAlias
 
 import attrs
 import trio
 
+from ..seams import iter_layers, provider_name
 from ..workers.base import ModelWorker
 from .breaker import CircuitBreakerLayer
 from .cache import CacheLayer
@@ -34,20 +34,23 @@ from .ratelimit import RateLimitLayer
 from .retry import RetryLayer
 
 if TYPE_CHECKING:
-    from ..config import Config
     from ..distributed.connection import RedisConnection
-    from ..distributed.state import SharedState
 
 __all__ = [
     "LAYERS",
     "LayerContext",
+    "Register",
     "iter_layers",
-    "open_layers",
-    "open_redis_for",
-    "open_shared_state",
     "provider_name",
     "wrap",
 ]
+
+Register: TypeAlias = Callable[[object, str], None]
+"""Records a component built for a layer and the configuration key path it reloads from."""
+
+
+def _ignore(_component: object, _path: str) -> None:
+    pass
 
 
 @attrs.frozen(eq=False)
@@ -57,30 +60,29 @@ class LayerContext:
     Attributes:
         nursery: lives as long as the layers; for background tasks (it is cancelled after
             the pipeline has drained).
-        provider: the provider's name (see :func:`provider_name`), for per-provider keys.
+        provider: the provider's label, for per-provider keys and metric labels.
         redis: the connection to Redis when ``[distributed] redis_url`` is set (layers then
             share their state with other processes), else None.
+        register: called with each component a factory builds and the key path of the
+            section it takes on a reload (``"resilience.breaker"``): the composition root
+            reloads, exports and checks readiness of what it was told about.
     """
 
     nursery: trio.Nursery
     provider: str
     redis: RedisConnection | None = None
+    register: Register = _ignore
 
 
 LayerFactory: TypeAlias = Callable[[ModelWorker, ResilienceConfig, LayerContext], ModelWorker]
 
 
-def provider_name(worker: ModelWorker) -> str:
-    """The provider's name: the worker's ``name`` attribute when it is a string, else its
-    class name."""
-    name = getattr(worker, "name", None)
-    return name if isinstance(name, str) and name else type(worker).__name__
-
-
 def _cache(worker: ModelWorker, config: ResilienceConfig, context: LayerContext) -> ModelWorker:
     if not config.cache.enabled:
         return worker
-    return CacheLayer(worker, config.cache)
+    layer = CacheLayer(worker, config.cache)
+    context.register(layer, "resilience.cache")
+    return layer
 
 
 def _coalescing(
@@ -89,7 +91,9 @@ def _coalescing(
     if not config.coalescing.enabled:
         return worker
     # Upstream calls run in the layers' nursery, so no one subscriber owns them.
-    return CoalescingLayer(worker, config.coalescing, context.nursery)
+    layer = CoalescingLayer(worker, config.coalescing, context.nursery)
+    context.register(layer, "resilience.coalescing")
+    return layer
 
 
 def _shared_answers(
@@ -102,9 +106,11 @@ def _shared_answers(
         return worker
     from ..distributed.answers import SharedAnswerLayer
 
-    return SharedAnswerLayer(
+    layer = SharedAnswerLayer(
         worker, redis, config.cache, share_sampled=config.coalescing.coalesce_sampled
     )
+    context.register(layer, "resilience.cache")
+    return layer
 
 
 def _rate_limit(
@@ -117,7 +123,10 @@ def _rate_limit(
         from ..distributed.ratelimit import SharedRateLimiter
 
         shared = SharedRateLimiter(context.redis, config.rate_limits.limits, context.provider)
-    return RateLimitLayer(worker, config.rate_limits, provider=context.provider, shared=shared)
+        context.register(shared, "resilience.rate_limits")
+    layer = RateLimitLayer(worker, config.rate_limits, provider=context.provider, shared=shared)
+    context.register(layer, "resilience.rate_limits")
+    return layer
 
 
 def _circuit_breaker(
@@ -130,13 +139,18 @@ def _circuit_breaker(
         from ..distributed.breaker import SharedBreakers
 
         shared = SharedBreakers(context.redis, config.breaker)
-    return CircuitBreakerLayer(worker, config.breaker, provider=context.provider, shared=shared)
+        context.register(shared, "resilience.breaker")
+    layer = CircuitBreakerLayer(worker, config.breaker, provider=context.provider, shared=shared)
+    context.register(layer, "resilience.breaker")
+    return layer
 
 
 def _retry(worker: ModelWorker, config: ResilienceConfig, context: LayerContext) -> ModelWorker:
     if not config.retry.enabled:
         return worker
-    return RetryLayer(worker, config.retry)
+    layer = RetryLayer(worker, config.retry)
+    context.register(layer, "resilience.retry")
+    return layer
 
 
 LAYERS: tuple[tuple[str, LayerFactory], ...] = (
@@ -157,95 +171,22 @@ def wrap(
     context: LayerContext,
     *,
     only: tuple[str, ...] | None = None,
+    skip: tuple[str, ...] = (),
 ) -> ModelWorker:
     """Wrap ``worker`` in every enabled layer, in the order of :data:`LAYERS`.
 
-    A worker that applies some layers inside itself says so with a ``layers_inside``
-    attribute (the router puts a breaker and retries below it, one per provider, so that it
-    can skip open breakers); those layers are not applied again on top. ``only`` restricts
-    the layers to the names given.
+    Args:
+        worker: the worker to wrap.
+        config: ``[resilience]``.
+        context: what the factories may use.
+        only: when given, only the layers named.
+        skip: layers not to apply (the composition root puts the breaker and retries below
+            a router, one per provider, and skips them above it).
+
+    Returns:
+        The outermost layer (``worker`` itself when no layer applies).
     """
-    inside = set(getattr(worker, "layers_inside", ()))
     for name, factory in reversed(LAYERS):
-        if name not in inside and (only is None or name in only):
+        if name not in skip and (only is None or name in only):
             worker = factory(worker, config, context)
     return worker
-
-
-def iter_layers(worker: ModelWorker) -> Iterator[ModelWorker]:
-    """Yield ``worker`` and every worker it wraps (through ``.inner``), outermost first.
-
-    Use it to find a layer and read its ``statistics()``::
-
-        breakers = next(w for w in iter_layers(pipeline.worker)
-                        if isinstance(w, CircuitBreakerLayer))
-    """
-    current: object = worker
-    while isinstance(current, ModelWorker):
-        yield current
-        current = getattr(current, "inner", None)
-
-
-@asynccontextmanager
-async def open_layers(
-    worker: ModelWorker, config: Config, *, redis: RedisConnection | None = None
-) -> AsyncIterator[ModelWorker]:
-    """Wrap ``worker`` in the layers ``config.resilience`` enables, for the ``async with``.
-
-    Args:
-        worker: the provider worker.
-        config: the whole configuration (its ``resilience`` section is used, and with
-            ``distributed.redis_url`` set the layers share their state through Redis).
-        redis: an open Redis connection to share state through; when not given and
-            ``redis_url`` is set, one is opened for the block.
-
-    Yields:
-        The outermost layer (``worker`` itself when no layer is enabled).
-    """
-    body_error: BaseException | None = None
-    async with open_redis_for(config, redis) as redis, trio.open_nursery() as nursery:
-        context = LayerContext(nursery, provider_name(worker), redis)
-        try:
-            yield wrap(worker, config.resilience, context)
-        except BaseException as exc:
-            # Re-raised outside the nursery, so the caller sees its own exception rather
-            # than an ExceptionGroup wrapping it.
-            body_error = exc
-        nursery.cancel_scope.cancel()
-    if body_error is not None:
-        raise body_error
-
-
-@asynccontextmanager
-async def open_redis_for(
-    config: Config, given: RedisConnection | None
-) -> AsyncIterator[RedisConnection | None]:
-    """``given``, or a new connection when ``[distributed] redis_url`` is set, or None
-    (then nothing is imported or opened)."""
-    if given is not None or not _shares_state(config):
-        yield given
-        return
-    from ..distributed.connection import open_redis
-
-    async with open_redis(config.distributed) as redis:
-        yield redis
-
-
-@asynccontextmanager
-async def open_shared_state(config: Config) -> AsyncIterator[SharedState | None]:
-    """What a pipeline shares through Redis (the connection, durable dead letters) when
-    ``[distributed] redis_url`` is set, else None (nothing is imported or opened)."""
-    if not _shares_state(config):
-        yield None
-        return
-    from ..distributed.state import open_state
-
-    async with open_state(config) as state:
-        yield state
-
-
-def _shares_state(config: Config) -> bool:
-    # getattr: a configuration object of another shape (an application's own root, in
-    # tests) may have no [distributed] section at all.
-    distributed = getattr(config, "distributed", None)
-    return distributed is not None and distributed.redis_url is not None

@@ -23,7 +23,6 @@ import random
 from collections import deque
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
 
 import attrs
 import trio
@@ -69,9 +68,6 @@ from .tokens import (
     required_capabilities,
 )
 from .tracker import OutcomeTracker
-
-if TYPE_CHECKING:
-    from ..config.model import Config
 
 __all__ = ["RouterStatistics", "RouterWorker", "build_router", "falls_back", "open_router"]
 
@@ -199,9 +195,6 @@ class RouterWorker:
         ValueError: a mapping key differs from its deployment's name.
     """
 
-    layers_inside: tuple[str, ...] = ()
-    """Resilience layers the deployments' workers already apply (see ``resilience.wrap``)."""
-
     def deployment_workers(self) -> tuple[ModelWorker, ...]:
         """The distinct workers the deployments call (for metrics of their layers)."""
         return tuple({id(w): w for w in self._workers.values()}.values())
@@ -239,30 +232,24 @@ class RouterWorker:
         """The names this router answers to, and the models behind them."""
         return self._registry
 
-    def reconfigure(self, config: Config) -> list[str]:
+    def reconfigure(self, section: RoutingConfig, /) -> list[str]:
         """Apply a reloaded ``[routing]``: weights, prices, strategy, aliases, attempts and
         budgets change for the next decision (budgets keep what was spent). Adding, removing
-        or moving deployments needs their workers, so it is refused. The rest of the
-        configuration goes on to the deployments' workers (their breakers and retries).
+        or moving deployments needs their workers, so it is refused.
         """
-        new = config.routing
         placed = {(d.name, d.provider) for d in self._config.deployments}
-        refused = []
-        if {(d.name, d.provider) for d in new.deployments} != placed:
-            refused.append(
-                "routing.deployments: adding, removing or moving deployments needs a restart"
-            )
-        else:
-            spent = self._ledger
-            self._config = new
-            self._registry = ModelRegistry(new)
-            self._ledger = BudgetLedger(new.budgets)
-            self._ledger.take_spending_from(spent)
-        for worker in self.deployment_workers():
-            reconfigure = getattr(worker, "reconfigure", None)
-            if callable(reconfigure):
-                refused += reconfigure(config)
-        return refused
+        if {(d.name, d.provider) for d in section.deployments} != placed:
+            return ["routing.deployments: adding, removing or moving deployments needs a restart"]
+        spent = self._ledger
+        self._config = section
+        self._registry = ModelRegistry(section)
+        self._ledger = BudgetLedger(section.budgets)
+        self._ledger.take_spending_from(spent)
+        return []
+
+    def model_names(self) -> tuple[str, ...]:
+        """Every name the router resolves: models, groups and aliases."""
+        return tuple(self._registry.names())
 
     @property
     def tracker(self) -> OutcomeTracker:
@@ -577,7 +564,7 @@ def _nothing_fits(route: Route, skipped: list[tuple[str, str]]) -> WorkerError:
 
 
 def build_router(
-    config: Config | RoutingConfig,
+    config: RoutingConfig,
     workers_by_provider: Mapping[str, ModelWorker],
     *,
     health: Sequence[HealthCheck] = (),
@@ -589,7 +576,7 @@ def build_router(
     serves all its models: the router rewrites ``params.model``).
 
     Args:
-        config: the whole configuration, or its ``routing`` section.
+        config: the ``[routing]`` section.
         workers_by_provider: provider name → the worker that calls it.
         health: checks saying whether a deployment may be called now.
         tracker: the outcome tracker (default: a new one, loaded from ``profile_path``).
@@ -597,7 +584,7 @@ def build_router(
     Raises:
         ConfigError: no deployment is declared, or one names a provider with no worker.
     """
-    routing = config if isinstance(config, RoutingConfig) else config.routing
+    routing = config
     if not routing.deployments:
         raise ConfigError("routing.deployments: no deployment is declared; add at least one")
     problems = [
@@ -629,7 +616,7 @@ def _load_profiles(tracker: OutcomeTracker, path: str | None) -> None:
 
 @asynccontextmanager
 async def open_router(
-    config: Config | RoutingConfig,
+    config: RoutingConfig,
     workers_by_provider: Mapping[str, ModelWorker],
     *,
     health: Sequence[HealthCheck] = (),

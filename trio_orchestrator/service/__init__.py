@@ -9,7 +9,7 @@ from ..config.service import ApiKeyConfig, EchoConfig, ServiceConfig
 from .app import create_app
 from .errors import ApiError, map_exception
 from .server import serve
-from .settings import load_config, open_worker
+from .settings import load_config
 from .state import ServiceState
 
 __all__ = [
@@ -21,6 +21,5 @@ __all__ = [
     "create_app",
     "load_config",
     "map_exception",
-    "open_worker",
     "serve",
 ]

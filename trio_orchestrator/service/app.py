@@ -6,11 +6,12 @@
 
 serves the configuration named by ``$TRIO_ORCHESTRATOR_CONFIG`` (the defaults without it).
 
-The application holds one pipeline per process, opened in the ASGI lifespan. Starlette enters
-and exits the lifespan context in one task (hypercorn's lifespan task, which lives until
-shutdown), which is what the pipeline's nursery needs. When the lifespan ends, the pipeline
-stops admitting, lets in-flight requests finish within ``pipeline.grace_period``, cancels the
-rest (each recorded as cancelled), and the final counts are logged.
+The application holds one gateway per process (:func:`~trio_orchestrator.open_gateway`),
+opened in the ASGI lifespan. Starlette enters and exits the lifespan context in one task
+(hypercorn's lifespan task, which lives until shutdown), which is what the gateway's nurseries
+need. When the lifespan ends, the pipeline stops admitting, lets in-flight requests finish
+within ``pipeline.grace_period``, cancels the rest (each recorded as cancelled), and the final
+counts are logged.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import logging
 import os
 import threading
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import trio
@@ -34,9 +35,7 @@ from starlette.routing import Route, WebSocketRoute
 from ..config import Config
 from ..config.signals import reload_on_signal
 from ..errors import OrchestratorError
-from ..observability import instrument_pipeline
-from ..observability.metrics import prometheus
-from ..pipeline import open_pipeline
+from ..gateway import open_gateway
 from ..workers import ModelWorker
 from . import endpoints as ep
 from .completions import completions
@@ -46,16 +45,14 @@ from .guard import CatchAll, Guard, KeyRing, RequestIds
 from .messages import COUNT_TOKENS_PATH, MESSAGES_PATH, CountTokensRoute, MessagesRoute
 from .openapi import openapi_document
 from .responses import responses
-from .settings import CONFIG_ENV, config_from_environment, log_to_stderr, open_worker
-from .state import ServiceState, served_models, service_of
+from .settings import CONFIG_ENV, config_from_environment, log_to_stderr
+from .state import ServiceState, service_of
 from .streaming import ClientGone
 from .ws import websocket_endpoint
 
 __all__ = ["AUTHENTICATED_ROUTES", "ServiceApp", "app", "create_app"]
 
 logger = logging.getLogger("trio_orchestrator.service")
-
-WorkerOpener = Callable[[Config], AbstractAsyncContextManager[ModelWorker]]
 
 ROUTES = [
     Route(CHAT_PATH, ChatRoute(), methods=["POST"]),
@@ -114,18 +111,13 @@ AUTHENTICATED_ROUTES = frozenset(
 def create_app(
     config: Config | None = None,
     worker: ModelWorker | None = None,
-    *,
-    worker_factory: WorkerOpener = open_worker,
-    upstreams_ready: Callable[[], bool] | None = None,
 ) -> ServiceApp:
     """Build the service's ASGI application.
 
     Args:
         config: the configuration (defaults throughout when ``None``).
-        worker: the worker to serve; when ``None``, ``worker_factory`` opens one in the
-            lifespan.
-        worker_factory: opens the worker for the life of the application.
-        upstreams_ready: the readiness hook (``/readyz`` is 503 while it returns false).
+        worker: the provider worker to serve instead of the configured providers (the
+            layers ``[resilience]`` enables still go around it).
 
     Returns:
         The application; its ``state.service`` is the :class:`ServiceState`.
@@ -135,9 +127,6 @@ def create_app(
     config = config or Config()
     keyring = KeyRing.from_config(config.service.api_keys)
     state = ServiceState(config, keyring=keyring)
-    if upstreams_ready is not None:
-        state.upstreams_ready = upstreams_ready
-    opener = (lambda _config: nullcontext(worker)) if worker is not None else worker_factory
     application = ServiceApp(
         routes=[*ROUTES, Route(OPENAPI_PATH, _openapi, methods=["GET"])],
         middleware=_middleware(config, keyring),
@@ -147,7 +136,7 @@ def create_app(
             HTTPException: _http_error,
             ClientGone: _client_gone,
         },
-        lifespan=partial_lifespan(state, opener),
+        lifespan=partial_lifespan(state, worker),
     )
     application.state.service = state
     if not config.service.cors_origins:  # else CORS must see every response: no fast path
@@ -191,46 +180,41 @@ def _middleware(config: Config, keyring: KeyRing) -> list[Middleware]:
 
 
 def partial_lifespan(
-    state: ServiceState, opener: WorkerOpener
+    state: ServiceState, worker: ModelWorker | None = None
 ) -> Callable[[Starlette], AbstractAsyncContextManager[None]]:
-    """The lifespan: open the worker and the pipeline; drain and close them at shutdown."""
+    """The lifespan: open the gateway; drain and close it at shutdown."""
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
-        async with opener(state.config) as worker:
-            state.worker = worker
-            state.models = served_models(state.config, worker)
-            async with open_pipeline(worker, state.config) as pipeline:
-                state.pipeline = pipeline
-                logger.info("pipeline opened: serving %s", ", ".join(state.models) or "any model")
-                if state.keyring is not None:
-                    pipeline.add_reloadable(state.keyring)  # API keys rotate on reload
-                state.observed = instrument_pipeline(
-                    pipeline, state.config, registry=prometheus().CollectorRegistry()
-                )
-                async with trio.open_nursery() as nursery:
-                    path = os.environ.get(CONFIG_ENV)
-                    if path and threading.current_thread() is threading.main_thread():
-                        # SIGHUP re-reads the file: limits, breaker, retry, concurrency…
-                        await nursery.start(reload_on_signal, pipeline, path)
-                    try:
-                        yield
-                    finally:
-                        state.draining = True
-                        nursery.cancel_scope.cancel()
-            await trio.to_thread.run_sync(state.observed.close)
-            stats = pipeline.statistics()
-            logger.info(
-                "pipeline closed: submitted=%d completed=%d failed=%d shed=%d expired=%d "
-                "cancelled=%d in_flight=%d",
-                stats.submitted,
-                stats.completed,
-                stats.failed,
-                stats.shed,
-                stats.expired,
-                stats.cancelled,
-                stats.in_flight,
-            )
+        async with open_gateway(state.config, worker=worker) as gateway:
+            state.gateway, state.pipeline = gateway, gateway.pipeline
+            state.models = tuple(state.config.service.models) or gateway.models
+            state.observed = gateway.observed
+            if state.keyring is not None:
+                gateway.add(state.keyring, "service")  # API keys rotate on reload
+            logger.info("pipeline opened: serving %s", ", ".join(state.models) or "any model")
+            async with trio.open_nursery() as nursery:
+                path = os.environ.get(CONFIG_ENV)
+                if path and threading.current_thread() is threading.main_thread():
+                    # SIGHUP re-reads the file: limits, breaker, retry, concurrency…
+                    await nursery.start(reload_on_signal, gateway, path)
+                try:
+                    yield
+                finally:
+                    state.draining = True
+                    nursery.cancel_scope.cancel()
+        stats = gateway.pipeline.statistics()
+        logger.info(
+            "pipeline closed: submitted=%d completed=%d failed=%d shed=%d expired=%d "
+            "cancelled=%d in_flight=%d",
+            stats.submitted,
+            stats.completed,
+            stats.failed,
+            stats.shed,
+            stats.expired,
+            stats.cancelled,
+            stats.in_flight,
+        )
 
     return lifespan
 

@@ -148,13 +148,15 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    """``GET /readyz``: 200 when requests would be served, else 503."""
+    """``GET /readyz``: 200 when requests would be served, else 503 with the reasons (draining,
+    Redis down under ``fail_closed``, every provider's breakers open or keys resting)."""
     state = service_of(request)
     shared = {} if (redis := state.redis_state()) is None else {"redis": redis}
-    if state.ready():
+    reasons = state.unready()
+    if not reasons:
         return JSONResponse({"status": "ready", **shared})
     status = "draining" if state.draining else "not ready"
-    return JSONResponse({"status": status, **shared}, 503)
+    return JSONResponse({"status": status, "reasons": reasons, **shared}, 503)
 
 
 async def metrics(request: Request) -> Response:

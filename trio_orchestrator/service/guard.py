@@ -13,18 +13,15 @@ import hmac
 import json
 import logging
 from collections.abc import Iterable, Mapping, MutableMapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 
-from ..config.service import ApiKeyConfig
-from ..observability.tracing import trace_meta
+from ..config.service import ApiKeyConfig, ServiceConfig
+from ..observability.spans import trace_meta
 from ..types import Priority, new_request_id
 from .errors import ApiError
 from .messages_answer import ANTHROPIC_PATH, AnthropicApiError
-
-if TYPE_CHECKING:
-    from ..config.model import Config
 
 __all__ = [
     "ADMIN_PREFIXES",
@@ -154,9 +151,9 @@ class KeyRing:
             entries.append((digest, caller))
         return cls(tuple(entries))
 
-    def reconfigure(self, config: Config) -> list[str]:
+    def reconfigure(self, section: ServiceConfig, /) -> list[str]:
         """Take the reloaded ``service.api_keys`` (a reload component: keys rotate live)."""
-        self._entries = KeyRing.from_config(config.service.api_keys)._entries
+        self._entries = KeyRing.from_config(section.api_keys)._entries
         return []
 
     @property

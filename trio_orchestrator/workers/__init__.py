@@ -3,9 +3,9 @@
 from .anthropic import AnthropicWorker
 from .balance import BalanceStatistics, LoadBalancedWorker, WorkerLoad
 from .base import EventSink, ModelWorker, collect
-from .config import ProviderConfig, ProvidersConfig, build_worker, make_client, open_worker
+from .config import ProviderConfig, ProvidersConfig, Timeouts
 from .echo import EchoWorker
-from .http import Timeouts
+from .factory import build_worker, make_client, open_worker
 from .keys import KeyPool, KeyPoolStatistics, KeyStatistics
 from .openai import OpenAIWorker
 

@@ -31,17 +31,17 @@ from ..types import PromptRequest, ToolCall
 from ._sse import ServerSentEvent
 from .anthropic_request import messages_body
 from .base import EventSink
+from .config import ANTHROPIC_VERSION
 from .embeddings import cannot_embed
 from .http import HTTPProvider, Timeouts, error_from_body, wire_format_guard
 from .keys import KeyPool
 from .openai import _parse
 
 if TYPE_CHECKING:
-    from ..config.model import Config
+    from .config import ProviderConfig
 
 __all__ = ["ANTHROPIC_VERSION", "AnthropicWorker", "messages_body"]
 
-ANTHROPIC_VERSION = "2023-06-01"
 
 #: Anthropic's stop reasons, in OpenAI's words (others pass through unchanged).
 STOP_REASONS: Mapping[str, str] = {
@@ -229,9 +229,9 @@ class AnthropicWorker:
     headers: Mapping[str, str] = attrs.field(factory=dict)
     _http: HTTPProvider = attrs.field(init=False)
 
-    def reconfigure(self, config: Config) -> list[str]:
+    def reconfigure(self, provider: ProviderConfig | None, /) -> list[str]:
         """Apply this provider's reloaded ``api_keys``; other changes need a restart."""
-        return self._http.reconfigure(config)
+        return self._http.reconfigure(provider)
 
     def __attrs_post_init__(self) -> None:
         headers = {"anthropic-version": self.version, **self.headers}

@@ -20,7 +20,6 @@ their own.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Literal
 
 import attrs
 
@@ -28,14 +27,9 @@ from ..errors import ModelNotFound
 from ..sharding import shard_session
 from ..types import PromptRequest
 from .base import EventSink, ModelWorker
-
-if TYPE_CHECKING:
-    from ..config.model import Config
+from .config import STRATEGIES, Strategy
 
 __all__ = ["STRATEGIES", "BalanceStatistics", "LoadBalancedWorker", "Strategy", "WorkerLoad"]
-
-Strategy = Literal["round_robin", "least_loaded", "weighted", "session"]
-STRATEGIES: tuple[Strategy, ...] = ("round_robin", "least_loaded", "weighted", "session")
 
 
 @attrs.frozen
@@ -133,15 +127,6 @@ class LoadBalancedWorker:
             for i, (w, weight, served) in enumerate(zip(self.workers, weights, models, strict=True))
         ]
         self._any_model = not any(slot.models for slot in self._slots)
-
-    def reconfigure(self, config: Config) -> list[str]:
-        """Pass a reload on to every balanced worker; return their refusals."""
-        refused: list[str] = []
-        for worker in self.workers:
-            reconfigure = getattr(worker, "reconfigure", None)
-            if callable(reconfigure):
-                refused += reconfigure(config)
-        return refused
 
     async def generate(self, request: PromptRequest, emit: EventSink) -> None:
         """Generate with the chosen worker; see :class:`~trio_orchestrator.workers.ModelWorker`.

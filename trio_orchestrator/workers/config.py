@@ -1,4 +1,5 @@
-"""Provider configuration, and building the configured worker from it.
+"""Provider configuration: the ``[[providers]]`` tables (building workers from them is
+:mod:`.factory`).
 
 ::
 
@@ -13,43 +14,35 @@
     name = "anthropic"
     api_key_env = "ANTHROPIC_API_KEY"
 
-One provider builds its worker; several build a :class:`LoadBalancedWorker` over theirs.
-Every HTTP provider gets one ``httpx.AsyncClient`` (or ``httpx2``), shared by all its calls.
+One provider builds its worker; several build a load balancer over theirs.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
 
 import attrs
-import httpx
 
 from ..config.ranges import positive_int, positive_time
 from ..config.secret import Secret
 from ..errors import ConfigError
-from .anthropic import ANTHROPIC_VERSION, AnthropicWorker
-from .balance import STRATEGIES, LoadBalancedWorker, Strategy
-from .base import ModelWorker
-from .echo import EchoWorker
-from .http import Timeouts
-from .keys import KeyPool
-from .openai import OpenAIWorker
-from .transport import sharded_client
 
 __all__ = [
+    "ANTHROPIC_VERSION",
+    "STRATEGIES",
     "ProviderConfig",
     "ProvidersConfig",
-    "build_worker",
-    "make_client",
-    "open_worker",
+    "Strategy",
+    "Timeouts",
 ]
 
 Kind = Literal["openai", "anthropic", "echo"]
 HTTPClient = Literal["httpx", "httpx2"]
-ClientFactory = Callable[["ProviderConfig"], httpx.AsyncClient]
+Strategy = Literal["round_robin", "least_loaded", "weighted", "session"]
+STRATEGIES: tuple[Strategy, ...] = ("round_robin", "least_loaded", "weighted", "session")
+ANTHROPIC_VERSION = "2023-06-01"
 
 DEFAULT_BASE_URLS = {
     "openai": "https://api.openai.com/v1",
@@ -67,6 +60,24 @@ def _to_strings(value: Iterable[str]) -> tuple[str, ...]:
 
 def _to_providers(value: Iterable[ProviderConfig]) -> tuple[ProviderConfig, ...]:
     return tuple(value)
+
+
+@attrs.frozen
+class Timeouts:
+    """How long each phase of a provider call may take, in seconds (``math.inf``: no limit).
+
+    Attributes:
+        connect: to open the connection (and write the request).
+        first_token: from sending the request to the first content (headers included).
+        idle: the longest gap between chunks once content has begun; a stalled stream is
+            cut here.
+        total: the whole call.
+    """
+
+    connect: float = attrs.field(default=10.0, validator=positive_time)
+    first_token: float = attrs.field(default=60.0, validator=positive_time)
+    idle: float = attrs.field(default=30.0, validator=positive_time)
+    total: float = attrs.field(default=600.0, validator=positive_time)
 
 
 def _one_of(*choices: str) -> Callable[[object, attrs.Attribute[Any], object], None]:
@@ -167,99 +178,3 @@ class ProvidersConfig:
         names = [p.label for p in value]
         if len(set(names)) != len(names):
             raise ValueError(f"provider names must be unique, got {names}")
-
-
-def make_client(provider: ProviderConfig, library: HTTPClient = "httpx2") -> httpx.AsyncClient:
-    """A new HTTP client sized for ``provider`` (the library's own timeouts off: the workers
-    apply theirs), its connections split over pools of ``provider.pool_size``."""
-    module: Any = httpx
-    if library == "httpx2":
-        import httpx2
-
-        module = httpx2
-    return sharded_client(module, provider.max_connections, provider.pool_size)
-
-
-def worker_for(provider: ProviderConfig, client: httpx.AsyncClient | None) -> ModelWorker:
-    """The worker for one provider (``client`` may be None only for an echo provider)."""
-    if provider.kind == "echo":
-        return EchoWorker(model=provider.models[0] if provider.models else "echo")
-    assert client is not None
-    keys = provider.keys()
-    pool = KeyPool(keys, provider.label, provider.key_rest) if keys else None
-    base_url = provider.base_url or DEFAULT_BASE_URLS[provider.kind]
-    if provider.kind == "anthropic":
-        return AnthropicWorker(
-            client,
-            base_url,
-            pool,
-            provider.label,
-            provider.timeouts,
-            provider.stream,
-            provider.max_tokens,
-            provider.anthropic_version,
-        )
-    return OpenAIWorker(client, base_url, pool, provider.label, provider.timeouts, provider.stream)
-
-
-def build_worker(
-    providers_config: ProvidersConfig,
-    client: httpx.AsyncClient | ClientFactory | None = None,
-) -> ModelWorker:
-    """Build the configured worker: one provider's, or a load balancer over several.
-
-    Args:
-        providers_config: the providers.
-        client: the client every HTTP provider uses (tests pass their own), or a factory
-            called once per HTTP provider; ``None`` builds one per provider with
-            :func:`make_client` (closing those is the caller's job: prefer
-            :func:`open_worker`).
-
-    Raises:
-        ConfigError: a key's environment variable is not set.
-    """
-    workers = []
-    for provider in providers_config.providers:
-        http = None
-        if provider.kind != "echo":
-            if client is None:
-                http = make_client(provider, providers_config.http_client)
-            elif callable(client) and not isinstance(client, httpx.AsyncClient):
-                http = client(provider)
-            else:
-                http = client
-        workers.append(worker_for(provider, http))
-    if len(workers) == 1:
-        return workers[0]
-    weights = [p.weight for p in providers_config.providers]
-    models = [p.models for p in providers_config.providers]
-    return LoadBalancedWorker(workers, providers_config.strategy, weights, models)
-
-
-@asynccontextmanager
-async def open_worker(
-    providers_config: ProvidersConfig, client: httpx.AsyncClient | None = None
-) -> AsyncIterator[ModelWorker]:
-    """Build the configured worker; on exit, close the HTTP clients built for it.
-
-    Args:
-        providers_config: the providers.
-        client: a client to use for every provider instead (not closed here).
-
-    Returns:
-        An async context manager giving the worker.
-    """
-    if client is not None:
-        yield build_worker(providers_config, client)
-        return
-    built: list[httpx.AsyncClient] = []
-
-    def factory(provider: ProviderConfig) -> httpx.AsyncClient:
-        built.append(make_client(provider, providers_config.http_client))
-        return built[-1]
-
-    try:
-        yield build_worker(providers_config, factory)
-    finally:
-        for http in built:
-            await http.aclose()

@@ -116,6 +116,10 @@ class EchoWorker:
         await emit(usage)
         await emit(Done("stop", "", usage, (), self.model))
 
+    def model_names(self) -> tuple[str, ...]:
+        """The one model it answers as."""
+        return (self.model,)
+
     @staticmethod
     def _tool_call(request: PromptRequest, prompt: str) -> ToolCall | None:
         tools, choice = request.params.tools, request.params.tool_choice

@@ -27,14 +27,13 @@ import re
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import attrs
 import httpx
 import orjson
 import trio
 
-from ..config.ranges import positive_time
 from ..config.secret import Secret
 from ..errors import (
     AuthenticationError,
@@ -51,13 +50,11 @@ from ..errors import (
     RateLimited,
     ServerError,
 )
-from ..observability.tracing import inject_headers
+from ..observability.spans import inject_headers
 from ._sse import ServerSentEvent, SSEDecoder
+from .config import ProviderConfig, Timeouts
 from .keys import KeyPool
 from .transport import pool_limits
-
-if TYPE_CHECKING:
-    from ..config.model import Config
 
 __all__ = [
     "HTTPProvider",
@@ -80,24 +77,6 @@ _CONTEXT_PATTERNS = re.compile(
     re.IGNORECASE,
 )
 _KEYISH = re.compile(r"\b(sk|key)-[A-Za-z0-9_\-*]{6,}")
-
-
-@attrs.frozen
-class Timeouts:
-    """How long each phase of a provider call may take, in seconds (``math.inf``: no limit).
-
-    Attributes:
-        connect: to open the connection (and write the request).
-        first_token: from sending the request to the first content (headers included).
-        idle: the longest gap between chunks once content has begun; a stalled stream is
-            cut here.
-        total: the whole call.
-    """
-
-    connect: float = attrs.field(default=10.0, validator=positive_time)
-    first_token: float = attrs.field(default=60.0, validator=positive_time)
-    idle: float = attrs.field(default=30.0, validator=positive_time)
-    total: float = attrs.field(default=600.0, validator=positive_time)
 
 
 class StreamParser(Protocol):
@@ -469,15 +448,17 @@ class HTTPProvider:
                 pool.succeeded(key)
                 return result
 
-    def reconfigure(self, config: Config) -> list[str]:
+    def reconfigure(self, provider: ProviderConfig | None, /) -> list[str]:
         """Apply this provider's reloaded ``api_keys`` to its key pool (a reload).
+
+        Args:
+            provider: this provider's entry in the new ``[[providers]]``, or None when it
+                is no longer there.
 
         Returns:
             Refusals: the provider was removed or renamed, its base URL or timeouts changed,
             or it gained keys where it had none — a restart applies those.
         """
-        providers = config.providers.providers if config.providers is not None else ()
-        provider = next((p for p in providers if p.label == self.name), None)
         if provider is None:
             return [f"providers: provider {self.name!r} was removed or renamed; restart to apply"]
         refused = []

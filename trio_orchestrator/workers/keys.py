@@ -130,6 +130,13 @@ class KeyPool:
                 return key.secret
         raise self._exhausted(now)
 
+    def unready(self) -> str | None:
+        """Why this provider can take no request now (every key resting or disabled), or
+        None (a readiness check)."""
+        return (
+            None if self.has_ready() else f"every API key of {self.provider} is resting or disabled"
+        )
+
     def has_ready(self) -> bool:
         """Whether some key is usable now."""
         now = trio.current_time()

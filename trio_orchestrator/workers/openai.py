@@ -38,7 +38,7 @@ from .http import HTTPProvider, Timeouts, error_from_body, wire_format_guard
 from .keys import KeyPool
 
 if TYPE_CHECKING:
-    from ..config.model import Config
+    from .config import ProviderConfig
 
 __all__ = ["OpenAIWorker", "chat_body"]
 
@@ -368,9 +368,9 @@ class OpenAIWorker:
     headers: Mapping[str, str] = attrs.field(factory=dict)
     _http: HTTPProvider = attrs.field(init=False)
 
-    def reconfigure(self, config: Config) -> list[str]:
+    def reconfigure(self, provider: ProviderConfig | None, /) -> list[str]:
         """Apply this provider's reloaded ``api_keys``; other changes need a restart."""
-        return self._http.reconfigure(config)
+        return self._http.reconfigure(provider)
 
     def __attrs_post_init__(self) -> None:
         self._http = HTTPProvider(
