@@ -57,7 +57,7 @@ from .routing.router import open_router
 from .routing.strategies import HealthCheck
 from .seams import ModelCatalog, Readiness, Reloadable, provider_name
 from .workers import EchoWorker, LoadBalancedWorker, ModelWorker
-from .workers.config import ProviderConfig
+from .workers.config import ProviderConfig, ProvidersConfig
 from .workers.factory import key_pool, make_client, worker_for
 
 if TYPE_CHECKING:
@@ -71,6 +71,9 @@ logger = logging.getLogger("trio_orchestrator.gateway")
 
 # The layers that go below the router, one stack per provider.
 PER_PROVIDER_LAYERS = ("circuit_breaker", "retry")
+
+# Seconds closing may spend flushing traces at shutdown.
+_FLUSH_TIMEOUT = 5.0
 
 
 @attrs.frozen(eq=False)
@@ -239,15 +242,19 @@ class Gateway:
         pipeline = self._pipeline
         if pipeline is None or pipeline.closing:
             return ["the pipeline is not open"]
-        reasons: dict[str | None, list[str]] = {}
+        by_provider: dict[str, list[str]] = {}
+        problems: list[str] = []
         for component in self._components:
             if isinstance(component.part, Readiness):
                 reason = component.part.unready()
-                if reason is not None:
-                    reasons.setdefault(component.provider, []).append(reason)
-        problems = reasons.pop(None, [])
-        if self._providers and all(p in reasons for p in self._providers):
-            problems += [r for p in self._providers for r in reasons[p]]
+                if reason is None:
+                    continue
+                if component.provider in self._providers:
+                    by_provider.setdefault(component.provider, []).append(reason)
+                else:  # gateway-wide, or in front of every provider (a balancer's breaker)
+                    problems.append(reason)
+        if self._providers and all(p in by_provider for p in self._providers):
+            problems += [r for p in self._providers for r in by_provider[p]]
         return problems
 
 
@@ -353,8 +360,10 @@ async def open_gateway(
             body_error = exc
         finally:
             if gateway.observed is not None:
-                # Flushing spans may block on the network.
-                await trio.to_thread.run_sync(gateway.observed.close)
+                # Flushing spans may block on the network: bounded, and done even when
+                # the gateway is being cancelled.
+                with trio.move_on_after(_FLUSH_TIMEOUT, shield=True):
+                    await trio.to_thread.run_sync(gateway.observed.close, abandon_on_cancel=True)
         nursery.cancel_scope.cancel()
     if body_error is not None:
         raise body_error
@@ -446,6 +455,7 @@ def _open_providers(
                 client = make_client(entry, library)
                 stack.push_async_callback(client.aclose)
             workers[entry.label] = worker_for(entry, client)
+    gateway.add(_ProviderSet(config.providers), "providers")
     for label, worker in workers.items():
         gateway._providers.append(label)
         gateway.add(worker, "providers", provider=label, section=_entry_of(label))
@@ -458,6 +468,23 @@ def _open_providers(
         if "echo" not in named:
             gateway._providers.remove("echo")
     return workers
+
+
+@attrs.define(eq=False)
+class _ProviderSet:
+    """Takes reloads of ``[[providers]]`` as a whole: adding or removing a provider needs
+    its worker and client, so it is refused (each provider takes its own entry's keys)."""
+
+    providers: ProvidersConfig | None
+
+    def reconfigure(self, section: ProvidersConfig | None, /) -> list[str]:
+        before = [p.label for p in self.providers.providers] if self.providers else []
+        after = [p.label for p in section.providers] if section else []
+        if sorted(before) != sorted(after):
+            change = f"{before} → {after}"
+            return [f"providers.providers: adding or removing providers needs a restart {change}"]
+        self.providers = section
+        return []
 
 
 def _entry_of(label: str) -> Callable[[Config], ProviderConfig | None]:
