@@ -24,7 +24,7 @@ import enum
 import math
 import random
 from collections import deque
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 import attrs
 import trio
@@ -34,6 +34,9 @@ from ..events import StreamEvent
 from ..types import PromptRequest
 from ..workers.base import EventSink, ModelWorker
 from .config import BreakerConfig, refuse_toggle
+
+if TYPE_CHECKING:
+    from ..routing.registry import ModelDeployment
 
 __all__ = [
     "BreakerState",
@@ -462,13 +465,13 @@ class CircuitBreakerLayer:
                 breaker.config = section
         return refused
 
-    def is_available(self, deployment: Any) -> bool:
+    def is_available(self, deployment: ModelDeployment) -> bool:
         """A router health check: False while this provider's breaker for the deployment's
         upstream model is open (other providers' deployments are not this layer's to judge).
         """
-        if getattr(deployment, "provider", self.provider) != self.provider:
+        if deployment.provider != self.provider:
             return True
-        breaker = self._breakers.get(getattr(deployment, "upstream_model", ""))
+        breaker = self._breakers.get(deployment.upstream_model)
         return breaker is None or breaker.state(trio.current_time()) is not BreakerState.OPEN
 
     def unready(self) -> str | None:

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 import attrs
 import trio
 
 from ..config.secret import Secret
 from ..errors import AuthenticationError, RateLimited
+
+if TYPE_CHECKING:
+    from ..routing.registry import ModelDeployment
 
 __all__ = [
     "KeyPool",
@@ -142,10 +145,10 @@ class KeyPool:
         now = trio.current_time()
         return any(key.ready(now) for key in self._keys)
 
-    def is_available(self, deployment: Any) -> bool:
+    def is_available(self, deployment: ModelDeployment) -> bool:
         """A router health check: False while every key of this provider is resting, so the
         router skips its deployments instead of calling and being refused."""
-        return getattr(deployment, "provider", self.provider) != self.provider or self.has_ready()
+        return deployment.provider != self.provider or self.has_ready()
 
     def succeeded(self, secret: Secret) -> None:
         """Record an answered call made with ``secret``."""
