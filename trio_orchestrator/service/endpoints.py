@@ -14,9 +14,10 @@ from starlette.responses import JSONResponse as _StarletteJSONResponse
 from starlette.responses import Response
 
 from ..distributed.connection import RedisUnavailable
+from ..distributed.dead_letters import RedisDeadLetterQueue
 from ..errors import OrchestratorError
 from ..events import Completion
-from ..pipeline import DeadLetter, Pipeline
+from ..pipeline import DeadLetter, DeadLetterQueue, Pipeline
 from ..types import PromptRequest
 from .chat import json_bytes
 from .embeddings import embeddings_answer, parse_embeddings_request
@@ -182,32 +183,28 @@ async def list_dead_letters(request: Request) -> Response:
     return JSONResponse({"object": "list", "data": [_letter_json(d, now) for d in letters]})
 
 
-async def _letters(queue: Any, limit: int | None) -> list[DeadLetter]:
+async def _letters(queue: DeadLetterQueue, limit: int | None) -> list[DeadLetter]:
     """The letters of every process when they are shared through Redis (this process's own
     while Redis is unreachable), else this process's."""
-    list_shared = getattr(queue, "list_shared", None)
-    if list_shared is not None:
+    if isinstance(queue, RedisDeadLetterQueue):
         try:
-            letters: list[DeadLetter] = await list_shared(limit)
-            return letters
+            return await queue.list_shared(limit)
         except RedisUnavailable:
             pass
-    local: list[DeadLetter] = queue.list(limit)
-    return local
+    return queue.list(limit)
 
 
-async def _has_letter(queue: Any, letter_id: str) -> bool:
+async def _has_letter(queue: DeadLetterQueue, letter_id: str) -> bool:
     """Whether a letter exists here, or on the shared stream when there is one."""
     try:
         queue.get(letter_id)
         return True
     except KeyError:
         pass
-    get_shared = getattr(queue, "get_shared", None)
-    if get_shared is None:
+    if not isinstance(queue, RedisDeadLetterQueue):
         return False
     try:
-        await get_shared(letter_id)
+        await queue.get_shared(letter_id)
     except (KeyError, RedisUnavailable):
         return False
     return True
