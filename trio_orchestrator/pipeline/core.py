@@ -48,7 +48,6 @@ from ..errors import (
     WorkerError,
 )
 from ..events import Completion, Done, StreamEvent, TextDelta
-from ..resilience.priority import PriorityAdmission
 from ..resilience.stack import open_layers, open_shared_state
 from ..types import PromptRequest
 from ..workers.base import ModelWorker
@@ -57,6 +56,7 @@ from .dead_letters import DeadLetter, DeadLetterQueue
 from .hooks import PipelineHooks
 from .job import EventPipe, FinishedRequest, Job, Outcome
 from .post import PostProcessor, StopSequences, open_filters
+from .priority import PriorityAdmission
 from .rag import NoRetriever, Retriever
 from .sinks import OutputSink
 from .statistics import PipelineStatistics, StageStatistics
