@@ -34,7 +34,6 @@ import httpx
 import orjson
 import trio
 
-from ..config.ranges import positive_time
 from ..config.secret import Secret
 from ..errors import (
     AuthenticationError,
@@ -52,6 +51,7 @@ from ..errors import (
     ServerError,
 )
 from ..observability.tracing import inject_headers
+from ..validators import positive_time
 from ._sse import ServerSentEvent, SSEDecoder
 from .keys import KeyPool
 from .transport import pool_limits
