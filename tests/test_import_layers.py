@@ -32,8 +32,10 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             r"events",
             r"compatibility",
             r"sharding",
-            r"config\.(secret|ranges|kinds|toml_writer|docs)",
+            r"config\.(secret|kinds|toml_writer|docs)",
+            r"validators",
             r"observability\.spans",
+            r"distributed\.codec",
         ),
     ),
     (

@@ -86,3 +86,10 @@ def test_a_pool_needs_secret_keys() -> None:
         KeyPool(["sk-plain"])  # type: ignore[list-item]
     with pytest.raises(ValueError, match="at least one"):
         KeyPool([])
+
+
+def test_secrets_are_the_keys_in_use_after_a_reload() -> None:
+    """``secrets`` (what error text is scrubbed of) follows replace_keys, not the first keys."""
+    pool = KeyPool([Secret("sk-old")])
+    pool.replace_keys([Secret("sk-new-1"), Secret("sk-new-2")])
+    assert [s.reveal() for s in pool.secrets] == ["sk-new-1", "sk-new-2"]

@@ -42,7 +42,12 @@ __all__ = [
     "BatchItem",
     "BatchProgress",
     "BatchSummary",
+    "classify",
+    "dead_record",
+    "open_for_append",
     "parse_line",
+    "read_lines",
+    "result_record",
     "run_batch",
 ]
 
@@ -236,8 +241,16 @@ def _params(data: dict[str, Any], known: set[str]) -> GenerationParams:
     )
 
 
-def _read_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """The non-blank lines of ``path`` with their numbers (from 1)."""
+def read_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """The non-blank lines of a batch input (or record) file.
+
+    Args:
+        path: the JSONL file, read as UTF-8 (undecodable bytes replaced, so a bad line is
+            reported as a bad line rather than stopping the batch).
+
+    Returns:
+        Each non-blank line without its newline, with its number (from 1).
+    """
     with path.open(encoding="utf-8", errors="replace") as file:
         for number, line in enumerate(file, 1):
             if line.strip():
@@ -258,7 +271,17 @@ def _usage(completion: Completion) -> dict[str, int] | None:
     }
 
 
-def _result_record(item: BatchItem, completion: Completion) -> dict[str, Any]:
+def result_record(item: BatchItem, completion: Completion) -> dict[str, Any]:
+    """The output-file record of an answered line.
+
+    Args:
+        item: the line's request.
+        completion: its answer.
+
+    Returns:
+        The OpenAI batch output record for a line in the OpenAI form, else the simple
+        ``{"id", "text", "finish_reason", "usage", "model"}`` record.
+    """
     if not item.openai:
         return {
             "id": item.id,
@@ -289,9 +312,22 @@ def _result_record(item: BatchItem, completion: Completion) -> dict[str, Any]:
     }
 
 
-def _dead_record(
+def dead_record(
     key: str, line: int, outcome: str, error: str, reason: str, *, openai: bool
 ) -> dict[str, Any]:
+    """The dead-letter-file record of a line that was not answered.
+
+    Args:
+        key: the line's id (``custom_id`` in the OpenAI form).
+        line: its line number in the input.
+        outcome: how it ended (``failed``, ``shed``, ``expired``, ``bad_line``, …).
+        error: the error's code (its class name).
+        reason: the error's message.
+        openai: the line was in the OpenAI batch form (the record then is too).
+
+    Returns:
+        The record, ready to be written as one JSON line.
+    """
     record: dict[str, Any] = {"custom_id" if openai else "id": key, "line": line}
     record |= {"outcome": outcome, "error": {"code": error, "message": reason}}
     if openai:
@@ -299,8 +335,16 @@ def _dead_record(
     return record
 
 
-def _classify(exc: BaseException) -> tuple[str, str]:
-    """The outcome and error code of a request that ended with ``exc``."""
+def classify(exc: BaseException) -> tuple[str, str]:
+    """The outcome and error code of a request that ended with ``exc``.
+
+    Args:
+        exc: what ``Pipeline.submit`` raised.
+
+    Returns:
+        ``(outcome, code)``: outcome ``shed``, ``cancelled``, ``expired`` or ``failed``;
+        code the exception's class name.
+    """
     if isinstance(exc, RequestShed):
         return "shed", type(exc).__name__
     if isinstance(exc, RequestCancelled):
@@ -323,7 +367,7 @@ def _load_records(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     records = []
-    for _, text in _read_lines(path):
+    for _, text in read_lines(path):
         try:
             record = json.loads(text)
         except json.JSONDecodeError:
@@ -385,16 +429,16 @@ class _Writer:
         self.progress.advance(outcome)
 
     def result(self, item: BatchItem, completion: Completion) -> None:
-        self._append(self.out, _result_record(item, completion), "completed")
+        self._append(self.out, result_record(item, completion), "completed")
 
     def failure(self, item: BatchItem, outcome: str, error: str, reason: str) -> None:
-        record = _dead_record(item.id, item.line, outcome, error, reason, openai=item.openai)
+        record = dead_record(item.id, item.line, outcome, error, reason, openai=item.openai)
         self._append(self.dead, record, outcome)
 
     def bad_line(self, bad: BadLine, *, record: bool) -> None:
         self.warn(f"line {bad.line}: {bad.reason}")
         if record:
-            entry = _dead_record(bad.key, bad.line, "bad_line", "BadLine", bad.reason, openai=False)
+            entry = dead_record(bad.key, bad.line, "bad_line", "BadLine", bad.reason, openai=False)
             self._append(self.dead, entry | {"input": bad.text}, "bad_lines")
         else:
             self.counts["skipped"] = self.counts.get("skipped", 0) + 1
@@ -414,7 +458,7 @@ async def _run_one(
     try:
         completion = await pipeline.submit(item.request)
     except (RequestError, WorkerError) as exc:
-        outcome, code = _classify(exc)
+        outcome, code = classify(exc)
         if outcome == "cancelled":
             outcome = INTERRUPTED
         writer.failure(item, outcome, code, str(exc))
@@ -438,7 +482,7 @@ async def _feed(
     limiter = trio.CapacityLimiter(concurrency)
     seen: set[str] = set()
     async with trio.open_nursery() as nursery:
-        for number, text in _read_lines(input_path):
+        for number, text in read_lines(input_path):
             if stop.is_set():
                 break
             item = parse_line(number, text)
@@ -500,10 +544,10 @@ async def run_batch(
     dead_path = dead_path or out_path.with_name(out_path.name + ".dead")
     stop = trio.Event() if stop is None else stop
     grace = config.pipeline.grace_period if grace_period is None else grace_period
-    total = sum(1 for _ in _read_lines(input_path))
+    total = sum(1 for _ in read_lines(input_path))
     done = _prepare_resume(out_path, dead_path)
     progress = progress or _NoProgress()
-    out, dead = _open_for_append(out_path), _open_for_append(dead_path)
+    out, dead = open_for_append(out_path), open_for_append(dead_path)
     writer = _Writer(out, dead, progress, warn)
     progress.start(total)
     try:
@@ -530,7 +574,8 @@ async def run_batch(
 _COUNTED = ("completed", "failed", "shed", "expired", "interrupted", "bad_lines", "skipped")
 
 
-def _open_for_append(path: Path) -> IO[str]:
+def open_for_append(path: Path) -> IO[str]:
+    """Open a result or dead-letter file to append records to (UTF-8, created if absent)."""
     return path.open("a", encoding="utf-8")
 
 

@@ -44,6 +44,7 @@ from cattrs.errors import (
 from cattrs.gen import make_dict_structure_fn, override
 
 from ..errors import ConfigError
+from ..validators import Range, and_parts, optional_part
 from .kinds import (
     choices,
     is_enum,
@@ -54,7 +55,7 @@ from .kinds import (
     key_path,
     optional_inner,
 )
-from .model import Config, Range
+from .model import Config
 from .secret import Secret
 
 __all__ = ["MASK", "dump_config", "load_config", "parse_config"]
@@ -375,12 +376,12 @@ def _validate(validator: Any, field: attrs.Attribute[Any], value: Any) -> None:
     if isinstance(validator, Range):
         if not validator.accepts(value):
             raise _Mismatch(value, validator.expected)
-    elif hasattr(validator, "_validators"):  # attrs.validators.and_
-        for each in validator._validators:
+    elif parts := and_parts(validator):
+        for each in parts:
             _validate(each, field, value)
-    elif type(validator).__name__ == "_OptionalValidator":  # attrs.validators.optional
+    elif (inner := optional_part(validator)) is not None:
         if value is not None:
-            _validate(validator.validator, field, value)
+            _validate(inner, field, value)
     else:
         try:
             validator(None, field, value)

@@ -14,8 +14,8 @@ from ..distributed.config import DistributedConfig
 from ..observability.config import ObservabilityConfig
 from ..resilience.config import PriorityConfig, ResilienceConfig
 from ..routing.registry import RoutingConfig
+from ..validators import Range, non_negative_time, positive_int, positive_time
 from ..workers.config import ProvidersConfig
-from .ranges import Range, non_negative_time, positive_int, positive_time
 from .service import ServiceConfig
 
 __all__ = [

@@ -13,6 +13,7 @@ from typing import Any, get_args
 
 import attrs
 
+from ..validators import Range, composed_of
 from .docs import attribute_docs, class_summary
 from .kinds import (
     choices,
@@ -24,7 +25,7 @@ from .kinds import (
     optional_inner,
 )
 from .load import to_plain
-from .model import Config, Range
+from .model import Config
 from .secret import Secret
 
 __all__ = ["config_schema", "field_range"]
@@ -78,15 +79,7 @@ def config_schema(cls: type = Config) -> dict[str, Any]:
 
 def field_range(field: attrs.Attribute[Any]) -> Range | None:
     """The :class:`Range` among ``field``'s validators, if it has one."""
-    pending: list[Any] = [field.validator]
-    while pending:
-        validator = pending.pop()
-        if isinstance(validator, Range):
-            return validator
-        pending.extend(getattr(validator, "_validators", ()))  # attrs.validators.and_
-        if type(validator).__name__ == "_OptionalValidator":  # attrs.validators.optional
-            pending.append(validator.validator)
-    return None
+    return next((v for v in composed_of(field.validator) if isinstance(v, Range)), None)
 
 
 def _object(cls: type, definitions: dict[str, Any]) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from typing import Any
 
 import attrs
 
+from ..validators import non_negative_time, one_of, positive_int
 from .secret import Secret
 
 __all__ = ["ApiKeyConfig", "EchoConfig", "ServiceConfig"]
@@ -21,24 +22,9 @@ def _check_port(_instance: object, attribute: attrs.Attribute[Any], value: objec
         raise ValueError(f"{attribute.name} must be a port number 0-65535, got {value!r}")
 
 
-def _check_positive(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{attribute.name} must be a whole number ≥ 1, got {value!r}")
-
-
-def _check_delay(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
-        raise ValueError(f"{attribute.name} must be a number of seconds ≥ 0, got {value!r}")
-
-
 def _check_sha256(_instance: object, _attribute: object, value: str | None) -> None:
     if value is not None and not _SHA256.fullmatch(value):
         raise ValueError(f"sha256 must be 64 lowercase hex digits, got {len(value)} characters")
-
-
-def _check_priority(_instance: object, _attribute: object, value: str | None) -> None:
-    if value is not None and value not in _PRIORITIES:
-        raise ValueError(f"priority must be one of {list(_PRIORITIES)}, got {value!r}")
 
 
 @attrs.frozen
@@ -58,7 +44,9 @@ class ApiKeyConfig:
     key: Secret | None = None
     sha256: str | None = attrs.field(default=None, validator=_check_sha256)
     admin: bool = False
-    priority: str | None = attrs.field(default=None, validator=_check_priority)
+    priority: str | None = attrs.field(
+        default=None, validator=attrs.validators.optional(one_of(*_PRIORITIES))
+    )
 
     def __attrs_post_init__(self) -> None:
         if (self.key is None) == (self.sha256 is None):
@@ -82,8 +70,8 @@ class EchoConfig:
         model: the model name it serves.
     """
 
-    token_delay: float = attrs.field(default=0.0, validator=_check_delay)
-    first_token_delay: float = attrs.field(default=0.0, validator=_check_delay)
+    token_delay: float = attrs.field(default=0.0, validator=non_negative_time)
+    first_token_delay: float = attrs.field(default=0.0, validator=non_negative_time)
     model: str = "echo"
 
 
@@ -106,9 +94,9 @@ class ServiceConfig:
 
     host: str = "127.0.0.1"
     port: int = attrs.field(default=8000, validator=_check_port)
-    workers: int = attrs.field(default=1, validator=_check_positive)
+    workers: int = attrs.field(default=1, validator=positive_int)
     api_keys: tuple[ApiKeyConfig, ...] = attrs.field(default=(), metadata={"reloadable": True})
-    max_body_bytes: int = attrs.field(default=1_048_576, validator=_check_positive)
+    max_body_bytes: int = attrs.field(default=1_048_576, validator=positive_int)
     cors_origins: tuple[str, ...] = ()
     models: tuple[str, ...] = ()
     echo: EchoConfig = attrs.field(factory=EchoConfig)

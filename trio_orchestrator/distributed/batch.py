@@ -22,12 +22,12 @@ import attrs
 
 from ..batch import (
     BadLine,
-    _classify,
-    _dead_record,
-    _open_for_append,
-    _read_lines,
-    _result_record,
+    classify,
+    dead_record,
+    open_for_append,
     parse_line,
+    read_lines,
+    result_record,
 )
 from ..config import Config
 from ..errors import RequestError, WorkerError
@@ -96,9 +96,9 @@ async def run_shared_batch(
         raise ValueError("a shared batch needs [distributed] redis_url (or --queue URL)")
     name = name or queue_name(input_path)
     dead_path = dead_path or out_path.with_name(out_path.name + ".dead")
-    lines = [(str(number), text) for number, text in _read_lines(input_path)]
+    lines = [(str(number), text) for number, text in read_lines(input_path)]
     counts = {"out": 0, "dead": 0}
-    with _open_for_append(out_path) as out, _open_for_append(dead_path) as dead:
+    with open_for_append(out_path) as out, open_for_append(dead_path) as dead:
 
         def write(item: QueueItem, result: str) -> None:
             kind, record = next(iter(json.loads(result).items()))
@@ -124,20 +124,20 @@ def _handler(pipeline: Pipeline) -> Any:
     async def handle(item: QueueItem) -> str:
         parsed = parse_line(int(item.id), item.payload)
         if isinstance(parsed, BadLine):
-            record = _dead_record(
+            record = dead_record(
                 parsed.key, parsed.line, "bad_line", "BadLine", parsed.reason, openai=False
             )
             return json.dumps({"dead": record | {"input": parsed.text}})
         try:
             completion = await pipeline.submit(parsed.request)
         except (RequestError, WorkerError) as exc:
-            outcome, code = _classify(exc)
+            outcome, code = classify(exc)
             if outcome == "cancelled":
                 raise  # shutting down: left on the queue for another process, or a rerun
-            record = _dead_record(
+            record = dead_record(
                 parsed.id, parsed.line, outcome, code, str(exc), openai=parsed.openai
             )
             return json.dumps({"dead": record})
-        return json.dumps({"out": _result_record(parsed, completion)})
+        return json.dumps({"out": result_record(parsed, completion)})
 
     return handle

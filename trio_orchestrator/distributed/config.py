@@ -2,29 +2,16 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any, Literal
 
 import attrs
+
+from ..validators import one_of, positive_seconds
 
 __all__ = ["ON_START_FAILURE", "RATE_LIMIT_POLICIES", "DistributedConfig"]
 
 ON_START_FAILURE = ("fail", "local")
 RATE_LIMIT_POLICIES = ("fail_open", "fail_closed")
-
-
-def _positive_seconds(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    number = isinstance(value, int | float) and not isinstance(value, bool)
-    if not number or not 0 < value < math.inf:  # type: ignore[operator]  # NaN fails too
-        raise ValueError(f"{attribute.name} must be a finite number of seconds > 0, got {value!r}")
-
-
-def _one_of(choices: tuple[str, ...]) -> Any:
-    def check(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-        if value not in choices:
-            raise ValueError(f"{attribute.name} must be one of {list(choices)}, got {value!r}")
-
-    return check
 
 
 def _redis_url(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -67,18 +54,18 @@ class DistributedConfig:
     """
 
     redis_url: str | None = attrs.field(default=None, validator=_redis_url)
-    operation_timeout: float = attrs.field(default=0.25, validator=_positive_seconds)
-    start_timeout: float = attrs.field(default=2.0, validator=_positive_seconds)
+    operation_timeout: float = attrs.field(default=0.25, validator=positive_seconds)
+    start_timeout: float = attrs.field(default=2.0, validator=positive_seconds)
     on_start_failure: Literal["fail", "local"] = attrs.field(
-        default="fail", validator=_one_of(ON_START_FAILURE)
+        default="fail", validator=one_of(*ON_START_FAILURE)
     )
     rate_limit_policy: Literal["fail_open", "fail_closed"] = attrs.field(
-        default="fail_open", validator=_one_of(RATE_LIMIT_POLICIES)
+        default="fail_open", validator=one_of(*RATE_LIMIT_POLICIES)
     )
     key_prefix: str = "trio-orchestrator:"
-    health_interval: float = attrs.field(default=1.0, validator=_positive_seconds)
-    breaker_cache: float = attrs.field(default=0.1, validator=_positive_seconds)
-    probe_timeout: float = attrs.field(default=30.0, validator=_positive_seconds)
+    health_interval: float = attrs.field(default=1.0, validator=positive_seconds)
+    breaker_cache: float = attrs.field(default=0.1, validator=positive_seconds)
+    probe_timeout: float = attrs.field(default=30.0, validator=positive_seconds)
     share_answers: bool = True
 
     @property

@@ -14,7 +14,6 @@ stays local and is counted (:class:`SharedDeadLetterStatistics`).
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import time
@@ -22,10 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
-from cattrs.preconf.json import make_converter
 
 from ..pipeline.dead_letters import DeadLetter, DeadLetterQueue
-from ..types import PromptRequest
+from .codec import dump_request, load_request
 from .connection import RedisConnection, RedisUnavailable
 
 if TYPE_CHECKING:
@@ -35,8 +33,6 @@ if TYPE_CHECKING:
     from ..pipeline import Pipeline
 
 __all__ = ["RedisDeadLetterQueue", "SharedDeadLetterStatistics", "replay_shared"]
-
-_converter = make_converter()
 
 # KEYS[1]: the stream. ARGV: capacity, then field, value pairs.
 ADD = """
@@ -220,12 +216,12 @@ def _encode(letter: DeadLetter) -> list[str]:
     return [
         *("id", letter.id, "stage", letter.stage, "reason", letter.reason),
         *("at", repr(time.time()), "origin", f"{socket.gethostname()}:{os.getpid()}"),
-        *("request", json.dumps(_converter.unstructure(request))),
+        *("request", dump_request(request)),
     ]
 
 
 def _decode(fields: dict[str, str]) -> DeadLetter:
-    request = _converter.structure(json.loads(fields["request"]), PromptRequest)
+    request = load_request(fields["request"])
     age = max(0.0, time.time() - float(fields["at"]))
     return DeadLetter(request, fields["stage"], fields["reason"], trio.current_time() - age)
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import attrs
 import trio
 
+from .codec import dump_request, load_request
 from .connection import RedisConnection, RedisUnavailable
 
 if TYPE_CHECKING:
@@ -306,9 +307,7 @@ async def _guarded(run: Callable[[QueueItem], Awaitable[None]], item: QueueItem)
 
 def encode_request(request: PromptRequest) -> tuple[str, str]:
     """A request as a queue item ``(request id, JSON)`` for :meth:`WorkQueue.put`."""
-    from .dead_letters import _converter
-
-    return request.request_id, json.dumps(_converter.unstructure(request))
+    return request.request_id, dump_request(request)
 
 
 def pipeline_handler(pipeline: Pipeline) -> Callable[[QueueItem], Awaitable[str]]:
@@ -319,11 +318,9 @@ def pipeline_handler(pipeline: Pipeline) -> Callable[[QueueItem], Awaitable[str]
     request that ended otherwise (it is done: an error is a result, not a retry).
     """
     from ..errors import OrchestratorError
-    from ..types import PromptRequest
-    from .dead_letters import _converter
 
     async def handle(item: QueueItem) -> str:
-        request = _converter.structure(json.loads(item.payload), PromptRequest)
+        request = load_request(item.payload)
         try:
             completion = await pipeline.submit(request)
         except OrchestratorError as exc:

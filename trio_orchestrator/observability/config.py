@@ -11,6 +11,8 @@ from typing import Any
 
 import attrs
 
+from ..validators import non_negative_finite, one_of, positive_int, unit_interval
+
 __all__ = [
     "LoggingConfig",
     "MetricsConfig",
@@ -23,12 +25,7 @@ _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _LABEL_VALUE = re.compile(r"[A-Za-z0-9_.:/-]{1,64}")
 
 
-# This module imports nothing from the rest of the package: ``config.model`` imports it.
-
-
-def _positive_int(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{attribute.name} must be a whole number ≥ 1, got {value!r}")
+# ``config.model`` imports this module: it imports only the leaf ``validators``.
 
 
 def _buckets(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -53,11 +50,6 @@ def _to_buckets(value: object) -> object:
     return tuple(value) if isinstance(value, list) else value
 
 
-def _non_negative(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
-        raise ValueError(f"{attribute.name} must be a finite number ≥ 0, got {value!r}")
-
-
 def _label_value(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if value is not None and not (isinstance(value, str) and _LABEL_VALUE.fullmatch(value)):
         raise ValueError(
@@ -66,21 +58,11 @@ def _label_value(_instance: object, attribute: attrs.Attribute[Any], value: obje
         )
 
 
-def _level(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if value not in _LEVELS:
-        raise ValueError(f"{attribute.name} must be one of {', '.join(_LEVELS)}, got {value!r}")
-
-
 def _endpoint(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if value is not None and not (
         isinstance(value, str) and value.startswith(("http://", "https://"))
     ):
         raise ValueError(f"{attribute.name} must be an http:// or https:// URL, got {value!r}")
-
-
-def _ratio(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
-        raise ValueError(f"{attribute.name} must be a number from 0 to 1, got {value!r}")
 
 
 @attrs.frozen
@@ -92,8 +74,8 @@ class ModelPrice:
         output_per_million: price of a million output (generated) tokens, in USD.
     """
 
-    input_per_million: float = attrs.field(default=0.0, validator=_non_negative)
-    output_per_million: float = attrs.field(default=0.0, validator=_non_negative)
+    input_per_million: float = attrs.field(default=0.0, validator=non_negative_finite)
+    output_per_million: float = attrs.field(default=0.0, validator=non_negative_finite)
 
     def cost(self, input_tokens: int, output_tokens: int) -> float:
         """Return the estimated cost in USD of a request with these token counts."""
@@ -138,7 +120,7 @@ class MetricsConfig:
     )
     stage_timing: bool = True
     provider: str | None = attrs.field(default=None, validator=_label_value)
-    max_models: int = attrs.field(default=32, validator=_positive_int)
+    max_models: int = attrs.field(default=32, validator=positive_int)
     # Left out of the hash (a dict has none), so the whole Config stays hashable.
     prices: Mapping[str, ModelPrice] = attrs.field(factory=dict, hash=False)
 
@@ -156,7 +138,7 @@ class LoggingConfig:
             often hold personal data. Secrets are never logged either way.
     """
 
-    level: str = attrs.field(default="INFO", validator=_level)
+    level: str = attrs.field(default="INFO", validator=one_of(*_LEVELS))
     json: bool = False
     requests: bool = True
     log_prompts: bool = False
@@ -183,7 +165,7 @@ class TracingConfig:
     enabled: bool = False
     service_name: str = "trio-orchestrator"
     otlp_endpoint: str | None = attrs.field(default=None, validator=_endpoint)
-    sample_ratio: float = attrs.field(default=1.0, validator=_ratio)
+    sample_ratio: float = attrs.field(default=1.0, validator=unit_interval)
 
 
 @attrs.frozen

@@ -57,7 +57,11 @@ class Instrumentation:
     _collectors: list[Collector] = attrs.field(factory=list, init=False)
 
     def register_collector(self, collector: Collector) -> None:
-        """Add a Prometheus collector to the registry (taken out again by :meth:`close`)."""
+        """Register ``collector`` with the registry, to be unregistered with the rest.
+
+        Args:
+            collector: a Prometheus collector.
+        """
         assert self.registry is not None
         self.registry.register(collector)
         self._collectors.append(collector)

@@ -1,4 +1,4 @@
-"""The pipeline: stages, channels, outcomes, dead letters."""
+"""The pipeline: stages, channels, outcomes, dead letters, priority admission."""
 
 from .assemble import Assembler, DefaultAssembler
 from .core import PendingRequest, Pipeline, RequestStream, open_pipeline
@@ -6,6 +6,7 @@ from .dead_letters import DeadLetter, DeadLetterQueue, DeadLetterStatistics
 from .hooks import PipelineHooks
 from .job import FinishedRequest, Outcome
 from .post import PostProcessor, StopSequences, TextFilter, TrimWhitespace
+from .priority import PriorityAdmission, PriorityStatistics
 from .rag import LexicalRetriever, NoRetriever, Retriever
 from .sinks import CallbackSink, MemorySink, OutputSink
 from .statistics import PipelineStatistics, StageStatistics
@@ -28,6 +29,8 @@ __all__ = [
     "PipelineHooks",
     "PipelineStatistics",
     "PostProcessor",
+    "PriorityAdmission",
+    "PriorityStatistics",
     "RequestStream",
     "Retriever",
     "StageStatistics",

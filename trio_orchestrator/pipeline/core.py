@@ -44,7 +44,6 @@ from ..errors import (
     WorkerError,
 )
 from ..events import Completion, Done, StreamEvent, TextDelta
-from ..resilience.priority import PriorityAdmission
 from ..types import PromptRequest
 from ..workers.base import ModelWorker
 from .assemble import Assembler, DefaultAssembler
@@ -52,6 +51,7 @@ from .dead_letters import DeadLetter, DeadLetterQueue
 from .hooks import PipelineHooks
 from .job import EventPipe, FinishedRequest, Job, Outcome
 from .post import PostProcessor, StopSequences, open_filters
+from .priority import PriorityAdmission
 from .rag import NoRetriever, Retriever
 from .sinks import OutputSink
 from .statistics import PipelineStatistics, StageStatistics

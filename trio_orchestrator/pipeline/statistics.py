@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import attrs
 
-from ..resilience.priority import PriorityStatistics
 from .dead_letters import DeadLetterStatistics
+from .priority import PriorityStatistics
 
 __all__ = ["PipelineStatistics", "StageStatistics"]
 

@@ -1,8 +1,9 @@
-"""Resilience layers: rate limits, circuit breakers, retries, coalescing, cache, priority.
+"""Resilience layers: rate limits, circuit breakers, retries, coalescing, cache.
 
 Each layer is a worker wrapping a worker; :func:`wrap` stacks the enabled ones in the
 order cache → coalescing → rate limit → circuit breaker → retry → provider. Priority admission
-works at the inference stage's entry instead (``[pipeline.priority]``).
+works at the inference stage's entry instead: :mod:`trio_orchestrator.pipeline.priority`
+(its ``PriorityConfig``, ``[pipeline.priority]``, is here with the other sections).
 """
 
 from .breaker import (
@@ -20,12 +21,12 @@ from .config import (
     CacheConfig,
     CoalescingConfig,
     LimitConfig,
+    PriorityConfig,
     RateLimitsConfig,
     ResilienceConfig,
     RetryConfig,
 )
 from .keys import is_deterministic, request_key
-from .priority import PriorityAdmission, PriorityConfig, PriorityStatistics
 from .ratelimit import (
     BucketStatistics,
     Charge,
@@ -58,9 +59,7 @@ __all__ = [
     "LayerContext",
     "LimitConfig",
     "Permit",
-    "PriorityAdmission",
     "PriorityConfig",
-    "PriorityStatistics",
     "RateLimitLayer",
     "RateLimitStatistics",
     "RateLimiter",

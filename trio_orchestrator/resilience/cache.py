@@ -14,9 +14,9 @@ from typing import ClassVar, Generic, TypeVar
 import attrs
 import trio
 
-from ..config.ranges import positive_int, positive_time
 from ..events import Done, StreamEvent
 from ..types import PromptRequest
+from ..validators import positive_int, positive_time
 from ..workers.base import EventSink, ModelWorker
 from .config import CacheConfig, refuse_toggle
 from .keys import is_deterministic, request_key

@@ -6,13 +6,20 @@ no layers; turn each on with ``enabled = true`` in its section.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
-from typing import Any
 
 import attrs
 
-from ..config.ranges import non_negative_time, positive_int, positive_time
+from ..validators import (
+    at_least_one,
+    fraction,
+    fraction_below_one,
+    non_negative_time,
+    one_of,
+    positive_int,
+    positive_number,
+    positive_time,
+)
 
 __all__ = [
     "BreakerConfig",
@@ -27,49 +34,7 @@ LIMIT_SCOPES = ("provider", "model", "user", "api_key")
 LIMIT_MODES = ("wait", "reject")
 
 
-# The root ``config.model`` imports this module, so its validators are not imported from
-# there (that would be an import cycle); these are the same checks.
-
-
-def _fraction(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    """A number in (0, 1]."""
-    if not _is_number(value) or not 0 < value <= 1:  # type: ignore[operator]
-        raise ValueError(f"{attribute.name} must be a number in (0, 1], got {value!r}")
-
-
-def _jitter(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    """A number in [0, 1)."""
-    if not _is_number(value) or not 0 <= value < 1:  # type: ignore[operator]
-        raise ValueError(f"{attribute.name} must be a number in [0, 1), got {value!r}")
-
-
-def _at_least_one(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    """A finite number ≥ 1."""
-    if not _is_number(value) or not 1 <= value < math.inf:  # type: ignore[operator]
-        raise ValueError(f"{attribute.name} must be a finite number ≥ 1, got {value!r}")
-
-
-def _positive_number(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    """A finite number > 0."""
-    if not _is_number(value) or not 0 < value < math.inf:  # type: ignore[operator]
-        raise ValueError(f"{attribute.name} must be a finite number > 0, got {value!r}")
-
-
-def _optional_positive(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if value is not None:
-        _positive_number(_instance, attribute, value)
-
-
-def _is_number(value: object) -> bool:
-    return not isinstance(value, bool) and isinstance(value, int | float) and not math.isnan(value)
-
-
-def _one_of(choices: tuple[str, ...]) -> Any:
-    def check(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-        if value not in choices:
-            raise ValueError(f"{attribute.name} must be one of {list(choices)}, got {value!r}")
-
-    return check
+_optional_positive = attrs.validators.optional(positive_number)
 
 
 @attrs.frozen
@@ -104,20 +69,20 @@ class BreakerConfig:
 
     enabled: bool = False
     failure_threshold: int = attrs.field(default=5, validator=positive_int)
-    failure_rate_threshold: float = attrs.field(default=0.5, validator=_fraction)
-    window: float = attrs.field(default=60.0, validator=_positive_number)
+    failure_rate_threshold: float = attrs.field(default=0.5, validator=fraction)
+    window: float = attrs.field(default=60.0, validator=positive_number)
     minimum_calls: int = attrs.field(default=20, validator=positive_int)
-    cooldown: float = attrs.field(default=5.0, validator=_positive_number)
-    cooldown_multiplier: float = attrs.field(default=2.0, validator=_at_least_one)
-    max_cooldown: float = attrs.field(default=300.0, validator=_positive_number)
-    jitter: float = attrs.field(default=0.1, validator=_jitter)
+    cooldown: float = attrs.field(default=5.0, validator=positive_number)
+    cooldown_multiplier: float = attrs.field(default=2.0, validator=at_least_one)
+    max_cooldown: float = attrs.field(default=300.0, validator=positive_number)
+    jitter: float = attrs.field(default=0.1, validator=fraction_below_one)
     half_open_probes: int = attrs.field(default=3, validator=positive_int)
-    probe_success_threshold: float = attrs.field(default=1.0, validator=_fraction)
-    latency_anomaly: str = attrs.field(default="off", validator=_one_of(LATENCY_ANOMALY_MODES))
-    latency_threshold: float = attrs.field(default=4.0, validator=_positive_number)
+    probe_success_threshold: float = attrs.field(default=1.0, validator=fraction)
+    latency_anomaly: str = attrs.field(default="off", validator=one_of(*LATENCY_ANOMALY_MODES))
+    latency_threshold: float = attrs.field(default=4.0, validator=positive_number)
     latency_min_excess: float = attrs.field(default=0.05, validator=non_negative_time)
     latency_warmup: int = attrs.field(default=20, validator=positive_int)
-    latency_alpha: float = attrs.field(default=0.1, validator=_fraction)
+    latency_alpha: float = attrs.field(default=0.1, validator=fraction)
     latency_window: int = attrs.field(default=100, validator=positive_int)
 
     def __attrs_post_init__(self) -> None:
@@ -148,9 +113,9 @@ class RetryConfig:
 
     enabled: bool = False
     max_attempts: int = attrs.field(default=3, validator=positive_int)
-    initial_backoff: float = attrs.field(default=0.5, validator=_positive_number)
-    multiplier: float = attrs.field(default=2.0, validator=_at_least_one)
-    max_backoff: float = attrs.field(default=30.0, validator=_positive_number)
+    initial_backoff: float = attrs.field(default=0.5, validator=positive_number)
+    multiplier: float = attrs.field(default=2.0, validator=at_least_one)
+    max_backoff: float = attrs.field(default=30.0, validator=positive_number)
     max_retry_after: float = attrs.field(default=60.0, validator=positive_time)
     restart_stream: bool = False
 
@@ -179,12 +144,12 @@ class LimitConfig:
             every value gets its own bucket.
     """
 
-    scope: str = attrs.field(validator=_one_of(LIMIT_SCOPES))
+    scope: str = attrs.field(validator=one_of(*LIMIT_SCOPES))
     requests_per_second: float | None = attrs.field(default=None, validator=_optional_positive)
     requests_per_minute: float | None = attrs.field(default=None, validator=_optional_positive)
     tokens_per_minute: float | None = attrs.field(default=None, validator=_optional_positive)
     burst: float | None = attrs.field(default=None, validator=_optional_positive)
-    mode: str = attrs.field(default="wait", validator=_one_of(LIMIT_MODES))
+    mode: str = attrs.field(default="wait", validator=one_of(*LIMIT_MODES))
     match: str | None = None
 
     def __attrs_post_init__(self) -> None:

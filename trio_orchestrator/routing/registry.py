@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 import attrs
 
+from ..validators import non_negative, positive_int, unit_interval
+
 __all__ = [
     "CAPABILITIES",
     "STRATEGIES",
@@ -40,30 +42,9 @@ STRATEGIES = frozenset(
 StreamFallback = Literal["fail", "restart"]
 
 
-def positive_int(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    """attrs validator: a whole number ≥ 1 (the same rule as the core config's)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{attribute.name} must be a whole number ≥ 1, got {value!r}")
-
-
 def _non_empty(_instance: object, attribute: attrs.Attribute[Any], value: str) -> None:
     if not value:
         raise ValueError(f"{attribute.name} must not be empty")
-
-
-def _non_negative(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or math.isnan(value)
-        or value < 0
-    ):
-        raise ValueError(f"{attribute.name} must be a number ≥ 0, got {value!r}")
-
-
-def _unit(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
-        raise ValueError(f"{attribute.name} must be a number in [0, 1], got {value!r}")
 
 
 def _capabilities(value: Iterable[str]) -> tuple[str, ...]:
@@ -115,8 +96,8 @@ class ModelDeployment:
     upstream_model: str = attrs.field(default="")
     context_window: int = attrs.field(default=8192, validator=positive_int)
     max_output_tokens: int = attrs.field(default=4096, validator=positive_int)
-    input_price: float = attrs.field(default=0.0, validator=_non_negative)
-    output_price: float = attrs.field(default=0.0, validator=_non_negative)
+    input_price: float = attrs.field(default=0.0, validator=non_negative)
+    output_price: float = attrs.field(default=0.0, validator=non_negative)
     capabilities: tuple[str, ...] = attrs.field(default=("streaming",), converter=_capabilities)
     weight: float = attrs.field(default=1.0)
     groups: tuple[str, ...] = attrs.field(default=(), converter=_names)
@@ -187,7 +168,7 @@ class AutoConfig:
 
     cheap: tuple[str, ...] = attrs.field(default=("cheap",), converter=_names)
     strong: tuple[str, ...] = attrs.field(default=("strong",), converter=_names)
-    threshold: float = attrs.field(default=0.4, validator=_unit)
+    threshold: float = attrs.field(default=0.4, validator=unit_interval)
 
 
 @attrs.frozen
@@ -203,7 +184,7 @@ class BudgetConfig:
     """
 
     per_api_key: Mapping[str, float] = attrs.field(factory=dict, hash=False)
-    default_per_api_key: float = attrs.field(default=math.inf, validator=_non_negative)
+    default_per_api_key: float = attrs.field(default=math.inf, validator=non_negative)
     per_model: Mapping[str, float] = attrs.field(factory=dict, hash=False)
     period: float = attrs.field(default=math.inf)
     default_output_tokens: int = attrs.field(default=256, validator=positive_int)
@@ -244,10 +225,10 @@ class BanditConfig:
     algorithm: Literal["thompson", "epsilon-greedy"] = attrs.field(
         default="thompson", validator=attrs.validators.in_(("thompson", "epsilon-greedy"))
     )
-    epsilon: float = attrs.field(default=0.1, validator=_unit)
-    success_weight: float = attrs.field(default=0.7, validator=_non_negative)
-    latency_weight: float = attrs.field(default=0.2, validator=_non_negative)
-    cost_weight: float = attrs.field(default=0.1, validator=_non_negative)
+    epsilon: float = attrs.field(default=0.1, validator=unit_interval)
+    success_weight: float = attrs.field(default=0.7, validator=non_negative)
+    latency_weight: float = attrs.field(default=0.2, validator=non_negative)
+    cost_weight: float = attrs.field(default=0.1, validator=non_negative)
     latency_scale: float = attrs.field(default=30.0)
     cost_scale: float = attrs.field(default=0.05)
     seed: int | None = None
@@ -307,7 +288,7 @@ class RoutingConfig:
         default="fail", validator=attrs.validators.in_(("fail", "restart"))
     )
     restart_marker: str = "\n\n[restarted on another model]\n\n"
-    rest_after_refusal: float = attrs.field(default=1.0, validator=_non_negative)
+    rest_after_refusal: float = attrs.field(default=1.0, validator=non_negative)
     ewma_alpha: float = attrs.field(default=0.2)
     budgets: BudgetConfig = attrs.field(factory=BudgetConfig)
     bandit: BanditConfig = attrs.field(factory=BanditConfig)

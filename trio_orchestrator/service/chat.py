@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -22,6 +21,7 @@ from ..events import (
 from ..types import TYPED_MEMBERS, GenerationParams, Message, PromptRequest, Tool, ToolCall
 from .chat_schema import CHAT_MEMBERS, CHAT_SCHEMA, MESSAGE, MESSAGES, check_members
 from .errors import ApiError
+from .jsonenc import json_bytes
 from .validate import Fields
 
 __all__ = [
@@ -30,8 +30,9 @@ __all__ = [
     "ChunkWriter",
     "completion_body",
     "completions_body",
-    "json_bytes",
+    "messages_of",
     "parse_chat_request",
+    "stop_of",
     "total_usage",
     "usage_body",
 ]
@@ -90,7 +91,7 @@ def parse_chat_request(
     if user := data.get("user"):
         labels["user"] = user
     prompt = PromptRequest(
-        messages=_messages(body), params=_params(data, model), meta=labels, **request
+        messages=messages_of(body), params=_params(data, model), meta=labels, **request
     )
     stream_options = data.get("stream_options") or {}
     include_usage = stream_options.get("include_usage") is True
@@ -138,15 +139,21 @@ def _stop_value(value: str | list[str] | None) -> tuple[str, ...]:
     return (value,) if isinstance(value, str) else tuple(value)
 
 
-def _stop(body: Fields) -> tuple[str, ...]:
+def stop_of(body: Fields) -> tuple[str, ...]:
     """The ``stop`` member (a string or up to 4 strings) as a tuple.
+
+    Args:
+        body: the request body.
+
+    Returns:
+        The stop sequences, ``()`` when there are none.
 
     Raises:
         ApiError: 400 when it is anything else.
     """
     value = body.data.get("stop")
     if value is not None:
-        CHAT_SCHEMA["stop"].check(value, body._path("stop"))
+        CHAT_SCHEMA["stop"].check(value, body.path_of("stop"))
     return _stop_value(value)
 
 
@@ -168,8 +175,19 @@ def _function_choice(value: str | Mapping[str, Any] | None) -> str | Mapping[str
     return {"type": "function", "function": {"name": value["name"]}}
 
 
-def _messages(body: Fields) -> tuple[Message, ...]:
-    items = MESSAGES.check_shape(body.data.get("messages"), body._path("messages"))
+def messages_of(body: Fields) -> tuple[Message, ...]:
+    """The ``messages`` member of a Chat Completions (or native) body as typed messages.
+
+    Args:
+        body: the request body.
+
+    Returns:
+        The messages, each with its wire object (``Message.wire``).
+
+    Raises:
+        ApiError: 400 naming the path of the first member that is not valid.
+    """
+    items = MESSAGES.check_shape(body.data.get("messages"), body.path_of("messages"))
     return tuple(
         _plain_message(item) or _message(body.item("messages", i, item))
         for i, item in enumerate(items)
@@ -237,16 +255,6 @@ def _tool_call(call: Mapping[str, Any]) -> ToolCall:
 # workers pass through uninterpreted (Passthrough: logprobs, refusal, annotations,
 # reasoning_content, system_fingerprint, service_tier…), each in its place. Several
 # completions make one answer of several choices (``n``).
-
-
-# One encoder for every call: json.dumps builds a new one per call when given separators.
-_ENCODER = json.JSONEncoder(separators=(",", ":"))
-
-
-def json_bytes(data: Any) -> bytes:
-    """``data`` as compact JSON, non-ASCII escaped (a lone surrogate in a prompt must not
-    become a 500 when echoed back)."""
-    return _ENCODER.encode(data).encode()
 
 
 def _details(body: dict[str, Any], name: str, **counts: int) -> None:

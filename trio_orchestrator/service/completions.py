@@ -24,9 +24,10 @@ from starlette.responses import Response
 from ..events import Completion, TextDelta
 from ..pipeline import Pipeline
 from ..types import GenerationParams, PromptRequest
-from .chat import json_bytes, usage_body
+from .chat import usage_body
 from .errors import ApiError
 from .guard import caller_of
+from .jsonenc import json_bytes
 from .state import service_of
 from .streaming import Emit, EventStream, complete_unless_gone, error_json
 from .validate import Fields, invalid, parse_json_object

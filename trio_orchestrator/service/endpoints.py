@@ -10,7 +10,6 @@ from typing import Any
 import attrs
 import trio
 from starlette.requests import Request
-from starlette.responses import JSONResponse as _StarletteJSONResponse
 from starlette.responses import Response
 
 from ..distributed.connection import RedisUnavailable
@@ -19,10 +18,10 @@ from ..errors import OrchestratorError
 from ..events import Completion
 from ..pipeline import DeadLetter, DeadLetterQueue, Pipeline
 from ..types import PromptRequest
-from .chat import json_bytes
 from .embeddings import embeddings_answer, parse_embeddings_request
 from .errors import ApiError, map_exception, outcome_of
 from .guard import caller_of, set_request_id
+from .jsonenc import JSONResponse, json_bytes
 from .metrics import render_metrics
 from .native import completion_json, event_json, parse_prompt_request
 from .state import service_of
@@ -30,15 +29,6 @@ from .streaming import Emit, EventStream, cancel_on_disconnect, complete_unless_
 from .validate import Fields, invalid, parse_json_object
 
 __all__ = ["JSONResponse", "failure_response", "json_error", "stream_prompt"]
-
-
-class JSONResponse(_StarletteJSONResponse):
-    """JSON with non-ASCII escaped: a prompt may hold lone surrogates, which UTF-8 cannot
-    encode, and echoing one back must not turn into a 500."""
-
-    def render(self, content: Any) -> bytes:
-        """Serialize ``content`` compactly, ASCII only."""
-        return json_bytes(content)
 
 
 async def _body(request: Request) -> Fields:

@@ -30,7 +30,6 @@ from .chat import (
     ChunkWriter,
     completion_body,
     completions_body,
-    json_bytes,
     parse_chat_request,
 )
 from .choices import complete_choices, stream_choices, take_choices
@@ -44,6 +43,7 @@ from .guard import (
     request_id_of,
     send_error,
 )
+from .jsonenc import json_bytes
 from .state import ServiceState
 from .streaming import ClientGone, Emit, EventStream, complete_unless_gone, error_json
 from .validate import parse_json_object

@@ -10,7 +10,6 @@ from __future__ import annotations
 import enum
 import hashlib
 import hmac
-import json
 import logging
 from collections.abc import Iterable, Mapping, MutableMapping
 from typing import Any
@@ -21,6 +20,7 @@ from ..config.service import ApiKeyConfig, ServiceConfig
 from ..observability.spans import trace_meta
 from ..types import Priority, new_request_id
 from .errors import ApiError
+from .jsonenc import json_bytes
 from .messages_answer import ANTHROPIC_PATH, AnthropicApiError
 
 __all__ = [
@@ -210,7 +210,7 @@ async def send_error(
         websocket: answer a WebSocket handshake (ASGI's ``websocket.http.response``).
     """
     prefix = "websocket." if websocket else ""
-    body = json.dumps(error.body()).encode()
+    body = json_bytes(error.body())
     headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
     headers += [(k.lower().encode(), v.encode()) for k, v in error.headers().items()]
     headers += extra

@@ -33,9 +33,9 @@ from ..events import Done
 from ..pipeline import Pipeline
 from ..routing.tokens import estimate_prompt_tokens
 from ..types import PromptRequest
-from .chat import json_bytes
 from .errors import ApiError, map_exception
 from .guard import caller_of
+from .jsonenc import json_bytes
 from .messages_answer import (
     MessageStreamWriter,
     anthropic_error_body,

@@ -27,8 +27,8 @@ import attrs
 from ..events import Completion, Passthrough, StreamEvent, TextDelta, ToolCallDelta, ToolCallStart
 from ..events import Usage as UsageEvent
 from ..types import ToolCall
-from .chat import json_bytes
 from .errors import ApiError
+from .jsonenc import json_bytes
 
 __all__ = [
     "ANTHROPIC_PATH",

@@ -160,7 +160,7 @@ def _system(body: Fields) -> list[Message]:
     for i, item in enumerate(value):
         block = body.item("system", i, item)
         if block.text("type", required=True) != "text":
-            raise invalid(block._path("type"), '"text"', block.data.get("type"))
+            raise invalid(block.path_of("type"), '"text"', block.data.get("type"))
         out.append(Message("system", _text(block)))
     return out
 
@@ -174,7 +174,7 @@ def _text(block: Fields) -> str:
 def _blocks(turn: Fields) -> list[Fields]:
     """The content blocks of a message; string content is one text block."""
     value = turn.data.get("content")
-    path = turn._path("content")
+    path = turn.path_of("content")
     if isinstance(value, str):
         return [Fields({"type": "text", "text": value}, path)]
     if not isinstance(value, list) or not value:
@@ -188,7 +188,8 @@ def _turn(turn: Fields) -> list[Message]:
         return _user_turn(_blocks(turn))
     if role == "assistant":
         return _assistant_turn(_blocks(turn))
-    raise invalid(turn._path("role"), '"user" or "assistant" (system text goes in `system`)', role)
+    expected = '"user" or "assistant" (system text goes in `system`)'
+    raise invalid(turn.path_of("role"), expected, role)
 
 
 def _user_turn(blocks: list[Fields]) -> list[Message]:
@@ -210,7 +211,7 @@ def _user_part(block: Fields) -> dict[str, Any]:
     if kind == "document":
         return _document(block)
     expected = '"text", "image", "document" or "tool_result" in a user turn'
-    raise invalid(block._path("type"), expected, kind)
+    raise invalid(block.path_of("type"), expected, kind)
 
 
 def _source(block: Fields) -> Fields:
@@ -230,10 +231,10 @@ def _image_url(block: Fields) -> str:
         expected = (
             '"base64" or "url" (file ids need Anthropic\'s Files API, which the gateway lacks)'
         )
-        raise invalid(source._path("type"), expected, kind)
+        raise invalid(source.path_of("type"), expected, kind)
     media = source.text("media_type", required=True)
     if media not in _IMAGE_TYPES:
-        raise invalid(source._path("media_type"), f"one of {list(_IMAGE_TYPES)}", media)
+        raise invalid(source.path_of("media_type"), f"one of {list(_IMAGE_TYPES)}", media)
     return f"data:{media};base64,{_base64(source)}"
 
 
@@ -251,14 +252,14 @@ def _document(block: Fields) -> dict[str, Any]:
     if kind == "base64":
         media = source.text("media_type", required=True)
         if media != "application/pdf":
-            raise invalid(source._path("media_type"), '"application/pdf"', media)
+            raise invalid(source.path_of("media_type"), '"application/pdf"', media)
         file = {"file_data": f"data:application/pdf;base64,{_base64(source)}"}
         title = block.text("title")
         if title:
             file["filename"] = title
         return {"type": "file", "file": file}
     expected = '"base64" (a PDF) or "text"; URL, file and content sources are not supported'
-    raise invalid(source._path("type"), expected, kind)
+    raise invalid(source.path_of("type"), expected, kind)
 
 
 def _tool_result(block: Fields) -> Message:
@@ -269,7 +270,7 @@ def _tool_result(block: Fields) -> Message:
     elif isinstance(value, list):
         text = "".join(_result_text(block.item("content", i, item)) for i, item in enumerate(value))
     else:
-        raise invalid(block._path("content"), "a string or an array of text blocks", value)
+        raise invalid(block.path_of("content"), "a string or an array of text blocks", value)
     if block.flag("is_error"):
         # Chat Completions has no error flag on a tool message; say it in the text.
         text = f"Error: {text}"
@@ -280,7 +281,7 @@ def _result_text(block: Fields) -> str:
     kind = block.text("type", required=True)
     if kind != "text":
         expected = '"text" (tool messages carry text only through the gateway)'
-        raise invalid(block._path("type"), expected, kind)
+        raise invalid(block.path_of("type"), expected, kind)
     return _text(block)
 
 
@@ -295,7 +296,7 @@ def _assistant_turn(blocks: list[Fields]) -> list[Message]:
             calls.append(_tool_use(block))
         elif kind not in ("thinking", "redacted_thinking"):
             expected = '"text", "tool_use", "thinking" or "redacted_thinking" in an assistant turn'
-            raise invalid(block._path("type"), expected, kind)
+            raise invalid(block.path_of("type"), expected, kind)
     return [Message("assistant", "".join(text), tool_calls=tuple(calls))]
 
 
@@ -323,11 +324,11 @@ def _tools(body: Fields) -> tuple[Tool, ...]:
         kind = fields.text("type")
         if kind not in (None, "custom"):
             message = (
-                f"`{fields._path('type')}`: the server tool {kind!r} runs on Anthropic's "
+                f"`{fields.path_of('type')}`: the server tool {kind!r} runs on Anthropic's "
                 "servers, which the gateway is not; offer a client tool (name, description, "
                 "input_schema) instead"
             )
-            raise ApiError(400, message, code="unsupported_tool", param=fields._path("type"))
+            raise ApiError(400, message, code="unsupported_tool", param=fields.path_of("type"))
         name = fields.text("name", required=True, max_length=128)
         schema = fields.object("input_schema", required=True)
         assert name is not None
@@ -346,7 +347,7 @@ def _tool_choice(body: Fields) -> str | Mapping[str, Any] | None:
     if kind == "tool":
         name = choice.text("name", required=True)
         return {"type": "function", "function": {"name": name}}
-    raise invalid(choice._path("type"), '"auto", "any", "tool" or "none"', kind)
+    raise invalid(choice.path_of("type"), '"auto", "any", "tool" or "none"', kind)
 
 
 #: Anthropic's ``service_tier`` values in OpenAI's words.
@@ -376,7 +377,7 @@ def _extra(body: Fields) -> dict[str, Any]:
         elif kind == "enabled":
             thinking.integer("budget_tokens", minimum=1)
         elif kind != "adaptive":
-            raise invalid(thinking._path("type"), '"enabled", "adaptive" or "disabled"', kind)
+            raise invalid(thinking.path_of("type"), '"enabled", "adaptive" or "disabled"', kind)
     choice = body.object("tool_choice")
     if choice is not None and choice.flag("disable_parallel_tool_use"):
         extra["parallel_tool_calls"] = False  # OpenAI's name; Anthropic's worker maps it back

@@ -21,7 +21,7 @@ from ..events import (
     Usage,
 )
 from ..types import GenerationParams, Priority, PromptRequest
-from .chat import _messages, _stop
+from .chat import messages_of, stop_of
 from .errors import ApiError
 from .validate import Fields, invalid
 
@@ -42,7 +42,7 @@ def priority_of(fields: Fields, cap: Priority | None) -> Priority:
         priority = Priority(value)
     else:
         expected = f"one of {list(_PRIORITY_NAMES)} or an integer 0-3"
-        raise invalid(fields._path("priority"), expected, value)
+        raise invalid(fields.path_of("priority"), expected, value)
     # Lower values go first: a key capped at NORMAL cannot ask for HIGH.
     return priority if cap is None else Priority(max(priority, cap))
 
@@ -60,19 +60,19 @@ def parse_prompt_request(
     """
     model = fields.text("model", max_length=256) or (models[0] if models else None)
     if model is None:  # the providers list no models, so there is no default to pick
-        raise invalid(fields._path("model"), "the model to use", missing=True)
+        raise invalid(fields.path_of("model"), "the model to use", missing=True)
     if models and model not in models:
         message = f"the model {model!r} does not exist; GET /v1/models lists the models served"
-        raise ApiError(404, message, code="model_not_found", param=fields._path("model"))
+        raise ApiError(404, message, code="model_not_found", param=fields.path_of("model"))
     text = fields.text("input")
-    messages = _messages(fields) if fields.data.get("messages") is not None else ()
+    messages = messages_of(fields) if fields.data.get("messages") is not None else ()
     if text is None and not messages:
-        raise invalid(fields._path("input"), "a prompt (or give `messages`)", missing=True)
+        raise invalid(fields.path_of("input"), "a prompt (or give `messages`)", missing=True)
     params = GenerationParams(
         model=model,
         max_tokens=fields.integer("max_tokens", minimum=1),
         temperature=fields.number("temperature", minimum=0, maximum=2),
-        stop=_stop(fields),
+        stop=stop_of(fields),
     )
     extra: dict[str, Any] = {}
     request_id = fields.text("request_id", max_length=128)
@@ -80,7 +80,7 @@ def parse_prompt_request(
         if not _REQUEST_ID.fullmatch(request_id):
             # It goes out in the x-request-id header: visible ASCII only, no spaces.
             expected = "up to 128 letters, digits and the marks . _ : -"
-            raise invalid(fields._path("request_id"), expected, request_id)
+            raise invalid(fields.path_of("request_id"), expected, request_id)
         extra["request_id"] = request_id
     return PromptRequest(
         messages=messages,
@@ -107,7 +107,7 @@ def _time_limits(fields: Fields) -> dict[str, Any]:
     timeout = fields.number("timeout", minimum=0, maximum=_MAX_TIMEOUT)
     deadline = fields.number("deadline", minimum=0, maximum=1e11)
     if timeout is not None and timeout <= 0:
-        raise invalid(fields._path("timeout"), "a number of seconds > 0", timeout)
+        raise invalid(fields.path_of("timeout"), "a number of seconds > 0", timeout)
     if deadline is not None:
         # A wall-clock deadline (Unix time) becomes one on Trio's clock.
         return {"deadline": trio.current_time() + (deadline - time.time())}

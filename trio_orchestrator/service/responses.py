@@ -34,9 +34,9 @@ from starlette.responses import Response
 from ..errors import OrchestratorError
 from ..events import Completion, StreamEvent, TextDelta, ToolCallDelta, ToolCallStart, Usage
 from ..pipeline import Pipeline
-from .chat import json_bytes
 from .errors import ApiError, map_exception
 from .guard import caller_of
+from .jsonenc import json_bytes
 from .responses_request import ResponsesRequest, parse_responses_request
 from .state import service_of
 from .streaming import Emit, EventStream, complete_unless_gone, error_json

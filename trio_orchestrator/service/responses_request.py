@@ -171,7 +171,7 @@ def _input_messages(body: Fields) -> tuple[Message, ...]:
             why = "only message, function_call and function_call_output items are supported"
             if kind == "item_reference":
                 why = "item references need stored responses; send the item itself"
-            raise _unsupported(fields._path("type"), why, str(kind))
+            raise _unsupported(fields.path_of("type"), why, str(kind))
     return tuple(messages)
 
 
@@ -188,12 +188,12 @@ def _add_call(messages: list[Message], call: ToolCall) -> None:
 def _message(fields: Fields) -> Message:
     role = fields.text("role", required=True)
     if role not in _MESSAGE_ROLES:
-        raise invalid(fields._path("role"), f"one of {sorted(_MESSAGE_ROLES)}", role)
+        raise invalid(fields.path_of("role"), f"one of {sorted(_MESSAGE_ROLES)}", role)
     content = fields.data.get("content")
     if isinstance(content, str):
         return Message(_MESSAGE_ROLES[role], content)
     if not isinstance(content, list):
-        raise invalid(fields._path("content"), "a string or an array of content parts", content)
+        raise invalid(fields.path_of("content"), "a string or an array of content parts", content)
     parts = tuple(_part(fields.item("content", i, p)) for i, p in enumerate(content))
     text = "".join(str(p["text"]) for p in parts if p["type"] == "text")
     return Message(_MESSAGE_ROLES[role], text, parts=parts)
@@ -211,7 +211,7 @@ def _part(fields: Fields) -> dict[str, Any]:
     if kind == "input_file":
         return _file(fields)
     expected = "input_text, output_text, refusal, input_image or input_file"
-    raise invalid(fields._path("type"), expected, kind)
+    raise invalid(fields.path_of("type"), expected, kind)
 
 
 def _image(fields: Fields) -> dict[str, Any]:
@@ -219,8 +219,8 @@ def _image(fields: Fields) -> dict[str, Any]:
     if url is None:
         if fields.text("file_id"):
             why = "images by file id need OpenAI's file store; send `image_url` (a URL or data URL)"
-            raise _unsupported(fields._path("file_id"), why)
-        raise invalid(fields._path("image_url"), "a URL or a data URL", missing=True)
+            raise _unsupported(fields.path_of("file_id"), why)
+        raise invalid(fields.path_of("image_url"), "a URL or a data URL", missing=True)
     image = {"url": url}
     detail = fields.text("detail")
     if detail is not None:
@@ -231,14 +231,14 @@ def _image(fields: Fields) -> dict[str, Any]:
 def _file(fields: Fields) -> dict[str, Any]:
     if fields.text("file_url"):
         why = "Chat Completions takes files as `file_data` or `file_id`, not by URL"
-        raise _unsupported(fields._path("file_url"), why)
+        raise _unsupported(fields.path_of("file_url"), why)
     file = {
         name: fields.text(name)
         for name in ("file_data", "file_id", "filename")
         if fields.data.get(name) is not None
     }
     if "file_data" not in file and "file_id" not in file:
-        raise invalid(fields._path("file_data"), "the file's data or file id", missing=True)
+        raise invalid(fields.path_of("file_data"), "the file's data or file id", missing=True)
     return {"type": "file", "file": file}
 
 
@@ -257,10 +257,10 @@ def _function_output(fields: Fields) -> Message:
         parts = [_part(fields.item("output", i, p)) for i, p in enumerate(output)]
         if any(p["type"] != "text" for p in parts):
             why = "a chat upstream takes only text as a tool's output"
-            raise _unsupported(fields._path("output"), why)
+            raise _unsupported(fields.path_of("output"), why)
         output = "".join(str(p["text"]) for p in parts)
     if not isinstance(output, str):
-        raise invalid(fields._path("output"), "a string or an array of input_text", output)
+        raise invalid(fields.path_of("output"), "a string or an array of input_text", output)
     return Message("tool", output, tool_call_id=call_id)
 
 
@@ -292,7 +292,7 @@ def _chat_tool(fields: Fields) -> dict[str, Any]:
     kind = fields.text("type", required=True)
     if kind != "function":
         why = "only function tools are supported (built-in tools run at OpenAI)"
-        raise _unsupported(fields._path("type"), why, str(kind))
+        raise _unsupported(fields.path_of("type"), why, str(kind))
     name = fields.text("name", required=True, max_length=64)
     function: dict[str, Any] = {"name": name}
     description = fields.text("description")
@@ -336,7 +336,7 @@ def _text_members(body: Fields) -> dict[str, Any]:
     if kind == "json_object":
         return out | {"response_format": {"type": "json_object"}}
     if kind != "json_schema":
-        raise invalid(fmt._path("type"), '"text", "json_object" or "json_schema"', kind)
+        raise invalid(fmt.path_of("type"), '"text", "json_object" or "json_schema"', kind)
     schema_object = fmt.object("schema", required=True)
     assert schema_object is not None
     schema: dict[str, Any] = {"name": fmt.text("name", required=True, max_length=64)}

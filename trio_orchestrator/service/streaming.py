@@ -10,7 +10,6 @@ the request ends *cancelled* and its worker is cancelled at its next checkpoint.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -25,6 +24,7 @@ from ..pipeline import Pipeline
 from ..types import PromptRequest
 from .errors import ApiError, map_exception
 from .guard import send_error
+from .jsonenc import json_bytes
 
 __all__ = ["ClientGone", "Emit", "EventStream", "cancel_on_disconnect", "complete_unless_gone"]
 
@@ -188,4 +188,4 @@ class _Output:
 
 def error_json(error: ApiError) -> bytes:
     """An error event in OpenAI's shape."""
-    return json.dumps(error.body()).encode()
+    return json_bytes(error.body())

@@ -148,20 +148,21 @@ class Fields:
         self.data = data
         self.path = path
 
-    def _path(self, name: str) -> str:
+    def path_of(self, name: str) -> str:
+        """The path of member ``name`` of this object, for an error (``messages[2].role``)."""
         return f"{self.path}.{name}" if self.path else name
 
     def _get(self, name: str, expected: str, required: bool) -> Any:
         value = self.data.get(name)
         if value is None and required:
-            raise invalid(self._path(name), expected, missing=True)
+            raise invalid(self.path_of(name), expected, missing=True)
         return value
 
     def text(self, name: str, *, required: bool = False, max_length: int = 1 << 20) -> str | None:
         """A string member (``None`` when absent or null and not required)."""
         value = self._get(name, "a string", required)
         if value is not None and (not isinstance(value, str) or len(value) > max_length):
-            raise invalid(self._path(name), f"a string of at most {max_length} characters", value)
+            raise invalid(self.path_of(name), f"a string of at most {max_length} characters", value)
         return value
 
     def flag(self, name: str, default: bool = False) -> bool:
@@ -170,7 +171,7 @@ class Fields:
         if value is None:
             return default
         if not isinstance(value, bool):
-            raise invalid(self._path(name), "true or false", value)
+            raise invalid(self.path_of(name), "true or false", value)
         return value
 
     def integer(self, name: str, *, minimum: int | None = None, maximum: int | None = None) -> Any:
@@ -181,7 +182,7 @@ class Fields:
         low = -math.inf if minimum is None else minimum
         high = math.inf if maximum is None else maximum
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise invalid(self._path(name), f"an integer in [{low}, {high}]", value)
+            raise invalid(self.path_of(name), f"an integer in [{low}, {high}]", value)
         return value
 
     def number(self, name: str, *, minimum: float, maximum: float) -> float | None:
@@ -194,7 +195,7 @@ class Fields:
             or not isinstance(value, int | float)
             or not minimum <= value <= maximum
         ):
-            raise invalid(self._path(name), f"a number in [{minimum}, {maximum}]", value)
+            raise invalid(self.path_of(name), f"a number in [{minimum}, {maximum}]", value)
         return float(value)
 
     def array(self, name: str, *, required: bool = False, max_items: int = 10_000) -> list[Any]:
@@ -203,7 +204,7 @@ class Fields:
         if value is None:
             return []
         if not isinstance(value, list) or len(value) > max_items:
-            raise invalid(self._path(name), f"an array of at most {max_items} items", value)
+            raise invalid(self.path_of(name), f"an array of at most {max_items} items", value)
         return value
 
     def object(self, name: str, *, required: bool = False) -> Fields | None:
@@ -212,12 +213,12 @@ class Fields:
         if value is None:
             return None
         if not isinstance(value, dict):
-            raise invalid(self._path(name), "an object", value)
-        return Fields(value, self._path(name))
+            raise invalid(self.path_of(name), "an object", value)
+        return Fields(value, self.path_of(name))
 
     def item(self, name: str, index: int, value: Any) -> Fields:
         """Element ``index`` of array member ``name``, which must be an object."""
-        path = f"{self._path(name)}[{index}]"
+        path = f"{self.path_of(name)}[{index}]"
         if not isinstance(value, dict):
             raise invalid(path, "an object", value)
         return Fields(value, path)

@@ -29,6 +29,7 @@ from ..errors import OrchestratorError
 from ..types import PromptRequest
 from .errors import ApiError, map_exception, outcome_of
 from .guard import Caller, caller_of
+from .jsonenc import json_bytes
 from .native import event_json, parse_prompt_request
 from .state import ServiceState, service_of
 from .validate import Fields, invalid, parse_json_object
@@ -69,7 +70,7 @@ class _Connection:
 
     async def _send(self, prompt_id: str | None, event: dict[str, Any]) -> None:
         async with self._send_lock:
-            await self._ws.send_text(json.dumps({"id": prompt_id, **event}))
+            await self._ws.send_text(json_bytes({"id": prompt_id, **event}).decode())
 
     def _handle(self, nursery: trio.Nursery, text: str | None) -> None:
         fields = _parse(text)

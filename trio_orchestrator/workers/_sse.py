@@ -19,11 +19,14 @@ was given, so a broken stream cannot make it hang.
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
+import orjson
 
 from ..errors import MalformedResponse
 
-__all__ = ["SSEDecoder", "ServerSentEvent"]
+__all__ = ["SSEDecoder", "ServerSentEvent", "parse_event_data"]
 
 #: A single line longer than this is not an answer but a runaway stream.
 MAX_LINE_BYTES = 4 * 1024 * 1024
@@ -179,3 +182,31 @@ class SSEDecoder:
             "retrying may help",
             provider=self.provider,
         )
+
+
+def parse_event_data(data: str | bytes, provider: str) -> dict[str, Any]:
+    """An event's ``data`` (or a whole answer body) as the JSON object it must be.
+
+    Args:
+        data: the JSON text.
+        provider: the provider's name, for the error.
+
+    Returns:
+        The object.
+
+    Raises:
+        MalformedResponse: the text is not JSON, or not a JSON object.
+    """
+    try:
+        parsed = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedResponse(
+            f"{provider or 'the provider'} sent an event that is not JSON; retrying may help",
+            provider=provider,
+        ) from exc
+    if not isinstance(parsed, dict):
+        raise MalformedResponse(
+            f"{provider or 'the provider'} sent JSON that is not an object; retrying may help",
+            provider=provider,
+        )
+    return parsed

@@ -28,14 +28,13 @@ from ..config.secret import Secret
 from ..errors import MalformedResponse, ProviderConnectionError
 from ..events import Done, Passthrough, TextDelta, ToolCallDelta, ToolCallStart, Usage
 from ..types import PromptRequest, ToolCall
-from ._sse import ServerSentEvent
+from ._sse import ServerSentEvent, parse_event_data
 from .anthropic_request import messages_body
 from .base import EventSink
 from .config import ANTHROPIC_VERSION
 from .embeddings import cannot_embed
 from .http import HTTPProvider, Timeouts, error_from_body, wire_format_guard
 from .keys import KeyPool
-from .openai import _parse
 
 if TYPE_CHECKING:
     from .config import ProviderConfig
@@ -92,7 +91,7 @@ class _MessageStream:
     _model: str | None = None
 
     async def event(self, event: ServerSentEvent) -> None:
-        data = _parse(event.data, self.provider)
+        data = parse_event_data(event.data, self.provider)
         kind = data.get("type", event.event)
         if kind == "error":
             raise error_from_body(data, provider=self.provider)

@@ -26,6 +26,7 @@ import attrs
 from ..errors import ModelNotFound
 from ..sharding import shard_session
 from ..types import PromptRequest
+from ..validators import one_of
 from .base import EventSink, ModelWorker
 from .config import STRATEGIES, Strategy
 
@@ -78,11 +79,6 @@ def _to_tuple(workers: Iterable[ModelWorker]) -> tuple[ModelWorker, ...]:
     return tuple(workers)
 
 
-def _check_strategy(_instance: object, _attribute: object, value: str) -> None:
-    if value not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {list(STRATEGIES)}, got {value!r}")
-
-
 @attrs.define(eq=False)
 class LoadBalancedWorker:
     """Sends each request to one of ``workers``, chosen by ``strategy``.
@@ -99,7 +95,7 @@ class LoadBalancedWorker:
     """
 
     workers: Sequence[ModelWorker] = attrs.field(converter=_to_tuple)
-    strategy: Strategy = attrs.field(default="round_robin", validator=_check_strategy)
+    strategy: Strategy = attrs.field(default="round_robin", validator=one_of(*STRATEGIES))
     weights: Sequence[float] | None = None
     models: Sequence[Sequence[str]] | None = None
     _slots: list[_Slot] = attrs.field(init=False)

@@ -20,14 +20,14 @@ One provider builds its worker; several build a load balancer over theirs.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Literal
+from collections.abc import Iterable, Sequence
+from typing import Literal
 
 import attrs
 
-from ..config.ranges import positive_int, positive_time
 from ..config.secret import Secret
 from ..errors import ConfigError
+from ..validators import one_of, positive_int, positive_time
 
 __all__ = [
     "ANTHROPIC_VERSION",
@@ -80,14 +80,6 @@ class Timeouts:
     total: float = attrs.field(default=600.0, validator=positive_time)
 
 
-def _one_of(*choices: str) -> Callable[[object, attrs.Attribute[Any], object], None]:
-    def check(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-        if value not in choices:
-            raise ValueError(f"{attribute.name} must be one of {list(choices)}, got {value!r}")
-
-    return check
-
-
 @attrs.frozen
 class ProviderConfig:
     """One provider.
@@ -116,7 +108,7 @@ class ProviderConfig:
         anthropic_version: for Anthropic, the ``anthropic-version`` header.
     """
 
-    kind: Kind = attrs.field(validator=_one_of("openai", "anthropic", "echo"))
+    kind: Kind = attrs.field(validator=one_of("openai", "anthropic", "echo"))
     name: str = ""
     base_url: str | None = None
     api_keys: tuple[Secret, ...] = attrs.field(default=(), converter=_to_secrets)
@@ -168,8 +160,8 @@ class ProvidersConfig:
     """
 
     providers: tuple[ProviderConfig, ...] = attrs.field(converter=_to_providers)
-    strategy: Strategy = attrs.field(default="round_robin", validator=_one_of(*STRATEGIES))
-    http_client: HTTPClient = attrs.field(default="httpx2", validator=_one_of("httpx", "httpx2"))
+    strategy: Strategy = attrs.field(default="round_robin", validator=one_of(*STRATEGIES))
+    http_client: HTTPClient = attrs.field(default="httpx2", validator=one_of("httpx", "httpx2"))
 
     @providers.validator
     def _check_providers(self, _attribute: object, value: tuple[ProviderConfig, ...]) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import re
 from typing import ClassVar
 
@@ -13,6 +12,7 @@ import trio
 from ..errors import UnsupportedParameter
 from ..events import Done, Embeddings, TextDelta, ToolCallDelta, ToolCallStart, Usage
 from ..types import PromptRequest, ToolCall
+from ..validators import non_negative_time
 from .base import EventSink
 from .embeddings import fake_vector, input_tokens
 
@@ -27,11 +27,6 @@ _TOKEN = re.compile(r"\S+\s*|\s+")
 def split_tokens(text: str) -> list[str]:
     """Split ``text`` into word-like tokens whose concatenation is ``text`` exactly."""
     return _TOKEN.findall(text)
-
-
-def _check_delay(_instance: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if math.isnan(value) or value < 0:
-        raise ValueError(f"{attribute.name} must be a non-negative number, got {value}")
 
 
 @attrs.define(eq=False)
@@ -53,8 +48,8 @@ class EchoWorker:
         model: the model name reported in ``Done``.
     """
 
-    token_delay: float = attrs.field(default=0.0, validator=_check_delay)
-    first_token_delay: float = attrs.field(default=0.0, validator=_check_delay)
+    token_delay: float = attrs.field(default=0.0, validator=non_negative_time)
+    first_token_delay: float = attrs.field(default=0.0, validator=non_negative_time)
     prefix: str = ""
     model: str = "echo"
 

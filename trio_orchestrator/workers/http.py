@@ -398,7 +398,7 @@ class HTTPProvider:
     @property
     def secrets(self) -> list[Secret]:
         """The pool's keys (to scrub from error text)."""
-        return [] if self.keys is None else list(self.keys._keys_in)
+        return [] if self.keys is None else self.keys.secrets
 
     async def get_json(self, path: str) -> Any:
         """GET ``path`` and return its JSON body.

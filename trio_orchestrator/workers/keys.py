@@ -109,6 +109,11 @@ class KeyPool:
     def __len__(self) -> int:
         return len(self._keys)
 
+    @property
+    def secrets(self) -> list[Secret]:
+        """The keys in use now (after a reload, the reloaded ones), in rotation order."""
+        return [key.secret for key in self._keys]
+
     def replace_keys(self, keys: Sequence[Secret]) -> None:
         """Use ``keys`` from now on (a reload): a key kept keeps its statistics and rest."""
         _check_keys(self, None, keys)

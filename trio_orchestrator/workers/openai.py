@@ -25,13 +25,12 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 import httpx
-import orjson
 
 from ..config.secret import Secret
 from ..errors import MalformedResponse, ProviderConnectionError
 from ..events import Done, Passthrough, TextDelta, ToolCallDelta, ToolCallStart, Usage
 from ..types import GenerationParams, Message, PromptRequest, Tool, ToolCall
-from ._sse import ServerSentEvent
+from ._sse import ServerSentEvent, parse_event_data
 from .base import EventSink, collect
 from .embeddings import embeddings_body, emit_embeddings
 from .http import HTTPProvider, Timeouts, error_from_body, wire_format_guard
@@ -195,7 +194,7 @@ class _ChatStream:
         if data[:1] != "{" and data.strip() == "[DONE]":
             self.finished = True
             return
-        chunk = _parse(data, self.provider)
+        chunk = parse_event_data(data, self.provider)
         if "error" in chunk:
             raise error_from_body(chunk, provider=self.provider)
         self._model = chunk.get("model") or self._model
@@ -291,22 +290,6 @@ class _ChatStream:
         )
         await self._release()
         await self.emit(Done(self._finish, "".join(self._text), self._usage, calls, self._model))
-
-
-def _parse(data: str | bytes, provider: str) -> dict[str, Any]:
-    try:
-        parsed = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise MalformedResponse(
-            f"{provider or 'the provider'} sent an event that is not JSON; retrying may help",
-            provider=provider,
-        ) from exc
-    if not isinstance(parsed, dict):
-        raise MalformedResponse(
-            f"{provider or 'the provider'} sent JSON that is not an object; retrying may help",
-            provider=provider,
-        )
-    return parsed
 
 
 async def _emit_completion(answer: Mapping[str, Any], provider: str, emit: EventSink) -> None:

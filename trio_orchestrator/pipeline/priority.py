@@ -22,10 +22,10 @@ from typing import Generic, Protocol, TypeVar
 import attrs
 import trio
 
+from ..resilience.config import PriorityConfig
 from ..types import Priority, PromptRequest
-from .config import PriorityConfig
 
-__all__ = ["PriorityAdmission", "PriorityConfig", "PriorityStatistics"]
+__all__ = ["PriorityAdmission", "PriorityStatistics"]
 
 _LEVELS = len(Priority)
 
