@@ -705,7 +705,7 @@ def _response(answer: _Answer, status: str, output: list[dict[str, Any]]) -> dic
     out = len(answer.tokens) + len(answer.behaviour.tool_calls)
     usage = {
         "input_tokens": answer.input_tokens,
-        "input_tokens_details": {"cached_tokens": 0},
+        "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
         "output_tokens": out,
         "output_tokens_details": {"reasoning_tokens": 0},
         "total_tokens": answer.input_tokens + out,
