@@ -151,6 +151,26 @@ def test_the_fakes_default_answer_streams_and_parses(gw: Gateway) -> None:
     assert gw.last().path == "/v1/responses"
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_function_calls_come_back_from_a_native_upstream(gw: Gateway, stream: bool) -> None:
+    """The upstream's function_call items reach the client as it sent them, streamed or not
+    (the gateway folds them into tool-call events on the way, which must hold the grammar)."""
+    arguments = '{"city": "Paris"}'
+    gw.script(Behaviour(text="", tool_calls=(("get_weather", arguments),)))
+    tool: Any = {"type": "function", "name": "get_weather", "parameters": {"type": "object"}}
+    answer: Any = gw.openai().responses.create(
+        model="fake-model", input="Weather?", tools=[tool], stream=stream
+    )
+    response = list(answer)[-1].response if stream else answer
+    calls = [item for item in response.output if item.type == "function_call"]
+    assert [(c.call_id, c.name, c.arguments) for c in calls] == [
+        ("call_0", "get_weather", arguments)
+    ]
+    assert calls[0].id == "fc_0"  # the upstream's item id: nothing rebuilt
+    assert gw.last().path == "/v1/responses"
+    assert gw.last().body["tools"] == [tool]
+
+
 # ----------------------------------------------------------------- accounting
 
 
