@@ -250,6 +250,17 @@ async def test_labels_and_scheduling_fields_do_not_split_a_key() -> None:
     assert request_key(relabelled) == request_key(base)
 
 
+async def test_a_responses_body_splits_a_key() -> None:
+    """A /v1/responses request (whose body a native upstream receives) never shares a key
+    with the chat request of the same translation, nor with another body; a chat key is
+    unchanged."""
+    base = greedy()
+    native = attrs.evolve(base, responses_body={"model": "m", "input": "hi"})
+    other = attrs.evolve(base, responses_body={"model": "m", "input": "hi", "store": False})
+    assert len({request_key(base), request_key(native), request_key(other)}) == 3
+    assert request_key(attrs.evolve(base, responses_body=None)) == request_key(base)
+
+
 async def test_sampled_requests_do_not_coalesce_by_default() -> None:
     """Without coalesce_sampled, requests at an unset temperature each get their own call."""
     worker = GatedWorker()

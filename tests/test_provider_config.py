@@ -69,10 +69,12 @@ def test_keys_are_masked_in_config_and_worker_reprs() -> None:
         ({"kind": "gemini"}, "kind"),
         ({"kind": "openai", "weight": 0}, "weight"),
         ({"kind": "openai", "key_rest": -1}, "key_rest"),
+        ({"kind": "anthropic", "responses_api": True}, "responses_api"),
     ],
 )
 def test_bad_provider_values_are_refused(kwargs: dict[str, object], message: str) -> None:
-    """Unknown kinds and non-positive numbers are refused, naming the field."""
+    """Unknown kinds, non-positive numbers and options of another kind are refused, naming
+    the field."""
     with pytest.raises(ValueError, match=message):
         ProviderConfig(**kwargs)  # type: ignore[arg-type]
 

@@ -350,8 +350,9 @@ ENDPOINTS: tuple[tuple[str, str, str], ...] = (
     ),
     (
         "POST /v1/responses",
-        "stateless; translated to Chat Completions (not forwarded natively); "
-        "`previous_response_id`, built-in tools and stored items refused",
+        "with `responses_api = true`: forwarded as sent to `/responses`, its answer and events "
+        "relayed verbatim; else translated to Chat Completions. `previous_response_id`, "
+        "built-in tools and stored items forwarded when every provider is native, else refused",
         "translated through Chat Completions",
     ),
     (

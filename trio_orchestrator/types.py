@@ -232,6 +232,11 @@ class PromptRequest:
             :class:`~trio_orchestrator.errors.UnsupportedParameter` naming ``model``. The
             other members of an embeddings body (``encoding_format``, ``dimensions``,
             ``user``…) travel in ``params.extra``.
+        responses_body: the client's ``/v1/responses`` body exactly as sent, when the
+            request came in that format (else ``None``). A worker for an upstream that
+            speaks OpenAI's Responses API posts it (``model`` and ``stream`` rewritten);
+            every other worker translates the typed members, which are a view of it, as
+            ``Message.wire`` is of a chat message.
     """
 
     messages: tuple[Message, ...] = attrs.field(default=(), converter=_to_messages)
@@ -245,6 +250,7 @@ class PromptRequest:
     priority: Priority = attrs.field(default=Priority.NORMAL, converter=Priority)
     context: tuple[Document, ...] = ()
     embed: tuple[EmbeddingInput, ...] | None = attrs.field(default=None, converter=_to_embed)
+    responses_body: Mapping[str, Any] | None = attrs.field(default=None, repr=False, kw_only=True)
 
     def __attrs_post_init__(self) -> None:
         if self.embed is not None:

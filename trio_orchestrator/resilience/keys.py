@@ -5,7 +5,8 @@ model, the same chat (roles, contents, names, tool calls; content parts and the 
 message objects, when the request has them), the same retrieved context and the
 same output-shaping parameters (``temperature``, ``top_p``, ``max_tokens``, ``stop``,
 ``tools``, ``tool_choice``, ``seed``, ``extra``) — for an embedding request, the same inputs
-(``embed``), in the same order. Fields that only label or schedule the
+(``embed``), in the same order; a ``/v1/responses`` request, the same client body too
+(``responses_body``: a native upstream receives it as sent). Fields that only label or schedule the
 request (``request_id``, ``session``, ``meta``, ``deadline``, ``timeout``, ``priority``) are
 left out, so two callers asking the same question share one answer.
 """
@@ -42,6 +43,8 @@ def request_key(request: PromptRequest) -> str:
     }
     if request.embed is not None:  # absent otherwise, so chat keys stay what they were
         payload["embed"] = _plain(request.embed)
+    if request.responses_body is not None:  # a native upstream receives the body itself
+        payload["responses"] = _plain(request.responses_body)
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=repr)
     return hashlib.sha256(text.encode()).hexdigest()
 

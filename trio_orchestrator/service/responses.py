@@ -17,6 +17,13 @@ A streamed answer goes, each event with its ``sequence_number``::
 An error after the first event ends the stream with ``response.failed`` (the response, with
 its ``error``). Nothing goes out before the first upstream event, so an error before it is
 an HTTP error with its own status.
+
+An upstream that speaks the Responses API itself (a provider with ``responses_api = true``,
+see :mod:`trio_orchestrator.workers.openai_responses`) answers for itself: its ``response``
+object is the answer, verbatim, and its events are relayed one for one, with their names and
+sequence numbers (the typed events that come with them are only counted). Which of the two an
+answer is shows in its first event, so a fallback between a native and a translating provider
+serves either.
 """
 
 from __future__ import annotations
@@ -31,9 +38,19 @@ import attrs
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ..config.model import Config
 from ..errors import OrchestratorError
-from ..events import Completion, StreamEvent, TextDelta, ToolCallDelta, ToolCallStart, Usage
+from ..events import (
+    Completion,
+    Passthrough,
+    StreamEvent,
+    TextDelta,
+    ToolCallDelta,
+    ToolCallStart,
+    Usage,
+)
 from ..pipeline import Pipeline
+from ..workers.openai_responses import RESPONSES_EVENT, RESPONSES_OBJECT
 from .errors import ApiError, map_exception
 from .guard import caller_of
 from .jsonenc import json_bytes
@@ -42,8 +59,19 @@ from .state import service_of
 from .streaming import Emit, EventStream, complete_unless_gone, error_json
 from .validate import parse_json_object
 
-__all__ = ["ResponseWriter", "responses", "stream_response", "usage_json"]
+__all__ = [
+    "NativeRelay",
+    "ResponseWriter",
+    "all_native",
+    "named_event",
+    "native_response",
+    "responses",
+    "stream_response",
+    "usage_json",
+]
 
+# The events after which a response has ended (nothing more is sent after one).
+_ENDED = frozenset(["response.completed", "response.incomplete", "response.failed", "error"])
 # Finish reasons that leave a response incomplete, and the reason the reference gives.
 _INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
 
@@ -199,7 +227,7 @@ class ResponseWriter:
     def _event(self, kind: str, **members: Any) -> bytes:
         event = {"type": kind, "sequence_number": self._sequence, **members}
         self._sequence += 1
-        return json_bytes(event)
+        return named_event(kind, event)
 
     def start(self) -> list[bytes]:
         """``response.created`` and ``response.in_progress``."""
@@ -284,28 +312,94 @@ class ResponseWriter:
         return self._event("response.failed", response=response)
 
 
+def named_event(kind: str, data: Mapping[str, Any]) -> bytes:
+    """One server-sent event, named as OpenAI names the Responses API's."""
+    return b"event: " + kind.encode() + b"\ndata: " + json_bytes(data) + b"\n\n"
+
+
+@attrs.define(eq=False)
+class NativeRelay:
+    """Relays the events of an upstream that speaks the Responses API (carried in
+    ``Passthrough`` events), and ends its stream with ``response.failed`` if it breaks."""
+
+    started: bool = False
+    _sequence: int = -1
+    _response: Mapping[str, Any] = attrs.field(factory=dict)
+    _ended: bool = False
+
+    def relay(self, event: Passthrough) -> bytes | None:
+        """The upstream's event, as it sent it; ``None`` when ``event`` carries none."""
+        relayed = event.response.get(RESPONSES_EVENT)
+        if relayed is None:
+            return None
+        self.started = True
+        data = relayed["data"]
+        self._sequence = data.get("sequence_number", self._sequence + 1)
+        self._response = data.get("response") or self._response
+        self._ended = self._ended or data.get("type") in _ENDED
+        return named_event(relayed["event"], data)
+
+    def failed(self, error: ApiError) -> bytes | None:
+        """``response.failed`` after the upstream's last event, carrying ``error``; ``None``
+        when the upstream's own stream already ended (its failure was relayed)."""
+        if self._ended:
+            return None
+        code = "rate_limit_exceeded" if error.status == 429 else "server_error"
+        detail = {"code": code, "message": error.message}
+        response = {**self._response, "status": "failed", "error": detail}
+        failed = {"type": "response.failed", "sequence_number": self._sequence + 1}
+        return named_event("response.failed", failed | {"response": response})
+
+
+def native_response(completion: Completion) -> Mapping[str, Any] | None:
+    """The upstream's own ``response`` object, when a native upstream answered."""
+    passthrough = completion.passthrough
+    return None if passthrough is None else passthrough.response.get(RESPONSES_OBJECT)
+
+
+def all_native(config: Config) -> bool:
+    """Whether every provider speaks the Responses API (``responses_api = true``): then
+    nothing needs translating, and what only a native upstream can serve is forwarded."""
+    providers = config.providers.providers if config.providers is not None else ()
+    return bool(providers) and all(p.kind == "openai" and p.responses_api for p in providers)
+
+
 async def stream_response(pipeline: Pipeline, request: ResponsesRequest, emit: Emit) -> None:
-    """Send the request's answer as ``response.*`` events.
+    """Send the request's answer as ``response.*`` events: a native upstream's own, else
+    built from the request's events.
 
     Raises:
         OrchestratorError: the request failed before its first event (the caller answers
             with the error's HTTP status).
     """
     writer = ResponseWriter(request)
+    native = NativeRelay()
     try:
         async with pipeline.stream(request.prompt) as events:
             async for event in events:
-                # The first upstream event begins the response (and sends the headers).
-                out = [] if writer.started else writer.start()
-                for payload in out + writer.event(event):
-                    await emit(payload)
+                if isinstance(event, Passthrough) and (frame := native.relay(event)):
+                    await emit(frame)
+                elif not native.started:
+                    # The first upstream event begins the response (and sends the headers).
+                    out = [] if writer.started else writer.start()
+                    for payload in out + writer.event(event):
+                        await emit(payload)
             assert events.completion is not None
-            for payload in writer.finish(events.completion):
-                await emit(payload)
+            if not native.started:
+                for payload in writer.finish(events.completion):
+                    await emit(payload)
     except (OrchestratorError, ApiError) as exc:
+        if native.started:
+            if (frame := native.failed(map_exception(exc))) is not None:
+                await emit(frame)
+            return
         if not writer.started:
             raise
         await emit(writer.failed(map_exception(exc)))
+
+
+def _error_event(error: ApiError, _exc: BaseException) -> bytes:
+    return b"data: " + error_json(error) + b"\n\n"
 
 
 async def responses(request: Request) -> Response:
@@ -315,10 +409,12 @@ async def responses(request: Request) -> Response:
     caller = caller_of(request.scope)
     extra = caller.request_fields()
     body = parse_json_object(await request.body())
-    parsed = parse_responses_request(body, state.models, caller.meta(request.headers), **extra)
+    meta = caller.meta(request.headers)
+    native = all_native(state.config)
+    parsed = parse_responses_request(body, state.models, meta, native=native, **extra)
     if parsed.stream:
         produce = partial(stream_response, pipeline, parsed)
-        return EventStream(produce, lambda error, _exc: error_json(error))
+        return EventStream(produce, _error_event, frame=bytes)
     completion = await complete_unless_gone(request.receive, pipeline, parsed.prompt)
-    answer = ResponseWriter(parsed).body(completion)
+    answer = native_response(completion) or ResponseWriter(parsed).body(completion)
     return Response(json_bytes(answer), media_type="application/json")

@@ -17,17 +17,27 @@ request would (so limits, budgets, routing, fallbacks, coalescing and metrics ap
   ``metadata``, ``user``, ``service_tier``, ``safety_identifier``, ``prompt_cache_key``;
   unknown members travel as they came.
 
-Nothing is stored: ``store`` is accepted either way, and what needs a stored response or
-conversation (``previous_response_id``, ``conversation``, ``item_reference`` items,
-``background``) is refused with a 400 naming it, as is what a chat upstream cannot carry
-(built-in tools, ``include``, ``reasoning.summary``, ``top_logprobs``, ``max_tool_calls``,
-``truncation: "auto"``, prompt templates).
+The request also keeps the client's body verbatim
+(:attr:`~trio_orchestrator.types.PromptRequest.responses_body`): a provider with
+``responses_api = true`` receives that body itself (see
+:mod:`trio_orchestrator.workers.openai_responses`), every other one the translation.
+
+Nothing is stored by the gateway. Unless every configured provider speaks the Responses API
+natively (``native``), what needs a stored response or conversation
+(``previous_response_id``, ``conversation``, ``item_reference`` items, ``background``) is
+refused with a 400 naming it, as is what a chat upstream cannot carry (built-in tools and
+their items, ``reasoning`` input items, ``include``, ``reasoning.summary``, ``top_logprobs``,
+``max_tool_calls``, ``truncation: "auto"``, prompt templates): a router or fallback could
+send the request to a translating provider. When every provider is native, all of it is
+forwarded (the upstream stores responses as it does for its own clients), and the
+translation, used then only for limits, budgets and logs, leaves out what it cannot carry.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
+from typing import Any, TypeVar
 
 import attrs
 
@@ -37,6 +47,8 @@ from .errors import ApiError
 from .validate import Fields, invalid
 
 __all__ = ["ResponsesRequest", "parse_responses_request"]
+
+T = TypeVar("T")
 
 # Members that change the chat request in ways handled below (never forwarded as sent).
 _OWN = frozenset(
@@ -91,7 +103,12 @@ class ResponsesRequest:
 
 
 def parse_responses_request(
-    body: Fields, models: Sequence[str], meta: Mapping[str, str], **request: Any
+    body: Fields,
+    models: Sequence[str],
+    meta: Mapping[str, str],
+    *,
+    native: bool = False,
+    **request: Any,
 ) -> ResponsesRequest:
     """Validate a ``/v1/responses`` body and turn it into a :class:`ResponsesRequest`.
 
@@ -99,20 +116,23 @@ def parse_responses_request(
         body: the JSON body.
         models: the models served; any other ``model`` is a 404 (empty: any model).
         meta: labels for the request (API key id).
+        native: every provider speaks the Responses API: forward what a translation cannot
+            carry rather than refuse it (see the module docstring).
         request: further :class:`PromptRequest` fields (priority).
 
     Raises:
         ApiError: 400 naming the bad or unsupported member, or 404 for an unknown model.
     """
     model = check_model(body, models)
-    _refuse_unsupported(body)
+    if not native:
+        _refuse_unsupported(body)
     instructions = body.text("instructions")
-    messages = _input_messages(body)
+    messages = _input_messages(body, native)
     if instructions:
         messages = (Message("system", instructions), *messages)
-    if not messages:
+    if not messages and not (native and body.data.get("input") is not None):
         raise invalid("input", "text or a non-empty array of input items", body.data.get("input"))
-    extra, echo = _chat_members(body)
+    extra, echo = _chat_members(body, native)
     params = GenerationParams(
         model=model,
         max_tokens=body.integer("max_output_tokens", minimum=1),
@@ -124,7 +144,14 @@ def parse_responses_request(
     )
     user = body.text("user", max_length=256)
     labels = dict(meta) | ({"user": user} if user else {})
-    prompt = PromptRequest(messages=messages, params=params, meta=labels, **request)
+    prompt = PromptRequest(
+        messages=messages,
+        input=None if messages else "",  # all of it was stored upstream, or untranslatable
+        params=params,
+        meta=labels,
+        responses_body=body.data,
+        **request,
+    )
     echo |= {"instructions": instructions, "model": model}
     return ResponsesRequest(prompt, body.flag("stream"), echo)
 
@@ -133,6 +160,16 @@ def _unsupported(path: str, why: str, value: str | None = None) -> ApiError:
     named = f"`{path}`" if value is None else f"`{path}` {value!r}"
     message = f"{named} is not supported on /v1/responses: {why}"
     return ApiError(400, message, code="unsupported_parameter", param=path)
+
+
+def _or_skip(native: bool, make: Callable[[], T]) -> T | None:
+    """``make()``; for a native request, ``None`` where it cannot be translated."""
+    try:
+        return make()
+    except ApiError as exc:
+        if native and exc.code == "unsupported_parameter":
+            return None
+        raise
 
 
 def _refuse_unsupported(body: Fields) -> None:
@@ -150,7 +187,7 @@ def _refuse_unsupported(body: Fields) -> None:
 # ----------------------------------------------------------------- input items
 
 
-def _input_messages(body: Fields) -> tuple[Message, ...]:
+def _input_messages(body: Fields, native: bool) -> tuple[Message, ...]:
     value = body.data.get("input")
     if isinstance(value, str):
         return (Message("user", value),)
@@ -161,18 +198,22 @@ def _input_messages(body: Fields) -> tuple[Message, ...]:
     for i, item in enumerate(items):
         fields = body.item("input", i, item)
         kind = fields.data.get("type", "message")
-        if kind == "message":
-            messages.append(_message(fields))
-        elif kind == "function_call":
+        if kind == "function_call":
             _add_call(messages, _function_call(fields))
-        elif kind == "function_call_output":
-            messages.append(_function_output(fields))
-        else:
-            why = "only message, function_call and function_call_output items are supported"
-            if kind == "item_reference":
-                why = "item references need stored responses; send the item itself"
-            raise _unsupported(fields.path_of("type"), why, str(kind))
+        elif (message := _or_skip(native, partial(_input_item, fields, kind, native))) is not None:
+            messages.append(message)
     return tuple(messages)
+
+
+def _input_item(fields: Fields, kind: Any, native: bool) -> Message:
+    if kind == "message":
+        return _message(fields, native)
+    if kind == "function_call_output":
+        return _function_output(fields)
+    why = "only message, function_call and function_call_output items are supported"
+    if kind == "item_reference":
+        why = "item references need stored responses; send the item itself"
+    raise _unsupported(fields.path_of("type"), why, str(kind))
 
 
 def _add_call(messages: list[Message], call: ToolCall) -> None:
@@ -185,7 +226,7 @@ def _add_call(messages: list[Message], call: ToolCall) -> None:
         messages.append(Message("assistant", tool_calls=(call,)))
 
 
-def _message(fields: Fields) -> Message:
+def _message(fields: Fields, native: bool) -> Message:
     role = fields.text("role", required=True)
     if role not in _MESSAGE_ROLES:
         raise invalid(fields.path_of("role"), f"one of {sorted(_MESSAGE_ROLES)}", role)
@@ -194,7 +235,9 @@ def _message(fields: Fields) -> Message:
         return Message(_MESSAGE_ROLES[role], content)
     if not isinstance(content, list):
         raise invalid(fields.path_of("content"), "a string or an array of content parts", content)
-    parts = tuple(_part(fields.item("content", i, p)) for i, p in enumerate(content))
+    given = enumerate(content)
+    read = (_or_skip(native, partial(_part, fields.item("content", i, p))) for i, p in given)
+    parts = tuple(part for part in read if part is not None)
     text = "".join(str(p["text"]) for p in parts if p["type"] == "text")
     return Message(_MESSAGE_ROLES[role], text, parts=parts)
 
@@ -267,18 +310,23 @@ def _function_output(fields: Fields) -> Message:
 # ----------------------------------------------------------------- parameters
 
 
-def _chat_members(body: Fields) -> tuple[dict[str, Any], dict[str, Any]]:
+def _chat_members(body: Fields, native: bool) -> tuple[dict[str, Any], dict[str, Any]]:
     """The Chat Completions members the request implies (``extra``), and what the response
     object echoes."""
     data = body.data
     extra = {k: v for k, v in data.items() if k not in _OWN and k not in _REFUSED}
-    tools = [_chat_tool(body.item("tools", i, t)) for i, t in enumerate(body.array("tools"))]
+    given = enumerate(body.array("tools"))
+    read = (_or_skip(native, partial(_chat_tool, body.item("tools", i, t))) for i, t in given)
+    tools = [tool for tool in read if tool is not None]
     echo: dict[str, Any] = {"tools": list(data.get("tools") or [])}
     chat = {
         "max_completion_tokens": body.integer("max_output_tokens", minimum=1),
         "tools": tools or None,
-        "tool_choice": _tool_choice(body),
+        "tool_choice": None if native else _tool_choice(body),
     }
+    if native:  # what a chat upstream cannot carry is not needed: only the body is sent
+        chat |= _or_skip(native, lambda: _text_members(body)) or {}
+        return extra | {k: v for k, v in chat.items() if v is not None}, echo
     chat |= _text_members(body) | _reasoning_members(body)
     extra |= {k: v for k, v in chat.items() if v is not None}
     for name in _SAME_NAME + _SAME_NAME_TOO:

@@ -119,6 +119,9 @@ class EventStream(Response):
         error_event: renders an error as an event payload.
         trailer: sent after a stream that ended without error (e.g. ``[DONE]``).
         headers: further response headers, sent with the stream or with its error.
+        frame: turns a payload into the bytes of its event (default ``data: <payload>``
+            and a blank line); ``bytes`` sends payloads that are whole events already
+            (named ones, for example).
     """
 
     def __init__(
@@ -128,16 +131,18 @@ class EventStream(Response):
         trailer: bytes | None = None,
         *,
         headers: Sequence[tuple[bytes, bytes]] = (),
+        frame: Callable[[bytes], bytes] | None = None,
     ) -> None:
         self.produce = produce
         self.error_event = error_event
         self.trailer = trailer
         self.extra_headers = headers
+        self.frame = frame or _frame
         self.status_code = 200
         self.background = None
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        out = _Output(send, self.extra_headers)
+        out = _Output(send, self.extra_headers, self.frame)
         with trio.CancelScope() as client:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_watch, receive, client)
@@ -164,15 +169,21 @@ class EventStream(Response):
 class _Output:
     """The response side of an event stream: headers go out with the first event."""
 
-    def __init__(self, send: Any, extra: Sequence[tuple[bytes, bytes]] = ()) -> None:
+    def __init__(
+        self,
+        send: Any,
+        extra: Sequence[tuple[bytes, bytes]] = (),
+        frame: Callable[[bytes], bytes] = _frame,
+    ) -> None:
         self.send = send
         self.extra = extra
+        self.frame = frame
         self.started = False
         self.finished = False
 
     async def emit(self, data: bytes) -> None:
         await self._start()
-        await self.send({"type": "http.response.body", "body": _frame(data), "more_body": True})
+        await self.send({"type": "http.response.body", "body": self.frame(data), "more_body": True})
 
     async def _start(self) -> None:
         if not self.started:

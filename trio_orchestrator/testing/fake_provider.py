@@ -13,9 +13,11 @@ request gets: the next scripted one (:meth:`FakeProvider.script`), else the one 
 key, else the one for its model, else the default. It counts the requests it saw and the
 connections clients closed before their answer was complete.
 
-Endpoints: ``POST /v1/chat/completions``, ``GET /v1/models``, ``POST /v1/embeddings``
-(OpenAI) and ``POST /v1/messages`` (Anthropic), streaming and not. An embeddings request
-takes its behaviour's ``status``, ``body``, ``headers`` and ``hang``; the rest is for chats.
+Endpoints: ``POST /v1/chat/completions``, ``POST /v1/responses``, ``GET /v1/models``,
+``POST /v1/embeddings`` (OpenAI) and ``POST /v1/messages`` (Anthropic), streaming and not. An
+embeddings request takes its behaviour's ``status``, ``body``, ``headers`` and ``hang``; the
+rest is for chats and responses (a streamed response's ``error_after`` sends an ``error``
+event).
 """
 
 from __future__ import annotations
@@ -97,8 +99,8 @@ class Behaviour:
             as one from the provider's API reference); the fields above other than
             ``status``, ``headers`` and ``hang`` are then unused.
         events: answer a streaming request with exactly these event payloads, each as
-            ``data: <JSON>`` (Anthropic: with ``event: <its type>``), then OpenAI's
-            ``data: [DONE]``.
+            ``data: <JSON>`` (Anthropic and Responses: with ``event: <its type>``), then
+            (Chat Completions only) ``data: [DONE]``.
     """
 
     text: str | None = None
@@ -398,6 +400,8 @@ class FakeProvider:
             await self._embeddings(self._pick(headers, body), body, send)
         elif method == "POST" and path == "/v1/chat/completions" and isinstance(body, Mapping):
             await self._chat(self._pick(headers, body), body, send, anthropic=False)
+        elif method == "POST" and path == "/v1/responses" and isinstance(body, Mapping):
+            await self._responses(self._pick(headers, body), body, send)
         elif method == "POST" and path == "/v1/messages" and isinstance(body, Mapping):
             if "anthropic-version" not in headers:
                 error = {"type": "invalid_request_error", "message": "anthropic-version missing"}
@@ -429,6 +433,25 @@ class FakeProvider:
         else:
             usage = bool((body.get("stream_options") or {}).get("include_usage"))
             await (_openai_stream(answer, usage) if stream else _openai_json(answer))
+
+    async def _responses(self, b: Behaviour, body: Mapping[str, Any], send: Send) -> None:
+        if b.hang:
+            await trio.sleep_forever()
+        if b.status >= 400:
+            await self._error(b, send, anthropic=False)
+            return
+        stream = body.get("stream") is True
+        if b.body is not None and not stream:
+            await _json(send, b.status, b.body, b.headers)
+        elif b.events and stream:
+            # Named events and no [DONE] sentinel, as Anthropic's stream has them.
+            await _recorded_stream(send, b, anthropic=True)
+        else:
+            limit = body.get("max_output_tokens")
+            chat = {"max_tokens": limit, "model": body.get("model", "fake-model")}
+            answer = self._plan(b, chat, send, anthropic=False)
+            answer.input_tokens = _input_words(body)
+            await (_responses_stream(answer) if stream else _responses_json(answer))
 
     async def _embeddings(self, b: Behaviour, body: Mapping[str, Any], send: Send) -> None:
         if b.hang:
@@ -640,6 +663,137 @@ def _embeddings(body: Mapping[str, Any]) -> dict[str, Any]:
         data.append({"object": "embedding", "index": i, "embedding": vector})
     usage = {"prompt_tokens": len(items), "total_tokens": len(items)}
     return {"object": "list", "data": data, "model": body.get("model"), "usage": usage}
+
+
+# ------------------------------------------------------------------ OpenAI Responses
+
+
+def _input_words(body: Mapping[str, Any]) -> int:
+    value = body.get("input")
+    items = [{"content": value}] if isinstance(value, str) else list(value or ())
+    words = len(str(body.get("instructions") or "").split())
+    for item in items:
+        content = item.get("content") if isinstance(item, Mapping) else None
+        if isinstance(content, list):
+            content = " ".join(str(p.get("text") or "") for p in content if isinstance(p, Mapping))
+        words += len(str(content or "").split())
+    return words
+
+
+def _response_items(answer: _Answer) -> list[dict[str, Any]]:
+    text = "".join(answer.tokens)
+    part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+    items: list[dict[str, Any]] = []
+    if text or not answer.behaviour.tool_calls:
+        items.append(
+            {
+                "id": "msg_fake",
+                "type": "message",
+                "status": "completed",
+                "role": "assistant",
+                "content": [part],
+            }
+        )
+    for i, (name, arguments) in enumerate(answer.behaviour.tool_calls):
+        call = {"id": f"fc_{i}", "type": "function_call", "status": "completed"}
+        items.append(call | {"call_id": f"call_{i}", "name": name, "arguments": arguments})
+    return items
+
+
+def _response(answer: _Answer, status: str, output: list[dict[str, Any]]) -> dict[str, Any]:
+    """A ``response`` object in ``status``, as the Responses API reference shows one."""
+    out = len(answer.tokens) + len(answer.behaviour.tool_calls)
+    usage = {
+        "input_tokens": answer.input_tokens,
+        "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+        "output_tokens": out,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": answer.input_tokens + out,
+    }
+    incomplete = status == "completed" and answer.finish == "length"
+    return {
+        "id": "resp_fake",
+        "object": "response",
+        "created_at": 0,
+        "status": "incomplete" if incomplete else status,
+        "error": None,
+        "incomplete_details": {"reason": "max_output_tokens"} if incomplete else None,
+        "model": answer.model,
+        "output": output,
+        "parallel_tool_calls": True,
+        "tool_choice": "auto",
+        "tools": [],
+        "usage": usage if status == "completed" else None,
+    }
+
+
+async def _responses_json(answer: _Answer) -> None:
+    await _nonstream_faults(answer)
+    payload = _response(answer, "completed", _response_items(answer))
+    await _json(answer.send, 200, payload, answer.behaviour.headers)
+
+
+@attrs.define(eq=False)
+class _Numbered:
+    """Writes named ``response.*`` events, numbering them."""
+
+    answer: _Answer
+    sequence: int = 0
+
+    def frame(self, kind: str, **members: Any) -> bytes:
+        event = {"type": kind, "sequence_number": self.sequence, **members}
+        self.sequence += 1
+        return _sse(event, kind)
+
+    async def write(self, kind: str, **members: Any) -> None:
+        await self.answer.write(self.frame(kind, **members))
+
+
+async def _responses_stream(answer: _Answer) -> None:
+    out = _Numbered(answer)
+    await _start_stream(answer)
+    for kind in ("response.created", "response.in_progress"):
+        await out.write(kind, response=_response(answer, "in_progress", []))
+    items = _response_items(answer)
+    message = items[0] if items[0]["type"] == "message" else None
+    if message is not None:
+        await out.write(
+            "response.output_item.added", output_index=0, item=message | {"content": []}
+        )
+        where = {"item_id": "msg_fake", "output_index": 0, "content_index": 0}
+        await out.write(
+            "response.content_part.added", **where, part=message["content"][0] | {"text": ""}
+        )
+
+        def delta(token: str) -> bytes:
+            return out.frame("response.output_text.delta", **where, delta=token, logprobs=[])
+
+        error = {"code": "server_error", "message": "mid-stream failure", "param": None}
+        if await _text_tokens(answer, delta, b""):
+            await out.write("error", **error)
+            await _end_stream(answer)
+            return
+        text = message["content"][0]["text"]
+        await out.write("response.output_text.done", **where, text=text, logprobs=[])
+        await out.write("response.content_part.done", **where, part=message["content"][0])
+        await out.write("response.output_item.done", output_index=0, item=message)
+    for index, item in enumerate(items):
+        if item["type"] != "function_call":
+            continue
+        where = {"item_id": item["id"], "output_index": index}
+        await out.write(
+            "response.output_item.added", output_index=index, item=item | {"arguments": ""}
+        )
+        for piece in _pieces(item["arguments"]):
+            await out.write("response.function_call_arguments.delta", **where, delta=piece)
+        await out.write(
+            "response.function_call_arguments.done", **where, arguments=item["arguments"]
+        )
+        await out.write("response.output_item.done", output_index=index, item=item)
+    final = _response(answer, "completed", items)
+    if not answer.behaviour.omit_done:
+        await out.write(f"response.{final['status']}", response=final)
+    await _end_stream(answer)
 
 
 # ------------------------------------------------------------------ Anthropic

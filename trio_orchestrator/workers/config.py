@@ -106,6 +106,12 @@ class ProviderConfig:
             :mod:`trio_orchestrator.workers.transport`).
         max_tokens: for Anthropic, ``max_tokens`` when a request names none.
         anthropic_version: for Anthropic, the ``anthropic-version`` header.
+        responses_api: for ``"openai"``, the server also speaks OpenAI's Responses API
+            (``POST {base_url}/responses``: OpenAI itself, Azure OpenAI, vLLM, OpenRouter…):
+            a ``/v1/responses`` request is forwarded to it as the client sent it (only
+            ``model`` rewritten; streamed upstream exactly when the client streams) and its
+            answer or events come back verbatim. Off (the default), the request is
+            translated to Chat Completions. See docs/endpoints.md.
     """
 
     kind: Kind = attrs.field(validator=one_of("openai", "anthropic", "echo"))
@@ -122,6 +128,12 @@ class ProviderConfig:
     pool_size: int = attrs.field(default=16, validator=positive_int)
     max_tokens: int = attrs.field(default=4096, validator=positive_int)
     anthropic_version: str = ANTHROPIC_VERSION
+    responses_api: bool = attrs.field(default=False)
+
+    @responses_api.validator
+    def _check_responses_api(self, _attribute: object, value: bool) -> None:
+        if value and self.kind != "openai":
+            raise ValueError(f"responses_api is for kind 'openai' providers, not {self.kind!r}")
 
     @property
     def label(self) -> str:

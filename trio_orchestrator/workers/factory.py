@@ -55,7 +55,15 @@ def worker_for(provider: ProviderConfig, client: httpx.AsyncClient | None) -> Mo
             provider.max_tokens,
             provider.anthropic_version,
         )
-    return OpenAIWorker(client, base_url, pool, provider.label, provider.timeouts, provider.stream)
+    return OpenAIWorker(
+        client,
+        base_url,
+        pool,
+        provider.label,
+        provider.timeouts,
+        provider.stream,
+        responses_api=provider.responses_api,
+    )
 
 
 def key_pool(worker: ModelWorker) -> KeyPool | None:

@@ -35,6 +35,7 @@ from .base import EventSink, collect
 from .embeddings import embeddings_body, emit_embeddings
 from .http import HTTPProvider, Timeouts, error_from_body, wire_format_guard
 from .keys import KeyPool
+from .openai_responses import ResponsesStream, emit_response, responses_body
 
 if TYPE_CHECKING:
     from .config import ProviderConfig
@@ -340,6 +341,9 @@ class OpenAIWorker:
         timeouts: connect, first-token, idle and total timeouts.
         stream: stream the answer with SSE (``False``: one JSON answer).
         headers: extra headers sent on every call (never put keys here; use ``keys``).
+        responses_api: the server speaks OpenAI's Responses API too: a request with
+            ``responses_body`` is posted to ``/responses`` as the client sent it (see
+            :mod:`.openai_responses`); without it, to ``/chat/completions`` translated.
     """
 
     client: httpx.AsyncClient
@@ -349,6 +353,7 @@ class OpenAIWorker:
     timeouts: Timeouts = attrs.field(factory=Timeouts)
     stream: bool = True
     headers: Mapping[str, str] = attrs.field(factory=dict)
+    responses_api: bool = attrs.field(default=False, kw_only=True)
     _http: HTTPProvider = attrs.field(init=False)
 
     def reconfigure(self, provider: ProviderConfig | None, /) -> list[str]:
@@ -372,6 +377,9 @@ class OpenAIWorker:
         if request.embed is not None:
             await self._embed(request, emit)
             return
+        if self.responses_api and request.responses_body is not None:
+            await self._respond(request, emit)
+            return
         body = chat_body(request, stream=self.stream)
         if self.stream:
             await self._http.post_stream("/chat/completions", body, _ChatStream(self.name, emit))
@@ -379,6 +387,16 @@ class OpenAIWorker:
         answer = await self._http.post_json("/chat/completions", body)
         with wire_format_guard(self.name):
             await _emit_completion(answer, self.name, emit)
+
+    async def _respond(self, request: PromptRequest, emit: EventSink) -> None:
+        """Forward a ``/v1/responses`` request natively (streamed when the client streams)."""
+        body = responses_body(request)
+        if body.get("stream") is True:
+            await self._http.post_stream("/responses", body, ResponsesStream(self.name, emit))
+            return
+        answer = await self._http.post_json("/responses", body)
+        with wire_format_guard(self.name):
+            await emit_response(answer, self.name, emit)
 
     async def list_models(self) -> list[str]:
         """The ids of the models the server offers (``GET /models``).
