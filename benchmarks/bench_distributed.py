@@ -6,8 +6,9 @@ Starts its own ``redis-server`` (no persistence) on a free loopback port. Measur
 - global rate-limit checks (:class:`SharedRateLimiter`, one Lua script per check, three
   buckets) per second: one task in sequence (latency-bound), and 64 tasks at once on one
   connection pool; baseline: the local in-memory :class:`RateLimiter` in the same run;
-- requests per second through whole pipelines (``EchoWorker``, three global rate limits that
-  never refuse, shared breakers on) in 1, 2 and 4 processes sharing the Redis, each process
+- requests per second through whole gateways (``open_gateway(config, worker=EchoWorker())``:
+  three global rate limits that never refuse, shared breakers on; metrics and request logs
+  off, as in a bare pipeline) in 1, 2 and 4 processes sharing the Redis, each process
   keeping 64 requests in flight; baseline: as many processes with the same limits kept
   locally (per process, not shared), in the same run.
 
@@ -33,8 +34,9 @@ from pathlib import Path
 
 import trio
 
-from trio_orchestrator import Config, EchoWorker, PromptRequest, __version__, open_pipeline
+from trio_orchestrator import Config, EchoWorker, PromptRequest, __version__, open_gateway
 from trio_orchestrator.distributed import DistributedConfig, SharedRateLimiter, open_redis
+from trio_orchestrator.observability import LoggingConfig, MetricsConfig, ObservabilityConfig
 from trio_orchestrator.resilience import (
     BreakerConfig,
     LimitConfig,
@@ -113,13 +115,22 @@ def _config(url: str | None) -> Config:
         rate_limits=RateLimitsConfig(enabled=True, limits=_limits()),
         breaker=BreakerConfig(enabled=True),
     )
-    return Config(resilience=resilience, distributed=DistributedConfig(redis_url=url))
+    # The gateway instruments what it builds; this measures the layers and Redis, not that.
+    observability = ObservabilityConfig(
+        metrics=MetricsConfig(enabled=False), logging=LoggingConfig(requests=False)
+    )
+    return Config(
+        resilience=resilience,
+        distributed=DistributedConfig(redis_url=url),
+        observability=observability,
+    )
 
 
 async def _child(url: str | None, seconds: float, start_at: float) -> None:
     """One process: keep IN_FLIGHT requests going for ``seconds``; print how many ended."""
     done = 0
-    async with open_pipeline(EchoWorker(), _config(url)) as pipeline:
+    async with open_gateway(_config(url), worker=EchoWorker()) as gateway:
+        pipeline = gateway.pipeline
         await trio.sleep(max(0.0, start_at - time.time()))
 
         async def loop() -> None:

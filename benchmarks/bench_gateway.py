@@ -6,11 +6,12 @@ Rows, for each HTTP client library (httpx, httpx2) and each concurrency:
 1. ``bare``: the bare client (``AsyncClient`` with ``max_connections`` = the concurrency)
    POSTs a streaming ``/v1/chat/completions`` and reads the whole SSE body (the floor: no
    parsing, no pipeline);
-2. ``pipeline``: what a user of ``[providers]`` gets: ``open_configured_worker(config)``
-   (the OpenAI-compatible worker on the client ``make_client`` builds: ``max_connections`` =
-   the concurrency, split into pools of ``pool_size`` 16) inside ``open_pipeline``, with the
-   circuit breaker and retry layers on, and ``submit`` (SSE parsed into events, accumulated,
-   every pipeline stage; stage capacities raised to the concurrency so nothing is shed);
+2. ``pipeline``: what a user of ``[providers]`` gets: ``open_gateway(config)`` (the
+   OpenAI-compatible worker on the client ``make_client`` builds: ``max_connections`` =
+   the concurrency, split into pools of ``pool_size`` 16), with the circuit breaker and
+   retry layers on, and ``gateway.pipeline.submit`` (SSE parsed into events, accumulated,
+   every pipeline stage; stage capacities raised to the concurrency so nothing is shed;
+   metrics and request logs off, so the row measures the pipeline and its layers);
 3. ``litellm``: ``Router.acompletion(stream=True)`` under asyncio, in its own process and
    virtualenv (``--litellm-python``, default ``.venv-litellm/bin/python``); skipped with a
    message when that interpreter or LiteLLM is missing.
@@ -44,8 +45,9 @@ from typing import Any, cast
 import httpx
 import trio
 
-from trio_orchestrator import PromptRequest, open_configured_worker, open_pipeline
+from trio_orchestrator import PromptRequest, open_gateway
 from trio_orchestrator.config import Config, PipelineConfig
+from trio_orchestrator.observability import LoggingConfig, MetricsConfig, ObservabilityConfig
 from trio_orchestrator.resilience import BreakerConfig, ResilienceConfig, RetryConfig
 from trio_orchestrator.types import GenerationParams
 from trio_orchestrator.workers import ProviderConfig, ProvidersConfig
@@ -164,9 +166,13 @@ async def pipeline(url: str, library: str, n: int, concurrency: int) -> dict[str
         resilience=ResilienceConfig(
             breaker=BreakerConfig(enabled=True), retry=RetryConfig(enabled=True)
         ),
+        observability=ObservabilityConfig(
+            metrics=MetricsConfig(enabled=False), logging=LoggingConfig(requests=False)
+        ),
     )
     request = PromptRequest(input="hello", params=GenerationParams(model="fake-model"))
-    async with open_configured_worker(config) as worker, open_pipeline(worker, config) as p:
+    async with open_gateway(config) as gateway:
+        p = gateway.pipeline
 
         async def call() -> None:
             completion = await p.submit(request)

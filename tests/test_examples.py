@@ -22,6 +22,10 @@ EXAMPLES = Path(__file__).parent.parent / "examples"
             'trio_orchestrator_pipeline_requests_total{outcome="completed"} 3.0',
         ),
         ("serve_with_openai_sdk.py", "usage: 8 tokens"),
+        (
+            "config_reload.py",
+            "refused  resilience.cache.ttl: no running part takes this option",
+        ),
     ],
 )
 def test_example_runs(script: str, expected: str) -> None:
