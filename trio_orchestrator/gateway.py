@@ -196,19 +196,25 @@ class Gateway:
         Returns:
             What was applied and what was refused.
         """
-        merged, applied, refused = plan_reload(self._config, config)
+        old = self._config
+        merged, applied, refused = plan_reload(old, config)
         taken: list[ConfigChange] = []
         for change in applied:
             if any(c.takes(change) for c in self._components):
                 taken.append(change)
             else:
                 refused.append(_nobody_takes(change))
-                merged = _restore(merged, self._config, change.path)
+                merged = _restore(merged, old, change.path)
+        self._config = merged
         for component in self._components:
             if isinstance(component.part, Reloadable) and any(map(component.takes, taken)):
                 refused += component.part.reconfigure(component.section_of(merged))
-        self._config = merged
-        kept = [c for c in taken if not any(r.startswith(f"{c.path}:") for r in refused)]
+        # What a part refused stays as it was, in the configuration in force too.
+        refused_paths = [line.split(":", 1)[0] for line in refused]
+        kept = [c for c in taken if not any(_related(c.path, p) for p in refused_paths)]
+        for change in taken:
+            if change not in kept:
+                self._config = _restore(self._config, old, change.path)
         report = ReloadReport(applied=tuple(kept), refused=tuple(refused))
         logger.info("configuration reloaded: %s", report)
         return report
@@ -263,6 +269,11 @@ def _nobody_takes(change: ConfigChange) -> str:
         f"{change.path}: no running part takes this option (its layer or feature is off); "
         f"restart to apply {change.old!r} → {change.new!r}"
     )
+
+
+def _related(path: str, other: str) -> bool:
+    """True when one key path is the other or lies within it."""
+    return path == other or path.startswith(other + ".") or other.startswith(path + ".")
 
 
 def _restore(merged: Any, old: Any, path: str) -> Any:
@@ -416,6 +427,7 @@ async def _assemble(
             [p.weight for p in entries],
             [p.models for p in entries],
         )
+        gateway.add(inner, "providers", section=_providers_of)
         label = "balancer"
     skip = PER_PROVIDER_LAYERS if config.routing.enabled else ()
     context = _context(gateway, nursery, label, redis)
@@ -480,11 +492,19 @@ class _ProviderSet:
     def reconfigure(self, section: ProvidersConfig | None, /) -> list[str]:
         before = [p.label for p in self.providers.providers] if self.providers else []
         after = [p.label for p in section.providers] if section else []
-        if sorted(before) != sorted(after):
-            change = f"{before} → {after}"
-            return [f"providers.providers: adding or removing providers needs a restart {change}"]
+        if before != after:
+            what = "adding, removing or reordering providers needs a restart"
+            return [f"providers.providers: {what} {before} → {after}"]
+        old = self.providers.http_client if self.providers else None
+        if section is not None and old is not None and section.http_client != old:
+            what = "the HTTP library changes only on a restart"
+            return [f"providers.http_client: {what} {old!r} → {section.http_client!r}"]
         self.providers = section
         return []
+
+
+def _providers_of(config: Config) -> ProvidersConfig | None:
+    return config.providers
 
 
 def _entry_of(label: str) -> Callable[[Config], ProviderConfig | None]:

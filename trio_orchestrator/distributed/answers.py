@@ -49,7 +49,7 @@ from ..events import (
     ToolCallStart,
     Usage,
 )
-from ..resilience.config import CacheConfig
+from ..resilience.config import CacheConfig, refuse_toggle
 from ..resilience.keys import is_deterministic, request_key
 from ..types import PromptRequest
 from ..workers.base import EventSink, ModelWorker
@@ -194,6 +194,14 @@ class SharedAnswerLayer:
         self._keep, self._fail, self._take_lock = script(KEEP), script(FAIL), script(LOCK)
         self._push, self._read = script(PUSH), script(READ)
         self._counts = dict.fromkeys(("led", "followed", "hits", "local", "bypassed"), 0)
+
+    def reconfigure(self, section: CacheConfig, /) -> list[str]:
+        """Take a reloaded ``[resilience.cache]`` (TTL, eligibility) for what is shared next;
+        switching the cache on or off needs a restart."""
+        refused = refuse_toggle("cache", self.cache.enabled, section.enabled)
+        if not refused:
+            self.cache = section
+        return refused
 
     def statistics(self) -> SharedAnswerStatistics:
         """A snapshot of the counters."""

@@ -254,8 +254,8 @@ class Pipeline:
 
     @property
     def worker(self) -> ModelWorker:
-        """The worker requests go to: the given one, wrapped in the enabled resilience layers
-        (walk them with :func:`~trio_orchestrator.resilience.iter_layers`)."""
+        """The worker requests go to, as given (:func:`~trio_orchestrator.open_gateway` gives
+        the outermost layer; walk the chain with :func:`~trio_orchestrator.seams.iter_layers`)."""
         return self._worker
 
     @property

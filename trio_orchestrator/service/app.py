@@ -46,7 +46,7 @@ from .messages import COUNT_TOKENS_PATH, MESSAGES_PATH, CountTokensRoute, Messag
 from .openapi import openapi_document
 from .responses import responses
 from .settings import CONFIG_ENV, config_from_environment, log_to_stderr
-from .state import ServiceState, service_of
+from .state import ServedModels, ServiceState, service_of
 from .streaming import ClientGone
 from .ws import websocket_endpoint
 
@@ -188,10 +188,14 @@ def partial_lifespan(
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         async with open_gateway(state.config, worker=worker) as gateway:
             state.gateway, state.pipeline = gateway, gateway.pipeline
-            state.models = tuple(state.config.service.models) or gateway.models
+            state.refresh_models()
             state.observed = gateway.observed
             if state.keyring is not None:
                 gateway.add(state.keyring, "service")  # API keys rotate on reload
+            served = ServedModels(state)
+            gateway.add(served, "providers")
+            if state.config.routing.enabled:
+                gateway.add(served, "routing")
             logger.info("pipeline opened: serving %s", ", ".join(state.models) or "any model")
             async with trio.open_nursery() as nursery:
                 path = os.environ.get(CONFIG_ENV)

@@ -11,7 +11,7 @@ from ..config import Config
 from ..pipeline import Pipeline
 from .errors import ApiError
 
-__all__ = ["ServiceState", "service_of"]
+__all__ = ["ServedModels", "ServiceState", "service_of"]
 
 
 if TYPE_CHECKING:
@@ -54,6 +54,12 @@ class ServiceState:
             raise ApiError(503, message, "service_unavailable", "draining", retry_after=1)
         return pipeline
 
+    def refresh_models(self) -> None:
+        """Serve ``service.models``, else the gateway's models (as the configuration in force
+        says them)."""
+        served = () if self.gateway is None else self.gateway.models
+        self.models = tuple(self.config.service.models) or served
+
     def unready(self) -> list[str]:
         """Why requests would not be served now; empty when they would (see
         :meth:`trio_orchestrator.Gateway.unready`)."""
@@ -73,6 +79,19 @@ class ServiceState:
         if redis is None:
             return None
         return "up" if redis.up else "down"
+
+
+@attrs.define(eq=False)
+class ServedModels:
+    """A reload part: after ``[[providers]]`` or ``[routing]`` change, the models served
+    follow (``/v1/models``, and which model names requests may use)."""
+
+    state: ServiceState
+
+    def reconfigure(self, _section: object, /) -> list[str]:
+        """Recompute the models served; refuses nothing."""
+        self.state.refresh_models()
+        return []
 
 
 def service_of(connection: HTTPConnection | Any) -> ServiceState:

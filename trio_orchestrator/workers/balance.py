@@ -28,7 +28,7 @@ from ..sharding import shard_session
 from ..types import PromptRequest
 from ..validators import one_of
 from .base import EventSink, ModelWorker
-from .config import STRATEGIES, Strategy
+from .config import STRATEGIES, ProvidersConfig, Strategy
 
 __all__ = ["STRATEGIES", "BalanceStatistics", "LoadBalancedWorker", "Strategy", "WorkerLoad"]
 
@@ -123,6 +123,20 @@ class LoadBalancedWorker:
             for i, (w, weight, served) in enumerate(zip(self.workers, weights, models, strict=True))
         ]
         self._any_model = not any(slot.models for slot in self._slots)
+
+    def reconfigure(self, section: ProvidersConfig, /) -> list[str]:
+        """Take a reloaded ``[[providers]]`` table: the strategy, and each provider's weight
+        and models, for the next choice (the providers themselves must stay the same, in the
+        same order: the gateway refuses adding, removing or reordering them)."""
+        entries = section.providers
+        if len(entries) != len(self._slots):
+            return []  # refused by the gateway, which owns the set of providers
+        self.strategy = section.strategy
+        for slot, entry in zip(self._slots, entries, strict=True):
+            slot.weight, slot.models = entry.weight, frozenset(entry.models)
+        self._any_model = not any(slot.models for slot in self._slots)
+        self._turns.clear()
+        return []
 
     async def generate(self, request: PromptRequest, emit: EventSink) -> None:
         """Generate with the chosen worker; see :class:`~trio_orchestrator.workers.ModelWorker`.
