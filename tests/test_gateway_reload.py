@@ -48,7 +48,10 @@ async def test_a_reloaded_strategy_and_weights_reach_the_running_balancer() -> N
     async with open_gateway(config) as gateway:
         assert await send(gateway, 4) == [2, 2]
         assert config.providers is not None
-        entries = [attrs.evolve(p, weight=w) for p, w in zip(config.providers.providers, (3, 1))]
+        entries = [
+            attrs.evolve(p, weight=w)
+            for p, w in zip(config.providers.providers, (3, 1), strict=True)
+        ]
         new = attrs.evolve(config, providers=ProvidersConfig(entries, strategy="weighted"))
         report = gateway.reload(new)
         assert report.ok, report
