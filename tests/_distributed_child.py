@@ -1,4 +1,4 @@
-"""A pipeline in its own process sharing state through Redis, for the multi-process tests.
+"""A gateway in its own process sharing state through Redis, for the multi-process tests.
 
 Usage:
     python _distributed_child.py ratelimit REDIS_URL RATE SECONDS START_AT
@@ -17,7 +17,7 @@ import time
 
 import trio
 
-from trio_orchestrator import Config, EchoWorker, PromptRequest, open_pipeline
+from trio_orchestrator import Config, EchoWorker, PromptRequest, open_gateway
 from trio_orchestrator.distributed import DistributedConfig
 from trio_orchestrator.errors import RateLimitExceeded, ServerError, WorkerError
 from trio_orchestrator.resilience import (
@@ -44,7 +44,8 @@ def limited(url: str, rate: float) -> Config:
 async def hammer(url: str, rate: float, seconds: float, start_at: float) -> None:
     """Print the number of requests admitted in the window."""
     admitted = 0
-    async with open_pipeline(EchoWorker(), limited(url, rate)) as pipeline:
+    async with open_gateway(limited(url, rate), worker=EchoWorker()) as gateway:
+        pipeline = gateway.pipeline
         await trio.sleep(max(0.0, start_at - time.time()))
 
         async def loop() -> None:
@@ -75,15 +76,15 @@ class Broken:
 
 
 async def trip(url: str) -> None:
-    """Open the shared breaker of Broken/echo."""
+    """Open the shared breaker of broken/echo (the provider label is the class name)."""
     breaker = BreakerConfig(enabled=True, failure_threshold=1, cooldown=60)
     config = Config(
         resilience=ResilienceConfig(breaker=breaker),
         distributed=DistributedConfig(redis_url=url),
     )
-    async with open_pipeline(Broken(), config) as pipeline:
+    async with open_gateway(config, worker=Broken()) as gateway:
         try:
-            await pipeline.submit(PromptRequest(input="hi"))
+            await gateway.pipeline.submit(PromptRequest(input="hi"))
         except WorkerError as exc:
             print(type(exc).__name__, flush=True)
 

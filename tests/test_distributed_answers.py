@@ -11,7 +11,7 @@ import pytest
 import trio
 from redis_fixture import RedisServer, redis_server
 
-from trio_orchestrator import Config, PromptRequest, open_pipeline
+from trio_orchestrator import Config, PromptRequest, open_gateway
 from trio_orchestrator.distributed import DistributedConfig
 from trio_orchestrator.distributed.answers import SharedAnswerLayer
 from trio_orchestrator.errors import ServerError
@@ -54,7 +54,7 @@ def ask(text: str, temperature: float | None = 0.0) -> PromptRequest:
 async def processes(
     server: RedisServer, workers: list[Upstream], cache: CacheConfig | None = None
 ) -> AsyncIterator[list[Pipeline]]:
-    """One pipeline per worker (each its own Redis client), sharing answers."""
+    """One gateway's pipeline per worker (each its own Redis client), sharing answers."""
     config = Config(
         resilience=ResilienceConfig(
             cache=cache or CacheConfig(), coalescing=CoalescingConfig(enabled=True)
@@ -62,7 +62,10 @@ async def processes(
         distributed=DistributedConfig(redis_url=server.url, health_interval=0.05),
     )
     async with AsyncExitStack() as stack:
-        yield [await stack.enter_async_context(open_pipeline(w, config)) for w in workers]
+        gateways = [
+            await stack.enter_async_context(open_gateway(config, worker=w)) for w in workers
+        ]
+        yield [gateway.pipeline for gateway in gateways]
 
 
 def layer(pipeline: Pipeline) -> SharedAnswerLayer:
@@ -160,8 +163,7 @@ async def test_a_dead_leader_is_replaced(redis_server: RedisServer) -> None:
     """A lock left by a process that died lapses; a waiting request then makes the call."""
     upstream = Upstream()
     async with processes(redis_server, [upstream]) as (a,):
-        redis = a.redis
-        assert redis is not None
+        redis = layer(a).connection
         lock = redis.key("flight", request_key(ask("hello")))
         await redis.call(lambda r: r.set(lock, "dead-process", px=300))
         with trio.fail_after(5):
@@ -241,8 +243,7 @@ async def test_a_follower_mid_answer_is_told_when_the_leader_dies(
     upstream = Upstream()
     seen: list[object] = []
     async with processes(redis_server, [upstream]) as (a,):
-        redis = a.redis
-        assert redis is not None
+        redis = layer(a).connection
         key = request_key(ask("half"))
         partial = '["dead", "TextDelta", {"text": "half "}]'
         await redis.call(lambda r: r.set(redis.key("flight", key), "dead", px=300))

@@ -1,6 +1,6 @@
 """Shared circuit breakers: open on one process means open on all; probes limited globally.
 
-Two pipelines, each with its own Redis client, stand for two processes. Real server, real
+Two gateways, each with its own Redis client, stand for two processes. Real server, real
 clock: the cool-downs here are fractions of a second, and Redis's clock decides them.
 """
 
@@ -9,12 +9,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
+import attrs
 import pytest
 import trio
 from _scripted import OK, ScriptedWorker, Step, fail
 from redis_fixture import RedisServer, redis_server
 
-from trio_orchestrator import Config, PromptRequest, open_pipeline
+from trio_orchestrator import Config, PromptRequest, open_gateway
 from trio_orchestrator.distributed import DistributedConfig, SharedBreakers
 from trio_orchestrator.errors import CircuitOpen, ServerError, WorkerError
 from trio_orchestrator.pipeline import Pipeline
@@ -42,13 +43,16 @@ def breaker_config(**overrides: object) -> BreakerConfig:
 async def processes(
     server: RedisServer, workers: list[ScriptedWorker], **breaker: object
 ) -> AsyncIterator[list[Pipeline]]:
-    """One pipeline per worker, sharing breaker state through ``server``."""
+    """One gateway's pipeline per worker, sharing breaker state through ``server``."""
     config = Config(
         resilience=ResilienceConfig(breaker=breaker_config(**breaker)),
         distributed=DistributedConfig(redis_url=server.url, health_interval=0.05),
     )
     async with AsyncExitStack() as stack:
-        yield [await stack.enter_async_context(open_pipeline(w, config)) for w in workers]
+        gateways = [
+            await stack.enter_async_context(open_gateway(config, worker=w)) for w in workers
+        ]
+        yield [gateway.pipeline for gateway in gateways]
 
 
 async def outcome(pipeline: Pipeline) -> str:
@@ -144,3 +148,29 @@ async def test_without_redis_the_local_breaker_still_guards(redis_server: RedisS
         with trio.fail_after(5):
             assert [await outcome(a) for _ in range(2)] == ["ServerError", "CircuitOpen"]
         assert shared(a).statistics().fallbacks == 1
+
+
+async def test_a_reload_of_the_thresholds_reaches_the_shared_breakers(
+    redis_server: RedisServer,
+) -> None:
+    """A reloaded cool-down is the one the running SharedBreakers publishes on the next opening."""
+    config = Config(
+        resilience=ResilienceConfig(breaker=breaker_config(cooldown=60)),
+        distributed=DistributedConfig(redis_url=redis_server.url),
+    )
+    faster = attrs.evolve(config, resilience=ResilienceConfig(breaker=breaker_config(cooldown=0.5)))
+    failing, healthy = ScriptedWorker([BOOM]), ScriptedWorker([OK])
+    async with (
+        open_gateway(config, worker=failing) as a,
+        open_gateway(config, worker=healthy) as b,
+    ):
+        report = a.reload(faster)
+        assert report.ok, report
+        running = [c.part for c in a.components if isinstance(c.part, SharedBreakers)]
+        assert [part.config.cooldown for part in running] == [0.5]
+        assert await outcome(a.pipeline) == "ServerError"
+        # B was not reloaded: the time it is told to wait is what A published in Redis.
+        with pytest.raises(CircuitOpen) as refused:
+            await b.pipeline.submit(PromptRequest(input="hi"))
+    assert healthy.calls == 0
+    assert 0.3 < (refused.value.retry_after or 0) <= 0.5

@@ -15,7 +15,7 @@ import pytest
 import trio
 from redis_fixture import RedisServer, redis_server
 
-from trio_orchestrator import Config, EchoWorker, PromptRequest, open_pipeline
+from trio_orchestrator import Config, EchoWorker, PromptRequest, open_gateway
 from trio_orchestrator.distributed import (
     DistributedConfig,
     RedisUnavailable,
@@ -27,7 +27,6 @@ from trio_orchestrator.resilience import (
     RateLimitLayer,
     RateLimitsConfig,
     ResilienceConfig,
-    open_layers,
 )
 
 __all__ = ["redis_server"]
@@ -155,45 +154,111 @@ async def test_password_is_not_shown(redis_server: RedisServer) -> None:
         assert "hunter2" not in redis.statistics().last_error
 
 
-async def test_open_layers_shares_rate_limits_only_with_redis(redis_server: RedisServer) -> None:
+async def test_the_gateway_shares_rate_limits_only_with_redis(redis_server: RedisServer) -> None:
     """With redis_url set the rate-limit layer gets shared buckets; without, it stays local."""
     limits = RateLimitsConfig(enabled=True, limits=[LimitConfig("provider", requests_per_second=1)])
     resilience = ResilienceConfig(rate_limits=limits)
     shared_config = Config(resilience=resilience, distributed=distributed(redis_server))
-    async with open_layers(EchoWorker(), shared_config) as worker:
+    async with open_gateway(shared_config, worker=EchoWorker()) as gateway:
+        worker = gateway.worker
         assert isinstance(worker, RateLimitLayer)
         assert isinstance(worker.shared, SharedRateLimiter)
-    async with open_layers(EchoWorker(), Config(resilience=resilience)) as worker:
+        assert worker.shared.connection is gateway.redis
+    async with open_gateway(Config(resilience=resilience), worker=EchoWorker()) as gateway:
+        worker = gateway.worker
         assert isinstance(worker, RateLimitLayer)
         assert worker.shared is None
+        assert gateway.redis is None
 
 
-async def test_pipeline_runs_with_redis_configured(redis_server: RedisServer) -> None:
-    """A pipeline with redis_url set serves requests and shuts down cleanly."""
+async def test_a_gateway_runs_with_redis_configured(redis_server: RedisServer) -> None:
+    """A gateway with redis_url set serves requests and shuts down cleanly."""
     config = Config(distributed=distributed(redis_server))
-    async with open_pipeline(EchoWorker(), config) as pipeline:
-        completion = await pipeline.submit(PromptRequest(input="hello"))
+    async with open_gateway(config, worker=EchoWorker()) as gateway:
+        completion = await gateway.pipeline.submit(PromptRequest(input="hello"))
     assert completion.text == "hello"
 
 
 async def test_metrics_expose_the_redis_state(redis_server: RedisServer) -> None:
     """/metrics says whether Redis is up, and counts its loss."""
-    from prometheus_client import CollectorRegistry
-
-    from trio_orchestrator.observability import instrument_pipeline
     from trio_orchestrator.observability.config import MetricsConfig, ObservabilityConfig
 
     config = Config(
         distributed=distributed(redis_server),
         observability=ObservabilityConfig(metrics=MetricsConfig(enabled=True)),
     )
-    async with open_pipeline(EchoWorker(), config) as pipeline:
-        assert pipeline.redis is not None
-        redis = pipeline.redis
-        with instrument_pipeline(pipeline, registry=CollectorRegistry()) as observed:
-            assert "trio_orchestrator_redis_up 1.0" in observed.render().decode()
-            redis_server.stop()
-            await wait_until(lambda: not redis.up)
-            text = observed.render().decode()
+    async with open_gateway(config, worker=EchoWorker()) as gateway:
+        redis, observed = gateway.redis, gateway.observed
+        assert redis is not None
+        assert observed is not None
+        assert "trio_orchestrator_redis_up 1.0" in observed.render().decode()
+        redis_server.stop()
+        await wait_until(lambda: not redis.up)
+        text = observed.render().decode()
     assert "trio_orchestrator_redis_up 0.0" in text
     assert "trio_orchestrator_redis_times_lost_total 1.0" in text
+
+
+ROUTED = """
+[distributed]
+redis_url = "{url}"
+health_interval = 0.05
+rate_limit_policy = "fail_closed"
+[resilience.breaker]
+enabled = true
+[resilience.rate_limits]
+enabled = true
+limits = [{{ scope = "provider", requests_per_second = 1000.0, burst = 1000.0 }}]
+[observability.metrics]
+enabled = true
+[routing]
+[[routing.deployments]]
+name = "e"
+model = "m"
+provider = "echo"
+"""
+
+
+async def clients_of(server: RedisServer) -> int:
+    """How many clients ``server`` has, besides the one asking."""
+    async with open_redis(distributed(server)) as observer:
+        listed = await observer.call(lambda client: client.client_list())
+    return len(listed) - 1
+
+
+async def test_routing_and_redis_share_one_connection(redis_server: RedisServer) -> None:
+    """With routing and redis_url, the gateway opens ONE Redis connection: every shared part
+    (the provider's breaker below the router, the rate limit above it, the dead letters) uses
+    it, and readiness and metrics watch that one."""
+    from trio_orchestrator import GenerationParams
+    from trio_orchestrator.config.load import parse_config
+    from trio_orchestrator.distributed import RedisConnection, SharedBreakers
+
+    config = parse_config(ROUTED.format(url=redis_server.url))
+    request = PromptRequest(input="hi", params=GenerationParams(model="m"))
+    async with open_gateway(config) as gateway:
+        for _ in range(3):
+            assert (await gateway.pipeline.submit(request)).text == "hi"
+        connections = [c.part for c in gateway.components if isinstance(c.part, RedisConnection)]
+        shared = [
+            c.part
+            for c in gateway.components
+            if isinstance(c.part, SharedBreakers | SharedRateLimiter)
+        ]
+        assert gateway.redis is not None
+        assert connections == [gateway.redis]
+        assert {type(part) for part in shared} == {SharedBreakers, SharedRateLimiter}
+        assert all(part.connection is gateway.redis for part in shared)
+        assert await clients_of(redis_server) == 1
+        observed = gateway.observed
+        assert observed is not None
+        operations = gateway.redis.statistics().operations
+        assert operations > 0
+        metric = f"trio_orchestrator_redis_operations_total {operations:.1f}"
+        assert metric in observed.render().decode()
+        assert gateway.unready() == []
+        redis_server.stop()
+        await wait_until(lambda: bool(gateway.unready()))
+        assert gateway.unready() == [
+            'Redis is down and [distributed] rate_limit_policy is "fail_closed"'
+        ]

@@ -11,14 +11,10 @@ import pytest
 import trio
 from redis_fixture import RedisServer, redis_server
 
-from trio_orchestrator import Config, PromptRequest, open_pipeline
+from trio_orchestrator import Config, PromptRequest, open_gateway, open_pipeline
 from trio_orchestrator.config import PipelineConfig
-from trio_orchestrator.distributed import (
-    DistributedConfig,
-    RedisDeadLetterQueue,
-    open_redis,
-    replay_shared,
-)
+from trio_orchestrator.distributed import DistributedConfig, open_redis
+from trio_orchestrator.distributed.dead_letters import RedisDeadLetterQueue, replay_shared
 from trio_orchestrator.errors import RequestShed
 from trio_orchestrator.events import Done, TextDelta
 from trio_orchestrator.pipeline import DeadLetter, Pipeline
@@ -193,7 +189,11 @@ async def test_a_letter_shed_on_one_process_is_replayed_on_another(
         except RequestShed:
             shed.append(text)
 
-    async with open_pipeline(gate, config) as a, open_pipeline(Gate(trio.Event()), config) as b:
+    async with (
+        open_gateway(config, worker=gate) as gateway_a,
+        open_gateway(config, worker=Gate(trio.Event())) as gateway_b,
+    ):
+        a, b = gateway_a.pipeline, gateway_b.pipeline
         b_gate = b.worker
         assert isinstance(b_gate, Gate)
         b_gate.open.set()

@@ -9,7 +9,7 @@ import pytest
 import trio
 from redis_fixture import RedisServer, redis_server
 
-from trio_orchestrator import Config, EchoWorker, PromptRequest, open_pipeline
+from trio_orchestrator import Config, EchoWorker, PromptRequest, open_gateway
 from trio_orchestrator.distributed import DistributedConfig, SharedRateLimiter
 from trio_orchestrator.errors import OrchestratorError
 from trio_orchestrator.resilience import (
@@ -44,7 +44,8 @@ async def test_requests_never_hang_while_redis_is_lost(
     fail_open keeps serving and fail_closed refuses, and the shared limits resume."""
     outcomes: list[str] = []
     phase = "before"
-    async with open_pipeline(EchoWorker(), config(redis_server, policy)) as pipeline:
+    async with open_gateway(config(redis_server, policy), worker=EchoWorker()) as gateway:
+        pipeline = gateway.pipeline
         layer = pipeline.worker
         assert isinstance(layer, RateLimitLayer)
         assert isinstance(layer.shared, SharedRateLimiter)
@@ -66,7 +67,7 @@ async def test_requests_never_hang_while_redis_is_lost(
             redis_server.pause() if outage == "pause" else redis_server.stop()
             await trio.sleep(0.6)
             redis_server.resume() if outage == "pause" else redis_server.start()
-            redis = pipeline.redis
+            redis = gateway.redis
             assert redis is not None
             with trio.fail_after(5):
                 while not redis.up:  # noqa: ASYNC110 (the health check decides)

@@ -11,7 +11,7 @@ import pytest
 import trio
 from redis_fixture import RedisServer, redis_server
 
-from trio_orchestrator import Config, PromptRequest, open_pipeline
+from trio_orchestrator import Config, PromptRequest, open_gateway
 from trio_orchestrator.distributed import DistributedConfig
 from trio_orchestrator.errors import CircuitOpen
 from trio_orchestrator.resilience import BreakerConfig, ResilienceConfig
@@ -75,8 +75,8 @@ async def test_a_breaker_opened_in_another_process_refuses_here(
         distributed=DistributedConfig(redis_url=redis_server.url),
     )
     healthy = Healthy()
-    healthy.name = "Broken"  # type: ignore[attr-defined]  # the same provider as the child's
-    async with open_pipeline(healthy, config) as pipeline:
+    healthy.name = "broken"  # type: ignore[attr-defined]  # the same provider as the child's
+    async with open_gateway(config, worker=healthy) as gateway:
         with pytest.raises(CircuitOpen):
-            await pipeline.submit(PromptRequest(input="hi"))
+            await gateway.pipeline.submit(PromptRequest(input="hi"))
     assert healthy.calls == 0

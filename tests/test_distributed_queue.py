@@ -11,7 +11,7 @@ from pathlib import Path
 import trio
 from redis_fixture import RedisServer, redis_server
 
-from trio_orchestrator import Config, EchoWorker, PromptRequest, open_pipeline
+from trio_orchestrator import Config, EchoWorker, PromptRequest, open_gateway
 from trio_orchestrator.distributed import DistributedConfig, open_redis
 from trio_orchestrator.distributed.queue import (
     QueueItem,
@@ -118,18 +118,22 @@ async def test_consumers_wait_for_items(redis_server: RedisServer) -> None:
 
 
 async def test_pipelines_answer_a_shared_batch_of_requests(redis_server: RedisServer) -> None:
-    """End to end: two pipelines work through one queue of requests; each is answered once."""
+    """End to end: two gateways work through one queue of requests; each is answered once."""
     requests = [PromptRequest(input=f"q{k}", request_id=f"r{k}") for k in range(12)]
     config = Config(distributed=settings(redis_server))
-    async with open_pipeline(EchoWorker(), config) as a, open_pipeline(EchoWorker(), config) as b:
-        assert a.redis is not None
-        assert b.redis is not None
-        queue_a = WorkQueue(a.redis, "requests", "a")
+    async with (
+        open_gateway(config, worker=EchoWorker()) as gateway_a,
+        open_gateway(config, worker=EchoWorker()) as gateway_b,
+    ):
+        assert gateway_a.redis is not None
+        assert gateway_b.redis is not None
+        a, b = gateway_a.pipeline, gateway_b.pipeline
+        queue_a = WorkQueue(gateway_a.redis, "requests", "a")
         await queue_a.put([encode_request(request) for request in requests])
         async with trio.open_nursery() as nursery:
             nursery.start_soon(work_through, queue_a, pipeline_handler(a))
             nursery.start_soon(
-                work_through, WorkQueue(b.redis, "requests", "b"), pipeline_handler(b)
+                work_through, WorkQueue(gateway_b.redis, "requests", "b"), pipeline_handler(b)
             )
         results = await queue_a.results()
     answers = {key: json.loads(value)["text"] for key, value in results.items()}

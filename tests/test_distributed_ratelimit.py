@@ -13,7 +13,7 @@ import pytest
 import trio
 from redis_fixture import RedisServer, redis_server
 
-from trio_orchestrator import Config, EchoWorker, PromptRequest, open_pipeline
+from trio_orchestrator import Config, EchoWorker, PromptRequest, open_gateway
 from trio_orchestrator.distributed import (
     DistributedConfig,
     RedisConnection,
@@ -59,16 +59,18 @@ async def admitted(limiter: SharedRateLimiter, tries: int, **keys: str) -> int:
 async def pipelines(
     server: RedisServer, limits: list[LimitConfig], count: int, **overrides: object
 ) -> AsyncIterator[list[Pipeline]]:
-    """``count`` pipelines (each with its own Redis client), like ``count`` processes."""
+    """``count`` gateways' pipelines (each with its own Redis client), like ``count``
+    processes."""
     config = Config(
         resilience=ResilienceConfig(rate_limits=RateLimitsConfig(enabled=True, limits=limits)),
         distributed=settings(server, **overrides),
     )
     async with AsyncExitStack() as stack:
-        yield [
-            await stack.enter_async_context(open_pipeline(EchoWorker(), config))
+        gateways = [
+            await stack.enter_async_context(open_gateway(config, worker=EchoWorker()))
             for _ in range(count)
         ]
+        yield [gateway.pipeline for gateway in gateways]
 
 
 async def outcomes(pipeline: Pipeline, count: int) -> list[str]:
@@ -228,3 +230,37 @@ async def test_shared_limits_resume_when_redis_returns(redis_server: RedisServer
         assert isinstance(layer, RateLimitLayer)
         assert isinstance(layer.shared, SharedRateLimiter)
         assert layer.shared.statistics().checks >= 1
+
+
+async def test_a_reload_of_the_limits_reaches_the_shared_limiter(
+    redis_server: RedisServer,
+) -> None:
+    """Reloaded limits are what the running SharedRateLimiter charges next, in Redis."""
+
+    def limited(burst: float) -> Config:
+        limits = RateLimitsConfig(enabled=True, limits=[limit("provider", burst, mode="reject")])
+        return Config(
+            resilience=ResilienceConfig(rate_limits=limits), distributed=settings(redis_server)
+        )
+
+    async with open_gateway(limited(2), worker=EchoWorker()) as gateway:
+        assert await outcomes(gateway.pipeline, 3) == ["ok", "ok", "RateLimitExceeded"]
+        report = gateway.reload(limited(5))
+        assert report.ok, report
+        running = [c.part for c in gateway.components if isinstance(c.part, SharedRateLimiter)]
+        assert [[lim.capacity for lim in part.limits] for part in running] == [[5]]
+        assert await outcomes(gateway.pipeline, 6) == ["ok"] * 5 + ["RateLimitExceeded"]
+        assert gateway.redis is not None
+        redis = gateway.redis
+        keys = await redis.call(lambda client: client.keys("*ratelimit*"))
+        # Each bucket is keyed by its shape (…:rate/burst:scope:value): the old one (burst
+        # 2) and the one the reloaded limit charged, emptied by its five requests.
+        levels = {key.split("/")[1].split(":")[0]: await level(redis, key) for key in keys}
+    assert levels.keys() == {"2", "5"}
+    assert all(left < 1 for left in levels.values())
+
+
+async def level(redis: RedisConnection, key: str) -> float:
+    """What is left in the shared bucket at ``key``."""
+    answer = await redis.call(lambda client: client.hget(key, "level"))
+    return float(answer or "nan")

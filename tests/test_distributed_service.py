@@ -11,6 +11,7 @@ from pathlib import Path
 
 import attrs
 import httpx
+import pytest
 import trio
 from redis_fixture import RedisServer, redis_server
 from service_helpers import make_config, running_service
@@ -134,21 +135,45 @@ async def test_a_breaker_opened_on_one_service_refuses_on_another(
     assert seen == 1
 
 
-async def test_readyz_reports_redis_and_follows_the_policy(redis_server: RedisServer) -> None:
-    """/readyz shows Redis up; with fail_closed it turns 503 while Redis is lost."""
-    config = make_config()
+@pytest.mark.parametrize(
+    ("policy", "status_while_down"), [("fail_closed", 503), ("fail_open", 200)]
+)
+async def test_readyz_follows_redis_under_the_policy(
+    redis_server: RedisServer, policy: str, status_while_down: int
+) -> None:
+    """/readyz through the service: Redis lost under fail_closed is 503 with the reason, and
+    200 again once Redis is back; under fail_open it stays 200 (requests are served locally)."""
     distributed = DistributedConfig(
-        redis_url=redis_server.url, health_interval=0.05, rate_limit_policy="fail_closed"
+        redis_url=redis_server.url,
+        health_interval=0.05,
+        rate_limit_policy=policy,  # type: ignore[arg-type]
     )
-    config = attrs.evolve(config, distributed=distributed)
+    config = attrs.evolve(make_config(), distributed=distributed)
     async with running_service(config) as url, httpx.AsyncClient(base_url=url) as client:
         ready = await client.get("/readyz")
         redis_server.stop()
-        with trio.fail_after(5):
-            while (lost := await client.get("/readyz")).status_code == 200:  # noqa: ASYNC110
-                await trio.sleep(0.02)
-    assert (ready.status_code, ready.json()["redis"]) == (200, "up")
-    assert (lost.status_code, lost.json()["redis"]) == (503, "down")
+        lost = await readyz_until(client, redis="down")
+        redis_server.start()
+        back = await readyz_until(client, redis="up")
+    assert (ready.status_code, ready.json()) == (200, {"status": "ready", "redis": "up"})
+    assert lost.status_code == status_while_down
+    if status_while_down == 503:
+        assert lost.json() == {
+            "status": "not ready",
+            "reasons": ['Redis is down and [distributed] rate_limit_policy is "fail_closed"'],
+            "redis": "down",
+        }
+    else:
+        assert lost.json() == {"status": "ready", "redis": "down"}
+    assert (back.status_code, back.json()) == (200, {"status": "ready", "redis": "up"})
+
+
+async def readyz_until(client: httpx.AsyncClient, *, redis: str) -> httpx.Response:
+    """Poll /readyz until it says Redis is ``redis`` (up or down); 10 s at most."""
+    with trio.fail_after(10):
+        while (answer := await client.get("/readyz")).json().get("redis") != redis:  # noqa: ASYNC110
+            await trio.sleep(0.02)
+    return answer
 
 
 async def test_a_service_rides_out_redis_going_away_and_coming_back(
@@ -197,9 +222,8 @@ async def test_routers_in_two_processes_share_each_providers_breaker(
     """In routing mode too, a provider's breaker is shared: once one router's calls open it,
     another router (its own Redis connection, as in another process) does not call that
     provider at all, and falls back."""
-    from trio_orchestrator import GenerationParams, PromptRequest, collect
+    from trio_orchestrator import GenerationParams, PromptRequest, collect, open_gateway
     from trio_orchestrator.config import parse_config
-    from trio_orchestrator.gateway import open_configured_worker
 
     async with (
         open_fake_provider(Behaviour(status=500)) as failing,
@@ -237,11 +261,11 @@ input_price = 2.0
         config = parse_config(text)
         request = PromptRequest(input="hi", params=GenerationParams(model="m"))
         async with (
-            open_configured_worker(config) as first,
-            open_configured_worker(config) as second,
+            open_gateway(config) as first,
+            open_gateway(config) as second,
         ):
-            assert (await collect(first, request)).text == "fine"  # a failed, b answered
-            answers = [(await collect(second, request)).text for _ in range(3)]
+            assert (await collect(first.worker, request)).text == "fine"  # a failed, b answered
+            answers = [(await collect(second.worker, request)).text for _ in range(3)]
     assert answers == ["fine"] * 3
     assert failing.statistics().requests == 1  # only the first router's call
 
@@ -251,7 +275,7 @@ async def test_a_letter_shed_by_one_process_is_listed_and_replayed_by_another(
 ) -> None:
     """/v1/dead-letters on one service lists a letter another process dead-lettered, and
     replaying it there completes it (once: the letter leaves the shared stream)."""
-    from trio_orchestrator import EchoWorker, PromptRequest, open_pipeline
+    from trio_orchestrator import EchoWorker, PromptRequest, open_gateway
     from trio_orchestrator.pipeline import DeadLetter
 
     config = attrs.evolve(
@@ -259,8 +283,8 @@ async def test_a_letter_shed_by_one_process_is_listed_and_replayed_by_another(
         distributed=DistributedConfig(redis_url=redis_server.url, health_interval=0.05),
     )
     shed = PromptRequest(input="shed elsewhere", request_id="req_elsewhere")
-    async with open_pipeline(EchoWorker(), config) as other:
-        other.dead_letters.add(DeadLetter(shed, "inference", "full", trio.current_time()))
+    async with open_gateway(config, worker=EchoWorker()) as other:
+        other.pipeline.dead_letters.add(DeadLetter(shed, "inference", "full", trio.current_time()))
         async with running_service(config) as url, httpx.AsyncClient(base_url=url) as client:
             # The other process writes its letters in the background; generous, since this
             # guards against a hang, not a slow machine.

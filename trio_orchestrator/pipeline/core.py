@@ -124,7 +124,10 @@ class Pipeline:
         self._admission = (
             PriorityAdmission[Job](cfg.priority, self._limiter) if cfg.priority.enabled else None
         )
-        self.dead_letters = dead_letters or DeadLetterQueue(cfg.dead_letter_capacity)
+        # `is None`, not `or`: a queue given empty has len 0 and would be replaced.
+        if dead_letters is None:
+            dead_letters = DeadLetterQueue(cfg.dead_letter_capacity)
+        self.dead_letters = dead_letters
         self._in_flight: set[Job] = set()
         self._outcomes = dict.fromkeys(Outcome, 0)
         self._submitted = 0
