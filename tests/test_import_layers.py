@@ -89,6 +89,8 @@ def imports(module: str, path: Path, known: dict[str, Path]) -> Iterator[tuple[i
         package = module.removesuffix(".__init__").removesuffix("__init__")
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         targets: list[str] = []
+        if not isinstance(node, ast.Import | ast.ImportFrom):
+            continue
         if isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".") if package else []
@@ -101,7 +103,7 @@ def imports(module: str, path: Path, known: dict[str, Path]) -> Iterator[tuple[i
             for alias in node.names:
                 candidate = f"{origin}.{alias.name}" if origin else alias.name
                 targets.append(candidate if candidate in known else origin)
-        elif isinstance(node, ast.Import):
+        else:
             targets = [
                 a.name.removeprefix("trio_orchestrator").lstrip(".")
                 for a in node.names

@@ -17,12 +17,8 @@ from trio_orchestrator.events import StreamEvent, TextDelta
 from trio_orchestrator.testing.fake_provider import Behaviour, FakeProvider, open_fake_provider
 from trio_orchestrator.types import GenerationParams
 from trio_orchestrator.workers import OpenAIWorker
-from trio_orchestrator.workers.factory import (
-    ProviderConfig,
-    ProvidersConfig,
-    make_client,
-    worker_for,
-)
+from trio_orchestrator.workers.config import ProviderConfig, ProvidersConfig
+from trio_orchestrator.workers.factory import make_client, worker_for
 from trio_orchestrator.workers.transport import ShardedTransport, pool_limits
 
 REQUEST = PromptRequest(input="hi", params=GenerationParams(model="fake-model"))
