@@ -11,13 +11,12 @@ import pytest
 import trio
 
 from trio_orchestrator import PromptRequest
-from trio_orchestrator.config import Config
 from trio_orchestrator.errors import ProviderConnectionError
 from trio_orchestrator.events import StreamEvent, TextDelta
 from trio_orchestrator.testing.fake_provider import Behaviour, FakeProvider, open_fake_provider
 from trio_orchestrator.types import GenerationParams
 from trio_orchestrator.workers import OpenAIWorker
-from trio_orchestrator.workers.config import ProviderConfig, ProvidersConfig
+from trio_orchestrator.workers.config import ProviderConfig
 from trio_orchestrator.workers.factory import make_client, worker_for
 from trio_orchestrator.workers.transport import ShardedTransport, pool_limits
 
@@ -102,12 +101,10 @@ async def test_reload_refuses_new_connection_limits() -> None:
     provider = ProviderConfig(kind="openai", name="p", base_url="http://127.0.0.1:9/v1")
     async with make_client(provider) as client:
         worker = worker_for(provider, client)
-        same = Config(providers=ProvidersConfig((provider,)))
-        assert worker.reconfigure(same) == []  # type: ignore[attr-defined]
+        assert worker.reconfigure(provider) == []  # type: ignore[attr-defined]
         for changed_provider in (
             attrs.evolve(provider, max_connections=8),
             attrs.evolve(provider, pool_size=4),
         ):
-            changed = Config(providers=ProvidersConfig((changed_provider,)))
-            refused = worker.reconfigure(changed)  # type: ignore[attr-defined]
+            refused = worker.reconfigure(changed_provider)  # type: ignore[attr-defined]
             assert any("max_connections and pool_size" in r for r in refused)
