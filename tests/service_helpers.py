@@ -16,7 +16,8 @@ from trio_orchestrator.config import Config, PipelineConfig
 from trio_orchestrator.config.service import ServiceConfig
 from trio_orchestrator.errors import WorkerError
 from trio_orchestrator.events import Done, Embeddings
-from trio_orchestrator.pipeline import Pipeline, open_pipeline
+from trio_orchestrator.gateway import open_gateway
+from trio_orchestrator.pipeline import Pipeline
 from trio_orchestrator.service import create_app, serve
 from trio_orchestrator.types import PromptRequest
 from trio_orchestrator.workers import EchoWorker, EventSink, ModelWorker
@@ -88,10 +89,10 @@ async def serving_in_process(
     for calling it directly, on Trio's mock clock."""
     config = config or make_config()
     app = create_app(config, worker)
-    async with open_pipeline(worker, config) as pipeline:
+    async with open_gateway(config, worker=worker) as gateway:
         state = app.state.service
-        state.pipeline, state.models, state.worker = pipeline, ("echo",), worker
-        yield app, pipeline
+        state.gateway, state.pipeline, state.models = gateway, gateway.pipeline, ("echo",)
+        yield app, gateway.pipeline
 
 
 async def call_app(
