@@ -23,6 +23,7 @@ from trio_orchestrator.config import (
     reload_on_signal,
 )
 from trio_orchestrator.config.reload import plan_reload
+from trio_orchestrator.config.secret import Secret
 from trio_orchestrator.config.service import ApiKeyConfig, ServiceConfig
 from trio_orchestrator.errors import DeadlineExceeded
 from trio_orchestrator.events import Done, TextDelta
@@ -298,7 +299,7 @@ class ServicePart:
 
 def with_keys(*keys: str) -> Config:
     """The default configuration with ``service.api_keys`` set to ``keys``."""
-    entries = tuple(ApiKeyConfig(name=f"k{i}", key=key) for i, key in enumerate(keys))
+    entries = tuple(ApiKeyConfig(name=f"k{i}", key=Secret(key)) for i, key in enumerate(keys))
     return Config(service=ServiceConfig(api_keys=entries))
 
 

@@ -204,8 +204,12 @@ class Gateway:
         for component in self._components:
             if isinstance(component.part, Reloadable) and any(map(component.takes, taken)):
                 refused += component.part.reconfigure(component.section_of(merged))
-        self._config = merged
         kept = [c for c in taken if not any(r.startswith(f"{c.path}:") for r in refused)]
+        for change in taken:
+            if change not in kept:
+                # A part refused it (a layer switched off, say): the old value stays in force.
+                merged = _restore(merged, self._config, change.path)
+        self._config = merged
         report = ReloadReport(applied=tuple(kept), refused=tuple(refused))
         logger.info("configuration reloaded: %s", report)
         return report
