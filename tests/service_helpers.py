@@ -46,6 +46,28 @@ async def running_service(
             stop.set()
 
 
+@asynccontextmanager
+async def running_app(
+    config: Config | None = None, worker: ModelWorker | None = None
+) -> AsyncIterator[tuple[str, Any]]:
+    """Serve on 127.0.0.1 (a free port), as :func:`running_service` does, and yield the base
+    URL with the application, whose ``state.service`` holds the running gateway."""
+    from hypercorn.trio import serve as hypercorn_serve
+
+    from trio_orchestrator.service.server import hypercorn_config
+
+    config = config or make_config()
+    app = create_app(config, worker)
+    async with trio.open_nursery() as nursery:
+        stop = trio.Event()
+        server = partial(hypercorn_serve, app, hypercorn_config(config), shutdown_trigger=stop.wait)
+        binds: list[str] = await nursery.start(server)
+        try:
+            yield binds[0], app
+        finally:
+            stop.set()
+
+
 async def statistics(client: httpx.AsyncClient) -> dict[str, Any]:
     """The pipeline statistics from ``GET /v1/stats``."""
     response = await client.get("/v1/stats")
