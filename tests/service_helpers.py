@@ -16,7 +16,8 @@ from trio_orchestrator.config import Config, PipelineConfig
 from trio_orchestrator.config.service import ServiceConfig
 from trio_orchestrator.errors import WorkerError
 from trio_orchestrator.events import Done, Embeddings
-from trio_orchestrator.pipeline import Pipeline, open_pipeline
+from trio_orchestrator.gateway import open_gateway
+from trio_orchestrator.pipeline import Pipeline
 from trio_orchestrator.service import create_app, serve
 from trio_orchestrator.types import PromptRequest
 from trio_orchestrator.workers import EchoWorker, EventSink, ModelWorker
@@ -41,6 +42,28 @@ async def running_service(
         url: str = await nursery.start(server)
         try:
             yield url
+        finally:
+            stop.set()
+
+
+@asynccontextmanager
+async def running_app(
+    config: Config | None = None, worker: ModelWorker | None = None
+) -> AsyncIterator[tuple[str, Any]]:
+    """Serve on 127.0.0.1 (a free port), as :func:`running_service` does, and yield the base
+    URL with the application, whose ``state.service`` holds the running gateway."""
+    from hypercorn.trio import serve as hypercorn_serve
+
+    from trio_orchestrator.service.server import hypercorn_config
+
+    config = config or make_config()
+    app = create_app(config, worker)
+    async with trio.open_nursery() as nursery:
+        stop = trio.Event()
+        server = partial(hypercorn_serve, app, hypercorn_config(config), shutdown_trigger=stop.wait)
+        binds: list[str] = await nursery.start(server)
+        try:
+            yield binds[0], app
         finally:
             stop.set()
 
@@ -88,10 +111,10 @@ async def serving_in_process(
     for calling it directly, on Trio's mock clock."""
     config = config or make_config()
     app = create_app(config, worker)
-    async with open_pipeline(worker, config) as pipeline:
+    async with open_gateway(config, worker=worker) as gateway:
         state = app.state.service
-        state.pipeline, state.models, state.worker = pipeline, ("echo",), worker
-        yield app, pipeline
+        state.gateway, state.pipeline, state.models = gateway, gateway.pipeline, ("echo",)
+        yield app, gateway.pipeline
 
 
 async def call_app(

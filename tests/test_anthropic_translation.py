@@ -14,6 +14,7 @@ import pytest
 from trio_orchestrator.compatibility import CHAT_COMPLETIONS
 from trio_orchestrator.config import Config
 from trio_orchestrator.errors import UnsupportedParameter
+from trio_orchestrator.gateway import open_gateway
 from trio_orchestrator.resilience import (
     BreakerConfig,
     CircuitBreakerLayer,
@@ -21,7 +22,6 @@ from trio_orchestrator.resilience import (
     RetryConfig,
     RetryLayer,
     iter_layers,
-    open_layers,
 )
 from trio_orchestrator.testing.fake_provider import Behaviour, FakeProvider, open_fake_provider
 from trio_orchestrator.types import (
@@ -541,7 +541,8 @@ async def test_refusals_never_trip_the_breaker_nor_retry(upstream: Upstream) -> 
     breaker = BreakerConfig(enabled=True, failure_threshold=1, cooldown=60.0, jitter=0.0)
     retry = RetryConfig(enabled=True, max_attempts=3, initial_backoff=0.01)
     config = Config(resilience=ResilienceConfig(breaker=breaker, retry=retry))
-    async with open_layers(upstream.worker, config) as worker:
+    async with open_gateway(config, worker=upstream.worker) as gateway:
+        worker = gateway.worker
         for _ in range(3):
             with pytest.raises(UnsupportedParameter):
                 await collect(worker, request(extra={"logit_bias": {"1": 5}}))

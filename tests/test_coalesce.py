@@ -23,6 +23,7 @@ from trio_orchestrator import (
     TextDelta,
     Tool,
     Usage,
+    open_gateway,
     open_pipeline,
 )
 from trio_orchestrator.resilience import CoalescingConfig, CoalescingLayer, request_key
@@ -115,7 +116,8 @@ async def test_thousand_identical_requests_make_one_upstream_call(
     config = attrs.evolve(
         big_config(1024), resilience=ResilienceConfig(coalescing=CoalescingConfig(enabled=True))
     )
-    async with open_pipeline(worker, config) as pipeline:
+    async with open_gateway(config, worker=worker) as gateway:
+        pipeline = gateway.pipeline
         (layer,) = [w for w in iter_layers(pipeline.worker) if isinstance(w, CoalescingLayer)]
         async with trio.open_nursery() as n:
 

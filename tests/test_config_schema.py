@@ -15,7 +15,7 @@ import pytest
 from config_classes import Provider, Root, config_values
 from hypothesis import given, settings
 
-from trio_orchestrator import GenerationParams, PromptRequest, open_pipeline
+from trio_orchestrator import GenerationParams, PromptRequest
 from trio_orchestrator.config import (
     Config,
     Secret,
@@ -25,7 +25,7 @@ from trio_orchestrator.config import (
     to_toml,
 )
 from trio_orchestrator.config.docs import attribute_docs, class_summary
-from trio_orchestrator.gateway import open_configured_worker
+from trio_orchestrator.gateway import open_gateway
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "config.toml"
 
@@ -67,11 +67,8 @@ def test_example_config_loads() -> None:
 async def test_example_config_runs_as_it_is() -> None:
     """The example's worker (echo behind routing and every layer it enables) answers."""
     config = load_config(EXAMPLE)
-    async with (
-        open_configured_worker(config) as worker,
-        open_pipeline(worker, config) as pipeline,
-    ):
-        answer = await pipeline.submit(
+    async with open_gateway(config) as gateway:
+        answer = await gateway.pipeline.submit(
             PromptRequest(input="hello", params=GenerationParams(model="cheap"))
         )
     assert answer.text == "hello"

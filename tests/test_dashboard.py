@@ -11,7 +11,13 @@ from observability_helpers import GateRetriever, ScriptedWorker, scripted_worklo
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from trio_orchestrator import EchoWorker, GenerationParams, PromptRequest, open_pipeline
+from trio_orchestrator import (
+    EchoWorker,
+    GenerationParams,
+    PromptRequest,
+    open_gateway,
+    open_pipeline,
+)
 from trio_orchestrator.config import parse_config
 from trio_orchestrator.observability import (
     MetricsConfig,
@@ -63,10 +69,13 @@ enabled = true
 async def layer_names() -> set[str]:
     """Names the resilience layers export, with every layer on."""
     registry = CollectorRegistry()
-    async with open_pipeline(EchoWorker(), parse_config(LAYERS)) as pipeline:
-        instrument_pipeline(pipeline, registry=registry)
-        await pipeline.submit(PromptRequest(input="x", params=GenerationParams(temperature=0)))
-    families = list(text_string_to_metric_families(render_metrics(registry).decode()))
+    config = parse_config(LAYERS)
+    async with open_gateway(config, worker=EchoWorker(), registry=registry) as gateway:
+        request = PromptRequest(input="x", params=GenerationParams(temperature=0))
+        await gateway.pipeline.submit(request)
+        # Read before the gateway closes: closing takes its metrics out of the registry.
+        exposition = render_metrics(registry).decode()
+    families = list(text_string_to_metric_families(exposition))
     return {f.name for f in families} | {s.name for f in families for s in f.samples}
 
 

@@ -11,7 +11,7 @@ import pytest
 import trio
 from redis_fixture import RedisServer, redis_server
 
-from trio_orchestrator import Config, PromptRequest, open_pipeline
+from trio_orchestrator import Config, PromptRequest, open_gateway, open_pipeline
 from trio_orchestrator.distributed import DistributedConfig
 from trio_orchestrator.errors import BadRequest, MalformedResponse, UnsupportedParameter
 from trio_orchestrator.events import Accumulator, Done, Embeddings, EventGrammarError, Usage
@@ -126,7 +126,8 @@ async def test_the_cache_answers_a_repeated_embedding_request_only() -> None:
     """The same inputs again come from the cache; other inputs call the worker."""
     worker = CountingEmbedder()
     config = Config(resilience=ResilienceConfig(cache=CacheConfig(enabled=True)))
-    async with open_pipeline(worker, config) as pipeline:
+    async with open_gateway(config, worker=worker) as gateway:
+        pipeline = gateway.pipeline
         first = await pipeline.submit(embed("a"))
         again = await pipeline.submit(embed("a"))
         other = await pipeline.submit(embed("b"))
@@ -141,10 +142,10 @@ async def test_identical_embedding_requests_in_flight_share_one_call(
     worker = CountingEmbedder(delay=1.0)
     config = Config(resilience=ResilienceConfig(coalescing=CoalescingConfig(enabled=True)))
     results = {}
-    async with open_pipeline(worker, config) as pipeline, trio.open_nursery() as nursery:
+    async with open_gateway(config, worker=worker) as gateway, trio.open_nursery() as nursery:
 
         async def ask(name: str, text: str) -> None:
-            results[name] = await pipeline.submit(embed(text))
+            results[name] = await gateway.pipeline.submit(embed(text))
 
         for name, text in (("one", "a"), ("two", "a"), ("three", "b")):
             nursery.start_soon(ask, name, text)
@@ -163,9 +164,12 @@ async def test_a_shared_cache_gives_embeddings_to_another_process(
         ),
         distributed=DistributedConfig(redis_url=redis_server.url, health_interval=0.05),
     )
-    async with open_pipeline(first, config) as a, open_pipeline(second, config) as b:
-        answer = await a.submit(embed("shared", [7, 8]))
-        replayed = await b.submit(embed("shared", [7, 8]))
+    async with (
+        open_gateway(config, worker=first) as a,
+        open_gateway(config, worker=second) as b,
+    ):
+        answer = await a.pipeline.submit(embed("shared", [7, 8]))
+        replayed = await b.pipeline.submit(embed("shared", [7, 8]))
     assert (len(first.seen), len(second.seen)) == (1, 0)
     assert replayed.embeddings == answer.embeddings
     assert replayed.usage == answer.usage

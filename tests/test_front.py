@@ -6,7 +6,7 @@ import attrs
 import trio
 import trio.testing
 
-from trio_orchestrator import Config, EchoWorker, GenerationParams, PromptRequest, open_pipeline
+from trio_orchestrator import Config, EchoWorker, GenerationParams, PromptRequest, open_gateway
 from trio_orchestrator.resilience import (
     CacheConfig,
     CacheLayer,
@@ -41,7 +41,8 @@ async def test_concurrent_then_repeated_requests_cost_one_upstream_call(
 ) -> None:
     """Ten concurrent identical requests coalesce, and a later one is a cache hit."""
     worker = CountingWorker()
-    async with open_pipeline(worker, FRONT) as pipeline:
+    async with open_gateway(FRONT, worker=worker) as gateway:
+        pipeline = gateway.pipeline
         layers = list(iter_layers(pipeline.worker))
         async with trio.open_nursery() as callers:
             for _ in range(10):
@@ -59,5 +60,5 @@ async def test_concurrent_then_repeated_requests_cost_one_upstream_call(
 async def test_disabled_layers_are_left_out() -> None:
     """With both layers off (the default) the worker is used as it is."""
     worker = CountingWorker()
-    async with open_pipeline(worker) as pipeline:
-        assert pipeline.worker is worker
+    async with open_gateway(worker=worker) as gateway:
+        assert gateway.pipeline.worker is worker

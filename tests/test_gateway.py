@@ -12,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from service_helpers import open_raw_post, running_service
 
 from trio_orchestrator.config import Config, parse_config
+from trio_orchestrator.gateway import open_gateway
 from trio_orchestrator.testing import FakeBehaviour, open_fake_provider
 
 
@@ -125,7 +126,7 @@ async def test_metrics_show_the_pipeline_and_the_layers_as_configured() -> None:
     assert samples[completed] == 3
     breaker_closed = (
         "trio_orchestrator_breaker_state",
-        (("state", "closed"), ("target", "EchoWorker/echo")),
+        (("state", "closed"), ("target", "echo/echo")),
     )
     assert samples[breaker_closed] == 1
 
@@ -182,36 +183,36 @@ async def test_the_router_skips_a_provider_whose_keys_all_rest() -> None:
     """A provider whose only API key is resting (after a 429) is skipped at decision time,
     before any call: its key pool is one of the router's health checks."""
     from trio_orchestrator import GenerationParams, PromptRequest
-    from trio_orchestrator.gateway import open_configured_worker
     from trio_orchestrator.resilience import iter_layers
+    from trio_orchestrator.routing import RouterWorker
     from trio_orchestrator.workers.openai import OpenAIWorker
 
     urls = provider("a", "http://127.0.0.1:9/v1") + provider("b", "http://127.0.0.1:9/v1")
     settings = config(urls + ROUTED.split("[resilience.breaker]")[0])
     request = PromptRequest(input="x", params=GenerationParams(model="m"))
-    async with open_configured_worker(settings) as router:
+    async with open_gateway(settings) as gateway:
+        (router,) = [c.part for c in gateway.components if isinstance(c.part, RouterWorker)]
         (cheap,) = [
             w
-            for top in router.deployment_workers()  # type: ignore[attr-defined]
+            for top in router.deployment_workers()
             for w in iter_layers(top)
             if isinstance(w, OpenAIWorker) and w.name == "a"
         ]
         assert cheap.keys is not None
-        assert router.decide(request).chosen.name == "cheap"  # type: ignore[attr-defined]
+        assert router.decide(request).chosen.name == "cheap"
         cheap.keys.rate_limited(cheap.keys.acquire(), 30.0)
-        decision = router.decide(request)  # type: ignore[attr-defined]
+        decision = router.decide(request)
     assert decision.chosen.name == "dear"
     assert "cheap" in {name for name, _ in decision.skipped}
 
 
 async def test_an_error_in_the_block_reaches_the_caller_as_itself() -> None:
-    """An exception raised inside ``open_configured_worker``'s block (routing on) comes out
-    as itself, not wrapped in an exception group."""
-    from trio_orchestrator.gateway import open_configured_worker
+    """An exception raised inside ``open_gateway``'s block (routing on) comes out as itself,
+    not wrapped in an exception group."""
 
     settings = config(
         '[routing]\n[[routing.deployments]]\nname = "e"\nmodel = "m"\nprovider = "echo"\n'
     )
     with pytest.raises(KeyError, match="inside"):
-        async with open_configured_worker(settings):
+        async with open_gateway(settings):
             raise KeyError("inside")

@@ -109,10 +109,11 @@ def imports(module: str, path: Path, known: dict[str, Path]) -> Iterator[tuple[i
                 for a in node.names
                 if a.name.startswith("trio_orchestrator")
             ]
+        line = node.lineno if isinstance(node, (ast.Import, ast.ImportFrom)) else 0
         for target in targets:
             resolved = target if target in known else f"{target}.__init__".lstrip(".")
             if resolved in known and resolved != module:
-                yield node.lineno, resolved
+                yield line, resolved
 
 
 def graph() -> dict[str, set[str]]:

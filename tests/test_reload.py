@@ -1,4 +1,5 @@
-"""Reloading the configuration of a running pipeline."""
+"""Reloading the configuration of a running gateway: the pipeline's own section, files,
+signals, and the parts registered for a section."""
 
 from __future__ import annotations
 
@@ -22,10 +23,12 @@ from trio_orchestrator.config import (
     reload_on_signal,
 )
 from trio_orchestrator.config.reload import plan_reload
+from trio_orchestrator.config.secret import Secret
+from trio_orchestrator.config.service import ApiKeyConfig, ServiceConfig
 from trio_orchestrator.errors import DeadlineExceeded
 from trio_orchestrator.events import Done, TextDelta
-from trio_orchestrator.pipeline import Outcome, open_pipeline
-from trio_orchestrator.resilience.config import ResilienceConfig
+from trio_orchestrator.gateway import open_gateway
+from trio_orchestrator.pipeline import Outcome
 from trio_orchestrator.types import PromptRequest
 from trio_orchestrator.workers.base import EventSink
 
@@ -51,15 +54,16 @@ class SlowWorker:
 
 
 @attrs.define(eq=False)
-class ReloadableWorker(SlowWorker):
-    """A worker that takes reloads and refuses one option."""
+class PipelinePart:
+    """A part registered for the ``pipeline`` section that records what it is given and
+    refuses what it was told to."""
 
-    seen: list[Config] = attrs.field(factory=list)
+    seen: list[PipelineConfig] = attrs.field(factory=list)
     refuse: list[str] = attrs.field(factory=list)
 
-    def reconfigure(self, config: Config) -> list[str]:
-        """Record the configuration; refuse what it was told to."""
-        self.seen.append(config)
+    def reconfigure(self, section: PipelineConfig, /) -> list[str]:
+        """Record the section; refuse what it was told to."""
+        self.seen.append(section)
         return list(self.refuse)
 
 
@@ -70,9 +74,11 @@ def pipeline_config(**options: float) -> Config:
 
 async def test_reload_applies_inference_concurrency() -> None:
     """A new inference concurrency is in force at once and reported as applied."""
-    async with open_pipeline(SlowWorker(), pipeline_config(inference_concurrency=4)) as pipeline:
-        report = pipeline.reload(pipeline_config(inference_concurrency=2))
-        assert pipeline.statistics().inference_concurrency == 2
+    async with open_gateway(
+        pipeline_config(inference_concurrency=4), worker=SlowWorker()
+    ) as gateway:
+        report = gateway.reload(pipeline_config(inference_concurrency=2))
+        assert gateway.pipeline.statistics().inference_concurrency == 2
     assert report == ReloadReport(
         applied=(ConfigChange("pipeline.inference_concurrency", 4, 2),), refused=()
     )
@@ -81,11 +87,11 @@ async def test_reload_applies_inference_concurrency() -> None:
 
 async def test_non_reloadable_change_is_refused_and_kept() -> None:
     """A channel capacity change is refused and reported; the reloadable part still applies."""
-    async with open_pipeline(SlowWorker()) as pipeline:
-        report = pipeline.reload(pipeline_config(rag_capacity=8, grace_period=1.0))
-        assert pipeline.config.pipeline.rag_capacity == 512
-        assert pipeline.config.pipeline.grace_period == 1.0
-        assert pipeline.statistics().stages[0].capacity == 512
+    async with open_gateway(worker=SlowWorker()) as gateway:
+        report = gateway.reload(pipeline_config(rag_capacity=8, grace_period=1.0))
+        assert gateway.config.pipeline.rag_capacity == 512
+        assert gateway.config.pipeline.grace_period == 1.0
+        assert gateway.pipeline.statistics().stages[0].capacity == 512
     assert [change.path for change in report.applied] == ["pipeline.grace_period"]
     [refusal] = report.refused
     assert refusal == "pipeline.rag_capacity: cannot change while running; restart to apply 512 → 8"
@@ -94,8 +100,8 @@ async def test_non_reloadable_change_is_refused_and_kept() -> None:
 
 async def test_same_configuration_changes_nothing() -> None:
     """Reloading the configuration in force reports no change."""
-    async with open_pipeline(SlowWorker()) as pipeline:
-        report = pipeline.reload(Config())
+    async with open_gateway(worker=SlowWorker()) as gateway:
+        report = gateway.reload(Config())
     assert report == ReloadReport()
     assert str(report) == "configuration unchanged"
 
@@ -104,11 +110,11 @@ async def test_new_request_timeout_applies_to_new_requests(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     """After lowering request_timeout, a new request slower than it expires."""
-    async with open_pipeline(SlowWorker(delay=5.0)) as pipeline:
-        await pipeline.submit(PromptRequest(input="before"))
-        pipeline.reload(pipeline_config(request_timeout=1.0))
+    async with open_gateway(worker=SlowWorker(delay=5.0)) as gateway:
+        await gateway.pipeline.submit(PromptRequest(input="before"))
+        gateway.reload(pipeline_config(request_timeout=1.0))
         with pytest.raises(DeadlineExceeded):
-            await pipeline.submit(PromptRequest(input="after"))
+            await gateway.pipeline.submit(PromptRequest(input="after"))
 
 
 async def test_new_grace_period_applies_at_shutdown(
@@ -119,11 +125,11 @@ async def test_new_grace_period_applies_at_shutdown(
     # The caller outlives the pipeline, so only shutdown's grace period limits the request.
     async with (
         trio.open_nursery() as callers,
-        open_pipeline(SlowWorker(delay=30.0)) as pipeline,  # grace_period 10 s
+        open_gateway(worker=SlowWorker(delay=30.0)) as gateway,  # grace_period 10 s
     ):
-        pipeline.add_listener(lambda finished: outcomes.append(finished.outcome))
-        pipeline.reload(pipeline_config(grace_period=60.0))
-        callers.start_soon(pipeline.submit, PromptRequest(input="long"))
+        gateway.pipeline.add_listener(lambda finished: outcomes.append(finished.outcome))
+        gateway.reload(pipeline_config(grace_period=60.0))
+        callers.start_soon(gateway.pipeline.submit, PromptRequest(input="long"))
         await trio.sleep(1)
     assert outcomes == [Outcome.COMPLETED]
 
@@ -137,16 +143,16 @@ async def test_no_request_in_flight_is_dropped_by_reloads_under_load(
     answers: list[str] = []
 
     async def call(i: int) -> None:
-        answers.append((await pipeline.submit(PromptRequest(input=f"r{i}"))).text)
+        answers.append((await gateway.pipeline.submit(PromptRequest(input=f"r{i}"))).text)
 
-    async with open_pipeline(worker, config) as pipeline, trio.open_nursery() as callers:
+    async with open_gateway(config, worker=worker) as gateway, trio.open_nursery() as callers:
         for i in range(200):
             callers.start_soon(call, i)
         for concurrency in (2, 16, 1, 8):
             await trio.sleep(4)
-            assert pipeline.statistics().in_flight > 0  # reloading mid-load, not after it
-            pipeline.reload(pipeline_config(inference_concurrency=concurrency))
-    statistics = pipeline.statistics()
+            assert gateway.pipeline.statistics().in_flight > 0  # reloading mid-load, not after it
+            gateway.reload(pipeline_config(inference_concurrency=concurrency))
+    statistics = gateway.pipeline.statistics()
     assert sorted(answers) == sorted(f"r{i}" for i in range(200))
     assert (statistics.completed, statistics.submitted) == (200, 200)
 
@@ -156,36 +162,39 @@ async def test_lowered_concurrency_lets_in_flight_finish_then_bounds_new_work(
 ) -> None:
     """Below the number running, nothing is cancelled; new work waits until under the limit."""
     worker = SlowWorker(delay=10.0)
-    async with open_pipeline(worker, pipeline_config(inference_concurrency=6)) as pipeline:
+    async with open_gateway(pipeline_config(inference_concurrency=6), worker=worker) as gateway:
         async with trio.open_nursery() as callers:
             for i in range(12):
-                callers.start_soon(pipeline.submit, PromptRequest(input=f"r{i}"))
+                callers.start_soon(gateway.pipeline.submit, PromptRequest(input=f"r{i}"))
             await trio.sleep(1)
             assert worker.active == 6
-            pipeline.reload(pipeline_config(inference_concurrency=2))
+            gateway.reload(pipeline_config(inference_concurrency=2))
             await trio.sleep(1)
             assert worker.active == 6  # the six in flight carry on
             worker.peak = 0
             await trio.sleep(9)  # they finish; the rest start two at a time
             assert worker.active == 2
         assert worker.peak == 2
-        assert pipeline.statistics().completed == 12
+        assert gateway.pipeline.statistics().completed == 12
 
 
-async def test_reloadable_worker_gets_the_applied_configuration() -> None:
-    """A Reloadable worker is reconfigured with the configuration put in force."""
-    worker = ReloadableWorker()
-    async with open_pipeline(worker) as pipeline:
-        pipeline.reload(pipeline_config(inference_concurrency=3, rag_capacity=7))
-    assert worker.seen == [pipeline_config(inference_concurrency=3)]
+async def test_a_registered_part_gets_its_section_as_put_in_force() -> None:
+    """A part registered for ``pipeline`` is reconfigured with the section put in force
+    (the refused capacity change kept at its old value)."""
+    part = PipelinePart()
+    async with open_gateway(worker=SlowWorker()) as gateway:
+        gateway.add(part, "pipeline")
+        gateway.reload(pipeline_config(inference_concurrency=3, rag_capacity=7))
+    assert part.seen == [PipelineConfig(inference_concurrency=3)]
 
 
-async def test_worker_refusals_are_reported_and_not_counted_as_applied() -> None:
-    """What the worker stack refuses appears in the report and not among applied changes."""
-    refusal = "pipeline.stream_buffer: the worker cannot take this now"
-    worker = ReloadableWorker(refuse=[refusal])
-    async with open_pipeline(worker) as pipeline:
-        report = pipeline.reload(pipeline_config(stream_buffer=2, grace_period=1.0))
+async def test_part_refusals_are_reported_and_not_counted_as_applied() -> None:
+    """What a registered part refuses appears in the report and not among applied changes."""
+    refusal = "pipeline.stream_buffer: the part cannot take this now"
+    part = PipelinePart(refuse=[refusal])
+    async with open_gateway(worker=SlowWorker()) as gateway:
+        gateway.add(part, "pipeline")
+        report = gateway.reload(pipeline_config(stream_buffer=2, grace_period=1.0))
     assert report.refused == (refusal,)
     assert [change.path for change in report.applied] == ["pipeline.grace_period"]
 
@@ -194,9 +203,9 @@ async def test_reload_from_valid_file(tmp_path: Path) -> None:
     """A valid file is loaded and applied."""
     path = tmp_path / "new.toml"
     path.write_text("[pipeline]\ninference_concurrency = 5\n")
-    async with open_pipeline(SlowWorker()) as pipeline:
-        report = await pipeline.reload_from_file(path)
-        assert pipeline.statistics().inference_concurrency == 5
+    async with open_gateway(worker=SlowWorker()) as gateway:
+        report = await gateway.reload_from_file(path)
+        assert gateway.pipeline.statistics().inference_concurrency == 5
     assert report.applied == (ConfigChange("pipeline.inference_concurrency", 256, 5),)
 
 
@@ -204,10 +213,10 @@ async def test_invalid_file_leaves_the_old_configuration_in_force(tmp_path: Path
     """An invalid file changes nothing, and the report lists every problem."""
     path = tmp_path / "bad.toml"
     path.write_text('[pipeline]\ninference_concurrency = "5"\ngrace_period = -1\n')
-    async with open_pipeline(SlowWorker()) as pipeline:
-        report = await pipeline.reload_from_file(path)
-        assert pipeline.config == Config()
-        assert pipeline.statistics().inference_concurrency == 256
+    async with open_gateway(worker=SlowWorker()) as gateway:
+        report = await gateway.reload_from_file(path)
+        assert gateway.config == Config()
+        assert gateway.pipeline.statistics().inference_concurrency == 256
     assert report.invalid == (
         "pipeline.inference_concurrency: expected a whole number, found the string '5'",
         "pipeline.grace_period: expected a number of seconds ≥ 0, found the number -1.0",
@@ -218,9 +227,9 @@ async def test_invalid_file_leaves_the_old_configuration_in_force(tmp_path: Path
 
 async def test_missing_file_leaves_the_old_configuration_in_force(tmp_path: Path) -> None:
     """A file that cannot be read changes nothing and says why."""
-    async with open_pipeline(SlowWorker()) as pipeline:
-        report = await pipeline.reload_from_file(tmp_path / "absent.toml")
-        assert pipeline.config == Config()
+    async with open_gateway(worker=SlowWorker()) as gateway:
+        report = await gateway.reload_from_file(tmp_path / "absent.toml")
+        assert gateway.config == Config()
     [problem] = report.invalid
     assert problem.startswith("cannot read")
 
@@ -265,59 +274,56 @@ async def test_sighup_reloads_the_file(tmp_path: Path) -> None:
         reports.append(report)
         reloaded.set()
 
-    async with open_pipeline(SlowWorker()) as pipeline, trio.open_nursery() as nursery:
-        await nursery.start(
-            functools.partial(reload_on_signal, pipeline, path, on_report=on_report)
-        )
+    async with open_gateway(worker=SlowWorker()) as gateway, trio.open_nursery() as nursery:
+        await nursery.start(functools.partial(reload_on_signal, gateway, path, on_report=on_report))
         os.kill(os.getpid(), signal.SIGHUP)
         with trio.fail_after(10):
             await reloaded.wait()
-        assert pipeline.statistics().inference_concurrency == 3
+        assert gateway.pipeline.statistics().inference_concurrency == 3
         nursery.cancel_scope.cancel()
     assert [change.path for change in reports[0].applied] == ["pipeline.inference_concurrency"]
 
 
 @attrs.define(eq=False)
-class Component:
-    """A component outside the worker stack that takes reloads (like the service)."""
+class ServicePart:
+    """A part outside the worker stack that takes the ``service`` section (like the
+    service's key ring)."""
 
-    seen: list[object] = attrs.field(factory=list)
+    seen: list[ServiceConfig] = attrs.field(factory=list)
 
-    def reconfigure(self, config: Config) -> list[str]:
-        """Record the configuration; refuse nothing."""
-        self.seen.append(config)
+    def reconfigure(self, section: ServiceConfig, /) -> list[str]:
+        """Record the section; refuse nothing."""
+        self.seen.append(section)
         return []
 
 
-@attrs.frozen
-class ServedRoot(Root):
-    """Root with the sections a running pipeline reads besides ``pipeline``.
-
-    Attributes:
-        resilience: the real resilience section (the pipeline builds its layers from it).
-    """
-
-    resilience: ResilienceConfig = attrs.field(factory=ResilienceConfig)
+def with_keys(*keys: str) -> Config:
+    """The default configuration with ``service.api_keys`` set to ``keys``."""
+    entries = tuple(ApiKeyConfig(name=f"k{i}", key=Secret(key)) for i, key in enumerate(keys))
+    return Config(service=ServiceConfig(api_keys=entries))
 
 
-async def test_other_sections_are_refused_when_no_component_takes_reloads() -> None:
-    """With no Reloadable component, a reloadable change outside the pipeline is refused."""
-    async with open_pipeline(SlowWorker(), ServedRoot()) as pipeline:  # type: ignore[arg-type]
-        report = pipeline.reload(ServedRoot(window=Window(1, 2)))  # type: ignore[arg-type]
-        assert pipeline.config == ServedRoot()  # type: ignore[comparison-overlap]
+async def test_a_section_nobody_takes_is_refused_and_kept() -> None:
+    """With no part registered for ``service``, a reloadable change there is refused, named,
+    and the old value stays in force."""
+    async with open_gateway(with_keys("k-old"), worker=SlowWorker()) as gateway:
+        report = gateway.reload(with_keys("k-new"))
+        assert gateway.config == with_keys("k-old")
     assert report.applied == ()
-    assert [line.split(":")[0] for line in report.refused] == ["window.low", "window.high"]
-    assert "nothing in this pipeline takes reloads of this section" in report.refused[0]
+    [refusal] = report.refused
+    assert refusal.startswith("service.api_keys: no running part takes this option")
 
 
-async def test_added_component_takes_its_sections() -> None:
-    """A component given to add_reloadable gets the reloaded configuration to apply."""
-    component = Component()
-    async with open_pipeline(SlowWorker(), ServedRoot()) as pipeline:  # type: ignore[arg-type]
-        pipeline.add_reloadable(component)
-        report = pipeline.reload(ServedRoot(window=Window(1, 2)))  # type: ignore[arg-type]
-    assert component.seen == [ServedRoot(window=Window(1, 2))]
-    assert [change.path for change in report.applied] == ["window.low", "window.high"]
+async def test_added_part_takes_its_section() -> None:
+    """A part given to ``gateway.add`` for a path gets that section of the reloaded
+    configuration, and the change is applied."""
+    part = ServicePart()
+    async with open_gateway(with_keys("k-old"), worker=SlowWorker()) as gateway:
+        gateway.add(part, "service")
+        report = gateway.reload(with_keys("k-new"))
+        assert gateway.config == with_keys("k-new")
+    assert part.seen == [with_keys("k-new").service]
+    assert [change.path for change in report.applied] == ["service.api_keys"]
 
 
 async def test_example_reloads_without_dropping_requests(

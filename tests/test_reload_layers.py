@@ -16,10 +16,11 @@ from trio_orchestrator import (
     PromptRequest,
     RateLimitExceeded,
     ServerError,
-    open_pipeline,
+    open_gateway,
 )
 from trio_orchestrator.config import parse_config
-from trio_orchestrator.gateway import open_configured_worker
+from trio_orchestrator.gateway import Gateway
+from trio_orchestrator.routing import RouterWorker
 
 
 @attrs.define
@@ -42,14 +43,14 @@ async def test_a_reloaded_breaker_threshold_applies_to_the_next_failure(
     """With failure_threshold raised from 1 to 3 by a reload, one failure no longer opens it."""
     before = parse_config("[resilience.breaker]\nenabled = true\nfailure_threshold = 1\n")
     after = parse_config("[resilience.breaker]\nenabled = true\nfailure_threshold = 3\n")
-    async with open_pipeline(FailFirst(failures=2), before) as pipeline:
-        report = pipeline.reload(after)
+    async with open_gateway(before, worker=FailFirst(failures=2)) as gateway:
+        report = gateway.reload(after)
         assert [c.path for c in report.applied] == ["resilience.breaker.failure_threshold"]
         for _ in range(2):
             with pytest.raises(ServerError):
-                await pipeline.submit(PromptRequest(input="x"))
+                await gateway.pipeline.submit(PromptRequest(input="x"))
         # Two failures under a threshold of 3: still closed, so the call goes through.
-        assert (await pipeline.submit(PromptRequest(input="ok"))).text == "ok"
+        assert (await gateway.pipeline.submit(PromptRequest(input="ok"))).text == "ok"
 
 
 async def test_a_lowered_breaker_threshold_opens_sooner(
@@ -58,12 +59,12 @@ async def test_a_lowered_breaker_threshold_opens_sooner(
     """Lowering failure_threshold to 1 by a reload makes the next failure open the breaker."""
     before = parse_config("[resilience.breaker]\nenabled = true\nfailure_threshold = 5\n")
     after = parse_config("[resilience.breaker]\nenabled = true\nfailure_threshold = 1\n")
-    async with open_pipeline(FailFirst(failures=10), before) as pipeline:
-        pipeline.reload(after)
+    async with open_gateway(before, worker=FailFirst(failures=10)) as gateway:
+        gateway.reload(after)
         with pytest.raises(ServerError):
-            await pipeline.submit(PromptRequest(input="x"))
+            await gateway.pipeline.submit(PromptRequest(input="x"))
         with pytest.raises(CircuitOpen):
-            await pipeline.submit(PromptRequest(input="x"))
+            await gateway.pipeline.submit(PromptRequest(input="x"))
 
 
 LIMIT = """
@@ -77,14 +78,14 @@ async def test_a_reloaded_rate_limit_admits_what_the_old_one_refused(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     """A burst of 1 refuses the second request; after reloading a burst of 5 it passes."""
-    async with open_pipeline(EchoWorker(), parse_config(LIMIT.format(burst=1.0))) as pipeline:
-        await pipeline.submit(PromptRequest(input="one"))
+    async with open_gateway(parse_config(LIMIT.format(burst=1.0)), worker=EchoWorker()) as gateway:
+        await gateway.pipeline.submit(PromptRequest(input="one"))
         with pytest.raises(RateLimitExceeded):
-            await pipeline.submit(PromptRequest(input="two"))
-        report = pipeline.reload(parse_config(LIMIT.format(burst=5.0)))
+            await gateway.pipeline.submit(PromptRequest(input="two"))
+        report = gateway.reload(parse_config(LIMIT.format(burst=5.0)))
         assert report.refused == ()
         for text in ("two", "three", "four"):
-            assert (await pipeline.submit(PromptRequest(input=text))).text == text
+            assert (await gateway.pipeline.submit(PromptRequest(input=text))).text == text
 
 
 async def test_a_reloaded_retry_policy_recovers_what_the_old_one_gave_up_on(
@@ -94,11 +95,11 @@ async def test_a_reloaded_retry_policy_recovers_what_the_old_one_gave_up_on(
     before = parse_config("[resilience.retry]\nenabled = true\nmax_attempts = 1\n")
     after = parse_config("[resilience.retry]\nenabled = true\nmax_attempts = 3\n")
     worker = FailFirst(failures=3)
-    async with open_pipeline(worker, before) as pipeline:
+    async with open_gateway(before, worker=worker) as gateway:
         with pytest.raises(ServerError):
-            await pipeline.submit(PromptRequest(input="x"))
-        pipeline.reload(after)
-        assert (await pipeline.submit(PromptRequest(input="recovered"))).text == "recovered"
+            await gateway.pipeline.submit(PromptRequest(input="x"))
+        gateway.reload(after)
+        assert (await gateway.pipeline.submit(PromptRequest(input="recovered"))).text == "recovered"
     assert worker.calls == 4
 
 
@@ -106,8 +107,8 @@ async def test_switching_a_layer_on_or_off_is_refused_and_said() -> None:
     """A reload cannot add or remove a layer: it says so, and the layer keeps its config."""
     before = parse_config("[resilience.retry]\nenabled = true\nmax_attempts = 2\n")
     after = parse_config("[resilience.retry]\nenabled = false\nmax_attempts = 2\n")
-    async with open_pipeline(EchoWorker(), before) as pipeline:
-        report = pipeline.reload(after)
+    async with open_gateway(before, worker=EchoWorker()) as gateway:
+        report = gateway.reload(after)
     assert report.applied == ()
     assert report.refused == (
         "resilience.retry.enabled: adding or removing a layer needs a restart True → False",
@@ -124,21 +125,21 @@ async def test_reloading_under_load_drops_no_request(
     )
     configs = [parse_config(text.format(n=n, burst=b)) for n, b in ((5, 50.0), (2, 10.0))]
     answers: list[str] = []
-    async with open_pipeline(slow, configs[0]) as pipeline:
+    async with open_gateway(configs[0], worker=slow) as gateway:
         async with trio.open_nursery() as nursery:
             for i in range(100):
                 request = PromptRequest(input=f"r{i} a b", timeout=600)
-                nursery.start_soon(_ask, pipeline, request, answers)
+                nursery.start_soon(_ask, gateway, request, answers)
             for config in (configs[1], configs[0], configs[1]):
                 await trio.sleep(0.5)
-                assert pipeline.reload(config).refused == ()
-        stats = pipeline.statistics()
+                assert gateway.reload(config).refused == ()
+        stats = gateway.pipeline.statistics()
     assert len(answers) == 100
     assert (stats.completed, stats.failed, stats.cancelled) == (100, 0, 0)
 
 
-async def _ask(pipeline: object, request: PromptRequest, answers: list[str]) -> None:
-    answers.append((await pipeline.submit(request)).text)  # type: ignore[attr-defined]
+async def _ask(gateway: Gateway, request: PromptRequest, answers: list[str]) -> None:
+    answers.append((await gateway.pipeline.submit(request)).text)
 
 
 ROUTING = """
@@ -163,19 +164,20 @@ async def test_reloaded_routing_prices_change_the_next_decision() -> None:
     """Swapping the deployments' prices by a reload makes the cost strategy pick the other."""
     before = parse_config(ROUTING.format(a=1.0, b=2.0))
     after = parse_config(ROUTING.format(a=3.0, b=2.0))
-    async with (
-        open_configured_worker(before) as router,
-        open_pipeline(router, before) as pipeline,
-    ):
-        decide = router.decide  # type: ignore[attr-defined]
+    async with open_gateway(before) as gateway:
+        decide = _router(gateway).decide
         assert decide(PromptRequest(input="x", params=_m())).chosen.name == "a"
-        report = pipeline.reload(after)
+        report = gateway.reload(after)
         assert report.refused == ()
         assert decide(PromptRequest(input="x", params=_m())).chosen.name == "b"
         grown = parse_config(ROUTING.format(a=1.0, b=2.0).replace('name = "b"', 'name = "c"'))
-        assert pipeline.reload(grown).refused == (
+        assert gateway.reload(grown).refused == (
             "routing.deployments: adding, removing or moving deployments needs a restart",
         )
+
+
+def _router(gateway: Gateway) -> RouterWorker:
+    return next(c.part for c in gateway.components if isinstance(c.part, RouterWorker))
 
 
 def _m() -> GenerationParams:
@@ -191,13 +193,13 @@ async def test_reloaded_provider_keys_are_used_for_the_next_call() -> None:
         table += 'api_keys = ["{key}"]\n'
         old = parse_config(table.format(url=fake.openai_base_url, key="sk-old"))
         new = parse_config(table.format(url=fake.openai_base_url, key="sk-new"))
-        async with open_configured_worker(old) as worker, open_pipeline(worker, old) as pipeline:
-            await pipeline.submit(PromptRequest(input="before"))
-            report = pipeline.reload(new)
-            await pipeline.submit(PromptRequest(input="after"))
+        async with open_gateway(old) as gateway:
+            await gateway.pipeline.submit(PromptRequest(input="before"))
+            report = gateway.reload(new)
+            await gateway.pipeline.submit(PromptRequest(input="after"))
         moved = parse_config(table.format(url="http://127.0.0.1:9/v1", key="sk-new"))
-        async with open_configured_worker(old) as worker, open_pipeline(worker, old) as pipeline:
-            refused = pipeline.reload(moved).refused
+        async with open_gateway(old) as gateway:
+            refused = gateway.reload(moved).refused
     assert report.refused == ()
     assert [r.headers["authorization"] for r in fake.requests] == [
         "Bearer sk-old",
@@ -214,10 +216,10 @@ async def test_reloaded_service_keys_revoke_and_admit_at_once() -> None:
     old = parse_config('[service]\napi_keys = [{ name = "a", key = "k-old" }]\n')
     new = parse_config('[service]\napi_keys = [{ name = "b", key = "k-new" }]\n')
     ring = KeyRing.from_config(old.service.api_keys)
-    async with open_pipeline(EchoWorker(), old) as pipeline:
-        pipeline.add_reloadable(ring)
+    async with open_gateway(old, worker=EchoWorker()) as gateway:
+        gateway.add(ring, "service")
         assert ring.identify("k-old") is not None
-        report = pipeline.reload(new)
+        report = gateway.reload(new)
     assert [c.path for c in report.applied] == ["service.api_keys"]
     assert ring.identify("k-old") is None
     assert ring.identify("k-new") is not None

@@ -68,7 +68,9 @@ async def test_a_native_stream_disconnect_cancels_the_request() -> None:
     """Disconnecting from /v1/prompt/stream cancels the request too."""
     worker = slow_worker()
     async with running_service(worker=worker) as url, httpx.AsyncClient(base_url=url) as monitor:
-        await _disconnect_after_first_bytes(url, "/v1/prompt/stream", {"input": LONG_PROMPT})
+        await _disconnect_after_first_bytes(
+            url, "/v1/prompt/stream", {"model": "echo", "input": LONG_PROMPT}
+        )
         with trio.fail_after(PROMPTLY):
             stats = await wait_for_statistic(monitor, "cancelled", 1)
     assert (stats["completed"], worker.cancelled) == (0, [worker.seen[0].request_id])

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import attrs
 import httpx
 import pytest
 import trio
 from service_helpers import EmbeddingWorker, make_config, running_service, statistics
 
 from trio_orchestrator.config import Config
+from trio_orchestrator.gateway import open_gateway
 from trio_orchestrator.pipeline import open_pipeline
 from trio_orchestrator.resilience import PriorityConfig
 from trio_orchestrator.service import ApiError, ServiceState
@@ -221,12 +223,27 @@ async def test_readyz_is_ready_while_serving() -> None:
     assert (response.status_code, response.json()["status"]) == (200, "ready")
 
 
-async def test_readiness_follows_the_upstream_hook() -> None:
-    """The service is not ready while the readiness hook says every upstream is broken."""
-    async with open_pipeline(EchoWorker()) as pipeline:
-        broken = ServiceState(Config(), upstreams_ready=lambda: False, pipeline=pipeline)
-        working = ServiceState(Config(), upstreams_ready=lambda: True, pipeline=pipeline)
-        assert (broken.ready(), working.ready()) == (False, True)
+@attrs.define
+class Health:
+    """A readiness part that says what it is told."""
+
+    reason: str | None = None
+
+    def unready(self) -> str | None:
+        """The reason set, or None."""
+        return self.reason
+
+
+async def test_readiness_follows_the_gateways_parts() -> None:
+    """The service is not ready, with the reason, while its only provider's readiness part
+    says it cannot take a request; ready again once it can."""
+    health = Health("every API key of echo is resting or disabled")
+    async with open_gateway(worker=EchoWorker()) as gateway:
+        gateway.add(health, provider="echo")
+        state = ServiceState(Config(), gateway=gateway, pipeline=gateway.pipeline)
+        assert state.unready() == ["every API key of echo is resting or disabled"]
+        health.reason = None
+        assert state.ready()
 
 
 async def test_a_draining_service_refuses_new_requests_and_is_not_ready() -> None:

@@ -91,7 +91,7 @@ async def test_requests_carry_the_key_fingerprint_and_user() -> None:
 async def test_a_key_cannot_raise_its_priority_above_its_cap() -> None:
     """A key capped at normal asking for critical priority gets normal."""
     worker = RecordingWorker()
-    body = {"input": "hi", "priority": "critical"}
+    body = {"model": "echo", "input": "hi", "priority": "critical"}
     async with (
         running_service(make_config(api_keys=KEYS), worker) as url,
         httpx.AsyncClient(base_url=url, headers=bearer(APP_KEY)) as client,
@@ -104,7 +104,9 @@ async def test_without_keys_priority_is_as_asked() -> None:
     """With no keys configured, a request's own priority stands."""
     worker = RecordingWorker()
     async with running_service(worker=worker) as url, httpx.AsyncClient(base_url=url) as client:
-        await client.post("/v1/prompt", json={"input": "hi", "priority": "critical"})
+        await client.post(
+            "/v1/prompt", json={"model": "echo", "input": "hi", "priority": "critical"}
+        )
     assert worker.seen[0].priority is Priority.CRITICAL
 
 

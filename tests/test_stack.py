@@ -10,7 +10,7 @@ from _scripted import OK, Recorder, ScriptedWorker, Step, fail
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trio_orchestrator import Config, EchoWorker, PromptRequest, open_pipeline
+from trio_orchestrator import Config, EchoWorker, PromptRequest, open_gateway
 from trio_orchestrator.errors import (
     BadRequest,
     CircuitOpen,
@@ -39,7 +39,6 @@ from trio_orchestrator.resilience import (
     RetryConfig,
     RetryLayer,
     iter_layers,
-    open_layers,
 )
 from trio_orchestrator.types import GenerationParams, ToolCall
 from trio_orchestrator.workers.base import EventSink, ModelWorker, collect
@@ -70,7 +69,8 @@ def _layer(pipeline: Pipeline, kind: type) -> object:
 async def test_no_layer_enabled_leaves_the_worker_unwrapped() -> None:
     """With the default configuration requests go straight to the given worker."""
     worker = EchoWorker()
-    async with open_pipeline(worker) as pipeline:
+    async with open_gateway(worker=worker) as gateway:
+        pipeline = gateway.pipeline
         assert pipeline.worker is worker
 
 
@@ -82,7 +82,8 @@ async def test_layers_stack_in_the_configured_order() -> None:
         breaker=BREAKER,
         retry=RETRY,
     )
-    async with open_pipeline(worker, config) as pipeline:
+    async with open_gateway(config, worker=worker) as gateway:
+        pipeline = gateway.pipeline
         kinds = [type(w) for w in iter_layers(pipeline.worker)]
     assert kinds == [RateLimitLayer, CircuitBreakerLayer, RetryLayer, EchoWorker]
 
@@ -90,7 +91,8 @@ async def test_layers_stack_in_the_configured_order() -> None:
 async def test_open_breaker_fails_requests_fast(autojump_clock: trio.testing.MockClock) -> None:
     """After two upstream failures the third request fails with CircuitOpen, uncalled."""
     worker = ScriptedWorker([fail(ServerError("upstream down"))])
-    async with open_pipeline(worker, _config(breaker=BREAKER)) as pipeline:
+    async with open_gateway(_config(breaker=BREAKER), worker=worker) as gateway:
+        pipeline = gateway.pipeline
         for _ in range(2):
             with pytest.raises(ServerError):
                 await pipeline.submit(PromptRequest(input="hi"))
@@ -108,7 +110,8 @@ async def test_breaker_probes_and_closes_after_cooldown(
     """Once the cool-down has passed, successful probes close the circuit again."""
     worker = ScriptedWorker([fail(ServerError("a")), fail(ServerError("b")), OK])
     config = _config(breaker=BREAKER)
-    async with open_pipeline(worker, config) as pipeline:
+    async with open_gateway(config, worker=worker) as gateway:
+        pipeline = gateway.pipeline
         for _ in range(2):
             with pytest.raises(ServerError):
                 await pipeline.submit(PromptRequest(input="hi"))
@@ -126,7 +129,8 @@ async def test_deadline_timeout_counts_for_the_breaker(
 ) -> None:
     """Requests that run out of time are expired and count as breaker failures."""
     worker = ScriptedWorker([Step(delay=60.0)])
-    async with open_pipeline(worker, _config(breaker=BREAKER)) as pipeline:
+    async with open_gateway(_config(breaker=BREAKER), worker=worker) as gateway:
+        pipeline = gateway.pipeline
         for _ in range(2):
             with pytest.raises(DeadlineExceeded):
                 await pipeline.submit(PromptRequest(input="hi", timeout=1.0))
@@ -142,7 +146,8 @@ async def test_caller_leaving_a_stream_does_not_count_for_the_breaker(
     """Closing a stream early cancels the call without opening the circuit."""
     worker = ScriptedWorker([Step(tokens=("a", "b", "c"), delay=1.0)])
     config = _config(breaker=BreakerConfig(enabled=True, failure_threshold=1))
-    async with open_pipeline(worker, config) as pipeline:
+    async with open_gateway(config, worker=worker) as gateway:
+        pipeline = gateway.pipeline
         for _ in range(3):
             async with pipeline.stream(PromptRequest(input="hi")) as events:
                 await events.__anext__()
@@ -158,7 +163,8 @@ async def test_retry_recovers_a_transient_server_error(
 ) -> None:
     """A ServerError then success: the request completes and counts once."""
     worker = ScriptedWorker([fail(ServerError("blip")), OK])
-    async with open_pipeline(worker, _config(retry=RETRY)) as pipeline:
+    async with open_gateway(_config(retry=RETRY), worker=worker) as gateway:
+        pipeline = gateway.pipeline
         completion = await pipeline.submit(PromptRequest(input="hi"))
         stats = _accounted(pipeline.statistics())
     assert completion.text == "ok"
@@ -170,7 +176,8 @@ async def test_rate_limit_reject_mode_fails_the_request(
 ) -> None:
     """Past its burst, a reject-mode limit fails requests with RateLimitExceeded."""
     limits = _limits(LimitConfig("model", requests_per_second=1.0, mode="reject"))
-    async with open_pipeline(EchoWorker(), _config(rate_limits=limits)) as pipeline:
+    async with open_gateway(_config(rate_limits=limits), worker=EchoWorker()) as gateway:
+        pipeline = gateway.pipeline
         await pipeline.submit(PromptRequest(input="hi"))
         with pytest.raises(RateLimitExceeded) as info:
             await pipeline.submit(PromptRequest(input="hi"))
@@ -185,7 +192,8 @@ async def test_rate_limit_wait_mode_spaces_requests(
     """At 2 requests/s with burst 1, five concurrent requests finish over two seconds."""
     limits = _limits(LimitConfig("model", requests_per_second=2.0, burst=1.0))
     finished: list[float] = []
-    async with open_pipeline(EchoWorker(), _config(rate_limits=limits)) as pipeline:
+    async with open_gateway(_config(rate_limits=limits), worker=EchoWorker()) as gateway:
+        pipeline = gateway.pipeline
         start = trio.current_time()
 
         async def call() -> None:
@@ -200,10 +208,11 @@ async def test_rate_limit_wait_mode_spaces_requests(
     assert stats.completed == 5
 
 
-async def test_open_layers_lets_the_bodys_exception_through_unwrapped() -> None:
-    """An error in the body comes out as itself, not inside an ExceptionGroup."""
+async def test_open_gateway_lets_the_bodys_exception_through_unwrapped() -> None:
+    """An error in the body of a gateway with layers comes out as itself, not inside an
+    ExceptionGroup."""
     with pytest.raises(KeyError):
-        async with open_layers(EchoWorker(), Config()):
+        async with open_gateway(_config(breaker=BREAKER, retry=RETRY), worker=EchoWorker()):
             raise KeyError("boom")
 
 
@@ -306,7 +315,8 @@ def test_every_request_ends_exactly_once_with_all_layers_on(
     errors: list[BaseException] = []
 
     async def run() -> PipelineStatistics:
-        async with open_pipeline(ScriptedWorker(script), config) as pipeline:
+        async with open_gateway(config, worker=ScriptedWorker(script)) as gateway:
+            pipeline = gateway.pipeline
 
             async def call(seconds: float) -> None:
                 try:

@@ -27,6 +27,7 @@ from trio_orchestrator import (
     PromptRequest,
     ServerError,
     TextDelta,
+    open_gateway,
     open_pipeline,
 )
 from trio_orchestrator.observability import (
@@ -45,6 +46,9 @@ TRACED = Config(
     observability=ObservabilityConfig(
         metrics=MetricsConfig(enabled=False), tracing=TracingConfig(enabled=True)
     )
+)
+UNOBSERVED = ObservabilityConfig(
+    metrics=MetricsConfig(enabled=False), tracing=TracingConfig(enabled=False)
 )
 PARENT_TRACE = "0af7651916cd43dd8448eb211c80319c"
 PARENT_SPAN = "b7ad6b7169203331"
@@ -331,9 +335,11 @@ async def test_the_real_retry_layer_and_http_worker_carry_each_attempt_upstream(
     async with open_fake_provider(FakeBehaviour(text="ok")) as fake, httpx.AsyncClient() as c:
         fake.script(FakeBehaviour(status=500))
         worker = OpenAIWorker(c, fake.openai_base_url)
-        async with open_pipeline(worker, retrying) as pipeline:
-            instrument_pipeline(pipeline, tracer_provider=provider)
-            answer = await pipeline.submit(request("hello"))
+        # The gateway builds the retry layer; the spans go to this test's provider.
+        untraced = attrs.evolve(retrying, observability=UNOBSERVED)
+        async with open_gateway(untraced, worker=worker) as gateway:
+            instrument_pipeline(gateway.pipeline, retrying, tracer_provider=provider)
+            answer = await gateway.pipeline.submit(request("hello"))
     assert answer.text == "ok"
     attempts = sorted(
         (s for s in exporter.get_finished_spans() if s.name == "upstream attempt"),

@@ -11,12 +11,14 @@ import pytest
 import trio
 
 from trio_orchestrator import PromptRequest
+from trio_orchestrator.config import Config
 from trio_orchestrator.errors import ProviderConnectionError
 from trio_orchestrator.events import StreamEvent, TextDelta
+from trio_orchestrator.gateway import open_gateway
 from trio_orchestrator.testing.fake_provider import Behaviour, FakeProvider, open_fake_provider
 from trio_orchestrator.types import GenerationParams
 from trio_orchestrator.workers import OpenAIWorker
-from trio_orchestrator.workers.config import ProviderConfig
+from trio_orchestrator.workers.config import ProviderConfig, ProvidersConfig
 from trio_orchestrator.workers.factory import make_client, worker_for
 from trio_orchestrator.workers.transport import ShardedTransport, pool_limits
 
@@ -99,12 +101,13 @@ async def test_worker_streams_through_the_client_make_client_builds() -> None:
 async def test_reload_refuses_new_connection_limits() -> None:
     """Changing max_connections or pool_size on reload is refused: the client is built."""
     provider = ProviderConfig(kind="openai", name="p", base_url="http://127.0.0.1:9/v1")
-    async with make_client(provider) as client:
-        worker = worker_for(provider, client)
-        assert worker.reconfigure(provider) == []  # type: ignore[attr-defined]
+    same = Config(providers=ProvidersConfig((provider,)))
+    async with open_gateway(same) as gateway:
+        assert gateway.reload(same).refused == ()
         for changed_provider in (
             attrs.evolve(provider, max_connections=8),
             attrs.evolve(provider, pool_size=4),
         ):
-            refused = worker.reconfigure(changed_provider)  # type: ignore[attr-defined]
+            changed = Config(providers=ProvidersConfig((changed_provider,)))
+            refused = gateway.reload(changed).refused
             assert any("max_connections and pool_size" in r for r in refused)
