@@ -21,6 +21,7 @@ gates() {
     echo "== ruff format --check" && .venv/bin/ruff format --check . || failed+=("ruff format")
     echo "== mypy (strict)" && .venv/bin/mypy || failed+=("mypy")
     if ((${#failed[@]})); then
+        local IFS=","
         echo "gates failed: ${failed[*]}" >&2
         return 1
     fi
