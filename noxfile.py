@@ -1,4 +1,7 @@
-"""Sessions: tests, lint, typing, docs, bench (``nox -l`` lists them)."""
+"""Sessions: tests, lint, typing, docs, bench (``nox -l`` lists them).
+
+The default sessions (tests, lint, typing) are CI's gates, as ``bash scripts/test.sh`` runs them.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +13,14 @@ nox.options.default_venv_backend = "venv"
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """Run the test suite with the CI Hypothesis profile."""
+    """The suite with the CI Hypothesis profile and branch coverage (fails under the floor).
+
+    With arguments (``nox -s tests -- tests/test_x.py``) they go to pytest alone, unmeasured,
+    as with ``bash scripts/test.sh ARGS``.
+    """
     session.install("-e", ".[dev]")
-    session.run("pytest", *session.posargs, env={"HYPOTHESIS_PROFILE": "ci"})
+    args = session.posargs or ["--cov", "--cov-report=term"]
+    session.run("pytest", *args, env={"HYPOTHESIS_PROFILE": "ci"})
 
 
 @nox.session
@@ -37,8 +45,8 @@ def thorough(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """Ruff, with the flake8-async rules."""
-    session.install("ruff")
+    """Ruff, with the flake8-async rules, and ruff's formatting (the pinned ruff of ``[lint]``)."""
+    session.install(".[lint]")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
 
