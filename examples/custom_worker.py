@@ -31,6 +31,9 @@ class ShoutWorker:
     async def generate(self, request: PromptRequest, emit: EventSink) -> None:
         """Stream the answer; see the class docstring."""
         if request.params.tools and request.params.tool_choice not in (None, "auto", "none"):
+            # A call cancelled before it started ends as cancelled, not refused (the worker
+            # contract checks it): look for a cancellation before raising.
+            await trio.lowlevel.checkpoint_if_cancelled()
             raise BadRequest("ShoutWorker cannot call tools", provider="shout")
         prompt = next((m.content for m in reversed(request.chat()) if m.role == "user"), "")
         words = split_tokens(prompt.upper())

@@ -40,8 +40,13 @@ def limit(scope: str, burst: float, rate: float = PER_HOUR, **options: str) -> L
 
 
 def settings(server: RedisServer, **overrides: object) -> DistributedConfig:
-    """Quick health checks against ``server``."""
-    values: dict[str, object] = {"redis_url": server.url, "health_interval": 0.05}
+    """Quick health checks against ``server`` (and a patient start: a loaded CI machine
+    under coverage once took over 2 s to connect)."""
+    values: dict[str, object] = {
+        "redis_url": server.url,
+        "health_interval": 0.05,
+        "start_timeout": 10.0,
+    }
     values.update(overrides)
     return DistributedConfig(**values)  # type: ignore[arg-type]
 
