@@ -31,12 +31,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import attrs
-import orjson
 
 from ..errors import MalformedResponse, ProviderConnectionError, ProviderError
 from ..events import Done, Passthrough, TextDelta, ToolCallDelta, ToolCallStart, Usage
 from ..types import PromptRequest, ToolCall
-from ._sse import ServerSentEvent
+from ._sse import ServerSentEvent, parse_event_data
 from .base import EventSink
 from .http import error_from_body
 
@@ -197,7 +196,7 @@ class ResponsesStream:
         if data[:1] != "{" and data.strip() == "[DONE]":  # not OpenAI's, but some servers'
             self.finished = True
             return
-        parsed = _parse(data, self.provider)
+        parsed = parse_event_data(data, self.provider)
         kind = str(parsed.get("type") or event.event)
         relay = {"event": event.event if event.event != "message" else kind, "data": parsed}
         if kind in _ENVELOPE and not self.started:
@@ -270,19 +269,3 @@ class ResponsesStream:
                 provider=self.provider,
             )
         await self.emit(self._done)
-
-
-def _parse(data: str, provider: str) -> dict[str, Any]:
-    try:
-        parsed = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise MalformedResponse(
-            f"{provider or 'the provider'} sent an event that is not JSON; retrying may help",
-            provider=provider,
-        ) from exc
-    if not isinstance(parsed, dict):
-        raise MalformedResponse(
-            f"{provider or 'the provider'} sent JSON that is not an object; retrying may help",
-            provider=provider,
-        )
-    return parsed
