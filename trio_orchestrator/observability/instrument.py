@@ -7,17 +7,16 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from ..seams import HasStatistics as Exported
-from ..seams import Layer, iter_layers, provider_name
+from ..seams import HasStatistics, Layer, iter_layers, provider_name
 from .hooks import ObservationHooks
 from .layers import PER_TARGET
 from .logging import RequestLogger
 from .metrics import (
-    HasStatistics,
     PipelineCollector,
     RequestMetrics,
     StageTimes,
     StatisticsCollector,
+    StatisticsSource,
     prometheus,
     render_metrics,
 )
@@ -69,7 +68,7 @@ class Instrumentation:
     def register_statistics(
         self,
         kind: str,
-        component: HasStatistics,
+        component: StatisticsSource,
         *,
         labels: Mapping[str, str] | None = None,
         counters: Iterable[str] = (),
@@ -179,10 +178,10 @@ def instrument_pipeline(
 def export_parts(observed: Instrumentation, parts: Iterable[Part]) -> None:
     """Export the statistics of every :class:`~trio_orchestrator.seams.HasStatistics` part
     as its ``metric_kind`` says, labelled with its provider (once per kind and provider)."""
-    per_target: dict[str, list[Exported]] = {}
+    per_target: dict[str, list[HasStatistics]] = {}
     seen: set[tuple[str, str | None]] = set()
     for part, provider in parts:
-        if not isinstance(part, Exported):
+        if not isinstance(part, HasStatistics):
             continue
         kind = part.metric_kind
         if kind in PER_TARGET:

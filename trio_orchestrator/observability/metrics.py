@@ -399,7 +399,7 @@ _NAME = re.compile(r"[a-z][a-z0-9_]*")
 _LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 
 
-class HasStatistics(Protocol):
+class StatisticsSource(Protocol):
     """Anything with a ``statistics()`` method returning a frozen attrs instance."""
 
     def statistics(self) -> Any:
@@ -408,7 +408,7 @@ class HasStatistics(Protocol):
 
 @attrs.frozen
 class _Entry:
-    component: HasStatistics
+    component: StatisticsSource
     labels: tuple[tuple[str, str], ...]
     counters: frozenset[str]
 
@@ -430,7 +430,7 @@ class StatisticsCollector:
     def register(
         self,
         kind: str,
-        component: HasStatistics,
+        component: StatisticsSource,
         *,
         labels: Mapping[str, str] | None = None,
         counters: Iterable[str] = (),
@@ -517,7 +517,7 @@ def _family(name: str, kind: str, field: str, labels: list[str], counter: bool =
     return family
 
 
-def _snapshot(component: HasStatistics) -> Any:
+def _snapshot(component: StatisticsSource) -> Any:
     stats = component.statistics()
     if not attrs.has(type(stats)):
         raise ValueError(
