@@ -63,6 +63,7 @@ from .pipeline import (
     DeadLetterQueue,
     DeadLetterStatistics,
     DefaultAssembler,
+    EmbeddingRetriever,
     FinishedRequest,
     LexicalRetriever,
     MemorySink,
@@ -106,12 +107,14 @@ from .routing import (
     build_router,
     open_router,
 )
+from .seams import Embedder
 from .sharding import shard_session
 from .types import Document, GenerationParams, Message, Priority, PromptRequest, Tool, ToolCall
 from .workers import EchoWorker, EventSink, ModelWorker, collect
 from .workers.anthropic import AnthropicWorker
 from .workers.balance import LoadBalancedWorker
 from .workers.config import ProviderConfig, ProvidersConfig, Timeouts
+from .workers.embeddings import WorkerEmbedder
 from .workers.factory import build_worker, open_worker
 from .workers.keys import KeyPool
 from .workers.openai import OpenAIWorker
@@ -149,6 +152,8 @@ __all__ = [
     "Document",
     "Done",
     "EchoWorker",
+    "Embedder",
+    "EmbeddingRetriever",
     "Embeddings",
     "EventGrammarError",
     "EventSink",
@@ -224,6 +229,7 @@ __all__ = [
     "Usage",
     "WorkQueue",
     "WorkerCrashed",
+    "WorkerEmbedder",
     "WorkerError",
     "__version__",
     "build_router",

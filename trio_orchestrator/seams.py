@@ -6,6 +6,8 @@ registers each for the seams it offers; nothing is found by probing attributes:
 - :class:`Layer`: a worker that wraps another (``inner``); walk a chain with
   :func:`iter_layers`.
 - :class:`ModelCatalog`: knows the model names it serves (a router, a balancer, a provider).
+- :class:`Embedder`: turns texts into vectors (a provider that embeds, or any worker through
+  :class:`~trio_orchestrator.workers.WorkerEmbedder`); what a dense retriever asks for.
 - :class:`HasStatistics`: keeps counters, and says how they are exported as metrics
   (``trio_orchestrator_<metric_kind>_<field>``, :attr:`metric_counters` as counters, the
   other numeric fields as gauges).
@@ -20,12 +22,13 @@ without an edit anywhere else.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
 from .workers.base import ModelWorker
 
 __all__ = [
+    "Embedder",
     "HasStatistics",
     "Layer",
     "ModelCatalog",
@@ -57,6 +60,19 @@ class ModelCatalog(Protocol):
 
     def model_names(self) -> tuple[str, ...]:
         """The model names clients may ask for; empty means any (the upstream decides)."""
+        ...
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """Turns texts into vectors."""
+
+    async def embed(self, inputs: Sequence[str], *, model: str) -> list[list[float]]:
+        """One vector per input, in input order, from the embedding model ``model``.
+
+        Raises:
+            WorkerError: a typed failure (the model cannot embed, the upstream failed).
+        """
         ...
 
 

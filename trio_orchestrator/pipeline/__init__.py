@@ -7,7 +7,7 @@ from .hooks import PipelineHooks
 from .job import FinishedRequest, Outcome
 from .post import PostProcessor, StopSequences, TextFilter, TrimWhitespace
 from .priority import PriorityAdmission, PriorityStatistics
-from .rag import LexicalRetriever, NoRetriever, Retriever
+from .rag import EmbeddingRetriever, LexicalRetriever, NoRetriever, Retriever
 from .sinks import CallbackSink, MemorySink, OutputSink
 from .statistics import PipelineStatistics, StageStatistics
 
@@ -18,6 +18,7 @@ __all__ = [
     "DeadLetterQueue",
     "DeadLetterStatistics",
     "DefaultAssembler",
+    "EmbeddingRetriever",
     "FinishedRequest",
     "LexicalRetriever",
     "MemorySink",

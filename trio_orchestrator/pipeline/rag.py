@@ -1,4 +1,9 @@
-"""Retrieval: the first stage. The default retrieves nothing; it never fabricates context."""
+"""Retrieval: the first stage. The default retrieves nothing; it never fabricates context.
+
+Two real retrievers come with the package: :class:`LexicalRetriever` (BM25 over words) and
+:class:`EmbeddingRetriever` (cosine similarity of vectors from any
+:class:`~trio_orchestrator.seams.Embedder`).
+"""
 
 from __future__ import annotations
 
@@ -10,10 +15,12 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import attrs
+import trio
 
+from ..seams import Embedder
 from ..types import Document, PromptRequest
 
-__all__ = ["LexicalRetriever", "NoRetriever", "Retriever"]
+__all__ = ["EmbeddingRetriever", "LexicalRetriever", "NoRetriever", "Retriever"]
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 
@@ -113,5 +120,69 @@ class LexicalRetriever:
 
     async def retrieve(self, request: PromptRequest) -> Sequence[Document]:
         """Return the best documents for the request's last user message."""
-        query = next((m.content for m in reversed(request.chat()) if m.role == "user"), "")
-        return self.rank(query)
+        return self.rank(_last_user_text(request))
+
+
+def _last_user_text(request: PromptRequest) -> str:
+    return next((m.content for m in reversed(request.chat()) if m.role == "user"), "")
+
+
+def _cosine(a: Sequence[float], b: Sequence[float]) -> float:
+    norms = math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b))
+    return sum(x * y for x, y in zip(a, b, strict=True)) / norms if norms else 0.0
+
+
+@attrs.define(eq=False)
+class EmbeddingRetriever:
+    """Dense retrieval: the documents whose vectors are closest (cosine) to the vector of
+    the request's last user message.
+
+    The corpus is embedded once, on the first retrieval (so building one costs nothing and
+    needs no event loop); each retrieval then embeds only its query.
+
+    Do not give it an embedder that sends its requests through the pipeline this retriever
+    serves: the retrieval stage would wait on its own queue. Give it the provider, or the
+    gateway's layered ``worker`` (``WorkerEmbedder(gateway.worker)``) — the embedding calls
+    then go through the same breakers, retries and cache, outside the pipeline.
+
+    Args:
+        embedder: what turns texts into vectors.
+        documents: the corpus.
+        model: the embedding model.
+        top_k: the most documents to return.
+        min_score: documents whose cosine similarity is at or below this are not returned.
+    """
+
+    embedder: Embedder
+    documents: Sequence[Document]
+    model: str
+    top_k: int = 3
+    min_score: float = 0.0
+    _vectors: list[list[float]] | None = attrs.field(default=None, init=False)
+    _lock: trio.Lock = attrs.field(factory=trio.Lock, init=False)
+
+    async def retrieve(self, request: PromptRequest) -> Sequence[Document]:
+        """Return the best documents for the request's last user message.
+
+        Raises:
+            WorkerError: the embedder's failure (the pipeline fails the request with it).
+        """
+        query = _last_user_text(request)
+        if not query or not self.documents:
+            return []
+        vectors = await self._corpus_vectors()
+        (wanted,) = await self.embedder.embed([query], model=self.model)
+        scored = [
+            attrs.evolve(document, score=score)
+            for document, vector in zip(self.documents, vectors, strict=True)
+            if (score := _cosine(wanted, vector)) > self.min_score
+        ]
+        scored.sort(key=lambda d: -d.score)
+        return scored[: self.top_k]
+
+    async def _corpus_vectors(self) -> list[list[float]]:
+        async with self._lock:  # concurrent first retrievals embed the corpus once
+            if self._vectors is None:
+                texts = [document.text for document in self.documents]
+                self._vectors = await self.embedder.embed(texts, model=self.model)
+        return self._vectors

@@ -5,6 +5,7 @@ from .balance import BalanceStatistics, LoadBalancedWorker, WorkerLoad
 from .base import EventSink, ModelWorker, collect
 from .config import ProviderConfig, ProvidersConfig, Timeouts
 from .echo import EchoWorker
+from .embeddings import WorkerEmbedder
 from .factory import build_worker, make_client, open_worker
 from .keys import KeyPool, KeyPoolStatistics, KeyStatistics
 from .openai import OpenAIWorker
@@ -23,6 +24,7 @@ __all__ = [
     "ProviderConfig",
     "ProvidersConfig",
     "Timeouts",
+    "WorkerEmbedder",
     "WorkerLoad",
     "build_worker",
     "collect",

@@ -20,13 +20,16 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import attrs
+
 from ..errors import MalformedResponse, UnsupportedParameter
 from ..events import Done, Embeddings, Passthrough, Usage
-from ..types import EmbeddingInput, PromptRequest
-from .base import EventSink
+from ..types import EmbeddingInput, GenerationParams, PromptRequest
+from .base import EventSink, ModelWorker, collect
 from .http import error_from_body
 
 __all__ = [
+    "WorkerEmbedder",
     "cannot_embed",
     "decode_vector",
     "embeddings_body",
@@ -38,6 +41,35 @@ __all__ = [
 
 # The members of an embeddings answer read into events; the rest go on as Passthrough.
 _READ = frozenset(("object", "data", "model", "usage"))
+
+
+@attrs.frozen
+class WorkerEmbedder:
+    """Any worker as an :class:`~trio_orchestrator.seams.Embedder`: each call is one
+    embedding request (``PromptRequest(embed=...)``) through ``worker`` and whatever layers
+    wrap it (a gateway's ``worker`` brings its breakers, retries, cache and routing).
+
+    Args:
+        worker: the worker to ask; it answers embedding requests or refuses them.
+        batch: the most inputs sent in one request (providers cap it: OpenAI at 2,048).
+    """
+
+    worker: ModelWorker
+    batch: int = 256
+
+    async def embed(self, inputs: Sequence[str], *, model: str) -> list[list[float]]:
+        """One vector per input, in input order.
+
+        Raises:
+            WorkerError: whatever the worker raised (a refusal, an upstream failure).
+        """
+        vectors: list[list[float]] = []
+        for start in range(0, len(inputs), self.batch):
+            chunk = tuple(inputs[start : start + self.batch])
+            request = PromptRequest(embed=chunk, params=GenerationParams(model=model))
+            completion = await collect(self.worker, request)
+            vectors.extend(list(vector) for vector in completion.embeddings)
+        return vectors
 
 
 def embeddings_body(request: PromptRequest) -> dict[str, Any]:

@@ -29,10 +29,10 @@ import httpx
 from ..config.secret import Secret
 from ..errors import MalformedResponse, ProviderConnectionError
 from ..events import Done, Passthrough, TextDelta, ToolCallDelta, ToolCallStart, Usage
-from ..types import GenerationParams, Message, PromptRequest, Tool, ToolCall
+from ..types import Message, PromptRequest, Tool, ToolCall
 from ._sse import ServerSentEvent, parse_event_data
-from .base import EventSink, collect
-from .embeddings import embeddings_body, emit_embeddings
+from .base import EventSink
+from .embeddings import WorkerEmbedder, embeddings_body, emit_embeddings
 from .http import HTTPProvider, Timeouts, error_from_body, wire_format_guard
 from .keys import KeyPool
 from .openai_responses import ResponsesStream, emit_response, responses_body
@@ -424,6 +424,4 @@ class OpenAIWorker:
         Raises:
             ProviderError: a typed failure.
         """
-        request = PromptRequest(embed=inputs, params=GenerationParams(model=model))
-        completion = await collect(self, request)
-        return [list(vector) for vector in completion.embeddings]
+        return await WorkerEmbedder(self, batch=len(inputs) or 1).embed(inputs, model=model)
