@@ -111,3 +111,15 @@ async def test_reload_refuses_new_connection_limits() -> None:
             changed = Config(providers=ProvidersConfig((changed_provider,)))
             refused = gateway.reload(changed).refused
             assert any("max_connections and pool_size" in r for r in refused)
+
+
+@pytest.mark.parametrize("library", ["httpx", "httpx2"])
+def test_every_pool_shares_one_tls_context(library: str) -> None:
+    """The pools share one TLS context (building one reads the whole CA bundle, so one per
+    pool made opening a provider take seconds), and the next client reuses it."""
+    module = httpx2 if library == "httpx2" else httpx
+    first = ShardedTransport(module, max_connections=64, pool_size=4)
+    second = ShardedTransport(module, max_connections=8, pool_size=4)
+    contexts = {id(pool._pool._ssl_context) for t in (first, second) for pool in t._pools}
+    assert len(first._pools) == 16
+    assert len(contexts) == 1
