@@ -1,0 +1,202 @@
+"""When each of a provider call's time limits cuts it, for every HTTP worker.
+
+A stream may take ``first_token`` seconds to its first content, then ``idle`` seconds between
+chunks, and ``total`` seconds in all. These tests pin the *time* of each cut (under
+``autojump_clock``), not only the error's type: a limit applied at the wrong moment — every
+stream cut at the first-token limit, say — passes a type check but not these.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import attrs
+import httpx
+import pytest
+import trio
+import trio.testing
+
+from trio_orchestrator.errors import ProviderTimeout
+from trio_orchestrator.types import GenerationParams, PromptRequest
+from trio_orchestrator.workers import AnthropicWorker, ModelWorker, OpenAIWorker, collect
+from trio_orchestrator.workers.config import Timeouts
+
+
+def _data(payload: dict[str, Any], event: str | None = None) -> bytes:
+    head = f"event: {event}\n" if event else ""
+    return f"{head}data: {json.dumps(payload)}\n\n".encode()
+
+
+def _openai_chunk(content: str | None, finish: str | None = None) -> bytes:
+    delta = {} if content is None else {"content": content}
+    choice = {"index": 0, "delta": delta, "finish_reason": finish}
+    return _data({"model": "m", "choices": [choice]})
+
+
+def _anthropic(name: str, **data: Any) -> bytes:
+    return _data({"type": name, **data}, event=name)
+
+
+def _anthropic_text(text: str) -> bytes:
+    delta = {"type": "text_delta", "text": text}
+    return _anthropic("content_block_delta", index=0, delta=delta)
+
+
+def _responses(name: str, **data: Any) -> bytes:
+    return _data({"type": name, **data}, event=name)
+
+
+@attrs.frozen
+class Kind:
+    """One HTTP worker, its wire format's chunks, and the request it streams."""
+
+    name: str
+    make: Callable[[httpx.AsyncClient, Timeouts], ModelWorker]
+    first: bytes  # the first chunk with content (any preamble included)
+    more: bytes  # one more chunk of content, the text "a"
+    end: bytes  # the rest of a complete answer
+    request: PromptRequest
+
+
+REQUEST = PromptRequest(input="hi", params=GenerationParams(model="m"))
+
+KINDS = [
+    Kind(
+        "openai",
+        lambda client, t: OpenAIWorker(client, "http://llm.test/v1", timeouts=t),
+        _openai_chunk("a"),
+        _openai_chunk("a"),
+        _openai_chunk(None, "stop") + b"data: [DONE]\n\n",
+        REQUEST,
+    ),
+    Kind(
+        "anthropic",
+        lambda client, t: AnthropicWorker(client, "http://anthropic.test", timeouts=t),
+        _anthropic("message_start", message={"model": "m", "usage": {"input_tokens": 1}})
+        + _anthropic("content_block_start", index=0, content_block={"type": "text", "text": ""})
+        + _anthropic_text("a"),
+        _anthropic_text("a"),
+        _anthropic("content_block_stop", index=0)
+        + _anthropic(
+            "message_delta",
+            delta={"stop_reason": "end_turn", "stop_sequence": None},
+            usage={"output_tokens": 1},
+        )
+        + _anthropic("message_stop"),
+        REQUEST,
+    ),
+    Kind(
+        "openai responses",
+        lambda client, t: OpenAIWorker(
+            client, "http://llm.test/v1", timeouts=t, responses_api=True
+        ),
+        _responses("response.created", response={"id": "r", "status": "in_progress"})
+        + _responses("response.output_text.delta", delta="a", output_index=0),
+        _responses("response.output_text.delta", delta="a", output_index=0),
+        _responses(
+            "response.completed",
+            response={"id": "r", "status": "completed", "model": "m", "output": []},
+        ),
+        attrs.evolve(REQUEST, responses_body={"input": "hi", "stream": True}),
+    ),
+]
+
+
+class Scripted(httpx.AsyncByteStream):
+    """A response body: each chunk after its delay, then (unless it ends) a stall."""
+
+    def __init__(self, chunks: list[tuple[float, bytes]], *, stall: bool = True) -> None:
+        self.chunks, self.stall = chunks, stall
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for delay, chunk in self.chunks:
+            await trio.sleep(delay)
+            yield chunk
+        if self.stall:
+            await trio.sleep_forever()
+
+
+def _worker(kind: Kind, body: Scripted, timeouts: Timeouts) -> ModelWorker:
+    def handler(request: httpx.Request) -> httpx.Response:
+        headers = {"content-type": "text/event-stream"}
+        return httpx.Response(200, stream=body, headers=headers)
+
+    return kind.make(httpx.AsyncClient(transport=httpx.MockTransport(handler)), timeouts)
+
+
+async def _cut_after(worker: ModelWorker, request: PromptRequest, limit: str) -> float:
+    """Run ``worker`` to its timeout; return the seconds from the call to the cut."""
+    start = trio.current_time()
+    with pytest.raises(ProviderTimeout, match=limit):
+        await collect(worker, request)
+    return trio.current_time() - start
+
+
+LIMITS = Timeouts(first_token=3, idle=5, total=20)
+
+
+@pytest.fixture(params=KINDS, ids=[kind.name for kind in KINDS])
+def kind(request: pytest.FixtureRequest) -> Kind:
+    """Each HTTP worker in turn."""
+    result: Kind = request.param
+    return result
+
+
+async def test_no_content_is_cut_at_the_first_token_limit(
+    kind: Kind, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A stream that sends only keep-alive comments is cut at first_token, not later."""
+    body = Scripted([(0.0, b": keep-alive\n\n"), (2.0, b": keep-alive\n\n")])
+    assert await _cut_after(_worker(kind, body, LIMITS), kind.request, "first token") == 3.0
+
+
+async def test_a_stall_after_content_is_cut_at_the_idle_limit(
+    kind: Kind, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Content at 2 s, then silence: cut at 2 + idle = 7 s (past the first-token limit)."""
+    body = Scripted([(2.0, kind.first)])
+    assert await _cut_after(_worker(kind, body, LIMITS), kind.request, "idle") == 7.0
+
+
+async def test_each_chunk_restarts_the_idle_limit(
+    kind: Kind, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Chunks at 1, 5 and 9 s, then silence: the idle limit counts from the last, 9 + 5 s."""
+    body = Scripted([(1.0, kind.first), (4.0, kind.more), (4.0, kind.more)])
+    assert await _cut_after(_worker(kind, body, LIMITS), kind.request, "idle") == 14.0
+
+
+async def test_a_steady_stream_is_cut_at_the_total_limit(
+    kind: Kind, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A chunk every 4 s never trips idle (5 s), but the call ends at total = 20 s."""
+    body = Scripted([(1.0, kind.first)] + [(4.0, kind.more)] * 10)
+    assert await _cut_after(_worker(kind, body, LIMITS), kind.request, "total") == 20.0
+
+
+async def test_a_steady_stream_runs_past_the_first_token_limit_to_its_end(
+    kind: Kind, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Chunks 4 s apart (each within idle) run to the answer's end at 17 s, far past the
+    3 s first-token limit: that limit ends with the first content."""
+    chunks = [(1.0, kind.first)] + [(4.0, kind.more)] * 3 + [(4.0, kind.end)]
+    worker = _worker(kind, Scripted(chunks, stall=False), LIMITS)
+    start = trio.current_time()
+    completion = await collect(worker, kind.request)
+    assert completion.text == "a" * 4
+    assert trio.current_time() - start == 17.0
+
+
+async def test_a_json_answer_is_cut_at_the_first_token_limit(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A non-streaming call whose body never arrives is cut at first_token."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, stream=Scripted([(1.0, b'{"id": ')]))
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    worker = OpenAIWorker(client, "http://llm.test/v1", timeouts=LIMITS, stream=False)
+    assert await _cut_after(worker, REQUEST, "first token") == 3.0
