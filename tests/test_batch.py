@@ -178,9 +178,11 @@ async def test_rerun_skips_ids_already_done(tmp_path: Path) -> None:
     lines = [_simple(i) for i in range(5)] + ["bad"]
     await _run(tmp_path, lines, EchoWorker())
     worker = ScriptedWorker()
-    summary = await _run(tmp_path, lines, worker)
+    warnings: list[str] = []
+    summary = await _run(tmp_path, lines, worker, warn=warnings.append)
     assert worker.statistics().calls == 0
     assert summary.skipped == 6
+    assert warnings == []  # the bad line was reported by the run that recorded it
     assert len(_records(tmp_path / "out.jsonl")) == 5
     assert len(_records(tmp_path / "out.jsonl.dead")) == 1
 
@@ -275,6 +277,14 @@ def test_cli_runs_a_batch(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert "1 completed" in err
 
 
+def test_cli_creates_the_output_directory(tmp_path: Path) -> None:
+    """`--out` in a directory that does not exist yet: it is created, no traceback."""
+    source = _write(tmp_path / "in.jsonl", [_simple(1)])
+    out = tmp_path / "new" / "deeper" / "out.jsonl"
+    assert main(["batch", str(source), "--out", str(out), "--no-progress"]) == 0
+    assert [_key(r) for r in _records(out)] == ["r1"]
+
+
 def test_cli_rejects_unknown_config_keys(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -317,12 +327,14 @@ def test_sigint_mid_run_leaves_consistent_files(tmp_path: Path) -> None:
 def test_batch_job_example_runs(tmp_path: Path) -> None:
     """examples/batch_job.py runs the example input: four results and one bad line."""
     example = Path(__file__).parent.parent / "examples" / "batch_job.py"
+    out_dir = tmp_path / "not-yet-there"
     result = subprocess.run(
-        [sys.executable, str(example), str(tmp_path)], capture_output=True, text=True, check=True
+        [sys.executable, str(example), str(out_dir)], capture_output=True, text=True, check=True
     )
     assert "completed=4" in result.stdout
+    assert "bad_lines=1" in result.stdout
     assert "bad input: line 4" in result.stderr
-    assert sorted(_key(r) for r in _records(tmp_path / "results.jsonl")) == [
+    assert sorted(_key(r) for r in _records(out_dir / "results.jsonl")) == [
         "greeting",
         "openai-1",
         "openai-2",

@@ -436,8 +436,8 @@ class _Writer:
         self._append(self.dead, record, outcome)
 
     def bad_line(self, bad: BadLine, *, record: bool) -> None:
-        self.warn(f"line {bad.line}: {bad.reason}")
-        if record:
+        if record:  # else recorded by an earlier run: skipped, like a line already answered
+            self.warn(f"line {bad.line}: {bad.reason}")
             entry = dead_record(bad.key, bad.line, "bad_line", "BadLine", bad.reason, openai=False)
             self._append(self.dead, entry | {"input": bad.text}, "bad_lines")
         else:
@@ -520,7 +520,8 @@ async def run_batch(
 
     Args:
         input_path: the JSONL input (see the module docstring).
-        out_path: where results go (appended; existing results are skipped).
+        out_path: where results go (appended; existing results are skipped; missing
+            directories are created).
         worker: the provider worker (default: the configuration's providers; the layers
             ``[resilience]`` enables go around it either way).
         dead_path: where failures go (default: ``out_path`` plus ``.dead``).
@@ -532,7 +533,7 @@ async def run_batch(
         grace_period: seconds in-flight requests get after ``stop`` (default: the config's).
         handle_sigint: a first SIGINT (Ctrl-C) sets ``stop``; a second one ends the grace
             period at once (main thread only).
-        warn: called with one line per bad input line.
+        warn: called with one line per bad input line not recorded by an earlier run.
 
     Returns:
         The counts of what happened.
@@ -575,7 +576,9 @@ _COUNTED = ("completed", "failed", "shed", "expired", "interrupted", "bad_lines"
 
 
 def open_for_append(path: Path) -> IO[str]:
-    """Open a result or dead-letter file to append records to (UTF-8, created if absent)."""
+    """Open a result or dead-letter file to append records to (UTF-8, created if absent,
+    with its missing parent directories)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     return path.open("a", encoding="utf-8")
 
 
