@@ -1,5 +1,6 @@
 """Start the service inside a Trio program and call it with the official OpenAI SDK.
 
+    pip install 'trio-orchestrator[examples]'   # the OpenAI SDK
     python examples/serve_with_openai_sdk.py
 
 The service listens on a free port of 127.0.0.1 with the echo worker (no key needed), the SDK

@@ -1,4 +1,8 @@
-"""The contract test of the custom worker: two lines."""
+"""The contract test of the custom worker: two lines.
+
+    pip install 'trio-orchestrator[examples]'   # pytest, pytest-trio, Hypothesis
+    pytest examples/test_custom_worker.py
+"""
 
 from custom_worker import ShoutWorker
 
