@@ -106,7 +106,9 @@ async def serve(
         logger.info("draining: finishing requests in flight, refusing new ones")
         # Still accepting meanwhile: a connection that arrives now gets a 503 rather than
         # waiting in the listen queue for a reset.
-        await drain(app.requests, state.pipeline, grace)
+        # The grace period in force: a reload may have changed it.
+        in_force = grace if state.gateway is None else state.gateway.config.pipeline.grace_period
+        await drain(app.requests, state.pipeline, in_force)
 
     own = sockets is None
     if sockets is None:
