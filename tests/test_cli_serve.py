@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -191,3 +192,61 @@ async def test_hypercorn_serves_the_module_app(tmp_path: Path) -> None:
         with trio.fail_after(PROMPTLY):
             await served.process.wait()
     assert [m["id"] for m in models["data"]] == ["echo"]
+
+
+async def _wait_for_output(served: Served, text: bytes) -> None:
+    with trio.fail_after(PROMPTLY):
+        while text not in served.output:  # noqa: ASYNC110 - the output grows as it comes
+            await trio.sleep(0.05)
+
+
+async def test_observability_logging_is_applied_under_serve(tmp_path: Path) -> None:
+    """`[observability.logging] json = true, level = "DEBUG"`: serve's log lines are JSON
+    objects, DEBUG ones among them."""
+    path = tmp_path / "service.toml"
+    path.write_text('[observability.logging]\njson = true\nlevel = "DEBUG"\n')
+    async with serve_process(path) as served:
+        await _wait_for_output(served, b"pipeline opened")
+        served.process.send_signal(signal.SIGTERM)
+        with trio.fail_after(PROMPTLY):
+            await served.process.wait()
+    lines = [json.loads(line) for line in served.output.splitlines() if line.startswith(b"{")]
+    assert {"DEBUG", "INFO"} <= {line["level"] for line in lines}
+    assert any(line["message"].startswith("pipeline opened") for line in lines)
+
+
+async def test_a_reload_after_port_on_the_command_line_refuses_nothing(tmp_path: Path) -> None:
+    """SIGHUP with the file unchanged after `serve --port 0`: the reload reports no refused
+    service.port (the command line's port is not a change the file asked for)."""
+    config = write_config(tmp_path, token_delay=0, grace=5)
+    async with serve_process(config) as served:
+        await _wait_for_output(served, b"pipeline opened")
+        served.process.send_signal(signal.SIGHUP)
+        await _wait_for_output(served, b"reload of")
+        served.process.send_signal(signal.SIGTERM)
+        with trio.fail_after(PROMPTLY):
+            await served.process.wait()
+    assert b"refused" not in served.output
+    assert b"service.port" not in served.output
+
+
+async def test_worker_processes_end_streams_cleanly_past_the_grace_period(tmp_path: Path) -> None:
+    """With --workers 2, a stream still running when the grace period ends gets an error
+    event then [DONE], and its response ends properly."""
+    config = write_config(tmp_path, token_delay=0.05, grace=1)
+    body = {"model": "echo", "stream": True, "messages": [{"role": "user", "content": "w " * 2000}]}
+    async with serve_process(config, "--workers", "2") as served:
+        await _wait_for_output(served, b"pipeline opened")
+        client = httpx.AsyncClient(base_url=served.url, timeout=PROMPTLY)
+        received = b""
+        async with client, client.stream("POST", "/v1/chat/completions", json=body) as response:
+            async for chunk in response.aiter_bytes():
+                if not received:  # the stream is running: drain now
+                    served.process.send_signal(signal.SIGTERM)
+                received += chunk
+        with trio.fail_after(PROMPTLY):
+            await served.process.wait()
+    events = [e for e in received.decode().split("\n\n") if e]
+    assert json.loads(events[-2].removeprefix("data: "))["error"]["code"] == "cancelled"
+    assert events[-1] == "data: [DONE]"
+    assert served.process.returncode == 0

@@ -220,7 +220,8 @@ class FailingAfterTokenWorker:
 
 
 async def test_error_mid_stream_is_an_error_event() -> None:
-    """A failure after a stream started is sent as a final `data: {"error": ...}` event."""
+    """A failure after a stream started is sent as a `data: {"error": ...}` event, and the
+    stream then ends as streams do, with `data: [DONE]`."""
     worker = FailingAfterTokenWorker(e.Overloaded("busy"))
     body = CHAT | {"stream": True}
     async with running_service(worker=worker) as url, httpx.AsyncClient(base_url=url) as client:
@@ -228,7 +229,8 @@ async def test_error_mid_stream_is_an_error_event() -> None:
     events = [line for line in response.text.split("\n\n") if line]
     assert response.status_code == 200
     assert '"partial"' in response.text
-    assert events[-1].startswith('data: {"error"')
+    assert events[-2].startswith('data: {"error"')
+    assert events[-1] == "data: [DONE]"
 
 
 async def test_error_before_the_first_event_keeps_its_status() -> None:

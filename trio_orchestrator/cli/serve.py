@@ -46,12 +46,12 @@ def _config(args: argparse.Namespace) -> Config:
 
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGTERM or SIGINT, then drain within the grace period; return the status."""
-    log_to_stderr()
     try:
         config = _config(args)
     except ConfigError as exc:
         print(f"trio-orchestrator serve: invalid configuration: {_one_line(exc)}", file=sys.stderr)
         return 2
+    log_to_stderr(config.observability.logging)  # [observability.logging]: level, JSON
     if args.config is not None:
         # The service reloads this file on SIGHUP (worker processes also read it from here).
         os.environ[CONFIG_ENV] = str(Path(args.config).resolve())

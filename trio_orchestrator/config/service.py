@@ -8,7 +8,7 @@ from typing import Any
 
 import attrs
 
-from ..validators import non_negative_time, one_of, positive_int
+from ..validators import non_negative_time, one_of, positive_int, positive_seconds
 from .secret import Secret
 
 __all__ = ["ApiKeyConfig", "EchoConfig", "ServiceConfig"]
@@ -90,6 +90,14 @@ class ServiceConfig:
         models: model names listed by ``/v1/models`` and accepted by the OpenAI endpoints;
             empty means the worker's own model(s).
         echo: the echo worker's settings.
+        keep_alive_timeout: seconds an idle keep-alive connection stays open (also the time a
+            connection has to send a request's headers). Longer than clients' own idle
+            timeouts (5 s for httpx and the OpenAI SDK), so that a client never reuses a
+            connection the server is closing at that moment.
+        backlog: connections the kernel queues for the service before it accepts them (the
+            kernel caps it at ``net.core.somaxconn``).
+        request_read_timeout: seconds a request's body has, from its headers on, to arrive
+            whole; past it the answer is 408 and the connection is closed.
     """
 
     host: str = "127.0.0.1"
@@ -100,3 +108,6 @@ class ServiceConfig:
     cors_origins: tuple[str, ...] = ()
     models: tuple[str, ...] = ()
     echo: EchoConfig = attrs.field(factory=EchoConfig)
+    keep_alive_timeout: float = attrs.field(default=75.0, validator=positive_seconds)
+    backlog: int = attrs.field(default=4096, validator=positive_int)
+    request_read_timeout: float = attrs.field(default=30.0, validator=positive_seconds)

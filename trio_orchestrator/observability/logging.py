@@ -21,7 +21,7 @@ from .config import LoggingConfig
 if TYPE_CHECKING:
     from ..pipeline.job import FinishedRequest
 
-__all__ = ["JsonFormatter", "RequestLogger", "TextFormatter", "configure_logging"]
+__all__ = ["JsonFormatter", "RequestLogger", "TextFormatter", "configure_logging", "is_ours"]
 
 REQUEST_LOGGER: Final = "trio_orchestrator.requests"
 _HANDLER_MARK: Final = "_trio_orchestrator_handler"
@@ -68,6 +68,11 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+def is_ours(handler: logging.Handler) -> bool:
+    """Whether :func:`configure_logging` installed ``handler`` (and may replace it)."""
+    return bool(getattr(handler, _HANDLER_MARK, False))
+
+
 def configure_logging(config: LoggingConfig, stream: IO[str] | None = None) -> logging.Handler:
     """Send the ``trio_orchestrator`` loggers to ``stream`` in the configured format and level.
 
@@ -81,7 +86,7 @@ def configure_logging(config: LoggingConfig, stream: IO[str] | None = None) -> l
         The handler it installed.
     """
     logger = logging.getLogger("trio_orchestrator")
-    for old in [h for h in logger.handlers if getattr(h, _HANDLER_MARK, False)]:
+    for old in [h for h in logger.handlers if is_ours(h)]:
         logger.removeHandler(old)
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if config.json else TextFormatter())

@@ -266,6 +266,21 @@ class Pipeline:
         """True once shutdown has begun: no new requests are admitted."""
         return self._closing
 
+    def cancel_in_flight(self, reason: str) -> int:
+        """End every request in flight now, each counted cancelled with
+        :class:`~trio_orchestrator.errors.RequestCancelled` (``reason``) as its error.
+
+        Its caller learns it the way it learns any ending, so a server can end a stream with
+        the stream's own error event before it has to cut the connection.
+
+        Returns:
+            How many requests it ended.
+        """
+        jobs = list(self._in_flight)
+        for job in jobs:
+            self._cancel(job, reason)
+        return len(jobs)
+
     def statistics(self) -> PipelineStatistics:
         """Return a snapshot of the pipeline's counters."""
         stages = tuple(

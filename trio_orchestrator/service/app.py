@@ -17,12 +17,14 @@ counts are logged.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
+import attrs
 import trio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -32,20 +34,23 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 
-from ..config import Config
+from ..config import Config, parse_config
+from ..config.reload import ReloadReport
+from ..config.service import ServiceConfig
 from ..config.signals import reload_on_signal
-from ..errors import OrchestratorError
-from ..gateway import open_gateway
+from ..errors import ConfigError, OrchestratorError
+from ..gateway import Gateway, open_gateway
 from ..workers import ModelWorker
 from . import endpoints as ep
 from .completions import completions
+from .connections import BoundedBody, Requests
 from .errors import ApiError, map_exception
 from .fastpath import CHAT_PATH, ChatFastPath, ChatRoute
 from .guard import CatchAll, Guard, KeyRing, RequestIds
 from .messages import COUNT_TOKENS_PATH, MESSAGES_PATH, CountTokensRoute, MessagesRoute
 from .openapi import openapi_document
 from .responses import responses
-from .settings import CONFIG_ENV, config_from_environment, log_to_stderr
+from .settings import CONFIG_ENV, config_from_environment, load_config, log_to_stderr
 from .state import ServedModels, ServiceState, service_of
 from .streaming import ClientGone
 from .ws import websocket_endpoint
@@ -139,6 +144,8 @@ def create_app(
         lifespan=partial_lifespan(state, worker),
     )
     application.state.service = state
+    application.requests = Requests()
+    application.read_timeout = config.service.request_read_timeout
     if not config.service.cors_origins:  # else CORS must see every response: no fast path
         guard = Guard(None, keyring, config.service.max_body_bytes)  # its checks, no layer
         application.fast_path = ChatFastPath(state, guard)
@@ -148,12 +155,28 @@ def create_app(
 class ServiceApp(Starlette):
     """Starlette, with ``POST /v1/chat/completions`` answered in front of its middleware
     stack by :class:`~.fastpath.ChatFastPath` when one is set (which makes the layers'
-    checks itself)."""
+    checks itself).
+
+    Every HTTP request is counted in :attr:`requests` (a shutdown waits for them) and its
+    body must arrive within :attr:`read_timeout` seconds (408 past it).
+    """
 
     fast_path: ChatFastPath | None = None
+    read_timeout: float = math.inf
+    requests: Requests
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         """Serve one ASGI connection or the lifespan."""
+        if scope["type"] != "http":
+            await self._dispatch(scope, receive, send)
+            return
+        state: ServiceState = self.state.service
+        deadline = trio.current_time() + self.read_timeout
+        bounded = BoundedBody(receive, send, deadline, lambda: state.draining)
+        with self.requests.track():
+            await self._dispatch(scope, bounded.receive, bounded.send)
+
+    async def _dispatch(self, scope: Any, receive: Any, send: Any) -> None:
         fast_path = self.fast_path
         if fast_path is not None and fast_path.handles(scope):
             await fast_path(scope, receive, send)
@@ -201,7 +224,8 @@ def partial_lifespan(
                 path = os.environ.get(CONFIG_ENV)
                 if path and threading.current_thread() is threading.main_thread():
                     # SIGHUP re-reads the file: limits, breaker, retry, concurrency…
-                    await nursery.start(reload_on_signal, gateway, path)
+                    reloads = FileReload(gateway, state.config, _file_service(path))
+                    await nursery.start(reload_on_signal, reloads, path)
                 try:
                     yield
                 finally:
@@ -221,6 +245,60 @@ def partial_lifespan(
         )
 
     return lifespan
+
+
+# What the command line (`serve --host/--port/--workers`) may set over the file's values.
+_COMMAND_LINE_KEYS = ("host", "port", "workers")
+
+
+def _file_service(path: str) -> ServiceConfig | None:
+    """The ``[service]`` section of the file the service started from, as the file says it."""
+    try:
+        return load_config(path).service
+    except OrchestratorError:
+        return None
+
+
+@attrs.define(eq=False)
+class FileReload:
+    """Reloads the configuration file into the gateway, keeping what the command line set.
+
+    ``serve --port 9000`` runs on 9000 whatever the file says; a reload of an unchanged file
+    must not report "refused service.port" for it. So a reload compares the file's
+    ``service.host``, ``port`` and ``workers`` with the file's own values at start: unchanged,
+    the running values stand; changed in the file, the change is refused as any other is.
+
+    Args:
+        gateway: what to reload.
+        running: the configuration the service started with (overrides applied).
+        file_service: the file's ``[service]`` section at start (None if unreadable).
+    """
+
+    gateway: Gateway
+    running: Config
+    file_service: ServiceConfig | None
+
+    async def reload_from_file(self, path: str | os.PathLike[str]) -> ReloadReport:
+        """Read ``path`` and reload it (a bad file changes nothing; the report says why)."""
+        try:
+            text = await trio.Path(path).read_text(encoding="utf-8")
+            config = parse_config(text)
+        except (OSError, UnicodeDecodeError) as exc:
+            return ReloadReport(invalid=(f"cannot read {os.fspath(path)}: {exc}",))
+        except ConfigError as exc:
+            return ReloadReport(invalid=tuple(exc.problems))
+        return self.gateway.reload(self._keep_command_line(config))
+
+    def _keep_command_line(self, config: Config) -> Config:
+        started, running = self.file_service, self.running.service
+        if started is None:
+            return config
+        kept = {
+            key: getattr(running, key)
+            for key in _COMMAND_LINE_KEYS
+            if getattr(config.service, key) == getattr(started, key)
+        }
+        return attrs.evolve(config, service=attrs.evolve(config.service, **kept))
 
 
 async def _api_error(_request: Request, exc: Exception) -> Response:
@@ -257,8 +335,9 @@ class _ConfiguredByEnvironment:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if self._app is None:
-            log_to_stderr()
-            self._app = create_app(config_from_environment())
+            config = config_from_environment()
+            log_to_stderr(config.observability.logging)
+            self._app = create_app(config)
         await self._app(scope, receive, send)
 
 

@@ -11,6 +11,8 @@ import os
 
 from ..config import Config
 from ..config import load_config as _load_config
+from ..observability.config import LoggingConfig
+from ..observability.logging import configure_logging, is_ours
 
 __all__ = [
     "CONFIG_ENV",
@@ -40,15 +42,17 @@ def config_from_environment() -> Config:
     return Config() if not path else load_config(path)
 
 
-def log_to_stderr() -> None:
-    """Send the package's log (INFO and up) to stderr, unless logging is set up already.
+def log_to_stderr(config: LoggingConfig | None = None) -> None:
+    """Log as ``[observability.logging]`` says (level, JSON or text) to stderr, unless the
+    program has set up logging itself (a handler on the root logger or on the package's).
 
-    Hypercorn logs to stderr itself; this adds the service's lines (draining, final counts).
+    Hypercorn logs to stderr itself; this adds the service's lines (draining, final counts,
+    one per request). Calling it again replaces what it installed before.
+
+    Args:
+        config: the logging settings (the defaults when ``None``).
     """
     package = logging.getLogger("trio_orchestrator")
-    if package.handlers or logging.getLogger().handlers:
+    if logging.getLogger().handlers or any(not is_ours(h) for h in package.handlers):
         return
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-    package.addHandler(handler)
-    package.setLevel(logging.INFO)
+    configure_logging(config or LoggingConfig())

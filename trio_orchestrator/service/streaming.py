@@ -111,7 +111,7 @@ class EventStream(Response):
 
     ``produce(emit)`` sends events with ``await emit(payload)``. An error it raises before its
     first event is answered with that error's status, like any other request; after it, the
-    error goes out as one more event (``error_event`` renders it) and the stream ends. A
+    error goes out as one more event (``error_event`` renders it), then the trailer. A
     client that disconnects cancels ``produce``.
 
     Args:
@@ -156,12 +156,12 @@ class EventStream(Response):
             await self.produce(out.emit)
         except (OrchestratorError, ApiError) as exc:
             error = map_exception(exc)
-            if out.started:
-                await out.emit(self.error_event(error, exc))
-            else:
+            if not out.started:
                 await send_error(out.send, error, out.extra)
                 out.finished = True
-            return
+                return
+            await out.emit(self.error_event(error, exc))
+        # After an error event too: a client reading to `[DONE]` sees the stream's end.
         if self.trailer is not None:
             await out.emit(self.trailer)
 

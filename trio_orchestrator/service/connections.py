@@ -1,0 +1,156 @@
+"""What the service does around every HTTP request, whatever its endpoint.
+
+- :class:`Requests` counts the requests being answered, so that a shutdown knows when the
+  last one has ended, and ends the rest cleanly when the grace period is nearly over
+  (:func:`drain`): each in-flight request is cancelled in the pipeline, which its handler
+  learns as a typed error and answers in its endpoint's own shape (a 503, or an error event
+  and the stream's proper end), before the server has to cut the connection.
+- :class:`BoundedBody` bounds the time a request's body has to arrive: past
+  ``service.request_read_timeout`` the client gets 408 and the connection is closed, so that
+  uploads that never finish cannot hold connections (and file descriptors) for ever.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from contextlib import contextmanager
+from typing import Any
+
+import attrs
+import trio
+
+from ..pipeline import Pipeline
+from .errors import ApiError
+from .guard import send_error
+
+__all__ = ["BoundedBody", "Requests", "drain", "drain_margin"]
+
+logger = logging.getLogger("trio_orchestrator.service")
+
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+_CLOSE = (b"connection", b"close")
+_DISCONNECT: Message = {"type": "http.disconnect"}
+
+
+@attrs.define(eq=False)
+class Requests:
+    """The HTTP requests the service is answering (not the idle connections).
+
+    Attributes:
+        active: requests whose handler is running.
+    """
+
+    active: int = 0
+    _idle: trio.Event = attrs.field(factory=trio.Event, init=False)
+
+    @contextmanager
+    def track(self) -> Iterator[None]:
+        """Count one request for the duration of the block."""
+        self.active += 1
+        try:
+            yield
+        finally:
+            self.active -= 1
+            if self.active == 0:
+                self._idle.set()
+                self._idle = trio.Event()
+
+    async def wait_idle(self) -> None:
+        """Return once no request is being answered."""
+        if self.active:
+            await self._idle.wait()
+
+
+def drain_margin(grace: float) -> float:
+    """Seconds before the end of the grace period at which the service ends the requests
+    still running, so that each can still write its ending (a quarter of the grace period,
+    at most one second)."""
+    return min(1.0, grace / 4)
+
+
+async def drain(requests: Requests, pipeline: Pipeline | None, grace: float) -> None:
+    """Let the requests in flight finish, and end the rest cleanly near the grace period's end.
+
+    Waits up to ``grace`` minus :func:`drain_margin` seconds for every request to end; then
+    cancels those still in the pipeline (each counted cancelled; its client gets a 503, or
+    an error event and the end of its stream) and waits up to the margin for their answers
+    to go out.
+
+    Args:
+        requests: the requests being answered.
+        pipeline: the pipeline, if it is open.
+        grace: ``pipeline.grace_period``.
+    """
+    margin = drain_margin(grace)
+    with trio.move_on_after(grace - margin):
+        await requests.wait_idle()
+    if not requests.active:
+        return
+    ended = 0
+    if pipeline is not None:
+        ended = pipeline.cancel_in_flight("the service shut down before the answer was ready")
+    logger.warning("grace period over: ended %d request(s) still running", ended)
+    with trio.move_on_after(margin):
+        await requests.wait_idle()
+
+
+@attrs.define(eq=False)
+class BoundedBody:
+    """One request's ``receive`` and ``send``, with a deadline for its body.
+
+    Until the body has arrived whole, ``receive`` waits no later than ``deadline``. Past it
+    the client is answered 408 with ``Connection: close`` (if nothing was answered yet), the
+    application is told the client has gone (``http.disconnect``), and what it sends after
+    that is dropped. Responses sent while ``closing()`` is true carry ``Connection: close``
+    (a draining service asks clients to reconnect elsewhere).
+
+    Args:
+        receive: the server's ``receive``.
+        send: the server's ``send``.
+        deadline: when the body must have arrived (:func:`trio.current_time` clock).
+        closing: whether responses should close their connection.
+    """
+
+    _receive: Receive
+    _send: Send
+    deadline: float
+    closing: Callable[[], bool]
+    _body_done: bool = attrs.field(default=False, init=False)
+    _timed_out: bool = attrs.field(default=False, init=False)
+    _started: bool = attrs.field(default=False, init=False)
+
+    async def receive(self) -> Message:
+        """The next request message; ``http.disconnect`` once the body is too late."""
+        if self._timed_out:
+            return dict(_DISCONNECT)
+        if self._body_done:
+            return await self._receive()
+        with trio.move_on_at(self.deadline):
+            message = await self._receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                self._body_done = True
+            return message
+        await self._too_late()
+        return dict(_DISCONNECT)
+
+    async def send(self, message: Message) -> None:
+        """Send ``message`` unless the request has been answered 408 already."""
+        if self._timed_out:
+            return
+        if message["type"] == "http.response.start":
+            self._started = True
+            if self.closing():
+                message = {**message, "headers": [*message.get("headers", ()), _CLOSE]}
+        await self._send(message)
+
+    async def _too_late(self) -> None:
+        self._timed_out = True
+        if self._started:
+            return  # an answer has begun; leaving it unfinished closes the connection
+        message = "the request body did not arrive in time; send it without pausing"
+        error = ApiError(408, message, "invalid_request_error", "request_timeout")
+        await send_error(self._send, error, [_CLOSE])
