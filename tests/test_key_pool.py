@@ -56,7 +56,7 @@ async def test_all_resting_is_rate_limited_with_the_soonest_wait(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     """When every key rests, acquire raises RateLimited with the soonest return."""
-    pool = KeyPool([A, B])
+    pool = KeyPool([A, B], jitter=0.0)
     pool.rate_limited(A, 30.0)
     pool.rate_limited(B, 5.0)
     with pytest.raises(RateLimited) as info:

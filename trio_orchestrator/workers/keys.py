@@ -4,7 +4,7 @@ The rules, each kept short on purpose so that one bad answer cannot take a provi
 
 - **Rest after a 429.** A key rests for the provider's ``Retry-After`` (``default_rest`` when
   it named none), never longer than ``max_rest``, lengthened by a random fraction of at most
-  ``jitter`` so that keys rested together do not wake together.
+  ``jitter`` so that keys rested together do not wake together (their probe times too).
 - **Per model.** A 429 to a request for model *M* rests the pair (key, *M*): the key goes
   on serving the provider's other models. Upstreams limit per model (OpenAI's and
   Anthropic's limits are per model or model class; their 429s name the model's limit),
@@ -267,7 +267,7 @@ class KeyPool:
             rests = [] if key.disabled else key.blocking(model, now)
             if rests and all(rest.probe_at <= now for rest in rests):
                 for rest in rests:
-                    rest.probe_at = now + self.probe_interval
+                    rest.probe_at = now + self._jittered(self.probe_interval)
                 key.probes += 1
                 return key
         return None
@@ -341,10 +341,10 @@ class KeyPool:
         until = now + self._jittered(min(asked, self.max_rest))
         rest = key.rest if model is None else key.model_rests.get(model)
         if rest is None or rest.until <= now:
-            rest = _Rest(since=now, until=until, probe_at=now + self.probe_interval)
+            rest = _Rest(since=now, until=until, probe_at=now + self._jittered(self.probe_interval))
         else:
             rest.since, rest.until = now, max(rest.until, until)
-            rest.probe_at = max(rest.probe_at, now + self.probe_interval)
+            rest.probe_at = max(rest.probe_at, now + self._jittered(self.probe_interval))
         if model is None:
             key.rest = rest
         else:
