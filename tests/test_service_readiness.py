@@ -117,16 +117,17 @@ async def test_one_broken_provider_of_two_leaves_the_service_ready() -> None:
 
 
 async def test_not_ready_while_every_key_rests() -> None:
-    """A 429 with Retry-After rests the provider's only key: /readyz is 503 naming it."""
+    """A 429 with Retry-After for the provider's only model rests its only key for it:
+    /readyz is 503 naming the provider and the key."""
     async with open_fake_provider(FakeBehaviour(text="ok")) as fake:
-        text = "[service]\nport = 0\n" + provider("up", fake.openai_base_url, '"sk-1"')
-        async with serving(parse_config(text)) as (client, _):
+        entry = provider("up", fake.openai_base_url, '"sk-1"') + 'models = ["m"]\n'
+        async with serving(parse_config("[service]\nport = 0\n" + entry)) as (client, _):
             fake.script(FakeBehaviour(status=429, retry_after=600))
             assert (await client.post("/v1/chat/completions", json=CHAT)).status_code == 429
-            assert await ready(client) == (
-                503,
-                ["every API key of up is resting or disabled"],
-            )
+            status, (reason,) = await ready(client)
+            assert status == 503
+            assert reason.startswith("every API key of up is resting or disabled: sha256:")
+            assert "resting after a 429 for every model (m)" in reason
 
 
 async def _until_ready(client: httpx.AsyncClient) -> None:

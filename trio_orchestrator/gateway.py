@@ -55,7 +55,7 @@ from .pipeline import (
 from .resilience.stack import LayerContext, wrap
 from .routing.router import open_router
 from .routing.strategies import HealthCheck
-from .seams import ModelCatalog, Readiness, Reloadable, provider_name
+from .seams import ModelCatalog, Readiness, Reloadable, Revivable, provider_name
 from .workers import EchoWorker, LoadBalancedWorker, ModelWorker
 from .workers.config import ProviderConfig, ProvidersConfig
 from .workers.factory import key_pool, make_client, worker_for
@@ -186,6 +186,8 @@ class Gateway:
     def reload(self, config: Config) -> ReloadReport:
         """Put ``config`` in force without dropping a request in flight.
 
+        Every :class:`~trio_orchestrator.seams.Revivable` part is revived first (rejected API
+        keys come back: a reload is the operator saying they are fixed), whatever changed.
         Each changed option goes to the parts whose section holds it; an option that is not
         reloadable, or that no running part takes (a layer switched off, say), keeps its
         value and is reported as refused, as is whatever a part refuses.
@@ -196,6 +198,9 @@ class Gateway:
         Returns:
             What was applied and what was refused.
         """
+        for component in self._components:
+            if isinstance(component.part, Revivable):
+                component.part.revive()
         old = self._config
         merged, applied, refused = plan_reload(old, config)
         taken: list[ConfigChange] = []
@@ -451,6 +456,8 @@ def _open_providers(
         label = provider_name(given)
         gateway._providers.append(label)
         gateway.add(given, provider=label)
+        if (given_keys := key_pool(given)) is not None:
+            gateway.add(given_keys, provider=label)
         if isinstance(given, ModelCatalog):
             gateway._catalog = given
         return {label: given}

@@ -14,6 +14,8 @@ registers each for the seams it offers; nothing is found by probing attributes:
 - :class:`Reloadable`: takes its own configuration section while running.
 - :class:`Readiness`: says why it cannot take a request now (an open breaker, resting keys,
   Redis down), or None.
+- :class:`Revivable`: is told of every reload, whatever changed (a key pool enables the keys
+  the provider rejected).
 
 A new layer or provider that implements these plugs into metrics, reload and readiness
 without an edit anywhere else.
@@ -34,6 +36,7 @@ __all__ = [
     "ModelCatalog",
     "Readiness",
     "Reloadable",
+    "Revivable",
     "iter_layers",
     "provider_name",
 ]
@@ -122,6 +125,17 @@ class Readiness(Protocol):
 
     def unready(self) -> str | None:
         """None when it can take a request; else why not, in a few words."""
+        ...
+
+
+@runtime_checkable
+class Revivable(Protocol):
+    """Is told of every reload, whether or not its section changed: a reload is the operator
+    saying "fixed", so what was switched off for a fault outside the gateway comes back (a
+    key pool enables the keys the provider rejected with a 401)."""
+
+    def revive(self) -> None:
+        """Undo what was switched off for an outside fault; must not block."""
         ...
 
 

@@ -22,6 +22,7 @@ from .embeddings import embeddings_answer, parse_embeddings_request
 from .errors import ApiError, map_exception, outcome_of
 from .guard import caller_of, set_request_id
 from .jsonenc import JSONResponse, json_bytes
+from .keystate import key_pools_json
 from .metrics import render_metrics
 from .native import completion_json, event_json, parse_prompt_request
 from .state import service_of
@@ -157,11 +158,12 @@ async def metrics(request: Request) -> Response:
 
 
 async def stats(request: Request) -> Response:
-    """``GET /v1/stats``: the pipeline's statistics."""
+    """``GET /v1/stats``: the pipeline's statistics, and every provider's API keys."""
     state = service_of(request)
     pipeline = state.pipeline
     data = None if pipeline is None else attrs.asdict(pipeline.statistics())
-    return JSONResponse({"draining": state.draining, "pipeline": data})
+    keys = key_pools_json(state.gateway)
+    return JSONResponse({"draining": state.draining, "pipeline": data, "keys": keys})
 
 
 async def list_dead_letters(request: Request) -> Response:

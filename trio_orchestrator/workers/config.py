@@ -98,6 +98,15 @@ class ProviderConfig:
         timeouts: connect, first-token, idle and total timeouts in seconds.
         stream: ask the provider to stream (SSE); ``False`` for one JSON answer.
         key_rest: seconds a key rests after a 429 that named no wait.
+        max_key_rest: the longest a 429 rests a key, whatever its ``Retry-After`` asked (one
+            answer must not take a provider out for an hour). A 429 to a request for one
+            model rests the key for that model only; rests are lengthened by up to 10 % at
+            random, so keys do not wake together.
+        key_probe_interval: while no key is ready for a model, one call per resting key is let
+            through this often, to find a recovered upstream before the rest ends.
+        rejected_key_cooldown: seconds after a 401 before the rejected key is tried again
+            with one call; each 401 in a row doubles it (up to an hour). A reload (SIGHUP)
+            enables rejected keys at once.
         weight: this provider's share under the ``weighted`` balance strategy.
         max_connections: the most connections its HTTP client opens.
         pool_size: the most connections in one of the client's connection pools: the
@@ -123,6 +132,9 @@ class ProviderConfig:
     timeouts: Timeouts = attrs.field(factory=Timeouts)
     stream: bool = True
     key_rest: float = attrs.field(default=5.0, validator=positive_time)
+    max_key_rest: float = attrs.field(default=30.0, validator=positive_time)
+    key_probe_interval: float = attrs.field(default=5.0, validator=positive_time)
+    rejected_key_cooldown: float = attrs.field(default=300.0, validator=positive_time)
     weight: float = attrs.field(default=1.0, validator=positive_time)
     max_connections: int = attrs.field(default=1024, validator=positive_int)
     pool_size: int = attrs.field(default=16, validator=positive_int)

@@ -42,7 +42,17 @@ def worker_for(provider: ProviderConfig, client: httpx.AsyncClient | None) -> Mo
         return EchoWorker(model=provider.models[0] if provider.models else "echo")
     assert client is not None
     keys = provider.keys()
-    pool = KeyPool(keys, provider.label, provider.key_rest) if keys else None
+    pool = None
+    if keys:
+        pool = KeyPool(
+            keys,
+            provider.label,
+            provider.key_rest,
+            provider.max_key_rest,
+            provider.key_probe_interval,
+            provider.rejected_key_cooldown,
+            provider.models,
+        )
     base_url = provider.base_url or DEFAULT_BASE_URLS[provider.kind]
     if provider.kind == "anthropic":
         return AnthropicWorker(

@@ -414,7 +414,9 @@ class HTTPProvider:
         Raises:
             ProviderError: a typed failure.
         """
-        return await self._with_keys(lambda h: self._json_once("POST", path, body, h), None)
+        return await self._with_keys(
+            lambda h: self._json_once("POST", path, body, h), None, _model_of(body)
+        )
 
     async def post_stream(self, path: str, body: Mapping[str, Any], parser: StreamParser) -> None:
         """POST ``body`` to ``path`` and feed the answer's SSE events to ``parser``.
@@ -422,34 +424,45 @@ class HTTPProvider:
         Raises:
             ProviderError: a typed failure.
         """
-        await self._with_keys(lambda h: self._stream_once(path, body, h, parser), parser)
+        await self._with_keys(
+            lambda h: self._stream_once(path, body, h, parser), parser, _model_of(body)
+        )
 
     async def _with_keys(
         self,
         call: Callable[[Mapping[str, str]], Awaitable[T]],
         parser: StreamParser | None,
+        model: str | None = None,
     ) -> T:
+        """Make ``call`` with a key from the pool: rest the key on a 429 (for ``model``),
+        disable it on a 401, and try another key while nothing was emitted and one may be
+        tried now; a 429 that ends the attempts says when a key may next be tried."""
         pool = self.keys
         if pool is None:
             return await call({})
         while True:
-            key = pool.acquire()
+            key = pool.acquire(model)
+            started = trio.current_time()
             try:
                 result = await call(self.auth(key))
             except RateLimited as exc:
-                pool.rate_limited(key, exc.retry_after)
-                if (parser is not None and parser.started) or not pool.has_ready():
+                pool.rate_limited(key, exc.retry_after, model)
+                if (parser is not None and parser.started) or not pool.can_call(model):
+                    # The caller (and the retry layer) waits for the pool, not for the
+                    # upstream's own figure: the rest is capped, and a probe may pass sooner.
+                    exc.retry_after = pool.wait(model)
                     raise
             except AuthenticationError:
                 pool.rejected(key)
-                if (parser is not None and parser.started) or not pool.has_ready():
+                if (parser is not None and parser.started) or not pool.can_call(model):
                     raise
             else:
-                pool.succeeded(key)
+                pool.succeeded(key, model, started)
                 return result
 
     def reconfigure(self, provider: ProviderConfig | None, /) -> list[str]:
-        """Apply this provider's reloaded ``api_keys`` to its key pool (a reload).
+        """Apply this provider's reloaded ``api_keys`` and key settings (``key_rest``,
+        ``max_key_rest``, ``key_probe_interval``, ``rejected_key_cooldown``) to its key pool.
 
         Args:
             provider: this provider's entry in the new ``[[providers]]``, or None when it
@@ -477,8 +490,16 @@ class HTTPProvider:
                 refused.append(
                     f"providers.{self.name}.api_keys: a provider without keys needs a restart"
                 )
-        elif keys:
-            self.keys.replace_keys(keys)
+        else:
+            if keys:
+                self.keys.replace_keys(keys)
+            self.keys.configure(
+                default_rest=provider.key_rest,
+                max_rest=provider.max_key_rest,
+                probe_interval=provider.key_probe_interval,
+                rejected_cooldown=provider.rejected_key_cooldown,
+            )
+            self.keys.models = provider.models
         return refused
 
     def _request(
@@ -650,6 +671,12 @@ class HTTPProvider:
             if _from_http_library(exc):
                 raise transport_error(exc, self.name) from exc
             raise
+
+
+def _model_of(body: Mapping[str, Any]) -> str | None:
+    """The model a call is for (its key rests are per model), or None."""
+    model = body.get("model")
+    return model if isinstance(model, str) and model else None
 
 
 def _direct_transport(client: httpx.AsyncClient, url: httpx.URL) -> Any | None:
