@@ -6,6 +6,7 @@ from functools import cache
 from typing import Any
 
 from .chat_schema import CHAT_SCHEMA, MESSAGE
+from .native import DEADLINE_RANGE, TIMEOUT_RANGE
 
 __all__ = ["openapi_document"]
 
@@ -57,8 +58,18 @@ _PROMPT_REQUEST: dict[str, Any] = {
                 {"type": "integer", "minimum": 0, "maximum": 3},
             ]
         },
-        "timeout": {"type": "number", "exclusiveMinimum": True, "minimum": 0},
-        "deadline": {"type": "number", "description": "Unix time by which to answer"},
+        "timeout": {
+            "type": "number",
+            "minimum": TIMEOUT_RANGE[0],
+            "maximum": TIMEOUT_RANGE[1],
+            "description": "seconds from submission",
+        },
+        "deadline": {
+            "type": "number",
+            "minimum": DEADLINE_RANGE[0],
+            "maximum": DEADLINE_RANGE[1],
+            "description": "Unix time by which to answer",
+        },
         "meta": {"type": "object", "additionalProperties": _STR},
     },
 }
