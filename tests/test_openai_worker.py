@@ -15,9 +15,11 @@ import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from trio_orchestrator.config import parse_config
 from trio_orchestrator.config.secret import Secret
 from trio_orchestrator.errors import (
     AuthenticationError,
+    BadRequest,
     ContextLengthExceeded,
     MalformedResponse,
     ModelNotFound,
@@ -29,6 +31,7 @@ from trio_orchestrator.errors import (
     ServerError,
 )
 from trio_orchestrator.events import Done, StreamEvent, TextDelta, ToolCallDelta, ToolCallStart
+from trio_orchestrator.gateway import open_gateway
 from trio_orchestrator.testing.fake_provider import Behaviour, open_fake_provider
 from trio_orchestrator.types import GenerationParams, Message, PromptRequest, Tool, ToolCall
 from trio_orchestrator.workers import KeyPool, OpenAIWorker, Timeouts, collect
@@ -444,3 +447,53 @@ async def test_a_complete_answer_whose_body_never_ends_is_still_answered(
     w = worker(lambda r: httpx.Response(200, stream=stream), timeouts=Timeouts(idle=5))
     completion = await collect(w, REQUEST)
     assert (completion.text, completion.finish_reason) == ("a", "stop")
+
+
+UNENCODABLE = {
+    "a lone surrogate": PromptRequest(input="\ud800", params=GenerationParams(model="m")),
+    "an integer beyond 64 bits": PromptRequest(
+        input="hi", params=GenerationParams(model="m", extra={"seed": 2**64})
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(UNENCODABLE))
+async def test_a_body_json_cannot_carry_is_a_bad_request_before_any_call(name: str) -> None:
+    """What the encoder refuses is a BadRequest (no retry, no breaker), and nothing is sent."""
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, content=sse(chunk({}, "stop"), b"[DONE]"))
+
+    with pytest.raises(BadRequest) as caught:
+        await collect(worker(handler), UNENCODABLE[name])
+    assert not caught.value.trips_breaker
+    assert not caught.value.retryable
+    assert seen == []
+
+
+async def test_a_library_caller_cannot_open_the_breaker_with_an_unencodable_request() -> None:
+    """Through open_gateway, a breaker opening on the first failure stays closed after an
+    unencodable request, so the next request reaches the upstream and is answered."""
+    async with open_fake_provider(Behaviour(text="still here")) as fake:
+        settings = parse_config(f"""
+[[providers.providers]]
+kind = "openai"
+name = "up"
+base_url = "{fake.openai_base_url}"
+api_keys = ["sk-up"]
+
+[resilience.breaker]
+enabled = true
+failure_threshold = 1
+cooldown = 600.0
+max_cooldown = 600.0
+""")
+        async with open_gateway(settings) as gateway:
+            for request in UNENCODABLE.values():
+                with pytest.raises(BadRequest):
+                    await gateway.pipeline.submit(request)
+            completion = await gateway.pipeline.submit(REQUEST)
+    assert completion.text == "still here"
+    assert len(fake.requests) == 1

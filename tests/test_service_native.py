@@ -157,6 +157,31 @@ async def test_replaying_an_unknown_letter_is_a_404() -> None:
     )
 
 
+@pytest.mark.parametrize("limit", ["¹", "٣", "-1", "0", "abc", "10001", "9" * 5000, " 5"])
+async def test_a_dead_letter_limit_that_is_not_a_small_ascii_integer_is_a_400(limit: str) -> None:
+    """GET /v1/dead-letters?limit=… with a superscript, a non-ASCII digit, a sign, text, a
+    value out of [1, 10000] or thousands of digits is a 400 naming `limit`, never a 500."""
+    async with running_service() as url, httpx.AsyncClient(base_url=url) as client:
+        response = await client.get("/v1/dead-letters", params={"limit": limit})
+        fine = await client.get("/v1/dead-letters", params={"limit": "10000"})
+    assert (response.status_code, response.json()["error"]["param"]) == (400, "limit")
+    assert fine.status_code == 200
+
+
+@pytest.mark.parametrize("seconds", [5e-324, 1e-9, 0, -1, 86_401])
+async def test_a_timeout_no_request_could_use_is_a_400(seconds: float) -> None:
+    """A prompt's `timeout` below a millisecond (5e-324 is positive, and no answer) or above a
+    day is refused with a 400 naming it, streamed or not, as /openapi.json says."""
+    body = {"input": "hi", "timeout": seconds}
+    async with running_service() as url, httpx.AsyncClient(base_url=url) as client:
+        for path in ("/v1/prompt", "/v1/prompt/stream"):
+            response = await client.post(path, json=body)
+            assert (response.status_code, response.json()["error"]["param"]) == (400, "timeout")
+    schema = openapi_document()["paths"]["/v1/prompt"]["post"]["requestBody"]
+    timeout_schema = schema["content"]["application/json"]["schema"]["properties"]["timeout"]
+    assert (timeout_schema["minimum"], timeout_schema["maximum"]) == (0.001, 86_400)
+
+
 async def test_stats_count_the_requests_served() -> None:
     """GET /v1/stats reports the pipeline's counters."""
     async with running_service() as url, httpx.AsyncClient(base_url=url) as client:

@@ -25,6 +25,7 @@ from ..events import Completion, TextDelta
 from ..pipeline import Pipeline
 from ..types import GenerationParams, PromptRequest
 from .chat import usage_body
+from .chat_schema import CHAT_SCHEMA
 from .errors import ApiError
 from .guard import caller_of
 from .jsonenc import json_bytes
@@ -99,6 +100,8 @@ def parse_completion_request(
     user = body.text("user", max_length=256)
     labels = dict(meta) | ({"user": user} if user else {})
     extra = {k: v for k, v in body.data.items() if k not in _OWN}
+    if (bias := body.data.get("logit_bias")) is not None:
+        CHAT_SCHEMA["logit_bias"].check(bias, "logit_bias")  # token id → integer bias
     params = GenerationParams(
         model=model,
         max_tokens=body.integer("max_tokens", minimum=1) or DEFAULT_MAX_TOKENS,

@@ -202,12 +202,22 @@ async def _has_letter(queue: DeadLetterQueue, letter_id: str) -> bool:
     return True
 
 
+_MAX_LIMIT = 10_000
+
+
 def _limit(value: str | None) -> int | None:
+    """The ``limit`` query parameter: ASCII digits only, within ``[1, 10000]``.
+
+    ``str.isdigit`` is true of ``¹`` and ``٣``, which ``int`` refuses or reads as another
+    digit, and ``int`` refuses more than 4,300 digits: the length bound comes first.
+    """
     if value is None:
         return None
-    if not value.isdigit() or not 1 <= int(value) <= 10_000:
-        raise invalid("limit", "an integer in [1, 10000]", value)
-    return int(value)
+    if not (value.isascii() and value.isdigit() and len(value) <= 5):
+        raise invalid("limit", f"an integer in [1, {_MAX_LIMIT}]", value)
+    if not 1 <= (limit := int(value)) <= _MAX_LIMIT:
+        raise invalid("limit", f"an integer in [1, {_MAX_LIMIT}]", value)
+    return limit
 
 
 def _letter_json(letter: DeadLetter, now: float) -> dict[str, Any]:

@@ -126,6 +126,7 @@ def parse_count_tokens_request(body: Fields, models: Sequence[str]) -> PromptReq
         ApiError: 400 naming the bad member, or 404 for an unknown model.
     """
     params = GenerationParams(model=_model(body, models), tools=_tools(body))
+    _extra(body)  # checked as for /v1/messages, so a body one refuses the other refuses too
     return PromptRequest(messages=_conversation(body), params=params)
 
 
@@ -355,7 +356,8 @@ _SERVICE_TIERS = {"auto": "auto", "standard_only": "default"}
 
 
 def _extra(body: Fields) -> dict[str, Any]:
-    extra = {k: v for k, v in body.data.items() if k not in TYPED}
+    # A null member is an absent one, as everywhere at the door (the SDKs send nulls).
+    extra = {k: v for k, v in body.data.items() if k not in TYPED and v is not None}
     if "metadata" in extra:
         del extra["metadata"]
         user = _user_id(body)
@@ -379,6 +381,8 @@ def _extra(body: Fields) -> dict[str, Any]:
         elif kind != "adaptive":
             raise invalid(thinking.path_of("type"), '"enabled", "adaptive" or "disabled"', kind)
     choice = body.object("tool_choice")
+    if choice is not None:
+        choice.text("name", max_length=128)
     if choice is not None and choice.flag("disable_parallel_tool_use"):
         extra["parallel_tool_calls"] = False  # OpenAI's name; Anthropic's worker maps it back
     return extra

@@ -25,10 +25,21 @@ from .chat import messages_of, stop_of
 from .errors import ApiError
 from .validate import Fields, invalid
 
-__all__ = ["completion_json", "event_json", "parse_prompt_request", "priority_of"]
+__all__ = [
+    "DEADLINE_RANGE",
+    "TIMEOUT_RANGE",
+    "completion_json",
+    "event_json",
+    "parse_prompt_request",
+    "priority_of",
+]
 
 _PRIORITY_NAMES = {p.name.lower(): p for p in Priority}
-_MAX_TIMEOUT = 86_400.0
+#: The bounds of a prompt's ``timeout``, in seconds. Below a millisecond a request can only
+#: expire (``5e-324`` is a positive number, and no answer); above a day it is not a timeout.
+TIMEOUT_RANGE = (0.001, 86_400.0)
+#: The bounds of a prompt's ``deadline``, in Unix time.
+DEADLINE_RANGE = (0.0, 1e11)
 
 
 def priority_of(fields: Fields, cap: Priority | None) -> Priority:
@@ -104,10 +115,8 @@ def _meta(fields: Fields) -> dict[str, str]:
 
 
 def _time_limits(fields: Fields) -> dict[str, Any]:
-    timeout = fields.number("timeout", minimum=0, maximum=_MAX_TIMEOUT)
-    deadline = fields.number("deadline", minimum=0, maximum=1e11)
-    if timeout is not None and timeout <= 0:
-        raise invalid(fields.path_of("timeout"), "a number of seconds > 0", timeout)
+    timeout = fields.number("timeout", minimum=TIMEOUT_RANGE[0], maximum=TIMEOUT_RANGE[1])
+    deadline = fields.number("deadline", minimum=DEADLINE_RANGE[0], maximum=DEADLINE_RANGE[1])
     if deadline is not None:
         # A wall-clock deadline (Unix time) becomes one on Trio's clock.
         return {"deadline": trio.current_time() + (deadline - time.time())}

@@ -6,6 +6,7 @@ from functools import cache
 from typing import Any
 
 from .chat_schema import CHAT_SCHEMA, MESSAGE
+from .native import DEADLINE_RANGE, TIMEOUT_RANGE
 
 __all__ = ["openapi_document"]
 
@@ -57,8 +58,18 @@ _PROMPT_REQUEST: dict[str, Any] = {
                 {"type": "integer", "minimum": 0, "maximum": 3},
             ]
         },
-        "timeout": {"type": "number", "exclusiveMinimum": True, "minimum": 0},
-        "deadline": {"type": "number", "description": "Unix time by which to answer"},
+        "timeout": {
+            "type": "number",
+            "minimum": TIMEOUT_RANGE[0],
+            "maximum": TIMEOUT_RANGE[1],
+            "description": "seconds from submission",
+        },
+        "deadline": {
+            "type": "number",
+            "minimum": DEADLINE_RANGE[0],
+            "maximum": DEADLINE_RANGE[1],
+            "description": "Unix time by which to answer",
+        },
         "meta": {"type": "object", "additionalProperties": _STR},
     },
 }
@@ -210,9 +221,17 @@ _RESPONSES_REQUEST: dict[str, Any] = {
         "stream": {"type": "boolean"},
     },
 }
+#: One server-sent event as sent: ``data`` is a JSON object (a chunk, a ``response.*`` or
+#: Anthropic event, a native event) or the ``[DONE]`` that ends an OpenAI stream; ``event``
+#: names it on the Responses and Anthropic streams.
+_SSE_EVENT = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {"data": _STR, "event": _STR, "id": _STR, "retry": {"type": "integer"}},
+}
 _STREAMING_OR_JSON = {
     "application/json": {"schema": _ANY_OBJECT},
-    "text/event-stream": {"schema": _STR},
+    "text/event-stream": {"schema": _SSE_EVENT},
 }
 
 _TOKENS = {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1}
@@ -362,6 +381,36 @@ _MESSAGES_REQUEST: dict[str, Any] = {
 }
 
 
+def _null_is_absent(schema: dict[str, Any], *, deep: bool = True) -> dict[str, Any]:
+    """``schema`` with every optional member marked ``nullable``, as the door reads it.
+
+    The door takes a null member as an absent one (the SDKs send nulls for what they leave
+    out), so the document must allow the null: a schema that forbids it tells a generated
+    client a request is wrong that the service serves. ``deep=False`` marks only the body's
+    own members, for bodies whose nested objects are checked member by member (the chat
+    schema says itself which of those may be null).
+    """
+    rendered = dict(schema)
+    required = set(schema.get("required", ()))
+    if "properties" in schema:
+        properties = {}
+        for name, member in schema["properties"].items():
+            member = _null_is_absent(member) if deep else member
+            if name not in required:
+                member = {**member, "nullable": True}
+                if "enum" in member:  # OpenAPI 3.0: a nullable enum lists null itself
+                    member["enum"] = [*member["enum"], None]
+            properties[name] = member
+        rendered["properties"] = properties
+    if deep:
+        for key in ("oneOf", "anyOf"):
+            if key in schema:
+                rendered[key] = [_null_is_absent(variant) for variant in schema[key]]
+        if isinstance(schema.get("items"), dict):
+            rendered["items"] = _null_is_absent(schema["items"])
+    return rendered
+
+
 def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
@@ -385,11 +434,17 @@ _ANTHROPIC_ERRORS = {
         "529": {"description": "The upstream is overloaded"},
     }.items()
 }
-_SSE = {"description": "Server-sent events", "content": {"text/event-stream": {"schema": _STR}}}
+_SSE = {
+    "description": "Server-sent events",
+    "content": {"text/event-stream": {"schema": _SSE_EVENT}},
+}
 
 
-def _post(summary: str, body: dict[str, Any], ok: dict[str, Any]) -> dict[str, Any]:
-    request = {"required": True, "content": {"application/json": {"schema": body}}}
+def _post(
+    summary: str, body: dict[str, Any], ok: dict[str, Any], *, deep: bool = True
+) -> dict[str, Any]:
+    schema = _null_is_absent(body, deep=deep)
+    request = {"required": True, "content": {"application/json": {"schema": schema}}}
     return {
         "post": {"summary": summary, "requestBody": request, "responses": {"200": ok, **_ERRORS}}
     }
@@ -457,11 +512,12 @@ def openapi_document(models: tuple[str, ...] = ("echo",)) -> dict[str, Any]:
         "/v1/chat/completions": _post(
             "OpenAI chat completions (streaming with `stream: true`)",
             chat_request,
-            {
+            deep=False,
+            ok={
                 "description": "A chat.completion, or chat.completion.chunk events",
                 "content": {
                     "application/json": {"schema": _ANY_OBJECT},
-                    "text/event-stream": {"schema": _STR},
+                    "text/event-stream": {"schema": _SSE_EVENT},
                 },
             },
         ),
@@ -482,7 +538,7 @@ def openapi_document(models: tuple[str, ...] = ("echo",)) -> dict[str, Any]:
                 "description": "A message, or Anthropic's named stream events",
                 "content": {
                     "application/json": {"schema": _ANY_OBJECT},
-                    "text/event-stream": {"schema": _STR},
+                    "text/event-stream": {"schema": _SSE_EVENT},
                 },
             },
         ),
@@ -505,9 +561,14 @@ def openapi_document(models: tuple[str, ...] = ("echo",)) -> dict[str, Any]:
             _json(_EMBEDDINGS_RESPONSE),
         ),
         "/v1/prompt": _post(
-            "Run a prompt; the completion and its outcome", prompt_request, _json(_PROMPT_RESPONSE)
+            "Run a prompt; the completion and its outcome",
+            prompt_request,
+            _json(_PROMPT_RESPONSE),
+            deep=False,
         ),
-        "/v1/prompt/stream": _post("A prompt's events as server-sent events", prompt_request, _SSE),
+        "/v1/prompt/stream": _post(
+            "A prompt's events as server-sent events", prompt_request, _SSE, deep=False
+        ),
         "/v1/stats": _get("Pipeline statistics", _json(_ANY_OBJECT)),
         "/v1/dead-letters": dead_letters,
         "/v1/dead-letters/{id}/replay": replay,

@@ -42,6 +42,7 @@ from typing import Any, TypeVar
 import attrs
 
 from ..types import GenerationParams, Message, PromptRequest, Tool, ToolCall
+from .chat_schema import CHAT_SCHEMA
 from .completions import check_model
 from .errors import ApiError
 from .validate import Fields, invalid
@@ -324,6 +325,8 @@ def _chat_members(body: Fields, native: bool) -> tuple[dict[str, Any], dict[str,
         "tools": tools or None,
         "tool_choice": None if native else _tool_choice(body),
     }
+    if (metadata := data.get("metadata")) is not None:
+        CHAT_SCHEMA["metadata"].check(metadata, "metadata")  # string labels, as in chat
     if native:  # what a chat upstream cannot carry is not needed: only the body is sent
         chat |= _or_skip(native, lambda: _text_members(body)) or {}
         return extra | {k: v for k, v in chat.items() if v is not None}, echo

@@ -518,13 +518,32 @@ class HTTPProvider:
         return self.client.build_request(
             method,
             url,
-            content=None if body is None else orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS),
+            content=None if body is None else self._encode(body),
             headers=headers,
             # The transport applies the connect (and write) limit; Trio scopes do the rest.
             extensions={
                 "timeout": {"connect": connect, "read": None, "write": connect, "pool": None}
             },
         )
+
+    def _encode(self, body: Mapping[str, Any]) -> bytes:
+        """The body as JSON; what JSON cannot carry is the caller's fault, not the upstream's.
+
+        The service refuses such bodies at its door; a library caller's request (a lone
+        surrogate, an integer beyond 64 bits, nesting past orjson's limit) must still not
+        crash the worker and count against the provider's breaker.
+
+        Raises:
+            BadRequest: the body cannot be encoded (never retried, never trips a breaker).
+        """
+        try:
+            return orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS)
+        except orjson.JSONEncodeError as exc:
+            raise BadRequest(
+                f"the request cannot be sent to {self.name or 'the provider'} as JSON ({exc}); "
+                "remove lone surrogates, integers beyond 64 bits and deep nesting",
+                provider=self.name,
+            ) from exc
 
     def _timeout(self, what: str, seconds: float) -> Callable[[], ProviderError]:
         return lambda: ProviderTimeout(
