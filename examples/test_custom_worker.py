@@ -1,7 +1,7 @@
 """The contract test of the custom worker: two lines.
 
-    pip install 'trio-orchestrator[examples]'   # pytest, pytest-trio, Hypothesis
-    pytest examples/test_custom_worker.py
+pip install 'trio-orchestrator[examples]'   # pytest, pytest-trio, Hypothesis
+pytest examples/test_custom_worker.py
 """
 
 from custom_worker import ShoutWorker
