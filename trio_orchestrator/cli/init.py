@@ -143,18 +143,23 @@ class Plan:
     layers: Layers = attrs.field(factory=Layers)
 
 
-def openai(key_env: str = "OPENAI_API_KEY", model: str = "gpt-4o-mini") -> ProviderChoice:
-    """OpenAI's API, its key in ``key_env``."""
+def openai(
+    key_env: str = "OPENAI_API_KEY",
+    model: str = "gpt-4o-mini",
+    url: str = DEFAULT_BASE_URLS["openai"],
+) -> ProviderChoice:
+    """OpenAI's API (or another at ``url`` speaking it), its key in ``key_env``."""
     comment = f"OpenAI. Its key is read from ${key_env} when the service starts."
-    return ProviderChoice("openai", "openai", model, DEFAULT_BASE_URLS["openai"], key_env, comment)
+    return ProviderChoice("openai", "openai", model, url, key_env, comment)
 
 
 def anthropic(
-    key_env: str = "ANTHROPIC_API_KEY", model: str = "claude-3-5-haiku-latest"
+    key_env: str = "ANTHROPIC_API_KEY",
+    model: str = "claude-3-5-haiku-latest",
+    url: str = DEFAULT_BASE_URLS["anthropic"],
 ) -> ProviderChoice:
     """Anthropic's Messages API, its key in ``key_env``."""
     comment = f"Anthropic. Its key is read from ${key_env} when the service starts."
-    url = DEFAULT_BASE_URLS["anthropic"]
     return ProviderChoice("anthropic", "anthropic", model, url, key_env, comment)
 
 
@@ -407,7 +412,16 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--openai", action="store_true", help="use OpenAI")
     parser.add_argument("--openai-key-env", default="OPENAI_API_KEY", metavar="VAR")
     parser.add_argument("--openai-model", default="gpt-4o-mini", metavar="MODEL")
+    parser.add_argument(
+        "--openai-base-url",
+        default=DEFAULT_BASE_URLS["openai"],
+        metavar="URL",
+        help="another OpenAI-compatible API (OpenRouter, Azure, a proxy…)",
+    )
     parser.add_argument("--anthropic", action="store_true", help="use Anthropic")
+    parser.add_argument(
+        "--anthropic-base-url", default=DEFAULT_BASE_URLS["anthropic"], metavar="URL"
+    )
     parser.add_argument("--anthropic-key-env", default="ANTHROPIC_API_KEY", metavar="VAR")
     parser.add_argument("--anthropic-model", default="claude-3-5-haiku-latest", metavar="MODEL")
     parser.add_argument(
@@ -451,9 +465,13 @@ def run(args: argparse.Namespace) -> int:
 def _from_flags(args: argparse.Namespace) -> Plan:
     providers: list[ProviderChoice] = []
     if args.openai:
-        providers.append(openai(check_env_name(args.openai_key_env), args.openai_model))
+        key_env = check_env_name(args.openai_key_env)
+        url = check_url(args.openai_base_url)
+        providers.append(openai(key_env, args.openai_model, url))
     if args.anthropic:
-        providers.append(anthropic(check_env_name(args.anthropic_key_env), args.anthropic_model))
+        key_env = check_env_name(args.anthropic_key_env)
+        url = check_url(args.anthropic_base_url)
+        providers.append(anthropic(key_env, args.anthropic_model, url))
     if args.local:
         key_env = check_env_name(args.local_key_env) if args.local_key_env else None
         providers.append(local(check_url(args.local), args.local_model, key_env))
