@@ -53,13 +53,14 @@ class Terminal:
         """Wait until ``pattern`` (a regex) appears after what was matched before; return
         what matched."""
         regex = re.compile(pattern.encode())
-        with trio.fail_after(PROMPTLY):
+        with trio.move_on_after(PROMPTLY):
             while (match := regex.search(self.output, self.seen)) is None:
                 chunk = await self._receive()
                 assert chunk, f"ended before {pattern!r}:\n{self.text()}"
                 self.output.extend(chunk)
-        self.seen = match.end()
-        return match.group(0).decode(errors="replace")
+            self.seen = match.end()
+            return match.group(0).decode(errors="replace")
+        raise AssertionError(f"no {pattern!r} in {PROMPTLY} s:\n{self.text()}")
 
     async def send(self, text: str) -> None:
         """Type ``text`` (``\\r`` is Enter, ``\\x03`` Ctrl-C, ``\\x04`` Ctrl-D)."""

@@ -104,21 +104,23 @@ async def test_ctrl_c_over_http_closes_the_upstream_call(tmp_path: Path) -> None
             tmp_path,
             f'[[providers.providers]]\nkind = "openai"\nbase_url = "{fake.openai_base_url}"\n',
         )
-        async with serve_process(config) as served:
-            async with open_terminal("chat", "--url", served.url, "--model", "m") as term:
-                await term.expect("Chatting with m at http")
-                await term.line("tell me a long story")
-                await term.expect(r"m> lorem ipsum")
-                await term.send("\x03")
-                await term.expect(r"\[stopped\]")
-                with trio.fail_after(10):
-                    await fake.wait_for_disconnects(1)
-                fake.script(Behaviour(text="short answer"))
-                await term.line("again, briefly")
-                await term.expect("m> short answer")
-                await term.expect(STATS + r"n/a\]")
-                await term.send("\x04")
-                assert await term.finish() == 0
+        async with (
+            serve_process(config) as served,
+            open_terminal("chat", "--url", served.url, "--model", "m") as term,
+        ):
+            await term.expect("Chatting with m at http")
+            await term.line("tell me a long story")
+            await term.expect(r"m> lorem ipsum")
+            await term.send("\x03")
+            await term.expect(r"\[stopped\]")
+            with trio.fail_after(10):
+                await fake.wait_for_disconnects(1)
+            fake.script(Behaviour(text="short answer"))
+            await term.line("again, briefly")
+            await term.expect("m> short answer")
+            await term.expect(STATS + r"n/a\]")
+            await term.send("\x04")
+            assert await term.finish() == 0
     assert fake.requests[-1].body["stream_options"] == {"include_usage": True}
 
 
