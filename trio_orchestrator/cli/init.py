@@ -473,8 +473,8 @@ def _from_flags(args: argparse.Namespace) -> Plan:
         url = check_url(args.anthropic_base_url)
         providers.append(anthropic(key_env, args.anthropic_model, url))
     if args.local:
-        key_env = check_env_name(args.local_key_env) if args.local_key_env else None
-        providers.append(local(check_url(args.local), args.local_model, key_env))
+        local_key = check_env_name(args.local_key_env) if args.local_key_env else None
+        providers.append(local(check_url(args.local), args.local_model, local_key))
     if args.echo or not providers:
         providers.append(echo())
     if args.requests_per_second <= 0:
