@@ -6,13 +6,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import attrs
 import trio
 from terminal import open_terminal, serve_process
 
-from trio_orchestrator.cli.chat import AnswerStats, Conversation, api_root
+from trio_orchestrator.cli.chat import AnswerStats, Chat, Conversation, api_root
+from trio_orchestrator.errors import ModelNotFound
 from trio_orchestrator.events import Usage
 from trio_orchestrator.observability.config import ModelPrice
 from trio_orchestrator.testing.fake_provider import Behaviour, open_fake_provider
+from trio_orchestrator.types import PromptRequest
+from trio_orchestrator.workers.base import EventSink
 
 STATS = r"\[latency [0-9.]+ m?s · first token [0-9.]+ m?s · tokens \d+ in / \d+ out · cost "
 
@@ -45,10 +49,12 @@ async def test_a_question_gets_a_streamed_answer_and_its_statistics(tmp_path: Pa
 
 async def test_the_commands_model_system_reset_save_help(tmp_path: Path) -> None:
     """/system, /model, /save (a Chat Completions body), /reset and /help do what they say;
-    /quit leaves; without prices the cost is n/a."""
+    Ctrl-C at the prompt only says how to leave; /quit leaves; without prices, cost n/a."""
     saved = tmp_path / "out" / "conversation.json"
     async with open_terminal("chat") as term:
         await term.expect("you> ")
+        await term.send("\x03")  # Ctrl-C at the prompt: a hint, not an exit
+        await term.expect(r"\(Ctrl-D or /quit leaves\)")
         await term.line("/system Be brief.")
         await term.expect("system prompt set")
         await term.line("hello there")
@@ -144,3 +150,25 @@ def test_statistics_line_and_conversation_body() -> None:
     assert AnswerStats(0.1, None, None, None).line().endswith("tokens n/a · cost n/a]")
     assert Conversation("m", "sys").to_json()["messages"] == [{"role": "system", "content": "sys"}]
     assert api_root("http://h:1/") == api_root("http://h:1/v1") == "http://h:1/v1"
+
+
+@attrs.define
+class _Refusing:
+    label: str = "nowhere"
+    prices: dict[str, ModelPrice] = attrs.field(factory=dict)
+
+    async def models(self) -> list[str]:
+        return []
+
+    async def generate(self, request: PromptRequest, emit: EventSink) -> None:
+        raise ModelNotFound("no such model: m", provider="gateway", status=404)
+
+
+async def test_a_failed_answer_is_one_line_and_leaves_the_question_out() -> None:
+    """An error answer prints one ``error:`` line, and the question is not kept, so the
+    conversation does not ask it twice."""
+    written: list[str] = []
+    chat = Chat(_Refusing(), Conversation("m"), write=written.append)
+    await chat.answer("anyone there?")
+    assert "error: no such model: m\n" in "".join(written)
+    assert chat.conversation.turns == []

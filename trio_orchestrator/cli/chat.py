@@ -122,8 +122,15 @@ def _duration(seconds: float) -> str:
 class Backend(Protocol):
     """Where answers come from: a service over HTTP, or a gateway in this process."""
 
-    label: str
-    prices: Mapping[str, ModelPrice]
+    @property
+    def label(self) -> str:
+        """Where it is, for the greeting."""
+        ...
+
+    @property
+    def prices(self) -> Mapping[str, ModelPrice]:
+        """Each model's price, by name (empty: unknown)."""
+        ...
 
     async def models(self) -> list[str]:
         """The models served (empty: any)."""
