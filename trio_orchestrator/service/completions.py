@@ -80,6 +80,10 @@ def check_model(body: Fields, models: Sequence[str]) -> str:
     return model
 
 
+# Checked as Chat Completions checks them (a penalty's range; logit_bias: token id → bias).
+_CHAT_RULES = ("frequency_penalty", "presence_penalty", "logit_bias")
+
+
 def parse_completion_request(
     body: Fields, models: Sequence[str], meta: Mapping[str, str], **request: Any
 ) -> TextCompletionRequest:
@@ -100,8 +104,9 @@ def parse_completion_request(
     user = body.text("user", max_length=256)
     labels = dict(meta) | ({"user": user} if user else {})
     extra = {k: v for k, v in body.data.items() if k not in _OWN}
-    if (bias := body.data.get("logit_bias")) is not None:
-        CHAT_SCHEMA["logit_bias"].check(bias, "logit_bias")  # token id → integer bias
+    for name in _CHAT_RULES:  # the members both APIs share, held to the same rules
+        if (value := body.data.get(name)) is not None:
+            CHAT_SCHEMA[name].check(value, name)
     params = GenerationParams(
         model=model,
         max_tokens=body.integer("max_tokens", minimum=1) or DEFAULT_MAX_TOKENS,

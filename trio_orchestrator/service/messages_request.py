@@ -98,16 +98,7 @@ def parse_messages_request(
     if max_tokens is None:
         raise invalid("max_tokens", "an integer of at least 1", missing=True)
     messages = _conversation(body)
-    params = GenerationParams(
-        model=_model(body, models),
-        max_tokens=max_tokens,
-        temperature=body.number("temperature", minimum=0, maximum=1),
-        top_p=body.number("top_p", minimum=0, maximum=1),
-        stop=_stop_sequences(body),
-        tools=_tools(body),
-        tool_choice=_tool_choice(body),
-        extra=_extra(body),
-    )
+    params = attrs.evolve(_params(body, models), max_tokens=max_tokens)
     labels = dict(meta)
     if any(part.get("type") == "image_url" for m in messages for part in m.parts):
         labels["vision"] = "1"  # routing sends it only to deployments that can see
@@ -125,9 +116,23 @@ def parse_count_tokens_request(body: Fields, models: Sequence[str]) -> PromptReq
     Raises:
         ApiError: 400 naming the bad member, or 404 for an unknown model.
     """
-    params = GenerationParams(model=_model(body, models), tools=_tools(body))
-    _extra(body)  # checked as for /v1/messages, so a body one refuses the other refuses too
-    return PromptRequest(messages=_conversation(body), params=params)
+    # Every member checked as /v1/messages checks it: a body one refuses the other refuses.
+    body.flag("stream")
+    body.integer("max_tokens", minimum=1)  # not needed for a count, but held to its rule
+    return PromptRequest(messages=_conversation(body), params=_params(body, models))
+
+
+def _params(body: Fields, models: Sequence[str]) -> GenerationParams:
+    """Every member of a Messages body but ``max_tokens`` and ``messages``, checked."""
+    return GenerationParams(
+        model=_model(body, models),
+        temperature=body.number("temperature", minimum=0, maximum=1),
+        top_p=body.number("top_p", minimum=0, maximum=1),
+        stop=_stop_sequences(body),
+        tools=_tools(body),
+        tool_choice=_tool_choice(body),
+        extra=_extra(body),
+    )
 
 
 def _model(body: Fields, models: Sequence[str]) -> str:

@@ -202,13 +202,15 @@ _RESPONSES_REQUEST: dict[str, Any] = {
                         "description": _STR,
                     },
                 },
-                "verbosity": {"type": "string", "enum": ["low", "medium", "high"]},
+                "verbosity": _STR,  # any string, as chat's: the upstream knows its levels
             },
         },
         "reasoning": {
             "type": "object",
             "properties": {
-                "effort": {"type": "string", "enum": ["minimal", "low", "medium", "high"]},
+                # Any string, as chat's reasoning_effort: the upstream knows its levels
+                # (minimal, low, medium, high; newer models add more).
+                "effort": _STR,
             },
         },
         "max_output_tokens": {"type": "integer", "minimum": 1},

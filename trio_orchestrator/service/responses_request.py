@@ -325,8 +325,9 @@ def _chat_members(body: Fields, native: bool) -> tuple[dict[str, Any], dict[str,
         "tools": tools or None,
         "tool_choice": None if native else _tool_choice(body),
     }
-    if (metadata := data.get("metadata")) is not None:
-        CHAT_SCHEMA["metadata"].check(metadata, "metadata")  # string labels, as in chat
+    for name in _SAME_NAME + _SAME_NAME_TOO:  # held to the rules chat holds them to
+        if name in CHAT_SCHEMA and (value := data.get(name)) is not None:
+            CHAT_SCHEMA[name].check(value, name)
     if native:  # what a chat upstream cannot carry is not needed: only the body is sent
         chat |= _or_skip(native, lambda: _text_members(body)) or {}
         return extra | {k: v for k, v in chat.items() if v is not None}, echo
@@ -381,8 +382,19 @@ def _text_members(body: Fields) -> dict[str, Any]:
         return {}
     out: dict[str, Any] = {"verbosity": text.text("verbosity")}
     fmt = text.object("format")
-    kind = None if fmt is None else fmt.text("type", required=True)
-    if fmt is None or kind == "text":
+    if fmt is None:
+        return out
+    kind = fmt.text("type", required=True)
+    checks: tuple[tuple[str, Callable[[str], object]], ...] = (
+        ("name", fmt.text),
+        ("description", fmt.text),
+        ("strict", fmt.flag),
+        ("schema", fmt.object),
+    )
+    for name, read in checks:
+        if fmt.data.get(name) is not None:
+            read(name)  # the type each kind documents, even where the kind ignores it
+    if kind == "text":
         return out
     if kind == "json_object":
         return out | {"response_format": {"type": "json_object"}}
