@@ -178,15 +178,15 @@ class FaultMix:
         kind = rng.choice(self.kinds)
         tokens = len(split_tokens(behaviour.text)) if behaviour.text else behaviour.tokens
         at = rng.randint(0, max(0, tokens - 1))
-        changes: dict[str, Any] = {
+        changes: dict[str, dict[str, Any]] = {
             "500": {"status": 500},
             "429": {"status": 429, "retry_after": self.retry_after},
             "reset": {"disconnect_after": at},
             "malformed": {"malformed_after": at},
             "stall": {"stall_after": at},
             "hang": {"hang": True},
-        }[kind]
-        return kind, attrs.evolve(behaviour, **changes)
+        }
+        return kind, attrs.evolve(behaviour, **changes[kind])
 
 
 @attrs.frozen
