@@ -6,6 +6,7 @@ import math
 import random
 
 import attrs
+import orjson
 import pytest
 import trio
 import trio.testing
@@ -108,7 +109,7 @@ class ModelBreaker:
                     self.failed_rounds = 0
                     self.go("closed")
                 else:
-                    self.failed_rounds += 1
+                    self.failed_rounds += self.ok == 0  # only an all-failed round escalates
                     self.trip(now)
             return
         self.history.append((now, failed))
@@ -121,7 +122,9 @@ class ModelBreaker:
         rate_trips = len(recent) >= self.cfg.minimum_calls and (
             sum(recent) / len(recent) >= self.cfg.failure_rate_threshold
         )
-        if trailing >= self.cfg.failure_threshold or rate_trips:
+        # A run of failures decides only while the window is too small for a rate.
+        run_trips = trailing >= self.cfg.failure_threshold and len(recent) < self.cfg.minimum_calls
+        if run_trips or rate_trips:
             self.trip(now)
 
     def trip(self, now: float) -> None:
@@ -223,6 +226,46 @@ def test_consecutive_failures_open_the_circuit() -> None:
     assert breaker.state(0.0) is OPEN
 
 
+def test_a_run_of_failures_decides_only_while_the_window_is_too_small_for_a_rate() -> None:
+    """Once the window holds minimum_calls calls, N failures in a row do not open it."""
+    breaker = CircuitBreaker(_config(failure_threshold=2, minimum_calls=4))
+    for _ in range(4):
+        breaker.record_success(breaker.acquire(0.0), 0.0, 0.1)
+    _fail_times(breaker, 3, 0.0)
+    assert breaker.state(0.0) is CLOSED  # 3 in a row, but 3/7 < 0.5
+
+
+def _load(breaker: CircuitBreaker, failure_rate: float, calls: int, seed: int) -> None:
+    """Drive ``breaker`` as 64 concurrent callers at 1,000 calls/s would: each slot's call
+    ends (failed with probability ``failure_rate``) in random order, then a new one starts."""
+    rng = random.Random(seed)
+    now = 0.0
+    in_flight = [breaker.acquire(now) for _ in range(64)]
+    for _ in range(calls):
+        now += 0.001
+        permit = in_flight.pop(rng.randrange(len(in_flight)))
+        if permit.admitted and rng.random() < failure_rate:
+            breaker.record_failure(permit, now)
+        elif permit.admitted:
+            breaker.record_success(permit, now, 0.01)
+        in_flight.append(breaker.acquire(now))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_random_failures_below_the_rate_never_open_it_at_high_throughput(seed: int) -> None:
+    """20 % random failures over 20,000 calls at 64-way concurrency leave it closed."""
+    breaker = CircuitBreaker(BreakerConfig(enabled=True))
+    _load(breaker, 0.2, 20_000, seed)
+    assert breaker.statistics(20.0).times_opened == 0
+
+
+def test_random_failures_above_the_rate_open_it_at_high_throughput() -> None:
+    """60 % random failures at the same load open it."""
+    breaker = CircuitBreaker(BreakerConfig(enabled=True))
+    _load(breaker, 0.6, 2_000, 0)
+    assert breaker.statistics(2.0).times_opened >= 1
+
+
 def test_failure_rate_opens_only_with_minimum_calls() -> None:
     """A failure rate over the threshold opens the circuit once the window has enough calls."""
     breaker = CircuitBreaker(
@@ -262,6 +305,18 @@ def test_cooldown_grows_per_failed_round_and_is_capped() -> None:
         now += waits[-1]
         _fail_times(breaker, 1, now)  # the probe fails
     assert waits == [10.0, 30.0, 50.0, 50.0]
+
+
+def test_a_partly_successful_probe_round_reopens_for_the_same_cooldown() -> None:
+    """2 of 3 probes succeeding (short of the threshold) reopens without a longer wait."""
+    breaker = CircuitBreaker(_config(failure_threshold=1, half_open_probes=3))
+    _fail_times(breaker, 1, 0.0)
+    probes = [breaker.acquire(10.0) for _ in range(3)]
+    breaker.record_success(probes[0], 10.0, 0.1)
+    breaker.record_failure(probes[1], 10.0)
+    breaker.record_success(probes[2], 10.0, 0.1)
+    assert breaker.state(10.0) is OPEN
+    assert breaker.retry_after(10.0) == 10.0  # not 20: the upstream answered two of three
 
 
 def test_jitter_shortens_the_cooldown_by_at_most_its_fraction() -> None:
@@ -347,7 +402,7 @@ def test_latency_within_the_band_is_a_success() -> None:
 
 def test_statistics_report_latency_rejections_and_transitions() -> None:
     """statistics() gives mean and p99 latency, rejected calls and transitions."""
-    breaker = CircuitBreaker(_config(failure_threshold=1), "p/m")
+    breaker = CircuitBreaker(_config(failure_threshold=1, minimum_calls=1000), "p/m")
     for latency in range(1, 101):
         breaker.record_success(breaker.acquire(0.0), 0.0, float(latency))
     _fail_times(breaker, 1, 0.0)
@@ -396,6 +451,41 @@ async def test_errors_that_do_not_trip_are_not_counted() -> None:
     with pytest.raises(BadRequest):
         await layer.generate(REQUEST, Recorder())
     assert layer.statistics()[0].state == "closed"
+
+
+@pytest.mark.parametrize(
+    "crash",
+    [
+        orjson.JSONEncodeError("str is not valid UTF-8: surrogates not allowed"),
+        ValueError("Integer exceeds 64-bit range"),
+        RecursionError("maximum recursion depth exceeded"),
+    ],
+)
+async def test_a_crash_the_request_caused_is_not_counted(crash: Exception) -> None:
+    """A worker failing to encode the client's request releases the call."""
+
+    class Encoding:
+        async def generate(self, request: PromptRequest, emit: object) -> None:
+            raise crash
+
+    layer = CircuitBreakerLayer(Encoding(), _config(failure_threshold=1))
+    with pytest.raises(type(crash)):
+        await layer.generate(REQUEST, Recorder())
+    stats = layer.statistics()[0]
+    assert (stats.state, stats.failures) == ("closed", 0)
+
+
+async def test_any_other_crash_still_counts() -> None:
+    """A worker crashing otherwise (a KeyError on the upstream's answer, say) is a failure."""
+
+    class Crashing:
+        async def generate(self, request: PromptRequest, emit: object) -> None:
+            raise KeyError("choices")
+
+    layer = CircuitBreakerLayer(Crashing(), _config(failure_threshold=1))
+    with pytest.raises(KeyError):
+        await layer.generate(REQUEST, Recorder())
+    assert layer.statistics()[0].state == "open"
 
 
 async def test_timeout_by_deadline_counts_as_failure(

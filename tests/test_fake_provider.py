@@ -17,7 +17,12 @@ from trio_orchestrator.errors import (
     ProviderTimeout,
     ServerError,
 )
-from trio_orchestrator.testing.fake_provider import Behaviour, FakeProvider, open_fake_provider
+from trio_orchestrator.testing.fake_provider import (
+    Behaviour,
+    FakeProvider,
+    FaultMix,
+    open_fake_provider,
+)
 from trio_orchestrator.types import GenerationParams, PromptRequest
 from trio_orchestrator.workers import AnthropicWorker, OpenAIWorker, Timeouts, collect
 
@@ -216,3 +221,25 @@ async def test_omitted_done_still_completes() -> None:
         first = await collect(OpenAIWorker(c, fake.openai_base_url), REQUEST)
         second = await collect(AnthropicWorker(c, fake.base_url), REQUEST)
     assert (first.text, second.text) == ("a b", "a b")
+
+
+async def test_a_fault_mix_fails_a_seeded_share_of_requests_the_same_way_each_time() -> None:
+    """With a FaultMix the fake fails about its rate of requests, identically for one seed."""
+
+    async def statuses(seed: int) -> tuple[list[int], dict[str, int]]:
+        mix = FaultMix(0.5, ("500", "429"), seed, retry_after=3.0)
+        async with open_fake_provider(faults=mix) as fake, httpx.AsyncClient() as client:
+            url = fake.openai_base_url + "/chat/completions"
+            body = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}]}
+            seen = []
+            for _ in range(40):
+                response = await client.post(url, json=body)
+                assert response.status_code != 429 or response.headers["retry-after"] == "3.0"
+                seen.append(response.status_code)
+            return seen, dict(fake.statistics().faults)
+
+    first, faults = await statuses(7)
+    assert first == (await statuses(7))[0]
+    assert 5 <= sum(status != 200 for status in first) <= 35
+    assert sum(faults.values()) == sum(status != 200 for status in first)
+    assert set(faults) == {"500", "429"}

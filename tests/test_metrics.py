@@ -414,3 +414,33 @@ async def test_streamed_requests_are_counted_like_submitted_ones() -> None:
     assert value(parsed, "trio_orchestrator_time_to_first_token_seconds_count") == 1
     assert value(parsed, "trio_orchestrator_tokens_total", type="output") == 3
     assert value(parsed, "trio_orchestrator_stage_duration_seconds_count", stage="stream") == 1
+
+
+async def test_layers_are_labelled_with_the_provider_below_them() -> None:
+    """Without the gateway, each layer's metrics carry the provider's label, not the class
+    name of the layer it wraps."""
+    from trio_orchestrator.config import Config
+    from trio_orchestrator.resilience import (
+        BreakerConfig,
+        LimitConfig,
+        RateLimitsConfig,
+        ResilienceConfig,
+        RetryConfig,
+    )
+    from trio_orchestrator.resilience.stack import LayerContext, wrap
+
+    limits = RateLimitsConfig(enabled=True, limits=(LimitConfig("provider", 100.0),))
+    resilience = ResilienceConfig(
+        rate_limits=limits, breaker=BreakerConfig(enabled=True), retry=RetryConfig(enabled=True)
+    )
+    config = Config(resilience=resilience)
+    registry = CollectorRegistry()
+    async with trio.open_nursery() as nursery:
+        worker = wrap(EchoWorker(), resilience, LayerContext(nursery, "echo"))
+        async with open_pipeline(worker, config) as pipeline:
+            instrument_pipeline(pipeline, registry=registry)
+            await pipeline.submit(request("hi"))
+        nursery.cancel_scope.cancel()
+    parsed = samples(registry)
+    assert value(parsed, "trio_orchestrator_rate_limit_admitted_total", provider="echo") == 1
+    assert {v for _, labels in parsed for k, v in labels if k == "provider"} == {"echo"}

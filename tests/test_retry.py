@@ -193,3 +193,46 @@ async def test_restart_stream_repeats_passed_through_members_seamlessly(
     assert [type(e).__name__ for e in recorder.events] == [
         "Passthrough", "TextDelta", "TextDelta", "Done",
     ]  # fmt: skip
+
+
+WHOLE = attrs.evolve(REQUEST, streaming=False)
+
+
+async def test_a_fault_mid_answer_of_a_non_streaming_request_is_retried(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Nothing reached a non-streaming caller: the retry's answer alone is delivered."""
+    layer, worker = _layer([Step(ServerError("cut"), tokens=("a",)), Step(tokens=("x", "y"))])
+    recorder = Recorder()
+    await layer.generate(WHOLE, recorder)
+    assert worker.calls == 2
+    texts = [e.text for e in recorder.events if isinstance(e, TextDelta)]
+    assert texts == ["x", "y"]
+    assert sum(isinstance(e, Done) for e in recorder.events) == 1
+    assert layer.statistics().gave_up["streamed"] == 0
+
+
+async def test_a_non_streaming_request_that_keeps_failing_emits_nothing(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """When every attempt fails mid-answer, the caller gets the error and no partial events."""
+    layer, worker = _layer([Step(ServerError("cut"), tokens=("a",))], max_attempts=2)
+    recorder = Recorder()
+    with pytest.raises(ServerError):
+        await layer.generate(WHOLE, recorder)
+    assert (worker.calls, recorder.events) == (2, [])
+    assert layer.statistics().gave_up["attempts"] == 1
+
+
+async def test_retries_told_the_same_retry_after_do_not_wake_together(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Calls told to wait 2 s wake between 2 s and 2 s plus the backoff cap, not all at 2 s."""
+    waits = []
+    for seed in range(10):
+        worker = ScriptedWorker([fail(RateLimited("rest", retry_after=2.0)), OK])
+        config = RetryConfig(enabled=True, initial_backoff=1.0)
+        layer = RetryLayer(worker, config, rng=random.Random(seed))
+        waits.append(await _sleeps(layer, autojump_clock))
+    assert all(2.0 <= wait <= 3.0 for wait in waits)
+    assert len(set(waits)) == len(waits)

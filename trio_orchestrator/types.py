@@ -237,6 +237,12 @@ class PromptRequest:
             speaks OpenAI's Responses API posts it (``model`` and ``stream`` rewritten);
             every other worker translates the typed members, which are a view of it, as
             ``Message.wire`` is of a chat message.
+        streaming: whether the caller sees events as the worker emits them (``True``, the
+            safe default) or only the whole answer once it has ended (``False``). The
+            pipeline sets it on the request its worker receives: ``False`` for ``submit``,
+            ``try_submit`` and ``try_start``, ``True`` for ``stream``. A retry may start a
+            non-streaming request over after the worker emitted events, since none of them
+            reached the caller.
     """
 
     messages: tuple[Message, ...] = attrs.field(default=(), converter=_to_messages)
@@ -251,6 +257,7 @@ class PromptRequest:
     context: tuple[Document, ...] = ()
     embed: tuple[EmbeddingInput, ...] | None = attrs.field(default=None, converter=_to_embed)
     responses_body: Mapping[str, Any] | None = attrs.field(default=None, repr=False, kw_only=True)
+    streaming: bool = attrs.field(default=True, kw_only=True)
 
     def __attrs_post_init__(self) -> None:
         if self.embed is not None:

@@ -195,8 +195,10 @@ def export_parts(observed: Instrumentation, parts: Iterable[Part]) -> None:
 
 
 def _parts_of(pipeline: Pipeline) -> list[Part]:
+    """The dead letters, and every layer labelled with the provider at the bottom of the
+    chain (not with the worker right below it, which is mostly another layer)."""
+    *layers, innermost = iter_layers(pipeline.worker)
+    provider = provider_name(innermost)
     parts: list[Part] = [(pipeline.dead_letters, None)]
-    for layer in iter_layers(pipeline.worker):
-        if isinstance(layer, Layer):
-            parts.append((layer, provider_name(layer.inner)))
+    parts += [(layer, provider) for layer in layers if isinstance(layer, Layer)]
     return parts

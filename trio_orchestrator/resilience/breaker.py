@@ -2,15 +2,23 @@
 
 ::
 
-                 N consecutive failures, or failure rate ≥ threshold
-                 over the window (with ≥ minimum_calls calls)
+                 failure rate ≥ threshold over the window (≥ minimum_calls calls),
+                 or, while the window holds fewer calls, N consecutive failures
        ┌────────┐ ─────────────────────────────────────────────▶ ┌──────┐
        │ closed │                                                │ open │
        └────────┘ ◀─── probe success rate ≥ threshold ───┐       └──────┘
                                                   ┌───────────┐     │ cool-down over
                                                   │ half-open │ ◀───┘
-                                                  └───────────┘ ── round failed ──▶ open,
-                                                                   longer cool-down
+                                                  └───────────┘ ── round failed ──▶ open
+                                                  (every probe failed: a longer cool-down;
+                                                   some succeeded: the same cool-down)
+
+Why the consecutive rule yields to the rate once the window holds ``minimum_calls`` calls: at
+high throughput a run of N failures is a matter of luck, not of health (with 20 % of calls
+failing at random, a run of five starts about once every 4,000 calls, and failures that come
+in bursts — a stall timing out many calls at once — make runs far likelier), so it would open
+the circuit on a mostly healthy upstream again and again. With few calls a rate means little, and
+a run of failures is the better evidence.
 
 :class:`CircuitBreaker` never reads a clock: every method takes ``now``, so a Hypothesis state
 machine can drive it synchronously against a reference model. Each transition starts a new
@@ -290,7 +298,7 @@ class CircuitBreaker:
         self._window.append((now, failed))
         self._window_failures += failed
         self._prune(now)
-        if self._consecutive >= self.config.failure_threshold or self._rate_tripped():
+        if self._rate_tripped() or self._run_tripped():
             self._open(now)
 
     def _record_probe(self, now: float, *, failed: bool) -> None:
@@ -304,15 +312,24 @@ class CircuitBreaker:
             return
         if self._probe_successes / probes >= self.config.probe_success_threshold:
             self._close()
-        else:
-            self._failed_rounds += 1
-            self._open(now)
+            return
+        # Only a round in which nothing succeeded is evidence that the upstream is still
+        # down; a partly successful one waits the same cool-down again rather than a longer.
+        self._failed_rounds += self._probe_successes == 0
+        self._open(now)
 
     def _rate_tripped(self) -> bool:
         calls = len(self._window)
         return (
             calls >= self.config.minimum_calls
             and self._window_failures / calls >= self.config.failure_rate_threshold
+        )
+
+    def _run_tripped(self) -> bool:
+        """A run of consecutive failures decides only while a rate cannot be trusted."""
+        return (
+            self._consecutive >= self.config.failure_threshold
+            and len(self._window) < self.config.minimum_calls
         )
 
     def _prune(self, now: float) -> None:
@@ -416,10 +433,15 @@ class CircuitBreakerLayer:
     The target is ``provider/model`` (the request's ``params.model``). A refused call raises
     :class:`~trio_orchestrator.errors.CircuitOpen` with ``retry_after`` at once, without
     calling ``inner``. What counts as a failure: a ``WorkerError`` whose class
-    ``trips_breaker``, any other exception (the pipeline reports it as ``WorkerCrashed``), and
-    a cancellation at or after the call's effective deadline (a timeout). A cancellation
-    before the deadline is the caller going away (or a stop sequence ending the stream): it
-    releases the call without counting it. Latency is the time to the first event.
+    ``trips_breaker``, an untyped exception other than those a request can cause (the pipeline
+    reports it as ``WorkerCrashed``), and a cancellation at or after the call's effective
+    deadline (a timeout). Released without counting: a cancellation before the deadline (the
+    caller going away, or a stop sequence ending the stream), a ``WorkerError`` that does not
+    trip (``BadRequest``…), and a ``TypeError``, ``ValueError`` or ``RecursionError`` — what a
+    worker raises when it cannot encode a client's request (orjson's ``JSONEncodeError`` on a
+    lone surrogate, an integer past 64 bits, nesting too deep), which says nothing about the
+    upstream and must not let one client open the circuit for everyone. Latency is the time
+    to the first event.
 
     Args:
         inner: the worker to guard.
@@ -564,6 +586,13 @@ class CircuitBreakerLayer:
                 await shared.release(breaker.name)
 
 
+#: Untyped exceptions a request itself can cause in a worker: encoding what the client sent
+#: (orjson's ``JSONEncodeError`` is a ``TypeError``; ``UnicodeEncodeError`` a ``ValueError``).
+#: Upstream answers are parsed into typed errors (``MalformedResponse``), so these say nothing
+#: about the upstream's health.
+_REQUEST_FAULTS = (TypeError, ValueError, RecursionError)
+
+
 def _settle(breaker: CircuitBreaker, permit: Permit, exc: BaseException, deadline: float) -> bool:
     """Report a call that raised ``exc``: a failure (True), or a release without evidence."""
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
@@ -574,7 +603,8 @@ def _settle(breaker: CircuitBreaker, permit: Permit, exc: BaseException, deadlin
     elif isinstance(exc, WorkerError):
         counts = exc.trips_breaker
     else:
-        counts = isinstance(exc, Exception)  # a crash, but not KeyboardInterrupt and kin
+        # A crash, but not KeyboardInterrupt and kin, nor one the request caused.
+        counts = isinstance(exc, Exception) and not isinstance(exc, _REQUEST_FAULTS)
     if counts:
         breaker.record_failure(permit, now)
     else:

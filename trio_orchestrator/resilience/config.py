@@ -43,14 +43,19 @@ class BreakerConfig:
 
     Attributes:
         enabled: put the circuit-breaker layer in the request path.
-        failure_threshold: consecutive failures that open the circuit.
+        failure_threshold: consecutive failures that open the circuit while the window
+            holds fewer than ``minimum_calls`` calls (too few for a rate to mean much). Once
+            it holds that many, only the failure rate decides: at high throughput a run of
+            failures is luck, not health, and would open the circuit on an upstream that
+            answers most calls.
         failure_rate_threshold: failure rate over ``window`` (with at least ``minimum_calls``
             calls in it) that opens the circuit, in (0, 1].
         window: seconds of the rolling window the failure rate is measured over.
         minimum_calls: calls in the window before the failure rate is trusted.
         cooldown: seconds the circuit stays open after it first opens.
-        cooldown_multiplier: the cool-down grows by this factor after each failed probe
-            round (≥ 1).
+        cooldown_multiplier: the cool-down grows by this factor after each probe round in
+            which every probe failed (≥ 1); a round in which some probes succeeded, but too
+            few to close, reopens for the same cool-down.
         max_cooldown: the cool-down never exceeds this many seconds.
         jitter: the cool-down is shortened by a random fraction up to this much, in [0, 1),
             so breakers opened together do not probe together.

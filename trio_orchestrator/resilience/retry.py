@@ -4,11 +4,15 @@ The rules, in the order they are checked after a failed attempt:
 
 1. only an error whose class is ``retryable`` is retried;
 2. once an event has reached the caller, nothing is retried, unless ``restart_stream`` is on
-   (then the new attempt must repeat the events already sent; see :class:`_Resume`);
+   (then the new attempt must repeat the events already sent; see :class:`_Resume`). A
+   non-streaming request (``request.streaming`` is False) shows the caller nothing before
+   its end: an attempt's events are held here until it succeeds (:class:`_Held`), so a
+   fault in the middle of the upstream's answer is retried like one before it;
 3. at most ``max_attempts`` attempts in all;
 4. a ``Retry-After`` (``exc.retry_after``) longer than ``max_retry_after`` is not waited for;
-5. the backoff is drawn uniformly from ``[0, min(max_backoff, initial · multiplier**n)]`` and
-   raised to ``retry_after`` when the provider named one;
+5. the backoff is drawn uniformly from ``[0, min(max_backoff, initial · multiplier**n)]``
+   ("full jitter"); when the provider (or a resting key) named a ``retry_after``, that is
+   added to the draw, so the calls told to wait the same time do not all wake at once;
 6. if sleeping that long would reach the call's effective deadline, give up now, with the
    last error, rather than sleep into a cancellation.
 
@@ -105,6 +109,22 @@ class _Resume:
 
 
 @attrs.define(eq=False)
+class _Held:
+    """The emit of every attempt of a non-streaming request: keeps the attempt's events
+    until it succeeds (nothing reaches the caller before the end anyway)."""
+
+    events: list[StreamEvent] = attrs.field(factory=list)
+    forwarded: int = 0
+    """Events the caller has seen during an attempt: always none."""
+
+    def restart(self) -> None:
+        self.events.clear()
+
+    async def __call__(self, event: StreamEvent) -> None:
+        self.events.append(event)
+
+
+@attrs.define(eq=False)
 class RetryLayer:
     """A worker that retries ``inner`` on retryable errors; see the module docstring.
 
@@ -152,7 +172,9 @@ class RetryLayer:
             WorkerError: the last attempt's error, when the rules say to stop.
         """
         self._calls += 1
-        sink = _Resume(emit, keep=self.config.restart_stream)
+        sink: _Resume | _Held = (
+            _Resume(emit, keep=self.config.restart_stream) if request.streaming else _Held()
+        )
         last_error: WorkerError | None = None
         attempt = 0
         while True:
@@ -171,6 +193,9 @@ class RetryLayer:
                 raise last_error from None
             else:
                 self._recovered += attempt > 1
+                if isinstance(sink, _Held):
+                    for event in sink.events:
+                        await emit(event)
                 return
             await trio.sleep(delay)
 
@@ -180,7 +205,7 @@ class RetryLayer:
         if reason is None:
             delay = self.rng.uniform(0.0, backoff_cap(self.config, attempt))
             if exc.retry_after is not None:
-                delay = max(delay, exc.retry_after)
+                delay += exc.retry_after
             if trio.current_time() + delay < trio.current_effective_deadline():
                 return delay
             reason = "deadline"

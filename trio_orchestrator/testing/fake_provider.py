@@ -10,8 +10,10 @@ wire formats, for tests and benchmarks.
 
 It runs under hypercorn's Trio worker on ``127.0.0.1`` and a free port. Which behaviour a
 request gets: the next scripted one (:meth:`FakeProvider.script`), else the one for its API
-key, else the one for its model, else the default. It counts the requests it saw and the
-connections clients closed before their answer was complete.
+key, else the one for its model, else the default. With a :class:`FaultMix`, a seeded share
+of the requests then get a fault instead (a 500, a 429, a reset, a malformed event, a stall or
+a hang). It counts the requests it saw, the faults it injected and the connections clients
+closed before their answer was complete.
 
 Endpoints: ``POST /v1/chat/completions``, ``POST /v1/responses``, ``GET /v1/models``,
 ``POST /v1/embeddings`` (OpenAI) and ``POST /v1/messages`` (Anthropic), streaming and not. An
@@ -28,6 +30,7 @@ import hashlib
 import itertools
 import json
 import math
+import random
 import struct
 import sys
 from collections import deque
@@ -42,9 +45,11 @@ import trio
 from ..workers.echo import split_tokens
 
 __all__ = [
+    "FAULT_KINDS",
     "Behaviour",
     "FakeProvider",
     "FakeProviderStatistics",
+    "FaultMix",
     "RecordedRequest",
     "open_fake_provider",
 ]
@@ -125,6 +130,65 @@ class Behaviour:
     events: tuple[Any, ...] = ()
 
 
+FAULT_KINDS = ("500", "429", "reset", "malformed", "stall", "hang")
+"""The faults a :class:`FaultMix` draws from."""
+
+
+def _fault_kinds(kinds: tuple[str, ...]) -> tuple[str, ...]:
+    kinds = tuple(kinds)
+    unknown = sorted(set(kinds) - set(FAULT_KINDS))
+    if unknown or not kinds:
+        raise ValueError(f"fault kinds must be among {FAULT_KINDS}, got {list(kinds)}")
+    return kinds
+
+
+@attrs.frozen
+class FaultMix:
+    """A seeded share of requests that fail, each in a way drawn from ``kinds``.
+
+    A faulty request keeps the behaviour it would have had, with one fault added: ``500`` and
+    ``429`` (with ``Retry-After: retry_after``) answer at once with that status; ``reset``
+    drops the connection, ``malformed`` sends an event that is not JSON, ``stall`` stops
+    sending and keeps the stream open, each after a position drawn from 0 to the answer's
+    token count (before the first token included); ``hang`` never answers. The same seed
+    gives the same faults to the same sequence of requests.
+
+    Attributes:
+        rate: the share of requests that get a fault, in [0, 1].
+        kinds: the faults to draw from, equally likely (:data:`FAULT_KINDS`).
+        seed: the seed of the draws.
+        retry_after: the ``Retry-After`` of a ``429``, in seconds.
+    """
+
+    rate: float = attrs.field(default=0.2)
+    kinds: tuple[str, ...] = attrs.field(default=FAULT_KINDS, converter=_fault_kinds)
+    seed: int = 0
+    retry_after: float = 1.0
+
+    @rate.validator
+    def _check_rate(self, _attribute: object, value: float) -> None:
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"a fault rate is a fraction in [0, 1], got {value}")
+
+    def fault(self, behaviour: Behaviour, rng: random.Random) -> tuple[str, Behaviour] | None:
+        """Draw whether the next request fails and how: the fault's kind and the behaviour
+        with it, or None for a request answered as ``behaviour`` says."""
+        if rng.random() >= self.rate:
+            return None
+        kind = rng.choice(self.kinds)
+        tokens = len(split_tokens(behaviour.text)) if behaviour.text else behaviour.tokens
+        at = rng.randint(0, max(0, tokens - 1))
+        changes: dict[str, dict[str, Any]] = {
+            "500": {"status": 500},
+            "429": {"status": 429, "retry_after": self.retry_after},
+            "reset": {"disconnect_after": at},
+            "malformed": {"malformed_after": at},
+            "stall": {"stall_after": at},
+            "hang": {"hang": True},
+        }
+        return kind, attrs.evolve(behaviour, **changes[kind])
+
+
 @attrs.frozen
 class RecordedRequest:
     """A request the fake received.
@@ -150,11 +214,13 @@ class FakeProviderStatistics:
         requests: requests received.
         client_disconnects: connections the client closed before its answer was complete.
         active: requests being answered now.
+        faults: requests given a fault by the :class:`FaultMix`, by kind.
     """
 
     requests: int
     client_disconnects: int
     active: int
+    faults: Mapping[str, int] = attrs.field(factory=dict)
 
 
 class _Disconnect(Exception):
@@ -256,11 +322,14 @@ class FakeProvider:
         record: keep every request in :attr:`requests`. Off for a long benchmark run, where
             the list only grows (and the fake's garbage collections slow down with it); the
             counts in :meth:`statistics` are kept either way.
+        faults: a seeded share of requests that fail (applied to whichever behaviour a
+            request gets), or None.
     """
 
     default: Behaviour = attrs.field(factory=Behaviour)
     models: tuple[str, ...] = ("fake-model",)
     record: bool = True
+    faults: FaultMix | None = None
     base_url: str = attrs.field(default="", init=False)
     requests: list[RecordedRequest] = attrs.field(factory=list, init=False)
     _queue: deque[Behaviour] = attrs.field(factory=deque, init=False)
@@ -270,6 +339,11 @@ class FakeProvider:
     _disconnects: int = attrs.field(default=0, init=False)
     _active: int = attrs.field(default=0, init=False)
     _disconnected: trio.Event = attrs.field(factory=trio.Event, init=False)
+    _fault_rng: random.Random = attrs.field(init=False)
+    _injected: dict[str, int] = attrs.field(factory=dict, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._fault_rng = random.Random(self.faults.seed if self.faults else 0)
 
     @property
     def openai_base_url(self) -> str:
@@ -290,7 +364,9 @@ class FakeProvider:
 
     def statistics(self) -> FakeProviderStatistics:
         """Counts of requests seen, client disconnects and answers in progress."""
-        return FakeProviderStatistics(self._seen, self._disconnects, self._active)
+        return FakeProviderStatistics(
+            self._seen, self._disconnects, self._active, dict(self._injected)
+        )
 
     async def wait_for_disconnects(self, count: int) -> None:
         """Wait until clients have closed ``count`` connections mid-answer (in all)."""
@@ -380,6 +456,17 @@ class FakeProvider:
             nursery.cancel_scope.cancel()
 
     def _pick(self, headers: Mapping[str, str], body: Any) -> Behaviour:
+        behaviour = self._planned(headers, body)
+        if self.faults is None:
+            return behaviour
+        drawn = self.faults.fault(behaviour, self._fault_rng)
+        if drawn is None:
+            return behaviour
+        kind, faulty = drawn
+        self._injected[kind] = self._injected.get(kind, 0) + 1
+        return faulty
+
+    def _planned(self, headers: Mapping[str, str], body: Any) -> Behaviour:
         if self._queue:
             return self._queue.popleft()
         key = headers.get("x-api-key") or headers.get("authorization", "").removeprefix("Bearer ")
@@ -895,6 +982,7 @@ async def open_fake_provider(
     *,
     models: tuple[str, ...] = ("fake-model",),
     record: bool = True,
+    faults: FaultMix | None = None,
 ) -> AsyncIterator[FakeProvider]:
     """Start a fake provider on a free loopback port; stop it on exit.
 
@@ -902,11 +990,12 @@ async def open_fake_provider(
         default: the behaviour when nothing more specific applies.
         models: the model ids ``/v1/models`` lists.
         record: keep every request in :attr:`FakeProvider.requests`.
+        faults: a seeded share of requests that fail (:class:`FaultMix`).
 
     Returns:
         An async context manager giving the running :class:`FakeProvider`.
     """
-    fake = FakeProvider(default or Behaviour(), models, record)
+    fake = FakeProvider(default or Behaviour(), models, record, faults)
     async with trio.open_nursery() as nursery:
         await nursery.start(fake.serve)
         try:
@@ -915,23 +1004,39 @@ async def open_fake_provider(
             nursery.cancel_scope.cancel()
 
 
-async def _serve_until_stdin_closes(default: Behaviour) -> None:
+async def _serve_until_stdin_closes(default: Behaviour, faults: FaultMix | None = None) -> None:
     # Benchmarks send it tens of thousands of requests: a record of each would only grow.
-    async with open_fake_provider(default, record=False) as fake:
+    async with open_fake_provider(default, record=False, faults=faults) as fake:
         print(fake.base_url, flush=True)
         # Serve until the parent closes our stdin (or kills us).
         await trio.to_thread.run_sync(sys.stdin.read)
+        # The last line: what it saw, for the benchmark that started it.
+        stats = fake.statistics()
+        print(json.dumps({"requests": stats.requests, "faults": dict(stats.faults)}), flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Run a fake provider in its own process (for benchmarks): prints its base URL on the
     first line of stdout, serves until stdin closes.
 
+    Once stdin closes it prints a last line of JSON: the requests it saw and the faults it
+    injected by kind.
+
     Args:
-        argv: ``[--tokens N] [--token-delay SECONDS]``.
+        argv: ``[--tokens N] [--token-delay SECONDS] [--fault-rate R] [--fault-seed S]
+            [--fault-kinds K,K…] [--fault-retry-after SECONDS]``.
     """
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--tokens", type=int, default=8)
     parser.add_argument("--token-delay", type=float, default=0.0)
+    parser.add_argument("--fault-rate", type=float, default=0.0)
+    parser.add_argument("--fault-seed", type=int, default=0)
+    parser.add_argument("--fault-kinds", default=",".join(FAULT_KINDS))
+    parser.add_argument("--fault-retry-after", type=float, default=1.0)
     args = parser.parse_args(argv)
-    trio.run(_serve_until_stdin_closes, Behaviour(tokens=args.tokens, token_delay=args.token_delay))
+    faults = None
+    if args.fault_rate > 0:
+        kinds = tuple(args.fault_kinds.split(","))
+        faults = FaultMix(args.fault_rate, kinds, args.fault_seed, args.fault_retry_after)
+    default = Behaviour(tokens=args.tokens, token_delay=args.token_delay)
+    trio.run(_serve_until_stdin_closes, default, faults)
