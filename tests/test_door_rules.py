@@ -7,8 +7,7 @@ from typing import Any
 
 import httpx
 import pytest
-
-from tests.service_helpers import running_service
+from service_helpers import running_service
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 
