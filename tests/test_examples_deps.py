@@ -19,8 +19,19 @@ EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
 def _requirements() -> tuple[set[str], set[str]]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     core: set[str] = {canonicalize_name(Requirement(r).name) for r in project["dependencies"]}
-    extra = project["optional-dependencies"]["examples"]
-    return core, {canonicalize_name(Requirement(r).name) for r in extra}
+    extras = project["optional-dependencies"]
+
+    def expand(extra: str) -> set[str]:  # "trio-orchestrator[testing]" is that extra's list
+        names: set[str] = set()
+        for text in extras[extra]:
+            requirement = Requirement(text)
+            if canonicalize_name(requirement.name) == canonicalize_name(project["name"]):
+                names |= set().union(*(expand(e) for e in requirement.extras))
+            else:
+                names.add(canonicalize_name(requirement.name))
+        return names
+
+    return core, expand("examples")
 
 
 def _third_party_imports(path: Path) -> set[str]:

@@ -31,6 +31,7 @@ import itertools
 import json
 import math
 import random
+import signal
 import struct
 import sys
 from collections import deque
@@ -158,12 +159,43 @@ class FaultMix:
         kinds: the faults to draw from, equally likely (:data:`FAULT_KINDS`).
         seed: the seed of the draws.
         retry_after: the ``Retry-After`` of a ``429``, in seconds.
+        weights: how likely each of ``kinds`` is (equally, when None).
     """
 
     rate: float = attrs.field(default=0.2)
     kinds: tuple[str, ...] = attrs.field(default=FAULT_KINDS, converter=_fault_kinds)
     seed: int = 0
     retry_after: float = 1.0
+    weights: tuple[float, ...] | None = None
+
+    @classmethod
+    def parse(cls, spec: str, *, seed: int = 0, retry_after: float = 1.0) -> FaultMix:
+        """A mix from ``KIND=SHARE`` pairs, such as ``"500=0.05,429=0.05,reset=0.02"``:
+        each kind fails that share of all requests (an empty spec: none fail).
+
+        Raises:
+            ValueError: an unknown kind, a share that is not a number in [0, 1], a kind
+                named twice, or shares summing past 1.
+        """
+        shares: dict[str, float] = {}
+        for item in filter(None, (part.strip() for part in spec.split(","))):
+            kind, equals, share = item.partition("=")
+            try:
+                value = float(share) if equals else math.nan
+            except ValueError:
+                value = math.nan
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{item!r}: write KIND=SHARE, a share in [0, 1] (500=0.05)")
+            if kind in shares:
+                raise ValueError(f"{kind!r} is named twice")
+            shares[kind] = value
+        if not shares:
+            return cls(0.0, seed=seed, retry_after=retry_after)  # no faults
+        total = sum(shares.values())
+        if total > 1.0 + 1e-9:
+            raise ValueError(f"the shares sum to {total:g}, more than every request")
+        kinds, weights = tuple(shares), tuple(shares.values())
+        return cls(min(total, 1.0), kinds, seed, retry_after, weights if total else None)
 
     @rate.validator
     def _check_rate(self, _attribute: object, value: float) -> None:
@@ -175,7 +207,10 @@ class FaultMix:
         with it, or None for a request answered as ``behaviour`` says."""
         if rng.random() >= self.rate:
             return None
-        kind = rng.choice(self.kinds)
+        if self.weights is None:
+            kind = rng.choice(self.kinds)
+        else:
+            (kind,) = rng.choices(self.kinds, self.weights)
         tokens = len(split_tokens(behaviour.text)) if behaviour.text else behaviour.tokens
         at = rng.randint(0, max(0, tokens - 1))
         changes: dict[str, dict[str, Any]] = {
@@ -324,12 +359,14 @@ class FakeProvider:
             counts in :meth:`statistics` are kept either way.
         faults: a seeded share of requests that fail (applied to whichever behaviour a
             request gets), or None.
+        port: the loopback port to listen on (0: a free one).
     """
 
     default: Behaviour = attrs.field(factory=Behaviour)
     models: tuple[str, ...] = ("fake-model",)
     record: bool = True
     faults: FaultMix | None = None
+    port: int = 0
     base_url: str = attrs.field(default="", init=False)
     requests: list[RecordedRequest] = attrs.field(factory=list, init=False)
     _queue: deque[Behaviour] = attrs.field(factory=deque, init=False)
@@ -379,7 +416,7 @@ class FakeProvider:
         from hypercorn.trio import serve
 
         config = Config()
-        config.bind = ["127.0.0.1:0"]
+        config.bind = [f"127.0.0.1:{self.port}"]  # loopback only: it is a test double
         config.errorlog = None  # a scripted disconnect is not an error worth a traceback
         config.accesslog = None
         config.graceful_timeout = 0.0
@@ -983,6 +1020,7 @@ async def open_fake_provider(
     models: tuple[str, ...] = ("fake-model",),
     record: bool = True,
     faults: FaultMix | None = None,
+    port: int = 0,
 ) -> AsyncIterator[FakeProvider]:
     """Start a fake provider on a free loopback port; stop it on exit.
 
@@ -991,11 +1029,12 @@ async def open_fake_provider(
         models: the model ids ``/v1/models`` lists.
         record: keep every request in :attr:`FakeProvider.requests`.
         faults: a seeded share of requests that fail (:class:`FaultMix`).
+        port: the loopback port to listen on (0: a free one).
 
     Returns:
         An async context manager giving the running :class:`FakeProvider`.
     """
-    fake = FakeProvider(default or Behaviour(), models, record, faults)
+    fake = FakeProvider(default or Behaviour(), models, record, faults, port)
     async with trio.open_nursery() as nursery:
         await nursery.start(fake.serve)
         try:
@@ -1040,3 +1079,117 @@ def main(argv: list[str] | None = None) -> None:
         faults = FaultMix(args.fault_rate, kinds, args.fault_seed, args.fault_retry_after)
     default = Behaviour(tokens=args.tokens, token_delay=args.token_delay)
     trio.run(_serve_until_stdin_closes, default, faults)
+
+
+# ----------------------------------------------------------------- the command
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The fake provider's command-line flags (``trio-orchestrator fake-provider``)."""
+    answer = parser.add_argument_group("the answer")
+    answer.add_argument("--text", help="the answer's text (default: --tokens lorem-ipsum words)")
+    answer.add_argument("--tokens", type=int, default=8, help="words when no --text (8)")
+    answer.add_argument("--token-delay", type=float, default=0.0, metavar="SECONDS")
+    answer.add_argument("--first-token-delay", type=float, default=0.0, metavar="SECONDS")
+    answer.add_argument(
+        "--tool-call",
+        action="append",
+        default=[],
+        metavar="NAME=JSON",
+        help="answer with a call of tool NAME with these JSON arguments (repeatable)",
+    )
+    answer.add_argument(
+        "--model",
+        action="append",
+        metavar="NAME",
+        help="a model /v1/models lists (repeatable; default fake-model)",
+    )
+    faults = parser.add_argument_group("faults")
+    faults.add_argument(
+        "--faults",
+        default="",
+        metavar="KIND=SHARE,...",
+        help=f"the share of requests failing each way, kinds {', '.join(FAULT_KINDS)} "
+        "(for example 500=0.05,429=0.05,reset=0.02,stall=0.01)",
+    )
+    faults.add_argument("--seed", type=int, default=0, help="the faults' seed (0)")
+    faults.add_argument(
+        "--retry-after", type=float, default=1.0, metavar="SECONDS", help="a 429's (1)"
+    )
+    parser.add_argument("--port", type=int, default=0, help="loopback port (0: any free one)")
+
+
+def _tool_call(text: str) -> tuple[str, str]:
+    name, equals, arguments = text.partition("=")
+    try:
+        parsed = json.loads(arguments) if equals else None
+    except ValueError:
+        parsed = None
+    if not name or not isinstance(parsed, dict):
+        raise ValueError(f"--tool-call {text!r}: write NAME=JSON, the JSON an object")
+    return name, arguments
+
+
+def from_arguments(args: argparse.Namespace) -> tuple[Behaviour, FaultMix | None]:
+    """The default behaviour and the fault mix the flags describe.
+
+    Raises:
+        ValueError: a flag's value is not usable (the message says which).
+    """
+    calls = tuple(_tool_call(text) for text in args.tool_call)
+    behaviour = Behaviour(
+        text=args.text,
+        tokens=args.tokens,
+        token_delay=args.token_delay,
+        first_token_delay=args.first_token_delay,
+        tool_calls=calls,
+    )
+    mix = FaultMix.parse(args.faults, seed=args.seed, retry_after=args.retry_after)
+    return behaviour, mix if mix.rate > 0 else None
+
+
+async def serve_until_signal(
+    default: Behaviour, faults: FaultMix | None, models: tuple[str, ...], port: int
+) -> None:
+    """Serve until SIGINT or SIGTERM, printing where at the start and what it did at the end."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with open_fake_provider(
+            default, models=models, record=False, faults=faults, port=port
+        ) as fake:
+            print(f"fake provider: serving on {fake.base_url} (Ctrl+C to stop)")
+            print(f"  OpenAI-compatible clients: base_url = {fake.openai_base_url}")
+            print(f"  Anthropic clients:         base_url = {fake.base_url}")
+            print(f"  models: {', '.join(models)}", flush=True)
+            async for _ in signals:
+                break
+            stats = fake.statistics()
+    print(f"fake provider: {stats.requests} requests, faults {dict(stats.faults)}", flush=True)
+
+
+def tool(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """``python -m trio_orchestrator.testing.fake_provider``: serve a fake provider on a
+    loopback port until Ctrl+C; return the exit status."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="A fake LLM provider speaking the OpenAI and Anthropic wire formats, "
+        "with a seeded fault mix, on a loopback port.",
+    )
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    return run_arguments(args)
+
+
+def run_arguments(args: argparse.Namespace) -> int:
+    """Serve as the flags ``add_arguments`` added say; return the exit status."""
+    try:
+        default, faults = from_arguments(args)
+    except ValueError as exc:
+        print(f"fake provider: {exc}", file=sys.stderr)
+        return 2
+    models = tuple(args.model or ("fake-model",))
+    trio.run(serve_until_signal, default, faults, models, args.port)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(tool(prog="python -m trio_orchestrator.testing.fake_provider"))
