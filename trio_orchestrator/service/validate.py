@@ -79,7 +79,8 @@ def parse_json_object(body: bytes | str, what: str = "the request body") -> Fiel
         message = f"{what} is not valid JSON ({exc}); send a JSON object"
         raise ApiError(400, message, code="invalid_json") from None
     if not isinstance(data, dict):
-        raise ApiError(400, f"{what} must be a JSON object, got {_describe(data)}")
+        message = f"{what} must be a JSON object, got {_describe(data)}"
+        raise ApiError(400, message, code="invalid_value")
     if _poisoned(data, what):  # rare: only a huge integral float sends us here
         _check_integers(body)
     return Fields(data)
