@@ -412,15 +412,20 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--openai", action="store_true", help="use OpenAI")
     parser.add_argument("--openai-key-env", default="OPENAI_API_KEY", metavar="VAR")
     parser.add_argument("--openai-model", default="gpt-4o-mini", metavar="MODEL")
+    # The official SDKs' own variables name another API root; init honours them the same way.
     parser.add_argument(
         "--openai-base-url",
-        default=DEFAULT_BASE_URLS["openai"],
+        default=os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URLS["openai"],
         metavar="URL",
-        help="another OpenAI-compatible API (OpenRouter, Azure, a proxy…)",
+        help="another OpenAI-compatible API (OpenRouter, Azure, a proxy…); "
+        "default $OPENAI_BASE_URL, else OpenAI's",
     )
     parser.add_argument("--anthropic", action="store_true", help="use Anthropic")
     parser.add_argument(
-        "--anthropic-base-url", default=DEFAULT_BASE_URLS["anthropic"], metavar="URL"
+        "--anthropic-base-url",
+        default=os.environ.get("ANTHROPIC_BASE_URL") or DEFAULT_BASE_URLS["anthropic"],
+        metavar="URL",
+        help="default $ANTHROPIC_BASE_URL, else Anthropic's",
     )
     parser.add_argument("--anthropic-key-env", default="ANTHROPIC_API_KEY", metavar="VAR")
     parser.add_argument("--anthropic-model", default="claude-3-5-haiku-latest", metavar="MODEL")
