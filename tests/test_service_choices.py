@@ -98,7 +98,9 @@ async def test_a_failing_choice_ends_the_answer_and_cancels_the_others(
         assert status_of(sent) == 502
         assert json.loads(body_of(sent))["error"]["code"]
     else:
-        assert b'"error"' in body_of(sent).split(b"\n\n")[-2]
+        *_, error, done, _end = body_of(sent).split(b"\n\n")
+        assert b'"error"' in error  # the error event, then the stream's proper end
+        assert done == b"data: [DONE]"
 
 
 @pytest.mark.parametrize("stream", [False, True])

@@ -448,9 +448,11 @@ class HTTPProvider:
             except RateLimited as exc:
                 pool.rate_limited(key, exc.retry_after, model)
                 if (parser is not None and parser.started) or not pool.can_call(model):
-                    # The caller (and the retry layer) waits for the pool, not for the
-                    # upstream's own figure: the rest is capped, and a probe may pass sooner.
-                    exc.retry_after = pool.wait(model)
+                    # The upstream's own figure when the pool keeps to it; past the cap the
+                    # key rests less, and the caller (and the retry layer) waits for that.
+                    asked = exc.retry_after
+                    if asked is None or asked > pool.max_rest:
+                        exc.retry_after = pool.wait(model)
                     raise
             except AuthenticationError:
                 pool.rejected(key)
