@@ -127,6 +127,7 @@ class PriorityAdmission(Generic[J]):
         except trio.WouldBlock:
             return False
         self._admitted[job.request.priority] += 1
+        assert self._start is not None
         self._start(job)
         return True
 
