@@ -33,8 +33,10 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+import attrs
 import trio
 
+REPO = Path(__file__).resolve().parent.parent
 PROMPT_TOKENS = 10
 # Opening connections faster than the server accepts them overflows its listen backlog; the
 # kernel then retries the SYN a second or more later, which only slows the ramp.
@@ -76,11 +78,28 @@ def request_bytes(host: str, port: int) -> bytes:
     return head.encode() + body
 
 
+@attrs.define
+class OpenCount:
+    """Streams that have answered and not ended yet, and the most at once."""
+
+    now: int = 0
+    most: int = 0
+
+    def opened(self) -> None:
+        self.now += 1
+        self.most = max(self.most, self.now)
+
+
 async def one_stream(
-    address: tuple[str, int], request: bytes, gate: trio.Semaphore, opened: trio.Event | None
+    address: tuple[str, int],
+    request: bytes,
+    gate: trio.Semaphore,
+    opened: trio.Event | None,
+    count: OpenCount | None = None,
 ) -> bool:
     """Open one stream and read it to its end; True if it completed."""
     received = bytearray()
+    answered = False
     try:
         async with gate:
             sock = trio.socket.socket()
@@ -92,15 +111,21 @@ async def one_stream(
                 data = await sock.recv(65536)
                 if not data:
                     break
-                if first and opened is not None:
+                if first:
                     first = False
-                    opened.set()
+                    if opened is not None:
+                        opened.set()
+                    if count is not None:
+                        count.opened()
+                        answered = True
                 received += data
                 if received.endswith(b"0\r\n\r\n"):
                     break
     except OSError:
         return False
     finally:
+        if answered and count is not None:
+            count.now -= 1
         if opened is not None:
             opened.set()  # resolved either way: the "all open" signal must not hang on it
     return (
@@ -110,16 +135,18 @@ async def one_stream(
     )
 
 
-async def client(host: str, port: int, count: int, out: IO[str]) -> None:
-    """Run ``count`` streams at once; print OPEN once all have answered, then the counts."""
+async def client(host: str, port: int, streams: int, out: IO[str]) -> None:
+    """Run ``streams`` at once; print OPEN once all have answered, then the counts (the
+    completed streams, and the most that were open at once)."""
     request = request_bytes(host, port)
     gate = trio.Semaphore(CONNECTING_AT_ONCE)
-    opened = [trio.Event() for _ in range(count)]
+    opened = [trio.Event() for _ in range(streams)]
     completed = 0
+    count = OpenCount()
 
     async def run(i: int) -> None:
         nonlocal completed
-        if await one_stream((host, port), request, gate, opened[i]):
+        if await one_stream((host, port), request, gate, opened[i], count):
             completed += 1
 
     async def announce() -> None:
@@ -129,9 +156,9 @@ async def client(host: str, port: int, count: int, out: IO[str]) -> None:
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(announce)
-        for i in range(count):
+        for i in range(streams):
             nursery.start_soon(run, i)
-    print(f"DONE {completed} {count - completed}", file=out, flush=True)
+    print(f"DONE {completed} {count.most}", file=out, flush=True)
 
 
 # ----------------------------------------------------------------------------- the run
@@ -160,6 +187,7 @@ def start_server(config: str) -> tuple[subprocess.Popen[str], str, int]:
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},  # this checkout's package
     )
     assert server.stdout is not None
     for line in server.stdout:
@@ -216,7 +244,7 @@ def load(host: str, port: int, streams: int, processes: int, pid: int) -> dict[s
     began = time.perf_counter()
     all_open: int | None = None
     open_after: float | None = None
-    completed = 0
+    completed = most_open = 0
     lines: queue.Queue[str] = queue.Queue()
     readers = [threading.Thread(target=_forward, args=(proc, lines)) for proc in clients]
     for reader in readers:
@@ -231,7 +259,8 @@ def load(host: str, port: int, streams: int, processes: int, pid: int) -> dict[s
                 open_after = time.perf_counter() - began
         elif line.startswith("DONE"):
             waiting_done -= 1
-            completed += int(line.split()[1])
+            done, most = map(int, line.split()[1:])
+            completed, most_open = completed + done, most_open + most
         elif line == "EOF":
             waiting_done -= 1  # a client that died without its counts
     for proc in clients:
@@ -241,6 +270,9 @@ def load(host: str, port: int, streams: int, processes: int, pid: int) -> dict[s
     return {
         "completed": completed,
         "lost": streams - completed,  # a client that died without its counts lost its share
+        # Summed over the client processes: their peaks may not coincide, so this is an
+        # upper bound; equal to K when every stream was open at the time of "all open".
+        "most_open_at_once": most_open,
         "rss_all_open_kb": all_open,
         "rss_sampled_max_kb": sampler.largest,
         "all_open_after_s": None if open_after is None else round(open_after, 2),
@@ -262,7 +294,9 @@ def main() -> None:
         trio.run(client, host, int(port), int(count), sys.stdout)
         return
     streams = 1000 if args.quick else args.streams
-    hold = args.hold or (8.0 if args.quick else max(10.0, streams / 400))
+    # Long enough for every stream to be open before the first ends: the ramp runs at some
+    # hundreds of streams per second on a small machine.
+    hold = args.hold or (20.0 if args.quick else max(30.0, streams / 50))
     fd_limit = raise_fd_limit()
     with tempfile.TemporaryDirectory() as directory:
         config = write_config(directory, streams, hold / (PROMPT_TOKENS - 1))
@@ -296,7 +330,10 @@ def main() -> None:
     }
     print(f"streams {streams}, held {hold:.1f} s each, {args.clients} client processes")
     print(f"completed {result['completed']}, lost {result['lost']}")
-    print(f"all open after {result['all_open_after_s']} s; load took {result['load_s']} s")
+    print(
+        f"all open after {result['all_open_after_s']} s (at most {result['most_open_at_once']} "
+        f"at once); load took {result['load_s']} s"
+    )
     mb = {k: figures[k] / 1024 for k in ("rss_start_kb", "rss_peak_kb", "rss_hwm_kb")}
     print(
         f"server RSS: start {mb['rss_start_kb']:.1f} MB, all open {mb['rss_peak_kb']:.1f} MB, "
