@@ -61,7 +61,9 @@ def _tasks(name: str) -> int:
             for child in nursery.child_tasks:
                 yield from walk(child)
 
-    return sum(1 for task in walk(trio.lowlevel.current_root_task()) if task.name == name)
+    root = trio.lowlevel.current_root_task()
+    assert root is not None
+    return sum(task.name == name for task in walk(root))
 
 
 CHAT = {"model": "echo", "messages": [{"role": "user", "content": "hi"}]}
@@ -95,8 +97,9 @@ async def test_no_request_outlives_its_answer_through_the_service() -> None:
 async def test_the_idle_inference_runners_are_capped() -> None:
     """A burst wider than the idle pool leaves at most IDLE_RUNNERS runner tasks parked."""
     burst = IDLE_RUNNERS + 40
-    room = {"post_capacity": burst, "stream_capacity": burst}  # they all end at once
-    config = Config(pipeline=PipelineConfig(inference_concurrency=burst, **room))
+    # They all end at once: room for all of them in the last stages.
+    cfg = PipelineConfig(inference_concurrency=burst, post_capacity=burst, stream_capacity=burst)
+    config = Config(pipeline=cfg)
     worker = GatedWorker(size=burst)
 
     async def one(pipeline: Pipeline) -> None:
