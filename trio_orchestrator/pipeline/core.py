@@ -65,6 +65,10 @@ RAG, ASSEMBLE, INFERENCE, POST, STREAM = range(5)
 
 Listener = Callable[[FinishedRequest], None]
 
+# Inference runner tasks kept parked for the next request (the default concurrency): enough
+# for a hand-off instead of a spawn under steady load, few enough to cost little idle.
+IDLE_RUNNERS: Final = 256
+
 
 @attrs.define(eq=False, slots=True)
 class _StageCounter:
@@ -138,9 +142,12 @@ class Pipeline:
         self._idle = trio.Event()
         self._now = trio.current_time()
         self._taken_this_round = 0  # jobs the inference stage took since its last checkpoint
-        # Deadlines of jobs in flight: (deadline, seq, job), with lazy deletion of ended jobs.
-        self._deadlines: list[tuple[float, int, Job]] = []
-        self._seq = itertools.count()
+        # Deadlines of jobs in flight: a heap of (deadline, seq), and the job of each seq
+        # still running. An ended job leaves the dict at once (so nothing keeps it, its
+        # request and its answer alive until its deadline); its heap entry leaves lazily.
+        self._deadlines: list[tuple[float, int]] = []
+        self._deadline_jobs: dict[int, Job] = {}
+        self._seq = itertools.count(1)
         self._reaper_scope: trio.CancelScope | None = None
         # Inference runner tasks parked between requests (a hand-off is cheaper than a spawn).
         self._idle_runners: list[trio.lowlevel.Task] = []
@@ -336,16 +343,21 @@ class Pipeline:
         One reaper task watching a heap costs far less than a cancel scope per caller; the
         job's own scope still bounds the worker call itself.
         """
-        heap = self._deadlines
-        # Ended jobs leave lazily, but not too lazily: an entry keeps its job, request and
-        # answer alive (and the garbage collector busy with them).
-        if len(heap) > 64 and len(heap) > 2 * len(self._in_flight):
-            heap[:] = [entry for entry in heap if entry[2].outcome is None]
-            heapq.heapify(heap)
-        heapq.heappush(heap, (job.deadline, next(self._seq), job))
+        seq = job.deadline_seq = next(self._seq)
+        self._deadline_jobs[seq] = job
+        heapq.heappush(self._deadlines, (job.deadline, seq))
         scope = self._reaper_scope
         if scope is not None and job.deadline < scope.deadline:
             scope.deadline = job.deadline
+
+    def _forget_deadline(self, job: Job) -> None:
+        """Drop ended ``job`` from the reaper's watch, and the heap's dead entries when
+        they outnumber the live ones (each entry is removed once: amortized O(1))."""
+        del self._deadline_jobs[job.deadline_seq]
+        heap, live = self._deadlines, self._deadline_jobs
+        if len(heap) > 64 and len(heap) > 2 * len(live):
+            heap[:] = [entry for entry in heap if entry[1] in live]
+            heapq.heapify(heap)
 
     async def _reap_deadlines(self) -> None:
         heap = self._deadlines
@@ -355,7 +367,9 @@ class Pipeline:
                 await trio.sleep_forever()
             now = trio.current_time()
             while heap and heap[0][0] <= now:
-                self._expire_if_running(heapq.heappop(heap)[2])
+                job = self._deadline_jobs.get(heapq.heappop(heap)[1])
+                if job is not None:
+                    self._expire_if_running(job)
 
     async def _enter_and_wait(self, job: Job, *, wait: bool) -> None:
         """Admit ``job`` and wait for it to end (the reaper ends it at its deadline)."""
@@ -436,6 +450,8 @@ class Pipeline:
         job.outcome, job.completion, job.error = outcome, completion, error
         self._outcomes[outcome] += 1
         self._in_flight.discard(job)
+        if job.deadline_seq:
+            self._forget_deadline(job)
         if outcome is not Outcome.COMPLETED:  # a completed job's worker has returned already
             job.scope.cancel()
         if job.stream is not None:
@@ -539,37 +555,45 @@ class Pipeline:
                     return job
                 self._expire_if_running(job)
 
+    # A stage's loop drops its job before it waits for the next one: a stage parked on its
+    # channel must not keep the last request, its answer and its stream alive.
+
     async def _rag_stage(self) -> None:
         async with self._receives[RAG], self._sends[ASSEMBLE]:
             while (job := await self._next(RAG)) is not None:
-                # An embedding request has no conversation to retrieve for.
-                if self._retriever is not None and job.request.embed is None:
-                    try:
-                        with trio.move_on_at(job.deadline):
-                            job.documents = await self._retriever.retrieve(job.request)
-                    except Exception as exc:
-                        self._fail(job, exc, "retriever")
-                        continue
-                    if trio.current_time() >= job.deadline:
-                        self._expire_if_running(job)
-                        continue
-                self._forward(job, ASSEMBLE)
+                await self._retrieve(job)
+                job = None
+
+    async def _retrieve(self, job: Job) -> None:
+        # An embedding request has no conversation to retrieve for.
+        if self._retriever is not None and job.request.embed is None:
+            try:
+                with trio.move_on_at(job.deadline):
+                    job.documents = await self._retriever.retrieve(job.request)
+            except Exception as exc:
+                self._fail(job, exc, "retriever")
+                return
+            if trio.current_time() >= job.deadline:
+                self._expire_if_running(job)
+                return
+        self._forward(job, ASSEMBLE)
 
     async def _assemble_stage(self) -> None:
         async with self._receives[ASSEMBLE], self._sends[INFERENCE]:
             while (job := await self._next(ASSEMBLE)) is not None:
-                if job.request.embed is not None:  # no chat to assemble: sent as it came
-                    self._forward(job, INFERENCE)
-                    continue
-                try:
-                    job.prepared = self._assembler.assemble(job.request, job.documents)
-                except Exception as exc:
-                    self._fail(job, exc, "assembler")
-                    continue
-                self._forward(job, INFERENCE)
+                self._assemble(job)
+                job = None
+
+    def _assemble(self, job: Job) -> None:
+        if job.request.embed is None:  # else no chat to assemble: sent as it came
+            try:
+                job.prepared = self._assembler.assemble(job.request, job.documents)
+            except Exception as exc:
+                self._fail(job, exc, "assembler")
+                return
+        self._forward(job, INFERENCE)
 
     async def _inference_stage(self) -> None:
-        limiter = self._limiter
         async with self._receives[INFERENCE], self._sends[POST], trio.open_nursery() as nursery:
             if self._admission is not None:
                 await self._admission.run(
@@ -579,14 +603,19 @@ class Pipeline:
                 )
                 return
             while (job := await self._next(INFERENCE)) is not None:
-                try:
-                    limiter.acquire_on_behalf_of_nowait(job)
-                except trio.WouldBlock:
-                    await limiter.acquire_on_behalf_of(job)
-                if job.outcome is not None:
-                    limiter.release_on_behalf_of(job)
-                    continue
-                self._dispatch(nursery, job)
+                await self._admit(nursery, job)
+                job = None
+
+    async def _admit(self, nursery: trio.Nursery, job: Job) -> None:
+        limiter = self._limiter
+        try:
+            limiter.acquire_on_behalf_of_nowait(job)
+        except trio.WouldBlock:
+            await limiter.acquire_on_behalf_of(job)
+        if job.outcome is not None:
+            limiter.release_on_behalf_of(job)
+            return
+        self._dispatch(nursery, job)
 
     def _dispatch(self, nursery: trio.Nursery, job: Job) -> None:
         """Run ``job`` on a parked runner task, or on a new one when none is idle.
@@ -601,11 +630,16 @@ class Pipeline:
     async def _runner(self, job: Job | None) -> None:
         while job is not None:
             await self._infer(job)
+            job = None  # a parked runner keeps no request alive
             job = await self._park_runner()
 
     async def _park_runner(self) -> Job | None:
-        """Wait for the next job; None means the pool has shrunk and this runner should end."""
-        if len(self._idle_runners) >= self._limiter.total_tokens:
+        """Wait for the next job; None means the pool is full and this runner should end.
+
+        The pool keeps at most ``IDLE_RUNNERS`` (or the limiter's size, if smaller): a burst
+        of 10,000 streams would otherwise leave 10,000 parked tasks behind it for good.
+        """
+        if len(self._idle_runners) >= min(self._limiter.total_tokens, IDLE_RUNNERS):
             return None
         task = trio.lowlevel.current_task()
         self._idle_runners.append(task)
@@ -662,29 +696,37 @@ class Pipeline:
     async def _post_stage(self) -> None:
         async with self._receives[POST], self._sends[STREAM]:
             while (job := await self._next(POST)) is not None:
-                try:
-                    job.completion = job.complete()
-                except Exception as exc:
-                    self._fail(job, exc, "post-processor")
-                    continue
-                self._forward(job, STREAM)
+                self._post(job)
+                job = None
+
+    def _post(self, job: Job) -> None:
+        try:
+            job.completion = job.complete()
+        except Exception as exc:
+            self._fail(job, exc, "post-processor")
+            return
+        self._forward(job, STREAM)
 
     async def _stream_stage(self) -> None:
         async with self._receives[STREAM]:
             while (job := await self._next(STREAM)) is not None:
-                completion = job.completion
-                assert completion is not None
-                for sink in self._sinks:
-                    try:
-                        sink.deliver(job.request, completion)
-                    except Exception:
-                        self._sink_errors += 1
-                        logger.exception("output sink %r raised; it was ignored", sink)
-                if job.stream is None:
-                    self._finish(job, Outcome.COMPLETED, completion=completion)
-                else:
-                    # A streamed request completes when its caller reads the end.
-                    job.stream.close()
+                self._deliver(job)
+                job = None
+
+    def _deliver(self, job: Job) -> None:
+        completion = job.completion
+        assert completion is not None
+        for sink in self._sinks:
+            try:
+                sink.deliver(job.request, completion)
+            except Exception:
+                self._sink_errors += 1
+                logger.exception("output sink %r raised; it was ignored", sink)
+        if job.stream is None:
+            self._finish(job, Outcome.COMPLETED, completion=completion)
+        else:
+            # A streamed request completes when its caller reads the end.
+            job.stream.close()
 
     # ----------------------------------------------------------------- life cycle
 

@@ -128,6 +128,8 @@ class Job:
     submitted_at: float
     scope: trio.CancelScope
     waiter: trio.lowlevel.Task | None = None
+    deadline_seq: int = 0
+    """The job's entry in the pipeline's deadline reaper (0: none)."""
     on_end: Callable[[], None] | None = None
     """Called once the job has ended (``Pipeline.try_start``'s caller is told this way)."""
     stream: EventPipe | None = None

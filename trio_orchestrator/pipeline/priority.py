@@ -113,20 +113,23 @@ class PriorityAdmission(Generic[J]):
                 it (ends it as expired).
         """
         self._start, self._expire = start, expire
-        limiter = self._limiter
         while (job := await next_job()) is not None:
-            if not self._heap:
-                try:
-                    limiter.acquire_on_behalf_of_nowait(job)
-                except trio.WouldBlock:
-                    pass
-                else:
-                    self._admitted[job.request.priority] += 1
-                    start(job)
-                    continue
-            self._push(job)
+            if self._heap or not self._start_now(job):
+                self._push(job)
+            job = None  # waiting for the next one keeps no request alive
             if len(self._heap) >= self._config.max_waiting:
                 await self._wait_for_room()
+
+    def _start_now(self, job: J) -> bool:
+        """Start ``job`` if a slot is free; say whether it did."""
+        try:
+            self._limiter.acquire_on_behalf_of_nowait(job)
+        except trio.WouldBlock:
+            return False
+        self._admitted[job.request.priority] += 1
+        assert self._start is not None
+        self._start(job)
+        return True
 
     def release(self, job: J) -> None:
         """Give back ``job``'s slot and hand free slots to the best-ranked waiting jobs."""

@@ -37,7 +37,11 @@ def json_bytes(data: Any) -> bytes:
         TypeError: ``data`` holds something JSON cannot express.
     """
     try:
-        return orjson.dumps(data, option=_OPTIONS)
+        # A copy of exactly its size: orjson's bytes keep the whole buffer it wrote into
+        # (4 KB for the smallest, some 13x the text for a large one), so each one held —
+        # a stream's last chunk while it waits for the next token, a cached answer — would
+        # cost that much. The copy costs some 50 ns for a chunk.
+        return memoryview(orjson.dumps(data, option=_OPTIONS)).tobytes()
     except orjson.JSONEncodeError:
         return _FALLBACK.encode(data).encode()
 

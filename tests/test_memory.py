@@ -1,0 +1,129 @@
+"""Memory per request: nothing of a request outlives it, idle capacity is bounded, and the
+bytes a stream holds between tokens are the size of what they say."""
+
+from __future__ import annotations
+
+import gc
+import tracemalloc
+from collections.abc import Iterator
+
+import attrs
+import httpx
+import trio
+import trio.testing
+from service_helpers import make_config, running_service
+
+from trio_orchestrator import PromptRequest, open_pipeline
+from trio_orchestrator.config import Config, PipelineConfig
+from trio_orchestrator.events import Done, TextDelta, Usage
+from trio_orchestrator.pipeline import Pipeline
+from trio_orchestrator.pipeline.core import IDLE_RUNNERS
+from trio_orchestrator.pipeline.job import EventPipe, Job
+from trio_orchestrator.service.jsonenc import json_bytes
+from trio_orchestrator.workers import EventSink
+
+
+@attrs.define(eq=False)
+class GatedWorker:
+    """Sends one token, then holds every request until ``size`` of them are in it at once:
+    requests that are truly concurrent, with no clock involved."""
+
+    size: int
+    _inside: int = 0
+    _all_in: trio.Event = attrs.field(factory=trio.Event)
+
+    async def generate(self, request: PromptRequest, emit: EventSink) -> None:
+        """One token, the wait for the others, one more token and ``Done``."""
+        await emit(TextDelta("held "))
+        self._inside += 1
+        if self._inside >= self.size:
+            self._all_in.set()
+        await self._all_in.wait()
+        await emit(TextDelta("released"))
+        usage = Usage(1, 2)
+        await emit(usage)
+        await emit(Done("stop", "held released", usage, (), "echo"))
+
+    def model_names(self) -> tuple[str, ...]:
+        """It answers as the echo model."""
+        return ("echo",)
+
+
+def _live(kind: type) -> int:
+    gc.collect()
+    return sum(1 for thing in gc.get_objects() if isinstance(thing, kind))
+
+
+def _tasks(name: str) -> int:
+    def walk(task: trio.lowlevel.Task) -> Iterator[trio.lowlevel.Task]:
+        yield task
+        for nursery in task.child_nurseries:
+            for child in nursery.child_tasks:
+                yield from walk(child)
+
+    root = trio.lowlevel.current_root_task()
+    assert root is not None
+    return sum(task.name == name for task in walk(root))
+
+
+CHAT = {"model": "echo", "messages": [{"role": "user", "content": "hi"}]}
+
+
+async def test_no_request_outlives_its_answer_through_the_service() -> None:
+    """After concurrent streamed and plain chats end, no pipeline job nor stream buffer of
+    theirs is alive (the deadline reaper, stage loops and parked runners keep none)."""
+    streams = 12
+    worker = GatedWorker(size=2 * streams)
+    before = _live(Job)
+
+    async def chat(client: httpx.AsyncClient, stream: bool) -> None:
+        body = {**CHAT, "stream": stream}
+        async with client.stream("POST", "/v1/chat/completions", json=body) as response:
+            assert response.status_code == 200
+            text = (await response.aread()).decode()
+        assert "released" in text
+
+    async with running_service(make_config(), worker) as url:
+        limits = httpx.Limits(max_connections=2 * streams)
+        async with httpx.AsyncClient(base_url=url, limits=limits) as client:
+            async with trio.open_nursery() as nursery:
+                for i in range(2 * streams):
+                    nursery.start_soon(chat, client, i % 2 == 0)
+            await trio.testing.wait_all_tasks_blocked()
+            assert _live(Job) == before
+            assert _live(EventPipe) == 0
+
+
+async def test_the_idle_inference_runners_are_capped() -> None:
+    """A burst wider than the idle pool leaves at most IDLE_RUNNERS runner tasks parked."""
+    burst = IDLE_RUNNERS + 40
+    # They all end at once: room for all of them in the last stages.
+    cfg = PipelineConfig(inference_concurrency=burst, post_capacity=burst, stream_capacity=burst)
+    config = Config(pipeline=cfg)
+    worker = GatedWorker(size=burst)
+
+    async def one(pipeline: Pipeline) -> None:
+        async with pipeline.stream(PromptRequest(input="hi")) as events:
+            async for _ in events:
+                pass
+
+    async with open_pipeline(worker, config) as pipeline:
+        async with trio.open_nursery() as nursery:
+            for _ in range(burst):
+                nursery.start_soon(one, pipeline)
+        await trio.testing.wait_all_tasks_blocked()
+        assert _tasks("trio_orchestrator.inference_runner") == IDLE_RUNNERS
+
+
+def test_json_bytes_hold_no_more_than_their_size() -> None:
+    """A small JSON chunk held between tokens costs about its length, not orjson's 4 KB
+    working buffer."""
+    chunk = {"id": "chatcmpl-1", "choices": [{"index": 0, "delta": {"content": "hi"}}]}
+    tracemalloc.start()
+    try:
+        held = [json_bytes(chunk) for _ in range(100)]
+        traced, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(held) == 100
+    assert traced < 100 * 256
