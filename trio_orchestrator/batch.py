@@ -456,7 +456,11 @@ async def _run_one(
     pipeline: Pipeline, item: BatchItem, writer: _Writer, limiter: trio.CapacityLimiter
 ) -> None:
     try:
-        completion = await pipeline.submit(item.request)
+        # Answered whole into the results file: a fault mid-answer may be retried.
+        request = item.request
+        if request.streaming:
+            request = attrs.evolve(request, streaming=False)
+        completion = await pipeline.submit(request)
     except (RequestError, WorkerError) as exc:
         outcome, code = classify(exc)
         if outcome == "cancelled":

@@ -238,11 +238,11 @@ class PromptRequest:
             every other worker translates the typed members, which are a view of it, as
             ``Message.wire`` is of a chat message.
         streaming: whether the caller sees events as the worker emits them (``True``, the
-            safe default) or only the whole answer once it has ended (``False``). The
-            pipeline sets it on the request its worker receives: ``False`` for ``submit``,
-            ``try_submit`` and ``try_start``, ``True`` for ``stream``. A retry may start a
-            non-streaming request over after the worker emitted events, since none of them
-            reached the caller.
+            safe default) or only the whole answer once it has ended (``False``). A retry
+            may start a ``False`` request over after the worker emitted events, since none
+            of them reached the caller. The service and batch jobs set it ``False`` for the
+            answers they return whole; ``Pipeline.stream`` sets it ``True``. (It is the
+            caller's to say, not the pipeline's, so that no request is copied per call.)
     """
 
     messages: tuple[Message, ...] = attrs.field(default=(), converter=_to_messages)

@@ -213,6 +213,8 @@ class Pipeline:
 
         Leaving the block before the last event cancels the request.
         """
+        if not request.streaming:  # its events reach the caller as they come: never restart
+            request = attrs.evolve(request, streaming=True)
         return RequestStream(self, request)
 
     async def replay(self, letter_id: str) -> Completion:
@@ -664,12 +666,6 @@ class Pipeline:
 
     async def _generate(self, job: Job) -> None:
         request = job.prepared or job.request
-        streaming = job.stream is not None
-        if request.streaming is not streaming:
-            # Tells the layers whether the caller sees events before the end (a retry may
-            # start a non-streaming request over after events were emitted); the request
-            # as submitted stays untouched for dead letters and listeners.
-            request = attrs.evolve(request, streaming=streaming)
         job.filter = open_filters(self._post_processors, request)
         hooks = self._hooks
         try:

@@ -14,6 +14,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
+import attrs
 import outcome
 import trio
 from starlette.responses import Response
@@ -26,7 +27,14 @@ from .errors import ApiError, map_exception
 from .guard import send_error
 from .jsonenc import json_bytes
 
-__all__ = ["ClientGone", "Emit", "EventStream", "cancel_on_disconnect", "complete_unless_gone"]
+__all__ = [
+    "ClientGone",
+    "Emit",
+    "EventStream",
+    "cancel_on_disconnect",
+    "complete_unless_gone",
+    "whole",
+]
 
 logger = logging.getLogger("trio_orchestrator.service")
 
@@ -81,7 +89,7 @@ async def complete_unless_gone(
     """
     gone = False
     with trio.CancelScope() as ended:
-        pending = pipeline.try_start(request, ended.cancel)
+        pending = pipeline.try_start(whole(request), ended.cancel)
         try:
             while not pending.done:
                 if (await receive())["type"] == "http.disconnect":
@@ -93,6 +101,12 @@ async def complete_unless_gone(
     if gone:
         raise ClientGone
     return pending.result()
+
+
+def whole(request: PromptRequest) -> PromptRequest:
+    """``request`` marked as answered whole (``streaming=False``): nothing reaches the
+    client before its end, so a retry may start it over after a fault mid-answer."""
+    return attrs.evolve(request, streaming=False) if request.streaming else request
 
 
 def _frame(data: bytes) -> bytes:
