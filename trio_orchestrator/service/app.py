@@ -173,8 +173,12 @@ class ServiceApp(Starlette):
         state: ServiceState = self.state.service
         deadline = trio.current_time() + self.read_timeout
         bounded = BoundedBody(receive, send, deadline, lambda: state.draining)
-        with self.requests.track():
+        requests = self.requests
+        requests.begin()
+        try:
             await self._dispatch(scope, bounded.receive, bounded.send)
+        finally:
+            requests.end()
 
     async def _dispatch(self, scope: Any, receive: Any, send: Any) -> None:
         fast_path = self.fast_path

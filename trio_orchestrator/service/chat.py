@@ -90,12 +90,17 @@ def parse_chat_request(
     labels = dict(meta)
     if user := data.get("user"):
         labels["user"] = user
+    stream = data.get("stream") is True
     prompt = PromptRequest(
-        messages=messages_of(body), params=_params(data, model), meta=labels, **request
+        messages=messages_of(body),
+        params=_params(data, model),
+        meta=labels,
+        streaming=stream,  # a whole answer may be retried after a fault mid-answer
+        **request,
     )
     stream_options = data.get("stream_options") or {}
     include_usage = stream_options.get("include_usage") is True
-    return ChatRequest(prompt, data.get("stream") is True, include_usage)
+    return ChatRequest(prompt, stream, include_usage)
 
 
 # The members _params reads; a body with none of them has the default parameters.

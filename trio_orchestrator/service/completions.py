@@ -119,8 +119,9 @@ def parse_completion_request(
     options = body.object("stream_options")
     include_usage = options is not None and options.flag("include_usage")
     echo = text if body.flag("echo") else ""
-    prompt = PromptRequest(input=text, params=params, meta=labels, **request)
-    return TextCompletionRequest(prompt, body.flag("stream"), include_usage, echo)
+    stream = body.flag("stream")
+    prompt = PromptRequest(input=text, params=params, meta=labels, streaming=stream, **request)
+    return TextCompletionRequest(prompt, stream, include_usage, echo)
 
 
 def _prompt(body: Fields) -> str:

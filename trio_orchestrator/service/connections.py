@@ -13,8 +13,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import attrs
@@ -47,17 +46,17 @@ class Requests:
     active: int = 0
     _idle: trio.Event = attrs.field(factory=trio.Event, init=False)
 
-    @contextmanager
-    def track(self) -> Iterator[None]:
-        """Count one request for the duration of the block."""
+    def begin(self) -> None:
+        """Count one more request (end it with :meth:`end`, in a ``finally``)."""
         self.active += 1
-        try:
-            yield
-        finally:
-            self.active -= 1
-            if self.active == 0:
-                self._idle.set()
-                self._idle = trio.Event()
+
+    def end(self) -> None:
+        """Count one request fewer. (A pair of calls, not a context manager: this runs
+        for every request, and a generator-based manager costs more than the count.)"""
+        self.active -= 1
+        if self.active == 0:
+            self._idle.set()
+            self._idle = trio.Event()
 
     async def wait_idle(self) -> None:
         """Return once no request is being answered."""
@@ -129,7 +128,7 @@ class BoundedBody:
             return dict(_DISCONNECT)
         if self._body_done:
             return await self._receive()
-        with trio.move_on_at(self.deadline):
+        with trio.CancelScope(deadline=self.deadline):
             message = await self._receive()
             if message["type"] != "http.request" or not message.get("more_body", False):
                 self._body_done = True

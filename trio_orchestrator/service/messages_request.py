@@ -98,15 +98,18 @@ def parse_messages_request(
     if max_tokens is None:
         raise invalid("max_tokens", "an integer of at least 1", missing=True)
     messages = _conversation(body)
-    params = attrs.evolve(_params(body, models), max_tokens=max_tokens)
+    params = _params(body, models, max_tokens)
     labels = dict(meta)
     if any(part.get("type") == "image_url" for m in messages for part in m.parts):
         labels["vision"] = "1"  # routing sends it only to deployments that can see
     user = _user_id(body)
     if user:
         labels["user"] = user
-    prompt = PromptRequest(messages=messages, params=params, meta=labels, **request)
-    return MessagesRequest(prompt, body.flag("stream"))
+    stream = body.flag("stream")
+    prompt = PromptRequest(
+        messages=messages, params=params, meta=labels, streaming=stream, **request
+    )
+    return MessagesRequest(prompt, stream)
 
 
 def parse_count_tokens_request(body: Fields, models: Sequence[str]) -> PromptRequest:
@@ -122,10 +125,11 @@ def parse_count_tokens_request(body: Fields, models: Sequence[str]) -> PromptReq
     return PromptRequest(messages=_conversation(body), params=_params(body, models))
 
 
-def _params(body: Fields, models: Sequence[str]) -> GenerationParams:
-    """Every member of a Messages body but ``max_tokens`` and ``messages``, checked."""
+def _params(body: Fields, models: Sequence[str], max_tokens: int | None = None) -> GenerationParams:
+    """Every member of a Messages body but ``messages``, checked (``max_tokens`` given)."""
     return GenerationParams(
         model=_model(body, models),
+        max_tokens=max_tokens,
         temperature=body.number("temperature", minimum=0, maximum=1),
         top_p=body.number("top_p", minimum=0, maximum=1),
         stop=_stop_sequences(body),

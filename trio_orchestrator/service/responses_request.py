@@ -151,10 +151,11 @@ def parse_responses_request(
         params=params,
         meta=labels,
         responses_body=body.data,
+        streaming=body.flag("stream"),
         **request,
     )
     echo |= {"instructions": instructions, "model": model}
-    return ResponsesRequest(prompt, body.flag("stream"), echo)
+    return ResponsesRequest(prompt, prompt.streaming, echo)
 
 
 def _unsupported(path: str, why: str, value: str | None = None) -> ApiError:
