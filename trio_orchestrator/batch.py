@@ -457,10 +457,7 @@ async def _run_one(
 ) -> None:
     try:
         # Answered whole into the results file: a fault mid-answer may be retried.
-        request = item.request
-        if request.streaming:
-            request = attrs.evolve(request, streaming=False)
-        completion = await pipeline.submit(request)
+        completion = await pipeline.submit(item.request.streamed(False))
     except (RequestError, WorkerError) as exc:
         outcome, code = classify(exc)
         if outcome == "cancelled":

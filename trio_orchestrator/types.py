@@ -274,6 +274,11 @@ class PromptRequest:
             return self.messages
         return (*self.messages, Message("user", self.input))
 
+    def streamed(self, streaming: bool) -> PromptRequest:
+        """This request with ``streaming`` as given: itself when it says so already (the
+        common case costs no copy)."""
+        return self if self.streaming is streaming else attrs.evolve(self, streaming=streaming)
+
     def resolve_deadline(self, now: float) -> float:
         """Return the absolute deadline: ``deadline``, else ``now + timeout``, else infinity."""
         if self.deadline is not None:

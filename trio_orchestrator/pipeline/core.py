@@ -213,9 +213,8 @@ class Pipeline:
 
         Leaving the block before the last event cancels the request.
         """
-        if not request.streaming:  # its events reach the caller as they come: never restart
-            request = attrs.evolve(request, streaming=True)
-        return RequestStream(self, request)
+        # Its events reach the caller as they come: a retry must never start it over.
+        return RequestStream(self, request.streamed(True))
 
     async def replay(self, letter_id: str) -> Completion:
         """Take a dead letter out of the queue and submit its request again.

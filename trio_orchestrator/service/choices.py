@@ -27,7 +27,7 @@ from ..events import Completion
 from ..pipeline import PendingRequest, Pipeline
 from ..types import PromptRequest
 from .chat import ChatRequest, ChunkWriter, total_usage
-from .streaming import ClientGone, Emit, whole
+from .streaming import ClientGone, Emit
 from .validate import Fields, invalid
 
 __all__ = ["MAX_CHOICES", "choice_requests", "complete_choices", "stream_choices", "take_choices"]
@@ -109,7 +109,7 @@ async def complete_choices(
     gone = False
     try:
         for request in choice_requests(prompt, n):
-            started.append(pipeline.try_start(whole(request), waiter.wake))
+            started.append(pipeline.try_start(request.streamed(False), waiter.wake))
         # Nothing runs between this check and the wait below: an end after it wakes it.
         while not all(p.done for p in started):
             if (failed := next((p for p in started if _failed(p)), None)) is not None:

@@ -14,7 +14,6 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
-import attrs
 import outcome
 import trio
 from starlette.responses import Response
@@ -33,7 +32,6 @@ __all__ = [
     "EventStream",
     "cancel_on_disconnect",
     "complete_unless_gone",
-    "whole",
 ]
 
 logger = logging.getLogger("trio_orchestrator.service")
@@ -89,7 +87,8 @@ async def complete_unless_gone(
     """
     gone = False
     with trio.CancelScope() as ended:
-        pending = pipeline.try_start(whole(request), ended.cancel)
+        # Answered whole: a fault mid-answer may be retried.
+        pending = pipeline.try_start(request.streamed(False), ended.cancel)
         try:
             while not pending.done:
                 if (await receive())["type"] == "http.disconnect":
@@ -101,12 +100,6 @@ async def complete_unless_gone(
     if gone:
         raise ClientGone
     return pending.result()
-
-
-def whole(request: PromptRequest) -> PromptRequest:
-    """``request`` marked as answered whole (``streaming=False``): nothing reaches the
-    client before its end, so a retry may start it over after a fault mid-answer."""
-    return attrs.evolve(request, streaming=False) if request.streaming else request
 
 
 def _frame(data: bytes) -> bytes:
