@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,6 +17,7 @@ import openai
 import pytest
 
 from trio_orchestrator.testing import FaultMix
+from trio_orchestrator.testing.fake_provider import Behaviour
 
 PYTHON = sys.executable
 
@@ -25,10 +28,6 @@ def test_a_fault_spec_gives_each_kind_its_share() -> None:
     mix = FaultMix.parse("500=0.05,429=0.05,reset=0.02,stall=0.01", seed=7)
     assert mix.rate == pytest.approx(0.13)
     assert mix.kinds == ("500", "429", "reset", "stall")
-    import random
-
-    from trio_orchestrator.testing.fake_provider import Behaviour
-
     rng = random.Random(7)
     drawn = [mix.fault(Behaviour(), rng) for _ in range(20_000)]
     kinds = [fault[0] for fault in drawn if fault is not None]
@@ -132,13 +131,18 @@ def test_the_command_injects_the_faults_it_is_given() -> None:
 
 
 def test_a_bad_flag_is_one_line_and_status_2() -> None:
-    """A fault spec or tool call it cannot use is one line on stderr, exit status 2."""
-    for flags in (["--faults", "500=2"], ["--tool-call", "lookup=not json"]):
-        done = subprocess.run(
-            [PYTHON, "-m", "trio_orchestrator", "fake-provider", *flags],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert done.returncode == 2
-        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    """A fault spec or tool call it cannot use, or a port already taken, is one line on
+    stderr and exit status 2 (not a traceback)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        for flags in (["--faults", "500=2"], ["--tool-call", "lookup=not json"], ["--port", port]):
+            done = subprocess.run(
+                [PYTHON, "-m", "trio_orchestrator", "fake-provider", *flags],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert done.returncode == 2, done.stderr
+            assert len(done.stderr.strip().splitlines()) == 1, done.stderr

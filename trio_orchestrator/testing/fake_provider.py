@@ -1187,7 +1187,16 @@ def run_arguments(args: argparse.Namespace) -> int:
         print(f"fake provider: {exc}", file=sys.stderr)
         return 2
     models = tuple(args.model or ("fake-model",))
-    trio.run(serve_until_signal, default, faults, models, args.port)
+    try:
+        trio.run(serve_until_signal, default, faults, models, args.port)
+    except BaseExceptionGroup as group:  # the server's nursery wraps a failed bind
+        cause: BaseException | None = group.subgroup(OSError)
+        if cause is None:
+            raise
+        while isinstance(cause, BaseExceptionGroup):  # nurseries nest: find the error itself
+            cause = cause.exceptions[0]
+        print(f"fake provider: cannot listen on port {args.port}: {cause}", file=sys.stderr)
+        return 2
     return 0
 
 
