@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import gc
 import tracemalloc
-from collections.abc import Iterator
 
 import attrs
 import httpx
 import trio
 import trio.testing
 from service_helpers import make_config, running_service
+from test_accounting import live_tasks
 
 from trio_orchestrator import PromptRequest, open_pipeline
 from trio_orchestrator.config import Config, PipelineConfig
@@ -55,15 +55,7 @@ def _live(kind: type) -> int:
 
 
 def _tasks(name: str) -> int:
-    def walk(task: trio.lowlevel.Task) -> Iterator[trio.lowlevel.Task]:
-        yield task
-        for nursery in task.child_nurseries:
-            for child in nursery.child_tasks:
-                yield from walk(child)
-
-    root = trio.lowlevel.current_root_task()
-    assert root is not None
-    return sum(task.name == name for task in walk(root))
+    return sum(task.name == name for task in live_tasks())
 
 
 CHAT = {"model": "echo", "messages": [{"role": "user", "content": "hi"}]}
