@@ -16,6 +16,10 @@ Rows, for each HTTP client library (httpx, httpx2) and each concurrency:
    virtualenv (``--litellm-python``, default ``.venv-litellm/bin/python``); skipped with a
    message when that interpreter or LiteLLM is missing.
 
+``--kinds anthropic …`` adds a ``pipeline <kind>`` row for each other provider kind (the same
+pipeline, that kind's worker, the fake answering in that kind's wire format) and prints its
+CPU per request over the OpenAI-compatible row's: what the translation costs.
+
 One more row shows where the pipeline's margin comes from: ``bare sharded``, the bare client
 on this project's ``ShardedTransport`` (the same pools as row 2).
 
@@ -24,12 +28,13 @@ is the client process's CPU time (``time.process_time``) divided by requests. Ea
 the median of ``--repeats`` runs; the rows take turns, one run each per round. Ends with one
 line of JSON.
 
-    python benchmarks/bench_gateway.py [--quick] [--requests N] [--repeats R]
+    python benchmarks/bench_gateway.py [--quick] [--requests N] [--repeats R] [--kinds K ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -146,13 +151,33 @@ async def bare_on(
         return await drive(n, concurrency, call)
 
 
+#: How each provider kind reaches the fake provider (which speaks every wire format): the
+#: provider configuration for the fake at ``url``. ``--kinds`` picks the rows.
+KIND_PROVIDERS: dict[str, Callable[[str, int], ProviderConfig]] = {
+    "openai": lambda url, connections: ProviderConfig(
+        kind="openai", name="fake", base_url=url + "/v1", max_connections=connections
+    ),
+    "anthropic": lambda url, connections: ProviderConfig(
+        kind="anthropic",
+        name="fake",
+        base_url=url,
+        api_keys=["sk-fake"],
+        max_connections=connections,
+    ),
+}
+
+
 async def pipeline(url: str, library: str, n: int, concurrency: int) -> dict[str, float]:
+    return await pipeline_of("openai", url, library, n, concurrency)
+
+
+async def pipeline_of(
+    kind: str, url: str, library: str, n: int, concurrency: int
+) -> dict[str, float]:
     # Stage capacities at least the concurrency: with smaller ones the pipeline sheds the
     # overflow by design (backpressure), which is not what this row measures.
     room = max(concurrency, 512)
-    provider = ProviderConfig(
-        kind="openai", name="fake", base_url=url + "/v1", max_connections=concurrency
-    )
+    provider = KIND_PROVIDERS[kind](url, concurrency)
     config = Config(
         PipelineConfig(
             rag_capacity=room,
@@ -211,10 +236,10 @@ def median_row(runs: list[dict[str, float]]) -> dict[str, float]:
 
 def show(name: str, row: dict[str, float] | str) -> None:
     if isinstance(row, str):
-        print(f"  {name:<22} {row}")
+        print(f"  {name:<28} {row}")
         return
     print(
-        f"  {name:<22} {row['rps']:>9.0f} req/s   p50 {row['p50_ms']:>8.2f} ms   "
+        f"  {name:<28} {row['rps']:>9.0f} req/s   p50 {row['p50_ms']:>8.2f} ms   "
         f"p99 {row['p99_ms']:>8.2f} ms   CPU {row['cpu_ms_per_request']:.3f} ms/req"
         f"   errors {row.get('errors', 0):.0f}"
     )
@@ -234,7 +259,19 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="*", default=None)
     parser.add_argument("--libraries", nargs="*", default=["httpx", "httpx2"])
     parser.add_argument("--litellm-python", default=str(HERE.parent / ".venv-litellm/bin/python"))
+    parser.add_argument(
+        "--kinds",
+        nargs="*",
+        default=["openai"],
+        choices=sorted(KIND_PROVIDERS),
+        help="provider kinds to run the pipeline row for (each against the fake's wire "
+        "format for it); rows past openai print their CPU per request over openai's",
+    )
     args = parser.parse_args()
+    rows_to_run = dict(ROWS)
+    for kind in args.kinds:
+        if kind != "openai":
+            rows_to_run[f"pipeline {kind}"] = functools.partial(pipeline_of, kind)
     n = args.requests or (600 if args.quick else 4000)
     repeats = args.repeats or (1 if args.quick else 3)
     concurrencies = args.concurrency or ([64] if args.quick else [64, 1024])
@@ -256,9 +293,9 @@ def main() -> None:
             for library in args.libraries:
                 # Rows take turns, one run each per round, so a drift of the machine (or of
                 # the fake's process) over the run falls on every row alike.
-                runs: dict[str, list[dict[str, float]]] = {name: [] for name in ROWS}
+                runs: dict[str, list[dict[str, float]]] = {name: [] for name in rows_to_run}
                 for _ in range(repeats):
-                    for name, run in ROWS.items():
+                    for name, run in rows_to_run.items():
                         runs[name].append(trio.run(run, url, library, n, concurrency))
                 rows = {name: median_row(row_runs) for name, row_runs in runs.items()}
                 for name, row in rows.items():
@@ -276,6 +313,13 @@ def main() -> None:
                     "pipeline_over_litellm_rps": over_lite,
                     "litellm_cpu_over_pipeline_cpu": cpu_vs_lite,
                 }
+                for kind in args.kinds:
+                    if kind != "openai":
+                        cpu = ratio(
+                            rows[f"pipeline {kind}"], rows["pipeline"], "cpu_ms_per_request"
+                        )
+                        print(f"  {library}: pipeline {kind} / openai CPU per request {cpu}x")
+                        results[f"c{concurrency}/{library}/ratios"][f"{kind}_cpu_over_openai"] = cpu
     finally:
         assert fake.stdin is not None
         fake.stdin.close()
@@ -287,6 +331,7 @@ def main() -> None:
         "tokens": 8,
         "pool_size": POOL_SIZE,
         "layers": ["circuit_breaker", "retry"],
+        "kinds": args.kinds,
     }
     print(json.dumps({"bench": "gateway", "conditions": conditions, "results": results}))
 
