@@ -23,44 +23,71 @@ MODELS: list[tuple[str, str, str]] = [
     *(
         (m, m, "openai")
         for m in (
-            "gpt-4o", "gpt-4o-mini", "gpt-4.1", "gpt-4.1-mini", "gpt-4.1-nano", "o1", "o3",
-            "o3-mini", "o4-mini", "gpt-5", "gpt-5-mini", "gpt-5-nano", "gpt-5.1",
-            "text-embedding-3-small", "text-embedding-3-large",
+            "gpt-4o",
+            "gpt-4o-mini",
+            "gpt-4.1",
+            "gpt-4.1-mini",
+            "gpt-4.1-nano",
+            "o1",
+            "o3",
+            "o3-mini",
+            "o4-mini",
+            "gpt-5",
+            "gpt-5-mini",
+            "gpt-5-nano",
+            "gpt-5.1",
+            "text-embedding-3-small",
+            "text-embedding-3-large",
         )
     ),
     *(
         (m, m, "anthropic")
         for m in (
-            "claude-opus-4-6", "claude-sonnet-4-6", "claude-opus-4-5", "claude-opus-4-5-20251101",
-            "claude-sonnet-4-5", "claude-sonnet-4-5-20250929", "claude-haiku-4-5",
+            "claude-opus-4-6",
+            "claude-sonnet-4-6",
+            "claude-opus-4-5",
+            "claude-opus-4-5-20251101",
+            "claude-sonnet-4-5",
+            "claude-sonnet-4-5-20250929",
+            "claude-haiku-4-5",
             "claude-haiku-4-5-20251001",
         )
     ),
     *(
         (f"gemini/{m}", m, "gemini")
         for m in (
-            "gemini-3.1-pro-preview", "gemini-3-flash-preview", "gemini-2.5-pro",
-            "gemini-2.5-flash", "gemini-2.5-flash-lite", "gemini-embedding-001",
+            "gemini-3.1-pro-preview",
+            "gemini-3-flash-preview",
+            "gemini-2.5-pro",
+            "gemini-2.5-flash",
+            "gemini-2.5-flash-lite",
+            "gemini-embedding-001",
         )
     ),
     *(
         (m, m, "bedrock")
         for m in (
-            "anthropic.claude-sonnet-4-5-20250929-v1:0", "anthropic.claude-haiku-4-5-20251001-v1:0",
-            "anthropic.claude-opus-4-1-20250805-v1:0", "anthropic.claude-sonnet-4-20250514-v1:0",
-            "amazon.nova-pro-v1:0", "amazon.nova-lite-v1:0", "amazon.nova-micro-v1:0",
-            "meta.llama3-3-70b-instruct-v1:0", "meta.llama4-maverick-17b-instruct-v1:0",
-            "openai.gpt-oss-120b-1:0", "amazon.titan-embed-text-v2:0",
+            "anthropic.claude-sonnet-4-5-20250929-v1:0",
+            "anthropic.claude-haiku-4-5-20251001-v1:0",
+            "anthropic.claude-opus-4-1-20250805-v1:0",
+            "anthropic.claude-sonnet-4-20250514-v1:0",
+            "amazon.nova-pro-v1:0",
+            "amazon.nova-lite-v1:0",
+            "amazon.nova-micro-v1:0",
+            "meta.llama3-3-70b-instruct-v1:0",
+            "meta.llama4-maverick-17b-instruct-v1:0",
+            "openai.gpt-oss-120b-1:0",
+            "amazon.titan-embed-text-v2:0",
         )
     ),
-    *(
-        (f"groq/{m}", m, "groq")
-        for m in ("openai/gpt-oss-120b", "openai/gpt-oss-20b")
-    ),
+    *((f"groq/{m}", m, "groq") for m in ("openai/gpt-oss-120b", "openai/gpt-oss-20b")),
     *(
         (f"mistral/{m}", m, "mistral")
         for m in (
-            "mistral-large-latest", "mistral-small-latest", "codestral-latest", "mistral-embed",
+            "mistral-large-latest",
+            "mistral-small-latest",
+            "codestral-latest",
+            "mistral-embed",
         )
     ),
     *((f"deepseek/{m}", m, "deepseek") for m in ("deepseek-chat", "deepseek-reasoner")),

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
+from .catalogue import Catalogue, catalogue_for
 from .config import Config
 from .config.load import parse_config
 from .config.reload import ConfigChange, ReloadReport, plan_reload
@@ -116,10 +117,13 @@ class Gateway:
     Attributes:
         redis: the one Redis connection, with ``[distributed] redis_url``; else None.
         observed: the metrics, traces and logs wired onto the pipeline.
+        catalogue: the model facts every part reads (the bundled catalogue with
+            ``[catalogue]`` laid over it).
     """
 
     def __init__(self, config: Config) -> None:
         self._config = config
+        self.catalogue: Catalogue = catalogue_for(config.catalogue)
         self._components: list[Component] = []
         self._providers: list[str] = []
         self._pipeline: Pipeline | None = None
@@ -389,7 +393,11 @@ def _instrument(gateway: Gateway, registry: CollectorRegistry | None) -> Instrum
     if registry is None and gateway.config.observability.metrics.enabled:
         registry = prometheus().CollectorRegistry()
     return instrument_pipeline(
-        gateway.pipeline, gateway.config, registry, parts=list(gateway.parts())
+        gateway.pipeline,
+        gateway.config,
+        registry,
+        parts=list(gateway.parts()),
+        catalogue=gateway.catalogue,
     )
 
 
@@ -415,7 +423,7 @@ async def _assemble(
         # The router skips a provider whose breaker is open or whose keys all rest.
         health = [c.part for c in gateway.components if isinstance(c.part, HealthCheck)]
         router = await stack.enter_async_context(
-            open_router(config.routing, guarded, health=health)
+            open_router(config.routing, guarded, health=health, catalogue=gateway.catalogue)
         )
         gateway.add(router, "routing")
         gateway._catalog = router

@@ -35,13 +35,13 @@ def _optional(validator: Any) -> Any:
     return attrs.validators.optional(validator)
 
 
-def _capabilities(value: Iterable[str] | None) -> frozenset[str] | None:
+def _capabilities(value: Iterable[str] | None) -> tuple[str, ...] | None:
     if value is None:
         return None
     if isinstance(value, str):
         raise ValueError(f"capabilities must be a list of names, got the string {value!r}")
-    found = frozenset(value)
-    unknown = found - CAPABILITIES
+    found = tuple(sorted(set(value)))
+    unknown = set(found) - CAPABILITIES
     if unknown:
         raise ValueError(
             f"unknown capabilities {sorted(unknown)}; expected some of {sorted(CAPABILITIES)}"
@@ -70,16 +70,12 @@ class ModelFacts:
     provider: str | None = None
     context_window: int | None = attrs.field(default=None, validator=_optional(positive_int))
     max_output_tokens: int | None = attrs.field(default=None, validator=_optional(positive_int))
-    capabilities: frozenset[str] | None = attrs.field(default=None, converter=_capabilities)
-    input_price: float | None = attrs.field(
-        default=None, validator=_optional(non_negative_finite)
-    )
+    capabilities: tuple[str, ...] | None = attrs.field(default=None, converter=_capabilities)
+    input_price: float | None = attrs.field(default=None, validator=_optional(non_negative_finite))
     cached_input_price: float | None = attrs.field(
         default=None, validator=_optional(non_negative_finite)
     )
-    output_price: float | None = attrs.field(
-        default=None, validator=_optional(non_negative_finite)
-    )
+    output_price: float | None = attrs.field(default=None, validator=_optional(non_negative_finite))
     source: str | None = None
 
     @property
