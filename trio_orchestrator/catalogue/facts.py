@@ -24,6 +24,7 @@ __all__ = [
     "Catalogue",
     "ModelFacts",
     "bundled_catalogue",
+    "dollars",
     "parse_catalogue",
 ]
 
@@ -95,21 +96,34 @@ class ModelFacts:
         Returns:
             Dollars; an unknown price counts as zero.
         """
-        input_price = self.input_price or 0.0
-        cached_price = input_price if self.cached_input_price is None else self.cached_input_price
-        cached = min(max(cached_input_tokens, 0), input_tokens)
-        dollars = (
-            (input_tokens - cached) * input_price
-            + cached * cached_price
-            + output_tokens * (self.output_price or 0.0)
-        )
-        return dollars / 1e6
+        prices = (self.input_price, self.cached_input_price, self.output_price)
+        return dollars(prices, input_tokens, output_tokens, cached_input_tokens)
 
     def over(self, base: ModelFacts) -> ModelFacts:
         """These facts, with ``base``'s filling in what these leave unknown."""
         mine = attrs.asdict(self, recurse=False)
         theirs = attrs.asdict(base, recurse=False)
         return ModelFacts(**{k: theirs[k] if v is None else v for k, v in mine.items()})
+
+
+def dollars(
+    prices: tuple[float | None, float | None, float | None],
+    input_tokens: int,
+    output_tokens: int,
+    cached_input_tokens: int = 0,
+) -> float:
+    """The price in US dollars of a call, from per-million ``(input, cached input, output)``
+    prices (an unknown cached price is the input price; another unknown price is zero)."""
+    input_price, cached_price, output_price = prices
+    input_price = input_price or 0.0
+    cached_price = input_price if cached_price is None else cached_price
+    cached = min(max(cached_input_tokens, 0), input_tokens)
+    total = (
+        (input_tokens - cached) * input_price
+        + cached * cached_price
+        + output_tokens * (output_price or 0.0)
+    )
+    return total / 1e6
 
 
 @attrs.frozen

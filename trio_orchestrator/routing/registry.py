@@ -15,7 +15,8 @@ from typing import Any, Literal, TypeVar
 
 import attrs
 
-from ..catalogue.facts import Catalogue, ModelFacts, bundled_catalogue
+from ..catalogue.facts import CAPABILITIES as CATALOGUE_CAPABILITIES
+from ..catalogue.facts import Catalogue, ModelFacts, bundled_catalogue, dollars
 from ..validators import non_negative, positive_int, unit_interval
 
 __all__ = [
@@ -143,12 +144,18 @@ class ModelDeployment:
     def cost(self, input_tokens: int, output_tokens: int, cached_input_tokens: int = 0) -> float:
         """Return the price in US dollars of a call with these token counts (``input_tokens``
         includes ``cached_input_tokens``, which cost ``cached_input_price``)."""
-        return self.facts.cost(input_tokens, output_tokens, cached_input_tokens)
+        prices = (self.input_price, self.cached_input_price, self.output_price)
+        return dollars(prices, input_tokens, output_tokens, cached_input_tokens)
 
     @property
     def facts(self) -> ModelFacts:
-        """This deployment's limits and prices as catalogue facts (unset: unknown)."""
+        """This deployment's limits, prices and capabilities as catalogue facts (unset:
+        unknown)."""
+        capabilities = None
+        if self.capabilities is not None:
+            capabilities = tuple(c for c in self.capabilities if c in CATALOGUE_CAPABILITIES)
         return ModelFacts(
+            capabilities=capabilities,
             context_window=self.context_window,
             max_output_tokens=self.max_output_tokens,
             input_price=self.input_price,
