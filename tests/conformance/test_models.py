@@ -32,9 +32,7 @@ def _config(fake: FakeProvider, **extra: Any) -> Config:
     provider: dict[str, Any] = {"stream": False, "api_keys": [UPSTREAM_KEY]}
     provider.update(extra.pop("provider", {}))
     upstream = ProviderConfig("openai", "up", fake.openai_base_url, **provider)
-    return Config(
-        providers=ProvidersConfig([upstream]), service=ServiceConfig(port=0), **extra
-    )
+    return Config(providers=ProvidersConfig([upstream]), service=ServiceConfig(port=0), **extra)
 
 
 def _running(make: Any) -> Iterator[Gateway]:
