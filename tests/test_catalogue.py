@@ -38,10 +38,12 @@ def test_bundled_entries_are_whole_and_valid() -> None:
     document = tomllib.loads(BUNDLED.read_text())
     assert len(document["models"]) == len(bundled_catalogue().models) >= 40
     for name, facts in bundled_catalogue().models.items():
-        assert facts.context_window and facts.input_price is not None, name
+        assert facts.context_window, name
+        assert facts.input_price is not None, name
         assert set(facts.capabilities or ()) <= CAPABILITIES, name
         if "embeddings" not in (facts.capabilities or ()):
-            assert facts.max_output_tokens and facts.output_price is not None, name
+            assert facts.max_output_tokens, name
+            assert facts.output_price is not None, name
 
 
 def test_bundled_catalogue_is_read_once() -> None:

@@ -97,7 +97,8 @@ def test_models_retrieve_carries_the_facts_and_404s_an_unknown_model(listed: Gat
     """models.retrieve() of a served model has its facts; of another, the SDK's NotFoundError."""
     client = listed.openai()
     model = client.models.retrieve("gpt-4o-mini").model_dump()
-    assert model["context_window"] == 128000 and model["pricing"]["output_per_million"] == 0.6
+    assert model["context_window"] == 128000
+    assert model["pricing"]["output_per_million"] == 0.6
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("gpt-4o")
 
