@@ -26,7 +26,7 @@ END = "<!-- END GENERATED TABLE -->"
 
 
 def render_table() -> str:
-    """The kind × feature table, one row per kind, in FEATURES' order."""
+    """The kind x feature table, one row per kind, in FEATURES' order."""
     lines = [
         "| kind | " + " | ".join(TABLE_COLUMNS.values()) + " |",
         "| --- |" + " :---: |" * len(TABLE_COLUMNS),

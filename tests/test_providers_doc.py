@@ -1,4 +1,4 @@
-"""docs/providers.md's kind × feature table is generated from workers.kinds.FEATURES."""
+"""docs/providers.md's kind x feature table is generated from workers.kinds.FEATURES."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def test_a_changed_feature_makes_the_page_stale() -> None:
     script = generator()
     page = script.PAGE.read_text(encoding="utf-8")
     flipped = dict(FEATURES, echo=attrs.evolve(FEATURES["echo"], tools=True))
-    script.FEATURES = flipped
+    script.FEATURES = flipped  # type: ignore[attr-defined]
     assert script.updated(page) != page
 
 
