@@ -13,11 +13,12 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from trio_orchestrator.catalogue import CatalogueConfig, ModelFacts
 from trio_orchestrator.config import Config
 from trio_orchestrator.config.service import ServiceConfig
-from trio_orchestrator.routing import ModelDeployment, RoutingConfig
+from trio_orchestrator.routing import BudgetConfig, ModelDeployment, RoutingConfig
 from trio_orchestrator.testing.fake_provider import Behaviour, FakeProvider
 from trio_orchestrator.workers import ProviderConfig, ProvidersConfig
 
@@ -69,6 +70,19 @@ def routed() -> Iterator[Gateway]:
         ModelDeployment("mini", "gpt-4o-mini", "up"),
     ]
     routing = RoutingConfig(deployments, strategy="cost", max_attempts=1)
+    yield from _running(lambda fake: _config(fake, routing=routing))
+
+
+@pytest.fixture(scope="module")
+def budgeted() -> Iterator[Gateway]:
+    """The router with spending limits on two catalogued models whose prices are not
+    configured."""
+    deployments = [
+        ModelDeployment("big", "gpt-4o", "up"),
+        ModelDeployment("mini", "gpt-4o-mini", "up"),
+    ]
+    budgets = BudgetConfig(per_model={"gpt-4o": 0.0001, "gpt-4o-mini": 0.0004})
+    routing = RoutingConfig(deployments, budgets=budgets, max_attempts=1)
     yield from _running(lambda fake: _config(fake, routing=routing))
 
 
@@ -146,6 +160,29 @@ def test_router_models_carry_the_deployment_facts(routed: Gateway) -> None:
     model = routed.openai().models.retrieve("chat").model_dump()
     assert model["context_window"] == 128000
     assert model["pricing"]["input_per_million"] == 2.5
+
+
+def test_budget_refuses_a_call_the_catalogue_prices_over_the_limit(budgeted: Gateway) -> None:
+    """gpt-4o's catalogue prices make 1000 output tokens cost more than its $0.0001 budget."""
+    with pytest.raises(openai.RateLimitError):
+        budgeted.openai().chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "Hi"}], max_tokens=1000
+        )
+    assert budgeted.received() == []
+
+
+def test_budget_spend_counts_cached_tokens_at_the_cached_price(budgeted: Gateway) -> None:
+    """Spend is the catalogue price with cached input tokens at the cached-input price: a
+    $0.000337 call leaves room under $0.0004 for a small call, not for a bigger one."""
+    answer = json.loads((FIXTURES / "openai_chat_search_cached.json").read_text())
+    budgeted.script(Behaviour(body=answer))
+    client = budgeted.openai()
+    hello: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Hi"}]
+    client.chat.completions.create(model="gpt-4o-mini", messages=hello, max_tokens=16)
+    # At the full input price the first call would have spent $0.000481 > $0.0004.
+    client.chat.completions.create(model="gpt-4o-mini", messages=hello, max_tokens=16)
+    with pytest.raises(openai.RateLimitError):
+        client.chat.completions.create(model="gpt-4o-mini", messages=hello, max_tokens=200)
 
 
 def _cost(gateway: Gateway, model: str) -> float:
