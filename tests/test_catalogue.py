@@ -6,8 +6,10 @@ import datetime
 import tomllib
 from pathlib import Path
 
+import attrs
 import pytest
 
+from trio_orchestrator import Config, open_gateway
 from trio_orchestrator.catalogue import (
     CAPABILITIES,
     Catalogue,
@@ -145,3 +147,15 @@ def test_catalogued_capabilities_become_routing_capabilities() -> None:
     assert {"streaming", "tools", "vision", "json_mode", "json_schema"} <= set(
         deployment.capabilities
     )
+
+
+async def test_a_reload_changing_the_catalogue_is_refused() -> None:
+    """[catalogue] is read at start: a reload changing it is refused, the old facts stay."""
+    config = Config(catalogue=CatalogueConfig(models={"m": ModelFacts(input_price=1.0)}))
+    async with open_gateway(config) as gateway:
+        new = attrs.evolve(config, catalogue=CatalogueConfig(models={"m": ModelFacts()}))
+        report = gateway.reload(new)
+        assert any(line.startswith("catalogue") for line in report.refused), report
+        facts = gateway.model_facts("m")
+        assert facts is not None
+        assert facts.input_price == 1.0
