@@ -22,6 +22,7 @@ EXAMPLES = Path(__file__).parent.parent / "examples"
             'trio_orchestrator_pipeline_requests_total{outcome="completed"} 3.0',
         ),
         ("serve_with_openai_sdk.py", "usage: 8 tokens"),
+        ("model_catalogue.py", 'trio_orchestrator_cost_usd_total{model="gpt-4o-mini"'),
         (
             "config_reload.py",
             "refused  resilience.cache.ttl: no running part takes this option",

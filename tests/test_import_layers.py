@@ -36,6 +36,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             r"validators",
             r"observability\.spans",
             r"distributed\.codec",
+            r"catalogue\.(facts|config)",
         ),
     ),
     (

@@ -37,10 +37,11 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
+from .catalogue import Catalogue, ModelFacts, catalogue_for
 from .config import Config
 from .config.load import parse_config
 from .config.reload import ConfigChange, ReloadReport, plan_reload
-from .errors import ConfigError
+from .errors import ConfigError, WorkerError
 from .observability import Instrumentation, instrument_pipeline
 from .observability.metrics import prometheus
 from .pipeline import (
@@ -53,12 +54,13 @@ from .pipeline import (
     open_pipeline,
 )
 from .resilience.stack import LayerContext, wrap
-from .routing.router import open_router
+from .routing.router import RouterWorker, open_router
 from .routing.strategies import HealthCheck
-from .seams import ModelCatalog, Readiness, Reloadable, Revivable, provider_name
+from .seams import ModelCatalog, ModelLister, Readiness, Reloadable, Revivable, provider_name
 from .workers import EchoWorker, LoadBalancedWorker, ModelWorker
 from .workers.config import ProviderConfig, ProvidersConfig
 from .workers.factory import key_pool, make_client, worker_for
+from .workers.kinds import lists_models
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -116,14 +118,19 @@ class Gateway:
     Attributes:
         redis: the one Redis connection, with ``[distributed] redis_url``; else None.
         observed: the metrics, traces and logs wired onto the pipeline.
+        catalogue: the model facts every part reads (the bundled catalogue with
+            ``[catalogue]`` laid over it).
     """
 
     def __init__(self, config: Config) -> None:
         self._config = config
+        self.catalogue: Catalogue = catalogue_for(config.catalogue)
         self._components: list[Component] = []
         self._providers: list[str] = []
         self._pipeline: Pipeline | None = None
         self._catalog: ModelCatalog | None = None
+        self._router: RouterWorker | None = None
+        self._workers: dict[str, ModelWorker] = {}
         self.redis: RedisConnection | None = None
         self.observed: Instrumentation | None = None
 
@@ -165,6 +172,39 @@ class Gateway:
             return tuple(dict.fromkeys(m for p in providers.providers for m in p.models))
         catalog = self._catalog
         return () if catalog is None else catalog.model_names()
+
+    async def listed_models(self) -> tuple[str, ...]:
+        """The models the upstreams that list their own say they serve, asked now.
+
+        Only providers that name no ``models`` and whose kind lists models
+        (:func:`~trio_orchestrator.workers.kinds.lists_models`: local and self-hosted
+        OpenAI-compatible servers) are asked; one that fails to answer is logged and skipped.
+        """
+        providers = self._config.providers
+        names: list[str] = []
+        for entry in () if providers is None else providers.providers:
+            worker = self._workers.get(entry.label)
+            if not lists_models(entry) or not isinstance(worker, ModelLister):
+                continue
+            try:
+                names += await worker.list_models()
+            except WorkerError as exc:
+                logger.warning("%s: its model list could not be read: %s", entry.label, exc)
+        return tuple(dict.fromkeys(names))
+
+    def model_facts(self, name: str) -> ModelFacts | None:
+        """What the catalogue knows of the model a client names ``name``, or None.
+
+        With ``[routing]``, a name the router resolves has the facts of its first
+        deployment (its configured limits and prices over the catalogue's for its upstream
+        model); otherwise the catalogue's entry for ``name``.
+        """
+        route = None if self._router is None else self._router.registry.resolve(name)
+        if route is None or not route.candidates:
+            return self.catalogue.get(name)
+        deployment = route.candidates[0]
+        known = self.catalogue.get(deployment.upstream_model) or self.catalogue.facts(name)
+        return deployment.facts.over(known)
 
     def add(
         self,
@@ -389,7 +429,11 @@ def _instrument(gateway: Gateway, registry: CollectorRegistry | None) -> Instrum
     if registry is None and gateway.config.observability.metrics.enabled:
         registry = prometheus().CollectorRegistry()
     return instrument_pipeline(
-        gateway.pipeline, gateway.config, registry, parts=list(gateway.parts())
+        gateway.pipeline,
+        gateway.config,
+        registry,
+        parts=list(gateway.parts()),
+        catalogue=gateway.catalogue,
     )
 
 
@@ -415,10 +459,10 @@ async def _assemble(
         # The router skips a provider whose breaker is open or whose keys all rest.
         health = [c.part for c in gateway.components if isinstance(c.part, HealthCheck)]
         router = await stack.enter_async_context(
-            open_router(config.routing, guarded, health=health)
+            open_router(config.routing, guarded, health=health, catalogue=gateway.catalogue)
         )
         gateway.add(router, "routing")
-        gateway._catalog = router
+        gateway._catalog = gateway._router = router
         inner: ModelWorker = router
         label = "router"
     elif len(providers) == 1:
@@ -475,6 +519,7 @@ def _open_providers(
                 stack.push_async_callback(client.aclose)
             workers[entry.label] = worker_for(entry, client)
     gateway.add(_ProviderSet(config.providers), "providers")
+    gateway._workers = workers
     for label, worker in workers.items():
         gateway._providers.append(label)
         gateway.add(worker, "providers", provider=label, section=_entry_of(label))

@@ -6,6 +6,8 @@ registers each for the seams it offers; nothing is found by probing attributes:
 - :class:`Layer`: a worker that wraps another (``inner``); walk a chain with
   :func:`iter_layers`.
 - :class:`ModelCatalog`: knows the model names it serves (a router, a balancer, a provider).
+- :class:`ModelLister`: a provider whose upstream lists the models it serves (``/v1/models``
+  asks it, see ``workers.kinds.lists_models``).
 - :class:`Embedder`: turns texts into vectors (a provider that embeds, or any worker through
   :class:`~trio_orchestrator.workers.WorkerEmbedder`); what a dense retriever asks for.
 - :class:`HasStatistics`: keeps counters, and says how they are exported as metrics
@@ -34,6 +36,7 @@ __all__ = [
     "HasStatistics",
     "Layer",
     "ModelCatalog",
+    "ModelLister",
     "Readiness",
     "Reloadable",
     "Revivable",
@@ -63,6 +66,19 @@ class ModelCatalog(Protocol):
 
     def model_names(self) -> tuple[str, ...]:
         """The model names clients may ask for; empty means any (the upstream decides)."""
+        ...
+
+
+@runtime_checkable
+class ModelLister(Protocol):
+    """A provider whose upstream says which models it serves (``GET /models``)."""
+
+    async def list_models(self) -> list[str]:
+        """The ids of the models the upstream serves.
+
+        Raises:
+            ProviderError: a typed failure.
+        """
         ...
 
 

@@ -32,6 +32,7 @@ from typing import Any, Protocol
 import attrs
 import trio
 
+from ..catalogue import Catalogue
 from ..config import Config
 from ..errors import ConfigError, OrchestratorError
 from ..events import StreamEvent, TextDelta, ToolCallStart, Usage
@@ -110,7 +111,9 @@ class AnswerStats:
         else:
             u = self.usage
             parts.append(f"tokens {u.input_tokens} in / {u.output_tokens} out")
-            cost = None if self.price is None else self.price.cost(u.input_tokens, u.output_tokens)
+            cost = None
+            if self.price is not None:
+                cost = self.price.cost(u.input_tokens, u.output_tokens, u.cached_input_tokens)
             parts.append("cost n/a" if cost is None else f"cost ${cost:.6f}")
         return "[" + " · ".join(parts) + "]"
 
@@ -169,6 +172,18 @@ class _Local:
                 await emit(event)
 
 
+def _prices(catalogue: Catalogue, config: Config) -> dict[str, ModelPrice]:
+    """Every priced model of the catalogue, with ``[observability.metrics.prices]`` over it."""
+    prices = {
+        name: ModelPrice(
+            facts.input_price or 0.0, facts.output_price or 0.0, facts.cached_input_price
+        )
+        for name, facts in catalogue.models.items()
+        if facts.priced
+    }
+    return {**prices, **config.observability.metrics.prices}
+
+
 def api_root(url: str) -> str:
     """The OpenAI API root of the service at ``url`` (``…/v1``, added when missing)."""
     url = url.rstrip("/")
@@ -186,7 +201,7 @@ async def open_backend(args: argparse.Namespace) -> AsyncIterator[Backend]:
         config = Config() if args.config is None else load_checked(args.config)
         async with open_gateway(config) as gateway:
             label = "the echo worker" if args.config is None else args.config
-            yield _Local(gateway, label, config.observability.metrics.prices)
+            yield _Local(gateway, label, _prices(gateway.catalogue, config))
         return
     keys: tuple[str, ...] = ()
     if args.api_key_env:

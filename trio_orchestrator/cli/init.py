@@ -308,7 +308,8 @@ def _service_and_metrics(providers: Sequence[ProviderChoice]) -> list[str]:
         "enabled = true",
         "",
         "# Prices (USD per million tokens) make /metrics count spend and `chat` show each",
-        "# answer's cost. Fill in your models' prices and uncomment:",
+        "# answer's cost. The bundled model catalogue prices the major models already",
+        "# (docs/catalogue.md); for another model, fill in its prices and uncomment:",
         "# [observability.metrics.prices]",
         *(f"# {toml_key(model)} = {price}" for model in dict.fromkeys(p.model for p in providers)),
     ]

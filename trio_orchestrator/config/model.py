@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import attrs
 
+from ..catalogue.config import CatalogueConfig
 from ..distributed.config import DistributedConfig
 from ..observability.config import ObservabilityConfig
 from ..resilience.config import PriorityConfig, ResilienceConfig
@@ -84,6 +85,8 @@ class Config:
         service: the HTTP service: address, API keys, body limit, CORS, models.
         observability: metrics, logs and traces.
         distributed: state shared with other processes through Redis (off by default).
+        catalogue: model facts (context windows, capabilities, prices) over the bundled
+            catalogue; read at start (a change needs a restart).
     """
 
     pipeline: PipelineConfig = attrs.field(factory=PipelineConfig)
@@ -95,3 +98,4 @@ class Config:
     service: ServiceConfig = attrs.field(factory=ServiceConfig)
     observability: ObservabilityConfig = attrs.field(factory=ObservabilityConfig)
     distributed: DistributedConfig = attrs.field(factory=DistributedConfig)
+    catalogue: CatalogueConfig = attrs.field(factory=CatalogueConfig)

@@ -11,6 +11,7 @@ from typing import Any
 
 import attrs
 
+from ..catalogue.facts import ModelFacts
 from ..validators import non_negative_finite, one_of, positive_int, unit_interval
 
 __all__ = [
@@ -67,21 +68,34 @@ def _endpoint(_instance: object, attribute: attrs.Attribute[Any], value: object)
 
 @attrs.frozen
 class ModelPrice:
-    """What one model costs, for the estimated-cost counter.
+    """What one model costs, for the estimated-cost counter (laid over the model catalogue's
+    prices; ``[catalogue.models]`` says the same for every part that reads prices).
 
     Attributes:
         input_per_million: price of a million input (prompt) tokens, in USD.
         output_per_million: price of a million output (generated) tokens, in USD.
+        cached_input_per_million: price of a million input tokens read from the provider's
+            prompt cache, in USD (unset: the catalogue's, else ``input_per_million``).
     """
 
     input_per_million: float = attrs.field(default=0.0, validator=non_negative_finite)
     output_per_million: float = attrs.field(default=0.0, validator=non_negative_finite)
+    cached_input_per_million: float | None = attrs.field(
+        default=None, validator=attrs.validators.optional(non_negative_finite)
+    )
 
-    def cost(self, input_tokens: int, output_tokens: int) -> float:
+    @property
+    def facts(self) -> ModelFacts:
+        """These prices as catalogue facts."""
+        return ModelFacts(
+            input_price=self.input_per_million,
+            cached_input_price=self.cached_input_per_million,
+            output_price=self.output_per_million,
+        )
+
+    def cost(self, input_tokens: int, output_tokens: int, cached_input_tokens: int = 0) -> float:
         """Return the estimated cost in USD of a request with these token counts."""
-        return (
-            input_tokens * self.input_per_million + output_tokens * self.output_per_million
-        ) / 1e6
+        return self.facts.cost(input_tokens, output_tokens, cached_input_tokens)
 
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
@@ -104,8 +118,9 @@ class MetricsConfig:
             ``provider`` or ``name`` attribute, else its class name without ``Worker``.
         max_models: distinct ``model`` label values kept; requests naming any further model
             are counted under ``model="other"`` (label values stay bounded).
-        prices: USD per million input and output tokens, by model name; when empty, the
-            estimated-cost counter is not exported.
+        prices: USD per million input and output tokens, by model name, laid over the model
+            catalogue's prices (``[catalogue]``); a model priced by neither has no
+            estimated-cost counter.
     """
 
     enabled: bool = True

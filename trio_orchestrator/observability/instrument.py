@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
+from ..catalogue import Catalogue, catalogue_for
 from ..seams import HasStatistics, Layer, iter_layers, provider_name
 from .hooks import ObservationHooks
 from .layers import PER_TARGET
@@ -115,6 +116,7 @@ def instrument_pipeline(
     *,
     tracer_provider: TracerProvider | None = None,
     parts: Iterable[Part] | None = None,
+    catalogue: Catalogue | None = None,
 ) -> Instrumentation:
     """Wire metrics, traces and request logs onto ``pipeline``, as ``config`` says.
 
@@ -135,6 +137,8 @@ def instrument_pipeline(
             (the gateway passes every part it built); by default the layers of the
             pipeline's worker and its dead-letter queue. Parts that are not
             :class:`~trio_orchestrator.seams.HasStatistics` are skipped.
+        catalogue: the model facts whose prices the ``cost`` metric counts with (default: the
+            configuration's ``[catalogue]`` over the bundled one).
 
     Returns:
         The handle to register component statistics on, render ``/metrics`` and shut down.
@@ -143,7 +147,8 @@ def instrument_pipeline(
         ImportError: metrics or tracing are on but their extra is not installed.
         ValueError: ``registry`` already holds a pipeline's metrics.
     """
-    observability = (config or pipeline.config).observability
+    config = config or pipeline.config
+    observability = config.observability
     metrics, tracing = observability.metrics, observability.tracing
     *_, innermost = iter_layers(pipeline.worker)
     provider = metrics.provider or provider_name(innermost)
@@ -154,7 +159,8 @@ def instrument_pipeline(
         result.registry, result.statistics = registry, StatisticsCollector()
         result.register_collector(PipelineCollector(pipeline))
         result.register_collector(result.statistics)
-        requests = RequestMetrics(metrics, provider)
+        known = catalogue_for(config.catalogue) if catalogue is None else catalogue
+        requests = RequestMetrics(metrics, provider, known)
         result.register_collector(requests)
         pipeline.add_listener(requests)
         export_parts(result, _parts_of(pipeline) if parts is None else parts)

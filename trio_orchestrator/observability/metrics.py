@@ -28,8 +28,9 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import attrs
 
+from ..catalogue.facts import Catalogue, ModelFacts, bundled_catalogue
 from ..errors import WorkerError
-from .config import MetricsConfig, ModelPrice
+from .config import MetricsConfig
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -246,10 +247,10 @@ class _Model:
     """The numbers kept for one model."""
 
     first_token: Histogram
-    price: ModelPrice | None
     input_tokens: int = 0
     output_tokens: int = 0
     cost: float = 0.0
+    priced: bool = False
 
 
 class RequestMetrics:
@@ -257,20 +258,30 @@ class RequestMetrics:
     that exports those numbers.
 
     Exports ``requests_total``, ``request_duration_seconds``,
-    ``time_to_first_token_seconds``, ``tokens_total``, ``cost_usd_total`` (with prices
-    configured) and ``upstream_errors_total``, labelled by ``provider`` and ``model`` (and
-    ``outcome``, token ``type`` or ``error`` class). Label values are bounded: the provider is
-    one per pipeline, models beyond ``max_models`` count as ``other``.
+    ``time_to_first_token_seconds``, ``tokens_total``, ``cost_usd_total`` (for the models
+    whose prices are known) and ``upstream_errors_total``, labelled by ``provider`` and
+    ``model`` (and ``outcome``, token ``type`` or ``error`` class). Label values are
+    bounded: the provider is one per pipeline, models beyond ``max_models`` count as
+    ``other``.
+
+    A request's cost is priced by the model it asked for, else by the model that answered
+    (``Completion.model``: a router's upstream name), from the model catalogue with
+    ``config.prices`` laid over it; cached input tokens cost the cached-input price.
 
     Args:
         config: buckets, model cap and prices.
         provider: the ``provider`` label value.
+        catalogue: the model facts (default: the bundled catalogue).
     """
 
-    def __init__(self, config: MetricsConfig, provider: str) -> None:
+    def __init__(
+        self, config: MetricsConfig, provider: str, catalogue: Catalogue | None = None
+    ) -> None:
         self._config = config
         self._provider = provider
         self._prices = dict(config.prices)
+        known = bundled_catalogue() if catalogue is None else catalogue
+        self._catalogue = known.overridden({m: p.facts for m, p in self._prices.items()})
         self._model = _BoundedLabel(config.max_models, always=self._prices)
         self._error = _BoundedLabel(_MAX_ERROR_CLASSES)
         self._outcomes: dict[tuple[str, str], _Outcomes] = {}
@@ -279,7 +290,8 @@ class RequestMetrics:
 
     def __call__(self, record: FinishedRequest) -> None:
         """Count one finished request."""
-        model = self._model(record.request.params.model)
+        asked = record.request.params.model
+        model = self._model(asked)
         key = (model, record.outcome.value)
         outcomes = self._outcomes.get(key) or self._new_outcomes(key)
         outcomes.requests += 1
@@ -292,8 +304,12 @@ class RequestMetrics:
             usage = completion.usage
             numbers.input_tokens += usage.input_tokens
             numbers.output_tokens += usage.output_tokens
-            if numbers.price is not None:
-                numbers.cost += numbers.price.cost(usage.input_tokens, usage.output_tokens)
+            facts = self._price_of(asked, completion.model)
+            if facts is not None:
+                numbers.priced = True
+                numbers.cost += facts.cost(
+                    usage.input_tokens, usage.output_tokens, usage.cached_input_tokens
+                )
         if isinstance(record.error, WorkerError):
             error_key = (model, self._error(type(record.error).__name__))
             self._errors[error_key] = self._errors.get(error_key, 0) + 1
@@ -303,9 +319,15 @@ class RequestMetrics:
         return outcomes
 
     def _new_model(self, model: str) -> _Model:
-        first_token = Histogram(self._config.first_token_buckets)
-        numbers = self._models[model] = _Model(first_token, self._prices.get(model))
+        numbers = self._models[model] = _Model(Histogram(self._config.first_token_buckets))
         return numbers
+
+    def _price_of(self, asked: str, answered: str | None) -> ModelFacts | None:
+        for name in (asked, answered):
+            facts = None if name is None else self._catalogue.get(name)
+            if facts is not None and facts.priced:
+                return facts
+        return None
 
     def describe(self) -> Iterator[Metric]:
         """The metric families (so a registry notices a name clash)."""
@@ -358,10 +380,10 @@ class RequestMetrics:
             numbers.first_token.add_to(first_token, [self._provider, model])
             tokens.add_metric([self._provider, model, "input"], numbers.input_tokens)
             tokens.add_metric([self._provider, model, "output"], numbers.output_tokens)
-            if numbers.price is not None:
+            if numbers.priced or model in self._prices:
                 cost.add_metric([self._provider, model], numbers.cost)
         yield from (first_token, tokens)
-        if self._prices:
+        if self._prices or any(n.priced for n in self._models.values()):
             yield cost
 
 

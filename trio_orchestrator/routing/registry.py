@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import attrs
 
+from ..catalogue.facts import CAPABILITIES as CATALOGUE_CAPABILITIES
+from ..catalogue.facts import Catalogue, ModelFacts, bundled_catalogue, dollars
 from ..validators import non_negative, positive_int, unit_interval
 
 __all__ = [
@@ -31,7 +33,9 @@ __all__ = [
     "RoutingConfig",
 ]
 
-CAPABILITIES = frozenset(("tools", "vision", "json_mode", "embeddings", "streaming"))
+CAPABILITIES = frozenset(
+    ("tools", "vision", "json_mode", "json_schema", "reasoning", "embeddings", "streaming")
+)
 """The capabilities a deployment may declare."""
 
 STRATEGIES = frozenset(
@@ -40,6 +44,7 @@ STRATEGIES = frozenset(
 """The routing strategies by name."""
 
 StreamFallback = Literal["fail", "restart"]
+_T = TypeVar("_T")
 
 
 def _non_empty(_instance: object, attribute: attrs.Attribute[Any], value: str) -> None:
@@ -47,7 +52,9 @@ def _non_empty(_instance: object, attribute: attrs.Attribute[Any], value: str) -
         raise ValueError(f"{attribute.name} must not be empty")
 
 
-def _capabilities(value: Iterable[str]) -> tuple[str, ...]:
+def _capabilities(value: Iterable[str] | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
     if isinstance(value, str):
         raise ValueError(f"capabilities must be a list of names, got the string {value!r}")
     found = tuple(sorted(set(value)))
@@ -74,33 +81,54 @@ def _names(value: Iterable[str]) -> tuple[str, ...]:
 class ModelDeployment:
     """One way to reach a model: a provider, its upstream name, limits, prices, capabilities.
 
+    A fact left unset (limits, prices, capabilities) comes from the model catalogue
+    (``[catalogue]``, by ``upstream_model``, then ``model``) when the router is built
+    (:meth:`resolved`); a model the catalogue does not know gets a context window of 8192,
+    4096 output tokens, price 0 and ``streaming``.
+
     Attributes:
         name: the deployment's unique id (``"gpt-4o@azure"``); used in logs, statistics and
             profiles.
         model: the public model name clients ask for; several deployments may share it.
         provider: the provider whose worker serves this deployment.
         upstream_model: the model name sent to the provider (default: ``model``).
-        context_window: tokens the model holds, prompt and answer together.
-        max_output_tokens: the most tokens it generates in one answer.
-        input_price: US dollars per million input tokens.
-        output_price: US dollars per million output tokens.
-        capabilities: some of ``tools``, ``vision``, ``json_mode``, ``embeddings``,
-            ``streaming``.
+        context_window: tokens the model holds, prompt and answer together (unset: the
+            catalogue's).
+        max_output_tokens: the most tokens it generates in one answer (unset: the
+            catalogue's).
+        input_price: US dollars per million input tokens (unset: the catalogue's).
+        output_price: US dollars per million output tokens (unset: the catalogue's).
+        capabilities: some of ``tools``, ``vision``, ``json_mode``, ``json_schema``,
+            ``reasoning``, ``embeddings``, ``streaming`` (unset: the catalogue's).
         weight: share of traffic under the ``weighted`` strategy (relative, > 0).
         groups: groups this deployment belongs to; a client may ask for a group by name.
+        cached_input_price: US dollars per million input tokens read from the provider's
+            prompt cache (``Usage.cached_input_tokens``; unset: the catalogue's, else
+            ``input_price``).
     """
 
     name: str = attrs.field(validator=_non_empty)
     model: str = attrs.field(validator=_non_empty)
     provider: str = attrs.field(validator=_non_empty)
     upstream_model: str = attrs.field(default="")
-    context_window: int = attrs.field(default=8192, validator=positive_int)
-    max_output_tokens: int = attrs.field(default=4096, validator=positive_int)
-    input_price: float = attrs.field(default=0.0, validator=non_negative)
-    output_price: float = attrs.field(default=0.0, validator=non_negative)
-    capabilities: tuple[str, ...] = attrs.field(default=("streaming",), converter=_capabilities)
+    context_window: int | None = attrs.field(
+        default=None, validator=attrs.validators.optional(positive_int)
+    )
+    max_output_tokens: int | None = attrs.field(
+        default=None, validator=attrs.validators.optional(positive_int)
+    )
+    input_price: float | None = attrs.field(
+        default=None, validator=attrs.validators.optional(non_negative)
+    )
+    output_price: float | None = attrs.field(
+        default=None, validator=attrs.validators.optional(non_negative)
+    )
+    capabilities: tuple[str, ...] | None = attrs.field(default=None, converter=_capabilities)
     weight: float = attrs.field(default=1.0)
     groups: tuple[str, ...] = attrs.field(default=(), converter=_names)
+    cached_input_price: float | None = attrs.field(
+        default=None, validator=attrs.validators.optional(non_negative)
+    )
 
     def __attrs_post_init__(self) -> None:
         if not self.upstream_model:
@@ -113,9 +141,61 @@ class ModelDeployment:
         if math.isinf(value):
             raise ValueError("weight must be finite")
 
-    def cost(self, input_tokens: int, output_tokens: int) -> float:
-        """Return the price in US dollars of a call with these token counts."""
-        return (input_tokens * self.input_price + output_tokens * self.output_price) / 1e6
+    def cost(self, input_tokens: int, output_tokens: int, cached_input_tokens: int = 0) -> float:
+        """Return the price in US dollars of a call with these token counts (``input_tokens``
+        includes ``cached_input_tokens``, which cost ``cached_input_price``)."""
+        prices = (self.input_price, self.cached_input_price, self.output_price)
+        return dollars(prices, input_tokens, output_tokens, cached_input_tokens)
+
+    @property
+    def facts(self) -> ModelFacts:
+        """This deployment's limits, prices and capabilities as catalogue facts (unset:
+        unknown)."""
+        capabilities = None
+        if self.capabilities is not None:
+            capabilities = tuple(c for c in self.capabilities if c in CATALOGUE_CAPABILITIES)
+        return ModelFacts(
+            capabilities=capabilities,
+            context_window=self.context_window,
+            max_output_tokens=self.max_output_tokens,
+            input_price=self.input_price,
+            cached_input_price=self.cached_input_price,
+            output_price=self.output_price,
+        )
+
+    def resolved(self, catalogue: Catalogue) -> ModelDeployment:
+        """This deployment with every unset fact taken from ``catalogue`` (by
+        ``upstream_model``, then ``model``), else the defaults for an unknown model."""
+        facts = catalogue.get(self.upstream_model) or catalogue.facts(self.model)
+        return attrs.evolve(
+            self,
+            context_window=_first(self.context_window, facts.context_window, 8192),
+            max_output_tokens=_first(self.max_output_tokens, facts.max_output_tokens, 4096),
+            input_price=_first(self.input_price, facts.input_price, 0.0),
+            cached_input_price=_first(self.cached_input_price, facts.cached_input_price, None),
+            output_price=_first(self.output_price, facts.output_price, 0.0),
+            capabilities=_first(self.capabilities, _deployment_capabilities(facts), ("streaming",)),
+        )
+
+
+def _first(mine: _T | None, catalogue: _T | None, default: _T) -> _T:
+    if mine is not None:
+        return mine
+    return default if catalogue is None else catalogue
+
+
+def _deployment_capabilities(facts: ModelFacts) -> tuple[str, ...] | None:
+    """The router's capability names for a catalogue entry's (a chat model streams; one with
+    ``json_schema`` does JSON mode too)."""
+    found = facts.capabilities
+    if found is None:
+        return None
+    names = set(found)
+    if "json_schema" in names:
+        names.add("json_mode")
+    if "embeddings" not in names:
+        names.add("streaming")
+    return tuple(sorted(names))
 
 
 @attrs.frozen
@@ -363,11 +443,13 @@ class ModelRegistry:
 
     Args:
         config: the routing configuration.
+        catalogue: where deployments' unset facts come from (default: the bundled one).
     """
 
-    def __init__(self, config: RoutingConfig) -> None:
+    def __init__(self, config: RoutingConfig, catalogue: Catalogue | None = None) -> None:
         self._config = config
-        self._deployments = config.deployments
+        known = bundled_catalogue() if catalogue is None else catalogue
+        self._deployments = tuple(d.resolved(known) for d in config.deployments)
         self._routes: dict[str, Route] = {}
         for name in self._names():
             route = self._build(name)
@@ -376,7 +458,7 @@ class ModelRegistry:
 
     @property
     def deployments(self) -> tuple[ModelDeployment, ...]:
-        """Every declared deployment."""
+        """Every declared deployment, its unset facts filled from the catalogue."""
         return self._deployments
 
     def resolve(self, name: str) -> Route | None:
@@ -397,8 +479,8 @@ class ModelRegistry:
                 id=model,
                 deployments=tuple(d.name for d in found),
                 providers=tuple(dict.fromkeys(d.provider for d in found)),
-                context_window=max(d.context_window for d in found),
-                capabilities=frozenset().union(*(d.capabilities for d in found)),
+                context_window=max(d.context_window or 0 for d in found),
+                capabilities=frozenset().union(*(d.capabilities or () for d in found)),
             )
             for model, found in sorted(by_model.items())
         )

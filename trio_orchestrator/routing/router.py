@@ -27,6 +27,7 @@ from contextlib import asynccontextmanager
 import attrs
 import trio
 
+from ..catalogue.facts import Catalogue
 from ..errors import (
     AuthenticationError,
     BadRequest,
@@ -172,7 +173,11 @@ class _Attempt:
     def cost(self) -> float:
         usage = self.usage
         return (
-            0.0 if usage is None else self.deployment.cost(usage.input_tokens, usage.output_tokens)
+            0.0
+            if usage is None
+            else self.deployment.cost(
+                usage.input_tokens, usage.output_tokens, usage.cached_input_tokens
+            )
         )
 
 
@@ -190,6 +195,8 @@ class RouterWorker:
         tracker: the outcome tracker (default: a new one).
         health: checks saying whether a deployment may be called now (breakers, key pools).
         rng: the random source of the ``weighted`` strategy (seed it in tests).
+        catalogue: where the deployments' unset limits, prices and capabilities come from
+            (default: the bundled catalogue).
 
     Raises:
         ValueError: a mapping key differs from its deployment's name.
@@ -207,6 +214,7 @@ class RouterWorker:
         *,
         health: Sequence[HealthCheck] = (),
         rng: random.Random | None = None,
+        catalogue: Catalogue | None = None,
     ) -> None:
         for key, (deployment, _) in deployments.items():
             if key != deployment.name:
@@ -214,7 +222,8 @@ class RouterWorker:
         config = config or RoutingConfig()
         self._config = attrs.evolve(config, deployments=tuple(d for d, _ in deployments.values()))
         self._workers = {name: worker for name, (_, worker) in deployments.items()}
-        self._registry = ModelRegistry(self._config)
+        self._catalogue = catalogue
+        self._registry = ModelRegistry(self._config, catalogue)
         self._tracker = tracker or OutcomeTracker(self._config.ewma_alpha)
         self._health = tuple(health)
         self._rng = rng or random.Random()
@@ -242,7 +251,7 @@ class RouterWorker:
             return ["routing.deployments: adding, removing or moving deployments needs a restart"]
         spent = self._ledger
         self._config = section
-        self._registry = ModelRegistry(section)
+        self._registry = ModelRegistry(section, self._catalogue)
         self._ledger = BudgetLedger(section.budgets)
         self._ledger.take_spending_from(spent)
         return []
@@ -569,6 +578,7 @@ def build_router(
     *,
     health: Sequence[HealthCheck] = (),
     tracker: OutcomeTracker | None = None,
+    catalogue: Catalogue | None = None,
 ) -> RouterWorker:
     """Build a :class:`RouterWorker` from configuration, loading saved profiles if any.
 
@@ -580,6 +590,8 @@ def build_router(
         workers_by_provider: provider name → the worker that calls it.
         health: checks saying whether a deployment may be called now.
         tracker: the outcome tracker (default: a new one, loaded from ``profile_path``).
+        catalogue: where the deployments' unset limits, prices and capabilities come from
+            (default: the bundled catalogue).
 
     Raises:
         ConfigError: no deployment is declared, or one names a provider with no worker.
@@ -598,7 +610,7 @@ def build_router(
     tracker = tracker or OutcomeTracker(routing.ewma_alpha)
     _load_profiles(tracker, routing.profile_path)
     mapping = {d.name: (d, workers_by_provider[d.provider]) for d in routing.deployments}
-    return RouterWorker(mapping, routing, tracker, health=health)
+    return RouterWorker(mapping, routing, tracker, health=health, catalogue=catalogue)
 
 
 def _load_profiles(tracker: OutcomeTracker, path: str | None) -> None:
@@ -621,6 +633,7 @@ async def open_router(
     *,
     health: Sequence[HealthCheck] = (),
     tracker: OutcomeTracker | None = None,
+    catalogue: Catalogue | None = None,
 ) -> AsyncIterator[RouterWorker]:
     """Build a router (see :func:`build_router`) that keeps its profiles saved while open.
 
@@ -631,7 +644,9 @@ async def open_router(
     Raises:
         ConfigError: as :func:`build_router`.
     """
-    router = build_router(config, workers_by_provider, health=health, tracker=tracker)
+    router = build_router(
+        config, workers_by_provider, health=health, tracker=tracker, catalogue=catalogue
+    )
     try:
         async with trio.open_nursery() as nursery:
             if router._config.profile_path is not None:

@@ -141,12 +141,14 @@ def precheck(
         max_tokens: the request's ``max_tokens`` (``None``: at least one token must fit).
         needed: the capabilities the request needs.
     """
-    missing = needed.difference(deployment.capabilities)
+    # The registry fills every fact from the catalogue; one still unset is not checked.
+    missing = needed.difference(deployment.capabilities or needed)
     if missing:
         return f"lacks {', '.join(sorted(missing))}"
-    if max_tokens is not None and max_tokens > deployment.max_output_tokens:
-        return f"max_tokens {max_tokens} > max_output_tokens {deployment.max_output_tokens}"
-    wanted = prompt_tokens + (max_tokens or 1)
-    if wanted > deployment.context_window:
-        return f"needs ~{wanted} tokens > context window {deployment.context_window}"
+    most = deployment.max_output_tokens
+    if max_tokens is not None and most is not None and max_tokens > most:
+        return f"max_tokens {max_tokens} > max_output_tokens {most}"
+    wanted, window = prompt_tokens + (max_tokens or 1), deployment.context_window
+    if window is not None and wanted > window:
+        return f"needs ~{wanted} tokens > context window {window}"
     return None

@@ -24,12 +24,20 @@ from .guard import caller_of, set_request_id
 from .jsonenc import JSONResponse, json_bytes
 from .keystate import key_pools_json
 from .metrics import render_metrics
+from .models import get_model, list_models
 from .native import completion_json, event_json, parse_prompt_request
 from .state import service_of
 from .streaming import Emit, EventStream, cancel_on_disconnect, complete_unless_gone
 from .validate import Fields, invalid, parse_json_object
 
-__all__ = ["JSONResponse", "failure_response", "json_error", "stream_prompt"]
+__all__ = [
+    "JSONResponse",
+    "failure_response",
+    "get_model",
+    "json_error",
+    "list_models",
+    "stream_prompt",
+]
 
 
 async def _body(request: Request) -> Fields:
@@ -37,24 +45,6 @@ async def _body(request: Request) -> Fields:
 
 
 # ----------------------------------------------------------------- OpenAI-compatible
-
-
-async def list_models(request: Request) -> Response:
-    """``GET /v1/models``."""
-    models = [_model_json(name) for name in service_of(request).models]
-    return JSONResponse({"object": "list", "data": models})
-
-
-async def get_model(request: Request) -> Response:
-    """``GET /v1/models/{model}``."""
-    name = request.path_params["model"]
-    if name not in service_of(request).models:
-        raise ApiError(404, f"the model {name!r} does not exist", code="model_not_found")
-    return JSONResponse(_model_json(name))
-
-
-def _model_json(name: str) -> dict[str, Any]:
-    return {"id": name, "object": "model", "created": 0, "owned_by": "trio-orchestrator"}
 
 
 async def embeddings(request: Request) -> Response:

@@ -1,7 +1,7 @@
 """What each provider kind can do: the facts ``docs/providers.md``'s feature table shows.
 
 One row per ``kind`` a ``[[providers]]`` entry may name. A worker that gains a feature says so
-here, and the docs' table follows (a test compares them).
+here, and the docs' table follows (a test compares them: ``docs/gen_providers.py``).
 """
 
 from __future__ import annotations
@@ -10,7 +10,9 @@ from collections.abc import Mapping
 
 import attrs
 
-__all__ = ["FEATURES", "KindFeatures"]
+from .config import DEFAULT_BASE_URLS, ProviderConfig
+
+__all__ = ["FEATURES", "TABLE_COLUMNS", "KindFeatures", "lists_models"]
 
 
 @attrs.frozen
@@ -24,6 +26,10 @@ class KindFeatures:
         structured_output: ``response_format`` with a JSON schema.
         embeddings: ``/v1/embeddings``.
         cached_tokens: usage reports cached prompt tokens.
+        lists_models: the upstream lists the models it serves (``GET {base_url}/models`` in
+            OpenAI's shape, the worker's ``list_models()``); the gateway's ``/v1/models``
+            asks it for a provider that names no ``models`` (see :func:`lists_models`). Not
+            a column of the docs' table.
     """
 
     streaming: bool = True
@@ -32,11 +38,38 @@ class KindFeatures:
     structured_output: bool = True
     embeddings: bool = False
     cached_tokens: bool = True
+    lists_models: bool = False
+
+
+#: The features the docs' table shows, in its column order, with their headings.
+TABLE_COLUMNS: Mapping[str, str] = {
+    "streaming": "streaming",
+    "tools": "tools",
+    "vision": "vision",
+    "structured_output": "structured output",
+    "embeddings": "embeddings",
+    "cached_tokens": "cached tokens",
+}
 
 
 #: The features of every provider kind, by kind.
 FEATURES: Mapping[str, KindFeatures] = {
-    "openai": KindFeatures(embeddings=True),
+    "openai": KindFeatures(embeddings=True, lists_models=True),
     "anthropic": KindFeatures(),
     "echo": KindFeatures(tools=False, vision=False, structured_output=False, cached_tokens=False),
 }
+
+
+def lists_models(provider: ProviderConfig) -> bool:
+    """Whether ``/v1/models`` asks this provider's upstream which models it serves.
+
+    Yes when its kind lists models, it names no ``models`` of its own, and it is not OpenAI's
+    own API (whose listing holds every model OpenAI offers, not what a gateway serves): a local
+    or self-hosted OpenAI-compatible server (vLLM, llama.cpp, Ollama, LM Studio) is asked.
+    """
+    features = FEATURES.get(provider.kind)
+    if features is None or not features.lists_models or provider.models:
+        return False
+    return (provider.base_url or DEFAULT_BASE_URLS.get(provider.kind)) != DEFAULT_BASE_URLS[
+        "openai"
+    ]
