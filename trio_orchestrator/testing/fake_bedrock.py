@@ -61,6 +61,7 @@ CREDENTIALS: Mapping[str, str] = {
 #: HTTP status → the Bedrock Runtime exception that answers with it.
 EXCEPTIONS: Mapping[int, str] = {
     400: "ValidationException",
+    401: "UnrecognizedClientException",  # Bedrock says 403; the fake is told a status
     403: "AccessDeniedException",
     404: "ResourceNotFoundException",
     408: "ModelTimeoutException",

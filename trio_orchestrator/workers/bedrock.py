@@ -130,6 +130,7 @@ _ADVICE: Mapping[type[ProviderError], str] = {
     ContextLengthExceeded: "shorten the prompt or lower max_tokens",
     BadRequest: "fix the request; retrying will not help",
 }
+_ENDPOINT = re.compile(r"bedrock-runtime(?:-fips)?\.(?P<region>[a-z0-9-]+)\.amazonaws\.com")
 _CONTEXT = re.compile(r"input is too long|too many (input )?tokens|context (length|window)", re.I)
 
 
@@ -482,7 +483,7 @@ class BedrockWorker:
         stream: use ConverseStream (``False``: Converse, one JSON answer).
         max_tokens: ``inferenceConfig.maxTokens`` when a request names none.
         credentials: the SigV4 credentials (needed when ``keys`` is None).
-        region: the SigV4 region.
+        region: the SigV4 region (needed with ``credentials``).
 
     Raises:
         ConfigError: neither keys nor credentials, or botocore is not installed.
@@ -496,7 +497,7 @@ class BedrockWorker:
     stream: bool = True
     max_tokens: int = 4096
     credentials: AWSCredentials | None = None
-    region: str = "us-east-1"
+    region: str = ""
     _http: HTTPProvider = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -574,17 +575,16 @@ def bedrock_worker(
     Auth, first found: the provider's ``api_keys`` / ``api_key_env`` (``keys``, bearer);
     its ``aws_*`` credentials; ``AWS_BEARER_TOKEN_BEDROCK``; ``AWS_ACCESS_KEY_ID`` with
     ``AWS_SECRET_ACCESS_KEY`` (and ``AWS_SESSION_TOKEN``). The region: ``region``, else
-    ``AWS_REGION``, else ``AWS_DEFAULT_REGION``.
+    ``AWS_REGION``, else ``AWS_DEFAULT_REGION``, else the one in ``base_url``'s host; a
+    bearer key sent to a given ``base_url`` needs none.
 
     Raises:
         ConfigError: no region, no credentials, or botocore is not installed.
     """
     region = provider.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    if not region:
-        raise ConfigError(
-            f"providers.{provider.label}.region: a 'bedrock' provider needs its AWS region; "
-            "set region (or AWS_REGION)"
-        )
+    if not region and provider.base_url:
+        endpoint = _ENDPOINT.search(provider.base_url)
+        region = endpoint["region"] if endpoint else None
     credentials = None
     if keys is None:
         configured = provider.aws_access_key_id is not None
@@ -596,6 +596,13 @@ def bedrock_worker(
                            provider.rejected_key_cooldown, provider.models)  # fmt: skip
         elif credentials is None:
             credentials = _credentials(provider)
+    if not region and (credentials is not None or not provider.base_url):
+        # The endpoint and the signature's scope name it; a bearer key to a given
+        # base_url needs none.
+        raise ConfigError(
+            f"providers.{provider.label}.region: a 'bedrock' provider needs its AWS region; "
+            "set region (or AWS_REGION)"
+        )
     base_url = provider.base_url or DEFAULT_BASE_URLS["bedrock"].format(region=region)
     return BedrockWorker(
         client,
@@ -606,5 +613,5 @@ def bedrock_worker(
         provider.stream,
         provider.max_tokens,
         credentials,
-        region,
+        region or "",
     )

@@ -25,7 +25,7 @@ from ..compatibility import CHAT_COMPLETIONS, is_no_op
 from ..errors import UnsupportedParameter
 from ..types import TYPED_MEMBERS, GenerationParams, Message, PromptRequest
 
-__all__ = ["BEDROCK_NATIVE", "converse_body"]
+__all__ = ["BEDROCK_NATIVE", "CLAUDE_FIELDS", "converse_body"]
 
 #: Converse request members with no Chat Completions counterpart, sent unchanged when a
 #: client puts them in its request (``extra_body`` in the OpenAI SDKs).
@@ -39,6 +39,11 @@ BEDROCK_NATIVE = frozenset(
         "requestMetadata",
     ]
 )
+
+#: Anthropic Messages members that Claude models on Bedrock take in
+#: ``additionalModelRequestFields`` (Bedrock's Claude parameters guide): a client of the
+#: gateway's ``/v1/messages`` sends them by their names.
+CLAUDE_FIELDS = frozenset(["thinking", "top_k"])
 
 #: ``reasoning_effort`` values Converse's ``outputConfig.effort`` takes.
 _EFFORTS = frozenset(["low", "medium", "high", "xhigh", "max"])
@@ -258,6 +263,9 @@ def _extra(t: _Translation) -> None:
         elif rule is not None:
             if not is_no_op(rule, value):
                 raise t.refuse(name, rule.note or "Converse has no equivalent")
+        elif name in CLAUDE_FIELDS:
+            fields = t.body.setdefault("additionalModelRequestFields", {})
+            fields[name] = value
         elif name in BEDROCK_NATIVE:
             if name in t.body:
                 why = f"the request also sends the Chat Completions member that becomes `{name}`"
