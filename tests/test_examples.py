@@ -22,6 +22,7 @@ EXAMPLES = Path(__file__).parent.parent / "examples"
             'trio_orchestrator_pipeline_requests_total{outcome="completed"} 3.0',
         ),
         ("serve_with_openai_sdk.py", "usage: 8 tokens"),
+        ("bedrock_provider.py", "signed: AWS4-HMAC-SHA256 Credential=AKIAFAKEBEDROCK00001/"),
         (
             "config_reload.py",
             "refused  resilience.cache.ttl: no running part takes this option",

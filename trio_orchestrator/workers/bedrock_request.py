@@ -262,7 +262,9 @@ def _extra(t: _Translation) -> None:
             translate(t, name, value)
         elif rule is not None:
             if not is_no_op(rule, value):
-                raise t.refuse(name, rule.note or "Converse has no equivalent")
+                # The table's notes speak of Anthropic's API; OpenAI's own deprecations hold.
+                deprecated = rule.note.startswith("Deprecated")
+                raise t.refuse(name, rule.note if deprecated else "Converse has no equivalent")
         elif name in CLAUDE_FIELDS:
             fields = t.body.setdefault("additionalModelRequestFields", {})
             fields[name] = value

@@ -38,5 +38,8 @@ class KindFeatures:
 FEATURES: Mapping[str, KindFeatures] = {
     "openai": KindFeatures(embeddings=True),
     "anthropic": KindFeatures(),
+    # Converse: images as bytes (data: URLs), outputConfig.textFormat for JSON schemas; its
+    # embeddings are InvokeModel's, model by model, not Converse.
+    "bedrock": KindFeatures(),
     "echo": KindFeatures(tools=False, vision=False, structured_output=False, cached_tokens=False),
 }
