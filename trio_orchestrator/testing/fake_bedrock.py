@@ -241,7 +241,11 @@ def refusal(
 
 
 async def error(
-    send: Send, status: int, exception: str, message: str, headers: Mapping[str, str] = {}
+    send: Send,
+    status: int,
+    exception: str,
+    message: str,
+    headers: Mapping[str, str] | None = None,
 ) -> None:
     """A Bedrock error answer: ``{"message"}`` with ``x-amzn-ErrorType``."""
     data = json.dumps({"message": message}).encode()
@@ -251,7 +255,7 @@ async def error(
         (b"x-amzn-errortype", (exception + _ERROR_TYPE_SUFFIX).encode()),
         (b"x-amzn-requestid", b"00000000-0000-4000-8000-00000000fa4e"),
     ]
-    pairs += [(k.encode(), v.encode()) for k, v in headers.items()]
+    pairs += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": pairs})
     await send({"type": "http.response.body", "body": data, "more_body": False})
 

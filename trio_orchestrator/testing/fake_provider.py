@@ -16,7 +16,9 @@ a hang). It counts the requests it saw, the faults it injected and the connectio
 closed before their answer was complete.
 
 Endpoints: ``POST /v1/chat/completions``, ``POST /v1/responses``, ``GET /v1/models``,
-``POST /v1/embeddings`` (OpenAI) and ``POST /v1/messages`` (Anthropic), streaming and not. An
+``POST /v1/embeddings`` (OpenAI), ``POST /v1/messages`` (Anthropic) and
+``POST /model/{modelId}/converse[-stream]`` (AWS Bedrock, :mod:`.fake_bedrock`, which checks
+SigV4 signatures), streaming and not. An
 embeddings request takes its behaviour's ``status``, ``body``, ``headers`` and ``hang``; the
 rest is for chats and responses (a streamed response's ``error_after`` sends an ``error``
 event).

@@ -311,12 +311,12 @@ class _ConverseStream:
     async def event(self, event: ServerSentEvent) -> None:
         kind = event.event
         if kind in ("exception", "error"):
-            data = json.loads(event.data or "{}")
+            data = orjson.loads(event.data or "{}")
             message = str(data.get("message") or data.get("Message") or "")
             error = _error(event.id or kind, message, provider=self.provider, status=None,
                            retry_after=None)  # fmt: skip
             raise error
-        data = json.loads(event.data or "{}")
+        data = orjson.loads(event.data or "{}")
         if kind == "contentBlockStart":
             await self._block_start(int(data.get("contentBlockIndex", 0)), data.get("start") or {})
         elif kind == "contentBlockDelta":
@@ -519,7 +519,6 @@ class BedrockWorker:
             self.keys,
             self.timeouts,
             _bearer,
-            {"accept": "application/json"},
             sign=sign,
             decoder=EventStreamDecoder,
             error=bedrock_error,
