@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import attrs
 import httpx
 import pytest
 
@@ -255,3 +256,17 @@ async def test_no_region_or_no_credentials_is_a_config_error(
         build_worker(ProvidersConfig([ProviderConfig("bedrock", api_keys=["k"])]), client)
     with pytest.raises(ConfigError, match="aws_access_key_id"):
         build_worker(ProvidersConfig([ProviderConfig("bedrock", region="us-east-1")]), client)
+
+
+async def test_a_reload_changing_the_credentials_is_refused(client: httpx.AsyncClient) -> None:
+    """A reload with new aws_* credentials or region says it needs a restart (the signer
+    keeps what it was built with); the same settings reload quietly."""
+    config = ProviderConfig(
+        "bedrock", "aws", region="us-east-1", aws_access_key_id="AKID", aws_secret_access_key="s"
+    )
+    worker = build_worker(ProvidersConfig([config]), client)
+    assert isinstance(worker, BedrockWorker)
+    assert worker.reconfigure(config) == []
+    rotated = attrs.evolve(config, aws_secret_access_key=Secret("rotated"))
+    (refusal,) = worker.reconfigure(rotated)
+    assert "aws_* credentials change only on a restart" in refusal

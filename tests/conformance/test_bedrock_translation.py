@@ -194,3 +194,19 @@ def test_bedrock_native_members_travel_by_their_names(gw: Gateway) -> None:
     body = gw.last().body
     assert body["guardrailConfig"] == guardrail
     assert body["additionalModelRequestFields"] == {"top_k": 5}
+
+
+def test_a_cache_breakpoint_is_a_cache_point(gw: Gateway) -> None:
+    """A content part's cache_control (how clients of Anthropic-fronting gateways mark
+    a cache breakpoint) becomes Converse's cachePoint right after it, never dropped."""
+    gw.script(Behaviour(text="ok"))
+    content: Any = [
+        {"type": "text", "text": "A long document.", "cache_control": {"type": "ephemeral"}},
+        {"type": "text", "text": "What does it say?"},
+    ]
+    ask(gw, content)
+    assert gw.last().body["messages"][0]["content"] == [
+        {"text": "A long document."},
+        {"cachePoint": {"type": "default"}},
+        {"text": "What does it say?"},
+    ]

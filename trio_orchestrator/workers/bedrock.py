@@ -484,6 +484,8 @@ class BedrockWorker:
         max_tokens: ``inferenceConfig.maxTokens`` when a request names none.
         credentials: the SigV4 credentials (needed when ``keys`` is None).
         region: the SigV4 region (needed with ``credentials``).
+        settings: the provider's ``region`` and ``aws_*`` keys as configured, so that a
+            reload changing them is refused rather than ignored.
 
     Raises:
         ConfigError: neither keys nor credentials, or botocore is not installed.
@@ -498,6 +500,7 @@ class BedrockWorker:
     max_tokens: int = 4096
     credentials: AWSCredentials | None = None
     region: str = ""
+    settings: tuple[object, ...] = ()
     _http: HTTPProvider = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -528,8 +531,18 @@ class BedrockWorker:
         return f"BedrockWorker(name={self.name!r}, base_url={self.base_url!r})"
 
     def reconfigure(self, provider: ProviderConfig | None, /) -> list[str]:
-        """Apply this provider's reloaded ``api_keys``; other changes need a restart."""
-        return self._http.reconfigure(provider)
+        """Apply this provider's reloaded ``api_keys``; other changes need a restart.
+
+        Returns:
+            Refusals, a changed ``region`` or ``aws_*`` key among them (the signer keeps
+            the credentials it was built with).
+        """
+        refused = self._http.reconfigure(provider)
+        if provider is not None and _settings(provider) != self.settings:
+            refused.append(
+                f"providers.{self.name}: region and the aws_* credentials change only on a restart"
+            )
+        return refused
 
     async def generate(self, request: PromptRequest, emit: EventSink) -> None:
         """Generate the answer to ``request``; see :class:`~trio_orchestrator.workers.ModelWorker`.
@@ -551,6 +564,15 @@ class BedrockWorker:
         answer = await self._http.post_json(path, body)
         with wire_format_guard(self.name):
             await _emit_answer(answer, model, self.name, emit)
+
+
+def _settings(provider: ProviderConfig) -> tuple[object, ...]:
+    return (
+        provider.region,
+        provider.aws_access_key_id,
+        provider.aws_secret_access_key,
+        provider.aws_session_token,
+    )
 
 
 def _credentials(provider: ProviderConfig) -> AWSCredentials | None:
@@ -613,4 +635,5 @@ def bedrock_worker(
         provider.max_tokens,
         credentials,
         region or "",
+        _settings(provider),
     )

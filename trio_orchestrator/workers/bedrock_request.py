@@ -124,7 +124,7 @@ def _messages(chat: tuple[Message, ...], t: _Translation) -> list[dict[str, Any]
 
 
 def _system(chat: tuple[Message, ...], t: _Translation) -> list[dict[str, Any]]:
-    blocks = []
+    blocks: list[dict[str, Any]] = []
     for i, message in enumerate(chat):
         if message.role != "system":
             continue
@@ -133,6 +133,8 @@ def _system(chat: tuple[Message, ...], t: _Translation) -> list[dict[str, Any]]:
                 raise t.refuse(f"messages[{i}].content[{j}]", "a system prompt carries text only")
         if message.content:
             blocks.append({"text": message.content})
+        if any(part.get("cache_control") is not None for part in message.parts):
+            blocks.append({"cachePoint": {"type": "default"}})
     return blocks
 
 
@@ -156,8 +158,15 @@ def _blocks(message: Message, i: int, t: _Translation) -> list[dict[str, Any]]:
 def _content(message: Message, i: int, t: _Translation) -> list[dict[str, Any]]:
     if not message.parts:
         return [{"text": message.content}] if message.content else []
-    blocks = (_part(part, f"messages[{i}].content[{j}]", t) for j, part in enumerate(message.parts))
-    return [block for block in blocks if block is not None]
+    blocks: list[dict[str, Any]] = []
+    for j, part in enumerate(message.parts):
+        block = _part(part, f"messages[{i}].content[{j}]", t)
+        if block is not None:
+            blocks.append(block)
+        if part.get("cache_control") is not None:
+            # Anthropic's cache breakpoint on a block is Converse's cachePoint after it.
+            blocks.append({"cachePoint": {"type": "default"}})
+    return blocks
 
 
 def _part(part: Mapping[str, Any], path: str, t: _Translation) -> dict[str, Any] | None:
