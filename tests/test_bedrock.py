@@ -270,3 +270,12 @@ async def test_a_reload_changing_the_credentials_is_refused(client: httpx.AsyncC
     rotated = attrs.evolve(config, aws_secret_access_key=Secret("rotated"))
     (refusal,) = worker.reconfigure(rotated)
     assert "aws_* credentials change only on a restart" in refusal
+
+
+async def test_a_dropped_connection_mid_stream_is_a_connection_error(
+    fake: FakeProvider, client: httpx.AsyncClient
+) -> None:
+    """The upstream dropping the connection after a token is ProviderConnectionError."""
+    fake.script(Behaviour(disconnect_after=1))
+    with pytest.raises(ProviderConnectionError):
+        await collect(signed(client, fake), REQUEST)
