@@ -54,6 +54,7 @@ from trio_orchestrator import PromptRequest, open_gateway
 from trio_orchestrator.config import Config, PipelineConfig
 from trio_orchestrator.observability import LoggingConfig, MetricsConfig, ObservabilityConfig
 from trio_orchestrator.resilience import BreakerConfig, ResilienceConfig, RetryConfig
+from trio_orchestrator.testing.fake_bedrock import CREDENTIALS as FAKE_AWS_CREDENTIALS
 from trio_orchestrator.types import GenerationParams
 from trio_orchestrator.workers import ProviderConfig, ProvidersConfig
 from trio_orchestrator.workers.transport import sharded_client
@@ -162,6 +163,17 @@ KIND_PROVIDERS: dict[str, Callable[[str, int], ProviderConfig]] = {
         name="fake",
         base_url=url,
         api_keys=["sk-fake"],
+        max_connections=connections,
+    ),
+    # Signed with SigV4 (botocore) as most Bedrock users call it, the fake checking each
+    # signature; a Bedrock API key (bearer) would cost less.
+    "bedrock": lambda url, connections: ProviderConfig(
+        kind="bedrock",
+        name="fake",
+        base_url=url,
+        region="us-east-1",
+        aws_access_key_id=next(iter(FAKE_AWS_CREDENTIALS)),
+        aws_secret_access_key=next(iter(FAKE_AWS_CREDENTIALS.values())),
         max_connections=connections,
     ),
 }

@@ -17,6 +17,7 @@ import trio
 from hypothesis import strategies as st
 from test_contract import EXAMPLES, contract
 
+from trio_orchestrator.config.secret import Secret
 from trio_orchestrator.resilience import (
     BreakerConfig,
     CacheConfig,
@@ -32,11 +33,13 @@ from trio_orchestrator.resilience import (
 )
 from trio_orchestrator.routing import ModelDeployment, RoutingConfig, build_router
 from trio_orchestrator.testing import FakeBehaviour, WorkerContract, open_fake_provider
+from trio_orchestrator.testing.fake_bedrock import CREDENTIALS
 from trio_orchestrator.testing.strategies import generation_params, prompt_requests
 from trio_orchestrator.types import GenerationParams, PromptRequest
 from trio_orchestrator.workers import EchoWorker, ModelWorker
 from trio_orchestrator.workers.anthropic import AnthropicWorker
 from trio_orchestrator.workers.balance import LoadBalancedWorker
+from trio_orchestrator.workers.bedrock import AWSCredentials, BedrockWorker
 from trio_orchestrator.workers.openai import OpenAIWorker
 
 GENEROUS = RateLimitsConfig(
@@ -124,3 +127,29 @@ class TestAnthropicWorker(WorkerContract):
 def _anthropic_params(params: GenerationParams) -> GenerationParams:
     temperature = None if params.temperature is None else min(params.temperature, 1.0)
     return attrs.evolve(params, seed=None, temperature=temperature)
+
+
+class TestBedrockWorker(WorkerContract):
+    """The Bedrock Converse worker over real HTTP to the fake provider, every request
+    signed with SigV4 (which the fake checks)."""
+
+    virtual_time = False
+    call_timeout = 20.0
+    max_examples = EXAMPLES
+
+    @pytest.fixture
+    async def contract_worker_factory(self, fake_upstream: Any) -> Callable[[], ModelWorker]:
+        fake, client = fake_upstream
+        ((key_id, secret),) = CREDENTIALS.items()
+        credentials = AWSCredentials(key_id, Secret(secret))
+        return lambda: BedrockWorker(
+            client, fake.base_url, credentials=credentials, region="us-east-1"
+        )
+
+    def requests(self) -> st.SearchStrategy[PromptRequest]:
+        """Requests Converse can carry: no seed (refused before any call)."""
+        return prompt_requests(params=generation_params().map(_bedrock_params))
+
+
+def _bedrock_params(params: GenerationParams) -> GenerationParams:
+    return attrs.evolve(params, seed=None)

@@ -18,9 +18,12 @@ import pytest
 import trio
 import trio.testing
 
+from trio_orchestrator.config.secret import Secret
 from trio_orchestrator.errors import ProviderTimeout
+from trio_orchestrator.testing.fake_bedrock import event_frame
 from trio_orchestrator.types import GenerationParams, PromptRequest
 from trio_orchestrator.workers import AnthropicWorker, ModelWorker, OpenAIWorker, collect
+from trio_orchestrator.workers.bedrock import AWSCredentials, BedrockWorker
 from trio_orchestrator.workers.config import Timeouts
 
 
@@ -58,6 +61,7 @@ class Kind:
     more: bytes  # one more chunk of content, the text "a"
     end: bytes  # the rest of a complete answer
     request: PromptRequest
+    keepalive: bytes = b": keep-alive\n\n"  # bytes that carry no content
 
 
 REQUEST = PromptRequest(input="hi", params=GenerationParams(model="m"))
@@ -100,6 +104,25 @@ KINDS = [
             response={"id": "r", "status": "completed", "model": "m", "output": []},
         ),
         attrs.evolve(REQUEST, responses_body={"input": "hi", "stream": True}),
+    ),
+    Kind(
+        "bedrock",
+        lambda client, t: BedrockWorker(
+            client,
+            "http://bedrock.test",
+            timeouts=t,
+            credentials=AWSCredentials("AKIDTEST", Secret("secret")),
+            region="us-east-1",
+        ),
+        event_frame("messageStart", {"role": "assistant"})
+        + event_frame("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": "a"}}),
+        event_frame("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": "a"}}),
+        event_frame("contentBlockStop", {"contentBlockIndex": 0})
+        + event_frame("messageStop", {"stopReason": "end_turn"})
+        + event_frame("metadata", {"usage": {"inputTokens": 1, "outputTokens": 4}}),
+        REQUEST,
+        # A frame before any content (ConverseStream's first event).
+        keepalive=event_frame("messageStart", {"role": "assistant"}),
     ),
 ]
 
@@ -148,7 +171,7 @@ async def test_no_content_is_cut_at_the_first_token_limit(
     kind: Kind, autojump_clock: trio.testing.MockClock
 ) -> None:
     """A stream that sends only keep-alive comments is cut at first_token, not later."""
-    body = Scripted([(0.0, b": keep-alive\n\n"), (2.0, b": keep-alive\n\n")])
+    body = Scripted([(0.0, kind.keepalive), (2.0, kind.keepalive)])
     assert await _cut_after(_worker(kind, body, LIMITS), kind.request, "first token") == 3.0
 
 

@@ -34,19 +34,38 @@ from trio_orchestrator.testing.fake_provider import (
 from trio_orchestrator.workers import ProviderConfig, ProvidersConfig
 
 #: The upstream kinds every conformance test runs against (``upstream_kind`` fixture).
-UPSTREAM_KINDS = ("openai", "anthropic")
+UPSTREAM_KINDS = ("openai", "anthropic", "bedrock")
 
 #: The key the gateway holds for the upstream; a test can check it was sent.
 UPSTREAM_KEY = "sk-upstream-test"
 
 ConfigFactory = Callable[[FakeProvider], Config]
 
+#: Chat Completions sampling members by their name in Bedrock Converse's ``inferenceConfig``.
+_CONVERSE_SAMPLING = {
+    "max_tokens": "maxTokens",
+    "temperature": "temperature",
+    "top_p": "topP",
+    "stop_sequences": "stopSequences",
+}
+
+
+def sampling(kind: str, body: dict[str, Any], name: str) -> Any:
+    """A sampling member (Anthropic's name: ``max_tokens``, ``temperature``, ``top_p``,
+    ``stop_sequences``) as the upstream of ``kind`` received it (Bedrock nests them in
+    ``inferenceConfig``)."""
+    if kind == "bedrock":
+        return body["inferenceConfig"][_CONVERSE_SAMPLING[name]]
+    if kind == "openai" and name == "stop_sequences":
+        return body["stop"]
+    return body[name]
+
 
 def single_provider(kind: str, **provider: Any) -> ConfigFactory:
     """A configuration with one provider of ``kind`` pointing at the fake upstream."""
 
     def make(fake: FakeProvider) -> Config:
-        base = fake.openai_base_url if kind == "openai" else fake.base_url
+        base = {"openai": fake.openai_base_url}.get(kind, fake.base_url)
         upstream = ProviderConfig(kind, "up", base, api_keys=[UPSTREAM_KEY], **provider)  # type: ignore[arg-type]
         return Config(providers=ProvidersConfig([upstream]), service=ServiceConfig(port=0))
 
@@ -59,7 +78,7 @@ class Gateway:
 
     Attributes:
         url: the gateway's base URL (``http://127.0.0.1:<port>``).
-        kind: the upstream's wire format, ``"openai"`` or ``"anthropic"``.
+        kind: the upstream's wire format, one of :data:`UPSTREAM_KINDS`.
     """
 
     url: str

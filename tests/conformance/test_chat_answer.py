@@ -62,9 +62,21 @@ def anthropic_sse() -> Iterator[Gateway]:
     yield from _gateway("anthropic", stream=True)
 
 
-@pytest.fixture(params=["openai", "anthropic"])
+@pytest.fixture(scope="module")
+def bedrock_json() -> Iterator[Gateway]:
+    """The gateway in front of a Bedrock upstream that it asks with Converse (JSON)."""
+    yield from _gateway("bedrock", stream=False)
+
+
+@pytest.fixture(scope="module")
+def bedrock_sse() -> Iterator[Gateway]:
+    """The gateway in front of a Bedrock upstream that it asks with ConverseStream."""
+    yield from _gateway("bedrock", stream=True)
+
+
+@pytest.fixture(params=["openai", "anthropic", "bedrock"])
 def either(request: pytest.FixtureRequest) -> Gateway:
-    """Either streaming gateway, its upstream's record cleared."""
+    """Each streaming gateway, its upstream's record cleared."""
     gateway: Gateway = request.getfixturevalue(f"{request.param}_sse")
     gateway.clear()
     return gateway
@@ -251,6 +263,58 @@ def _one_usage(gateway: Gateway) -> CompletionUsage:
     gateway.clear()
     assert answer.usage is not None
     return answer.usage
+
+
+# ----------------------------------------------------------------- Bedrock upstream
+
+
+def test_bedrock_cache_tokens_and_reasoning_in_openai_terms(bedrock_json: Gateway) -> None:
+    """Converse's cache reads and writes count in prompt_tokens (reads as cached_tokens);
+    the reasoningContent block is reasoning_content."""
+    bedrock_json.script(Behaviour(body=recorded("bedrock_converse_reasoning.json")))
+    answer = bedrock_json.openai().chat.completions.create(model="claude", messages=HELLO)
+    usage = answer.usage
+    assert usage is not None
+    assert (usage.prompt_tokens, usage.completion_tokens) == (21 + 188086 + 21, 393)
+    assert usage.prompt_tokens_details is not None
+    assert usage.prompt_tokens_details.cached_tokens == 188086
+    message = answer.choices[0].message
+    assert message.content == "Yes, there are infinitely many prime numbers such that..."
+    assert (message.model_extra or {})["reasoning_content"] == (
+        "To approach this, let's think about what we know about prime numbers..."
+    )
+    assert answer.choices[0].finish_reason == "stop"
+
+
+def test_a_bedrock_stream_gives_reasoning_text_and_a_tool_call(bedrock_sse: Gateway) -> None:
+    """ConverseStream's reasoning deltas, text and streamed toolUse input reach the client
+    as reasoning_content, content and one tool call; the cache reads as cached_tokens."""
+    events = tuple(recorded("bedrock_converse_stream_tool_use.json"))
+    bedrock_sse.script(Behaviour(events=events))
+    chunks = list(
+        bedrock_sse.openai().chat.completions.create(
+            model="claude", messages=HELLO, stream=True, stream_options={"include_usage": True}
+        )
+    )
+    deltas = [c.choices[0].delta for c in chunks if c.choices]
+    thoughts = "".join((d.model_extra or {}).get("reasoning_content") or "" for d in deltas)
+    assert thoughts == "The user wants the most popular song. I should call top_song."
+    assert "".join(d.content or "" for d in deltas) == (
+        "I'll look up the most popular song on WZPZ."
+    )
+    calls = [call for d in deltas for call in d.tool_calls or ()]
+    assert calls[0].id == "tooluse_kZJMlvQmRJ6eAyJE5GIl7Q"
+    assert calls[0].function is not None
+    assert calls[0].function.name == "top_song"
+    arguments = "".join(c.function.arguments or "" for c in calls if c.function)
+    assert arguments == '{"sign": "WZPZ"}'
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
+    assert finishes[-1] == "tool_calls"
+    usage = chunks[-1].usage
+    assert usage is not None
+    assert (usage.prompt_tokens, usage.completion_tokens) == (375 + 2000, 95)
+    assert usage.prompt_tokens_details is not None
+    assert usage.prompt_tokens_details.cached_tokens == 2000
 
 
 def test_n_gives_n_choices(either: Gateway) -> None:

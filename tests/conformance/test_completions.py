@@ -11,7 +11,7 @@ import pytest
 
 from trio_orchestrator.testing.fake_provider import Behaviour
 
-from .conftest import Gateway
+from .conftest import Gateway, sampling
 
 
 @pytest.fixture
@@ -26,7 +26,8 @@ def _user_text(gw: Gateway) -> str:
     content = gw.last().body["messages"][-1]["content"]
     if isinstance(content, str):
         return content
-    return "".join(block["text"] for block in content if block["type"] == "text")
+    # Anthropic's blocks say their type; Bedrock's text block is {"text": ...}.
+    return "".join(block["text"] for block in content if block.get("type", "text") == "text")
 
 
 def test_a_text_completion_parses_and_reaches_the_upstream_as_a_prompt(
@@ -43,7 +44,7 @@ def test_a_text_completion_parses_and_reaches_the_upstream_as_a_prompt(
     assert answer.usage is not None
     assert answer.usage.total_tokens == answer.usage.prompt_tokens + answer.usage.completion_tokens
     assert _user_text(gw) == "The capital of France:"
-    assert gw.last().body["max_tokens"] == 16
+    assert sampling(gw.kind, gw.last().body, "max_tokens") == 16
 
 
 def test_sampling_members_reach_the_upstream(gw: Gateway, client: openai.OpenAI) -> None:
@@ -58,8 +59,8 @@ def test_sampling_members_reach_the_upstream(gw: Gateway, client: openai.OpenAI)
         stop=["\n"],
     )
     body = gw.last().body
-    assert (body["max_tokens"], body["temperature"], body["top_p"]) == (5, 0.5, 0.9)
-    assert body["stop" if gw.kind == "openai" else "stop_sequences"] == ["\n"]
+    members = ("max_tokens", "temperature", "top_p", "stop_sequences")
+    assert [sampling(gw.kind, body, name) for name in members] == [5, 0.5, 0.9, ["\n"]]
 
 
 def test_a_streamed_text_completion_parses_chunk_by_chunk(

@@ -3,7 +3,9 @@ either upstream kind, answers parsed in the SDK's own typed models."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -17,8 +19,9 @@ from trio_orchestrator.config.secret import Secret
 from trio_orchestrator.config.service import ApiKeyConfig, ServiceConfig
 from trio_orchestrator.testing.fake_provider import Behaviour, FakeProvider
 
-from .conftest import Gateway, single_provider, start_gateway
+from .conftest import Gateway, sampling, single_provider, start_gateway
 
+FIXTURES = Path(__file__).parent / "fixtures"
 MODEL = "fake-model"
 PIXEL = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJ"  # the start of a PNG, base64
 WEATHER: ToolParam = {
@@ -80,7 +83,7 @@ def test_max_tokens_reached_is_the_max_tokens_stop_reason(gw: Gateway) -> None:
     gw.script(Behaviour(tokens=20))
     answer = _ask(gw, max_tokens=3)
     assert answer.stop_reason == "max_tokens"
-    assert gw.last().body["max_tokens"] == 3
+    assert sampling(gw.kind, gw.last().body, "max_tokens") == 3
 
 
 def test_system_and_turns_reach_the_upstream_translated(gw: Gateway) -> None:
@@ -104,6 +107,10 @@ def test_system_and_turns_reach_the_upstream_translated(gw: Gateway) -> None:
         turns = body["messages"][2:]
         assert [m["role"] for m in turns] == ["user", "assistant", "user"]
         assert [m["content"] for m in turns] == ["Hello", "Hi! How can I help?", "How are you?"]
+    elif gw.kind == "bedrock":
+        assert body["system"] == [{"text": "Be brief."}, {"text": "Be kind."}]
+        assert [m["role"] for m in body["messages"]] == ["user", "assistant", "user"]
+        assert body["messages"][2]["content"] == [{"text": "How are you?"}]
     else:
         assert body["system"] == "Be brief.\n\nBe kind."
         assert [m["role"] for m in body["messages"]] == ["user", "assistant", "user"]
@@ -125,6 +132,9 @@ def test_an_image_block_reaches_the_upstream_as_its_image_format(gw: Gateway) ->
             {"type": "text", "text": "What is this?"},
             {"type": "image_url", "image_url": url},
         ]
+    elif gw.kind == "bedrock":
+        image_block = {"image": {"format": "png", "source": {"bytes": PIXEL}}}
+        assert user["content"] == [{"text": "What is this?"}, image_block]
     else:
         assert {"type": "image", "source": image} in user["content"]
 
@@ -140,6 +150,15 @@ def test_a_tool_use_answer_has_its_input_parsed(gw: Gateway) -> None:
     (call,) = [b for b in answer.content if isinstance(b, ToolUseBlock)]
     assert call.name == "get_weather"
     assert call.input == {"city": "Paris"}
+    if gw.kind == "bedrock":
+        config = gw.last().body["toolConfig"]
+        spec = config["tools"][0]["toolSpec"]
+        assert (spec["name"], spec["inputSchema"]) == (
+            "get_weather",
+            {"json": WEATHER["input_schema"]},
+        )
+        assert config["toolChoice"] == {"auto": {}}
+        return
     tools = gw.last().body["tools"]
     if gw.kind == "openai":
         assert tools[0]["function"]["name"] == "get_weather"
@@ -173,6 +192,11 @@ def test_a_tool_result_turn_reaches_the_upstream(gw: Gateway) -> None:
         assert sent["function"]["name"] == "get_weather"
         assert sent["function"]["arguments"] == '{"city":"Paris"}'
         assert messages[2] == {"role": "tool", "content": "18C", "tool_call_id": "toolu_01"}
+    elif gw.kind == "bedrock":
+        use = {"toolUseId": "toolu_01", "name": "get_weather", "input": {"city": "Paris"}}
+        assert messages[1]["content"] == [{"toolUse": use}]
+        result_block = {"toolUseId": "toolu_01", "content": [{"text": "18C"}]}
+        assert messages[2]["content"] == [{"toolResult": result_block}]
     else:
         assert messages[1]["content"] == [call]
         assert messages[2]["content"][0]["tool_use_id"] == "toolu_01"
@@ -183,7 +207,14 @@ def test_tool_choice_any_without_parallel_calls_reaches_the_upstream(gw: Gateway
     """tool_choice any with disable_parallel_tool_use is required + parallel_tool_calls false
     (OpenAI), or as sent (Anthropic; needs the anthropic-translation branch's worker)."""
     gw.script(Behaviour(text="", tool_calls=(("get_weather", '{"city": "Oslo"}'),)))
-    _ask(gw, tools=[WEATHER], tool_choice={"type": "any", "disable_parallel_tool_use": True})
+    choice: Any = {"type": "any", "disable_parallel_tool_use": True}
+    if gw.kind == "bedrock":
+        # Converse has no switch for parallel calls: refused, never silently dropped.
+        with pytest.raises(anthropic.BadRequestError, match="parallel_tool_calls"):
+            _ask(gw, tools=[WEATHER], tool_choice=choice)
+        assert gw.received() == []
+        return
+    _ask(gw, tools=[WEATHER], tool_choice=choice)
     body = gw.last().body
     if gw.kind == "openai":
         assert body["tool_choice"] == "required"
@@ -198,6 +229,8 @@ def test_anthropic_only_members_travel_by_their_names(gw: Gateway) -> None:
     thinking = {"type": "enabled", "budget_tokens": 2048}
     _ask(gw, thinking=thinking, extra_body={"top_k": 5})
     body = gw.last().body
+    if gw.kind == "bedrock":  # Claude's own members, where Converse carries them
+        body = body["additionalModelRequestFields"]
     assert body["top_k"] == 5
     assert body["thinking"] == thinking
 
@@ -211,6 +244,9 @@ def test_the_user_id_and_service_tier_reach_the_upstream_in_its_words(gw: Gatewa
     if gw.kind == "openai":
         assert body["user"] == "u-42"
         assert body["service_tier"] == "default"
+    elif gw.kind == "bedrock":
+        assert body["requestMetadata"] == {"user": "u-42"}
+        assert body["serviceTier"] == {"type": "default"}
     else:
         assert body["metadata"] == {"user_id": "u-42"}
         assert body["service_tier"] == "standard_only"
@@ -327,17 +363,22 @@ _ANTHROPIC_CACHED = [
 ]
 
 
+#: ConverseStream's events for the same answer, as boto3 yields them (fixtures/README.md).
+_BEDROCK_CACHED = json.loads((FIXTURES / "bedrock_converse_stream_cached.json").read_text())
+
+
 def test_usage_reports_cache_reads_and_writes_as_anthropic_counts_them(gw: Gateway) -> None:
     """Cached prompt tokens come back as cache_read_input_tokens, and input_tokens excludes
     them. Needs the workers to report cache tokens (chat-answer branch)."""
-    recorded = _OPENAI_CACHED if gw.kind == "openai" else _ANTHROPIC_CACHED
+    by_kind = {"openai": _OPENAI_CACHED, "bedrock": _BEDROCK_CACHED}
+    recorded = by_kind.get(gw.kind, _ANTHROPIC_CACHED)
     for stream in (False, True):
         gw.script(Behaviour(events=tuple(recorded)))
         usage = (_final(gw) if stream else _ask(gw)).usage
         if gw.kind == "openai":
             assert (usage.input_tokens, usage.cache_read_input_tokens) == (86, 1920)
             assert usage.cache_creation_input_tokens == 0
-        else:
+        else:  # Anthropic's counts, and Bedrock's (the same three)
             assert (usage.input_tokens, usage.cache_read_input_tokens) == (86, 1820)
             assert usage.cache_creation_input_tokens == 100
         assert usage.output_tokens == 300

@@ -14,7 +14,7 @@ import pytest
 
 from trio_orchestrator.testing.fake_provider import Behaviour
 
-from .conftest import Gateway
+from .conftest import Gateway, sampling
 
 
 @pytest.fixture
@@ -40,6 +40,8 @@ WEATHER_TOOL: Any = {
 
 def _system(body: dict[str, Any]) -> str:
     """The system prompt the upstream received, in either wire format."""
+    if isinstance(body.get("system"), list):  # Bedrock: text blocks
+        return "\n\n".join(block["text"] for block in body["system"])
     if "system" in body:  # Anthropic
         return str(body["system"])
     return str(body["messages"][0]["content"]) if body["messages"][0]["role"] == "system" else ""
@@ -69,7 +71,7 @@ def test_a_response_parses_and_instructions_become_the_system_prompt(
     body = gw.last().body
     assert _system(body) == "Be brief."
     assert body["messages"][-1]["role"] == "user"
-    assert body["temperature"] == 0.3
+    assert sampling(gw.kind, body, "temperature") == 0.3
 
 
 def test_a_streamed_response_sends_the_documented_events_in_order(
@@ -127,6 +129,11 @@ def test_function_tools_reach_the_upstream_and_calls_come_back(
     assert calls[0].call_id
     assert response.tools[0].type == "function"
     assert response.tools[0].name == "get_weather"
+    if gw.kind == "bedrock":
+        ((_, spec),) = gw.last().body["toolConfig"]["tools"][0].items()
+        assert (spec["name"], spec["strict"]) == ("get_weather", True)
+        assert spec["inputSchema"] == {"json": WEATHER_TOOL["parameters"]}
+        return
     (tool,) = gw.last().body["tools"]
     if gw.kind == "openai":
         function = tool["function"]
@@ -183,6 +190,15 @@ def test_a_function_call_output_goes_back_to_the_upstream(
             "tool",
             call.call_id,
             "sunny",
+        )
+    elif gw.kind == "bedrock":
+        assistant, result = messages[-2], messages[-1]
+        (use,) = [b["toolUse"] for b in assistant["content"] if "toolUse" in b]
+        assert (use["toolUseId"], use["input"]) == (call.call_id, {"city": "Paris"})
+        (tool_result,) = [b["toolResult"] for b in result["content"]]
+        assert (tool_result["toolUseId"], tool_result["content"]) == (
+            call.call_id,
+            [{"text": "sunny"}],
         )
     else:
         assistant, result = messages[-2], messages[-1]

@@ -16,7 +16,9 @@ a hang). It counts the requests it saw, the faults it injected and the connectio
 closed before their answer was complete.
 
 Endpoints: ``POST /v1/chat/completions``, ``POST /v1/responses``, ``GET /v1/models``,
-``POST /v1/embeddings`` (OpenAI) and ``POST /v1/messages`` (Anthropic), streaming and not. An
+``POST /v1/embeddings`` (OpenAI), ``POST /v1/messages`` (Anthropic) and
+``POST /model/{modelId}/converse[-stream]`` (AWS Bedrock, :mod:`.fake_bedrock`, which checks
+SigV4 signatures), streaming and not. An
 embeddings request takes its behaviour's ``status``, ``body``, ``headers`` and ``hang``; the
 rest is for chats and responses (a streamed response's ``error_after`` sends an ``error``
 event).
@@ -44,6 +46,7 @@ import attrs
 import trio
 
 from ..workers.echo import split_tokens
+from . import fake_bedrock
 
 __all__ = [
     "FAULT_KINDS",
@@ -453,7 +456,7 @@ class FakeProvider:
         self._seen += 1
         self._active += 1
         try:
-            await self._answer_watching(scope, headers, body, receive, send)
+            await self._answer_watching(scope, headers, body, receive, send, raw)
         finally:
             self._active -= 1
 
@@ -467,7 +470,13 @@ class FakeProvider:
                 return
 
     async def _answer_watching(
-        self, scope: Scope, headers: Mapping[str, str], body: Any, receive: Receive, send: Send
+        self,
+        scope: Scope,
+        headers: Mapping[str, str],
+        body: Any,
+        receive: Receive,
+        send: Send,
+        raw: bytes = b"",
     ) -> None:
         done = False
 
@@ -489,7 +498,9 @@ class FakeProvider:
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(watch)
-            await self._route(scope["method"], scope["path"], headers, body, send_marking_done)
+            await self._route(
+                scope["method"], scope["path"], headers, body, send_marking_done, (scope, raw)
+            )
             nursery.cancel_scope.cancel()
 
     def _pick(self, headers: Mapping[str, str], body: Any) -> Behaviour:
@@ -513,7 +524,13 @@ class FakeProvider:
         return self._by_model.get(str(model), self.default)
 
     async def _route(
-        self, method: str, path: str, headers: Mapping[str, str], body: Any, send: Send
+        self,
+        method: str,
+        path: str,
+        headers: Mapping[str, str],
+        body: Any,
+        send: Send,
+        received: tuple[Scope, bytes] | None = None,
     ) -> None:
         if method == "GET" and path == "/v1/models":
             data = [
@@ -532,6 +549,8 @@ class FakeProvider:
                 await _json(send, 400, {"type": "error", "error": error})
                 return
             await self._chat(self._pick(headers, body), body, send, anthropic=True)
+        elif method == "POST" and fake_bedrock.is_converse(path) and isinstance(body, Mapping):
+            await self._bedrock(path, headers, body, send, received)
         else:
             error = {"message": f"no route for {method} {path}", "type": "not_found"}
             await _json(send, 404, {"error": error})
@@ -557,6 +576,24 @@ class FakeProvider:
         else:
             usage = bool((body.get("stream_options") or {}).get("include_usage"))
             await (_openai_stream(answer, usage) if stream else _openai_json(answer))
+
+    async def _bedrock(
+        self,
+        path: str,
+        headers: Mapping[str, str],
+        body: Mapping[str, Any],
+        send: Send,
+        received: tuple[Scope, bytes] | None,
+    ) -> None:
+        scope, raw = received or ({"raw_path": path.encode(), "method": "POST"}, b"")
+        refused = fake_bedrock.refusal(headers, scope, raw)
+        if refused is not None:
+            await fake_bedrock.error(send, 403, *refused)
+            return
+        planning = fake_bedrock.planning_body(path, body)
+        b = self._pick(headers, planning)
+        answer = self._plan(b, planning, send, anthropic=True)
+        await fake_bedrock.converse(answer, stream=path.endswith("/converse-stream"))
 
     async def _responses(self, b: Behaviour, body: Mapping[str, Any], send: Send) -> None:
         if b.hang:

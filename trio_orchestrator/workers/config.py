@@ -38,7 +38,7 @@ __all__ = [
     "Timeouts",
 ]
 
-Kind = Literal["openai", "anthropic", "echo"]
+Kind = Literal["openai", "anthropic", "echo", "bedrock"]
 HTTPClient = Literal["httpx", "httpx2"]
 Strategy = Literal["round_robin", "least_loaded", "weighted", "session"]
 STRATEGIES: tuple[Strategy, ...] = ("round_robin", "least_loaded", "weighted", "session")
@@ -47,11 +47,17 @@ ANTHROPIC_VERSION = "2023-06-01"
 DEFAULT_BASE_URLS = {
     "openai": "https://api.openai.com/v1",
     "anthropic": "https://api.anthropic.com",
+    # Per region: ``{region}`` is the provider's ``region``.
+    "bedrock": "https://bedrock-runtime.{region}.amazonaws.com",
 }
 
 
 def _to_secrets(value: Sequence[str | Secret]) -> tuple[Secret, ...]:
     return tuple(v if isinstance(v, Secret) else Secret(v) for v in value)
+
+
+def _to_secret(value: str | Secret | None) -> Secret | None:
+    return value if value is None or isinstance(value, Secret) else Secret(value)
 
 
 def _to_strings(value: Iterable[str]) -> tuple[str, ...]:
@@ -85,8 +91,8 @@ class ProviderConfig:
     """One provider.
 
     Attributes:
-        kind: ``"openai"`` (any ``/v1/chat/completions`` server), ``"anthropic"`` or
-            ``"echo"`` (offline).
+        kind: ``"openai"`` (any ``/v1/chat/completions`` server), ``"anthropic"``,
+            ``"bedrock"`` (AWS Bedrock's Converse API) or ``"echo"`` (offline).
         name: the provider's name in errors, logs and statistics.
         base_url: the API root; default OpenAI's ``https://api.openai.com/v1`` or Anthropic's
             ``https://api.anthropic.com``. For vLLM/llama.cpp/Ollama/LM Studio give the
@@ -121,9 +127,19 @@ class ProviderConfig:
             ``model`` rewritten; streamed upstream exactly when the client streams) and its
             answer or events come back verbatim. Off (the default), the request is
             translated to Chat Completions. See docs/endpoints.md.
+        region: for ``"bedrock"``, the AWS region (``us-east-1``…): the endpoint
+            ``https://bedrock-runtime.{region}.amazonaws.com`` and the SigV4 scope; default
+            the ``AWS_REGION`` / ``AWS_DEFAULT_REGION`` environment variable.
+        aws_access_key_id: for ``"bedrock"``, the access key id requests are signed with
+            (AWS SigV4); default ``AWS_ACCESS_KEY_ID``. Without ``api_keys`` (Bedrock API
+            keys, sent as a bearer token; ``AWS_BEARER_TOKEN_BEDROCK``) requests are signed.
+        aws_secret_access_key: for ``"bedrock"``, the secret key that signs; default
+            ``AWS_SECRET_ACCESS_KEY``.
+        aws_session_token: for ``"bedrock"``, the session token of temporary credentials;
+            default ``AWS_SESSION_TOKEN``.
     """
 
-    kind: Kind = attrs.field(validator=one_of("openai", "anthropic", "echo"))
+    kind: Kind = attrs.field(validator=one_of("openai", "anthropic", "echo", "bedrock"))
     name: str = ""
     base_url: str | None = None
     api_keys: tuple[Secret, ...] = attrs.field(default=(), converter=_to_secrets)
@@ -141,11 +157,23 @@ class ProviderConfig:
     max_tokens: int = attrs.field(default=4096, validator=positive_int)
     anthropic_version: str = ANTHROPIC_VERSION
     responses_api: bool = attrs.field(default=False)
+    region: str | None = attrs.field(default=None)
+    aws_access_key_id: str | None = attrs.field(default=None)
+    aws_secret_access_key: Secret | None = attrs.field(default=None, converter=_to_secret)
+    aws_session_token: Secret | None = attrs.field(default=None, converter=_to_secret)
 
     @responses_api.validator
     def _check_responses_api(self, _attribute: object, value: bool) -> None:
         if value and self.kind != "openai":
             raise ValueError(f"responses_api is for kind 'openai' providers, not {self.kind!r}")
+
+    @region.validator
+    @aws_access_key_id.validator
+    @aws_secret_access_key.validator
+    @aws_session_token.validator
+    def _check_bedrock_only(self, attribute: attrs.Attribute[object], value: object) -> None:
+        if value is not None and self.kind != "bedrock":
+            raise ValueError(f"{attribute.name} is for kind 'bedrock' providers, not {self.kind!r}")
 
     @property
     def label(self) -> str:

@@ -14,6 +14,7 @@ import httpx
 from .anthropic import AnthropicWorker
 from .balance import LoadBalancedWorker
 from .base import ModelWorker
+from .bedrock import BedrockWorker, bedrock_worker
 from .config import DEFAULT_BASE_URLS, HTTPClient, ProviderConfig, ProvidersConfig
 from .echo import EchoWorker
 from .keys import KeyPool
@@ -53,6 +54,8 @@ def worker_for(provider: ProviderConfig, client: httpx.AsyncClient | None) -> Mo
             provider.rejected_key_cooldown,
             provider.models,
         )
+    if provider.kind == "bedrock":
+        return bedrock_worker(provider, client, pool)
     base_url = provider.base_url or DEFAULT_BASE_URLS[provider.kind]
     if provider.kind == "anthropic":
         return AnthropicWorker(
@@ -78,7 +81,7 @@ def worker_for(provider: ProviderConfig, client: httpx.AsyncClient | None) -> Mo
 
 def key_pool(worker: ModelWorker) -> KeyPool | None:
     """The key pool of a worker :func:`worker_for` built, if it has one."""
-    if isinstance(worker, OpenAIWorker | AnthropicWorker):
+    if isinstance(worker, OpenAIWorker | AnthropicWorker | BedrockWorker):
         return worker.keys
     return None
 

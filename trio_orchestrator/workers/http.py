@@ -57,7 +57,9 @@ from .keys import KeyPool
 from .transport import pool_limits
 
 __all__ = [
+    "ErrorMaker",
     "HTTPProvider",
+    "StreamDecoder",
     "StreamParser",
     "Timeouts",
     "error_from_body",
@@ -77,6 +79,31 @@ _CONTEXT_PATTERNS = re.compile(
     re.IGNORECASE,
 )
 _KEYISH = re.compile(r"\b(sk|key)-[A-Za-z0-9_\-*]{6,}")
+
+
+class StreamDecoder(Protocol):
+    """Turns a streamed body's bytes into events, incrementally (see :class:`SSEDecoder`)."""
+
+    def feed(self, chunk: bytes) -> list[ServerSentEvent]:
+        """Take the next chunk; return the events it completed."""
+
+    def close(self) -> list[ServerSentEvent]:
+        """The body ended: return what is left, or raise if it was cut mid-event."""
+
+
+class ErrorMaker(Protocol):
+    """Makes the typed error for an HTTP error answer (see :func:`error_from_response`)."""
+
+    def __call__(
+        self,
+        status: int,
+        headers: Mapping[str, str],
+        body: bytes,
+        *,
+        provider: str,
+        secrets: Sequence[Secret] = (),
+    ) -> ProviderError:
+        """The error for ``status``, ``headers`` and ``body``."""
 
 
 class StreamParser(Protocol):
@@ -381,6 +408,12 @@ class HTTPProvider:
         timeouts: the four timeouts.
         auth: the headers that carry a key.
         headers: headers sent on every call.
+        sign: called with every request as built, to add headers computed from its exact
+            bytes (AWS SigV4); None for providers whose key is a header.
+        decoder: makes the stream decoder for a provider name: bytes in, events out
+            (:class:`SSEDecoder` unless the provider frames its stream another way).
+        error: the typed error for an HTTP error answer, for providers whose errors are
+            not OpenAI's or Anthropic's shape (:func:`error_from_response` by default).
     """
 
     client: httpx.AsyncClient
@@ -390,6 +423,9 @@ class HTTPProvider:
     timeouts: Timeouts
     auth: Callable[[Secret], dict[str, str]]
     headers: Mapping[str, str] = attrs.field(factory=dict)
+    sign: Callable[[httpx.Request], None] | None = None
+    decoder: Callable[[str], StreamDecoder] = SSEDecoder
+    error: ErrorMaker | None = None
     _urls: dict[str, httpx.URL] = attrs.field(factory=dict, init=False)
 
     def __repr__(self) -> str:
@@ -517,7 +553,7 @@ class HTTPProvider:
         if url is None:
             # Parsed once per path, with the client's own URL class (httpx's or httpx2's).
             url = self._urls[path] = type(self.client.base_url)(self.base_url.rstrip("/") + path)
-        return self.client.build_request(
+        request = self.client.build_request(
             method,
             url,
             content=None if body is None else self._encode(body),
@@ -527,6 +563,9 @@ class HTTPProvider:
                 "timeout": {"connect": connect, "read": None, "write": connect, "pool": None}
             },
         )
+        if self.sign is not None:
+            self.sign(request)  # last: it signs the headers and bytes that go out
+        return request
 
     def _encode(self, body: Mapping[str, Any]) -> bytes:
         """The body as JSON; what JSON cannot carry is the caller's fault, not the upstream's.
@@ -622,7 +661,7 @@ class HTTPProvider:
         Returns:
             Whether the body has bytes left after the answer's end.
         """
-        decoder = SSEDecoder(self.name)
+        decoder = self.decoder(self.name)
         idle = self.timeouts.idle
         chunk: bytes | None = b""
         while not parser.finished and chunk is not None:
@@ -680,7 +719,7 @@ class HTTPProvider:
         try:
             if response.status_code >= 400:
                 content = await _read_some(response, MAX_ERROR_BODY)
-                raise error_from_response(
+                raise (self.error or error_from_response)(
                     response.status_code,
                     response.headers,
                     content,

@@ -56,6 +56,9 @@ TABLE_COLUMNS: Mapping[str, str] = {
 FEATURES: Mapping[str, KindFeatures] = {
     "openai": KindFeatures(embeddings=True, lists_models=True),
     "anthropic": KindFeatures(),
+    # Converse: images as bytes (data: URLs), outputConfig.textFormat for JSON schemas; its
+    # embeddings are InvokeModel's, model by model, not Converse.
+    "bedrock": KindFeatures(),
     "echo": KindFeatures(tools=False, vision=False, structured_output=False, cached_tokens=False),
 }
 

@@ -1,0 +1,281 @@
+"""The Bedrock worker over real HTTP to the fake provider, its SigV4 signing, its errors,
+and its configuration (served-path tests: tests/conformance/test_bedrock_*.py)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import attrs
+import httpx
+import pytest
+
+from trio_orchestrator.config.secret import Secret
+from trio_orchestrator.errors import (
+    AuthenticationError,
+    ConfigError,
+    ContextLengthExceeded,
+    MalformedResponse,
+    ModelNotFound,
+    Overloaded,
+    PermissionDenied,
+    ProviderConnectionError,
+    RateLimited,
+    ServerError,
+    UnsupportedParameter,
+)
+from trio_orchestrator.testing.fake_bedrock import CREDENTIALS, verify_sigv4
+from trio_orchestrator.testing.fake_provider import Behaviour, FakeProvider, open_fake_provider
+from trio_orchestrator.types import GenerationParams, PromptRequest
+from trio_orchestrator.workers import ProviderConfig, ProvidersConfig, build_worker, collect
+from trio_orchestrator.workers.bedrock import AWSCredentials, BedrockWorker, bedrock_error
+
+((KEY_ID, SECRET),) = CREDENTIALS.items()
+REQUEST = PromptRequest(input="hello", params=GenerationParams(model="amazon.nova-pro-v1:0"))
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeProvider]:
+    async with open_fake_provider(Behaviour(text="Hello from Bedrock")) as fake:
+        yield fake
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient() as client:
+        yield client
+
+
+def signed(client: httpx.AsyncClient, fake: FakeProvider, *, stream: bool = True) -> BedrockWorker:
+    """A worker signing with the credentials the fake holds."""
+    credentials = AWSCredentials(KEY_ID, Secret(SECRET))
+    return BedrockWorker(
+        client, fake.base_url, stream=stream, credentials=credentials, region="us-east-1"
+    )
+
+
+# ------------------------------------------------------------------ SigV4
+
+
+ANSWER = {
+    "output": {"message": {"role": "assistant", "content": [{"text": "ok"}]}},
+    "stopReason": "end_turn",
+    "usage": {"inputTokens": 1, "outputTokens": 1, "totalTokens": 2},
+}
+
+
+async def _sent(credentials: AWSCredentials) -> httpx.Request:
+    """The request a non-streaming worker sends, as it went out."""
+    sent: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(200, json=ANSWER)
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+        worker = BedrockWorker(
+            client, "http://bedrock.test", stream=False, credentials=credentials, region="us-east-1"
+        )
+        await collect(worker, REQUEST)
+    return sent[0]
+
+
+def _check(request: httpx.Request, body: bytes | None = None, url: str | None = None) -> Any:
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    content = request.content if body is None else body
+    return verify_sigv4("POST", url or str(request.url), headers, content)
+
+
+async def test_the_signature_covers_the_body_the_headers_and_the_query() -> None:
+    """The fake's re-signing accepts the worker's signature, and refuses it once the body,
+    a signed header or the query differs from what was signed."""
+    request = await _sent(AWSCredentials(KEY_ID, Secret(SECRET), Secret("token")))
+    assert request.url.raw_path == b"/model/amazon.nova-pro-v1%3A0/converse"
+    assert _check(request) is None
+    assert _check(request, body=request.content + b" ")[0] == "InvalidSignatureException"
+    assert _check(request, url=f"{request.url}?trace=1")[0] == "InvalidSignatureException"
+    request.headers["x-amz-security-token"] = "another-token"
+    assert _check(request)[0] == "InvalidSignatureException"
+    request.headers["x-amz-security-token"] = "token"
+    request.headers["content-type"] = "text/plain"
+    assert _check(request)[0] == "InvalidSignatureException"
+
+
+async def test_an_unknown_access_key_is_unrecognized(
+    fake: FakeProvider, client: httpx.AsyncClient
+) -> None:
+    """A request signed with an access key the fake does not hold is a 403 that the worker
+    types as an authentication failure."""
+    credentials = AWSCredentials("AKIAUNKNOWN", Secret("x"))
+    worker = BedrockWorker(client, fake.base_url, credentials=credentials, region="us-east-1")
+    with pytest.raises(AuthenticationError, match="UnrecognizedClientException"):
+        await collect(worker, REQUEST)
+
+
+async def test_a_bedrock_api_key_is_a_bearer_token(
+    fake: FakeProvider, client: httpx.AsyncClient
+) -> None:
+    """api_keys are Bedrock API keys: sent as Authorization: Bearer, no region needed with a
+    base_url, and a 429 on one key moves to the next."""
+    fake.set_key("bedrock-key-1", Behaviour(status=429, error_type="ThrottlingException"))
+    config = ProviderConfig(
+        "bedrock", "aws", fake.base_url, api_keys=["bedrock-key-1", "bedrock-key-2"]
+    )
+    worker = build_worker(ProvidersConfig([config]), client)
+    completion = await collect(worker, REQUEST)
+    assert completion.text == "Hello from Bedrock"
+    assert fake.requests[-1].headers["authorization"] == "Bearer bedrock-key-2"
+    assert fake.requests[-1].path == "/model/amazon.nova-pro-v1:0/converse-stream"
+
+
+# ------------------------------------------------------------------ answers
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_text_tool_calls_and_usage(
+    fake: FakeProvider, client: httpx.AsyncClient, stream: bool
+) -> None:
+    """Text, a tool call (streamed as toolUse input pieces) and the usage become one Done
+    with OpenAI's finish reason."""
+    fake.script(Behaviour(text="Let me check.", tool_calls=(("get_weather", '{"city": "Oslo"}'),)))
+    completion = await collect(signed(client, fake, stream=stream), REQUEST)
+    assert completion.text == "Let me check."
+    assert completion.finish_reason == "tool_calls"
+    ((name, arguments),) = [(c.name, c.arguments) for c in completion.tool_calls]
+    assert (name, arguments.replace(" ", "")) == ("get_weather", '{"city":"Oslo"}')
+    assert completion.usage is not None
+    assert completion.usage.output_tokens > 0
+
+
+async def test_a_broken_frame_is_malformed(fake: FakeProvider, client: httpx.AsyncClient) -> None:
+    """Bytes that are no event-stream frame (botocore's prelude check) are MalformedResponse."""
+    fake.script(Behaviour(malformed_after=1))
+    with pytest.raises(MalformedResponse, match="event-stream"):
+        await collect(signed(client, fake), REQUEST)
+
+
+async def test_a_stream_without_message_stop_is_incomplete(
+    fake: FakeProvider, client: httpx.AsyncClient
+) -> None:
+    """A stream that ends before messageStop is a connection error, never a short answer."""
+    fake.script(Behaviour(omit_done=True))
+    with pytest.raises(ProviderConnectionError, match="messageStop"):
+        await collect(signed(client, fake), REQUEST)
+
+
+async def test_a_refused_member_never_reaches_the_upstream(
+    fake: FakeProvider, client: httpx.AsyncClient
+) -> None:
+    """A seed is refused before any call, naming it."""
+    request = PromptRequest(input="hi", params=GenerationParams(model="m", seed=3))
+    with pytest.raises(UnsupportedParameter, match="seed"):
+        await collect(signed(client, fake), request)
+    assert fake.requests == []
+
+
+# ------------------------------------------------------------------ errors
+
+
+@pytest.mark.parametrize(
+    ("status", "name", "expected"),
+    [
+        (429, "ThrottlingException", RateLimited),
+        (400, "ServiceQuotaExceededException", RateLimited),
+        (403, "AccessDeniedException", PermissionDenied),
+        (403, "UnrecognizedClientException", AuthenticationError),
+        (404, "ResourceNotFoundException", ModelNotFound),
+        (424, "ModelErrorException", ServerError),
+        (503, "ServiceUnavailableException", Overloaded),
+        (500, "", ServerError),
+    ],
+)
+def test_the_exception_name_picks_the_error(status: int, name: str, expected: type) -> None:
+    """x-amzn-ErrorType (with its namespace suffix) names the exception; without it, the status."""
+    headers = (
+        {"x-amzn-ErrorType": f"{name}:http://internal.amazon.com/coral/com.amazon.bedrock/"}
+        if name
+        else {}
+    )
+    error = bedrock_error(status, headers, b'{"message": "no"}', provider="aws")
+    assert type(error) is expected
+    assert error.status == status
+
+
+def test_the_body_type_names_the_exception_and_too_long_is_context_length() -> None:
+    """``__type`` works as the header does; a ValidationException about a too long input is
+    ContextLengthExceeded; a 429's Retry-After is kept."""
+    body = b'{"__type": "com.amazon.bedrock#ValidationException", "message": "Input is too long"}'
+    assert type(bedrock_error(400, {}, body, provider="aws")) is ContextLengthExceeded
+    throttled = bedrock_error(429, {"retry-after": "4"}, b"{}", provider="aws")
+    assert throttled.retry_after == 4.0
+
+
+# ------------------------------------------------------------------ configuration
+
+
+def test_aws_settings_are_for_bedrock_only() -> None:
+    """region and the aws_* keys on another kind are refused, naming the key."""
+    with pytest.raises(ValueError, match="region is for kind 'bedrock'"):
+        ProviderConfig("openai", region="us-east-1")
+
+
+async def test_credentials_and_region_come_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, client: httpx.AsyncClient
+) -> None:
+    """AWS_REGION and AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY make a signing worker for the
+    region's endpoint; AWS_BEARER_TOKEN_BEDROCK alone makes a bearer one."""
+    monkeypatch.setenv("AWS_REGION", "ap-southeast-2")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDENV")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "env-secret")
+    worker = build_worker(ProvidersConfig([ProviderConfig("bedrock")]), client)
+    assert isinstance(worker, BedrockWorker)
+    assert worker.base_url == "https://bedrock-runtime.ap-southeast-2.amazonaws.com"
+    assert worker.credentials is not None
+    assert worker.credentials.access_key_id == "AKIDENV"
+    assert worker.keys is None
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.setenv("AWS_BEARER_TOKEN_BEDROCK", "bedrock-api-key")
+    worker = build_worker(ProvidersConfig([ProviderConfig("bedrock")]), client)
+    assert isinstance(worker, BedrockWorker)
+    assert worker.keys is not None
+    assert worker.credentials is None
+
+
+async def test_no_region_or_no_credentials_is_a_config_error(
+    monkeypatch: pytest.MonkeyPatch, client: httpx.AsyncClient
+) -> None:
+    """Without a region (or any credentials) building the provider says what to set."""
+    for name in (
+        "AWS_REGION",
+        "AWS_DEFAULT_REGION",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_BEARER_TOKEN_BEDROCK",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ConfigError, match="region"):
+        build_worker(ProvidersConfig([ProviderConfig("bedrock", api_keys=["k"])]), client)
+    with pytest.raises(ConfigError, match="aws_access_key_id"):
+        build_worker(ProvidersConfig([ProviderConfig("bedrock", region="us-east-1")]), client)
+
+
+async def test_a_reload_changing_the_credentials_is_refused(client: httpx.AsyncClient) -> None:
+    """A reload with new aws_* credentials or region says it needs a restart (the signer
+    keeps what it was built with); the same settings reload quietly."""
+    config = ProviderConfig(
+        "bedrock", "aws", region="us-east-1", aws_access_key_id="AKID", aws_secret_access_key="s"
+    )
+    worker = build_worker(ProvidersConfig([config]), client)
+    assert isinstance(worker, BedrockWorker)
+    assert worker.reconfigure(config) == []
+    rotated = attrs.evolve(config, aws_secret_access_key=Secret("rotated"))
+    (refusal,) = worker.reconfigure(rotated)
+    assert "aws_* credentials change only on a restart" in refusal
+
+
+async def test_a_dropped_connection_mid_stream_is_a_connection_error(
+    fake: FakeProvider, client: httpx.AsyncClient
+) -> None:
+    """The upstream dropping the connection after a token is ProviderConnectionError."""
+    fake.script(Behaviour(disconnect_after=1))
+    with pytest.raises(ProviderConnectionError):
+        await collect(signed(client, fake), REQUEST)
