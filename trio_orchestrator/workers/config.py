@@ -38,7 +38,7 @@ __all__ = [
     "Timeouts",
 ]
 
-Kind = Literal["openai", "anthropic", "echo"]
+Kind = Literal["openai", "anthropic", "echo", "gemini", "vertex"]
 HTTPClient = Literal["httpx", "httpx2"]
 Strategy = Literal["round_robin", "least_loaded", "weighted", "session"]
 STRATEGIES: tuple[Strategy, ...] = ("round_robin", "least_loaded", "weighted", "session")
@@ -47,6 +47,7 @@ ANTHROPIC_VERSION = "2023-06-01"
 DEFAULT_BASE_URLS = {
     "openai": "https://api.openai.com/v1",
     "anthropic": "https://api.anthropic.com",
+    "gemini": "https://generativelanguage.googleapis.com",
 }
 
 
@@ -85,7 +86,8 @@ class ProviderConfig:
     """One provider.
 
     Attributes:
-        kind: ``"openai"`` (any ``/v1/chat/completions`` server), ``"anthropic"`` or
+        kind: ``"openai"`` (any ``/v1/chat/completions`` server), ``"anthropic"``,
+            ``"gemini"`` (Google's Gemini API), ``"vertex"`` (Gemini on Vertex AI) or
             ``"echo"`` (offline).
         name: the provider's name in errors, logs and statistics.
         base_url: the API root; default OpenAI's ``https://api.openai.com/v1`` or Anthropic's
@@ -121,9 +123,16 @@ class ProviderConfig:
             ``model`` rewritten; streamed upstream exactly when the client streams) and its
             answer or events come back verbatim. Off (the default), the request is
             translated to Chat Completions. See docs/endpoints.md.
+        credentials_file: for ``"vertex"``, the service-account JSON key file (default: the
+            ``GOOGLE_APPLICATION_CREDENTIALS`` environment variable); its ``token_uri`` is
+            where access tokens are exchanged.
+        project: for ``"vertex"``, the Google Cloud project (default: the key file's
+            ``project_id``).
+        location: for ``"vertex"``, the region (default ``us-central1``; ``global`` too).
+            The base URL defaults to ``https://{location}-aiplatform.googleapis.com``.
     """
 
-    kind: Kind = attrs.field(validator=one_of("openai", "anthropic", "echo"))
+    kind: Kind = attrs.field(validator=one_of("openai", "anthropic", "echo", "gemini", "vertex"))
     name: str = ""
     base_url: str | None = None
     api_keys: tuple[Secret, ...] = attrs.field(default=(), converter=_to_secrets)
@@ -141,11 +150,21 @@ class ProviderConfig:
     max_tokens: int = attrs.field(default=4096, validator=positive_int)
     anthropic_version: str = ANTHROPIC_VERSION
     responses_api: bool = attrs.field(default=False)
+    credentials_file: str | None = None
+    project: str | None = None
+    location: str | None = None
 
     @responses_api.validator
     def _check_responses_api(self, _attribute: object, value: bool) -> None:
         if value and self.kind != "openai":
             raise ValueError(f"responses_api is for kind 'openai' providers, not {self.kind!r}")
+
+    @credentials_file.validator
+    @project.validator
+    @location.validator
+    def _check_vertex_only(self, attribute: attrs.Attribute[str | None], value: str | None) -> None:
+        if value is not None and self.kind != "vertex":
+            raise ValueError(f"{attribute.name} is for kind 'vertex' providers, not {self.kind!r}")
 
     @property
     def label(self) -> str:
