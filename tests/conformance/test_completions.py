@@ -5,13 +5,14 @@ what cannot be served is a 400 naming it."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import openai
 import pytest
 
 from trio_orchestrator.testing.fake_provider import Behaviour
 
-from .conftest import Gateway
+from .conftest import GOOGLE_KINDS, Gateway
 
 
 @pytest.fixture
@@ -22,11 +23,24 @@ def client(gw: Gateway) -> Iterator[openai.OpenAI]:
 
 
 def _user_text(gw: Gateway) -> str:
-    """The text of the last user message the upstream received, in either wire format."""
+    """The text of the last user message the upstream received, in any wire format."""
+    if gw.kind in GOOGLE_KINDS:
+        return "".join(part["text"] for part in gw.last().body["contents"][-1]["parts"])
     content = gw.last().body["messages"][-1]["content"]
     if isinstance(content, str):
         return content
     return "".join(block["text"] for block in content if block["type"] == "text")
+
+
+def _config(gw: Gateway) -> dict[str, Any]:
+    """The sampling members the upstream received, by their OpenAI/Anthropic names (a
+    Google upstream has them in ``generationConfig``, named its way)."""
+    body: dict[str, Any] = gw.last().body
+    if gw.kind not in GOOGLE_KINDS:
+        return body
+    config = body["generationConfig"]
+    names = {"maxOutputTokens": "max_tokens", "topP": "top_p", "stopSequences": "stop_sequences"}
+    return {names.get(key, key): value for key, value in config.items()}
 
 
 def test_a_text_completion_parses_and_reaches_the_upstream_as_a_prompt(
@@ -43,7 +57,7 @@ def test_a_text_completion_parses_and_reaches_the_upstream_as_a_prompt(
     assert answer.usage is not None
     assert answer.usage.total_tokens == answer.usage.prompt_tokens + answer.usage.completion_tokens
     assert _user_text(gw) == "The capital of France:"
-    assert gw.last().body["max_tokens"] == 16
+    assert _config(gw)["max_tokens"] == 16
 
 
 def test_sampling_members_reach_the_upstream(gw: Gateway, client: openai.OpenAI) -> None:
@@ -57,7 +71,7 @@ def test_sampling_members_reach_the_upstream(gw: Gateway, client: openai.OpenAI)
         top_p=0.9,
         stop=["\n"],
     )
-    body = gw.last().body
+    body = _config(gw)
     assert (body["max_tokens"], body["temperature"], body["top_p"]) == (5, 0.5, 0.9)
     assert body["stop" if gw.kind == "openai" else "stop_sequences"] == ["\n"]
 

@@ -17,7 +17,7 @@ from trio_orchestrator.config.secret import Secret
 from trio_orchestrator.config.service import ApiKeyConfig, ServiceConfig
 from trio_orchestrator.testing.fake_provider import Behaviour, FakeProvider
 
-from .conftest import Gateway, single_provider, start_gateway
+from .conftest import GOOGLE_KINDS, Gateway, single_provider, start_gateway
 
 MODEL = "fake-model"
 PIXEL = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJ"  # the start of a PNG, base64
@@ -80,7 +80,13 @@ def test_max_tokens_reached_is_the_max_tokens_stop_reason(gw: Gateway) -> None:
     gw.script(Behaviour(tokens=20))
     answer = _ask(gw, max_tokens=3)
     assert answer.stop_reason == "max_tokens"
-    assert gw.last().body["max_tokens"] == 3
+    body = gw.last().body
+    limit = (
+        body["generationConfig"]["maxOutputTokens"]
+        if gw.kind in GOOGLE_KINDS
+        else body["max_tokens"]
+    )
+    assert limit == 3
 
 
 def test_system_and_turns_reach_the_upstream_translated(gw: Gateway) -> None:
@@ -104,6 +110,10 @@ def test_system_and_turns_reach_the_upstream_translated(gw: Gateway) -> None:
         turns = body["messages"][2:]
         assert [m["role"] for m in turns] == ["user", "assistant", "user"]
         assert [m["content"] for m in turns] == ["Hello", "Hi! How can I help?", "How are you?"]
+    elif gw.kind in GOOGLE_KINDS:
+        assert body["systemInstruction"] == {"parts": [{"text": "Be brief.\n\nBe kind."}]}
+        assert [c["role"] for c in body["contents"]] == ["user", "model", "user"]
+        assert body["contents"][2]["parts"] == [{"text": "How are you?"}]
     else:
         assert body["system"] == "Be brief.\n\nBe kind."
         assert [m["role"] for m in body["messages"]] == ["user", "assistant", "user"]
@@ -118,6 +128,10 @@ def test_an_image_block_reaches_the_upstream_as_its_image_format(gw: Gateway) ->
     image = {"type": "base64", "media_type": "image/png", "data": PIXEL}
     content = [{"type": "text", "text": "What is this?"}, {"type": "image", "source": image}]
     _ask(gw, messages=[{"role": "user", "content": content}])
+    if gw.kind in GOOGLE_KINDS:
+        inline = {"inlineData": {"mimeType": "image/png", "data": PIXEL}}
+        assert gw.last().body["contents"][-1]["parts"] == [{"text": "What is this?"}, inline]
+        return
     user = _upstream_messages(gw)[-1]
     if gw.kind == "openai":
         url = {"url": f"data:image/png;base64,{PIXEL}"}
@@ -145,6 +159,10 @@ def test_a_tool_use_answer_has_its_input_parsed(gw: Gateway) -> None:
         assert tools[0]["function"]["name"] == "get_weather"
         assert tools[0]["function"]["parameters"] == WEATHER["input_schema"]
         assert gw.last().body["tool_choice"] == "auto"
+    elif gw.kind in GOOGLE_KINDS:
+        (function,) = tools[0]["functionDeclarations"]
+        assert function["parameters"] == WEATHER["input_schema"]
+        assert gw.last().body["toolConfig"] == {"functionCallingConfig": {"mode": "AUTO"}}
     else:
         assert tools[0]["input_schema"] == WEATHER["input_schema"]
         assert gw.last().body["tool_choice"] == {"type": "auto"}
@@ -156,6 +174,7 @@ def test_a_tool_result_turn_reaches_the_upstream(gw: Gateway) -> None:
     gw.script(Behaviour(text="It is 18C in Paris."))
     call = {"type": "tool_use", "id": "toolu_01", "name": "get_weather", "input": {"city": "Paris"}}
     result = {"type": "tool_result", "tool_use_id": "toolu_01", "content": "18C"}
+    call_part = {"name": "get_weather", "args": {"city": "Paris"}}
     answer = _ask(
         gw,
         tools=[WEATHER],
@@ -166,6 +185,12 @@ def test_a_tool_result_turn_reaches_the_upstream(gw: Gateway) -> None:
         ],
     )
     assert answer.content[0].text == "It is 18C in Paris."  # type: ignore[union-attr]
+    if gw.kind in GOOGLE_KINDS:  # linked by the function's name: Google's calls have no ids
+        contents = gw.last().body["contents"]
+        assert contents[1] == {"role": "model", "parts": [{"functionCall": call_part}]}
+        response = {"name": "get_weather", "response": {"content": "18C"}}
+        assert contents[2] == {"role": "user", "parts": [{"functionResponse": response}]}
+        return
     messages = _upstream_messages(gw)
     if gw.kind == "openai":
         (sent,) = messages[1]["tool_calls"]
@@ -183,6 +208,15 @@ def test_tool_choice_any_without_parallel_calls_reaches_the_upstream(gw: Gateway
     """tool_choice any with disable_parallel_tool_use is required + parallel_tool_calls false
     (OpenAI), or as sent (Anthropic; needs the anthropic-translation branch's worker)."""
     gw.script(Behaviour(text="", tool_calls=(("get_weather", '{"city": "Oslo"}'),)))
+    if gw.kind in GOOGLE_KINDS:  # Gemini cannot be stopped from calling in parallel
+        with pytest.raises(anthropic.BadRequestError, match="parallel_tool_calls"):
+            _ask(
+                gw, tools=[WEATHER], tool_choice={"type": "any", "disable_parallel_tool_use": True}
+            )
+        _ask(gw, tools=[WEATHER], tool_choice={"type": "any"})
+        config = {"functionCallingConfig": {"mode": "ANY"}}
+        assert gw.last().body["toolConfig"] == config
+        return
     _ask(gw, tools=[WEATHER], tool_choice={"type": "any", "disable_parallel_tool_use": True})
     body = gw.last().body
     if gw.kind == "openai":
@@ -198,6 +232,10 @@ def test_anthropic_only_members_travel_by_their_names(gw: Gateway) -> None:
     thinking = {"type": "enabled", "budget_tokens": 2048}
     _ask(gw, thinking=thinking, extra_body={"top_k": 5})
     body = gw.last().body
+    if gw.kind in GOOGLE_KINDS:  # in Gemini's words
+        assert body["generationConfig"]["topK"] == 5
+        assert body["generationConfig"]["thinkingConfig"] == {"thinkingBudget": 2048}
+        return
     assert body["top_k"] == 5
     assert body["thinking"] == thinking
 
@@ -206,6 +244,12 @@ def test_the_user_id_and_service_tier_reach_the_upstream_in_its_words(gw: Gatewa
     """metadata.user_id and service_tier arrive as user / service_tier default (OpenAI) or as
     sent (Anthropic; needs the anthropic-translation branch's worker)."""
     gw.script(Behaviour(text="ok"))
+    if gw.kind in GOOGLE_KINDS:  # no end-user field at Google: refused, never dropped
+        with pytest.raises(anthropic.BadRequestError, match="`user`"):
+            _ask(gw, metadata={"user_id": "u-42"})
+        _ask(gw, service_tier="standard_only")  # Gemini's one tier
+        assert "service_tier" not in gw.last().body
+        return
     _ask(gw, metadata={"user_id": "u-42"}, service_tier="standard_only")
     body = gw.last().body
     if gw.kind == "openai":
@@ -327,14 +371,38 @@ _ANTHROPIC_CACHED = [
 ]
 
 
+# Gemini counts cached tokens inside promptTokenCount (the usage of the OpenAI answer above).
+_GOOGLE_CACHED: list[dict[str, Any]] = [
+    {
+        "candidates": [{"content": {"parts": [{"text": "Hi"}], "role": "model"}, "index": 0}],
+        "usageMetadata": {"promptTokenCount": 2006, "cachedContentTokenCount": 1920},
+        "modelVersion": MODEL,
+    },
+    {
+        "candidates": [
+            {"content": {"parts": [{"text": ""}], "role": "model"}, "finishReason": "STOP"}
+        ],
+        "usageMetadata": {
+            "promptTokenCount": 2006,
+            "cachedContentTokenCount": 1920,
+            "candidatesTokenCount": 300,
+            "totalTokenCount": 2306,
+        },
+        "modelVersion": MODEL,
+    },
+]
+
+
 def test_usage_reports_cache_reads_and_writes_as_anthropic_counts_them(gw: Gateway) -> None:
     """Cached prompt tokens come back as cache_read_input_tokens, and input_tokens excludes
     them. Needs the workers to report cache tokens (chat-answer branch)."""
-    recorded = _OPENAI_CACHED if gw.kind == "openai" else _ANTHROPIC_CACHED
+    recorded = {"openai": _OPENAI_CACHED, "anthropic": _ANTHROPIC_CACHED}.get(
+        gw.kind, _GOOGLE_CACHED
+    )
     for stream in (False, True):
         gw.script(Behaviour(events=tuple(recorded)))
         usage = (_final(gw) if stream else _ask(gw)).usage
-        if gw.kind == "openai":
+        if gw.kind != "anthropic":
             assert (usage.input_tokens, usage.cache_read_input_tokens) == (86, 1920)
             assert usage.cache_creation_input_tokens == 0
         else:

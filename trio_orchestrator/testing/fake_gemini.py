@@ -31,7 +31,14 @@ import trio
 
 from ..workers.echo import split_tokens
 
-__all__ = ["GoogleAuth", "GoogleCall", "answer", "google_call", "token_exchange"]
+__all__ = [
+    "GoogleAuth",
+    "GoogleCall",
+    "answer",
+    "google_call",
+    "service_account_file",
+    "token_exchange",
+]
 
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
@@ -52,6 +59,8 @@ _STATUSES = {
     503: "UNAVAILABLE",
     504: "DEADLINE_EXCEEDED",
 }
+#: The audience of a service account's JWT assertion (google-auth's, and Google's check).
+TOKEN_AUDIENCE = "https://oauth2.googleapis.com/token"
 _FINISH = {"stop": "STOP", "tool_calls": "STOP", "length": "MAX_TOKENS", "content_filter": "SAFETY"}
 
 
@@ -106,8 +115,9 @@ class GoogleAuth:
         """Whether an ``Authorization`` header carries a token this fake issued."""
         return authorization.removeprefix("Bearer ") in self._tokens
 
-    def exchange(self, form: Mapping[str, Any], token_url: str) -> tuple[int, dict[str, Any]]:
-        """Answer a token request: ``(status, JSON body)`` as Google's OAuth server does."""
+    def exchange(self, form: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
+        """Answer a token request: ``(status, JSON body)`` as Google's OAuth server does (the
+        assertion's audience is Google's token endpoint, wherever it was posted)."""
         from google.auth import exceptions, jwt
 
         if form.get("grant_type") != "urn:ietf:params:oauth:grant-type:jwt-bearer":
@@ -118,7 +128,7 @@ class GoogleAuth:
             key = self._keys.get(str(claims.get("iss")))
             if key is None:
                 return 400, {"error": "invalid_grant", "error_description": "Invalid issuer"}
-            jwt.decode(assertion, certs=key, audience=token_url)  # type: ignore[no-untyped-call]
+            jwt.decode(assertion, certs=key, audience=TOKEN_AUDIENCE)  # type: ignore[no-untyped-call]
         except (exceptions.GoogleAuthError, ValueError) as exc:
             return 400, {"error": "invalid_grant", "error_description": f"Invalid JWT: {exc}"}
         token = "ya29." + secrets.token_urlsafe(24)
@@ -127,9 +137,9 @@ class GoogleAuth:
         return 200, {"access_token": token, "expires_in": self.expires_in, "token_type": "Bearer"}
 
 
-async def token_exchange(auth: GoogleAuth, form: Any, base_url: str, send: Send) -> None:
+async def token_exchange(auth: GoogleAuth, form: Any, send: Send) -> None:
     """Answer ``POST /token`` (form fields already parsed into ``form``)."""
-    status, payload = auth.exchange(form if isinstance(form, Mapping) else {}, base_url + "/token")
+    status, payload = auth.exchange(form if isinstance(form, Mapping) else {})
     await _json(send, status, payload)
 
 
@@ -375,3 +385,43 @@ async def _json(
     pairs += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": pairs})
     await send({"type": "http.response.body", "body": data, "more_body": False})
+
+
+def service_account_file(auth: GoogleAuth, directory: str, token_uri: str) -> str:
+    """Write a throwaway service-account key file whose ``token_uri`` is the fake's and
+    whose public key ``auth`` trusts; return its path. Needs ``cryptography``.
+
+    Args:
+        auth: the fake's OAuth side (``fake.google``).
+        directory: where to write ``service-account.json``.
+        token_uri: the fake's token endpoint (``fake.base_url + "/token"``).
+    """
+    import os
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    email = f"fake-{secrets.token_hex(4)}@fake-project.iam.gserviceaccount.com"
+    auth.trust(email, public.decode())
+    data = {
+        "type": "service_account",
+        "project_id": "fake-project",
+        "private_key_id": secrets.token_hex(20),
+        "private_key": private,
+        "client_email": email,
+        "client_id": "1",
+        "token_uri": token_uri,
+    }
+    path = os.path.join(directory, "service-account.json")
+    with open(path, "w", encoding="utf-8") as file:
+        json.dump(data, file)
+    return path

@@ -541,7 +541,7 @@ class FakeProvider:
                 return
             await self._chat(self._pick(headers, body), body, send, anthropic=True)
         elif method == "POST" and path == "/token":
-            await fake_gemini.token_exchange(self.google, body, self.base_url, send)
+            await fake_gemini.token_exchange(self.google, body, send)
         elif (
             method == "POST"
             and isinstance(body, Mapping)

@@ -150,9 +150,9 @@ class ProviderConfig:
     max_tokens: int = attrs.field(default=4096, validator=positive_int)
     anthropic_version: str = ANTHROPIC_VERSION
     responses_api: bool = attrs.field(default=False)
-    credentials_file: str | None = None
-    project: str | None = None
-    location: str | None = None
+    credentials_file: str | None = attrs.field(default=None)
+    project: str | None = attrs.field(default=None)
+    location: str | None = attrs.field(default=None)
 
     @responses_api.validator
     def _check_responses_api(self, _attribute: object, value: bool) -> None:

@@ -373,6 +373,33 @@ def _response_format(t: _Translation, name: str, value: Any) -> None:
     t.config["responseSchema" if form == "openapi" else "responseJsonSchema"] = schema
 
 
+def _top_k(t: _Translation, name: str, value: Any) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise t.refuse(name, "expected a positive integer")
+    t.config["topK"] = value
+
+
+def _thinking(t: _Translation, name: str, value: Any) -> None:
+    # Anthropic's ``thinking`` (a Messages API client's): its budget is Gemini's.
+    kind = value.get("type") if isinstance(value, Mapping) else None
+    if value is None:
+        return
+    if kind == "disabled":
+        t.config["thinkingConfig"] = {"thinkingBudget": 0}
+    elif kind == "enabled" and isinstance(value.get("budget_tokens"), int):
+        t.config["thinkingConfig"] = {"thinkingBudget": value["budget_tokens"]}
+    else:
+        raise t.refuse(name, "expected `disabled`, or `enabled` with `budget_tokens`")
+
+
+def _service_tier(t: _Translation, name: str, value: Any) -> None:
+    # Gemini serves one tier: asking for the standard one asks for nothing.
+    if value not in (None, "auto", "default", "standard_only"):
+        raise t.refuse(name, f"Gemini serves one standard tier, not {value!r}")
+
+
 def _n(t: _Translation, name: str, value: Any) -> None:
     # The gateway fans n > 1 out into one request per choice; a worker answers one.
     if value not in (None, 1):
@@ -386,4 +413,7 @@ _TRANSLATIONS: Mapping[str, Callable[[_Translation, str, Any], None]] = {
     "reasoning_effort": _reasoning_effort,
     "response_format": _response_format,
     "n": _n,
+    "service_tier": _service_tier,
+    "thinking": _thinking,
+    "top_k": _top_k,
 }

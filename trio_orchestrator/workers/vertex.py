@@ -64,10 +64,10 @@ class _Response:
 class _HttpxRequest:
     """A ``google.auth.transport.Request``: google-auth's token exchange over our own
     (synchronous) httpx client, so it goes wherever the key file's ``token_uri`` says and
-    under our timeout."""
+    under our timeout. One per refresh (hourly): no connection outlives it."""
 
-    def __init__(self, timeout: float) -> None:
-        self._client = httpx.Client(timeout=timeout, trust_env=False)
+    def __init__(self, client: httpx.Client) -> None:
+        self._client = client
 
     def __call__(
         self,
@@ -85,9 +85,6 @@ class _HttpxRequest:
         except httpx.HTTPError as exc:
             raise exceptions.TransportError(str(exc)) from exc  # type: ignore[no-untyped-call]
         return _Response(response)
-
-    def close(self) -> None:
-        self._client.close()
 
 
 @attrs.define(eq=False)
@@ -107,7 +104,6 @@ class ServiceAccountTokens:
     timeout: float = 30.0
     name: str = "vertex"
     _credentials: Any = attrs.field(init=False)
-    _request: _HttpxRequest = attrs.field(init=False)
     _lock: trio.Lock = attrs.field(factory=trio.Lock, init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -126,7 +122,6 @@ class ServiceAccountTokens:
             raise ConfigError(
                 f"the service-account key file {self.credentials_file!r} cannot be used: {exc}"
             ) from exc
-        self._request = _HttpxRequest(self.timeout)
 
     @property
     def project(self) -> str | None:
@@ -154,17 +149,14 @@ class ServiceAccountTokens:
         from google.auth import exceptions
 
         try:
-            self._credentials.refresh(self._request)
+            with httpx.Client(timeout=self.timeout, trust_env=False) as client:
+                self._credentials.refresh(_HttpxRequest(client))
         except exceptions.GoogleAuthError as exc:
             raise AuthenticationError(
                 f"the service-account token exchange failed ({exc}); check the key file "
                 "and that the account is enabled",
                 provider=self.name,
             ) from exc
-
-    def close(self) -> None:
-        """Close the token exchange's HTTP client."""
-        self._request.close()
 
 
 def credentials_path(provider: ProviderConfig) -> str:
