@@ -396,9 +396,11 @@ _GOOGLE_CACHED: list[dict[str, Any]] = [
 def test_usage_reports_cache_reads_and_writes_as_anthropic_counts_them(gw: Gateway) -> None:
     """Cached prompt tokens come back as cache_read_input_tokens, and input_tokens excludes
     them. Needs the workers to report cache tokens (chat-answer branch)."""
-    recorded = {"openai": _OPENAI_CACHED, "anthropic": _ANTHROPIC_CACHED}.get(
-        gw.kind, _GOOGLE_CACHED
-    )
+    by_kind: dict[str, Any] = {
+        "openai": _OPENAI_CACHED,
+        "anthropic": _ANTHROPIC_CACHED,
+    }
+    recorded = by_kind.get(gw.kind, _GOOGLE_CACHED)
     for stream in (False, True):
         gw.script(Behaviour(events=tuple(recorded)))
         usage = (_final(gw) if stream else _ask(gw)).usage
