@@ -7,13 +7,13 @@ import json
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
 from service_helpers import running_service
 
-from trio_orchestrator.config import Config
+from trio_orchestrator.config import Config, load_config
 from trio_orchestrator.config.secret import Secret
 from trio_orchestrator.config.service import ServiceConfig
 from trio_orchestrator.errors import (
@@ -29,10 +29,18 @@ from trio_orchestrator.errors import (
 from trio_orchestrator.testing.fake_gemini import GoogleAuth, service_account_file
 from trio_orchestrator.testing.fake_provider import Behaviour, FakeProvider, open_fake_provider
 from trio_orchestrator.types import GenerationParams, Message, PromptRequest, Tool, ToolCall
-from trio_orchestrator.workers import KeyPool, ProviderConfig, ProvidersConfig, collect
+from trio_orchestrator.workers import (
+    KeyPool,
+    LoadBalancedWorker,
+    ProviderConfig,
+    ProvidersConfig,
+    build_worker,
+    collect,
+)
 from trio_orchestrator.workers.factory import worker_for
 from trio_orchestrator.workers.gemini import GeminiWorker, gemini_error
 from trio_orchestrator.workers.gemini_request import generate_body
+from trio_orchestrator.workers.vertex import vertex_models_path
 
 FIXTURES = Path(__file__).parent / "conformance" / "fixtures"
 MODEL = "gemini-2.5-flash"
@@ -440,3 +448,18 @@ async def test_a_refused_member_is_a_400_through_the_service(fake: FakeProvider)
     assert response.status_code == 400
     assert "logprobs" in response.text
     assert fake.requests == []
+
+
+def test_the_example_configuration_builds_both_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """examples/gemini_provider.toml loads, and with a key and a key file in the environment
+    builds a gemini and a vertex worker (the vertex one on its location's host)."""
+    key = service_account_file(GoogleAuth(), tempfile.mkdtemp(), "http://127.0.0.1:9/token")
+    monkeypatch.setenv("GEMINI_API_KEY", "key-a")
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", key)
+    config = load_config(Path(__file__).parent.parent / "examples" / "gemini_provider.toml")
+    worker = build_worker(config.providers, httpx.AsyncClient())
+    assert isinstance(worker, LoadBalancedWorker)
+    gemini_api, vertex = (cast(GeminiWorker, w) for w in worker.workers)
+    assert gemini_api.base_url == "https://generativelanguage.googleapis.com"
+    assert vertex.base_url == "https://europe-west4-aiplatform.googleapis.com"
+    assert vertex.models_path == vertex_models_path("fake-project", "europe-west4")
