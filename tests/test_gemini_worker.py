@@ -4,6 +4,7 @@ Google wire format over real HTTP, Vertex AI's service-account tokens, and the s
 from __future__ import annotations
 
 import json
+import sys
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -463,3 +464,12 @@ def test_the_example_configuration_builds_both_workers(monkeypatch: pytest.Monke
     assert gemini_api.base_url == "https://generativelanguage.googleapis.com"
     assert vertex.base_url == "https://europe-west4-aiplatform.googleapis.com"
     assert vertex.models_path == vertex_models_path("fake-project", "europe-west4")
+
+
+def test_vertex_without_google_auth_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With google-auth missing, a vertex provider is a ConfigError naming the extra."""
+    key = service_account_file(GoogleAuth(), tempfile.mkdtemp(), "http://127.0.0.1:9/token")
+    monkeypatch.setitem(sys.modules, "google.oauth2", None)
+    provider = ProviderConfig("vertex", "v", credentials_file=key)
+    with pytest.raises(ConfigError, match=r"trio-orchestrator\[vertex\]"):
+        worker_for(provider, httpx.AsyncClient())
