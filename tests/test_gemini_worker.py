@@ -458,6 +458,7 @@ def test_the_example_configuration_builds_both_workers(monkeypatch: pytest.Monke
     monkeypatch.setenv("GEMINI_API_KEY", "key-a")
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", key)
     config = load_config(Path(__file__).parent.parent / "examples" / "gemini_provider.toml")
+    assert config.providers is not None
     worker = build_worker(config.providers, httpx.AsyncClient())
     assert isinstance(worker, LoadBalancedWorker)
     gemini_api, vertex = (cast(GeminiWorker, w) for w in worker.workers)
