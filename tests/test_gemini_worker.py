@@ -397,6 +397,28 @@ async def test_a_rejected_vertex_token_is_exchanged_again(
     assert "/projects/other/" in fake.requests[-1].path
 
 
+async def test_vertex_embeddings_are_one_predict_call(
+    fake: FakeProvider, client: httpx.AsyncClient
+) -> None:
+    """On Vertex AI an embedding request is one :predict call (instances, with dimensions as
+    parameters.outputDimensionality); its token counts are the usage."""
+    worker = worker_for(vertex_provider(fake), client)
+    embed = PromptRequest(
+        embed=("one two", "three"),
+        params=GenerationParams("text-embedding-005", extra={"dimensions": 4}),
+    )
+    completion = await collect(worker, embed)
+    assert [len(v) for v in completion.embeddings] == [4, 4]
+    assert completion.usage is not None
+    assert completion.usage.input_tokens == 3
+    sent = fake.requests[-1]
+    assert sent.path.endswith("/publishers/google/models/text-embedding-005:predict")
+    assert sent.body == {
+        "instances": [{"content": "one two"}, {"content": "three"}],
+        "parameters": {"outputDimensionality": 4},
+    }
+
+
 async def test_an_untrusted_service_account_is_refused_at_the_exchange(
     fake: FakeProvider, client: httpx.AsyncClient
 ) -> None:

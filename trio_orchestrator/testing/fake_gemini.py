@@ -1,5 +1,6 @@
 """The fake provider's Google wire format: the Gemini API and Vertex AI ``generateContent``,
-``streamGenerateContent?alt=sse``, ``embedContent`` / ``batchEmbedContents``, Google's error
+``streamGenerateContent?alt=sse``, ``embedContent`` / ``batchEmbedContents`` (Vertex AI's
+embedding models: ``predict``), Google's error
 bodies, and a service-account token endpoint.
 
 Shapes follow Google's API reference: a ``GenerateContentResponse`` per chunk (each with
@@ -70,8 +71,8 @@ class GoogleCall:
 
     Attributes:
         model: the model named in the path.
-        method: ``generateContent``, ``streamGenerateContent``, ``embedContent`` or
-            ``batchEmbedContents``.
+        method: ``generateContent``, ``streamGenerateContent``, ``embedContent``,
+            ``batchEmbedContents`` or (Vertex AI) ``predict``.
         vertex: a Vertex AI path (bearer token) rather than the Gemini API's (API key).
     """
 
@@ -197,7 +198,7 @@ async def answer(
         await trio.sleep_forever()
     if b.status >= 400:
         await error(send, b)
-    elif call.method in ("embedContent", "batchEmbedContents"):
+    elif call.method in ("embedContent", "batchEmbedContents", "predict"):
         await _json(send, 200, b.body if b.body is not None else _embeddings(call, body), b.headers)
     elif call.method == "streamGenerateContent" and b.events:
         await _start(send, b.headers)
@@ -350,21 +351,36 @@ def _disconnect() -> Exception:
 
 
 def _embeddings(call: GoogleCall, body: Any) -> dict[str, Any]:
-    """A vector per content from its text's SHA-256 (``outputDimensionality`` values, default
-    8, at most 32), as ``embedContent`` / ``batchEmbedContents`` answer."""
+    """A vector per text from its SHA-256 (``outputDimensionality`` values, default 8, at
+    most 32), as ``embedContent``, ``batchEmbedContents`` or Vertex's ``predict`` answer."""
+    if call.method == "predict":
+        size = (body.get("parameters") or {}).get("outputDimensionality")
+        texts = [str(i.get("content") or "") for i in body.get("instances") or ()]
+        predictions = [
+            {
+                "embeddings": {
+                    "values": _vector(text, size),
+                    "statistics": {"token_count": len(text.split()), "truncated": False},
+                }
+            }
+            for text in texts
+        ]
+        billable = sum(len(text) for text in texts)
+        return {"predictions": predictions, "metadata": {"billableCharacterCount": billable}}
     requests = body.get("requests") if call.method == "batchEmbedContents" else [body]
     vectors = []
     for request in requests or ():
-        text = " ".join(
-            str(p.get("text") or "") for p in (request.get("content") or {}).get("parts") or ()
-        )
-        size = request.get("outputDimensionality")
-        size = size if isinstance(size, int) and 1 <= size <= 32 else 8
-        digest = hashlib.sha256(text.encode()).digest()
-        vectors.append({"values": [b / 255 for b in digest[:size]]})
+        parts = (request.get("content") or {}).get("parts") or ()
+        text = " ".join(str(p.get("text") or "") for p in parts)
+        vectors.append({"values": _vector(text, request.get("outputDimensionality"))})
     if call.method == "embedContent":
         return {"embedding": vectors[0] if vectors else {"values": []}}
     return {"embeddings": vectors}
+
+
+def _vector(text: str, size: Any) -> list[float]:
+    size = size if isinstance(size, int) and 1 <= size <= 32 else 8
+    return [b / 255 for b in hashlib.sha256(text.encode()).digest()[:size]]
 
 
 def _sse(data: Any) -> bytes:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 from urllib.parse import quote
 
 import attrs
@@ -49,8 +49,7 @@ from ..events import Done, Embeddings, Passthrough, TextDelta, ToolCallDelta, To
 from ..types import PromptRequest, ToolCall
 from ._sse import ServerSentEvent, parse_event_data
 from .base import EventSink
-from .embeddings import cannot_embed
-from .gemini_request import call_id, embed_body, generate_body
+from .gemini_request import call_id, embed_body, generate_body, predict_body
 from .http import (
     MAX_ERROR_BODY,
     HTTPProvider,
@@ -292,7 +291,8 @@ class GeminiWorker:
         models_path: the path of the models under ``base_url``: ``/v1beta/models`` for the
             Gemini API, ``/v1/projects/P/locations/L/publishers/google/models`` for Vertex.
         tokens: bearer tokens (Vertex AI), sent as ``Authorization`` on every call.
-        embeddings: the upstream has ``batchEmbedContents`` (the Gemini API does).
+        embed_method: how the upstream embeds: ``batchEmbedContents`` (the Gemini API) or
+            ``predict`` (Vertex AI's embedding models).
     """
 
     client: httpx.AsyncClient
@@ -303,7 +303,7 @@ class GeminiWorker:
     stream: bool = True
     models_path: str = "/v1beta/models"
     tokens: AccessTokens | None = None
-    embeddings: bool = True
+    embed_method: Literal["batchEmbedContents", "predict"] = "batchEmbedContents"
     _http: _GoogleHTTP = attrs.field(init=False)
     _headers: dict[str, str] = attrs.field(factory=dict, init=False)
 
@@ -351,21 +351,30 @@ class GeminiWorker:
             await fold.end()
 
     async def _embed(self, request: PromptRequest, model: str, emit: EventSink) -> None:
-        if not self.embeddings:
-            raise cannot_embed(request, self.name, "a Vertex AI generateContent provider")
-        body = embed_body(request, model, provider=self.name)
-        path = f"{self.models_path}/{model}:batchEmbedContents"
+        path = f"{self.models_path}/{model}:{self.embed_method}"
+        if self.embed_method == "predict":
+            body = predict_body(request, provider=self.name)
+        else:
+            body = embed_body(request, model, provider=self.name)
         answer = await self._authorized(lambda: self._http.post_json(path, body))
         with wire_format_guard(self.name):
-            vectors = tuple(tuple(map(float, e["values"])) for e in answer["embeddings"])
-            if len(vectors) != len(request.embed or ()):
-                raise MalformedResponse(
-                    f"{self.name}: batchEmbedContents answered without one vector per input; "
-                    "retrying may help",
-                    provider=self.name,
-                )
+            if self.embed_method == "predict":
+                items = [p["embeddings"] for p in answer["predictions"]]
+                counts = [int((e.get("statistics") or {}).get("token_count") or 0) for e in items]
+                usage: Usage | None = Usage(sum(counts), 0)
+            else:
+                items, usage = answer["embeddings"], None
+            vectors = tuple(tuple(map(float, e["values"])) for e in items)
+        if len(vectors) != len(request.embed or ()):
+            raise MalformedResponse(
+                f"{self.name}: {self.embed_method} answered without one vector per input; "
+                "retrying may help",
+                provider=self.name,
+            )
         await emit(Embeddings(vectors))
-        await emit(Done("stop", "", None, (), request.params.model))
+        if usage is not None:
+            await emit(usage)
+        await emit(Done("stop", "", usage, (), request.params.model))
 
     async def _authorized(self, call: Callable[[], Awaitable[Any]]) -> Any:
         """Make ``call`` with a fresh bearer token when the worker has ``tokens``; a token

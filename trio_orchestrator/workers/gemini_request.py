@@ -32,7 +32,14 @@ from ..compatibility import CHAT_COMPLETIONS, is_no_op
 from ..errors import UnsupportedParameter
 from ..types import TYPED_MEMBERS, GenerationParams, Message, PromptRequest
 
-__all__ = ["GEMINI_NATIVE", "THINKING_BUDGETS", "call_id", "embed_body", "generate_body"]
+__all__ = [
+    "GEMINI_NATIVE",
+    "THINKING_BUDGETS",
+    "call_id",
+    "embed_body",
+    "generate_body",
+    "predict_body",
+]
 
 #: ``reasoning_effort`` → ``thinkingConfig.thinkingBudget`` (the budgets Google's own
 #: OpenAI-compatible endpoint uses).
@@ -109,29 +116,54 @@ def generate_body(request: PromptRequest, *, provider: str = "") -> dict[str, An
 
 
 def embed_body(request: PromptRequest, model: str, *, provider: str = "") -> dict[str, Any]:
-    """The ``batchEmbedContents`` body for an embedding request: one request per input.
+    """The Gemini API's ``batchEmbedContents`` body for an embedding request: one request
+    per input.
 
     Raises:
         UnsupportedParameter: token-array inputs, or a member Gemini's embeddings lack.
     """
+    options, texts = _embed_options(request, provider)
+    common = {"model": f"models/{model}", **options}
+    return {"requests": [{**common, "content": {"parts": [{"text": t}]}} for t in texts]}
+
+
+def predict_body(request: PromptRequest, *, provider: str = "") -> dict[str, Any]:
+    """Vertex AI's ``:predict`` body for an embedding request (its text-embedding and
+    gemini-embedding models): one instance per input.
+
+    Raises:
+        UnsupportedParameter: token-array inputs, or a member Vertex's embeddings lack.
+    """
+    options, texts = _embed_options(request, provider)
+    instance = {"task_type": options["taskType"]} if "taskType" in options else {}
+    if "title" in options:
+        instance["title"] = options["title"]
+    body: dict[str, Any] = {"instances": [{"content": t, **instance} for t in texts]}
+    if "outputDimensionality" in options:
+        body["parameters"] = {"outputDimensionality": options["outputDimensionality"]}
+    return body
+
+
+def _embed_options(request: PromptRequest, provider: str) -> tuple[dict[str, Any], list[str]]:
+    """The embedding options in Google's words, and the input texts."""
     assert request.embed is not None, "not an embedding request"
     t = _Translation(request.params, provider)
-    common: dict[str, Any] = {"model": f"models/{model}"}
+    options: dict[str, Any] = {}
     for name, value in request.params.extra.items():
         if name == "dimensions" and value is not None:
-            common["outputDimensionality"] = value
+            options["outputDimensionality"] = value
         elif name in ("taskType", "title"):
-            common[name] = value
+            options[name] = value
         elif name == "encoding_format" and value in (None, "float", "base64"):
             continue  # the gateway encodes the vectors as the client asked
         elif value not in (None, "") and name not in _REQUEST_ITSELF | {"input"}:
-            raise t.refuse(name, "Gemini's embeddings take `dimensions`, `taskType` and `title`")
-    requests = []
+            raise t.refuse(name, "Google's embeddings take `dimensions`, `taskType` and `title`")
+    texts = []
     for i, item in enumerate(request.embed):
         if not isinstance(item, str):
-            raise t.refuse(f"input[{i}]", "Gemini embeds text, not token arrays")
-        requests.append({**common, "content": {"parts": [{"text": item}]}})
-    return {"requests": requests}
+            raise t.refuse(f"input[{i}]", "Google's embedding models embed text, not token arrays")
+        texts.append(item)
+    return options, texts
 
 
 # ----------------------------------------------------------------- messages

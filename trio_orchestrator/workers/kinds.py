@@ -39,6 +39,6 @@ FEATURES: Mapping[str, KindFeatures] = {
     "openai": KindFeatures(embeddings=True),
     "anthropic": KindFeatures(),
     "gemini": KindFeatures(embeddings=True),
-    "vertex": KindFeatures(),  # Vertex's embedding models answer :predict, not taken yet
+    "vertex": KindFeatures(embeddings=True),
     "echo": KindFeatures(tools=False, vision=False, structured_output=False, cached_tokens=False),
 }

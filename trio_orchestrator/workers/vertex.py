@@ -202,5 +202,5 @@ def vertex_worker(
         provider.stream,
         vertex_models_path(project, location),
         tokens,
-        embeddings=False,
+        embed_method="predict",
     )
