@@ -176,6 +176,14 @@ KIND_PROVIDERS: dict[str, Callable[[str, int], ProviderConfig]] = {
         aws_secret_access_key=next(iter(FAKE_AWS_CREDENTIALS.values())),
         max_connections=connections,
     ),
+    # Vertex AI shares gemini's translation; only its (hourly) token exchange differs.
+    "gemini": lambda url, connections: ProviderConfig(
+        kind="gemini",
+        name="fake",
+        base_url=url,
+        api_keys=["fake-google-key"],
+        max_connections=connections,
+    ),
 }
 
 

@@ -25,6 +25,7 @@ from trio_orchestrator.types import GenerationParams, PromptRequest
 from trio_orchestrator.workers import AnthropicWorker, ModelWorker, OpenAIWorker, collect
 from trio_orchestrator.workers.bedrock import AWSCredentials, BedrockWorker
 from trio_orchestrator.workers.config import Timeouts
+from trio_orchestrator.workers.gemini import GeminiWorker
 
 
 def _data(payload: dict[str, Any], event: str | None = None) -> bytes:
@@ -45,6 +46,23 @@ def _anthropic(name: str, **data: Any) -> bytes:
 def _anthropic_text(text: str) -> bytes:
     delta = {"type": "text_delta", "text": text}
     return _anthropic("content_block_delta", index=0, delta=delta)
+
+
+def _gemini(text: str, finish: str | None = None) -> bytes:
+    candidate: dict[str, Any] = {"content": {"parts": [{"text": text}], "role": "model"}}
+    if finish:
+        candidate["finishReason"] = finish
+    return _data({"candidates": [candidate], "usageMetadata": {"promptTokenCount": 1}})
+
+
+class _Token:
+    """A bearer token that never expires (Vertex AI's, without the exchange)."""
+
+    async def token(self) -> str:
+        return "ya29.test"
+
+    def invalidate(self) -> None:
+        pass
 
 
 def _responses(name: str, **data: Any) -> bytes:
@@ -123,6 +141,28 @@ KINDS = [
         REQUEST,
         # A frame before any content (ConverseStream's first event).
         keepalive=event_frame("messageStart", {"role": "assistant"}),
+    ),
+    Kind(
+        "gemini",
+        lambda client, t: GeminiWorker(client, "http://gemini.test", timeouts=t),
+        _gemini("a"),
+        _gemini("a"),
+        _gemini("", "STOP"),
+        REQUEST,
+    ),
+    Kind(
+        "vertex",
+        lambda client, t: GeminiWorker(
+            client,
+            "http://vertex.test",
+            timeouts=t,
+            models_path="/v1/projects/p/locations/l/publishers/google/models",
+            tokens=_Token(),
+        ),
+        _gemini("a"),
+        _gemini("a"),
+        _gemini("", "STOP"),
+        REQUEST,
     ),
 ]
 

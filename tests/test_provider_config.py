@@ -66,7 +66,8 @@ def test_keys_are_masked_in_config_and_worker_reprs() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"kind": "gemini"}, "kind"),
+        ({"kind": "gopher"}, "kind"),
+        ({"kind": "gemini", "location": "us-east1"}, "location"),
         ({"kind": "openai", "weight": 0}, "weight"),
         ({"kind": "openai", "key_rest": -1}, "key_rest"),
         ({"kind": "anthropic", "responses_api": True}, "responses_api"),

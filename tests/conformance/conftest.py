@@ -11,6 +11,7 @@ verbatim) and reads what it received.
 from __future__ import annotations
 
 import queue
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -25,6 +26,7 @@ import trio
 from trio_orchestrator.config import Config
 from trio_orchestrator.config.service import ServiceConfig
 from trio_orchestrator.service import serve
+from trio_orchestrator.testing.fake_gemini import service_account_file
 from trio_orchestrator.testing.fake_provider import (
     Behaviour,
     FakeProvider,
@@ -34,7 +36,10 @@ from trio_orchestrator.testing.fake_provider import (
 from trio_orchestrator.workers import ProviderConfig, ProvidersConfig
 
 #: The upstream kinds every conformance test runs against (``upstream_kind`` fixture).
-UPSTREAM_KINDS = ("openai", "anthropic", "bedrock")
+UPSTREAM_KINDS = ("openai", "anthropic", "bedrock", "gemini", "vertex")
+
+#: The kinds that speak Google's generateContent format (their bodies have ``contents``).
+GOOGLE_KINDS = ("gemini", "vertex")
 
 #: The key the gateway holds for the upstream; a test can check it was sent.
 UPSTREAM_KEY = "sk-upstream-test"
@@ -48,25 +53,41 @@ _CONVERSE_SAMPLING = {
     "top_p": "topP",
     "stop_sequences": "stopSequences",
 }
+_GOOGLE_SAMPLING = {**_CONVERSE_SAMPLING, "max_tokens": "maxOutputTokens"}
 
 
 def sampling(kind: str, body: dict[str, Any], name: str) -> Any:
     """A sampling member (Anthropic's name: ``max_tokens``, ``temperature``, ``top_p``,
     ``stop_sequences``) as the upstream of ``kind`` received it (Bedrock nests them in
-    ``inferenceConfig``)."""
+    ``inferenceConfig``, Google's API in ``generationConfig``)."""
     if kind == "bedrock":
         return body["inferenceConfig"][_CONVERSE_SAMPLING[name]]
+    if kind in GOOGLE_KINDS:
+        return body["generationConfig"][_GOOGLE_SAMPLING[name]]
     if kind == "openai" and name == "stop_sequences":
         return body["stop"]
     return body[name]
+
+
+def upstream_provider(
+    fake: FakeProvider, kind: str, name: str = "up", **options: Any
+) -> ProviderConfig:
+    """A provider of ``kind`` pointing at the fake upstream: with :data:`UPSTREAM_KEY`, or
+    (Vertex AI) a throwaway service account the fake trusts."""
+    base = fake.openai_base_url if kind == "openai" else fake.base_url
+    keys = [UPSTREAM_KEY]
+    if kind == "vertex":
+        folder = tempfile.mkdtemp(prefix="vertex-")
+        key = service_account_file(fake.google, folder, fake.base_url + "/token")
+        options, keys = {"credentials_file": key, **options}, []
+    return ProviderConfig(kind, name, base, api_keys=keys, **options)  # type: ignore[arg-type]
 
 
 def single_provider(kind: str, **provider: Any) -> ConfigFactory:
     """A configuration with one provider of ``kind`` pointing at the fake upstream."""
 
     def make(fake: FakeProvider) -> Config:
-        base = {"openai": fake.openai_base_url}.get(kind, fake.base_url)
-        upstream = ProviderConfig(kind, "up", base, api_keys=[UPSTREAM_KEY], **provider)  # type: ignore[arg-type]
+        upstream = upstream_provider(fake, kind, **provider)
         return Config(providers=ProvidersConfig([upstream]), service=ServiceConfig(port=0))
 
     return make
@@ -115,8 +136,10 @@ class Gateway:
         trio.from_thread.run_sync(self._fake.script, *behaviours, trio_token=self._token)
 
     def received(self) -> list[RecordedRequest]:
-        """Every request the upstream has received, oldest first."""
-        return trio.from_thread.run_sync(list, self._fake.requests, trio_token=self._token)
+        """Every model call the upstream has received, oldest first (a Vertex AI token
+        exchange, ``POST /token``, is not one)."""
+        requests = trio.from_thread.run_sync(list, self._fake.requests, trio_token=self._token)
+        return [r for r in requests if r.path != "/token"]
 
     def last(self) -> RecordedRequest:
         """The request the upstream received last."""

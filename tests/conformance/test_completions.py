@@ -11,7 +11,7 @@ import pytest
 
 from trio_orchestrator.testing.fake_provider import Behaviour
 
-from .conftest import Gateway, sampling
+from .conftest import GOOGLE_KINDS, Gateway, sampling
 
 
 @pytest.fixture
@@ -22,7 +22,9 @@ def client(gw: Gateway) -> Iterator[openai.OpenAI]:
 
 
 def _user_text(gw: Gateway) -> str:
-    """The text of the last user message the upstream received, in either wire format."""
+    """The text of the last user message the upstream received, in any wire format."""
+    if gw.kind in GOOGLE_KINDS:
+        return "".join(part["text"] for part in gw.last().body["contents"][-1]["parts"])
     content = gw.last().body["messages"][-1]["content"]
     if isinstance(content, str):
         return content

@@ -19,7 +19,7 @@ from trio_orchestrator.config.secret import Secret
 from trio_orchestrator.config.service import ApiKeyConfig, ServiceConfig
 from trio_orchestrator.testing.fake_provider import Behaviour, FakeProvider
 
-from .conftest import Gateway, sampling, single_provider, start_gateway
+from .conftest import GOOGLE_KINDS, Gateway, sampling, single_provider, start_gateway
 
 FIXTURES = Path(__file__).parent / "fixtures"
 MODEL = "fake-model"
@@ -111,6 +111,10 @@ def test_system_and_turns_reach_the_upstream_translated(gw: Gateway) -> None:
         assert body["system"] == [{"text": "Be brief."}, {"text": "Be kind."}]
         assert [m["role"] for m in body["messages"]] == ["user", "assistant", "user"]
         assert body["messages"][2]["content"] == [{"text": "How are you?"}]
+    elif gw.kind in GOOGLE_KINDS:
+        assert body["systemInstruction"] == {"parts": [{"text": "Be brief.\n\nBe kind."}]}
+        assert [c["role"] for c in body["contents"]] == ["user", "model", "user"]
+        assert body["contents"][2]["parts"] == [{"text": "How are you?"}]
     else:
         assert body["system"] == "Be brief.\n\nBe kind."
         assert [m["role"] for m in body["messages"]] == ["user", "assistant", "user"]
@@ -125,6 +129,10 @@ def test_an_image_block_reaches_the_upstream_as_its_image_format(gw: Gateway) ->
     image = {"type": "base64", "media_type": "image/png", "data": PIXEL}
     content = [{"type": "text", "text": "What is this?"}, {"type": "image", "source": image}]
     _ask(gw, messages=[{"role": "user", "content": content}])
+    if gw.kind in GOOGLE_KINDS:
+        inline = {"inlineData": {"mimeType": "image/png", "data": PIXEL}}
+        assert gw.last().body["contents"][-1]["parts"] == [{"text": "What is this?"}, inline]
+        return
     user = _upstream_messages(gw)[-1]
     if gw.kind == "openai":
         url = {"url": f"data:image/png;base64,{PIXEL}"}
@@ -164,6 +172,10 @@ def test_a_tool_use_answer_has_its_input_parsed(gw: Gateway) -> None:
         assert tools[0]["function"]["name"] == "get_weather"
         assert tools[0]["function"]["parameters"] == WEATHER["input_schema"]
         assert gw.last().body["tool_choice"] == "auto"
+    elif gw.kind in GOOGLE_KINDS:
+        (function,) = tools[0]["functionDeclarations"]
+        assert function["parameters"] == WEATHER["input_schema"]
+        assert gw.last().body["toolConfig"] == {"functionCallingConfig": {"mode": "AUTO"}}
     else:
         assert tools[0]["input_schema"] == WEATHER["input_schema"]
         assert gw.last().body["tool_choice"] == {"type": "auto"}
@@ -175,6 +187,7 @@ def test_a_tool_result_turn_reaches_the_upstream(gw: Gateway) -> None:
     gw.script(Behaviour(text="It is 18C in Paris."))
     call = {"type": "tool_use", "id": "toolu_01", "name": "get_weather", "input": {"city": "Paris"}}
     result = {"type": "tool_result", "tool_use_id": "toolu_01", "content": "18C"}
+    call_part = {"name": "get_weather", "args": {"city": "Paris"}}
     answer = _ask(
         gw,
         tools=[WEATHER],
@@ -185,6 +198,12 @@ def test_a_tool_result_turn_reaches_the_upstream(gw: Gateway) -> None:
         ],
     )
     assert answer.content[0].text == "It is 18C in Paris."  # type: ignore[union-attr]
+    if gw.kind in GOOGLE_KINDS:  # linked by the function's name: Google's calls have no ids
+        contents = gw.last().body["contents"]
+        assert contents[1] == {"role": "model", "parts": [{"functionCall": call_part}]}
+        response = {"name": "get_weather", "response": {"content": "18C"}}
+        assert contents[2] == {"role": "user", "parts": [{"functionResponse": response}]}
+        return
     messages = _upstream_messages(gw)
     if gw.kind == "openai":
         (sent,) = messages[1]["tool_calls"]
@@ -214,6 +233,13 @@ def test_tool_choice_any_without_parallel_calls_reaches_the_upstream(gw: Gateway
             _ask(gw, tools=[WEATHER], tool_choice=choice)
         assert gw.received() == []
         return
+    if gw.kind in GOOGLE_KINDS:  # Gemini cannot be stopped from calling in parallel
+        with pytest.raises(anthropic.BadRequestError, match="parallel_tool_calls"):
+            _ask(gw, tools=[WEATHER], tool_choice=choice)
+        _ask(gw, tools=[WEATHER], tool_choice={"type": "any"})
+        config = {"functionCallingConfig": {"mode": "ANY"}}
+        assert gw.last().body["toolConfig"] == config
+        return
     _ask(gw, tools=[WEATHER], tool_choice=choice)
     body = gw.last().body
     if gw.kind == "openai":
@@ -231,6 +257,10 @@ def test_anthropic_only_members_travel_by_their_names(gw: Gateway) -> None:
     body = gw.last().body
     if gw.kind == "bedrock":  # Claude's own members, where Converse carries them
         body = body["additionalModelRequestFields"]
+    if gw.kind in GOOGLE_KINDS:  # in Gemini's words
+        assert body["generationConfig"]["topK"] == 5
+        assert body["generationConfig"]["thinkingConfig"] == {"thinkingBudget": 2048}
+        return
     assert body["top_k"] == 5
     assert body["thinking"] == thinking
 
@@ -239,6 +269,12 @@ def test_the_user_id_and_service_tier_reach_the_upstream_in_its_words(gw: Gatewa
     """metadata.user_id and service_tier arrive as user / service_tier default (OpenAI) or as
     sent (Anthropic; needs the anthropic-translation branch's worker)."""
     gw.script(Behaviour(text="ok"))
+    if gw.kind in GOOGLE_KINDS:  # no end-user field at Google: refused, never dropped
+        with pytest.raises(anthropic.BadRequestError, match="`user`"):
+            _ask(gw, metadata={"user_id": "u-42"})
+        _ask(gw, service_tier="standard_only")  # Gemini's one tier
+        assert "service_tier" not in gw.last().body
+        return
     _ask(gw, metadata={"user_id": "u-42"}, service_tier="standard_only")
     body = gw.last().body
     if gw.kind == "openai":
@@ -365,17 +401,41 @@ _ANTHROPIC_CACHED = [
 
 #: ConverseStream's events for the same answer, as boto3 yields them (fixtures/README.md).
 _BEDROCK_CACHED = json.loads((FIXTURES / "bedrock_converse_stream_cached.json").read_text())
+# Gemini counts cached tokens inside promptTokenCount (the usage of the OpenAI answer above).
+_GOOGLE_CACHED: list[dict[str, Any]] = [
+    {
+        "candidates": [{"content": {"parts": [{"text": "Hi"}], "role": "model"}, "index": 0}],
+        "usageMetadata": {"promptTokenCount": 2006, "cachedContentTokenCount": 1920},
+        "modelVersion": MODEL,
+    },
+    {
+        "candidates": [
+            {"content": {"parts": [{"text": ""}], "role": "model"}, "finishReason": "STOP"}
+        ],
+        "usageMetadata": {
+            "promptTokenCount": 2006,
+            "cachedContentTokenCount": 1920,
+            "candidatesTokenCount": 300,
+            "totalTokenCount": 2306,
+        },
+        "modelVersion": MODEL,
+    },
+]
 
 
 def test_usage_reports_cache_reads_and_writes_as_anthropic_counts_them(gw: Gateway) -> None:
     """Cached prompt tokens come back as cache_read_input_tokens, and input_tokens excludes
     them. Needs the workers to report cache tokens (chat-answer branch)."""
-    by_kind = {"openai": _OPENAI_CACHED, "bedrock": _BEDROCK_CACHED}
-    recorded = by_kind.get(gw.kind, _ANTHROPIC_CACHED)
+    by_kind: dict[str, Any] = {
+        "openai": _OPENAI_CACHED,
+        "anthropic": _ANTHROPIC_CACHED,
+        "bedrock": _BEDROCK_CACHED,
+    }
+    recorded = by_kind.get(gw.kind, _GOOGLE_CACHED)
     for stream in (False, True):
         gw.script(Behaviour(events=tuple(recorded)))
         usage = (_final(gw) if stream else _ask(gw)).usage
-        if gw.kind == "openai":
+        if gw.kind not in ("anthropic", "bedrock"):
             assert (usage.input_tokens, usage.cache_read_input_tokens) == (86, 1920)
             assert usage.cache_creation_input_tokens == 0
         else:  # Anthropic's counts, and Bedrock's (the same three)

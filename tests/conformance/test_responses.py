@@ -14,7 +14,7 @@ import pytest
 
 from trio_orchestrator.testing.fake_provider import Behaviour
 
-from .conftest import Gateway, sampling
+from .conftest import GOOGLE_KINDS, Gateway, sampling
 
 
 @pytest.fixture
@@ -44,6 +44,8 @@ def _system(body: dict[str, Any]) -> str:
         return "\n\n".join(block["text"] for block in body["system"])
     if "system" in body:  # Anthropic
         return str(body["system"])
+    if "contents" in body:  # Google
+        return str(body["systemInstruction"]["parts"][0]["text"])
     return str(body["messages"][0]["content"]) if body["messages"][0]["role"] == "system" else ""
 
 
@@ -70,6 +72,10 @@ def test_a_response_parses_and_instructions_become_the_system_prompt(
     assert response.usage.input_tokens_details.cached_tokens == 0
     body = gw.last().body
     assert _system(body) == "Be brief."
+    if gw.kind in GOOGLE_KINDS:
+        assert body["contents"][-1]["role"] == "user"
+        assert body["generationConfig"]["temperature"] == 0.3
+        return
     assert body["messages"][-1]["role"] == "user"
     assert sampling(gw.kind, body, "temperature") == 0.3
 
@@ -140,9 +146,13 @@ def test_function_tools_reach_the_upstream_and_calls_come_back(
         assert (tool["type"], function["name"]) == ("function", "get_weather")
         assert function["strict"] is True
         assert function["parameters"] == WEATHER_TOOL["parameters"]
-    else:
+    elif gw.kind == "anthropic":
         assert tool["name"] == "get_weather"
         assert tool["input_schema"] == WEATHER_TOOL["parameters"]
+    else:  # additionalProperties is beyond Gemini's Schema subset: sent as JSON Schema
+        (function,) = tool["functionDeclarations"]
+        assert function["name"] == "get_weather"
+        assert function["parametersJsonSchema"] == WEATHER_TOOL["parameters"]
 
 
 def test_a_streamed_function_call_sends_its_argument_events(
@@ -181,6 +191,13 @@ def test_a_function_call_output_goes_back_to_the_upstream(
     conversation.append(output)
     second = client.responses.create(model="fake-model", input=conversation, tools=[WEATHER_TOOL])
     assert second.output_text == "It is sunny in Paris."
+    if gw.kind in GOOGLE_KINDS:  # no ids on Google's side: the result names its function
+        assistant, result = gw.last().body["contents"][-2:]
+        call_part = {"functionCall": {"name": "get_weather", "args": {"city": "Paris"}}}
+        assert (assistant["role"], assistant["parts"]) == ("model", [call_part])
+        response = {"name": "get_weather", "response": {"content": "sunny"}}
+        assert (result["role"], result["parts"]) == ("user", [{"functionResponse": response}])
+        return
     messages = gw.last().body["messages"]
     if gw.kind == "openai":
         assistant, result = messages[-2], messages[-1]

@@ -16,9 +16,9 @@ from trio_orchestrator.config import Config
 from trio_orchestrator.config.service import ServiceConfig
 from trio_orchestrator.routing.registry import ModelDeployment, RoutingConfig
 from trio_orchestrator.testing.fake_provider import Behaviour, FakeProvider
-from trio_orchestrator.workers import ProviderConfig, ProvidersConfig
+from trio_orchestrator.workers import ProvidersConfig
 
-from .conftest import UPSTREAM_KEY, ConfigFactory, Gateway, single_provider, start_gateway
+from .conftest import ConfigFactory, Gateway, single_provider, start_gateway, upstream_provider
 
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Hi"}]
 
@@ -135,10 +135,7 @@ def _two_deployments(kind: str) -> ConfigFactory:
     """One model served by two deployments (two providers in front of the one fake)."""
 
     def make(fake: FakeProvider) -> Config:
-        base = fake.openai_base_url if kind == "openai" else fake.base_url
-        providers = ProvidersConfig(
-            [ProviderConfig(kind, name, base, api_keys=[UPSTREAM_KEY]) for name in ("p1", "p2")]  # type: ignore[arg-type]
-        )
+        providers = ProvidersConfig([upstream_provider(fake, kind, name) for name in ("p1", "p2")])
         deployments = [
             ModelDeployment(f"d-{name}", "fake-model", name, input_price=price)
             for name, price in (("p1", 1.0), ("p2", 2.0))

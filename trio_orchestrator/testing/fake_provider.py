@@ -16,9 +16,10 @@ a hang). It counts the requests it saw, the faults it injected and the connectio
 closed before their answer was complete.
 
 Endpoints: ``POST /v1/chat/completions``, ``POST /v1/responses``, ``GET /v1/models``,
-``POST /v1/embeddings`` (OpenAI), ``POST /v1/messages`` (Anthropic) and
+``POST /v1/embeddings`` (OpenAI), ``POST /v1/messages`` (Anthropic),
 ``POST /model/{modelId}/converse[-stream]`` (AWS Bedrock, :mod:`.fake_bedrock`, which checks
-SigV4 signatures), streaming and not. An
+SigV4 signatures) and Google's Gemini API and Vertex AI routes with an OAuth ``POST /token``
+(:mod:`.fake_gemini`), streaming and not. An
 embeddings request takes its behaviour's ``status``, ``body``, ``headers`` and ``hang``; the
 rest is for chats and responses (a streamed response's ``error_after`` sends an ``error``
 event).
@@ -36,6 +37,7 @@ import random
 import signal
 import struct
 import sys
+import urllib.parse
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
 from contextlib import asynccontextmanager
@@ -46,7 +48,7 @@ import attrs
 import trio
 
 from ..workers.echo import split_tokens
-from . import fake_bedrock
+from . import fake_bedrock, fake_gemini
 
 __all__ = [
     "FAULT_KINDS",
@@ -381,6 +383,8 @@ class FakeProvider:
     _disconnected: trio.Event = attrs.field(factory=trio.Event, init=False)
     _fault_rng: random.Random = attrs.field(init=False)
     _injected: dict[str, int] = attrs.field(factory=dict, init=False)
+    #: The Google routes' OAuth side (Vertex AI tokens); see :mod:`.fake_gemini`.
+    google: fake_gemini.GoogleAuth = attrs.field(factory=fake_gemini.GoogleAuth, init=False)
 
     def __attrs_post_init__(self) -> None:
         self._fault_rng = random.Random(self.faults.seed if self.faults else 0)
@@ -451,6 +455,8 @@ class FakeProvider:
             body = json.loads(raw) if raw else None
         except ValueError:
             body = None
+        if headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
+            body = dict(urllib.parse.parse_qsl(raw.decode("utf-8", "replace")))  # OAuth
         if self.record:
             self.requests.append(RecordedRequest(scope["method"], scope["path"], headers, body))
         self._seen += 1
@@ -517,7 +523,8 @@ class FakeProvider:
     def _planned(self, headers: Mapping[str, str], body: Any) -> Behaviour:
         if self._queue:
             return self._queue.popleft()
-        key = headers.get("x-api-key") or headers.get("authorization", "").removeprefix("Bearer ")
+        key = headers.get("x-api-key") or headers.get("x-goog-api-key")
+        key = key or headers.get("authorization", "").removeprefix("Bearer ")
         if key in self._by_key:
             return self._by_key[key]
         model = body.get("model") if isinstance(body, Mapping) else None
@@ -551,6 +558,15 @@ class FakeProvider:
             await self._chat(self._pick(headers, body), body, send, anthropic=True)
         elif method == "POST" and fake_bedrock.is_converse(path) and isinstance(body, Mapping):
             await self._bedrock(path, headers, body, send, received)
+        elif method == "POST" and path == "/token":
+            await fake_gemini.token_exchange(self.google, body, send)
+        elif (
+            method == "POST"
+            and isinstance(body, Mapping)
+            and (call := fake_gemini.google_call(path))
+        ):
+            b = self._pick(headers, {"model": call.model})
+            await fake_gemini.answer(b, call, headers, body, send, self.google)
         else:
             error = {"message": f"no route for {method} {path}", "type": "not_found"}
             await _json(send, 404, {"error": error})

@@ -38,7 +38,7 @@ __all__ = [
     "Timeouts",
 ]
 
-Kind = Literal["openai", "anthropic", "echo", "bedrock"]
+Kind = Literal["openai", "anthropic", "echo", "bedrock", "gemini", "vertex"]
 HTTPClient = Literal["httpx", "httpx2"]
 Strategy = Literal["round_robin", "least_loaded", "weighted", "session"]
 STRATEGIES: tuple[Strategy, ...] = ("round_robin", "least_loaded", "weighted", "session")
@@ -49,6 +49,7 @@ DEFAULT_BASE_URLS = {
     "anthropic": "https://api.anthropic.com",
     # Per region: ``{region}`` is the provider's ``region``.
     "bedrock": "https://bedrock-runtime.{region}.amazonaws.com",
+    "gemini": "https://generativelanguage.googleapis.com",
 }
 
 
@@ -92,7 +93,8 @@ class ProviderConfig:
 
     Attributes:
         kind: ``"openai"`` (any ``/v1/chat/completions`` server), ``"anthropic"``,
-            ``"bedrock"`` (AWS Bedrock's Converse API) or ``"echo"`` (offline).
+            ``"bedrock"`` (AWS Bedrock's Converse API), ``"gemini"`` (Google's Gemini API),
+            ``"vertex"`` (Gemini on Vertex AI) or ``"echo"`` (offline).
         name: the provider's name in errors, logs and statistics.
         base_url: the API root; default OpenAI's ``https://api.openai.com/v1`` or Anthropic's
             ``https://api.anthropic.com``. For vLLM/llama.cpp/Ollama/LM Studio give the
@@ -137,9 +139,18 @@ class ProviderConfig:
             ``AWS_SECRET_ACCESS_KEY``.
         aws_session_token: for ``"bedrock"``, the session token of temporary credentials;
             default ``AWS_SESSION_TOKEN``.
+        credentials_file: for ``"vertex"``, the service-account JSON key file (default: the
+            ``GOOGLE_APPLICATION_CREDENTIALS`` environment variable); its ``token_uri`` is
+            where access tokens are exchanged.
+        project: for ``"vertex"``, the Google Cloud project (default: the key file's
+            ``project_id``).
+        location: for ``"vertex"``, the region (default ``us-central1``; ``global`` too).
+            The base URL defaults to ``https://{location}-aiplatform.googleapis.com``.
     """
 
-    kind: Kind = attrs.field(validator=one_of("openai", "anthropic", "echo", "bedrock"))
+    kind: Kind = attrs.field(
+        validator=one_of("openai", "anthropic", "echo", "bedrock", "gemini", "vertex")
+    )
     name: str = ""
     base_url: str | None = None
     api_keys: tuple[Secret, ...] = attrs.field(default=(), converter=_to_secrets)
@@ -161,6 +172,9 @@ class ProviderConfig:
     aws_access_key_id: str | None = attrs.field(default=None)
     aws_secret_access_key: Secret | None = attrs.field(default=None, converter=_to_secret)
     aws_session_token: Secret | None = attrs.field(default=None, converter=_to_secret)
+    credentials_file: str | None = attrs.field(default=None)
+    project: str | None = attrs.field(default=None)
+    location: str | None = attrs.field(default=None)
 
     @responses_api.validator
     def _check_responses_api(self, _attribute: object, value: bool) -> None:
@@ -174,6 +188,13 @@ class ProviderConfig:
     def _check_bedrock_only(self, attribute: attrs.Attribute[object], value: object) -> None:
         if value is not None and self.kind != "bedrock":
             raise ValueError(f"{attribute.name} is for kind 'bedrock' providers, not {self.kind!r}")
+
+    @credentials_file.validator
+    @project.validator
+    @location.validator
+    def _check_vertex_only(self, attribute: attrs.Attribute[str | None], value: str | None) -> None:
+        if value is not None and self.kind != "vertex":
+            raise ValueError(f"{attribute.name} is for kind 'vertex' providers, not {self.kind!r}")
 
     @property
     def label(self) -> str:

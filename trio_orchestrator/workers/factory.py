@@ -17,6 +17,7 @@ from .base import ModelWorker
 from .bedrock import BedrockWorker, bedrock_worker
 from .config import DEFAULT_BASE_URLS, HTTPClient, ProviderConfig, ProvidersConfig
 from .echo import EchoWorker
+from .gemini import GeminiWorker
 from .keys import KeyPool
 from .openai import OpenAIWorker
 from .transport import sharded_client
@@ -56,7 +57,15 @@ def worker_for(provider: ProviderConfig, client: httpx.AsyncClient | None) -> Mo
         )
     if provider.kind == "bedrock":
         return bedrock_worker(provider, client, pool)
+    if provider.kind == "vertex":
+        from .vertex import vertex_worker  # google-auth, imported only when used
+
+        return vertex_worker(provider, client, pool)
     base_url = provider.base_url or DEFAULT_BASE_URLS[provider.kind]
+    if provider.kind == "gemini":
+        return GeminiWorker(
+            client, base_url, pool, provider.label, provider.timeouts, provider.stream
+        )
     if provider.kind == "anthropic":
         return AnthropicWorker(
             client,
@@ -81,7 +90,7 @@ def worker_for(provider: ProviderConfig, client: httpx.AsyncClient | None) -> Mo
 
 def key_pool(worker: ModelWorker) -> KeyPool | None:
     """The key pool of a worker :func:`worker_for` built, if it has one."""
-    if isinstance(worker, OpenAIWorker | AnthropicWorker | BedrockWorker):
+    if isinstance(worker, OpenAIWorker | AnthropicWorker | BedrockWorker | GeminiWorker):
         return worker.keys
     return None
 

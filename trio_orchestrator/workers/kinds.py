@@ -59,6 +59,8 @@ FEATURES: Mapping[str, KindFeatures] = {
     # Converse: images as bytes (data: URLs), outputConfig.textFormat for JSON schemas; its
     # embeddings are InvokeModel's, model by model, not Converse.
     "bedrock": KindFeatures(),
+    "gemini": KindFeatures(embeddings=True),
+    "vertex": KindFeatures(embeddings=True),
     "echo": KindFeatures(tools=False, vision=False, structured_output=False, cached_tokens=False),
 }
 
