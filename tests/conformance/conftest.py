@@ -34,7 +34,10 @@ from trio_orchestrator.testing.fake_provider import (
 from trio_orchestrator.workers import ProviderConfig, ProvidersConfig
 
 #: The upstream kinds every conformance test runs against (``upstream_kind`` fixture).
-UPSTREAM_KINDS = ("openai", "anthropic")
+UPSTREAM_KINDS = ("openai", "anthropic", "azure")
+
+#: The wire format of each upstream kind whose format is another's (``Gateway.kind``).
+WIRE_FORMATS = {"azure": "openai"}
 
 #: The key the gateway holds for the upstream; a test can check it was sent.
 UPSTREAM_KEY = "sk-upstream-test"
@@ -59,7 +62,9 @@ class Gateway:
 
     Attributes:
         url: the gateway's base URL (``http://127.0.0.1:<port>``).
-        kind: the upstream's wire format, ``"openai"`` or ``"anthropic"``.
+        kind: the upstream's wire format, ``"openai"`` or ``"anthropic"`` (Azure OpenAI's
+            is ``"openai"``: see ``WIRE_FORMATS``).
+        upstream: the upstream provider's kind (``"azure"``…).
     """
 
     url: str
@@ -67,6 +72,7 @@ class Gateway:
     _fake: FakeProvider
     _token: trio.lowlevel.TrioToken
     _clients: list[openai.OpenAI | anthropic.Anthropic] = attrs.field(factory=list)
+    upstream: str = ""
 
     def openai(self, **options: Any) -> openai.OpenAI:
         """The official OpenAI SDK's client, pointed at the gateway (no retries); closed
@@ -152,7 +158,7 @@ def start_gateway(kind: str, make_config: ConfigFactory) -> _Running:
         raise started
     fake, url, token = started
 
-    gateway = Gateway(url, kind, fake, token)
+    gateway = Gateway(url, WIRE_FORMATS.get(kind, kind), fake, token, upstream=kind)
 
     def stop() -> None:
         gateway.close_clients()

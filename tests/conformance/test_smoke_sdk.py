@@ -15,5 +15,6 @@ def test_the_openai_sdk_gets_an_answer_from_either_upstream(gw: Gateway) -> None
     )
     assert answer.choices[0].message.content == "Hello there"
     received = gw.last()
-    key = received.headers.get("x-api-key") or received.headers["authorization"]
+    headers = received.headers
+    key = headers.get("x-api-key") or headers.get("api-key") or headers["authorization"]
     assert UPSTREAM_KEY in key

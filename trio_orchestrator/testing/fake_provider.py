@@ -16,7 +16,8 @@ a hang). It counts the requests it saw, the faults it injected and the connectio
 closed before their answer was complete.
 
 Endpoints: ``POST /v1/chat/completions``, ``POST /v1/responses``, ``GET /v1/models``,
-``POST /v1/embeddings`` (OpenAI) and ``POST /v1/messages`` (Anthropic), streaming and not. An
+``POST /v1/embeddings`` (OpenAI), ``POST /v1/messages`` (Anthropic) and Azure OpenAI's
+deployment and v1 paths (:mod:`.fake_azure`), streaming and not. An
 embeddings request takes its behaviour's ``status``, ``body``, ``headers`` and ``hang``; the
 rest is for chats and responses (a streamed response's ``error_after`` sends an ``error``
 event).
@@ -44,6 +45,7 @@ import attrs
 import trio
 
 from ..workers.echo import split_tokens
+from . import fake_azure
 
 __all__ = [
     "FAULT_KINDS",
@@ -233,12 +235,14 @@ class RecordedRequest:
         path: the URL path.
         headers: the request headers, names lower-cased (keys included: this is a test tool).
         body: the parsed JSON body, or ``None``.
+        query: the URL's query string (``api-version=…``), or ``""``.
     """
 
     method: str
     path: str
     headers: Mapping[str, str]
     body: Any
+    query: str = ""
 
 
 @attrs.frozen
@@ -449,7 +453,9 @@ class FakeProvider:
         except ValueError:
             body = None
         if self.record:
-            self.requests.append(RecordedRequest(scope["method"], scope["path"], headers, body))
+            query = scope.get("query_string", b"").decode()
+            request = RecordedRequest(scope["method"], scope["path"], headers, body, query)
+            self.requests.append(request)
         self._seen += 1
         self._active += 1
         try:
@@ -489,7 +495,10 @@ class FakeProvider:
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(watch)
-            await self._route(scope["method"], scope["path"], headers, body, send_marking_done)
+            query = scope.get("query_string", b"").decode()
+            await self._route(
+                scope["method"], scope["path"], headers, body, send_marking_done, query
+            )
             nursery.cancel_scope.cancel()
 
     def _pick(self, headers: Mapping[str, str], body: Any) -> Behaviour:
@@ -506,16 +515,28 @@ class FakeProvider:
     def _planned(self, headers: Mapping[str, str], body: Any) -> Behaviour:
         if self._queue:
             return self._queue.popleft()
-        key = headers.get("x-api-key") or headers.get("authorization", "").removeprefix("Bearer ")
+        key = (
+            headers.get("x-api-key")
+            or headers.get("api-key")  # Azure OpenAI's
+            or headers.get("authorization", "").removeprefix("Bearer ")
+        )
         if key in self._by_key:
             return self._by_key[key]
         model = body.get("model") if isinstance(body, Mapping) else None
         return self._by_model.get(str(model), self.default)
 
     async def _route(
-        self, method: str, path: str, headers: Mapping[str, str], body: Any, send: Send
+        self,
+        method: str,
+        path: str,
+        headers: Mapping[str, str],
+        body: Any,
+        send: Send,
+        query: str = "",
     ) -> None:
-        if method == "GET" and path == "/v1/models":
+        if fake_azure.is_azure_path(path):
+            await fake_azure.route(self, method, path, query, headers, body, send)
+        elif method == "GET" and path == "/v1/models":
             data = [
                 {"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in self.models
             ]

@@ -12,12 +12,21 @@ from typing import Any
 import httpx
 
 from .anthropic import AnthropicWorker
+from .azure import AzureOpenAIWorker
 from .balance import LoadBalancedWorker
 from .base import ModelWorker
-from .config import DEFAULT_BASE_URLS, HTTPClient, ProviderConfig, ProvidersConfig
+from .config import (
+    AZURE_API_VERSION,
+    DEFAULT_BASE_URLS,
+    HTTPClient,
+    ProviderConfig,
+    ProvidersConfig,
+)
 from .echo import EchoWorker
 from .keys import KeyPool
 from .openai import OpenAIWorker
+from .preset import PresetWorker
+from .presets import PRESETS
 from .transport import sharded_client
 
 __all__ = ["build_worker", "key_pool", "make_client", "open_worker", "worker_for"]
@@ -64,6 +73,28 @@ def worker_for(provider: ProviderConfig, client: httpx.AsyncClient | None) -> Mo
             provider.stream,
             provider.max_tokens,
             provider.anthropic_version,
+        )
+    if provider.kind == "azure":
+        return AzureOpenAIWorker(
+            client,
+            base_url,
+            pool,
+            provider.label,
+            provider.timeouts,
+            provider.stream,
+            api_version=provider.api_version or AZURE_API_VERSION,
+            deployments=provider.deployments,
+            auth=provider.azure_auth,
+        )
+    if provider.kind in PRESETS:
+        return PresetWorker(
+            client,
+            base_url,
+            pool,
+            provider.label,
+            provider.timeouts,
+            provider.stream,
+            preset=PRESETS[provider.kind],
         )
     return OpenAIWorker(
         client,
