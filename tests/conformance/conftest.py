@@ -32,6 +32,7 @@ from trio_orchestrator.testing.fake_provider import (
     open_fake_provider,
 )
 from trio_orchestrator.workers import ProviderConfig, ProvidersConfig
+from trio_orchestrator.workers.presets import PRESETS
 
 #: The upstream kinds every conformance test runs against (``upstream_kind`` fixture).
 UPSTREAM_KINDS = ("openai", "anthropic", "azure")
@@ -49,7 +50,8 @@ def single_provider(kind: str, **provider: Any) -> ConfigFactory:
     """A configuration with one provider of ``kind`` pointing at the fake upstream."""
 
     def make(fake: FakeProvider) -> Config:
-        base = fake.openai_base_url if kind == "openai" else fake.base_url
+        # OpenAI-compatible kinds take the API root with its /v1; the others the server's.
+        base = fake.openai_base_url if kind == "openai" or kind in PRESETS else fake.base_url
         upstream = ProviderConfig(kind, "up", base, api_keys=[UPSTREAM_KEY], **provider)  # type: ignore[arg-type]
         return Config(providers=ProvidersConfig([upstream]), service=ServiceConfig(port=0))
 

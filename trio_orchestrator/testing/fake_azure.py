@@ -70,9 +70,9 @@ def azure_error(b: Behaviour, api_version: str) -> tuple[dict[str, Any], dict[st
         return {"error": error}, headers
     if b.status == 429 and b.error_type is None:
         wait = b.retry_after if b.retry_after is not None else 6
-        headers["retry-after"] = str(wait)
+        headers.setdefault("retry-after", str(wait))
         if isinstance(wait, int | float):
-            headers["retry-after-ms"] = str(int(wait * 1000))
+            headers.setdefault("retry-after-ms", str(int(wait * 1000)))
         headers.setdefault("x-ratelimit-remaining-requests", "0")
         headers.setdefault("x-ratelimit-remaining-tokens", "0")
         message = (
@@ -207,7 +207,8 @@ async def route(
     b = fake._pick(headers, body)
     if b.status >= 400 and not b.hang:
         payload, extra = azure_error(b, version or "v1")
-        await _json(send, b.status, payload, extra)
+        # A recorded error body goes out as it is.
+        await _json(send, b.status, payload if b.body is None else b.body, extra)
         return
     if endpoint == "embeddings":
         await fake._embeddings(b, body, send)

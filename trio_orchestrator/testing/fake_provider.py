@@ -105,7 +105,8 @@ class Behaviour:
         finish_reason: the finish reason (``stop``/``end_turn`` by default).
         body: answer a non-streaming request with exactly this JSON (a recorded answer, such
             as one from the provider's API reference); the fields above other than
-            ``status``, ``headers`` and ``hang`` are then unused.
+            ``status``, ``headers`` and ``hang`` are then unused. With an error ``status``,
+            it is the error body, streaming or not.
         events: answer a streaming request with exactly these event payloads, each as
             ``data: <JSON>`` (Anthropic and Responses: with ``event: <its type>``), then
             (Chat Completions only) ``data: [DONE]``.
@@ -630,6 +631,9 @@ class FakeProvider:
         headers = dict(b.headers)
         if b.retry_after is not None:
             headers["retry-after"] = str(b.retry_after)
+        if b.body is not None:  # a recorded error body, sent as it is
+            await _json(send, b.status, b.body, headers)
+            return
         if anthropic:
             kind = b.error_type or _ANTHROPIC_ERRORS.get(b.status, "api_error")
             payload: Any = {"type": "error", "error": {"type": kind, "message": b.error_message}}
