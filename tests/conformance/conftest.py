@@ -38,7 +38,7 @@ from trio_orchestrator.workers.presets import PRESETS
 UPSTREAM_KINDS = ("openai", "anthropic", "azure")
 
 #: The wire format of each upstream kind whose format is another's (``Gateway.kind``).
-WIRE_FORMATS = {"azure": "openai"}
+WIRE_FORMATS = {"azure": "openai", **dict.fromkeys(PRESETS, "openai")}
 
 #: The key the gateway holds for the upstream; a test can check it was sent.
 UPSTREAM_KEY = "sk-upstream-test"
@@ -52,7 +52,8 @@ def single_provider(kind: str, **provider: Any) -> ConfigFactory:
     def make(fake: FakeProvider) -> Config:
         # OpenAI-compatible kinds take the API root with its /v1; the others the server's.
         base = fake.openai_base_url if kind == "openai" or kind in PRESETS else fake.base_url
-        upstream = ProviderConfig(kind, "up", base, api_keys=[UPSTREAM_KEY], **provider)  # type: ignore[arg-type]
+        keys = {"api_keys": [UPSTREAM_KEY], **provider}  # a test may give its own (or none)
+        upstream = ProviderConfig(kind, "up", base, **keys)  # type: ignore[arg-type]
         return Config(providers=ProvidersConfig([upstream]), service=ServiceConfig(port=0))
 
     return make
