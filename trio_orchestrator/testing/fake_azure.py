@@ -21,12 +21,46 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, MutableMapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from typing import Any, Protocol
 from urllib.parse import parse_qs
 
-if TYPE_CHECKING:
-    from .fake_provider import Behaviour, FakeProvider, Send
+# The fake provider imports this module, so its types are described here, not imported.
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+
+class Behaviour(Protocol):
+    """What this module reads of :class:`.fake_provider.Behaviour`."""
+
+    @property
+    def status(self) -> int: ...
+    @property
+    def retry_after(self) -> float | str | None: ...
+    @property
+    def error_type(self) -> str | None: ...
+    @property
+    def error_message(self) -> str: ...
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+    @property
+    def hang(self) -> bool: ...
+    @property
+    def body(self) -> Any: ...
+    @property
+    def events(self) -> tuple[Any, ...]: ...
+
+
+class FakeProvider(Protocol):
+    """What this module uses of :class:`.fake_provider.FakeProvider`."""
+
+    @property
+    def models(self) -> tuple[str, ...]: ...
+    def _pick(self, headers: Mapping[str, str], body: Any, /) -> Any: ...
+    async def _chat(
+        self, b: Any, body: Mapping[str, Any], send: Send, /, *, anthropic: bool
+    ) -> None: ...
+    async def _embeddings(self, b: Any, body: Mapping[str, Any], send: Send, /) -> None: ...
+
 
 __all__ = ["CONTENT_FILTER_RESULTS", "azure_error", "is_azure_path", "route"]
 
@@ -42,6 +76,13 @@ CONTENT_FILTER_RESULTS: Mapping[str, Any] = {
     "sexual": {"filtered": False, "severity": "safe"},
     "violence": {"filtered": False, "severity": "safe"},
 }
+
+
+_ACCESS_DENIED = (
+    "Access denied due to invalid subscription key or wrong API endpoint. Make sure to "
+    "provide a valid key for an active subscription and use a correct regional API endpoint "
+    "for your resource."
+)
 
 
 def is_azure_path(path: str) -> bool:
@@ -86,12 +127,7 @@ def azure_error(b: Behaviour, api_version: str) -> tuple[dict[str, Any], dict[st
     if b.retry_after is not None:
         headers["retry-after"] = str(b.retry_after)
     if b.status == 401 and b.error_type is None:
-        message = (
-            "Access denied due to invalid subscription key or wrong API endpoint. Make sure "
-            "to provide a valid key for an active subscription and use a correct regional "
-            "API endpoint for your resource."
-        )
-        return {"error": {"code": "401", "message": message}}, headers
+        return {"error": {"code": "401", "message": _ACCESS_DENIED}}, headers
     if b.status == 404 and b.error_type is None:
         message = (
             "The API deployment for this resource does not exist. If you created the "
@@ -190,9 +226,7 @@ async def route(
         await _json(send, 404, {"error": {"code": "404", "message": "Resource not found"}}, {})
         return
     if "api-key" not in headers and not headers.get("authorization", "").startswith("Bearer "):
-        b = _unauthorised()
-        payload, extra = azure_error(b, version)
-        await _json(send, 401, payload, extra)
+        await _json(send, 401, {"error": {"code": "401", "message": _ACCESS_DENIED}}, {})
         return
     endpoint = match["endpoint"]
     if method == "GET" and endpoint == "models" and match["v1"]:
@@ -217,9 +251,3 @@ async def route(
     recorded = b.body is not None or bool(b.events)
     azure_send = send if recorded else _azure_send(send, stream=stream)
     await fake._chat(b, body, azure_send, anthropic=False)
-
-
-def _unauthorised() -> Behaviour:
-    from .fake_provider import Behaviour
-
-    return Behaviour(status=401)

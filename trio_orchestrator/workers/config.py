@@ -194,6 +194,11 @@ class ProviderConfig:
             raise ValueError(f"responses_api is for kind 'openai' providers, not {self.kind!r}")
 
     def __attrs_post_init__(self) -> None:
+        if self.kind == "ollama" and (self.base_url or "").rstrip("/").endswith("/api"):
+            raise ValueError(
+                "an ollama provider speaks Ollama's OpenAI-compatible API: give base_url "
+                "as http://<host>:11434/v1, not its native /api"
+            )
         if self.kind == "azure":
             if not self.base_url:
                 raise ValueError(
