@@ -17,6 +17,7 @@ import trio
 from hypothesis import strategies as st
 from test_contract import EXAMPLES, contract
 
+from trio_orchestrator.config.secret import Secret
 from trio_orchestrator.resilience import (
     BreakerConfig,
     CacheConfig,
@@ -36,8 +37,12 @@ from trio_orchestrator.testing.strategies import generation_params, prompt_reque
 from trio_orchestrator.types import GenerationParams, PromptRequest
 from trio_orchestrator.workers import EchoWorker, ModelWorker
 from trio_orchestrator.workers.anthropic import AnthropicWorker
+from trio_orchestrator.workers.azure import AzureOpenAIWorker
 from trio_orchestrator.workers.balance import LoadBalancedWorker
+from trio_orchestrator.workers.keys import KeyPool
 from trio_orchestrator.workers.openai import OpenAIWorker
+from trio_orchestrator.workers.preset import PresetWorker
+from trio_orchestrator.workers.presets import PRESETS
 
 GENEROUS = RateLimitsConfig(
     enabled=True, limits=(LimitConfig(scope="provider", requests_per_second=1e6, burst=1e6),)
@@ -101,6 +106,34 @@ class TestOpenAIWorker(WorkerContract):
     async def contract_worker_factory(self, fake_upstream: Any) -> Callable[[], ModelWorker]:
         fake, client = fake_upstream
         return lambda: OpenAIWorker(client, fake.openai_base_url)
+
+
+class TestAzureOpenAIWorker(WorkerContract):
+    """The Azure OpenAI worker over real HTTP to the fake's Azure deployment URLs."""
+
+    virtual_time = False
+    call_timeout = 20.0
+    max_examples = EXAMPLES
+
+    @pytest.fixture
+    async def contract_worker_factory(self, fake_upstream: Any) -> Callable[[], ModelWorker]:
+        fake, client = fake_upstream
+        return lambda: AzureOpenAIWorker(
+            client, fake.base_url, KeyPool([Secret("azure-key-0123456789")], "azure")
+        )
+
+
+class TestPresetWorker(WorkerContract):
+    """A preset's worker (Groq's: the one with refusals) over real HTTP to the fake."""
+
+    virtual_time = False
+    call_timeout = 20.0
+    max_examples = EXAMPLES
+
+    @pytest.fixture
+    async def contract_worker_factory(self, fake_upstream: Any) -> Callable[[], ModelWorker]:
+        fake, client = fake_upstream
+        return lambda: PresetWorker(client, fake.openai_base_url, preset=PRESETS["groq"])
 
 
 class TestAnthropicWorker(WorkerContract):

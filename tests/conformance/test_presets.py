@@ -6,13 +6,16 @@ naming it that never reaches the service, a member it names differently is renam
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
+from trio_orchestrator.testing.fake_provider import Behaviour
 from trio_orchestrator.workers.presets import PRESETS
 
 from .conftest import UPSTREAM_KEY, Gateway, single_provider, start_gateway
@@ -119,3 +122,19 @@ def test_ollama_refuses_logit_bias() -> None:
     """``logit_bias``, not among Ollama's supported request fields, is a 400."""
     for gw in _gateway("ollama"):
         _refused(gw, "logit_bias", logit_bias={"1": 5})
+
+
+def test_deepseeks_cache_hits_are_the_clients_cached_tokens() -> None:
+    """DeepSeek's ``prompt_cache_hit_tokens`` reach the client as OpenAI's
+    ``prompt_tokens_details.cached_tokens``; its reasoning travels beside the answer."""
+    recorded = json.loads(
+        (Path(__file__).parent / "fixtures" / "deepseek_chat_cached.json").read_text()
+    )
+    for gw in _gateway("deepseek", stream=False):
+        gw.script(Behaviour(body=recorded))
+        answer = gw.openai().chat.completions.create(model="deepseek-reasoner", messages=HELLO)
+        usage = answer.usage
+        assert usage is not None
+        assert usage.prompt_tokens_details is not None
+        assert usage.prompt_tokens_details.cached_tokens == 1536
+        assert (answer.choices[0].message.model_extra or {})["reasoning_content"]

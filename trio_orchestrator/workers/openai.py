@@ -150,7 +150,9 @@ def _usage(data: Any) -> Usage | None:
     return Usage(
         int(data.get("prompt_tokens") or 0),
         int(data.get("completion_tokens") or 0),
-        cached_input_tokens=_count(prompt, "cached_tokens"),
+        # DeepSeek's name for cache hits (it sends no prompt_tokens_details).
+        cached_input_tokens=_count(prompt, "cached_tokens")
+        or int(details.get("prompt_cache_hit_tokens") or 0),
         # OpenRouter's name for prompt tokens written to the provider's cache.
         cache_write_tokens=_count(prompt, "cache_write_tokens"),
         reasoning_tokens=_count(details.get("completion_tokens_details"), "reasoning_tokens"),
