@@ -39,4 +39,16 @@ FEATURES: Mapping[str, KindFeatures] = {
     "openai": KindFeatures(embeddings=True),
     "anthropic": KindFeatures(),
     "echo": KindFeatures(tools=False, vision=False, structured_output=False, cached_tokens=False),
+    # Azure OpenAI: OpenAI's wire format, so all of OpenAI's (the conformance suite runs on it).
+    "azure": KindFeatures(embeddings=True),
+    # The presets forward every member unchanged (bar the refusals in workers/presets.py):
+    # a row says what the service's own reference documents it answers.
+    "groq": KindFeatures(cached_tokens=False),
+    "mistral": KindFeatures(embeddings=True, cached_tokens=False),
+    "together": KindFeatures(embeddings=True, cached_tokens=False),
+    "deepseek": KindFeatures(vision=False, structured_output=False),
+    "openrouter": KindFeatures(),
+    "ollama": KindFeatures(embeddings=True, cached_tokens=False),
+    "vllm": KindFeatures(embeddings=True),
+    "llamacpp": KindFeatures(embeddings=True, cached_tokens=False),
 }
