@@ -95,12 +95,17 @@ async def fake_upstream() -> AsyncIterator[Any]:
         yield fake, client
 
 
-class TestOpenAIWorker(WorkerContract):
-    """The OpenAI-compatible worker over real HTTP to the fake provider."""
+class HTTPWorkerContract(WorkerContract):
+    """The contract for a worker over real HTTP to the fake provider (real time: the fake
+    runs on real sockets)."""
 
     virtual_time = False
     call_timeout = 20.0
     max_examples = EXAMPLES
+
+
+class TestOpenAIWorker(HTTPWorkerContract):
+    """The OpenAI-compatible worker over real HTTP to the fake provider."""
 
     @pytest.fixture
     async def contract_worker_factory(self, fake_upstream: Any) -> Callable[[], ModelWorker]:
@@ -108,12 +113,8 @@ class TestOpenAIWorker(WorkerContract):
         return lambda: OpenAIWorker(client, fake.openai_base_url)
 
 
-class TestAzureOpenAIWorker(WorkerContract):
+class TestAzureOpenAIWorker(HTTPWorkerContract):
     """The Azure OpenAI worker over real HTTP to the fake's Azure deployment URLs."""
-
-    virtual_time = False
-    call_timeout = 20.0
-    max_examples = EXAMPLES
 
     @pytest.fixture
     async def contract_worker_factory(self, fake_upstream: Any) -> Callable[[], ModelWorker]:
@@ -123,12 +124,8 @@ class TestAzureOpenAIWorker(WorkerContract):
         )
 
 
-class TestPresetWorker(WorkerContract):
+class TestPresetWorker(HTTPWorkerContract):
     """A preset's worker (Groq's: the one with refusals) over real HTTP to the fake."""
-
-    virtual_time = False
-    call_timeout = 20.0
-    max_examples = EXAMPLES
 
     @pytest.fixture
     async def contract_worker_factory(self, fake_upstream: Any) -> Callable[[], ModelWorker]:
@@ -136,12 +133,8 @@ class TestPresetWorker(WorkerContract):
         return lambda: PresetWorker(client, fake.openai_base_url, preset=PRESETS["groq"])
 
 
-class TestAnthropicWorker(WorkerContract):
+class TestAnthropicWorker(HTTPWorkerContract):
     """The Anthropic Messages worker over real HTTP to the fake provider."""
-
-    virtual_time = False
-    call_timeout = 20.0
-    max_examples = EXAMPLES
 
     @pytest.fixture
     async def contract_worker_factory(self, fake_upstream: Any) -> Callable[[], ModelWorker]:

@@ -171,6 +171,16 @@ def start_gateway(kind: str, make_config: ConfigFactory) -> _Running:
     return _Running(thread, stop, gateway)
 
 
+def running(kind: str, **provider: Any) -> Iterator[Gateway]:
+    """A gateway in front of one provider of ``kind`` with these ``ProviderConfig`` options,
+    stopped when the generator is closed (``yield from`` it in a fixture, or loop once)."""
+    started = start_gateway(kind, single_provider(kind, **provider))
+    try:
+        yield started.gateway
+    finally:
+        started.stop()
+
+
 @pytest.fixture(scope="module", params=UPSTREAM_KINDS)
 def upstream_kind(request: pytest.FixtureRequest) -> str:
     """Each upstream wire format in turn."""

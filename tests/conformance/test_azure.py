@@ -19,7 +19,7 @@ from openai.types.chat import ChatCompletionMessageParam
 
 from trio_orchestrator.testing.fake_provider import Behaviour
 
-from .conftest import UPSTREAM_KEY, Gateway, single_provider, start_gateway
+from .conftest import UPSTREAM_KEY, Gateway, running
 
 FIXTURES = Path(__file__).parent / "fixtures"
 HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Hello!"}]
@@ -31,24 +31,16 @@ def recorded(name: str) -> Any:
     return json.loads((FIXTURES / name).read_text())
 
 
-def _gateway(**provider: Any) -> Iterator[Gateway]:
-    running = start_gateway("azure", single_provider("azure", **provider))
-    try:
-        yield running.gateway
-    finally:
-        running.stop()
-
-
 @pytest.fixture(scope="module")
 def azure_sse() -> Iterator[Gateway]:
     """The gateway in front of an Azure resource with two deployments, streaming from it."""
-    yield from _gateway(deployments=DEPLOYMENTS)
+    yield from running("azure", deployments=DEPLOYMENTS)
 
 
 @pytest.fixture(scope="module")
 def azure_json() -> Iterator[Gateway]:
     """The same, asking Azure for JSON answers."""
-    yield from _gateway(deployments=DEPLOYMENTS, stream=False)
+    yield from running("azure", deployments=DEPLOYMENTS, stream=False)
 
 
 @pytest.fixture
@@ -100,7 +92,7 @@ def test_embeddings_go_to_the_embedding_deployment(sse: Gateway) -> None:
 
 def test_the_v1_surface_names_the_deployment_as_model() -> None:
     """With ``api_version = "v1"`` the call goes to /openai/v1, the deployment in ``model``."""
-    for gw in _gateway(api_version="v1", deployments=DEPLOYMENTS):
+    for gw in running("azure", api_version="v1", deployments=DEPLOYMENTS):
         answer = gw.openai().chat.completions.create(model="gpt-4o", messages=HELLO, stream=True)
         assert "".join(c.choices[0].delta.content or "" for c in answer if c.choices)
         received = gw.last()
@@ -115,7 +107,7 @@ def test_the_v1_surface_names_the_deployment_as_model() -> None:
 
 def test_an_entra_id_token_is_sent_as_a_bearer_token() -> None:
     """With ``azure_auth = "entra"`` the key is an access token in ``Authorization: Bearer``."""
-    for gw in _gateway(azure_auth="entra", api_version="2025-04-01-preview"):
+    for gw in running("azure", azure_auth="entra", api_version="2025-04-01-preview"):
         gw.openai().chat.completions.create(model="gpt-4o", messages=HELLO)
         received = gw.last()
         assert received.headers["authorization"] == f"Bearer {UPSTREAM_KEY}"
@@ -182,7 +174,7 @@ def test_a_missing_deployment_is_a_404(sse: Gateway) -> None:
 
 def test_a_429_waits_for_retry_after_ms() -> None:
     """Azure's 429 says its wait in ``retry-after-ms``: the client is told that wait."""
-    for gw in _gateway(deployments=DEPLOYMENTS):
+    for gw in running("azure", deployments=DEPLOYMENTS):
         gw.script(Behaviour(status=429, retry_after=30, headers={"retry-after-ms": "2500"}))
         with pytest.raises(openai.RateLimitError) as caught:
             gw.openai().chat.completions.create(model="gpt-4o", messages=HELLO)

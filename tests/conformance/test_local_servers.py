@@ -18,7 +18,7 @@ from openai.types.chat import ChatCompletionMessageParam
 
 from trio_orchestrator.testing.fake_provider import Behaviour
 
-from .conftest import Gateway, single_provider, start_gateway
+from .conftest import Gateway, running
 
 FIXTURES = Path(__file__).parent / "fixtures"
 HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Hello!"}]
@@ -29,36 +29,28 @@ def recorded(name: str) -> Any:
     return json.loads((FIXTURES / name).read_text())
 
 
-def _gateway(kind: str, **provider: Any) -> Iterator[Gateway]:
-    running = start_gateway(kind, single_provider(kind, api_keys=[], **provider))
-    try:
-        yield running.gateway
-    finally:
-        running.stop()
-
-
 @pytest.fixture(scope="module")
 def llamacpp() -> Iterator[Gateway]:
     """The gateway in front of a ``llamacpp`` provider, streaming from it."""
-    yield from _gateway("llamacpp")
+    yield from running("llamacpp", api_keys=[])
 
 
 @pytest.fixture(scope="module")
 def llamacpp_json() -> Iterator[Gateway]:
     """The gateway in front of a ``llamacpp`` provider, asking it for JSON answers."""
-    yield from _gateway("llamacpp", stream=False)
+    yield from running("llamacpp", api_keys=[], stream=False)
 
 
 @pytest.fixture(scope="module")
 def vllm() -> Iterator[Gateway]:
     """The gateway in front of a ``vllm`` provider, asking it for JSON answers."""
-    yield from _gateway("vllm", stream=False)
+    yield from running("vllm", api_keys=[], stream=False)
 
 
 @pytest.fixture(scope="module")
 def ollama() -> Iterator[Gateway]:
     """The gateway in front of an ``ollama`` provider, streaming from it."""
-    yield from _gateway("ollama")
+    yield from running("ollama", api_keys=[])
 
 
 def _chat(gw: Gateway, **create: Any) -> Any:

@@ -18,29 +18,21 @@ from openai.types.chat import ChatCompletionMessageParam
 from trio_orchestrator.testing.fake_provider import Behaviour
 from trio_orchestrator.workers.presets import PRESETS
 
-from .conftest import UPSTREAM_KEY, Gateway, single_provider, start_gateway
+from .conftest import UPSTREAM_KEY, Gateway, running
 
 HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Hello!"}]
-
-
-def _gateway(kind: str, **provider: Any) -> Iterator[Gateway]:
-    running = start_gateway(kind, single_provider(kind, **provider))
-    try:
-        yield running.gateway
-    finally:
-        running.stop()
 
 
 @pytest.fixture(scope="module", params=sorted(PRESETS))
 def preset(request: pytest.FixtureRequest) -> Iterator[Gateway]:
     """The gateway in front of one preset's provider (the fake upstream), each in turn."""
-    yield from _gateway(request.param)
+    yield from running(request.param)
 
 
 @pytest.fixture(scope="module")
 def groq() -> Iterator[Gateway]:
     """The gateway in front of a ``groq`` provider."""
-    yield from _gateway("groq")
+    yield from running("groq")
 
 
 def _refused(gw: Gateway, member: str, **create: Any) -> openai.BadRequestError:
@@ -97,7 +89,7 @@ def test_groq_gets_n_choices_one_call_at_a_time(groq: Gateway) -> None:
 
 def test_mistral_gets_seed_as_random_seed() -> None:
     """Mistral's name for ``seed`` is ``random_seed``; its own ``safe_prompt`` travels as sent."""
-    for gw in _gateway("mistral"):
+    for gw in running("mistral"):
         gw.openai().chat.completions.create(
             model="mistral-small-latest",
             messages=HELLO,
@@ -112,7 +104,7 @@ def test_mistral_gets_seed_as_random_seed() -> None:
 
 def test_deepseek_reasoner_refuses_logprobs_and_deepseek_chat_takes_them() -> None:
     """``logprobs`` is refused for deepseek-reasoner only, as DeepSeek's guide says."""
-    for gw in _gateway("deepseek"):
+    for gw in running("deepseek"):
         _refused(gw, "logprobs", model="deepseek-reasoner", logprobs=True)
         gw.openai().chat.completions.create(model="deepseek-chat", messages=HELLO, logprobs=True)
         assert gw.last().body["logprobs"] is True
@@ -120,7 +112,7 @@ def test_deepseek_reasoner_refuses_logprobs_and_deepseek_chat_takes_them() -> No
 
 def test_ollama_refuses_logit_bias() -> None:
     """``logit_bias``, not among Ollama's supported request fields, is a 400."""
-    for gw in _gateway("ollama"):
+    for gw in running("ollama"):
         _refused(gw, "logit_bias", logit_bias={"1": 5})
 
 
@@ -130,7 +122,7 @@ def test_deepseeks_cache_hits_are_the_clients_cached_tokens() -> None:
     recorded = json.loads(
         (Path(__file__).parent / "fixtures" / "deepseek_chat_cached.json").read_text()
     )
-    for gw in _gateway("deepseek", stream=False):
+    for gw in running("deepseek", stream=False):
         gw.script(Behaviour(body=recorded))
         answer = gw.openai().chat.completions.create(model="deepseek-reasoner", messages=HELLO)
         usage = answer.usage

@@ -63,48 +63,19 @@ def worker_for(provider: ProviderConfig, client: httpx.AsyncClient | None) -> Mo
             provider.models,
         )
     base_url = provider.base_url or DEFAULT_BASE_URLS[provider.kind]
+    common = (client, base_url, pool, provider.label, provider.timeouts, provider.stream)
     if provider.kind == "anthropic":
-        return AnthropicWorker(
-            client,
-            base_url,
-            pool,
-            provider.label,
-            provider.timeouts,
-            provider.stream,
-            provider.max_tokens,
-            provider.anthropic_version,
-        )
+        return AnthropicWorker(*common, provider.max_tokens, provider.anthropic_version)
     if provider.kind == "azure":
         return AzureOpenAIWorker(
-            client,
-            base_url,
-            pool,
-            provider.label,
-            provider.timeouts,
-            provider.stream,
+            *common,
             api_version=provider.api_version or AZURE_API_VERSION,
             deployments=provider.deployments,
             auth=provider.azure_auth,
         )
     if provider.kind in PRESETS:
-        return PresetWorker(
-            client,
-            base_url,
-            pool,
-            provider.label,
-            provider.timeouts,
-            provider.stream,
-            preset=PRESETS[provider.kind],
-        )
-    return OpenAIWorker(
-        client,
-        base_url,
-        pool,
-        provider.label,
-        provider.timeouts,
-        provider.stream,
-        responses_api=provider.responses_api,
-    )
+        return PresetWorker(*common, preset=PRESETS[provider.kind])
+    return OpenAIWorker(*common, responses_api=provider.responses_api)
 
 
 def key_pool(worker: ModelWorker) -> KeyPool | None:
