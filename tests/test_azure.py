@@ -124,3 +124,19 @@ async def test_a_deployment_url_without_api_version_is_not_found(
     )
     assert response.status_code == 404
     assert response.json()["error"]["message"] == "Resource not found"
+
+
+def test_a_reload_that_changes_the_deployments_is_refused() -> None:
+    """Keys reload; api_version, deployments and azure_auth say they need a restart."""
+    provider = ProviderConfig(
+        "azure", "az", "https://r.openai.azure.com", api_keys=[KEY], deployments={"a": "b"}
+    )
+    worker = build_worker(ProvidersConfig([provider]), httpx.AsyncClient())
+    assert isinstance(worker, AzureOpenAIWorker)
+    assert worker.reconfigure(provider) == []
+    changed = ProviderConfig(
+        "azure", "az", "https://r.openai.azure.com", api_keys=[KEY], deployments={"a": "c"}
+    )
+    assert worker.reconfigure(changed) == [
+        "providers.az: api_version, deployments and azure_auth change only on a restart"
+    ]

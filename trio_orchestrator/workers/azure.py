@@ -31,7 +31,7 @@ import attrs
 
 from ..config.secret import Secret
 from ..types import PromptRequest
-from .config import AZURE_API_VERSION, AzureAuth
+from .config import AZURE_API_VERSION, AzureAuth, ProviderConfig
 from .openai import OpenAIWorker
 
 __all__ = ["AzureOpenAIWorker"]
@@ -65,6 +65,21 @@ class AzureOpenAIWorker(OpenAIWorker):
 
     def __repr__(self) -> str:
         return f"AzureOpenAIWorker(name={self.name!r}, base_url={self.base_url!r})"
+
+    def reconfigure(self, provider: ProviderConfig | None, /) -> list[str]:
+        """Apply this provider's reloaded keys (see :class:`.OpenAIWorker`); its
+        ``api_version``, ``deployments`` and ``azure_auth`` change only on a restart."""
+        refused = super().reconfigure(provider)
+        if provider is not None and (
+            (provider.api_version or AZURE_API_VERSION, dict(provider.deployments))
+            != (self.api_version, dict(self.deployments))
+            or provider.azure_auth != self.auth
+        ):
+            refused.append(
+                f"providers.{self.name}: api_version, deployments and azure_auth change "
+                "only on a restart"
+            )
+        return refused
 
     def deployment(self, model: str) -> str:
         """The deployment that serves ``model``."""
