@@ -140,3 +140,26 @@ def test_a_reload_that_changes_the_deployments_is_refused() -> None:
     assert worker.reconfigure(changed) == [
         "providers.az: api_version, deployments and azure_auth change only on a restart"
     ]
+
+
+async def test_a_reload_sends_a_refreshed_entra_token(
+    fake: tuple[FakeProvider, httpx.AsyncClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An Entra ID token read from the environment is read again on a reload (SIGHUP)."""
+    upstream, client = fake
+    monkeypatch.setenv("AZURE_OPENAI_AD_TOKEN", "token-before-0123456789")
+    provider = ProviderConfig(
+        "azure",
+        "az",
+        upstream.base_url,
+        api_key_env="AZURE_OPENAI_AD_TOKEN",
+        azure_auth="entra",
+    )
+    worker = build_worker(ProvidersConfig([provider]), client)
+    await collect(worker, REQUEST)
+    assert upstream.requests[-1].headers["authorization"] == "Bearer token-before-0123456789"
+    monkeypatch.setenv("AZURE_OPENAI_AD_TOKEN", "token-after-0123456789")
+    assert isinstance(worker, AzureOpenAIWorker)
+    assert worker.reconfigure(provider) == []
+    await collect(worker, REQUEST)
+    assert upstream.requests[-1].headers["authorization"] == "Bearer token-after-0123456789"
