@@ -184,6 +184,21 @@ KIND_PROVIDERS: dict[str, Callable[[str, int], ProviderConfig]] = {
         api_keys=["fake-google-key"],
         max_connections=connections,
     ),
+    "azure": lambda url, connections: ProviderConfig(
+        kind="azure",
+        name="fake",
+        base_url=url,
+        api_keys=["sk-fake"],
+        deployments={"fake-model": "fake-deployment"},
+        max_connections=connections,
+    ),
+    "groq": lambda url, connections: ProviderConfig(
+        kind="groq",
+        name="fake",
+        base_url=url + "/v1",
+        api_keys=["sk-fake"],
+        max_connections=connections,
+    ),
 }
 
 

@@ -38,9 +38,13 @@ from trio_orchestrator.testing.strategies import generation_params, prompt_reque
 from trio_orchestrator.types import GenerationParams, PromptRequest
 from trio_orchestrator.workers import EchoWorker, ModelWorker
 from trio_orchestrator.workers.anthropic import AnthropicWorker
+from trio_orchestrator.workers.azure import AzureOpenAIWorker
 from trio_orchestrator.workers.balance import LoadBalancedWorker
 from trio_orchestrator.workers.bedrock import AWSCredentials, BedrockWorker
+from trio_orchestrator.workers.keys import KeyPool
 from trio_orchestrator.workers.openai import OpenAIWorker
+from trio_orchestrator.workers.preset import PresetWorker
+from trio_orchestrator.workers.presets import PRESETS
 
 GENEROUS = RateLimitsConfig(
     enabled=True, limits=(LimitConfig(scope="provider", requests_per_second=1e6, burst=1e6),)
@@ -93,12 +97,17 @@ async def fake_upstream() -> AsyncIterator[Any]:
         yield fake, client
 
 
-class TestOpenAIWorker(WorkerContract):
-    """The OpenAI-compatible worker over real HTTP to the fake provider."""
+class HTTPWorkerContract(WorkerContract):
+    """The contract for a worker over real HTTP to the fake provider (real time: the fake
+    runs on real sockets)."""
 
     virtual_time = False
     call_timeout = 20.0
     max_examples = EXAMPLES
+
+
+class TestOpenAIWorker(HTTPWorkerContract):
+    """The OpenAI-compatible worker over real HTTP to the fake provider."""
 
     @pytest.fixture
     async def contract_worker_factory(self, fake_upstream: Any) -> Callable[[], ModelWorker]:
@@ -106,12 +115,28 @@ class TestOpenAIWorker(WorkerContract):
         return lambda: OpenAIWorker(client, fake.openai_base_url)
 
 
-class TestAnthropicWorker(WorkerContract):
-    """The Anthropic Messages worker over real HTTP to the fake provider."""
+class TestAzureOpenAIWorker(HTTPWorkerContract):
+    """The Azure OpenAI worker over real HTTP to the fake's Azure deployment URLs."""
 
-    virtual_time = False
-    call_timeout = 20.0
-    max_examples = EXAMPLES
+    @pytest.fixture
+    async def contract_worker_factory(self, fake_upstream: Any) -> Callable[[], ModelWorker]:
+        fake, client = fake_upstream
+        return lambda: AzureOpenAIWorker(
+            client, fake.base_url, KeyPool([Secret("azure-key-0123456789")], "azure")
+        )
+
+
+class TestPresetWorker(HTTPWorkerContract):
+    """A preset's worker (Groq's: the one with refusals) over real HTTP to the fake."""
+
+    @pytest.fixture
+    async def contract_worker_factory(self, fake_upstream: Any) -> Callable[[], ModelWorker]:
+        fake, client = fake_upstream
+        return lambda: PresetWorker(client, fake.openai_base_url, preset=PRESETS["groq"])
+
+
+class TestAnthropicWorker(HTTPWorkerContract):
+    """The Anthropic Messages worker over real HTTP to the fake provider."""
 
     @pytest.fixture
     async def contract_worker_factory(self, fake_upstream: Any) -> Callable[[], ModelWorker]:

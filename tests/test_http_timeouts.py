@@ -23,9 +23,12 @@ from trio_orchestrator.errors import ProviderTimeout
 from trio_orchestrator.testing.fake_bedrock import event_frame
 from trio_orchestrator.types import GenerationParams, PromptRequest
 from trio_orchestrator.workers import AnthropicWorker, ModelWorker, OpenAIWorker, collect
+from trio_orchestrator.workers.azure import AzureOpenAIWorker
 from trio_orchestrator.workers.bedrock import AWSCredentials, BedrockWorker
 from trio_orchestrator.workers.config import Timeouts
 from trio_orchestrator.workers.gemini import GeminiWorker
+from trio_orchestrator.workers.preset import PresetWorker
+from trio_orchestrator.workers.presets import PRESETS
 
 
 def _data(payload: dict[str, Any], event: str | None = None) -> bytes:
@@ -84,7 +87,30 @@ class Kind:
 
 REQUEST = PromptRequest(input="hi", params=GenerationParams(model="m"))
 
+# Azure's stream opens with the prompt filter's verdict, a frame with no choices.
+_AZURE_PROMPT_FILTER = _data(
+    {"choices": [], "id": "", "model": "", "prompt_filter_results": [{"prompt_index": 0}]}
+)
+
 KINDS = [
+    Kind(
+        "azure",
+        lambda client, t: AzureOpenAIWorker(client, "http://azure.test", timeouts=t),
+        _AZURE_PROMPT_FILTER + _openai_chunk("a"),
+        _openai_chunk("a"),
+        _openai_chunk(None, "stop") + b"data: [DONE]\n\n",
+        REQUEST,
+    ),
+    Kind(
+        "groq",
+        lambda client, t: PresetWorker(
+            client, "http://groq.test/v1", timeouts=t, preset=PRESETS["groq"]
+        ),
+        _openai_chunk("a"),
+        _openai_chunk("a"),
+        _openai_chunk(None, "stop") + b"data: [DONE]\n\n",
+        REQUEST,
+    ),
     Kind(
         "openai",
         lambda client, t: OpenAIWorker(client, "http://llm.test/v1", timeouts=t),
@@ -263,3 +289,21 @@ async def test_a_json_answer_is_cut_at_the_first_token_limit(
     client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
     worker = OpenAIWorker(client, "http://llm.test/v1", timeouts=LIMITS, stream=False)
     assert await _cut_after(worker, REQUEST, "first token") == 3.0
+
+
+async def test_azures_prompt_filter_frame_is_not_a_first_token(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Azure's opening prompt-filter frame carries no content: a stream that sends only it
+    is still cut at first_token."""
+    body = Scripted([(0.5, _AZURE_PROMPT_FILTER)])
+    worker = AzureOpenAIWorker(
+        httpx.AsyncClient(transport=httpx.MockTransport(lambda r: _sse(body))),
+        "http://azure.test",
+        timeouts=LIMITS,
+    )
+    assert await _cut_after(worker, REQUEST, "first token") == 3.0
+
+
+def _sse(body: Scripted) -> httpx.Response:
+    return httpx.Response(200, stream=body, headers={"content-type": "text/event-stream"})

@@ -43,6 +43,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "sections",
         (
             r"(workers|resilience|distributed|observability)\.config",
+            r"workers\.presets",
             r"routing\.registry",
             r"config\.service",
         ),

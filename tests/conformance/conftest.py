@@ -34,12 +34,16 @@ from trio_orchestrator.testing.fake_provider import (
     open_fake_provider,
 )
 from trio_orchestrator.workers import ProviderConfig, ProvidersConfig
+from trio_orchestrator.workers.presets import PRESETS
 
 #: The upstream kinds every conformance test runs against (``upstream_kind`` fixture).
-UPSTREAM_KINDS = ("openai", "anthropic", "bedrock", "gemini", "vertex")
+UPSTREAM_KINDS = ("openai", "anthropic", "azure", "bedrock", "gemini", "vertex")
 
 #: The kinds that speak Google's generateContent format (their bodies have ``contents``).
 GOOGLE_KINDS = ("gemini", "vertex")
+
+#: The wire format of each upstream kind whose format is another's (``Gateway.kind``).
+WIRE_FORMATS = {"azure": "openai", **dict.fromkeys(PRESETS, "openai")}
 
 #: The key the gateway holds for the upstream; a test can check it was sent.
 UPSTREAM_KEY = "sk-upstream-test"
@@ -72,15 +76,17 @@ def sampling(kind: str, body: dict[str, Any], name: str) -> Any:
 def upstream_provider(
     fake: FakeProvider, kind: str, name: str = "up", **options: Any
 ) -> ProviderConfig:
-    """A provider of ``kind`` pointing at the fake upstream: with :data:`UPSTREAM_KEY`, or
-    (Vertex AI) a throwaway service account the fake trusts."""
-    base = fake.openai_base_url if kind == "openai" else fake.base_url
-    keys = [UPSTREAM_KEY]
+    """A provider of ``kind`` pointing at the fake upstream: with :data:`UPSTREAM_KEY` (a
+    test may give its own ``api_keys``, or none), or (Vertex AI) a throwaway service account
+    the fake trusts."""
+    # OpenAI-compatible kinds take the API root with its /v1; the others the server's.
+    base = fake.openai_base_url if kind == "openai" or kind in PRESETS else fake.base_url
+    keys: dict[str, Any] = {"api_keys": [UPSTREAM_KEY]}
     if kind == "vertex":
         folder = tempfile.mkdtemp(prefix="vertex-")
         key = service_account_file(fake.google, folder, fake.base_url + "/token")
-        options, keys = {"credentials_file": key, **options}, []
-    return ProviderConfig(kind, name, base, api_keys=keys, **options)  # type: ignore[arg-type]
+        keys = {"api_keys": [], "credentials_file": key}
+    return ProviderConfig(kind, name, base, **{**keys, **options})  # type: ignore[arg-type]
 
 
 def single_provider(kind: str, **provider: Any) -> ConfigFactory:
@@ -99,7 +105,9 @@ class Gateway:
 
     Attributes:
         url: the gateway's base URL (``http://127.0.0.1:<port>``).
-        kind: the upstream's wire format, one of :data:`UPSTREAM_KINDS`.
+        kind: the upstream's wire format, one of :data:`UPSTREAM_KINDS` (Azure OpenAI's
+            is ``"openai"``: see ``WIRE_FORMATS``).
+        upstream: the upstream provider's kind (``"azure"``…).
     """
 
     url: str
@@ -107,6 +115,7 @@ class Gateway:
     _fake: FakeProvider
     _token: trio.lowlevel.TrioToken
     _clients: list[openai.OpenAI | anthropic.Anthropic] = attrs.field(factory=list)
+    upstream: str = ""
 
     def openai(self, **options: Any) -> openai.OpenAI:
         """The official OpenAI SDK's client, pointed at the gateway (no retries); closed
@@ -194,7 +203,7 @@ def start_gateway(kind: str, make_config: ConfigFactory) -> _Running:
         raise started
     fake, url, token = started
 
-    gateway = Gateway(url, kind, fake, token)
+    gateway = Gateway(url, WIRE_FORMATS.get(kind, kind), fake, token, upstream=kind)
 
     def stop() -> None:
         gateway.close_clients()
@@ -202,6 +211,16 @@ def start_gateway(kind: str, make_config: ConfigFactory) -> _Running:
         thread.join(timeout=30)
 
     return _Running(thread, stop, gateway)
+
+
+def running(kind: str, **provider: Any) -> Iterator[Gateway]:
+    """A gateway in front of one provider of ``kind`` with these ``ProviderConfig`` options,
+    stopped when the generator is closed (``yield from`` it in a fixture, or loop once)."""
+    started = start_gateway(kind, single_provider(kind, **provider))
+    try:
+        yield started.gateway
+    finally:
+        started.stop()
 
 
 @pytest.fixture(scope="module", params=UPSTREAM_KINDS)

@@ -19,5 +19,10 @@ def test_the_openai_sdk_gets_an_answer_from_either_upstream(gw: Gateway) -> None
         assert received.headers["authorization"].startswith("Bearer ya29.")
         return
     headers = received.headers
-    key = headers.get("x-api-key") or headers.get("x-goog-api-key") or headers["authorization"]
+    key = (
+        headers.get("x-api-key")
+        or headers.get("x-goog-api-key")
+        or headers.get("api-key")
+        or headers["authorization"]
+    )
     assert UPSTREAM_KEY in key

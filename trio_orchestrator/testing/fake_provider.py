@@ -16,7 +16,8 @@ a hang). It counts the requests it saw, the faults it injected and the connectio
 closed before their answer was complete.
 
 Endpoints: ``POST /v1/chat/completions``, ``POST /v1/responses``, ``GET /v1/models``,
-``POST /v1/embeddings`` (OpenAI), ``POST /v1/messages`` (Anthropic),
+``POST /v1/embeddings`` (OpenAI), ``POST /v1/messages`` (Anthropic), Azure OpenAI's
+deployment and v1 paths (:mod:`.fake_azure`),
 ``POST /model/{modelId}/converse[-stream]`` (AWS Bedrock, :mod:`.fake_bedrock`, which checks
 SigV4 signatures) and Google's Gemini API and Vertex AI routes with an OAuth ``POST /token``
 (:mod:`.fake_gemini`), streaming and not. An
@@ -48,7 +49,7 @@ import attrs
 import trio
 
 from ..workers.echo import split_tokens
-from . import fake_bedrock, fake_gemini
+from . import fake_azure, fake_bedrock, fake_gemini
 
 __all__ = [
     "FAULT_KINDS",
@@ -108,7 +109,8 @@ class Behaviour:
         finish_reason: the finish reason (``stop``/``end_turn`` by default).
         body: answer a non-streaming request with exactly this JSON (a recorded answer, such
             as one from the provider's API reference); the fields above other than
-            ``status``, ``headers`` and ``hang`` are then unused.
+            ``status``, ``headers`` and ``hang`` are then unused. With an error ``status``,
+            it is the error body, streaming or not.
         events: answer a streaming request with exactly these event payloads, each as
             ``data: <JSON>`` (Anthropic and Responses: with ``event: <its type>``), then
             (Chat Completions only) ``data: [DONE]``.
@@ -238,12 +240,14 @@ class RecordedRequest:
         path: the URL path.
         headers: the request headers, names lower-cased (keys included: this is a test tool).
         body: the parsed JSON body, or ``None``.
+        query: the URL's query string (``api-version=…``), or ``""``.
     """
 
     method: str
     path: str
     headers: Mapping[str, str]
     body: Any
+    query: str = ""
 
 
 @attrs.frozen
@@ -458,7 +462,9 @@ class FakeProvider:
         if headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
             body = dict(urllib.parse.parse_qsl(raw.decode("utf-8", "replace")))  # OAuth
         if self.record:
-            self.requests.append(RecordedRequest(scope["method"], scope["path"], headers, body))
+            query = scope.get("query_string", b"").decode()
+            request = RecordedRequest(scope["method"], scope["path"], headers, body, query)
+            self.requests.append(request)
         self._seen += 1
         self._active += 1
         try:
@@ -504,8 +510,15 @@ class FakeProvider:
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(watch)
+            query = scope.get("query_string", b"").decode()
             await self._route(
-                scope["method"], scope["path"], headers, body, send_marking_done, (scope, raw)
+                scope["method"],
+                scope["path"],
+                headers,
+                body,
+                send_marking_done,
+                (scope, raw),
+                query,
             )
             nursery.cancel_scope.cancel()
 
@@ -523,8 +536,12 @@ class FakeProvider:
     def _planned(self, headers: Mapping[str, str], body: Any) -> Behaviour:
         if self._queue:
             return self._queue.popleft()
-        key = headers.get("x-api-key") or headers.get("x-goog-api-key")
-        key = key or headers.get("authorization", "").removeprefix("Bearer ")
+        key = (
+            headers.get("x-api-key")
+            or headers.get("x-goog-api-key")
+            or headers.get("api-key")  # Azure OpenAI's
+            or headers.get("authorization", "").removeprefix("Bearer ")
+        )
         if key in self._by_key:
             return self._by_key[key]
         model = body.get("model") if isinstance(body, Mapping) else None
@@ -538,8 +555,11 @@ class FakeProvider:
         body: Any,
         send: Send,
         received: tuple[Scope, bytes] | None = None,
+        query: str = "",
     ) -> None:
-        if method == "GET" and path == "/v1/models":
+        if fake_azure.is_azure_path(path):
+            await fake_azure.route(self, method, path, query, headers, body, send)
+        elif method == "GET" and path == "/v1/models":
             data = [
                 {"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in self.models
             ]
@@ -662,6 +682,9 @@ class FakeProvider:
         headers = dict(b.headers)
         if b.retry_after is not None:
             headers["retry-after"] = str(b.retry_after)
+        if b.body is not None:  # a recorded error body, sent as it is
+            await _json(send, b.status, b.body, headers)
+            return
         if anthropic:
             kind = b.error_type or _ANTHROPIC_ERRORS.get(b.status, "api_error")
             payload: Any = {"type": "error", "error": {"type": kind, "message": b.error_message}}

@@ -20,7 +20,7 @@ One provider builds its worker; several build a load balancer over theirs.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal
 
 import attrs
@@ -28,9 +28,11 @@ import attrs
 from ..config.secret import Secret
 from ..errors import ConfigError
 from ..validators import one_of, positive_int, positive_time
+from .presets import PRESETS
 
 __all__ = [
     "ANTHROPIC_VERSION",
+    "AZURE_API_VERSION",
     "STRATEGIES",
     "ProviderConfig",
     "ProvidersConfig",
@@ -38,11 +40,40 @@ __all__ = [
     "Timeouts",
 ]
 
-Kind = Literal["openai", "anthropic", "echo", "bedrock", "gemini", "vertex"]
+Kind = Literal[
+    "openai",
+    "anthropic",
+    "echo",
+    "bedrock",
+    "gemini",
+    "vertex",
+    "azure",
+    "groq",
+    "mistral",
+    "together",
+    "deepseek",
+    "openrouter",
+    "ollama",
+    "vllm",
+    "llamacpp",
+]
+KINDS: tuple[str, ...] = (
+    "openai",
+    "anthropic",
+    "echo",
+    "bedrock",
+    "gemini",
+    "vertex",
+    "azure",
+    *PRESETS,
+)
 HTTPClient = Literal["httpx", "httpx2"]
 Strategy = Literal["round_robin", "least_loaded", "weighted", "session"]
 STRATEGIES: tuple[Strategy, ...] = ("round_robin", "least_loaded", "weighted", "session")
 ANTHROPIC_VERSION = "2023-06-01"
+#: Azure OpenAI's latest GA data-plane ``api-version`` (``"v1"``: the v1 surface).
+AZURE_API_VERSION = "2024-10-21"
+AzureAuth = Literal["api-key", "entra"]
 
 DEFAULT_BASE_URLS = {
     "openai": "https://api.openai.com/v1",
@@ -50,6 +81,7 @@ DEFAULT_BASE_URLS = {
     # Per region: ``{region}`` is the provider's ``region``.
     "bedrock": "https://bedrock-runtime.{region}.amazonaws.com",
     "gemini": "https://generativelanguage.googleapis.com",
+    **{kind: preset.base_url for kind, preset in PRESETS.items()},
 }
 
 
@@ -63,6 +95,10 @@ def _to_secret(value: str | Secret | None) -> Secret | None:
 
 def _to_strings(value: Iterable[str]) -> tuple[str, ...]:
     return tuple(value)
+
+
+def _to_deployments(value: Mapping[str, str]) -> Mapping[str, str]:
+    return dict(value)
 
 
 def _to_providers(value: Iterable[ProviderConfig]) -> tuple[ProviderConfig, ...]:
@@ -93,14 +129,19 @@ class ProviderConfig:
 
     Attributes:
         kind: ``"openai"`` (any ``/v1/chat/completions`` server), ``"anthropic"``,
-            ``"bedrock"`` (AWS Bedrock's Converse API), ``"gemini"`` (Google's Gemini API),
-            ``"vertex"`` (Gemini on Vertex AI) or ``"echo"`` (offline).
+            ``"echo"`` (offline), ``"bedrock"`` (AWS Bedrock's Converse API), ``"gemini"``
+            (Google's Gemini API), ``"vertex"`` (Gemini on Vertex AI), ``"azure"`` (Azure
+            OpenAI), or a preset for an OpenAI-compatible service (``"groq"``, ``"mistral"``,
+            ``"together"``, ``"deepseek"``, ``"openrouter"``, ``"ollama"``, ``"vllm"``,
+            ``"llamacpp"``: its base URL, key variable and quirks come from :mod:`.presets`).
         name: the provider's name in errors, logs and statistics.
         base_url: the API root; default OpenAI's ``https://api.openai.com/v1`` or Anthropic's
             ``https://api.anthropic.com``. For vLLM/llama.cpp/Ollama/LM Studio give the
             server's ``…/v1``.
         api_keys: the keys (a key pool when several); may be empty for local servers.
-        api_key_env: an environment variable holding one more key, read when building.
+        api_key_env: an environment variable holding one more key, read when building. A
+            preset for a cloud service reads its usual variable (``GROQ_API_KEY``…) when
+            the entry gives neither ``api_keys`` nor ``api_key_env``.
         models: the models this provider serves: with several providers and no routing,
             a request goes only to those listing its model (or listing none).
         timeouts: connect, first-token, idle and total timeouts in seconds.
@@ -146,11 +187,21 @@ class ProviderConfig:
             ``project_id``).
         location: for ``"vertex"``, the region (default ``us-central1``; ``global`` too).
             The base URL defaults to ``https://{location}-aiplatform.googleapis.com``.
+        api_version: for ``"azure"``, the ``api-version`` query parameter of the
+            deployment URLs (default ``"2024-10-21"``, the latest GA); ``"v1"`` uses Azure's
+            v1 surface instead (``{base_url}/openai/v1/chat/completions``, the deployment
+            as ``model``, no ``api-version``). ``base_url`` is the resource's endpoint,
+            ``https://<resource>.openai.azure.com``.
+        deployments: for ``"azure"``, the deployment serving each model
+            (``{ "gpt-4o" = "my-gpt4o-deploy" }``); a model not listed is its own
+            deployment name.
+        azure_auth: for ``"azure"``, how the keys are sent: ``"api-key"`` (the default: the
+            ``api-key`` header) or ``"entra"`` (each key is a Microsoft Entra ID access
+            token, sent as ``Authorization: Bearer``; put it in the variable ``api_key_env``
+            names, and a reload reads a refreshed token).
     """
 
-    kind: Kind = attrs.field(
-        validator=one_of("openai", "anthropic", "echo", "bedrock", "gemini", "vertex")
-    )
+    kind: Kind = attrs.field(validator=one_of(*KINDS))
     name: str = ""
     base_url: str | None = None
     api_keys: tuple[Secret, ...] = attrs.field(default=(), converter=_to_secrets)
@@ -175,6 +226,11 @@ class ProviderConfig:
     credentials_file: str | None = attrs.field(default=None)
     project: str | None = attrs.field(default=None)
     location: str | None = attrs.field(default=None)
+    api_version: str | None = None
+    deployments: Mapping[str, str] = attrs.field(
+        factory=dict, converter=_to_deployments, hash=False
+    )
+    azure_auth: AzureAuth = attrs.field(default="api-key", validator=one_of("api-key", "entra"))
 
     @responses_api.validator
     def _check_responses_api(self, _attribute: object, value: bool) -> None:
@@ -196,6 +252,28 @@ class ProviderConfig:
         if value is not None and self.kind != "vertex":
             raise ValueError(f"{attribute.name} is for kind 'vertex' providers, not {self.kind!r}")
 
+    def __attrs_post_init__(self) -> None:
+        if self.kind == "ollama" and (self.base_url or "").rstrip("/").endswith("/api"):
+            raise ValueError(
+                "an ollama provider speaks Ollama's OpenAI-compatible API: give base_url "
+                "as http://<host>:11434/v1, not its native /api"
+            )
+        if self.kind == "azure":
+            if not self.base_url:
+                raise ValueError(
+                    "an azure provider needs base_url, its resource's endpoint "
+                    "(https://<resource>.openai.azure.com)"
+                )
+            return
+        azure_only = {
+            "api_version": self.api_version is not None,
+            "deployments": bool(self.deployments),
+            "azure_auth": self.azure_auth != "api-key",
+        }
+        for name, given in azure_only.items():
+            if given:
+                raise ValueError(f"{name} is for kind 'azure' providers, not {self.kind!r}")
+
     @property
     def label(self) -> str:
         """The name, or the kind when unnamed."""
@@ -208,12 +286,15 @@ class ProviderConfig:
             ConfigError: ``api_key_env`` names a variable that is not set.
         """
         keys = list(self.api_keys)
-        if self.api_key_env:
-            value = os.environ.get(self.api_key_env)
+        env = self.api_key_env
+        if env is None and not keys and self.kind in PRESETS:
+            env = PRESETS[self.kind].api_key_env
+        if env:
+            value = os.environ.get(env)
             if not value:
                 raise ConfigError(
                     f"providers.{self.label}.api_key_env: the environment variable "
-                    f"{self.api_key_env} is not set; set it or remove the key"
+                    f"{env} is not set; set it, or give the key in api_keys"
                 )
             keys.append(Secret(value))
         return keys

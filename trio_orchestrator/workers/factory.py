@@ -12,14 +12,23 @@ from typing import Any
 import httpx
 
 from .anthropic import AnthropicWorker
+from .azure import AzureOpenAIWorker
 from .balance import LoadBalancedWorker
 from .base import ModelWorker
 from .bedrock import BedrockWorker, bedrock_worker
-from .config import DEFAULT_BASE_URLS, HTTPClient, ProviderConfig, ProvidersConfig
+from .config import (
+    AZURE_API_VERSION,
+    DEFAULT_BASE_URLS,
+    HTTPClient,
+    ProviderConfig,
+    ProvidersConfig,
+)
 from .echo import EchoWorker
 from .gemini import GeminiWorker
 from .keys import KeyPool
 from .openai import OpenAIWorker
+from .preset import PresetWorker
+from .presets import PRESETS
 from .transport import sharded_client
 
 __all__ = ["build_worker", "key_pool", "make_client", "open_worker", "worker_for"]
@@ -62,30 +71,21 @@ def worker_for(provider: ProviderConfig, client: httpx.AsyncClient | None) -> Mo
 
         return vertex_worker(provider, client, pool)
     base_url = provider.base_url or DEFAULT_BASE_URLS[provider.kind]
+    common = (client, base_url, pool, provider.label, provider.timeouts, provider.stream)
     if provider.kind == "gemini":
-        return GeminiWorker(
-            client, base_url, pool, provider.label, provider.timeouts, provider.stream
-        )
+        return GeminiWorker(*common)
     if provider.kind == "anthropic":
-        return AnthropicWorker(
-            client,
-            base_url,
-            pool,
-            provider.label,
-            provider.timeouts,
-            provider.stream,
-            provider.max_tokens,
-            provider.anthropic_version,
+        return AnthropicWorker(*common, provider.max_tokens, provider.anthropic_version)
+    if provider.kind == "azure":
+        return AzureOpenAIWorker(
+            *common,
+            api_version=provider.api_version or AZURE_API_VERSION,
+            deployments=provider.deployments,
+            auth=provider.azure_auth,
         )
-    return OpenAIWorker(
-        client,
-        base_url,
-        pool,
-        provider.label,
-        provider.timeouts,
-        provider.stream,
-        responses_api=provider.responses_api,
-    )
+    if provider.kind in PRESETS:
+        return PresetWorker(*common, preset=PRESETS[provider.kind])
+    return OpenAIWorker(*common, responses_api=provider.responses_api)
 
 
 def key_pool(worker: ModelWorker) -> KeyPool | None:

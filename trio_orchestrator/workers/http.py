@@ -214,8 +214,24 @@ def _error_fields(body: Any) -> tuple[str, str, str]:
         return "", "", error
     if not isinstance(error, dict):
         return "", "", ""
-    message = error.get("message") or error.get("detail") or ""
-    return str(error.get("type") or ""), str(error.get("code") or ""), str(message)
+    message = str(error.get("message") or error.get("detail") or "")
+    if filtered := _filtered_categories(error):
+        message = f"{message} (filtered: {filtered})"
+    return str(error.get("type") or ""), str(error.get("code") or ""), message
+
+
+def _filtered_categories(error: Mapping[str, Any]) -> str:
+    """Azure OpenAI's content filter verdict (``innererror.content_filter_result``) as the
+    categories it filtered, with their severity: ``"violence (medium)"``."""
+    inner = error.get("innererror")
+    verdict = inner.get("content_filter_result") if isinstance(inner, Mapping) else None
+    if not isinstance(verdict, Mapping):
+        return ""
+    return ", ".join(
+        f"{name} ({result.get('severity') or 'detected'})"
+        for name, result in verdict.items()
+        if isinstance(result, Mapping) and result.get("filtered")
+    )
 
 
 _BY_TYPE: Mapping[str, type[ProviderError]] = {
@@ -236,7 +252,13 @@ _BY_TYPE: Mapping[str, type[ProviderError]] = {
     "model_not_found": ModelNotFound,
     "content_filter": ContentFiltered,
     "content_policy_violation": ContentFiltered,
+    # llama.cpp server's prompt-over-the-context-size error.
+    "exceed_context_size_error": ContextLengthExceeded,
 }
+
+# Types that say less than the status they come with: Ollama's OpenAI-compatible API gives
+# ``api_error`` to every status but 400 and 404 (its 401, 429 and 503 included).
+_GENERIC_TYPES = frozenset(["api_error"])
 
 _BY_STATUS: Mapping[int, type[ProviderError]] = {
     400: BadRequest,
@@ -269,7 +291,7 @@ def _classify(status: int | None, kind: str, code: str, message: str) -> type[Pr
     if _CONTEXT_PATTERNS.search(message) or "context_length" in code:
         return ContextLengthExceeded
     for key in (code, kind):
-        if key in _BY_TYPE:
+        if key in _BY_TYPE and not (key in _GENERIC_TYPES and status in _BY_STATUS):
             return _BY_TYPE[key]
     if status is None:
         return ServerError

@@ -62,6 +62,19 @@ FEATURES: Mapping[str, KindFeatures] = {
     "gemini": KindFeatures(embeddings=True),
     "vertex": KindFeatures(embeddings=True),
     "echo": KindFeatures(tools=False, vision=False, structured_output=False, cached_tokens=False),
+    # Azure OpenAI: OpenAI's wire format, so all of OpenAI's (the conformance suite runs on it).
+    "azure": KindFeatures(embeddings=True),
+    # The presets forward every member unchanged (bar the refusals in workers/presets.py):
+    # a row says what the service's own reference documents it answers. Each lists its
+    # models at GET {base_url}/models (asked when the entry names no models).
+    "groq": KindFeatures(cached_tokens=False, lists_models=True),
+    "mistral": KindFeatures(embeddings=True, cached_tokens=False, lists_models=True),
+    "together": KindFeatures(embeddings=True, cached_tokens=False, lists_models=True),
+    "deepseek": KindFeatures(vision=False, structured_output=False, lists_models=True),
+    "openrouter": KindFeatures(lists_models=True),
+    "ollama": KindFeatures(embeddings=True, cached_tokens=False, lists_models=True),
+    "vllm": KindFeatures(embeddings=True, lists_models=True),
+    "llamacpp": KindFeatures(embeddings=True, cached_tokens=False, lists_models=True),
 }
 
 

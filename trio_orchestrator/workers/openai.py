@@ -150,7 +150,9 @@ def _usage(data: Any) -> Usage | None:
     return Usage(
         int(data.get("prompt_tokens") or 0),
         int(data.get("completion_tokens") or 0),
-        cached_input_tokens=_count(prompt, "cached_tokens"),
+        # DeepSeek's name for cache hits (it sends no prompt_tokens_details).
+        cached_input_tokens=_count(prompt, "cached_tokens")
+        or int(details.get("prompt_cache_hit_tokens") or 0),
         # OpenRouter's name for prompt tokens written to the provider's cache.
         cache_write_tokens=_count(prompt, "cache_write_tokens"),
         reasoning_tokens=_count(details.get("completion_tokens_details"), "reasoning_tokens"),
@@ -362,8 +364,37 @@ class OpenAIWorker:
 
     def __attrs_post_init__(self) -> None:
         self._http = HTTPProvider(
-            self.client, self.base_url, self.name, self.keys, self.timeouts, _bearer, self.headers
+            self.client,
+            self.base_url,
+            self.name,
+            self.keys,
+            self.timeouts,
+            self._auth,
+            self.headers,
         )
+
+    # The seams a service that speaks this format with another URL, auth or quirks
+    # overrides (Azure OpenAI, the presets): the rest of the worker is shared.
+
+    def _auth(self, key: Secret) -> dict[str, str]:
+        """The headers that carry ``key``."""
+        return _bearer(key)
+
+    def _path(self, endpoint: str, model: str | None) -> str:
+        """The path under ``base_url`` of ``endpoint`` (``/chat/completions``…) for ``model``."""
+        return endpoint
+
+    def _chat_body(self, request: PromptRequest) -> dict[str, Any]:
+        """The ``/chat/completions`` body for ``request``.
+
+        Raises:
+            UnsupportedParameter: a member the upstream refuses.
+        """
+        return chat_body(request, stream=self.stream)
+
+    def _embeddings_body(self, request: PromptRequest) -> dict[str, Any]:
+        """The ``/embeddings`` body for ``request``."""
+        return embeddings_body(request)
 
     def __repr__(self) -> str:
         return f"OpenAIWorker(name={self.name!r}, base_url={self.base_url!r})"
@@ -380,11 +411,12 @@ class OpenAIWorker:
         if self.responses_api and request.responses_body is not None:
             await self._respond(request, emit)
             return
-        body = chat_body(request, stream=self.stream)
+        body = self._chat_body(request)
+        path = self._path("/chat/completions", request.params.model)
         if self.stream:
-            await self._http.post_stream("/chat/completions", body, _ChatStream(self.name, emit))
+            await self._http.post_stream(path, body, _ChatStream(self.name, emit))
             return
-        answer = await self._http.post_json("/chat/completions", body)
+        answer = await self._http.post_json(path, body)
         with wire_format_guard(self.name):
             await _emit_completion(answer, self.name, emit)
 
@@ -404,7 +436,7 @@ class OpenAIWorker:
         Raises:
             ProviderError: a typed failure.
         """
-        answer = await self._http.get_json("/models")
+        answer = await self._http.get_json(self._path("/models", None))
         data = answer.get("data") if isinstance(answer, Mapping) else None
         if not isinstance(data, list):
             raise MalformedResponse(
@@ -413,7 +445,9 @@ class OpenAIWorker:
         return [str(m["id"]) for m in data if isinstance(m, Mapping) and "id" in m]
 
     async def _embed(self, request: PromptRequest, emit: EventSink) -> None:
-        answer = await self._http.post_json("/embeddings", embeddings_body(request))
+        body = self._embeddings_body(request)
+        path = self._path("/embeddings", request.params.model)
+        answer = await self._http.post_json(path, body)
         with wire_format_guard(self.name):
             await emit_embeddings(answer, request, self.name, emit)
 
