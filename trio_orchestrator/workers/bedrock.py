@@ -218,6 +218,31 @@ def _botocore(what: str) -> Any:
     return module
 
 
+#: Header blocks botocore has parsed, by their exact bytes (shared by every decoder: the
+#: blocks seen are few, one per event type and content type, so the memory is bounded).
+_HEADER_BLOCKS: dict[bytes, Mapping[str, Any]] = {}
+
+
+@attrs.define(eq=False)
+class _RememberedHeaders:
+    """botocore's header parser, remembering what it parsed: a ConverseStream answer repeats
+    the same header block (``:event-type contentBlockDelta``, ``:content-type``,
+    ``:message-type event``) on almost every frame, and parsing it is most of botocore's
+    work per frame. Keyed by the block's exact bytes, a remembered answer is the one the
+    parser would give.
+    """
+
+    parser: Any
+
+    def parse(self, data: bytes) -> Mapping[str, Any]:
+        headers = _HEADER_BLOCKS.get(data)
+        if headers is None:
+            headers = self.parser.parse(data)
+            if len(_HEADER_BLOCKS) < 256:
+                _HEADER_BLOCKS[data] = headers
+        return headers
+
+
 @attrs.define(eq=False)
 class EventStreamDecoder:
     """ConverseStream's ``application/vnd.amazon.eventstream`` body, as events.
@@ -239,6 +264,11 @@ class EventStreamDecoder:
         eventstream = _botocore("eventstream")
         self._buffer = eventstream.EventStreamBuffer()
         self._parser_error = eventstream.ParserError
+        # The buffer's parser, by the attribute botocore gives it (checked, so a botocore
+        # that renames it still decodes, only without the memory).
+        parser = getattr(self._buffer, "_header_parser", None)
+        if parser is not None:
+            self._buffer._header_parser = _RememberedHeaders(parser)
 
     def feed(self, chunk: bytes) -> list[ServerSentEvent]:
         """Take the next chunk; return the messages it completed.
