@@ -9,6 +9,7 @@ from typing import Any
 import attrs
 import httpx
 import pytest
+import trio
 
 from trio_orchestrator.config.secret import Secret
 from trio_orchestrator.errors import (
@@ -350,6 +351,30 @@ async def test_embedding_requests_bedrock_cannot_take_are_refused_before_any_cal
     assert caught.value.param == param
     assert words in str(caught.value)
     assert list(fake.requests) == []
+
+
+async def test_titans_calls_are_in_flight_together() -> None:
+    """Titan's calls for one request are made concurrently: no call is answered before all
+    three have arrived (one after the other, the first would wait forever)."""
+    arrived = 0
+    all_in = trio.Event()
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal arrived
+        arrived += 1
+        if arrived == 3:
+            all_in.set()
+        await all_in.wait()
+        return httpx.Response(200, json={"embedding": [0.5], "inputTextTokenCount": 1})
+
+    credentials = AWSCredentials(KEY_ID, Secret(SECRET))
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+        worker = BedrockWorker(
+            client, "http://bedrock.test", credentials=credentials, region="us-east-1"
+        )
+        with trio.fail_after(10):
+            completion = await collect(worker, embed(TITAN, "a", "b", "c"))
+    assert completion.embeddings == ((0.5,), (0.5,), (0.5,))
 
 
 async def test_a_failing_titan_call_is_the_requests_typed_error(

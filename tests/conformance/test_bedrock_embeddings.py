@@ -67,11 +67,12 @@ def test_titan_answers_each_input_in_order_with_its_usage(gw: Gateway) -> None:
 
 
 def test_cohere_answers_in_base64(gw: Gateway) -> None:
-    """Cohere Embed gets the texts in one call with input_type; a base64 request gets the
-    vectors as float32 base64 (the SDK's default encoding)."""
+    """Cohere Embed gets the texts in one call with input_type (usage zero: its answer has no
+    count); a base64 request gets the vectors as float32 base64 (the SDK's default)."""
     answer = gw.openai().embeddings.create(model=COHERE, input=["hola", "mundo"])
     assert gw.last().body == {"texts": ["hola", "mundo"], "input_type": "search_document"}
     assert len(gw.received()) == 1
+    assert answer.usage.prompt_tokens == 0  # Cohere's answer body counts no tokens
     assert [d.embedding for d in answer.data] == [
         pytest.approx(float32(fake_vector(t, 1024))) for t in ("hola", "mundo")
     ]
