@@ -17,7 +17,7 @@ import pytest
 from trio_orchestrator.config import Config
 from trio_orchestrator.config.service import ServiceConfig
 from trio_orchestrator.testing.fake_bedrock import CREDENTIALS
-from trio_orchestrator.testing.fake_provider import FakeProvider
+from trio_orchestrator.testing.fake_provider import Behaviour, FakeProvider
 from trio_orchestrator.workers import ProviderConfig, ProvidersConfig
 from trio_orchestrator.workers.embeddings import fake_vector
 
@@ -97,6 +97,15 @@ def test_what_bedrock_cannot_embed_is_a_400_and_nothing_is_sent(
         gw.openai().embeddings.create(encoding_format="float", **options)
     assert words in caught.value.message
     assert gw.received() == []
+
+
+def test_bedrocks_error_reaches_the_client_as_its_typed_error(gw: Gateway) -> None:
+    """An InvokeModel answered by Bedrock's ResourceNotFoundException (x-amzn-ErrorType) is
+    a 404 for the client."""
+    gw.script(Behaviour(status=404))
+    with pytest.raises(openai.NotFoundError) as caught:
+        gw.openai().embeddings.create(model=TITAN, input="x", encoding_format="float")
+    assert "ResourceNotFoundException" in caught.value.message
 
 
 def signed(fake: FakeProvider) -> Config:
