@@ -1,4 +1,5 @@
-"""An AWS Bedrock provider: requests signed with SigV4, answers streamed over ConverseStream.
+"""An AWS Bedrock provider: requests signed with SigV4, answers streamed over ConverseStream,
+and embeddings from Titan Text Embeddings V2 over InvokeModel.
 
 Runs offline against the fake provider, which speaks Bedrock's wire format and checks each
 signature by signing the request again; for real AWS, drop ``base_url`` and give your region
@@ -17,6 +18,7 @@ from trio_orchestrator.testing import FakeBehaviour, open_fake_provider
 from trio_orchestrator.testing.fake_bedrock import CREDENTIALS
 from trio_orchestrator.types import GenerationParams
 from trio_orchestrator.workers import ProviderConfig, ProvidersConfig
+from trio_orchestrator.workers.embeddings import WorkerEmbedder
 
 
 async def main() -> None:
@@ -33,18 +35,20 @@ async def main() -> None:
         request = PromptRequest(
             input="Say hello", params=GenerationParams(model="amazon.nova-lite-v1:0")
         )
-        async with (
-            open_gateway(Config(providers=ProvidersConfig([bedrock]))) as gateway,
-            gateway.pipeline.stream(request) as events,
-        ):
-            async for event in events:
-                if isinstance(event, TextDelta):
-                    print(event.text, end="", flush=True)
-                elif isinstance(event, Done):
-                    print(f"\n[done: {event.finish_reason}, {event.usage}]")
-        sent = fake.requests[-1]
-        print(f"POST {sent.path}")
-        print(f"signed: {sent.headers['authorization'].split(',')[0]}")
+        async with open_gateway(Config(providers=ProvidersConfig([bedrock]))) as gateway:
+            async with gateway.pipeline.stream(request) as events:
+                async for event in events:
+                    if isinstance(event, TextDelta):
+                        print(event.text, end="", flush=True)
+                    elif isinstance(event, Done):
+                        print(f"\n[done: {event.finish_reason}, {event.usage}]")
+            sent = fake.requests[-1]
+            print(f"POST {sent.path}")
+            print(f"signed: {sent.headers['authorization'].split(',')[0]}")
+            # Titan embeds one text per InvokeModel call: two texts are two signed calls.
+            embedder = WorkerEmbedder(gateway.worker)
+            vectors = await embedder.embed(["a cat", "a dog"], model="amazon.titan-embed-text-v2:0")
+            print(f"embeddings: {len(vectors)} vectors of {len(vectors[0])} values")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from typing import Any
 import attrs
 import httpx
 import pytest
+import trio
 
 from trio_orchestrator.config.secret import Secret
 from trio_orchestrator.errors import (
@@ -29,6 +30,7 @@ from trio_orchestrator.testing.fake_provider import Behaviour, FakeProvider, ope
 from trio_orchestrator.types import GenerationParams, PromptRequest
 from trio_orchestrator.workers import ProviderConfig, ProvidersConfig, build_worker, collect
 from trio_orchestrator.workers.bedrock import AWSCredentials, BedrockWorker, bedrock_error
+from trio_orchestrator.workers.embeddings import fake_vector
 
 ((KEY_ID, SECRET),) = CREDENTIALS.items()
 REQUEST = PromptRequest(input="hello", params=GenerationParams(model="amazon.nova-pro-v1:0"))
@@ -279,3 +281,116 @@ async def test_a_dropped_connection_mid_stream_is_a_connection_error(
     fake.script(Behaviour(disconnect_after=1))
     with pytest.raises(ProviderConnectionError):
         await collect(signed(client, fake), REQUEST)
+
+
+# ------------------------------------------------------------------ embeddings (InvokeModel)
+
+TITAN = "amazon.titan-embed-text-v2:0"
+COHERE = "cohere.embed-english-v3"
+
+
+def embed(model: str, *inputs: Any, **extra: Any) -> PromptRequest:
+    """An embedding request of ``inputs`` for ``model``, with ``extra`` members."""
+    return PromptRequest(embed=inputs, params=GenerationParams(model=model, extra=extra))
+
+
+async def test_titan_embeds_each_input_in_its_own_call_and_keeps_the_order(
+    fake: FakeProvider, client: httpx.AsyncClient
+) -> None:
+    """Titan takes one text a call: three inputs are three signed InvokeModel calls, with
+    ``{"inputText", "dimensions"}``; the vectors come back in input order and the usage is
+    the sum of the answers' inputTextTokenCount."""
+    texts = ("one", "two words", "three little words")
+    completion = await collect(signed(client, fake), embed(TITAN, *texts, dimensions=256))
+    calls = list(fake.requests)
+    assert {c.path for c in calls} == {f"/model/{TITAN}/invoke"}
+    assert sorted(c.body["inputText"] for c in calls) == sorted(texts)
+    assert all(c.body == {"inputText": c.body["inputText"], "dimensions": 256} for c in calls)
+    assert [list(v) for v in completion.embeddings] == [
+        pytest.approx(fake_vector(t, 256)) for t in texts
+    ]
+    assert completion.usage is not None
+    assert completion.usage.input_tokens == 1 + 2 + 3
+
+
+async def test_cohere_embeds_every_input_in_one_call(
+    fake: FakeProvider, client: httpx.AsyncClient
+) -> None:
+    """Cohere Embed takes the texts in one call with ``input_type`` (search_document unless
+    the client says), up to 96 a call."""
+    texts = [f"text {i}" for i in range(100)]
+    completion = await collect(signed(client, fake), embed(COHERE, *texts))
+    calls = sorted(fake.requests, key=lambda c: len(c.body["texts"]), reverse=True)
+    assert [c.path for c in calls] == [f"/model/{COHERE}/invoke"] * 2
+    assert calls[0].body == {"texts": texts[:96], "input_type": "search_document"}
+    assert calls[1].body == {"texts": texts[96:], "input_type": "search_document"}
+    assert [list(v) for v in completion.embeddings] == [
+        pytest.approx(fake_vector(t, 1024)) for t in texts
+    ]
+    await collect(signed(client, fake), embed(COHERE, "q", input_type="search_query"))
+    assert fake.requests[-1].body == {"texts": ["q"], "input_type": "search_query"}
+
+
+@pytest.mark.parametrize(
+    ("request_", "param", "words"),
+    [
+        (embed("amazon.nova-pro-v1:0", "x"), "model", "Titan Text Embeddings"),
+        (embed(TITAN, "x", dimensions=300), "dimensions", "256, 512 or 1024"),
+        (embed(TITAN, (1, 2, 3)), "input[0]", "not tokens"),
+        (embed(COHERE, "x", dimensions=256), "dimensions", "input_type"),
+        (embed("amazon.titan-embed-text-v1", "x", normalize=False), "normalize", "only the text"),
+    ],
+)
+async def test_embedding_requests_bedrock_cannot_take_are_refused_before_any_call(
+    fake: FakeProvider, client: httpx.AsyncClient, request_: PromptRequest, param: str, words: str
+) -> None:
+    """Another model family, Titan dimensions other than 256/512/1024, token inputs and
+    members a family lacks are each a 400 naming the member; nothing is sent."""
+    with pytest.raises(UnsupportedParameter) as caught:
+        await collect(signed(client, fake), request_)
+    assert caught.value.param == param
+    assert words in str(caught.value)
+    assert list(fake.requests) == []
+
+
+async def test_titans_calls_are_in_flight_together() -> None:
+    """Titan's calls for one request are made concurrently: no call is answered before all
+    three have arrived (one after the other, the first would wait forever)."""
+    arrived = 0
+    all_in = trio.Event()
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal arrived
+        arrived += 1
+        if arrived == 3:
+            all_in.set()
+        await all_in.wait()
+        return httpx.Response(200, json={"embedding": [0.5], "inputTextTokenCount": 1})
+
+    credentials = AWSCredentials(KEY_ID, Secret(SECRET))
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+        worker = BedrockWorker(
+            client, "http://bedrock.test", credentials=credentials, region="us-east-1"
+        )
+        with trio.fail_after(10):
+            completion = await collect(worker, embed(TITAN, "a", "b", "c"))
+    assert completion.embeddings == ((0.5,), (0.5,), (0.5,))
+
+
+async def test_a_failing_titan_call_is_the_requests_typed_error(
+    fake: FakeProvider, client: httpx.AsyncClient
+) -> None:
+    """When one of Titan's calls is throttled, the request fails with RateLimited (not an
+    exception group), the other calls being cancelled."""
+    fake.script(Behaviour(), Behaviour(status=429))
+    with pytest.raises(RateLimited):
+        await collect(signed(client, fake), embed(TITAN, "a", "b", "c"))
+
+
+async def test_an_answer_without_the_vector_is_malformed(
+    fake: FakeProvider, client: httpx.AsyncClient
+) -> None:
+    """An InvokeModel answer of another shape is MalformedResponse."""
+    fake.script(Behaviour(body={"embeddings": "nope"}))
+    with pytest.raises(MalformedResponse):
+        await collect(signed(client, fake), embed(TITAN, "a"))

@@ -1,4 +1,5 @@
-"""The fake provider's AWS Bedrock wire format: Converse and ConverseStream.
+"""The fake provider's AWS Bedrock wire format: Converse, ConverseStream, and InvokeModel
+for the embedding models (:func:`invoke`).
 
 ``POST /model/{modelId}/converse`` answers one JSON document; ``…/converse-stream`` answers
 ``application/vnd.amazon.eventstream`` frames (``messageStart``, ``contentBlockStart`` for a
@@ -35,6 +36,8 @@ from typing import Any, Protocol
 import attrs
 import trio
 
+from ..workers.embeddings import fake_vector, input_tokens
+
 __all__ = [
     "CREDENTIALS",
     "EXCEPTIONS",
@@ -45,6 +48,9 @@ __all__ = [
     "error",
     "event_frame",
     "exception_frame",
+    "invoke",
+    "invoke_model",
+    "is_bedrock",
     "is_converse",
     "planning_body",
     "refusal",
@@ -72,6 +78,7 @@ EXCEPTIONS: Mapping[int, str] = {
 }
 
 _PATH = re.compile(r"/model/(?P<model>.+)/(?P<op>converse|converse-stream)")
+_INVOKE = re.compile(r"/model/(?P<model>.+)/invoke")
 _AUTH = re.compile(
     r"AWS4-HMAC-SHA256 Credential=(?P<key>[^/]+)/(?P<date>\d{8})/(?P<region>[^/]+)/"
     r"(?P<service>[^/]+)/aws4_request, ?SignedHeaders=(?P<signed>[^,]+), ?"
@@ -161,6 +168,17 @@ def converse_model(path: str) -> str:
     """The model id of a Converse path (its last two segments are the operation)."""
     match = _PATH.fullmatch(path)
     return "" if match is None else match["model"]
+
+
+def is_bedrock(path: str) -> bool:
+    """Whether ``path`` is a Bedrock Runtime call (Converse, ConverseStream, InvokeModel)."""
+    return is_converse(path) or invoke_model(path) is not None
+
+
+def invoke_model(path: str) -> str | None:
+    """The model id of an InvokeModel path, or None for another path."""
+    match = _INVOKE.fullmatch(path)
+    return None if match is None else match["model"]
 
 
 def planning_body(path: str, body: Mapping[str, Any]) -> dict[str, Any]:
@@ -433,3 +451,73 @@ class _Writer:
                 delta = {"contentBlockIndex": index, "delta": {"toolUse": {"input": piece}}}
                 await self._write(event_frame("contentBlockDelta", delta))
             await self._write(event_frame("contentBlockStop", {"contentBlockIndex": index}))
+
+
+# -------------------------------------------------------------- InvokeModel (embeddings)
+
+
+def _malformed(why: str) -> tuple[int, str, str]:
+    return (
+        400,
+        "ValidationException",
+        f"Malformed input request: {why}, please reformat your input and try again.",
+    )
+
+
+def _embedding(body: Mapping[str, Any]) -> tuple[int, Any] | tuple[int, str, str]:
+    """The answer to an embedding model's body: ``(200, answer)``, or ``(status, exception,
+    message)`` for a body Bedrock would refuse."""
+    if "inputText" in body:  # Amazon Titan Text Embeddings
+        text, dimensions = body["inputText"], body.get("dimensions", 1024)
+        if not isinstance(text, str) or not text:
+            return _malformed("#/inputText: expected minLength: 1")
+        if dimensions not in (256, 512, 1024):
+            return _malformed(f"#/dimensions: {dimensions} is not a valid enum value")
+        vector = list(fake_vector(text, dimensions))
+        return 200, {
+            "embedding": vector,
+            "inputTextTokenCount": input_tokens(text),
+            "embeddingsByType": {"float": vector},
+        }
+    if "texts" in body:  # Cohere Embed
+        texts = body["texts"]
+        if not isinstance(texts, list) or not 0 < len(texts) <= 96:
+            return _malformed("#/texts: expected between 1 and 96 items")
+        if body.get("input_type") not in (
+            "search_document", "search_query", "classification", "clustering"
+        ):  # fmt: skip
+            return _malformed("#: required key [input_type] not found")
+        return 200, {
+            "id": "fake-cohere-embed",
+            "embeddings": [list(fake_vector(str(t), 1024)) for t in texts],
+            "response_type": "embeddings_floats",
+            "texts": texts,
+        }
+    return _malformed("#: required key [inputText] not found")
+
+
+async def invoke(b: Any, body: Mapping[str, Any], send: Send) -> None:
+    """Answer an InvokeModel call to an embedding model (auth already checked).
+
+    Args:
+        b: the fake's behaviour for it: ``hang``, an error ``status`` (answered as
+            Bedrock's exception for it), a verbatim ``body``, or else deterministic vectors
+            (:func:`~trio_orchestrator.workers.embeddings.fake_vector`, 1024 values unless
+            Titan is asked for fewer) in the family's shape, from the body's shape.
+        body: the request's JSON body.
+        send: the ASGI send.
+    """
+    if b.hang:
+        await trio.sleep_forever()
+    if b.status >= 400:
+        exception = EXCEPTIONS.get(b.status, "InternalServerException")
+        await error(send, b.status, exception, f"fake {exception}", b.headers)
+        return
+    if b.body is not None:
+        await _json(send, b.status, b.body, b.headers)
+        return
+    answer = _embedding(body)
+    if len(answer) == 3:
+        await error(send, *answer)
+        return
+    await _json(send, 200, answer[1], b.headers)

@@ -18,9 +18,9 @@ closed before their answer was complete.
 Endpoints: ``POST /v1/chat/completions``, ``POST /v1/responses``, ``GET /v1/models``,
 ``POST /v1/embeddings`` (OpenAI), ``POST /v1/messages`` (Anthropic), Azure OpenAI's
 deployment and v1 paths (:mod:`.fake_azure`),
-``POST /model/{modelId}/converse[-stream]`` (AWS Bedrock, :mod:`.fake_bedrock`, which checks
-SigV4 signatures) and Google's Gemini API and Vertex AI routes with an OAuth ``POST /token``
-(:mod:`.fake_gemini`), streaming and not. An
+``POST /model/{modelId}/converse[-stream]`` and ``…/invoke`` for embeddings (AWS Bedrock,
+:mod:`.fake_bedrock`, which checks SigV4 signatures) and Google's Gemini API and Vertex AI
+routes with an OAuth ``POST /token`` (:mod:`.fake_gemini`), streaming and not. An
 embeddings request takes its behaviour's ``status``, ``body``, ``headers`` and ``hang``; the
 rest is for chats and responses (a streamed response's ``error_after`` sends an ``error``
 event).
@@ -576,7 +576,7 @@ class FakeProvider:
                 await _json(send, 400, {"type": "error", "error": error})
                 return
             await self._chat(self._pick(headers, body), body, send, anthropic=True)
-        elif method == "POST" and fake_bedrock.is_converse(path) and isinstance(body, Mapping):
+        elif method == "POST" and fake_bedrock.is_bedrock(path) and isinstance(body, Mapping):
             await self._bedrock(path, headers, body, send, received)
         elif method == "POST" and path == "/token":
             await fake_gemini.token_exchange(self.google, body, send)
@@ -625,6 +625,10 @@ class FakeProvider:
         refused = fake_bedrock.refusal(headers, scope, raw)
         if refused is not None:
             await fake_bedrock.error(send, 403, *refused)
+            return
+        model = fake_bedrock.invoke_model(path)
+        if model is not None:
+            await fake_bedrock.invoke(self._pick(headers, {"model": model}), body, send)
             return
         planning = fake_bedrock.planning_body(path, body)
         b = self._pick(headers, planning)

@@ -1,4 +1,5 @@
-"""A worker for AWS Bedrock's Converse and ConverseStream APIs.
+"""A worker for AWS Bedrock's Converse and ConverseStream APIs (and InvokeModel for
+embeddings: :mod:`.bedrock_embed`).
 
 ``POST {base_url}/model/{modelId}/converse`` answers with one JSON document;
 ``…/converse-stream`` with the binary ``application/vnd.amazon.eventstream`` framing, decoded
@@ -33,6 +34,7 @@ from urllib.parse import quote
 import attrs
 import httpx
 import orjson
+import trio
 
 from ..config.secret import Secret
 from ..errors import (
@@ -51,13 +53,13 @@ from ..errors import (
     RateLimited,
     ServerError,
 )
-from ..events import Done, Passthrough, TextDelta, ToolCallDelta, ToolCallStart, Usage
+from ..events import Done, Embeddings, Passthrough, TextDelta, ToolCallDelta, ToolCallStart, Usage
 from ..types import PromptRequest, ToolCall
 from ._sse import ServerSentEvent
 from .base import EventSink
+from .bedrock_embed import Family, invoke_bodies, read_answer
 from .bedrock_request import converse_body
 from .config import DEFAULT_BASE_URLS, Timeouts
-from .embeddings import cannot_embed
 from .http import HTTPProvider, parse_retry_after, redact, wire_format_guard
 from .keys import KeyPool
 
@@ -74,6 +76,10 @@ __all__ = [
     "bedrock_worker",
     "converse_body",
 ]
+
+#: The most InvokeModel calls one embedding request has in flight (Titan embeds one text a
+#: call: a request of many inputs is many calls).
+EMBED_CONCURRENCY = 16
 
 #: The name AWS signs Bedrock Runtime requests for (the SigV4 scope's service).
 SIGNING_NAME = "bedrock"
@@ -579,11 +585,12 @@ class BedrockWorker:
 
         Raises:
             UnsupportedParameter: a request member Converse cannot carry, or an embedding
-                request; raised before any call.
+                request this model's family cannot take; raised before any call.
             ProviderError: a typed failure.
         """
         if request.embed is not None:
-            raise cannot_embed(request, self.name, "an AWS Bedrock Converse provider")
+            await self._embed(request, emit)
+            return
         model = request.params.model
         body = converse_body(request, max_tokens=self.max_tokens, provider=self.name)
         path = f"/model/{quote(model, safe='')}/converse"
@@ -594,6 +601,56 @@ class BedrockWorker:
         answer = await self._http.post_json(path, body)
         with wire_format_guard(self.name):
             await _emit_answer(answer, model, self.name, emit)
+
+    async def _embed(self, request: PromptRequest, emit: EventSink) -> None:
+        """An embedding request through InvokeModel: its bodies sent concurrently (at most
+        :data:`EMBED_CONCURRENCY` at a time), the vectors emitted in input order."""
+        model = request.params.model
+        family, bodies = invoke_bodies(request, provider=self.name)
+        path = f"/model/{quote(model, safe='')}/invoke"
+        answers: list[Any] = [None] * len(bodies)
+        failed: list[ProviderError] = []
+        limiter = trio.CapacityLimiter(EMBED_CONCURRENCY)
+
+        async def call(i: int, body: dict[str, Any], cancel: trio.CancelScope) -> None:
+            async with limiter:
+                try:
+                    answers[i] = await self._http.post_json(path, body)
+                except ProviderError as exc:
+                    # The first failure is the request's; the other calls are cancelled, and
+                    # the typed error is raised as itself, not inside an exception group.
+                    failed.append(exc)
+                    cancel.cancel()
+
+        async with trio.open_nursery() as nursery:
+            for i, body in enumerate(bodies):
+                nursery.start_soon(call, i, body, nursery.cancel_scope)
+        if failed:
+            raise failed[0]
+        await _emit_embeddings(family, answers, request, self.name, emit)
+
+
+async def _emit_embeddings(
+    family: Family, answers: list[Any], request: PromptRequest, provider: str, emit: EventSink
+) -> None:
+    vectors: list[tuple[float, ...]] = []
+    tokens: int | None = None
+    with wire_format_guard(provider):
+        for answer in answers:
+            more, count = read_answer(family, answer)
+            vectors.extend(more)
+            if count is not None:
+                tokens = (tokens or 0) + count
+    if len(vectors) != len(request.embed or ()):
+        raise MalformedResponse(
+            f"{provider}: InvokeModel answered without one vector per input; retrying may help",
+            provider=provider,
+        )
+    await emit(Embeddings(tuple(vectors)))
+    usage = None if tokens is None else Usage(tokens, 0)
+    if usage is not None:
+        await emit(usage)
+    await emit(Done("stop", "", usage, (), request.params.model))
 
 
 def _settings(provider: ProviderConfig) -> tuple[object, ...]:

@@ -57,8 +57,8 @@ FEATURES: Mapping[str, KindFeatures] = {
     "openai": KindFeatures(embeddings=True, lists_models=True),
     "anthropic": KindFeatures(),
     # Converse: images as bytes (data: URLs), outputConfig.textFormat for JSON schemas; its
-    # embeddings are InvokeModel's, model by model, not Converse.
-    "bedrock": KindFeatures(),
+    # embeddings are InvokeModel's (Titan Text Embeddings, Cohere Embed: workers.bedrock_embed).
+    "bedrock": KindFeatures(embeddings=True),
     "gemini": KindFeatures(embeddings=True),
     "vertex": KindFeatures(embeddings=True),
     "echo": KindFeatures(tools=False, vision=False, structured_output=False, cached_tokens=False),
