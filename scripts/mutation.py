@@ -34,7 +34,11 @@ GOAL = 0.90
 # against these only (and, of them, only the tests mutmut saw calling the mutated function).
 MODULES: dict[str, tuple[str, ...]] = {
     "workers/_sse.py": ("tests/test_sse.py",),
-    "service/guard.py": ("tests/test_service_routes_auth.py", "tests/test_service_security.py"),
+    "service/guard.py": (
+        "tests/test_service_routes_auth.py",
+        "tests/test_service_security.py",
+        "tests/test_mutation_guard.py",
+    ),
     "service/chat.py": ("tests/test_service_chat.py", "tests/test_service_choices.py"),
     "resilience/keys.py": ("tests/test_keys.py", "tests/test_cache.py", "tests/test_coalesce.py"),
     "resilience/retry.py": ("tests/test_retry.py",),
@@ -192,6 +196,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-children", type=int, default=1, help="mutmut workers (1)")
     parser.add_argument("--summary", action="store_true", help="only print the last results")
     parser.add_argument("--mutant", action="append", default=[], help="re-run these mutants")
+    parser.add_argument(
+        "--retest", action="store_true", help="re-run the last survivors (after adding tests)"
+    )
     args = parser.parse_args(argv)
     unknown = [m for m in args.modules if m not in MODULES]
     if unknown:
@@ -200,7 +207,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.summary:
         for module in modules:
             print(f"== {module} against {' '.join(MODULES[module])}", flush=True)
-            status = run_mutmut(prepare(module), args.max_children, args.mutant)
+            # mutmut keeps a verdict until the function changes; new tests need the names.
+            names = [*args.mutant, *(survivors(module) if args.retest else [])]
+            if args.retest and not names:
+                continue
+            status = run_mutmut(prepare(module), args.max_children, names)
             if status:
                 print(f"mutmut exited with {status} for {module}", file=sys.stderr)
                 return status
