@@ -180,3 +180,30 @@ def test_parse_event_data_refuses_what_is_not_an_object(
         parse_event_data(data, provider)
     assert str(caught.value) == message
     assert caught.value.provider == provider
+
+
+def test_an_event_cut_at_close_keeps_its_id_and_retry() -> None:
+    """The event close() dispatches carries the last id and retry like any other."""
+    assert decode(b"id: 7\nretry: 100\nevent: e\ndata: x") == [ServerSentEvent("e", "x", "7", 100)]
+
+
+def test_close_strips_only_a_carriage_return() -> None:
+    """At close a trailing CR (half a CRLF) is dropped; spaces and other text are data."""
+    assert decode(b"data: a X \r") == [ServerSentEvent("message", "a X ")]
+    assert decode(b"data: a X\r") == [ServerSentEvent("message", "a X")]
+
+
+def test_close_leaves_the_decoder_fresh() -> None:
+    """After close() dispatched a named event, the next event is a plain message again."""
+    decoder = SSEDecoder("p")
+    assert decoder.feed(b"event: e\ndata: x\r") == []
+    assert decoder.close() == [ServerSentEvent("e", "x")]
+    assert decoder.feed(b"data: y\n\n") == [ServerSentEvent("message", "y")]
+
+
+def test_an_id_with_nul_is_ignored() -> None:
+    """An id containing NUL is not taken (WHATWG); the previous id stays."""
+    assert decode(b"id: 1\ndata: a\n\nid: x\0y\ndata: b\n\n") == [
+        ServerSentEvent("message", "a", "1"),
+        ServerSentEvent("message", "b", "1"),
+    ]
