@@ -207,3 +207,8 @@ def test_an_id_with_nul_is_ignored() -> None:
         ServerSentEvent("message", "a", "1"),
         ServerSentEvent("message", "b", "1"),
     ]
+
+
+def test_data_without_a_space_after_the_colon() -> None:
+    """`data:xy` (no space) is the data `xy`: only one optional space is dropped."""
+    assert decode(b"data:xy\ndata:  z\n\n") == [ServerSentEvent("message", "xy\n z")]
