@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from trio_orchestrator.config.secret import Secret
-from trio_orchestrator.config.service import ApiKeyConfig
+from trio_orchestrator.config.service import ApiKeyConfig, ServiceConfig
 from trio_orchestrator.service.errors import ApiError
 from trio_orchestrator.service.guard import (
     CALLER_KEY,
@@ -23,6 +23,7 @@ from trio_orchestrator.service.guard import (
     KeyRing,
     RequestIds,
     access_of,
+    answer_crash,
     caller_of,
     request_id_of,
     route_path,
@@ -289,7 +290,7 @@ async def test_catch_all_answers_500_unless_started(caplog: pytest.LogCaptureFix
         sent = await call(CatchAll(crash), {**http("/x"), "method": "GET"})
     assert sent[0]["status"] == 500
     assert json.loads(sent[1]["body"])["error"]["code"] == "internal_error"
-    assert "unhandled error serving GET /x" in caplog.text
+    assert [r.getMessage() for r in caplog.records] == ["unhandled error serving GET /x"]
     sent = await call(CatchAll(crash_late), http("/x"))
     assert [m["type"] for m in sent] == ["http.response.start"]
 
@@ -330,3 +331,31 @@ def test_request_id_of_makes_one_once() -> None:
     assert first
     assert request_id_of(scope) == first
     assert scope[REQUEST_ID_KEY] == first
+
+
+async def test_answer_crash_sends_the_extra_headers() -> None:
+    """The generic 500 carries the headers its caller adds (a stream's request id)."""
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        await answer_crash(http("/x"), send, started=False, extra=[(b"x-request-id", b"r1")])
+    assert sent[0]["status"] == 500
+    assert (b"x-request-id", b"r1") in sent[0]["headers"]
+
+
+def test_keyring_reconfigure_rotates_the_keys() -> None:
+    """A reloaded key list replaces the old one: the old key is refused, the new one accepted."""
+    ring = KeyRing.from_config([ApiKeyConfig("old", key=Secret("old-key"))])
+    assert (
+        ring.reconfigure(ServiceConfig(api_keys=(ApiKeyConfig("new", key=Secret("new-key")),)))
+        == []
+    )
+    assert ring.identify("old-key") is None
+    assert ring.identify("new-key") is not None
+    ring.reconfigure(ServiceConfig())
+    assert not ring.enabled
