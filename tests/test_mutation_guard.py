@@ -359,3 +359,27 @@ def test_keyring_reconfigure_rotates_the_keys() -> None:
     assert ring.identify("new-key") is not None
     ring.reconfigure(ServiceConfig())
     assert not ring.enabled
+
+
+async def test_catch_all_lets_a_failed_startup_stop_the_server() -> None:
+    """An exception in the lifespan (a failed startup) escapes CatchAll instead of being eaten."""
+
+    async def failing_startup(scope: Any, receive: Any, send: Any) -> None:
+        raise RuntimeError("no database")
+
+    with pytest.raises(RuntimeError, match="no database"):
+        await call(CatchAll(failing_startup), {"type": "lifespan"})
+
+
+async def test_an_accepted_websocket_talks_through_the_guard() -> None:
+    """An accepted WebSocket app receives and sends through the server's own channels."""
+    seen: list[Message] = []
+
+    async def echo(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(await receive())
+        await send({"type": "websocket.accept"})
+
+    scope = {"type": "websocket", "path": "/v1/ws", "headers": [(b"x-api-key", KEY.encode())]}
+    sent = await call(Guard(echo, RING, 100), scope)
+    assert seen == [{"type": "http.request", "body": b"", "more_body": False}]
+    assert sent == [{"type": "websocket.accept"}]
