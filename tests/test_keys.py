@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+
 import attrs
 import pytest
 
@@ -144,3 +146,28 @@ GOLDEN = PromptRequest(
 def test_the_key_of_a_known_request_does_not_drift(request_: PromptRequest, key: str) -> None:
     """A chat, an embedding and a Responses request key exactly as they did (shared caches)."""
     assert request_key(request_) == key
+
+
+def test_content_parts_split_the_key_without_a_wire_object() -> None:
+    """Messages alike in text but not in their typed parts (no client object) do not share."""
+    image: dict[str, object] = {
+        "type": "image_url",
+        "image_url": {"url": "https://example.invalid/a.png"},
+    }
+    other: dict[str, object] = {
+        "type": "image_url",
+        "image_url": {"url": "https://example.invalid/b.png"},
+    }
+
+    def ask(*parts: dict[str, object]) -> PromptRequest:
+        return PromptRequest(messages=(Message("user", "what is this?", parts=parts),))
+
+    assert request_key(ask(image)) != request_key(ask(other))
+    assert request_key(ask(image)) != request_key(ask())
+
+
+def test_values_json_cannot_express_still_key_by_value() -> None:
+    """An extra JSON cannot encode (a date) keys by its repr instead of failing."""
+    first = request_key(make(extra={"when": datetime.date(2024, 1, 1)}))
+    assert first == request_key(make(extra={"when": datetime.date(2024, 1, 1)}))
+    assert first != request_key(make(extra={"when": datetime.date(2024, 1, 2)}))
