@@ -318,3 +318,41 @@ async def test_each_attempt_is_a_span(autojump_clock: trio.testing.MockClock) ->
         ("upstream attempt", {"attempt": 1}),
         ("upstream attempt", {"attempt": 2}),
     ]
+
+
+class _LongestWait(random.Random):
+    """Jitter that always draws the cap: the wait is known exactly."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
+async def test_a_wait_ending_exactly_at_the_deadline_gives_up(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A backoff that would end at the deadline itself leaves no time to try: give up now."""
+    worker = ScriptedWorker([fail(ServerError("down")), OK])
+    config = RetryConfig(enabled=True, initial_backoff=0.5)
+    layer = RetryLayer(worker, config, rng=_LongestWait())
+    with trio.move_on_at(trio.current_time() + 0.5), pytest.raises(ServerError):
+        await layer.generate(REQUEST, Recorder())
+    assert worker.calls == 1
+    assert layer.statistics().gave_up["deadline"] == 1
+
+
+async def test_retry_after_at_the_maximum_is_waited_for(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A Retry-After equal to max_retry_after is still honoured."""
+    layer, worker = _layer([fail(RateLimited("wait", retry_after=60.0)), OK], max_retry_after=60.0)
+    await layer.generate(REQUEST, Recorder())
+    assert worker.calls == 2
+
+
+async def test_give_ups_are_counted_per_request() -> None:
+    """Each request given up on adds one to its reason."""
+    layer, _ = _layer([fail(BadRequest("no"))])
+    for _ in range(2):
+        with pytest.raises(BadRequest):
+            await layer.generate(REQUEST, Recorder())
+    assert layer.statistics().gave_up["not_retryable"] == 2
