@@ -57,13 +57,15 @@ def test_list_limit_get_and_iteration() -> None:
     letters = [letter(i) for i in range(4)]
     for held in letters:
         queue.add(held)
-    assert [d.id for d in queue.list(2)] == ["r2", "r3"]
+    assert [d.id for d in queue.list(1)] == ["r3"]
+    assert [d.id for d in queue.list(3)] == ["r1", "r2", "r3"]
     assert [d.id for d in queue.list()] == ["r0", "r1", "r2", "r3"]
     assert queue.get("r1") is letters[1]
     assert len(queue) == 4
     for held in queue:  # iterating over a copy: the queue may change meanwhile
         queue.take(held.id)
     assert len(queue) == 0
+    assert queue.statistics().replayed == 4
     with pytest.raises(KeyError):
         queue.get("r1")
 
