@@ -44,7 +44,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "resilience/retry.py": ("tests/test_retry.py",),
     "resilience/cache.py": ("tests/test_cache.py",),
     "resilience/coalesce.py": ("tests/test_coalesce.py",),
-    "resilience/stack.py": ("tests/test_stack.py",),
+    "resilience/stack.py": ("tests/test_stack.py", "tests/test_mutation_stack.py"),
     "resilience/ratelimit.py": ("tests/test_ratelimit.py",),
     "resilience/breaker.py": ("tests/test_breaker.py",),
     "pipeline/dead_letters.py": ("tests/test_dead_letters.py",),
