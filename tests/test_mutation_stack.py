@@ -137,8 +137,10 @@ async def test_with_redis_the_layers_share_their_state() -> None:
     limits = cast(RateLimitLayer, layers[3])
     breakers = cast(CircuitBreakerLayer, layers[4])
     assert isinstance(limits.shared, SharedRateLimiter)
+    assert (limits.shared.limits, limits.shared.provider) == (LIMITS.limits, "p")
     assert limits.provider == "p"
     assert isinstance(breakers.shared, SharedBreakers)
+    assert breakers.shared.config is ALL_ON.breaker
     assert breakers.provider == "p"
     assert [path for _, path in calls] == [
         "resilience.retry",
