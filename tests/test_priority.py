@@ -349,6 +349,7 @@ async def test_aging_is_counted_each_time_a_lower_level_goes_first() -> None:
             await a.release(name, jobs)
         assert a.started == ["first", "low1", "low2", "crit"]
         assert a.admission.statistics().aged == 2
+        assert a.admission.statistics().admitted_by_level == (1, 0, 1, 2)
         a.send.close()
 
 
@@ -392,7 +393,10 @@ async def test_a_dispatch_skips_ended_and_expired_jobs_and_starts_the_next() -> 
 async def test_a_full_queue_is_swept_of_ended_jobs_once_per_max_waiting_pops() -> None:
     """With the queue full, ended jobs are swept out after max_waiting pops, making room."""
     a = Admission.make(max_waiting=2)
-    jobs = {name: job(name, Priority.NORMAL) for name in ("j0", "j1", "j2", "j3", "j4", "j5")}
+    jobs = {
+        name: job(name, Priority.NORMAL)
+        for name in ("j0", "j1", "j2", "j3", "j4", "j5", "j6", "j7")
+    }
     async with trio.open_nursery() as nursery:
         await drive(a, nursery)
         await a.feed(jobs["j0"], jobs["j1"], jobs["j2"])  # j0 runs; j1, j2 fill the queue
@@ -406,7 +410,9 @@ async def test_a_full_queue_is_swept_of_ended_jobs_once_per_max_waiting_pops() -
         assert a.read == 6
         stats = a.admission.statistics()
         assert (stats.waiting, stats.waiting_by_level) == (2, (0, 0, 2, 0))
-        await a.feed()
-        await a.release("j2", jobs)
+        jobs["j5"].outcome = "cancelled"
+        await a.release("j2", jobs)  # j4 starts: one pop since the sweep, too few for another
+        await a.feed(jobs["j6"], jobs["j7"])
+        assert a.read == 7  # [j5, j6] fill the queue again: j7 stays in the channel
         assert a.started == ["j0", "j1", "j2", "j4"]
-        a.send.close()
+        nursery.cancel_scope.cancel()  # the reader waits for room that never comes
