@@ -1,4 +1,4 @@
-"""Sessions: tests, lint, typing, docs, bench (``nox -l`` lists them).
+"""Sessions: tests, lint, typing, docs, bench, mutation (``nox -l`` lists them).
 
 The default sessions (tests, lint, typing) are CI's gates, as ``bash scripts/test.sh`` runs them.
 """
@@ -72,3 +72,15 @@ def bench(session: nox.Session) -> None:
     quick = [] if "--full" in session.posargs else ["--quick"]
     for script in sorted(__import__("pathlib").Path("benchmarks").glob("bench_*.py")):
         session.run("python", str(script), *quick)
+
+
+@nox.session
+def mutation(session: nox.Session) -> None:
+    """Mutation testing of the core with mutmut, each module against its own tests (not in CI).
+
+    ``nox -s mutation -- workers/_sse.py`` runs one module; ``-- --summary`` prints the last
+    results. Run it under ``nice``; ``--max-children N`` uses N cores (default 1). See
+    docs/development.md.
+    """
+    session.install("-e", ".[dev]", "mutmut==3.8.1")
+    session.run("python", "scripts/mutation.py", *session.posargs)

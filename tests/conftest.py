@@ -28,4 +28,14 @@ settings.register_profile(
 settings.register_profile(
     "thorough", max_examples=2000, deadline=None, suppress_health_check=_SLOW_OK
 )
+# Mutation testing (scripts/mutation.py): the same examples every run, so a mutant's verdict
+# does not depend on luck, and no example database carried from one mutant to the next.
+settings.register_profile(
+    "mutation",
+    max_examples=30,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=_SLOW_OK,
+)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))

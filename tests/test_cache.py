@@ -247,3 +247,98 @@ async def test_a_hit_replays_passthrough_members_and_usage_details() -> None:
         assert completion.passthrough.message == {"refusal": None, "annotations": []}
         assert completion.usage == Usage(9, 2, cached_input_tokens=8, reasoning_tokens=1)
         assert completion.usage.details == DETAILS
+
+
+# Tests that kill mutants the mutation session (scripts/mutation.py) found surviving.
+
+
+def test_resize_keeps_the_most_recent_and_counts_each_eviction() -> None:
+    """Shrinking evicts least recently used entries one count each; the new TTL applies next."""
+    store: LRUStore[str] = LRUStore(4, 10.0)
+    for key in "abcd":
+        store.put(key, key.upper(), 0.0)
+    store.resize(2, 5.0)
+    assert store.keys() == ["c", "d"]
+    assert (store.evictions, store.max_entries, store.ttl) == (2, 2, 5.0)
+    store.resize(2, 5.0)  # already within the bound: nothing more goes
+    assert store.evictions == 2
+    store.put("e", "E", 0.0)
+    assert store.keys() == ["d", "e"]
+    assert store.evictions == 3
+    assert store.get("e", 4.9) == "E"
+    assert store.get("e", 5.0) is None
+
+
+def test_store_counters_add_up_and_expire_at_the_ttl() -> None:
+    """Hits, misses and expirations each count every time; an entry expires at put + ttl."""
+    store: LRUStore[str] = LRUStore(8, 10.0)
+    store.put("a", "A", 0.0)
+    store.put("b", "B", 0.0)
+    assert [store.get("a", 1.0), store.get("a", 2.0)] == ["A", "A"]
+    assert [store.get("x", 1.0), store.get("b", 10.0), store.get("a", 10.0)] == [None] * 3
+    assert (store.hits, store.misses, store.expirations) == (2, 3, 2)
+
+
+@attrs.define(eq=False)
+class _Scripted:
+    """A worker that emits exactly ``events`` (a broken answer, for what is not cached)."""
+
+    events: list[StreamEvent]
+
+    async def generate(self, request: PromptRequest, emit: EventSink) -> None:
+        for event in self.events:
+            await emit(event)
+
+
+@pytest.mark.parametrize(
+    "events",
+    [
+        [TextDelta("a")],
+        [Done("stop", "a", None, (), "m"), TextDelta("a")],
+    ],
+    ids=["no Done", "Done not last"],
+)
+async def test_an_answer_not_ending_in_its_one_done_is_not_stored(
+    events: list[StreamEvent],
+) -> None:
+    """Only an answer whose single Done is its last event is kept."""
+    layer = CacheLayer(_Scripted(events), CacheConfig(enabled=True))
+    assert await ask(layer, greedy()) == events
+    assert layer.statistics().stored == 0
+
+
+async def test_stored_counts_every_answer_kept() -> None:
+    """Each complete answer stored adds one; the bound is reported."""
+    layer = CacheLayer(CountingWorker(), CacheConfig(enabled=True, max_entries=7))
+    await ask(layer, greedy("one"))
+    await ask(layer, greedy("two"))
+    stats = layer.statistics()
+    assert (stats.stored, stats.max_entries, stats.size) == (2, 7, 2)
+
+
+async def test_reconfigure_resizes_and_retimes_but_refuses_a_toggle() -> None:
+    """A reload shrinks the store and changes the TTL; turning the cache off is refused."""
+    layer = CacheLayer(CountingWorker(), CacheConfig(enabled=True, max_entries=4, ttl=100.0))
+    for text in ("a", "b", "c"):
+        await ask(layer, greedy(text))
+    assert layer.reconfigure(CacheConfig(enabled=True, max_entries=1, ttl=5.0)) == []
+    stats = layer.statistics()
+    assert (stats.size, stats.max_entries, stats.evictions) == (1, 1, 2)
+    refused = layer.reconfigure(CacheConfig(enabled=False, max_entries=9))
+    assert refused == [
+        "resilience.cache.enabled: adding or removing a layer needs a restart True → False"
+    ]
+    assert layer.statistics().max_entries == 1
+
+
+async def test_a_reloaded_ttl_applies_to_new_answers(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """After a reload to a 5 s TTL, an answer stored then is gone 5 s later."""
+    worker = CountingWorker()
+    layer = CacheLayer(worker, CacheConfig(enabled=True, ttl=100.0))
+    layer.reconfigure(CacheConfig(enabled=True, ttl=5.0))
+    await ask(layer, greedy())
+    await trio.sleep(5.0)
+    await ask(layer, greedy())
+    assert worker.calls == 2

@@ -421,3 +421,50 @@ async def test_followers_get_passthrough_members_and_usage_details(
         assert completion.usage is not None
         assert completion.usage.details == {"prompt_tokens_details": {"x": 1}}
         assert completion.usage.cached_input_tokens == 8
+
+
+# Tests that kill mutants the mutation session (scripts/mutation.py) found surviving.
+
+
+async def test_max_subscribers_caps_a_flight() -> None:
+    """With max_subscribers 1 two identical requests make two upstream calls, counted."""
+    worker = CountingWorker()
+    async with trio.open_nursery() as nursery:
+        layer = CoalescingLayer(worker, CoalescingConfig(max_subscribers=1), nursery)
+        answers: list[list[StreamEvent]] = [[], []]
+        async with trio.open_nursery() as callers:
+            for into in answers:
+                callers.start_soon(subscribe, layer, greedy(), into)
+    assert worker.calls == 2
+    assert layer.statistics().upstream_calls == 2
+
+
+async def test_each_abandoned_call_is_counted() -> None:
+    """Two upstream calls left by all their subscribers count two abandonments."""
+    worker = GatedWorker()
+    async with trio.open_nursery() as nursery:
+        layer = CoalescingLayer(worker, CoalescingConfig(), nursery)
+        for _ in range(2):
+            scope = trio.CancelScope()
+            nursery.start_soon(_subscribe_in, scope, layer)
+            await trio.testing.wait_all_tasks_blocked()
+            scope.cancel()
+            await trio.testing.wait_all_tasks_blocked()
+    assert layer.statistics().abandoned == 2
+
+
+async def test_reconfigure_takes_a_new_cap_but_refuses_a_toggle() -> None:
+    """A reload changes max_subscribers for new flights; switching coalescing off is refused."""
+    worker = CountingWorker()
+    async with trio.open_nursery() as nursery:
+        layer = CoalescingLayer(worker, CoalescingConfig(enabled=True), nursery)
+        assert layer.reconfigure(CoalescingConfig(enabled=True, max_subscribers=1)) == []
+        refused = layer.reconfigure(CoalescingConfig(enabled=False))
+        assert refused == [
+            "resilience.coalescing.enabled: adding or removing a layer needs a restart True → False"
+        ]
+        answers: list[list[StreamEvent]] = [[], []]
+        async with trio.open_nursery() as callers:
+            for into in answers:
+                callers.start_soon(subscribe, layer, greedy(), into)
+    assert worker.calls == 2

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import datetime
+
 import attrs
 import pytest
 
 from trio_orchestrator import GenerationParams, Message, PromptRequest, Tool
 from trio_orchestrator.resilience import is_deterministic, request_key
+from trio_orchestrator.types import Document, ToolCall
 
 
 def make(**params: object) -> PromptRequest:
@@ -95,3 +98,76 @@ def test_messages_alike_in_text_but_not_in_their_parts_do_not_share_a_key() -> N
     )
     assert request_key(plain) == request_key(PromptRequest(messages=(Message("system", "hi"),)))
     assert request_key(plain) != request_key(developer)
+
+
+# The key's exact value is part of its contract: a cache or coalescing key shared through Redis
+# must mean the same request to every process and every release reading it, so a change to
+# how the key is made must be deliberate (and these values updated with a changelog note).
+GOLDEN = PromptRequest(
+    messages=(
+        Message("system", "be brief"),
+        Message("assistant", "", tool_calls=(ToolCall("c1", "f", '{"x": 1}'),)),
+        Message("tool", "42", tool_call_id="c1", name="f"),
+    ),
+    input="hello",
+    context=(Document("d1", "a fact"),),
+    params=GenerationParams(
+        model="m",
+        temperature=0.5,
+        top_p=1,
+        max_tokens=7,
+        stop=("x",),
+        seed=3,
+        extra={"b": {"c": [1, (2,)]}},
+        tools=(Tool("f", "d", {"type": "object"}),),
+        tool_choice={"type": "function"},
+    ),
+)
+
+
+@pytest.mark.parametrize(
+    ("request_", "key"),
+    [
+        (GOLDEN, "ce9f5872417173d78f0d86f75d540fb6fc738d9782a8051d73d7fa8645feb2b2"),
+        (
+            PromptRequest(embed=("a", "b"), params=GenerationParams(model="e")),
+            "5378e42142c8512684b6aef4ad0de1c70eeeaf1758115df5cae013d2aa7dd814",
+        ),
+        (
+            PromptRequest(
+                input="hi",
+                responses_body={"input": "hi", "z": [1]},
+                params=GenerationParams(model="r"),
+            ),
+            "3670f4e1a42b458fbba1b784b8bf083e843040ba8fd525872a68746b634ac7cf",
+        ),
+    ],
+)
+def test_the_key_of_a_known_request_does_not_drift(request_: PromptRequest, key: str) -> None:
+    """A chat, an embedding and a Responses request key exactly as they did (shared caches)."""
+    assert request_key(request_) == key
+
+
+def test_content_parts_split_the_key_without_a_wire_object() -> None:
+    """Messages alike in text but not in their typed parts (no client object) do not share."""
+    image: dict[str, object] = {
+        "type": "image_url",
+        "image_url": {"url": "https://example.invalid/a.png"},
+    }
+    other: dict[str, object] = {
+        "type": "image_url",
+        "image_url": {"url": "https://example.invalid/b.png"},
+    }
+
+    def ask(*parts: dict[str, object]) -> PromptRequest:
+        return PromptRequest(messages=(Message("user", "what is this?", parts=parts),))
+
+    assert request_key(ask(image)) != request_key(ask(other))
+    assert request_key(ask(image)) != request_key(ask())
+
+
+def test_values_json_cannot_express_still_key_by_value() -> None:
+    """An extra JSON cannot encode (a date) keys by its repr instead of failing."""
+    first = request_key(make(extra={"when": datetime.date(2024, 1, 1)}))
+    assert first == request_key(make(extra={"when": datetime.date(2024, 1, 1)}))
+    assert first != request_key(make(extra={"when": datetime.date(2024, 1, 2)}))

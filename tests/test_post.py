@@ -80,3 +80,34 @@ def test_a_stop_filter_reports_stopped_once_it_cut() -> None:
     assert not f.stopped
     assert f.feed("ND and more") == ""
     assert f.stopped
+
+
+# Tests that kill mutants the mutation session (scripts/mutation.py) found surviving.
+
+
+def test_text_that_cannot_start_a_stop_is_released_at_once() -> None:
+    """A stop filter holds back only a tail that could begin a stop sequence, nothing more."""
+    f = StopSequences(["END"]).open(PromptRequest(input="q"))
+    assert f is not None
+    assert f.feed("hello") == "hello"
+    assert f.feed(" EN") == " "
+    assert f.finish() == "EN"
+
+
+def test_the_stop_that_completes_first_wins_over_a_longer_earlier_one() -> None:
+    """With stops `abcdef` and `cd`, the text is cut before `cd`, which completes first."""
+    request = PromptRequest(input="q", params=GenerationParams(stop=("abcdef", "cd")))
+    assert run([StopSequences()], request, ["xabcdefy"]) == "xab"
+
+
+def test_only_empty_stop_sequences_mean_no_filter() -> None:
+    """Empty stop strings stop nothing, so they open no filter."""
+    request = PromptRequest(input="q", params=GenerationParams(stop=("",)))
+    assert StopSequences().open(request) is None
+
+
+def test_a_chain_passes_what_one_filter_held_to_the_next_at_the_end() -> None:
+    """At finish, the text a stop filter held back still goes through the trim after it."""
+    request = PromptRequest(input="q", params=GenerationParams(stop=("END",)))
+    assert run([StopSequences(), TrimWhitespace()], request, ["  hi EN"]) == "hi EN"
+    assert run([StopSequences(), TrimWhitespace()], request, ["  hi EN  "]) == "hi EN"

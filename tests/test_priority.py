@@ -24,6 +24,7 @@ from trio_orchestrator import (
 from trio_orchestrator.config.model import PriorityConfig
 from trio_orchestrator.events import Done
 from trio_orchestrator.pipeline import Pipeline
+from trio_orchestrator.pipeline.priority import PriorityAdmission
 from trio_orchestrator.workers import EventSink
 
 
@@ -237,3 +238,181 @@ def test_every_request_ends_once_and_none_starts_after_its_deadline(
         assert stats.priority.waiting == 0
 
     trio.run(scenario, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+# Tests that kill mutants the mutation session (scripts/mutation.py) found surviving: the
+# admission driven directly, job by job, with one slot.
+
+
+@attrs.define(eq=False)
+class FakeJob:
+    """What PriorityAdmission needs of a job."""
+
+    name: str
+    request: PromptRequest
+    submitted_at: float = 0.0
+    deadline: float = math.inf
+    outcome: object = None
+
+
+def job(name: str, level: Priority, at: float = 0.0) -> FakeJob:
+    return FakeJob(name, PromptRequest(input=name, priority=level), submitted_at=at)
+
+
+@attrs.define(eq=False)
+class Admission:
+    """A PriorityAdmission with one slot, fed from a channel, recording starts and expiries."""
+
+    admission: PriorityAdmission[FakeJob]
+    send: trio.MemorySendChannel[FakeJob]
+    receive: trio.MemoryReceiveChannel[FakeJob]
+    started: list[str] = attrs.field(factory=list)
+    expired: list[str] = attrs.field(factory=list)
+    read: int = 0
+
+    @classmethod
+    def make(cls, **config: float) -> Admission:
+        send, receive = trio.open_memory_channel[FakeJob](math.inf)
+        admission = PriorityAdmission[FakeJob](
+            PriorityConfig(**config),  # type: ignore[arg-type]
+            trio.CapacityLimiter(1),
+        )
+        return cls(admission, send, receive)
+
+    async def next_job(self) -> FakeJob | None:
+        try:
+            item = await self.receive.receive()
+        except trio.EndOfChannel:
+            return None
+        self.read += 1
+        return item
+
+    async def feed(self, *jobs: FakeJob) -> None:
+        for item in jobs:
+            self.send.send_nowait(item)
+            await trio.testing.wait_all_tasks_blocked()
+
+    async def release(self, name: str, jobs: dict[str, FakeJob]) -> None:
+        self.admission.release(jobs[name])
+        await trio.testing.wait_all_tasks_blocked()
+
+
+async def drive(admission: Admission, nursery: trio.Nursery) -> None:
+    nursery.start_soon(
+        admission.admission.run,
+        admission.next_job,
+        lambda j: admission.started.append(j.name),
+        lambda j: admission.expired.append(j.name),
+    )
+    await trio.testing.wait_all_tasks_blocked()
+
+
+async def test_statistics_count_each_wait_and_admission_by_level() -> None:
+    """Waiting, queued and admitted counts follow every job, level by level."""
+    a = Admission.make(max_waiting=8)
+    jobs = {
+        "n": job("n", Priority.NORMAL),
+        "l": job("l", Priority.LOW),
+        "c": job("c", Priority.CRITICAL),
+        "h": job("h", Priority.HIGH),
+    }
+    async with trio.open_nursery() as nursery:
+        await drive(a, nursery)
+        await a.feed(*jobs.values())
+        stats = a.admission.statistics()
+        assert (stats.waiting, stats.max_waiting, stats.queued) == (3, 8, 3)
+        assert stats.waiting_by_level == (1, 1, 0, 1)
+        assert stats.admitted_by_level == (0, 0, 1, 0)
+        for name in ("n", "c", "h"):
+            await a.release(name, jobs)
+        stats = a.admission.statistics()
+        assert a.started == ["n", "c", "h", "l"]
+        assert (stats.waiting, stats.queued, stats.aged) == (0, 3, 0)
+        assert stats.waiting_by_level == (0, 0, 0, 0)
+        assert stats.admitted_by_level == (1, 1, 1, 1)
+        a.send.close()
+
+
+async def test_aging_is_counted_each_time_a_lower_level_goes_first() -> None:
+    """Two LOW requests aged past a later CRITICAL one start first, and count as aged twice."""
+    a = Admission.make(aging_interval=2.0)
+    jobs = {
+        "first": job("first", Priority.NORMAL),
+        "low1": job("low1", Priority.LOW, at=0.0),
+        "low2": job("low2", Priority.LOW, at=0.0),
+        "crit": job("crit", Priority.CRITICAL, at=7.0),
+    }
+    async with trio.open_nursery() as nursery:
+        await drive(a, nursery)
+        await a.feed(*jobs.values())
+        for name in ("first", "low1", "low2"):
+            await a.release(name, jobs)
+        assert a.started == ["first", "low1", "low2", "crit"]
+        assert a.admission.statistics().aged == 2
+        assert a.admission.statistics().admitted_by_level == (1, 0, 1, 2)
+        a.send.close()
+
+
+async def test_a_level_ages_by_one_per_interval() -> None:
+    """With a 2 s interval, LOW submitted at 0 (rank 6) still yields to CRITICAL at 5."""
+    a = Admission.make(aging_interval=2.0)
+    jobs = {
+        "first": job("first", Priority.NORMAL),
+        "low": job("low", Priority.LOW, at=0.0),
+        "crit": job("crit", Priority.CRITICAL, at=5.0),
+    }
+    async with trio.open_nursery() as nursery:
+        await drive(a, nursery)
+        await a.feed(*jobs.values())
+        await a.release("first", jobs)
+        assert a.started == ["first", "crit"]
+        a.send.close()
+
+
+async def test_a_dispatch_skips_ended_and_expired_jobs_and_starts_the_next() -> None:
+    """A freed slot passes over a cancelled job and expires a late one, then starts the next."""
+    a = Admission.make()
+    jobs = {
+        "first": job("first", Priority.NORMAL),
+        "gone": job("gone", Priority.CRITICAL),
+        "late": job("late", Priority.HIGH),
+        "next": job("next", Priority.NORMAL),
+    }
+    async with trio.open_nursery() as nursery:
+        await drive(a, nursery)
+        await a.feed(*jobs.values())
+        jobs["gone"].outcome = "cancelled"
+        jobs["late"].deadline = -math.inf
+        await a.release("first", jobs)
+        assert a.started == ["first", "next"]
+        assert a.expired == ["late"]
+        assert a.admission.statistics().waiting_by_level == (0, 0, 0, 0)
+        a.send.close()
+
+
+async def test_a_full_queue_is_swept_of_ended_jobs_once_per_max_waiting_pops() -> None:
+    """With the queue full, ended jobs are swept out after max_waiting pops, making room."""
+    a = Admission.make(max_waiting=2)
+    jobs = {
+        name: job(name, Priority.NORMAL)
+        for name in ("j0", "j1", "j2", "j3", "j4", "j5", "j6", "j7")
+    }
+    async with trio.open_nursery() as nursery:
+        await drive(a, nursery)
+        await a.feed(jobs["j0"], jobs["j1"], jobs["j2"])  # j0 runs; j1, j2 fill the queue
+        assert a.read == 3
+        await a.release("j0", jobs)  # j1 starts (one pop), room for j3
+        await a.feed(jobs["j3"])
+        jobs["j3"].outcome = "cancelled"  # its caller went away while it waited
+        await a.release("j1", jobs)  # j2 starts: the second pop, so the queue is swept
+        await a.feed(jobs["j4"], jobs["j5"])
+        # Without the sweep, [j3, j4] would fill the queue and j5 would not be read.
+        assert a.read == 6
+        stats = a.admission.statistics()
+        assert (stats.waiting, stats.waiting_by_level) == (2, (0, 0, 2, 0))
+        jobs["j5"].outcome = "cancelled"
+        await a.release("j2", jobs)  # j4 starts: one pop since the sweep, too few for another
+        await a.feed(jobs["j6"], jobs["j7"])
+        assert a.read == 7  # [j5, j6] fill the queue again: j7 stays in the channel
+        assert a.started == ["j0", "j1", "j2", "j4"]
+        nursery.cancel_scope.cancel()  # the reader waits for room that never comes

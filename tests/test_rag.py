@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
 import attrs
+import pytest
 import trio
 
 from trio_orchestrator import (
@@ -136,3 +138,119 @@ async def test_embedding_retriever_feeds_the_gateway_pipeline_through_a_worker_e
     (request,) = worker.seen
     assert [d.id for d in request.context] == ["bees"]
     assert "[bees]" in request.messages[0].content
+
+
+# Tests that kill mutants the mutation session (scripts/mutation.py) found surviving.
+
+BM25_CORPUS = [
+    Document("a", "apples and pears and apples"),
+    Document("b", "pears grow on trees in the orchard near the river bank"),
+    Document("c", "rivers"),
+]
+
+
+def bm25(query: str, corpus: list[Document], k1: float = 1.5, b: float = 0.75) -> dict[str, float]:
+    """Okapi BM25 with the +1 idf (Lucene's), written out from its textbook form."""
+    docs = [d.text.lower().split() for d in corpus]
+    avgdl = sum(map(len, docs)) / len(docs)
+    scores = {}
+    for document, words in zip(corpus, docs, strict=True):
+        total = 0.0
+        for term in set(query.lower().split()):
+            f = words.count(term)
+            if not f:
+                continue
+            df = sum(term in d for d in docs)
+            idf = math.log((len(docs) - df + 0.5) / (df + 0.5) + 1)
+            total += idf * f * (k1 + 1) / (f + k1 * (1 - b + b * len(words) / avgdl))
+        if total > 0:
+            scores[document.id] = total
+    return scores
+
+
+def test_lexical_scores_are_bm25() -> None:
+    """Each returned document carries its BM25 score for the query, best first."""
+    retriever = LexicalRetriever(BM25_CORPUS, top_k=5)
+    ranked = retriever.rank("Apples pears river")
+    expected = bm25("apples pears river", BM25_CORPUS)
+    assert [d.id for d in ranked] == sorted(expected, key=lambda i: -expected[i])
+    assert {d.id: d.score for d in ranked} == pytest.approx(expected)
+    other = LexicalRetriever(BM25_CORPUS, top_k=5, k1=1.2, b=0.5).rank("apples pears river")
+    assert {d.id: d.score for d in other} == pytest.approx(
+        bm25("apples pears river", BM25_CORPUS, k1=1.2, b=0.5)
+    )
+
+
+def test_an_empty_query_finds_nothing_whatever_the_threshold() -> None:
+    """No query terms, no documents, even with a negative min_score."""
+    assert LexicalRetriever(BM25_CORPUS, min_score=-1.0).rank("  ") == []
+    assert LexicalRetriever([], min_score=-1.0).rank("apples") == []
+
+
+def test_from_directory_passes_its_settings_on(tmp_path: Path) -> None:
+    """from_directory's keyword settings reach the retriever."""
+    (tmp_path / "a.md").write_text("apples\n\napples again\n\nmore apples", encoding="utf-8")
+    retriever = LexicalRetriever.from_directory(tmp_path, top_k=1)
+    assert len(retriever.rank("apples")) == 1
+
+
+@attrs.define(eq=False)
+class FixedEmbedder:
+    """Vectors looked up by text; records each call's inputs and model."""
+
+    vectors: dict[str, list[float]]
+    calls: list[tuple[list[str], str]] = attrs.field(factory=list)
+
+    async def embed(self, inputs: Sequence[str], *, model: str) -> list[list[float]]:
+        self.calls.append((list(inputs), model))
+        return [self.vectors[text] for text in inputs]
+
+
+def ask(text: str) -> PromptRequest:
+    return PromptRequest(input=text)
+
+
+async def test_embedding_scores_are_cosines_above_the_threshold() -> None:
+    """Scores are cosine similarities; orthogonal (0) and zero vectors are not returned."""
+    docs = [
+        Document("same", "s"),
+        Document("half", "h"),
+        Document("ortho", "o"),
+        Document("zero", "z"),
+    ]
+    embedder = FixedEmbedder(
+        {"q": [1.0, 0.0], "s": [2.0, 0.0], "h": [1.0, 1.0], "o": [0.0, 3.0], "z": [0.0, 0.0]}
+    )
+    retriever = EmbeddingRetriever(embedder, docs, model="emb-1", top_k=5)
+    found = await retriever.retrieve(ask("q"))
+    assert [d.id for d in found] == ["same", "half"]
+    assert [d.score for d in found] == pytest.approx([1.0, math.sqrt(0.5)])
+    assert embedder.calls == [(["s", "h", "o", "z"], "emb-1"), (["q"], "emb-1")]
+
+
+async def test_embedding_vectors_of_another_length_are_an_error() -> None:
+    """A vector of the wrong dimension, or a missing one, raises instead of truncating."""
+    short = FixedEmbedder({"q": [1.0, 0.0], "s": [1.0]})
+    with pytest.raises(ValueError, match="zip"):
+        await EmbeddingRetriever(short, [Document("s", "s")], model="m").retrieve(ask("q"))
+
+    @attrs.define(eq=False)
+    class Lossy(FixedEmbedder):
+        async def embed(self, inputs: Sequence[str], *, model: str) -> list[list[float]]:
+            return (await super().embed(inputs, model=model))[:1]
+
+    lossy = Lossy({"q": [1.0], "s": [1.0], "t": [1.0]})
+    docs = [Document("s", "s"), Document("t", "t")]
+    with pytest.raises(ValueError, match="zip"):
+        await EmbeddingRetriever(lossy, docs, model="m").retrieve(ask("q"))
+
+
+async def test_embedding_needs_a_user_message_and_documents() -> None:
+    """Without a user message, or without documents, nothing is embedded or returned."""
+    embedder = FixedEmbedder({"q": [1.0]})
+    system_only = PromptRequest(messages=(Message("system", "be brief"),))
+    with_docs = EmbeddingRetriever(embedder, [Document("s", "s")], model="m")
+    assert await with_docs.retrieve(system_only) == []
+    assert await EmbeddingRetriever(embedder, [], model="m").retrieve(ask("q")) == []
+    assert embedder.calls == []
+    assert await LexicalRetriever(CORPUS, min_score=-1.0).retrieve(system_only) == []

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from trio_orchestrator.errors import BadRequest, RateLimited, ServerError
 from trio_orchestrator.events import Done, Passthrough, TextDelta
+from trio_orchestrator.observability.spans import CURRENT_TRACER
 from trio_orchestrator.resilience import RetryConfig, RetryLayer
 from trio_orchestrator.resilience.retry import backoff_cap
 from trio_orchestrator.types import PromptRequest
@@ -236,3 +237,122 @@ async def test_retries_told_the_same_retry_after_do_not_wake_together(
         waits.append(await _sleeps(layer, autojump_clock))
     assert all(2.0 <= wait <= 3.0 for wait in waits)
     assert len(set(waits)) == len(waits)
+
+
+# Tests that kill mutants the mutation session (scripts/mutation.py) found surviving.
+
+
+async def test_counters_add_up_over_several_requests(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """calls, recovered and gave_up count every request, not just the last one."""
+    layer, _ = _layer([fail(ServerError("a")), OK, fail(ServerError("b")), OK, OK])
+    for _ in range(3):
+        await layer.generate(REQUEST, Recorder())
+    stats = layer.statistics()
+    assert (stats.calls, stats.attempts, stats.retries, stats.recovered) == (3, 5, 2, 2)
+
+
+async def test_a_first_attempt_success_is_not_a_recovery() -> None:
+    """A request that succeeds at once is not counted as recovered."""
+    layer, _ = _layer([OK])
+    await layer.generate(REQUEST, Recorder())
+    assert layer.statistics().recovered == 0
+
+
+@attrs.define
+class _TypeChange:
+    """A stream that sends text and fails, then on the retry sends a Passthrough first."""
+
+    calls: int = 0
+
+    async def generate(self, request: PromptRequest, emit: EventSink) -> None:
+        self.calls += 1
+        if self.calls % 2:
+            await emit(TextDelta("a"))
+            raise ServerError("cut")
+        await emit(Passthrough(response={"system_fingerprint": "x"}))
+
+
+async def test_a_restarted_stream_of_another_event_kind_diverges(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A retry replaying a different kind of event gives up with the first error, each time."""
+    worker = _TypeChange()
+    layer = RetryLayer(worker, RetryConfig(enabled=True, restart_stream=True), rng=random.Random(0))
+    for _ in range(2):
+        with pytest.raises(ServerError, match="cut"):
+            await layer.generate(REQUEST, Recorder())
+    assert layer.statistics().gave_up["diverged"] == 2
+
+
+def test_reconfigure_applies_a_new_policy_but_not_a_toggle() -> None:
+    """A reload changes attempts at once; switching retry off is refused, named, and not taken."""
+    layer, _ = _layer([OK], max_attempts=2)
+    assert layer.reconfigure(RetryConfig(enabled=True, max_attempts=5)) == []
+    assert layer.config.max_attempts == 5
+    refused = layer.reconfigure(RetryConfig(enabled=False, max_attempts=9))
+    assert refused == [
+        "resilience.retry.enabled: adding or removing a layer needs a restart True → False"
+    ]
+    assert layer.config.max_attempts == 5
+    assert layer.config.enabled
+
+
+async def test_each_attempt_is_a_span(autojump_clock: trio.testing.MockClock) -> None:
+    """Under a tracer, every attempt is an `upstream attempt` span numbered from 1."""
+    sdk = pytest.importorskip("opentelemetry.sdk.trace")
+    export = pytest.importorskip("opentelemetry.sdk.trace.export")
+    memory = pytest.importorskip("opentelemetry.sdk.trace.export.in_memory_span_exporter")
+    exporter = memory.InMemorySpanExporter()
+    provider = sdk.TracerProvider()
+    provider.add_span_processor(export.SimpleSpanProcessor(exporter))
+    layer, _ = _layer([fail(ServerError("a")), OK])
+    token = CURRENT_TRACER.set(provider.get_tracer("test"))
+    try:
+        await layer.generate(REQUEST, Recorder())
+    finally:
+        CURRENT_TRACER.reset(token)
+    spans = exporter.get_finished_spans()
+    assert [(s.name, dict(s.attributes or {})) for s in spans] == [
+        ("upstream attempt", {"attempt": 1}),
+        ("upstream attempt", {"attempt": 2}),
+    ]
+
+
+class _LongestWait(random.Random):
+    """Jitter that always draws the cap: the wait is known exactly."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
+async def test_a_wait_ending_exactly_at_the_deadline_gives_up(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A backoff that would end at the deadline itself leaves no time to try: give up now."""
+    worker = ScriptedWorker([fail(ServerError("down")), OK])
+    config = RetryConfig(enabled=True, initial_backoff=0.5)
+    layer = RetryLayer(worker, config, rng=_LongestWait())
+    with trio.move_on_at(trio.current_time() + 0.5), pytest.raises(ServerError):
+        await layer.generate(REQUEST, Recorder())
+    assert worker.calls == 1
+    assert layer.statistics().gave_up["deadline"] == 1
+
+
+async def test_retry_after_at_the_maximum_is_waited_for(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A Retry-After equal to max_retry_after is still honoured."""
+    layer, worker = _layer([fail(RateLimited("wait", retry_after=60.0)), OK], max_retry_after=60.0)
+    await layer.generate(REQUEST, Recorder())
+    assert worker.calls == 2
+
+
+async def test_give_ups_are_counted_per_request() -> None:
+    """Each request given up on adds one to its reason."""
+    layer, _ = _layer([fail(BadRequest("no"))])
+    for _ in range(2):
+        with pytest.raises(BadRequest):
+            await layer.generate(REQUEST, Recorder())
+    assert layer.statistics().gave_up["not_retryable"] == 2

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from trio_orchestrator.errors import MalformedResponse
-from trio_orchestrator.workers._sse import ServerSentEvent, SSEDecoder
+from trio_orchestrator.workers._sse import ServerSentEvent, SSEDecoder, parse_event_data
 
 
 def decode(*chunks: bytes) -> list[ServerSentEvent]:
@@ -106,3 +106,109 @@ def test_any_chunking_gives_the_same_events(
         i += size
     expected = [ServerSentEvent(name, "\n".join(lines)) for name, lines in events]
     assert decode(*chunks) == expected
+
+
+# Tests that kill mutants the mutation session (scripts/mutation.py) found surviving.
+
+
+def test_lf_lines_after_a_crlf_in_one_chunk() -> None:
+    """A chunk mixing CRLF, LF and CR line ends gives every line, whichever end comes first."""
+    wire = b"data: a\r\n\r\ndata: b\n\nevent: e\ndata: c\r\rdata: d\n\r\n"
+    assert decode(wire) == [
+        ServerSentEvent("message", "a"),
+        ServerSentEvent("message", "b"),
+        ServerSentEvent("e", "c"),
+        ServerSentEvent("message", "d"),
+    ]
+
+
+@given(
+    st.lists(
+        st.tuples(st.lists(_text, min_size=1), st.sampled_from(["\n", "\r\n", "\r"])), min_size=1
+    ),
+    st.integers(min_value=1, max_value=7),
+)
+def test_mixed_line_ends_give_the_same_events(
+    events: list[tuple[list[str], str]], size: int
+) -> None:
+    """Each event with its own line end, cut anywhere, decodes as if all ended with LF."""
+    wire = "".join("".join(f"data: {line}{eol}" for line in lines) + eol for lines, eol in events)
+    raw = wire.encode()
+    chunks = [raw[i : i + size] for i in range(0, len(raw), size)]
+    expected = [ServerSentEvent("message", "\n".join(lines)) for lines, _ in events]
+    assert decode(raw) == expected
+    assert decode(*chunks) == expected
+
+
+def test_malformed_names_the_provider() -> None:
+    """A malformed stream's error names the provider, carries it, and says a retry may help."""
+    with pytest.raises(MalformedResponse) as caught:
+        SSEDecoder("acme").feed(b"data: \xff\n")
+    assert str(caught.value) == (
+        "acme sent a malformed event stream: an event-stream line is not valid UTF-8; "
+        "this is a provider bug, retrying may help"
+    )
+    assert caught.value.provider == "acme"
+
+
+def test_malformed_without_a_provider_name() -> None:
+    """With no provider name the error says "the provider"."""
+    with pytest.raises(MalformedResponse, match=r"^the provider sent a malformed event stream"):
+        SSEDecoder().feed(b"data: \xff\n")
+
+
+def test_parse_event_data_returns_the_object() -> None:
+    """An event's JSON object comes back as a dict, from text or bytes."""
+    assert parse_event_data('{"a": [1, 2]}', "p") == {"a": [1, 2]}
+    assert parse_event_data(b'{"b": null}', "p") == {"b": None}
+
+
+@pytest.mark.parametrize(
+    ("data", "provider", "message"),
+    [
+        ("{not json", "acme", "acme sent an event that is not JSON; retrying may help"),
+        ("{not json", "", "the provider sent an event that is not JSON; retrying may help"),
+        ("[1, 2]", "acme", "acme sent JSON that is not an object; retrying may help"),
+        ('"text"', "", "the provider sent JSON that is not an object; retrying may help"),
+    ],
+)
+def test_parse_event_data_refuses_what_is_not_an_object(
+    data: str, provider: str, message: str
+) -> None:
+    """Text that is not JSON, or JSON that is not an object, is a MalformedResponse naming who."""
+    with pytest.raises(MalformedResponse) as caught:
+        parse_event_data(data, provider)
+    assert str(caught.value) == message
+    assert caught.value.provider == provider
+
+
+def test_an_event_cut_at_close_keeps_its_id_and_retry() -> None:
+    """The event close() dispatches carries the last id and retry like any other."""
+    assert decode(b"id: 7\nretry: 100\nevent: e\ndata: x") == [ServerSentEvent("e", "x", "7", 100)]
+
+
+def test_close_strips_only_a_carriage_return() -> None:
+    """At close a trailing CR (half a CRLF) is dropped; spaces and other text are data."""
+    assert decode(b"data: a X \r") == [ServerSentEvent("message", "a X ")]
+    assert decode(b"data: a X\r") == [ServerSentEvent("message", "a X")]
+
+
+def test_close_leaves_the_decoder_fresh() -> None:
+    """After close() dispatched a named event, the next event is a plain message again."""
+    decoder = SSEDecoder("p")
+    assert decoder.feed(b"event: e\ndata: x\r") == []
+    assert decoder.close() == [ServerSentEvent("e", "x")]
+    assert decoder.feed(b"data: y\n\n") == [ServerSentEvent("message", "y")]
+
+
+def test_an_id_with_nul_is_ignored() -> None:
+    """An id containing NUL is not taken (WHATWG); the previous id stays."""
+    assert decode(b"id: 1\ndata: a\n\nid: x\0y\ndata: b\n\n") == [
+        ServerSentEvent("message", "a", "1"),
+        ServerSentEvent("message", "b", "1"),
+    ]
+
+
+def test_data_without_a_space_after_the_colon() -> None:
+    """`data:xy` (no space) is the data `xy`: only one optional space is dropped."""
+    assert decode(b"data:xy\ndata:  z\n\n") == [ServerSentEvent("message", "xy\n z")]
