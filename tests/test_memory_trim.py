@@ -15,14 +15,14 @@ from trio_orchestrator.service.memory import malloc_trim, trim_when_idle
 
 @attrs.define
 class Trims:
-    """A stand-in for malloc_trim, called in a worker thread: counts, and wakes the test."""
+    """A stand-in for malloc_trim: counts, and wakes the test."""
 
     count: int = 0
     happened: trio.Event = attrs.field(factory=trio.Event)
 
     def __call__(self) -> None:
         self.count += 1
-        trio.from_thread.run_sync(self.happened.set)
+        self.happened.set()
 
     async def wait(self) -> None:
         await self.happened.wait()
