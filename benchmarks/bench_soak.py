@@ -12,9 +12,10 @@ process, launched from a TOML file as an operator would):
   probe rate.
 
 ``--requests`` requests per phase (every other one streamed) at concurrency 64 through
-``/v1/chat/completions``. Each phase prints the client's outcome counts, the service's own
-(``/v1/stats``) and their difference (which must be 0: every request is counted once), the
-success rate, and the service's RSS at start, middle and end. Ends with one line of JSON.
+``/v1/chat/completions``. Each phase prints the client's outcome counts (each failure named
+for its kind of caller, ``streamed:`` or ``whole:``), the service's own (``/v1/stats``) and
+their difference (which must be 0: every request is counted once), the success rate, and
+the service's RSS at start, middle and end. Ends with one line of JSON.
 
     python benchmarks/bench_soak.py [--quick] [--requests N] [--fault-rate R] [--seed S]
 """
@@ -75,8 +76,10 @@ def free_port() -> int:
 
 def config_toml(upstream: str, port: int, layers: bool, restart_stream: bool) -> str:
     """The service's configuration: one OpenAI-compatible provider (the fake), short
-    provider timeouts (a hang or a stall fails in 2 s), metrics on."""
+    provider timeouts (a hang or a stall fails in 2 s), metrics on; the breaker and retry
+    at their defaults but for ``enabled`` (and ``restart_stream`` when it is False)."""
     on = "true" if layers else "false"
+    restart = "" if restart_stream else "restart_stream = false"
     return f"""
 [service]
 port = {port}
@@ -98,7 +101,7 @@ enabled = {on}
 
 [resilience.retry]
 enabled = {on}
-restart_stream = {"true" if restart_stream else "false"}
+{restart}
 
 [observability.metrics]
 enabled = true
@@ -166,11 +169,15 @@ async def one(client: httpx.AsyncClient, stream: bool) -> str:
         return f"transport_{type(exc).__name__}"
 
 
+_KIND = {True: "streamed", False: "whole"}
+
+
 async def drive(
     url: str, n: int | None, seconds: float | None, on_half: Any = None
 ) -> tuple[Counter[str], float]:
     """``n`` requests (or as many as fit in ``seconds``), 64 at a time, every other one
-    streamed; returns the outcomes and the wall time."""
+    streamed; returns the outcomes (a failure named ``streamed:`` or ``whole:`` and its
+    kind) and the wall time."""
     outcomes: Counter[str] = Counter()
     started = 0
     start = time.perf_counter()
@@ -188,7 +195,11 @@ async def drive(
         nonlocal started, half_called
         while more():
             started += 1
-            outcomes[await one(client, stream=started % 2 == 0)] += 1
+            stream = started % 2 == 0
+            outcome = await one(client, stream)
+            # A failure says which kind of caller it hit: what fails at a setting is the
+            # first thing to know about it.
+            outcomes[outcome if outcome == "ok" else f"{_KIND[stream]}:{outcome}"] += 1
             if on_half is not None and not half_called and n and sum(outcomes.values()) >= n / 2:
                 half_called = True
                 on_half()
@@ -340,7 +351,7 @@ def main() -> None:
     parser.add_argument(
         "--no-restart-stream",
         action="store_true",
-        help="retry.restart_stream off (on by default: the fake answers deterministically)",
+        help="retry.restart_stream off (the default is on)",
     )
     args = parser.parse_args()
     n = args.requests or (400 if args.quick else 20_000)

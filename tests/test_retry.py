@@ -100,8 +100,8 @@ async def test_backoff_that_would_cross_the_deadline_gives_up(
 
 
 async def test_nothing_is_retried_after_an_event_reached_the_caller() -> None:
-    """A failure after a token was emitted is not retried by default."""
-    layer, worker = _layer([Step(ServerError("cut"), tokens=("a",)), OK])
+    """With restart_stream off, a failure after a token was emitted is not retried."""
+    layer, worker = _layer([Step(ServerError("cut"), tokens=("a",)), OK], restart_stream=False)
     with pytest.raises(ServerError):
         await layer.generate(REQUEST, Recorder())
     assert worker.calls == 1

@@ -85,11 +85,32 @@ async def test_an_answer_cut_mid_way_is_retried_for_a_non_streaming_client() -> 
     assert response.json()["choices"][0]["message"]["content"] == "one two three four"
 
 
-async def test_an_answer_cut_mid_way_still_ends_a_streaming_client_with_an_error() -> None:
-    """For a streaming client the tokens already went out: no retry, an in-stream error."""
+async def test_a_stream_cut_mid_way_ends_whole_at_the_default_settings() -> None:
+    """At retry's defaults a stream cut after two tokens is restarted: the repeated tokens
+    are swallowed and the client reads the whole answer once, with no error event."""
     async with open_fake_provider(Behaviour(text="one two three four")) as fake:
         fake.script(Behaviour(text="one two three four", disconnect_after=2))
         config = _upstream(fake.base_url, retry=RetryConfig(enabled=True, initial_backoff=0.01))
+        async with running_service(config) as url, httpx.AsyncClient(base_url=url) as client:
+            body = _chat("hi", model="fake-model", stream=True)
+            response = await client.post("/v1/chat/completions", json=body)
+        assert fake.statistics().requests == 2
+    assert response.status_code == 200
+    assert '"error"' not in response.text
+    chunks = [orjson.loads(line[6:]) for line in response.text.splitlines() if line[6:7] == "{"]
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    assert text == "one two three four"
+    assert response.text.rstrip().endswith("data: [DONE]")
+
+
+async def test_an_answer_cut_mid_way_ends_a_streaming_client_with_an_error_unless_restarted() -> (
+    None
+):
+    """With restart_stream off the tokens already went out: no retry, an in-stream error."""
+    async with open_fake_provider(Behaviour(text="one two three four")) as fake:
+        fake.script(Behaviour(text="one two three four", disconnect_after=2))
+        retry = RetryConfig(enabled=True, initial_backoff=0.01, restart_stream=False)
+        config = _upstream(fake.base_url, retry=retry)
         async with running_service(config) as url, httpx.AsyncClient(base_url=url) as client:
             body = _chat("hi", model="fake-model", stream=True)
             response = await client.post("/v1/chat/completions", json=body)

@@ -8,7 +8,7 @@ from typing import Any
 
 import attrs
 
-from ..validators import non_negative_time, one_of, positive_int, positive_seconds
+from ..validators import non_negative_time, one_of, positive_int, positive_seconds, positive_time
 from .secret import Secret
 
 __all__ = ["ApiKeyConfig", "EchoConfig", "ServiceConfig"]
@@ -98,6 +98,10 @@ class ServiceConfig:
             kernel caps it at ``net.core.somaxconn``).
         request_read_timeout: seconds a request's body has, from its headers on, to arrive
             whole; past it the answer is 408 and the connection is closed.
+        idle_trim_interval: seconds between two looks at whether the process can hand the
+            memory freed by finished requests back to the operating system (glibc's
+            ``malloc_trim``, from a thread); it does when no request is in flight and some
+            ran since the last look. ``inf`` never does.
     """
 
     host: str = "127.0.0.1"
@@ -111,3 +115,4 @@ class ServiceConfig:
     keep_alive_timeout: float = attrs.field(default=75.0, validator=positive_seconds)
     backlog: int = attrs.field(default=4096, validator=positive_int)
     request_read_timeout: float = attrs.field(default=30.0, validator=positive_seconds)
+    idle_trim_interval: float = attrs.field(default=5.0, validator=positive_time)

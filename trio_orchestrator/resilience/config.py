@@ -112,7 +112,10 @@ class RetryConfig:
             retried; the error goes to the caller at once.
         restart_stream: allow a retry after events reached the caller. The new attempt must
             repeat the events already sent exactly (they are swallowed, the rest passes on);
-            if it diverges, the caller gets the original error. Off: no retry once an event
+            if it diverges, the caller gets the original error and the attempt is cut at
+            the first differing event. On by default: a stream cut mid-answer by a
+            deterministic upstream (temperature 0, a seed, a cached answer) then ends whole,
+            and any other gets the error it would have had. Off: no retry once an event
             has been emitted.
     """
 
@@ -122,7 +125,7 @@ class RetryConfig:
     multiplier: float = attrs.field(default=2.0, validator=at_least_one)
     max_backoff: float = attrs.field(default=30.0, validator=positive_number)
     max_retry_after: float = attrs.field(default=60.0, validator=positive_time)
-    restart_stream: bool = False
+    restart_stream: bool = True
 
 
 @attrs.frozen

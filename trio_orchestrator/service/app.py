@@ -47,6 +47,7 @@ from .connections import BoundedBody, Requests
 from .errors import ApiError, map_exception
 from .fastpath import CHAT_PATH, ChatFastPath, ChatRoute
 from .guard import CatchAll, Guard, KeyRing, RequestIds
+from .memory import trim_when_idle
 from .messages import COUNT_TOKENS_PATH, MESSAGES_PATH, CountTokensRoute, MessagesRoute
 from .openapi import openapi_document
 from .responses import responses
@@ -132,6 +133,7 @@ def create_app(
     config = config or Config()
     keyring = KeyRing.from_config(config.service.api_keys)
     state = ServiceState(config, keyring=keyring)
+    requests = Requests()
     application = ServiceApp(
         routes=[*ROUTES, Route(OPENAPI_PATH, _openapi, methods=["GET"])],
         middleware=_middleware(config, keyring),
@@ -141,10 +143,10 @@ def create_app(
             HTTPException: _http_error,
             ClientGone: _client_gone,
         },
-        lifespan=partial_lifespan(state, worker),
+        lifespan=partial_lifespan(state, worker, requests),
     )
     application.state.service = state
-    application.requests = Requests()
+    application.requests = requests
     application.read_timeout = config.service.request_read_timeout
     if not config.service.cors_origins:  # else CORS must see every response: no fast path
         guard = Guard(None, keyring, config.service.max_body_bytes)  # its checks, no layer
@@ -207,9 +209,10 @@ def _middleware(config: Config, keyring: KeyRing) -> list[Middleware]:
 
 
 def partial_lifespan(
-    state: ServiceState, worker: ModelWorker | None = None
+    state: ServiceState, worker: ModelWorker | None = None, requests: Requests | None = None
 ) -> Callable[[Starlette], AbstractAsyncContextManager[None]]:
-    """The lifespan: open the gateway; drain and close it at shutdown."""
+    """The lifespan: open the gateway (and, given the app's ``requests``, trim the memory
+    of finished bursts of them); drain and close it at shutdown."""
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
@@ -230,6 +233,9 @@ def partial_lifespan(
                     # SIGHUP re-reads the file: limits, breaker, retry, concurrency…
                     reloads = FileReload(gateway, state.config, _file_service(path))
                     await nursery.start(reload_on_signal, reloads, path)
+                if requests is not None:
+                    interval = state.config.service.idle_trim_interval
+                    nursery.start_soon(trim_when_idle, requests, interval)
                 try:
                     yield
                 finally:

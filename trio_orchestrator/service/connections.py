@@ -41,14 +41,17 @@ class Requests:
 
     Attributes:
         active: requests whose handler is running.
+        served: requests begun since the service started.
     """
 
     active: int = 0
+    served: int = 0
     _idle: trio.Event = attrs.field(factory=trio.Event, init=False)
 
     def begin(self) -> None:
         """Count one more request (end it with :meth:`end`, in a ``finally``)."""
         self.active += 1
+        self.served += 1
 
     def end(self) -> None:
         """Count one request fewer. (A pair of calls, not a context manager: this runs

@@ -53,6 +53,17 @@ async def _watch(receive: Callable[[], Awaitable[dict[str, Any]]], scope: trio.C
             return
 
 
+async def _watch_output(
+    receive: Callable[[], Awaitable[dict[str, Any]]], scope: trio.CancelScope, out: _Output
+) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            out.gone = True
+            scope.cancel()
+            return
+
+
 async def cancel_on_disconnect(receive: Any, work: Callable[[], Awaitable[T]]) -> T:
     """Run ``work``, cancelling it if the client disconnects meanwhile.
 
@@ -150,12 +161,13 @@ class EventStream(Response):
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         out = _Output(send, self.extra_headers, self.frame)
-        with trio.CancelScope() as client:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(_watch, receive, client)
-                await self._run(out)
-                nursery.cancel_scope.cancel()
-        if not client.cancelled_caught:  # else the client went away: no one to finish for
+        # The nursery's own scope is the one a disconnect cancels: no second scope per
+        # stream (each costs a scope, its status and their sets, held all stream long).
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_watch_output, receive, nursery.cancel_scope, out)
+            await self._run(out)
+            nursery.cancel_scope.cancel()
+        if not out.gone:  # else the client went away: no one to finish for
             await out.finish()
 
     async def _run(self, out: _Output) -> None:
@@ -187,6 +199,8 @@ class _Output:
         self.frame = frame
         self.started = False
         self.finished = False
+        self.gone = False
+        """The client disconnected."""
 
     async def emit(self, data: bytes) -> None:
         await self._start()

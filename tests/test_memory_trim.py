@@ -1,0 +1,68 @@
+"""Trimming the memory of a finished burst: only when idle, once per burst, never per request."""
+
+from __future__ import annotations
+
+import math
+
+import attrs
+import trio
+import trio.testing
+
+from trio_orchestrator.config import Config
+from trio_orchestrator.service.connections import Requests
+from trio_orchestrator.service.memory import malloc_trim, trim_when_idle
+
+
+@attrs.define
+class Trims:
+    """A stand-in for malloc_trim: counts, and wakes the test."""
+
+    count: int = 0
+    happened: trio.Event = attrs.field(factory=trio.Event)
+
+    def __call__(self) -> None:
+        self.count += 1
+        self.happened.set()
+
+    async def wait(self) -> None:
+        await self.happened.wait()
+        self.happened = trio.Event()
+
+
+async def test_a_burst_is_trimmed_once_after_it_ends(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """No trim while requests are in flight, one once they have ended, none while idle."""
+    requests, trims = Requests(), Trims()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trim_when_idle, requests, 5.0, trims)
+        await trio.testing.wait_all_tasks_blocked()  # it has started, as at the service's start
+        for _ in range(3):
+            requests.begin()
+        await trio.sleep(12)
+        assert trims.count == 0  # busy all along
+        for _ in range(3):
+            requests.end()
+        await trims.wait()
+        await trio.sleep(60)
+        assert trims.count == 1  # idle since: nothing more to give back
+        requests.begin()
+        requests.end()
+        await trims.wait()
+        assert trims.count == 2
+        nursery.cancel_scope.cancel()
+
+
+async def test_an_infinite_interval_never_trims(autojump_clock: trio.testing.MockClock) -> None:
+    """``idle_trim_interval = inf`` turns the trimming off: the task returns at once."""
+    requests = Requests()
+    with trio.fail_after(1):
+        await trim_when_idle(requests, math.inf, lambda: None)
+
+
+def test_the_service_trims_every_five_seconds_by_default() -> None:
+    """The default interval is 5 s, and glibc's malloc_trim is found on this platform."""
+    assert Config().service.idle_trim_interval == 5.0
+    trim = malloc_trim()
+    assert trim is not None
+    trim()
