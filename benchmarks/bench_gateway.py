@@ -176,6 +176,15 @@ KIND_PROVIDERS: dict[str, Callable[[str, int], ProviderConfig]] = {
         aws_secret_access_key=next(iter(FAKE_AWS_CREDENTIALS.values())),
         max_connections=connections,
     ),
+    # The same with a Bedrock API key (a bearer token, no signing): the translation alone.
+    "bedrock-apikey": lambda url, connections: ProviderConfig(
+        kind="bedrock",
+        name="fake",
+        base_url=url,
+        region="us-east-1",
+        api_keys=["fake-bedrock-api-key"],
+        max_connections=connections,
+    ),
     # Vertex AI shares gemini's translation; only its (hourly) token exchange differs.
     "gemini": lambda url, connections: ProviderConfig(
         kind="gemini",
