@@ -158,6 +158,15 @@ KIND_PROVIDERS: dict[str, Callable[[str, int], ProviderConfig]] = {
     "openai": lambda url, connections: ProviderConfig(
         kind="openai", name="fake", base_url=url + "/v1", max_connections=connections
     ),
+    # The same with a key (a key pool of one), as every other kind here has: the fair
+    # baseline for their CPU per request (``--kinds openai-key …`` compares against it).
+    "openai-key": lambda url, connections: ProviderConfig(
+        kind="openai",
+        name="fake",
+        base_url=url + "/v1",
+        api_keys=["sk-fake"],
+        max_connections=connections,
+    ),
     "anthropic": lambda url, connections: ProviderConfig(
         kind="anthropic",
         name="fake",
@@ -357,13 +366,15 @@ def main() -> None:
                     "pipeline_over_litellm_rps": over_lite,
                     "litellm_cpu_over_pipeline_cpu": cpu_vs_lite,
                 }
+                # Against the keyed OpenAI-compatible row when it ran (every other kind has
+                # a key pool too), else the plain one.
+                base = "openai-key" if "openai-key" in args.kinds else "openai"
+                base_row = rows["pipeline" if base == "openai" else f"pipeline {base}"]
                 for kind in args.kinds:
-                    if kind != "openai":
-                        cpu = ratio(
-                            rows[f"pipeline {kind}"], rows["pipeline"], "cpu_ms_per_request"
-                        )
-                        print(f"  {library}: pipeline {kind} / openai CPU per request {cpu}x")
-                        results[f"c{concurrency}/{library}/ratios"][f"{kind}_cpu_over_openai"] = cpu
+                    if kind not in ("openai", base):
+                        cpu = ratio(rows[f"pipeline {kind}"], base_row, "cpu_ms_per_request")
+                        print(f"  {library}: pipeline {kind} / {base} CPU per request {cpu}x")
+                        results[f"c{concurrency}/{library}/ratios"][f"{kind}_cpu_over_{base}"] = cpu
     finally:
         assert fake.stdin is not None
         fake.stdin.close()
