@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import attrs
 
@@ -121,6 +121,30 @@ class Timeouts:
     first_token: float = attrs.field(default=60.0, validator=positive_time)
     idle: float = attrs.field(default=30.0, validator=positive_time)
     total: float = attrs.field(default=600.0, validator=positive_time)
+
+
+#: The options only one kind takes, and that kind: given on another kind's entry, refused.
+_KIND_ONLY = {
+    "responses_api": "openai",
+    "region": "bedrock",
+    "aws_access_key_id": "bedrock",
+    "aws_secret_access_key": "bedrock",
+    "aws_session_token": "bedrock",
+    "credentials_file": "vertex",
+    "project": "vertex",
+    "location": "vertex",
+    "api_version": "azure",
+    "deployments": "azure",
+    "azure_auth": "azure",
+}
+
+
+def _given(entry: object, field: attrs.Attribute[object]) -> bool:
+    """Whether ``entry`` sets ``field`` to other than its default."""
+    default: Any = field.default
+    if isinstance(default, attrs.Factory):  # type: ignore[arg-type]  # attrs' stubs
+        default = default.factory()
+    return bool(getattr(entry, field.name) != default)
 
 
 @attrs.frozen
@@ -232,47 +256,21 @@ class ProviderConfig:
     )
     azure_auth: AzureAuth = attrs.field(default="api-key", validator=one_of("api-key", "entra"))
 
-    @responses_api.validator
-    def _check_responses_api(self, _attribute: object, value: bool) -> None:
-        if value and self.kind != "openai":
-            raise ValueError(f"responses_api is for kind 'openai' providers, not {self.kind!r}")
-
-    @region.validator
-    @aws_access_key_id.validator
-    @aws_secret_access_key.validator
-    @aws_session_token.validator
-    def _check_bedrock_only(self, attribute: attrs.Attribute[object], value: object) -> None:
-        if value is not None and self.kind != "bedrock":
-            raise ValueError(f"{attribute.name} is for kind 'bedrock' providers, not {self.kind!r}")
-
-    @credentials_file.validator
-    @project.validator
-    @location.validator
-    def _check_vertex_only(self, attribute: attrs.Attribute[str | None], value: str | None) -> None:
-        if value is not None and self.kind != "vertex":
-            raise ValueError(f"{attribute.name} is for kind 'vertex' providers, not {self.kind!r}")
-
     def __attrs_post_init__(self) -> None:
         if self.kind == "ollama" and (self.base_url or "").rstrip("/").endswith("/api"):
             raise ValueError(
                 "an ollama provider speaks Ollama's OpenAI-compatible API: give base_url "
                 "as http://<host>:11434/v1, not its native /api"
             )
-        if self.kind == "azure":
-            if not self.base_url:
-                raise ValueError(
-                    "an azure provider needs base_url, its resource's endpoint "
-                    "(https://<resource>.openai.azure.com)"
-                )
-            return
-        azure_only = {
-            "api_version": self.api_version is not None,
-            "deployments": bool(self.deployments),
-            "azure_auth": self.azure_auth != "api-key",
-        }
-        for name, given in azure_only.items():
-            if given:
-                raise ValueError(f"{name} is for kind 'azure' providers, not {self.kind!r}")
+        if self.kind == "azure" and not self.base_url:
+            raise ValueError(
+                "an azure provider needs base_url, its resource's endpoint "
+                "(https://<resource>.openai.azure.com)"
+            )
+        for field in attrs.fields(ProviderConfig):
+            owner = _KIND_ONLY.get(field.name)
+            if owner is not None and owner != self.kind and _given(self, field):
+                raise ValueError(f"{field.name} is for kind {owner!r} providers, not {self.kind!r}")
 
     @property
     def label(self) -> str:
