@@ -21,6 +21,7 @@ from trio_orchestrator.errors import (
     Overloaded,
     PermissionDenied,
     ProviderConnectionError,
+    ProviderError,
     RateLimited,
     ServerError,
     UnsupportedParameter,
@@ -394,3 +395,25 @@ async def test_an_answer_without_the_vector_is_malformed(
     fake.script(Behaviour(body={"embeddings": "nope"}))
     with pytest.raises(MalformedResponse):
         await collect(signed(client, fake), embed(TITAN, "a"))
+
+
+async def test_a_signature_error_quoting_the_session_token_does_not_repeat_it() -> None:
+    """AWS's SignatureDoesNotMatch quotes the canonical request (the session token among its
+    headers): the typed error's text has the token and the secret scrubbed."""
+    token, secret = "FQoGZXIvYXdzEXAMPLETOKEN0123456789", "wJalrEXAMPLESECRETKEY0123"
+    quoted = f"The canonical string ... x-amz-security-token:{token}\n... key {secret}"
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        headers = {"x-amzn-ErrorType": "InvalidSignatureException"}
+        return httpx.Response(403, json={"message": quoted}, headers=headers)
+
+    credentials = AWSCredentials(KEY_ID, Secret(secret), Secret(token))
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+        worker = BedrockWorker(
+            client, "http://bedrock.test", stream=False, credentials=credentials, region="us-east-1"
+        )
+        with pytest.raises(ProviderError) as caught:
+            await collect(worker, REQUEST)
+    assert "canonical string" in str(caught.value)
+    assert token not in str(caught.value)
+    assert secret not in str(caught.value)

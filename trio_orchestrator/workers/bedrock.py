@@ -24,6 +24,7 @@ Answers in OpenAI's terms:
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -506,6 +507,24 @@ def _bearer(key: Secret) -> dict[str, str]:
     return {"authorization": f"Bearer {key.reveal()}"}
 
 
+def _scrubbing_error(
+    credentials: AWSCredentials | None,
+    status: int,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    provider: str,
+    secrets: Sequence[Secret] = (),
+) -> ProviderError:
+    """:func:`bedrock_error` scrubbing the signing secret and session token too: AWS's
+    signature errors quote the canonical request, session token header included."""
+    if credentials is not None:
+        secrets = [*secrets, credentials.secret_access_key]
+        if credentials.session_token is not None:
+            secrets.append(credentials.session_token)
+    return bedrock_error(status, headers, body, provider=provider, secrets=secrets)
+
+
 @attrs.define(eq=False, repr=False)
 class BedrockWorker:
     """Generates through AWS Bedrock's Converse / ConverseStream APIs.
@@ -560,7 +579,7 @@ class BedrockWorker:
             _bearer,
             sign=sign,
             decoder=EventStreamDecoder,
-            error=bedrock_error,
+            error=functools.partial(_scrubbing_error, self.credentials),
         )
 
     def __repr__(self) -> str:
