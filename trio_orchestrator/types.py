@@ -65,11 +65,15 @@ class Tool:
         name: the function name.
         description: what the function does, for the model.
         parameters: a JSON Schema of the arguments.
+        cache_control: a prompt-cache breakpoint after this tool's definition (Anthropic's
+            ``cache_control``, e.g. ``{"type": "ephemeral"}``); Anthropic and Bedrock
+            upstreams honour it, the others cache prompt prefixes by themselves.
     """
 
     name: str
     description: str = ""
     parameters: Mapping[str, Any] = attrs.field(factory=dict)
+    cache_control: Mapping[str, Any] | None = None
 
 
 def _check_role(_instance: object, _attribute: object, value: str) -> None:
