@@ -261,6 +261,40 @@ _EMBEDDINGS_REQUEST: dict[str, Any] = {
         "user": _STR,
     },
 }
+_NUMBER = {"type": "number"}
+_MODEL = {
+    "type": "object",
+    "description": "OpenAI's model object, with the catalogue's facts where they are known",
+    "required": ["id", "object", "created", "owned_by"],
+    "properties": {
+        "id": _STR,
+        "object": {"type": "string", "enum": ["model"]},
+        "created": {"type": "integer"},
+        "owned_by": {"type": "string", "description": "the provider, when the catalogue knows"},
+        "context_window": {"type": "integer", "description": "input tokens the model takes"},
+        "max_output_tokens": {"type": "integer"},
+        "capabilities": {"type": "array", "items": _STR, "description": "e.g. vision, tools"},
+        "pricing": {
+            "type": "object",
+            "description": "US dollars per million tokens",
+            "required": ["currency"],
+            "properties": {
+                "input_per_million": _NUMBER,
+                "cached_input_per_million": _NUMBER,
+                "output_per_million": _NUMBER,
+                "currency": {"type": "string", "enum": ["USD"]},
+            },
+        },
+    },
+}
+_MODEL_LIST = {
+    "type": "object",
+    "required": ["object", "data"],
+    "properties": {
+        "object": {"type": "string", "enum": ["list"]},
+        "data": {"type": "array", "items": _MODEL},
+    },
+}
 _EMBEDDINGS_RESPONSE = {
     "type": "object",
     "required": ["object", "data", "model", "usage"],
@@ -499,7 +533,7 @@ def openapi_document(models: tuple[str, ...] = ("echo",)) -> dict[str, Any]:
     replay["post"]["parameters"] = [id_param]
     dead_letters = _get("Shed requests, oldest first", _json(_ANY_OBJECT))
     dead_letters["get"]["parameters"] = [limit]
-    model = _get("One model", _json(_ANY_OBJECT))
+    model = _get("One model", _json(_MODEL))
     model["get"]["parameters"] = [model_param]
     embedding_body = {
         **_EMBEDDINGS_REQUEST,
@@ -555,7 +589,7 @@ def openapi_document(models: tuple[str, ...] = ("echo",)) -> dict[str, Any]:
                 }
             ),
         ),
-        "/v1/models": _get("The models served", _json(_ANY_OBJECT)),
+        "/v1/models": _get("The models served", _json(_MODEL_LIST)),
         "/v1/models/{model}": model,
         "/v1/embeddings": _post(
             "OpenAI embeddings, through the pipeline; a provider without embeddings is a 400",
