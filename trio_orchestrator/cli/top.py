@@ -15,10 +15,11 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import signal
 import sys
 import termios
 import tty
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -93,8 +94,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         with _keys_one_by_one():
             trio.run(_dashboard, service_root(args.url), key, args.interval, console)
-    except KeyboardInterrupt:
-        pass  # Ctrl-C is a way to quit, not a failure
+    except* KeyboardInterrupt:
+        pass  # Ctrl-C before the dashboard listens for it: still a way to quit, not a failure
     return 0
 
 
@@ -145,7 +146,25 @@ async def _refresh(client: httpx.AsyncClient, url: str, interval: float, live: L
 
 
 async def _until_quit() -> None:
-    """Return when ``q`` is typed; wait forever when stdin is no terminal (Ctrl-C quits)."""
+    """Return when ``q`` is typed or Ctrl-C pressed.
+
+    Ctrl-C is received as a signal here rather than raised as KeyboardInterrupt wherever
+    the program happens to be (halfway through drawing a frame, say), so quitting is always
+    the same orderly way out.
+    """
+    with trio.open_signal_receiver(signal.SIGINT) as interrupts:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_then_cancel, _key_q, nursery.cancel_scope)
+            nursery.start_soon(_then_cancel, interrupts.__anext__, nursery.cancel_scope)
+
+
+async def _then_cancel(wait: Callable[[], Awaitable[object]], scope: trio.CancelScope) -> None:
+    await wait()
+    scope.cancel()
+
+
+async def _key_q() -> None:
+    """Return when ``q`` is typed; never when stdin is no terminal or ends."""
     if not os.isatty(0):
         await trio.sleep_forever()
     while True:
@@ -214,11 +233,26 @@ async def _spend(client: httpx.AsyncClient) -> Any:
 
 
 def _reason(exc: httpx.HTTPError) -> str:
-    if isinstance(exc, httpx.ConnectError):
-        return "connection refused" if "refused" in str(exc).lower() else f"cannot connect ({exc})"
     if isinstance(exc, httpx.TimeoutException):
         return "no answer in time"
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    error = _os_error(exc)
+    if error is not None and error.errno is not None:
+        return os.strerror(error.errno).lower()  # "connection refused", "no route to host", …
+    return str(exc) or type(exc).__name__
+
+
+def _os_error(exc: BaseException | None) -> OSError | None:
+    """The first OSError with an errno behind ``exc`` (through causes and exception groups:
+    trio's connect tries every address and groups their errors)."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno is not None:
+            return exc
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                if (found := _os_error(inner)) is not None:
+                    return found
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 # ------------------------------------------------------------------------------ drawing
@@ -248,8 +282,8 @@ def render(screen: Screen, interval: float) -> RenderableType:
     header = Text(f"trio-orchestrator top · {screen.url}{state} · every {interval:g} s · q quits")
     header.stylize("bold")
     if screen.error is not None:
-        line = Text(f"✗ {screen.error} · retrying every {interval:g} s", style="red")
-        return Group(header, Text(""), line)
+        line = Text(f"✗ {screen.error}", style="red")
+        return Group(header, Text(""), line, Text(f"retrying every {interval:g} s"))
     window = "since start" if screen.window is None else f"last {screen.window:.1f} s"
     top = Table.grid(padding=(0, 4))
     top.add_row(_throughput(screen), _latency(screen, window))
