@@ -72,7 +72,7 @@ async def _stats(url: str) -> dict[str, object]:
 async def test_the_screen_shows_the_services_numbers_and_q_quits(tmp_path: Path) -> None:
     """With traffic sent while it runs, the screen shows /v1/stats' completed count and the
     key that spent, with the dollars the router's ledger holds (``budgets`` in /v1/stats);
-    q quits with status 0 and leaves the alternate screen."""
+    q quits with status 0, leaving the alternate screen and the terminal as it was."""
     config = tmp_path / "top.toml"
     config.write_text(CONFIG)
     async with serve_process(config) as served:
@@ -92,6 +92,9 @@ async def test_the_screen_shows_the_services_numbers_and_q_quits(tmp_path: Path)
             await term.expect(rf"{re.escape(key)}\s+{re.escape(f'${spent:.4f}')}")
             await term.send("q")
             assert await term.finish() == 0
+            modes = termios.tcgetattr(term.master.fileno())[3]
+    assert modes & termios.ECHO
+    assert modes & termios.ICANON
     assert LEFT_ALTERNATE_SCREEN in term.output
     assert "Traceback" not in term.text()
 

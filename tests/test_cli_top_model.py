@@ -1,16 +1,17 @@
 """The numbers ``trio-orchestrator top`` shows, from fixtures of what the service answers:
 Prometheus' histogram_quantile, rates over two scrapes, errors, providers' health and spend;
-and the frame rich draws from them."""
+the frame rich draws from them; and one poll's reading of a service (httpx.MockTransport)."""
 
 from __future__ import annotations
 
 import math
 from typing import Any
 
+import httpx
 import pytest
 from rich.console import Console
 
-from trio_orchestrator.cli.top import render, service_root
+from trio_orchestrator.cli.top import poll_service, render, service_root
 from trio_orchestrator.cli.top_model import (
     ErrorRow,
     Poll,
@@ -264,3 +265,55 @@ def test_the_frame_shows_the_numbers_and_the_error_line() -> None:
 def test_the_service_root_drops_v1_and_slashes() -> None:
     """--url takes the service's root or its OpenAI root alike."""
     assert service_root("http://h:1/v1/") == service_root("http://h:1/") == "http://h:1"
+
+
+def _service(routes: dict[str, httpx.Response]) -> httpx.AsyncClient:
+    """A client whose service answers each path from ``routes``, 404 otherwise."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return routes.get(request.url.path, httpx.Response(404))
+
+    return httpx.AsyncClient(base_url="http://x", transport=httpx.MockTransport(answer))
+
+
+async def test_a_poll_reads_stats_metrics_and_spend() -> None:
+    """A poll takes /v1/stats, /metrics and /v1/admin/spend when they answer."""
+    routes = {
+        "/v1/stats": httpx.Response(200, json=STATS),
+        "/metrics": httpx.Response(200, text=f"# TYPE {P}_x counter\n{P}_x_total 3.0\n"),
+        "/v1/admin/spend": httpx.Response(200, json={"data": [{"key": "a", "cost_usd": 1}]}),
+    }
+    async with _service(routes) as client:
+        poll = await poll_service(client, "http://x", 5.0)
+    assert poll.error is None
+    assert poll.stats == STATS
+    assert poll.metrics is not None
+    assert poll.metrics.total(f"{P}_x_total") == 3.0
+    assert poll.spend == [("a", 1.0)]
+
+
+async def test_a_poll_without_metrics_or_spend_still_has_the_stats() -> None:
+    """Metrics switched off (404) and no spend endpoint leave the rest of the screen."""
+    async with _service({"/v1/stats": httpx.Response(200, json=STATS)}) as client:
+        poll = await poll_service(client, "http://x", 5.0)
+    assert (poll.error, poll.metrics, poll.spend) == (None, None, None)
+    assert poll.stats == STATS
+
+
+@pytest.mark.parametrize(
+    ("answer", "error"),
+    [
+        (httpx.Response(401), "http://x refused the key (401): pass --api-key"),
+        (httpx.Response(503), "http://x/v1/stats answered 503"),
+        (httpx.Response(200, text="<html>"), "http://x/v1/stats answered no JSON object"),
+        (httpx.Response(200, json=[1, 2]), "http://x/v1/stats answered no JSON object"),
+    ],
+)
+async def test_a_poll_the_service_refuses_or_garbles_is_one_error(
+    answer: httpx.Response, error: str
+) -> None:
+    """A refused key, a failing service or something that is not the gateway is a line."""
+    async with _service({"/v1/stats": answer}) as client:
+        poll = await poll_service(client, "http://x", 5.0)
+    assert poll.error is not None
+    assert poll.error.startswith(error)

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import trio
 
-from .top_model import Poll, Screen, build_screen, parse_metrics, parse_spend
+from .top_model import Poll, Scrape, Screen, build_screen, parse_metrics, parse_spend
 
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
@@ -198,19 +198,18 @@ async def poll_service(client: httpx.AsyncClient, url: str, at: float) -> Poll:
     if stats.status_code != 200:
         return Poll(at, error=f"{url}/v1/stats answered {stats.status_code}")
     try:
-        return Poll(
-            at,
-            metrics=await _metrics(client),
-            stats=stats.json(),
-            spend=await _spend(client),
-        )
+        body = stats.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        return Poll(at, error=f"{url}/v1/stats answered no JSON object: is this the gateway?")
+    try:
+        return Poll(at, metrics=await _metrics(client), stats=body, spend=await _spend(client))
     except httpx.HTTPError as exc:
         return Poll(at, error=f"cannot reach {url}: {_reason(exc)}")
-    except ValueError:
-        return Poll(at, error=f"{url}/v1/stats answered something that is not JSON")
 
 
-async def _metrics(client: httpx.AsyncClient) -> Any:
+async def _metrics(client: httpx.AsyncClient) -> Scrape | None:
     answer = await client.get("/metrics")
     if answer.status_code != 200:
         return None  # metrics switched off: the rest still shows
@@ -220,7 +219,7 @@ async def _metrics(client: httpx.AsyncClient) -> Any:
         return None
 
 
-async def _spend(client: httpx.AsyncClient) -> Any:
+async def _spend(client: httpx.AsyncClient) -> list[tuple[str, float]] | None:
     # Persisted spend, where the service keeps it and the key is an admin's; else None and
     # the budget ledger of /v1/stats is shown instead.
     answer = await client.get("/v1/admin/spend", params={"group_by": "key"})
