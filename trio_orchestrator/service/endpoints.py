@@ -22,7 +22,7 @@ from .embeddings import embeddings_answer, parse_embeddings_request
 from .errors import ApiError, map_exception, outcome_of
 from .guard import caller_of, set_request_id
 from .jsonenc import JSONResponse, json_bytes
-from .keystate import key_pools_json
+from .keystate import budgets_json, key_pools_json
 from .metrics import render_metrics
 from .models import get_model, list_models
 from .native import completion_json, event_json, parse_prompt_request
@@ -148,12 +148,16 @@ async def metrics(request: Request) -> Response:
 
 
 async def stats(request: Request) -> Response:
-    """``GET /v1/stats``: the pipeline's statistics, and every provider's API keys."""
+    """``GET /v1/stats``: the pipeline's statistics, every provider's API keys, and the
+    router's spending per key and model (``budgets``, null without ``[routing]``)."""
     state = service_of(request)
     pipeline = state.pipeline
     data = None if pipeline is None else attrs.asdict(pipeline.statistics())
     keys = key_pools_json(state.gateway)
-    return JSONResponse({"draining": state.draining, "pipeline": data, "keys": keys})
+    budgets = budgets_json(state.gateway)
+    return JSONResponse(
+        {"draining": state.draining, "pipeline": data, "keys": keys, "budgets": budgets}
+    )
 
 
 async def list_dead_letters(request: Request) -> Response:
