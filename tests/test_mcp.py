@@ -13,6 +13,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -225,3 +226,14 @@ def test_mcp_on_without_the_sdk_is_a_configuration_error(monkeypatch: pytest.Mon
     monkeypatch.setitem(sys.modules, "mcp", None)  # what `import mcp` meets when not installed
     with pytest.raises(ConfigError, match=r"pip install 'trio-orchestrator\[mcp\]'"):
         create_app(config())
+
+
+def test_the_example_client_runs() -> None:
+    """examples/mcp_client.py starts a gateway, completes over MCP, and shows the refusal."""
+    example = Path(__file__).parent.parent / "examples" / "mcp_client.py"
+    done = subprocess.run(
+        [sys.executable, str(example)], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert "complete: Hello over MCP!" in done.stdout
+    assert "dead letters: refused: " in done.stdout
