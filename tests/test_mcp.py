@@ -20,13 +20,14 @@ import attrs
 import httpx
 import httpx2
 import pytest
+import trio
 from mcp import ClientSession, MCPError
 from mcp.client.streamable_http import streamable_http_client
-from service_helpers import running_app
+from service_helpers import running_app, wait_for_statistic
 
 from trio_orchestrator.config import Config, parse_config
 from trio_orchestrator.config.secret import Secret
-from trio_orchestrator.config.service import ApiKeyConfig
+from trio_orchestrator.config.service import ApiKeyConfig, EchoConfig
 from trio_orchestrator.errors import ConfigError
 from trio_orchestrator.service import mcp_server
 from trio_orchestrator.service.app import create_app
@@ -237,3 +238,27 @@ def test_the_example_client_runs() -> None:
     assert done.returncode == 0, done.stderr
     assert "complete: Hello over MCP!" in done.stdout
     assert "dead letters: refused: " in done.stdout
+
+
+async def test_a_client_that_goes_away_cancels_its_completion() -> None:
+    """An MCP client that disconnects during `complete` cancels the pipeline request: it ends
+    as cancelled, not completed for nobody."""
+    slow = config(echo=EchoConfig(first_token_delay=3600.0))
+    headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    async with (
+        running_app(slow) as (url, _app),
+        httpx.AsyncClient(base_url=url, headers=headers) as stats_client,
+    ):
+        async with trio.open_nursery() as nursery:
+
+            async def call_then_hang_up() -> None:
+                async with mcp_session(url, APP_KEY) as session:
+                    await session.call_tool("complete", {"prompt": "never answered"})
+
+            nursery.start_soon(call_then_hang_up)
+            with trio.fail_after(30):
+                await wait_for_statistic(stats_client, "in_flight", 1)
+            nursery.cancel_scope.cancel()  # the client goes away mid-call
+        with trio.fail_after(30):
+            stats = await wait_for_statistic(stats_client, "cancelled", 1)
+    assert stats["completed"] == 0

@@ -30,6 +30,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import attrs
+import trio
 
 from ..errors import ConfigError
 from .errors import ApiError
@@ -199,7 +200,50 @@ class McpRoute:
         if origin is not None and origin.decode("latin-1") not in mcp.origins:
             await send_error(send, _FOREIGN_ORIGIN)
             return
-        await mcp.manager.handle_request(scope, receive, send)
+        if scope["method"] != "POST":
+            await mcp.manager.handle_request(scope, receive, send)
+            return
+        await _handle_until_gone(mcp.manager, scope, receive, send)
+
+
+async def _handle_until_gone(
+    manager: StreamableHTTPSessionManager, scope: dict[str, Any], receive: Any, send: Any
+) -> None:
+    """Let ``manager`` answer one POST, cancelling it if the client disconnects first.
+
+    The SDK's transport, answering JSON, waits for the tool's result without listening for
+    a disconnect, so a completion would run on for nobody. Here the body is read first (the
+    guard bounded its size), the transport is given it, and the original ``receive`` is
+    watched meanwhile: a disconnect cancels the call, which ends the MCP request's server
+    task, which cancels the tool's in-process request, which cancels the pipeline request
+    (counted cancelled).
+    """
+    body: list[dict[str, Any]] = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+        body.append(message)
+        if not message.get("more_body", False):
+            break
+    body.reverse()
+
+    async def replayed() -> dict[str, Any]:
+        if body:
+            return body.pop()
+        await trio.sleep_forever()  # the disconnect is the watcher's to see
+        raise AssertionError("unreachable")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_cancel_when_gone, receive, nursery.cancel_scope)
+        await manager.handle_request(scope, replayed, send)
+        nursery.cancel_scope.cancel()
+
+
+async def _cancel_when_gone(receive: Any, scope: trio.CancelScope) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    scope.cancel()
 
 
 Lifespan = Callable[["Starlette"], AbstractAsyncContextManager[None]]
