@@ -262,3 +262,12 @@ async def test_a_client_that_goes_away_cancels_its_completion() -> None:
         with trio.fail_after(30):
             stats = await wait_for_statistic(stats_client, "cancelled", 1)
     assert stats["completed"] == 0
+
+
+async def test_get_is_405_rather_than_a_stream_that_never_speaks() -> None:
+    """Stateless, the server never speaks first: GET /mcp is 405, not an idle open stream."""
+    async with running_app(config()) as (url, _app), httpx.AsyncClient() as client:
+        headers = {"Authorization": f"Bearer {APP_KEY}", "Accept": "text/event-stream"}
+        with trio.fail_after(30):
+            response = await client.get(url + "/mcp", headers=headers)
+    assert response.status_code == 405

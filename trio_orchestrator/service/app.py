@@ -80,7 +80,7 @@ ROUTES = [
     Route(MESSAGES_PATH, MessagesRoute(), methods=["POST"]),
     Route(COUNT_TOKENS_PATH, CountTokensRoute(), methods=["POST"]),
     # MCP's streamable HTTP (404 unless `[service] mcp = true`; see .mcp_server).
-    Route(MCP_PATH, McpRoute(), methods=["GET", "POST", "DELETE"]),
+    Route(MCP_PATH, McpRoute(), methods=["POST"]),
 ]
 OPENAPI_PATH = "/openapi.json"
 # The request headers a browser may send cross-origin: the OpenAI SDK's and the Anthropic

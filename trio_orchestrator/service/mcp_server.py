@@ -186,6 +186,11 @@ class McpRoute:
     """The ``/mcp`` route's ASGI application: hands the request to the MCP session manager
     (the guard in front has checked the API key), or answers 404 when MCP is off.
 
+    The route takes POST only: stateless, the server never speaks first, so the standalone
+    event stream a GET would open could only hang (holding a connection), and there is no
+    session for a DELETE to end. A GET is answered 405, which the specification lets a
+    client expect from a server without that stream.
+
     A request with an ``Origin`` not in ``service.cors_origins`` is refused with 403 before
     the SDK sees it: a web page must not drive a gateway on localhost (DNS rebinding, as the
     MCP specification warns); clients that are not browsers send no ``Origin``.
@@ -199,9 +204,6 @@ class McpRoute:
         origin = next((v for k, v in scope["headers"] if k == b"origin"), None)
         if origin is not None and origin.decode("latin-1") not in mcp.origins:
             await send_error(send, _FOREIGN_ORIGIN)
-            return
-        if scope["method"] != "POST":
-            await mcp.manager.handle_request(scope, receive, send)
             return
         await _handle_until_gone(mcp.manager, scope, receive, send)
 
