@@ -271,3 +271,38 @@ async def test_get_is_405_rather_than_a_stream_that_never_speaks() -> None:
         with trio.fail_after(30):
             response = await client.get(url + "/mcp", headers=headers)
     assert response.status_code == 405
+
+
+BUDGET_CONFIG = """
+[service]
+port = 0
+mcp = true
+api_keys = [{{ name = "app", key = "{key}" }}]
+
+[[providers.providers]]
+kind = "echo"
+name = "local-echo"
+models = ["echo"]
+
+[[routing.deployments]]
+name = "echo-dear"
+model = "echo"
+provider = "local-echo"
+input_price = 1000000.0     # a dollar a token
+output_price = 1000000.0
+
+[routing.budgets]
+per_api_key = {{ "{key_id}" = 1.0 }}
+"""
+
+
+async def test_the_keys_budget_is_a_tool_error_naming_it() -> None:
+    """A key whose budget a completion would overrun: `complete` is a tool error carrying the
+    budget's 429 insufficient_quota and saying which budget."""
+    key_id = "sha256:" + ApiKeyConfig("app", key=Secret(APP_KEY)).digest().hex()[:8]
+    budgeted = parse_config(BUDGET_CONFIG.format(key=APP_KEY, key_id=key_id))
+    async with running_app(budgeted) as (url, _app), mcp_session(url, APP_KEY) as session:
+        result = await session.call_tool("complete", {"model": "echo", "prompt": "too dear"})
+    assert result.is_error
+    assert "429 insufficient_quota" in text_of(result)
+    assert f"budget exceeded for api_key '{key_id}'" in text_of(result)
