@@ -123,3 +123,39 @@ async def test_stdout_carries_only_protocol_and_the_command_ends_with_stdin(
     assert answer["result"]["serverInfo"]["name"] == "trio-orchestrator"
     assert b"pipeline opened" in done.stderr
     assert done.returncode == 0
+
+
+async def test_without_the_sdk_the_command_says_what_to_install() -> None:
+    """`trio-orchestrator mcp` without the mcp SDK exits 2 naming the extra, not a traceback."""
+    code = (
+        "import sys\n"
+        "sys.modules['mcp'] = None  # what `import mcp` meets when it is not installed\n"
+        "from trio_orchestrator.cli import main\n"
+        "sys.exit(main(['mcp']))\n"
+    )
+    with trio.fail_after(60):
+        done = await trio.run_process(
+            [sys.executable, "-c", code],
+            stdin=b"",
+            capture_stdout=True,
+            capture_stderr=True,
+            env=environment(None),
+            check=False,
+        )
+    assert done.returncode == 2
+    assert b"pip install 'trio-orchestrator[mcp]'" in done.stderr
+    assert done.stdout == b""
+
+
+async def test_an_invalid_configuration_exits_2_naming_the_problem(tmp_path: Path) -> None:
+    """A configuration the loader refuses is one line on stderr and exit status 2."""
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[service]\nmcp = 'yes please'\n", encoding="utf-8")
+    arguments = [sys.executable, "-m", "trio_orchestrator", "mcp", "--config", str(bad)]
+    with trio.fail_after(60):
+        done = await trio.run_process(
+            arguments, capture_stdout=True, capture_stderr=True, env=environment(None), check=False
+        )
+    assert done.returncode == 2
+    assert b"invalid configuration" in done.stderr
+    assert b"service.mcp" in done.stderr

@@ -55,10 +55,25 @@ def run(args: argparse.Namespace) -> int:
     key = os.environ.get(API_KEY_ENV)
     try:
         trio.run(serve_stdio, config, key)
-    except OrchestratorError as exc:
-        print(f"trio-orchestrator mcp: cannot start: {exc}", file=sys.stderr)
+    except BaseException as exc:
+        error = _own_error(exc)
+        if error is None:
+            raise
+        print(f"trio-orchestrator mcp: cannot start: {error}", file=sys.stderr)
         return 2
     return 0
+
+
+def _own_error(exc: BaseException) -> OrchestratorError | None:
+    """The package's own error that stopped the command (the SDK missing, Redis unreachable
+    at start...), out of the exception groups around it."""
+    if isinstance(exc, OrchestratorError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            if (found := _own_error(inner)) is not None:
+                return found
+    return None
 
 
 async def serve_stdio(config: Config, api_key: str | None = None) -> None:
