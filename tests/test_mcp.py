@@ -21,7 +21,7 @@ import httpx
 import httpx2
 import pytest
 import trio
-from mcp import ClientSession, MCPError
+from mcp import Client, ClientSession, MCPError
 from mcp.client.streamable_http import streamable_http_client
 from service_helpers import running_app, wait_for_statistic
 
@@ -240,9 +240,10 @@ def test_the_example_client_runs() -> None:
     assert "dead letters: refused: " in done.stdout
 
 
-async def test_a_client_that_goes_away_cancels_its_completion() -> None:
-    """An MCP client that disconnects during `complete` cancels the pipeline request: it ends
-    as cancelled, not completed for nobody."""
+@pytest.mark.parametrize("mode", ["legacy", "2026-07-28"])
+async def test_a_client_that_goes_away_cancels_its_completion(mode: str) -> None:
+    """An MCP client (of either protocol era) that disconnects during `complete` cancels the
+    pipeline request: it ends as cancelled, not completed for nobody."""
     slow = config(echo=EchoConfig(first_token_delay=3600.0))
     headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
     async with (
@@ -252,8 +253,11 @@ async def test_a_client_that_goes_away_cancels_its_completion() -> None:
         async with trio.open_nursery() as nursery:
 
             async def call_then_hang_up() -> None:
-                async with mcp_session(url, APP_KEY) as session:
-                    await session.call_tool("complete", {"prompt": "never answered"})
+                async with (
+                    httpx2.AsyncClient(headers={"Authorization": f"Bearer {APP_KEY}"}) as http,
+                    Client(streamable_http_client(url + "/mcp", http_client=http), mode=mode) as c,
+                ):
+                    await c.call_tool("complete", {"prompt": "never answered"})
 
             nursery.start_soon(call_then_hang_up)
             with trio.fail_after(30):
@@ -306,3 +310,21 @@ async def test_the_keys_budget_is_a_tool_error_naming_it() -> None:
     assert result.is_error
     assert "429 insufficient_quota" in text_of(result)
     assert f"budget exceeded for api_key '{key_id}'" in text_of(result)
+
+
+@pytest.mark.parametrize("mode", ["legacy", "2026-07-28", "auto"])
+async def test_each_protocol_era_of_the_sdk_client_is_served(mode: str) -> None:
+    """The SDK's high-level Client in each of its modes (the initialize handshake, the
+    2026-07-28 per-request envelope, and discovery) completes with the caller's key and is
+    refused the dead letters with an ordinary one."""
+    headers = {"Authorization": f"Bearer {APP_KEY}"}
+    async with (
+        running_app(config()) as (url, _app),
+        httpx2.AsyncClient(headers=headers) as http,
+        Client(streamable_http_client(url + "/mcp", http_client=http), mode=mode) as client,
+    ):
+        result = await client.call_tool("complete", {"prompt": f"era {mode}"})
+        assert text_of(result) == f"era {mode}"
+        refused = await client.call_tool("list_dead_letters", {})
+        assert refused.is_error
+        assert "403 admin_required" in text_of(refused)
