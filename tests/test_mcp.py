@@ -9,17 +9,22 @@ the key ring, the admin rule and the per-key rate limit apply as they do over pl
 
 from __future__ import annotations
 
+import queue
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import anyio
 import attrs
 import httpx
 import httpx2
 import pytest
+import sniffio
 import trio
 from mcp import Client, ClientSession, MCPError
 from mcp.client.streamable_http import streamable_http_client
@@ -29,7 +34,7 @@ from trio_orchestrator.config import Config, parse_config
 from trio_orchestrator.config.secret import Secret
 from trio_orchestrator.config.service import ApiKeyConfig, EchoConfig
 from trio_orchestrator.errors import ConfigError
-from trio_orchestrator.service import mcp_server
+from trio_orchestrator.service import mcp_server, serve
 from trio_orchestrator.service.app import create_app
 from trio_orchestrator.service.mcp_tools import TOOLS
 
@@ -328,3 +333,47 @@ async def test_each_protocol_era_of_the_sdk_client_is_served(mode: str) -> None:
         refused = await client.call_tool("list_dead_letters", {})
         assert refused.is_error
         assert "403 admin_required" in text_of(refused)
+
+
+@pytest.fixture
+def service_in_a_thread() -> Iterator[str]:
+    """``serve`` with :func:`config` under Trio in a thread of its own: its base URL."""
+    started: queue.Queue[str | BaseException] = queue.Queue()
+    stop: list[tuple[trio.Event, trio.lowlevel.TrioToken]] = []
+
+    async def main() -> None:
+        stopped = trio.Event()
+        stop.append((stopped, trio.lowlevel.current_trio_token()))
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(partial(serve, config(), shutdown_trigger=stopped.wait))
+            started.put(url)
+
+    def run() -> None:
+        try:
+            trio.run(main)
+        except BaseException as exc:  # reported to the waiting fixture
+            started.put(exc)
+
+    thread = threading.Thread(target=run, name="mcp-gateway", daemon=True)
+    thread.start()
+    url = started.get(timeout=60)
+    if isinstance(url, BaseException):
+        raise url
+    try:
+        yield url
+    finally:
+        stopped, token = stop[0]
+        trio.from_thread.run_sync(stopped.set, trio_token=token)
+        thread.join(timeout=30)
+
+
+def test_an_asyncio_client_is_served_by_the_trio_server(service_in_a_thread: str) -> None:
+    """The SDK client on asyncio (as most MCP clients run) against the server on Trio."""
+
+    async def use() -> tuple[str, bool, str]:
+        async with mcp_session(service_in_a_thread, APP_KEY) as session:
+            backend = sniffio.current_async_library()
+            result = await session.call_tool("complete", {"prompt": "from asyncio"})
+            return backend, result.is_error, text_of(result)
+
+    assert anyio.run(use, backend="asyncio") == ("asyncio", False, "from asyncio")
