@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from importlib import metadata
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
@@ -116,11 +117,17 @@ def build_server(
             is_error=answer.error,
         )
 
-    from .. import __version__
-
     return Server(
-        SERVER_NAME, version=__version__, on_list_tools=list_tools, on_call_tool=on_call_tool
+        SERVER_NAME, version=_version(), on_list_tools=list_tools, on_call_tool=on_call_tool
     )
+
+
+def _version() -> str:
+    """The installed package's version (the package facade is a layer above this one)."""
+    try:
+        return metadata.version("trio-orchestrator")
+    except metadata.PackageNotFoundError:  # run from a source tree never installed
+        return "0"
 
 
 def _endpoint_for(
