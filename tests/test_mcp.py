@@ -377,3 +377,36 @@ def test_an_asyncio_client_is_served_by_the_trio_server(service_in_a_thread: str
             return backend, result.is_error, text_of(result)
 
     assert anyio.run(use, backend="asyncio") == ("asyncio", False, "from asyncio")
+
+
+async def test_a_browser_client_of_an_allowed_origin_passes_cors_and_the_origin_check() -> None:
+    """With its origin in service.cors_origins, a browser's MCP client gets through the CORS
+    preflight (MCP's own header allowed) and its tool call is served."""
+    origin = "http://inspector.example"
+    async with (
+        running_app(config(cors_origins=(origin,))) as (url, _app),
+        httpx.AsyncClient() as client,
+    ):
+        asked = "authorization, content-type, mcp-protocol-version"
+        preflight = await client.options(
+            url + "/mcp",
+            headers={
+                "Origin": origin,
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": asked,
+            },
+        )
+        assert preflight.status_code == 200
+        allowed = preflight.headers["access-control-allow-headers"].lower()
+        assert "mcp-protocol-version" in allowed
+        headers = {
+            "Authorization": f"Bearer {APP_KEY}",
+            "Origin": origin,
+            "Accept": "application/json, text/event-stream",
+            "MCP-Protocol-Version": "2025-11-25",
+        }
+        body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+        response = await client.post(url + "/mcp", json=body, headers=headers)
+    assert response.status_code == 200
+    assert response.headers["access-control-allow-origin"] == origin
+    assert len(response.json()["result"]["tools"]) == len(TOOLS)

@@ -93,6 +93,7 @@ CORS_REQUEST_HEADERS = [
     "anthropic-beta",
     "traceparent",
     "tracestate",
+    "mcp-protocol-version",  # a browser's MCP client (the MCP Inspector) sends it on /mcp
 ]
 # The routes any configured key may call. Public and admin routes are placed by the guard's
 # own rule (guard.PUBLIC_PATHS, guard.ADMIN_PREFIXES); every other route must be listed here,
