@@ -17,6 +17,7 @@ __all__ = ["main"]
 _COMMANDS: tuple[str, ...] = (
     "init",
     "serve",
+    "mcp",
     "chat",
     "top",
     "batch",

@@ -102,6 +102,12 @@ class ServiceConfig:
             memory freed by finished requests back to the operating system (glibc's
             ``malloc_trim``, from a thread); it does when no request is in flight and some
             ran since the last look. ``inf`` never does.
+        mcp: serve the gateway's Model Context Protocol tools over streamable HTTP at
+            ``/mcp`` (docs/mcp.md). Off by default: the tools spend tokens and reach the
+            admin operations, a surface an operator should open on purpose, and they need
+            the optional SDK (``pip install 'trio-orchestrator[mcp]'``), which a service
+            that does not serve MCP never imports. Not reloadable (the route's server
+            starts with the service).
     """
 
     host: str = "127.0.0.1"
@@ -116,3 +122,4 @@ class ServiceConfig:
     backlog: int = attrs.field(default=4096, validator=positive_int)
     request_read_timeout: float = attrs.field(default=30.0, validator=positive_seconds)
     idle_trim_interval: float = attrs.field(default=5.0, validator=positive_time)
+    mcp: bool = False

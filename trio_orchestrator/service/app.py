@@ -47,6 +47,7 @@ from .connections import BoundedBody, Requests
 from .errors import ApiError, map_exception
 from .fastpath import CHAT_PATH, ChatFastPath, ChatRoute
 from .guard import CatchAll, Guard, KeyRing, RequestIds
+from .mcp_server import MCP_PATH, McpHttp, McpRoute, with_mcp
 from .memory import trim_when_idle
 from .messages import COUNT_TOKENS_PATH, MESSAGES_PATH, CountTokensRoute, MessagesRoute
 from .openapi import openapi_document
@@ -78,6 +79,8 @@ ROUTES = [
     Route("/readyz", ep.readyz, methods=["GET"]),
     Route(MESSAGES_PATH, MessagesRoute(), methods=["POST"]),
     Route(COUNT_TOKENS_PATH, CountTokensRoute(), methods=["POST"]),
+    # MCP's streamable HTTP (404 unless `[service] mcp = true`; see .mcp_server).
+    Route(MCP_PATH, McpRoute(), methods=["POST"]),
 ]
 OPENAPI_PATH = "/openapi.json"
 # The request headers a browser may send cross-origin: the OpenAI SDK's and the Anthropic
@@ -90,6 +93,7 @@ CORS_REQUEST_HEADERS = [
     "anthropic-beta",
     "traceparent",
     "tracestate",
+    "mcp-protocol-version",  # a browser's MCP client (the MCP Inspector) sends it on /mcp
 ]
 # The routes any configured key may call. Public and admin routes are placed by the guard's
 # own rule (guard.PUBLIC_PATHS, guard.ADMIN_PREFIXES); every other route must be listed here,
@@ -110,6 +114,7 @@ AUTHENTICATED_ROUTES = frozenset(
         "/v1/stats",
         "/metrics",
         OPENAPI_PATH,
+        MCP_PATH,  # each tool's own request then meets its endpoint's access (admin tools)
     )
 )
 
@@ -134,6 +139,10 @@ def create_app(
     keyring = KeyRing.from_config(config.service.api_keys)
     state = ServiceState(config, keyring=keyring)
     requests = Requests()
+    lifespan = partial_lifespan(state, worker, requests)
+    mcp = McpHttp.build(config.service.cors_origins) if config.service.mcp else None
+    if mcp is not None:
+        lifespan = with_mcp(lifespan, mcp)
     application = ServiceApp(
         routes=[*ROUTES, Route(OPENAPI_PATH, _openapi, methods=["GET"])],
         middleware=_middleware(config, keyring),
@@ -143,9 +152,10 @@ def create_app(
             HTTPException: _http_error,
             ClientGone: _client_gone,
         },
-        lifespan=partial_lifespan(state, worker, requests),
+        lifespan=lifespan,
     )
     application.state.service = state
+    application.mcp = mcp
     application.requests = requests
     application.read_timeout = config.service.request_read_timeout
     if not config.service.cors_origins:  # else CORS must see every response: no fast path
@@ -164,6 +174,7 @@ class ServiceApp(Starlette):
     """
 
     fast_path: ChatFastPath | None = None
+    mcp: McpHttp | None = None
     read_timeout: float = math.inf
     requests: Requests
 
