@@ -1,0 +1,40 @@
+"""The ``[storage]`` section: where the gateway keeps operator state (virtual keys, spend)."""
+
+from __future__ import annotations
+
+import attrs
+
+from ..validators import one_of, positive_int, positive_seconds
+
+__all__ = ["StorageConfig"]
+
+BACKENDS = ("sqlite", "none")
+
+
+@attrs.frozen
+class StorageConfig:
+    """Operator state: virtual keys and spend (``docs/keys-and-spend.md``).
+
+    Attributes:
+        backend: ``sqlite`` (embedded, the default) or ``none`` (no virtual keys, no spend
+            records: the admin key and spend endpoints answer 503).
+        path: the SQLite database file, created with its tables on first use. Unset (the
+            default), the database lives in memory: the admin API works, nothing is
+            written to disk, and keys and spend last as long as the process. Set it to keep
+            them across restarts.
+        flush_interval: seconds between two writes of the buffered spend records.
+        flush_batch: buffered records that trigger a write before the interval is up.
+        buffer_capacity: spend records held while storage is slow or down; one more is
+            dropped and counted (``trio_orchestrator_storage_dropped_total``).
+    """
+
+    backend: str = attrs.field(default="sqlite", validator=one_of(*BACKENDS))
+    path: str | None = None
+    flush_interval: float = attrs.field(default=1.0, validator=positive_seconds)
+    flush_batch: int = attrs.field(default=500, validator=positive_int)
+    buffer_capacity: int = attrs.field(default=10_000, validator=positive_int)
+
+    @property
+    def enabled(self) -> bool:
+        """Whether a store is opened."""
+        return self.backend != "none"
