@@ -46,6 +46,9 @@ logger = logging.getLogger("trio_orchestrator.service")
 SECRET_PREFIX = "sk-to-"
 _PRIORITIES = ("critical", "high", "normal", "low")
 _MAX_PAGE = 100
+_MAX_PER_MINUTE = 1_000_000_000
+# Expiry times the calendar functions can show: 1970 to the end of year 9999.
+_LAST_TIME = 253_402_300_799.0
 # The members a key is created or patched with.
 _FIELDS = (
     "label",
@@ -130,8 +133,9 @@ def _aliases(value: object) -> dict[str, str]:
 def _per_minute(value: object, path: str) -> int | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise invalid(path, "a whole number ≥ 1 per minute, or null for no limit", value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _MAX_PER_MINUTE:
+        expected = f"a whole number from 1 to {_MAX_PER_MINUTE} per minute, or null for no limit"
+        raise invalid(path, expected, value)
     return value
 
 
@@ -158,18 +162,21 @@ def _choice(value: object, path: str, choices: tuple[str, ...], nullable: bool) 
 def _expires_at(value: object) -> float | None:
     if value is None:
         return None
-    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
-    if isinstance(value, str):
+    when: float | None = None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        when = float(value)
+    elif isinstance(value, str):
         try:
-            when = datetime.datetime.fromisoformat(value)
-        except ValueError:
-            pass
-        else:
-            if when.tzinfo is None:
-                when = when.replace(tzinfo=datetime.UTC)
-            return when.timestamp()
-    raise invalid("expires_at", "a Unix time or an ISO 8601 date-time, or null", value)
+            moment = datetime.datetime.fromisoformat(value)
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=datetime.UTC)
+            when = moment.timestamp()
+        except (ValueError, OverflowError):
+            when = None
+    if when is None or not 0 <= when <= _LAST_TIME:
+        expected = "a Unix time or an ISO 8601 date-time (1970 to 9999), or null"
+        raise invalid("expires_at", expected, value)
+    return when
 
 
 def _metadata(value: object) -> dict[str, Any]:
@@ -279,7 +286,10 @@ async def list_keys(request: Request) -> Response:
     if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= _MAX_PAGE:
         raise invalid("limit", f"a whole number from 1 to {_MAX_PAGE}", raw_limit)
     limit = int(raw_limit)
-    revoked = query.get("include_revoked", "false").lower() in ("true", "1")
+    revoked_flag = query.get("include_revoked", "false")
+    if revoked_flag not in ("true", "false"):
+        raise invalid("include_revoked", "true or false", revoked_flag)
+    revoked = revoked_flag == "true"
     try:
         records = await store.list_keys(after=query.get("after"), limit=limit + 1, revoked=revoked)
     except StorageUnavailable as exc:
