@@ -52,7 +52,7 @@ def settings(upstream: str, storage: str) -> Config:
     return parse_config(
         f'[service]\nport = 0\n[[service.api_keys]]\nkey = "{ADMIN}"\nadmin = true\n'
         f'[[providers.providers]]\nkind = "openai"\nname = "up"\nbase_url = "{upstream}"\n'
-        f'api_keys = ["upstream-key"]\nstream = false\n[storage]\n{storage}'
+        f'api_keys = ["upstream-key"]\nstream = false\n[storage]\nbackend = "sqlite"\n{storage}'
     )
 
 

@@ -127,12 +127,17 @@ async def test_an_unreachable_database_fails_typed_and_recovers(tmp_path: Path) 
     await store.aclose()
 
 
-def test_store_for_the_backend_and_the_default_writes_no_file() -> None:
-    """``sqlite`` gives a SqliteStore, in memory unless a path is set; ``none`` gives none."""
-    store = store_for(StorageConfig())
-    assert isinstance(store, SqliteStore)
-    assert store.path is None
-    assert store_for(StorageConfig(backend="none")) is None
+def test_store_for_the_backend_and_the_default_is_off() -> None:
+    """By default there is no store (no file, no layer); a path turns SQLite on; ``sqlite``
+    with no path is in memory; ``none`` is off even with a path."""
+    assert store_for(StorageConfig()) is None
+    on_disk = store_for(StorageConfig(path="/somewhere/db.sqlite"))
+    assert isinstance(on_disk, SqliteStore)
+    assert on_disk.path == "/somewhere/db.sqlite"
+    in_memory = store_for(StorageConfig(backend="sqlite"))
+    assert isinstance(in_memory, SqliteStore)
+    assert in_memory.path is None
+    assert store_for(StorageConfig(backend="none", path="/x")) is None
 
 
 @pytest.mark.parametrize(

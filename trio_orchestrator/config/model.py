@@ -88,8 +88,8 @@ class Config:
         distributed: state shared with other processes through Redis (off by default).
         catalogue: model facts (context windows, capabilities, prices) over the bundled
             catalogue; read at start (a change needs a restart).
-        storage: where virtual keys and spend are kept (SQLite, in memory unless a
-            ``path`` is set); read at start.
+        storage: where virtual keys and spend are kept (SQLite; off unless a ``path`` or
+            ``backend`` is set); read at start.
     """
 
     pipeline: PipelineConfig = attrs.field(factory=PipelineConfig)

@@ -220,7 +220,10 @@ def admin_store(request: Request) -> tuple[Gateway, Store]:
     if gateway is None:
         raise ApiError(503, "the service is not started", "service_unavailable", "draining")
     if gateway.store is None:
-        message = 'virtual keys need storage: set [storage] backend = "sqlite"'
+        message = (
+            'virtual keys and spend need storage: set [storage] path = "<file>" (or '
+            'backend = "sqlite" for a database in memory)'
+        )
         raise ApiError(503, message, "service_unavailable", "storage_disabled")
     return gateway, gateway.store
 

@@ -42,7 +42,7 @@ __all__ = [
 
 
 def store_for(config: StorageConfig) -> Store | None:
-    """The store ``config`` names (not yet opened), or None for ``backend = "none"``."""
-    if config.backend == "sqlite":
+    """The store ``config`` names (not yet opened), or None when storage is off."""
+    if config.kind == "sqlite":
         return SqliteStore(config.path)
     return None

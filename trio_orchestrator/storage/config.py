@@ -8,7 +8,7 @@ from ..validators import one_of, positive_int, positive_seconds
 
 __all__ = ["StorageConfig"]
 
-BACKENDS = ("sqlite", "none")
+BACKENDS = ("auto", "sqlite", "none")
 
 
 @attrs.frozen
@@ -16,25 +16,33 @@ class StorageConfig:
     """Operator state: virtual keys and spend (``docs/keys-and-spend.md``).
 
     Attributes:
-        backend: ``sqlite`` (embedded, the default) or ``none`` (no virtual keys, no spend
-            records: the admin key and spend endpoints answer 503).
-        path: the SQLite database file, created with its tables on first use. Unset (the
-            default), the database lives in memory: the admin API works, nothing is
-            written to disk, and keys and spend last as long as the process. Set it to keep
-            them across restarts.
+        backend: ``auto`` (the default: ``sqlite`` when ``path`` is set, else ``none``),
+            ``sqlite`` (embedded) or ``none`` (no virtual keys, no spend records: the admin
+            key and spend endpoints answer 503, and requests meet no key-policy layer).
+        path: the SQLite database file, created with its tables on first use. With
+            ``backend = "sqlite"`` and no path, the database lives in memory: the admin API
+            works, nothing is written to disk, and keys and spend last as long as the
+            process.
         flush_interval: seconds between two writes of the buffered spend records.
         flush_batch: buffered records that trigger a write before the interval is up.
         buffer_capacity: spend records held while storage is slow or down; one more is
             dropped and counted (``trio_orchestrator_storage_dropped_total``).
     """
 
-    backend: str = attrs.field(default="sqlite", validator=one_of(*BACKENDS))
+    backend: str = attrs.field(default="auto", validator=one_of(*BACKENDS))
     path: str | None = None
     flush_interval: float = attrs.field(default=1.0, validator=positive_seconds)
     flush_batch: int = attrs.field(default=500, validator=positive_int)
     buffer_capacity: int = attrs.field(default=10_000, validator=positive_int)
 
     @property
+    def kind(self) -> str:
+        """The backend in force: ``auto`` resolved (``sqlite`` with a path, else ``none``)."""
+        if self.backend == "auto":
+            return "none" if self.path is None else "sqlite"
+        return self.backend
+
+    @property
     def enabled(self) -> bool:
         """Whether a store is opened."""
-        return self.backend != "none"
+        return self.kind != "none"
