@@ -52,14 +52,14 @@ def settings(upstream: str, storage: str) -> Config:
     return parse_config(
         f'[service]\nport = 0\n[[service.api_keys]]\nkey = "{ADMIN}"\nadmin = true\n'
         f'[[providers.providers]]\nkind = "openai"\nname = "up"\nbase_url = "{upstream}"\n'
-        f'api_keys = ["upstream-key"]\nstream = false\n[storage]\nbackend = "sqlite"\n{storage}'
+        f'api_keys = ["upstream-key"]\nstream = false\n[storage]\n{storage}'
     )
 
 
 @asynccontextmanager
 async def serving(fake: FakeProvider, storage: str) -> AsyncIterator[tuple[httpx.AsyncClient, str]]:
     """The service in front of ``fake``; an admin HTTP client on it, and its URL."""
-    config = settings(fake.openai_base_url, storage)
+    config = settings(fake.openai_base_url, 'backend = "sqlite"\n' + storage)
     async with running_service(config) as url:
         headers = {"authorization": f"Bearer {ADMIN}"}
         async with httpx.AsyncClient(base_url=url, headers=headers) as admin:
@@ -249,3 +249,18 @@ async def test_storage_down_requests_succeed_and_loss_is_counted(
         assert data[0]["requests"] == 2  # the two buffered; the third was dropped
         metrics = (await admin.get("/metrics")).text
         assert "trio_orchestrator_storage_written_total 2.0" in metrics
+
+
+async def test_without_storage_the_admin_api_says_how_to_turn_it_on(fake: FakeProvider) -> None:
+    """With storage off (the default) requests are served and the key and spend routes
+    answer 404 storage_disabled, saying what to configure."""
+    config = settings(fake.openai_base_url, "")
+    async with running_service(config) as url:
+        assert await ask(url, ADMIN) == "ok"
+        headers = {"authorization": f"Bearer {ADMIN}"}
+        async with httpx.AsyncClient(base_url=url, headers=headers) as admin:
+            for path in ("/v1/admin/keys", "/v1/admin/spend"):
+                answer = await admin.get(path)
+                assert answer.status_code == 404
+                assert answer.json()["error"]["code"] == "storage_disabled"
+                assert "[storage] path" in answer.json()["error"]["message"]

@@ -224,7 +224,8 @@ def admin_store(request: Request) -> tuple[Gateway, Store]:
             'virtual keys and spend need storage: set [storage] path = "<file>" (or '
             'backend = "sqlite" for a database in memory)'
         )
-        raise ApiError(503, message, "service_unavailable", "storage_disabled")
+        # Not a 5xx: nothing is failing, and a retry will not help; the feature is off.
+        raise ApiError(404, message, code="storage_disabled")
     return gateway, gateway.store
 
 

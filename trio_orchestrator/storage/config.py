@@ -18,7 +18,7 @@ class StorageConfig:
     Attributes:
         backend: ``auto`` (the default: ``sqlite`` when ``path`` is set, else ``none``),
             ``sqlite`` (embedded) or ``none`` (no virtual keys, no spend records: the admin
-            key and spend endpoints answer 503, and requests meet no key-policy layer).
+            key and spend endpoints answer 404, and requests meet no key-policy layer).
         path: the SQLite database file, created with its tables on first use. With
             ``backend = "sqlite"`` and no path, the database lives in memory: the admin API
             works, nothing is written to disk, and keys and spend last as long as the
