@@ -264,3 +264,18 @@ async def test_without_storage_the_admin_api_says_how_to_turn_it_on(fake: FakePr
                 assert answer.status_code == 404
                 assert answer.json()["error"]["code"] == "storage_disabled"
                 assert "[storage] path" in answer.json()["error"]["message"]
+
+
+async def test_a_streamed_answer_is_charged_too(fake: FakeProvider) -> None:
+    """A streamed chat completion is priced and charged to its key like a whole one."""
+    async with serving(fake, "") as (admin, url):
+        key = await create(admin)
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": True}
+        headers = {"authorization": f"Bearer {key['key']}"}
+        async with httpx.AsyncClient(base_url=url, headers=headers) as client:
+            answer = await client.post("/v1/chat/completions", json=body)
+        assert answer.status_code == 200
+        assert answer.text.rstrip().endswith("data: [DONE]")
+        row = await spend_of(admin, key["id"])
+        assert row["requests"] == 1
+        assert math.isclose(row["cost_usd"], COST)
