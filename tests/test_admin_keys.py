@@ -4,16 +4,21 @@ period, and the policy layer (aliases, allowed models, budget, its own rpm/tpm).
 from __future__ import annotations
 
 import hashlib
+import time
+from pathlib import Path
 
+import attrs
 import pytest
 import trio
 
+from trio_orchestrator.config import Config
 from trio_orchestrator.errors import ModelNotFound, RateLimitExceeded
 from trio_orchestrator.events import Done, TextDelta, Usage
+from trio_orchestrator.gateway import open_gateway
 from trio_orchestrator.routing.budget import BudgetExceeded, KeyBudgets
 from trio_orchestrator.routing.keys import KeyPolicyWorker, VirtualKeys
 from trio_orchestrator.service.guard import KeyRing
-from trio_orchestrator.storage import KeyRecord
+from trio_orchestrator.storage import KeyRecord, SpendRecord, SqliteStore, StorageConfig, day_of
 from trio_orchestrator.types import GenerationParams, PromptRequest
 from trio_orchestrator.workers import EventSink
 
@@ -148,3 +153,26 @@ async def test_a_keys_own_rpm_and_tpm(autojump_clock: trio.testing.MockClock) ->
     assert limits is not None
     assert limits.tokens is not None
     assert limits.tokens.level(trio.current_time()) == pytest.approx(50.0)
+
+
+async def test_keys_and_spend_of_other_processes_are_seen(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A gateway reads the keys and spend again every sync_interval: a key another process
+    created, then its spend there, then its revocation there, all reach this gateway."""
+    path = str(tmp_path / "shared.sqlite")
+    config = Config(storage=StorageConfig(path=path, sync_interval=5.0))
+    other = SqliteStore(path)
+    async with open_gateway(config, worker=Recorder()) as gateway:
+        record = KeyRecord("key_9", DIGEST, budget=1.0, budget_period="total")
+        await other.create_key(record)
+        assert gateway.keys.get("key_9") is None
+        await trio.sleep(6)
+        assert gateway.keys.get("key_9") is not None
+        await other.add_spend([SpendRecord(day_of(time.time()), "key_9", "m", "up", cost=1.0)])
+        await trio.sleep(5)
+        assert gateway.keys.budgets.exceeded("key_9", 1.0, "total") is not None
+        await other.update_key(attrs.evolve(record, revoked_at=1.0))
+        await trio.sleep(5)
+        assert gateway.keys.get("key_9") is None
+    await other.aclose()

@@ -439,6 +439,7 @@ async def open_gateway(
                 gateway.spend = SpendWriter(gateway.store, config.storage)
                 gateway.add(gateway.spend)
                 await nursery.start(gateway.spend.run)
+                nursery.start_soon(_sync_keys, gateway, config.storage.sync_interval)
             dead_letters = await stack.enter_async_context(_open_dead_letters(config, redis))
             async with open_pipeline(
                 top,
@@ -639,11 +640,27 @@ async def _open_store(gateway: Gateway, config: Config) -> AsyncIterator[None]:
         await store.aclose()
 
 
-async def _load_keys(store: Store, keys: VirtualKeys) -> None:
-    """Put the live keys in memory and each key's spend in its current period."""
-    records = await store.list_keys(revoked=False)
+async def _sync_keys(gateway: Gateway, interval: float) -> None:
+    """Every ``interval`` seconds, read the keys and their spend again: other processes on
+    the same database create, change and revoke keys and spend against their budgets."""
+    assert gateway.store is not None
+    while True:
+        await trio.sleep(interval)
+        try:
+            if gateway.spend is not None:
+                await gateway.spend.flush()  # this process's spend is in the sums read next
+            await _load_keys(gateway.store, gateway.keys, revoked=True)
+        except StorageUnavailable as exc:
+            logger.debug("storage: keys not refreshed: %s", exc)
+
+
+async def _load_keys(store: Store, keys: VirtualKeys, *, revoked: bool = False) -> None:
+    """Put the live keys in memory (with ``revoked``, remove the revoked ones) and each
+    key's spend in its current period."""
+    records = await store.list_keys(revoked=revoked)
     for record in records:
         keys.put(record)
+    records = [r for r in records if r.revoked_at is None]
     now = keys.clock()
     for period in {r.budget_period for r in records if r.budget is not None}:
         rows = await store.spend("key", since=period_start(period, now))
@@ -651,7 +668,7 @@ async def _load_keys(store: Store, keys: VirtualKeys) -> None:
             live = keys.get(row.group)
             if live is not None and live.budget_period == period:
                 keys.budgets.seed(row.group, period, row.cost)
-    logger.info("storage: %d virtual keys loaded", len(records))
+    logger.debug("storage: %d virtual keys loaded", len(records))
 
 
 @asynccontextmanager

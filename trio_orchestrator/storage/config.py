@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import attrs
 
-from ..validators import one_of, positive_int, positive_seconds
+from ..validators import one_of, positive_int, positive_seconds, positive_time
 
 __all__ = ["StorageConfig"]
 
@@ -27,6 +27,10 @@ class StorageConfig:
         flush_batch: buffered records that trigger a write before the interval is up.
         buffer_capacity: spend records held while storage is slow or down; one more is
             dropped and counted (``trio_orchestrator_storage_dropped_total``).
+        sync_interval: seconds between two reads of the keys and their spend from storage,
+            so that what another process (``service.workers`` > 1, another host on the same
+            database) changed or spent is seen here too: a key created, changed or revoked
+            there, and budgets summed over every process. ``inf`` never does.
     """
 
     backend: str = attrs.field(default="auto", validator=one_of(*BACKENDS))
@@ -34,6 +38,7 @@ class StorageConfig:
     flush_interval: float = attrs.field(default=1.0, validator=positive_seconds)
     flush_batch: int = attrs.field(default=500, validator=positive_int)
     buffer_capacity: int = attrs.field(default=10_000, validator=positive_int)
+    sync_interval: float = attrs.field(default=5.0, validator=positive_time)
 
     @property
     def kind(self) -> str:
