@@ -8,7 +8,6 @@ seeded from storage at start so that a restart keeps what was spent.
 
 from __future__ import annotations
 
-import datetime
 import math
 import time
 from collections.abc import Callable
@@ -17,6 +16,7 @@ import attrs
 import trio
 
 from ..errors import WorkerError
+from ..storage.base import period_bounds
 from .registry import BudgetConfig
 
 __all__ = ["BudgetExceeded", "BudgetLedger", "BudgetStatistics", "KeyBudgets"]
@@ -150,24 +150,6 @@ class BudgetLedger:
         return BudgetStatistics(dict(self._keys), dict(self._models), self._refused)
 
 
-def _period_bounds(period: str, when: float) -> tuple[datetime.date | None, float | None]:
-    """The first UTC day of the calendar ``period`` holding Unix time ``when``, and the Unix
-    time the next period begins (both None for ``total``)."""
-    day = datetime.datetime.fromtimestamp(when, datetime.UTC).date()
-    if period == "day":
-        start, end = day, day + datetime.timedelta(days=1)
-    elif period == "week":
-        start = day - datetime.timedelta(days=day.weekday())
-        end = start + datetime.timedelta(days=7)
-    elif period == "month":
-        start = day.replace(day=1)
-        end = (start + datetime.timedelta(days=32)).replace(day=1)
-    else:
-        return None, None
-    midnight = datetime.datetime.combine(end, datetime.time(), datetime.UTC)
-    return start, midnight.timestamp()
-
-
 @attrs.define(eq=False)
 class KeyBudgets:
     """Dollars spent per API key in its budget's current calendar period (UTC).
@@ -178,24 +160,24 @@ class KeyBudgets:
     """
 
     clock: Callable[[], float] = time.time
-    _spent: dict[str, tuple[datetime.date | None, float]] = attrs.field(factory=dict, init=False)
+    _spent: dict[str, tuple[str | None, float]] = attrs.field(factory=dict, init=False)
     _refused: int = attrs.field(default=0, init=False)
 
     def _current(self, key_id: str, period: str) -> float:
-        start, _ = _period_bounds(period, self.clock())
+        start, _ = period_bounds(period, self.clock())
         began, spent = self._spent.get(key_id, (start, 0.0))
         return spent if began == start else 0.0
 
     def seed(self, key_id: str, period: str, dollars: float) -> None:
         """Set what ``key_id`` has spent in its current ``period`` (read from storage)."""
-        start, _ = _period_bounds(period, self.clock())
+        start, _ = period_bounds(period, self.clock())
         self._spent[key_id] = (start, dollars)
 
     def charge(self, key_id: str, period: str, dollars: float) -> None:
         """Add ``dollars`` to what ``key_id`` spent in its current ``period``."""
         if dollars <= 0:
             return
-        start, _ = _period_bounds(period, self.clock())
+        start, _ = period_bounds(period, self.clock())
         self._spent[key_id] = (start, self._current(key_id, period) + dollars)
 
     def spent(self, key_id: str, period: str) -> float:
@@ -209,7 +191,7 @@ class KeyBudgets:
         if spent < budget:
             return None
         self._refused += 1
-        _, end = _period_bounds(period, self.clock())
+        _, end = period_bounds(period, self.clock())
         retry_after = None if end is None else max(end - self.clock(), 0.0)
         advice = (
             "raise the key's budget (PATCH /v1/admin/keys/{id}) or wait for its "

@@ -15,6 +15,7 @@ from .base import (
     StorageUnavailable,
     Store,
     day_of,
+    period_bounds,
     period_start,
 )
 from .config import StorageConfig
@@ -36,6 +37,7 @@ __all__ = [
     "Store",
     "day_of",
     "migrate",
+    "period_bounds",
     "period_start",
     "store_for",
 ]

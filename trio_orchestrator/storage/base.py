@@ -23,6 +23,7 @@ __all__ = [
     "StorageUnavailable",
     "Store",
     "day_of",
+    "period_bounds",
     "period_start",
 ]
 
@@ -174,14 +175,26 @@ def day_of(when: float) -> str:
     return datetime.datetime.fromtimestamp(when, datetime.UTC).date().isoformat()
 
 
-def period_start(period: str, when: float) -> str | None:
-    """The first UTC day of the budget ``period`` holding Unix time ``when`` (None for
-    ``total``, which never restarts)."""
+def period_bounds(period: str, when: float) -> tuple[str | None, float | None]:
+    """The budget ``period`` holding Unix time ``when``: its first UTC day (``YYYY-MM-DD``)
+    and the Unix time the next one begins; both None for ``total``, which never restarts.
+    Weeks begin on Monday, months on the 1st."""
     day = datetime.datetime.fromtimestamp(when, datetime.UTC).date()
     if period == "day":
-        return day.isoformat()
-    if period == "week":
-        return (day - datetime.timedelta(days=day.weekday())).isoformat()
-    if period == "month":
-        return day.replace(day=1).isoformat()
-    return None
+        start, end = day, day + datetime.timedelta(days=1)
+    elif period == "week":
+        start = day - datetime.timedelta(days=day.weekday())
+        end = start + datetime.timedelta(days=7)
+    elif period == "month":
+        start = day.replace(day=1)
+        end = (start + datetime.timedelta(days=32)).replace(day=1)
+    else:
+        return None, None
+    midnight = datetime.datetime.combine(end, datetime.time(), datetime.UTC)
+    return start.isoformat(), midnight.timestamp()
+
+
+def period_start(period: str, when: float) -> str | None:
+    """The first UTC day of the budget ``period`` holding Unix time ``when`` (None for
+    ``total``); see :func:`period_bounds`."""
+    return period_bounds(period, when)[0]
