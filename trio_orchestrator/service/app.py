@@ -41,6 +41,7 @@ from ..config.signals import reload_on_signal
 from ..errors import ConfigError, OrchestratorError
 from ..gateway import Gateway, open_gateway
 from ..workers import ModelWorker
+from . import admin_keys as keys
 from . import endpoints as ep
 from .completions import completions
 from .connections import BoundedBody, Requests
@@ -53,6 +54,7 @@ from .messages import COUNT_TOKENS_PATH, MESSAGES_PATH, CountTokensRoute, Messag
 from .openapi import openapi_document
 from .responses import responses
 from .settings import CONFIG_ENV, config_from_environment, load_config, log_to_stderr
+from .spend import spend
 from .state import ServedModels, ServiceState, service_of
 from .streaming import ClientGone
 from .ws import websocket_endpoint
@@ -74,6 +76,13 @@ ROUTES = [
     Route("/v1/stats", ep.stats, methods=["GET"]),
     Route("/v1/dead-letters", ep.list_dead_letters, methods=["GET"]),
     Route("/v1/dead-letters/{id}/replay", ep.replay_dead_letter, methods=["POST"]),
+    Route("/v1/admin/keys", keys.create_key, methods=["POST"]),
+    Route("/v1/admin/keys", keys.list_keys, methods=["GET"]),
+    Route("/v1/admin/keys/{id}", keys.get_key, methods=["GET"]),
+    Route("/v1/admin/keys/{id}", keys.update_key, methods=["PATCH"]),
+    Route("/v1/admin/keys/{id}", keys.revoke_key, methods=["DELETE"]),
+    Route("/v1/admin/keys/{id}/rotate", keys.rotate_key, methods=["POST"]),
+    Route("/v1/admin/spend", spend, methods=["GET"]),
     Route("/metrics", ep.metrics, methods=["GET"]),
     Route("/healthz", ep.healthz, methods=["GET"]),
     Route("/readyz", ep.readyz, methods=["GET"]),
@@ -233,6 +242,7 @@ def partial_lifespan(
             state.observed = gateway.observed
             if state.keyring is not None:
                 gateway.add(state.keyring, "service")  # API keys rotate on reload
+                state.keyring.attach(gateway.keys)  # and virtual keys from storage
             served = ServedModels(state)
             gateway.add(served, "providers")
             if state.config.routing.enabled:

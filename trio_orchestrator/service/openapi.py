@@ -511,6 +511,97 @@ _WS_DESCRIPTION = (
 )
 
 
+_KEY_MEMBERS: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "label": {"type": "string", "maxLength": 200},
+        "owner": {"type": "string", "maxLength": 200},
+        "models": {"type": "array", "items": {"type": "string", "minLength": 1}},
+        "aliases": {"type": "object", "additionalProperties": {"type": "string", "minLength": 1}},
+        "rpm": {"type": "integer", "minimum": 1, "maximum": 1_000_000_000, "nullable": True},
+        "tpm": {"type": "integer", "minimum": 1, "maximum": 1_000_000_000, "nullable": True},
+        "budget": {"type": "number", "minimum": 0, "nullable": True},
+        "budget_period": {"type": "string", "enum": ["day", "week", "month", "total"]},
+        "priority": {
+            "type": "string",
+            "enum": ["critical", "high", "normal", "low", None],
+            "nullable": True,
+        },
+        "expires_at": {
+            "description": "Unix time or ISO 8601 date-time (years 1970 to 9999)",
+            "oneOf": [
+                {"type": "number", "minimum": 0, "maximum": 253_402_300_799},
+                {"type": "string", "format": "date-time"},
+            ],
+            "nullable": True,
+        },
+        "metadata": {"type": "object"},
+    },
+}
+
+
+def _admin_paths(id_param: dict[str, Any]) -> dict[str, Any]:
+    """The admin API of virtual keys and spend (docs/keys-and-spend.md)."""
+    key = _json(_ANY_OBJECT)
+    errors = {
+        **_ERRORS,
+        "403": _json(_ERROR, "Not an admin key"),
+        "409": _json(_ERROR, "The key is revoked, or no admin key is configured"),
+    }
+    body = {"required": True, "content": {"application/json": {"schema": _KEY_MEMBERS}}}
+    created = {"201": {**key, "description": "The key, with its secret in `key` (shown once)"}}
+    page = [
+        {
+            "name": "limit",
+            "in": "query",
+            "schema": {"type": "integer", "minimum": 1, "maximum": 100},
+        },
+        {"name": "after", "in": "query", "schema": _STR},
+        {"name": "include_revoked", "in": "query", "schema": {"type": "boolean"}},
+    ]
+    day = {"type": "string", "format": "date"}
+    spend = [
+        {
+            "name": "group_by",
+            "in": "query",
+            "schema": {"type": "string", "enum": ["key", "model", "provider", "day"]},
+        },
+        {"name": "from", "in": "query", "schema": day},
+        {"name": "to", "in": "query", "schema": day},
+        {"name": "key_id", "in": "query", "schema": _STR},
+    ]
+
+    def operation(summary: str, **extra: Any) -> dict[str, Any]:
+        return {"summary": summary, "responses": {"200": key, **errors}, **extra}
+
+    return {
+        "/v1/admin/keys": {
+            "post": {
+                "summary": "Create a virtual key (admin)",
+                "requestBody": body,
+                "responses": {**created, **errors},
+            },
+            "get": operation("Virtual keys, a page at a time (admin)", parameters=page),
+        },
+        "/v1/admin/keys/{id}": {
+            "get": operation("One virtual key (admin)", parameters=[id_param]),
+            "patch": operation(
+                "Change a virtual key (admin)", parameters=[id_param], requestBody=body
+            ),
+            "delete": operation("Revoke a virtual key (admin)", parameters=[id_param]),
+        },
+        "/v1/admin/keys/{id}/rotate": {
+            "post": operation("A new secret for a virtual key (admin)", parameters=[id_param])
+        },
+        "/v1/admin/spend": {
+            "get": operation(
+                "Spend summed by key, model, provider or day (admin)", parameters=spend
+            )
+        },
+    }
+
+
 @cache
 def openapi_document(models: tuple[str, ...] = ("echo",)) -> dict[str, Any]:
     """The service's OpenAPI 3.0 document, naming the models served."""
@@ -608,6 +699,7 @@ def openapi_document(models: tuple[str, ...] = ("echo",)) -> dict[str, Any]:
         "/v1/stats": _get("Pipeline statistics", _json(_ANY_OBJECT)),
         "/v1/dead-letters": dead_letters,
         "/v1/dead-letters/{id}/replay": replay,
+        **_admin_paths(id_param),
         "/metrics": _get(
             "Prometheus metrics", {"description": "OK", "content": {"text/plain": {"schema": _STR}}}
         ),
