@@ -369,6 +369,9 @@ class FakeProvider:
         faults: a seeded share of requests that fail (applied to whichever behaviour a
             request gets), or None.
         port: the loopback port to listen on (0: a free one).
+        openai_root: the path the OpenAI-compatible API is served under: ``/v1``, or a
+            service's own root (Groq's ``/openai/v1``, OpenRouter's ``/api/v1``), so that a
+            preset's base URL path is exercised as it is; requests keep their real path.
     """
 
     default: Behaviour = attrs.field(factory=Behaviour)
@@ -376,6 +379,7 @@ class FakeProvider:
     record: bool = True
     faults: FaultMix | None = None
     port: int = 0
+    openai_root: str = "/v1"
     base_url: str = attrs.field(default="", init=False)
     requests: list[RecordedRequest] = attrs.field(factory=list, init=False)
     _queue: deque[Behaviour] = attrs.field(factory=deque, init=False)
@@ -395,8 +399,8 @@ class FakeProvider:
 
     @property
     def openai_base_url(self) -> str:
-        """The base URL for OpenAI-style clients (with ``/v1``)."""
-        return self.base_url + "/v1"
+        """The base URL for OpenAI-style clients (with ``/v1``, or :attr:`openai_root`)."""
+        return self.base_url + self.openai_root
 
     def script(self, *behaviours: Behaviour) -> None:
         """Queue behaviours for the next requests, one each, in order."""
@@ -557,6 +561,8 @@ class FakeProvider:
         received: tuple[Scope, bytes] | None = None,
         query: str = "",
     ) -> None:
+        if self.openai_root != "/v1" and path.startswith(self.openai_root + "/"):
+            path = "/v1" + path.removeprefix(self.openai_root)  # served as if under /v1
         if fake_azure.is_azure_path(path):
             await fake_azure.route(self, method, path, query, headers, body, send)
         elif method == "GET" and path == "/v1/models":
@@ -1101,6 +1107,7 @@ async def open_fake_provider(
     record: bool = True,
     faults: FaultMix | None = None,
     port: int = 0,
+    openai_root: str = "/v1",
 ) -> AsyncIterator[FakeProvider]:
     """Start a fake provider on a free loopback port; stop it on exit.
 
@@ -1110,11 +1117,13 @@ async def open_fake_provider(
         record: keep every request in :attr:`FakeProvider.requests`.
         faults: a seeded share of requests that fail (:class:`FaultMix`).
         port: the loopback port to listen on (0: a free one).
+        openai_root: the path the OpenAI-compatible API is served under (see
+            :class:`FakeProvider`).
 
     Returns:
         An async context manager giving the running :class:`FakeProvider`.
     """
-    fake = FakeProvider(default or Behaviour(), models, record, faults, port)
+    fake = FakeProvider(default or Behaviour(), models, record, faults, port, openai_root)
     async with trio.open_nursery() as nursery:
         await nursery.start(fake.serve)
         try:
