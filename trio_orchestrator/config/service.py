@@ -102,6 +102,11 @@ class ServiceConfig:
             memory freed by finished requests back to the operating system (glibc's
             ``malloc_trim``, from a thread); it does when no request is in flight and some
             ran since the last look. ``inf`` never does.
+        model_list_timeout: seconds ``/v1/models`` waits for each upstream that lists its
+            own models (a local server naming no ``models``); the upstreams are asked at
+            once, and one that has not answered in time adds no names to that answer.
+        model_list_ttl: seconds an answer in which every such upstream answered is reused
+            before they are asked again (0: asked on every call).
     """
 
     host: str = "127.0.0.1"
@@ -116,3 +121,5 @@ class ServiceConfig:
     backlog: int = attrs.field(default=4096, validator=positive_int)
     request_read_timeout: float = attrs.field(default=30.0, validator=positive_seconds)
     idle_trim_interval: float = attrs.field(default=5.0, validator=positive_time)
+    model_list_timeout: float = attrs.field(default=2.0, validator=positive_seconds)
+    model_list_ttl: float = attrs.field(default=30.0, validator=non_negative_time)
