@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
+from typing import Any
 
 import httpx
 import pytest
@@ -35,15 +36,13 @@ async def hung_server() -> AsyncIterator[str]:
         nursery.cancel_scope.cancel()
 
 
-def _config(fake: FakeProvider, hung: list[str], **service: float) -> Config:
+def _config(fake: FakeProvider, hung: list[str], **service: Any) -> Config:
     """A local vLLM at the fake (it lists ``local-a``), llama.cpp and Ollama servers at
     ``hung``, and a provider that names its model."""
     providers = [
         ProviderConfig("vllm", "vllm", fake.openai_base_url),
-        *(
-            ProviderConfig(kind, kind, url)
-            for kind, url in zip(("llamacpp", "ollama"), hung, strict=False)
-        ),
+        *(ProviderConfig("llamacpp", "llamacpp", url) for url in hung[:1]),
+        *(ProviderConfig("ollama", "ollama", url) for url in hung[1:]),
         ProviderConfig("openai", "named", fake.openai_base_url, models=["configured"]),
     ]
     return Config(providers=ProvidersConfig(providers), service=ServiceConfig(port=0, **service))
