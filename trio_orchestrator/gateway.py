@@ -274,6 +274,7 @@ class Gateway:
                 refused.append(_nobody_takes(change))
                 merged = _restore(merged, old, change.path)
         self._config = merged
+        self._listed = None  # a reloaded provider's models are listed anew
         for component in self._components:
             if isinstance(component.part, Reloadable) and any(map(component.takes, taken)):
                 refused += component.part.reconfigure(component.section_of(merged))
