@@ -1132,9 +1132,13 @@ async def open_fake_provider(
             nursery.cancel_scope.cancel()
 
 
-async def _serve_until_stdin_closes(default: Behaviour, faults: FaultMix | None = None) -> None:
+async def _serve_until_stdin_closes(
+    default: Behaviour, faults: FaultMix | None = None, vertex_key_dir: str | None = None
+) -> None:
     # Benchmarks send it tens of thousands of requests: a record of each would only grow.
     async with open_fake_provider(default, record=False, faults=faults) as fake:
+        if vertex_key_dir is not None:  # a key this process trusts, written before the URL
+            fake_gemini.service_account_file(fake.google, vertex_key_dir, fake.base_url + "/token")
         print(fake.base_url, flush=True)
         # Serve until the parent closes our stdin (or kills us).
         await trio.to_thread.run_sync(sys.stdin.read)
@@ -1152,7 +1156,9 @@ def main(argv: list[str] | None = None) -> None:
 
     Args:
         argv: ``[--tokens N] [--token-delay SECONDS] [--fault-rate R] [--fault-seed S]
-            [--fault-kinds K,K…] [--fault-retry-after SECONDS]``.
+            [--fault-kinds K,K…] [--fault-retry-after SECONDS] [--vertex-key-dir DIR]``
+            (``--vertex-key-dir``: write a service-account key file the fake trusts,
+            ``DIR/service-account.json``, for a Vertex AI provider in another process).
     """
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--tokens", type=int, default=8)
@@ -1161,13 +1167,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fault-seed", type=int, default=0)
     parser.add_argument("--fault-kinds", default=",".join(FAULT_KINDS))
     parser.add_argument("--fault-retry-after", type=float, default=1.0)
+    parser.add_argument("--vertex-key-dir", default=None)
     args = parser.parse_args(argv)
     faults = None
     if args.fault_rate > 0:
         kinds = tuple(args.fault_kinds.split(","))
         faults = FaultMix(args.fault_rate, kinds, args.fault_seed, args.fault_retry_after)
     default = Behaviour(tokens=args.tokens, token_delay=args.token_delay)
-    trio.run(_serve_until_stdin_closes, default, faults)
+    trio.run(_serve_until_stdin_closes, default, faults, args.vertex_key_dir)
 
 
 # ----------------------------------------------------------------- the command
