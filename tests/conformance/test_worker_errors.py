@@ -207,3 +207,62 @@ def test_vertex_global_location_has_no_regional_host() -> None:
     """``location = "global"`` is Vertex AI's global endpoint; others are regional."""
     assert vertex_base_url("global") == "https://aiplatform.googleapis.com"
     assert vertex_base_url("europe-west4") == "https://europe-west4-aiplatform.googleapis.com"
+
+
+@pytest.fixture(scope="module")
+def bedrock_sse() -> Iterator[Gateway]:
+    """The gateway in front of Bedrock, asked with ConverseStream."""
+    yield from running("bedrock", stream=True)
+
+
+def _stream_events(*events: Any) -> Behaviour:
+    """A ConverseStream answer of these recorded events (as boto3 yields them)."""
+    usage = {"usage": {"inputTokens": 3, "outputTokens": 2, "totalTokens": 5}, "metrics": {}}
+    return Behaviour(
+        events=(
+            {"messageStart": {"role": "assistant"}},
+            *events,
+            {"messageStop": {"stopReason": "end_turn"}},
+            {"metadata": usage},
+        )
+    )
+
+
+def test_streamed_converse_reasoning_reaches_the_client_beside_the_text(
+    bedrock_sse: Gateway,
+) -> None:
+    """reasoningContent deltas in ConverseStream arrive as the chunks' reasoning_content."""
+    bedrock_sse.clear()
+    bedrock_sse.script(
+        _stream_events(
+            {
+                "contentBlockDelta": {
+                    "delta": {"reasoningContent": {"text": "Hm."}},
+                    "contentBlockIndex": 0,
+                }
+            },
+            {"contentBlockDelta": {"delta": {"text": "Hello."}, "contentBlockIndex": 1}},
+        )
+    )
+    stream = bedrock_sse.openai().chat.completions.create(
+        model="amazon.nova-lite-v1:0", messages=HELLO, stream=True
+    )
+    deltas = [chunk.choices[0].delta for chunk in stream if chunk.choices]
+    assert "".join(d.content or "" for d in deltas) == "Hello."
+    assert "".join((d.model_extra or {}).get("reasoning_content", "") for d in deltas) == "Hm."
+
+
+def test_a_tool_delta_no_tool_start_opened_is_a_502(bedrock_sse: Gateway) -> None:
+    """A toolUse delta for a content block no toolUse start opened is a malformed stream:
+    before any token, the client's 502."""
+    bedrock_sse.clear()
+    delta = {"delta": {"toolUse": {"input": "{}"}}, "contentBlockIndex": 0}
+    bedrock_sse.script(_stream_events({"contentBlockDelta": delta}))
+    with pytest.raises(openai.APIStatusError) as caught:
+        list(
+            bedrock_sse.openai().chat.completions.create(
+                model="amazon.nova-lite-v1:0", messages=HELLO, stream=True
+            )
+        )
+    assert caught.value.status_code == 502
+    assert "no toolUse start opened" in caught.value.message
