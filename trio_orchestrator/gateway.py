@@ -149,6 +149,8 @@ class Gateway:
         self.store: Store | None = None
         self.keys = VirtualKeys()
         self.spend: SpendWriter | None = None
+        # The last listed_models answer every asked upstream gave, and until when it holds.
+        self._listed: tuple[tuple[str, ...], float] | None = None
 
     @property
     def config(self) -> Config:
@@ -190,23 +192,44 @@ class Gateway:
         return () if catalog is None else catalog.model_names()
 
     async def listed_models(self) -> tuple[str, ...]:
-        """The models the upstreams that list their own say they serve, asked now.
+        """The models the providers serve, asking the upstreams that list their own.
 
-        Only providers that name no ``models`` and whose kind lists models
+        Providers that name no ``models`` and whose kind lists models
         (:func:`~trio_orchestrator.workers.kinds.lists_models`: local and self-hosted
-        OpenAI-compatible servers) are asked; one that fails to answer is logged and skipped.
+        OpenAI-compatible servers) are asked at once, each for at most
+        ``service.model_list_timeout`` seconds; one that fails or is late is logged and adds
+        no names. The other providers add their configured ``models``. An answer in which
+        every asked upstream answered is reused for ``service.model_list_ttl`` seconds.
         """
+        now = trio.current_time()
+        if self._listed is not None and now < self._listed[1]:
+            return self._listed[0]
         providers = self._config.providers
-        names: list[str] = []
-        for entry in () if providers is None else providers.providers:
-            worker = self._workers.get(entry.label)
-            if not lists_models(entry) or not isinstance(worker, ModelLister):
-                continue
+        entries = () if providers is None else providers.providers
+        answers: list[list[str] | None] = [list(entry.models) for entry in entries]
+        async with trio.open_nursery() as nursery:
+            for i, entry in enumerate(entries):
+                worker = self._workers.get(entry.label)
+                if lists_models(entry) and isinstance(worker, ModelLister):
+                    nursery.start_soon(self._ask_models, entry.label, worker, answers, i)
+        names = tuple(dict.fromkeys(n for answer in answers for n in answer or ()))
+        if all(answer is not None for answer in answers):
+            self._listed = (names, now + self._config.service.model_list_ttl)
+        return names
+
+    async def _ask_models(
+        self, label: str, worker: ModelLister, answers: list[list[str] | None], i: int
+    ) -> None:
+        """Put ``worker``'s model list at ``answers[i]``, or None if it fails or is late."""
+        answers[i] = None
+        timeout = self._config.service.model_list_timeout
+        with trio.move_on_after(timeout):
             try:
-                names += await worker.list_models()
+                answers[i] = await worker.list_models()
             except WorkerError as exc:
-                logger.warning("%s: its model list could not be read: %s", entry.label, exc)
-        return tuple(dict.fromkeys(names))
+                logger.warning("%s: its model list could not be read: %s", label, exc)
+            return
+        logger.warning("%s: its model list did not come within %s s", label, timeout)
 
     def model_facts(self, name: str) -> ModelFacts | None:
         """What the catalogue knows of the model a client names ``name``, or None.
@@ -289,6 +312,7 @@ class Gateway:
                 refused.append(_nobody_takes(change))
                 merged = _restore(merged, old, change.path)
         self._config = merged
+        self._listed = None  # a reloaded provider's models are listed anew
         for component in self._components:
             if isinstance(component.part, Reloadable) and any(map(component.takes, taken)):
                 refused += component.part.reconfigure(component.section_of(merged))

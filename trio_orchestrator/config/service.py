@@ -108,6 +108,11 @@ class ServiceConfig:
             the optional SDK (``pip install 'trio-orchestrator[mcp]'``), which a service
             that does not serve MCP never imports. Not reloadable (the route's server
             starts with the service).
+        model_list_timeout: seconds ``/v1/models`` waits for each upstream that lists its
+            own models (a local server naming no ``models``); the upstreams are asked at
+            once, and one that has not answered in time adds no names to that answer.
+        model_list_ttl: seconds an answer in which every such upstream answered is reused
+            before they are asked again (0: asked on every call).
     """
 
     host: str = "127.0.0.1"
@@ -123,3 +128,5 @@ class ServiceConfig:
     request_read_timeout: float = attrs.field(default=30.0, validator=positive_seconds)
     idle_trim_interval: float = attrs.field(default=5.0, validator=positive_time)
     mcp: bool = False
+    model_list_timeout: float = attrs.field(default=2.0, validator=positive_seconds)
+    model_list_ttl: float = attrs.field(default=30.0, validator=non_negative_time)

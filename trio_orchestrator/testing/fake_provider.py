@@ -369,6 +369,9 @@ class FakeProvider:
         faults: a seeded share of requests that fail (applied to whichever behaviour a
             request gets), or None.
         port: the loopback port to listen on (0: a free one).
+        openai_root: the path the OpenAI-compatible API is served under: ``/v1``, or a
+            service's own root (Groq's ``/openai/v1``, OpenRouter's ``/api/v1``), so that a
+            preset's base URL path is exercised as it is; requests keep their real path.
     """
 
     default: Behaviour = attrs.field(factory=Behaviour)
@@ -376,6 +379,7 @@ class FakeProvider:
     record: bool = True
     faults: FaultMix | None = None
     port: int = 0
+    openai_root: str = "/v1"
     base_url: str = attrs.field(default="", init=False)
     requests: list[RecordedRequest] = attrs.field(factory=list, init=False)
     _queue: deque[Behaviour] = attrs.field(factory=deque, init=False)
@@ -395,8 +399,8 @@ class FakeProvider:
 
     @property
     def openai_base_url(self) -> str:
-        """The base URL for OpenAI-style clients (with ``/v1``)."""
-        return self.base_url + "/v1"
+        """The base URL for OpenAI-style clients (with ``/v1``, or :attr:`openai_root`)."""
+        return self.base_url + self.openai_root
 
     def script(self, *behaviours: Behaviour) -> None:
         """Queue behaviours for the next requests, one each, in order."""
@@ -557,6 +561,8 @@ class FakeProvider:
         received: tuple[Scope, bytes] | None = None,
         query: str = "",
     ) -> None:
+        if self.openai_root != "/v1" and path.startswith(self.openai_root + "/"):
+            path = "/v1" + path.removeprefix(self.openai_root)  # served as if under /v1
         if fake_azure.is_azure_path(path):
             await fake_azure.route(self, method, path, query, headers, body, send)
         elif method == "GET" and path == "/v1/models":
@@ -1101,6 +1107,7 @@ async def open_fake_provider(
     record: bool = True,
     faults: FaultMix | None = None,
     port: int = 0,
+    openai_root: str = "/v1",
 ) -> AsyncIterator[FakeProvider]:
     """Start a fake provider on a free loopback port; stop it on exit.
 
@@ -1110,11 +1117,13 @@ async def open_fake_provider(
         record: keep every request in :attr:`FakeProvider.requests`.
         faults: a seeded share of requests that fail (:class:`FaultMix`).
         port: the loopback port to listen on (0: a free one).
+        openai_root: the path the OpenAI-compatible API is served under (see
+            :class:`FakeProvider`).
 
     Returns:
         An async context manager giving the running :class:`FakeProvider`.
     """
-    fake = FakeProvider(default or Behaviour(), models, record, faults, port)
+    fake = FakeProvider(default or Behaviour(), models, record, faults, port, openai_root)
     async with trio.open_nursery() as nursery:
         await nursery.start(fake.serve)
         try:
@@ -1123,9 +1132,13 @@ async def open_fake_provider(
             nursery.cancel_scope.cancel()
 
 
-async def _serve_until_stdin_closes(default: Behaviour, faults: FaultMix | None = None) -> None:
+async def _serve_until_stdin_closes(
+    default: Behaviour, faults: FaultMix | None = None, vertex_key_dir: str | None = None
+) -> None:
     # Benchmarks send it tens of thousands of requests: a record of each would only grow.
     async with open_fake_provider(default, record=False, faults=faults) as fake:
+        if vertex_key_dir is not None:  # a key this process trusts, written before the URL
+            fake_gemini.service_account_file(fake.google, vertex_key_dir, fake.base_url + "/token")
         print(fake.base_url, flush=True)
         # Serve until the parent closes our stdin (or kills us).
         await trio.to_thread.run_sync(sys.stdin.read)
@@ -1143,7 +1156,9 @@ def main(argv: list[str] | None = None) -> None:
 
     Args:
         argv: ``[--tokens N] [--token-delay SECONDS] [--fault-rate R] [--fault-seed S]
-            [--fault-kinds K,K…] [--fault-retry-after SECONDS]``.
+            [--fault-kinds K,K…] [--fault-retry-after SECONDS] [--vertex-key-dir DIR]``
+            (``--vertex-key-dir``: write a service-account key file the fake trusts,
+            ``DIR/service-account.json``, for a Vertex AI provider in another process).
     """
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--tokens", type=int, default=8)
@@ -1152,13 +1167,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fault-seed", type=int, default=0)
     parser.add_argument("--fault-kinds", default=",".join(FAULT_KINDS))
     parser.add_argument("--fault-retry-after", type=float, default=1.0)
+    parser.add_argument("--vertex-key-dir", default=None)
     args = parser.parse_args(argv)
     faults = None
     if args.fault_rate > 0:
         kinds = tuple(args.fault_kinds.split(","))
         faults = FaultMix(args.fault_rate, kinds, args.fault_seed, args.fault_retry_after)
     default = Behaviour(tokens=args.tokens, token_delay=args.token_delay)
-    trio.run(_serve_until_stdin_closes, default, faults)
+    trio.run(_serve_until_stdin_closes, default, faults, args.vertex_key_dir)
 
 
 # ----------------------------------------------------------------- the command

@@ -464,26 +464,55 @@ class HTTPProvider:
         Raises:
             ProviderError: a typed failure.
         """
-        return await self._with_keys(lambda h: self._json_once("GET", path, None, h), None)
+        answer, _ = await self._with_keys(lambda h: self._json_once("GET", path, None, h), None)
+        return answer
 
-    async def post_json(self, path: str, body: Mapping[str, Any]) -> Any:
+    async def post_json(
+        self, path: str, body: Mapping[str, Any], *, model: str | None = None
+    ) -> Any:
         """POST ``body`` to ``path`` and return the JSON answer (no streaming).
+
+        Args:
+            model: the model the call is for, when ``body`` does not name it (Gemini's,
+                Vertex AI's and Bedrock's URLs do): a 429 rests the key for that model only.
+
+        Raises:
+            ProviderError: a typed failure.
+        """
+        answer, _ = await self.post_json_headers(path, body, model=model)
+        return answer
+
+    async def post_json_headers(
+        self, path: str, body: Mapping[str, Any], *, model: str | None = None
+    ) -> tuple[Any, httpx.Headers]:
+        """:meth:`post_json`, with the answer's headers (Bedrock's InvokeModel reports
+        its token count in one).
 
         Raises:
             ProviderError: a typed failure.
         """
         return await self._with_keys(
-            lambda h: self._json_once("POST", path, body, h), None, _model_of(body)
+            lambda h: self._json_once("POST", path, body, h), None, model or _model_of(body)
         )
 
-    async def post_stream(self, path: str, body: Mapping[str, Any], parser: StreamParser) -> None:
+    async def post_stream(
+        self,
+        path: str,
+        body: Mapping[str, Any],
+        parser: StreamParser,
+        *,
+        model: str | None = None,
+    ) -> None:
         """POST ``body`` to ``path`` and feed the answer's SSE events to ``parser``.
+
+        Args:
+            model: as :meth:`post_json`'s.
 
         Raises:
             ProviderError: a typed failure.
         """
         await self._with_keys(
-            lambda h: self._stream_once(path, body, h, parser), parser, _model_of(body)
+            lambda h: self._stream_once(path, body, h, parser), parser, model or _model_of(body)
         )
 
     async def _with_keys(
@@ -617,7 +646,7 @@ class HTTPProvider:
 
     async def _json_once(
         self, method: str, path: str, body: Mapping[str, Any] | None, auth: Mapping[str, str]
-    ) -> Any:
+    ) -> tuple[Any, httpx.Headers]:
         t = self.timeouts
         start = trio.current_time()
         with (
@@ -630,7 +659,7 @@ class HTTPProvider:
             finally:
                 await _close(response, None)
         try:
-            return orjson.loads(content)
+            return orjson.loads(content), response.headers
         except ValueError as exc:
             raise MalformedResponse(
                 f"{self.name or 'the provider'} answered with a body that is not JSON; "
