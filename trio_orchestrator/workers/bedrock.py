@@ -615,9 +615,9 @@ class BedrockWorker:
         path = f"/model/{quote(model, safe='')}/converse"
         if self.stream:
             parser = _ConverseStream(self.name, model, emit)
-            await self._http.post_stream(path + "-stream", body, parser)
+            await self._http.post_stream(path + "-stream", body, parser, request.timing)
             return
-        answer = await self._http.post_json(path, body)
+        answer = await self._http.post_json(path, body, request.timing)
         with wire_format_guard(self.name):
             await _emit_answer(answer, model, self.name, emit)
 
@@ -634,7 +634,7 @@ class BedrockWorker:
         async def call(i: int, body: dict[str, Any], cancel: trio.CancelScope) -> None:
             async with limiter:
                 try:
-                    answers[i] = await self._http.post_json(path, body)
+                    answers[i] = await self._http.post_json(path, body, request.timing)
                 except ProviderError as exc:
                     # The first failure is the request's; the other calls are cancelled, and
                     # the typed error is raised as itself, not inside an exception group.

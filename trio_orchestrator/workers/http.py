@@ -51,6 +51,7 @@ from ..errors import (
     ServerError,
 )
 from ..observability.spans import inject_headers
+from ..types import RequestTiming
 from ._sse import ServerSentEvent, SSEDecoder
 from .config import ProviderConfig, Timeouts
 from .keys import KeyPool
@@ -466,24 +467,46 @@ class HTTPProvider:
         """
         return await self._with_keys(lambda h: self._json_once("GET", path, None, h), None)
 
-    async def post_json(self, path: str, body: Mapping[str, Any]) -> Any:
+    async def post_json(
+        self, path: str, body: Mapping[str, Any], timing: RequestTiming | None = None
+    ) -> Any:
         """POST ``body`` to ``path`` and return the JSON answer (no streaming).
+
+        Args:
+            path: the path under the base URL.
+            body: the JSON body.
+            timing: the request's timing, to which each attempt adds its wait, from
+                sending the request to its answer read whole.
 
         Raises:
             ProviderError: a typed failure.
         """
         return await self._with_keys(
-            lambda h: self._json_once("POST", path, body, h), None, _model_of(body)
+            lambda h: self._json_once("POST", path, body, h, timing), None, _model_of(body)
         )
 
-    async def post_stream(self, path: str, body: Mapping[str, Any], parser: StreamParser) -> None:
+    async def post_stream(
+        self,
+        path: str,
+        body: Mapping[str, Any],
+        parser: StreamParser,
+        timing: RequestTiming | None = None,
+    ) -> None:
         """POST ``body`` to ``path`` and feed the answer's SSE events to ``parser``.
+
+        Args:
+            path: the path under the base URL.
+            body: the JSON body.
+            parser: takes the answer's events.
+            timing: the request's timing, to which each attempt adds its waits (for its
+                answer's headers, then each read of its body) until the service has
+                answered: a streamed answer's later reads overlap the client's stream.
 
         Raises:
             ProviderError: a typed failure.
         """
         await self._with_keys(
-            lambda h: self._stream_once(path, body, h, parser), parser, _model_of(body)
+            lambda h: self._stream_once(path, body, h, parser, timing), parser, _model_of(body)
         )
 
     async def _with_keys(
@@ -616,7 +639,12 @@ class HTTPProvider:
         )
 
     async def _json_once(
-        self, method: str, path: str, body: Mapping[str, Any] | None, auth: Mapping[str, str]
+        self,
+        method: str,
+        path: str,
+        body: Mapping[str, Any] | None,
+        auth: Mapping[str, str],
+        timing: RequestTiming | None = None,
     ) -> Any:
         t = self.timeouts
         start = trio.current_time()
@@ -624,11 +652,15 @@ class HTTPProvider:
             _time_limit(start + t.total, self._timeout("total", t.total)),
             _time_limit(start + t.first_token, self._timeout("first token", t.first_token)),
         ):
-            response = await self._send(self._request(method, path, body, auth))
-            try:
-                content = await self._read(response)
-            finally:
-                await _close(response, None)
+            request = self._request(method, path, body, auth)
+            if timing is None:
+                response = await self._send(request)
+                try:
+                    content = await self._read(response)
+                finally:
+                    await _close(response, None)
+            else:
+                content = await self._timed_exchange(request, timing)
         try:
             return orjson.loads(content)
         except ValueError as exc:
@@ -638,12 +670,31 @@ class HTTPProvider:
                 provider=self.name,
             ) from exc
 
+    async def _timed_exchange(self, request: httpx.Request, timing: RequestTiming) -> bytes:
+        """Send ``request`` and read its answer whole, counting that as one wait of
+        ``timing`` (giving the connection back to the pool is the gateway's own work)."""
+        timing.wait_began(trio.current_time())
+        waiting = True
+        try:
+            response = await self._send(request)
+            try:
+                content = await self._read(response)
+            finally:
+                waiting = False
+                timing.wait_ended(trio.current_time())
+                await _close(response, None)
+        finally:
+            if waiting:  # the send failed
+                timing.wait_ended(trio.current_time())
+        return content
+
     async def _stream_once(
         self,
         path: str,
         body: Mapping[str, Any],
         auth: Mapping[str, str],
         parser: StreamParser,
+        timing: RequestTiming | None = None,
     ) -> None:
         t = self.timeouts
         start = trio.current_time()
@@ -652,12 +703,19 @@ class HTTPProvider:
         # scope per limit (entering a scope costs more than moving a deadline).
         answered = ended = False
         with trio.CancelScope(deadline=min(total, first)) as scope:
-            response = await self._send(self._request("POST", path, body, auth))
+            request = self._request("POST", path, body, auth)
+            if timing is None:
+                response = await self._send(request)
+            else:
+                response = await _timed(timing, self._send(request))
             chunks = response.aiter_bytes()
             try:
                 if response.status_code >= 400:
-                    await self._read(response)
-                unread = await self._pump(chunks, parser, scope, total, first)
+                    if timing is None:
+                        await self._read(response)
+                    else:
+                        await _timed(timing, self._read(response))
+                unread = await self._pump(chunks, parser, scope, total, first, timing)
                 answered, ended = True, not unread
                 if unread:
                     # Read to the end (a server closes the body right after its last
@@ -665,7 +723,10 @@ class HTTPProvider:
                     # call. The answer is complete, so a failure or timeout here only
                     # costs the connection.
                     scope.deadline = min(total, trio.current_time() + t.idle)
-                    ended = await self._drain(chunks)
+                    if timing is None or timing.answered:
+                        ended = await self._drain(chunks)
+                    else:
+                        ended = await _timed(timing, self._drain(chunks))
             finally:
                 await _close(response, chunks, ended=ended)
         if scope.cancelled_caught and not answered:
@@ -676,9 +737,16 @@ class HTTPProvider:
             raise self._timeout("first token", t.first_token)()
 
     async def _pump(
-        self, chunks: Any, parser: StreamParser, scope: trio.CancelScope, total: float, first: float
+        self,
+        chunks: Any,
+        parser: StreamParser,
+        scope: trio.CancelScope,
+        total: float,
+        first: float,
+        timing: RequestTiming | None = None,
     ) -> bool:
-        """Feed the stream's events to ``parser`` until the answer is complete.
+        """Feed the stream's events to ``parser`` until the answer is complete; each read
+        before the service has answered is a wait of ``timing``.
 
         Returns:
             Whether the body has bytes left after the answer's end.
@@ -691,7 +759,14 @@ class HTTPProvider:
             # events are emitted only the total applies, so a slow consumer is never
             # mistaken for a stalled provider.
             scope.deadline = min(total, trio.current_time() + idle if parser.started else first)
-            chunk = await self._next_chunk(chunks)
+            if timing is None or timing.answered:
+                chunk = await self._next_chunk(chunks)
+            else:
+                timing.wait_began(trio.current_time())
+                try:
+                    chunk = await self._next_chunk(chunks)
+                finally:
+                    timing.wait_ended(trio.current_time())
             scope.deadline = total
             events = decoder.close() if chunk is None else decoder.feed(chunk)
             with wire_format_guard(self.name):
@@ -753,6 +828,15 @@ class HTTPProvider:
             if _from_http_library(exc):
                 raise transport_error(exc, self.name) from exc
             raise
+
+
+async def _timed(timing: RequestTiming, call: Awaitable[T]) -> T:
+    """Await ``call`` as one wait on the upstream, counted in ``timing``."""
+    timing.wait_began(trio.current_time())
+    try:
+        return await call
+    finally:
+        timing.wait_ended(trio.current_time())
 
 
 def _model_of(body: Mapping[str, Any]) -> str | None:
