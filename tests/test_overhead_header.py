@@ -11,7 +11,7 @@ upstream's wait would be at least ``LATENCY``.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -36,7 +36,7 @@ pytestmark = pytest.mark.filterwarnings(
 
 LATENCY = 10.0
 HEADER = "x-gateway-overhead-ms"
-CHAT = [{"role": "user", "content": "hi"}]
+CHAT: Any = [{"role": "user", "content": "hi"}]
 
 
 def settings(url: str, kind: str = "openai", stream: bool = True, extra: str = "") -> Config:
@@ -67,7 +67,7 @@ def sdk(url: str) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(base_url=url + "/v1", api_key="sk-client", max_retries=0)
 
 
-def overhead_of(headers: httpx.Headers) -> float:
+def overhead_of(headers: Mapping[str, str]) -> float:
     """The header's value in seconds, checked to be a non-negative decimal number."""
     value = headers[HEADER]
     assert re.fullmatch(r"\d+\.\d{3}", value), value
@@ -145,7 +145,7 @@ async def test_every_openai_endpoint_answers_with_the_header(
     """Completions, Responses (whole and streamed) and Embeddings answer with the header,
     and the histogram counts each under its endpoint."""
     async with gateway(mock_clock, FakeBehaviour(text="ok")) as (url, _fake), sdk(url) as client:
-        raws = [
+        raws: list[Any] = [
             await client.completions.with_raw_response.create(model="m", prompt="hi"),
             await client.responses.with_raw_response.create(model="m", input="hi"),
             await client.embeddings.with_raw_response.create(model="m", input="hi"),
