@@ -40,6 +40,8 @@ from ..config.service import ServiceConfig
 from ..config.signals import reload_on_signal
 from ..errors import ConfigError, OrchestratorError
 from ..gateway import Gateway, open_gateway
+from ..observability.metrics import OverheadTimes
+from ..types import RequestTiming
 from ..workers import ModelWorker
 from . import admin_keys as keys
 from . import endpoints as ep
@@ -52,6 +54,7 @@ from .mcp_server import MCP_PATH, McpHttp, McpRoute, with_mcp
 from .memory import trim_when_idle
 from .messages import COUNT_TOKENS_PATH, MESSAGES_PATH, CountTokensRoute, MessagesRoute
 from .openapi import openapi_document
+from .overhead import TIMING_KEY
 from .responses import responses
 from .settings import CONFIG_ENV, config_from_environment, load_config, log_to_stderr
 from .spend import spend
@@ -167,6 +170,7 @@ def create_app(
     application.mcp = mcp
     application.requests = requests
     application.read_timeout = config.service.request_read_timeout
+    application.timed = config.observability.gateway_overhead
     if not config.service.cors_origins:  # else CORS must see every response: no fast path
         guard = Guard(None, keyring, config.service.max_body_bytes)  # its checks, no layer
         application.fast_path = ChatFastPath(state, guard)
@@ -179,12 +183,15 @@ class ServiceApp(Starlette):
     checks itself).
 
     Every HTTP request is counted in :attr:`requests` (a shutdown waits for them) and its
-    body must arrive within :attr:`read_timeout` seconds (408 past it).
+    body must arrive within :attr:`read_timeout` seconds (408 past it). With :attr:`timed`,
+    its arrival is noted in a :class:`~trio_orchestrator.types.RequestTiming` in its scope
+    (:mod:`.overhead`: the ``x-gateway-overhead-ms`` header).
     """
 
     fast_path: ChatFastPath | None = None
     mcp: McpHttp | None = None
     read_timeout: float = math.inf
+    timed: bool = False
     requests: Requests
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
@@ -193,7 +200,10 @@ class ServiceApp(Starlette):
             await self._dispatch(scope, receive, send)
             return
         state: ServiceState = self.state.service
-        deadline = trio.current_time() + self.read_timeout
+        now = trio.current_time()
+        if self.timed:
+            scope[TIMING_KEY] = RequestTiming(now)
+        deadline = now + self.read_timeout
         bounded = BoundedBody(receive, send, deadline, lambda: state.draining)
         requests = self.requests
         requests.begin()
@@ -221,7 +231,7 @@ def _middleware(config: Config, keyring: KeyRing) -> list[Middleware]:
                 allow_methods=["GET", "POST"],
                 # The Anthropic SDK sends its key and version in headers of its own.
                 allow_headers=CORS_REQUEST_HEADERS,
-                expose_headers=["x-request-id"],
+                expose_headers=["x-request-id", "x-gateway-overhead-ms"],
             )
         )
     layers.append(Middleware(Guard, keys=keyring, max_body_bytes=service.max_body_bytes))
@@ -240,6 +250,7 @@ def partial_lifespan(
             state.gateway, state.pipeline = gateway, gateway.pipeline
             state.refresh_models()
             state.observed = gateway.observed
+            _count_overhead(state)
             if state.keyring is not None:
                 gateway.add(state.keyring, "service")  # API keys rotate on reload
                 state.keyring.attach(gateway.keys)  # and virtual keys from storage
@@ -276,6 +287,15 @@ def partial_lifespan(
         )
 
     return lifespan
+
+
+def _count_overhead(state: ServiceState) -> None:
+    """Export the gateway's overhead per request, when it is measured and metrics are on."""
+    observed, observability = state.observed, state.config.observability
+    if observed is None or observed.registry is None or not observability.gateway_overhead:
+        return
+    state.overhead = OverheadTimes(observability.metrics.overhead_buckets)
+    observed.register_collector(state.overhead)
 
 
 # What the command line (`serve --host/--port/--workers`) may set over the file's values.

@@ -26,6 +26,7 @@ from .keystate import budgets_json, key_pools_json
 from .metrics import render_metrics
 from .models import get_model, list_models
 from .native import completion_json, event_json, parse_prompt_request
+from .overhead import overhead_headers, timed_fields
 from .state import service_of
 from .streaming import Emit, EventStream, cancel_on_disconnect, complete_unless_gone
 from .validate import Fields, invalid, parse_json_object
@@ -38,6 +39,8 @@ __all__ = [
     "list_models",
     "stream_prompt",
 ]
+
+EMBEDDINGS_PATH = "/v1/embeddings"
 
 
 async def _body(request: Request) -> Fields:
@@ -52,11 +55,16 @@ async def embeddings(request: Request) -> Response:
     state = service_of(request)
     pipeline = state.open_pipeline()
     caller = caller_of(request.scope)
-    extra = caller.request_fields()
+    extra = timed_fields(request.scope, caller.request_fields())
     meta = caller.meta(request.headers)
     parsed = parse_embeddings_request(await _body(request), state.models, meta, **extra)
     completion = await complete_unless_gone(request.receive, pipeline, parsed.prompt)
-    return JSONResponse(embeddings_answer(completion, parsed))
+    answer = JSONResponse(embeddings_answer(completion, parsed))
+    # After rendering, so that the body's encoding counts.
+    headers = overhead_headers(state, request.scope, EMBEDDINGS_PATH)
+    if headers is not None:
+        answer.headers.update(headers)
+    return answer
 
 
 # ----------------------------------------------------------------- native

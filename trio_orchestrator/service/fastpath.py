@@ -44,6 +44,7 @@ from .guard import (
     send_error,
 )
 from .jsonenc import json_bytes
+from .overhead import late_overhead_header, overhead_header, timing_of
 from .state import ServiceState
 from .streaming import ClientGone, Emit, EventStream, complete_unless_gone, error_json
 from .validate import parse_json_object
@@ -135,6 +136,9 @@ async def chat_completions(
         await CatchAll(answer)(scope, receive, send)
         return
     status, body, headers = answer
+    timing = timing_of(scope)
+    if timing is not None:
+        headers.append(overhead_header(state, timing, CHAT_PATH, False))
     try:
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
@@ -163,7 +167,8 @@ async def _answer(
             produce = partial(_stream_chat, pipeline, chat)
             if n > 1:
                 produce = partial(stream_choices, pipeline, chat, n)
-            return EventStream(produce, _chat_error, b"[DONE]", headers=tag)
+            late = late_overhead_header(state, chat.prompt.timing, CHAT_PATH)
+            return EventStream(produce, _chat_error, b"[DONE]", headers=tag, late_header=late)
         if n > 1:
             completions = await complete_choices(receive, pipeline, chat.prompt, n)
             return _json(200, completions_body(completions, chat.prompt.params.model), tag)
@@ -180,6 +185,9 @@ def _parse(
     """The request, and how many choices it asks for (``n``, see :mod:`.choices`)."""
     caller = caller_of(scope)
     extra: dict[str, Any] = {"request_id": request_id}
+    timing = timing_of(scope)
+    if timing is not None:
+        extra["timing"] = timing
     if caller.priority_cap is not None:
         extra["priority"] = caller.priority_cap
     meta = caller.meta(_trace_headers(scope))

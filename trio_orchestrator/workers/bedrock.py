@@ -616,9 +616,11 @@ class BedrockWorker:
         if self.stream:
             parser = _ConverseStream(self.name, model, emit)
             # The model is in the URL, not the body: named, so a 429 rests the key for it only.
-            await self._http.post_stream(path + "-stream", body, parser, model=model)
+            await self._http.post_stream(
+                path + "-stream", body, parser, request.timing, model=model
+            )
             return
-        answer = await self._http.post_json(path, body, model=model)
+        answer = await self._http.post_json(path, body, request.timing, model=model)
         with wire_format_guard(self.name):
             await _emit_answer(answer, model, self.name, emit)
 
@@ -635,7 +637,9 @@ class BedrockWorker:
         async def call(i: int, body: dict[str, Any], cancel: trio.CancelScope) -> None:
             async with limiter:
                 try:
-                    answers[i] = await self._http.post_json_headers(path, body, model=model)
+                    answers[i] = await self._http.post_json_headers(
+                        path, body, request.timing, model=model
+                    )
                 except ProviderError as exc:
                     # The first failure is the request's; the other calls are cancelled, and
                     # the typed error is raised as itself, not inside an exception group.

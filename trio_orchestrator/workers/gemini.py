@@ -342,13 +342,15 @@ class GeminiWorker:
             fold = _Fold(self.name, emit)
             url = f"{path}:streamGenerateContent?alt=sse"
             await self._authorized(
-                lambda: self._http.post_stream(url, body, fold, model=request.params.model)
+                lambda: self._http.post_stream(
+                    url, body, fold, request.timing, model=request.params.model
+                )
             )
             return
         url = f"{path}:generateContent"
         # The model is in the URL, not the body: named, so that a 429 rests the key for it only.
         answer = await self._authorized(
-            lambda: self._http.post_json(url, body, model=request.params.model)
+            lambda: self._http.post_json(url, body, request.timing, model=request.params.model)
         )
         with wire_format_guard(self.name):
             fold = _Fold(self.name, emit)
@@ -362,7 +364,7 @@ class GeminiWorker:
         else:
             body = embed_body(request, model, provider=self.name)
         answer = await self._authorized(
-            lambda: self._http.post_json(path, body, model=request.params.model)
+            lambda: self._http.post_json(path, body, request.timing, model=request.params.model)
         )
         with wire_format_guard(self.name):
             if self.embed_method == "predict":
