@@ -21,10 +21,13 @@ Not eligible (passed straight through, counted as ``bypassed``): embedding reque
 audio), and sampled requests unless ``cache_sampled``. An embedding failure never fails the
 request: it is counted and the request goes to the inner worker uncached.
 
-The index is in memory, for one process: a flat scan over the scope's entries in pure Python
-(vectors normalised when stored, so cosine similarity is one dot product), bounded by
-``max_entries`` in total, LRU with a TTL on Trio's clock. ``benchmarks/bench_semcache.py``
-measures the scan.
+The index is in memory, for one process, bounded by ``max_entries`` in total, LRU with a TTL
+on Trio's clock. A lookup scans the scope's entries in pure Python (no numpy here): each
+vector carries a 256-bit SimHash signature (sparse random projections), an entry whose
+signature is too far to reach the threshold is skipped with one XOR and popcount, and only
+the rest get the exact cosine (vectors are normalised when stored, so it is one dot
+product). The prefilter can, with negligible probability, skip a true hit; it never makes a
+false one. ``benchmarks/bench_semcache.py`` measures the scan.
 """
 
 from __future__ import annotations
@@ -33,9 +36,10 @@ import hashlib
 import json
 import math
 import operator
+import random
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import attrs
@@ -54,6 +58,7 @@ __all__ = [
     "SemanticCacheStatistics",
     "SemanticIndex",
     "cosine",
+    "hamming_cutoff",
     "normalise",
     "question_of",
     "scope_of",
@@ -116,8 +121,54 @@ def scope_of(request: PromptRequest, *, per_key: bool) -> str:
 class _Entry:
     scope: str
     vector: tuple[float, ...]
+    signature: int
     events: tuple[StreamEvent, ...]
     expires: float
+
+
+# Bits of a vector's signature (sign random projections, Charikar's SimHash). Two vectors
+# at angle θ differ in each bit with probability θ/π, so the Hamming distance of their
+# signatures estimates the angle for the cost of one XOR and one popcount.
+SIGNATURE_BITS = 256
+# Below this many dimensions the exact scan is as cheap as the signature: no prefilter.
+_MIN_PREFILTER_DIM = 32
+# Standard deviations of the Hamming distance added to the cutoff: a true hit is filtered
+# out only when its signature is this unlucky (a missed hit, never a false one).
+_MARGIN_SIGMAS = 6.0
+
+
+@attrs.frozen
+class _Projection:
+    """Sparse random ±1 projections for one dimension: each bit is the sign of the sum of
+    a few coordinates minus a few others (Achlioptas-style very sparse projections, so a
+    signature costs ``bits * 2 * sqrt(dim)`` additions instead of ``bits * dim``)."""
+
+    plus: tuple[Callable[[Sequence[float]], tuple[float, ...]], ...]
+    minus: tuple[Callable[[Sequence[float]], tuple[float, ...]], ...]
+
+    @classmethod
+    def for_dimension(cls, dim: int, bits: int = SIGNATURE_BITS) -> _Projection:
+        rng = random.Random(dim)  # the same projection in every process, for a given dim
+        per_side = max(2, math.isqrt(dim) // 2)
+        plus, minus = [], []
+        for _ in range(bits):
+            chosen = rng.sample(range(dim), 2 * per_side)
+            plus.append(operator.itemgetter(*chosen[:per_side]))
+            minus.append(operator.itemgetter(*chosen[per_side:]))
+        return cls(tuple(plus), tuple(minus))
+
+    def signature(self, vector: Sequence[float]) -> int:
+        bits = 0
+        for plus, minus in zip(self.plus, self.minus, strict=True):
+            bits = (bits << 1) | (sum(plus(vector)) > sum(minus(vector)))
+        return bits
+
+
+def hamming_cutoff(threshold: float, bits: int = SIGNATURE_BITS) -> int:
+    """The largest signature distance a vector at cosine ``threshold`` or more may show,
+    with a margin of :data:`_MARGIN_SIGMAS` standard deviations."""
+    p = math.acos(max(-1.0, min(1.0, threshold))) / math.pi
+    return min(bits, math.ceil(bits * p + _MARGIN_SIGMAS * math.sqrt(bits * p * (1 - p)) + 1))
 
 
 @attrs.define(eq=False)
@@ -133,9 +184,11 @@ class SemanticIndex:
     ttl: float
     _lru: OrderedDict[int, _Entry] = attrs.field(factory=OrderedDict, init=False)
     _scopes: dict[str, dict[int, _Entry]] = attrs.field(factory=dict, init=False)
+    _projections: dict[int, _Projection] = attrs.field(factory=dict, init=False)
     _next: int = attrs.field(default=0, init=False)
     evictions: int = attrs.field(default=0, init=False)
     expirations: int = attrs.field(default=0, init=False)
+    compared: int = attrs.field(default=0, init=False)
 
     def __len__(self) -> int:
         return len(self._lru)
@@ -145,22 +198,42 @@ class SemanticIndex:
         self.max_entries, self.ttl = max_entries, ttl
         self._evict()
 
-    def search(self, scope: str, vector: tuple[float, ...], now: float) -> tuple[float, int]:
+    def signature(self, vector: Sequence[float]) -> int:
+        """``vector``'s signature (0 for short vectors, which are always compared exactly)."""
+        dim = len(vector)
+        if dim < _MIN_PREFILTER_DIM:
+            return 0
+        projection = self._projections.get(dim)
+        if projection is None:
+            projection = self._projections[dim] = _Projection.for_dimension(dim)
+        return projection.signature(vector)
+
+    def search(
+        self, scope: str, vector: tuple[float, ...], now: float, *, threshold: float = -1.0
+    ) -> tuple[float, int]:
         """The best similarity in ``scope`` and that entry's id (``-1`` when the scope holds
-        no live entry). Expired entries met on the way are dropped. ``vector`` must be unit
-        length. Searching does not touch the LRU order: :meth:`take` does, on a hit."""
+        no live entry worth comparing). ``vector`` must be unit length.
+
+        Entries whose signature is too far from ``vector``'s to reach ``threshold`` are
+        skipped without computing their similarity (see :func:`hamming_cutoff`); expired
+        entries met on the way are dropped. Searching does not touch the LRU order:
+        :meth:`take` does, on a hit.
+        """
         entries = self._scopes.get(scope)
         if not entries:
             return 0.0, -1
+        signature = self.signature(vector)
+        cutoff = hamming_cutoff(threshold) if threshold > -1.0 else SIGNATURE_BITS
         best, best_id = -2.0, -1
         expired: list[int] = []
         for ident, entry in entries.items():
             if now >= entry.expires:
                 expired.append(ident)
-                continue
-            similarity = sum(map(operator.mul, vector, entry.vector))
-            if similarity > best:
-                best, best_id = similarity, ident
+            elif (signature ^ entry.signature).bit_count() <= cutoff:
+                self.compared += 1
+                similarity = sum(map(operator.mul, vector, entry.vector))
+                if similarity > best:
+                    best, best_id = similarity, ident
         for ident in expired:
             self._drop(ident)
             self.expirations += 1
@@ -176,7 +249,7 @@ class SemanticIndex:
     ) -> None:
         """Store an answer under ``scope`` as the most recently used entry."""
         ident, self._next = self._next, self._next + 1
-        entry = _Entry(scope, vector, events, now + self.ttl)
+        entry = _Entry(scope, vector, self.signature(vector), events, now + self.ttl)
         self._lru[ident] = entry
         self._scopes.setdefault(scope, {})[ident] = entry
         self._evict()
@@ -300,7 +373,9 @@ class SemanticCacheLayer:
             await self._inner.generate(request, emit)
             return
         vector = normalise(raw)
-        similarity, ident = self._index.search(scope, vector, trio.current_time())
+        similarity, ident = self._index.search(
+            scope, vector, trio.current_time(), threshold=config.threshold
+        )
         self._count_lookup(time.perf_counter() - started)
         if ident >= 0 and similarity >= config.threshold:
             self._hits += 1
