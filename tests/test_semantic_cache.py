@@ -11,6 +11,7 @@ import attrs
 import pytest
 import trio
 import trio.testing
+from test_contract import contract
 
 from trio_orchestrator.config import Config
 from trio_orchestrator.config.load import parse_config
@@ -55,6 +56,16 @@ class WordEmbedder:
                 vector[sum(map(ord, word)) % 32] += 1.0
             vectors.append(vector)
         return vectors
+
+
+# The worker contract (event grammar, typed errors, cancellation, deadlines, concurrency)
+# over the layer, sampled requests included so that hits and misses are both exercised.
+TestSemanticCacheLayer = contract(
+    lambda: SemanticCacheLayer(
+        EchoWorker(), attrs.evolve(CONFIG, cache_sampled=True, max_entries=64), WordEmbedder()
+    ),
+    deterministic=True,
+)
 
 
 def greedy(text: str, **params: object) -> PromptRequest:
