@@ -17,8 +17,8 @@ The order, each part opened inside the one before:
 3. per-provider layers: with ``[routing]``, each provider's own circuit breaker and retries
    (so the router can skip a provider whose breaker is open or whose keys all rest);
 4. the router (``[routing]``) or the load balancer (several providers);
-5. the outer layers: virtual keys' policies → cache → coalescing → shared answers → rate
-   limit (→ breaker → retry when there is no router);
+5. the outer layers: virtual keys' policies → cache → semantic cache → coalescing → shared
+   answers → rate limit (→ breaker → retry when there is no router);
 6. the pipeline, its dead letters written through to Redis with ``[distributed]``;
 7. instrumentation: metrics, traces, request logs, spend.
 
@@ -553,17 +553,21 @@ async def _assemble(
         gateway.add(inner, "providers", section=_providers_of)
         label = "balancer"
     skip = PER_PROVIDER_LAYERS if config.routing.enabled else ()
-    context = _context(gateway, nursery, label, redis)
+    context = _context(gateway, nursery, label, redis, providers)
     return wrap(inner, config.resilience, context, skip=skip)
 
 
 def _context(
-    gateway: Gateway, nursery: trio.Nursery, label: str, redis: RedisConnection | None
+    gateway: Gateway,
+    nursery: trio.Nursery,
+    label: str,
+    redis: RedisConnection | None,
+    providers: dict[str, ModelWorker] | None = None,
 ) -> LayerContext:
     def register(part: object, path: str) -> None:
         gateway.add(part, path, provider=label)
 
-    return LayerContext(nursery, label, redis, register)
+    return LayerContext(nursery, label, redis, register, providers or {})
 
 
 def _open_providers(

@@ -1,8 +1,8 @@
 """Resilience layers: rate limits, circuit breakers, retries, coalescing, cache.
 
-Each layer is a worker wrapping a worker; :func:`wrap` stacks the enabled ones in the
-order cache → coalescing → rate limit → circuit breaker → retry → provider. Priority admission
-works at the inference stage's entry instead: :mod:`trio_orchestrator.pipeline.priority`
+Each layer is a worker wrapping a worker; :func:`wrap` stacks the enabled ones in the order
+cache → semantic cache → coalescing → rate limit → circuit breaker → retry → provider. Priority
+admission works at the inference stage's entry instead: :mod:`trio_orchestrator.pipeline.priority`
 (its ``PriorityConfig``, ``[pipeline.priority]``, is here with the other sections).
 """
 
@@ -25,6 +25,7 @@ from .config import (
     RateLimitsConfig,
     ResilienceConfig,
     RetryConfig,
+    SemanticCacheConfig,
 )
 from .keys import is_deterministic, request_key
 from .ratelimit import (
@@ -37,6 +38,7 @@ from .ratelimit import (
     estimate_tokens,
 )
 from .retry import RetryLayer, RetryStatistics
+from .semantic_cache import SemanticCacheLayer, SemanticCacheStatistics, SemanticIndex
 from .stack import LAYERS, LayerContext, iter_layers, provider_name, wrap
 
 __all__ = [
@@ -68,6 +70,10 @@ __all__ = [
     "RetryConfig",
     "RetryLayer",
     "RetryStatistics",
+    "SemanticCacheConfig",
+    "SemanticCacheLayer",
+    "SemanticCacheStatistics",
+    "SemanticIndex",
     "TokenBucket",
     "estimate_tokens",
     "is_deterministic",

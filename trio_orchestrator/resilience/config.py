@@ -27,6 +27,7 @@ __all__ = [
     "RateLimitsConfig",
     "ResilienceConfig",
     "RetryConfig",
+    "SemanticCacheConfig",
 ]
 
 LATENCY_ANOMALY_MODES = ("off", "ewma", "zscore")
@@ -242,6 +243,60 @@ class CoalescingConfig:
     max_subscribers: int = attrs.field(default=10_000, validator=positive_int)
 
 
+SEMANTIC_SCOPES = ("api_key", "global")
+
+
+@attrs.frozen
+class SemanticCacheConfig:
+    """The semantic cache: a miss in the exact cache is answered from a stored answer to a
+    question *close enough* in meaning (cosine similarity of embeddings ≥ ``threshold``).
+
+    Only the last user turn is embedded; everything else that shapes the answer — the
+    model, the generation parameters, the system prompt and earlier turns, the retrieved
+    context and (by default) the caller's API key — must match exactly (it forms the
+    entry's scope), so one tenant never gets another's answer.
+
+    Attributes:
+        enabled: put the semantic cache in the request path, just inside the exact cache.
+            Default ``False``: it answers questions nobody asked verbatim, so it is opted
+            into.
+        embedding_model: the embedding model the last user turn is embedded with (required
+            when enabled, e.g. ``"text-embedding-3-small"``). Changing it needs a restart
+            (stored vectors of one model mean nothing to another).
+        embedding_provider: the ``[[providers]]`` label whose worker embeds; empty (the
+            default) embeds through the gateway's own worker below the cache (its router
+            or balancer resolves ``embedding_model``). Changing it needs a restart.
+        threshold: the least cosine similarity, in (0, 1], that counts as the same
+            question. Default 0.95: with general-purpose embedding models, paraphrases of
+            a question score about 0.9 to 0.98 and different questions on the same topic
+            0.7 to 0.9, so 0.95 trades hits for a low false-hit rate; lower it only after
+            measuring your own pairs (see docs/semantic-cache.md).
+        max_entries: the most answers kept across all scopes; the least recently used is
+            evicted beyond it. A lookup scans its scope's entries (pure Python), so this
+            also bounds the lookup time. Default 10000.
+        ttl: seconds an answer stays valid after it was stored. Default 300.
+        scope: ``"api_key"`` (default): an entry answers only callers with the same API
+            key id (``request.meta["api_key_id"]``; callers without one share the
+            unauthenticated scope); ``"global"``: every caller may get any caller's
+            answer (a single-tenant gateway).
+        cache_sampled: also cache requests whose temperature is above 0 or unset. Default
+            ``False``, as for the exact cache.
+    """
+
+    enabled: bool = attrs.field(default=False)
+    embedding_model: str = attrs.field(default="", metadata={"reloadable": False})
+    embedding_provider: str = attrs.field(default="", metadata={"reloadable": False})
+    threshold: float = attrs.field(default=0.95, validator=fraction)
+    max_entries: int = attrs.field(default=10_000, validator=positive_int)
+    ttl: float = attrs.field(default=300.0, validator=positive_time)
+    scope: str = attrs.field(default="api_key", validator=one_of(*SEMANTIC_SCOPES))
+    cache_sampled: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        if self.enabled and not self.embedding_model:
+            raise ValueError("embedding_model is required when the semantic cache is enabled")
+
+
 @attrs.frozen
 class CacheConfig:
     """The answer cache.
@@ -255,12 +310,15 @@ class CacheConfig:
             Default 300.
         cache_sampled: also cache requests whose temperature is above 0 or unset; every later
             caller then gets the first sample. Default ``False``.
+        semantic: the semantic cache beside it (``[resilience.cache.semantic]``), which
+            works with or without the exact cache.
     """
 
     enabled: bool = False
     max_entries: int = attrs.field(default=1024, validator=positive_int)
     ttl: float = attrs.field(default=300.0, validator=positive_time)
     cache_sampled: bool = False
+    semantic: SemanticCacheConfig = attrs.field(factory=SemanticCacheConfig)
 
 
 @attrs.frozen
