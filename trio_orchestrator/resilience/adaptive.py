@@ -18,15 +18,21 @@ with a baseline, the ideal latency (Envoy's minRTT plus a buffer, here ``toleran
     gradient  = clamp(tolerance * baseline / window_latency, 0.5, 2.0)
     new_limit = gradient * limit + sqrt(gradient * limit)      # Envoy's headroom
 
-Envoy measures its minRTT by periodically throttling the upstream to a few requests; an
-LLM call takes seconds, so that would cost whole seconds of throughput. The baseline here
-is instead the lowest window latency seen in the last ``baseline_horizon`` seconds: while
-the limit holds the upstream below its capacity the windows *are* no-load windows, and a
-latency that rose for good (a slower model) becomes the baseline once the horizon passes
--- the drift Netflix's ``Gradient2Limit`` handles with its exponentially decaying long
-RTT. From Netflix's ``Gradient2Limit`` come two more rules: the limit does not grow while
-the caller is "app limited" (fewer than half the limit in flight: low latency then proves
-nothing about more load), and an optional ``smoothing`` of each step.
+Envoy measures its minRTT by throttling the upstream to a few requests (3) until it has
+gathered 50 samples, every 60 s; an LLM call takes seconds, so that would cost many
+seconds of throughput. Here the baseline is the lowest window latency since the last
+*probe*, and a probe holds the limit at half the estimate for one window only, every
+``probe_interval`` (and once after the first window, so a start above the upstream's
+capacity is corrected at once). Half is enough: the gradient keeps the estimate within
+``tolerance`` plus a square root of the capacity, so half of it leaves the upstream
+unqueued, and that window's latency is the no-load latency -- lower or higher than the old
+baseline (a model that became slower for good), it is the baseline from then on. Only calls
+admitted during the probe count (those started before it met the old queue). A baseline
+that instead drifted with the load, as Netflix's ``Gradient2Limit``'s exponentially
+averaged long RTT does, lets latency ratchet up under sustained overload. From
+``Gradient2Limit`` come two other rules: the limit does not grow while the caller is "app
+limited" (fewer than half the limit in flight: low latency then proves nothing about more
+load), and an optional ``smoothing`` of each step.
 
 Errors are the other signal: a drop cuts the limit by ``backoff`` at once (not at the end
 of the window: a 429 is the upstream saying "now"), but at most once per window, because
@@ -44,7 +50,6 @@ configuration without losing their state (:meth:`reconfigure`).
 from __future__ import annotations
 
 import math
-from collections import deque
 from typing import TypeAlias
 
 import attrs
@@ -160,18 +165,28 @@ class GradientLimit(_Limit):
     start: float = 0.0
     _rtts: list[float] = attrs.field(factory=list, init=False)
     _max_in_flight: int = attrs.field(default=0, init=False)
-    # (window end, window latency): the baseline is the lowest within the horizon.
-    _history: deque[tuple[float, float]] = attrs.field(factory=deque, init=False)
+    _baseline: float = attrs.field(default=0.0, init=False)
     _window_rtt: float = attrs.field(default=0.0, init=False)
+    # While probing, the limit is held at this (half the estimate) for one window.
+    _probe_limit: int | None = attrs.field(default=None, init=False)
+    _next_probe: float = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
         self._window_start = self.start
+        self._next_probe = self.start  # the first window is followed by a probe
 
     @property
-    def baseline(self) -> float:
-        """The lowest window latency within the horizon (0 before the first window)."""
-        return min((rtt for _, rtt in self._history), default=0.0)
+    def limit(self) -> int:
+        """Calls allowed in flight now (half the estimate while probing the baseline)."""
+        estimate = int(self._estimate)
+        probe = self._probe_limit
+        return estimate if probe is None else min(estimate, probe)
+
+    @property
+    def probing(self) -> bool:
+        """The limit is held low for a window to measure the baseline again."""
+        return self._probe_limit is not None
 
     def observe(self, now: float, rtt: float, in_flight: int, dropped: bool) -> None:
         """Take one finished call.
@@ -186,8 +201,12 @@ class GradientLimit(_Limit):
         self._samples += 1
         if dropped:
             if self._drop(now):
+                self._probe_limit = None  # a cut is news enough; probe later
                 self._restart(now)
             return
+        probe = self._probe_limit
+        if probe is not None and in_flight > probe:
+            return  # started before the probe, amid the old load: not a no-load sample
         self._rtts.append(max(rtt, 0.0))
         self._max_in_flight = max(self._max_in_flight, in_flight)
         config = self.config
@@ -196,20 +215,27 @@ class GradientLimit(_Limit):
 
     def statistics(self) -> LimitStatistics:
         """The limit, the latencies it is judged by, and the counters."""
-        return self._statistics(self.baseline, self._window_rtt)
+        return self._statistics(self._baseline, self._window_rtt)
 
     def _close(self, now: float) -> None:
         """Judge the window that ends now and start the next."""
         config = self.config
         window_rtt = _percentile(self._rtts, config.percentile)
         self._window_rtt = window_rtt
-        history = self._history
-        history.append((now, window_rtt))
-        while history and history[0][0] < now - config.baseline_horizon:
-            history.popleft()
-        baseline = self.baseline
         app_limited = self._max_in_flight < self._estimate / 2
         self._restart(now)
+        if self._probe_limit is not None:
+            # The probe's latency is the baseline from now on, lower or higher.
+            self._probe_limit = None
+            self._baseline = window_rtt
+            self._next_probe = now + config.probe_interval
+            return
+        if self._baseline <= 0.0 or window_rtt < self._baseline:
+            self._baseline = window_rtt
+        if now >= self._next_probe and self._estimate >= 2 * config.min_limit:
+            self._probe_limit = max(config.min_limit, int(self._estimate) // 2)
+            return
+        baseline = self._baseline
         if window_rtt <= 0.0 or baseline <= 0.0:
             return  # answers faster than the clock ticks: nothing to judge by
         gradient = config.tolerance * baseline / window_rtt

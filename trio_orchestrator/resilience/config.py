@@ -355,11 +355,13 @@ class AdaptiveConfig:
             an error is acted on whatever its size).
         percentile: the window's latency is this percentile of its calls' times to the first
             token, in (0, 1] (0.5: the median, as Envoy's default).
-        tolerance: how much slower than the baseline (the lowest windowed latency seen in
-            ``baseline_horizon``) calls may get before the gradient limit shrinks (≥ 1; 1.25
-            lets them be 25 % slower, as Envoy's default buffer).
-        baseline_horizon: seconds a low latency stays the baseline; after that the baseline
-            follows the upstream's latency up (a model that became slower for good).
+        tolerance: how much slower than the baseline (the latency at low load: the lowest
+            window latency since the last probe) calls may get before the gradient limit
+            shrinks (≥ 1; 1.25 lets them be 25 % slower, as Envoy's default buffer).
+        probe_interval: seconds between probes of the baseline: the gradient limit halves
+            itself for one window and takes that window's latency as the new baseline, so
+            the baseline follows an upstream that became slower (or faster) for good. The
+            first probe follows the first window.
         smoothing: the share of each recalculation taken, in (0, 1] (1: all of it at once).
         backoff: the factor that cuts the limit on an error (or, for ``aimd``, a slow call),
             in [0, 1).
@@ -381,7 +383,7 @@ class AdaptiveConfig:
     min_samples: int = attrs.field(default=10, validator=positive_int)
     percentile: float = attrs.field(default=0.5, validator=fraction)
     tolerance: float = attrs.field(default=1.25, validator=at_least_one)
-    baseline_horizon: float = attrs.field(default=60.0, validator=positive_number)
+    probe_interval: float = attrs.field(default=60.0, validator=positive_time)
     smoothing: float = attrs.field(default=1.0, validator=fraction)
     backoff: float = attrs.field(default=0.7, validator=fraction_below_one)
     slow_call: float = attrs.field(default=5.0, validator=positive_number)
