@@ -5,6 +5,7 @@ gradient limit tracks a queueing upstream's capacity down and back up."""
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import attrs
 import pytest
@@ -94,7 +95,8 @@ class LimitMachine(RuleBasedStateMachine):
     def counters_only_grow(self) -> None:
         stats = self.limit.statistics()
         assert stats.drops == self.drops
-        assert stats.cuts >= self.cuts and stats.raises >= self.raises
+        assert stats.cuts >= self.cuts
+        assert stats.raises >= self.raises
         self.cuts, self.raises = stats.cuts, stats.raises
 
 
@@ -108,7 +110,7 @@ def _window(limit: LimitAlgorithm, start: float, rtt: float, in_flight: int) -> 
     return start + 1.0
 
 
-def _gradient(**changes: object) -> GradientLimit:
+def _gradient(**changes: Any) -> GradientLimit:
     """A gradient limit past its first window and first probe (at 0.5 s), at time 2."""
     config = AdaptiveConfig(enabled=True, min_samples=4, max_limit=1000, probe_interval=1000.0)
     limit = GradientLimit(attrs.evolve(config, **changes), 0.0)
@@ -138,7 +140,8 @@ def test_the_gradient_limit_grows_while_latency_holds() -> None:
     for _ in range(6):
         now = _window(limit, now, 0.5, limit.limit)
         seen.append(limit.limit)
-    assert seen == sorted(seen) and len(set(seen)) == len(seen)
+    assert seen == sorted(seen)
+    assert len(set(seen)) == len(seen)
     assert limit.statistics().raises == 6
 
 
