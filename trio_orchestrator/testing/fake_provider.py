@@ -1172,6 +1172,8 @@ async def open_fake_provider(
     record: bool = True,
     faults: FaultMix | None = None,
     port: int = 0,
+    capacity: int | None = None,
+    overflow: str = "queue",
 ) -> AsyncIterator[FakeProvider]:
     """Start a fake provider on a free loopback port; stop it on exit.
 
@@ -1181,11 +1183,13 @@ async def open_fake_provider(
         record: keep every request in :attr:`FakeProvider.requests`.
         faults: a seeded share of requests that fail (:class:`FaultMix`).
         port: the loopback port to listen on (0: a free one).
+        capacity: model calls answered at once (None: no limit; see :class:`FakeProvider`).
+        overflow: ``"queue"``, ``"429"`` or ``"503"``: what a call beyond capacity gets.
 
     Returns:
         An async context manager giving the running :class:`FakeProvider`.
     """
-    fake = FakeProvider(default or Behaviour(), models, record, faults, port)
+    fake = FakeProvider(default or Behaviour(), models, record, faults, port, capacity, overflow)
     async with trio.open_nursery() as nursery:
         await nursery.start(fake.serve)
         try:
