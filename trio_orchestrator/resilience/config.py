@@ -329,8 +329,8 @@ _whole_or_zero = Range("a whole number ≥ 0", integer=True, minimum=0)
 
 @attrs.frozen
 class AdaptiveConfig:
-    """A provider's adaptive concurrency limit: ``[providers.adaptive]`` in a
-    ``[[providers.providers]]`` entry (see docs/adaptive-concurrency.md).
+    """A provider's adaptive concurrency limit: ``[providers.providers.adaptive]``, under
+    its ``[[providers.providers]]`` entry (see docs/adaptive-concurrency.md).
 
     The gateway lets at most *limit* calls run at this provider at once and moves the limit
     with what it measures: it raises it while the time to the first token holds, and cuts it
@@ -373,9 +373,9 @@ class AdaptiveConfig:
             own deadline leaves for the call either.
     """
 
-    enabled: bool = False
+    enabled: bool = attrs.field(default=False, metadata={"reloadable": False})
     algorithm: str = attrs.field(default="gradient", validator=one_of(*ADAPTIVE_ALGORITHMS))
-    per_model: bool = False
+    per_model: bool = attrs.field(default=False, metadata={"reloadable": False})
     initial_limit: int = attrs.field(default=20, validator=positive_int)
     min_limit: int = attrs.field(default=1, validator=positive_int)
     max_limit: int = attrs.field(default=256, validator=positive_int)
