@@ -11,12 +11,13 @@ import pytest
 import trio
 import trio.lowlevel
 import trio.testing
+from test_contract import contract
 
 from trio_orchestrator.errors import BadRequest, RateLimited
 from trio_orchestrator.events import Done, StreamEvent, TextDelta
 from trio_orchestrator.resilience import AdaptiveConfig, AdaptiveLimitLayer, ConcurrencyLimited
 from trio_orchestrator.types import GenerationParams, PromptRequest
-from trio_orchestrator.workers import EventSink
+from trio_orchestrator.workers import EchoWorker, EventSink
 from trio_orchestrator.workers.config import ProviderConfig
 
 
@@ -268,3 +269,9 @@ async def test_a_reload_moves_the_bounds_and_refuses_switching(
         "providers.p.adaptive.per_model",
     ]
     assert math.isfinite(layer.statistics().baseline_rtt)
+
+
+TestAdaptiveLimitLayerContract = contract(
+    lambda: AdaptiveLimitLayer(EchoWorker(), AdaptiveConfig(enabled=True)), deterministic=True
+)
+"""The layer keeps the worker contract (event grammar, typed errors, cancellation)."""
