@@ -14,8 +14,10 @@ entry has ``[providers.providers.adaptive] enabled = true`` (below the router's 
 balancer's choice, below retries: each attempt is one call the upstream sees). Each call's
 time to its first event is its latency sample; a 429, an ``Overloaded``, a 5xx, a
 connection failure, a malformed answer or a timeout (its deadline passing) is a drop; a
-call the client abandoned or a request the upstream refused as invalid says nothing and
-only frees its slot.
+request the upstream refused as invalid says nothing and only frees its slot. A call its
+client abandoned says nothing either, unless it had waited for its first event longer than
+the baseline latency: then that wait is its sample (a lower bound of its latency) -- else
+the callers who give up on a queueing upstream would hide its latency from the limit.
 """
 
 from __future__ import annotations
@@ -174,6 +176,12 @@ class AdaptiveLimiter:
         """
         self._algorithm.observe(trio.current_time(), rtt, in_flight, dropped)
         self.release()
+
+    def slower_than_baseline(self, rtt: float) -> bool:
+        """Whether ``rtt`` exceeds the latency the limit is judged against (False before
+        there is one)."""
+        baseline = self._algorithm.statistics().baseline_rtt
+        return 0.0 < baseline < rtt
 
     def reconfigure(self, config: AdaptiveConfig) -> None:
         """Take reloaded settings; the limit stays (within the new bounds). A new algorithm
@@ -336,12 +344,18 @@ class AdaptiveLimitLayer:
         try:
             await self.inner.generate(request, timed_emit)
         except BaseException as exc:
+            now = trio.current_time()
             dropped = _dropped(exc, deadline)
+            rtt = (first_event_at or now) - start
+            if dropped is None and first_event_at is None and limiter.slower_than_baseline(rtt):
+                # Abandoned while still waiting for its first event, and already slower
+                # than the baseline: a latency of at least ``rtt``. Left out, the callers
+                # who give up on a queueing upstream would hide its latency from the limit.
+                dropped = False
             if dropped is None:
                 limiter.release()
             else:
-                now = trio.current_time()
-                limiter.record((first_event_at or now) - start, in_flight, dropped=dropped)
+                limiter.record(rtt, in_flight, dropped=dropped)
             raise
         end = trio.current_time()
         limiter.record((first_event_at or end) - start, in_flight, dropped=False)
