@@ -275,3 +275,21 @@ TestAdaptiveLimitLayerContract = contract(
     lambda: AdaptiveLimitLayer(EchoWorker(), AdaptiveConfig(enabled=True)), deterministic=True
 )
 """The layer keeps the worker contract (event grammar, typed errors, cancellation)."""
+
+
+async def test_a_call_abandoned_after_waiting_longer_than_the_baseline_is_a_sample(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A client that gives up after 3 s on an upstream whose baseline is 0.5 s leaves a
+    3 s latency sample (callers giving up must not hide a queueing upstream's latency)."""
+    upstream = QueueingUpstream(100, service=0.5)
+    layer = AdaptiveLimitLayer(upstream, _config(initial_limit=4, min_samples=1, window=0.1))
+    await layer.generate(_request(), _ignore)  # the first window: baseline 0.5 s
+    samples = layer.limiter("m")._algorithm.statistics().samples
+    upstream.service = 10.0
+    async with trio.open_nursery() as nursery:
+        with trio.CancelScope() as client:
+            nursery.start_soon(_cancel_after, client, 3.0)
+            await layer.generate(_request(), _ignore)
+    assert layer.limiter("m")._algorithm.statistics().samples == samples + 1
+    assert layer.statistics().drops == 0
