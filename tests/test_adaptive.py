@@ -209,3 +209,19 @@ def test_the_gradient_limit_tracks_a_queueing_upstreams_capacity(first: int, sec
     assert first <= limit.limit <= 1.6 * first + 4
     _queueing(limit, now, second, 60)
     assert second <= limit.limit <= 1.6 * second + 4
+
+
+def test_the_example_configuration_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """examples/adaptive.toml: a gradient limit per provider and an AIMD limit per model."""
+    from pathlib import Path
+
+    from trio_orchestrator.config.load import load_config
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    config = load_config(Path(__file__).parent.parent / "examples" / "adaptive.toml")
+    assert config.providers is not None
+    limits = [(p.label, p.adaptive) for p in config.providers.providers]
+    assert [(label, a.enabled, a.algorithm, a.per_model) for label, a in limits] == [
+        ("vllm-a", True, "gradient", False),
+        ("openai", True, "aimd", True),
+    ]
