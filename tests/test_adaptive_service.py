@@ -18,7 +18,7 @@ from service_helpers import make_config, running_app
 
 from trio_orchestrator.config import Config
 from trio_orchestrator.observability import MetricsConfig, ObservabilityConfig
-from trio_orchestrator.resilience import AdaptiveConfig
+from trio_orchestrator.resilience import AdaptiveConfig, AdaptiveLimitLayer
 from trio_orchestrator.testing.fake_provider import Behaviour, open_fake_provider
 from trio_orchestrator.workers.config import ProviderConfig, ProvidersConfig
 
@@ -154,3 +154,48 @@ async def test_a_reload_moves_the_limits_bounds() -> None:
         assert _gauge((await http.get("/metrics")).text, "limit") == 6
         off = gateway.reload(_config(fake.base_url, enabled=False))
     assert [line.split(":")[0] for line in off.refused] == ["providers.fake.adaptive.enabled"]
+
+
+async def test_the_router_falls_back_from_a_provider_at_its_limit() -> None:
+    """With routing, a call shed by the cheaper provider's full limit goes to the next
+    deployment instead of failing: both concurrent calls are answered."""
+    from trio_orchestrator.routing import ModelDeployment, RoutingConfig
+
+    async with open_fake_provider(Behaviour(text="ok", first_token_delay=0.5)) as fake:
+        full = AdaptiveConfig(enabled=True, initial_limit=1, max_limit=1, max_waiting=0)
+        providers = ProvidersConfig(
+            (
+                ProviderConfig(kind="openai", name="cheap", base_url=fake.base_url + "/v1"),
+                ProviderConfig(kind="openai", name="spare", base_url=fake.base_url + "/v1"),
+            )
+        )
+        providers = attrs.evolve(
+            providers,
+            providers=(attrs.evolve(providers.providers[0], adaptive=full), providers.providers[1]),
+        )
+        routing = RoutingConfig(
+            [
+                ModelDeployment("m@cheap", "m", "cheap", "fake-model", input_price=0.0),
+                ModelDeployment("m@spare", "m", "spare", "fake-model", input_price=10.0),
+            ],
+            strategy="cost",
+        )
+        config = attrs.evolve(make_config(), providers=providers, routing=routing)
+        statuses: list[int] = []
+        async with running_app(config) as (url, app), httpx.AsyncClient(base_url=url) as http:
+
+            async def call() -> None:
+                body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+                statuses.append((await http.post("/v1/chat/completions", json=body)).status_code)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(call)
+                nursery.start_soon(call)
+            (layer,) = [
+                c.part
+                for c in app.state.service.gateway.components
+                if isinstance(c.part, AdaptiveLimitLayer)
+            ]
+            shed = layer.statistics().shed
+    assert statuses == [200, 200]
+    assert shed == 1
