@@ -200,8 +200,9 @@ class GradientLimit(_Limit):
         """
         self._samples += 1
         if dropped:
+            if now - self._last_cut >= self.config.window:
+                self._probe_limit = None  # the cut is news enough; probe later
             if self._drop(now):
-                self._probe_limit = None  # a cut is news enough; probe later
                 self._restart(now)
             return
         probe = self._probe_limit
