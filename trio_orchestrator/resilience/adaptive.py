@@ -34,6 +34,10 @@ averaged long RTT does, lets latency ratchet up under sustained overload. From
 limited" (fewer than half the limit in flight: low latency then proves nothing about more
 load), and an optional ``smoothing`` of each step.
 
+When the limit shrinks, the gradient scales the calls that were in flight (what made the
+latency) rather than a limit above them that the callers never filled, so a limit that grew
+past the load comes down in one window.
+
 Errors are the other signal: a drop cuts the limit by ``backoff`` at once (not at the end
 of the window: a 429 is the upstream saying "now"), but at most once per window, because
 the calls already in flight when the first 429 came were admitted under the old limit and
@@ -223,7 +227,8 @@ class GradientLimit(_Limit):
         config = self.config
         window_rtt = _percentile(self._rtts, config.percentile)
         self._window_rtt = window_rtt
-        app_limited = self._max_in_flight < self._estimate / 2
+        used = self._max_in_flight
+        app_limited = used < self._estimate / 2
         self._restart(now)
         if self._probe_limit is not None:
             # The probe's latency is the baseline from now on, lower or higher.
@@ -243,7 +248,10 @@ class GradientLimit(_Limit):
         gradient = min(max(gradient, _MIN_GRADIENT), _MAX_GRADIENT)
         if gradient >= 1.0 and app_limited:
             return  # low latency at low load says nothing about more load
-        target = gradient * self._estimate
+        # Shrinking, the gradient scales the load that made the latency (the calls in
+        # flight), not a limit the callers never filled.
+        load = self._estimate if gradient >= 1.0 else min(self._estimate, used)
+        target = gradient * max(load, 1.0)
         target += math.sqrt(target)
         self._set(self._estimate + config.smoothing * (target - self._estimate))
 
