@@ -219,7 +219,7 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.capacity, args.low, args.clients = 8, 2, 12
-        args.latency, args.phase, args.slo, args.fixed = 0.2, 4.0, 1.0, "2,4,8"
+        args.latency, args.phase, args.slo, args.fixed = 0.2, 3.0, 1.0, "2,4,8"
         args.warmup = 1.0
     return args
 
