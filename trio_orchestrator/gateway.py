@@ -14,8 +14,9 @@ The order, each part opened inside the one before:
    background work (and the spend writer's);
 2. providers: one worker per ``[[providers]]`` entry, or the built-in echo worker, or the
    worker given;
-3. per-provider layers: with ``[routing]``, each provider's own circuit breaker and retries
-   (so the router can skip a provider whose breaker is open or whose keys all rest);
+3. per-provider layers: a provider's adaptive concurrency limit right around it (its
+   entry's ``[adaptive]``); with ``[routing]``, each provider's own circuit breaker and
+   retries (so the router can skip a provider whose breaker is open or whose keys all rest);
 4. the router (``[routing]``) or the load balancer (several providers);
 5. the outer layers: virtual keys' policies → cache → semantic cache → coalescing → shared
    answers → rate limit (→ breaker → retry when there is no router);
@@ -55,6 +56,7 @@ from .pipeline import (
     Retriever,
     open_pipeline,
 )
+from .resilience.adaptive_limiter import AdaptiveLimitLayer
 from .resilience.stack import LayerContext, wrap
 from .routing.keys import KeyPolicyWorker, VirtualKeys
 from .routing.router import RouterWorker, open_router
@@ -520,6 +522,10 @@ async def _assemble(
     nursery: trio.Nursery,
 ) -> ModelWorker:
     """Per-provider layers → router or balancer → outer layers."""
+    providers = {
+        label: _limit_adaptively(gateway, config, label, worker)
+        for label, worker in providers.items()
+    }
     if config.routing.enabled:
         guarded = {
             label: wrap(
@@ -555,6 +561,19 @@ async def _assemble(
     skip = PER_PROVIDER_LAYERS if config.routing.enabled else ()
     context = _context(gateway, nursery, label, redis, providers)
     return wrap(inner, config.resilience, context, skip=skip)
+
+
+def _limit_adaptively(
+    gateway: Gateway, config: Config, label: str, worker: ModelWorker
+) -> ModelWorker:
+    """``worker`` behind its adaptive concurrency limit when its entry enables one: directly
+    around the provider, so each call the upstream sees (each retry too) is admitted."""
+    entry = _entry_of(label)(config)
+    if entry is None or not entry.adaptive.enabled:
+        return worker
+    layer = AdaptiveLimitLayer(worker, entry.adaptive, provider=label)
+    gateway.add(layer, "providers", provider=label, section=_entry_of(label))
+    return layer
 
 
 def _context(

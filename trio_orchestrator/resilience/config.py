@@ -11,6 +11,7 @@ from collections.abc import Iterable
 import attrs
 
 from ..validators import (
+    Range,
     at_least_one,
     fraction,
     fraction_below_one,
@@ -22,6 +23,8 @@ from ..validators import (
 )
 
 __all__ = [
+    "ADAPTIVE_ALGORITHMS",
+    "AdaptiveConfig",
     "BreakerConfig",
     "LimitConfig",
     "RateLimitsConfig",
@@ -31,6 +34,7 @@ __all__ = [
 ]
 
 LATENCY_ANOMALY_MODES = ("off", "ewma", "zscore")
+ADAPTIVE_ALGORITHMS = ("gradient", "aimd")
 LIMIT_SCOPES = ("provider", "model", "user", "api_key")
 LIMIT_MODES = ("wait", "reject")
 
@@ -376,3 +380,77 @@ def refuse_toggle(name: str, old_enabled: bool, new_enabled: bool) -> list[str]:
         f"resilience.{name}.enabled: adding or removing a layer needs a restart "
         f"{old_enabled} → {new_enabled}"
     ]
+
+
+_whole_or_zero = Range("a whole number ≥ 0", integer=True, minimum=0)
+
+
+@attrs.frozen
+class AdaptiveConfig:
+    """A provider's adaptive concurrency limit: ``[providers.providers.adaptive]``, under
+    its ``[[providers.providers]]`` entry (see docs/adaptive-concurrency.md).
+
+    The gateway lets at most *limit* calls run at this provider at once and moves the limit
+    with what it measures: it raises it while the time to the first token holds, and cuts it
+    when that time climbs or the provider answers 429, 503/529, another 5xx or times out. A
+    call over the limit waits in a short queue for a slot, or is refused at once with 503
+    (``upstream_overloaded``), so an overloaded upstream sheds load at the gateway instead of
+    queueing it for seconds upstream. Everything but ``enabled`` and ``per_model`` reloads.
+
+    Attributes:
+        enabled: put the adaptive limit in front of this provider.
+        algorithm: ``"gradient"`` (the default: latency and errors, after Envoy's adaptive
+            concurrency filter and Netflix's Gradient2) or ``"aimd"`` (errors and calls
+            slower than ``slow_call`` only: additive increase, multiplicative decrease).
+        per_model: one limit per model at this provider (for providers that limit each
+            model apart, as OpenAI and Anthropic do); one limit for the provider otherwise.
+        initial_limit: the limit at start, within ``[min_limit, max_limit]``.
+        min_limit: the limit never goes below this.
+        max_limit: the limit never goes above this.
+        window: seconds of one sampling window: the gradient limit is recalculated once per
+            window, and the limit is cut at most once per window.
+        min_samples: calls a window needs before the gradient limit judges it (a window with
+            an error is acted on whatever its size).
+        percentile: the window's latency is this percentile of its calls' times to the first
+            token, in (0, 1] (0.5: the median, as Envoy's default).
+        tolerance: how much slower than the baseline (the latency at low load: the lowest
+            window latency since the last probe) calls may get before the gradient limit
+            shrinks (≥ 1; 1.25 lets them be 25 % slower, as Envoy's default buffer).
+        probe_interval: seconds between probes of the baseline: the gradient limit halves
+            itself for one window and takes that window's latency as the new baseline, so
+            the baseline follows an upstream that became slower (or faster) for good. The
+            first probe follows the first window.
+        smoothing: the share of each recalculation taken, in (0, 1] (1: all of it at once).
+        backoff: the factor that cuts the limit on an error (or, for ``aimd``, a slow call),
+            in [0, 1).
+        slow_call: for ``aimd``, seconds to the first token beyond which a call counts as a
+            drop.
+        max_waiting: calls that may wait for a slot when the limit is reached; more are
+            refused at once (0: no queue).
+        max_wait: the longest a call waits for a slot, in seconds; it waits no longer than its
+            own deadline leaves for the call either.
+    """
+
+    enabled: bool = attrs.field(default=False, metadata={"reloadable": False})
+    algorithm: str = attrs.field(default="gradient", validator=one_of(*ADAPTIVE_ALGORITHMS))
+    per_model: bool = attrs.field(default=False, metadata={"reloadable": False})
+    initial_limit: int = attrs.field(default=20, validator=positive_int)
+    min_limit: int = attrs.field(default=1, validator=positive_int)
+    max_limit: int = attrs.field(default=256, validator=positive_int)
+    window: float = attrs.field(default=1.0, validator=positive_number)
+    min_samples: int = attrs.field(default=10, validator=positive_int)
+    percentile: float = attrs.field(default=0.5, validator=fraction)
+    tolerance: float = attrs.field(default=1.25, validator=at_least_one)
+    probe_interval: float = attrs.field(default=60.0, validator=positive_time)
+    smoothing: float = attrs.field(default=1.0, validator=fraction)
+    backoff: float = attrs.field(default=0.7, validator=fraction_below_one)
+    slow_call: float = attrs.field(default=5.0, validator=positive_number)
+    max_waiting: int = attrs.field(default=16, validator=_whole_or_zero)
+    max_wait: float = attrs.field(default=1.0, validator=non_negative_time)
+
+    def __attrs_post_init__(self) -> None:
+        if not self.min_limit <= self.initial_limit <= self.max_limit:
+            raise ValueError(
+                "adaptive limits must satisfy min_limit ≤ initial_limit ≤ max_limit, got "
+                f"{self.min_limit}, {self.initial_limit}, {self.max_limit}"
+            )
