@@ -27,6 +27,8 @@ from urllib.parse import quote
 import attrs
 import trio
 
+from .jsonenc import json_bytes
+
 __all__ = [
     "TOOLS",
     "Endpoint",
@@ -96,7 +98,7 @@ class Endpoint:
         The request's body is never cut short and it never disconnects: the call is
         cancelled instead when the MCP request is (which cancels the pipeline request).
         """
-        data = b"" if body is None else json.dumps(body).encode()
+        data = b"" if body is None else json_bytes(body)
         headers = [
             *self.headers,
             (b"content-type", b"application/json"),
@@ -164,7 +166,7 @@ class ToolArgumentError(ValueError):
 def _answer(tool: str, status: int, body: Any) -> ToolAnswer:
     """The endpoint's JSON answer as the tool's, or the error it carries as a tool error."""
     if status < 400 and isinstance(body, dict):
-        return ToolAnswer(json.dumps(body, indent=1), body)
+        return ToolAnswer(json_bytes(body).decode(), body)
     return _refusal(tool, status, body)
 
 
