@@ -74,7 +74,8 @@ class PostgresServer:
         return f"postgresql://{self.role}@127.0.0.1:{self.port}/{database}"
 
     def start(self) -> None:
-        """Make the cluster and start the server; wait until it takes connections.
+        """Make the cluster (unless it is made) and start the server; wait until it takes
+        connections. After :meth:`stop` it starts the same cluster, its databases kept.
 
         Raises:
             RuntimeError: it did not start within 30 s.
@@ -82,12 +83,13 @@ class PostgresServer:
         data = self.directory / "data"
         if self._user:
             shutil.chown(self.directory, "postgres")
-        subprocess.run(
-            [self.binaries / "initdb", "-D", data, "-U", self.role, "-A", "trust", "--no-sync"],
-            check=True,
-            capture_output=True,
-            **self._user,
-        )
+        if not (data / "PG_VERSION").exists():  # started again after stop(): same cluster
+            subprocess.run(
+                [self.binaries / "initdb", "-D", data, "-U", self.role, "-A", "trust", "--no-sync"],
+                check=True,
+                capture_output=True,
+                **self._user,
+            )
         self._process = subprocess.Popen(
             [
                 self.binaries / "postgres",
