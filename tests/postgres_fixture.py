@@ -17,6 +17,7 @@ import glob
 import itertools
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -130,7 +131,8 @@ class PostgresServer:
         """Stop the server (fast shutdown)."""
         if self._process is None:
             return
-        self._process.terminate()
+        # SIGINT is PostgreSQL's fast shutdown; SIGTERM ("smart") waits for clients to leave.
+        self._process.send_signal(signal.SIGINT)
         try:
             self._process.wait(timeout=15)
         except subprocess.TimeoutExpired:
