@@ -13,7 +13,8 @@ import pytest
 import trio
 from postgres_fixture import PostgresServer, postgres_cluster, postgres_server
 
-from trio_orchestrator.config import Secret
+from trio_orchestrator.config import Secret, dump_config, parse_config
+from trio_orchestrator.errors import ConfigError
 from trio_orchestrator.storage import (
     MIGRATIONS,
     KeyRecord,
@@ -213,6 +214,19 @@ def test_the_postgres_backend_needs_a_dsn_kept_secret() -> None:
     assert isinstance(made, PostgresStore)
     assert made.dsn == dsn
     assert "hunter2" not in repr(config) + repr(made)
+
+
+def test_the_postgres_dsn_comes_from_the_environment_and_is_masked() -> None:
+    """``dsn = "${PG_DSN}"`` in TOML reads the environment; the configuration's dump masks
+    it; ``backend = "postgres"`` with no dsn is a configuration error naming ``dsn``."""
+    dsn = "postgresql://u:hunter2@db/gw"
+    toml = '[storage]\nbackend = "postgres"\ndsn = "${PG_DSN}"\n'
+    config = parse_config(toml, env={"PG_DSN": dsn})
+    assert config.storage.dsn is not None
+    assert config.storage.dsn.reveal() == dsn
+    assert "hunter2" not in str(dump_config(config))
+    with pytest.raises(ConfigError, match="dsn"):
+        parse_config('[storage]\nbackend = "postgres"\n')
 
 
 def test_store_for_the_backend_and_the_default_is_off() -> None:
