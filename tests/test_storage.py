@@ -216,6 +216,17 @@ def test_the_postgres_backend_needs_a_dsn_kept_secret() -> None:
     assert "hunter2" not in repr(config) + repr(made)
 
 
+async def test_a_malformed_dsn_fails_typed_without_showing_it() -> None:
+    """A connection string libpq cannot parse raises StorageUnavailable naming ``dsn``,
+    and neither the message nor a chained exception shows the password in it."""
+    store = PostgresStore("postgresql://u:hun ter2@127.0.0.1:1/gw")
+    with pytest.raises(StorageUnavailable, match="dsn") as failed:
+        await store.open()
+    assert "ter2" not in str(failed.value)
+    assert failed.value.__cause__ is None
+    assert failed.value.__suppress_context__
+
+
 def test_the_postgres_dsn_comes_from_the_environment_and_is_masked() -> None:
     """``dsn = "${PG_DSN}"`` in TOML reads the environment; the configuration's dump masks
     it; ``backend = "postgres"`` with no dsn is a configuration error naming ``dsn``."""

@@ -127,9 +127,18 @@ class PostgresStore:
 
     def _connect(self) -> Any:
         if self._connection is None:
-            connection = _psycopg().connect(
-                self.dsn, autocommit=True, connect_timeout=_CONNECT_TIMEOUT
-            )
+            psycopg = _psycopg()
+            try:
+                connection = psycopg.connect(
+                    self.dsn, autocommit=True, connect_timeout=_CONNECT_TIMEOUT
+                )
+            except psycopg.ProgrammingError:
+                # libpq quotes the part of a malformed string it stumbled on, which may be
+                # the password: neither its message nor the exception chain is kept.
+                raise StorageUnavailable(
+                    "storage (postgres): `dsn` is not a valid connection string "
+                    "(not shown: it may hold a password)"
+                ) from None
             try:
                 migrate_postgres(connection)
             except BaseException:
