@@ -15,7 +15,6 @@ the disk does.
 
 from __future__ import annotations
 
-import logging
 import sqlite3
 from collections.abc import Callable, Sequence
 from typing import TypeVar
@@ -28,7 +27,6 @@ from .schema import GROUP_COLUMN, KEY_COLUMNS, key_of, key_row, migrations, stat
 
 __all__ = ["MIGRATIONS", "SqliteStore", "migrate"]
 
-logger = logging.getLogger("trio_orchestrator.storage")
 
 T = TypeVar("T")
 
