@@ -17,6 +17,7 @@ import glob
 import itertools
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -74,7 +75,8 @@ class PostgresServer:
         return f"postgresql://{self.role}@127.0.0.1:{self.port}/{database}"
 
     def start(self) -> None:
-        """Make the cluster and start the server; wait until it takes connections.
+        """Make the cluster (unless it is made) and start the server; wait until it takes
+        connections. After :meth:`stop` it starts the same cluster, its databases kept.
 
         Raises:
             RuntimeError: it did not start within 30 s.
@@ -82,12 +84,13 @@ class PostgresServer:
         data = self.directory / "data"
         if self._user:
             shutil.chown(self.directory, "postgres")
-        subprocess.run(
-            [self.binaries / "initdb", "-D", data, "-U", self.role, "-A", "trust", "--no-sync"],
-            check=True,
-            capture_output=True,
-            **self._user,
-        )
+        if not (data / "PG_VERSION").exists():  # started again after stop(): same cluster
+            subprocess.run(
+                [self.binaries / "initdb", "-D", data, "-U", self.role, "-A", "trust", "--no-sync"],
+                check=True,
+                capture_output=True,
+                **self._user,
+            )
         self._process = subprocess.Popen(
             [
                 self.binaries / "postgres",
@@ -128,7 +131,8 @@ class PostgresServer:
         """Stop the server (fast shutdown)."""
         if self._process is None:
             return
-        self._process.terminate()
+        # SIGINT is PostgreSQL's fast shutdown; SIGTERM ("smart") waits for clients to leave.
+        self._process.send_signal(signal.SIGINT)
         try:
             self._process.wait(timeout=15)
         except subprocess.TimeoutExpired:

@@ -1,6 +1,7 @@
 """Virtual keys and spend end to end through the served path (issue 19, items 1, 2, 4):
 the admin API over real HTTP, the official ``openai`` SDK with the key, the fake provider
-upstream answering a known usage for a catalogue model, SQLite storage on disk."""
+upstream answering a known usage for a catalogue model, storage in SQLite on disk and, for
+the key's life, a restart and a lost database, in a real PostgreSQL too."""
 
 from __future__ import annotations
 
@@ -14,10 +15,13 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from postgres_fixture import PostgresServer, postgres_cluster, postgres_server
 from service_helpers import running_service
 
 from trio_orchestrator.config import Config, parse_config
 from trio_orchestrator.testing import FakeBehaviour, FakeProvider, open_fake_provider
+
+__all__ = ["postgres_cluster", "postgres_server"]
 
 ADMIN = "sk-admin-for-tests"
 MODEL = "gpt-4o-mini"  # catalogue: $0.15 / $0.075 cached / $0.60 per million tokens
@@ -57,13 +61,26 @@ def settings(upstream: str, storage: str) -> Config:
 
 
 @asynccontextmanager
-async def serving(fake: FakeProvider, storage: str) -> AsyncIterator[tuple[httpx.AsyncClient, str]]:
-    """The service in front of ``fake``; an admin HTTP client on it, and its URL."""
-    config = settings(fake.openai_base_url, 'backend = "sqlite"\n' + storage)
+async def serving(
+    fake: FakeProvider, storage: str, database: str = 'backend = "sqlite"\n'
+) -> AsyncIterator[tuple[httpx.AsyncClient, str]]:
+    """The service in front of ``fake`` on ``database`` (``[storage]`` lines; default:
+    SQLite in memory) with ``storage``; an admin HTTP client on it, and its URL."""
+    config = settings(fake.openai_base_url, database + storage)
     async with running_service(config) as url:
         headers = {"authorization": f"Bearer {ADMIN}"}
         async with httpx.AsyncClient(base_url=url, headers=headers) as admin:
             yield admin, url
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """``[storage]`` lines naming a new database of each backend: a SQLite file, or a fresh
+    database on the PostgreSQL test server (skipped, saying why, when it is absent)."""
+    if request.param == "sqlite":
+        return f'backend = "sqlite"\npath = "{tmp_path / "gw.sqlite"}"\n'
+    dsn = request.getfixturevalue("postgres_server")
+    return f'backend = "postgres"\ndsn = "{dsn}"\n'
 
 
 @pytest.fixture
@@ -103,12 +120,10 @@ async def spend_of(admin: httpx.AsyncClient, key_id: str) -> dict[str, Any]:
     return row
 
 
-async def test_key_lifecycle_spend_budget_and_revocation(
-    fake: FakeProvider, tmp_path: Path
-) -> None:
+async def test_key_lifecycle_spend_budget_and_revocation(fake: FakeProvider, database: str) -> None:
     """Create → the SDK's requests succeed → spend priced from the catalogue → 429
-    insufficient_quota past the budget → revoke → 401."""
-    async with serving(fake, f'path = "{tmp_path / "gw.sqlite"}"') as (admin, url):
+    insufficient_quota past the budget → revoke → 401, on SQLite and on PostgreSQL."""
+    async with serving(fake, "", database) as (admin, url):
         key = await create(admin, label="team-a", models=[MODEL], budget=2.5 * COST)
         assert key["key"].startswith("sk-to-")
         assert key["budget_period"] == "month"
@@ -149,14 +164,13 @@ async def test_a_model_the_key_may_not_use_is_404_naming_it(
         assert fake.requests[-1].body["model"] == MODEL
 
 
-async def test_restart_keeps_keys_and_spend(fake: FakeProvider, tmp_path: Path) -> None:
-    """After a restart on the same database the key still works, its spend is kept, and
-    its budget counts what was spent before the restart."""
-    storage = f'path = "{tmp_path / "gw.sqlite"}"'
-    async with serving(fake, storage) as (admin, url):
+async def test_restart_keeps_keys_and_spend(fake: FakeProvider, database: str) -> None:
+    """After a restart on the same database (SQLite or PostgreSQL) the key still works, its
+    spend is kept, and its budget counts what was spent before the restart."""
+    async with serving(fake, "", database) as (admin, url):
         key = await create(admin, label="kept", budget=1.5 * COST, budget_period="day")
         assert await ask(url, key["key"]) == "ok"
-    async with serving(fake, storage) as (admin, url):
+    async with serving(fake, "", database) as (admin, url):
         assert await ask(url, key["key"]) == "ok"  # spent COST of 1.5 x COST: allowed
         with pytest.raises(openai.RateLimitError) as refused:
             await ask(url, key["key"])  # 2 x COST spent, across the restart
@@ -249,6 +263,35 @@ async def test_storage_down_requests_succeed_and_loss_is_counted(
         assert data[0]["requests"] == 2  # the two buffered; the third was dropped
         metrics = (await admin.get("/metrics")).text
         assert "trio_orchestrator_storage_written_total 2.0" in metrics
+
+
+async def test_a_lost_postgres_server_fails_no_request_and_catches_up(
+    fake: FakeProvider, postgres_cluster: PostgresServer, postgres_server: str
+) -> None:
+    """With the PostgreSQL server stopped mid-run, a virtual key's requests still succeed,
+    key changes are refused 503 and the store is reported down; once the server is back the
+    spend buffered meanwhile is written, none lost."""
+    database = f'backend = "postgres"\ndsn = "{postgres_server}"\n'
+    async with serving(fake, "flush_interval = 0.05\n", database) as (admin, url):
+        key = await create(admin, label="through-the-outage")
+        assert await ask(url, key["key"]) == "ok"
+        assert (await spend_of(admin, key["id"]))["requests"] == 1
+        postgres_cluster.stop()
+        try:
+            for _ in range(3):
+                assert await ask(url, key["key"]) == "ok"
+            refused = await admin.post("/v1/admin/keys", json={})
+            assert refused.status_code == 503
+            assert refused.json()["error"]["code"] == "storage_unavailable"
+            assert postgres_server not in refused.text
+            metrics = (await admin.get("/metrics")).text
+            assert "trio_orchestrator_storage_up 0.0" in metrics
+            assert "trio_orchestrator_storage_dropped_total 0.0" in metrics
+        finally:
+            postgres_cluster.start()
+        row = await spend_of(admin, key["id"])
+        assert row["requests"] == 4
+        assert math.isclose(row["cost_usd"], 4 * COST)
 
 
 async def test_without_storage_the_admin_api_says_how_to_turn_it_on(fake: FakeProvider) -> None:

@@ -1,19 +1,24 @@
-"""The storage package: the SQLite store (migrations, keys, spend sums, recovery) and the
+"""The storage package: the stores (migrations, keys, spend sums, recovery), each behaviour
+against both SQLite and a real PostgreSQL (skipped, saying why, when it is absent), and the
 batched spend writer (buffer bound, loss counted, failure kept and retried)."""
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import attrs
 import pytest
 import trio
+from postgres_fixture import PostgresServer, postgres_cluster, postgres_server
 
+from trio_orchestrator.config import Secret, dump_config, parse_config
+from trio_orchestrator.errors import ConfigError
 from trio_orchestrator.storage import (
     MIGRATIONS,
     KeyRecord,
+    PostgresStore,
     SpendRecord,
     SpendWriter,
     SqliteStore,
@@ -23,6 +28,11 @@ from trio_orchestrator.storage import (
     period_start,
     store_for,
 )
+from trio_orchestrator.storage.postgres import POSTGRES_MIGRATIONS, migrate_postgres
+
+__all__ = ["postgres_cluster", "postgres_server"]
+
+Store = SqliteStore | PostgresStore
 
 
 def key(key_id: str, **members: object) -> KeyRecord:
@@ -33,6 +43,26 @@ def key(key_id: str, **members: object) -> KeyRecord:
 def spent(key_id: str, model: str, cost: float, day: str = "2026-01-02") -> SpendRecord:
     """One request's spend record."""
     return SpendRecord(day, key_id, model, "up", 1, 10, 2, 5, 1, cost)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
+    """An empty store of each backend: SQLite in memory, a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        opened: Store = SqliteStore()
+    else:
+        opened = PostgresStore(request.getfixturevalue("postgres_server"))
+    yield opened
+    await opened.aclose()
+
+
+def integrity_error(store: Store) -> type[Exception]:
+    """The error the backend of ``store`` raises for a duplicate key id."""
+    if isinstance(store, SqliteStore):
+        return sqlite3.IntegrityError
+    import psycopg
+
+    return psycopg.IntegrityError
 
 
 async def test_an_old_database_is_upgraded_and_keeps_its_keys(tmp_path: Path) -> None:
@@ -61,10 +91,9 @@ async def test_an_old_database_is_upgraded_and_keeps_its_keys(tmp_path: Path) ->
     assert versions == list(range(1, len(MIGRATIONS) + 1))
 
 
-async def test_keys_round_trip_and_page_in_id_order() -> None:
+async def test_keys_round_trip_and_page_in_id_order(store: Store) -> None:
     """A key is stored whole (policy, metadata), replaced by update, and listed a page at a
     time in id order, revoked ones left out on request."""
-    store = SqliteStore()
     record = key(
         "key_b",
         models=("m1", "m2"),
@@ -85,15 +114,14 @@ async def test_keys_round_trip_and_page_in_id_order() -> None:
     assert [k.id for k in await store.list_keys(limit=2)] == ["key_a", "key_b"]
     assert [k.id for k in await store.list_keys(after="key_b")] == ["key_c"]
     assert [k.id for k in await store.list_keys(revoked=False)] == ["key_a", "key_c"]
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(integrity_error(store)):
         await store.create_key(key("key_a"))
-    await store.aclose()
+    assert [k.id for k in await store.list_keys()] == ["key_a", "key_b", "key_c"]
 
 
-async def test_spend_is_summed_per_group_over_days() -> None:
+async def test_spend_is_summed_per_group_over_days(store: Store) -> None:
     """Records add up per (day, key, model, provider); sums by key, model and day honour
     the from/to days and a key filter."""
-    store = SqliteStore()
     await store.add_spend([spent("k1", "m1", 1.0), spent("k1", "m1", 2.0), spent("k2", "m2", 4.0)])
     await store.add_spend([spent("k1", "m2", 8.0, day="2026-01-05")])
     by_key = {r.group: (r.requests, r.cost) for r in await store.spend("key")}
@@ -109,7 +137,7 @@ async def test_spend_is_summed_per_group_over_days() -> None:
         2,
         1,
     )
-    await store.aclose()
+    assert all(type(n) is int for n in attrs.astuple(row)[1:6])
 
 
 async def test_an_unreachable_database_fails_typed_and_recovers(tmp_path: Path) -> None:
@@ -125,6 +153,91 @@ async def test_an_unreachable_database_fails_typed_and_recovers(tmp_path: Path) 
     await store.add_spend([spent("k", "m", 1.0)])
     assert [r.cost for r in await store.spend("key")] == [1.0]
     await store.aclose()
+
+
+async def test_an_old_postgres_database_is_upgraded_and_keeps_its_keys(
+    postgres_server: str,
+) -> None:
+    """A PostgreSQL database at schema version 1 goes through the same versions as SQLite's
+    when opened, and keeps its keys."""
+    import psycopg
+
+    assert len(POSTGRES_MIGRATIONS) == len(MIGRATIONS)
+    with psycopg.connect(postgres_server, autocommit=True) as connection:
+        assert migrate_postgres(connection, upto=1) == 1
+        connection.execute(
+            "INSERT INTO keys VALUES (%s, %s, 'abcd', 'old', '', '[]', '{}', NULL, NULL, NULL,"
+            " 'month', NULL, NULL, '{}', 0, NULL)",
+            ("key_1", b"d" * 32),
+        )
+    store = PostgresStore(postgres_server)
+    await store.open()
+    found = await store.get_key("key_1")
+    assert found is not None
+    assert (found.label, found.hint, found.digest) == ("old", "abcd", b"d" * 32)
+    await store.add_spend([spent("key_1", "m", 0.5)])
+    assert [r.cost for r in await store.spend("key")] == [0.5]
+    await store.aclose()
+    with psycopg.connect(postgres_server) as connection:
+        rows = connection.execute("SELECT version FROM schema_version ORDER BY 1").fetchall()
+    assert [v for (v,) in rows] == list(range(1, len(MIGRATIONS) + 1))
+
+
+async def test_a_lost_postgres_server_fails_typed_and_recovers(
+    postgres_cluster: PostgresServer, postgres_server: str
+) -> None:
+    """With the server stopped under an open connection, calls raise StorageUnavailable
+    (never the connection string); once it is back the same store reconnects and works."""
+    store = PostgresStore(postgres_server)
+    await store.add_spend([spent("k", "m", 1.0)])
+    postgres_cluster.stop()
+    try:
+        for _ in range(2):  # the lost connection, then a refused one
+            with pytest.raises(StorageUnavailable, match="postgres") as failed:
+                await store.add_spend([spent("k", "m", 2.0)])
+            assert postgres_server not in str(failed.value)
+    finally:
+        postgres_cluster.start()
+    await store.add_spend([spent("k", "m", 4.0)])
+    assert [r.cost for r in await store.spend("key")] == [5.0]
+    await store.aclose()
+
+
+def test_the_postgres_backend_needs_a_dsn_kept_secret() -> None:
+    """``backend = "postgres"`` without a dsn is refused; with one, the store gets it and
+    neither the configuration's nor the store's repr shows it."""
+    with pytest.raises(ValueError, match="dsn"):
+        StorageConfig(backend="postgres")
+    dsn = "postgresql://u:hunter2@db:5432/gw"
+    config = StorageConfig(backend="postgres", dsn=Secret(dsn))
+    made = store_for(config)
+    assert isinstance(made, PostgresStore)
+    assert made.dsn == dsn
+    assert "hunter2" not in repr(config) + repr(made)
+
+
+async def test_a_malformed_dsn_fails_typed_without_showing_it() -> None:
+    """A connection string libpq cannot parse raises StorageUnavailable naming ``dsn``,
+    and neither the message nor a chained exception shows the password in it."""
+    store = PostgresStore("postgresql://u:hun ter2@127.0.0.1:1/gw")
+    with pytest.raises(StorageUnavailable, match="dsn") as failed:
+        await store.open()
+    assert "ter2" not in str(failed.value)
+    assert failed.value.__cause__ is None
+    assert failed.value.__suppress_context__
+
+
+def test_the_postgres_dsn_comes_from_the_environment_and_is_masked() -> None:
+    """``dsn = "${PG_DSN}"`` in TOML reads the environment; the configuration's dump masks
+    it; ``backend = "postgres"`` with no dsn is a configuration error naming ``dsn``."""
+    dsn = "postgresql://u:hunter2@db/gw"
+    toml = '[storage]\nbackend = "postgres"\ndsn = "${PG_DSN}"\n'
+    config = parse_config(toml, env={"PG_DSN": dsn})
+    assert config.storage.dsn is not None
+    assert config.storage.dsn.reveal() == dsn
+    assert "hunter2" not in str(dump_config(config))
+    with pytest.raises(ConfigError, match="dsn"):
+        parse_config('[storage]\nbackend = "postgres"\n')
 
 
 def test_store_for_the_backend_and_the_default_is_off() -> None:

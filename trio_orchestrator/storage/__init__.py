@@ -1,7 +1,8 @@
 """Operator state in real storage: virtual keys and spend.
 
-:func:`open_store` opens the store ``[storage]`` names (the embedded :class:`SqliteStore`,
-or none); the rest of the gateway sees only the :class:`Store` interface.
+:func:`store_for` makes the store ``[storage]`` names (the embedded :class:`SqliteStore`,
+PostgreSQL's :class:`PostgresStore`, or none); the rest of the gateway sees only the
+:class:`Store` interface.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from .base import (
     period_start,
 )
 from .config import StorageConfig
+from .postgres import PostgresStore
 from .sqlite import MIGRATIONS, SqliteStore, migrate
 from .writer import SpendWriter, SpendWriterStatistics
 
@@ -27,6 +29,7 @@ __all__ = [
     "MIGRATIONS",
     "PERIODS",
     "KeyRecord",
+    "PostgresStore",
     "SpendRecord",
     "SpendRow",
     "SpendWriter",
@@ -47,4 +50,7 @@ def store_for(config: StorageConfig) -> Store | None:
     """The store ``config`` names (not yet opened), or None when storage is off."""
     if config.kind == "sqlite":
         return SqliteStore(config.path)
+    if config.kind == "postgres":
+        assert config.dsn is not None  # the configuration checks it
+        return PostgresStore(config.dsn.reveal())
     return None

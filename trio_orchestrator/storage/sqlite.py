@@ -5,7 +5,8 @@ One connection, opened on first use and used only from worker threads
 connection must never be used by two threads at once, and the Trio thread must never wait
 on a disk. A file database runs in WAL mode (readers do not block the writer).
 
-The schema is versioned: :data:`MIGRATIONS` is an ordered list of scripts; a database
+The schema is versioned: :data:`MIGRATIONS` is an ordered list of scripts (the shared
+:data:`~.schema.SCHEMA` in SQLite's dialect); a database
 records the number it has applied in ``schema_version`` and an older one is brought up to
 date when opened. A store that cannot be opened (or fails later) raises
 :class:`~.base.StorageUnavailable` and tries again on its next call, so it recovers once
@@ -14,69 +15,24 @@ the disk does.
 
 from __future__ import annotations
 
-import json
-import logging
 import sqlite3
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import attrs
 import trio
 
 from .base import GROUPS, GroupBy, KeyRecord, SpendRecord, SpendRow, StorageUnavailable
+from .schema import GROUP_COLUMN, KEY_COLUMNS, key_of, key_row, migrations, statements, upgrade
 
 __all__ = ["MIGRATIONS", "SqliteStore", "migrate"]
 
-logger = logging.getLogger("trio_orchestrator.storage")
 
 T = TypeVar("T")
 
-MIGRATIONS: tuple[str, ...] = (
-    # 1: virtual keys.
-    """
-    CREATE TABLE keys (
-        id TEXT PRIMARY KEY,
-        digest BLOB NOT NULL UNIQUE,
-        hint TEXT NOT NULL,
-        label TEXT NOT NULL,
-        owner TEXT NOT NULL,
-        models TEXT NOT NULL,
-        aliases TEXT NOT NULL,
-        rpm INTEGER,
-        tpm INTEGER,
-        budget REAL,
-        budget_period TEXT NOT NULL,
-        priority TEXT,
-        expires_at REAL,
-        metadata TEXT NOT NULL,
-        created_at REAL NOT NULL,
-        revoked_at REAL
-    );
-    """,
-    # 2: spend, summed per UTC day, key, model and provider.
-    """
-    CREATE TABLE spend (
-        day TEXT NOT NULL,
-        key_id TEXT NOT NULL,
-        model TEXT NOT NULL,
-        provider TEXT NOT NULL,
-        requests INTEGER NOT NULL,
-        prompt_tokens INTEGER NOT NULL,
-        cached_tokens INTEGER NOT NULL,
-        completion_tokens INTEGER NOT NULL,
-        reasoning_tokens INTEGER NOT NULL,
-        cost REAL NOT NULL,
-        PRIMARY KEY (day, key_id, model, provider)
-    );
-    CREATE INDEX spend_by_key ON spend (key_id, day);
-    """,
-)
+MIGRATIONS: tuple[str, ...] = migrations("sqlite")
 """The schema, one script per version (version ``n`` is ``MIGRATIONS[n - 1]``)."""
 
-_KEY_COLUMNS = (
-    "id, digest, hint, label, owner, models, aliases, rpm, tpm, budget, budget_period, "
-    "priority, expires_at, metadata, created_at, revoked_at"
-)
 _ADD_SPEND = """
 INSERT INTO spend VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (day, key_id, model, provider) DO UPDATE SET
@@ -87,7 +43,6 @@ ON CONFLICT (day, key_id, model, provider) DO UPDATE SET
     reasoning_tokens = reasoning_tokens + excluded.reasoning_tokens,
     cost = cost + excluded.cost
 """
-_GROUP_COLUMN = {"key": "key_id", "model": "model", "provider": "provider", "day": "day"}
 
 
 def migrate(connection: sqlite3.Connection, upto: int | None = None) -> int:
@@ -102,62 +57,15 @@ def migrate(connection: sqlite3.Connection, upto: int | None = None) -> int:
     """
     connection.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
     row = connection.execute("SELECT max(version) FROM schema_version").fetchone()
-    version = row[0] or 0
-    target = len(MIGRATIONS) if upto is None else upto
-    for number in range(version + 1, target + 1):
+
+    def apply(number: int, script: str) -> None:
         with connection:  # one transaction: a script half applied is rolled back
             connection.execute("BEGIN")
-            for statement in MIGRATIONS[number - 1].split(";"):
-                if statement.strip():
-                    connection.execute(statement)
+            for statement in statements(script):
+                connection.execute(statement)
             connection.execute("INSERT INTO schema_version VALUES (?)", (number,))
-        logger.info("storage: schema upgraded to version %d", number)
-        version = number
-    return int(version)
 
-
-def _key_row(record: KeyRecord) -> tuple[Any, ...]:
-    return (
-        record.id,
-        record.digest,
-        record.hint,
-        record.label,
-        record.owner,
-        json.dumps(list(record.models)),
-        json.dumps(dict(record.aliases)),
-        record.rpm,
-        record.tpm,
-        record.budget,
-        record.budget_period,
-        record.priority,
-        record.expires_at,
-        json.dumps(dict(record.metadata)),
-        record.created_at,
-        record.revoked_at,
-    )
-
-
-def _key_of(row: Sequence[Any]) -> KeyRecord:
-    (key_id, digest, hint, label, owner, models, aliases, rpm, tpm, budget, period) = row[:11]
-    priority, expires_at, metadata, created_at, revoked_at = row[11:]
-    return KeyRecord(
-        id=key_id,
-        digest=bytes(digest),
-        hint=hint,
-        label=label,
-        owner=owner,
-        models=tuple(json.loads(models)),
-        aliases=json.loads(aliases),
-        rpm=rpm,
-        tpm=tpm,
-        budget=budget,
-        budget_period=period,
-        priority=priority,
-        expires_at=expires_at,
-        metadata=json.loads(metadata),
-        created_at=created_at,
-        revoked_at=revoked_at,
-    )
+    return upgrade(int(row[0] or 0), MIGRATIONS, apply, upto)
 
 
 @attrs.define(eq=False)
@@ -223,7 +131,7 @@ class SqliteStore:
 
         def insert(connection: sqlite3.Connection) -> None:
             connection.execute(
-                f"INSERT INTO keys ({_KEY_COLUMNS}) VALUES ({_marks(16)})", _key_row(record)
+                f"INSERT INTO keys ({KEY_COLUMNS}) VALUES ({_marks(16)})", key_row(record)
             )
 
         await self._run(insert)
@@ -233,7 +141,7 @@ class SqliteStore:
 
         def replace(connection: sqlite3.Connection) -> None:
             connection.execute(
-                f"REPLACE INTO keys ({_KEY_COLUMNS}) VALUES ({_marks(16)})", _key_row(record)
+                f"REPLACE INTO keys ({KEY_COLUMNS}) VALUES ({_marks(16)})", key_row(record)
             )
 
         await self._run(replace)
@@ -242,9 +150,9 @@ class SqliteStore:
         """The key with this id, or None."""
 
         def read(connection: sqlite3.Connection) -> KeyRecord | None:
-            query = f"SELECT {_KEY_COLUMNS} FROM keys WHERE id = ?"
+            query = f"SELECT {KEY_COLUMNS} FROM keys WHERE id = ?"
             row = connection.execute(query, (key_id,)).fetchone()
-            return None if row is None else _key_of(row)
+            return None if row is None else key_of(row)
 
         return await self._run(read)
 
@@ -252,14 +160,14 @@ class SqliteStore:
         self, *, after: str | None = None, limit: int | None = None, revoked: bool = True
     ) -> list[KeyRecord]:
         """Keys in id order, after the id ``after``, at most ``limit``."""
-        query = f"SELECT {_KEY_COLUMNS} FROM keys WHERE id > ?"
+        query = f"SELECT {KEY_COLUMNS} FROM keys WHERE id > ?"
         if not revoked:
             query += " AND revoked_at IS NULL"
         query += " ORDER BY id LIMIT ?"
         arguments = (after or "", -1 if limit is None else limit)
 
         def read(connection: sqlite3.Connection) -> list[KeyRecord]:
-            return [_key_of(row) for row in connection.execute(query, arguments)]
+            return [key_of(row) for row in connection.execute(query, arguments)]
 
         return await self._run(read)
 
@@ -285,7 +193,7 @@ class SqliteStore:
         """Spend summed per group over the days ``since``..``until`` (inclusive)."""
         if group_by not in GROUPS:
             raise ValueError(f"group_by must be one of {GROUPS}, got {group_by!r}")
-        column = _GROUP_COLUMN[group_by]
+        column = GROUP_COLUMN[group_by]
         where, arguments = ["1"], []
         for clause, value in (("day >= ?", since), ("day <= ?", until), ("key_id = ?", key_id)):
             if value is not None:
