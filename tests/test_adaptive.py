@@ -103,6 +103,21 @@ class LimitMachine(RuleBasedStateMachine):
 TestLimitMachine = LimitMachine.TestCase
 
 
+def test_a_reload_raising_min_limit_during_a_probe_keeps_the_limit_in_bounds() -> None:
+    """A probe holds the limit at half the estimate; a reload raising ``min_limit`` above
+    that probe limit still gives a limit within the new bounds (found by the state machine)."""
+    config = AdaptiveConfig(
+        enabled=True, initial_limit=2, min_limit=1, max_limit=2, window=0.1, min_samples=1
+    )
+    limit = limit_for(config, 0.0)
+    limit.observe(0.3, 0.0, 1, False)  # the first window closes: a probe at half begins
+    assert isinstance(limit, GradientLimit)
+    assert limit.probing
+    assert limit.limit == 1
+    limit.reconfigure(attrs.evolve(config, min_limit=2))
+    assert limit.limit == 2
+
+
 def _window(limit: LimitAlgorithm, start: float, rtt: float, in_flight: int) -> float:
     """Four calls with latency ``rtt`` over one 1 s window; returns the window's end."""
     for step in range(4):

@@ -185,7 +185,8 @@ class GradientLimit(_Limit):
         """Calls allowed in flight now (half the estimate while probing the baseline)."""
         estimate = int(self._estimate)
         probe = self._probe_limit
-        return estimate if probe is None else min(estimate, probe)
+        # A reload may raise min_limit above a probe begun before it: the bounds still hold.
+        return estimate if probe is None else min(estimate, max(probe, self.config.min_limit))
 
     @property
     def probing(self) -> bool:
