@@ -240,3 +240,27 @@ def test_the_example_configuration_loads(monkeypatch: pytest.MonkeyPatch) -> Non
         ("vllm-a", True, "gradient", False),
         ("openai", True, "aimd", True),
     ]
+
+
+def test_a_drop_cuts_the_limit_in_effect_by_backoff() -> None:
+    """A cut multiplies the limit callers see (7), not the fractional estimate behind it
+    (7.2 would floor to 5): 7 at backoff 0.7 is 4 (found by the state machine)."""
+    config = AdaptiveConfig(
+        enabled=True,
+        initial_limit=10,
+        min_limit=4,
+        max_limit=10,
+        window=0.1,
+        min_samples=1,
+        percentile=0.5,
+        tolerance=1.0,
+        smoothing=0.2,
+        backoff=0.7,
+    )
+    limit = limit_for(config, 0.0)
+    limit.observe(0.0, 0.0, 10, True)
+    assert limit.limit == 7
+    limit.observe(0.3, 1.0, 7, False)  # a window's step leaves the estimate between 7 and 8
+    assert limit.limit == 7
+    limit.observe(0.3, 0.0, 7, True)
+    assert limit.limit == 4

@@ -142,7 +142,8 @@ class _Limit:
         if now - self._last_cut < self.config.window:
             return False
         self._last_cut = now
-        self._set(math.floor(self._estimate * self.config.backoff))
+        # The limit in effect is cut, not the fractional estimate behind it: 7 at 0.7 is 4.
+        self._set(math.floor(int(self._estimate) * self.config.backoff))
         return True
 
     def _statistics(self, baseline: float, window: float) -> LimitStatistics:
