@@ -76,8 +76,8 @@ async def test_the_screen_shows_the_services_numbers_and_q_quits(tmp_path: Path)
     config = tmp_path / "top.toml"
     config.write_text(CONFIG)
     async with serve_process(config) as served:
-        args = ("top", "--url", served.url, "--api-key", "sk-ops", "--interval", "0.2")
-        async with open_terminal(*args, env=SCREEN) as term:
+        args = ("top", "--url", served.url, "--api-key-env", "OPS_KEY", "--interval", "0.2")
+        async with open_terminal(*args, env={**SCREEN, "OPS_KEY": "sk-ops"}) as term:
             await term.expect("q quits")  # the first frame is drawn
             await _send_traffic(served.url)
             stats = await _stats(served.url)
@@ -126,3 +126,12 @@ async def test_without_rich_it_says_how_to_install_it(tmp_path: Path) -> None:
     async with open_terminal("top", "--url", "http://127.0.0.1:9", env=env) as term:
         await term.expect(re.escape("pip install 'trio-orchestrator[tui]'"))
         assert await term.finish() == 1
+
+
+async def test_an_unset_key_variable_is_said_and_exits_2() -> None:
+    """``--api-key-env`` naming a variable that is not set is an error said at once (exit 2),
+    not a dashboard of 401s."""
+    url = f"http://127.0.0.1:{_free_port()}"
+    async with open_terminal("top", "--url", url, "--api-key-env", "NO_SUCH_KEY", env=SCREEN) as t:
+        await t.expect("the environment variable NO_SUCH_KEY is not set")
+        assert await t.finish() == 2

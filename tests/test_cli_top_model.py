@@ -303,7 +303,7 @@ async def test_a_poll_without_metrics_or_spend_still_has_the_stats() -> None:
 @pytest.mark.parametrize(
     ("answer", "error"),
     [
-        (httpx.Response(401), "http://x refused the key (401): pass --api-key"),
+        (httpx.Response(401), "http://x refused the key (401): pass one with --api-key-env"),
         (httpx.Response(503), "http://x/v1/stats answered 503"),
         (httpx.Response(200, text="<html>"), "http://x/v1/stats answered no JSON object"),
         (httpx.Response(200, json=[1, 2]), "http://x/v1/stats answered no JSON object"),

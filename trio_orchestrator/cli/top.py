@@ -54,9 +54,10 @@ def register(subparsers: Any) -> None:
         "--url", default=DEFAULT_URL, help=f"the service's address (default: {DEFAULT_URL})"
     )
     parser.add_argument(
-        "--api-key",
-        metavar="KEY",
-        help=f"a key of the service (default: ${API_KEY_ENV}); an admin key also shows spend",
+        "--api-key-env",
+        metavar="VAR",
+        help=f"the environment variable holding a key of the service (default: {API_KEY_ENV}, "
+        "if set); an admin key also shows spend",
     )
     parser.add_argument(
         "--interval",
@@ -82,14 +83,21 @@ def run(args: argparse.Namespace) -> int:
     """Show the dashboard until ``q`` or Ctrl-C; return the exit status.
 
     Returns:
-        0 when the user quit, 1 when ``rich`` is not installed.
+        0 when the user quit, 1 when ``rich`` is not installed, 2 when ``--api-key-env``
+        names a variable that is not set.
     """
     try:
         from rich.console import Console
     except ImportError:
         print(INSTALL_HINT, file=sys.stderr)
         return 1
-    key = args.api_key or os.environ.get(API_KEY_ENV) or None
+    if args.api_key_env and not os.environ.get(args.api_key_env):
+        print(
+            f"--api-key-env: the environment variable {args.api_key_env} is not set",
+            file=sys.stderr,
+        )
+        return 2
+    key = os.environ.get(args.api_key_env or API_KEY_ENV) or None
     console = Console(highlight=False)
     try:
         with _keys_one_by_one():
@@ -194,7 +202,9 @@ async def poll_service(client: httpx.AsyncClient, url: str, at: float) -> Poll:
     except httpx.HTTPError as exc:
         return Poll(at, error=f"cannot reach {url}: {_reason(exc)}")
     if stats.status_code in (401, 403):
-        return Poll(at, error=f"{url} refused the key ({stats.status_code}): pass --api-key")
+        return Poll(
+            at, error=f"{url} refused the key ({stats.status_code}): pass one with --api-key-env"
+        )
     if stats.status_code != 200:
         return Poll(at, error=f"{url}/v1/stats answered {stats.status_code}")
     try:
