@@ -10,10 +10,10 @@ Everything between the BEGIN and END markers is generated; the rest of the page 
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
+from trio_orchestrator._docpage import GeneratedPart
 from trio_orchestrator.config.reference import render_reference
 
 PAGE = Path(__file__).with_name("configuration.md")
@@ -23,30 +23,9 @@ BEGIN = (
 END = "<!-- END GENERATED REFERENCE -->"
 
 
-def updated(page: str) -> str:
-    """Return ``page`` with the generated reference between the markers replaced."""
-    head, found, rest = page.partition(BEGIN)
-    if not found or END not in rest:
-        raise SystemExit(f"{PAGE}: the BEGIN/END markers of the generated reference are missing")
-    tail = rest.partition(END)[2] or "\n"  # the page ends with a newline
-    return f"{head}{BEGIN}\n\n{render_reference()}\n{END}{tail}"
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Rewrite the page, or with ``--check`` report whether it is up to date."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="only check, exit 1 if stale")
-    args = parser.parse_args(argv)
-    current = PAGE.read_text(encoding="utf-8")
-    fresh = updated(current)
-    if args.check:
-        if fresh != current:
-            print(f"{PAGE} is out of date: run python docs/gen_config_reference.py")
-            return 1
-        return 0
-    PAGE.write_text(fresh, encoding="utf-8")
-    return 0
+PART = GeneratedPart(PAGE, BEGIN, END, render_reference, "docs/gen_config_reference.py")
+updated = PART.updated
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(PART.main(description=__doc__.splitlines()[0]))
