@@ -88,25 +88,27 @@ async def _until(metrics: httpx.AsyncClient, name: str, ok: Callable[[float], bo
 
 async def test_the_limit_falls_when_the_upstream_capacity_drops_and_recovers() -> None:
     """24 clients against an upstream of capacity 12 that drops to 3 and comes back: the
-    limit rises to the capacity, falls below 8 while it is 3 (the excess shed with 503
-    upstream_overloaded rather than queued upstream), and rises to 12 again."""
+    limit, started at the capacity, falls below 8 while it is 3 (the excess shed with 503
+    upstream_overloaded rather than queued upstream), and rises to 10 again."""
     seen: Counter[str] = Counter()
     behaviour = Behaviour(text="ok", first_token_delay=0.1)
     async with (
         open_fake_provider(behaviour, record=False, capacity=12) as fake,
-        running_app(_config(fake.base_url)) as (url, _app),
+        running_app(_config(fake.base_url, initial_limit=12)) as (url, _app),
         httpx.AsyncClient(base_url=url) as metrics,
     ):
         async with trio.open_nursery() as nursery:
             stop = trio.Event()
             _clients(url, 24, seen, nursery, stop)
             with trio.fail_after(60):
+                # The first window's baseline probe (the limit halved for a window) is over.
+                await _until(metrics, "baseline_rtt", lambda v: v > 0)
                 await _until(metrics, "limit", lambda v: v >= 12)
                 fake.set_capacity(3)
                 await _until(metrics, "limit", lambda v: v < 8)
                 shed_while_low = seen["503:upstream_overloaded"]
                 fake.set_capacity(12)
-                await _until(metrics, "limit", lambda v: v >= 12)
+                await _until(metrics, "limit", lambda v: v >= 10)
             stop.set()
         text = (await metrics.get("/metrics")).text
     assert shed_while_low > 0
