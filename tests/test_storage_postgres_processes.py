@@ -1,7 +1,8 @@
 """Three ``serve`` processes on one PostgreSQL database: a key made through one works
 through all, its spend is summed over all, and its budget holds across them with an
-overshoot bounded by about one ``sync_interval`` of the others' spend. Real processes, a
-real server, the real clock."""
+overshoot bounded by about one ``sync_interval`` of the others' spend -- or, with
+``[distributed]`` on, one ``spend_sync_interval`` (Redis). Real processes, real servers, the
+real clock."""
 
 from __future__ import annotations
 
@@ -12,38 +13,53 @@ from pathlib import Path
 
 import httpx
 import openai
+import pytest
 import trio
 from postgres_fixture import postgres_cluster, postgres_server
+from redis_fixture import redis_server
 from test_admin_keys_e2e import ADMIN, ANSWER, COST, MODEL, ask, create, spend_of
 from test_cli_serve import serve_process
 
 from trio_orchestrator.testing import FakeBehaviour, open_fake_provider
 
-__all__ = ["postgres_cluster", "postgres_server"]
+__all__ = ["postgres_cluster", "postgres_server", "redis_server"]
 
 PROCESSES = 3
 SYNC, FLUSH = 1.0, 0.2  # [storage] sync_interval and flush_interval, seconds
+SHARED_SYNC = 0.1  # [distributed] spend_sync_interval, seconds (storage then syncs hourly)
 PACE = 0.05  # seconds between one client's requests: 20 requests/s per process
 BUDGET = 30  # the key's budget, in requests
 
 
-def write_config(path: Path, upstream: str, dsn: str) -> Path:
-    """A ``serve`` configuration on the shared database ``dsn``."""
+def write_config(path: Path, upstream: str, dsn: str, redis: str | None = None) -> Path:
+    """A ``serve`` configuration on the shared database ``dsn`` (and the Redis ``redis``)."""
+    shared = (
+        ""
+        if redis is None
+        else (f'[distributed]\nredis_url = "{redis}"\nspend_sync_interval = {SHARED_SYNC}\n')
+    )
+    sync = SYNC if redis is None else 3600
     path.write_text(
         f'[[service.api_keys]]\nkey = "{ADMIN}"\nadmin = true\n'
         f'[[providers.providers]]\nkind = "openai"\nname = "up"\nbase_url = "{upstream}"\n'
         f'api_keys = ["upstream-key"]\nstream = false\n'
         f'[storage]\nbackend = "postgres"\ndsn = "{dsn}"\n'
-        f"sync_interval = {SYNC}\nflush_interval = {FLUSH}\n"
+        f"sync_interval = {sync}\nflush_interval = {FLUSH}\n{shared}"
     )
     return path
 
 
-async def start(stack: AsyncExitStack, config: Path) -> str:
-    """A ``serve`` process on ``config``, stopped (SIGTERM) when ``stack`` closes; its URL."""
-    served = await stack.enter_async_context(serve_process(config))
-    stack.callback(served.process.send_signal, signal.SIGTERM)
-    return served.url
+async def start(stack: AsyncExitStack, config: Path, count: int) -> list[str]:
+    """``count`` ``serve`` processes on ``config``, all sent SIGTERM at once when ``stack``
+    closes (so that they drain together, not one after another); their URLs."""
+    served = [await stack.enter_async_context(serve_process(config)) for _ in range(count)]
+
+    def stop() -> None:
+        for one in served:
+            one.process.send_signal(signal.SIGTERM)
+
+    stack.callback(stop)
+    return [one.url for one in served]
 
 
 async def until_known(url: str, secret: str) -> None:
@@ -70,16 +86,22 @@ async def spend_until_refused(url: str, secret: str, answered: list[int]) -> Non
     assert refusal.code == "insufficient_quota"
 
 
+@pytest.mark.parametrize("redis", [False, True], ids=["storage", "redis"])
 async def test_three_serve_processes_share_keys_spend_and_a_budget(
-    tmp_path: Path, postgres_server: str
+    tmp_path: Path, postgres_server: str, redis: bool, request: pytest.FixtureRequest
 ) -> None:
     """A key created on one process is served by all three; its budget refuses on every
-    process, past by at most about one sync_interval of the others' spend; the spend
-    endpoint sums every process's spend."""
+    process, past by at most about one sync interval of the others' spend (storage's, or
+    with Redis its much shorter one, storage then syncing only hourly); the spend endpoint
+    sums every process's spend."""
+    redis_url = request.getfixturevalue("redis_server").url if redis else None
+    interval = SHARED_SYNC if redis else SYNC + FLUSH
     async with AsyncExitStack() as stack:
         fake = await stack.enter_async_context(open_fake_provider(FakeBehaviour(body=ANSWER)))
-        config = write_config(tmp_path / "gw.toml", fake.openai_base_url, postgres_server)
-        urls = [await start(stack, config) for _ in range(PROCESSES)]
+        config = write_config(
+            tmp_path / "gw.toml", fake.openai_base_url, postgres_server, redis_url
+        )
+        urls = await start(stack, config, PROCESSES)
         headers = {"authorization": f"Bearer {ADMIN}"}
         admin = await stack.enter_async_context(
             httpx.AsyncClient(base_url=urls[0], headers=headers)
@@ -93,8 +115,8 @@ async def test_three_serve_processes_share_keys_spend_and_a_budget(
             for url in urls:
                 nursery.start_soon(spend_until_refused, url, key["key"], answered)
         overshoot = len(answered) - BUDGET
-        # The others' spend in one sync_interval and a flush, plus a request in flight each.
-        bound = (PROCESSES - 1) * (SYNC + FLUSH) / PACE + PROCESSES
+        # The others' spend in one sync interval, plus a request in flight each.
+        bound = (PROCESSES - 1) * interval / PACE + PROCESSES
         print(f"\nbudget {BUDGET} requests; answered {len(answered)}; overshoot {overshoot}")
         assert 0 <= overshoot <= bound
         for url in urls:  # each answer writes that process's buffer first

@@ -77,6 +77,7 @@ from .workers.kinds import lists_models
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
+    from .distributed.budgets import SharedBudgets
     from .distributed.connection import RedisConnection
 
 __all__ = ["Component", "Gateway", "open_gateway"]
@@ -135,6 +136,8 @@ class Gateway:
         store: the operator-state store (``[storage]``), or None with ``backend = "none"``.
         keys: the live virtual keys (loaded from the store at start).
         spend: the spend writer, with a store.
+        shared_budgets: the keys' budgets shared through Redis, with a store and
+            ``[distributed]`` on.
     """
 
     def __init__(self, config: Config) -> None:
@@ -151,6 +154,7 @@ class Gateway:
         self.store: Store | None = None
         self.keys = VirtualKeys()
         self.spend: SpendWriter | None = None
+        self.shared_budgets: SharedBudgets | None = None
         # The last listed_models answer every asked upstream gave, and until when it holds.
         self._listed: tuple[tuple[str, ...], float] | None = None
 
@@ -466,6 +470,8 @@ async def open_gateway(
                 gateway.add(gateway.spend)
                 await nursery.start(gateway.spend.run)
                 nursery.start_soon(_sync_keys, gateway, config.storage.sync_interval)
+                if redis is not None:
+                    gateway.shared_budgets = await _share_budgets(gateway, redis, nursery)
             dead_letters = await stack.enter_async_context(_open_dead_letters(config, redis))
             async with open_pipeline(
                 top,
@@ -699,6 +705,28 @@ async def _sync_keys(gateway: Gateway, interval: float) -> None:
             await _load_keys(gateway.store, gateway.keys, revoked=True)
         except StorageUnavailable as exc:
             logger.debug("storage: keys not refreshed: %s", exc)
+
+
+async def _share_budgets(
+    gateway: Gateway, redis: RedisConnection, nursery: trio.Nursery
+) -> SharedBudgets:
+    """Key spend summed over every process in Redis, key changes announced there."""
+    from .distributed.budgets import SharedBudgets
+
+    store = gateway.store
+    assert store is not None
+
+    async def reload_keys() -> None:
+        try:
+            await _load_keys(store, gateway.keys, revoked=True)
+        except StorageUnavailable as exc:
+            logger.debug("storage: keys not reloaded: %s", exc)
+
+    interval = gateway.config.distributed.spend_sync_interval
+    shared = SharedBudgets(redis, gateway.keys, interval, reload_keys)
+    gateway.add(shared)
+    await nursery.start(shared.run)
+    return shared
 
 
 async def _load_keys(store: Store, keys: VirtualKeys, *, revoked: bool = False) -> None:

@@ -51,6 +51,10 @@ class DistributedConfig:
         share_answers: with coalescing or the cache on, share them across processes too:
             identical requests on different processes make one upstream call, and the
             answer cache is shared.
+        spend_sync_interval: with ``[storage]`` on too, seconds between two round trips that
+            add this process's virtual-key spend to Redis and read every process's sum back:
+            a key's budget holds across processes, overshot by at most this long of the
+            others' spend; a key changed on one process is reloaded by all within it.
     """
 
     redis_url: str | None = attrs.field(default=None, validator=_redis_url)
@@ -67,6 +71,7 @@ class DistributedConfig:
     breaker_cache: float = attrs.field(default=0.1, validator=positive_seconds)
     probe_timeout: float = attrs.field(default=30.0, validator=positive_seconds)
     share_answers: bool = True
+    spend_sync_interval: float = attrs.field(default=0.25, validator=positive_seconds)
 
     @property
     def enabled(self) -> bool:

@@ -173,6 +173,12 @@ class KeyBudgets:
         start, _ = period_bounds(period, self.clock())
         self._spent[key_id] = (start, dollars)
 
+    def raise_to(self, key_id: str, period: str, dollars: float) -> None:
+        """Make what ``key_id`` spent in its current ``period`` at least ``dollars`` (a sum
+        over every process, which may lag this process's own latest charges)."""
+        if dollars > self._current(key_id, period):
+            self.seed(key_id, period, dollars)
+
     def charge(self, key_id: str, period: str, dollars: float) -> None:
         """Add ``dollars`` to what ``key_id`` spent in its current ``period``."""
         if dollars <= 0:

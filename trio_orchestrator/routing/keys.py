@@ -49,10 +49,15 @@ class VirtualKeys:
 
     Args:
         clock: Unix time, for expiry and budget periods.
+
+    Attributes:
+        on_charge: told of each charge (key id, budget period, dollars) after the key's own
+            budget took it: how spend is shared with other processes.
     """
 
     clock: Callable[[], float] = time.time
     budgets: KeyBudgets = attrs.field(init=False)
+    on_charge: Callable[[str, str, float], None] | None = attrs.field(default=None, init=False)
     _by_id: dict[str, KeyRecord] = attrs.field(factory=dict, init=False)
     _by_digest: dict[bytes, KeyRecord] = attrs.field(factory=dict, init=False)
     _limits: dict[str, _Limits] = attrs.field(factory=dict, init=False)
@@ -95,8 +100,10 @@ class VirtualKeys:
     def charge(self, key_id: str, dollars: float) -> None:
         """Add a finished request's cost to its key's budget period."""
         record = self._by_id.get(key_id)
-        if record is not None:
+        if record is not None and dollars > 0:
             self.budgets.charge(key_id, record.budget_period, dollars)
+            if self.on_charge is not None:
+                self.on_charge(key_id, record.budget_period, dollars)
 
     def limits(self, key_id: str) -> _Limits | None:
         """The key's own rate-limit buckets."""

@@ -254,6 +254,8 @@ async def _save(store: Store, gateway: Gateway, record: KeyRecord, *, new: bool)
     except StorageUnavailable as exc:
         raise storage_error(exc) from exc
     gateway.keys.put(record)
+    if gateway.shared_budgets is not None:
+        await gateway.shared_budgets.keys_changed()  # the other processes reload it at once
 
 
 async def create_key(request: Request) -> Response:

@@ -1,0 +1,179 @@
+"""Virtual keys' budgets held globally: every process's spend summed in Redis, and key
+changes made anywhere seen everywhere at once.
+
+Without Redis, each process charges its own in-memory budgets and learns what the others
+spent from storage every ``[storage] sync_interval`` (seconds): a key's budget can be
+overshot by that long of the other processes' spend. With ``[distributed]`` on, each process
+also adds its spend to one Redis counter per key and budget period, every
+``spend_sync_interval`` (a fraction of a second), and reads back the sum of all processes'
+in the same round trip -- one Lua script, whatever the number of keys. A budget is then
+overshot by at most that interval of the others' spend, and by nothing after a restart.
+
+The same script reads a version number the admin API bumps on every key change
+(:meth:`SharedBudgets.keys_changed`); a process that sees it move reloads the keys from
+storage at once, so a revoked key stops working on every process within an interval rather
+than a ``sync_interval``.
+
+A counter starts from what storage knows the key spent this period (the first process to
+touch it seeds it), expires a day after its period ends, and is never the only record:
+storage keeps every request's spend. While Redis is unreachable, spend waits here (and is
+added once it answers) and budgets fall back to each process's own count and storage.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, ClassVar
+
+import attrs
+import trio
+
+from ..routing.keys import VirtualKeys
+from ..storage.base import period_bounds
+from .connection import RedisConnection, RedisUnavailable
+
+if TYPE_CHECKING:
+    from coredis.commands.script import Script
+
+__all__ = ["SharedBudgets", "SharedBudgetsStatistics"]
+
+logger = logging.getLogger("trio_orchestrator.distributed")
+
+# KEYS[1]: the keys' version. KEYS[2..]: one spend counter per key and period. ARGV, three
+# per counter: what this process knew was spent before its news (the seed of a counter not
+# yet in Redis), its news (dollars to add), the counter's lifetime in seconds (0: none).
+# Returns {the keys' version, each counter's sum} (strings: Lua numbers become integers).
+SYNC = """
+local sums = {redis.call('GET', KEYS[1]) or '0'}
+for i = 2, #KEYS do
+  local key, known, news, ttl = KEYS[i], ARGV[3*i-5], ARGV[3*i-4], tonumber(ARGV[3*i-3])
+  if redis.call('EXISTS', key) == 0 then redis.call('SET', key, known) end
+  local sum = redis.call('INCRBYFLOAT', key, news)
+  if ttl > 0 then redis.call('EXPIRE', key, ttl) end
+  sums[i] = sum
+end
+return sums
+"""
+
+# A counter outlives its period by this long (seconds), so that a late process's spend for
+# a period just ended still lands in it rather than starting a new one.
+_GRACE = 86_400.0
+
+
+@attrs.frozen
+class SharedBudgetsStatistics:
+    """What the shared budgets have done since start."""
+
+    syncs: int
+    """Round trips to Redis that added this process's spend and read the sums."""
+    failures: int
+    """Round trips that failed (the spend stayed here, to be added on the next)."""
+    pending: int
+    """Keys whose spend waits to be added now."""
+    reloads: int
+    """Times another process's key change made this one reload the keys."""
+
+
+@attrs.define(eq=False)
+class SharedBudgets:
+    """Adds this process's key spend to Redis and reads every process's sum back.
+
+    Args:
+        redis: the shared connection.
+        keys: this process's virtual keys; their budgets are raised to the global sums.
+        interval: seconds between two round trips (``[distributed] spend_sync_interval``).
+        reload_keys: reloads the keys from storage (called when another process changed
+            one).
+    """
+
+    redis: RedisConnection
+    keys: VirtualKeys
+    interval: float
+    reload_keys: Callable[[], Awaitable[None]]
+    _pending: dict[tuple[str, str], float] = attrs.field(factory=dict, init=False)
+    _version: str | None = attrs.field(default=None, init=False)
+    _script: Script[str] = attrs.field(init=False)
+    _syncs: int = attrs.field(default=0, init=False)
+    _failures: int = attrs.field(default=0, init=False)
+    _reloads: int = attrs.field(default=0, init=False)
+
+    metric_kind: ClassVar[str] = "shared_budgets"
+    metric_counters: ClassVar[tuple[str, ...]] = ("syncs", "failures", "reloads")
+
+    def __attrs_post_init__(self) -> None:
+        self._script = self.redis.script(SYNC)
+        self.keys.on_charge = self._charged
+
+    def _charged(self, key_id: str, period: str, dollars: float) -> None:
+        # The key's period travels with its spend: a period ending between the charge and
+        # the round trip must not move this spend into the next one.
+        slot = (key_id, period)
+        self._pending[slot] = self._pending.get(slot, 0.0) + dollars
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Sync every ``interval`` seconds until cancelled."""
+        task_status.started()
+        while True:
+            await trio.sleep(self.interval)
+            await self.sync()
+
+    async def sync(self) -> None:
+        """One round trip: add the spend waiting here, read the sums and the keys' version;
+        reload the keys when another process changed one."""
+        budgeted = [
+            (record.id, record.budget_period) for record in self.keys if record.budget is not None
+        ]
+        slots = sorted({*self._pending, *budgeted})
+        pending, self._pending = self._pending, {}
+        now = self.keys.clock()
+        counters, args = [self.redis.key("keys", "version")], list[str]()
+        for key_id, period in slots:
+            start, end = period_bounds(period, now)
+            news = pending.get((key_id, period), 0.0)
+            known = self.keys.budgets.spent(key_id, period) - news
+            counters.append(self.redis.key("spend", key_id, start or "total"))
+            ttl = 0 if end is None else int(end - now + _GRACE)
+            args += [_decimal(known), _decimal(news), str(ttl)]
+        script = self._script
+        try:
+            answer: list[str] = await self.redis.call(
+                lambda _: script(keys=counters, args=args)
+            )
+        except RedisUnavailable as exc:
+            self._failures += 1
+            for slot, dollars in pending.items():
+                self._pending[slot] = self._pending.get(slot, 0.0) + dollars
+            logger.debug("key spend not shared this time: %s", exc)
+            return
+        self._syncs += 1
+        version, *sums = answer
+        for (key_id, period), total in zip(slots, sums, strict=True):
+            self.keys.budgets.raise_to(key_id, period, float(total))
+        if self._version is not None and version != self._version:
+            self._reloads += 1
+            await self.reload_keys()
+        self._version = version
+
+    async def keys_changed(self) -> None:
+        """Tell every process that a key was created, changed or revoked (best effort:
+        without Redis, they learn it at their next ``[storage] sync_interval``)."""
+        key = self.redis.key("keys", "version")
+        try:
+            await self.redis.call(lambda client: client.incr(key))
+        except RedisUnavailable as exc:
+            logger.debug("key change not announced: %s", exc)
+
+    def statistics(self) -> SharedBudgetsStatistics:
+        """The counters now."""
+        return SharedBudgetsStatistics(
+            syncs=self._syncs,
+            failures=self._failures,
+            pending=len(self._pending),
+            reloads=self._reloads,
+        )
+
+
+def _decimal(dollars: float) -> str:
+    # repr keeps every digit a float has; Redis's INCRBYFLOAT reads it exactly.
+    return repr(dollars)
