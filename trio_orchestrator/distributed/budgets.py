@@ -137,9 +137,7 @@ class SharedBudgets:
             args += [_decimal(known), _decimal(news), str(ttl)]
         script = self._script
         try:
-            answer: list[str] = await self.redis.call(
-                lambda _: script(keys=counters, args=args)
-            )
+            answer: list[str] = await self.redis.call(lambda _: script(keys=counters, args=args))
         except RedisUnavailable as exc:
             self._failures += 1
             for slot, dollars in pending.items():
