@@ -1,0 +1,230 @@
+"""The web dashboard in a real browser (issue 19, item 5): headless Chromium from Debian's
+package, driven by Playwright, against a ``serve`` process over real HTTP.
+
+Every page loads with no console error and no page error; the overview shows the numbers
+``/v1/stats`` answers after a known number of requests; a key created in the page lets a
+request through (refused before), and revoking it in the page refuses it again (401).
+Screenshots of each page go to ``$TRIO_ORCHESTRATOR_ARTIFACTS`` (else ``tests/artifacts/``),
+and with ``TRIO_ORCHESTRATOR_UPDATE_SCREENSHOTS=1`` to ``docs/img/`` too.
+
+The tests are synchronous (Playwright's sync API runs its own event loop, which must not be
+inside Trio's); they skip, saying why, without Playwright or Chromium.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import httpx
+import pytest
+from service_helpers import serving_subprocess
+
+sync_api = pytest.importorskip(
+    "playwright.sync_api", reason="playwright is not installed (pip install playwright)"
+)
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+pytestmark = pytest.mark.skipif(
+    not Path(CHROMIUM).exists(), reason="no chromium (apt-get install chromium)"
+)
+
+ADMIN = "sk-admin-ui-tests"
+CONFIG = f"""
+[[service.api_keys]]
+name = "ops"
+key = "{ADMIN}"
+admin = true
+
+[storage]
+backend = "sqlite"
+
+[observability.metrics.prices.echo]
+input_per_million = 1000.0
+output_per_million = 2000.0
+"""
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = Path(os.environ.get("TRIO_ORCHESTRATOR_ARTIFACTS") or REPO / "tests" / "artifacts")
+UPDATE_DOCS = os.environ.get("TRIO_ORCHESTRATOR_UPDATE_SCREENSHOTS") == "1"
+PROMPTLY = 20_000  # milliseconds: a hang guard for what the page shows, never asserted on
+PAGES = {
+    "overview": "Overview",
+    "providers": "Providers",
+    "spend": "Spend",
+    "log": "Request log",
+    "keys": "Keys",
+    "letters": "Dead letters",
+}
+STATS = ("submitted", "completed", "failed", "shed", "expired", "cancelled", "in_flight")
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One ``serve`` process for the module: an admin key, SQLite storage, a priced echo."""
+    config = tmp_path_factory.mktemp("ui") / "gateway.toml"
+    config.write_text(CONFIG)
+    with serving_subprocess(config) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """One headless Chromium for the module."""
+    with sync_api.sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield launched
+        launched.close()
+
+
+@attrs.define
+class Dashboard:
+    """A page of the dashboard, and every console error and page error it had."""
+
+    page: Any
+    url: str
+    problems: list[str] = attrs.field(factory=list)
+
+    def open(self, tab: str = "overview") -> None:
+        """Load the dashboard, type the admin key, and go to ``tab``."""
+        self.page.goto(f"{self.url}/ui/")
+        self.page.get_by_label("Admin key").fill(ADMIN)
+        self.page.get_by_role("button", name="Use key").click()
+        self.loaded("overview")
+        if tab != "overview":
+            self.go(tab)
+
+    def go(self, tab: str) -> None:
+        """Click ``tab``'s tab and wait until its page has loaded."""
+        self.page.get_by_role("tab", name=PAGES[tab]).click()
+        self.loaded(tab)
+
+    def loaded(self, tab: str) -> None:
+        """Wait until ``tab``'s page has shown what it fetched."""
+        self.page.wait_for_selector(f"#page-{tab}[data-loaded=true]", timeout=PROMPTLY)
+
+    def shot(self, name: str) -> None:
+        """Save a screenshot as a test artifact (and for the docs when asked)."""
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        path = ARTIFACTS / f"dashboard-{name}.png"
+        self.page.screenshot(path=str(path))
+        if UPDATE_DOCS:
+            shutil.copyfile(path, REPO / "docs" / "img" / path.name)
+
+
+@pytest.fixture
+def dashboard(browser: Any, service: str) -> Iterator[Dashboard]:
+    """A fresh browser context (its own sessionStorage) on the dashboard, watched for errors."""
+    context = browser.new_context(viewport={"width": 1100, "height": 760})
+    page = context.new_page()
+    found = Dashboard(page, service)
+    page.on("console", lambda m: m.type == "error" and found.problems.append(f"console: {m.text}"))
+    page.on("pageerror", lambda e: found.problems.append(f"page error: {e}"))
+    yield found
+    context.close()
+
+
+def admin_client(url: str) -> httpx.Client:
+    """An HTTP client with the admin key."""
+    return httpx.Client(base_url=url, headers={"authorization": f"Bearer {ADMIN}"}, timeout=20)
+
+
+def chat(url: str, key: str | None, text: str = "hello there") -> httpx.Response:
+    """One chat completion with ``key`` (none: no Authorization header)."""
+    headers = {} if key is None else {"authorization": f"Bearer {key}"}
+    body = {"model": "echo", "messages": [{"role": "user", "content": text}]}
+    return httpx.post(f"{url}/v1/chat/completions", json=body, headers=headers, timeout=20)
+
+
+def test_every_page_loads_without_console_errors(dashboard: Dashboard) -> None:
+    """Each tab loads what it shows with no console error and no uncaught page error."""
+    assert chat(dashboard.url, ADMIN).status_code == 200
+    dashboard.open()
+    for tab in PAGES:
+        dashboard.go(tab)
+        dashboard.shot(tab)
+    assert dashboard.problems == []
+
+
+def test_the_overview_shows_the_numbers_of_v1_stats(dashboard: Dashboard, service: str) -> None:
+    """After a known number of requests, each count the overview shows is the one
+    /v1/stats answers at that moment, and the rate and latency cards hold numbers."""
+    with admin_client(service) as admin:
+        before = admin.get("/v1/stats").json()["pipeline"]["completed"]
+        dashboard.open()
+        for n in range(7):
+            assert chat(service, ADMIN, f"request {n}").status_code == 200
+        completed = dashboard.page.locator("[data-stat=completed]")
+        sync_api.expect(completed).to_have_text(str(before + 7), timeout=PROMPTLY)
+        stats = admin.get("/v1/stats").json()["pipeline"]
+    for name in STATS:
+        shown = dashboard.page.locator(f"[data-stat={name}]").first.inner_text()
+        assert shown == str(stats[name]), name
+    sync_api.expect(dashboard.page.locator("#p50")).to_have_text(re.compile(r"^[0-9.]+ m?s$"))
+    sync_api.expect(dashboard.page.locator("#rps")).to_have_text(re.compile(r"^[0-9]+\.[0-9]+$"))
+    assert dashboard.page.locator("#chart-rps polyline").count() == 1
+    dashboard.shot("overview-traffic")
+    assert dashboard.problems == []
+
+
+def test_a_key_created_in_the_page_lets_a_request_through_until_revoked_there(
+    dashboard: Dashboard, service: str
+) -> None:
+    """No key is refused (401); a key created in the page, its secret read from the page,
+    is served (200) and its spend is charged; revoked in the page, it is refused (401)."""
+    assert chat(service, None).status_code == 401
+    dashboard.open("keys")
+    page = dashboard.page
+    page.get_by_label("Label", exact=True).fill("browser-made")
+    page.get_by_label("Owner").fill("ui tests")
+    page.get_by_role("button", name="Create key").click()
+    secret = page.locator("#new-secret")
+    sync_api.expect(secret).to_have_text(re.compile(r"^sk-to-"), timeout=PROMPTLY)
+    key = secret.inner_text()
+    dashboard.shot("keys")
+    served = chat(service, key)
+    assert served.status_code == 200, served.text
+    page.get_by_role("button", name="Done").click()
+    row = page.locator("#keys tbody tr", has_text="browser-made")
+    key_id = row.locator("td").first.inner_text()
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name=f"Revoke key {key_id}").click()
+    sync_api.expect(page.locator("#keys tbody tr", has_text=key_id)).to_have_count(
+        0, timeout=PROMPTLY
+    )
+    assert chat(service, key).status_code == 401
+    page.get_by_label("Show revoked keys").check()
+    sync_api.expect(page.locator("#keys tbody tr", has_text=key_id)).to_contain_text("revoked")
+    dashboard.go("spend")
+    sync_api.expect(page.locator("#spend-by-key")).to_contain_text(key_id, timeout=PROMPTLY)
+    dashboard.shot("spend")
+    assert dashboard.problems == []
+
+
+def test_the_request_log_lists_requests_by_key(dashboard: Dashboard, service: str) -> None:
+    """With the request log endpoint, a filter by model lists the requests sent."""
+    with admin_client(service) as admin:
+        if admin.get("/v1/admin/requests", params={"limit": "1"}).status_code == 404:
+            pytest.skip("this service has no /v1/admin/requests (the request log) yet")
+    assert chat(service, ADMIN, "logged").status_code == 200
+    dashboard.open("log")
+    dashboard.page.get_by_label("Model", exact=True).fill("echo")
+    dashboard.page.get_by_role("button", name="Search").click()
+    rows = dashboard.page.locator("#log tbody tr", has_text="echo")
+    sync_api.expect(rows.first).to_be_visible(timeout=PROMPTLY)
+    dashboard.shot("log")
+    assert dashboard.problems == []
+
+
+def test_without_the_request_log_the_page_says_so(dashboard: Dashboard, service: str) -> None:
+    """Where the service has no request log, its page says it is not available, and no
+    request fails in the console."""
+    with admin_client(service) as admin:
+        if admin.get("/ui/features.json").json()["request_log"]:
+            pytest.skip("this service has the request log")
+    dashboard.open("log")
+    sync_api.expect(dashboard.page.locator("#log")).to_contain_text("request log not available")
+    assert dashboard.problems == []
