@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -90,7 +91,7 @@ def serving_subprocess(config: Path) -> Iterator[str]:
 
     def drain() -> None:
         assert process.stdout is not None
-        while chunk := process.stdout.read1(65536):
+        while chunk := os.read(process.stdout.fileno(), 65536):
             output.extend(chunk)
             if LISTENING.search(output):
                 found.set()

@@ -121,8 +121,13 @@ def dashboard(browser: Any, service: str) -> Iterator[Dashboard]:
     context = browser.new_context(viewport={"width": 1100, "height": 760})
     page = context.new_page()
     found = Dashboard(page, service)
-    page.on("console", lambda m: m.type == "error" and found.problems.append(f"console: {m.text}"))
-    page.on("pageerror", lambda e: found.problems.append(f"page error: {e}"))
+
+    def console(message: Any) -> None:
+        if message.type in ("error", "warning"):
+            found.problems.append(f"console {message.type}: {message.text}")
+
+    page.on("console", console)
+    page.on("pageerror", lambda error: found.problems.append(f"page error: {error}"))
     yield found
     context.close()
 
