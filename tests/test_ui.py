@@ -8,12 +8,18 @@ from __future__ import annotations
 import hashlib
 import importlib.resources
 import re
+from functools import partial
+from typing import Any, cast
 
 import httpx
 import pytest
+import trio
+from hypercorn.trio import serve as hypercorn_serve
 from service_helpers import make_config, running_service
 
 from trio_orchestrator.config.service import ApiKeyConfig
+from trio_orchestrator.service import create_app
+from trio_orchestrator.service.server import hypercorn_config
 from trio_orchestrator.service.ui import UI_FILES
 
 ADMIN = "sk-admin-ui"
@@ -80,3 +86,22 @@ def test_the_files_ship_in_the_package_and_load_nothing_from_elsewhere() -> None
     for name in UI_FILES:
         text = folder.joinpath(name).read_text(encoding="utf-8")
         assert not ELSEWHERE.search(text.replace('xmlns="http://www.w3.org/2000/svg"', "")), name
+
+
+async def test_under_a_root_path_the_dashboard_stays_under_it() -> None:
+    """Mounted under a prefix (hypercorn --root-path), /gw/ui redirects to /gw/ui/ and the
+    files are served there (the page then calls the API under /gw too)."""
+    config = make_config()
+    settings = hypercorn_config(config)
+    settings.root_path = "/gw"
+    async with trio.open_nursery() as nursery:
+        stop = trio.Event()
+        app = cast(Any, create_app(config))
+        serve = partial(hypercorn_serve, app, settings, shutdown_trigger=stop.wait)
+        binds: list[str] = await nursery.start(serve)
+        async with httpx.AsyncClient(base_url=binds[0]) as client:
+            moved = await client.get("/gw/ui")
+            page = await client.get("/gw/ui/app.js")
+        stop.set()
+    assert (moved.status_code, moved.headers["location"]) == (308, "/gw/ui/")
+    assert page.status_code == 200

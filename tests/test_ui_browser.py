@@ -46,10 +46,40 @@ backend = "sqlite"
 [observability.metrics.prices.echo]
 input_per_million = 1000.0
 output_per_million = 2000.0
+
+[resilience.breaker]
+enabled = true
+failure_threshold = 2
+cooldown = 300.0
+
+[[providers.providers]]
+kind = "echo"
+name = "local"
+models = ["echo"]
+
+# Nothing listens on port 9: its calls fail, and its breaker opens.
+[[providers.providers]]
+kind = "openai"
+name = "down"
+base_url = "http://127.0.0.1:9/v1"
+api_keys = ["upstream-one", "upstream-two"]
+models = ["gpt-down"]
+
+[[routing.deployments]]
+name = "echo-local"
+model = "echo"
+provider = "local"
+
+[[routing.deployments]]
+name = "gpt-down"
+model = "gpt-down"
+provider = "down"
 """
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = Path(os.environ.get("TRIO_ORCHESTRATOR_ARTIFACTS") or REPO / "tests" / "artifacts")
 UPDATE_DOCS = os.environ.get("TRIO_ORCHESTRATOR_UPDATE_SCREENSHOTS") == "1"
+# The screenshots docs/operations.md shows (docs/img/dashboard-<name>.png).
+DOCS_SHOTS = ("overview-traffic", "providers", "spend", "keys", "log", "letters")
 PROMPTLY = 20_000  # milliseconds: a hang guard for what the page shows, never asserted on
 PAGES = {
     "overview": "Overview",
@@ -111,7 +141,7 @@ class Dashboard:
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         path = ARTIFACTS / f"dashboard-{name}.png"
         self.page.screenshot(path=str(path))
-        if UPDATE_DOCS:
+        if UPDATE_DOCS and name in DOCS_SHOTS:
             shutil.copyfile(path, REPO / "docs" / "img" / path.name)
 
 
@@ -137,10 +167,12 @@ def admin_client(url: str) -> httpx.Client:
     return httpx.Client(base_url=url, headers={"authorization": f"Bearer {ADMIN}"}, timeout=20)
 
 
-def chat(url: str, key: str | None, text: str = "hello there") -> httpx.Response:
+def chat(
+    url: str, key: str | None, text: str = "hello there", model: str = "echo"
+) -> httpx.Response:
     """One chat completion with ``key`` (none: no Authorization header)."""
     headers = {} if key is None else {"authorization": f"Bearer {key}"}
-    body = {"model": "echo", "messages": [{"role": "user", "content": text}]}
+    body = {"model": model, "messages": [{"role": "user", "content": text}]}
     return httpx.post(f"{url}/v1/chat/completions", json=body, headers=headers, timeout=20)
 
 
@@ -172,6 +204,25 @@ def test_the_overview_shows_the_numbers_of_v1_stats(dashboard: Dashboard, servic
     sync_api.expect(dashboard.page.locator("#rps")).to_have_text(re.compile(r"^[0-9]+\.[0-9]+$"))
     assert dashboard.page.locator("#chart-rps polyline").count() == 1
     dashboard.shot("overview-traffic")
+    assert dashboard.problems == []
+
+
+def test_a_failing_provider_shows_its_open_breaker_and_its_errors(
+    dashboard: Dashboard, service: str
+) -> None:
+    """Calls to a provider nobody answers fail; the providers page shows its breaker open
+    and its keys, and the overview lists the failures by class."""
+    for _ in range(3):
+        assert chat(service, ADMIN, model="gpt-down").status_code in (502, 503)
+    dashboard.open("providers")
+    row = dashboard.page.locator("#providers tbody tr", has_text="down")
+    sync_api.expect(row).to_contain_text("open", timeout=PROMPTLY)
+    sync_api.expect(row).to_contain_text("2/2")
+    dashboard.shot("providers")
+    dashboard.go("overview")
+    errors = dashboard.page.locator("#errors")
+    sync_api.expect(errors).to_contain_text("ProviderConnectionError", timeout=PROMPTLY)
+    sync_api.expect(errors).to_contain_text("CircuitOpen")
     assert dashboard.problems == []
 
 

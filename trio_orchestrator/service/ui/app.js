@@ -539,6 +539,7 @@ async function start() {
     $("#admin-key").focus();
     return;
   }
+  $("#admin-key").placeholder = adminKey() ? "a key is set for this tab" : "sk-…";
   show(location.hash.slice(1) || "overview");
 }
 
