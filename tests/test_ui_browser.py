@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,8 @@ import attrs
 import httpx
 import pytest
 from service_helpers import serving_subprocess
+
+from trio_orchestrator.cli.top_model import histogram_quantile
 
 sync_api = pytest.importorskip(
     "playwright.sync_api", reason="playwright is not installed (pip install playwright)"
@@ -75,6 +78,20 @@ name = "gpt-down"
 model = "gpt-down"
 provider = "down"
 """
+# A pipeline with room for one request at a time and a slow echo: a burst is shed into the
+# dead letters (the same shape as tests/test_service_native.py's TINY).
+SHEDDING = """
+[pipeline]
+inference_concurrency = 1
+inference_capacity = 1
+assemble_capacity = 1
+
+[pipeline.priority]
+max_waiting = 1
+
+[service.echo]
+first_token_delay = 0.5
+"""
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = Path(os.environ.get("TRIO_ORCHESTRATOR_ARTIFACTS") or REPO / "tests" / "artifacts")
 UPDATE_DOCS = os.environ.get("TRIO_ORCHESTRATOR_UPDATE_SCREENSHOTS") == "1"
@@ -97,6 +114,15 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """One ``serve`` process for the module: an admin key, SQLite storage, a priced echo."""
     config = tmp_path_factory.mktemp("ui") / "gateway.toml"
     config.write_text(CONFIG)
+    with serving_subprocess(config) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def shedding_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A ``serve`` process without keys whose pipeline sheds a burst (:data:`SHEDDING`)."""
+    config = tmp_path_factory.mktemp("ui") / "shedding.toml"
+    config.write_text(SHEDDING)
     with serving_subprocess(config) as url:
         yield url
 
@@ -283,4 +309,60 @@ def test_without_the_request_log_the_page_says_so(dashboard: Dashboard, service:
             pytest.skip("this service has the request log")
     dashboard.open("log")
     sync_api.expect(dashboard.page.locator("#log")).to_contain_text("request log not available")
+    assert dashboard.problems == []
+
+
+def test_a_dead_letter_is_listed_and_replayed_from_the_page(
+    dashboard: Dashboard, shedding_service: str
+) -> None:
+    """A burst sheds requests into the dead letters; the page lists them, and its Replay
+    button runs one again (completed), after which it is no longer listed."""
+    prompts = [f"p{n}" for n in range(6)]
+    with ThreadPoolExecutor(len(prompts)) as pool:
+        answers = list(
+            pool.map(
+                lambda text: httpx.post(
+                    f"{shedding_service}/v1/prompt", json={"input": text}, timeout=20
+                ),
+                prompts,
+            )
+        )
+    shed = [a.json()["request_id"] for a in answers if a.status_code == 503]
+    assert shed, [a.status_code for a in answers]
+    dashboard.url = shedding_service
+    dashboard.open("letters")
+    page = dashboard.page
+    for letter in shed:
+        sync_api.expect(page.locator("#letters")).to_contain_text(letter)
+    dashboard.shot("letters")
+    page.get_by_role("button", name=f"Replay dead letter {shed[0]}").click()
+    sync_api.expect(page.locator("#letters-note")).to_have_text(
+        f"Replayed {shed[0]}: completed.", timeout=PROMPTLY
+    )
+    sync_api.expect(page.locator("#letters tbody tr", has_text=shed[0])).to_have_count(0)
+    assert dashboard.problems == []
+
+
+def test_the_pages_latency_quantiles_are_tops(dashboard: Dashboard) -> None:
+    """The page's histogram_quantile (JavaScript) gives what trio-orchestrator top's
+    (Python) gives for the same buckets: the two dashboards read /metrics alike."""
+    dashboard.open()
+    inf = float("inf")
+    cases = [
+        {0.005: 0.0, 0.01: 3.0, 0.1: 7.0, 1.0: 9.0, inf: 10.0},
+        {0.1: 0.0, 1.0: 0.0, inf: 0.0},
+        {0.5: 4.0, 2.0: 4.0, inf: 6.0},
+        {-1.0: 2.0, 0.0: 2.0, inf: 2.0},
+        {1.0: 5.0, 2.0: 4.0, inf: 6.0},  # a counter reset between scrapes
+    ]
+    for buckets in cases:
+        pairs = [["+Inf" if b == inf else b, c] for b, c in buckets.items()]
+        for q in (0.5, 0.9, 0.99):
+            script = (
+                "([pairs, q]) => quantile(q, new Map(pairs.map(([b, c]) =>"
+                " [b === '+Inf' ? Infinity : b, c])))"
+            )
+            shown = dashboard.page.evaluate(script, [pairs, q])
+            expected = histogram_quantile(q, buckets)
+            assert shown == pytest.approx(expected), (buckets, q)
     assert dashboard.problems == []
