@@ -286,18 +286,31 @@ def test_a_key_created_in_the_page_lets_a_request_through_until_revoked_there(
     assert dashboard.problems == []
 
 
-def test_the_request_log_lists_requests_by_key(dashboard: Dashboard, service: str) -> None:
-    """With the request log endpoint, a filter by model lists the requests sent."""
+def test_the_request_log_lists_requests_by_model_a_page_at_a_time(
+    dashboard: Dashboard, service: str
+) -> None:
+    """With the request log endpoint, a filter by model lists the requests sent, ten a
+    page, and Next page shows the ones after them."""
     with admin_client(service) as admin:
         if admin.get("/v1/admin/requests", params={"limit": "1"}).status_code == 404:
             pytest.skip("this service has no /v1/admin/requests (the request log) yet")
-    assert chat(service, ADMIN, "logged").status_code == 200
+    for n in range(12):
+        assert chat(service, ADMIN, f"logged {n}").status_code == 200
     dashboard.open("log")
-    dashboard.page.get_by_label("Model", exact=True).fill("echo")
-    dashboard.page.get_by_role("button", name="Search").click()
-    rows = dashboard.page.locator("#log tbody tr", has_text="echo")
+    page = dashboard.page
+    page.get_by_label("Model", exact=True).fill("echo")
+    page.get_by_label("Per page").select_option("10")
+    page.get_by_role("button", name="Search").click()
+    rows = page.locator("#log tbody tr", has_text="echo")
     sync_api.expect(rows.first).to_be_visible(timeout=PROMPTLY)
+    sync_api.expect(page.locator("#log-note")).to_have_text("10 requests.")
     dashboard.shot("log")
+    ids = page.locator("#log tbody tr td:first-child")
+    first_page = set(ids.all_inner_texts())
+    page.get_by_role("button", name="Next page").click()
+    sync_api.expect(page.locator("#log-note")).to_contain_text("(next page)", timeout=PROMPTLY)
+    assert ids.count() >= 1
+    assert first_page.isdisjoint(ids.all_inner_texts())
     assert dashboard.problems == []
 
 

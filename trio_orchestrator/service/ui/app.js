@@ -96,6 +96,7 @@ function button(text, label, onClick) {
 const seconds = (value) => (value === null ? "–" : value < 1 ? `${(value * 1000).toFixed(1)} ms`
   : `${value.toFixed(2)} s`);
 const dollars = (value) => `$${Number(value || 0).toFixed(6)}`;
+const ms = (value) => (value === null || value === undefined ? "–" : Number(value).toFixed(1));
 const rate = (value) => (value === null ? "–" : value.toFixed(2));
 const when = (iso) => (iso ? iso.replace("T", " ").replace(/\.\d+/, "").replace("+00:00", "Z") : "–");
 
@@ -376,7 +377,6 @@ function logQuery(cursor) {
       ? String(new Date(input.value).getTime() / 1000) : input.value.trim();
     params.set(input.name, value);
   }
-  params.set("limit", "50");
   if (cursor) params.set("cursor", cursor);
   return `/v1/admin/requests?${params}`;
 }
@@ -385,15 +385,15 @@ async function loadLog(cursor) {
   const note = $("#log-note");
   if (!state.features.request_log) {
     note.textContent = "The request log is not available on this service.";
-    fill($("#log tbody"), [], 12, "request log not available");
+    fill($("#log tbody"), [], 13, "request log not available");
     return;
   }
   const answer = await api(logQuery(cursor));
-  fill($("#log tbody"), answer.data.map((r) => [
+  fill($("#log tbody"), answer.data.map((r) => [r.id,
     new Date(r.created * 1000).toISOString().replace("T", " ").slice(0, 19), r.key_id, r.model,
     r.provider, r.outcome, r.status, `${r.prompt_tokens ?? "–"}/${r.completion_tokens ?? "–"}`,
-    r.cost === null || r.cost === undefined ? "–" : dollars(r.cost), r.latency_ms, r.ttft_ms,
-    r.attempts, r.cache_hit ? "hit" : r.coalesced ? "coalesced" : "–"]), 12, "no request matches");
+    r.cost === null || r.cost === undefined ? "–" : dollars(r.cost), ms(r.latency_ms), ms(r.ttft_ms),
+    r.attempts, r.cache_hit ? "hit" : r.coalesced ? "coalesced" : "–"]), 13, "no request matches");
   state.cursor = answer.next_cursor;
   $("#log-next").hidden = !answer.next_cursor;
   note.textContent = `${answer.data.length} requests${cursor ? " (next page)" : ""}.`;
