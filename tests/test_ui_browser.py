@@ -256,7 +256,8 @@ def test_a_key_created_in_the_page_lets_a_request_through_until_revoked_there(
     dashboard: Dashboard, service: str
 ) -> None:
     """No key is refused (401); a key created in the page, its secret read from the page,
-    is served (200) and its spend is charged; revoked in the page, it is refused (401)."""
+    is served (200) and its spend is charged; rotated there, the old secret is refused and
+    the new one served; revoked there, it is refused (401)."""
     assert chat(service, None).status_code == 401
     dashboard.open("keys")
     page = dashboard.page
@@ -272,6 +273,12 @@ def test_a_key_created_in_the_page_lets_a_request_through_until_revoked_there(
     page.get_by_role("button", name="Done").click()
     row = page.locator("#keys tbody tr", has_text="browser-made")
     key_id = row.locator("td").first.inner_text()
+    page.get_by_role("button", name=f"Rotate key {key_id}").click()
+    sync_api.expect(secret).not_to_have_text(key, timeout=PROMPTLY)
+    sync_api.expect(secret).to_have_text(re.compile(r"^sk-to-"))
+    old, key = key, secret.inner_text()
+    assert chat(service, old).status_code == 401
+    assert chat(service, key).status_code == 200
     page.once("dialog", lambda dialog: dialog.accept())
     page.get_by_role("button", name=f"Revoke key {key_id}").click()
     sync_api.expect(page.locator("#keys tbody tr", has_text=key_id)).to_have_count(

@@ -296,6 +296,8 @@ async function tick() {
     $(`#page-${state.page}`).dataset.loaded = "true";
     say(`Updated ${new Date().toLocaleTimeString()}`);
   } catch (error) {
+    // A refused key stays refused: stop asking until a new one is typed.
+    if (error instanceof ApiFailure && [401, 403].includes(error.status)) stopPolling();
     failed(error);
   }
 }
@@ -441,10 +443,10 @@ function keyRow(key) {
   const buttons = actions();
   if (!key.revoked_at) {
     buttons.append(button("Rotate", `Rotate key ${key.id}`, () => keyAction(`Rotated ${key.id}`,
-      async () => showSecret(await api(`/v1/admin/keys/${key.id}/rotate`, { method: "POST" })))));
+      async () => showSecret(await api(`/v1/admin/keys/${encodeURIComponent(key.id)}/rotate`, { method: "POST" })))));
     buttons.append(button("Revoke", `Revoke key ${key.id}`, () => {
       if (!confirm(`Revoke key ${key.id}? Its next request gets 401.`)) return;
-      keyAction(`Revoked ${key.id}`, () => api(`/v1/admin/keys/${key.id}`, { method: "DELETE" }));
+      keyAction(`Revoked ${key.id}`, () => api(`/v1/admin/keys/${encodeURIComponent(key.id)}`, { method: "DELETE" }));
     }));
   }
   const budget = key.budget === null ? "–" : `${dollars(key.budget)}/${key.budget_period || "total"}`;
