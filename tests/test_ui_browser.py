@@ -203,12 +203,17 @@ def chat(
 
 
 def test_every_page_loads_without_console_errors(dashboard: Dashboard) -> None:
-    """Each tab loads what it shows with no console error and no uncaught page error."""
+    """Each tab loads what it shows with no console error and no uncaught page error; the
+    arrow keys move between tabs."""
     assert chat(dashboard.url, ADMIN).status_code == 200
     dashboard.open()
     for tab in PAGES:
         dashboard.go(tab)
         dashboard.shot(tab)
+    last = dashboard.page.get_by_role("tab", name=PAGES["letters"])
+    last.press("ArrowRight")  # focused, from the last tab round to the first
+    dashboard.loaded("overview")
+    assert dashboard.page.evaluate("document.activeElement.id") == "tab-overview"
     assert dashboard.problems == []
 
 

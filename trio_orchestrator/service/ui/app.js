@@ -546,8 +546,19 @@ async function start() {
 }
 
 function wire() {
-  for (const tab of document.querySelectorAll("[role=tab]")) {
+  const tabs = [...document.querySelectorAll("[role=tab]")];
+  for (const tab of tabs) {
     tab.addEventListener("click", () => { location.hash = tab.dataset.page; });
+    // The ARIA tabs pattern: arrow keys, Home and End move between tabs.
+    tab.addEventListener("keydown", (event) => {
+      const at = tabs.indexOf(tab);
+      const next = { ArrowRight: at + 1, ArrowLeft: at - 1, Home: 0, End: tabs.length - 1 }[event.key];
+      if (next === undefined) return;
+      event.preventDefault();
+      const target = tabs[(next + tabs.length) % tabs.length];
+      target.focus();
+      location.hash = target.dataset.page;
+    });
   }
   window.addEventListener("hashchange", () => show(location.hash.slice(1)));
   $("#login").addEventListener("submit", (event) => {
