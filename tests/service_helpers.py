@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import os
+import subprocess
+import threading
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import attrs
 import httpx
 import trio
+from terminal import COMMAND, LISTENING, PROMPTLY, child_env
 
 from trio_orchestrator.config import Config, PipelineConfig
 from trio_orchestrator.config.service import ServiceConfig
@@ -66,6 +71,47 @@ async def running_app(
             yield binds[0], app
         finally:
             stop.set()
+
+
+@contextmanager
+def serving_subprocess(config: Path) -> Iterator[str]:
+    """Run ``trio-orchestrator serve --config FILE --port 0`` for the block, for a test that
+    is not async (a browser driven by Playwright's synchronous API); yield its URL.
+
+    The async twin is ``terminal.serve_process``. Its output is drained by a thread, so a
+    chatty service never blocks on a full pipe.
+    """
+    command = [*COMMAND, "serve", "--config", str(config), "--port", "0"]
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=child_env()
+    )
+    assert process.stdout is not None
+    output = bytearray()
+    found = threading.Event()
+
+    def drain() -> None:
+        assert process.stdout is not None
+        while chunk := os.read(process.stdout.fileno(), 65536):
+            output.extend(chunk)
+            if LISTENING.search(output):
+                found.set()
+        found.set()  # it exited: the wait below ends and says so
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    try:
+        found.wait(PROMPTLY)
+        match = LISTENING.search(output)
+        assert match is not None, f"serve did not listen: {output.decode(errors='replace')}"
+        yield match.group(1).decode()
+        process.terminate()
+        process.wait(PROMPTLY)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        reader.join(PROMPTLY)
+        process.stdout.close()
 
 
 async def statistics(client: httpx.AsyncClient) -> dict[str, Any]:
@@ -237,6 +283,7 @@ __all__ = [
     "open_raw_post",
     "running_service",
     "serving_in_process",
+    "serving_subprocess",
     "statistics",
     "wait_for_statistic",
 ]

@@ -28,7 +28,13 @@ from starlette.routing import BaseRoute, Match, Route, WebSocketRoute
 from trio_orchestrator.config.secret import Secret
 from trio_orchestrator.config.service import ApiKeyConfig
 from trio_orchestrator.service.app import AUTHENTICATED_ROUTES, create_app
-from trio_orchestrator.service.guard import ADMIN_PREFIXES, PUBLIC_PATHS, Access, route_path
+from trio_orchestrator.service.guard import (
+    ADMIN_PREFIXES,
+    PUBLIC_PATHS,
+    PUBLIC_PREFIXES,
+    Access,
+    route_path,
+)
 from trio_orchestrator.service.openapi import openapi_document
 from trio_orchestrator.service.server import hypercorn_config
 from trio_orchestrator.workers import EchoWorker
@@ -87,7 +93,7 @@ class Case:
 def placements(template: str) -> list[Access]:
     """Every access the classification gives ``template``: a placed route has exactly one."""
     found = []
-    if template in PUBLIC_PATHS:
+    if template in PUBLIC_PATHS or template.startswith(PUBLIC_PREFIXES):
         found.append(Access.PUBLIC)
     if template.startswith(ADMIN_PREFIXES):
         found.append(Access.ADMIN)

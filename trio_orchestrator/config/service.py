@@ -113,6 +113,10 @@ class ServiceConfig:
             once, and one that has not answered in time adds no names to that answer.
         model_list_ttl: seconds an answer in which every such upstream answered is reused
             before they are asked again (0: asked on every call).
+        ui: serve the web dashboard at ``/ui/`` (docs/operations.md). On by default: its
+            files hold no secret and are served without a key, while every call the page
+            makes needs an admin key the user types, as any other client's does; off, ``/ui``
+            is 404. Not reloadable (the routes are built with the service).
     """
 
     host: str = "127.0.0.1"
@@ -130,3 +134,4 @@ class ServiceConfig:
     mcp: bool = False
     model_list_timeout: float = attrs.field(default=2.0, validator=positive_seconds)
     model_list_ttl: float = attrs.field(default=30.0, validator=non_negative_time)
+    ui: bool = True

@@ -60,6 +60,7 @@ from .settings import CONFIG_ENV, config_from_environment, load_config, log_to_s
 from .spend import spend
 from .state import ServedModels, ServiceState, service_of
 from .streaming import ClientGone
+from .ui import ui_routes
 from .ws import websocket_endpoint
 
 __all__ = ["AUTHENTICATED_ROUTES", "ServiceApp", "app", "create_app"]
@@ -156,7 +157,11 @@ def create_app(
     if mcp is not None:
         lifespan = with_mcp(lifespan, mcp)
     application = ServiceApp(
-        routes=[*ROUTES, Route(OPENAPI_PATH, _openapi, methods=["GET"])],
+        routes=[
+            *ROUTES,
+            Route(OPENAPI_PATH, _openapi, methods=["GET"]),
+            *ui_routes(config.service.ui),
+        ],
         middleware=_middleware(config, keyring),
         exception_handlers={
             ApiError: _api_error,

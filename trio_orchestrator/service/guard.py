@@ -28,6 +28,7 @@ from .messages_answer import ANTHROPIC_PATH, AnthropicApiError
 __all__ = [
     "ADMIN_PREFIXES",
     "PUBLIC_PATHS",
+    "PUBLIC_PREFIXES",
     "Access",
     "Caller",
     "CatchAll",
@@ -56,7 +57,9 @@ CALLER_KEY = "trio_orchestrator.caller"
 # The scope key holding the id the response's ``x-request-id`` header carries.
 REQUEST_ID_KEY = "trio_orchestrator.request_id"
 REQUEST_ID_HEADER = b"x-request-id"
-PUBLIC_PATHS = frozenset(("/healthz", "/readyz"))
+PUBLIC_PATHS = frozenset(("/healthz", "/readyz", "/ui"))
+# The web dashboard's static files (.ui): no secret in them; the API calls they make need keys.
+PUBLIC_PREFIXES = ("/ui/",)
 ADMIN_PREFIXES = ("/v1/dead-letters", "/v1/admin")
 
 
@@ -74,11 +77,11 @@ class Access(enum.Enum):
 def access_of(path: str) -> Access:
     """Who may call ``path`` (a route path: the request's path without the ``root_path``).
 
-    The paths in :data:`PUBLIC_PATHS` are public, the paths under :data:`ADMIN_PREFIXES`
-    (sub-paths too) are admin, and every other path needs a key: a route nobody thought
-    about is closed, not open.
+    The paths in :data:`PUBLIC_PATHS` and under :data:`PUBLIC_PREFIXES` are public, the
+    paths under :data:`ADMIN_PREFIXES` (sub-paths too) are admin, and every other path needs
+    a key: a route nobody thought about is closed, not open.
     """
-    if path in PUBLIC_PATHS:
+    if path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES):
         return Access.PUBLIC
     if path.startswith(ADMIN_PREFIXES):
         return Access.ADMIN
