@@ -14,9 +14,15 @@ For each: ``--requests`` sequential requests, then the same number at concurrenc
 this process's CPU (``time.process_time``) per request, in microseconds: the client side
 only (the fake's CPU is another process's). Variants take turns within each repeat, so
 they share the machine's noise; medians of ``--repeats``; ratios h11 ÷ httpcore of the
-same library, from the same run. Ends with one line of JSON.
+same library, from the same run.
 
-    python benchmarks/bench_transport.py [--quick] [--requests N] [--repeats R]
+With ``--gateway`` (needs wrk), also the whole served path: two ``trio-orchestrator serve``
+processes in front of the same fake, ``[providers] transport = "httpcore"`` and ``"h11"``
+(otherwise default settings), driven in turns by wrk at c=16 for ``--duration`` seconds;
+each gateway's CPU per request and the fake's, from ``/proc`` (as ``bench_overhead.py``).
+Ends with one line of JSON.
+
+    python benchmarks/bench_transport.py [--quick] [--requests N] [--repeats R] [--gateway]
 """
 
 from __future__ import annotations
@@ -26,7 +32,9 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,7 +45,7 @@ import orjson
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_overhead import BODIES, start_fake
+from bench_overhead import BODIES, cpu_row, free_port, start_fake, wait_healthy
 
 from trio_orchestrator.workers.h11transport import H11Transport
 
@@ -113,12 +121,72 @@ async def run_variant(
     return {"sequential_us": sequential, "concurrent_us": concurrent}
 
 
+def start_gateway(
+    upstream: str, workdir: Path, transport: str
+) -> tuple[subprocess.Popen[bytes], str]:
+    """``trio-orchestrator serve`` in front of the fake, on ``[providers] transport``."""
+    port = free_port()
+    config = workdir / f"{transport}.toml"
+    config.write_text(
+        f'[service]\nport = {port}\n[providers]\ntransport = "{transport}"\n'
+        f'[[providers.providers]]\nkind = "openai"\nname = "fake"\n'
+        f'base_url = "{upstream}/v1"\nmodels = ["fake-model"]\n'
+    )
+    command = [sys.executable, "-m", "trio_orchestrator", "serve", "--config", str(config)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    wait_healthy(url, process, "/healthz")
+    return process, url
+
+
+def gateway_rows(upstream: str, fake_pid: int, seconds: float, repeats: int) -> dict[str, Any]:
+    """Gateway and fake CPU per request (ms) at c=16, for each transport, medians."""
+    samples: dict[str, dict[str, list[float]]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        gateways = {t: start_gateway(upstream, Path(tmp), t) for t in ("httpcore", "h11")}
+        try:
+            for _ in range(repeats):
+                for kind, body in BODIES.items():
+                    for transport, (process, url) in gateways.items():
+                        pids = {"gateway": process.pid, "upstream": fake_pid}
+                        row = cpu_row(url, body, seconds, pids)
+                        assert row["errors"] == 0, row
+                        label = f"gateway {transport} {kind}"
+                        for key in ("gateway_cpu_ms", "upstream_cpu_ms"):
+                            samples.setdefault(label, {}).setdefault(key, []).append(row[key])
+        finally:
+            for process, _ in gateways.values():
+                process.terminate()
+                process.wait(30)
+    rows: dict[str, Any] = {}
+    for label, row in samples.items():
+        median = {key: round(statistics.median(values), 4) for key, values in row.items()}
+        median["gateway_over_upstream"] = round(
+            median["gateway_cpu_ms"] / median["upstream_cpu_ms"], 3
+        )
+        rows[label] = median
+        print(
+            f"{label:<26} gateway {median['gateway_cpu_ms']:.3f} ms/req, fake "
+            f"{median['upstream_cpu_ms']:.3f} ms/req ({median['gateway_over_upstream']}x)"
+        )
+    for kind in BODIES:
+        ratio = (
+            rows[f"gateway h11 {kind}"]["gateway_cpu_ms"]
+            / rows[f"gateway httpcore {kind}"]["gateway_cpu_ms"]
+        )
+        rows[f"gateway h11/httpcore {kind}"] = round(ratio, 3)
+        print(f"gateway CPU per request, h11 ÷ httpcore, {kind}: {ratio:.3f}")
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a run well under a minute")
     parser.add_argument("--requests", type=int, default=None, help="requests per measurement")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--gateway", action="store_true", help="also through serve (wrk)")
+    parser.add_argument("--duration", type=float, default=None, help="seconds per wrk run")
     args = parser.parse_args()
     n = args.requests or (300 if args.quick else 3000)
     repeats = args.repeats or (3 if args.quick else 7)
@@ -131,6 +199,7 @@ def main() -> None:
     fake, upstream = start_fake()
     made = variants()
     samples: dict[str, dict[str, list[float]]] = {}
+    gateway: dict[str, Any] = {}
     try:
         for _ in range(repeats):
             for kind in ("json", "stream"):
@@ -138,6 +207,9 @@ def main() -> None:
                     row = trio.run(run_variant, factory, upstream, kind, n, args.concurrency)
                     for key, value in row.items():
                         samples.setdefault(f"{name} {kind}", {}).setdefault(key, []).append(value)
+        if args.gateway:
+            duration = args.duration or (2.0 if args.quick else 10.0)
+            gateway = gateway_rows(upstream, fake.pid, duration, repeats)
     finally:
         assert fake.stdin is not None
         fake.stdin.close()
@@ -164,10 +236,19 @@ def main() -> None:
         "repeats": repeats,
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
+        "gateway_seconds": (args.duration or (2.0 if args.quick else 10.0))
+        if args.gateway
+        else None,
     }
     print(
         json.dumps(
-            {"bench": "transport", "conditions": conditions, "results": results, "ratios": ratios}
+            {
+                "bench": "transport",
+                "conditions": conditions,
+                "results": results,
+                "ratios": ratios,
+                "gateway": gateway,
+            }
         )
     )
 

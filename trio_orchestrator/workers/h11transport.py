@@ -54,6 +54,7 @@ class _Connection:
     stream: trio.abc.Stream
     socket: Any  # the trio socket under ``stream`` (for the idle check and a sync close)
     origin: Origin
+    tls: bool
     h11: h11.Connection = attrs.field(factory=lambda: h11.Connection(h11.CLIENT))
     idle_since: float = 0.0
 
@@ -246,7 +247,7 @@ class H11Transport(httpx.AsyncBaseTransport):
                         ) from exc
                     raise
                 stream = tls
-            return _Connection(stream, tcp.socket, origin)
+            return _Connection(stream, tcp.socket, origin, stream is not tcp)
         raise module.ConnectTimeout("timed out connecting", request=request)
 
     # ------------------------------------------------------------------ an exchange
@@ -324,14 +325,30 @@ class H11Transport(httpx.AsyncBaseTransport):
     ) -> None:
         if not data:
             return
-        module = self._module
-        with trio.move_on_at(_deadline(limit)):
-            try:
-                await connection.stream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                raise module.WriteError(str(exc) or repr(exc), request=request) from exc
+        if limit is None:  # no scope to enter: the common case for reads, cheap to skip
+            await self._send_bytes(connection, request, data)
             return
-        raise module.WriteTimeout("timed out writing the request", request=request)
+        with trio.move_on_after(limit):
+            await self._send_bytes(connection, request, data)
+            return
+        raise self._module.WriteTimeout("timed out writing the request", request=request)
+
+    async def _send_bytes(
+        self, connection: _Connection, request: httpx.Request, data: bytes
+    ) -> None:
+        try:
+            if connection.tls:
+                await connection.stream.send_all(data)
+                return
+            # Straight to the socket: SocketStream.send_all adds a conflict detector and a
+            # memoryview loop that a single writer with one buffer does not need.
+            sent = await connection.socket.send(data)
+            if sent < len(data):
+                view = memoryview(data)
+                while sent < len(view):
+                    sent += await connection.socket.send(view[sent:])
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            raise self._module.WriteError(str(exc) or repr(exc), request=request) from exc
 
     async def _receive_head(self, connection: _Connection, request: httpx.Request) -> Any:
         state = connection.h11
@@ -358,18 +375,27 @@ class H11Transport(httpx.AsyncBaseTransport):
     async def _read(
         self, connection: _Connection, request: httpx.Request, limit: float | None
     ) -> None:
-        module = self._module
-        with trio.move_on_at(_deadline(limit)):
-            try:
-                data = await connection.stream.receive_some(_READ_SIZE)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                raise module.ReadError(str(exc) or repr(exc), request=request) from exc
-            try:
-                connection.h11.receive_data(cast(bytes, data))  # a bytearray parses the same
-            except h11.RemoteProtocolError as exc:
-                raise module.RemoteProtocolError(str(exc), request=request) from exc
+        if limit is None:
+            await self._receive_bytes(connection, request)
             return
-        raise module.ReadTimeout("timed out reading the response", request=request)
+        with trio.move_on_after(limit):
+            await self._receive_bytes(connection, request)
+            return
+        raise self._module.ReadTimeout("timed out reading the response", request=request)
+
+    async def _receive_bytes(self, connection: _Connection, request: httpx.Request) -> None:
+        module = self._module
+        try:
+            if connection.tls:
+                data = await connection.stream.receive_some(_READ_SIZE)
+            else:
+                data = await connection.socket.recv(_READ_SIZE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            raise module.ReadError(str(exc) or repr(exc), request=request) from exc
+        try:
+            connection.h11.receive_data(cast(bytes, data))  # a bytearray parses the same
+        except h11.RemoteProtocolError as exc:
+            raise module.RemoteProtocolError(str(exc), request=request) from exc
 
     async def aclose(self) -> None:
         """Close the idle connections now, and each busy one when its exchange ends."""
