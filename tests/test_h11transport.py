@@ -173,8 +173,9 @@ async def test_an_idle_connection_the_server_closed_is_not_used() -> None:
         await trio.testing.wait_all_tasks_blocked()
         # The FIN travels through the kernel; wait until the socket shows it.
         connection = next(iter(transport._idle.values()))[0]
-        while not connection.server_closed():
-            await trio.lowlevel.checkpoint()
+        with trio.fail_after(30):  # a guard against a hang, not a measured time
+            while not connection.server_closed():
+                await trio.lowlevel.checkpoint()
         assert (await client.get(server.url)).text == "once"
     assert server.connections == 2
 
