@@ -59,8 +59,8 @@ async def test_a_reloaded_strategy_and_weights_reach_the_running_balancer() -> N
 
 
 async def test_changing_the_http_library_or_the_providers_is_refused() -> None:
-    """The HTTP library and transport, and adding or reordering providers, need a restart: refused, and
-    the configuration in force keeps the old values."""
+    """The HTTP library and transport, and adding or reordering providers, need a restart:
+    refused, and the configuration in force keeps the old values."""
     config = two_echoes()
     async with open_gateway(config) as gateway:
         report = gateway.reload(two_echoes(http_client="httpx"))
