@@ -159,8 +159,8 @@ def gateway_rows(upstream: str, fake_pid: int, seconds: float, repeats: int) -> 
                 process.terminate()
                 process.wait(30)
     rows: dict[str, Any] = {}
-    for label, row in samples.items():
-        median = {key: round(statistics.median(values), 4) for key, values in row.items()}
+    for label, runs in samples.items():
+        median = {key: round(statistics.median(values), 4) for key, values in runs.items()}
         median["gateway_over_upstream"] = round(
             median["gateway_cpu_ms"] / median["upstream_cpu_ms"], 3
         )
