@@ -316,9 +316,9 @@ class ProvidersConfig:
             more requests per second than httpx under Trio in bench_gateway.py) or
             ``"httpx"`` (same API; see docs/providers.md).
         transport: how those clients speak HTTP: ``"httpcore"`` (default: the library's
-            own transport, HTTP/1.1 and proxies from the environment) or ``"h11"`` (the
-            project's HTTP/1.1 transport on h11 over Trio sockets, less client CPU per call
-            in bench_transport.py; no HTTP/2, no proxies; see
+            own transport) or ``"h11"`` (the project's HTTP/1.1 transport on h11 over Trio
+            sockets: less client CPU per call in bench_transport.py; no HTTP/2; proxies
+            from the environment still go through the library's own transport; see
             :mod:`trio_orchestrator.workers.h11transport`). Changes only on a restart.
     """
 
