@@ -39,3 +39,37 @@ settings.register_profile(
     suppress_health_check=_SLOW_OK,
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+
+def _use_h11_transport() -> None:
+    """Make the project's h11 transport every client's default transport (httpx's and
+    httpx2's), so the transport-sensitive tests run against it unchanged:
+    ``TRIO_ORCHESTRATOR_TEST_TRANSPORT=h11 pytest tests/test_http_send.py …``."""
+    import importlib
+    import ssl
+    from typing import Any
+
+    from trio_orchestrator.workers.h11transport import H11Transport
+
+    for name in ("httpx", "httpx2"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:  # pragma: no cover - both are dependencies
+            continue
+        default = module.AsyncHTTPTransport
+
+        def make(*args: Any, _module: Any = module, _default: Any = default, **kwargs: Any) -> Any:
+            if args or any(kwargs.get(k) for k in ("http2", "proxy", "uds", "retries", "cert")):
+                return _default(*args, **kwargs)  # what the h11 transport does not do
+            verify = kwargs.get("verify", True)
+            if isinstance(verify, str):
+                verify = ssl.create_default_context(cafile=verify)
+            return H11Transport(verify=verify, limits=kwargs.get("limits"), module=_module)
+
+        # Both names: the package's, and the one AsyncClient() builds its default from.
+        setattr(module, "AsyncHTTPTransport", make)  # noqa: B010
+        setattr(module._client, "AsyncHTTPTransport", make)  # noqa: B010
+
+
+if os.environ.get("TRIO_ORCHESTRATOR_TEST_TRANSPORT") == "h11":
+    _use_h11_transport()

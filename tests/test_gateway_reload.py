@@ -59,14 +59,17 @@ async def test_a_reloaded_strategy_and_weights_reach_the_running_balancer() -> N
 
 
 async def test_changing_the_http_library_or_the_providers_is_refused() -> None:
-    """The HTTP library, and adding or reordering providers, need a restart: refused, and
-    the configuration in force keeps the old values."""
+    """The HTTP library and transport, and adding or reordering providers, need a restart:
+    refused, and the configuration in force keeps the old values."""
     config = two_echoes()
     async with open_gateway(config) as gateway:
         report = gateway.reload(two_echoes(http_client="httpx"))
         assert [r.split(":")[0] for r in report.refused] == ["providers.http_client"]
         assert gateway.config.providers is not None
         assert gateway.config.providers.http_client == "httpx2"
+        report = gateway.reload(two_echoes(transport="h11"))
+        assert [r.split(":")[0] for r in report.refused] == ["providers.transport"]
+        assert gateway.config.providers.transport == "httpcore"
         assert config.providers is not None
         reordered = ProvidersConfig(tuple(reversed(config.providers.providers)))
         report = gateway.reload(attrs.evolve(config, providers=reordered))

@@ -614,11 +614,11 @@ def _open_providers(
         builtin = EchoWorker(echo.token_delay, echo.first_token_delay, model=echo.model)
         workers["echo"] = gateway._catalog = builtin
     if config.providers is not None:
-        library = config.providers.http_client
+        library, transport = config.providers.http_client, config.providers.transport
         for entry in config.providers.providers:
             client = None
             if entry.kind != "echo":
-                client = make_client(entry, library)
+                client = make_client(entry, library, transport)
                 stack.push_async_callback(client.aclose)
             workers[entry.label] = worker_for(entry, client)
     gateway.add(_ProviderSet(config.providers), "providers")
@@ -654,6 +654,10 @@ class _ProviderSet:
         if section is not None and old is not None and section.http_client != old:
             what = "the HTTP library changes only on a restart"
             return [f"providers.http_client: {what} {old!r} → {section.http_client!r}"]
+        was = self.providers.transport if self.providers else None
+        if section is not None and was is not None and section.transport != was:
+            what = "the HTTP transport changes only on a restart"
+            return [f"providers.transport: {what} {was!r} → {section.transport!r}"]
         self.providers = section
         return []
 

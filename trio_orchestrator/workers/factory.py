@@ -20,6 +20,7 @@ from .config import (
     AZURE_API_VERSION,
     DEFAULT_BASE_URLS,
     HTTPClient,
+    HTTPTransport,
     ProviderConfig,
     ProvidersConfig,
 )
@@ -29,21 +30,26 @@ from .keys import KeyPool
 from .openai import OpenAIWorker
 from .preset import PresetWorker
 from .presets import PRESETS
-from .transport import sharded_client
+from .transport import h11_client, sharded_client
 
 __all__ = ["build_worker", "key_pool", "make_client", "open_worker", "worker_for"]
 
 ClientFactory = Callable[[ProviderConfig], httpx.AsyncClient]
 
 
-def make_client(provider: ProviderConfig, library: HTTPClient = "httpx2") -> httpx.AsyncClient:
+def make_client(
+    provider: ProviderConfig, library: HTTPClient = "httpx2", transport: HTTPTransport = "httpcore"
+) -> httpx.AsyncClient:
     """A new HTTP client sized for ``provider`` (the library's own timeouts off: the workers
-    apply theirs), its connections split over pools of ``provider.pool_size``."""
+    apply theirs): on httpcore, its connections split over pools of ``provider.pool_size``;
+    on ``"h11"``, one :class:`~.h11transport.H11Transport` pool of ``max_connections``."""
     module: Any = httpx
     if library == "httpx2":
         import httpx2
 
         module = httpx2
+    if transport == "h11":
+        return h11_client(module, provider.max_connections, provider.pool_size)
     return sharded_client(module, provider.max_connections, provider.pool_size)
 
 
@@ -116,7 +122,9 @@ def build_worker(
         http = None
         if provider.kind != "echo":
             if client is None:
-                http = make_client(provider, providers_config.http_client)
+                http = make_client(
+                    provider, providers_config.http_client, providers_config.transport
+                )
             elif callable(client) and not isinstance(client, httpx.AsyncClient):
                 http = client(provider)
             else:
@@ -148,7 +156,9 @@ async def open_worker(
     built: list[httpx.AsyncClient] = []
 
     def factory(provider: ProviderConfig) -> httpx.AsyncClient:
-        built.append(make_client(provider, providers_config.http_client))
+        built.append(
+            make_client(provider, providers_config.http_client, providers_config.transport)
+        )
         return built[-1]
 
     try:

@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 
-__all__ = ["ShardedTransport", "pool_limits", "sharded_client"]
+__all__ = ["ShardedTransport", "h11_client", "pool_limits", "sharded_client"]
 
 
 @functools.cache
@@ -115,6 +115,22 @@ def sharded_client(module: ModuleType, max_connections: int, pool_size: int) -> 
     """A ``module.AsyncClient`` on a :class:`ShardedTransport`, without the library's own
     timeouts (the workers apply theirs)."""
     transport = ShardedTransport(module, max_connections, pool_size)
+    client: httpx.AsyncClient = module.AsyncClient(transport=transport, timeout=None)
+    _LIMITS[client] = (max_connections, pool_size)
+    return client
+
+
+def h11_client(module: ModuleType, max_connections: int, pool_size: int) -> httpx.AsyncClient:
+    """A ``module.AsyncClient`` on one :class:`~.h11transport.H11Transport` of at most
+    ``max_connections`` (all kept alive while idle), without the library's own timeouts.
+    Its pool costs the same per request whatever its size, so it is not split;
+    ``pool_size`` is recorded only so that a reload changing it is refused alike."""
+    from .h11transport import H11Transport
+
+    limits = module.Limits(
+        max_connections=max_connections, max_keepalive_connections=max_connections
+    )
+    transport = H11Transport(verify=_tls(module), limits=limits, module=module)
     client: httpx.AsyncClient = module.AsyncClient(transport=transport, timeout=None)
     _LIMITS[client] = (max_connections, pool_size)
     return client
