@@ -28,7 +28,9 @@ the service sends as the ``x-cache`` header (``semantic-hit`` here).
 
 The index is in memory, for one process, bounded by ``max_entries`` in total, LRU with a TTL
 on Trio's clock. With ``[distributed]`` each process's index is filled from the entries the
-others stored in Redis (:mod:`~trio_orchestrator.distributed.semantic`) on a miss. A lookup scans the scope's entries in pure Python (no numpy here): each
+others stored in Redis (:mod:`~trio_orchestrator.distributed.semantic`) on a miss.
+
+A lookup scans the scope's entries in pure Python (no numpy here): each
 vector carries a 256-bit SimHash signature (sparse random projections), an entry whose
 signature is too far to reach the threshold is skipped with one XOR and popcount, and only
 the rest get the exact cosine (vectors are normalised when stored, so it is one dot
