@@ -15,6 +15,7 @@ from service_helpers import running_service
 from test_semantic_cache_served import ALICE, BOB, SemanticWorker, Served, semantic_config
 
 from trio_orchestrator.distributed.config import DistributedConfig
+from trio_orchestrator.resilience.config import CoalescingConfig
 
 __all__ = ["redis_server"]
 
@@ -27,12 +28,20 @@ pytestmark = pytest.mark.filterwarnings(
 
 @asynccontextmanager
 async def gateways(
-    server: RedisServer, count: int = 2, **semantic: Any
+    server: RedisServer, count: int = 2, *, coalescing: bool = False, **semantic: Any
 ) -> AsyncIterator[list[Served]]:
-    """``count`` served gateways with the semantic cache, sharing ``server``."""
+    """``count`` served gateways with the semantic cache, sharing ``server`` (and, with
+    ``coalescing``, sharing identical requests' answers through it too)."""
     config = semantic_config(**semantic)
+    resilience = attrs.evolve(config.resilience, coalescing=CoalescingConfig(enabled=coalescing))
     config = attrs.evolve(
-        config, distributed=DistributedConfig(redis_url=server.url, health_interval=0.05)
+        config,
+        resilience=resilience,
+        # A generous operation timeout: on a loaded test machine the first script load can
+        # outlast the default 0.25 s, and a timed-out push is (rightly) a local-only answer.
+        distributed=DistributedConfig(
+            redis_url=server.url, health_interval=0.05, operation_timeout=5.0
+        ),
     )
     async with AsyncExitStack() as stack:
         served = []
@@ -47,11 +56,16 @@ async def gateways(
         yield served
 
 
-async def marker(served: Served, question: str, who: str = "alice") -> tuple[str, str | None]:
+async def marker(
+    served: Served, question: str, who: str = "alice", **options: Any
+) -> tuple[str, str | None]:
     """Ask ``question`` as ``who``; the answer's text and its ``x-cache`` header."""
     client = served.alice if who == "alice" else served.bob
     raw = await client.chat.completions.with_raw_response.create(
-        model="echo", messages=[{"role": "user", "content": question}], temperature=0
+        model="echo",
+        messages=[{"role": "user", "content": question}],
+        temperature=0,
+        **options,
     )
     return raw.parse().choices[0].message.content or "", raw.headers.get("x-cache")
 
@@ -121,3 +135,17 @@ async def test_without_redis_the_cache_goes_on_locally_and_no_request_fails(
         assert (await marker(b, "Tell me the capital of France, please."))[1] == "miss"
         assert (await shared_stats(a))["errors"] >= 1
         assert (await shared_stats(b))["errors"] >= 1
+
+
+async def test_an_embedding_answered_by_the_shared_answers_is_no_hit_of_the_chat(
+    redis_server: RedisServer,
+) -> None:
+    """With answers shared through Redis too, the second gateway's embedding of the same
+    question is the first one's (a shared hit of the *embedding* call); its chat, asked with
+    another max_tokens, is answered by its upstream: ``x-cache: miss``, not ``hit``."""
+    async with gateways(redis_server, coalescing=True) as (a, b):
+        await marker(a, "Who wrote Hamlet?")
+        answer, cached = await marker(b, "Who wrote Hamlet?", max_tokens=50)
+        assert (answer, cached) == ("Who wrote Hamlet?", "miss")
+        assert b.worker.embedded == []  # the embedding came from a's call, through Redis
+        assert b.worker.chats == ["Who wrote Hamlet?"]

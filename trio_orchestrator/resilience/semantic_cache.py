@@ -164,6 +164,11 @@ class CallerEmbedder:
         return list(vector)
 
 
+def _first_done(events: list[StreamEvent]) -> bool:
+    """Whether the last of ``events`` is the first ``Done`` among them."""
+    return not any(isinstance(e, Done) for e in events[:-1])
+
+
 @attrs.define(eq=False, slots=True)
 class _Entry:
     scope: str
@@ -423,15 +428,19 @@ class SemanticCacheLayer:
             return
         config = self._config
         scope = scope_of(request, per_key=config.scope == "api_key")
-        mark_cache(request, "miss")
         started = time.perf_counter()
         try:
             raw = await self._embed(request, question)
         except WorkerError:
             # Losing the cache never fails a request.
             self._embed_errors += 1
+            mark_cache(request, "miss")
             await self._inner.generate(request, emit)
             return
+        # Marked after the embedding call, which shares the request's timing: a cache below
+        # that answered the *embedding* (the shared answers in Redis) must not say "hit" for
+        # the chat; a cache below that answers the chat itself still may.
+        mark_cache(request, "miss", replace=True)
         vector = normalise(raw)
         ident = await self._search(scope, vector)
         self._count_lookup(time.perf_counter() - started)
@@ -474,23 +483,24 @@ class SemanticCacheLayer:
         self, scope: str, vector: tuple[float, ...], request: PromptRequest, emit: EventSink
     ) -> None:
         recorded: list[StreamEvent] = []
+        shared, config = self._shared, self._config
 
         async def record(event: StreamEvent) -> None:
             recorded.append(event)
+            if shared is not None and isinstance(event, Done) and _first_done(recorded):
+                # Shared before the caller has the whole answer, so that whatever it asks
+                # next, of any process, finds it.
+                await shared.push(
+                    scope, vector, tuple(recorded), ttl=config.ttl, max_entries=config.max_entries
+                )
             await emit(event)
 
         await self._inner.generate(request, record)
         # Only a whole answer: it ends with its one ``Done`` (as the exact cache keeps).
         dones = sum(isinstance(e, Done) for e in recorded)
         if recorded and isinstance(recorded[-1], Done) and dones == 1:
-            events = tuple(recorded)
-            self._index.put(scope, vector, events, trio.current_time())
+            self._index.put(scope, vector, tuple(recorded), trio.current_time())
             self._stored += 1
-            if self._shared is not None:
-                config = self._config
-                await self._shared.push(
-                    scope, vector, events, ttl=config.ttl, max_entries=config.max_entries
-                )
 
     metric_kind: ClassVar[str] = "semantic_cache"
     metric_counters: ClassVar[tuple[str, ...]] = (
