@@ -15,6 +15,7 @@ from service_helpers import running_service
 from test_semantic_cache_served import ALICE, BOB, SemanticWorker, Served, semantic_config
 
 from trio_orchestrator.distributed.config import DistributedConfig
+from trio_orchestrator.distributed.semantic import SKEW_MS, _Seen
 from trio_orchestrator.resilience.config import CoalescingConfig
 
 __all__ = ["redis_server"]
@@ -149,3 +150,16 @@ async def test_an_embedding_answered_by_the_shared_answers_is_no_hit_of_the_chat
         assert (answer, cached) == ("Who wrote Hamlet?", "miss")
         assert b.worker.embedded == []  # the embedding came from a's call, through Redis
         assert b.worker.chats == ["Who wrote Hamlet?"]
+
+
+def test_a_pull_reaches_back_past_a_lagging_clock_without_taking_an_entry_twice() -> None:
+    """The read position of a scope: an entry stored by a process whose clock lags (within
+    SKEW_MS of the newest seen) is still new, one seen already is not, and ids older than
+    the window are forgotten (a pull never reaches that far back)."""
+    seen = _Seen()
+    assert seen.new("a-1", 10_000)
+    assert not seen.new("a-1", 10_000)
+    assert seen.new("b-1", 10_000 - SKEW_MS + 1)  # stored by a lagging clock: still taken
+    assert seen.new("a-2", 20_000)
+    assert seen.since == 20_000
+    assert set(seen.ids) == {"a-2"}  # 10_000 and before are outside the window now
