@@ -50,7 +50,10 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         ),
     ),
     ("workers", (r"workers\..*", r"seams", r"storage\..*")),
-    ("resilience", (r"resilience\..*", r"distributed\.(connection|breaker|ratelimit|answers)")),
+    (
+        "resilience",
+        (r"resilience\..*", r"distributed\.(connection|breaker|ratelimit|answers|semantic)"),
+    ),
     ("routing", (r"routing\..*",)),
     ("config root", (r"config\..*",)),
     ("pipeline", (r"pipeline\..*",)),

@@ -17,7 +17,7 @@ from service_helpers import make_config, running_service
 from trio_orchestrator.config import Config
 from trio_orchestrator.config.secret import Secret
 from trio_orchestrator.config.service import ApiKeyConfig
-from trio_orchestrator.events import Done, Embeddings
+from trio_orchestrator.events import Done, Embeddings, Usage
 from trio_orchestrator.resilience.config import (
     CacheConfig,
     ResilienceConfig,
@@ -106,6 +106,7 @@ class SemanticWorker:
     model: str = "echo"
     chats: list[str] = attrs.field(factory=list)
     embedded: list[str] = attrs.field(factory=list)
+    embed_meta: list[dict[str, str]] = attrs.field(factory=list)
 
     async def generate(self, request: PromptRequest, emit: EventSink) -> None:
         """Embed an embedding request; echo (and count) a chat."""
@@ -116,8 +117,11 @@ class SemanticWorker:
         await trio.lowlevel.checkpoint()
         texts = [str(t) for t in request.embed]
         self.embedded += texts
+        self.embed_meta.append(dict(request.meta))
         await emit(Embeddings(tuple(tuple(bag_of_words(t)) for t in texts)))
-        await emit(Done("stop", "", None, (), request.params.model))
+        usage = Usage(input_tokens=sum(len(t.split()) for t in texts))
+        await emit(usage)
+        await emit(Done("stop", "", usage, (), request.params.model))
 
 
 def semantic_config(**semantic: Any) -> Config:
@@ -153,9 +157,9 @@ class Served:
         )
         return response.choices[0].message.content or ""
 
-    async def semantic_stats(self) -> dict[str, Any]:
+    async def semantic_stats(self, key: str = ALICE) -> dict[str, Any]:
         """The semantic cache's counters as ``/metrics`` exports them."""
-        headers = {"authorization": f"Bearer {ALICE}"}
+        headers = {"authorization": f"Bearer {key}"}
         async with httpx.AsyncClient(base_url=self.url, headers=headers) as http:
             response = await http.get("/metrics")
         response.raise_for_status()
@@ -269,3 +273,149 @@ def test_different_questions_are_below_the_default_threshold(question: str, diff
     """False-hit guard: every different-question pair stays below the default threshold."""
     threshold = SemanticCacheConfig().threshold
     assert cosine(bag_of_words(question), bag_of_words(different)) < threshold
+
+
+# ------------------------------------------------------------------ x-cache
+
+
+async def _asked(served: Served, question: str, **options: Any) -> tuple[str, str | None]:
+    """Ask as alice without streaming; the answer's text and its ``x-cache`` header."""
+    raw = await served.alice.chat.completions.with_raw_response.create(
+        model="echo", messages=[{"role": "user", "content": question}], temperature=0, **options
+    )
+    return raw.parse().choices[0].message.content or "", raw.headers.get("x-cache")
+
+
+async def test_x_cache_says_miss_then_semantic_hit(served: Served) -> None:
+    """The first answer carries ``x-cache: miss``; the paraphrase's, ``semantic-hit``; a
+    question the cache does not look at (a tool result is not eligible) carries none."""
+    assert await _asked(served, "What is the capital of France?") == (
+        "What is the capital of France?",
+        "miss",
+    )
+    _, marker = await _asked(served, "Tell me the capital of France, please.")
+    assert marker == "semantic-hit"
+    raw = await served.alice.chat.completions.with_raw_response.create(
+        model="echo",
+        messages=[
+            {"role": "user", "content": "hi"},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+                ],
+            },
+            {"role": "tool", "tool_call_id": "c1", "content": "42"},
+        ],
+        temperature=0,
+    )
+    assert "x-cache" not in raw.headers
+
+
+async def test_a_streamed_semantic_hit_says_so_in_its_headers(served: Served) -> None:
+    """A streamed paraphrase answered from the cache carries ``x-cache: semantic-hit``."""
+    await served.ask("Who wrote Hamlet?")
+    headers = {"authorization": f"Bearer {ALICE}"}
+    body = {
+        "model": "echo",
+        "messages": [{"role": "user", "content": "Hamlet: who wrote it?"}],
+        "temperature": 0,
+        "stream": True,
+    }
+    async with (
+        httpx.AsyncClient(base_url=served.url, headers=headers) as http,
+        http.stream("POST", "/v1/chat/completions", json=body) as response,
+    ):
+        assert response.headers["x-cache"] == "semantic-hit"
+        assert (await response.aread()).rstrip().endswith(b"data: [DONE]")
+
+
+async def test_x_cache_says_hit_for_the_exact_cache() -> None:
+    """With the exact cache on too, the same question again is ``x-cache: hit`` (the exact
+    cache answers before the semantic one looks), a paraphrase ``semantic-hit``."""
+    config = semantic_config()
+    semantic = config.resilience.cache.semantic
+    cache = CacheConfig(enabled=True, cache_sampled=True, semantic=semantic)
+    config = attrs.evolve(config, resilience=ResilienceConfig(cache=cache))
+    async with (
+        running_service(config, SemanticWorker()) as url,
+        openai.AsyncOpenAI(base_url=url + "/v1", api_key=ALICE, max_retries=0) as sdk,
+    ):
+        served = Served(url, SemanticWorker(), sdk, sdk)
+        questions = ("Who wrote Hamlet?", "Who wrote Hamlet?", "Hamlet: who wrote it?")
+        markers = [(await _asked(served, question))[1] for question in questions]
+    assert markers == ["miss", "hit", "semantic-hit"]
+
+
+# ------------------------------------------------------------ the embedding call's charge
+
+ADMIN = "sk-admin-0123456789"
+
+
+async def _virtual_key(url: str, **members: Any) -> dict[str, Any]:
+    """Create a virtual key through the admin API; its JSON (with the secret)."""
+    headers = {"authorization": f"Bearer {ADMIN}"}
+    async with httpx.AsyncClient(base_url=url, headers=headers) as admin:
+        response = await admin.post("/v1/admin/keys", json=members)
+    assert response.status_code == 201, response.text
+    key: dict[str, Any] = response.json()
+    return key
+
+
+async def _spend(url: str, group_by: str) -> dict[str, dict[str, Any]]:
+    headers = {"authorization": f"Bearer {ADMIN}"}
+    async with httpx.AsyncClient(base_url=url, headers=headers) as admin:
+        response = await admin.get("/v1/admin/spend", params={"group_by": group_by})
+    assert response.status_code == 200, response.text
+    return {row[group_by]: row for row in response.json()["data"]}
+
+
+def _keyed_config() -> Config:
+    """The semantic cache with storage (SQLite in memory) and an admin key: virtual keys."""
+    config = semantic_config()
+    return attrs.evolve(
+        config,
+        service=attrs.evolve(
+            config.service, api_keys=(ApiKeyConfig("admin", key=Secret(ADMIN), admin=True),)
+        ),
+        storage=attrs.evolve(config.storage, backend="sqlite"),
+    )
+
+
+async def test_the_embedding_call_is_spent_by_the_callers_key() -> None:
+    """Each lookup's embedding call is a request of the caller's virtual key: it carries the
+    key's id, and its usage is recorded as the key's spend under the embedding model."""
+    worker = SemanticWorker()
+    async with running_service(_keyed_config(), worker) as url:
+        key = await _virtual_key(url, label="team")
+        async with openai.AsyncOpenAI(base_url=url + "/v1", api_key=key["key"]) as sdk:
+            served = Served(url, worker, sdk, sdk)
+            await served.ask("What is the capital of France?")
+            await served.ask("Tell me the capital of France, please.")
+        assert [meta.get("api_key_id") for meta in worker.embed_meta] == [key["id"]] * 2
+        by_model = await _spend(url, "model")
+        assert by_model["bow-256"]["requests"] == 2
+        words = "What is the capital of France? Tell me the capital of France, please."
+        assert by_model["bow-256"]["prompt_tokens"] == len(words.split())
+        # Two chats (a hit is charged the usage it replays, as an exact hit is) and two
+        # embedding calls.
+        assert (await _spend(url, "key"))[key["id"]]["requests"] == 4
+
+
+async def test_the_embedding_call_counts_against_the_keys_rate_limit() -> None:
+    """A key allowed 3 requests a minute: the first question takes 2 (its chat and its
+    embedding), the paraphrase's chat the 3rd; its embedding call is refused by the key's
+    limit, so the cache is skipped (counted) and the upstream answers -- never a failure."""
+    worker = SemanticWorker()
+    async with running_service(_keyed_config(), worker) as url:
+        key = await _virtual_key(url, label="team", rpm=3)
+        async with openai.AsyncOpenAI(base_url=url + "/v1", api_key=key["key"]) as sdk:
+            served = Served(url, worker, sdk, sdk)
+            await served.ask("What is the capital of France?")
+            assert await served.ask("Tell me the capital of France, please.") == (
+                "Tell me the capital of France, please."
+            )
+        assert len(worker.chats) == 2
+        stats = await served.semantic_stats(ADMIN)
+        assert (stats["embed_errors"], stats["hits"]) == (1, 0)

@@ -46,7 +46,7 @@ from .config.reload import ConfigChange, ReloadReport, plan_reload
 from .errors import ConfigError, WorkerError
 from .observability import Instrumentation, instrument_pipeline
 from .observability.metrics import prometheus
-from .observability.spend import SpendListener
+from .observability.spend import SpendingWorker, SpendListener
 from .pipeline import (
     Assembler,
     DeadLetterQueue,
@@ -566,7 +566,22 @@ async def _assemble(
         label = "balancer"
     skip = PER_PROVIDER_LAYERS if config.routing.enabled else ()
     context = _context(gateway, nursery, label, redis, providers)
+    context = attrs.evolve(context, charged=_charged_as_caller(gateway))
     return wrap(inner, config.resilience, context, skip=skip)
+
+
+def _charged_as_caller(gateway: Gateway) -> Callable[[ModelWorker], ModelWorker]:
+    """How the semantic cache's embedding call is charged to the caller's key, as a
+    request of its own: the virtual key's policy (models, rpm/tpm, budget) and spend."""
+
+    def listener() -> SpendListener:
+        return SpendListener(gateway.spend, gateway.keys, gateway.priced_facts, gateway.provider_of)
+
+    def charged(worker: ModelWorker) -> ModelWorker:
+        spending = SpendingWorker(worker, listener)
+        return spending if gateway.store is None else KeyPolicyWorker(spending, gateway.keys)
+
+    return charged
 
 
 def _limit_adaptively(

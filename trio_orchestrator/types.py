@@ -22,6 +22,7 @@ __all__ = [
     "Role",
     "Tool",
     "ToolCall",
+    "mark_cache",
     "new_request_id",
 ]
 
@@ -205,11 +206,16 @@ class RequestTiming:
         arrived: when the request reached the gateway's application.
         upstream: seconds spent waiting on upstreams, in waits that have ended.
         answered: the service has sent the response's headers; waits are no longer marked.
+        cache: what a cache made of the request, for the ``x-cache`` response header:
+            ``"hit"`` (the exact cache answered), ``"semantic-hit"`` (the semantic cache
+            did), ``"miss"`` (a cache looked and the upstream answered), or ``""`` (no
+            cache looked at it). Set by :func:`mark_cache`.
     """
 
     arrived: float
     upstream: float = 0.0
     answered: bool = False
+    cache: str = ""
     _open: int = 0
     _since: float = 0.0
 
@@ -239,6 +245,15 @@ class RequestTiming:
         :meth:`overhead` as of now."""
         self.answered = True
         return self.overhead(now)
+
+
+def mark_cache(request: PromptRequest, what: str, *, replace: bool = False) -> None:
+    """Note on ``request``'s timing what a cache made of it (:attr:`RequestTiming.cache`):
+    a lookup marks ``"miss"`` unless an outer cache marked it already, a hit replaces that.
+    Nothing happens when the request is not timed."""
+    timing = request.timing
+    if timing is not None and (replace or not timing.cache):
+        timing.cache = what
 
 
 def _to_messages(messages: Iterable[Message]) -> tuple[Message, ...]:

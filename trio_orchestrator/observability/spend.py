@@ -14,14 +14,18 @@ import time
 from collections.abc import Callable
 
 import attrs
+import trio
 
 from ..catalogue.facts import ModelFacts
+from ..events import Accumulator, StreamEvent
 from ..pipeline import FinishedRequest, Outcome
 from ..routing.keys import VirtualKeys
 from ..storage.base import SpendRecord, day_of
 from ..storage.writer import SpendWriter
+from ..types import PromptRequest
+from ..workers.base import EventSink, ModelWorker
 
-__all__ = ["SpendListener"]
+__all__ = ["SpendListener", "SpendingWorker"]
 
 
 @attrs.define(eq=False)
@@ -75,3 +79,40 @@ class SpendListener:
                 cost=cost,
             )
         )
+
+
+@attrs.define(eq=False)
+class SpendingWorker:
+    """A worker whose completed requests are priced and charged as the pipeline's are, for
+    the calls the gateway makes on a caller's behalf outside the pipeline (the semantic
+    cache's embedding call): the request carries the caller's ``meta``, so its cost goes
+    to the caller's key and spend records.
+
+    Args:
+        inner: the worker making the call.
+        listener: gives the spend listener to charge (made when charged: the gateway's
+            spend writer is opened after its layers).
+    """
+
+    inner: ModelWorker
+    listener: Callable[[], SpendListener]
+
+    async def generate(self, request: PromptRequest, emit: EventSink) -> None:
+        """Answer through ``inner``, then charge the completed answer.
+
+        Raises:
+            WorkerError: whatever ``inner`` raised (nothing is charged here: an attempt's
+                cost is the router's to charge).
+        """
+        accumulator = Accumulator()
+        started = trio.current_time()
+
+        async def record(event: StreamEvent) -> None:
+            accumulator.add(event)
+            await emit(event)
+
+        await self.inner.generate(request, record)
+        completion = accumulator.completion(request.request_id)
+        elapsed = trio.current_time() - started
+        finished = FinishedRequest(request, Outcome.COMPLETED, completion, None, elapsed, None)
+        self.listener()(finished)

@@ -15,7 +15,7 @@ import attrs
 import trio
 
 from ..events import Done, StreamEvent
-from ..types import PromptRequest
+from ..types import PromptRequest, mark_cache
 from ..validators import positive_int, positive_time
 from ..workers.base import EventSink, ModelWorker
 from .config import CacheConfig, refuse_toggle
@@ -158,6 +158,7 @@ class CacheLayer:
             return
         key = request_key(request)
         cached = self._store.get(key, trio.current_time())
+        mark_cache(request, "miss" if cached is None else "hit", replace=cached is not None)
         if cached is not None:
             await trio.lowlevel.checkpoint()
             for event in cached:

@@ -21,8 +21,16 @@ Not eligible (passed straight through, counted as ``bypassed``): embedding reque
 audio), and sampled requests unless ``cache_sampled``. An embedding failure never fails the
 request: it is counted and the request goes to the inner worker uncached.
 
+The embedding call is made as the caller (:class:`CallerEmbedder`): a request of the
+caller's key, counted against its limits and charged to its budget and spend like any.
+What a cache made of a request is marked on its timing (:func:`~..types.mark_cache`), which
+the service sends as the ``x-cache`` header (``semantic-hit`` here).
+
 The index is in memory, for one process, bounded by ``max_entries`` in total, LRU with a TTL
-on Trio's clock. A lookup scans the scope's entries in pure Python (no numpy here): each
+on Trio's clock. With ``[distributed]`` each process's index is filled from the entries the
+others stored in Redis (:mod:`~trio_orchestrator.distributed.semantic`) on a miss.
+
+A lookup scans the scope's entries in pure Python (no numpy here): each
 vector carries a 256-bit SimHash signature (sparse random projections), an entry whose
 signature is too far to reach the threshold is skipped with one XOR and popcount, and only
 the rest get the exact cosine (vectors are normalised when stored, so it is one dot
@@ -40,7 +48,7 @@ import random
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
 import trio
@@ -48,12 +56,16 @@ import trio
 from ..errors import WorkerError
 from ..events import Done, StreamEvent
 from ..seams import Embedder
-from ..types import PromptRequest
-from ..workers.base import EventSink, ModelWorker
+from ..types import GenerationParams, PromptRequest, mark_cache
+from ..workers.base import EventSink, ModelWorker, collect
 from .config import SemanticCacheConfig, refuse_toggle
 from .keys import is_deterministic, message_key, params_key
 
+if TYPE_CHECKING:
+    from ..distributed.semantic import SharedSemanticIndex
+
 __all__ = [
+    "CallerEmbedder",
     "SemanticCacheLayer",
     "SemanticCacheStatistics",
     "SemanticIndex",
@@ -115,6 +127,46 @@ def scope_of(request: PromptRequest, *, per_key: bool) -> str:
         payload["key"] = request.meta.get("api_key_id")
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=repr)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+@attrs.frozen
+class CallerEmbedder:
+    """Embeds a question *as the caller who asked it*: the embedding request carries the
+    caller's ``meta`` (API key id, user, tenant), deadline, priority and timing, and goes
+    through ``worker`` -- so every layer that counts or charges a key (rate limits per user
+    or key, the router's spend ledger, and what the gateway wraps around it: the virtual
+    key's own limits and budget, spend) counts and charges it like any request of that key.
+
+    Args:
+        worker: the worker to send the embedding request through.
+    """
+
+    worker: ModelWorker
+
+    async def embed_for(self, caller: PromptRequest, text: str, *, model: str) -> list[float]:
+        """The vector of ``text`` from ``model``, asked on behalf of ``caller``.
+
+        Raises:
+            WorkerError: whatever the worker raised (a refusal, a limit, an upstream failure).
+        """
+        request = PromptRequest(
+            embed=(text,),
+            params=GenerationParams(model=model),
+            meta=caller.meta,
+            deadline=caller.deadline,
+            timeout=caller.timeout,
+            priority=caller.priority,
+            streaming=False,
+            timing=caller.timing,
+        )
+        completion = await collect(self.worker, request)
+        (vector,) = completion.embeddings
+        return list(vector)
+
+
+def _first_done(events: list[StreamEvent]) -> bool:
+    """Whether the last of ``events`` is the first ``Done`` among them."""
+    return not any(isinstance(e, Done) for e in events[:-1])
 
 
 @attrs.define(eq=False, slots=True)
@@ -245,11 +297,20 @@ class SemanticIndex:
         return self._lru[ident].events
 
     def put(
-        self, scope: str, vector: tuple[float, ...], events: tuple[StreamEvent, ...], now: float
+        self,
+        scope: str,
+        vector: tuple[float, ...],
+        events: tuple[StreamEvent, ...],
+        now: float,
+        *,
+        expires: float | None = None,
     ) -> None:
-        """Store an answer under ``scope`` as the most recently used entry."""
+        """Store an answer under ``scope`` as the most recently used entry, until ``expires``
+        (default: ``now`` plus the TTL; an entry from another process keeps what it had
+        left)."""
         ident, self._next = self._next, self._next + 1
-        entry = _Entry(scope, vector, self.signature(vector), events, now + self.ttl)
+        until = now + self.ttl if expires is None else min(expires, now + self.ttl)
+        entry = _Entry(scope, vector, self.signature(vector), events, until)
         self._lru[ident] = entry
         self._scopes.setdefault(scope, {})[ident] = entry
         self._evict()
@@ -305,12 +366,15 @@ class SemanticCacheLayer:
     Args:
         inner: the worker that answers misses.
         config: ``[resilience.cache.semantic]``.
-        embedder: turns the question into a vector (with ``config.embedding_model``).
+        embedder: turns the question into a vector (with ``config.embedding_model``); a
+            :class:`CallerEmbedder` asks on behalf of the request's caller.
+        shared: the entries shared with other processes through Redis, or None.
     """
 
     _inner: ModelWorker
     _config: SemanticCacheConfig
-    _embedder: Embedder
+    _embedder: Embedder | CallerEmbedder
+    _shared: SharedSemanticIndex | None = None
     _index: SemanticIndex = attrs.field(init=False)
     _lookups: int = attrs.field(default=0, init=False)
     _hits: int = attrs.field(default=0, init=False)
@@ -366,25 +430,49 @@ class SemanticCacheLayer:
         scope = scope_of(request, per_key=config.scope == "api_key")
         started = time.perf_counter()
         try:
-            (raw,) = await self._embedder.embed([question], model=config.embedding_model)
+            raw = await self._embed(request, question)
         except WorkerError:
             # Losing the cache never fails a request.
             self._embed_errors += 1
+            mark_cache(request, "miss")
             await self._inner.generate(request, emit)
             return
+        # Marked after the embedding call, which shares the request's timing: a cache below
+        # that answered the *embedding* (the shared answers in Redis) must not say "hit" for
+        # the chat; a cache below that answers the chat itself still may.
+        mark_cache(request, "miss", replace=True)
         vector = normalise(raw)
-        similarity, ident = self._index.search(
-            scope, vector, trio.current_time(), threshold=config.threshold
-        )
+        ident = await self._search(scope, vector)
         self._count_lookup(time.perf_counter() - started)
-        if ident >= 0 and similarity >= config.threshold:
+        if ident >= 0:
             self._hits += 1
+            mark_cache(request, "semantic-hit", replace=True)
             events = self._index.take(ident)
             await trio.lowlevel.checkpoint()
             for event in events:
                 await emit(event)
             return
         await self._answer_and_store(scope, vector, request, emit)
+
+    async def _embed(self, request: PromptRequest, question: str) -> Sequence[float]:
+        model = self._config.embedding_model
+        if isinstance(self._embedder, CallerEmbedder):
+            return await self._embedder.embed_for(request, question, model=model)
+        (raw,) = await self._embedder.embed([question], model=model)
+        return raw
+
+    async def _search(self, scope: str, vector: tuple[float, ...]) -> int:
+        """The id of the entry close enough to ``vector`` in ``scope``, or -1: this
+        process's index first, then (on a miss) with what other processes stored since."""
+        threshold = self._config.threshold
+        now = trio.current_time()
+        similarity, ident = self._index.search(scope, vector, now, threshold=threshold)
+        if ident >= 0 and similarity >= threshold:
+            return ident
+        if self._shared is None or not await self._shared.pull(scope, self._index, now):
+            return -1
+        similarity, ident = self._index.search(scope, vector, now, threshold=threshold)
+        return ident if ident >= 0 and similarity >= threshold else -1
 
     def _count_lookup(self, seconds: float) -> None:
         self._lookups += 1
@@ -395,9 +483,16 @@ class SemanticCacheLayer:
         self, scope: str, vector: tuple[float, ...], request: PromptRequest, emit: EventSink
     ) -> None:
         recorded: list[StreamEvent] = []
+        shared, config = self._shared, self._config
 
         async def record(event: StreamEvent) -> None:
             recorded.append(event)
+            if shared is not None and isinstance(event, Done) and _first_done(recorded):
+                # Shared before the caller has the whole answer, so that whatever it asks
+                # next, of any process, finds it.
+                await shared.push(
+                    scope, vector, tuple(recorded), ttl=config.ttl, max_entries=config.max_entries
+                )
             await emit(event)
 
         await self._inner.generate(request, record)

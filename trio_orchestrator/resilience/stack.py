@@ -27,14 +27,13 @@ import trio
 from ..errors import ConfigError
 from ..seams import iter_layers, provider_name
 from ..workers.base import ModelWorker
-from ..workers.embeddings import WorkerEmbedder
 from .breaker import CircuitBreakerLayer
 from .cache import CacheLayer
 from .coalesce import CoalescingLayer
 from .config import ResilienceConfig
 from .ratelimit import RateLimitLayer
 from .retry import RetryLayer
-from .semantic_cache import SemanticCacheLayer
+from .semantic_cache import CallerEmbedder, SemanticCacheLayer
 
 if TYPE_CHECKING:
     from ..distributed.connection import RedisConnection
@@ -56,6 +55,10 @@ def _ignore(_component: object, _path: str) -> None:
     pass
 
 
+def _as_is(worker: ModelWorker) -> ModelWorker:
+    return worker
+
+
 @attrs.frozen(eq=False)
 class LayerContext:
     """What a layer factory may use besides the worker it wraps and the configuration.
@@ -71,6 +74,9 @@ class LayerContext:
             reloads, exports and checks readiness of what it was told about.
         providers: the provider workers by label (the semantic cache's
             ``embedding_provider`` names one).
+        charged: wraps the worker the semantic cache embeds through, so that its calls are
+            charged to the caller's key as the gateway's own requests are (the composition
+            root applies the virtual key's policy and records the spend; default: as is).
     """
 
     nursery: trio.Nursery
@@ -78,6 +84,7 @@ class LayerContext:
     redis: RedisConnection | None = None
     register: Register = _ignore
     providers: Mapping[str, ModelWorker] = attrs.field(factory=dict)
+    charged: Callable[[ModelWorker], ModelWorker] = _as_is
 
 
 LayerFactory: TypeAlias = Callable[[ModelWorker, ResilienceConfig, LayerContext], ModelWorker]
@@ -106,7 +113,15 @@ def _semantic_cache(
                 "resilience.cache.semantic.embedding_provider: no provider is labelled "
                 f"{semantic.embedding_provider!r} (known: {sorted(context.providers)})"
             ) from None
-    layer = SemanticCacheLayer(worker, semantic, WorkerEmbedder(embeds, batch=1))
+    shared = None
+    if context.redis is not None:
+        from ..distributed.semantic import SharedSemanticIndex
+
+        shared = SharedSemanticIndex(context.redis, semantic.embedding_model)
+        context.register(shared, "resilience.cache.semantic")
+    # Embedded as the caller: the call counts against the caller's key like any request.
+    embedder = CallerEmbedder(context.charged(embeds))
+    layer = SemanticCacheLayer(worker, semantic, embedder, shared)
     context.register(layer, "resilience.cache.semantic")
     return layer
 

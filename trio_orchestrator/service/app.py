@@ -45,6 +45,7 @@ from ..types import RequestTiming
 from ..workers import ModelWorker
 from . import admin_keys as keys
 from . import endpoints as ep
+from .cache_header import cache_marked
 from .completions import completions
 from .connections import BoundedBody, Requests
 from .errors import ApiError, map_exception
@@ -207,7 +208,8 @@ class ServiceApp(Starlette):
         state: ServiceState = self.state.service
         now = trio.current_time()
         if self.timed:
-            scope[TIMING_KEY] = RequestTiming(now)
+            timing = scope[TIMING_KEY] = RequestTiming(now)
+            send = cache_marked(send, timing)  # x-cache: what a cache made of the request
         deadline = now + self.read_timeout
         bounded = BoundedBody(receive, send, deadline, lambda: state.draining)
         requests = self.requests
@@ -236,7 +238,7 @@ def _middleware(config: Config, keyring: KeyRing) -> list[Middleware]:
                 allow_methods=["GET", "POST"],
                 # The Anthropic SDK sends its key and version in headers of its own.
                 allow_headers=CORS_REQUEST_HEADERS,
-                expose_headers=["x-request-id", "x-gateway-overhead-ms"],
+                expose_headers=["x-request-id", "x-gateway-overhead-ms", "x-cache"],
             )
         )
     layers.append(Middleware(Guard, keys=keyring, max_body_bytes=service.max_body_bytes))
