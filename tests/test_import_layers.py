@@ -31,6 +31,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             r"errors",
             r"events",
             r"compatibility",
+            r"_docpage",
             r"sharding",
             r"config\.(secret|kinds|toml_writer|docs)",
             r"validators",
@@ -57,7 +58,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("routing", (r"routing\..*",)),
     ("config root", (r"config\..*",)),
     ("pipeline", (r"pipeline\..*",)),
-    ("above the pipeline", (r"observability\..*", r"distributed\.(dead_letters|queue|state)")),
+    ("above the pipeline", (r"observability\..*", r"distributed\.(dead_letters|queue|state|budgets)")),
     ("gateway", (r"gateway",)),
     (
         "service and CLI",
