@@ -51,7 +51,7 @@ from ..events import (
 )
 from ..resilience.config import CacheConfig, refuse_toggle
 from ..resilience.keys import is_deterministic, request_key
-from ..types import PromptRequest
+from ..types import PromptRequest, request_notes
 from ..workers.base import EventSink, ModelWorker
 from .connection import RedisConnection, RedisUnavailable
 
@@ -227,6 +227,8 @@ class SharedAnswerLayer:
             state, value = await self._call(self._look, keys, [_now_ms(), self._lru()])
             if state == "answer":
                 self._counts["followed" if follow.waited else "hits"] += 1
+                if (notes := request_notes()) is not None:
+                    notes.coalesced, notes.cache_hit = follow.waited, not follow.waited
                 await _replay(value, emit, skip=follow.emitted)
                 return
             if state == "error":

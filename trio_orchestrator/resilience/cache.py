@@ -15,7 +15,7 @@ import attrs
 import trio
 
 from ..events import Done, StreamEvent
-from ..types import PromptRequest
+from ..types import PromptRequest, request_notes
 from ..validators import positive_int, positive_time
 from ..workers.base import EventSink, ModelWorker
 from .config import CacheConfig, refuse_toggle
@@ -159,6 +159,8 @@ class CacheLayer:
         key = request_key(request)
         cached = self._store.get(key, trio.current_time())
         if cached is not None:
+            if (notes := request_notes()) is not None:
+                notes.cache_hit = True
             await trio.lowlevel.checkpoint()
             for event in cached:
                 await emit(event)

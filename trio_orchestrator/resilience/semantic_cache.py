@@ -48,7 +48,7 @@ import trio
 from ..errors import WorkerError
 from ..events import Done, StreamEvent
 from ..seams import Embedder
-from ..types import PromptRequest
+from ..types import PromptRequest, request_notes
 from ..workers.base import EventSink, ModelWorker
 from .config import SemanticCacheConfig, refuse_toggle
 from .keys import is_deterministic, message_key, params_key
@@ -379,6 +379,8 @@ class SemanticCacheLayer:
         self._count_lookup(time.perf_counter() - started)
         if ident >= 0 and similarity >= config.threshold:
             self._hits += 1
+            if (notes := request_notes()) is not None:
+                notes.cache_hit = True
             events = self._index.take(ident)
             await trio.lowlevel.checkpoint()
             for event in events:
