@@ -46,6 +46,7 @@ from .config.reload import ConfigChange, ReloadReport, plan_reload
 from .errors import ConfigError, WorkerError
 from .observability import Instrumentation, instrument_pipeline
 from .observability.metrics import prometheus
+from .observability.requestlog import ErrorStatus, NotingWorker, Redactor, RequestLogListener
 from .observability.spend import SpendListener
 from .pipeline import (
     Assembler,
@@ -63,6 +64,7 @@ from .routing.router import RouterWorker, open_router
 from .routing.strategies import HealthCheck
 from .seams import ModelCatalog, ModelLister, Readiness, Reloadable, Revivable, provider_name
 from .storage import (
+    RequestLogWriter,
     SpendWriter,
     StorageUnavailable,
     Store,
@@ -135,6 +137,7 @@ class Gateway:
         store: the operator-state store (``[storage]``), or None with ``backend = "none"``.
         keys: the live virtual keys (loaded from the store at start).
         spend: the spend writer, with a store.
+        request_log: the request log's writer, with a store and ``log_requests`` on.
     """
 
     def __init__(self, config: Config) -> None:
@@ -151,6 +154,7 @@ class Gateway:
         self.store: Store | None = None
         self.keys = VirtualKeys()
         self.spend: SpendWriter | None = None
+        self.request_log: RequestLogWriter | None = None
         # The last listed_models answer every asked upstream gave, and until when it holds.
         self._listed: tuple[tuple[str, ...], float] | None = None
 
@@ -422,6 +426,7 @@ async def open_gateway(
     post_processors: Sequence[PostProcessor] | None = None,
     sinks: Sequence[OutputSink] = (),
     registry: CollectorRegistry | None = None,
+    error_status: ErrorStatus | None = None,
 ) -> AsyncIterator[Gateway]:
     """Build and run the gateway ``config`` describes, for the ``async with`` block.
 
@@ -439,6 +444,8 @@ async def open_gateway(
         sinks: receive every completed answer.
         registry: the Prometheus registry for the metrics (default: a new one per gateway;
             read it with ``gateway.observed.render()``).
+        error_status: the HTTP status and error code a client gets for an error, for the
+            request log (the service gives its own; default: status 0 and the error's class).
 
     Raises:
         ConfigError: a provider's key comes from an environment variable that is not set,
@@ -460,12 +467,18 @@ async def open_gateway(
         nursery = await stack.enter_async_context(trio.open_nursery())
         try:
             top = await _assemble(gateway, config, providers, redis, stack, nursery)
+            noting: NotingWorker | None = None
             if gateway.store is not None:
                 top = KeyPolicyWorker(top, gateway.keys)
                 gateway.spend = SpendWriter(gateway.store, config.storage)
                 gateway.add(gateway.spend)
                 await nursery.start(gateway.spend.run)
                 nursery.start_soon(_sync_keys, gateway, config.storage.sync_interval)
+                if config.storage.log_requests:
+                    top = noting = NotingWorker(top)
+                    gateway.request_log = RequestLogWriter(gateway.store, config.storage)
+                    gateway.add(gateway.request_log)
+                    await nursery.start(gateway.request_log.run)
             dead_letters = await stack.enter_async_context(_open_dead_letters(config, redis))
             async with open_pipeline(
                 top,
@@ -484,6 +497,8 @@ async def open_gateway(
                         gateway.spend, gateway.keys, gateway.priced_facts, gateway.provider_of
                     )
                 )
+                if gateway.request_log is not None:
+                    pipeline.add_listener(_request_logger(gateway, noting, error_status))
                 gateway.observed = _instrument(gateway, registry)
                 yield gateway
         except BaseException as exc:
@@ -499,6 +514,25 @@ async def open_gateway(
         nursery.cancel_scope.cancel()
     if body_error is not None:
         raise body_error
+
+
+def _request_logger(
+    gateway: Gateway, noting: NotingWorker | None, error_status: ErrorStatus | None
+) -> RequestLogListener:
+    assert gateway.request_log is not None
+    storage = gateway.config.storage
+    listener = RequestLogListener(
+        gateway.request_log,
+        gateway.keys,
+        gateway.priced_facts,
+        gateway.provider_of,
+        noting,
+        log_content=storage.log_content,
+        redactor=Redactor(storage.redact, storage.log_content_max_chars),
+    )
+    if error_status is not None:
+        listener.error_status = error_status
+    return listener
 
 
 def _instrument(gateway: Gateway, registry: CollectorRegistry | None) -> Instrumentation:

@@ -16,12 +16,27 @@ from collections.abc import Callable
 import attrs
 
 from ..catalogue.facts import ModelFacts
+from ..events import Usage
 from ..pipeline import FinishedRequest, Outcome
 from ..routing.keys import VirtualKeys
 from ..storage.base import SpendRecord, day_of
 from ..storage.writer import SpendWriter
 
-__all__ = ["SpendListener"]
+__all__ = ["SpendListener", "price"]
+
+
+def price(
+    usage: Usage, asked: str, answered: str | None, facts_of: Callable[[str], ModelFacts | None]
+) -> float:
+    """What ``usage`` cost in US dollars: priced by the facts of the model asked for, else of
+    the model that answered (``answered``), else 0 (no price known). Spend and the request
+    log both price with it, so their costs agree."""
+    facts = facts_of(asked)
+    if facts is None and answered is not None:
+        facts = facts_of(answered)
+    if facts is None:
+        return 0.0
+    return facts.cost(usage.input_tokens, usage.output_tokens, usage.cached_input_tokens)
 
 
 @attrs.define(eq=False)
@@ -51,12 +66,7 @@ class SpendListener:
         if usage is None:
             return
         asked = record.request.params.model
-        facts = self.facts_of(asked)
-        if facts is None and completion.model is not None:
-            facts = self.facts_of(completion.model)
-        cost = 0.0
-        if facts is not None:
-            cost = facts.cost(usage.input_tokens, usage.output_tokens, usage.cached_input_tokens)
+        cost = price(usage, asked, completion.model, self.facts_of)
         key_id = record.request.meta.get("api_key_id", "")
         if key_id:
             self.keys.charge(key_id, cost)
