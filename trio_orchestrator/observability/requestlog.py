@@ -85,15 +85,17 @@ class Redactor:
 
     patterns: Iterable[str] = ()
     max_chars: int = 4096
-    _compiled: re.Pattern[str] = attrs.field(init=False)
+    _compiled: tuple[re.Pattern[str], ...] = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        joined = "|".join(f"(?:{p})" for p in (*DEFAULT_REDACTIONS, *self.patterns))
-        object.__setattr__(self, "_compiled", re.compile(joined))
+        # One by one: a configured pattern may carry global flags (``(?i)…``) of its own.
+        compiled = tuple(re.compile(p) for p in (*DEFAULT_REDACTIONS, *self.patterns))
+        object.__setattr__(self, "_compiled", compiled)
 
     def __call__(self, text: str) -> str:
         """``text`` redacted and truncated."""
-        text = self._compiled.sub(REDACTED, text)
+        for pattern in self._compiled:
+            text = pattern.sub(REDACTED, text)
         if len(text) > self.max_chars:
             text = text[: self.max_chars] + TRUNCATED
         return text
@@ -109,7 +111,7 @@ def outcome_of(record: FinishedRequest) -> str:
         return "timed_out"
     if outcome is Outcome.CANCELLED or isinstance(error, RequestCancelled):
         return "cancelled"
-    if outcome is Outcome.SHED or isinstance(error, _REFUSALS | RequestError):
+    if outcome is Outcome.SHED or isinstance(error, (*_REFUSALS, RequestError)):
         return "rejected"
     return "failed"
 
