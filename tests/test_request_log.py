@@ -84,7 +84,7 @@ async def chat(url: str, key: str, content: str = "hi", **extra: Any) -> str:
         answer = await client.chat.completions.create(
             model=MODEL, messages=[{"role": "user", "content": content}], **extra
         )
-    request_id = answer._request_id
+    request_id: str | None = answer._request_id
     assert request_id is not None
     return request_id
 
