@@ -9,7 +9,7 @@ from typing import Any
 import attrs
 
 from ..config.secret import Secret
-from ..validators import one_of, positive_int, positive_number, positive_seconds, positive_time
+from ..validators import Range, one_of, positive_int, positive_seconds, positive_time
 
 __all__ = ["StorageConfig"]
 
@@ -26,8 +26,7 @@ def _patterns(_instance: object, attribute: attrs.Attribute[Any], value: object)
             ) from None
 
 
-_optional_positive = attrs.validators.optional(positive_number)
-_RETENTION_DAYS: float | None = 30.0
+_days = Range("a number of days > 0 (inf: no age limit)", exclusive_minimum=0)
 
 
 def _to_strings(value: Any) -> tuple[str, ...]:
@@ -78,7 +77,7 @@ class StorageConfig:
             (``sk-…``, ``Bearer …``, AWS access key ids).
         log_content_max_chars: the most characters kept of a logged prompt or answer (the
             rest is cut, and ``…[truncated]`` says so).
-        log_retention_days: days a request log record is kept (None: no age limit).
+        log_retention_days: days a request log record is kept (``inf``: no age limit).
         log_max_rows: request log records kept at most, the newest (None: no row limit).
         prune_interval: seconds between two deletions of what is past the retention.
     """
@@ -94,9 +93,7 @@ class StorageConfig:
     log_content: bool = False
     redact: tuple[str, ...] = attrs.field(default=(), converter=_to_strings, validator=_patterns)
     log_content_max_chars: int = attrs.field(default=4096, validator=positive_int)
-    log_retention_days: float | None = attrs.field(
-        default=_RETENTION_DAYS, validator=_optional_positive
-    )
+    log_retention_days: float = attrs.field(default=30.0, validator=_days)
     log_max_rows: int | None = attrs.field(
         default=None, validator=attrs.validators.optional(positive_int)
     )

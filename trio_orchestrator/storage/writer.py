@@ -197,9 +197,9 @@ class RequestLogWriter(RecordWriter[RequestRecord]):
         """Delete the records past the retention now; the number deleted (0 when storage
         is down: it is tried again at the next interval)."""
         days, rows = self.config.log_retention_days, self.config.log_max_rows
-        if days is None and rows is None:
+        if math.isinf(days) and rows is None:
             return 0
-        before = None if days is None else self.clock() - days * 86_400
+        before = None if math.isinf(days) else self.clock() - days * 86_400
         try:
             deleted = await self.store.prune_requests(before=before, keep=rows)
         except StorageUnavailable as exc:
