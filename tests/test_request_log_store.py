@@ -123,7 +123,7 @@ class CountingStore:
 
 
 async def test_the_writer_prunes_on_its_interval(autojump_clock: trio.testing.MockClock) -> None:
-    """The writer task prunes in its first round, then every prune_interval, to the
+    """The writer task prunes in its first round, then every prune_interval, to the configured
     age and rows, and counts what it deleted."""
     store = CountingStore()
     config = StorageConfig(
