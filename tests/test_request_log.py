@@ -19,6 +19,7 @@ from postgres_fixture import PostgresServer, postgres_cluster, postgres_server
 from service_helpers import running_service
 from test_admin_keys_e2e import ADMIN, ANSWER, COST, MODEL, create, sdk, settings
 
+from trio_orchestrator.config import parse_config
 from trio_orchestrator.testing import FakeBehaviour, FakeProvider, open_fake_provider
 
 __all__ = ["postgres_cluster", "postgres_server"]
@@ -326,3 +327,54 @@ async def test_log_requests_off_answers_404(fake: FakeProvider) -> None:
         answer = await admin.get("/v1/admin/requests")
     assert answer.status_code == 404
     assert answer.json()["error"]["code"] == "request_log_disabled"
+
+
+async def test_a_fallback_is_logged_with_the_provider_that_answered(fake: FakeProvider) -> None:
+    """Under ``[routing]``, a request whose first deployment fails and whose second answers
+    is logged with one fallback, two attempts and the second provider."""
+    upstream = fake.openai_base_url
+    providers = "".join(
+        f'[[providers.providers]]\nkind = "openai"\nname = "{name}"\nbase_url = "{upstream}"\n'
+        f'api_keys = ["k"]\nstream = false\n'
+        for name in ("first", "second")
+    )
+    deployments = "".join(
+        f'[[routing.deployments]]\nname = "{name}"\nmodel = "{MODEL}"\nprovider = "{name}"\n'
+        f"input_price = {price}\noutput_price = {price}\n"
+        for name, price in (("first", 1.0), ("second", 2.0))
+    )
+    config = parse_config(
+        f'[service]\nport = 0\n[[service.api_keys]]\nkey = "{ADMIN}"\nadmin = true\n'
+        f'{providers}{deployments}[storage]\nbackend = "sqlite"\n{FAST}'
+    )
+    async with running_service(config) as url:
+        fake.script(FakeBehaviour(status=500))
+        request_id = await chat(url, ADMIN)
+        headers = {"authorization": f"Bearer {ADMIN}"}
+        async with httpx.AsyncClient(base_url=url, headers=headers) as admin:
+            record = (await admin.get(f"/v1/admin/requests/{request_id}")).json()
+    assert fake.statistics().requests == 2
+    assert (record["outcome"], record["status"]) == ("completed", 200)
+    assert (record["attempts"], record["fallbacks"]) == (2, 1)
+    assert record["provider"] == "second"
+
+
+async def test_a_coalesced_request_is_logged_as_such(fake: FakeProvider) -> None:
+    """With coalescing on, of two identical requests in flight at once one calls the
+    upstream and the other is logged as coalesced, with no attempt of its own."""
+    extra = "[resilience.coalescing]\nenabled = true\n"
+    # The upstream answers slowly, so the second request arrives while the first waits.
+    fake.script(FakeBehaviour(first_token_delay=2.0))
+    ids: list[str] = []
+    async with serving(fake, FAST, extra=extra) as (admin, url):
+
+        async def one() -> None:
+            ids.append(await chat(url, ADMIN, "same", temperature=0))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(one)
+            nursery.start_soon(one)
+        records = {r["id"]: r for r in (await logged(admin))["data"]}
+    assert fake.statistics().requests == 1
+    flags = sorted((records[i]["coalesced"], records[i]["attempts"]) for i in ids)
+    assert flags == [(False, 1), (True, 0)]
