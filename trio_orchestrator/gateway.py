@@ -10,8 +10,8 @@ describes, in one place and in one order, and tears it down in reverse.
 The order, each part opened inside the one before:
 
 1. shared resources: one Redis connection (``[distributed] redis_url``), the store
-   (``[storage]``: virtual keys and spend), the HTTP clients, a nursery for the layers'
-   background work (and the spend writer's);
+   (``[storage]``: virtual keys, spend, the request log), the HTTP clients, a nursery for
+   the layers' background work (and the spend and request log writers');
 2. providers: one worker per ``[[providers]]`` entry, or the built-in echo worker, or the
    worker given;
 3. per-provider layers: a provider's adaptive concurrency limit right around it (its
