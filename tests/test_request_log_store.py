@@ -14,6 +14,7 @@ import trio
 import trio.testing
 from postgres_fixture import postgres_cluster, postgres_server
 
+from trio_orchestrator import Config, open_gateway
 from trio_orchestrator.errors import DeadlineExceeded, RequestShed
 from trio_orchestrator.observability.requestlog import Redactor, outcome_of
 from trio_orchestrator.pipeline import FinishedRequest, Outcome
@@ -174,3 +175,24 @@ def test_outcomes(outcome: Outcome, error: BaseException | None, expected: str) 
     """The pipeline's outcomes map to the log's: a refusal by the gateway is ``rejected``."""
     record = FinishedRequest(PromptRequest(input="x"), outcome, None, error, 0.1, None)
     assert outcome_of(record) == expected
+
+
+async def test_content_logging_follows_a_reload() -> None:
+    """A reload turning ``log_content`` on (with a new redaction) applies to the requests
+    that end after it, with no restart; the gateway reports it applied."""
+    storage = StorageConfig(backend="sqlite")
+    config = Config(storage=storage)
+    async with open_gateway(config) as gateway:
+        before = await gateway.pipeline.submit(PromptRequest(input="secret 1234"))
+        report = gateway.reload(
+            attrs.evolve(config, storage=attrs.evolve(storage, log_content=True, redact=["\\d+"]))
+        )
+        after = await gateway.pipeline.submit(PromptRequest(input="secret 1234"))
+        assert gateway.request_log is not None
+        assert gateway.store is not None
+        await gateway.request_log.flush()
+        records = {r.id: r for r in await gateway.store.requests(RequestFilter(), 10)}
+    assert "storage.log_content" in str(report.applied)
+    assert records[before.request_id].request is None
+    assert records[after.request_id].request == '[{"role": "user", "content": "secret [REDACTED]"}]'
+    assert records[after.request_id].response is not None

@@ -498,7 +498,9 @@ async def open_gateway(
                     )
                 )
                 if gateway.request_log is not None:
-                    pipeline.add_listener(_request_logger(gateway, noting, error_status))
+                    listener = _request_logger(gateway, noting, error_status)
+                    pipeline.add_listener(listener)
+                    gateway.add(listener, "storage")  # content settings reload
                 gateway.observed = _instrument(gateway, registry)
                 yield gateway
         except BaseException as exc:

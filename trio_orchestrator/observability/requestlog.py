@@ -32,6 +32,7 @@ from ..pipeline import FinishedRequest, Outcome
 from ..routing.budget import BudgetExceeded
 from ..routing.keys import VirtualKeys
 from ..storage.base import RequestRecord
+from ..storage.config import StorageConfig
 from ..storage.writer import RequestLogWriter
 from ..types import (
     PromptRequest,
@@ -224,6 +225,13 @@ class RequestLogListener:
                 **fields,
             )
         )
+
+    def reconfigure(self, storage: StorageConfig, /) -> list[str]:
+        """Apply a reloaded ``[storage]``'s content settings (``log_content``, ``redact``,
+        ``log_content_max_chars``) to the requests that end from now on."""
+        self.log_content = storage.log_content
+        self.redactor = Redactor(storage.redact, storage.log_content_max_chars)
+        return []
 
     def _logs_content(self, key_id: str) -> bool:
         if self.log_content:

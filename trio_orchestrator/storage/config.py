@@ -71,7 +71,8 @@ class StorageConfig:
             ``trio_orchestrator_request_log_dropped_total``).
         log_content: also keep every request's prompt and answer, redacted and truncated.
             Off by default; a virtual key turns it on for its own requests with
-            ``"log_content": true`` in its ``metadata``.
+            ``"log_content": true`` in its ``metadata``. Reloadable, as are ``redact`` and
+            ``log_content_max_chars``.
         redact: regular expressions whose matches are replaced by ``[REDACTED]`` in logged
             prompts and answers, beside the built-in ones for API-key-like strings
             (``sk-…``, ``Bearer …``, AWS access key ids).
@@ -90,9 +91,13 @@ class StorageConfig:
     buffer_capacity: int = attrs.field(default=10_000, validator=positive_int)
     sync_interval: float = attrs.field(default=5.0, validator=positive_time)
     log_requests: bool = True
-    log_content: bool = False
-    redact: tuple[str, ...] = attrs.field(default=(), converter=_to_strings, validator=_patterns)
-    log_content_max_chars: int = attrs.field(default=4096, validator=positive_int)
+    log_content: bool = attrs.field(default=False, metadata={"reloadable": True})
+    redact: tuple[str, ...] = attrs.field(
+        default=(), converter=_to_strings, validator=_patterns, metadata={"reloadable": True}
+    )
+    log_content_max_chars: int = attrs.field(
+        default=4096, validator=positive_int, metadata={"reloadable": True}
+    )
     log_retention_days: float = attrs.field(default=30.0, validator=_days)
     log_max_rows: int | None = attrs.field(
         default=None, validator=attrs.validators.optional(positive_int)
