@@ -176,7 +176,9 @@ async def test_filters_pages_and_one_record(fake: FakeProvider) -> None:
         assert len((await logged(admin, model=MODEL, provider="up"))["data"]) == 6
         assert (await logged(admin, model="other"))["data"] == []
         middle = (await logged(admin, request_id=ids[2]))["data"][0]["created"]
-        iso = datetime.datetime.fromtimestamp(middle, datetime.UTC).isoformat()
+        # Cut to the millisecond, down (microseconds would round up, past ``middle``).
+        when = datetime.datetime.fromtimestamp(middle, datetime.UTC)
+        iso = when.isoformat(timespec="milliseconds")
         older = (await logged(admin, until=iso, outcome="completed"))["data"]
         assert [r["id"] for r in older] == ids[:2][::-1]
         newer = (await logged(admin, since=middle, outcome="completed"))["data"]
