@@ -10,8 +10,8 @@ describes, in one place and in one order, and tears it down in reverse.
 The order, each part opened inside the one before:
 
 1. shared resources: one Redis connection (``[distributed] redis_url``), the store
-   (``[storage]``: virtual keys and spend), the HTTP clients, a nursery for the layers'
-   background work (and the spend writer's);
+   (``[storage]``: virtual keys, spend, the request log), the HTTP clients, a nursery for
+   the layers' background work (and the spend and request log writers');
 2. providers: one worker per ``[[providers]]`` entry, or the built-in echo worker, or the
    worker given;
 3. per-provider layers: a provider's adaptive concurrency limit right around it (its
@@ -46,6 +46,7 @@ from .config.reload import ConfigChange, ReloadReport, plan_reload
 from .errors import ConfigError, WorkerError
 from .observability import Instrumentation, instrument_pipeline
 from .observability.metrics import prometheus
+from .observability.requestlog import ErrorStatus, NotingWorker, Redactor, RequestLogListener
 from .observability.spend import SpendingWorker, SpendListener
 from .pipeline import (
     Assembler,
@@ -63,6 +64,7 @@ from .routing.router import RouterWorker, open_router
 from .routing.strategies import HealthCheck
 from .seams import ModelCatalog, ModelLister, Readiness, Reloadable, Revivable, provider_name
 from .storage import (
+    RequestLogWriter,
     SpendWriter,
     StorageUnavailable,
     Store,
@@ -138,6 +140,7 @@ class Gateway:
         spend: the spend writer, with a store.
         shared_budgets: the keys' budgets shared through Redis, with a store and
             ``[distributed]`` on.
+        request_log: the request log's writer, with a store and ``log_requests`` on.
     """
 
     def __init__(self, config: Config) -> None:
@@ -155,6 +158,7 @@ class Gateway:
         self.keys = VirtualKeys()
         self.spend: SpendWriter | None = None
         self.shared_budgets: SharedBudgets | None = None
+        self.request_log: RequestLogWriter | None = None
         # The last listed_models answer every asked upstream gave, and until when it holds.
         self._listed: tuple[tuple[str, ...], float] | None = None
 
@@ -426,6 +430,7 @@ async def open_gateway(
     post_processors: Sequence[PostProcessor] | None = None,
     sinks: Sequence[OutputSink] = (),
     registry: CollectorRegistry | None = None,
+    error_status: ErrorStatus | None = None,
 ) -> AsyncIterator[Gateway]:
     """Build and run the gateway ``config`` describes, for the ``async with`` block.
 
@@ -443,6 +448,8 @@ async def open_gateway(
         sinks: receive every completed answer.
         registry: the Prometheus registry for the metrics (default: a new one per gateway;
             read it with ``gateway.observed.render()``).
+        error_status: the HTTP status and error code a client gets for an error, for the
+            request log (the service gives its own; default: status 0 and the error's class).
 
     Raises:
         ConfigError: a provider's key comes from an environment variable that is not set,
@@ -464,6 +471,7 @@ async def open_gateway(
         nursery = await stack.enter_async_context(trio.open_nursery())
         try:
             top = await _assemble(gateway, config, providers, redis, stack, nursery)
+            noting: NotingWorker | None = None
             if gateway.store is not None:
                 top = KeyPolicyWorker(top, gateway.keys)
                 gateway.spend = SpendWriter(gateway.store, config.storage)
@@ -472,6 +480,11 @@ async def open_gateway(
                 nursery.start_soon(_sync_keys, gateway, config.storage.sync_interval)
                 if redis is not None:
                     gateway.shared_budgets = await _share_budgets(gateway, redis, nursery)
+                if config.storage.log_requests:
+                    top = noting = NotingWorker(top)
+                    gateway.request_log = RequestLogWriter(gateway.store, config.storage)
+                    gateway.add(gateway.request_log)
+                    await nursery.start(gateway.request_log.run)
             dead_letters = await stack.enter_async_context(_open_dead_letters(config, redis))
             async with open_pipeline(
                 top,
@@ -490,6 +503,10 @@ async def open_gateway(
                         gateway.spend, gateway.keys, gateway.priced_facts, gateway.provider_of
                     )
                 )
+                if gateway.request_log is not None:
+                    listener = _request_logger(gateway, noting, error_status)
+                    pipeline.add_listener(listener)
+                    gateway.add(listener, "storage")  # content settings reload
                 gateway.observed = _instrument(gateway, registry)
                 yield gateway
         except BaseException as exc:
@@ -505,6 +522,25 @@ async def open_gateway(
         nursery.cancel_scope.cancel()
     if body_error is not None:
         raise body_error
+
+
+def _request_logger(
+    gateway: Gateway, noting: NotingWorker | None, error_status: ErrorStatus | None
+) -> RequestLogListener:
+    assert gateway.request_log is not None
+    storage = gateway.config.storage
+    listener = RequestLogListener(
+        gateway.request_log,
+        gateway.keys,
+        gateway.priced_facts,
+        gateway.provider_of,
+        noting,
+        log_content=storage.log_content,
+        redactor=Redactor(storage.redact, storage.log_content_max_chars),
+    )
+    if error_status is not None:
+        listener.error_status = error_status
+    return listener
 
 
 def _instrument(gateway: Gateway, registry: CollectorRegistry | None) -> Instrumentation:

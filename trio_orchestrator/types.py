@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import enum
 import math
 import os
@@ -18,12 +19,16 @@ __all__ = [
     "Message",
     "Priority",
     "PromptRequest",
+    "RequestNotes",
     "RequestTiming",
     "Role",
     "Tool",
     "ToolCall",
     "mark_cache",
     "new_request_id",
+    "request_notes",
+    "reset_request_notes",
+    "set_request_notes",
 ]
 
 Role = Literal["system", "user", "assistant", "tool"]
@@ -185,6 +190,52 @@ class Document:
     id: str
     text: str
     score: float = 0.0
+
+
+@attrs.define(eq=False, slots=True)
+class RequestNotes:
+    """What the layers a request passed through noted about it, for its request log record.
+
+    The request log's outermost layer makes one per request and sets it in
+    :func:`request_notes`'s context variable for the worker call, so the layers below (in the
+    same task or the tasks it starts) add to the same object: a retry layer counts its
+    retries, the router its fallbacks and the provider it sent to, the caches their hits,
+    coalescing a request that joined another's call. With no request log, there is none
+    and each layer's note costs one context-variable read.
+
+    Attributes:
+        retries: calls repeated by a retry layer (every deployment's).
+        fallbacks: further deployments the router tried after the first.
+        provider: the label of the provider last called, when the router knows it.
+        cache_hit: answered from a cache (exact, semantic or shared).
+        coalesced: answered by joining an identical request's upstream call.
+    """
+
+    retries: int = 0
+    fallbacks: int = 0
+    provider: str | None = None
+    cache_hit: bool = False
+    coalesced: bool = False
+
+
+_NOTES: contextvars.ContextVar[RequestNotes | None] = contextvars.ContextVar(
+    "trio_orchestrator_request_notes", default=None
+)
+
+
+def request_notes() -> RequestNotes | None:
+    """The notes of the request the current task serves, or None when nobody keeps them."""
+    return _NOTES.get()
+
+
+def set_request_notes(notes: RequestNotes | None) -> contextvars.Token[RequestNotes | None]:
+    """Make ``notes`` those of the request the current task serves (until reset)."""
+    return _NOTES.set(notes)
+
+
+def reset_request_notes(token: contextvars.Token[RequestNotes | None]) -> None:
+    """Undo :func:`set_request_notes`."""
+    _NOTES.reset(token)
 
 
 @attrs.define(eq=False, slots=True)

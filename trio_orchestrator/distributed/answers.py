@@ -51,7 +51,7 @@ from ..events import (
 )
 from ..resilience.config import CacheConfig, refuse_toggle
 from ..resilience.keys import is_deterministic, request_key
-from ..types import PromptRequest, mark_cache
+from ..types import PromptRequest, mark_cache, request_notes
 from ..workers.base import EventSink, ModelWorker
 from .connection import RedisConnection, RedisUnavailable
 
@@ -229,6 +229,8 @@ class SharedAnswerLayer:
                 self._counts["followed" if follow.waited else "hits"] += 1
                 if not follow.waited:
                     mark_cache(request, "hit", replace=True)  # the shared exact cache
+                if (notes := request_notes()) is not None:
+                    notes.coalesced, notes.cache_hit = follow.waited, not follow.waited
                 await _replay(value, emit, skip=follow.emitted)
                 return
             if state == "error":

@@ -17,7 +17,7 @@ import attrs
 import trio
 
 from ..catalogue.facts import ModelFacts
-from ..events import Accumulator, StreamEvent
+from ..events import Accumulator, StreamEvent, Usage
 from ..pipeline import FinishedRequest, Outcome
 from ..routing.keys import VirtualKeys
 from ..storage.base import SpendRecord, day_of
@@ -25,7 +25,21 @@ from ..storage.writer import SpendWriter
 from ..types import PromptRequest
 from ..workers.base import EventSink, ModelWorker
 
-__all__ = ["SpendListener", "SpendingWorker"]
+__all__ = ["SpendListener", "SpendingWorker", "price"]
+
+
+def price(
+    usage: Usage, asked: str, answered: str | None, facts_of: Callable[[str], ModelFacts | None]
+) -> float:
+    """What ``usage`` cost in US dollars: priced by the facts of the model asked for, else of
+    the model that answered (``answered``), else 0 (no price known). Spend and the request
+    log both price with it, so their costs agree."""
+    facts = facts_of(asked)
+    if facts is None and answered is not None:
+        facts = facts_of(answered)
+    if facts is None:
+        return 0.0
+    return facts.cost(usage.input_tokens, usage.output_tokens, usage.cached_input_tokens)
 
 
 @attrs.define(eq=False)
@@ -55,12 +69,7 @@ class SpendListener:
         if usage is None:
             return
         asked = record.request.params.model
-        facts = self.facts_of(asked)
-        if facts is None and completion.model is not None:
-            facts = self.facts_of(completion.model)
-        cost = 0.0
-        if facts is not None:
-            cost = facts.cost(usage.input_tokens, usage.output_tokens, usage.cached_input_tokens)
+        cost = price(usage, asked, completion.model, self.facts_of)
         key_id = record.request.meta.get("api_key_id", "")
         if key_id:
             self.keys.charge(key_id, cost)

@@ -15,7 +15,7 @@ import attrs
 import trio
 
 from ..events import Done, StreamEvent
-from ..types import PromptRequest, mark_cache
+from ..types import PromptRequest, mark_cache, request_notes
 from ..validators import positive_int, positive_time
 from ..workers.base import EventSink, ModelWorker
 from .config import CacheConfig, refuse_toggle
@@ -160,6 +160,8 @@ class CacheLayer:
         cached = self._store.get(key, trio.current_time())
         mark_cache(request, "miss" if cached is None else "hit", replace=cached is not None)
         if cached is not None:
+            if (notes := request_notes()) is not None:
+                notes.cache_hit = True
             await trio.lowlevel.checkpoint()
             for event in cached:
                 await emit(event)

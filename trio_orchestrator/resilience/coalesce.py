@@ -26,7 +26,7 @@ import trio
 
 from ..errors import ProviderTimeout, RequestCancelled
 from ..events import StreamEvent
-from ..types import PromptRequest
+from ..types import PromptRequest, request_notes
 from ..workers.base import EventSink, ModelWorker
 from .config import CoalescingConfig, refuse_toggle
 from .keys import is_deterministic, request_key
@@ -169,6 +169,8 @@ class CoalescingLayer:
         flight = self._flights.get(key)
         if flight is not None and flight.subscribers < self._config.max_subscribers:
             self._coalesced += 1
+            if (notes := request_notes()) is not None:
+                notes.coalesced = True
             if deadline > flight.deadline:
                 flight.deadline = flight.scope.deadline = deadline
         else:

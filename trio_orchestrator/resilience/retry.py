@@ -35,7 +35,7 @@ import trio
 from ..errors import WorkerError
 from ..events import Passthrough, StreamEvent
 from ..observability.spans import attempt_span
-from ..types import PromptRequest
+from ..types import PromptRequest, request_notes
 from ..workers.base import EventSink, ModelWorker
 from .config import RetryConfig, refuse_toggle
 
@@ -180,6 +180,8 @@ class RetryLayer:
         while True:
             attempt += 1
             self._attempts += 1
+            if attempt > 1 and (notes := request_notes()) is not None:
+                notes.retries += 1
             sink.restart()
             try:
                 with attempt_span("upstream attempt", attempt=attempt):

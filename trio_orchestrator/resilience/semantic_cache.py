@@ -56,7 +56,7 @@ import trio
 from ..errors import WorkerError
 from ..events import Done, StreamEvent
 from ..seams import Embedder
-from ..types import GenerationParams, PromptRequest, mark_cache
+from ..types import GenerationParams, PromptRequest, mark_cache, request_notes
 from ..workers.base import EventSink, ModelWorker, collect
 from .config import SemanticCacheConfig, refuse_toggle
 from .keys import is_deterministic, message_key, params_key
@@ -447,6 +447,8 @@ class SemanticCacheLayer:
         if ident >= 0:
             self._hits += 1
             mark_cache(request, "semantic-hit", replace=True)
+            if (notes := request_notes()) is not None:
+                notes.cache_hit = True
             events = self._index.take(ident)
             await trio.lowlevel.checkpoint()
             for event in events:

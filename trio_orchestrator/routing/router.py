@@ -50,7 +50,7 @@ from ..events import (
     Usage,
 )
 from ..resilience.adaptive_limiter import ConcurrencyLimited
-from ..types import PromptRequest
+from ..types import PromptRequest, request_notes
 from ..workers.base import EventSink, ModelWorker
 from .bandit import Bandit, reward
 from .budget import BudgetLedger
@@ -473,8 +473,13 @@ class RouterWorker:
             if index and not self.available(deployment):
                 failures.append(f"{deployment.name}: skipped, unavailable")
                 continue
+            notes = request_notes()
             if index:
                 self._counts["fallbacks"] += 1
+                if notes is not None:
+                    notes.fallbacks += 1
+            if notes is not None:
+                notes.provider = deployment.provider
             attempt = _Attempt(run, deployment, trio.current_time())
             try:
                 await self._attempt(attempt, request)

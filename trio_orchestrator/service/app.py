@@ -44,6 +44,7 @@ from ..observability.metrics import OverheadTimes
 from ..types import RequestTiming
 from ..workers import ModelWorker
 from . import admin_keys as keys
+from . import admin_requests
 from . import endpoints as ep
 from .cache_header import cache_marked
 from .completions import completions
@@ -88,6 +89,8 @@ ROUTES = [
     Route("/v1/admin/keys/{id}", keys.revoke_key, methods=["DELETE"]),
     Route("/v1/admin/keys/{id}/rotate", keys.rotate_key, methods=["POST"]),
     Route("/v1/admin/spend", spend, methods=["GET"]),
+    Route("/v1/admin/requests", admin_requests.list_requests, methods=["GET"]),
+    Route("/v1/admin/requests/{id}", admin_requests.get_request, methods=["GET"]),
     Route("/metrics", ep.metrics, methods=["GET"]),
     Route("/healthz", ep.healthz, methods=["GET"]),
     Route("/readyz", ep.readyz, methods=["GET"]),
@@ -253,7 +256,9 @@ def partial_lifespan(
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
-        async with open_gateway(state.config, worker=worker) as gateway:
+        async with open_gateway(
+            state.config, worker=worker, error_status=admin_requests.error_status
+        ) as gateway:
             state.gateway, state.pipeline = gateway, gateway.pipeline
             state.refresh_models()
             state.observed = gateway.observed

@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
+from ..storage import OUTCOMES
 from .chat_schema import CHAT_SCHEMA, MESSAGE
 from .native import DEADLINE_RANGE, TIMEOUT_RANGE
 
@@ -571,6 +572,19 @@ def _admin_paths(id_param: dict[str, Any]) -> dict[str, Any]:
         {"name": "to", "in": "query", "schema": day},
         {"name": "key_id", "in": "query", "schema": _STR},
     ]
+    logged: list[dict[str, Any]] = [
+        {"name": name, "in": "query", "schema": _STR}
+        for name in ("key", "model", "provider", "request_id", "cursor")
+    ]
+    status = {"type": "integer", "minimum": 0, "maximum": 599}
+    limit = {"type": "integer", "minimum": 1, "maximum": 1000}
+    logged += [
+        {"name": "outcome", "in": "query", "schema": {"type": "string", "enum": list(OUTCOMES)}},
+        {"name": "status", "in": "query", "schema": status},
+        {"name": "since", "in": "query", "schema": {"type": "number"}},
+        {"name": "until", "in": "query", "schema": {"type": "number"}},
+        {"name": "limit", "in": "query", "schema": limit},
+    ]
 
     def operation(summary: str, **extra: Any) -> dict[str, Any]:
         return {"summary": summary, "responses": {"200": key, **errors}, **extra}
@@ -598,6 +612,12 @@ def _admin_paths(id_param: dict[str, Any]) -> dict[str, Any]:
             "get": operation(
                 "Spend summed by key, model, provider or day (admin)", parameters=spend
             )
+        },
+        "/v1/admin/requests": {
+            "get": operation("The request log, newest first, filtered (admin)", parameters=logged)
+        },
+        "/v1/admin/requests/{id}": {
+            "get": operation("One request of the request log (admin)", parameters=[id_param])
         },
     }
 

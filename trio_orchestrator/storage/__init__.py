@@ -1,4 +1,4 @@
-"""Operator state in real storage: virtual keys and spend.
+"""Operator state in real storage: virtual keys, spend and the request log.
 
 :func:`store_for` makes the store ``[storage]`` names (the embedded :class:`SqliteStore`,
 PostgreSQL's :class:`PostgresStore`, or none); the rest of the gateway sees only the
@@ -9,8 +9,11 @@ from __future__ import annotations
 
 from .base import (
     GROUPS,
+    OUTCOMES,
     PERIODS,
     KeyRecord,
+    RequestFilter,
+    RequestRecord,
     SpendRecord,
     SpendRow,
     StorageUnavailable,
@@ -22,14 +25,26 @@ from .base import (
 from .config import StorageConfig
 from .postgres import PostgresStore
 from .sqlite import MIGRATIONS, SqliteStore, migrate
-from .writer import SpendWriter, SpendWriterStatistics
+from .writer import (
+    RecordWriter,
+    RequestLogWriter,
+    RequestLogWriterStatistics,
+    SpendWriter,
+    SpendWriterStatistics,
+)
 
 __all__ = [
     "GROUPS",
     "MIGRATIONS",
+    "OUTCOMES",
     "PERIODS",
     "KeyRecord",
     "PostgresStore",
+    "RecordWriter",
+    "RequestFilter",
+    "RequestLogWriter",
+    "RequestLogWriterStatistics",
+    "RequestRecord",
     "SpendRecord",
     "SpendRow",
     "SpendWriter",

@@ -16,8 +16,11 @@ from ..errors import OrchestratorError
 
 __all__ = [
     "GROUPS",
+    "OUTCOMES",
     "PERIODS",
     "KeyRecord",
+    "RequestFilter",
+    "RequestRecord",
     "SpendRecord",
     "SpendRow",
     "StorageUnavailable",
@@ -31,6 +34,11 @@ PERIODS = ("day", "week", "month", "total")
 """A budget's period: calendar UTC day, ISO week, month, or never restarting."""
 GROUPS = ("key", "model", "provider", "day")
 """What spend can be summed by."""
+
+OUTCOMES = ("completed", "failed", "rejected", "cancelled", "timed_out")
+"""How a logged request ended: answered; failed upstream or in the gateway; refused by the
+gateway before any upstream was asked (budget, the key's limits, the service full); the
+client went away or the gateway shut down; past its deadline."""
 
 GroupBy = Literal["key", "model", "provider", "day"]
 
@@ -128,6 +136,88 @@ class SpendRow:
     cost: float
 
 
+@attrs.frozen
+class RequestRecord:
+    """One request, as the request log keeps it (``GET /v1/admin/requests``).
+
+    Attributes:
+        id: the request id the client saw (``x-request-id``).
+        created: Unix time the request ended.
+        key_id: the caller's key id (``""`` for an anonymous caller).
+        model: the model the request asked for.
+        served_model: the model the upstream said answered (None when none did).
+        provider: the label of the provider that served (or was to serve) it.
+        outcome: one of :data:`OUTCOMES`.
+        status: the HTTP status the client got (200 when completed).
+        error_type: the OpenAI error code it got (``insufficient_quota``…), None when completed.
+        prompt_tokens: input tokens, cached ones included.
+        cached_tokens: of those, read from the provider's prompt cache.
+        completion_tokens: generated tokens, reasoning included.
+        reasoning_tokens: of those, spent on reasoning.
+        cost: US dollars, priced as spend is.
+        latency_ms: milliseconds from the pipeline's admission to the end.
+        ttft_ms: milliseconds to the first event from the worker (None when none came).
+        attempts: upstream calls made (retries and fallbacks included; 0: none was made).
+        fallbacks: further deployments the router tried.
+        cache_hit: answered from a cache.
+        coalesced: answered by joining an identical request's upstream call.
+        stream: the client asked for a stream.
+        request: the prompt (JSON text, redacted and truncated), only with content logging.
+        response: the answer's text (redacted and truncated), only with content logging.
+    """
+
+    id: str
+    created: float
+    key_id: str = ""
+    model: str = ""
+    served_model: str | None = None
+    provider: str = ""
+    outcome: str = "completed"
+    status: int = 200
+    error_type: str | None = None
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+    reasoning_tokens: int = 0
+    cost: float = 0.0
+    latency_ms: float = 0.0
+    ttft_ms: float | None = None
+    attempts: int = 0
+    fallbacks: int = 0
+    cache_hit: bool = False
+    coalesced: bool = False
+    stream: bool = False
+    request: str | None = None
+    response: str | None = None
+
+
+@attrs.frozen
+class RequestFilter:
+    """Which logged requests to read; None matches anything.
+
+    Attributes:
+        key_id: of this key.
+        model: that asked for this model.
+        provider: served by this provider.
+        outcome: that ended so (one of :data:`OUTCOMES`).
+        status: that got this HTTP status.
+        since: that ended at or after this Unix time.
+        until: that ended before this Unix time.
+        id: with this request id.
+        before: the page cursor: strictly older than this ``(created, id)``.
+    """
+
+    key_id: str | None = None
+    model: str | None = None
+    provider: str | None = None
+    outcome: str | None = None
+    status: int | None = None
+    since: float | None = None
+    until: float | None = None
+    id: str | None = None
+    before: tuple[float, str] | None = None
+
+
 class Store(Protocol):
     """Operator state. Every method may raise :class:`StorageUnavailable`."""
 
@@ -163,6 +253,20 @@ class Store(Protocol):
     ) -> list[SpendRow]:
         """Spend summed per group, over the days ``since``..``until`` (inclusive, UTC
         ``YYYY-MM-DD``; None: unbounded), of one key or of all."""
+        ...
+
+    async def add_requests(self, records: Sequence[RequestRecord]) -> None:
+        """Append these request log records (one transaction)."""
+        ...
+
+    async def requests(self, where: RequestFilter, limit: int) -> list[RequestRecord]:
+        """Logged requests matching ``where``, newest first (by ``created``, then id), at
+        most ``limit``."""
+        ...
+
+    async def prune_requests(self, *, before: float | None, keep: int | None) -> int:
+        """Delete logged requests that ended before Unix time ``before`` and all but the
+        newest ``keep`` (None: no such bound); the number deleted."""
         ...
 
     async def aclose(self) -> None:

@@ -1,15 +1,36 @@
-"""The ``[storage]`` section: where the gateway keeps operator state (virtual keys, spend)."""
+"""The ``[storage]`` section: where the gateway keeps operator state (virtual keys, spend,
+the request log)."""
 
 from __future__ import annotations
+
+import re
+from typing import Any
 
 import attrs
 
 from ..config.secret import Secret
-from ..validators import one_of, positive_int, positive_seconds, positive_time
+from ..validators import Range, one_of, positive_int, positive_seconds, positive_time
 
 __all__ = ["StorageConfig"]
 
 BACKENDS = ("auto", "sqlite", "postgres", "none")
+
+
+def _patterns(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    for pattern in value:  # type: ignore[attr-defined]
+        try:
+            re.compile(pattern)
+        except (re.error, TypeError) as exc:
+            raise ValueError(
+                f"{attribute.name} must hold regular expressions; {pattern!r}: {exc}"
+            ) from None
+
+
+_days = Range("a number of days > 0 (inf: no age limit)", exclusive_minimum=0)
+
+
+def _to_strings(value: Any) -> tuple[str, ...]:
+    return tuple(value) if isinstance(value, list | tuple) else (value,)
 
 
 def _to_secret(value: str | Secret | None) -> Secret | None:
@@ -18,7 +39,7 @@ def _to_secret(value: str | Secret | None) -> Secret | None:
 
 @attrs.frozen
 class StorageConfig:
-    """Operator state: virtual keys and spend (``docs/keys-and-spend.md``).
+    """Operator state: virtual keys, spend and the request log (``docs/keys-and-spend.md``).
 
     Attributes:
         backend: ``auto`` (the default: ``sqlite`` when ``path`` is set, else ``none``),
@@ -42,6 +63,24 @@ class StorageConfig:
             so that what another process (``service.workers`` > 1, another host on the same
             database) changed or spent is seen here too: a key created, changed or revoked
             there, and budgets summed over every process. ``inf`` never does.
+        log_requests: keep the request log: one record per request (its id, key, models,
+            provider, outcome, status, tokens, cost, latency, time to first token, attempts,
+            fallbacks, cache and coalescing hits), read with ``GET /v1/admin/requests``.
+            Written in batches like spend (``flush_interval``, ``flush_batch``, its own
+            buffer of ``buffer_capacity``; loss counted in
+            ``trio_orchestrator_request_log_dropped_total``).
+        log_content: also keep every request's prompt and answer, redacted and truncated.
+            Off by default; a virtual key turns it on for its own requests with
+            ``"log_content": true`` in its ``metadata``. Reloadable, as are ``redact`` and
+            ``log_content_max_chars``.
+        redact: regular expressions whose matches are replaced by ``[REDACTED]`` in logged
+            prompts and answers, beside the built-in ones for API-key-like strings
+            (``sk-…``, ``Bearer …``, AWS access key ids).
+        log_content_max_chars: the most characters kept of a logged prompt or answer (the
+            rest is cut, and ``…[truncated]`` says so).
+        log_retention_days: days a request log record is kept (``inf``: no age limit).
+        log_max_rows: request log records kept at most, the newest (None: no row limit).
+        prune_interval: seconds between two deletions of what is past the retention.
     """
 
     backend: str = attrs.field(default="auto", validator=one_of(*BACKENDS))
@@ -51,6 +90,19 @@ class StorageConfig:
     flush_batch: int = attrs.field(default=500, validator=positive_int)
     buffer_capacity: int = attrs.field(default=10_000, validator=positive_int)
     sync_interval: float = attrs.field(default=5.0, validator=positive_time)
+    log_requests: bool = True
+    log_content: bool = attrs.field(default=False, metadata={"reloadable": True})
+    redact: tuple[str, ...] = attrs.field(
+        default=(), converter=_to_strings, validator=_patterns, metadata={"reloadable": True}
+    )
+    log_content_max_chars: int = attrs.field(
+        default=4096, validator=positive_int, metadata={"reloadable": True}
+    )
+    log_retention_days: float = attrs.field(default=30.0, validator=_days)
+    log_max_rows: int | None = attrs.field(
+        default=None, validator=attrs.validators.optional(positive_int)
+    )
+    prune_interval: float = attrs.field(default=300.0, validator=positive_seconds)
 
     def __attrs_post_init__(self) -> None:
         if self.backend == "postgres" and not self.dsn:

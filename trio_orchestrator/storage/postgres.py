@@ -28,8 +28,30 @@ from typing import Any, TypeVar
 import attrs
 import trio
 
-from .base import GROUPS, GroupBy, KeyRecord, SpendRecord, SpendRow, StorageUnavailable
-from .schema import GROUP_COLUMN, KEY_COLUMNS, key_of, key_row, migrations, statements, upgrade
+from .base import (
+    GROUPS,
+    GroupBy,
+    KeyRecord,
+    RequestFilter,
+    RequestRecord,
+    SpendRecord,
+    SpendRow,
+    StorageUnavailable,
+)
+from .schema import (
+    GROUP_COLUMN,
+    KEY_COLUMNS,
+    REQUEST_COLUMNS,
+    key_of,
+    key_row,
+    migrations,
+    prune_statements,
+    request_of,
+    request_query,
+    request_row,
+    statements,
+    upgrade,
+)
 
 __all__ = ["POSTGRES_MIGRATIONS", "PostgresStore", "migrate_postgres"]
 
@@ -94,6 +116,9 @@ def migrate_postgres(connection: Any, upto: int | None = None) -> int:
         return upgrade(int(row[0] or 0), POSTGRES_MIGRATIONS, apply, upto)
     finally:
         connection.execute("SELECT pg_advisory_unlock(%s)", (_MIGRATION_LOCK,))
+
+
+_REQUEST_MARKS = ", ".join(["%s"] * (REQUEST_COLUMNS.count(",") + 1))
 
 
 @attrs.define(eq=False)
@@ -234,6 +259,39 @@ class PostgresStore:
         return await self._run(
             lambda c: [SpendRow(*row) for row in c.execute(query, arguments).fetchall()]
         )
+
+    async def add_requests(self, records: Sequence[RequestRecord]) -> None:
+        """Append these request log records, in one transaction."""
+        rows = [request_row(record) for record in records]
+        insert = f"INSERT INTO requests ({REQUEST_COLUMNS}) VALUES ({_REQUEST_MARKS})"
+
+        def write(connection: Any) -> None:
+            with connection.transaction(), connection.cursor() as cursor:
+                cursor.executemany(insert, rows)
+
+        await self._run(write)
+
+    async def requests(self, where: RequestFilter, limit: int) -> list[RequestRecord]:
+        """Logged requests matching ``where``, newest first, at most ``limit``."""
+        query, arguments = request_query(where, limit, "%s")
+
+        def read(connection: Any) -> list[RequestRecord]:
+            return [request_of(row) for row in connection.execute(query, arguments).fetchall()]
+
+        return await self._run(read)
+
+    async def prune_requests(self, *, before: float | None, keep: int | None) -> int:
+        """Delete logged requests older than ``before`` and past the newest ``keep``."""
+        deletes = prune_statements(before, keep, "%s")
+
+        def prune(connection: Any) -> int:
+            deleted = 0
+            with connection.transaction():
+                for statement, arguments in deletes:
+                    deleted += connection.execute(statement, arguments).rowcount
+            return deleted
+
+        return await self._run(prune)
 
     async def aclose(self) -> None:
         """Close the connection (in its thread, after any call in flight)."""

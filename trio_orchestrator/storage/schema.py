@@ -15,15 +15,22 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
-from .base import KeyRecord
+import attrs
+
+from .base import KeyRecord, RequestFilter, RequestRecord
 
 __all__ = [
     "GROUP_COLUMN",
     "KEY_COLUMNS",
+    "REQUEST_COLUMNS",
     "SCHEMA",
     "key_of",
     "key_row",
     "migrations",
+    "prune_statements",
+    "request_of",
+    "request_query",
+    "request_row",
     "statements",
     "upgrade",
 ]
@@ -70,6 +77,42 @@ SCHEMA: tuple[str, ...] = (
         PRIMARY KEY (day, key_id, model, provider)
     );
     CREATE INDEX spend_by_key ON spend (key_id, day);
+    """,
+    # 3: the request log, one row per request; an index per filter, each ending in the
+    # time the pages are ordered by.
+    """
+    CREATE TABLE requests (
+        id TEXT NOT NULL,
+        created {real} NOT NULL,
+        key_id TEXT NOT NULL,
+        model TEXT NOT NULL,
+        served_model TEXT,
+        provider TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        status INTEGER NOT NULL,
+        error_type TEXT,
+        prompt_tokens {bigint} NOT NULL,
+        cached_tokens {bigint} NOT NULL,
+        completion_tokens {bigint} NOT NULL,
+        reasoning_tokens {bigint} NOT NULL,
+        cost {real} NOT NULL,
+        latency_ms {real} NOT NULL,
+        ttft_ms {real},
+        attempts INTEGER NOT NULL,
+        fallbacks INTEGER NOT NULL,
+        cache_hit INTEGER NOT NULL,
+        coalesced INTEGER NOT NULL,
+        stream INTEGER NOT NULL,
+        request TEXT,
+        response TEXT
+    );
+    CREATE INDEX requests_by_time ON requests (created, id);
+    CREATE INDEX requests_by_id ON requests (id);
+    CREATE INDEX requests_by_key ON requests (key_id, created);
+    CREATE INDEX requests_by_model ON requests (model, created);
+    CREATE INDEX requests_by_provider ON requests (provider, created);
+    CREATE INDEX requests_by_outcome ON requests (outcome, created);
+    CREATE INDEX requests_by_status ON requests (status, created);
     """,
 )
 """The schema, one script per version (version ``n`` is ``SCHEMA[n - 1]``), in no dialect."""
@@ -168,3 +211,66 @@ def key_of(row: Sequence[Any]) -> KeyRecord:
         created_at=created_at,
         revoked_at=revoked_at,
     )
+
+
+REQUEST_COLUMNS = ", ".join(field.name for field in attrs.fields(RequestRecord))
+"""The ``requests`` table's columns, in the order of :func:`request_row`."""
+_FLAGS = frozenset(("cache_hit", "coalesced", "stream"))  # stored as 0/1 in both dialects
+
+
+def request_row(record: RequestRecord) -> tuple[Any, ...]:
+    """``record`` as the ``requests`` table's row (flags as 0/1)."""
+    return tuple(
+        int(value) if isinstance(value, bool) else value for value in attrs.astuple(record)
+    )
+
+
+def request_of(row: Sequence[Any]) -> RequestRecord:
+    """The record a ``requests`` row (its :data:`REQUEST_COLUMNS`) holds."""
+    names = REQUEST_COLUMNS.split(", ")
+    values: dict[str, Any] = {
+        n: bool(v) if n in _FLAGS else v for n, v in zip(names, row, strict=True)
+    }
+    return RequestRecord(**values)
+
+
+def request_query(where: RequestFilter, limit: int, mark: str) -> tuple[str, list[Any]]:
+    """The ``SELECT`` of the logged requests ``where`` matches, newest first, and its
+    arguments; ``mark`` is the dialect's placeholder (``?`` or ``%s``)."""
+    clauses, arguments = ["1 = 1"], []
+    for column in ("key_id", "model", "provider", "outcome", "status", "id"):
+        value = getattr(where, column)
+        if value is not None:
+            clauses.append(f"{column} = {mark}")
+            arguments.append(value)
+    if where.since is not None:
+        clauses.append(f"created >= {mark}")
+        arguments.append(where.since)
+    if where.until is not None:
+        clauses.append(f"created < {mark}")
+        arguments.append(where.until)
+    if where.before is not None:
+        created, request_id = where.before
+        clauses.append(f"(created < {mark} OR (created = {mark} AND id < {mark}))")
+        arguments.extend((created, created, request_id))
+    query = (
+        f"SELECT {REQUEST_COLUMNS} FROM requests WHERE {' AND '.join(clauses)} "
+        f"ORDER BY created DESC, id DESC LIMIT {int(limit)}"
+    )
+    return query, arguments
+
+
+def prune_statements(
+    before: float | None, keep: int | None, mark: str
+) -> list[tuple[str, tuple[Any, ...]]]:
+    """The ``DELETE`` statements (and arguments) of :meth:`~.base.Store.prune_requests`."""
+    deletes: list[tuple[str, tuple[Any, ...]]] = []
+    if before is not None:
+        deletes.append((f"DELETE FROM requests WHERE created < {mark}", (before,)))
+    if keep is not None:
+        # Everything older than the keep-th newest row (rows sharing its time stay).
+        newest = (
+            f"SELECT created FROM requests ORDER BY created DESC LIMIT 1 OFFSET {int(keep) - 1}"
+        )
+        deletes.append((f"DELETE FROM requests WHERE created < ({newest})", ()))
+    return deletes

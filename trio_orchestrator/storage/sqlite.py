@@ -22,8 +22,30 @@ from typing import TypeVar
 import attrs
 import trio
 
-from .base import GROUPS, GroupBy, KeyRecord, SpendRecord, SpendRow, StorageUnavailable
-from .schema import GROUP_COLUMN, KEY_COLUMNS, key_of, key_row, migrations, statements, upgrade
+from .base import (
+    GROUPS,
+    GroupBy,
+    KeyRecord,
+    RequestFilter,
+    RequestRecord,
+    SpendRecord,
+    SpendRow,
+    StorageUnavailable,
+)
+from .schema import (
+    GROUP_COLUMN,
+    KEY_COLUMNS,
+    REQUEST_COLUMNS,
+    key_of,
+    key_row,
+    migrations,
+    prune_statements,
+    request_of,
+    request_query,
+    request_row,
+    statements,
+    upgrade,
+)
 
 __all__ = ["MIGRATIONS", "SqliteStore", "migrate"]
 
@@ -66,6 +88,9 @@ def migrate(connection: sqlite3.Connection, upto: int | None = None) -> int:
             connection.execute("INSERT INTO schema_version VALUES (?)", (number,))
 
     return upgrade(int(row[0] or 0), MIGRATIONS, apply, upto)
+
+
+_REQUEST_MARKS = ", ".join(["?"] * (REQUEST_COLUMNS.count(",") + 1))
 
 
 @attrs.define(eq=False)
@@ -209,6 +234,41 @@ class SqliteStore:
             return [SpendRow(*row) for row in connection.execute(query, arguments)]
 
         return await self._run(read)
+
+    async def add_requests(self, records: Sequence[RequestRecord]) -> None:
+        """Append these request log records, in one transaction."""
+        rows = [request_row(record) for record in records]
+        insert = f"INSERT INTO requests ({REQUEST_COLUMNS}) VALUES ({_REQUEST_MARKS})"
+
+        def write(connection: sqlite3.Connection) -> None:
+            with connection:
+                connection.execute("BEGIN")
+                connection.executemany(insert, rows)
+
+        await self._run(write)
+
+    async def requests(self, where: RequestFilter, limit: int) -> list[RequestRecord]:
+        """Logged requests matching ``where``, newest first, at most ``limit``."""
+        query, arguments = request_query(where, limit, "?")
+
+        def read(connection: sqlite3.Connection) -> list[RequestRecord]:
+            return [request_of(row) for row in connection.execute(query, arguments).fetchall()]
+
+        return await self._run(read)
+
+    async def prune_requests(self, *, before: float | None, keep: int | None) -> int:
+        """Delete logged requests older than ``before`` and past the newest ``keep``."""
+        deletes = prune_statements(before, keep, "?")
+
+        def prune(connection: sqlite3.Connection) -> int:
+            deleted = 0
+            with connection:
+                connection.execute("BEGIN")
+                for statement, arguments in deletes:
+                    deleted += connection.execute(statement, arguments).rowcount
+            return deleted
+
+        return await self._run(prune)
 
     async def aclose(self) -> None:
         """Close the connection (in its thread, after any call in flight)."""

@@ -1,0 +1,146 @@
+"""What spend and the request log cost: CPU per request of the same served gateway with
+storage off and with spend + the request log on (SQLite on disk), in the same run.
+
+The fake provider runs in its own process, and so do two ``trio-orchestrator serve``
+processes in front of it, identical but for ``[storage]``:
+
+- ``off``: ``backend = "none"`` (no spend, no request log, no key-policy layer);
+- ``on``: ``backend = "sqlite"`` with a database file, spend and the request log written in
+  batches by their writers (the defaults: ``flush_interval = 1``, ``flush_batch = 500``).
+
+wrk drives each at concurrency 16 for ``--duration`` seconds, the two taking turns for
+``--repeats`` rounds; each gateway process's user + system CPU is read from
+``/proc/<pid>/stat`` around its run and divided by the requests answered. The figure is the
+median over rounds, and the ratio ``on / off`` is the issue's goal (<= 1.05). The writers'
+own work (the SQLite writes in worker threads) is in the ``on`` process's CPU: that is the
+point. Rows for a non-streaming and a streaming request. At the end the ``on`` gateway's
+request log counters (written, dropped) are read from ``/metrics`` to show the records were
+kept. Needs wrk (Debian's ``wrk``) and Linux. Ends with one line of JSON.
+
+    python benchmarks/bench_reqlog.py [--quick] [--duration S] [--repeats R]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import httpx
+from bench_overhead import BODIES, MODEL, cpu_row, free_port, start_fake, wait_healthy
+
+GOAL = 1.05
+
+
+def start_gateway(
+    upstream: str, workdir: Path, variant: str
+) -> tuple[subprocess.Popen[bytes], str]:
+    """``trio-orchestrator serve`` in front of the fake, with storage ``variant``."""
+    port = free_port()
+    storage = (
+        f'backend = "sqlite"\npath = "{workdir / "gateway.sqlite"}"\n'
+        if variant == "on"
+        else 'backend = "none"\n'
+    )
+    config = workdir / f"{variant}.toml"
+    config.write_text(
+        f"""
+[service]
+port = {port}
+
+[[providers.providers]]
+kind = "openai"
+name = "fake"
+base_url = "{upstream}/v1"
+models = ["{MODEL}"]
+
+[storage]
+{storage}"""
+    )
+    command = [sys.executable, "-m", "trio_orchestrator", "serve", "--config", str(config)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    wait_healthy(url, process, "/healthz")
+    return process, url
+
+
+def counters(url: str) -> dict[str, float]:
+    """The request log's and spend's writer counters, from ``/metrics``."""
+    text = httpx.get(url + "/metrics", timeout=10).text
+    found = re.findall(
+        r"^trio_orchestrator_(request_log|storage)_(\w+?)(?:_total)? (\S+)$", text, re.M
+    )
+    return {f"{kind}_{name}": float(value) for kind, name, value in found}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a run of well under a minute")
+    parser.add_argument("--duration", type=float, default=None, help="seconds per wrk run")
+    parser.add_argument("--repeats", type=int, default=None, help="rounds (medians)")
+    args = parser.parse_args()
+    args.duration = args.duration or (1.0 if args.quick else 10.0)
+    args.repeats = args.repeats or (1 if args.quick else 5)
+    if shutil.which("wrk") is None:
+        sys.exit("bench_reqlog needs wrk (apt install wrk)")
+    print(
+        f"bench_reqlog: the fake provider and two gateways (storage off / spend + request log "
+        f"on SQLite) in their own processes; wrk c=16, {args.repeats} interleaved rounds of "
+        f"{args.duration:g} s each, CPU per request from /proc, medians; "
+        f"Python {platform.python_version()}, {os.cpu_count()} CPUs"
+    )
+    fake, upstream = start_fake()
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        gateways = {v: start_gateway(upstream, Path(tmp), v) for v in ("off", "on")}
+        try:
+            for shape, body in BODIES.items():
+                cpu: dict[str, list[float]] = {"off": [], "on": []}
+                answered: dict[str, int] = {"off": 0, "on": 0}
+                for _ in range(args.repeats):
+                    for variant, (process, url) in gateways.items():
+                        row = cpu_row(url, body, args.duration, {"gateway": process.pid})
+                        cpu[variant].append(row["gateway_cpu_ms"])
+                        answered[variant] += int(row["requests"])
+                off, on = (statistics.median(cpu[v]) for v in ("off", "on"))
+                ratio = round(on / off, 3) if off else None
+                results[shape] = {
+                    "off_cpu_ms": round(off, 4),
+                    "on_cpu_ms": round(on, 4),
+                    "ratio": ratio,
+                    "requests": answered,
+                }
+                print(
+                    f"  {shape}: CPU per request off {off:.3f} ms, on {on:.3f} ms, "
+                    f"ratio {ratio} (goal <= {GOAL})"
+                )
+            results["on_counters"] = counters(gateways["on"][1])
+            print(f"  the 'on' gateway's writers: {results['on_counters']}")
+        finally:
+            for process, _url in gateways.values():
+                process.terminate()
+                process.wait(30)
+    assert fake.stdin is not None
+    fake.stdin.close()
+    fake.wait(10)
+    conditions = {
+        "duration_s": args.duration,
+        "repeats": args.repeats,
+        "connections": 16,
+        "cpus": os.cpu_count(),
+        "goal": GOAL,
+    }
+    print(json.dumps({"bench": "reqlog", "conditions": conditions, "results": results}))
+
+
+if __name__ == "__main__":
+    main()
