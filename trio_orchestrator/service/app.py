@@ -45,6 +45,7 @@ from ..types import RequestTiming
 from ..workers import ModelWorker
 from . import admin_keys as keys
 from . import endpoints as ep
+from . import experiments as exp
 from .completions import completions
 from .connections import BoundedBody, Requests
 from .errors import ApiError, map_exception
@@ -93,6 +94,12 @@ ROUTES = [
     Route(COUNT_TOKENS_PATH, CountTokensRoute(), methods=["POST"]),
     # MCP's streamable HTTP (404 unless `[service] mcp = true`; see .mcp_server).
     Route(MCP_PATH, McpRoute(), methods=["POST"]),
+    Route("/v1/feedback", exp.feedback, methods=["POST"]),
+    Route("/v1/experiments", exp.list_experiments, methods=["GET"]),
+    Route("/v1/experiments/{id}", exp.get_experiment, methods=["GET"]),
+    # Admin keys only (the handlers check: the guard's admin prefixes hold /v1/admin only).
+    Route("/v1/experiments/{id}/stop", exp.stop_experiment, methods=["POST"]),
+    Route("/v1/experiments/{id}/resume", exp.resume_experiment, methods=["POST"]),
 ]
 OPENAPI_PATH = "/openapi.json"
 # The request headers a browser may send cross-origin: the OpenAI SDK's and the Anthropic
@@ -127,6 +134,11 @@ AUTHENTICATED_ROUTES = frozenset(
         "/metrics",
         OPENAPI_PATH,
         MCP_PATH,  # each tool's own request then meets its endpoint's access (admin tools)
+        "/v1/feedback",
+        "/v1/experiments",
+        "/v1/experiments/{id}",
+        "/v1/experiments/{id}/stop",  # and then an admin key (checked by the handler)
+        "/v1/experiments/{id}/resume",
     )
 )
 
@@ -231,7 +243,7 @@ def _middleware(config: Config, keyring: KeyRing) -> list[Middleware]:
                 allow_methods=["GET", "POST"],
                 # The Anthropic SDK sends its key and version in headers of its own.
                 allow_headers=CORS_REQUEST_HEADERS,
-                expose_headers=["x-request-id", "x-gateway-overhead-ms"],
+                expose_headers=["x-request-id", "x-gateway-overhead-ms", "x-experiment"],
             )
         )
     layers.append(Middleware(Guard, keys=keyring, max_body_bytes=service.max_body_bytes))

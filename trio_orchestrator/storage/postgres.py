@@ -28,8 +28,30 @@ from typing import Any, TypeVar
 import attrs
 import trio
 
-from .base import GROUPS, GroupBy, KeyRecord, SpendRecord, SpendRow, StorageUnavailable
-from .schema import GROUP_COLUMN, KEY_COLUMNS, key_of, key_row, migrations, statements, upgrade
+from .base import (
+    GROUPS,
+    ExperimentRecord,
+    GroupBy,
+    KeyRecord,
+    SpendRecord,
+    SpendRow,
+    StorageUnavailable,
+)
+from .schema import (
+    GROUP_COLUMN,
+    KEY_COLUMNS,
+    SELECT_EXPERIMENTS,
+    SELECT_VARIANTS,
+    experiment_rows,
+    experiments_of,
+    key_of,
+    key_row,
+    migrations,
+    statements,
+    upgrade,
+    upsert_status,
+    upsert_sums,
+)
 
 __all__ = ["POSTGRES_MIGRATIONS", "PostgresStore", "migrate_postgres"]
 
@@ -234,6 +256,28 @@ class PostgresStore:
         return await self._run(
             lambda c: [SpendRow(*row) for row in c.execute(query, arguments).fetchall()]
         )
+
+    async def add_experiments(self, records: Sequence[ExperimentRecord]) -> None:
+        """Set the experiments' statuses and add their variants' sums, in one transaction."""
+        statuses, sums = experiment_rows(records)
+
+        def write(connection: Any) -> None:
+            with connection.transaction(), connection.cursor() as cursor:
+                if statuses:
+                    cursor.executemany(upsert_status("%s"), statuses)
+                if sums:
+                    cursor.executemany(upsert_sums("%s"), sums)
+
+        await self._run(write)
+
+    async def experiments(self) -> list[ExperimentRecord]:
+        """Every stored experiment with its variants' totals."""
+
+        def read(connection: Any) -> list[ExperimentRecord]:
+            statuses = connection.execute(SELECT_EXPERIMENTS).fetchall()
+            return experiments_of(statuses, connection.execute(SELECT_VARIANTS).fetchall())
+
+        return await self._run(read)
 
     async def aclose(self) -> None:
         """Close the connection (in its thread, after any call in flight)."""

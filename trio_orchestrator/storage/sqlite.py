@@ -22,8 +22,30 @@ from typing import TypeVar
 import attrs
 import trio
 
-from .base import GROUPS, GroupBy, KeyRecord, SpendRecord, SpendRow, StorageUnavailable
-from .schema import GROUP_COLUMN, KEY_COLUMNS, key_of, key_row, migrations, statements, upgrade
+from .base import (
+    GROUPS,
+    ExperimentRecord,
+    GroupBy,
+    KeyRecord,
+    SpendRecord,
+    SpendRow,
+    StorageUnavailable,
+)
+from .schema import (
+    GROUP_COLUMN,
+    KEY_COLUMNS,
+    SELECT_EXPERIMENTS,
+    SELECT_VARIANTS,
+    experiment_rows,
+    experiments_of,
+    key_of,
+    key_row,
+    migrations,
+    statements,
+    upgrade,
+    upsert_status,
+    upsert_sums,
+)
 
 __all__ = ["MIGRATIONS", "SqliteStore", "migrate"]
 
@@ -207,6 +229,27 @@ class SqliteStore:
 
         def read(connection: sqlite3.Connection) -> list[SpendRow]:
             return [SpendRow(*row) for row in connection.execute(query, arguments)]
+
+        return await self._run(read)
+
+    async def add_experiments(self, records: Sequence[ExperimentRecord]) -> None:
+        """Set the experiments' statuses and add their variants' sums, in one transaction."""
+        statuses, sums = experiment_rows(records)
+
+        def write(connection: sqlite3.Connection) -> None:
+            with connection:
+                connection.execute("BEGIN")
+                connection.executemany(upsert_status("?"), statuses)
+                connection.executemany(upsert_sums("?"), sums)
+
+        await self._run(write)
+
+    async def experiments(self) -> list[ExperimentRecord]:
+        """Every stored experiment with its variants' totals."""
+
+        def read(connection: sqlite3.Connection) -> list[ExperimentRecord]:
+            statuses = connection.execute(SELECT_EXPERIMENTS).fetchall()
+            return experiments_of(statuses, connection.execute(SELECT_VARIANTS).fetchall())
 
         return await self._run(read)
 
