@@ -148,7 +148,8 @@ def test_a_variant_overrides_model_parameters_and_prompt() -> None:
         "b",
         model="m-b",
         temperature=0.1,
-        params={"seed": 7},
+        seed=7,
+        params={"presence_penalty": 0.5},
         system_prefix="Be brief. ",
         template="Q: {prompt}",
     )
@@ -161,7 +162,7 @@ def test_a_variant_overrides_model_parameters_and_prompt() -> None:
     changed = experiments.apply(original, Assignment("e", "b"))
     assert changed.params.model == "m-b"
     assert changed.params.temperature == 0.1
-    assert changed.params.extra == {"seed": 7}
+    assert (changed.params.seed, changed.params.extra) == (7, {"presence_penalty": 0.5})
     assert [m.content for m in changed.chat()] == ["Be brief. You help.", "Q: why?"]
     assert experiments.apply(original, Assignment("e", "control")) is original
 

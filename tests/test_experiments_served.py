@@ -211,11 +211,11 @@ async def test_stop_and_resume_are_for_admin_keys() -> None:
         admin = {"authorization": f"Bearer {ADMIN}"}
         async with httpx.AsyncClient(base_url=url) as client:
             assert (await client.get("/v1/experiments/ab", headers=user)).status_code == 200
-            refused = await client.post("/v1/experiments/ab/stop", headers=user)
-            stopped = await client.post("/v1/experiments/ab/stop", headers=admin)
+            refused = await client.post("/v1/admin/experiments/ab/stop", headers=user)
+            stopped = await client.post("/v1/admin/experiments/ab/stop", headers=admin)
             client.headers.update(user)
             during = {(await chat(client)).headers["x-experiment"] for _ in range(20)}
-            resumed = await client.post("/v1/experiments/ab/resume", headers=admin)
+            resumed = await client.post("/v1/admin/experiments/ab/resume", headers=admin)
     assert refused.status_code == 403
     assert stopped.json()["status"] == "stopped"
     assert during == {"ab=control"}

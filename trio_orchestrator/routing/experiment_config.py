@@ -45,8 +45,9 @@ class VariantConfig:
         temperature: the sampling temperature to use instead; unset keeps the request's.
         top_p: nucleus sampling to use instead; unset keeps the request's.
         max_tokens: the output limit to use instead; unset keeps the request's.
-        params: further upstream parameters, merged over the request's extra members
-            (``{ seed = 7 }``).
+        seed: the sampling seed to use instead; unset keeps the request's.
+        params: further numeric upstream parameters, merged over the request's extra
+            members (``{ presence_penalty = 0.5 }``).
         system_prefix: text put before the request's system message (a new system message
             when it has none).
         template: the last user message becomes this text with ``{prompt}`` replaced by
@@ -61,7 +62,8 @@ class VariantConfig:
     max_tokens: int | None = attrs.field(
         default=None, validator=attrs.validators.optional(positive_int)
     )
-    params: Mapping[str, Any] = attrs.field(factory=dict, hash=False)
+    seed: int | None = None
+    params: Mapping[str, float] = attrs.field(factory=dict, hash=False)
     system_prefix: str | None = None
     template: str | None = None
 

@@ -651,7 +651,7 @@ def _overridden(request: PromptRequest, variant: VariantConfig) -> PromptRequest
     """``request`` with ``variant``'s model, parameters and prompt."""
     params = request.params
     changes: dict[str, Any] = {}
-    for name in ("model", "temperature", "top_p", "max_tokens"):
+    for name in ("model", "temperature", "top_p", "max_tokens", "seed"):
         value = getattr(variant, name)
         if value is not None:
             changes[name] = value

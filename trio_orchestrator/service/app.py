@@ -97,9 +97,8 @@ ROUTES = [
     Route("/v1/feedback", exp.feedback, methods=["POST"]),
     Route("/v1/experiments", exp.list_experiments, methods=["GET"]),
     Route("/v1/experiments/{id}", exp.get_experiment, methods=["GET"]),
-    # Admin keys only (the handlers check: the guard's admin prefixes hold /v1/admin only).
-    Route("/v1/experiments/{id}/stop", exp.stop_experiment, methods=["POST"]),
-    Route("/v1/experiments/{id}/resume", exp.resume_experiment, methods=["POST"]),
+    Route("/v1/admin/experiments/{id}/stop", exp.stop_experiment, methods=["POST"]),
+    Route("/v1/admin/experiments/{id}/resume", exp.resume_experiment, methods=["POST"]),
 ]
 OPENAPI_PATH = "/openapi.json"
 # The request headers a browser may send cross-origin: the OpenAI SDK's and the Anthropic
@@ -137,8 +136,6 @@ AUTHENTICATED_ROUTES = frozenset(
         "/v1/feedback",
         "/v1/experiments",
         "/v1/experiments/{id}",
-        "/v1/experiments/{id}/stop",  # and then an admin key (checked by the handler)
-        "/v1/experiments/{id}/resume",
     )
 )
 

@@ -5,8 +5,8 @@
   ``x-request-id`` of its response); 404 for a request id in no experiment or forgotten.
 - ``GET /v1/experiments`` and ``GET /v1/experiments/{id}``: status and per-variant
   statistics with confidence intervals.
-- ``POST /v1/experiments/{id}/stop`` and ``/resume`` (admin keys only): all traffic to
-  control, or the split again.
+- ``POST /v1/admin/experiments/{id}/stop`` and ``/resume`` (admin keys only, by the
+  guard's admin prefix): all traffic to control, or the split again.
 
 Each answers 404 when no experiment is configured. The chat endpoint calls
 :func:`stamp_experiment` before the pipeline, so that the variant is known (and named in the
@@ -26,7 +26,6 @@ from starlette.responses import Response
 from ..routing.experiments import Experiments
 from .chat import ChatRequest
 from .errors import ApiError
-from .guard import caller_of
 from .jsonenc import JSONResponse
 from .state import ServiceState, service_of
 from .validate import invalid, parse_json_object
@@ -126,23 +125,21 @@ async def get_experiment(request: Request) -> Response:
     return JSONResponse(_report(_experiments(request), request.path_params["id"]))
 
 
-def _admin(request: Request) -> Experiments:
-    if not caller_of(request.scope).admin:
-        raise ApiError(403, "only an admin key may stop or resume an experiment", code="forbidden")
+def _known(request: Request) -> Experiments:
     experiments = _experiments(request)
     _report(experiments, request.path_params["id"])  # 404 for an unknown id
     return experiments
 
 
 async def stop_experiment(request: Request) -> Response:
-    """``POST /v1/experiments/{id}/stop`` (admin): all its traffic to control."""
-    experiments = _admin(request)
+    """``POST /v1/admin/experiments/{id}/stop``: all its traffic to control."""
+    experiments = _known(request)
     experiments.stop(request.path_params["id"])
     return JSONResponse(_report(experiments, request.path_params["id"]))
 
 
 async def resume_experiment(request: Request) -> Response:
-    """``POST /v1/experiments/{id}/resume`` (admin): split its traffic again."""
-    experiments = _admin(request)
+    """``POST /v1/admin/experiments/{id}/resume``: split its traffic again."""
+    experiments = _known(request)
     experiments.resume(request.path_params["id"])
     return JSONResponse(_report(experiments, request.path_params["id"]))
