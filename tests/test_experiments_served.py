@@ -83,7 +83,7 @@ def split(
         VariantConfig("control", shares[0]),
         VariantConfig("b", shares[1], model="echo-b", template="B says: {prompt}"),
     )
-    return ExperimentConfig("ab", ("echo",), variants, sticky=sticky, guard=GuardRails(**guard))  # type: ignore[arg-type]
+    return ExperimentConfig("ab", ("echo",), variants, sticky=sticky, guard=GuardRails(**guard))
 
 
 async def chat(
