@@ -7,12 +7,15 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
+import attrs
 import pytest
 from postgres_fixture import postgres_cluster, postgres_server  # noqa: F401 - fixtures
+from test_contract import contract
 
 from trio_orchestrator.config.load import parse_config
 from trio_orchestrator.errors import ConfigError
 from trio_orchestrator.events import Usage
+from trio_orchestrator.gateway import open_gateway
 from trio_orchestrator.routing.experiment_config import (
     ExperimentConfig,
     ExperimentsConfig,
@@ -28,7 +31,12 @@ from trio_orchestrator.routing.experiment_stats import (
     wilson,
     z_for,
 )
-from trio_orchestrator.routing.experiments import Assignment, Experiments, unit_point
+from trio_orchestrator.routing.experiments import (
+    Assignment,
+    ExperimentLayer,
+    Experiments,
+    unit_point,
+)
 from trio_orchestrator.storage import (
     ExperimentRecord,
     PostgresStore,
@@ -37,6 +45,7 @@ from trio_orchestrator.storage import (
     VariantSums,
 )
 from trio_orchestrator.types import Message, PromptRequest
+from trio_orchestrator.workers import EchoWorker
 
 
 def experiment(**guard: object) -> ExperimentsConfig:
@@ -52,6 +61,16 @@ def request(key: str = "k", model: str = "m", **fields: object) -> PromptRequest
 
     params = GenerationParams(model=model)
     return PromptRequest(input="hi", params=params, meta={"api_key_id": key}, **fields)  # type: ignore[arg-type]
+
+
+def on_echo() -> Experiments:
+    """An experiment on every model name the contract's requests use, sticky by request."""
+    variants = (VariantConfig("control"), VariantConfig("b", temperature=0.5))
+    models = ("echo", "test-model", "m")
+    return Experiments(ExperimentsConfig((ExperimentConfig("e", models, variants),)))
+
+
+TestExperimentLayer = contract(lambda: ExperimentLayer(EchoWorker(), on_echo()), deterministic=True)
 
 
 # ---------------------------------------------------------------------------- statistics
@@ -260,6 +279,27 @@ def test_a_reload_changes_the_split_and_refuses_new_variants() -> None:
     assert experiments.assign(request("x")) == Assignment("e", "b")
     grown = ExperimentConfig("e", ("m",), (*moved.experiments[0].variants, VariantConfig("c")))
     assert experiments.reconfigure(ExperimentsConfig((grown,))) != []
+
+
+async def test_a_gateway_reload_moves_the_split_and_refuses_a_new_variant() -> None:
+    """Through ``gateway.reload``: new shares are applied to the running layer; a new
+    variant is refused and the split stays."""
+    from trio_orchestrator.config import Config
+
+    config = Config(experiments=experiment())
+    async with open_gateway(config, worker=EchoWorker()) as gateway:
+        assert gateway.experiments is not None
+        moved = experiment()
+        variants = (VariantConfig("control", 0), VariantConfig("b", 1))
+        moved = ExperimentsConfig((attrs.evolve(moved.experiments[0], variants=variants),))
+        report = gateway.reload(attrs.evolve(config, experiments=moved))
+        assert report.refused == ()
+        assert gateway.experiments.assign(request("anyone")) == Assignment("e", "b")
+        grown = (*variants, VariantConfig("c"))
+        bigger = ExperimentsConfig((attrs.evolve(moved.experiments[0], variants=grown),))
+        report = gateway.reload(attrs.evolve(config, experiments=bigger))
+        assert any("needs a restart" in line for line in report.refused)
+        assert gateway.experiments.assign(request("anyone")) == Assignment("e", "b")
 
 
 # ---------------------------------------------------------------------------- storage
