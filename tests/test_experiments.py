@@ -350,3 +350,27 @@ async def test_experiments_load_what_was_flushed(tmp_path: Path) -> None:
     assert report["status"] == "rolled_back"
     assert [v["requests"] for v in report["variants"]] == [10, 10]
     assert report["variants"][0]["tokens"]["total"] == 50
+
+
+async def test_processes_sharing_a_store_see_each_others_counts_and_rollback(
+    tmp_path: Path,
+) -> None:
+    """Two processes' Experiments on one database: after a sync each counts both's requests,
+    and a rollback decided by one holds in the other."""
+    path = str(tmp_path / "db.sqlite")
+    one, two = Experiments(experiment(min_samples=20)), Experiments(experiment(min_samples=20))
+    store_one, store_two = SqliteStore(path), SqliteStore(path)
+    run(one, "control", 10)
+    run(two, "control", 10)
+    await one.sync(store_one)
+    await two.sync(store_two)
+    await one.sync(store_one)
+    assert [x.report("e")["variants"][0]["requests"] for x in (one, two)] == [20, 20]
+    run(one, "b", 20, fail_every=2)  # one now holds 20 control (both's) and rolls back
+    assert one.status("e") == "rolled_back"
+    await one.sync(store_one)
+    await two.sync(store_two)
+    await store_one.aclose()
+    await store_two.aclose()
+    assert two.status("e") == "rolled_back"
+    assert two.report("e")["reason"] == one.report("e")["reason"]

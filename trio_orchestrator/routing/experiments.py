@@ -538,6 +538,38 @@ class Experiments:
             self.put_back(records)
             logger.warning("storage: experiments not written (kept for later): %s", exc)
 
+    async def sync(self, store: Store) -> None:
+        """Write what changed, then read the totals every process sharing ``store`` wrote:
+        the guard rails then judge the numbers of them all, and a status another process
+        set (a rollback, a stop) holds here too."""
+        await self.flush(store)
+        try:
+            records = await store.experiments()
+        except StorageUnavailable as exc:
+            logger.debug("storage: experiments not read: %s", exc)
+            return
+        for record in records:
+            experiment = self._experiments.get(record.id)
+            if experiment is None:
+                continue
+            for sums in record.variants:
+                variant = experiment.variants.get(sums.variant)
+                if variant is not None:
+                    variant.total = _Sums()
+                    variant.total.merge(sums)
+                    variant.total.merge(variant.unsaved)  # counted here since the flush
+            newer = (record.changed_at or 0.0) > (experiment.changed_at or 0.0)
+            if newer and not experiment.status_unsaved and record.status in STATUSES:
+                if record.status != experiment.status:
+                    logger.warning(
+                        "experiment %s is %s (set by another process): %s",
+                        record.id,
+                        record.status,
+                        record.reason,
+                    )
+                experiment.status, experiment.reason = record.status, record.reason
+                experiment.changed_at = record.changed_at
+
     async def run(
         self,
         store: Store,
@@ -545,8 +577,8 @@ class Experiments:
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Load the stored state, then write what changed every ``interval`` seconds, and
-        once more when cancelled (at shutdown)."""
+        """Load the stored state, then :meth:`sync` every ``interval`` seconds, and write
+        what changed once more when cancelled (at shutdown)."""
         try:
             self.load(await store.experiments())
         except StorageUnavailable as exc:
@@ -555,7 +587,7 @@ class Experiments:
         try:
             while True:
                 await trio.sleep(interval)
-                await self.flush(store)
+                await self.sync(store)
         finally:
             with trio.move_on_after(_FLUSH_TIMEOUT, shield=True):
                 await self.flush(store)
