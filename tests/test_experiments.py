@@ -55,12 +55,14 @@ def experiment(**guard: object) -> ExperimentsConfig:
     return ExperimentsConfig((ExperimentConfig("e", ("m",), variants, guard=rails),))
 
 
-def request(key: str = "k", model: str = "m", **fields: object) -> PromptRequest:
-    """A request for ``model`` from API key ``key``."""
+def request(
+    key: str = "k", model: str = "m", meta_extra: dict[str, str] | None = None
+) -> PromptRequest:
+    """A request for ``model`` from API key ``key`` (with more meta labels)."""
     from trio_orchestrator.types import GenerationParams
 
-    params = GenerationParams(model=model)
-    return PromptRequest(input="hi", params=params, meta={"api_key_id": key}, **fields)  # type: ignore[arg-type]
+    meta = {"api_key_id": key, **(meta_extra or {})}
+    return PromptRequest(input="hi", params=GenerationParams(model=model), meta=meta)
 
 
 def on_echo() -> Experiments:
@@ -153,6 +155,20 @@ def test_a_unit_always_meets_the_same_variant_and_shares_are_kept() -> None:
     picks = [experiments.assign(request(f"key-{i}")) for i in range(2000)]
     share_b = sum(p is not None and p.variant == "b" for p in picks)
     assert abs(share_b - 600) < 4 * math.sqrt(2000 * 0.3 * 0.7)
+
+
+def test_a_stamp_is_honoured_and_a_forged_one_is_not() -> None:
+    """The service's stamp holds even if the experiment stops meanwhile (the header already
+    named it); labels a client wrote itself (without the process's token) pick nothing."""
+    experiments = Experiments(experiment())
+    stamped, assignment = experiments.stamp(request("alice"))
+    assert assignment is not None
+    experiments.stop("e")
+    assert experiments.assignment_of(stamped) == assignment
+    experiments.resume("e")
+    other = "b" if assignment.variant == "control" else "control"
+    forged = request("alice", meta_extra={"experiment": "e", "experiment_variant": other})
+    assert experiments.assignment_of(forged) == assignment
 
 
 def test_a_request_for_another_model_is_in_no_experiment() -> None:

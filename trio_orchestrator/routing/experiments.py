@@ -27,6 +27,7 @@ import collections
 import hashlib
 import logging
 import math
+import secrets
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -67,6 +68,9 @@ LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 """The latency histogram's bucket bounds, in seconds."""
 META_EXPERIMENT = "experiment"
 META_VARIANT = "experiment_variant"
+# A stamp is honoured only with this process's token: a client's own meta labels (the
+# native API takes them) cannot pick a variant and skew its numbers.
+META_TOKEN = "experiment_stamp"
 _FLUSH_TIMEOUT = 5.0  # seconds the last write at shutdown may take
 
 
@@ -218,6 +222,7 @@ class Experiments:
         self._clock = clock
         self._experiments = {e.id: self._new(e) for e in config.experiments}
         self._requests: collections.OrderedDict[str, Assignment] = collections.OrderedDict()
+        self._token = secrets.token_hex(16)
 
     def _new(self, config: ExperimentConfig) -> _Experiment:
         variants = {
@@ -280,15 +285,17 @@ class Experiments:
             **request.meta,
             META_EXPERIMENT: assignment.experiment,
             META_VARIANT: assignment.variant,
+            META_TOKEN: self._token,
         }
         return attrs.evolve(request, meta=meta), assignment
 
     def assignment_of(self, request: PromptRequest) -> Assignment | None:
-        """The assignment stamped on ``request`` (when it names a known variant), else a
-        fresh one."""
+        """The assignment :meth:`stamp` put on ``request`` (when it names a known variant),
+        else a fresh one."""
         name, variant = request.meta.get(META_EXPERIMENT), request.meta.get(META_VARIANT)
         experiment = self._experiments.get(name or "")
-        if experiment is not None and variant in experiment.variants:
+        stamped = request.meta.get(META_TOKEN) == self._token
+        if stamped and experiment is not None and variant in experiment.variants:
             assert name is not None
             assert variant is not None
             return Assignment(name, variant)
