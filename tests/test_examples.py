@@ -26,6 +26,7 @@ EXAMPLES = Path(__file__).parent.parent / "examples"
         ("model_catalogue.py", 'trio_orchestrator_cost_usd_total{model="gpt-4o-mini"'),
         ("bedrock_provider.py", "signed: AWS4-HMAC-SHA256 Credential=AKIAFAKEBEDROCK00001/"),
         ("bedrock_provider.py", "embeddings: 2 vectors of 1024 values"),
+        ("experiments.py", "after the rollback every session meets: next-model=control"),
         (
             "config_reload.py",
             "refused  resilience.cache.ttl: no running part takes this option",

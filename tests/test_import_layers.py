@@ -58,7 +58,10 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("routing", (r"routing\..*",)),
     ("config root", (r"config\..*",)),
     ("pipeline", (r"pipeline\..*",)),
-    ("above the pipeline", (r"observability\..*", r"distributed\.(dead_letters|queue|state|budgets)")),
+    (
+        "above the pipeline",
+        (r"observability\..*", r"distributed\.(dead_letters|queue|state|budgets)"),
+    ),
     ("gateway", (r"gateway",)),
     (
         "service and CLI",

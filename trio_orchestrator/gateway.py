@@ -18,8 +18,8 @@ The order, each part opened inside the one before:
    entry's ``[adaptive]``); with ``[routing]``, each provider's own circuit breaker and
    retries (so the router can skip a provider whose breaker is open or whose keys all rest);
 4. the router (``[routing]``) or the load balancer (several providers);
-5. the outer layers: virtual keys' policies → cache → semantic cache → coalescing → shared
-   answers → rate limit (→ breaker → retry when there is no router);
+5. the outer layers: experiments → virtual keys' policies → cache → semantic cache →
+   coalescing → shared answers → rate limit (→ breaker → retry when there is no router);
 6. the pipeline, its dead letters written through to Redis with ``[distributed]``;
 7. instrumentation: metrics, traces, request logs, spend.
 
@@ -45,6 +45,7 @@ from .config.load import parse_config
 from .config.reload import ConfigChange, ReloadReport, plan_reload
 from .errors import ConfigError, WorkerError
 from .observability import Instrumentation, instrument_pipeline
+from .observability.experiments import ExperimentCollector
 from .observability.metrics import prometheus
 from .observability.requestlog import ErrorStatus, NotingWorker, Redactor, RequestLogListener
 from .observability.spend import SpendingWorker, SpendListener
@@ -59,6 +60,7 @@ from .pipeline import (
 )
 from .resilience.adaptive_limiter import AdaptiveLimitLayer
 from .resilience.stack import LayerContext, wrap
+from .routing.experiments import ExperimentLayer, Experiments
 from .routing.keys import KeyPolicyWorker, VirtualKeys
 from .routing.router import RouterWorker, open_router
 from .routing.strategies import HealthCheck
@@ -141,6 +143,7 @@ class Gateway:
         shared_budgets: the keys' budgets shared through Redis, with a store and
             ``[distributed]`` on.
         request_log: the request log's writer, with a store and ``log_requests`` on.
+        experiments: the A/B experiments (``[experiments]``), or None with none configured.
     """
 
     def __init__(self, config: Config) -> None:
@@ -159,6 +162,7 @@ class Gateway:
         self.spend: SpendWriter | None = None
         self.shared_budgets: SharedBudgets | None = None
         self.request_log: RequestLogWriter | None = None
+        self.experiments: Experiments | None = None
         # The last listed_models answer every asked upstream gave, and until when it holds.
         self._listed: tuple[tuple[str, ...], float] | None = None
 
@@ -485,6 +489,7 @@ async def open_gateway(
                     gateway.request_log = RequestLogWriter(gateway.store, config.storage)
                     gateway.add(gateway.request_log)
                     await nursery.start(gateway.request_log.run)
+            top = await _experiment(gateway, config, top, nursery)
             dead_letters = await stack.enter_async_context(_open_dead_letters(config, redis))
             async with open_pipeline(
                 top,
@@ -546,13 +551,32 @@ def _request_logger(
 def _instrument(gateway: Gateway, registry: CollectorRegistry | None) -> Instrumentation:
     if registry is None and gateway.config.observability.metrics.enabled:
         registry = prometheus().CollectorRegistry()
-    return instrument_pipeline(
+    observed = instrument_pipeline(
         gateway.pipeline,
         gateway.config,
         registry,
         parts=list(gateway.parts()),
         catalogue=gateway.catalogue,
     )
+    if gateway.experiments is not None and observed.registry is not None:
+        observed.register_collector(ExperimentCollector(gateway.experiments))
+    return observed
+
+
+async def _experiment(
+    gateway: Gateway, config: Config, top: ModelWorker, nursery: trio.Nursery
+) -> ModelWorker:
+    """``top`` behind the experiments' layer, the outermost, when ``[experiments]`` has
+    any: a variant's model then meets the caller's key policy like any other. With a store,
+    their state is loaded before the first request and written as it changes."""
+    if not config.experiments.enabled:
+        return top
+    experiments = Experiments(config.experiments, gateway.priced_facts)
+    gateway.experiments = experiments
+    gateway.add(experiments, "experiments")
+    if gateway.store is not None:
+        await nursery.start(experiments.run, gateway.store, config.storage.flush_interval)
+    return ExperimentLayer(top, experiments)
 
 
 async def _assemble(

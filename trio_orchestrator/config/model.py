@@ -14,6 +14,7 @@ from ..catalogue.config import CatalogueConfig
 from ..distributed.config import DistributedConfig
 from ..observability.config import ObservabilityConfig
 from ..resilience.config import PriorityConfig, ResilienceConfig
+from ..routing.experiment_config import ExperimentsConfig
 from ..routing.registry import RoutingConfig
 from ..storage.config import StorageConfig
 from ..validators import Range, non_negative_time, positive_int, positive_time
@@ -90,6 +91,9 @@ class Config:
             catalogue; read at start (a change needs a restart).
         storage: where virtual keys and spend are kept (SQLite; off unless a ``path`` or
             ``backend`` is set); read at start.
+        experiments: A/B experiments over models, parameters and prompts, with automatic
+            rollback (reloadable: splits, overrides, stickiness, guard rails; not the set of
+            experiments or variants).
     """
 
     pipeline: PipelineConfig = attrs.field(factory=PipelineConfig)
@@ -103,3 +107,6 @@ class Config:
     distributed: DistributedConfig = attrs.field(factory=DistributedConfig)
     catalogue: CatalogueConfig = attrs.field(factory=CatalogueConfig)
     storage: StorageConfig = attrs.field(factory=StorageConfig)
+    experiments: ExperimentsConfig = attrs.field(
+        factory=ExperimentsConfig, metadata={"reloadable": True}
+    )

@@ -46,6 +46,7 @@ from ..workers import ModelWorker
 from . import admin_keys as keys
 from . import admin_requests
 from . import endpoints as ep
+from . import experiments as exp
 from .cache_header import cache_marked
 from .completions import completions
 from .connections import BoundedBody, Requests
@@ -98,6 +99,11 @@ ROUTES = [
     Route(COUNT_TOKENS_PATH, CountTokensRoute(), methods=["POST"]),
     # MCP's streamable HTTP (404 unless `[service] mcp = true`; see .mcp_server).
     Route(MCP_PATH, McpRoute(), methods=["POST"]),
+    Route("/v1/feedback", exp.feedback, methods=["POST"]),
+    Route("/v1/experiments", exp.list_experiments, methods=["GET"]),
+    Route("/v1/experiments/{id}", exp.get_experiment, methods=["GET"]),
+    Route("/v1/admin/experiments/{id}/stop", exp.stop_experiment, methods=["POST"]),
+    Route("/v1/admin/experiments/{id}/resume", exp.resume_experiment, methods=["POST"]),
 ]
 OPENAPI_PATH = "/openapi.json"
 # The request headers a browser may send cross-origin: the OpenAI SDK's and the Anthropic
@@ -132,6 +138,9 @@ AUTHENTICATED_ROUTES = frozenset(
         "/metrics",
         OPENAPI_PATH,
         MCP_PATH,  # each tool's own request then meets its endpoint's access (admin tools)
+        "/v1/feedback",
+        "/v1/experiments",
+        "/v1/experiments/{id}",
     )
 )
 
@@ -241,7 +250,12 @@ def _middleware(config: Config, keyring: KeyRing) -> list[Middleware]:
                 allow_methods=["GET", "POST"],
                 # The Anthropic SDK sends its key and version in headers of its own.
                 allow_headers=CORS_REQUEST_HEADERS,
-                expose_headers=["x-request-id", "x-gateway-overhead-ms", "x-cache"],
+                expose_headers=[
+                    "x-request-id",
+                    "x-gateway-overhead-ms",
+                    "x-cache",
+                    "x-experiment",
+                ],
             )
         )
     layers.append(Middleware(Guard, keys=keyring, max_body_bytes=service.max_body_bytes))

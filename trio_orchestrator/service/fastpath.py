@@ -34,6 +34,7 @@ from .chat import (
 )
 from .choices import complete_choices, stream_choices, take_choices
 from .errors import ApiError, map_exception
+from .experiments import stamp_experiment
 from .guard import (
     CatchAll,
     Guard,
@@ -163,6 +164,9 @@ async def _answer(
     try:
         pipeline = state.open_pipeline()
         chat, n = _parse(state, scope, await _read_body(receive, guard), request_id)
+        chat, experiment = stamp_experiment(state, scope, chat)
+        if experiment is not None:
+            tag = [*tag, experiment]  # named before inference: a stream's headers go first
         if chat.stream:
             produce = partial(_stream_chat, pipeline, chat)
             if n > 1:

@@ -622,6 +622,50 @@ def _admin_paths(id_param: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+_FEEDBACK = {
+    "type": "object",
+    "required": ["request_id"],
+    "description": "One of `score` (a number) or `thumbs` (up = 1, down = 0).",
+    "properties": {
+        "request_id": _STR,
+        "score": {"type": "number"},
+        "thumbs": {"type": "string", "enum": ["up", "down"]},
+        "comment": _STR,
+    },
+}
+
+
+def _experiment_paths(id_param: dict[str, Any]) -> dict[str, Any]:
+    """Experiments, their feedback and their admin controls (docs/experiments.md)."""
+    report = _json(_ANY_OBJECT)
+    body = {"required": True, "content": {"application/json": {"schema": _FEEDBACK}}}
+    errors = {**_ERRORS, "403": _json(_ERROR, "Not an admin key")}
+
+    def admin(summary: str) -> dict[str, Any]:
+        responses = {"200": report, **errors}
+        return {"post": {"summary": summary, "parameters": [id_param], "responses": responses}}
+
+    return {
+        "/v1/feedback": {
+            "post": {
+                "summary": "Feedback on a request's answer, for its experiment's variant",
+                "requestBody": body,
+                "responses": {"200": report, **_ERRORS},
+            }
+        },
+        "/v1/experiments": _get("Every experiment with per-variant statistics", report),
+        "/v1/experiments/{id}": {
+            "get": {
+                "summary": "One experiment with per-variant statistics",
+                "parameters": [id_param],
+                "responses": {"200": report, **_ERRORS},
+            }
+        },
+        "/v1/admin/experiments/{id}/stop": admin("Send an experiment's traffic to control (admin)"),
+        "/v1/admin/experiments/{id}/resume": admin("Split an experiment's traffic again (admin)"),
+    }
+
+
 @cache
 def openapi_document(models: tuple[str, ...] = ("echo",)) -> dict[str, Any]:
     """The service's OpenAPI 3.0 document, naming the models served."""
@@ -720,6 +764,7 @@ def openapi_document(models: tuple[str, ...] = ("echo",)) -> dict[str, Any]:
         "/v1/dead-letters": dead_letters,
         "/v1/dead-letters/{id}/replay": replay,
         **_admin_paths(id_param),
+        **_experiment_paths(id_param),
         "/metrics": _get(
             "Prometheus metrics", {"description": "OK", "content": {"text/plain": {"schema": _STR}}}
         ),

@@ -18,6 +18,7 @@ __all__ = [
     "GROUPS",
     "OUTCOMES",
     "PERIODS",
+    "ExperimentRecord",
     "KeyRecord",
     "RequestFilter",
     "RequestRecord",
@@ -25,6 +26,7 @@ __all__ = [
     "SpendRow",
     "StorageUnavailable",
     "Store",
+    "VariantSums",
     "day_of",
     "period_bounds",
     "period_start",
@@ -218,6 +220,57 @@ class RequestFilter:
     before: tuple[float, str] | None = None
 
 
+@attrs.frozen
+class VariantSums:
+    """The running sums of one experiment variant's outcomes (what the statistics are
+    computed from, so that they survive a restart).
+
+    Attributes:
+        variant: the variant's name.
+        requests: requests finished.
+        errors: of those, failed.
+        latency_sum: the sum of their latencies, seconds.
+        log_latency_sum: the sum of their log latencies.
+        log_latency_squares: the sum of their squared log latencies.
+        cost: US dollars.
+        tokens: input and output tokens.
+        feedback_n: feedback scores received.
+        feedback_sum: their sum.
+        feedback_squares: the sum of their squares.
+    """
+
+    variant: str
+    requests: int = 0
+    errors: int = 0
+    latency_sum: float = 0.0
+    log_latency_sum: float = 0.0
+    log_latency_squares: float = 0.0
+    cost: float = 0.0
+    tokens: int = 0
+    feedback_n: int = 0
+    feedback_sum: float = 0.0
+    feedback_squares: float = 0.0
+
+
+@attrs.frozen
+class ExperimentRecord:
+    """An experiment's state as stored: its status and its variants' sums.
+
+    Attributes:
+        id: the experiment's id.
+        status: ``running``, ``rolled_back`` or ``stopped``.
+        reason: why it is not running (``""`` while it is).
+        changed_at: Unix time of the last status change (None: never changed).
+        variants: each variant's sums (as totals when read; as increments when written).
+    """
+
+    id: str
+    status: str = "running"
+    reason: str = ""
+    changed_at: float | None = None
+    variants: tuple[VariantSums, ...] = ()
+
+
 class Store(Protocol):
     """Operator state. Every method may raise :class:`StorageUnavailable`."""
 
@@ -267,6 +320,14 @@ class Store(Protocol):
     async def prune_requests(self, *, before: float | None, keep: int | None) -> int:
         """Delete logged requests that ended before Unix time ``before`` and all but the
         newest ``keep`` (None: no such bound); the number deleted."""
+
+    async def add_experiments(self, records: Sequence[ExperimentRecord]) -> None:
+        """Set each experiment's status and add its variants' sums (increments) to the
+        stored totals (one transaction)."""
+        ...
+
+    async def experiments(self) -> list[ExperimentRecord]:
+        """Every stored experiment, its variants' sums as totals, in id order."""
         ...
 
     async def aclose(self) -> None:

@@ -30,6 +30,7 @@ import trio
 
 from .base import (
     GROUPS,
+    ExperimentRecord,
     GroupBy,
     KeyRecord,
     RequestFilter,
@@ -42,6 +43,10 @@ from .schema import (
     GROUP_COLUMN,
     KEY_COLUMNS,
     REQUEST_COLUMNS,
+    SELECT_EXPERIMENTS,
+    SELECT_VARIANTS,
+    experiment_rows,
+    experiments_of,
     key_of,
     key_row,
     migrations,
@@ -51,6 +56,8 @@ from .schema import (
     request_row,
     statements,
     upgrade,
+    upsert_status,
+    upsert_sums,
 )
 
 __all__ = ["POSTGRES_MIGRATIONS", "PostgresStore", "migrate_postgres"]
@@ -292,6 +299,28 @@ class PostgresStore:
             return deleted
 
         return await self._run(prune)
+
+    async def add_experiments(self, records: Sequence[ExperimentRecord]) -> None:
+        """Set the experiments' statuses and add their variants' sums, in one transaction."""
+        statuses, sums = experiment_rows(records)
+
+        def write(connection: Any) -> None:
+            with connection.transaction(), connection.cursor() as cursor:
+                if statuses:
+                    cursor.executemany(upsert_status("%s"), statuses)
+                if sums:
+                    cursor.executemany(upsert_sums("%s"), sums)
+
+        await self._run(write)
+
+    async def experiments(self) -> list[ExperimentRecord]:
+        """Every stored experiment with its variants' totals."""
+
+        def read(connection: Any) -> list[ExperimentRecord]:
+            statuses = connection.execute(SELECT_EXPERIMENTS).fetchall()
+            return experiments_of(statuses, connection.execute(SELECT_VARIANTS).fetchall())
+
+        return await self._run(read)
 
     async def aclose(self) -> None:
         """Close the connection (in its thread, after any call in flight)."""

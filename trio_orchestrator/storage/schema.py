@@ -17,13 +17,18 @@ from typing import Any, Literal
 
 import attrs
 
-from .base import KeyRecord, RequestFilter, RequestRecord
+from .base import ExperimentRecord, KeyRecord, RequestFilter, RequestRecord, VariantSums
 
 __all__ = [
     "GROUP_COLUMN",
     "KEY_COLUMNS",
     "REQUEST_COLUMNS",
     "SCHEMA",
+    "SELECT_EXPERIMENTS",
+    "SELECT_VARIANTS",
+    "VARIANT_SUMS",
+    "experiment_rows",
+    "experiments_of",
     "key_of",
     "key_row",
     "migrations",
@@ -33,6 +38,8 @@ __all__ = [
     "request_row",
     "statements",
     "upgrade",
+    "upsert_status",
+    "upsert_sums",
 ]
 
 logger = logging.getLogger("trio_orchestrator.storage")
@@ -114,6 +121,30 @@ SCHEMA: tuple[str, ...] = (
     CREATE INDEX requests_by_outcome ON requests (outcome, created);
     CREATE INDEX requests_by_status ON requests (status, created);
     """,
+    # 4: experiments: each one's status, and its variants' running sums.
+    """
+    CREATE TABLE experiments (
+        id TEXT PRIMARY KEY,
+        status TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        changed_at {real}
+    );
+    CREATE TABLE experiment_variants (
+        experiment TEXT NOT NULL,
+        variant TEXT NOT NULL,
+        requests {bigint} NOT NULL,
+        errors {bigint} NOT NULL,
+        latency_sum {real} NOT NULL,
+        log_latency_sum {real} NOT NULL,
+        log_latency_squares {real} NOT NULL,
+        cost {real} NOT NULL,
+        tokens {bigint} NOT NULL,
+        feedback_n {bigint} NOT NULL,
+        feedback_sum {real} NOT NULL,
+        feedback_squares {real} NOT NULL,
+        PRIMARY KEY (experiment, variant)
+    );
+    """,
 )
 """The schema, one script per version (version ``n`` is ``SCHEMA[n - 1]``), in no dialect."""
 
@@ -128,6 +159,19 @@ KEY_COLUMNS = (
     "priority, expires_at, metadata, created_at, revoked_at"
 )
 """The ``keys`` table's columns, in the order of :func:`key_row`."""
+VARIANT_SUMS = (
+    "requests",
+    "errors",
+    "latency_sum",
+    "log_latency_sum",
+    "log_latency_squares",
+    "cost",
+    "tokens",
+    "feedback_n",
+    "feedback_sum",
+    "feedback_squares",
+)
+"""The ``experiment_variants`` columns that are sums, in :class:`~.base.VariantSums` order."""
 GROUP_COLUMN = {"key": "key_id", "model": "model", "provider": "provider", "day": "day"}
 """The ``spend`` column each ``group_by`` sums over."""
 
@@ -274,3 +318,59 @@ def prune_statements(
         )
         deletes.append((f"DELETE FROM requests WHERE created < ({newest})", ()))
     return deletes
+
+
+def upsert_sums(mark: str) -> str:
+    """The statement adding one variant's sums to its row (``mark``: the dialect's
+    placeholder), the same in both dialects."""
+    columns = ", ".join(("experiment", "variant", *VARIANT_SUMS))
+    marks = ", ".join([mark] * (2 + len(VARIANT_SUMS)))
+    added = ", ".join(f"{c} = experiment_variants.{c} + excluded.{c}" for c in VARIANT_SUMS)
+    return (
+        f"INSERT INTO experiment_variants ({columns}) VALUES ({marks}) "
+        f"ON CONFLICT (experiment, variant) DO UPDATE SET {added}"
+    )
+
+
+def upsert_status(mark: str) -> str:
+    """The statement setting one experiment's status (``mark``: the placeholder)."""
+    return (
+        f"INSERT INTO experiments (id, status, reason, changed_at) VALUES ({mark}, {mark}, "
+        f"{mark}, {mark}) ON CONFLICT (id) DO UPDATE SET status = excluded.status, "
+        "reason = excluded.reason, changed_at = excluded.changed_at"
+    )
+
+
+SELECT_EXPERIMENTS = "SELECT id, status, reason, changed_at FROM experiments"
+"""Every experiment's status row."""
+SELECT_VARIANTS = f"SELECT experiment, variant, {', '.join(VARIANT_SUMS)} FROM experiment_variants"
+"""Every variant's sums row."""
+
+
+def experiment_rows(records: Sequence[ExperimentRecord]) -> tuple[list[Any], list[Any]]:
+    """The status rows and the sums rows that write ``records``."""
+    statuses = [(r.id, r.status, r.reason, r.changed_at) for r in records]
+    sums = [
+        (r.id, v.variant, *(getattr(v, c) for c in VARIANT_SUMS))
+        for r in records
+        for v in r.variants
+    ]
+    return statuses, sums
+
+
+def experiments_of(
+    statuses: Sequence[Sequence[Any]], sums: Sequence[Sequence[Any]]
+) -> list[ExperimentRecord]:
+    """The experiments these rows of :data:`SELECT_EXPERIMENTS` and
+    :data:`SELECT_VARIANTS` hold, in id order (an experiment with sums but no status row
+    is running)."""
+    variants: dict[str, list[VariantSums]] = {}
+    for row in sums:
+        variants.setdefault(row[0], []).append(VariantSums(row[1], *row[2:]))
+    status = {row[0]: row for row in statuses}
+    records = []
+    for name in sorted(set(status) | set(variants)):
+        _, state, reason, changed_at = status.get(name, (name, "running", "", None))
+        found = tuple(sorted(variants.get(name, ()), key=lambda v: v.variant))
+        records.append(ExperimentRecord(name, state, reason, changed_at, found))
+    return records

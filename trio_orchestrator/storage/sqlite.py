@@ -24,6 +24,7 @@ import trio
 
 from .base import (
     GROUPS,
+    ExperimentRecord,
     GroupBy,
     KeyRecord,
     RequestFilter,
@@ -36,6 +37,10 @@ from .schema import (
     GROUP_COLUMN,
     KEY_COLUMNS,
     REQUEST_COLUMNS,
+    SELECT_EXPERIMENTS,
+    SELECT_VARIANTS,
+    experiment_rows,
+    experiments_of,
     key_of,
     key_row,
     migrations,
@@ -45,6 +50,8 @@ from .schema import (
     request_row,
     statements,
     upgrade,
+    upsert_status,
+    upsert_sums,
 )
 
 __all__ = ["MIGRATIONS", "SqliteStore", "migrate"]
@@ -269,6 +276,27 @@ class SqliteStore:
             return deleted
 
         return await self._run(prune)
+
+    async def add_experiments(self, records: Sequence[ExperimentRecord]) -> None:
+        """Set the experiments' statuses and add their variants' sums, in one transaction."""
+        statuses, sums = experiment_rows(records)
+
+        def write(connection: sqlite3.Connection) -> None:
+            with connection:
+                connection.execute("BEGIN")
+                connection.executemany(upsert_status("?"), statuses)
+                connection.executemany(upsert_sums("?"), sums)
+
+        await self._run(write)
+
+    async def experiments(self) -> list[ExperimentRecord]:
+        """Every stored experiment with its variants' totals."""
+
+        def read(connection: sqlite3.Connection) -> list[ExperimentRecord]:
+            statuses = connection.execute(SELECT_EXPERIMENTS).fetchall()
+            return experiments_of(statuses, connection.execute(SELECT_VARIANTS).fetchall())
+
+        return await self._run(read)
 
     async def aclose(self) -> None:
         """Close the connection (in its thread, after any call in flight)."""
