@@ -238,6 +238,7 @@ async def test_openapi_document_lists_every_endpoint() -> None:
         "/v1/dead-letters/{id}/replay", "/metrics", "/healthz", "/readyz", "/openapi.json",
         "/v1/messages", "/v1/messages/count_tokens",
         "/v1/admin/keys", "/v1/admin/keys/{id}", "/v1/admin/keys/{id}/rotate", "/v1/admin/spend",
+        "/v1/admin/requests", "/v1/admin/requests/{id}",
         "/v1/feedback", "/v1/experiments", "/v1/experiments/{id}",
         "/v1/admin/experiments/{id}/stop", "/v1/admin/experiments/{id}/resume",
     }  # fmt: skip
