@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import outcome
 import trio
 from starlette.responses import Response
 
 from ..errors import OrchestratorError
-from ..events import Completion
-from ..pipeline import Pipeline
+from ..events import Completion, StreamEvent
+from ..pipeline import PendingRequest, Pipeline
 from ..types import PromptRequest
 from .errors import ApiError, map_exception
 from .guard import send_error
@@ -30,6 +30,8 @@ __all__ = [
     "ClientGone",
     "Emit",
     "EventStream",
+    "PushRender",
+    "PushedEventStream",
     "cancel_on_disconnect",
     "complete_unless_gone",
 ]
@@ -111,6 +113,131 @@ async def complete_unless_gone(
     if gone:
         raise ClientGone
     return pending.result()
+
+
+class PushRender(Protocol):
+    """Turns a streamed request's events into event payloads (see :class:`PushedEventStream`)."""
+
+    def event(self, event: StreamEvent) -> Sequence[bytes]:
+        """The payloads for one event as the worker makes it (none, one or more)."""
+
+    def end(self, tail: str, completion: Completion) -> Sequence[bytes]:
+        """The payloads that close a completed stream: ``tail`` is text the filters held
+        back to the end."""
+
+
+class PushedEventStream:
+    """A server-sent event response written by the worker's own task, event by event.
+
+    One task fewer per stream than :class:`EventStream` (no buffer between tasks, no task
+    waiting for the client to go away): the request is started with
+    :meth:`~trio_orchestrator.pipeline.Pipeline.try_start_stream`, its events are rendered
+    and sent from the worker's task, and the handler's task reads ``receive()`` until the
+    request's end cancels that read, as :func:`complete_unless_gone` does. It then writes
+    the stream's end: ``render.end``'s payloads and the trailer; or the error, with its own
+    status if nothing was sent yet, else as one more event (``error_event``) before the
+    trailer. A client that disconnects cancels the request; so does a send that fails.
+
+    Args:
+        pipeline: runs the request.
+        request: the request.
+        render: turns its events into payloads.
+        error_event: renders an error as an event payload.
+        trailer: sent after the stream's last event (e.g. ``[DONE]``), after an error too.
+        headers: further response headers.
+    """
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        request: PromptRequest,
+        render: PushRender,
+        error_event: ErrorEvent,
+        trailer: bytes | None = None,
+        *,
+        headers: Sequence[tuple[bytes, bytes]] = (),
+    ) -> None:
+        self.pipeline = pipeline
+        self.request = request
+        self.render = render
+        self.error_event = error_event
+        self.trailer = trailer
+        self.extra_headers = headers
+        self._out: _Output | None = None
+        self._pending: PendingRequest | None = None
+        self._sending = False
+        self._waiter: trio.lowlevel.Task | None = None
+
+    @property
+    def started(self) -> bool:
+        """True once the response has begun (its status and headers were sent)."""
+        return self._out is not None and self._out.started
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        out = self._out = _Output(send, self.extra_headers)
+        gone = False
+        with trio.CancelScope() as ended:
+            pending = self._pending = self.pipeline.try_start_stream(
+                self.request, self._push, ended.cancel
+            )
+            try:
+                while not pending.done:
+                    if (await receive())["type"] == "http.disconnect":
+                        gone = True
+                        pending.cancel("the client disconnected")
+            finally:
+                # Left by ended's cancellation (it has ended), or cancelled from outside.
+                pending.cancel("the caller stopped waiting")
+        await self._idle()  # a send of the worker's task still under way goes out first
+        if gone or out.gone:
+            return  # no one to finish for
+        await self._end(pending, out)
+
+    async def _push(self, event: StreamEvent) -> None:
+        """The request's sink, in the worker's task: render and send, or give up."""
+        out = self._out
+        assert out is not None
+        assert self._pending is not None
+        if out.gone:
+            return
+        payloads = self.render.event(event)
+        self._sending = True
+        try:
+            for payload in payloads:
+                await out.emit(payload)
+        except Exception:
+            # The connection is gone: nobody reads this stream any more (nor its error).
+            out.gone = True
+            self._pending.cancel("the client disconnected")
+        finally:
+            self._sending = False
+            if self._waiter is not None:
+                trio.lowlevel.reschedule(self._waiter)
+                self._waiter = None
+
+    async def _idle(self) -> None:
+        """Wait until no send of the worker's task is under way."""
+        if self._sending:
+            self._waiter = trio.lowlevel.current_task()
+            await trio.lowlevel.wait_task_rescheduled(
+                lambda _: trio.lowlevel.Abort.FAILED  # the send always ends, and wakes us
+            )
+
+    async def _end(self, pending: PendingRequest, out: _Output) -> None:
+        try:
+            completion = pending.result()
+        except (OrchestratorError, ApiError) as exc:
+            error = map_exception(exc)
+            if not out.started:
+                await send_error(out.send, error, out.extra)
+                return
+            await out.emit(self.error_event(error, exc))
+        else:
+            for payload in self.render.end(pending.tail, completion):
+                await out.emit(payload)
+        if self.trailer is not None:
+            await out.emit(self.trailer)
+        await out.finish()
 
 
 def _frame(data: bytes) -> bytes:
