@@ -6,6 +6,10 @@ A client that disconnects cancels its request at once. A pipeline request is sta
 task per request, no nursery. Other work runs in a nursery next to a task that waits for
 ``http.disconnect`` and then cancels the nursery (:func:`cancel_on_disconnect`). Either way
 the request ends *cancelled* and its worker is cancelled at its next checkpoint.
+
+A streamed chat is sent by :class:`PushedEventStream`: the worker's task renders and sends
+each event itself, while the handler's task waits for ``http.disconnect`` as above (three
+tasks per open stream with hypercorn's two; :class:`EventStream` adds a watcher task).
 """
 
 from __future__ import annotations
