@@ -42,6 +42,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -70,11 +71,16 @@ BODY = {
 }
 
 
+#: Where the fake writes the service-account key it trusts (the ``vertex`` row's).
+VERTEX_KEY_DIR = tempfile.mkdtemp(prefix="bench-vertex-")
+
+
 def start_fake(tokens: int) -> tuple[subprocess.Popen[str], str]:
     """Start the fake provider in its own process; return it and its base URL."""
     code = "from trio_orchestrator.testing.fake_provider import main; main()"
+    arguments = ["--tokens", str(tokens), "--vertex-key-dir", VERTEX_KEY_DIR]
     process = subprocess.Popen(
-        [sys.executable, "-c", code, "--tokens", str(tokens)],
+        [sys.executable, "-c", code, *arguments],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -200,6 +206,16 @@ KIND_PROVIDERS: dict[str, Callable[[str, int], ProviderConfig]] = {
         name="fake",
         base_url=url,
         api_keys=["fake-google-key"],
+        max_connections=connections,
+    ),
+    # Gemini's translation behind a service account's OAuth token (exchanged at the fake
+    # once, then cached to its expiry): the key file the fake trusts.
+    "vertex": lambda url, connections: ProviderConfig(
+        kind="vertex",
+        name="fake",
+        base_url=url,
+        api_keys=[],
+        credentials_file=str(Path(VERTEX_KEY_DIR) / "service-account.json"),
         max_connections=connections,
     ),
     "azure": lambda url, connections: ProviderConfig(

@@ -51,6 +51,10 @@ NOT_MODEL_ROUTES = {
     "/metrics",
     "/healthz",
     "/readyz",
+    "/v1/admin/keys",
+    "/v1/admin/keys/{id}",
+    "/v1/admin/keys/{id}/rotate",
+    "/v1/admin/spend",
 }
 
 

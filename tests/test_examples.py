@@ -22,6 +22,7 @@ EXAMPLES = Path(__file__).parent.parent / "examples"
             'trio_orchestrator_pipeline_requests_total{outcome="completed"} 3.0',
         ),
         ("serve_with_openai_sdk.py", "usage: 8 tokens"),
+        ("virtual_keys.py", "refused: 429 insufficient_quota"),
         ("model_catalogue.py", 'trio_orchestrator_cost_usd_total{model="gpt-4o-mini"'),
         ("bedrock_provider.py", "signed: AWS4-HMAC-SHA256 Credential=AKIAFAKEBEDROCK00001/"),
         ("bedrock_provider.py", "embeddings: 2 vectors of 1024 values"),

@@ -28,6 +28,7 @@ from trio_orchestrator.config.secret import Secret
 from trio_orchestrator.config.service import ApiKeyConfig, ServiceConfig
 from trio_orchestrator.service import serve
 from trio_orchestrator.service.openapi import openapi_document
+from trio_orchestrator.storage import StorageConfig
 
 KEY = "sk-fuzz"
 AUTH = {"authorization": f"Bearer {KEY}"}
@@ -56,7 +57,9 @@ def service_url() -> Iterator[str]:
     """``serve`` on 127.0.0.1 (a free port) in a thread, with one admin key and the echo
     worker; its base URL."""
     key = ApiKeyConfig(name="fuzz", key=Secret(KEY), admin=True)
-    config = Config(service=ServiceConfig(port=0, api_keys=(key,)))
+    # Storage in memory: the admin key and spend routes are fuzzed for real.
+    storage = StorageConfig(backend="sqlite")
+    config = Config(service=ServiceConfig(port=0, api_keys=(key,)), storage=storage)
     started: queue.Queue[str | BaseException] = queue.Queue()
     stop: list[tuple[trio.Event, trio.lowlevel.TrioToken]] = []
 

@@ -16,9 +16,11 @@ import trio_orchestrator
 from trio_orchestrator import errors as e
 from trio_orchestrator.distributed.connection import RedisUnavailable
 from trio_orchestrator.events import EventGrammarError, TextDelta
+from trio_orchestrator.resilience.adaptive_limiter import ConcurrencyLimited
 from trio_orchestrator.routing.budget import BudgetExceeded
 from trio_orchestrator.service import ApiError, map_exception
 from trio_orchestrator.service.app import create_app
+from trio_orchestrator.storage import StorageUnavailable
 from trio_orchestrator.types import PromptRequest
 from trio_orchestrator.workers import EventSink
 
@@ -51,6 +53,8 @@ STATUS: list[tuple[Exception, int]] = [
     (e.ProviderError("other"), 502),
     (BudgetExceeded("model", "gpt", limit=1.0, spent=1.0, needed=0.1), 429),
     (RedisUnavailable("down"), 503),
+    (StorageUnavailable("down"), 503),
+    (ConcurrencyLimited("at its adaptive limit", retry_after=1.0), 503),
     (e.ConfigError("routing.deployments: bad"), 503),
     (EventGrammarError("TextDelta after Done"), 502),
 ]

@@ -29,6 +29,7 @@ BODIES: list[Any] = [
 ]
 
 _VARYING = ("id", "created")
+_PER_REQUEST = (b"x-request-id", b"x-gateway-overhead-ms")
 
 
 def _comparable(sent: list[dict[str, Any]]) -> list[Any]:
@@ -36,8 +37,9 @@ def _comparable(sent: list[dict[str, Any]]) -> list[Any]:
     out: list[Any] = []
     for message in sent:
         if message["type"] == "http.response.start":
-            # Both carry an x-request-id; its value differs per request.
-            headers = [(k, b"*" if k == b"x-request-id" else v) for k, v in message["headers"]]
+            # Both carry an x-request-id and an x-gateway-overhead-ms; their values differ
+            # per request.
+            headers = [(k, b"*" if k in _PER_REQUEST else v) for k, v in message["headers"]]
             out.append((message["status"], sorted(headers)))
             continue
         body = message["body"]

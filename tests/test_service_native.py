@@ -237,6 +237,7 @@ async def test_openapi_document_lists_every_endpoint() -> None:
         "/v1/prompt", "/v1/prompt/stream", "/v1/stats", "/v1/dead-letters",
         "/v1/dead-letters/{id}/replay", "/metrics", "/healthz", "/readyz", "/openapi.json",
         "/v1/messages", "/v1/messages/count_tokens",
+        "/v1/admin/keys", "/v1/admin/keys/{id}", "/v1/admin/keys/{id}/rotate", "/v1/admin/spend",
     }  # fmt: skip
     assert set(document["paths"]) == expected
 

@@ -376,6 +376,12 @@ ENDPOINTS: tuple[tuple[str, str, str], ...] = (
         "the native request, sent as Chat Completions",
         "the native request, translated",
     ),
+    (
+        "POST /mcp",
+        "the `complete` tool is a `POST /v1/chat/completions` (messages, `max_tokens`, "
+        "`temperature`, `top_p`, `stop`, `seed`), sent in process: as that endpoint",
+        "as `POST /v1/chat/completions`",
+    ),
 )
 
 

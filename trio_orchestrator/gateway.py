@@ -9,17 +9,19 @@ describes, in one place and in one order, and tears it down in reverse.
 
 The order, each part opened inside the one before:
 
-1. shared resources: one Redis connection (``[distributed] redis_url``), the HTTP clients, a
-   nursery for the layers' background work;
+1. shared resources: one Redis connection (``[distributed] redis_url``), the store
+   (``[storage]``: virtual keys and spend), the HTTP clients, a nursery for the layers'
+   background work (and the spend writer's);
 2. providers: one worker per ``[[providers]]`` entry, or the built-in echo worker, or the
    worker given;
-3. per-provider layers: with ``[routing]``, each provider's own circuit breaker and retries
-   (so the router can skip a provider whose breaker is open or whose keys all rest);
+3. per-provider layers: a provider's adaptive concurrency limit right around it (its
+   entry's ``[adaptive]``); with ``[routing]``, each provider's own circuit breaker and
+   retries (so the router can skip a provider whose breaker is open or whose keys all rest);
 4. the router (``[routing]``) or the load balancer (several providers);
-5. the outer layers: cache → coalescing → shared answers → rate limit (→ breaker → retry when
-   there is no router);
+5. the outer layers: virtual keys' policies → cache → semantic cache → coalescing → shared
+   answers → rate limit (→ breaker → retry when there is no router);
 6. the pipeline, its dead letters written through to Redis with ``[distributed]``;
-7. instrumentation: metrics, traces, request logs.
+7. instrumentation: metrics, traces, request logs, spend.
 
 Every part is registered as a :class:`Component`: with the key path of the section it takes
 on a reload, the provider it serves, and whatever seams of :mod:`trio_orchestrator.seams` it
@@ -44,6 +46,7 @@ from .config.reload import ConfigChange, ReloadReport, plan_reload
 from .errors import ConfigError, WorkerError
 from .observability import Instrumentation, instrument_pipeline
 from .observability.metrics import prometheus
+from .observability.spend import SpendListener
 from .pipeline import (
     Assembler,
     DeadLetterQueue,
@@ -53,10 +56,19 @@ from .pipeline import (
     Retriever,
     open_pipeline,
 )
+from .resilience.adaptive_limiter import AdaptiveLimitLayer
 from .resilience.stack import LayerContext, wrap
+from .routing.keys import KeyPolicyWorker, VirtualKeys
 from .routing.router import RouterWorker, open_router
 from .routing.strategies import HealthCheck
 from .seams import ModelCatalog, ModelLister, Readiness, Reloadable, Revivable, provider_name
+from .storage import (
+    SpendWriter,
+    StorageUnavailable,
+    Store,
+    period_start,
+    store_for,
+)
 from .workers import EchoWorker, LoadBalancedWorker, ModelWorker
 from .workers.config import ProviderConfig, ProvidersConfig
 from .workers.factory import key_pool, make_client, worker_for
@@ -120,6 +132,9 @@ class Gateway:
         observed: the metrics, traces and logs wired onto the pipeline.
         catalogue: the model facts every part reads (the bundled catalogue with
             ``[catalogue]`` laid over it).
+        store: the operator-state store (``[storage]``), or None with ``backend = "none"``.
+        keys: the live virtual keys (loaded from the store at start).
+        spend: the spend writer, with a store.
     """
 
     def __init__(self, config: Config) -> None:
@@ -133,6 +148,11 @@ class Gateway:
         self._workers: dict[str, ModelWorker] = {}
         self.redis: RedisConnection | None = None
         self.observed: Instrumentation | None = None
+        self.store: Store | None = None
+        self.keys = VirtualKeys()
+        self.spend: SpendWriter | None = None
+        # The last listed_models answer every asked upstream gave, and until when it holds.
+        self._listed: tuple[tuple[str, ...], float] | None = None
 
     @property
     def config(self) -> Config:
@@ -174,23 +194,44 @@ class Gateway:
         return () if catalog is None else catalog.model_names()
 
     async def listed_models(self) -> tuple[str, ...]:
-        """The models the upstreams that list their own say they serve, asked now.
+        """The models the providers serve, asking the upstreams that list their own.
 
-        Only providers that name no ``models`` and whose kind lists models
+        Providers that name no ``models`` and whose kind lists models
         (:func:`~trio_orchestrator.workers.kinds.lists_models`: local and self-hosted
-        OpenAI-compatible servers) are asked; one that fails to answer is logged and skipped.
+        OpenAI-compatible servers) are asked at once, each for at most
+        ``service.model_list_timeout`` seconds; one that fails or is late is logged and adds
+        no names. The other providers add their configured ``models``. An answer in which
+        every asked upstream answered is reused for ``service.model_list_ttl`` seconds.
         """
+        now = trio.current_time()
+        if self._listed is not None and now < self._listed[1]:
+            return self._listed[0]
         providers = self._config.providers
-        names: list[str] = []
-        for entry in () if providers is None else providers.providers:
-            worker = self._workers.get(entry.label)
-            if not lists_models(entry) or not isinstance(worker, ModelLister):
-                continue
+        entries = () if providers is None else providers.providers
+        answers: list[list[str] | None] = [list(entry.models) for entry in entries]
+        async with trio.open_nursery() as nursery:
+            for i, entry in enumerate(entries):
+                worker = self._workers.get(entry.label)
+                if lists_models(entry) and isinstance(worker, ModelLister):
+                    nursery.start_soon(self._ask_models, entry.label, worker, answers, i)
+        names = tuple(dict.fromkeys(n for answer in answers for n in answer or ()))
+        if all(answer is not None for answer in answers):
+            self._listed = (names, now + self._config.service.model_list_ttl)
+        return names
+
+    async def _ask_models(
+        self, label: str, worker: ModelLister, answers: list[list[str] | None], i: int
+    ) -> None:
+        """Put ``worker``'s model list at ``answers[i]``, or None if it fails or is late."""
+        answers[i] = None
+        timeout = self._config.service.model_list_timeout
+        with trio.move_on_after(timeout):
             try:
-                names += await worker.list_models()
+                answers[i] = await worker.list_models()
             except WorkerError as exc:
-                logger.warning("%s: its model list could not be read: %s", entry.label, exc)
-        return tuple(dict.fromkeys(names))
+                logger.warning("%s: its model list could not be read: %s", label, exc)
+            return
+        logger.warning("%s: its model list did not come within %s s", label, timeout)
 
     def model_facts(self, name: str) -> ModelFacts | None:
         """What the catalogue knows of the model a client names ``name``, or None.
@@ -205,6 +246,28 @@ class Gateway:
         deployment = route.candidates[0]
         known = self.catalogue.get(deployment.upstream_model) or self.catalogue.facts(name)
         return deployment.facts.over(known)
+
+    def priced_facts(self, name: str) -> ModelFacts | None:
+        """The facts pricing model ``name`` (``[observability.metrics.prices]`` laid over
+        :meth:`model_facts`, as the cost metric prices), or None when it has no price."""
+        facts = self.model_facts(name)
+        price = self._config.observability.metrics.prices.get(name)
+        if price is not None:
+            facts = price.facts if facts is None else price.facts.over(facts)
+        return facts if facts is not None and facts.priced else None
+
+    def provider_of(self, name: str) -> str:
+        """The label of the provider serving model ``name`` (with ``[routing]``, its first
+        deployment's: a fallback's answer is charged to it too)."""
+        route = None if self._router is None else self._router.registry.resolve(name)
+        if route is not None and route.candidates:
+            return route.candidates[0].provider
+        providers = self._config.providers
+        entries = () if providers is None else providers.providers
+        for entry in entries:
+            if name in entry.models:
+                return entry.label
+        return self._providers[0] if len(self._providers) == 1 else "unknown"
 
     def add(
         self,
@@ -251,6 +314,7 @@ class Gateway:
                 refused.append(_nobody_takes(change))
                 merged = _restore(merged, old, change.path)
         self._config = merged
+        self._listed = None  # a reloaded provider's models are listed anew
         for component in self._components:
             if isinstance(component.part, Reloadable) and any(map(component.takes, taken)):
                 refused += component.part.reconfigure(component.section_of(merged))
@@ -391,10 +455,17 @@ async def open_gateway(
             fails_closed = config.distributed.rate_limit_policy == "fail_closed"
             gateway.add(_RedisReadiness(redis, fails_closed))
             gateway.add(redis)
+        await stack.enter_async_context(_open_store(gateway, config))
         providers = _open_providers(gateway, config, worker, stack)
         nursery = await stack.enter_async_context(trio.open_nursery())
         try:
             top = await _assemble(gateway, config, providers, redis, stack, nursery)
+            if gateway.store is not None:
+                top = KeyPolicyWorker(top, gateway.keys)
+                gateway.spend = SpendWriter(gateway.store, config.storage)
+                gateway.add(gateway.spend)
+                await nursery.start(gateway.spend.run)
+                nursery.start_soon(_sync_keys, gateway, config.storage.sync_interval)
             dead_letters = await stack.enter_async_context(_open_dead_letters(config, redis))
             async with open_pipeline(
                 top,
@@ -408,6 +479,11 @@ async def open_gateway(
                 gateway._pipeline = pipeline
                 gateway.add(pipeline, "pipeline")
                 gateway.add(pipeline.dead_letters)
+                pipeline.add_listener(
+                    SpendListener(
+                        gateway.spend, gateway.keys, gateway.priced_facts, gateway.provider_of
+                    )
+                )
                 gateway.observed = _instrument(gateway, registry)
                 yield gateway
         except BaseException as exc:
@@ -446,6 +522,10 @@ async def _assemble(
     nursery: trio.Nursery,
 ) -> ModelWorker:
     """Per-provider layers → router or balancer → outer layers."""
+    providers = {
+        label: _limit_adaptively(gateway, config, label, worker)
+        for label, worker in providers.items()
+    }
     if config.routing.enabled:
         guarded = {
             label: wrap(
@@ -479,17 +559,34 @@ async def _assemble(
         gateway.add(inner, "providers", section=_providers_of)
         label = "balancer"
     skip = PER_PROVIDER_LAYERS if config.routing.enabled else ()
-    context = _context(gateway, nursery, label, redis)
+    context = _context(gateway, nursery, label, redis, providers)
     return wrap(inner, config.resilience, context, skip=skip)
 
 
+def _limit_adaptively(
+    gateway: Gateway, config: Config, label: str, worker: ModelWorker
+) -> ModelWorker:
+    """``worker`` behind its adaptive concurrency limit when its entry enables one: directly
+    around the provider, so each call the upstream sees (each retry too) is admitted."""
+    entry = _entry_of(label)(config)
+    if entry is None or not entry.adaptive.enabled:
+        return worker
+    layer = AdaptiveLimitLayer(worker, entry.adaptive, provider=label)
+    gateway.add(layer, "providers", provider=label, section=_entry_of(label))
+    return layer
+
+
 def _context(
-    gateway: Gateway, nursery: trio.Nursery, label: str, redis: RedisConnection | None
+    gateway: Gateway,
+    nursery: trio.Nursery,
+    label: str,
+    redis: RedisConnection | None,
+    providers: dict[str, ModelWorker] | None = None,
 ) -> LayerContext:
     def register(part: object, path: str) -> None:
         gateway.add(part, path, provider=label)
 
-    return LayerContext(nursery, label, redis, register)
+    return LayerContext(nursery, label, redis, register, providers or {})
 
 
 def _open_providers(
@@ -565,6 +662,60 @@ def _entry_of(label: str) -> Callable[[Config], ProviderConfig | None]:
         return next((p for p in providers if p.label == label), None)
 
     return entry
+
+
+@asynccontextmanager
+async def _open_store(gateway: Gateway, config: Config) -> AsyncIterator[None]:
+    """Open the store, load the virtual keys and seed their budgets; close it last.
+
+    A store that cannot be opened does not stop the gateway (requests never depend on it):
+    it is logged, spend waits in the writer's buffer, and the store is tried again on
+    every write.
+    """
+    store = store_for(config.storage) if config.storage.enabled else None
+    if store is None:
+        yield
+        return
+    gateway.store = store
+    try:
+        try:
+            await _load_keys(store, gateway.keys)
+        except StorageUnavailable as exc:
+            logger.warning("storage unavailable at start (keys not loaded): %s", exc)
+        yield
+    finally:
+        await store.aclose()
+
+
+async def _sync_keys(gateway: Gateway, interval: float) -> None:
+    """Every ``interval`` seconds, read the keys and their spend again: other processes on
+    the same database create, change and revoke keys and spend against their budgets."""
+    assert gateway.store is not None
+    while True:
+        await trio.sleep(interval)
+        try:
+            if gateway.spend is not None:
+                await gateway.spend.flush()  # this process's spend is in the sums read next
+            await _load_keys(gateway.store, gateway.keys, revoked=True)
+        except StorageUnavailable as exc:
+            logger.debug("storage: keys not refreshed: %s", exc)
+
+
+async def _load_keys(store: Store, keys: VirtualKeys, *, revoked: bool = False) -> None:
+    """Put the live keys in memory (with ``revoked``, remove the revoked ones) and each
+    key's spend in its current period."""
+    records = await store.list_keys(revoked=revoked)
+    for record in records:
+        keys.put(record)
+    records = [r for r in records if r.revoked_at is None]
+    now = keys.clock()
+    for period in {r.budget_period for r in records if r.budget is not None}:
+        rows = await store.spend("key", since=period_start(period, now))
+        for row in rows:
+            live = keys.get(row.group)
+            if live is not None and live.budget_period == period:
+                keys.budgets.seed(row.group, period, row.cost)
+    logger.debug("storage: %d virtual keys loaded", len(records))
 
 
 @asynccontextmanager

@@ -18,6 +18,7 @@ __all__ = [
     "Message",
     "Priority",
     "PromptRequest",
+    "RequestTiming",
     "Role",
     "Tool",
     "ToolCall",
@@ -65,11 +66,15 @@ class Tool:
         name: the function name.
         description: what the function does, for the model.
         parameters: a JSON Schema of the arguments.
+        cache_control: a prompt-cache breakpoint after this tool's definition (Anthropic's
+            ``cache_control``, e.g. ``{"type": "ephemeral"}``); Anthropic and Bedrock
+            upstreams honour it, the others cache prompt prefixes by themselves.
     """
 
     name: str
     description: str = ""
     parameters: Mapping[str, Any] = attrs.field(factory=dict)
+    cache_control: Mapping[str, Any] | None = None
 
 
 def _check_role(_instance: object, _attribute: object, value: str) -> None:
@@ -181,6 +186,61 @@ class Document:
     score: float = 0.0
 
 
+@attrs.define(eq=False, slots=True)
+class RequestTiming:
+    """When a request arrived at the gateway, and how long it has waited on upstreams.
+
+    The service makes one per request (``x-gateway-overhead-ms``) and hands it to the
+    pipeline in :attr:`PromptRequest.timing`; every copy of the request (the router's, a
+    retry's, a fallback's, ``n`` choices') shares it, so it sums the waits of every attempt.
+    The HTTP workers mark each wait on their upstream (sending a request until its answer's
+    headers, each read of its body) until the service has answered (:meth:`answer`; a
+    stream's headers go with its first event: later reads overlap the client's stream).
+    Waits that overlap (``n`` choices, embedding batches sent at once) count once: the time
+    during which *any* upstream call was awaited.
+
+    All times are on Trio's clock (:func:`trio.current_time`).
+
+    Attributes:
+        arrived: when the request reached the gateway's application.
+        upstream: seconds spent waiting on upstreams, in waits that have ended.
+        answered: the service has sent the response's headers; waits are no longer marked.
+    """
+
+    arrived: float
+    upstream: float = 0.0
+    answered: bool = False
+    _open: int = 0
+    _since: float = 0.0
+
+    def wait_began(self, now: float) -> None:
+        """A wait on an upstream began (a request sent, or a read of its answer)."""
+        if not self._open:
+            self._since = now
+        self._open += 1
+
+    def wait_ended(self, now: float) -> None:
+        """A wait :meth:`wait_began` opened has ended (answered, failed or cancelled)."""
+        self._open -= 1
+        if not self._open:
+            self.upstream += now - self._since
+
+    def waited(self, now: float) -> float:
+        """Seconds spent waiting on upstreams until ``now`` (a wait still open included)."""
+        return self.upstream + (now - self._since if self._open else 0.0)
+
+    def overhead(self, now: float) -> float:
+        """Seconds the gateway itself took from :attr:`arrived` to ``now``: the time not
+        spent waiting on an upstream (never negative)."""
+        return max(0.0, now - self.arrived - self.waited(now))
+
+    def answer(self, now: float) -> float:
+        """The response's headers go out ``now``: stop marking waits; return
+        :meth:`overhead` as of now."""
+        self.answered = True
+        return self.overhead(now)
+
+
 def _to_messages(messages: Iterable[Message]) -> tuple[Message, ...]:
     return tuple(messages)
 
@@ -243,6 +303,10 @@ class PromptRequest:
             of them reached the caller. The service and batch jobs set it ``False`` for the
             answers they return whole; ``Pipeline.stream`` sets it ``True``. (It is the
             caller's to say, not the pipeline's, so that no request is copied per call.)
+        timing: where the HTTP workers add up the time this request waited on its
+            upstreams (see :class:`RequestTiming`), or ``None`` (nothing is measured). Every
+            copy of the request shares it; it is not part of the request's identity and is
+            not stored with it.
     """
 
     messages: tuple[Message, ...] = attrs.field(default=(), converter=_to_messages)
@@ -258,6 +322,7 @@ class PromptRequest:
     embed: tuple[EmbeddingInput, ...] | None = attrs.field(default=None, converter=_to_embed)
     responses_body: Mapping[str, Any] | None = attrs.field(default=None, repr=False, kw_only=True)
     streaming: bool = attrs.field(default=True, kw_only=True)
+    timing: RequestTiming | None = attrs.field(default=None, kw_only=True, repr=False)
 
     def __attrs_post_init__(self) -> None:
         if self.embed is not None:

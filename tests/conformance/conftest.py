@@ -13,9 +13,11 @@ from __future__ import annotations
 import queue
 import tempfile
 import threading
+import zlib
 from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any
+from urllib.parse import urlsplit
 
 import anthropic
 import attrs
@@ -34,10 +36,17 @@ from trio_orchestrator.testing.fake_provider import (
     open_fake_provider,
 )
 from trio_orchestrator.workers import ProviderConfig, ProvidersConfig
-from trio_orchestrator.workers.presets import PRESETS
+from trio_orchestrator.workers.presets import PRESETS, Preset, Refusal
 
-#: The upstream kinds every conformance test runs against (``upstream_kind`` fixture).
+#: The upstream kinds every conformance test runs against (``upstream_kind`` fixture); each
+#: test also runs against one preset (:func:`preset_for`).
 UPSTREAM_KINDS = ("openai", "anthropic", "azure", "bedrock", "gemini", "vertex")
+
+#: The presets, in the order :func:`preset_for` cycles through them.
+PRESET_CYCLE = tuple(sorted(PRESETS))
+
+#: The prefix of the preset run's parameter id (``test_x[preset-groq]``): ``-k preset``.
+PRESET_ID = "preset-"
 
 #: The kinds that speak Google's generateContent format (their bodies have ``contents``).
 GOOGLE_KINDS = ("gemini", "vertex")
@@ -71,6 +80,19 @@ def sampling(kind: str, body: dict[str, Any], name: str) -> Any:
     if kind == "openai" and name == "stop_sequences":
         return body["stop"]
     return body[name]
+
+
+def preset_for(nodeid: str) -> str:
+    """The preset a test runs against besides :data:`UPSTREAM_KINDS`: the presets cycle over
+    the tests by a stable hash of the test's node id, so that every preset meets many tests
+    without eight more runs of the whole suite (and a failure's id names its preset)."""
+    return PRESET_CYCLE[zlib.crc32(nodeid.encode()) % len(PRESET_CYCLE)]
+
+
+def api_root(kind: str) -> str:
+    """The path of ``kind``'s OpenAI-compatible API root: its preset's own (Groq's
+    ``/openai/v1``), or ``/v1``."""
+    return urlsplit(PRESETS[kind].base_url).path if kind in PRESETS else "/v1"
 
 
 def upstream_provider(
@@ -116,6 +138,51 @@ class Gateway:
     _token: trio.lowlevel.TrioToken
     _clients: list[openai.OpenAI | anthropic.Anthropic] = attrs.field(factory=list)
     upstream: str = ""
+
+    @property
+    def preset(self) -> Preset | None:
+        """The upstream's preset (its quirks), or None for a kind that is not one."""
+        return PRESETS.get(self.upstream)
+
+    def refusal(self, member: str, model: str = "fake-model") -> Refusal | None:
+        """How the upstream's preset refuses ``member`` for ``model``, or None if it takes it
+        (the preset table says so; a test does not keep its own list)."""
+        preset = self.preset
+        refusals = preset.refuses if preset is not None else ()
+        return next((r for r in refusals if r.member == member and r.applies_to(model)), None)
+
+    def refused(self, body: dict[str, Any]) -> str | None:
+        """The path of the first member of a Chat Completions ``body`` that the upstream's
+        preset refuses (its table's order), or None."""
+        preset = self.preset
+        model = str(body.get("model", ""))
+        for refusal in preset.refuses if preset is not None else ():
+            if not refusal.applies_to(model):
+                continue
+            if refusal.member.startswith("messages[]."):
+                name = refusal.member.removeprefix("messages[].")
+                named = [i for i, m in enumerate(body.get("messages", ())) if m.get(name)]
+                if named:
+                    return f"messages[{named[0]}].{name}"
+            elif body.get(refusal.member) not in (None, False, refusal.allowed):
+                return refusal.member
+        return None
+
+    def member(self, name: str) -> str:
+        """The name the upstream receives a Chat Completions member by (Mistral's
+        ``random_seed`` for ``seed``)."""
+        preset = self.preset
+        return preset.renames.get(name, name) if preset is not None else name
+
+    def as_received(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A Chat Completions ``body`` with its members named as the upstream receives them."""
+        return {self.member(name): value for name, value in body.items()}
+
+    @property
+    def api_root(self) -> str:
+        """The path of the upstream's OpenAI-compatible API root (``/v1``, Groq's
+        ``/openai/v1``…)."""
+        return api_root(self.upstream)
 
     def openai(self, **options: Any) -> openai.OpenAI:
         """The official OpenAI SDK's client, pointed at the gateway (no retries); closed
@@ -179,7 +246,8 @@ def start_gateway(kind: str, make_config: ConfigFactory) -> _Running:
     ready = queue.Queue()
 
     async def main(stopped: trio.Event) -> None:
-        async with open_fake_provider() as fake, trio.open_nursery() as nursery:
+        fake_provider = open_fake_provider(openai_root=api_root(kind))
+        async with fake_provider as fake, trio.open_nursery() as nursery:
             server = partial(serve, make_config(fake), shutdown_trigger=stopped.wait)
             url = await nursery.start(server)
             ready.put((fake, url, trio.lowlevel.current_trio_token()))
@@ -223,9 +291,43 @@ def running(kind: str, **provider: Any) -> Iterator[Gateway]:
         started.stop()
 
 
-@pytest.fixture(scope="module", params=UPSTREAM_KINDS)
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrize each test that takes ``upstream_kind`` (this file's, not a module's own)
+    with :data:`UPSTREAM_KINDS` and every preset; :func:`pytest_collection_modifyitems` then
+    keeps each test case's own preset only."""
+    if "upstream_kind" not in metafunc.fixturenames or hasattr(metafunc.module, "upstream_kind"):
+        return
+    metafunc.parametrize(
+        "upstream_kind",
+        [*UPSTREAM_KINDS, *PRESET_CYCLE],
+        indirect=True,
+        scope="module",
+        ids=[*UPSTREAM_KINDS, *(PRESET_ID + p for p in PRESET_CYCLE)],
+    )
+
+
+def _cycled_out(item: pytest.Item) -> bool:
+    """Whether ``item`` is a preset run that is not its test case's preset."""
+    callspec = getattr(item, "callspec", None)
+    kind = str(callspec.params.get("upstream_kind")) if callspec is not None else ""
+    if kind not in PRESETS:
+        return False
+    return preset_for(item.nodeid.replace(PRESET_ID + kind, "preset")) != kind
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Keep, of each test case's preset runs, the one :func:`preset_for` picks (reported as
+    deselected, the others)."""
+    dropped = [item for item in items if _cycled_out(item)]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        kept = [item for item in items if not _cycled_out(item)]
+        items[:] = kept
+
+
+@pytest.fixture(scope="module")
 def upstream_kind(request: pytest.FixtureRequest) -> str:
-    """Each upstream wire format in turn."""
+    """Each upstream kind in turn (parametrized by :func:`pytest_generate_tests`)."""
     kind: str = request.param
     return kind
 

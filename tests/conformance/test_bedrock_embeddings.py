@@ -67,17 +67,33 @@ def test_titan_answers_each_input_in_order_with_its_usage(gw: Gateway) -> None:
 
 
 def test_cohere_answers_in_base64(gw: Gateway) -> None:
-    """Cohere Embed gets the texts in one call with input_type (usage zero: its answer has no
-    count); a base64 request gets the vectors as float32 base64 (the SDK's default)."""
+    """Cohere Embed gets the texts in one call with input_type; a base64 request gets the
+    vectors as float32 base64 (the SDK's default)."""
     answer = gw.openai().embeddings.create(model=COHERE, input=["hola", "mundo"])
     assert gw.last().body == {"texts": ["hola", "mundo"], "input_type": "search_document"}
     assert len(gw.received()) == 1
-    assert answer.usage.prompt_tokens == 0  # Cohere's answer body counts no tokens
     assert [d.embedding for d in answer.data] == [
         pytest.approx(float32(fake_vector(t, 1024))) for t in ("hola", "mundo")
     ]
     raw: Any = gw.openai().embeddings.create(model=COHERE, input="x", encoding_format="base64")
     assert decode(raw.data[0].embedding) == float32(fake_vector("x", 1024))
+
+
+def test_cohere_usage_is_the_token_count_header_of_each_call(gw: Gateway) -> None:
+    """Cohere's answer body counts no tokens: usage is the sum of each InvokeModel call's
+    X-Amzn-Bedrock-Input-Token-Count header (100 texts: two calls, 96 and 4)."""
+    texts = [f"word {i}" for i in range(100)]  # two words each, by the fake's count
+    answer = gw.openai().embeddings.create(model=COHERE, input=texts, encoding_format="float")
+    assert sorted(len(c.body["texts"]) for c in gw.received()) == [4, 96]
+    assert (answer.usage.prompt_tokens, answer.usage.total_tokens) == (200, 200)
+
+
+def test_titans_usage_is_the_header_when_it_differs_from_the_body(gw: Gateway) -> None:
+    """The header is the count Bedrock bills: it wins over Titan's inputTextTokenCount."""
+    body = {"embedding": [0.5, 0.5], "inputTextTokenCount": 3}
+    gw.script(Behaviour(body=body, headers={"X-Amzn-Bedrock-Input-Token-Count": "5"}))
+    answer = gw.openai().embeddings.create(model=TITAN, input="x y z", encoding_format="float")
+    assert answer.usage.prompt_tokens == 5
 
 
 @pytest.mark.parametrize(

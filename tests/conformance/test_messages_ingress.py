@@ -222,6 +222,89 @@ def test_a_tool_result_turn_reaches_the_upstream(gw: Gateway) -> None:
         assert messages[2]["content"][0]["content"] == "18C"
 
 
+EPHEMERAL = {"type": "ephemeral"}
+
+
+def test_cache_breakpoints_reach_the_upstream_where_it_takes_them(gw: Gateway) -> None:
+    """cache_control on system, tool, user, assistant and tool_result blocks arrives as the
+    upstream's own breakpoints (Anthropic: as sent; Bedrock: cachePoint blocks after them;
+    OpenAI-compatible: on the content parts, as OpenRouter reads them), never dropped."""
+    gw.script(Behaviour(text="It is 18C in Paris."))
+    call = {"type": "tool_use", "id": "toolu_01", "name": "get_weather", "input": {"city": "Paris"}}
+    result = {
+        "type": "tool_result",
+        "tool_use_id": "toolu_01",
+        "content": "18C",
+        "cache_control": EPHEMERAL,
+    }
+    said = {"type": "text", "text": "Let me look.", "cache_control": EPHEMERAL}
+    asked = {"type": "text", "text": "Weather in Paris?", "cache_control": EPHEMERAL}
+    _ask(
+        gw,
+        system=[{"type": "text", "text": "Long rules.", "cache_control": EPHEMERAL}],
+        tools=[{**WEATHER, "cache_control": EPHEMERAL}],
+        messages=[
+            {"role": "user", "content": [asked]},
+            {"role": "assistant", "content": [said, call]},
+            {"role": "user", "content": [result]},
+        ],
+    )
+    body = gw.last().body
+    if gw.kind in GOOGLE_KINDS:  # Gemini caches prompt prefixes by itself
+        assert body["systemInstruction"] == {"parts": [{"text": "Long rules."}]}
+        return
+    if gw.kind == "bedrock":
+        point = {"cachePoint": {"type": "default"}}
+        assert body["system"] == [{"text": "Long rules."}, point]
+        assert body["toolConfig"]["tools"][1] == point
+        user, assistant, results = body["messages"]
+        assert user["content"] == [{"text": "Weather in Paris?"}, point]
+        assert assistant["content"][:2] == [{"text": "Let me look."}, point]
+        result_block = {"toolUseId": "toolu_01", "content": [{"text": "18C"}]}
+        assert results["content"] == [{"toolResult": result_block}, point]
+        return
+    if gw.kind == "anthropic":
+        assert body["system"] == [
+            {"type": "text", "text": "Long rules.", "cache_control": EPHEMERAL}
+        ]
+        assert body["tools"][0]["cache_control"] == EPHEMERAL
+        user, assistant, results = body["messages"]
+        assert user["content"] == [asked]
+        assert assistant["content"] == [said, call]
+        marked = {"type": "text", "text": "18C", "cache_control": EPHEMERAL}
+        assert results["content"][0]["content"] == [marked]
+        return
+    system, user, assistant, tool = body["messages"]  # OpenAI's shape, marks on the parts
+    assert system["content"] == [
+        {"type": "text", "text": "Long rules.", "cache_control": EPHEMERAL}
+    ]
+    assert user["content"] == [asked]
+    assert assistant["content"] == [said]
+    assert tool["content"] == [{"type": "text", "text": "18C", "cache_control": EPHEMERAL}]
+
+
+def test_a_cache_breakpoint_on_a_tool_use_block_is_refused_naming_it(gw: Gateway) -> None:
+    """A tool_use block's cache_control has no place to go: a 400 naming it, nothing sent."""
+    call = {
+        "type": "tool_use",
+        "id": "toolu_01",
+        "name": "get_weather",
+        "input": {"city": "Paris"},
+        "cache_control": EPHEMERAL,
+    }
+    result = {"type": "tool_result", "tool_use_id": "toolu_01", "content": "18C"}
+    messages = [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": [call]},
+        {"role": "user", "content": [result]},
+    ]
+    with pytest.raises(
+        anthropic.BadRequestError, match=r"messages\[1\]\.content\[0\]\.cache_control"
+    ):
+        _ask(gw, tools=[WEATHER], messages=messages)
+    assert gw.received() == []
+
+
 def test_tool_choice_any_without_parallel_calls_reaches_the_upstream(gw: Gateway) -> None:
     """tool_choice any with disable_parallel_tool_use is required + parallel_tool_calls false
     (OpenAI), or as sent (Anthropic; needs the anthropic-translation branch's worker)."""

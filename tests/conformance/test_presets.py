@@ -10,6 +10,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import openai
 import pytest
@@ -48,12 +49,13 @@ def _refused(gw: Gateway, member: str, **create: Any) -> openai.BadRequestError:
 
 
 def test_every_preset_answers_through_the_gateway(preset: Gateway) -> None:
-    """A plain chat reaches the preset's /chat/completions with the key as a Bearer token."""
+    """A plain chat reaches /chat/completions under the preset's own API root (Groq's
+    ``/openai/v1``, OpenRouter's ``/api/v1``) with the key as a Bearer token."""
     preset.clear()
     answer = preset.openai().chat.completions.create(model="fake-model", messages=HELLO)
     assert answer.choices[0].message.content
     received = preset.last()
-    assert received.path == "/v1/chat/completions"
+    assert received.path == urlsplit(PRESETS[preset.upstream].base_url).path + "/chat/completions"
     assert received.headers["authorization"] == f"Bearer {UPSTREAM_KEY}"
 
 

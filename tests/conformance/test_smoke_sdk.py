@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from trio_orchestrator.testing.fake_provider import Behaviour
+from trio_orchestrator.workers.kinds import FEATURES
 
 from .conftest import UPSTREAM_KEY, Gateway
 
@@ -26,3 +27,16 @@ def test_the_openai_sdk_gets_an_answer_from_either_upstream(gw: Gateway) -> None
         or headers["authorization"]
     )
     assert UPSTREAM_KEY in key
+
+
+def test_models_list_is_the_upstreams_own_where_its_kind_lists_them(gw: Gateway) -> None:
+    """With no models configured, /v1/models asks the upstream at its own API root where the
+    kind table says it lists its models (every preset, local servers among them); for a kind
+    that does not, the list is empty."""
+    listed = [m.id for m in gw.openai().models.list().data]
+    if FEATURES[gw.upstream].lists_models:
+        assert listed == ["fake-model"]
+        assert gw.last().path == gw.api_root + "/models"
+    else:
+        assert listed == []
+        assert gw.received() == []

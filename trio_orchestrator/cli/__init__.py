@@ -14,7 +14,17 @@ from importlib import import_module
 __all__ = ["main"]
 
 # Modules of this package, one per subcommand (or group of subcommands).
-_COMMANDS: tuple[str, ...] = ("init", "serve", "chat", "batch", "config", "demo", "fake_provider")
+_COMMANDS: tuple[str, ...] = (
+    "init",
+    "serve",
+    "mcp",
+    "chat",
+    "top",
+    "batch",
+    "config",
+    "demo",
+    "fake_provider",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

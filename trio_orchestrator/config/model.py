@@ -15,6 +15,7 @@ from ..distributed.config import DistributedConfig
 from ..observability.config import ObservabilityConfig
 from ..resilience.config import PriorityConfig, ResilienceConfig
 from ..routing.registry import RoutingConfig
+from ..storage.config import StorageConfig
 from ..validators import Range, non_negative_time, positive_int, positive_time
 from ..workers.config import ProvidersConfig
 from .service import ServiceConfig
@@ -87,6 +88,8 @@ class Config:
         distributed: state shared with other processes through Redis (off by default).
         catalogue: model facts (context windows, capabilities, prices) over the bundled
             catalogue; read at start (a change needs a restart).
+        storage: where virtual keys and spend are kept (SQLite; off unless a ``path`` or
+            ``backend`` is set); read at start.
     """
 
     pipeline: PipelineConfig = attrs.field(factory=PipelineConfig)
@@ -99,3 +102,4 @@ class Config:
     observability: ObservabilityConfig = attrs.field(factory=ObservabilityConfig)
     distributed: DistributedConfig = attrs.field(factory=DistributedConfig)
     catalogue: CatalogueConfig = attrs.field(factory=CatalogueConfig)
+    storage: StorageConfig = attrs.field(factory=StorageConfig)

@@ -102,6 +102,17 @@ class ServiceConfig:
             memory freed by finished requests back to the operating system (glibc's
             ``malloc_trim``, from a thread); it does when no request is in flight and some
             ran since the last look. ``inf`` never does.
+        mcp: serve the gateway's Model Context Protocol tools over streamable HTTP at
+            ``/mcp`` (docs/mcp.md). Off by default: the tools spend tokens and reach the
+            admin operations, a surface an operator should open on purpose, and they need
+            the optional SDK (``pip install 'trio-orchestrator[mcp]'``), which a service
+            that does not serve MCP never imports. Not reloadable (the route's server
+            starts with the service).
+        model_list_timeout: seconds ``/v1/models`` waits for each upstream that lists its
+            own models (a local server naming no ``models``); the upstreams are asked at
+            once, and one that has not answered in time adds no names to that answer.
+        model_list_ttl: seconds an answer in which every such upstream answered is reused
+            before they are asked again (0: asked on every call).
     """
 
     host: str = "127.0.0.1"
@@ -116,3 +127,6 @@ class ServiceConfig:
     backlog: int = attrs.field(default=4096, validator=positive_int)
     request_read_timeout: float = attrs.field(default=30.0, validator=positive_seconds)
     idle_trim_interval: float = attrs.field(default=5.0, validator=positive_time)
+    mcp: bool = False
+    model_list_timeout: float = attrs.field(default=2.0, validator=positive_seconds)
+    model_list_ttl: float = attrs.field(default=30.0, validator=non_negative_time)

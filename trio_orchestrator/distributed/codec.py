@@ -12,11 +12,13 @@ import json
 
 from cattrs.preconf.json import make_converter
 
-from ..types import PromptRequest
+from ..types import PromptRequest, RequestTiming
 
 __all__ = ["dump_request", "load_request"]
 
 _converter = make_converter()
+# A request's timing belongs to the process that served it: it is not stored.
+_converter.register_unstructure_hook(RequestTiming, lambda _timing: None)
 
 
 def dump_request(request: PromptRequest) -> str:

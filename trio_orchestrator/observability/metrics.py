@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 __all__ = [
     "PREFIX",
     "Histogram",
+    "OverheadTimes",
     "PipelineCollector",
     "RequestMetrics",
     "StageTimes",
@@ -412,6 +413,50 @@ class StageTimes:
         )
         for stage, histogram in self.histograms.items():
             histogram.add_to(family, [stage])
+        yield family
+
+
+class OverheadTimes:
+    """The gateway's own time per request (``x-gateway-overhead-ms``), by endpoint and
+    whether it streamed, kept by the service and exported at scrape time.
+
+    Args:
+        buckets: the histogram's buckets, in seconds.
+    """
+
+    def __init__(self, buckets: Sequence[float]) -> None:
+        self._buckets = tuple(buckets)
+        self.histograms: dict[tuple[str, str], Histogram] = {}
+
+    def observe(self, endpoint: str, stream: bool, seconds: float) -> None:
+        """Count one request's overhead.
+
+        Args:
+            endpoint: the endpoint's path (a fixed set: the label stays bounded).
+            stream: whether the answer was streamed.
+            seconds: the overhead.
+        """
+        key = (endpoint, "yes" if stream else "no")
+        histogram = self.histograms.get(key)
+        if histogram is None:
+            histogram = self.histograms[key] = Histogram(self._buckets)
+        histogram.observe(seconds)
+
+    def describe(self) -> Iterator[Metric]:
+        """The metric family (so a registry notices a name clash)."""
+        return self.collect()
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield the overhead histogram."""
+        family = prometheus().core.HistogramMetricFamily(
+            f"{PREFIX}_gateway_overhead_seconds",
+            "Seconds a request spent in the gateway, not waiting on an upstream: from its "
+            "arrival to its response's headers (a stream's: its first event), less the "
+            "upstream waits (x-gateway-overhead-ms).",
+            labels=["endpoint", "stream"],
+        )
+        for (endpoint, stream), histogram in list(self.histograms.items()):
+            histogram.add_to(family, [endpoint, stream])
         yield family
 
 

@@ -1,11 +1,21 @@
 """Resilience layers: rate limits, circuit breakers, retries, coalescing, cache.
 
-Each layer is a worker wrapping a worker; :func:`wrap` stacks the enabled ones in the
-order cache → coalescing → rate limit → circuit breaker → retry → provider. Priority admission
-works at the inference stage's entry instead: :mod:`trio_orchestrator.pipeline.priority`
+Each layer is a worker wrapping a worker; :func:`wrap` stacks the enabled ones in the order
+cache → semantic cache → coalescing → rate limit → circuit breaker → retry → provider. A
+provider's adaptive concurrency limit (:mod:`.adaptive`, :mod:`.adaptive_limiter`) sits
+directly around it, put there by the composition root from its entry's ``[adaptive]``.
+Priority admission works at the inference stage's entry instead:
+:mod:`trio_orchestrator.pipeline.priority`
 (its ``PriorityConfig``, ``[pipeline.priority]``, is here with the other sections).
 """
 
+from .adaptive import AimdLimit, GradientLimit, LimitStatistics
+from .adaptive_limiter import (
+    AdaptiveLimiter,
+    AdaptiveLimitLayer,
+    AdaptiveStatistics,
+    ConcurrencyLimited,
+)
 from .breaker import (
     BreakerState,
     BreakerStatistics,
@@ -17,6 +27,7 @@ from .breaker import (
 from .cache import CacheLayer, CacheStatistics, LRUStore
 from .coalesce import CoalescingLayer, CoalescingStatistics
 from .config import (
+    AdaptiveConfig,
     BreakerConfig,
     CacheConfig,
     CoalescingConfig,
@@ -25,6 +36,7 @@ from .config import (
     RateLimitsConfig,
     ResilienceConfig,
     RetryConfig,
+    SemanticCacheConfig,
 )
 from .keys import is_deterministic, request_key
 from .ratelimit import (
@@ -37,10 +49,16 @@ from .ratelimit import (
     estimate_tokens,
 )
 from .retry import RetryLayer, RetryStatistics
+from .semantic_cache import SemanticCacheLayer, SemanticCacheStatistics, SemanticIndex
 from .stack import LAYERS, LayerContext, iter_layers, provider_name, wrap
 
 __all__ = [
     "LAYERS",
+    "AdaptiveConfig",
+    "AdaptiveLimitLayer",
+    "AdaptiveLimiter",
+    "AdaptiveStatistics",
+    "AimdLimit",
     "BreakerConfig",
     "BreakerState",
     "BreakerStatistics",
@@ -54,10 +72,13 @@ __all__ = [
     "CoalescingConfig",
     "CoalescingLayer",
     "CoalescingStatistics",
+    "ConcurrencyLimited",
+    "GradientLimit",
     "LRUStore",
     "LatencyBaseline",
     "LayerContext",
     "LimitConfig",
+    "LimitStatistics",
     "Permit",
     "PriorityConfig",
     "RateLimitLayer",
@@ -68,6 +89,10 @@ __all__ = [
     "RetryConfig",
     "RetryLayer",
     "RetryStatistics",
+    "SemanticCacheConfig",
+    "SemanticCacheLayer",
+    "SemanticCacheStatistics",
+    "SemanticIndex",
     "TokenBucket",
     "estimate_tokens",
     "is_deterministic",

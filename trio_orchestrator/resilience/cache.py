@@ -132,6 +132,10 @@ class CacheLayer:
     def reconfigure(self, section: CacheConfig, /) -> list[str]:
         """Apply a reloaded ``[resilience.cache]``: size bound, TTL and eligibility."""
         refused = refuse_toggle("cache", self._config.enabled, section.enabled)
+        # The semantic cache's own layer takes the rest of its section, when it runs.
+        refused += refuse_toggle(
+            "cache.semantic", self._config.semantic.enabled, section.semantic.enabled
+        )
         if not refused:
             self._config = section
             self._store.resize(section.max_entries, section.ttl)

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 import attrs
 
 from ..validators import (
+    Range,
     at_least_one,
     fraction,
     fraction_below_one,
@@ -22,14 +23,18 @@ from ..validators import (
 )
 
 __all__ = [
+    "ADAPTIVE_ALGORITHMS",
+    "AdaptiveConfig",
     "BreakerConfig",
     "LimitConfig",
     "RateLimitsConfig",
     "ResilienceConfig",
     "RetryConfig",
+    "SemanticCacheConfig",
 ]
 
 LATENCY_ANOMALY_MODES = ("off", "ewma", "zscore")
+ADAPTIVE_ALGORITHMS = ("gradient", "aimd")
 LIMIT_SCOPES = ("provider", "model", "user", "api_key")
 LIMIT_MODES = ("wait", "reject")
 
@@ -242,6 +247,60 @@ class CoalescingConfig:
     max_subscribers: int = attrs.field(default=10_000, validator=positive_int)
 
 
+SEMANTIC_SCOPES = ("api_key", "global")
+
+
+@attrs.frozen
+class SemanticCacheConfig:
+    """The semantic cache: a miss in the exact cache is answered from a stored answer to a
+    question *close enough* in meaning (cosine similarity of embeddings ≥ ``threshold``).
+
+    Only the last user turn is embedded; everything else that shapes the answer — the
+    model, the generation parameters, the system prompt and earlier turns, the retrieved
+    context and (by default) the caller's API key — must match exactly (it forms the
+    entry's scope), so one tenant never gets another's answer.
+
+    Attributes:
+        enabled: put the semantic cache in the request path, just inside the exact cache.
+            Default ``False``: it answers questions nobody asked verbatim, so it is opted
+            into.
+        embedding_model: the embedding model the last user turn is embedded with (required
+            when enabled, e.g. ``"text-embedding-3-small"``). Changing it needs a restart
+            (stored vectors of one model mean nothing to another).
+        embedding_provider: the ``[[providers]]`` label whose worker embeds; empty (the
+            default) embeds through the gateway's own worker below the cache (its router
+            or balancer resolves ``embedding_model``). Changing it needs a restart.
+        threshold: the least cosine similarity, in (0, 1], that counts as the same
+            question. Default 0.95: with general-purpose embedding models, paraphrases of
+            a question score about 0.9 to 0.98 and different questions on the same topic
+            0.7 to 0.9, so 0.95 trades hits for a low false-hit rate; lower it only after
+            measuring your own pairs (see docs/semantic-cache.md).
+        max_entries: the most answers kept across all scopes; the least recently used is
+            evicted beyond it. A lookup scans its scope's entries (pure Python), so this
+            also bounds the lookup time. Default 10000.
+        ttl: seconds an answer stays valid after it was stored. Default 300.
+        scope: ``"api_key"`` (default): an entry answers only callers with the same API
+            key id (``request.meta["api_key_id"]``; callers without one share the
+            unauthenticated scope); ``"global"``: every caller may get any caller's
+            answer (a single-tenant gateway).
+        cache_sampled: also cache requests whose temperature is above 0 or unset. Default
+            ``False``, as for the exact cache.
+    """
+
+    enabled: bool = attrs.field(default=False)
+    embedding_model: str = attrs.field(default="", metadata={"reloadable": False})
+    embedding_provider: str = attrs.field(default="", metadata={"reloadable": False})
+    threshold: float = attrs.field(default=0.95, validator=fraction)
+    max_entries: int = attrs.field(default=10_000, validator=positive_int)
+    ttl: float = attrs.field(default=300.0, validator=positive_time)
+    scope: str = attrs.field(default="api_key", validator=one_of(*SEMANTIC_SCOPES))
+    cache_sampled: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        if self.enabled and not self.embedding_model:
+            raise ValueError("embedding_model is required when the semantic cache is enabled")
+
+
 @attrs.frozen
 class CacheConfig:
     """The answer cache.
@@ -255,12 +314,15 @@ class CacheConfig:
             Default 300.
         cache_sampled: also cache requests whose temperature is above 0 or unset; every later
             caller then gets the first sample. Default ``False``.
+        semantic: the semantic cache beside it (``[resilience.cache.semantic]``), which
+            works with or without the exact cache.
     """
 
     enabled: bool = False
     max_entries: int = attrs.field(default=1024, validator=positive_int)
     ttl: float = attrs.field(default=300.0, validator=positive_time)
     cache_sampled: bool = False
+    semantic: SemanticCacheConfig = attrs.field(factory=SemanticCacheConfig)
 
 
 @attrs.frozen
@@ -318,3 +380,77 @@ def refuse_toggle(name: str, old_enabled: bool, new_enabled: bool) -> list[str]:
         f"resilience.{name}.enabled: adding or removing a layer needs a restart "
         f"{old_enabled} → {new_enabled}"
     ]
+
+
+_whole_or_zero = Range("a whole number ≥ 0", integer=True, minimum=0)
+
+
+@attrs.frozen
+class AdaptiveConfig:
+    """A provider's adaptive concurrency limit: ``[providers.providers.adaptive]``, under
+    its ``[[providers.providers]]`` entry (see docs/adaptive-concurrency.md).
+
+    The gateway lets at most *limit* calls run at this provider at once and moves the limit
+    with what it measures: it raises it while the time to the first token holds, and cuts it
+    when that time climbs or the provider answers 429, 503/529, another 5xx or times out. A
+    call over the limit waits in a short queue for a slot, or is refused at once with 503
+    (``upstream_overloaded``), so an overloaded upstream sheds load at the gateway instead of
+    queueing it for seconds upstream. Everything but ``enabled`` and ``per_model`` reloads.
+
+    Attributes:
+        enabled: put the adaptive limit in front of this provider.
+        algorithm: ``"gradient"`` (the default: latency and errors, after Envoy's adaptive
+            concurrency filter and Netflix's Gradient2) or ``"aimd"`` (errors and calls
+            slower than ``slow_call`` only: additive increase, multiplicative decrease).
+        per_model: one limit per model at this provider (for providers that limit each
+            model apart, as OpenAI and Anthropic do); one limit for the provider otherwise.
+        initial_limit: the limit at start, within ``[min_limit, max_limit]``.
+        min_limit: the limit never goes below this.
+        max_limit: the limit never goes above this.
+        window: seconds of one sampling window: the gradient limit is recalculated once per
+            window, and the limit is cut at most once per window.
+        min_samples: calls a window needs before the gradient limit judges it (a window with
+            an error is acted on whatever its size).
+        percentile: the window's latency is this percentile of its calls' times to the first
+            token, in (0, 1] (0.5: the median, as Envoy's default).
+        tolerance: how much slower than the baseline (the latency at low load: the lowest
+            window latency since the last probe) calls may get before the gradient limit
+            shrinks (≥ 1; 1.25 lets them be 25 % slower, as Envoy's default buffer).
+        probe_interval: seconds between probes of the baseline: the gradient limit halves
+            itself for one window and takes that window's latency as the new baseline, so
+            the baseline follows an upstream that became slower (or faster) for good. The
+            first probe follows the first window.
+        smoothing: the share of each recalculation taken, in (0, 1] (1: all of it at once).
+        backoff: the factor that cuts the limit on an error (or, for ``aimd``, a slow call),
+            in [0, 1).
+        slow_call: for ``aimd``, seconds to the first token beyond which a call counts as a
+            drop.
+        max_waiting: calls that may wait for a slot when the limit is reached; more are
+            refused at once (0: no queue).
+        max_wait: the longest a call waits for a slot, in seconds; it waits no longer than its
+            own deadline leaves for the call either.
+    """
+
+    enabled: bool = attrs.field(default=False, metadata={"reloadable": False})
+    algorithm: str = attrs.field(default="gradient", validator=one_of(*ADAPTIVE_ALGORITHMS))
+    per_model: bool = attrs.field(default=False, metadata={"reloadable": False})
+    initial_limit: int = attrs.field(default=20, validator=positive_int)
+    min_limit: int = attrs.field(default=1, validator=positive_int)
+    max_limit: int = attrs.field(default=256, validator=positive_int)
+    window: float = attrs.field(default=1.0, validator=positive_number)
+    min_samples: int = attrs.field(default=10, validator=positive_int)
+    percentile: float = attrs.field(default=0.5, validator=fraction)
+    tolerance: float = attrs.field(default=1.25, validator=at_least_one)
+    probe_interval: float = attrs.field(default=60.0, validator=positive_time)
+    smoothing: float = attrs.field(default=1.0, validator=fraction)
+    backoff: float = attrs.field(default=0.7, validator=fraction_below_one)
+    slow_call: float = attrs.field(default=5.0, validator=positive_number)
+    max_waiting: int = attrs.field(default=16, validator=_whole_or_zero)
+    max_wait: float = attrs.field(default=1.0, validator=non_negative_time)
+
+    def __attrs_post_init__(self) -> None:
+        if not self.min_limit <= self.initial_limit <= self.max_limit:
+            raise ValueError(
+                "adaptive limits must satisfy min_limit ≤ initial_limit ≤ max_limit, got "
+                f"{self.min_limit}, {self.initial_limit}, {self.max_limit}"
+            )

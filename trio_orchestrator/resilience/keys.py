@@ -20,7 +20,7 @@ from typing import Any
 
 from ..types import GenerationParams, Message, PromptRequest, Tool
 
-__all__ = ["is_deterministic", "request_key"]
+__all__ = ["is_deterministic", "message_key", "params_key", "request_key"]
 
 
 def request_key(request: PromptRequest) -> str:
@@ -64,6 +64,18 @@ def is_deterministic(request: PromptRequest) -> bool:
         True when greedy decoding was asked for.
     """
     return request.embed is not None or request.params.temperature == 0
+
+
+def message_key(message: Message) -> list[Any]:
+    """What of ``message`` :func:`request_key` keys on, as plain JSON-able values (the
+    semantic cache keys a conversation's earlier turns on it)."""
+    return _message(message)
+
+
+def params_key(params: GenerationParams) -> dict[str, Any]:
+    """What of ``params`` :func:`request_key` keys on (model and every output-shaping
+    parameter), as plain JSON-able values."""
+    return _params(params)
 
 
 def _message(message: Message) -> list[Any]:

@@ -2,7 +2,7 @@
 
 Outermost first, each layer a worker wrapping the next::
 
-    cache → coalescing → rate limit → circuit breaker → retry → provider
+    cache → semantic cache → coalescing → rate limit → circuit breaker → retry → provider
 
 Why this order: a cache hit or a coalesced request costs the provider nothing, so neither
 should spend rate-limit budget; a request refused by a rate limit never reaches the breaker,
@@ -18,20 +18,23 @@ calls :func:`wrap` and gives the layers a nursery for background work.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, TypeAlias
 
 import attrs
 import trio
 
+from ..errors import ConfigError
 from ..seams import iter_layers, provider_name
 from ..workers.base import ModelWorker
+from ..workers.embeddings import WorkerEmbedder
 from .breaker import CircuitBreakerLayer
 from .cache import CacheLayer
 from .coalesce import CoalescingLayer
 from .config import ResilienceConfig
 from .ratelimit import RateLimitLayer
 from .retry import RetryLayer
+from .semantic_cache import SemanticCacheLayer
 
 if TYPE_CHECKING:
     from ..distributed.connection import RedisConnection
@@ -66,12 +69,15 @@ class LayerContext:
         register: called with each component a factory builds and the key path of the
             section it takes on a reload (``"resilience.breaker"``): the composition root
             reloads, exports and checks readiness of what it was told about.
+        providers: the provider workers by label (the semantic cache's
+            ``embedding_provider`` names one).
     """
 
     nursery: trio.Nursery
     provider: str
     redis: RedisConnection | None = None
     register: Register = _ignore
+    providers: Mapping[str, ModelWorker] = attrs.field(factory=dict)
 
 
 LayerFactory: TypeAlias = Callable[[ModelWorker, ResilienceConfig, LayerContext], ModelWorker]
@@ -82,6 +88,26 @@ def _cache(worker: ModelWorker, config: ResilienceConfig, context: LayerContext)
         return worker
     layer = CacheLayer(worker, config.cache)
     context.register(layer, "resilience.cache")
+    return layer
+
+
+def _semantic_cache(
+    worker: ModelWorker, config: ResilienceConfig, context: LayerContext
+) -> ModelWorker:
+    semantic = config.cache.semantic
+    if not semantic.enabled:
+        return worker
+    embeds = worker  # by default the layers below, so the router resolves the model
+    if semantic.embedding_provider:
+        try:
+            embeds = context.providers[semantic.embedding_provider]
+        except KeyError:
+            raise ConfigError(
+                "resilience.cache.semantic.embedding_provider: no provider is labelled "
+                f"{semantic.embedding_provider!r} (known: {sorted(context.providers)})"
+            ) from None
+    layer = SemanticCacheLayer(worker, semantic, WorkerEmbedder(embeds, batch=1))
+    context.register(layer, "resilience.cache.semantic")
     return layer
 
 
@@ -155,6 +181,7 @@ def _retry(worker: ModelWorker, config: ResilienceConfig, context: LayerContext)
 
 LAYERS: tuple[tuple[str, LayerFactory], ...] = (
     ("cache", _cache),
+    ("semantic_cache", _semantic_cache),
     ("coalescing", _coalescing),
     ("shared_answers", _shared_answers),
     ("rate_limit", _rate_limit),

@@ -1,16 +1,30 @@
-"""Spending per API key and per model, and the error for a request that would overspend."""
+"""Spending per API key and per model, and the error for a request that would overspend.
+
+Two ledgers: :class:`BudgetLedger` holds ``[routing.budgets]`` (limits from the
+configuration, one period in seconds on Trio's clock); :class:`KeyBudgets` holds each
+virtual key's own budget over a calendar period (UTC day, week or month, or ``total``),
+seeded from storage at start so that a restart keeps what was spent.
+"""
 
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Callable
 
 import attrs
 import trio
 
 from ..errors import WorkerError
+from ..storage.base import period_bounds
 from .registry import BudgetConfig
 
-__all__ = ["BudgetExceeded", "BudgetLedger", "BudgetStatistics"]
+__all__ = ["BudgetExceeded", "BudgetLedger", "BudgetStatistics", "KeyBudgets"]
+
+_CONFIG_ADVICE = (
+    "raise the limit in routing.budgets, ask for a cheaper model or a smaller max_tokens, "
+    "or wait for the budget period to restart"
+)
 
 
 class BudgetExceeded(WorkerError):
@@ -25,6 +39,7 @@ class BudgetExceeded(WorkerError):
         spent: dollars spent in the current period.
         needed: the request's predicted cost in dollars (the cheapest that fits otherwise).
         retry_after: seconds until the period restarts, when it does.
+        advice: what to do about it (default: the advice for ``[routing.budgets]``).
     """
 
     def __init__(
@@ -36,14 +51,13 @@ class BudgetExceeded(WorkerError):
         spent: float,
         needed: float,
         retry_after: float | None = None,
+        advice: str = _CONFIG_ADVICE,
     ) -> None:
         self.scope, self.name = scope, name
         self.limit, self.spent, self.needed = limit, spent, needed
         super().__init__(
             f"budget exceeded for {scope} {name!r}: ${spent:.6f} spent of ${limit:.6f}, and "
-            f"this request would cost about ${needed:.6f}; raise the limit in "
-            f"routing.budgets, ask for a cheaper model or a smaller max_tokens, or wait "
-            f"for the budget period to restart",
+            f"this request would cost about ${needed:.6f}; {advice}",
             retry_after=retry_after,
         )
 
@@ -134,3 +148,72 @@ class BudgetLedger:
     def statistics(self) -> BudgetStatistics:
         """Return spending in the current period."""
         return BudgetStatistics(dict(self._keys), dict(self._models), self._refused)
+
+
+@attrs.define(eq=False)
+class KeyBudgets:
+    """Dollars spent per API key in its budget's current calendar period (UTC).
+
+    The fast, in-memory check on the request path: :meth:`charge` after each request,
+    :meth:`exceeded` before the next. Seed it from storage with :meth:`seed` at start.
+    Reads Unix time (calendar periods are wall-clock periods) from ``clock``.
+    """
+
+    clock: Callable[[], float] = time.time
+    _spent: dict[str, tuple[str | None, float]] = attrs.field(factory=dict, init=False)
+    _refused: int = attrs.field(default=0, init=False)
+
+    def _current(self, key_id: str, period: str) -> float:
+        start, _ = period_bounds(period, self.clock())
+        began, spent = self._spent.get(key_id, (start, 0.0))
+        return spent if began == start else 0.0
+
+    def seed(self, key_id: str, period: str, dollars: float) -> None:
+        """Set what ``key_id`` has spent in its current ``period`` (read from storage)."""
+        start, _ = period_bounds(period, self.clock())
+        self._spent[key_id] = (start, dollars)
+
+    def charge(self, key_id: str, period: str, dollars: float) -> None:
+        """Add ``dollars`` to what ``key_id`` spent in its current ``period``."""
+        if dollars <= 0:
+            return
+        start, _ = period_bounds(period, self.clock())
+        self._spent[key_id] = (start, self._current(key_id, period) + dollars)
+
+    def spent(self, key_id: str, period: str) -> float:
+        """Dollars ``key_id`` spent in its current ``period``."""
+        return self._current(key_id, period)
+
+    def exceeded(self, key_id: str, budget: float, period: str) -> BudgetExceeded | None:
+        """The error refusing ``key_id``'s next request when it has spent ``budget`` dollars
+        (counted), else None."""
+        spent = self._current(key_id, period)
+        if spent < budget:
+            return None
+        self._refused += 1
+        _, end = period_bounds(period, self.clock())
+        retry_after = None if end is None else max(end - self.clock(), 0.0)
+        advice = (
+            "raise the key's budget (PATCH /v1/admin/keys/{id}) or wait for its "
+            f"{period} to restart"
+            if end is not None
+            else "raise the key's budget"
+        )
+        return BudgetExceeded(
+            "api_key",
+            key_id,
+            limit=budget,
+            spent=spent,
+            needed=0.0,
+            retry_after=retry_after,
+            advice=advice,
+        )
+
+    def forget(self, key_id: str) -> None:
+        """Drop ``key_id``'s count (a revoked key)."""
+        self._spent.pop(key_id, None)
+
+    @property
+    def refused(self) -> int:
+        """Requests refused for a key's budget since start."""
+        return self._refused

@@ -49,6 +49,7 @@ from ..events import (
     ToolCallStart,
     Usage,
 )
+from ..resilience.adaptive_limiter import ConcurrencyLimited
 from ..types import PromptRequest
 from ..workers.base import EventSink, ModelWorker
 from .bandit import Bandit, reward
@@ -75,7 +76,10 @@ __all__ = ["RouterStatistics", "RouterWorker", "build_router", "falls_back", "op
 logger = logging.getLogger("trio_orchestrator.routing")
 
 # Errors that say "this deployment, not this request": another deployment may well succeed.
+# (A provider's adaptive limit shedding the call is one: not worth retrying there, but the
+# next deployment has its own capacity.)
 _DEPLOYMENT_SPECIFIC = (
+    ConcurrencyLimited,
     ContextLengthExceeded,
     AuthenticationError,
     PermissionDenied,

@@ -40,18 +40,24 @@ from ..config.service import ServiceConfig
 from ..config.signals import reload_on_signal
 from ..errors import ConfigError, OrchestratorError
 from ..gateway import Gateway, open_gateway
+from ..observability.metrics import OverheadTimes
+from ..types import RequestTiming
 from ..workers import ModelWorker
+from . import admin_keys as keys
 from . import endpoints as ep
 from .completions import completions
 from .connections import BoundedBody, Requests
 from .errors import ApiError, map_exception
 from .fastpath import CHAT_PATH, ChatFastPath, ChatRoute
 from .guard import CatchAll, Guard, KeyRing, RequestIds
+from .mcp_server import MCP_PATH, McpHttp, McpRoute, with_mcp
 from .memory import trim_when_idle
 from .messages import COUNT_TOKENS_PATH, MESSAGES_PATH, CountTokensRoute, MessagesRoute
 from .openapi import openapi_document
+from .overhead import TIMING_KEY
 from .responses import responses
 from .settings import CONFIG_ENV, config_from_environment, load_config, log_to_stderr
+from .spend import spend
 from .state import ServedModels, ServiceState, service_of
 from .streaming import ClientGone
 from .ws import websocket_endpoint
@@ -73,11 +79,20 @@ ROUTES = [
     Route("/v1/stats", ep.stats, methods=["GET"]),
     Route("/v1/dead-letters", ep.list_dead_letters, methods=["GET"]),
     Route("/v1/dead-letters/{id}/replay", ep.replay_dead_letter, methods=["POST"]),
+    Route("/v1/admin/keys", keys.create_key, methods=["POST"]),
+    Route("/v1/admin/keys", keys.list_keys, methods=["GET"]),
+    Route("/v1/admin/keys/{id}", keys.get_key, methods=["GET"]),
+    Route("/v1/admin/keys/{id}", keys.update_key, methods=["PATCH"]),
+    Route("/v1/admin/keys/{id}", keys.revoke_key, methods=["DELETE"]),
+    Route("/v1/admin/keys/{id}/rotate", keys.rotate_key, methods=["POST"]),
+    Route("/v1/admin/spend", spend, methods=["GET"]),
     Route("/metrics", ep.metrics, methods=["GET"]),
     Route("/healthz", ep.healthz, methods=["GET"]),
     Route("/readyz", ep.readyz, methods=["GET"]),
     Route(MESSAGES_PATH, MessagesRoute(), methods=["POST"]),
     Route(COUNT_TOKENS_PATH, CountTokensRoute(), methods=["POST"]),
+    # MCP's streamable HTTP (404 unless `[service] mcp = true`; see .mcp_server).
+    Route(MCP_PATH, McpRoute(), methods=["POST"]),
 ]
 OPENAPI_PATH = "/openapi.json"
 # The request headers a browser may send cross-origin: the OpenAI SDK's and the Anthropic
@@ -90,6 +105,7 @@ CORS_REQUEST_HEADERS = [
     "anthropic-beta",
     "traceparent",
     "tracestate",
+    "mcp-protocol-version",  # a browser's MCP client (the MCP Inspector) sends it on /mcp
 ]
 # The routes any configured key may call. Public and admin routes are placed by the guard's
 # own rule (guard.PUBLIC_PATHS, guard.ADMIN_PREFIXES); every other route must be listed here,
@@ -110,6 +126,7 @@ AUTHENTICATED_ROUTES = frozenset(
         "/v1/stats",
         "/metrics",
         OPENAPI_PATH,
+        MCP_PATH,  # each tool's own request then meets its endpoint's access (admin tools)
     )
 )
 
@@ -134,6 +151,10 @@ def create_app(
     keyring = KeyRing.from_config(config.service.api_keys)
     state = ServiceState(config, keyring=keyring)
     requests = Requests()
+    lifespan = partial_lifespan(state, worker, requests)
+    mcp = McpHttp.build(config.service.cors_origins) if config.service.mcp else None
+    if mcp is not None:
+        lifespan = with_mcp(lifespan, mcp)
     application = ServiceApp(
         routes=[*ROUTES, Route(OPENAPI_PATH, _openapi, methods=["GET"])],
         middleware=_middleware(config, keyring),
@@ -143,11 +164,13 @@ def create_app(
             HTTPException: _http_error,
             ClientGone: _client_gone,
         },
-        lifespan=partial_lifespan(state, worker, requests),
+        lifespan=lifespan,
     )
     application.state.service = state
+    application.mcp = mcp
     application.requests = requests
     application.read_timeout = config.service.request_read_timeout
+    application.timed = config.observability.gateway_overhead
     if not config.service.cors_origins:  # else CORS must see every response: no fast path
         guard = Guard(None, keyring, config.service.max_body_bytes)  # its checks, no layer
         application.fast_path = ChatFastPath(state, guard)
@@ -160,11 +183,15 @@ class ServiceApp(Starlette):
     checks itself).
 
     Every HTTP request is counted in :attr:`requests` (a shutdown waits for them) and its
-    body must arrive within :attr:`read_timeout` seconds (408 past it).
+    body must arrive within :attr:`read_timeout` seconds (408 past it). With :attr:`timed`,
+    its arrival is noted in a :class:`~trio_orchestrator.types.RequestTiming` in its scope
+    (:mod:`.overhead`: the ``x-gateway-overhead-ms`` header).
     """
 
     fast_path: ChatFastPath | None = None
+    mcp: McpHttp | None = None
     read_timeout: float = math.inf
+    timed: bool = False
     requests: Requests
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
@@ -173,7 +200,10 @@ class ServiceApp(Starlette):
             await self._dispatch(scope, receive, send)
             return
         state: ServiceState = self.state.service
-        deadline = trio.current_time() + self.read_timeout
+        now = trio.current_time()
+        if self.timed:
+            scope[TIMING_KEY] = RequestTiming(now)
+        deadline = now + self.read_timeout
         bounded = BoundedBody(receive, send, deadline, lambda: state.draining)
         requests = self.requests
         requests.begin()
@@ -201,7 +231,7 @@ def _middleware(config: Config, keyring: KeyRing) -> list[Middleware]:
                 allow_methods=["GET", "POST"],
                 # The Anthropic SDK sends its key and version in headers of its own.
                 allow_headers=CORS_REQUEST_HEADERS,
-                expose_headers=["x-request-id"],
+                expose_headers=["x-request-id", "x-gateway-overhead-ms"],
             )
         )
     layers.append(Middleware(Guard, keys=keyring, max_body_bytes=service.max_body_bytes))
@@ -220,8 +250,10 @@ def partial_lifespan(
             state.gateway, state.pipeline = gateway, gateway.pipeline
             state.refresh_models()
             state.observed = gateway.observed
+            _count_overhead(state)
             if state.keyring is not None:
                 gateway.add(state.keyring, "service")  # API keys rotate on reload
+                state.keyring.attach(gateway.keys)  # and virtual keys from storage
             served = ServedModels(state)
             gateway.add(served, "providers")
             if state.config.routing.enabled:
@@ -255,6 +287,15 @@ def partial_lifespan(
         )
 
     return lifespan
+
+
+def _count_overhead(state: ServiceState) -> None:
+    """Export the gateway's overhead per request, when it is measured and metrics are on."""
+    observed, observability = state.observed, state.config.observability
+    if observed is None or observed.registry is None or not observability.gateway_overhead:
+        return
+    state.overhead = OverheadTimes(observability.metrics.overhead_buckets)
+    observed.register_collector(state.overhead)
 
 
 # What the command line (`serve --host/--port/--workers`) may set over the file's values.

@@ -29,6 +29,7 @@ from .chat_schema import CHAT_SCHEMA
 from .errors import ApiError
 from .guard import caller_of
 from .jsonenc import json_bytes
+from .overhead import late_overhead_header, overhead_headers, timed_fields
 from .state import service_of
 from .streaming import Emit, EventStream, complete_unless_gone, error_json
 from .validate import Fields, invalid, parse_json_object
@@ -39,6 +40,8 @@ __all__ = [
     "parse_completion_request",
     "text_completion_body",
 ]
+
+COMPLETIONS_PATH = "/v1/completions"
 
 #: The reference's default for ``max_tokens`` on this endpoint.
 DEFAULT_MAX_TOKENS = 16
@@ -268,12 +271,17 @@ async def completions(request: Request) -> Response:
     state = service_of(request)
     pipeline = state.open_pipeline()
     caller = caller_of(request.scope)
-    extra = caller.request_fields()
+    extra = timed_fields(request.scope, caller.request_fields())
     body = parse_json_object(await request.body())
     parsed = parse_completion_request(body, state.models, caller.meta(request.headers), **extra)
     if parsed.stream:
         produce = partial(stream_completion, pipeline, parsed)
-        return EventStream(produce, lambda error, _exc: error_json(error), b"[DONE]")
+        late = late_overhead_header(state, parsed.prompt.timing, COMPLETIONS_PATH)
+        return EventStream(
+            produce, lambda error, _exc: error_json(error), b"[DONE]", late_header=late
+        )
     completion = await complete_unless_gone(request.receive, pipeline, parsed.prompt)
     body_json = text_completion_body(completion, parsed.prompt.params.model, parsed.echo)
-    return Response(json_bytes(body_json), media_type="application/json")
+    content = json_bytes(body_json)
+    headers = overhead_headers(state, request.scope, COMPLETIONS_PATH)
+    return Response(content, media_type="application/json", headers=headers)

@@ -22,10 +22,11 @@ from .embeddings import embeddings_answer, parse_embeddings_request
 from .errors import ApiError, map_exception, outcome_of
 from .guard import caller_of, set_request_id
 from .jsonenc import JSONResponse, json_bytes
-from .keystate import key_pools_json
+from .keystate import budgets_json, key_pools_json
 from .metrics import render_metrics
 from .models import get_model, list_models
 from .native import completion_json, event_json, parse_prompt_request
+from .overhead import overhead_headers, timed_fields
 from .state import service_of
 from .streaming import Emit, EventStream, cancel_on_disconnect, complete_unless_gone
 from .validate import Fields, invalid, parse_json_object
@@ -38,6 +39,8 @@ __all__ = [
     "list_models",
     "stream_prompt",
 ]
+
+EMBEDDINGS_PATH = "/v1/embeddings"
 
 
 async def _body(request: Request) -> Fields:
@@ -52,11 +55,16 @@ async def embeddings(request: Request) -> Response:
     state = service_of(request)
     pipeline = state.open_pipeline()
     caller = caller_of(request.scope)
-    extra = caller.request_fields()
+    extra = timed_fields(request.scope, caller.request_fields())
     meta = caller.meta(request.headers)
     parsed = parse_embeddings_request(await _body(request), state.models, meta, **extra)
     completion = await complete_unless_gone(request.receive, pipeline, parsed.prompt)
-    return JSONResponse(embeddings_answer(completion, parsed))
+    answer = JSONResponse(embeddings_answer(completion, parsed))
+    # After rendering, so that the body's encoding counts.
+    headers = overhead_headers(state, request.scope, EMBEDDINGS_PATH)
+    if headers is not None:
+        answer.headers.update(headers)
+    return answer
 
 
 # ----------------------------------------------------------------- native
@@ -148,12 +156,16 @@ async def metrics(request: Request) -> Response:
 
 
 async def stats(request: Request) -> Response:
-    """``GET /v1/stats``: the pipeline's statistics, and every provider's API keys."""
+    """``GET /v1/stats``: the pipeline's statistics, every provider's API keys, and the
+    router's spending per key and model (``budgets``, null without ``[routing]``)."""
     state = service_of(request)
     pipeline = state.pipeline
     data = None if pipeline is None else attrs.asdict(pipeline.statistics())
     keys = key_pools_json(state.gateway)
-    return JSONResponse({"draining": state.draining, "pipeline": data, "keys": keys})
+    budgets = budgets_json(state.gateway)
+    return JSONResponse(
+        {"draining": state.draining, "pipeline": data, "keys": keys, "budgets": budgets}
+    )
 
 
 async def list_dead_letters(request: Request) -> Response:

@@ -24,6 +24,7 @@ UnsupportedParameter                  400     invalid_request_error        unsup
 BadRequest                            400     invalid_request_error        upstream_bad_request
 BudgetExceeded                        429     insufficient_quota           insufficient_quota
 RedisUnavailable                      503     service_unavailable          shared_state_unavailable
+StorageUnavailable                    503     service_unavailable          storage_unavailable
 ConfigError                           503     service_unavailable          configuration_error
 EventGrammarError                     502     upstream_error               upstream_error
 WorkerCrashed, other errors           500     server_error                 internal_error
@@ -52,6 +53,7 @@ from ..distributed.connection import RedisUnavailable
 from ..events import EventGrammarError
 from ..pipeline import Outcome
 from ..routing.budget import BudgetExceeded
+from ..storage import StorageUnavailable
 
 __all__ = ["ApiError", "map_exception", "outcome_of"]
 
@@ -171,6 +173,11 @@ def _gateway_error(exc: BaseException) -> ApiError | None:
     if isinstance(exc, RedisUnavailable):
         message = f"the gateway's shared state is unreachable: {exc}; retry later"
         return _unavailable(exc, "shared_state_unavailable", message)
+    if isinstance(exc, StorageUnavailable):
+        # Its text may name the database's path or host: logged, not sent.
+        logger.warning("a request needed storage, which is unavailable: %s", exc)
+        message = "the gateway's storage is unavailable; retry later"
+        return ApiError(503, message, "service_unavailable", "storage_unavailable", retry_after=1)
     if isinstance(exc, e.ConfigError):
         logger.warning("a request hit a configuration error: %s", exc)
         message = "the gateway's configuration cannot serve this request; tell its operator"

@@ -44,6 +44,7 @@ from .guard import (
     send_error,
 )
 from .jsonenc import json_bytes
+from .overhead import late_overhead_header, overhead_header, timing_of
 from .state import ServiceState
 from .streaming import (
     ClientGone,
@@ -149,6 +150,9 @@ async def chat_completions(
         await CatchAll(answer)(scope, receive, send)
         return
     status, body, headers = answer
+    timing = timing_of(scope)
+    if timing is not None:
+        headers.append(overhead_header(state, timing, CHAT_PATH, False))
     try:
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
@@ -174,13 +178,14 @@ async def _answer(
         pipeline = state.open_pipeline()
         chat, n = _parse(state, scope, await _read_body(receive, guard), request_id)
         if chat.stream:
+            late = late_overhead_header(state, chat.prompt.timing, CHAT_PATH)
             if n > 1:
                 produce = partial(stream_choices, pipeline, chat, n)
-                return EventStream(produce, _chat_error, b"[DONE]", headers=tag)
+                return EventStream(produce, _chat_error, b"[DONE]", headers=tag, late_header=late)
             writer = ChunkWriter(request_id, chat.prompt.params.model, chat.include_usage)
             render = _ChatRender(writer)
             return PushedEventStream(
-                pipeline, chat.prompt, render, _chat_error, b"[DONE]", headers=tag
+                pipeline, chat.prompt, render, _chat_error, b"[DONE]", headers=tag, late_header=late
             )
         if n > 1:
             completions = await complete_choices(receive, pipeline, chat.prompt, n)
@@ -198,6 +203,9 @@ def _parse(
     """The request, and how many choices it asks for (``n``, see :mod:`.choices`)."""
     caller = caller_of(scope)
     extra: dict[str, Any] = {"request_id": request_id}
+    timing = timing_of(scope)
+    if timing is not None:
+        extra["timing"] = timing
     if caller.priority_cap is not None:
         extra["priority"] = caller.priority_cap
     meta = caller.meta(_trace_headers(scope))

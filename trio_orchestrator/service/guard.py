@@ -18,6 +18,8 @@ import attrs
 
 from ..config.service import ApiKeyConfig, ServiceConfig
 from ..observability.spans import trace_meta
+from ..routing.keys import VirtualKeys
+from ..storage import KeyRecord
 from ..types import Priority, new_request_id
 from .errors import ApiError
 from .jsonenc import json_bytes
@@ -38,6 +40,7 @@ __all__ = [
     "request_id_of",
     "route_path",
     "set_request_id",
+    "virtual_caller",
 ]
 
 logger = logging.getLogger("trio_orchestrator.service")
@@ -134,11 +137,23 @@ def caller_of(scope: Mapping[str, Any]) -> Caller:
     return caller
 
 
+def _cap(priority: str | None) -> Priority | None:
+    return None if priority is None else Priority[priority.upper()]
+
+
+def virtual_caller(record: KeyRecord) -> Caller:
+    """The caller a virtual key identifies: never an admin; its id is the key's id."""
+    return Caller(record.id, False, _cap(record.priority))
+
+
 @attrs.define(eq=False)
 class KeyRing:
-    """The accepted API keys, held only as SHA-256 digests."""
+    """The accepted API keys, held only as SHA-256 digests: the configured ones
+    (``[service] api_keys``) and, once :meth:`attach` ed, the live virtual keys (an
+    in-memory table the admin API keeps current; no storage read per request)."""
 
     _entries: tuple[tuple[bytes, Caller], ...]
+    _virtual: VirtualKeys | None = attrs.field(default=None, kw_only=True)
 
     @classmethod
     def from_config(cls, keys: Iterable[ApiKeyConfig]) -> KeyRing:
@@ -146,8 +161,7 @@ class KeyRing:
         entries = []
         for key in keys:
             digest = key.digest()
-            cap = None if key.priority is None else Priority[key.priority.upper()]
-            caller = Caller("sha256:" + digest.hex()[:8], key.admin, cap)
+            caller = Caller("sha256:" + digest.hex()[:8], key.admin, _cap(key.priority))
             entries.append((digest, caller))
         return cls(tuple(entries))
 
@@ -156,18 +170,33 @@ class KeyRing:
         self._entries = KeyRing.from_config(section.api_keys)._entries
         return []
 
+    def attach(self, keys: VirtualKeys) -> None:
+        """Accept the live virtual keys of ``keys`` too."""
+        self._virtual = keys
+
     @property
     def enabled(self) -> bool:
-        """True when at least one key is configured (then every request needs one)."""
-        return bool(self._entries)
+        """True when at least one key is configured or a virtual key exists (then every
+        request needs one)."""
+        return bool(self._entries) or bool(self._virtual)
+
+    @property
+    def has_admin(self) -> bool:
+        """True when a configured key is an admin key (virtual keys never are)."""
+        return any(caller.admin for _, caller in self._entries)
 
     def identify(self, token: str) -> Caller | None:
-        """The caller holding ``token``, or ``None``; compares every digest in constant time."""
+        """The caller holding ``token``, or ``None``; compares every configured digest in
+        constant time, then looks the digest up among the live virtual keys."""
         digest = hashlib.sha256(token.encode()).digest()
         found = None
         for known, caller in self._entries:
             if hmac.compare_digest(known, digest):
                 found = caller
+        if found is None and self._virtual is not None:
+            record = self._virtual.identify(digest)
+            if record is not None:
+                found = virtual_caller(record)
         return found
 
 

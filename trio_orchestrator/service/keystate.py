@@ -1,4 +1,5 @@
-"""The state of every provider's API keys, as ``GET /v1/stats`` shows it.
+"""The state of API keys, as ``GET /v1/stats`` shows it: every provider's key pools, and the
+router's spending per service key and per model (its budget ledger).
 
 Times are seconds from now (the pool's own clock means nothing to a client); keys appear
 by fingerprint only, never by value.
@@ -8,14 +9,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import attrs
 import trio
 
+from ..routing.router import RouterWorker
 from ..workers.keys import KeyPool, KeyStatistics
 
 if TYPE_CHECKING:
     from ..gateway import Gateway
 
-__all__ = ["key_pools_json"]
+__all__ = ["budgets_json", "key_pools_json"]
 
 
 def key_pools_json(gateway: Gateway | None) -> dict[str, Any]:
@@ -39,6 +42,25 @@ def key_pools_json(gateway: Gateway | None) -> dict[str, Any]:
             keys = {name: _key_json(key, now) for name, key in stats.keys.items()}
             pools[stats.provider] = {"ready": stats.ready, "keys": keys}
     return pools
+
+
+def budgets_json(gateway: Gateway | None) -> dict[str, Any] | None:
+    """The router's spending in the current budget period (what ``trio-orchestrator top``
+    ranks keys by).
+
+    Args:
+        gateway: the running gateway, or None before it started.
+
+    Returns:
+        ``{"per_api_key": {key id: dollars}, "per_model": {model: dollars}, "refused": n}``,
+        or None when there is no router (only a router prices and charges requests).
+    """
+    if gateway is None:
+        return None
+    for part, _provider in gateway.parts():
+        if isinstance(part, RouterWorker):
+            return attrs.asdict(part.ledger.statistics())
+    return None
 
 
 def _key_json(key: KeyStatistics, now: float) -> dict[str, Any]:

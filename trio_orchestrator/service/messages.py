@@ -44,6 +44,7 @@ from .messages_answer import (
     message_body,
 )
 from .messages_request import MessagesRequest, parse_count_tokens_request, parse_messages_request
+from .overhead import Header, late_overhead_header, overhead_header, timed_fields, timing_of
 from .state import ServiceState
 from .streaming import ClientGone, complete_unless_gone
 from .validate import parse_json_object
@@ -81,8 +82,11 @@ class MessagesRoute:
             return  # nobody is listening
         if isinstance(answer, MessageEventStream):
             await answer(receive, send)
-        else:
-            await _send(send, answer)
+            return
+        timing = timing_of(scope)
+        if timing is not None:
+            answer[2].append(overhead_header(state, timing, MESSAGES_PATH, False))
+        await _send(send, answer)
 
 
 class CountTokensRoute:
@@ -116,7 +120,8 @@ async def _answer(
         prompt = parsed.prompt
         request_id = prompt.request_id
         if parsed.stream:
-            return MessageEventStream(pipeline, prompt)
+            late = late_overhead_header(state, prompt.timing, MESSAGES_PATH)
+            return MessageEventStream(pipeline, prompt, late)
         completion = await complete_unless_gone(receive, pipeline, prompt)
         body = message_body(completion, prompt.params.model)
         return _json(200, body, request_id)
@@ -126,7 +131,7 @@ async def _answer(
 
 def _parse(state: ServiceState, scope: Scope, body: bytes) -> MessagesRequest:
     caller = caller_of(scope)
-    extra = caller.request_fields()
+    extra = timed_fields(scope, caller.request_fields())
     meta = caller.meta(_trace_headers(scope))
     return parse_messages_request(parse_json_object(body), state.models, meta, **extra)
 
@@ -194,10 +199,13 @@ class MessageEventStream:
     Args:
         pipeline: runs the request.
         prompt: the request.
+        late_header: makes one more header when the headers go out (with the first
+            event, or with the error): ``x-gateway-overhead-ms``.
     """
 
     pipeline: Pipeline
     prompt: PromptRequest
+    late_header: Callable[[], Header] | None = None
     _send: Send | None = attrs.field(default=None, init=False)
     _started: bool = attrs.field(default=False, init=False)
     _finished: bool = attrs.field(default=False, init=False)
@@ -229,7 +237,10 @@ class MessageEventStream:
                 await self._emit([("error", error)])
             else:
                 self._started = self._finished = True  # the error is the whole response
-                await _send(self._out, _error(exc, prompt.request_id))
+                answer = _error(exc, prompt.request_id)
+                if self.late_header is not None:
+                    answer[2].append(self.late_header())
+                await _send(self._out, answer)
 
     @property
     def _out(self) -> Send:
@@ -242,6 +253,8 @@ class MessageEventStream:
         if not self._started:
             self._started = True
             headers = [*_STREAM_HEADERS, (b"request-id", self.prompt.request_id.encode())]
+            if self.late_header is not None:
+                headers.append(self.late_header())
             await self._out({"type": "http.response.start", "status": 200, "headers": headers})
         body = b"".join(frame_bytes(name, data) for name, data in frames)
         await self._out({"type": "http.response.body", "body": body, "more_body": True})

@@ -9,6 +9,10 @@ The request is translated into the gateway's own model, which any worker serves:
   Chat Completions shape: ``text`` → text parts, ``image`` → ``image_url`` parts (a base64
   source as a ``data:`` URL, a URL source as it is), a base64 PDF ``document`` → a ``file``
   part, a plain-text ``document`` → a text part;
+* a block's ``cache_control`` (a prompt-cache breakpoint) goes on its part (a system block
+  or a ``tool_result`` with one gets a text part to carry it), a tool's on the
+  :class:`~trio_orchestrator.types.Tool`; the workers turn them into their upstream's
+  breakpoints;
 * an assistant turn's ``tool_use`` blocks become tool calls (their ``input`` as JSON text);
   its ``thinking`` / ``redacted_thinking`` blocks are not sent on (``docs/anthropic-ingress.md``
   says why);
@@ -26,7 +30,7 @@ The request is translated into the gateway's own model, which any worker serves:
   ``top_k``). ``thinking: {"type": "disabled"}``, the default, is not sent at all.
 
 What the gateway cannot carry is refused with a 400 naming it: server tools, file-id and URL
-document sources, images inside tool results.
+document sources, images inside tool results, a ``cache_control`` on a ``tool_use`` block.
 """
 
 from __future__ import annotations
@@ -171,8 +175,18 @@ def _system(body: Fields) -> list[Message]:
         block = body.item("system", i, item)
         if block.text("type", required=True) != "text":
             raise invalid(block.path_of("type"), '"text"', block.data.get("type"))
-        out.append(Message("system", _text(block)))
+        text = _text(block)
+        part = _cached({"type": "text", "text": text}, block)
+        out.append(Message("system", text, parts=(part,) if "cache_control" in part else ()))
     return out
+
+
+def _cached(part: dict[str, Any], block: Fields) -> dict[str, Any]:
+    """``part`` with the block's ``cache_control`` (a prompt-cache breakpoint), if it has one."""
+    mark = block.object("cache_control")
+    if mark is not None:
+        part["cache_control"] = mark.data
+    return part
 
 
 def _text(block: Fields) -> str:
@@ -208,18 +222,18 @@ def _user_turn(blocks: list[Fields]) -> list[Message]:
     if not parts:
         return results
     text = "".join(p["text"] for p in parts if p["type"] == "text")
-    plain = all(p["type"] == "text" for p in parts) and len(parts) == 1
+    plain = len(parts) == 1 and parts[0]["type"] == "text" and "cache_control" not in parts[0]
     return [*results, Message("user", text, parts=() if plain else tuple(parts))]
 
 
 def _user_part(block: Fields) -> dict[str, Any]:
     kind = block.text("type", required=True)
     if kind == "text":
-        return {"type": "text", "text": _text(block)}
+        return _cached({"type": "text", "text": _text(block)}, block)
     if kind == "image":
-        return {"type": "image_url", "image_url": {"url": _image_url(block)}}
+        return _cached({"type": "image_url", "image_url": {"url": _image_url(block)}}, block)
     if kind == "document":
-        return _document(block)
+        return _cached(_document(block), block)
     expected = '"text", "image", "document" or "tool_result" in a user turn'
     raise invalid(block.path_of("type"), expected, kind)
 
@@ -284,7 +298,10 @@ def _tool_result(block: Fields) -> Message:
     if block.flag("is_error"):
         # Chat Completions has no error flag on a tool message; say it in the text.
         text = f"Error: {text}"
-    return Message("tool", text, tool_call_id=call_id)
+    # A breakpoint on the result goes on its text: the same end of the same prefix.
+    part = _cached({"type": "text", "text": text}, block)
+    parts = (part,) if "cache_control" in part else ()
+    return Message("tool", text, tool_call_id=call_id, parts=parts)
 
 
 def _result_text(block: Fields) -> str:
@@ -296,18 +313,27 @@ def _result_text(block: Fields) -> str:
 
 
 def _assistant_turn(blocks: list[Fields]) -> list[Message]:
-    text: list[str] = []
+    parts: list[dict[str, Any]] = []
     calls: list[ToolCall] = []
     for block in blocks:
         kind = block.text("type", required=True)
         if kind == "text":
-            text.append(_text(block))
+            parts.append(_cached({"type": "text", "text": _text(block)}, block))
         elif kind == "tool_use":
+            if block.object("cache_control") is not None:
+                why = (
+                    "a cache breakpoint on a `tool_use` block has no place in the gateway's "
+                    "messages; put it on the `tool_result` that answers it"
+                )
+                raise invalid(block.path_of("cache_control"), why, block.data["cache_control"])
             calls.append(_tool_use(block))
         elif kind not in ("thinking", "redacted_thinking"):
             expected = '"text", "tool_use", "thinking" or "redacted_thinking" in an assistant turn'
             raise invalid(block.path_of("type"), expected, kind)
-    return [Message("assistant", "".join(text), tool_calls=tuple(calls))]
+    text = "".join(p["text"] for p in parts)
+    marked = any("cache_control" in p for p in parts)
+    kept = tuple(parts) if marked else ()
+    return [Message("assistant", text, tool_calls=tuple(calls), parts=kept)]
 
 
 def _tool_use(block: Fields) -> ToolCall:
@@ -343,7 +369,9 @@ def _tools(body: Fields) -> tuple[Tool, ...]:
         schema = fields.object("input_schema", required=True)
         assert name is not None
         assert schema is not None
-        tools.append(Tool(name, fields.text("description") or "", schema.data))
+        mark = fields.object("cache_control")
+        cache_control = None if mark is None else mark.data
+        tools.append(Tool(name, fields.text("description") or "", schema.data, cache_control))
     return tuple(tools)
 
 

@@ -6,8 +6,11 @@ facts the catalogue knows added, as OpenRouter's and LiteLLM's listings add thei
 official SDKs keep members they do not declare): ``context_window``, ``max_output_tokens``,
 ``capabilities`` and ``pricing`` (US dollars per million tokens). A fact the catalogue does
 not know is left out. The names are the configured ones (``service.models``, the router's,
-the providers' ``models``); when none is configured, the upstreams that list their own models
-(local OpenAI-compatible servers) are asked.
+the providers' ``models``); when some provider names none, the upstreams that list their own
+models (local OpenAI-compatible servers) are asked, all at once and each for at most
+``service.model_list_timeout`` seconds (a hung one adds no names), beside the other
+providers' configured names; a list every such upstream answered is reused for
+``service.model_list_ttl`` seconds (:meth:`~trio_orchestrator.gateway.Gateway.listed_models`).
 """
 
 from __future__ import annotations

@@ -261,6 +261,40 @@ _EMBEDDINGS_REQUEST: dict[str, Any] = {
         "user": _STR,
     },
 }
+_NUMBER = {"type": "number"}
+_MODEL = {
+    "type": "object",
+    "description": "OpenAI's model object, with the catalogue's facts where they are known",
+    "required": ["id", "object", "created", "owned_by"],
+    "properties": {
+        "id": _STR,
+        "object": {"type": "string", "enum": ["model"]},
+        "created": {"type": "integer"},
+        "owned_by": {"type": "string", "description": "the provider, when the catalogue knows"},
+        "context_window": {"type": "integer", "description": "input tokens the model takes"},
+        "max_output_tokens": {"type": "integer"},
+        "capabilities": {"type": "array", "items": _STR, "description": "e.g. vision, tools"},
+        "pricing": {
+            "type": "object",
+            "description": "US dollars per million tokens",
+            "required": ["currency"],
+            "properties": {
+                "input_per_million": _NUMBER,
+                "cached_input_per_million": _NUMBER,
+                "output_per_million": _NUMBER,
+                "currency": {"type": "string", "enum": ["USD"]},
+            },
+        },
+    },
+}
+_MODEL_LIST = {
+    "type": "object",
+    "required": ["object", "data"],
+    "properties": {
+        "object": {"type": "string", "enum": ["list"]},
+        "data": {"type": "array", "items": _MODEL},
+    },
+}
 _EMBEDDINGS_RESPONSE = {
     "type": "object",
     "required": ["object", "data", "model", "usage"],
@@ -477,6 +511,97 @@ _WS_DESCRIPTION = (
 )
 
 
+_KEY_MEMBERS: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "label": {"type": "string", "maxLength": 200},
+        "owner": {"type": "string", "maxLength": 200},
+        "models": {"type": "array", "items": {"type": "string", "minLength": 1}},
+        "aliases": {"type": "object", "additionalProperties": {"type": "string", "minLength": 1}},
+        "rpm": {"type": "integer", "minimum": 1, "maximum": 1_000_000_000, "nullable": True},
+        "tpm": {"type": "integer", "minimum": 1, "maximum": 1_000_000_000, "nullable": True},
+        "budget": {"type": "number", "minimum": 0, "nullable": True},
+        "budget_period": {"type": "string", "enum": ["day", "week", "month", "total"]},
+        "priority": {
+            "type": "string",
+            "enum": ["critical", "high", "normal", "low", None],
+            "nullable": True,
+        },
+        "expires_at": {
+            "description": "Unix time or ISO 8601 date-time (years 1970 to 9999)",
+            "oneOf": [
+                {"type": "number", "minimum": 0, "maximum": 253_402_300_799},
+                {"type": "string", "format": "date-time"},
+            ],
+            "nullable": True,
+        },
+        "metadata": {"type": "object"},
+    },
+}
+
+
+def _admin_paths(id_param: dict[str, Any]) -> dict[str, Any]:
+    """The admin API of virtual keys and spend (docs/keys-and-spend.md)."""
+    key = _json(_ANY_OBJECT)
+    errors = {
+        **_ERRORS,
+        "403": _json(_ERROR, "Not an admin key"),
+        "409": _json(_ERROR, "The key is revoked, or no admin key is configured"),
+    }
+    body = {"required": True, "content": {"application/json": {"schema": _KEY_MEMBERS}}}
+    created = {"201": {**key, "description": "The key, with its secret in `key` (shown once)"}}
+    page = [
+        {
+            "name": "limit",
+            "in": "query",
+            "schema": {"type": "integer", "minimum": 1, "maximum": 100},
+        },
+        {"name": "after", "in": "query", "schema": _STR},
+        {"name": "include_revoked", "in": "query", "schema": {"type": "boolean"}},
+    ]
+    day = {"type": "string", "format": "date"}
+    spend = [
+        {
+            "name": "group_by",
+            "in": "query",
+            "schema": {"type": "string", "enum": ["key", "model", "provider", "day"]},
+        },
+        {"name": "from", "in": "query", "schema": day},
+        {"name": "to", "in": "query", "schema": day},
+        {"name": "key_id", "in": "query", "schema": _STR},
+    ]
+
+    def operation(summary: str, **extra: Any) -> dict[str, Any]:
+        return {"summary": summary, "responses": {"200": key, **errors}, **extra}
+
+    return {
+        "/v1/admin/keys": {
+            "post": {
+                "summary": "Create a virtual key (admin)",
+                "requestBody": body,
+                "responses": {**created, **errors},
+            },
+            "get": operation("Virtual keys, a page at a time (admin)", parameters=page),
+        },
+        "/v1/admin/keys/{id}": {
+            "get": operation("One virtual key (admin)", parameters=[id_param]),
+            "patch": operation(
+                "Change a virtual key (admin)", parameters=[id_param], requestBody=body
+            ),
+            "delete": operation("Revoke a virtual key (admin)", parameters=[id_param]),
+        },
+        "/v1/admin/keys/{id}/rotate": {
+            "post": operation("A new secret for a virtual key (admin)", parameters=[id_param])
+        },
+        "/v1/admin/spend": {
+            "get": operation(
+                "Spend summed by key, model, provider or day (admin)", parameters=spend
+            )
+        },
+    }
+
+
 @cache
 def openapi_document(models: tuple[str, ...] = ("echo",)) -> dict[str, Any]:
     """The service's OpenAPI 3.0 document, naming the models served."""
@@ -499,7 +624,7 @@ def openapi_document(models: tuple[str, ...] = ("echo",)) -> dict[str, Any]:
     replay["post"]["parameters"] = [id_param]
     dead_letters = _get("Shed requests, oldest first", _json(_ANY_OBJECT))
     dead_letters["get"]["parameters"] = [limit]
-    model = _get("One model", _json(_ANY_OBJECT))
+    model = _get("One model", _json(_MODEL))
     model["get"]["parameters"] = [model_param]
     embedding_body = {
         **_EMBEDDINGS_REQUEST,
@@ -555,7 +680,7 @@ def openapi_document(models: tuple[str, ...] = ("echo",)) -> dict[str, Any]:
                 }
             ),
         ),
-        "/v1/models": _get("The models served", _json(_ANY_OBJECT)),
+        "/v1/models": _get("The models served", _json(_MODEL_LIST)),
         "/v1/models/{model}": model,
         "/v1/embeddings": _post(
             "OpenAI embeddings, through the pipeline; a provider without embeddings is a 400",
@@ -574,6 +699,7 @@ def openapi_document(models: tuple[str, ...] = ("echo",)) -> dict[str, Any]:
         "/v1/stats": _get("Pipeline statistics", _json(_ANY_OBJECT)),
         "/v1/dead-letters": dead_letters,
         "/v1/dead-letters/{id}/replay": replay,
+        **_admin_paths(id_param),
         "/metrics": _get(
             "Prometheus metrics", {"description": "OK", "content": {"text/plain": {"schema": _STR}}}
         ),

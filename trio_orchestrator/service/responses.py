@@ -54,6 +54,7 @@ from ..workers.openai_responses import RESPONSES_EVENT, RESPONSES_OBJECT
 from .errors import ApiError, map_exception
 from .guard import caller_of
 from .jsonenc import json_bytes
+from .overhead import late_overhead_header, overhead_headers, timed_fields
 from .responses_request import ResponsesRequest, parse_responses_request
 from .state import service_of
 from .streaming import Emit, EventStream, complete_unless_gone, error_json
@@ -69,6 +70,8 @@ __all__ = [
     "stream_response",
     "usage_json",
 ]
+
+RESPONSES_PATH = "/v1/responses"
 
 # The events after which a response has ended (nothing more is sent after one).
 _ENDED = frozenset(["response.completed", "response.incomplete", "response.failed", "error"])
@@ -407,14 +410,17 @@ async def responses(request: Request) -> Response:
     state = service_of(request)
     pipeline = state.open_pipeline()
     caller = caller_of(request.scope)
-    extra = caller.request_fields()
+    extra = timed_fields(request.scope, caller.request_fields())
     body = parse_json_object(await request.body())
     meta = caller.meta(request.headers)
     native = all_native(state.config)
     parsed = parse_responses_request(body, state.models, meta, native=native, **extra)
     if parsed.stream:
         produce = partial(stream_response, pipeline, parsed)
-        return EventStream(produce, _error_event, frame=bytes)
+        late = late_overhead_header(state, parsed.prompt.timing, RESPONSES_PATH)
+        return EventStream(produce, _error_event, frame=bytes, late_header=late)
     completion = await complete_unless_gone(request.receive, pipeline, parsed.prompt)
     answer = native_response(completion) or ResponseWriter(parsed).body(completion)
-    return Response(json_bytes(answer), media_type="application/json")
+    content = json_bytes(answer)
+    headers = overhead_headers(state, request.scope, RESPONSES_PATH)
+    return Response(content, media_type="application/json", headers=headers)

@@ -17,6 +17,7 @@ __all__ = ["ServedModels", "ServiceState", "service_of"]
 if TYPE_CHECKING:
     from ..gateway import Gateway
     from ..observability import Instrumentation
+    from ..observability.metrics import OverheadTimes
     from .guard import KeyRing
 
 
@@ -32,6 +33,8 @@ class ServiceState:
         draining: shutdown has begun; new requests are refused with 503.
         observed: the pipeline's metrics, traces and logs, while it is open.
         keyring: the accepted API keys (replaced in place by a reload).
+        overhead: the histogram of the gateway's own time per request, while the gateway
+            is open with metrics and ``observability.gateway_overhead`` on.
     """
 
     config: Config
@@ -41,6 +44,7 @@ class ServiceState:
     draining: bool = False
     observed: Instrumentation | None = None
     keyring: KeyRing | None = attrs.field(default=None, kw_only=True)
+    overhead: OverheadTimes | None = attrs.field(default=None, kw_only=True)
 
     def open_pipeline(self) -> Pipeline:
         """The pipeline, if it admits requests.

@@ -149,6 +149,8 @@ class PushedEventStream:
         error_event: renders an error as an event payload.
         trailer: sent after the stream's last event (e.g. ``[DONE]``), after an error too.
         headers: further response headers.
+        late_header: makes one more header when the headers go out (as for
+            :class:`EventStream`).
     """
 
     def __init__(
@@ -160,6 +162,7 @@ class PushedEventStream:
         trailer: bytes | None = None,
         *,
         headers: Sequence[tuple[bytes, bytes]] = (),
+        late_header: Callable[[], tuple[bytes, bytes]] | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.request = request
@@ -167,6 +170,7 @@ class PushedEventStream:
         self.error_event = error_event
         self.trailer = trailer
         self.extra_headers = headers
+        self.late_header = late_header
         self._out: _Output | None = None
         self._pending: PendingRequest | None = None
         self._sending = False
@@ -178,7 +182,7 @@ class PushedEventStream:
         return self._out is not None and self._out.started
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        out = self._out = _Output(send, self.extra_headers)
+        out = self._out = _Output(send, self.extra_headers, late_header=self.late_header)
         gone = False
         with trio.CancelScope() as ended:
             pending = self._pending = self.pipeline.try_start_stream(
@@ -233,7 +237,7 @@ class PushedEventStream:
         except (OrchestratorError, ApiError) as exc:
             error = map_exception(exc)
             if not out.started:
-                await send_error(out.send, error, out.extra)
+                await send_error(out.send, error, out.headers())
                 return
             await out.emit(self.error_event(error, exc))
         else:
@@ -271,6 +275,8 @@ class EventStream(Response):
         frame: turns a payload into the bytes of its event (default ``data: <payload>``
             and a blank line); ``bytes`` sends payloads that are whole events already
             (named ones, for example).
+        late_header: makes one more header when the headers go out (with the first event,
+            or with the error): ``x-gateway-overhead-ms``, whose value is known only then.
     """
 
     def __init__(
@@ -281,17 +287,19 @@ class EventStream(Response):
         *,
         headers: Sequence[tuple[bytes, bytes]] = (),
         frame: Callable[[bytes], bytes] | None = None,
+        late_header: Callable[[], tuple[bytes, bytes]] | None = None,
     ) -> None:
         self.produce = produce
         self.error_event = error_event
         self.trailer = trailer
         self.extra_headers = headers
         self.frame = frame or _frame
+        self.late_header = late_header
         self.status_code = 200
         self.background = None
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        out = _Output(send, self.extra_headers, self.frame)
+        out = _Output(send, self.extra_headers, self.frame, self.late_header)
         # The nursery's own scope is the one a disconnect cancels: no second scope per
         # stream (each costs a scope, its status and their sets, held all stream long).
         async with trio.open_nursery() as nursery:
@@ -307,7 +315,7 @@ class EventStream(Response):
         except (OrchestratorError, ApiError) as exc:
             error = map_exception(exc)
             if not out.started:
-                await send_error(out.send, error, out.extra)
+                await send_error(out.send, error, out.headers())
                 out.finished = True
                 return
             await out.emit(self.error_event(error, exc))
@@ -324,10 +332,12 @@ class _Output:
         send: Any,
         extra: Sequence[tuple[bytes, bytes]] = (),
         frame: Callable[[bytes], bytes] = _frame,
+        late_header: Callable[[], tuple[bytes, bytes]] | None = None,
     ) -> None:
         self.send = send
         self.extra = extra
         self.frame = frame
+        self.late_header = late_header
         self.started = False
         self.finished = False
         self.gone = False
@@ -337,10 +347,17 @@ class _Output:
         await self._start()
         await self.send({"type": "http.response.body", "body": self.frame(data), "more_body": True})
 
+    def headers(self) -> Sequence[tuple[bytes, bytes]]:
+        """The further headers, the late one made now."""
+        if self.late_header is None:
+            return self.extra
+        return [*self.extra, self.late_header()]
+
     async def _start(self) -> None:
         if not self.started:
             self.started = True
-            headers = [*_HEADERS, *self.extra] if self.extra else _HEADERS
+            extra = self.headers()
+            headers = [*_HEADERS, *extra] if extra else _HEADERS
             await self.send({"type": "http.response.start", "status": 200, "headers": headers})
 
     async def finish(self) -> None:

@@ -503,7 +503,8 @@ async def invoke(b: Any, body: Mapping[str, Any], send: Send) -> None:
         b: the fake's behaviour for it: ``hang``, an error ``status`` (answered as
             Bedrock's exception for it), a verbatim ``body``, or else deterministic vectors
             (:func:`~trio_orchestrator.workers.embeddings.fake_vector`, 1024 values unless
-            Titan is asked for fewer) in the family's shape, from the body's shape.
+            Titan is asked for fewer) in the family's shape, from the body's shape, with the
+            input token count in the ``X-Amzn-Bedrock-Input-Token-Count`` header.
         body: the request's JSON body.
         send: the ASGI send.
     """
@@ -520,4 +521,8 @@ async def invoke(b: Any, body: Mapping[str, Any], send: Send) -> None:
     if len(answer) == 3:
         await error(send, *answer)
         return
-    await _json(send, 200, answer[1], b.headers)
+    # Bedrock reports an InvokeModel call's input tokens in a header (the only count a
+    # Cohere answer has).
+    texts = [body["inputText"]] if "inputText" in body else body["texts"]
+    counted = {"X-Amzn-Bedrock-Input-Token-Count": str(sum(input_tokens(str(t)) for t in texts))}
+    await _json(send, 200, answer[1], {**counted, **b.headers})

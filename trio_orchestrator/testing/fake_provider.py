@@ -259,12 +259,16 @@ class FakeProviderStatistics:
         client_disconnects: connections the client closed before its answer was complete.
         active: requests being answered now.
         faults: requests given a fault by the :class:`FaultMix`, by kind.
+        queued: model calls waiting for capacity now (see :meth:`FakeProvider.set_capacity`).
+        over_capacity: model calls refused for want of capacity (``overflow`` 429 or 503).
     """
 
     requests: int
     client_disconnects: int
     active: int
     faults: Mapping[str, int] = attrs.field(factory=dict)
+    queued: int = 0
+    over_capacity: int = 0
 
 
 class _Disconnect(Exception):
@@ -350,6 +354,14 @@ class _Answer:
         return False
 
 
+_OVERFLOWS = ("queue", "429", "503")
+
+
+def _is_model_call(scope: Scope) -> bool:
+    """Whether capacity applies: a ``POST`` other than the OAuth token exchange."""
+    return bool(scope["method"] == "POST" and scope["path"] != "/token")
+
+
 def _sse(data: Any, event: str | None = None) -> bytes:
     head = f"event: {event}\n" if event else ""
     return f"{head}data: {json.dumps(data)}\n\n".encode()
@@ -369,6 +381,15 @@ class FakeProvider:
         faults: a seeded share of requests that fail (applied to whichever behaviour a
             request gets), or None.
         port: the loopback port to listen on (0: a free one).
+        openai_root: the path the OpenAI-compatible API is served under: ``/v1``, or a
+            service's own root (Groq's ``/openai/v1``, OpenRouter's ``/api/v1``), so that a
+            preset's base URL path is exercised as it is; requests keep their real path.
+        capacity: model calls (every ``POST`` but the OAuth token exchange) answered at
+            once; None for no limit. Change it while running with :meth:`set_capacity`.
+        overflow: what happens to a call beyond ``capacity``: ``"queue"`` (it waits, first
+            come first served, for a call to finish: latency climbs, as a saturated
+            inference server's does), or ``"429"`` / ``"503"`` (refused at once with that
+            status and ``Retry-After: 1``).
     """
 
     default: Behaviour = attrs.field(factory=Behaviour)
@@ -376,6 +397,9 @@ class FakeProvider:
     record: bool = True
     faults: FaultMix | None = None
     port: int = 0
+    openai_root: str = "/v1"
+    capacity: int | None = None
+    overflow: str = attrs.field(default="queue")
     base_url: str = attrs.field(default="", init=False)
     requests: list[RecordedRequest] = attrs.field(factory=list, init=False)
     _queue: deque[Behaviour] = attrs.field(factory=deque, init=False)
@@ -387,16 +411,37 @@ class FakeProvider:
     _disconnected: trio.Event = attrs.field(factory=trio.Event, init=False)
     _fault_rng: random.Random = attrs.field(init=False)
     _injected: dict[str, int] = attrs.field(factory=dict, init=False)
+    _slots: trio.CapacityLimiter = attrs.field(init=False)
+    _over_capacity: int = attrs.field(default=0, init=False)
     #: The Google routes' OAuth side (Vertex AI tokens); see :mod:`.fake_gemini`.
     google: fake_gemini.GoogleAuth = attrs.field(factory=fake_gemini.GoogleAuth, init=False)
 
     def __attrs_post_init__(self) -> None:
         self._fault_rng = random.Random(self.faults.seed if self.faults else 0)
+        self._slots = trio.CapacityLimiter(math.inf)
+        self.set_capacity(self.capacity, self.overflow)
+
+    @overflow.validator
+    def _check_overflow(self, _attribute: object, value: str) -> None:
+        if value not in _OVERFLOWS:
+            raise ValueError(f"overflow must be one of {_OVERFLOWS}, got {value!r}")
+
+    def set_capacity(self, capacity: int | None, overflow: str | None = None) -> None:
+        """Answer at most ``capacity`` model calls at once (None: no limit) from now on;
+        calls already being answered finish. ``overflow`` as the class says (unchanged when
+        None)."""
+        if overflow is not None:
+            self._check_overflow(None, overflow)
+            self.overflow = overflow
+        if capacity is not None and capacity < 1:
+            raise ValueError(f"capacity must be at least 1 or None, got {capacity}")
+        self.capacity = capacity
+        self._slots.total_tokens = math.inf if capacity is None else capacity
 
     @property
     def openai_base_url(self) -> str:
-        """The base URL for OpenAI-style clients (with ``/v1``)."""
-        return self.base_url + "/v1"
+        """The base URL for OpenAI-style clients (with ``/v1``, or :attr:`openai_root`)."""
+        return self.base_url + self.openai_root
 
     def script(self, *behaviours: Behaviour) -> None:
         """Queue behaviours for the next requests, one each, in order."""
@@ -413,7 +458,12 @@ class FakeProvider:
     def statistics(self) -> FakeProviderStatistics:
         """Counts of requests seen, client disconnects and answers in progress."""
         return FakeProviderStatistics(
-            self._seen, self._disconnects, self._active, dict(self._injected)
+            self._seen,
+            self._disconnects,
+            self._active,
+            dict(self._injected),
+            self._slots.statistics().tasks_waiting,
+            self._over_capacity,
         )
 
     async def wait_for_disconnects(self, count: int) -> None:
@@ -511,16 +561,41 @@ class FakeProvider:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(watch)
             query = scope.get("query_string", b"").decode()
-            await self._route(
-                scope["method"],
-                scope["path"],
-                headers,
-                body,
-                send_marking_done,
-                (scope, raw),
-                query,
-            )
+            borrower = object()  # the slot's holder (an ASGI scope is not hashable)
+            if not await self._take_slot(scope, send_marking_done, borrower):
+                nursery.cancel_scope.cancel()
+                return
+            try:
+                await self._route(
+                    scope["method"],
+                    scope["path"],
+                    headers,
+                    body,
+                    send_marking_done,
+                    (scope, raw),
+                    query,
+                )
+            finally:
+                if _is_model_call(scope):
+                    self._slots.release_on_behalf_of(borrower)
             nursery.cancel_scope.cancel()
+
+    async def _take_slot(self, scope: Scope, send: Send, borrower: object) -> bool:
+        """Take a capacity slot for a model call (False: refused, the answer sent)."""
+        if not _is_model_call(scope):
+            return True
+        if self.overflow == "queue":
+            await self._slots.acquire_on_behalf_of(borrower)
+            return True
+        try:
+            self._slots.acquire_on_behalf_of_nowait(borrower)
+        except trio.WouldBlock:
+            self._over_capacity += 1
+            status = int(self.overflow)
+            behaviour = Behaviour(status=status, retry_after=1, error_message="over capacity")
+            await self._error(behaviour, send, anthropic=scope["path"] == "/v1/messages")
+            return False
+        return True
 
     def _pick(self, headers: Mapping[str, str], body: Any) -> Behaviour:
         behaviour = self._planned(headers, body)
@@ -557,6 +632,8 @@ class FakeProvider:
         received: tuple[Scope, bytes] | None = None,
         query: str = "",
     ) -> None:
+        if self.openai_root != "/v1" and path.startswith(self.openai_root + "/"):
+            path = "/v1" + path.removeprefix(self.openai_root)  # served as if under /v1
         if fake_azure.is_azure_path(path):
             await fake_azure.route(self, method, path, query, headers, body, send)
         elif method == "GET" and path == "/v1/models":
@@ -1101,6 +1178,9 @@ async def open_fake_provider(
     record: bool = True,
     faults: FaultMix | None = None,
     port: int = 0,
+    openai_root: str = "/v1",
+    capacity: int | None = None,
+    overflow: str = "queue",
 ) -> AsyncIterator[FakeProvider]:
     """Start a fake provider on a free loopback port; stop it on exit.
 
@@ -1110,11 +1190,17 @@ async def open_fake_provider(
         record: keep every request in :attr:`FakeProvider.requests`.
         faults: a seeded share of requests that fail (:class:`FaultMix`).
         port: the loopback port to listen on (0: a free one).
+        openai_root: the path the OpenAI-compatible API is served under (see
+            :class:`FakeProvider`).
+        capacity: model calls answered at once (None: no limit; see :class:`FakeProvider`).
+        overflow: ``"queue"``, ``"429"`` or ``"503"``: what a call beyond capacity gets.
 
     Returns:
         An async context manager giving the running :class:`FakeProvider`.
     """
-    fake = FakeProvider(default or Behaviour(), models, record, faults, port)
+    fake = FakeProvider(
+        default or Behaviour(), models, record, faults, port, openai_root, capacity, overflow
+    )
     async with trio.open_nursery() as nursery:
         await nursery.start(fake.serve)
         try:
@@ -1123,9 +1209,13 @@ async def open_fake_provider(
             nursery.cancel_scope.cancel()
 
 
-async def _serve_until_stdin_closes(default: Behaviour, faults: FaultMix | None = None) -> None:
+async def _serve_until_stdin_closes(
+    default: Behaviour, faults: FaultMix | None = None, vertex_key_dir: str | None = None
+) -> None:
     # Benchmarks send it tens of thousands of requests: a record of each would only grow.
     async with open_fake_provider(default, record=False, faults=faults) as fake:
+        if vertex_key_dir is not None:  # a key this process trusts, written before the URL
+            fake_gemini.service_account_file(fake.google, vertex_key_dir, fake.base_url + "/token")
         print(fake.base_url, flush=True)
         # Serve until the parent closes our stdin (or kills us).
         await trio.to_thread.run_sync(sys.stdin.read)
@@ -1143,7 +1233,9 @@ def main(argv: list[str] | None = None) -> None:
 
     Args:
         argv: ``[--tokens N] [--token-delay SECONDS] [--fault-rate R] [--fault-seed S]
-            [--fault-kinds K,K…] [--fault-retry-after SECONDS]``.
+            [--fault-kinds K,K…] [--fault-retry-after SECONDS] [--vertex-key-dir DIR]``
+            (``--vertex-key-dir``: write a service-account key file the fake trusts,
+            ``DIR/service-account.json``, for a Vertex AI provider in another process).
     """
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--tokens", type=int, default=8)
@@ -1152,13 +1244,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fault-seed", type=int, default=0)
     parser.add_argument("--fault-kinds", default=",".join(FAULT_KINDS))
     parser.add_argument("--fault-retry-after", type=float, default=1.0)
+    parser.add_argument("--vertex-key-dir", default=None)
     args = parser.parse_args(argv)
     faults = None
     if args.fault_rate > 0:
         kinds = tuple(args.fault_kinds.split(","))
         faults = FaultMix(args.fault_rate, kinds, args.fault_seed, args.fault_retry_after)
     default = Behaviour(tokens=args.tokens, token_delay=args.token_delay)
-    trio.run(_serve_until_stdin_closes, default, faults)
+    trio.run(_serve_until_stdin_closes, default, faults, args.vertex_key_dir)
 
 
 # ----------------------------------------------------------------- the command

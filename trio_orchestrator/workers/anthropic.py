@@ -255,8 +255,10 @@ class AnthropicWorker:
             request, stream=self.stream, max_tokens=self.max_tokens, provider=self.name
         )
         if self.stream:
-            await self._http.post_stream("/v1/messages", body, _MessageStream(self.name, emit))
+            await self._http.post_stream(
+                "/v1/messages", body, _MessageStream(self.name, emit), request.timing
+            )
             return
-        answer = await self._http.post_json("/v1/messages", body)
+        answer = await self._http.post_json("/v1/messages", body, request.timing)
         with wire_format_guard(self.name):
             await _emit_message(answer, self.name, emit)

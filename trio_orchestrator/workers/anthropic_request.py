@@ -126,16 +126,23 @@ def _check_members(message: Message, i: int, t: _Translation) -> None:
         raise t.refuse(f"messages[{i}].audio", "Claude does not answer in audio")
 
 
-def _system(chat: tuple[Message, ...], t: _Translation) -> str | None:
-    texts = []
+def _system(chat: tuple[Message, ...], t: _Translation) -> str | list[dict[str, Any]] | None:
+    """The system prompt: one string, or text blocks when one carries a cache breakpoint."""
+    blocks: list[dict[str, Any]] = []
     for i, message in enumerate(chat):
         if message.role != "system":
             continue
         for j, part in enumerate(message.parts):
             if part.get("type") != "text":
                 raise t.refuse(f"messages[{i}].content[{j}]", "a system prompt carries text only")
-        texts.append(message.content)
-    return "\n\n".join(texts) or None
+        block: dict[str, Any] = {"type": "text", "text": message.content}
+        marks = [p["cache_control"] for p in message.parts if p.get("cache_control") is not None]
+        if marks:
+            block["cache_control"] = marks[-1]
+        blocks.append(block)
+    if any("cache_control" in block for block in blocks):
+        return [block for block in blocks if block["text"] or "cache_control" in block]
+    return "\n\n".join(block["text"] for block in blocks) or None
 
 
 def _blocks(message: Message, i: int, t: _Translation) -> list[dict[str, Any]]:
@@ -269,6 +276,7 @@ def _tools(t: _Translation) -> None:
                 "description": tool.description,
                 "input_schema": dict(tool.parameters) or {"type": "object", "properties": {}},
                 **({"strict": True} if tool.name in strict else {}),
+                **({} if tool.cache_control is None else {"cache_control": tool.cache_control}),
             }
             for tool in p.tools
         ]

@@ -615,9 +615,12 @@ class BedrockWorker:
         path = f"/model/{quote(model, safe='')}/converse"
         if self.stream:
             parser = _ConverseStream(self.name, model, emit)
-            await self._http.post_stream(path + "-stream", body, parser)
+            # The model is in the URL, not the body: named, so a 429 rests the key for it only.
+            await self._http.post_stream(
+                path + "-stream", body, parser, request.timing, model=model
+            )
             return
-        answer = await self._http.post_json(path, body)
+        answer = await self._http.post_json(path, body, request.timing, model=model)
         with wire_format_guard(self.name):
             await _emit_answer(answer, model, self.name, emit)
 
@@ -634,7 +637,9 @@ class BedrockWorker:
         async def call(i: int, body: dict[str, Any], cancel: trio.CancelScope) -> None:
             async with limiter:
                 try:
-                    answers[i] = await self._http.post_json(path, body)
+                    answers[i] = await self._http.post_json_headers(
+                        path, body, request.timing, model=model
+                    )
                 except ProviderError as exc:
                     # The first failure is the request's; the other calls are cancelled, and
                     # the typed error is raised as itself, not inside an exception group.
@@ -655,8 +660,8 @@ async def _emit_embeddings(
     vectors: list[tuple[float, ...]] = []
     tokens: int | None = None
     with wire_format_guard(provider):
-        for answer in answers:
-            more, count = read_answer(family, answer)
+        for answer, headers in answers:
+            more, count = read_answer(family, answer, headers)
             vectors.extend(more)
             if count is not None:
                 tokens = (tokens or 0) + count

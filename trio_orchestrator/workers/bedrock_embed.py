@@ -12,6 +12,10 @@ Bedrock's Converse API has no embeddings; its embedding models answer ``POST
   :data:`COHERE_BATCH` texts per call, ``{"texts", "input_type", "truncate"}``, answered by
   ``{"embeddings": [[...]], "id", "response_type", "texts"}`` (no token count in the body).
 
+InvokeModel reports the input token count in the ``X-Amzn-Bedrock-Input-Token-Count``
+response header (Bedrock's InvokeModel reference): the only count a Cohere answer has, and
+Titan's too when present (it is the count Bedrock bills).
+
 A model id of another family, token-array inputs, or a member the family cannot take is
 refused with a 400 before any call.
 """
@@ -26,6 +30,7 @@ from ..types import PromptRequest
 
 __all__ = [
     "COHERE_BATCH",
+    "INPUT_TOKENS_HEADER",
     "TITAN_DIMENSIONS",
     "Family",
     "embed_family",
@@ -136,14 +141,37 @@ def invoke_bodies(
     return family, [{"texts": chunk, **options} for chunk in chunks]
 
 
-def read_answer(family: Family, answer: Any) -> tuple[list[tuple[float, ...]], int | None]:
+#: The InvokeModel answer header that carries the call's input token count.
+INPUT_TOKENS_HEADER = "x-amzn-bedrock-input-token-count"
+
+
+def _header_count(headers: Mapping[str, str]) -> int | None:
+    """The input token count in an InvokeModel answer's headers, or None."""
+    raw = headers.get(INPUT_TOKENS_HEADER)
+    return int(raw) if raw is not None and raw.strip().isdigit() else None
+
+
+def read_answer(
+    family: Family, answer: Any, headers: Mapping[str, str] | None = None
+) -> tuple[list[tuple[float, ...]], int | None]:
     """The vectors of one InvokeModel answer, and its input token count when it has one.
 
     Call it inside :class:`~trio_orchestrator.workers.http.wire_format_guard`: an answer of
     another shape raises there.
+
+    Args:
+        family: the model's family.
+        answer: the answer's JSON body.
+        headers: the answer's headers (case-insensitive, as httpx gives them): their
+            :data:`INPUT_TOKENS_HEADER` is the count, where present.
+
+    Returns:
+        The vectors, and the input token count (None: the answer has none).
     """
+    counted = _header_count(headers or {})
     if family == "titan":
         vector = tuple(float(x) for x in answer["embedding"])
-        return [vector], int(answer.get("inputTextTokenCount") or 0)
+        body_count = int(answer.get("inputTextTokenCount") or 0)
+        return [vector], body_count if counted is None else counted
     vectors: Sequence[Any] = answer["embeddings"]
-    return [tuple(float(x) for x in v) for v in vectors], None
+    return [tuple(float(x) for x in v) for v in vectors], counted

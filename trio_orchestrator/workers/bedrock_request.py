@@ -141,8 +141,14 @@ def _system(chat: tuple[Message, ...], t: _Translation) -> list[dict[str, Any]]:
 def _blocks(message: Message, i: int, t: _Translation) -> list[dict[str, Any]]:
     content = _content(message, i, t)
     if message.role == "tool":
-        result = content if message.parts else [{"text": message.content}]
-        return [{"toolResult": {"toolUseId": message.tool_call_id, "content": result}}]
+        # A result's content takes no cachePoint: a breakpoint in it goes after the result.
+        result = [b for b in content if "cachePoint" not in b]
+        if not message.parts:
+            result = [{"text": message.content}]
+        blocks = [{"toolResult": {"toolUseId": message.tool_call_id, "content": result}}]
+        if message.parts and len(result) < len(content):
+            blocks.append({"cachePoint": {"type": "default"}})
+        return blocks
     refusal = (message.wire or {}).get("refusal")
     if message.role == "assistant" and isinstance(refusal, str) and refusal:
         content.append({"text": refusal})
@@ -230,6 +236,8 @@ def _tools(t: _Translation) -> None:
         if tool.name in strict:
             spec["strict"] = True
         tools.append({"toolSpec": spec})
+        if tool.cache_control is not None:
+            tools.append({"cachePoint": {"type": "default"}})  # Converse's breakpoint after it
     t.body["toolConfig"] = {"tools": tools}
     if choice is not None:
         t.body["toolConfig"]["toolChoice"] = choice

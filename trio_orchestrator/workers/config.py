@@ -27,6 +27,7 @@ import attrs
 
 from ..config.secret import Secret
 from ..errors import ConfigError
+from ..resilience.config import AdaptiveConfig
 from ..validators import one_of, positive_int, positive_time
 from .presets import PRESETS
 
@@ -223,6 +224,9 @@ class ProviderConfig:
             ``api-key`` header) or ``"entra"`` (each key is a Microsoft Entra ID access
             token, sent as ``Authorization: Bearer``; put it in the variable ``api_key_env``
             names, and a reload reads a refreshed token).
+        adaptive: the adaptive concurrency limit in front of this provider
+            (``[providers.providers.adaptive]``, off by default; see
+            :class:`~trio_orchestrator.resilience.config.AdaptiveConfig`).
     """
 
     kind: Kind = attrs.field(validator=one_of(*KINDS))
@@ -255,6 +259,7 @@ class ProviderConfig:
         factory=dict, converter=_to_deployments, hash=False
     )
     azure_auth: AzureAuth = attrs.field(default="api-key", validator=one_of("api-key", "entra"))
+    adaptive: AdaptiveConfig = attrs.field(factory=AdaptiveConfig)
 
     def __attrs_post_init__(self) -> None:
         if self.kind == "ollama" and (self.base_url or "").rstrip("/").endswith("/api"):

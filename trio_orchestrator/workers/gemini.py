@@ -341,10 +341,17 @@ class GeminiWorker:
         if self.stream:
             fold = _Fold(self.name, emit)
             url = f"{path}:streamGenerateContent?alt=sse"
-            await self._authorized(lambda: self._http.post_stream(url, body, fold))
+            await self._authorized(
+                lambda: self._http.post_stream(
+                    url, body, fold, request.timing, model=request.params.model
+                )
+            )
             return
         url = f"{path}:generateContent"
-        answer = await self._authorized(lambda: self._http.post_json(url, body))
+        # The model is in the URL, not the body: named, so that a 429 rests the key for it only.
+        answer = await self._authorized(
+            lambda: self._http.post_json(url, body, request.timing, model=request.params.model)
+        )
         with wire_format_guard(self.name):
             fold = _Fold(self.name, emit)
             await fold.take(answer)
@@ -356,7 +363,9 @@ class GeminiWorker:
             body = predict_body(request, provider=self.name)
         else:
             body = embed_body(request, model, provider=self.name)
-        answer = await self._authorized(lambda: self._http.post_json(path, body))
+        answer = await self._authorized(
+            lambda: self._http.post_json(path, body, request.timing, model=request.params.model)
+        )
         with wire_format_guard(self.name):
             if self.embed_method == "predict":
                 items = [p["embeddings"] for p in answer["predictions"]]

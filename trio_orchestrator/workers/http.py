@@ -24,8 +24,7 @@ from __future__ import annotations
 import email.utils
 import math
 import re
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
@@ -51,6 +50,7 @@ from ..errors import (
     ServerError,
 )
 from ..observability.spans import inject_headers
+from ..types import RequestTiming
 from ._sse import ServerSentEvent, SSEDecoder
 from .config import ProviderConfig, Timeouts
 from .keys import KeyPool
@@ -410,14 +410,6 @@ class wire_format_guard:
             ) from exc
 
 
-@contextmanager
-def _time_limit(deadline: float, make_error: Callable[[], ProviderError]) -> Iterator[None]:
-    with trio.move_on_at(deadline) as scope:
-        yield
-    if scope.cancelled_caught:
-        raise make_error()
-
-
 @attrs.define(eq=False, repr=False)
 class HTTPProvider:
     """One provider's HTTP calls: the shared client, base URL, keys and timeouts.
@@ -464,26 +456,80 @@ class HTTPProvider:
         Raises:
             ProviderError: a typed failure.
         """
-        return await self._with_keys(lambda h: self._json_once("GET", path, None, h), None)
+        answer, _ = await self._with_keys(lambda h: self._json_once("GET", path, None, h), None)
+        return answer
 
-    async def post_json(self, path: str, body: Mapping[str, Any]) -> Any:
+    async def post_json(
+        self,
+        path: str,
+        body: Mapping[str, Any],
+        timing: RequestTiming | None = None,
+        *,
+        model: str | None = None,
+    ) -> Any:
         """POST ``body`` to ``path`` and return the JSON answer (no streaming).
+
+        Args:
+            path: the path under the base URL.
+            body: the JSON body.
+            timing: the request's timing, to which each attempt adds its wait, from
+                sending the request to its answer read whole.
+            model: the model the call is for, when ``body`` does not name it (Gemini's,
+                Vertex AI's and Bedrock's URLs do): a 429 rests the key for that model only.
+
+        Raises:
+            ProviderError: a typed failure.
+        """
+        answer, _ = await self.post_json_headers(path, body, timing, model=model)
+        return answer
+
+    async def post_json_headers(
+        self,
+        path: str,
+        body: Mapping[str, Any],
+        timing: RequestTiming | None = None,
+        *,
+        model: str | None = None,
+    ) -> tuple[Any, httpx.Headers]:
+        """:meth:`post_json`, with the answer's headers (Bedrock's InvokeModel reports
+        its token count in one).
 
         Raises:
             ProviderError: a typed failure.
         """
         return await self._with_keys(
-            lambda h: self._json_once("POST", path, body, h), None, _model_of(body)
+            lambda h: self._json_once("POST", path, body, h, timing),
+            None,
+            model or _model_of(body),
         )
 
-    async def post_stream(self, path: str, body: Mapping[str, Any], parser: StreamParser) -> None:
+    async def post_stream(
+        self,
+        path: str,
+        body: Mapping[str, Any],
+        parser: StreamParser,
+        timing: RequestTiming | None = None,
+        *,
+        model: str | None = None,
+    ) -> None:
         """POST ``body`` to ``path`` and feed the answer's SSE events to ``parser``.
+
+        Args:
+            path: the path under the base URL.
+            body: the JSON body.
+            parser: takes the answer's events.
+            timing: the request's timing, to which each attempt adds its waits (for its
+                answer's headers, then each read of its body) until the service has
+                answered: a streamed answer's later reads overlap the client's stream.
+            model: as :meth:`post_json`'s.
 
         Raises:
             ProviderError: a typed failure.
         """
         await self._with_keys(
-            lambda h: self._stream_once(path, body, h, parser), parser, _model_of(body)
+            lambda h: self._stream_once(path, body, h, parser, timing),
+            parser,
+            model or _model_of(body),
         )
 
     async def _with_keys(
@@ -616,21 +662,34 @@ class HTTPProvider:
         )
 
     async def _json_once(
-        self, method: str, path: str, body: Mapping[str, Any] | None, auth: Mapping[str, str]
-    ) -> Any:
+        self,
+        method: str,
+        path: str,
+        body: Mapping[str, Any] | None,
+        auth: Mapping[str, str],
+        timing: RequestTiming | None = None,
+    ) -> tuple[Any, httpx.Headers]:
         t = self.timeouts
         start = trio.current_time()
-        with (
-            _time_limit(start + t.total, self._timeout("total", t.total)),
-            _time_limit(start + t.first_token, self._timeout("first token", t.first_token)),
-        ):
-            response = await self._send(self._request(method, path, body, auth))
-            try:
-                content = await self._read(response)
-            finally:
-                await _close(response, None)
+        total, first = start + t.total, start + t.first_token
+        # A whole answer's first content is all of it: both limits bound the same wait, so
+        # one scope carries the nearer (entering a scope costs more than comparing two).
+        with trio.CancelScope(deadline=min(total, first)) as scope:
+            request = self._request(method, path, body, auth)
+            if timing is None:
+                response = await self._send(request)
+                try:
+                    content = await self._read(response)
+                finally:
+                    await _close(response, None)
+            else:
+                response, content = await self._timed_exchange(request, timing)
+        if scope.cancelled_caught:
+            if first <= total:
+                raise self._timeout("first token", t.first_token)()
+            raise self._timeout("total", t.total)()
         try:
-            return orjson.loads(content)
+            return orjson.loads(content), response.headers
         except ValueError as exc:
             raise MalformedResponse(
                 f"{self.name or 'the provider'} answered with a body that is not JSON; "
@@ -638,12 +697,33 @@ class HTTPProvider:
                 provider=self.name,
             ) from exc
 
+    async def _timed_exchange(
+        self, request: httpx.Request, timing: RequestTiming
+    ) -> tuple[httpx.Response, bytes]:
+        """Send ``request`` and read its answer whole, counting that as one wait of
+        ``timing`` (giving the connection back to the pool is the gateway's own work)."""
+        timing.wait_began(trio.current_time())
+        waiting = True
+        try:
+            response = await self._send(request)
+            try:
+                content = await self._read(response)
+            finally:
+                waiting = False
+                timing.wait_ended(trio.current_time())
+                await _close(response, None)
+        finally:
+            if waiting:  # the send failed
+                timing.wait_ended(trio.current_time())
+        return response, content
+
     async def _stream_once(
         self,
         path: str,
         body: Mapping[str, Any],
         auth: Mapping[str, str],
         parser: StreamParser,
+        timing: RequestTiming | None = None,
     ) -> None:
         t = self.timeouts
         start = trio.current_time()
@@ -652,12 +732,19 @@ class HTTPProvider:
         # scope per limit (entering a scope costs more than moving a deadline).
         answered = ended = False
         with trio.CancelScope(deadline=min(total, first)) as scope:
-            response = await self._send(self._request("POST", path, body, auth))
+            request = self._request("POST", path, body, auth)
+            if timing is None:
+                response = await self._send(request)
+            else:
+                response = await _timed(timing, self._send(request))
             chunks = response.aiter_bytes()
             try:
                 if response.status_code >= 400:
-                    await self._read(response)
-                unread = await self._pump(chunks, parser, scope, total, first)
+                    if timing is None:
+                        await self._read(response)
+                    else:
+                        await _timed(timing, self._read(response))
+                unread = await self._pump(chunks, parser, scope, total, first, timing)
                 answered, ended = True, not unread
                 if unread:
                     # Read to the end (a server closes the body right after its last
@@ -665,7 +752,10 @@ class HTTPProvider:
                     # call. The answer is complete, so a failure or timeout here only
                     # costs the connection.
                     scope.deadline = min(total, trio.current_time() + t.idle)
-                    ended = await self._drain(chunks)
+                    if timing is None or timing.answered:
+                        ended = await self._drain(chunks)
+                    else:
+                        ended = await _timed(timing, self._drain(chunks))
             finally:
                 await _close(response, chunks, ended=ended)
         if scope.cancelled_caught and not answered:
@@ -676,9 +766,16 @@ class HTTPProvider:
             raise self._timeout("first token", t.first_token)()
 
     async def _pump(
-        self, chunks: Any, parser: StreamParser, scope: trio.CancelScope, total: float, first: float
+        self,
+        chunks: Any,
+        parser: StreamParser,
+        scope: trio.CancelScope,
+        total: float,
+        first: float,
+        timing: RequestTiming | None = None,
     ) -> bool:
-        """Feed the stream's events to ``parser`` until the answer is complete.
+        """Feed the stream's events to ``parser`` until the answer is complete; each read
+        before the service has answered is a wait of ``timing``.
 
         Returns:
             Whether the body has bytes left after the answer's end.
@@ -691,7 +788,14 @@ class HTTPProvider:
             # events are emitted only the total applies, so a slow consumer is never
             # mistaken for a stalled provider.
             scope.deadline = min(total, trio.current_time() + idle if parser.started else first)
-            chunk = await self._next_chunk(chunks)
+            if timing is None or timing.answered:
+                chunk = await self._next_chunk(chunks)
+            else:
+                timing.wait_began(trio.current_time())
+                try:
+                    chunk = await self._next_chunk(chunks)
+                finally:
+                    timing.wait_ended(trio.current_time())
             scope.deadline = total
             events = decoder.close() if chunk is None else decoder.feed(chunk)
             with wire_format_guard(self.name):
@@ -753,6 +857,15 @@ class HTTPProvider:
             if _from_http_library(exc):
                 raise transport_error(exc, self.name) from exc
             raise
+
+
+async def _timed(timing: RequestTiming, call: Awaitable[T]) -> T:
+    """Await ``call`` as one wait on the upstream, counted in ``timing``."""
+    timing.wait_began(trio.current_time())
+    try:
+        return await call
+    finally:
+        timing.wait_ended(trio.current_time())
 
 
 def _model_of(body: Mapping[str, Any]) -> str | None:

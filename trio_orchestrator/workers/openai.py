@@ -414,9 +414,9 @@ class OpenAIWorker:
         body = self._chat_body(request)
         path = self._path("/chat/completions", request.params.model)
         if self.stream:
-            await self._http.post_stream(path, body, _ChatStream(self.name, emit))
+            await self._http.post_stream(path, body, _ChatStream(self.name, emit), request.timing)
             return
-        answer = await self._http.post_json(path, body)
+        answer = await self._http.post_json(path, body, request.timing)
         with wire_format_guard(self.name):
             await _emit_completion(answer, self.name, emit)
 
@@ -424,9 +424,11 @@ class OpenAIWorker:
         """Forward a ``/v1/responses`` request natively (streamed when the client streams)."""
         body = responses_body(request)
         if body.get("stream") is True:
-            await self._http.post_stream("/responses", body, ResponsesStream(self.name, emit))
+            await self._http.post_stream(
+                "/responses", body, ResponsesStream(self.name, emit), request.timing
+            )
             return
-        answer = await self._http.post_json("/responses", body)
+        answer = await self._http.post_json("/responses", body, request.timing)
         with wire_format_guard(self.name):
             await emit_response(answer, self.name, emit)
 
@@ -447,7 +449,7 @@ class OpenAIWorker:
     async def _embed(self, request: PromptRequest, emit: EventSink) -> None:
         body = self._embeddings_body(request)
         path = self._path("/embeddings", request.params.model)
-        answer = await self._http.post_json(path, body)
+        answer = await self._http.post_json(path, body, request.timing)
         with wire_format_guard(self.name):
             await emit_embeddings(answer, request, self.name, emit)
 

@@ -1,0 +1,266 @@
+"""The adaptive limit's decisions, driven synchronously with explicit time: bounds hold at
+every step, drops cut (once per window), latency that holds lets the limit grow, and the
+gradient limit tracks a queueing upstream's capacity down and back up."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import attrs
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+from trio_orchestrator.resilience import AdaptiveConfig, AimdLimit, GradientLimit
+from trio_orchestrator.resilience.adaptive import LimitAlgorithm, limit_for
+
+
+@st.composite
+def configs(draw: st.DrawFn) -> AdaptiveConfig:
+    """Any valid adaptive section, either algorithm."""
+    low = draw(st.integers(1, 20))
+    high = draw(st.integers(low, 300))
+    return AdaptiveConfig(
+        enabled=True,
+        algorithm=draw(st.sampled_from(["gradient", "aimd"])),
+        min_limit=low,
+        max_limit=high,
+        initial_limit=draw(st.integers(low, high)),
+        window=draw(st.sampled_from([0.1, 1.0, 2.0])),
+        min_samples=draw(st.integers(1, 5)),
+        percentile=draw(st.sampled_from([0.5, 0.9, 1.0])),
+        tolerance=draw(st.sampled_from([1.0, 1.25, 2.0])),
+        smoothing=draw(st.sampled_from([0.2, 1.0])),
+        backoff=draw(st.sampled_from([0.0, 0.5, 0.7, 0.9])),
+        slow_call=draw(st.sampled_from([0.5, 5.0])),
+    )
+
+
+class LimitMachine(RuleBasedStateMachine):
+    """Random samples, drops, time and reloads; the limit stays in bounds and every drop
+    outside the last cut's window cuts it by ``backoff``."""
+
+    @initialize(config=configs())
+    def setup(self, config: AdaptiveConfig) -> None:
+        self.now = 0.0
+        self.limit: LimitAlgorithm = limit_for(config, self.now)
+        self.last_cut = -math.inf
+        self.drops = 0
+        self.cuts = self.raises = 0
+
+    @rule(rtt=st.floats(0.0, 10.0), share=st.floats(0.0, 1.5))
+    def succeed(self, rtt: float, share: float) -> None:
+        in_flight = max(1, round(share * self.limit.limit))
+        self.limit.observe(self.now, rtt, in_flight, False)
+        if isinstance(self.limit, AimdLimit) and rtt > self.limit.config.slow_call:
+            self._expect_drop_counted()
+
+    @rule()
+    def drop(self) -> None:
+        before = self.limit.limit
+        probing = isinstance(self.limit, GradientLimit) and self.limit.probing
+        config = self.limit.config
+        self.limit.observe(self.now, 0.0, before, True)
+        self.drops += 1
+        if self.now - self.last_cut >= config.window:
+            self.last_cut = self.now
+            if not probing:  # a probe's limit is half the estimate the cut applies to
+                expected = max(config.min_limit, math.floor(before * config.backoff))
+                assert self.limit.limit == expected
+        else:
+            assert self.limit.limit == before
+
+    @rule(dt=st.sampled_from([0.0, 0.05, 0.3, 1.0, 5.0, 100.0]))
+    def advance(self, dt: float) -> None:
+        self.now += dt
+
+    @rule(config=configs())
+    def reload(self, config: AdaptiveConfig) -> None:
+        config = attrs.evolve(config, algorithm=self.limit.config.algorithm)
+        self.limit.reconfigure(config)
+
+    def _expect_drop_counted(self) -> None:
+        self.drops += 1
+        if self.now - self.last_cut >= self.limit.config.window:
+            self.last_cut = self.now
+
+    @invariant()
+    def within_bounds(self) -> None:
+        config = self.limit.config
+        assert config.min_limit <= self.limit.limit <= config.max_limit
+
+    @invariant()
+    def counters_only_grow(self) -> None:
+        stats = self.limit.statistics()
+        assert stats.drops == self.drops
+        assert stats.cuts >= self.cuts
+        assert stats.raises >= self.raises
+        self.cuts, self.raises = stats.cuts, stats.raises
+
+
+TestLimitMachine = LimitMachine.TestCase
+
+
+def test_a_reload_raising_min_limit_during_a_probe_keeps_the_limit_in_bounds() -> None:
+    """A probe holds the limit at half the estimate; a reload raising ``min_limit`` above
+    that probe limit still gives a limit within the new bounds (found by the state machine)."""
+    config = AdaptiveConfig(
+        enabled=True, initial_limit=2, min_limit=1, max_limit=2, window=0.1, min_samples=1
+    )
+    limit = limit_for(config, 0.0)
+    limit.observe(0.3, 0.0, 1, False)  # the first window closes: a probe at half begins
+    assert isinstance(limit, GradientLimit)
+    assert limit.probing
+    assert limit.limit == 1
+    limit.reconfigure(attrs.evolve(config, min_limit=2))
+    assert limit.limit == 2
+
+
+def _window(limit: LimitAlgorithm, start: float, rtt: float, in_flight: int) -> float:
+    """Four calls with latency ``rtt`` over one 1 s window; returns the window's end."""
+    for step in range(4):
+        limit.observe(start + 0.25 * (step + 1), rtt, in_flight, False)
+    return start + 1.0
+
+
+def _gradient(**changes: Any) -> GradientLimit:
+    """A gradient limit past its first window and first probe (at 0.5 s), at time 2."""
+    config = AdaptiveConfig(enabled=True, min_samples=4, max_limit=1000, probe_interval=1000.0)
+    limit = GradientLimit(attrs.evolve(config, **changes), 0.0)
+    now = _window(limit, 0.0, 0.5, limit.limit)
+    assert limit.probing
+    _window(limit, now, 0.5, limit.limit)
+    assert not limit.probing
+    return limit
+
+
+def test_the_first_window_is_followed_by_a_probe_at_half_the_limit() -> None:
+    """After the first window the limit halves for one window, whose latency becomes the
+    baseline; then the estimate is back."""
+    limit = GradientLimit(AdaptiveConfig(enabled=True, min_samples=4, initial_limit=40), 0.0)
+    now = _window(limit, 0.0, 2.0, 40)
+    assert (limit.limit, limit.probing) == (20, True)
+    limit.observe(now + 0.1, 9.0, 40, False)  # started before the probe: not counted
+    _window(limit, now, 0.5, 20)
+    assert not limit.probing
+    assert limit.statistics().baseline_rtt == 0.5
+
+
+def test_the_gradient_limit_grows_while_latency_holds() -> None:
+    """Windows at full load and an unchanged latency raise the limit each time."""
+    limit = _gradient()
+    now, seen = 2.0, [limit.limit]
+    for _ in range(6):
+        now = _window(limit, now, 0.5, limit.limit)
+        seen.append(limit.limit)
+    assert seen == sorted(seen)
+    assert len(set(seen)) == len(seen)
+    assert limit.statistics().raises == 6
+
+
+def test_the_gradient_limit_does_not_grow_while_app_limited() -> None:
+    """Low latency with fewer than half the limit in flight proves nothing: no raise."""
+    limit = _gradient(initial_limit=40)
+    now = 2.0
+    for _ in range(5):
+        now = _window(limit, now, 0.5, 10)
+    assert limit.limit == 40
+
+
+def test_the_gradient_limit_falls_when_latency_climbs() -> None:
+    """Latency four times the baseline cuts the limit, at most by half a window."""
+    limit = _gradient(initial_limit=64)
+    now = _window(limit, 2.0, 0.5, 64)
+    before = limit.limit
+    _window(limit, now, 2.0, before)
+    assert before / 2 <= limit.limit < before
+    assert limit.statistics().cuts == 1
+
+
+@pytest.mark.parametrize("algorithm", ["gradient", "aimd"])
+def test_a_burst_of_drops_cuts_once_per_window(algorithm: str) -> None:
+    """Sixty-four 429s from calls already in flight cut once; the next window's cut again."""
+    limit = limit_for(AdaptiveConfig(enabled=True, algorithm=algorithm, initial_limit=64), 0.0)
+    for i in range(64):
+        limit.observe(0.01 * i, 0.1, 64, True)
+    assert limit.limit == math.floor(64 * 0.7)
+    limit.observe(1.5, 0.1, 44, True)
+    assert limit.limit == math.floor(44 * 0.7)
+    assert limit.statistics().cuts == 2
+
+
+def test_aimd_adds_one_per_call_at_load_and_cuts_a_slow_call() -> None:
+    """AIMD: +1 per successful call with half the limit in flight; a slow call is a drop."""
+    limit = AimdLimit(AdaptiveConfig(enabled=True, algorithm="aimd", initial_limit=10), 0.0)
+    for i in range(5):
+        limit.observe(0.1 * i, 0.2, 10, False)
+    assert limit.limit == 15
+    limit.observe(1.0, 0.2, 2, False)  # app limited: no growth
+    assert limit.limit == 15
+    limit.observe(2.0, 6.0, 15, False)  # slower than slow_call
+    assert limit.limit == math.floor(15 * 0.7)
+
+
+def _queueing(limit: GradientLimit, now: float, capacity: int, windows: int) -> float:
+    """Windows of an upstream that serves ``capacity`` calls at once in 0.5 s and queues
+    the rest: latency climbs with the calls beyond capacity."""
+    for _ in range(windows):
+        in_flight = limit.limit
+        rtt = 0.5 * max(1.0, in_flight / capacity)
+        now = _window(limit, now, rtt, in_flight)
+    if limit.probing:  # judge the estimate, not the probe's half of it
+        now = _window(limit, now, 0.5, limit.limit)
+    return now
+
+
+@given(first=st.integers(8, 128), second=st.integers(4, 128))
+def test_the_gradient_limit_tracks_a_queueing_upstreams_capacity(first: int, second: int) -> None:
+    """Whatever the capacity and however it changes, the limit settles near it: at least the
+    capacity (no throughput lost) and at most about 1.6 times it (a short queue)."""
+    limit = _gradient(initial_limit=20, probe_interval=10.0)
+    now = _queueing(limit, 2.0, first, 60)
+    assert first <= limit.limit <= 1.6 * first + 4
+    _queueing(limit, now, second, 60)
+    assert second <= limit.limit <= 1.6 * second + 4
+
+
+def test_the_example_configuration_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """examples/adaptive.toml: a gradient limit per provider and an AIMD limit per model."""
+    from pathlib import Path
+
+    from trio_orchestrator.config.load import load_config
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    config = load_config(Path(__file__).parent.parent / "examples" / "adaptive.toml")
+    assert config.providers is not None
+    limits = [(p.label, p.adaptive) for p in config.providers.providers]
+    assert [(label, a.enabled, a.algorithm, a.per_model) for label, a in limits] == [
+        ("vllm-a", True, "gradient", False),
+        ("openai", True, "aimd", True),
+    ]
+
+
+def test_a_drop_cuts_the_limit_in_effect_by_backoff() -> None:
+    """A cut multiplies the limit callers see (7), not the fractional estimate behind it
+    (7.2 would floor to 5): 7 at backoff 0.7 is 4 (found by the state machine)."""
+    config = AdaptiveConfig(
+        enabled=True,
+        initial_limit=10,
+        min_limit=4,
+        max_limit=10,
+        window=0.1,
+        min_samples=1,
+        percentile=0.5,
+        tolerance=1.0,
+        smoothing=0.2,
+        backoff=0.7,
+    )
+    limit = limit_for(config, 0.0)
+    limit.observe(0.0, 0.0, 10, True)
+    assert limit.limit == 7
+    limit.observe(0.3, 1.0, 7, False)  # a window's step leaves the estimate between 7 and 8
+    assert limit.limit == 7
+    limit.observe(0.3, 0.0, 7, True)
+    assert limit.limit == 4

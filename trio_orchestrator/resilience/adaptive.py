@@ -1,0 +1,305 @@
+"""The decisions of an adaptive concurrency limit, pure and synchronous.
+
+A limit algorithm is fed one sample per finished call -- its time to the first event
+(``rtt``), how many calls were in flight when it started, and whether it was *dropped* (the
+upstream answered 429, 503/529 or another 5xx, or the call timed out) -- with the time
+given explicitly, and says what the limit is now. Nothing here awaits or reads a clock, so
+a Hypothesis state machine drives it step by step (``tests/test_adaptive.py``); the Trio
+side that admits calls up to the limit is :mod:`.adaptive_limiter`.
+
+Two algorithms, chosen by ``[providers.providers.adaptive] algorithm``:
+
+:class:`GradientLimit` (``"gradient"``) follows Envoy's adaptive concurrency filter
+(``source/extensions/filters/http/adaptive_concurrency/controller/gradient_controller.cc``
+and its documentation): samples are gathered over a window; the window's latency is a
+percentile of its samples (Envoy: ``sample_aggregate_percentile``, p50); it is compared
+with a baseline, the ideal latency (Envoy's minRTT plus a buffer, here ``tolerance``)::
+
+    gradient  = clamp(tolerance * baseline / window_latency, 0.5, 2.0)
+    new_limit = gradient * limit + sqrt(gradient * limit)      # Envoy's headroom
+
+Envoy measures its minRTT by throttling the upstream to a few requests (3) until it has
+gathered 50 samples, every 60 s; an LLM call takes seconds, so that would cost many
+seconds of throughput. Here the baseline is the lowest window latency since the last
+*probe*, and a probe holds the limit at half the estimate for one window only, every
+``probe_interval`` (and once after the first window, so a start above the upstream's
+capacity is corrected at once). Half is enough: the gradient keeps the estimate within
+``tolerance`` plus a square root of the capacity, so half of it leaves the upstream
+unqueued, and that window's latency is the no-load latency -- lower or higher than the old
+baseline (a model that became slower for good), it is the baseline from then on. Only calls
+admitted during the probe count (those started before it met the old queue). A baseline
+that instead drifted with the load, as Netflix's ``Gradient2Limit``'s exponentially
+averaged long RTT does, lets latency ratchet up under sustained overload. From
+``Gradient2Limit`` come two other rules: the limit does not grow while the caller is "app
+limited" (fewer than half the limit in flight: low latency then proves nothing about more
+load), and an optional ``smoothing`` of each step.
+
+When the limit shrinks, the gradient scales the calls that were in flight (what made the
+latency) rather than a limit above them that the callers never filled, so a limit that grew
+past the load comes down in one window.
+
+Errors are the other signal: a drop cuts the limit by ``backoff`` at once (not at the end
+of the window: a 429 is the upstream saying "now"), but at most once per window, because
+the calls already in flight when the first 429 came were admitted under the old limit and
+their 429s carry no news -- TCP's "one reduction per round trip".
+
+:class:`AimdLimit` (``"aimd"``) is Netflix's ``AIMDLimit``: each successful call while at
+least half the limit is in flight adds one; a drop, or a call slower than ``slow_call``,
+multiplies the limit by ``backoff`` (here, again, once per window).
+
+Both keep the limit within ``[min_limit, max_limit]`` at every step, and take a reloaded
+configuration without losing their state (:meth:`reconfigure`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TypeAlias
+
+import attrs
+
+from .config import AdaptiveConfig
+
+__all__ = [
+    "AimdLimit",
+    "GradientLimit",
+    "LimitAlgorithm",
+    "LimitStatistics",
+    "limit_for",
+]
+
+# Envoy clamps the gradient so one noisy window at most halves or doubles the limit.
+_MIN_GRADIENT = 0.5
+_MAX_GRADIENT = 2.0
+
+
+@attrs.frozen
+class LimitStatistics:
+    """What a limit algorithm has decided.
+
+    Attributes:
+        limit: calls allowed in flight now.
+        baseline_rtt: the latency the gradient compares against (seconds; 0 before the
+            first window, and always for ``aimd``).
+        window_rtt: the last closed window's latency (seconds; 0 before the first).
+        samples: calls observed.
+        drops: calls that were dropped (429, 5xx, timeout; for ``aimd`` also slow).
+        cuts: times the limit went down.
+        raises: times the limit went up.
+    """
+
+    limit: int
+    baseline_rtt: float
+    window_rtt: float
+    samples: int
+    drops: int
+    cuts: int
+    raises: int
+
+
+@attrs.define(eq=False)
+class _Limit:
+    """What both algorithms share: the estimate, its bounds, cutting, the counters."""
+
+    config: AdaptiveConfig
+    _estimate: float = attrs.field(init=False)
+    _window_start: float = attrs.field(default=0.0, init=False)
+    _last_cut: float = attrs.field(default=-math.inf, init=False)
+    _samples: int = attrs.field(default=0, init=False)
+    _drops: int = attrs.field(default=0, init=False)
+    _cuts: int = attrs.field(default=0, init=False)
+    _raises: int = attrs.field(default=0, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._estimate = float(self.config.initial_limit)
+
+    @property
+    def limit(self) -> int:
+        """Calls allowed in flight now, within ``[min_limit, max_limit]``."""
+        return int(self._estimate)
+
+    def reconfigure(self, config: AdaptiveConfig) -> None:
+        """Take reloaded settings; the limit stays, moved into the new bounds."""
+        self.config = config
+        self._set(self._estimate)
+
+    def _set(self, estimate: float) -> None:
+        """Move the estimate (clamped to the bounds), counting a cut or a raise."""
+        before = self.limit
+        self._estimate = min(max(estimate, self.config.min_limit), self.config.max_limit)
+        if self.limit < before:
+            self._cuts += 1
+        elif self.limit > before:
+            self._raises += 1
+
+    def _drop(self, now: float) -> bool:
+        """Count a drop and cut the limit, unless it was cut within this window already.
+
+        Returns:
+            True when it cut (the current window then starts afresh).
+        """
+        self._drops += 1
+        if now - self._last_cut < self.config.window:
+            return False
+        self._last_cut = now
+        # The limit in effect is cut, not the fractional estimate behind it: 7 at 0.7 is 4.
+        self._set(math.floor(int(self._estimate) * self.config.backoff))
+        return True
+
+    def _statistics(self, baseline: float, window: float) -> LimitStatistics:
+        return LimitStatistics(
+            limit=self.limit,
+            baseline_rtt=baseline,
+            window_rtt=window,
+            samples=self._samples,
+            drops=self._drops,
+            cuts=self._cuts,
+            raises=self._raises,
+        )
+
+
+@attrs.define(eq=False)
+class GradientLimit(_Limit):
+    """The latency-gradient limit (see the module docstring).
+
+    Args:
+        config: the provider's ``[adaptive]`` section.
+        start: the time the first window starts.
+    """
+
+    start: float = 0.0
+    _rtts: list[float] = attrs.field(factory=list, init=False)
+    _max_in_flight: int = attrs.field(default=0, init=False)
+    _baseline: float = attrs.field(default=0.0, init=False)
+    _window_rtt: float = attrs.field(default=0.0, init=False)
+    # While probing, the limit is held at this (half the estimate) for one window.
+    _probe_limit: int | None = attrs.field(default=None, init=False)
+    _next_probe: float = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        self._window_start = self.start
+        self._next_probe = self.start  # the first window is followed by a probe
+
+    @property
+    def limit(self) -> int:
+        """Calls allowed in flight now (half the estimate while probing the baseline)."""
+        estimate = int(self._estimate)
+        probe = self._probe_limit
+        # A reload may raise min_limit above a probe begun before it: the bounds still hold.
+        return estimate if probe is None else min(estimate, max(probe, self.config.min_limit))
+
+    @property
+    def probing(self) -> bool:
+        """The limit is held low for a window to measure the baseline again."""
+        return self._probe_limit is not None
+
+    def observe(self, now: float, rtt: float, in_flight: int, dropped: bool) -> None:
+        """Take one finished call.
+
+        Args:
+            now: the time it finished.
+            rtt: seconds from its start to its first event (ignored for a drop: a 429
+                comes back fast and says nothing of the upstream's latency).
+            in_flight: calls in flight when it started, itself included.
+            dropped: the upstream refused it, failed or timed out.
+        """
+        self._samples += 1
+        if dropped:
+            if now - self._last_cut >= self.config.window:
+                self._probe_limit = None  # the cut is news enough; probe later
+            if self._drop(now):
+                self._restart(now)
+            return
+        probe = self._probe_limit
+        if probe is not None and in_flight > probe:
+            return  # started before the probe, amid the old load: not a no-load sample
+        self._rtts.append(max(rtt, 0.0))
+        self._max_in_flight = max(self._max_in_flight, in_flight)
+        config = self.config
+        if now - self._window_start >= config.window and len(self._rtts) >= config.min_samples:
+            self._close(now)
+
+    def statistics(self) -> LimitStatistics:
+        """The limit, the latencies it is judged by, and the counters."""
+        return self._statistics(self._baseline, self._window_rtt)
+
+    def _close(self, now: float) -> None:
+        """Judge the window that ends now and start the next."""
+        config = self.config
+        window_rtt = _percentile(self._rtts, config.percentile)
+        self._window_rtt = window_rtt
+        used = self._max_in_flight
+        app_limited = used < self._estimate / 2
+        self._restart(now)
+        if self._probe_limit is not None:
+            # The probe's latency is the baseline from now on, lower or higher.
+            self._probe_limit = None
+            self._baseline = window_rtt
+            self._next_probe = now + config.probe_interval
+            return
+        if self._baseline <= 0.0 or window_rtt < self._baseline:
+            self._baseline = window_rtt
+        if now >= self._next_probe and self._estimate >= 2 * config.min_limit:
+            self._probe_limit = max(config.min_limit, int(self._estimate) // 2)
+            return
+        baseline = self._baseline
+        if window_rtt <= 0.0 or baseline <= 0.0:
+            return  # answers faster than the clock ticks: nothing to judge by
+        gradient = config.tolerance * baseline / window_rtt
+        gradient = min(max(gradient, _MIN_GRADIENT), _MAX_GRADIENT)
+        if gradient >= 1.0 and app_limited:
+            return  # low latency at low load says nothing about more load
+        # Shrinking, the gradient scales the load that made the latency (the calls in
+        # flight), not a limit the callers never filled.
+        load = self._estimate if gradient >= 1.0 else min(self._estimate, used)
+        target = gradient * max(load, 1.0)
+        target += math.sqrt(target)
+        self._set(self._estimate + config.smoothing * (target - self._estimate))
+
+    def _restart(self, now: float) -> None:
+        self._window_start = now
+        self._rtts.clear()
+        self._max_in_flight = 0
+
+
+@attrs.define(eq=False)
+class AimdLimit(_Limit):
+    """Additive increase, multiplicative decrease (see the module docstring).
+
+    Args:
+        config: the provider's ``[adaptive]`` section.
+        start: unused (the signature is the gradient's).
+    """
+
+    start: float = 0.0
+
+    def observe(self, now: float, rtt: float, in_flight: int, dropped: bool) -> None:
+        """Take one finished call (the arguments are :meth:`GradientLimit.observe`'s)."""
+        self._samples += 1
+        if dropped or rtt > self.config.slow_call:
+            self._drop(now)
+        elif in_flight * 2 >= self.limit:
+            self._set(self._estimate + 1)
+
+    def statistics(self) -> LimitStatistics:
+        """The limit and the counters."""
+        return self._statistics(0.0, 0.0)
+
+
+LimitAlgorithm: TypeAlias = GradientLimit | AimdLimit
+"""Either algorithm."""
+
+
+def limit_for(config: AdaptiveConfig, start: float) -> LimitAlgorithm:
+    """The algorithm ``config.algorithm`` names, its first window starting at ``start``."""
+    if config.algorithm == "aimd":
+        return AimdLimit(config, start)
+    return GradientLimit(config, start)
+
+
+def _percentile(values: list[float], fraction: float) -> float:
+    """The nearest-rank percentile of ``values`` (not empty), ``fraction`` in (0, 1]."""
+    ordered = sorted(values)
+    rank = max(math.ceil(fraction * len(ordered)), 1)
+    return ordered[rank - 1]
