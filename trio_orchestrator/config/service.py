@@ -113,6 +113,15 @@ class ServiceConfig:
             once, and one that has not answered in time adds no names to that answer.
         model_list_ttl: seconds an answer in which every such upstream answered is reused
             before they are asked again (0: asked on every call).
+        send_timeout: seconds one write of an answer may wait for a client that stops
+            reading (its socket buffers full); past it the connection is reset and the
+            request, if still running, is cancelled. Hypercorn has no write timeout of its own.
+            Reloadable.
+        stream_buffer_bytes: bytes of a streamed chat's events the service holds for a client
+            that reads slower than the answer comes (beyond what the kernel's socket buffers
+            hold); when they would exceed it, the request is cancelled at once, freeing its
+            provider slot, and the client gets what was held, then an error event and the
+            stream's end. Reloadable.
     """
 
     host: str = "127.0.0.1"
@@ -130,3 +139,9 @@ class ServiceConfig:
     mcp: bool = False
     model_list_timeout: float = attrs.field(default=2.0, validator=positive_seconds)
     model_list_ttl: float = attrs.field(default=30.0, validator=non_negative_time)
+    send_timeout: float = attrs.field(
+        default=30.0, validator=positive_seconds, metadata={"reloadable": True}
+    )
+    stream_buffer_bytes: int = attrs.field(
+        default=65_536, validator=positive_int, metadata={"reloadable": True}
+    )

@@ -185,7 +185,14 @@ async def _answer(
             writer = ChunkWriter(request_id, chat.prompt.params.model, chat.include_usage)
             render = _ChatRender(writer)
             return PushedEventStream(
-                pipeline, chat.prompt, render, _chat_error, b"[DONE]", headers=tag, late_header=late
+                pipeline,
+                chat.prompt,
+                render,
+                _chat_error,
+                b"[DONE]",
+                headers=tag,
+                late_header=late,
+                buffer_bytes=state.sends.stream_buffer_bytes,
             )
         if n > 1:
             completions = await complete_choices(receive, pipeline, chat.prompt, n)

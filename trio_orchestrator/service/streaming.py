@@ -7,9 +7,10 @@ task per request, no nursery. Other work runs in a nursery next to a task that w
 ``http.disconnect`` and then cancels the nursery (:func:`cancel_on_disconnect`). Either way
 the request ends *cancelled* and its worker is cancelled at its next checkpoint.
 
-A streamed chat is sent by :class:`PushedEventStream`: the worker's task renders and sends
-each event itself, while the handler's task waits for ``http.disconnect`` as above (three
-tasks per open stream with hypercorn's two; :class:`EventStream` adds a watcher task).
+A streamed chat is sent by :class:`PushedEventStream`: the worker's task renders each event
+into a small bounded buffer (it never waits for the client), and the handler's task sends it,
+waiting for ``http.disconnect`` in between (three tasks per open stream with hypercorn's two;
+:class:`EventStream` adds a watcher task).
 """
 
 from __future__ import annotations
@@ -131,16 +132,26 @@ class PushRender(Protocol):
 
 
 class PushedEventStream:
-    """A server-sent event response written by the worker's own task, event by event.
+    """A server-sent event response whose events the worker's task renders as they come, and
+    the handler's task sends.
 
-    One task fewer per stream than :class:`EventStream` (no buffer between tasks, no task
-    waiting for the client to go away): the request is started with
-    :meth:`~trio_orchestrator.pipeline.Pipeline.try_start_stream`, its events are rendered
-    and sent from the worker's task, and the handler's task reads ``receive()`` until the
-    request's end cancels that read, as :func:`complete_unless_gone` does. It then writes
-    the stream's end: ``render.end``'s payloads and the trailer; or the error, with its own
-    status if nothing was sent yet, else as one more event (``error_event``) before the
-    trailer. A client that disconnects cancels the request; so does a send that fails.
+    One task fewer per stream than :class:`EventStream` (no task waiting for the client to
+    go away): the request is started with
+    :meth:`~trio_orchestrator.pipeline.Pipeline.try_start_stream`, its events are rendered in
+    the worker's task into a small buffer, and the handler's task sends what the buffer
+    holds, in one write per batch, and otherwise reads ``receive()`` (so a client that
+    disconnects cancels the request at once) until a new event or the request's end
+    interrupts that read. It then writes the stream's end: ``render.end``'s payloads and the
+    trailer; or the error, with its own status if nothing was sent yet, else as one more
+    event (``error_event``) before the trailer.
+
+    The worker's task never waits for the client: it holds a provider's inference slot, and
+    a client that stops reading must not keep it (hypercorn's socket writes ignore
+    cancellation, so not even the request's deadline would free it). When what the buffer
+    holds, with the batch being sent, would pass ``buffer_bytes``, the client is not keeping
+    up: the request is cancelled there and then (counted once, its slot freed) and the
+    client gets what was held, then the error event and the trailer. A write that waits
+    longer than ``service.send_timeout`` resets the connection (:mod:`.stalls`).
 
     Args:
         pipeline: runs the request.
@@ -151,6 +162,9 @@ class PushedEventStream:
         headers: further response headers.
         late_header: makes one more header when the headers go out (as for
             :class:`EventStream`).
+        buffer_bytes: the most this stream holds for a client that is behind
+            (``service.stream_buffer_bytes``); one event larger than it still goes out
+            when nothing else is held.
     """
 
     def __init__(
@@ -163,6 +177,7 @@ class PushedEventStream:
         *,
         headers: Sequence[tuple[bytes, bytes]] = (),
         late_header: Callable[[], tuple[bytes, bytes]] | None = None,
+        buffer_bytes: int = 65_536,
     ) -> None:
         self.pipeline = pipeline
         self.request = request
@@ -171,10 +186,14 @@ class PushedEventStream:
         self.trailer = trailer
         self.extra_headers = headers
         self.late_header = late_header
+        self.buffer_bytes = buffer_bytes
         self._out: _Output | None = None
         self._pending: PendingRequest | None = None
-        self._sending = False
-        self._waiter: trio.lowlevel.Task | None = None
+        self._buffer: list[bytes] = []
+        self._held = 0
+        """Bytes rendered and not yet sent: the buffer's and the batch being sent's."""
+        self._waiting: trio.CancelScope | None = None
+        """The handler's read of ``receive()``, which a new event or the end interrupts."""
 
     @property
     def started(self) -> bool:
@@ -183,53 +202,72 @@ class PushedEventStream:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         out = self._out = _Output(send, self.extra_headers, late_header=self.late_header)
-        gone = False
-        with trio.CancelScope() as ended:
-            pending = self._pending = self.pipeline.try_start_stream(
-                self.request, self._push, ended.cancel
-            )
-            try:
-                while not pending.done:
-                    if (await receive())["type"] == "http.disconnect":
-                        gone = True
-                        pending.cancel("the client disconnected")
-            finally:
-                # Left by ended's cancellation (it has ended), or cancelled from outside.
-                pending.cancel("the caller stopped waiting")
-        await self._idle()  # a send of the worker's task still under way goes out first
+        pending = self._pending = self.pipeline.try_start_stream(
+            self.request, self._push, self._wake
+        )
+        try:
+            gone = await self._pump(pending, receive, out)
+        finally:
+            # Left at the request's end, or cancelled from outside (then this ends it).
+            pending.cancel("the caller stopped waiting")
         if gone or out.gone:
             return  # no one to finish for
         await self._end(pending, out)
 
-    async def _push(self, event: StreamEvent) -> None:
-        """The request's sink, in the worker's task: render and send, or give up."""
-        out = self._out
-        assert out is not None
-        assert self._pending is not None
-        if out.gone:
-            return
-        payloads = self.render.event(event)
-        self._sending = True
+    async def _pump(self, pending: PendingRequest, receive: Any, out: _Output) -> bool:
+        """Send the events as they come until the request has ended and all are sent;
+        return True if the client went away."""
+        while not out.gone:
+            if self._buffer:
+                await self._flush(pending, out)
+                continue
+            if pending.done:
+                return False
+            message = None
+            with trio.CancelScope() as self._waiting:
+                message = await receive()
+            self._waiting = None
+            if message is not None and message["type"] == "http.disconnect":
+                pending.cancel("the client disconnected")
+                return True
+        return True
+
+    async def _flush(self, pending: PendingRequest, out: _Output) -> None:
+        """Send what the buffer holds, in one write."""
+        batch, self._buffer = self._buffer, []
         try:
-            for payload in payloads:
-                await out.emit(payload)
+            await out.emit_all(batch)
         except Exception:
             # The connection is gone: nobody reads this stream any more (nor its error).
             out.gone = True
-            self._pending.cancel("the client disconnected")
+            pending.cancel("the client disconnected")
         finally:
-            self._sending = False
-            if self._waiter is not None:
-                trio.lowlevel.reschedule(self._waiter)
-                self._waiter = None
+            self._held -= sum(map(len, batch))
 
-    async def _idle(self) -> None:
-        """Wait until no send of the worker's task is under way."""
-        if self._sending:
-            self._waiter = trio.lowlevel.current_task()
-            await trio.lowlevel.wait_task_rescheduled(
-                lambda _: trio.lowlevel.Abort.FAILED  # the send always ends, and wakes us
+    def _wake(self) -> None:
+        """Interrupt the handler's read of ``receive()``: an event came, or the end."""
+        if self._waiting is not None:
+            self._waiting.cancel()
+
+    async def _push(self, event: StreamEvent) -> None:
+        """The request's sink, in the worker's task: render into the buffer, never wait."""
+        pending = self._pending
+        assert pending is not None
+        payloads = self.render.event(event)
+        if not payloads:
+            return
+        size = sum(map(len, payloads))
+        if self._held and self._held + size > self.buffer_bytes:
+            # The client reads slower than the answer comes (or not at all): end the
+            # request now rather than hold its slot, or its bytes, for the client.
+            pending.cancel(
+                "the client did not read the stream as fast as it came "
+                "(service.stream_buffer_bytes)"
             )
+            return
+        self._buffer += payloads
+        self._held += size
+        self._wake()
 
     async def _end(self, pending: PendingRequest, out: _Output) -> None:
         try:
@@ -239,12 +277,12 @@ class PushedEventStream:
             if not out.started:
                 await send_error(out.send, error, out.headers())
                 return
-            await out.emit(self.error_event(error, exc))
+            payloads = [self.error_event(error, exc)]
         else:
-            for payload in self.render.end(pending.tail, completion):
-                await out.emit(payload)
+            payloads = list(self.render.end(pending.tail, completion))
         if self.trailer is not None:
-            await out.emit(self.trailer)
+            payloads.append(self.trailer)
+        await out.emit_all(payloads)
         await out.finish()
 
 
@@ -346,6 +384,12 @@ class _Output:
     async def emit(self, data: bytes) -> None:
         await self._start()
         await self.send({"type": "http.response.body", "body": self.frame(data), "more_body": True})
+
+    async def emit_all(self, payloads: Sequence[bytes]) -> None:
+        """Send the events of ``payloads`` in one write."""
+        await self._start()
+        body = b"".join(map(self.frame, payloads))
+        await self.send({"type": "http.response.body", "body": body, "more_body": True})
 
     def headers(self) -> Sequence[tuple[bytes, bytes]]:
         """The further headers, the late one made now."""
