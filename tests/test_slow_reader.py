@@ -68,7 +68,9 @@ def _chat(chunks: int | None, stream: bool) -> bytes:
     return json.dumps(body).encode()
 
 
-async def _non_reader(url: str, body: bytes) -> trio.SocketStream:
+async def _non_reader(
+    url: str, body: bytes, path: str = "/v1/chat/completions"
+) -> trio.SocketStream:
     """A connection that sends ``body`` to the chat endpoint and will read nothing: its
     receive buffer is made small so the server's writes stall soon."""
     parsed = httpx.URL(url)
@@ -78,7 +80,7 @@ async def _non_reader(url: str, body: bytes) -> trio.SocketStream:
     await sock.connect((parsed.host, parsed.port))
     stream = trio.SocketStream(sock)
     head = (
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
     )
     await stream.send_all(head.encode() + body)
@@ -154,6 +156,26 @@ async def test_a_client_that_never_reads_a_whole_answer_loses_its_connection(
     assert answer.status_code == 200
     assert stats["completed"] == 2  # the large answer was ready: only its delivery stalled
     assert stats["in_flight"] == 0
+
+
+async def test_a_stalled_anthropic_stream_is_reset_and_its_request_cancelled_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """An Anthropic Messages stream (the handler's task writes it) whose client reads
+    nothing: past send_timeout its connection is reset and its request cancelled, once."""
+    body = {"model": "echo", "max_tokens": FLOOD_CHUNKS, "stream": True}
+    body["messages"] = [{"role": "user", "content": "flood"}]
+    async with running_app(_config(), FloodWorker()) as (url, app):
+        state = app.state.service
+        stalled = await _non_reader(url, json.dumps(body).encode(), "/v1/messages")
+        async with stalled, httpx.AsyncClient(base_url=url, timeout=None) as client:
+            with trio.fail_after(PATIENCE):
+                await _until(lambda: state.sends.closed == 1)
+                ending = await _ending(stalled)
+                await _until(lambda: state.pipeline.statistics().in_flight == 0)
+            stats = await statistics(client)
+    assert ending == "reset"
+    assert (stats["submitted"], stats["cancelled"], stats["in_flight"]) == (1, 1, 0)
 
 
 async def test_send_timeout_is_reloaded_in_place() -> None:
