@@ -22,6 +22,7 @@ from service_helpers import make_config, running_app, statistics
 
 from trio_orchestrator.config import Config, PipelineConfig
 from trio_orchestrator.events import Done, TextDelta
+from trio_orchestrator.service.stalls import SendWatch
 from trio_orchestrator.types import PromptRequest
 from trio_orchestrator.workers import EventSink
 
@@ -191,3 +192,37 @@ async def test_send_timeout_is_reloaded_in_place() -> None:
         sends = state.sends
     assert not report.refused, report
     assert (sends.send_timeout, sends.stream_buffer_bytes) == (1.5, 1024)
+
+
+@attrs.define(eq=False)
+class _Sender:
+    """Records the watch's verdict."""
+
+    resets: int = 0
+
+    def stalled(self) -> None:
+        """Count the reset."""
+        self.resets += 1
+
+
+async def test_the_watch_resets_only_sends_still_waiting_past_the_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A send still under way after send_timeout is reset once; one that ended in time,
+    or that is younger, is left alone."""
+    watch = SendWatch(send_timeout=10.0, stream_buffer_bytes=1024)
+    stuck, quick, late = _Sender(), _Sender(), _Sender()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch.run)
+        watch.begin(stuck)
+        watch.begin(quick)
+        await trio.sleep(5)
+        watch.end(quick)
+        watch.begin(late)
+        await trio.sleep(8)  # stuck: 13 s, late: 8 s
+        first = (stuck.resets, quick.resets, late.resets)
+        await trio.sleep(30)
+        nursery.cancel_scope.cancel()
+    assert first == (1, 0, 0)
+    assert (stuck.resets, quick.resets, late.resets) == (1, 0, 1)
+    assert watch.closed == 2

@@ -219,8 +219,10 @@ class Pipeline:
         Args:
             request: the request (it is marked streamed: a retry never starts it over).
             push: takes each event; it must not raise (a sink that can no longer deliver
-                cancels the request through the handle instead). Events of a request that
-                has ended are not pushed.
+                cancels the request through the handle instead), and should not wait on a
+                client: it runs while the request holds its inference slot (the service's
+                sink only buffers, see ``service.streaming.PushedEventStream``). Events of a
+                request that has ended are not pushed.
             on_end: as for :meth:`try_start`.
 
         Returns:
