@@ -86,6 +86,61 @@ async def test_no_request_outlives_its_answer_through_the_service() -> None:
             assert _live(EventPipe) == 0
 
 
+@attrs.define(eq=False)
+class HeldWorker:
+    """Sends one token, then holds every request until ``release`` is set."""
+
+    release: trio.Event = attrs.field(factory=trio.Event)
+
+    async def generate(self, request: PromptRequest, emit: EventSink) -> None:
+        """One token, the wait, ``Done``."""
+        await emit(TextDelta("held "))
+        await self.release.wait()
+        await emit(Done("stop", "held ", None, (), "echo"))
+
+    def model_names(self) -> tuple[str, ...]:
+        """It answers as the echo model."""
+        return ("echo",)
+
+
+def _server_tasks() -> int:
+    # The test's own client tasks are named after this module.
+    return sum("test_memory" not in task.name for task in live_tasks())
+
+
+async def test_an_open_stream_costs_three_tasks_through_the_service() -> None:
+    """While streamed chats are open, the service runs three tasks for each (hypercorn's
+    connection and application tasks, one inference runner): none waits for a disconnect."""
+    streams = 6
+    worker = HeldWorker()
+    first = [trio.Event() for _ in range(streams)]
+    received: list[str] = []
+
+    async def chat(client: httpx.AsyncClient, i: int) -> None:
+        body = {**CHAT, "stream": True}
+        async with client.stream("POST", "/v1/chat/completions", json=body) as response:
+            assert response.status_code == 200
+            async for text in response.aiter_text():
+                first[i].set()
+                received.append(text)
+
+    async with running_service(make_config(), worker) as url:
+        limits = httpx.Limits(max_connections=streams)
+        async with httpx.AsyncClient(base_url=url, limits=limits) as client:
+            await trio.testing.wait_all_tasks_blocked()
+            idle = _server_tasks()
+            async with trio.open_nursery() as nursery:
+                for i in range(streams):
+                    nursery.start_soon(chat, client, i)
+                for event in first:
+                    await event.wait()
+                await trio.testing.wait_all_tasks_blocked()
+                per_stream = (_server_tasks() - idle) / streams
+                worker.release.set()
+    assert per_stream == 3
+    assert "".join(received).count("data: [DONE]") == streams
+
+
 async def test_the_idle_inference_runners_are_capped() -> None:
     """A burst wider than the idle pool leaves at most IDLE_RUNNERS runner tasks parked."""
     burst = IDLE_RUNNERS + 40

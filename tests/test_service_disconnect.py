@@ -49,6 +49,22 @@ async def test_closing_a_stream_mid_way_cancels_the_request() -> None:
     assert worker.cancelled == [worker.seen[0].request_id]
 
 
+async def test_leaving_a_stream_before_its_first_event_cancels_the_request() -> None:
+    """A streaming client that disconnects while the worker has sent nothing yet cancels the
+    request at once: the stream's handler notices the disconnect, not a failed send."""
+    worker = RecordingWorker(EchoWorker(first_token_delay=3600.0))
+    body = {"model": "echo", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    async with running_service(worker=worker) as url, httpx.AsyncClient(base_url=url) as monitor:
+        stream = await open_raw_post(url, "/v1/chat/completions", body)
+        with trio.fail_after(PROMPTLY):
+            await wait_for_statistic(monitor, "inference_active", 1)
+        await stream.aclose()
+        with trio.fail_after(PROMPTLY):
+            stats = await wait_for_statistic(monitor, "cancelled", 1)
+    assert (stats["cancelled"], stats["completed"], stats["in_flight"]) == (1, 0, 0)
+    assert worker.cancelled == [worker.seen[0].request_id]
+
+
 async def test_abandoning_a_waiting_request_cancels_it() -> None:
     """A non-streaming client that disconnects while waiting leaves the request cancelled."""
     worker = slow_worker()

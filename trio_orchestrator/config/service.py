@@ -117,6 +117,15 @@ class ServiceConfig:
             files hold no secret and are served without a key, while every call the page
             makes needs an admin key the user types, as any other client's does; off, ``/ui``
             is 404. Not reloadable (the routes are built with the service).
+        send_timeout: seconds one write of an answer may wait for a client that stops
+            reading (its socket buffers full); past it the connection is reset and the
+            request, if still running, is cancelled. Hypercorn has no write timeout of its own.
+            Reloadable.
+        stream_buffer_bytes: bytes of a streamed chat's events the service holds for a client
+            that reads slower than the answer comes (beyond what the kernel's socket buffers
+            hold); when they would exceed it, the request is cancelled at once, freeing its
+            provider slot, and the client gets what was held, then an error event and the
+            stream's end. Reloadable.
     """
 
     host: str = "127.0.0.1"
@@ -135,3 +144,9 @@ class ServiceConfig:
     model_list_timeout: float = attrs.field(default=2.0, validator=positive_seconds)
     model_list_ttl: float = attrs.field(default=30.0, validator=non_negative_time)
     ui: bool = True
+    send_timeout: float = attrs.field(
+        default=30.0, validator=positive_seconds, metadata={"reloadable": True}
+    )
+    stream_buffer_bytes: int = attrs.field(
+        default=65_536, validator=positive_int, metadata={"reloadable": True}
+    )

@@ -25,7 +25,7 @@ import heapq
 import itertools
 import logging
 import math
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Final
@@ -198,6 +198,38 @@ class Pipeline:
             :meth:`~PendingRequest.cancel` it (it is then counted cancelled).
         """
         job = self._new_job(request)
+        job.on_end = on_end
+        self._enter_nowait(job)
+        return PendingRequest(self, job)
+
+    def try_start_stream(
+        self,
+        request: PromptRequest,
+        push: Callable[[StreamEvent], Awaitable[None]],
+        on_end: Callable[[], None] | None = None,
+    ) -> PendingRequest:
+        """Admit a streamed ``request`` whose events go to ``push`` as the worker makes them.
+
+        :meth:`try_start`'s streaming twin: ``push`` is awaited in the worker's own task (no
+        buffer, no second task per stream), so the caller's task is free to wait for
+        something else (an HTTP handler reading ``http.disconnect``). The request completes
+        once its last event has been pushed; the text filters' held-back ``tail`` and the
+        completion are then on the handle.
+
+        Args:
+            request: the request (it is marked streamed: a retry never starts it over).
+            push: takes each event; it must not raise (a sink that can no longer deliver
+                cancels the request through the handle instead), and should not wait on a
+                client: it runs while the request holds its inference slot (the service's
+                sink only buffers, see ``service.streaming.PushedEventStream``). Events of a
+                request that has ended are not pushed.
+            on_end: as for :meth:`try_start`.
+
+        Returns:
+            The handle (see :meth:`try_start`).
+        """
+        job = self._new_job(request.streamed(True))
+        job.push = push
         job.on_end = on_end
         self._enter_nowait(job)
         return PendingRequest(self, job)
@@ -629,8 +661,18 @@ class Pipeline:
             nursery.start_soon(self._runner, job, name="trio_orchestrator.inference_runner")
 
     async def _runner(self, job: Job | None) -> None:
+        # The inference itself is inline (not a coroutine of its own): a runner lives as
+        # long as its stream, and every frame in its chain is held for as long.
         while job is not None:
-            await self._infer(job)
+            try:
+                await self._generate(job)
+            finally:
+                if self._admission is None:
+                    self._limiter.release_on_behalf_of(job)
+                else:
+                    self._admission.release(job)  # and hands the slot to the best-ranked waiter
+            if job.outcome is None:
+                self._forward(job, POST)
             job = None  # a parked runner keeps no request alive
             job = await self._park_runner()
 
@@ -652,17 +694,6 @@ class Pipeline:
         job: Job = await trio.lowlevel.wait_task_rescheduled(abort)
         return job
 
-    async def _infer(self, job: Job) -> None:
-        try:
-            await self._generate(job)
-        finally:
-            if self._admission is None:
-                self._limiter.release_on_behalf_of(job)
-            else:
-                self._admission.release(job)  # and hands the slot to the best-ranked waiter
-        if job.outcome is None:
-            self._forward(job, POST)
-
     async def _generate(self, job: Job) -> None:
         request = job.prepared or job.request
         job.filter = open_filters(self._post_processors, request)
@@ -681,12 +712,16 @@ class Pipeline:
             # Every other cancellation ends the job before cancelling its scope.
             self._expire_if_running(job)
 
-    async def _call_worker(self, job: Job, request: PromptRequest) -> None:
+    def _call_worker(self, job: Job, request: PromptRequest) -> Awaitable[None]:
+        # The worker's own coroutine when there is no filter: no frame of ours in between.
         if job.filter is None:
+            return self._worker.generate(request, job.emit)
+        return self._call_stoppable(job, request)
+
+    async def _call_stoppable(self, job: Job, request: PromptRequest) -> None:
+        """The worker's call, in a scope a stop sequence cancels."""
+        with trio.CancelScope() as job.generation:
             await self._worker.generate(request, job.emit)
-        else:
-            with trio.CancelScope() as job.generation:
-                await self._worker.generate(request, job.emit)
 
     async def _post_stage(self) -> None:
         async with self._receives[POST], self._sends[STREAM]:
@@ -915,6 +950,12 @@ class PendingRequest:
         if self._job.outcome is None:
             raise RuntimeError(f"request {self.request_id} has not ended yet")
         return self._job.result()
+
+    @property
+    def tail(self) -> str:
+        """Text the post-processing filters held back and released at the end (a streamed
+        request's last text, not pushed as an event)."""
+        return self._job.tail
 
     def cancel(self, reason: str = "the caller stopped waiting") -> bool:
         """End the request as cancelled, and its worker call with it, unless it has ended.

@@ -200,8 +200,10 @@ class ServiceApp(Starlette):
     stack by :class:`~.fastpath.ChatFastPath` when one is set (which makes the layers'
     checks itself).
 
-    Every HTTP request is counted in :attr:`requests` (a shutdown waits for them) and its
-    body must arrive within :attr:`read_timeout` seconds (408 past it). With :attr:`timed`,
+    Every HTTP request is counted in :attr:`requests` (a shutdown waits for them), its
+    body must arrive within :attr:`read_timeout` seconds (408 past it), and each write of
+    its answer must end within ``service.send_timeout`` (else its connection is reset:
+    :mod:`.stalls`). With :attr:`timed`,
     its arrival is noted in a :class:`~trio_orchestrator.types.RequestTiming` in its scope
     (:mod:`.overhead`: the ``x-gateway-overhead-ms`` header).
     """
@@ -223,7 +225,7 @@ class ServiceApp(Starlette):
             timing = scope[TIMING_KEY] = RequestTiming(now)
             send = cache_marked(send, timing)  # x-cache: what a cache made of the request
         deadline = now + self.read_timeout
-        bounded = BoundedBody(receive, send, deadline, lambda: state.draining)
+        bounded = BoundedBody(receive, send, deadline, lambda: state.draining, state.sends)
         requests = self.requests
         requests.begin()
         try:
@@ -280,6 +282,7 @@ def partial_lifespan(
             if state.keyring is not None:
                 gateway.add(state.keyring, "service")  # API keys rotate on reload
                 state.keyring.attach(gateway.keys)  # and virtual keys from storage
+            gateway.add(state.sends, "service")  # send_timeout, stream_buffer_bytes
             served = ServedModels(state)
             gateway.add(served, "providers")
             if state.config.routing.enabled:
@@ -294,6 +297,7 @@ def partial_lifespan(
                 if requests is not None:
                     interval = state.config.service.idle_trim_interval
                     nursery.start_soon(trim_when_idle, requests, interval)
+                nursery.start_soon(state.sends.run)  # resets connections whose send stalls
                 try:
                     yield
                 finally:

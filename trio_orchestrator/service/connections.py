@@ -7,7 +7,9 @@
   and the stream's proper end), before the server has to cut the connection.
 - :class:`BoundedBody` bounds the time a request's body has to arrive: past
   ``service.request_read_timeout`` the client gets 408 and the connection is closed, so that
-  uploads that never finish cannot hold connections (and file descriptors) for ever.
+  uploads that never finish cannot hold connections (and file descriptors) for ever. With a
+  :class:`~.stalls.SendWatch`, it also bounds each write of the answer (``service.send_timeout``):
+  a client that stops reading has its connection reset.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import trio
 from ..pipeline import Pipeline
 from .errors import ApiError
 from .guard import send_error
+from .stalls import SendWatch, reset_connection, socket_stream_of
 
 __all__ = ["BoundedBody", "Requests", "drain", "drain_margin"]
 
@@ -115,12 +118,14 @@ class BoundedBody:
         send: the server's ``send``.
         deadline: when the body must have arrived (:func:`trio.current_time` clock).
         closing: whether responses should close their connection.
+        watch: bounds each send's time (a client that stops reading loses its connection).
     """
 
     _receive: Receive
     _send: Send
     deadline: float
     closing: Callable[[], bool]
+    watch: SendWatch | None = None
     _body_done: bool = attrs.field(default=False, init=False)
     _timed_out: bool = attrs.field(default=False, init=False)
     _started: bool = attrs.field(default=False, init=False)
@@ -147,7 +152,22 @@ class BoundedBody:
             self._started = True
             if self.closing():
                 message = {**message, "headers": [*message.get("headers", ()), _CLOSE]}
-        await self._send(message)
+        watch = self.watch
+        if watch is None:
+            await self._send(message)
+            return
+        watch.begin(self)
+        try:
+            await self._send(message)
+        finally:
+            watch.end(self)
+
+    def stalled(self) -> None:
+        """A send has waited ``send_timeout`` for the client to read: reset the connection
+        (the send then ends, and the application hears ``http.disconnect``)."""
+        stream = socket_stream_of(self._send)
+        if stream is not None:
+            reset_connection(stream)
 
     async def _too_late(self) -> None:
         self._timed_out = True

@@ -23,7 +23,7 @@ from typing import Any
 import attrs
 
 from ..errors import OrchestratorError
-from ..pipeline import Pipeline
+from ..events import Completion, StreamEvent, TextDelta
 from ..types import new_request_id
 from .chat import (
     ChatRequest,
@@ -47,7 +47,13 @@ from .guard import (
 from .jsonenc import json_bytes
 from .overhead import late_overhead_header, overhead_header, timing_of
 from .state import ServiceState
-from .streaming import ClientGone, Emit, EventStream, complete_unless_gone, error_json
+from .streaming import (
+    ClientGone,
+    EventStream,
+    PushedEventStream,
+    complete_unless_gone,
+    error_json,
+)
 from .validate import parse_json_object
 
 __all__ = ["CHAT_PATH", "ChatFastPath", "ChatRoute", "chat_completions"]
@@ -133,6 +139,14 @@ async def chat_completions(
     except Exception:
         await answer_crash(scope, send, started=False, extra=tag)
         return
+    if isinstance(answer, PushedEventStream):
+        # Not wrapped in CatchAll: the stream knows whether its response began (a wrapper
+        # would cost its frame and closure for the whole life of every stream).
+        try:
+            await answer(scope, receive, send)
+        except Exception:
+            await answer_crash(scope, send, started=answer.started)
+        return
     if isinstance(answer, EventStream):
         await CatchAll(answer)(scope, receive, send)
         return
@@ -154,7 +168,7 @@ async def _answer(
     guard: Guard | None,
     request_id: str,
     tag: Headers,
-) -> tuple[int, bytes, Headers] | EventStream:
+) -> tuple[int, bytes, Headers] | EventStream | PushedEventStream:
     """The response: the completion or the error as status, body and headers (``tag``
     among them), or the stream.
 
@@ -168,11 +182,22 @@ async def _answer(
         if experiment is not None:
             tag = [*tag, experiment]  # named before inference: a stream's headers go first
         if chat.stream:
-            produce = partial(_stream_chat, pipeline, chat)
+            late = late_overhead_header(state, chat.prompt.timing, CHAT_PATH)
             if n > 1:
                 produce = partial(stream_choices, pipeline, chat, n)
-            late = late_overhead_header(state, chat.prompt.timing, CHAT_PATH)
-            return EventStream(produce, _chat_error, b"[DONE]", headers=tag, late_header=late)
+                return EventStream(produce, _chat_error, b"[DONE]", headers=tag, late_header=late)
+            writer = ChunkWriter(request_id, chat.prompt.params.model, chat.include_usage)
+            render = _ChatRender(writer)
+            return PushedEventStream(
+                pipeline,
+                chat.prompt,
+                render,
+                _chat_error,
+                b"[DONE]",
+                headers=tag,
+                late_header=late,
+                buffer_bytes=state.sends.stream_buffer_bytes,
+            )
         if n > 1:
             completions = await complete_choices(receive, pipeline, chat.prompt, n)
             return _json(200, completions_body(completions, chat.prompt.params.model), tag)
@@ -242,25 +267,36 @@ def _json(
     return status, body, start
 
 
-async def _stream_chat(pipeline: Pipeline, chat: ChatRequest, emit: Emit) -> None:
-    prompt = chat.prompt
-    writer = ChunkWriter(prompt.request_id, prompt.params.model, chat.include_usage)
-    opened = False
-    async with pipeline.stream(prompt) as events:
-        async for event in events:
-            chunk = writer.event(event)  # first: the opening chunk carries its members
-            # The role chunk waits for the first upstream event: until something is sent,
-            # a failure (an upstream 429, 400, 5xx…) is still answered with its own status.
-            if not opened:
-                opened = True
-                await emit(writer.first())
-            if chunk is not None:
-                await emit(chunk)
-        assert events.completion is not None
-        if not opened:  # an answer with no events at all still opens with the role
-            await emit(writer.first())
-        for chunk in writer.last(events.completion):
-            await emit(chunk)
+class _ChatRender:
+    """A chat stream's chunks (``n`` = 1), rendered in the worker's task as events come."""
+
+    __slots__ = ("opened", "writer")
+
+    def __init__(self, writer: ChunkWriter) -> None:
+        self.writer = writer
+        self.opened = False
+
+    def event(self, event: StreamEvent) -> list[bytes]:
+        """The opening chunk with the first event, then each event's chunk, if any."""
+        chunk = self.writer.event(event)  # first: the opening chunk carries its members
+        # The role chunk waits for the first upstream event: until something is sent, a
+        # failure (an upstream 429, 400, 5xx…) is still answered with its own status.
+        payloads = []
+        if not self.opened:
+            self.opened = True
+            payloads.append(self.writer.first())
+        if chunk is not None:
+            payloads.append(chunk)
+        return payloads
+
+    def end(self, tail: str, completion: Completion) -> list[bytes]:
+        """The held-back text, then the closing chunks."""
+        payloads = self.event(TextDelta(tail)) if tail else []
+        if not self.opened:  # an answer with no events at all still opens with the role
+            self.opened = True
+            payloads.append(self.writer.first())
+        payloads += self.writer.last(completion)
+        return payloads
 
 
 def _chat_error(error: ApiError, _exc: BaseException) -> bytes:

@@ -10,6 +10,7 @@ from starlette.requests import HTTPConnection
 from ..config import Config
 from ..pipeline import Pipeline
 from .errors import ApiError
+from .stalls import SendWatch
 
 __all__ = ["ServedModels", "ServiceState", "service_of"]
 
@@ -35,6 +36,8 @@ class ServiceState:
         keyring: the accepted API keys (replaced in place by a reload).
         overhead: the histogram of the gateway's own time per request, while the gateway
             is open with metrics and ``observability.gateway_overhead`` on.
+        sends: the sends under way and the limits for clients that stop reading
+            (reloaded in place).
     """
 
     config: Config
@@ -45,6 +48,11 @@ class ServiceState:
     observed: Instrumentation | None = None
     keyring: KeyRing | None = attrs.field(default=None, kw_only=True)
     overhead: OverheadTimes | None = attrs.field(default=None, kw_only=True)
+    sends: SendWatch = attrs.field(init=False)
+
+    @sends.default
+    def _sends(self) -> SendWatch:
+        return SendWatch.from_config(self.config.service)
 
     def open_pipeline(self) -> Pipeline:
         """The pipeline, if it admits requests.
