@@ -221,15 +221,17 @@ class ServiceApp(Starlette):
             return
         state: ServiceState = self.state.service
         now = trio.current_time()
+        deadline = now + self.read_timeout
+        # Given the server's own send: a stalled one is traced back to its socket (.stalls).
+        bounded = BoundedBody(receive, send, deadline, lambda: state.draining, state.sends)
+        send = bounded.send
         if self.timed:
             timing = scope[TIMING_KEY] = RequestTiming(now)
             send = cache_marked(send, timing)  # x-cache: what a cache made of the request
-        deadline = now + self.read_timeout
-        bounded = BoundedBody(receive, send, deadline, lambda: state.draining, state.sends)
         requests = self.requests
         requests.begin()
         try:
-            await self._dispatch(scope, bounded.receive, bounded.send)
+            await self._dispatch(scope, bounded.receive, send)
         finally:
             requests.end()
 
