@@ -4,6 +4,7 @@ apart, still share a key the moment it is made, its budget, and its revocation."
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -100,7 +101,8 @@ async def test_a_key_its_budget_and_its_revocation_are_shared_at_once(
     fake: FakeProvider, redis_server: RedisServer, tmp_path: Path
 ) -> None:
     """A key made on one service is served by the other; spend on either counts against
-    one budget, which both then refuse; a revocation on one is a 401 on the other."""
+    one budget, which both then refuse; a revocation on one is a 401 on the other; the
+    round trips and reloads are in /metrics."""
     async with two_services(fake, redis_server, tmp_path / "gw.sqlite") as (one, two):
         key = await create(one, models=[MODEL], budget=2.5 * COST)
         await until_answered(two, key["key"])  # spent: 1 request
@@ -117,6 +119,9 @@ async def test_a_key_its_budget_and_its_revocation_are_shared_at_once(
         response = await two.delete(f"/v1/admin/keys/{other['id']}")
         assert response.status_code == 200, response.text
         await until_refused(one, other["key"])
+        metrics = (await one.get("/metrics")).text
+    assert re.search(r"^trio_orchestrator_shared_budgets_syncs_total [1-9]", metrics, re.M)
+    assert re.search(r"^trio_orchestrator_shared_budgets_reloads_total [1-9]", metrics, re.M)
 
 
 def _key(key_id: str, budget: float) -> KeyRecord:
