@@ -162,7 +162,7 @@ async def test_spend_waits_while_redis_is_down_and_is_added_once_it_is_back(
         await theirs.sync()
     assert there.budgets.spent("key_a", "day") == pytest.approx(0.75)
     assert here.budgets.spent("key_a", "day") == pytest.approx(0.75)
-    assert reloads == []  # no key changed
+    assert len(reloads) == 2  # each one's first answer only: no key changed
 
 
 async def test_a_counter_starts_from_what_storage_knew(redis_server: RedisServer) -> None:
@@ -182,3 +182,28 @@ async def test_a_counter_starts_from_what_storage_knew(redis_server: RedisServer
         await SharedBudgets(redis, here, SYNC, reload).sync()
         await SharedBudgets(redis, there, SYNC, reload).sync()
     assert there.budgets.spent("key_b", "day") == pytest.approx(2.5)
+
+
+async def test_a_key_change_before_the_first_round_trip_is_not_missed(
+    redis_server: RedisServer,
+) -> None:
+    """A process whose keys were loaded before another changed one, and which had not yet
+    read the keys' version, reloads on its first round trip (and on a later change)."""
+    config = DistributedConfig(redis_url=redis_server.url)
+    reloads: list[str] = []
+
+    async def reload() -> None:
+        reloads.append("reloaded")
+
+    async with open_redis(config) as redis:
+        late = SharedBudgets(redis, VirtualKeys(), SYNC, reload)
+        other = SharedBudgets(redis, VirtualKeys(), SYNC, reload)
+        await other.keys_changed()  # a key made elsewhere, before this process's first sync
+        await late.sync()
+        assert reloads == ["reloaded"]
+        await late.sync()  # nothing changed since
+        assert reloads == ["reloaded"]
+        await other.keys_changed()
+        await late.sync()
+    assert reloads == ["reloaded", "reloaded"]
+    assert late.statistics().reloads == 1  # the change seen between two round trips

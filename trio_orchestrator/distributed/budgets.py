@@ -148,10 +148,12 @@ class SharedBudgets:
         version, *sums = answer
         for (key_id, period), total in zip(slots, sums, strict=True):
             self.keys.budgets.raise_to(key_id, period, float(total))
-        if self._version is not None and version != self._version:
-            self._reloads += 1
+        if version != self._version:
+            # The first answer reloads too: the keys were loaded before this process knew
+            # the version, and a change made in between would otherwise never be seen.
+            self._reloads += self._version is not None
+            self._version = version
             await self.reload_keys()
-        self._version = version
 
     async def keys_changed(self) -> None:
         """Tell every process that a key was created, changed or revoked (best effort:
