@@ -55,6 +55,13 @@ NOT_MODEL_ROUTES = {
     "/v1/admin/keys/{id}",
     "/v1/admin/keys/{id}/rotate",
     "/v1/admin/spend",
+    "/v1/admin/requests",
+    "/v1/admin/requests/{id}",
+    "/v1/experiments",
+    "/v1/experiments/{id}",
+    "/v1/admin/experiments/{id}/stop",
+    "/v1/admin/experiments/{id}/resume",
+    "/v1/feedback",
 }
 
 
