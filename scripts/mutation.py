@@ -45,7 +45,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "resilience/cache.py": ("tests/test_cache.py",),
     "resilience/coalesce.py": ("tests/test_coalesce.py",),
     "resilience/stack.py": ("tests/test_stack.py", "tests/test_mutation_stack.py"),
-    "resilience/ratelimit.py": ("tests/test_ratelimit.py",),
+    "resilience/ratelimit.py": ("tests/test_ratelimit.py", "tests/test_mutation_ratelimit.py"),
     "resilience/breaker.py": ("tests/test_breaker.py", "tests/test_mutation_breaker.py"),
     "pipeline/dead_letters.py": ("tests/test_dead_letters.py",),
     "pipeline/post.py": ("tests/test_post.py",),

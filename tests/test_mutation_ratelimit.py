@@ -1,0 +1,201 @@
+"""The rate limit layer with shared buckets, and the edges of its waiting and reconciling.
+
+Written for the mutation session (scripts/mutation.py): the Redis-backed tests of shared
+limits (tests/test_distributed_ratelimit.py) need a server and a real clock, so the layer's
+side of the protocol is pinned here against an in-memory fake of the shared buckets.
+"""
+
+from __future__ import annotations
+
+import attrs
+import pytest
+import trio
+import trio.testing
+from _scripted import Recorder, ScriptedWorker, Step
+
+from trio_orchestrator.errors import RateLimitExceeded
+from trio_orchestrator.events import Done, TextDelta, Usage
+from trio_orchestrator.resilience import LimitConfig, RateLimitLayer, RateLimitsConfig
+from trio_orchestrator.types import GenerationParams, PromptRequest
+from trio_orchestrator.workers.base import EventSink
+
+TOKENS = LimitConfig("model", tokens_per_minute=6000.0, burst=1000.0)
+
+
+@attrs.define(eq=False)
+class FakeShared:
+    """Shared buckets in memory: plays ``answers`` (then admits), records every call."""
+
+    answers: list[tuple[float, bool] | None] = attrs.field(factory=list)
+    acquired: list[tuple[dict[str, str], int, float]] = attrs.field(factory=list)
+    reconciled: list[tuple[dict[str, str], int, int]] = attrs.field(factory=list)
+
+    async def try_acquire(self, keys: dict[str, str], tokens: int) -> tuple[float, bool] | None:
+        await trio.lowlevel.checkpoint()
+        self.acquired.append((keys, tokens, trio.current_time()))
+        return self.answers.pop(0) if self.answers else (0.0, False)
+
+    async def reconcile(self, keys: dict[str, str], estimate: int, actual: int) -> None:
+        await trio.lowlevel.checkpoint()  # a cancelled, unshielded caller stops here
+        self.reconciled.append((keys, estimate, actual))
+
+
+def _layer(
+    shared: FakeShared | None, *limits: LimitConfig, worker: ScriptedWorker | None = None
+) -> RateLimitLayer:
+    config = RateLimitsConfig(enabled=True, limits=limits or (TOKENS,))
+    return RateLimitLayer(worker or ScriptedWorker([Step()]), config, provider="p", shared=shared)
+
+
+def _request(model: str = "m", **meta: str) -> PromptRequest:
+    params = GenerationParams(model=model, max_tokens=100)
+    return PromptRequest(input="x" * 400, params=params, meta=meta)
+
+
+async def test_shared_buckets_admit_and_are_reconciled_with_real_usage() -> None:
+    """With shared buckets answering, the call is charged there (estimate 200 tokens) and
+    corrected there to the reported usage (3 + 1); the local buckets are not touched."""
+    shared = FakeShared()
+    layer = _layer(shared)
+    await layer.generate(_request(user="u", api_key_id="k"), Recorder())
+    keys = {"provider": "p", "model": "m", "user": "u", "api_key": "k"}
+    assert [(k, t) for k, t, _ in shared.acquired] == [(keys, 200)]
+    assert shared.reconciled == [(keys, 200, 4)]
+    stats = layer.statistics()
+    assert stats.admitted == 1
+    assert [b.level for b in stats.buckets] == [1000.0]
+
+
+async def test_unavailable_shared_buckets_leave_the_local_ones_to_decide() -> None:
+    """When the shared buckets cannot answer, the local buckets are charged instead."""
+    shared = FakeShared([None])
+    layer = _layer(shared, LimitConfig("model", requests_per_second=1.0, mode="reject"))
+    await layer.generate(_request(), Recorder())
+    shared.answers.append(None)
+    with pytest.raises(RateLimitExceeded):
+        await layer.generate(_request(), Recorder())
+    assert len(shared.acquired) == 2
+    assert layer.statistics().admitted == 1
+
+
+async def test_a_shared_wait_is_slept_then_asked_again(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Told to wait 0.5 s, the call sleeps that long, counts as waiting meanwhile, asks
+    again, and is admitted as one that waited 0.5 s."""
+    shared = FakeShared([(0.5, False)])
+    layer = _layer(shared)
+    waiting: list[int] = []
+
+    async def watch() -> None:
+        await trio.sleep(0.25)
+        waiting.append(layer.statistics().waiting)
+
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch)
+        await layer.generate(_request(), Recorder())
+    assert [t - start for _, _, t in shared.acquired] == [0.0, 0.5]
+    stats = layer.statistics()
+    assert waiting == [1]
+    assert (stats.admitted, stats.waited, stats.waiting, stats.wait_seconds) == (1, 1, 0, 0.5)
+
+
+async def test_a_shared_admission_at_once_is_not_a_wait(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Admitted by the shared buckets at the first ask, the call counts as admitted only."""
+    layer = _layer(FakeShared())
+    await layer.generate(_request(), Recorder())
+    stats = layer.statistics()
+    assert (stats.admitted, stats.waited, stats.wait_seconds) == (1, 0, 0.0)
+
+
+async def test_a_shared_reject_verdict_refuses_at_once() -> None:
+    """A reject-mode shared limit without room refuses with RateLimitExceeded, its
+    retry_after the shared wait, without calling the worker."""
+    worker = ScriptedWorker([Step()])
+    layer = _layer(FakeShared([(2.0, True)]), worker=worker)
+    with pytest.raises(RateLimitExceeded) as info:
+        await layer.generate(_request(), Recorder())
+    assert str(info.value) == (
+        "rate limited locally: a rate limit in reject mode has no room; retry in 2 s"
+    )
+    assert info.value.retry_after == 2.0
+    assert (worker.calls, layer.statistics().rejected) == (0, 1)
+
+
+@pytest.mark.parametrize(("wait", "refused"), [(1.0, True), (0.75, False)])
+async def test_a_shared_wait_reaching_the_deadline_is_refused_at_once(
+    autojump_clock: trio.testing.MockClock, wait: float, refused: bool
+) -> None:
+    """A shared wait that would reach the request's deadline (1 s away) is refused at once
+    with the reason; a shorter one is waited."""
+    shared = FakeShared([(wait, False)])
+    layer = _layer(shared)
+    with trio.move_on_after(1.0):
+        if refused:
+            with pytest.raises(RateLimitExceeded, match="would pass the request's deadline"):
+                await layer.generate(_request(), Recorder())
+        else:
+            await layer.generate(_request(), Recorder())
+    assert len(shared.acquired) == (1 if refused else 2)
+
+
+async def test_a_cancelled_call_still_reconciles_the_usage_it_saw(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A call cancelled after its usage arrived still corrects the shared buckets."""
+
+    class UsageThenHang:
+        async def generate(self, request: PromptRequest, emit: EventSink) -> None:
+            await emit(Usage(3, 1))
+            await trio.sleep_forever()
+
+    shared = FakeShared()
+    layer = RateLimitLayer(
+        UsageThenHang(), RateLimitsConfig(enabled=True, limits=(TOKENS,)), shared=shared
+    )
+    with trio.move_on_after(1.0):
+        await layer.generate(_request(), Recorder())
+    assert [(e, a) for _, e, a in shared.reconciled] == [(200, 4)]
+
+
+async def test_usage_carried_only_by_done_is_reconciled() -> None:
+    """A worker that reports usage only on its Done still has its charge corrected."""
+
+    class DoneOnly:
+        async def generate(self, request: PromptRequest, emit: EventSink) -> None:
+            await emit(TextDelta("ok"))
+            await emit(Done("stop", "ok", Usage(3, 7), (), "m"))
+
+    shared = FakeShared()
+    layer = RateLimitLayer(
+        DoneOnly(), RateLimitsConfig(enabled=True, limits=(TOKENS,)), shared=shared
+    )
+    await layer.generate(_request(), Recorder())
+    assert [(e, a) for _, e, a in shared.reconciled] == [(200, 10)]
+
+
+async def test_request_limits_alone_meter_no_tokens() -> None:
+    """With only request limits, nothing is estimated and nothing reconciled."""
+    shared = FakeShared()
+    layer = _layer(shared, LimitConfig("model", requests_per_second=5.0))
+    await layer.generate(_request(), Recorder())
+    assert [t for _, t, _ in shared.acquired] == [0]
+    assert shared.reconciled == []
+
+
+async def test_keys_name_user_and_api_key_only_when_known() -> None:
+    """The shared buckets are asked with provider and model, plus user and API key when the
+    request carries them."""
+    shared = FakeShared()
+    layer = _layer(shared)
+    await layer.generate(_request(), Recorder())
+    await layer.generate(_request(user="u"), Recorder())
+    await layer.generate(_request(api_key_id="k"), Recorder())
+    assert [keys for keys, _, _ in shared.acquired] == [
+        {"provider": "p", "model": "m"},
+        {"provider": "p", "model": "m", "user": "u"},
+        {"provider": "p", "model": "m", "api_key": "k"},
+    ]
