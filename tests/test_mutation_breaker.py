@@ -17,7 +17,12 @@ from _scripted import OK, Recorder, ScriptedWorker, Step, fail
 
 from trio_orchestrator.errors import BadRequest, CircuitOpen, ServerError
 from trio_orchestrator.events import Done, TextDelta, Usage
-from trio_orchestrator.resilience import BreakerConfig, CircuitBreakerLayer, LatencyBaseline
+from trio_orchestrator.resilience import (
+    BreakerConfig,
+    CircuitBreaker,
+    CircuitBreakerLayer,
+    LatencyBaseline,
+)
 from trio_orchestrator.routing.registry import ModelDeployment
 from trio_orchestrator.types import GenerationParams, PromptRequest
 from trio_orchestrator.workers.base import EventSink
@@ -403,3 +408,34 @@ def test_the_zscore_baseline_keeps_only_its_window() -> None:
     """A window of 2 forgets the first of three samples."""
     assert not _verdict("zscore", [100.0, 1.0, 3.0], 4.0)
     assert _verdict("zscore", [100.0, 1.0, 3.0], 4.25)
+
+
+# ------------------------------------------------------------------ the state machine's edges
+
+
+def _opened(**config: object) -> CircuitBreaker:
+    """A breaker opened at time 0 by one failure (cool-down 10 s, one probe)."""
+    breaker = CircuitBreaker(_config(**config), "p/m1")
+    breaker.record_failure(breaker.acquire(0.0), 0.0)
+    return breaker
+
+
+def test_retry_after_is_zero_while_closed_or_while_a_probe_slot_is_free() -> None:
+    """A closed breaker, and a half-open one with a free probe slot, admit now (0 s); a
+    half-open one with every slot taken says the base cool-down."""
+    assert CircuitBreaker(_config(), "p/m1").retry_after(0.0) == 0.0
+    breaker = _opened()
+    assert breaker.retry_after(4.0) == 6.0
+    assert breaker.retry_after(10.0) == 0.0
+    assert breaker.acquire(10.0).probe
+    assert breaker.retry_after(10.0) == 10.0
+
+
+def test_openings_and_transitions_are_counted_each_time() -> None:
+    """Open, half-open, open again, half-open, closed: two openings, five transitions."""
+    breaker = _opened()
+    breaker.record_failure(breaker.acquire(10.0), 10.0)  # the probe fails: open again
+    probe = breaker.acquire(30.0)  # after the doubled cool-down
+    breaker.record_success(probe, 30.0, 0.1)
+    stats = breaker.statistics(30.0)
+    assert (stats.state, stats.times_opened, stats.transitions) == ("closed", 2, 5)
