@@ -439,3 +439,16 @@ def test_openings_and_transitions_are_counted_each_time() -> None:
     breaker.record_success(probe, 30.0, 0.1)
     stats = breaker.statistics(30.0)
     assert (stats.state, stats.times_opened, stats.transitions) == ("closed", 2, 5)
+
+
+def test_a_closed_circuit_starts_its_run_of_failures_afresh() -> None:
+    """After a probe closes the circuit, it takes failure_threshold new failures to open it
+    again, and the statistics count the calls and the run so far."""
+    breaker = _opened(failure_threshold=2)
+    breaker.record_success(breaker.acquire(10.0), 10.0, 0.1)
+    assert breaker.statistics(10.0).consecutive_failures == 0
+    breaker.record_failure(breaker.acquire(11.0), 11.0)
+    stats = breaker.statistics(11.0)
+    assert (stats.state, stats.calls, stats.consecutive_failures) == ("closed", 3, 1)
+    breaker.record_failure(breaker.acquire(12.0), 12.0)
+    assert breaker.statistics(12.0).state == "open"
