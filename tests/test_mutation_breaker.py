@@ -452,3 +452,35 @@ def test_a_closed_circuit_starts_its_run_of_failures_afresh() -> None:
     assert (stats.state, stats.calls, stats.consecutive_failures) == ("closed", 3, 1)
     breaker.record_failure(breaker.acquire(12.0), 12.0)
     assert breaker.statistics(12.0).state == "open"
+
+
+def test_statistics_of_a_fresh_breaker_are_zero() -> None:
+    """Before any call: no latency, nothing to wait for."""
+    stats = CircuitBreaker(_config(), "p/m1").statistics(0.0)
+    assert (stats.latency_mean, stats.latency_p99, stats.retry_after) == (0.0, 0.0, 0.0)
+
+
+def test_statistics_retry_after_is_zero_unless_open() -> None:
+    """Half-open with its probe out, the statistics say 0 s to wait (retry_after itself
+    gives the cool-down then)."""
+    breaker = _opened()
+    breaker.acquire(10.0)
+    assert breaker.statistics(10.0).retry_after == 0.0
+
+
+def test_failures_and_anomalies_accumulate() -> None:
+    """Each failure and each slow success adds to the counts; a success takes none away."""
+    config = _config(
+        failure_threshold=10,
+        latency_anomaly="zscore",
+        latency_threshold=1.0,
+        latency_warmup=2,
+        latency_window=10,
+    )
+    breaker = CircuitBreaker(config, "p/m1")
+    for latency in (1.0, 1.0, 50.0, 50.0):
+        breaker.record_success(breaker.acquire(0.0), 0.0, latency)
+    breaker.record_failure(breaker.acquire(0.0), 0.0)
+    breaker.record_success(breaker.acquire(0.0), 0.0, 1.0)
+    stats = breaker.statistics(0.0)
+    assert (stats.failures, stats.latency_anomalies) == (3, 2)
