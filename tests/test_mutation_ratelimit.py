@@ -199,3 +199,83 @@ async def test_keys_name_user_and_api_key_only_when_known() -> None:
         {"provider": "p", "model": "m", "user": "u"},
         {"provider": "p", "model": "m", "api_key": "k"},
     ]
+
+
+# ------------------------------------------------------------------ local buckets
+
+
+async def test_usage_above_the_estimate_is_taken_from_the_bucket() -> None:
+    """A call that used more tokens (500) than estimated (200) is charged the difference."""
+    worker = ScriptedWorker([Step(tokens=("x",) * 497)])  # usage 3 + 497
+    layer = _layer(None, worker=worker)
+    await layer.generate(_request(), Recorder())
+    assert [b.level for b in layer.statistics().buckets] == [pytest.approx(500.0, abs=0.5)]
+
+
+async def test_an_estimate_above_the_burst_is_charged_and_reconciled_at_the_burst(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """With a burst of 100 tokens, a 200-token estimate is charged as 100, and a usage of 4
+    gives back 96 of them (not 196, which the full bucket could not hold anyway)."""
+    small = LimitConfig("model", tokens_per_minute=60.0, burst=100.0)
+    layer = _layer(None, small)
+    await layer.generate(_request(), Recorder())
+    assert [b.level for b in layer.statistics().buckets] == [96.0]
+
+
+async def test_reconfigure_starts_fresh_buckets_only_when_the_limits_change(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Reloading the same limits keeps the buckets' levels; other limits start full buckets;
+    switching rate limiting off is refused and changes nothing."""
+    limit = LimitConfig("model", requests_per_minute=1.0, burst=2.0)
+    layer = _layer(None, limit)
+    await layer.generate(_request(), Recorder())
+    assert layer.reconfigure(RateLimitsConfig(enabled=True, limits=(limit,))) == []
+    assert [b.level for b in layer.statistics().buckets] == [1.0]
+    wider = LimitConfig("model", requests_per_minute=1.0, burst=3.0)
+    assert layer.reconfigure(RateLimitsConfig(enabled=True, limits=(wider,))) == []
+    assert layer.statistics().buckets == ()
+    await layer.generate(_request(), Recorder())
+    assert [b.level for b in layer.statistics().buckets] == [2.0]
+    assert layer.reconfigure(RateLimitsConfig(enabled=False, limits=(limit,))) == [
+        "resilience.rate_limits.enabled: adding or removing a layer needs a restart True → False"
+    ]
+    assert layer.config.limits == (wider,)
+
+
+async def test_a_local_wait_reaching_the_deadline_exactly_is_refused(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A wait that would end exactly at the deadline is refused at once (it could not
+    finish in time), with the wait as retry_after."""
+    layer = _layer(None, LimitConfig("model", requests_per_second=1.0))
+    await layer.generate(_request(), Recorder())
+    with trio.move_on_after(1.0), pytest.raises(RateLimitExceeded) as info:
+        await layer.generate(_request(), Recorder())
+    assert str(info.value) == (
+        "rate limited locally: waiting for room would pass the request's deadline; retry in 1 s"
+    )
+    assert info.value.retry_after == 1.0
+
+
+async def test_waiting_is_counted_while_queued(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Two callers queued behind an empty bucket count as waiting, are admitted one second
+    apart (after 1 s and 2 s), and leave the counters at rest: no one waiting, 3 s waited."""
+    layer = _layer(None, LimitConfig("model", requests_per_second=1.0))
+    await layer.generate(_request(), Recorder())
+    seen: list[int] = []
+
+    async def watch() -> None:
+        await trio.sleep(0.5)
+        seen.append(layer.statistics().waiting)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(layer.generate, _request(), Recorder())
+        nursery.start_soon(layer.generate, _request(), Recorder())
+        nursery.start_soon(watch)
+    stats = layer.statistics()
+    assert seen == [2]
+    assert (stats.admitted, stats.waited, stats.waiting, stats.wait_seconds) == (3, 2, 0, 3.0)
