@@ -59,10 +59,15 @@ class FakeShared:
     verdict: Verdict = attrs.field(factory=Verdict)
     error: BaseException | None = None
     calls: list[tuple[str, str]] = attrs.field(factory=list)
+    hold: trio.Event | None = None
+    """When set, the next check waits for this event before it answers."""
 
     async def check(self, target: str) -> Verdict:
         await trio.lowlevel.checkpoint()  # a cancelled, unshielded caller stops here
         self.calls.append(("check", target))
+        if self.hold is not None:
+            hold, self.hold = self.hold, None
+            await hold.wait()
         if self.error is not None:
             raise self.error
         return self.verdict
@@ -198,6 +203,41 @@ async def test_an_unreachable_shared_state_frees_the_local_probe(
     shared.error = None
     await layer.generate(REQUEST, Recorder())
     assert (worker.calls, layer.statistics()[0].state) == (2, "closed")
+
+
+@pytest.mark.parametrize(
+    "answer", [Verdict("open", 5.0, admitted=False), OSError("connection refused")]
+)
+async def test_a_call_refused_by_the_shared_state_after_a_local_opening(
+    answer: Verdict | OSError,
+) -> None:
+    """A call still waiting for the shared state's verdict while a concurrent call opens the
+    local circuit, then refused (or left without an answer) by the shared state, fails with
+    that refusal (or error) and leaves the circuit open."""
+    shared = FakeShared(hold=trio.Event())
+    release = shared.hold
+    assert release is not None
+    layer = _layer(ScriptedWorker([fail(ServerError("boom"))]), shared)
+    outcomes: list[type[BaseException]] = []
+
+    async def waiting_call() -> None:
+        try:
+            await layer.generate(REQUEST, Recorder())
+        except (CircuitOpen, OSError) as exc:
+            outcomes.append(type(exc))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(waiting_call)
+        await trio.testing.wait_all_tasks_blocked()
+        with pytest.raises(ServerError):
+            await layer.generate(REQUEST, Recorder())
+        if isinstance(answer, Verdict):
+            shared.verdict = answer
+        else:
+            shared.error = answer
+        release.set()
+    assert outcomes == [type(answer) if isinstance(answer, OSError) else CircuitOpen]
+    assert layer.statistics()[0].state == "open"
 
 
 # ------------------------------------------------------------------ the layer, without shared state
@@ -444,7 +484,8 @@ def test_openings_and_transitions_are_counted_each_time() -> None:
 def test_a_closed_circuit_starts_its_run_of_failures_afresh() -> None:
     """After a probe closes the circuit, it takes failure_threshold new failures to open it
     again, and the statistics count the calls and the run so far."""
-    breaker = _opened(failure_threshold=2)
+    breaker = _opened()
+    breaker.config = _config(failure_threshold=2)  # as a reload does
     breaker.record_success(breaker.acquire(10.0), 10.0, 0.1)
     assert breaker.statistics(10.0).consecutive_failures == 0
     breaker.record_failure(breaker.acquire(11.0), 11.0)
@@ -484,3 +525,40 @@ def test_failures_and_anomalies_accumulate() -> None:
     breaker.record_success(breaker.acquire(0.0), 0.0, 1.0)
     stats = breaker.statistics(0.0)
     assert (stats.failures, stats.latency_anomalies) == (3, 2)
+
+
+def test_each_refusal_is_counted() -> None:
+    """Two calls refused while open count two rejections."""
+    breaker = _opened()
+    assert not breaker.acquire(1.0).admitted
+    assert not breaker.acquire(2.0).admitted
+    assert breaker.statistics(2.0).rejected == 2
+
+
+def test_the_error_rate_forgets_calls_that_left_the_window() -> None:
+    """A success that left the window no longer dilutes the failures after it."""
+    breaker = CircuitBreaker(_config(failure_threshold=100, window=10.0), "p/m1")
+    breaker.record_success(breaker.acquire(0.0), 0.0, 0.1)
+    breaker.record_failure(breaker.acquire(1.0), 1.0)
+    breaker.record_failure(breaker.acquire(2.0), 2.0)
+    assert breaker.statistics(5.0).error_rate == pytest.approx(2 / 3)
+    assert breaker.statistics(10.5).error_rate == 1.0
+
+
+def test_the_configured_latency_mode_is_the_one_used() -> None:
+    """latency_anomaly = "ewma" judges by the EWMA: after 1, 3, 2 s (alpha 0.5) a 3.45 s
+    call is anomalous there (as is the 3 s after a lone 1 s), though not for the z-score of
+    the same three samples."""
+    config = _config(
+        failure_threshold=100,
+        latency_anomaly="ewma",
+        latency_threshold=2.0,
+        latency_min_excess=0.0,
+        latency_warmup=1,
+        latency_alpha=0.5,
+    )
+    breaker = CircuitBreaker(config, "p/m1")
+    for latency in (1.0, 3.0, 2.0, 3.45):
+        breaker.record_success(breaker.acquire(0.0), 0.0, latency)
+    assert breaker.statistics(0.0).latency_anomalies == 2  # 3 s over 1 s, and 3.45 s
+    assert not _verdict("zscore", [1.0, 3.0, 2.0], 3.45, window=100)
