@@ -15,7 +15,12 @@ from _scripted import Recorder, ScriptedWorker, Step
 
 from trio_orchestrator.errors import RateLimitExceeded
 from trio_orchestrator.events import Done, TextDelta, Usage
-from trio_orchestrator.resilience import LimitConfig, RateLimitLayer, RateLimitsConfig
+from trio_orchestrator.resilience import (
+    LimitConfig,
+    RateLimitLayer,
+    RateLimitsConfig,
+    estimate_tokens,
+)
 from trio_orchestrator.types import GenerationParams, PromptRequest
 from trio_orchestrator.workers.base import EventSink
 
@@ -279,3 +284,102 @@ async def test_waiting_is_counted_while_queued(
     stats = layer.statistics()
     assert seen == [2]
     assert (stats.admitted, stats.waited, stats.waiting, stats.wait_seconds) == (3, 2, 0, 3.0)
+
+
+def test_an_embedding_request_is_estimated_from_its_inputs() -> None:
+    """Texts count a token per four characters (rounded up), token arrays their length, and
+    nothing is charged for output."""
+    request = PromptRequest(embed=("abcdefghi", (1, 2, 3), "abcd"))
+    assert estimate_tokens(request, 1000) == 4 + 3
+
+
+@attrs.define(eq=False)
+class Admissions:
+    """A worker that records when each call (by its input) was admitted; reports no usage."""
+
+    times: list[tuple[str, float]] = attrs.field(factory=list)
+
+    async def generate(self, request: PromptRequest, emit: EventSink) -> None:
+        self.times.append((str(request.input), trio.current_time()))
+        await emit(Done("stop", "", None, (), request.params.model))
+
+
+def _costing(name: str, tokens: int) -> PromptRequest:
+    """A request named ``name`` whose estimate is ``tokens`` (one for the input, the rest
+    output)."""
+    return PromptRequest(input=name, params=GenerationParams(model="m", max_tokens=tokens - 1))
+
+
+async def test_a_small_request_does_not_overtake_a_large_one_queued_before_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """At 100 tokens/s with a 1000-token burst: after a 1000-token call empties the bucket,
+    a queued 1000-token call is admitted at 10 s, and 100-token (at 1 s) and 50-token (at
+    10.5 s) calls behind it wait their turn (11 s, 11.5 s) although the bucket held enough
+    for each when it arrived."""
+    worker = Admissions()
+    layer = RateLimitLayer(
+        worker,
+        RateLimitsConfig(enabled=True, limits=(TOKENS,)),
+    )
+
+    async def arrive(at: float, name: str, tokens: int) -> None:
+        await trio.sleep(at)
+        await layer.generate(_costing(name, tokens), Recorder())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(arrive, 0.0, "a", 1000)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(arrive, 0.0, "b", 1000)
+        nursery.start_soon(arrive, 1.0, "c", 100)
+        nursery.start_soon(arrive, 10.5, "d", 50)
+    assert worker.times == [("a", 0.0), ("b", 10.0), ("c", 11.0), ("d", 11.5)]
+    stats = layer.statistics()
+    assert (stats.admitted, stats.waited, stats.waiting) == (4, 3, 0)
+
+
+async def test_full_buckets_are_kept_below_max_buckets(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Below max_buckets nothing is swept: a refilled bucket still shows in the statistics,
+    with its unit and capacity."""
+    layer = _layer(None, LimitConfig("user", requests_per_second=1.0, burst=2.0))
+    await layer.generate(_request(user="a"), Recorder())
+    await trio.sleep(5.0)
+    await layer.generate(_request(user="b"), Recorder())
+    buckets = layer.statistics().buckets
+    assert [(b.key, b.unit, b.capacity) for b in buckets] == [
+        ("a", "requests", 2.0),
+        ("b", "requests", 2.0),
+    ]
+
+
+async def test_shared_waits_and_admissions_accumulate(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Two calls each told once to wait 0.5 s, side by side, both count as waiting then, and
+    add up: 2 admitted, 2 waited, 1 s waited in all."""
+    await trio.sleep(1.0)  # the clock does not start at zero
+    shared = FakeShared([(0.5, False), (0.5, False)])
+    layer = _layer(shared)
+    seen: list[int] = []
+
+    async def watch() -> None:
+        await trio.sleep(0.25)
+        seen.append(layer.statistics().waiting)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(layer.generate, _request(), Recorder())
+        nursery.start_soon(layer.generate, _request(), Recorder())
+        nursery.start_soon(watch)
+    stats = layer.statistics()
+    assert seen == [2]
+    assert (stats.admitted, stats.waited, stats.wait_seconds) == (2, 2, 1.0)
+
+
+async def test_local_admissions_accumulate() -> None:
+    """Each call admitted at once counts."""
+    layer = _layer(None, LimitConfig("model", requests_per_second=5.0, burst=5.0))
+    for _ in range(3):
+        await layer.generate(_request(), Recorder())
+    assert layer.statistics().admitted == 3
