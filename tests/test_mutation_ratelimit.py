@@ -19,6 +19,7 @@ from trio_orchestrator.resilience import (
     LimitConfig,
     RateLimitLayer,
     RateLimitsConfig,
+    TokenBucket,
     estimate_tokens,
 )
 from trio_orchestrator.types import GenerationParams, PromptRequest
@@ -247,6 +248,9 @@ async def test_reconfigure_starts_fresh_buckets_only_when_the_limits_change(
         "resilience.rate_limits.enabled: adding or removing a layer needs a restart True → False"
     ]
     assert layer.config.limits == (wider,)
+    for _ in range(3):  # the third finds the reloaded bucket empty and queues for it
+        await layer.generate(_request(), Recorder())
+    assert layer.statistics().waited == 1
 
 
 async def test_a_local_wait_reaching_the_deadline_exactly_is_refused(
@@ -383,3 +387,9 @@ async def test_local_admissions_accumulate() -> None:
     for _ in range(3):
         await layer.generate(_request(), Recorder())
     assert layer.statistics().admitted == 3
+
+
+def test_a_bucket_with_room_to_spare_has_no_wait() -> None:
+    """A full bucket asked for less than it holds says 0 s, never a negative wait."""
+    bucket = TokenBucket(rate=2.0, capacity=5.0)
+    assert bucket.wait_time(1.0, 0.0) == 0.0
