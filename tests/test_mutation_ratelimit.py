@@ -393,3 +393,25 @@ def test_a_bucket_with_room_to_spare_has_no_wait() -> None:
     """A full bucket asked for less than it holds says 0 s, never a negative wait."""
     bucket = TokenBucket(rate=2.0, capacity=5.0)
     assert bucket.wait_time(1.0, 0.0) == 0.0
+
+
+async def test_a_limit_that_does_not_apply_leaves_the_ones_after_it() -> None:
+    """A user limit skipped for a request without a user still lets the model limit after
+    it count the request."""
+    user = LimitConfig("user", requests_per_second=1.0, burst=1.0)
+    model = LimitConfig("model", requests_per_second=1.0, burst=1.0, mode="reject")
+    layer = _layer(None, user, model)
+    await layer.generate(_request(), Recorder())
+    with pytest.raises(RateLimitExceeded):
+        await layer.generate(_request(), Recorder())
+    assert [(b.scope, b.key) for b in layer.statistics().buckets] == [("model", "m")]
+
+
+async def test_no_reconcile_when_no_token_limit_applies() -> None:
+    """A token limit for another model meters nothing for this one: the shared buckets are
+    not asked to reconcile."""
+    shared = FakeShared()
+    other = LimitConfig("model", tokens_per_minute=6000.0, match="other")
+    layer = _layer(shared, other)
+    await layer.generate(_request(), Recorder())
+    assert shared.reconciled == []
