@@ -273,6 +273,7 @@ async def test_waiting_is_counted_while_queued(
 ) -> None:
     """Two callers queued behind an empty bucket count as waiting, are admitted one second
     apart (after 1 s and 2 s), and leave the counters at rest: no one waiting, 3 s waited."""
+    await trio.sleep(1.0)  # the clock does not start at zero
     layer = _layer(None, LimitConfig("model", requests_per_second=1.0))
     await layer.generate(_request(), Recorder())
     seen: list[int] = []
@@ -415,3 +416,40 @@ async def test_no_reconcile_when_no_token_limit_applies() -> None:
     layer = _layer(shared, other)
     await layer.generate(_request(), Recorder())
     assert shared.reconciled == []
+
+
+async def test_tokens_are_reconciled_behind_a_request_limit() -> None:
+    """With a request limit listed before the token limit, the token charge is still
+    corrected to the usage."""
+    requests = LimitConfig("model", requests_per_second=5.0)
+    layer = _layer(None, requests, TOKENS)
+    await layer.generate(_request(), Recorder())
+    levels = {b.unit: b.level for b in layer.statistics().buckets}
+    assert levels["tokens"] == pytest.approx(996.0, abs=0.5)
+
+
+async def test_a_queued_request_meeting_a_full_reject_limit_is_refused_on_its_turn(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A request queued behind another on the same buckets, whose reject-mode limit has no
+    room when its turn comes, is refused then (at 1 s), not left to wait for the refill; two
+    refusals count two."""
+    model = LimitConfig("model", requests_per_second=1.0, burst=1.0)
+    user = LimitConfig("user", requests_per_minute=1.0, burst=2.0, mode="reject")
+    layer = _layer(None, model, user)
+    await layer.generate(_request(user="a"), Recorder())
+    refused_at: list[float] = []
+
+    async def queued() -> None:
+        await trio.sleep(0.1)
+        with pytest.raises(RateLimitExceeded, match="reject mode"):
+            await layer.generate(_request(user="a"), Recorder())
+        refused_at.append(trio.current_time())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(layer.generate, _request(user="a"), Recorder())  # waits for model
+        nursery.start_soon(queued)
+    assert refused_at == [1.0]
+    with pytest.raises(RateLimitExceeded):
+        await layer.generate(_request(user="a"), Recorder())
+    assert layer.statistics().rejected == 2
