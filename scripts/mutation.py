@@ -51,7 +51,11 @@ MODULES: dict[str, tuple[str, ...]] = {
     "pipeline/post.py": ("tests/test_post.py",),
     "pipeline/rag.py": ("tests/test_rag.py",),
     "pipeline/priority.py": ("tests/test_priority.py",),
-    "pipeline/job.py": ("tests/test_pipeline.py", "tests/test_accounting.py"),
+    "pipeline/job.py": (
+        "tests/test_pipeline.py",
+        "tests/test_accounting.py",
+        "tests/test_mutation_job.py",
+    ),
     "pipeline/core.py": ("tests/test_pipeline.py", "tests/test_accounting.py"),
     "routing/router.py": ("tests/test_router.py",),
     "workers/http.py": (
