@@ -21,10 +21,13 @@ from trio_orchestrator.events import (
     Passthrough,
     StreamEvent,
     TextDelta,
+    ToolCall,
     ToolCallDelta,
     ToolCallStart,
     Usage,
 )
+from trio_orchestrator.pipeline import FinishedRequest
+from trio_orchestrator.types import GenerationParams
 from trio_orchestrator.workers.base import EventSink
 
 REQUEST = PromptRequest(input="hi", request_id="req_fixed")
@@ -85,7 +88,7 @@ async def test_embeddings_reach_the_completion() -> None:
 @pytest.mark.parametrize(
     ("events", "message"),
     [
-        ([TextDelta("x")], "the worker returned without emitting Done"),
+        ([TextDelta("x")], "^the worker returned without emitting Done$"),
         ([Done("stop", ""), TextDelta("x")], "TextDelta after Done"),
     ],
 )
@@ -158,3 +161,41 @@ async def test_the_worker_runs_at_most_the_stream_buffer_ahead_of_its_reader(
                 async for _ in events:
                     await trio.sleep_forever()
     assert emitted == [0, 1, 2]
+
+
+async def test_time_to_first_token_is_when_the_first_event_came(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A listener learns the time to the first event (2 s), not to a later one."""
+
+    @attrs.define(eq=False)
+    class Paced:
+        async def generate(self, request: PromptRequest, emit: EventSink) -> None:
+            await trio.sleep(2.0)
+            await emit(TextDelta("a"))
+            await trio.sleep(3.0)
+            await emit(Done("stop", "a"))
+
+    finished: list[FinishedRequest] = []
+    async with open_pipeline(Paced()) as pipeline:
+        pipeline.add_listener(finished.append)
+        await pipeline.submit(REQUEST)
+    assert [f.time_to_first_token for f in finished] == [2.0]
+
+
+async def test_a_stop_sequence_ends_with_stop_even_if_the_worker_said_otherwise() -> None:
+    """Text cut at a stop sequence finishes with "stop", though the worker's Done (sent
+    before the cut took effect) says "length"."""
+    worker = Playing([TextDelta("abcEND tail"), Done("length", "abcEND tail")])
+    request = PromptRequest(input="hi", params=GenerationParams(stop=("END",)))
+    async with open_pipeline(worker) as pipeline:
+        completion = await pipeline.submit(request)
+    assert (completion.text, completion.finish_reason) == ("abc", "stop")
+
+
+async def test_tool_calls_the_done_carries_are_the_completions() -> None:
+    """A worker that reports its tool calls whole on Done (no deltas) has them answered."""
+    call = ToolCall("call_1", "lookup", "{}")
+    worker = Playing([Done("tool_calls", "", None, (call,))])
+    async with open_pipeline(worker) as pipeline:
+        assert (await pipeline.submit(REQUEST)).tool_calls == (call,)
