@@ -21,13 +21,12 @@ from trio_orchestrator.events import (
     Passthrough,
     StreamEvent,
     TextDelta,
-    ToolCall,
     ToolCallDelta,
     ToolCallStart,
     Usage,
 )
 from trio_orchestrator.pipeline import FinishedRequest
-from trio_orchestrator.types import GenerationParams
+from trio_orchestrator.types import GenerationParams, ToolCall
 from trio_orchestrator.workers.base import EventSink
 
 REQUEST = PromptRequest(input="hi", request_id="req_fixed")
