@@ -26,6 +26,7 @@ from trio_orchestrator import (
     open_gateway,
     open_pipeline,
 )
+from trio_orchestrator.errors import ProviderTimeout, RequestCancelled
 from trio_orchestrator.resilience import CoalescingConfig, CoalescingLayer, request_key
 from trio_orchestrator.resilience.config import ResilienceConfig
 from trio_orchestrator.resilience.stack import iter_layers
@@ -189,6 +190,7 @@ async def test_last_subscriber_leaving_cancels_the_upstream_call() -> None:
     stats = layer.statistics()
     assert worker.cancelled
     assert (stats.abandoned, stats.in_flight_keys, stats.subscribers) == (1, 0, 0)
+    assert stats.buffered_events == 0  # the abandoned answer's buffer is freed too
 
 
 async def test_upstream_error_reaches_every_subscriber_as_the_same_type() -> None:
@@ -468,3 +470,82 @@ async def test_reconfigure_takes_a_new_cap_but_refuses_a_toggle() -> None:
             for into in answers:
                 callers.start_soon(subscribe, layer, greedy(), into)
     assert worker.calls == 2
+
+
+async def test_a_read_answer_frees_its_buffer_when_the_last_subscriber_leaves() -> None:
+    """Once every subscriber has read a finished answer, no flight or buffer is left."""
+    worker = GatedWorker()
+    answers: list[list[StreamEvent]] = [[], []]
+    async with trio.open_nursery() as nursery:
+        layer = CoalescingLayer(worker, CoalescingConfig(), nursery)
+        for into in answers:
+            nursery.start_soon(subscribe, layer, greedy(), into)
+        await trio.testing.wait_all_tasks_blocked()
+        worker.gate.set()
+    stats = layer.statistics()
+    assert answers == [EXPECTED, EXPECTED]
+    assert (stats.subscribers, stats.buffered_events, stats.in_flight_keys) == (0, 0, 0)
+
+
+async def test_shared_call_cancelled_under_its_subscribers_fails_them_as_cancelled() -> None:
+    """When the layer's nursery is cancelled mid-answer (shutdown), each subscriber, even one
+    with a deadline of its own, gets RequestCancelled saying the shared call was cancelled,
+    not a timeout and not a truncated answer passed off as complete."""
+    worker = GatedWorker()
+    outcomes: list[BaseException | None] = []
+
+    async def ask(into: list[StreamEvent]) -> None:
+        try:
+            with trio.fail_after(3600):
+                await subscribe(layer, greedy(), into)
+        except RequestCancelled as exc:
+            outcomes.append(exc)
+        else:
+            outcomes.append(None)
+
+    received: list[list[StreamEvent]] = [[], []]
+    async with trio.open_nursery() as callers, trio.open_nursery() as flights:
+        layer = CoalescingLayer(worker, CoalescingConfig(), flights)
+        for into in received:
+            callers.start_soon(ask, into)
+        await worker.first_sent.wait()
+        await trio.testing.wait_all_tasks_blocked()
+        flights.cancel_scope.cancel()
+    assert worker.cancelled
+    assert [type(e) for e in outcomes] == [RequestCancelled] * 2
+    assert {str(e) for e in outcomes} == {"the shared upstream call was cancelled"}
+    assert received == [[TextDelta("first ")]] * 2
+    stats = layer.statistics()
+    assert (stats.subscribers, stats.buffered_events, stats.in_flight_keys) == (0, 0, 0)
+
+
+async def test_shared_call_reaching_its_deadline_fails_subscribers_as_a_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The shared call runs until the deadline its callers had when they joined; a caller who
+    moved its own deadline later after joining gets ProviderTimeout saying so when the shared
+    call reaches it."""
+    worker = GatedWorker()
+    outcomes: list[BaseException | None] = []
+    caller = trio.CancelScope(deadline=trio.current_time() + 1.0)
+
+    async def ask() -> None:
+        with caller:
+            try:
+                await subscribe(layer, greedy(), [])
+            except ProviderTimeout as exc:
+                outcomes.append(exc)
+            else:
+                outcomes.append(None)
+
+    async with trio.open_nursery() as nursery:
+        layer = CoalescingLayer(worker, CoalescingConfig(), nursery)
+        nursery.start_soon(ask)
+        await worker.first_sent.wait()
+        caller.deadline = trio.current_time() + 100.0
+    assert worker.cancelled
+    assert [type(e) for e in outcomes] == [ProviderTimeout]
+    assert str(outcomes[0]) == (
+        "the shared upstream call reached the latest deadline of its callers; "
+        "give the request a longer timeout"
+    )

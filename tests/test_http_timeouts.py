@@ -3,7 +3,8 @@
 A stream may take ``first_token`` seconds to its first content, then ``idle`` seconds between
 chunks, and ``total`` seconds in all. These tests pin the *time* of each cut (under
 ``autojump_clock``), not only the error's type: a limit applied at the wrong moment — every
-stream cut at the first-token limit, say — passes a type check but not these.
+stream cut at the first-token limit, say — passes a type check but not these. The last tests
+show the same cuts through the service (its ASGI app), as a client of the gateway sees them.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import httpx
 import pytest
 import trio
 import trio.testing
+from service_helpers import call_app, serving_in_process
 
 from trio_orchestrator.config.secret import Secret
 from trio_orchestrator.errors import ProviderTimeout
@@ -307,3 +309,57 @@ async def test_azures_prompt_filter_frame_is_not_a_first_token(
 
 def _sse(body: Scripted) -> httpx.Response:
     return httpx.Response(200, stream=body, headers={"content-type": "text/event-stream"})
+
+
+# ------------------------------------------------------------------ through the service
+
+
+class _TimedSends(list[dict[str, Any]]):
+    """The ASGI messages an application sends, each with the (mock) time it was sent."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.times: list[float] = []
+
+    def append(self, message: dict[str, Any]) -> None:
+        self.times.append(trio.current_time())
+        super().append(message)
+
+
+async def _served_stream(kind: Kind, body: Scripted) -> tuple[str, float]:
+    """Stream a chat completion from ``kind``'s worker through the service's ASGI app;
+    return the response body and when (seconds after the call) its last byte was sent."""
+    if kind.request.responses_body is None:
+        path = "/v1/chat/completions"
+        call: dict[str, Any] = {"messages": [{"role": "user", "content": "hi"}]}
+    else:  # a Responses API upstream is reached natively through /v1/responses
+        path, call = "/v1/responses", {"input": "hi"}
+    sent = _TimedSends()
+    start = trio.current_time()
+    async with serving_in_process(_worker(kind, body, LIMITS)) as (app, _):
+        await call_app(app, path, {"model": "echo", "stream": True, **call}, sent=sent)
+    parts = [m.get("body", b"") for m in sent if m["type"] == "http.response.body"]
+    return b"".join(parts).decode(), sent.times[-1] - start
+
+
+async def test_served_steady_stream_outlives_the_first_token_limit(
+    kind: Kind, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Through the service, a stream with a chunk every 4 s (idle limit 5 s) reaches its
+    end at 17 s, past the 3 s first-token limit, with all its text."""
+    chunks = [(1.0, kind.first)] + [(4.0, kind.more)] * 3 + [(4.0, kind.end)]
+    text, ended = await _served_stream(kind, Scripted(chunks, stall=False))
+    assert '"error"' not in text
+    assert ("response.completed" if kind.request.responses_body else "data: [DONE]") in text
+    assert ended == 17.0
+
+
+async def test_served_stall_after_content_is_cut_at_the_idle_limit(
+    kind: Kind, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Through the service, a stream that stalls after its first content at 2 s ends with
+    the idle timeout's error at 7 s (not at the 3 s first-token limit)."""
+    text, ended = await _served_stream(kind, Scripted([(2.0, kind.first)]))
+    assert '"error"' in text
+    assert "idle timeout" in text
+    assert ended == 7.0
