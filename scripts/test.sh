@@ -3,8 +3,9 @@
 #
 # Usage:
 #   bash scripts/test.sh              what CI runs: the gates (ruff check, ruff format --check,
-#                                     mypy --strict), then the whole suite with branch coverage,
-#                                     failing under [tool.coverage.report] fail_under
+#                                     mypy --strict), then the whole suite with branch coverage
+#                                     on two workers (pytest-xdist), failing under
+#                                     [tool.coverage.report] fail_under
 #   bash scripts/test.sh ARGS...      pytest ARGS alone: no gates, no coverage (a quick run of
 #                                     some tests; `--cov` among ARGS measures them)
 #   bash scripts/test.sh --gates      the gates alone
@@ -30,7 +31,7 @@ gates() {
 if [ "$#" -eq 0 ]; then
     gates
     echo "== pytest with branch coverage"
-    exec .venv/bin/python -m pytest --cov --cov-report=term
+    exec .venv/bin/python -m pytest -n 2 --cov --cov-report=term
 elif [ "$1" = "--gates" ] && [ "$#" -eq 1 ]; then
     gates
 else
