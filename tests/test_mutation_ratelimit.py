@@ -35,9 +35,10 @@ class FakeShared:
     answers: list[tuple[float, bool] | None] = attrs.field(factory=list)
     acquired: list[tuple[dict[str, str], int, float]] = attrs.field(factory=list)
     reconciled: list[tuple[dict[str, str], int, int]] = attrs.field(factory=list)
+    round_trip: float = 0.0  # seconds each ask takes, as Redis's answer would
 
     async def try_acquire(self, keys: dict[str, str], tokens: int) -> tuple[float, bool] | None:
-        await trio.lowlevel.checkpoint()
+        await trio.sleep(self.round_trip)
         self.acquired.append((keys, tokens, trio.current_time()))
         return self.answers.pop(0) if self.answers else (0.0, False)
 
@@ -112,6 +113,17 @@ async def test_a_shared_admission_at_once_is_not_a_wait(
 ) -> None:
     """Admitted by the shared buckets at the first ask, the call counts as admitted only."""
     layer = _layer(FakeShared())
+    await layer.generate(_request(), Recorder())
+    stats = layer.statistics()
+    assert (stats.admitted, stats.waited, stats.wait_seconds) == (1, 0, 0.0)
+
+
+async def test_a_round_trip_to_the_shared_buckets_is_not_a_wait(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Admitted at the first ask, the call is no wait however long Redis took to say so
+    (every shared admission counted as a wait before)."""
+    layer = _layer(FakeShared(round_trip=0.002))
     await layer.generate(_request(), Recorder())
     stats = layer.statistics()
     assert (stats.admitted, stats.waited, stats.wait_seconds) == (1, 0, 0.0)

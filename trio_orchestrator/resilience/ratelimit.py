@@ -396,11 +396,12 @@ class RateLimitLayer:
         and the local buckets decide."""
         deadline = trio.current_effective_deadline()
         start = trio.current_time()
+        slept = False  # a round trip to Redis takes time too, but is no wait for room
         while (answer := await shared.try_acquire(keys, tokens)) is not None:
             wait, reject = answer
             if wait == 0.0:
                 self._admitted += 1
-                if trio.current_time() > start:
+                if slept:
                     self._waited += 1
                     self._wait_seconds += trio.current_time() - start
                 return True
@@ -410,6 +411,7 @@ class RateLimitLayer:
                 await trio.sleep(wait)
             finally:
                 self._waiting -= 1
+            slept = True
         return False
 
     async def _wait_in_line(self, queue_key: tuple[int, ...], charges: list[Charge]) -> None:
