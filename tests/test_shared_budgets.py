@@ -207,3 +207,29 @@ async def test_a_key_change_before_the_first_round_trip_is_not_missed(
         await late.sync()
     assert reloads == ["reloaded", "reloaded"]
     assert late.statistics().reloads == 1  # the change seen between two round trips
+
+
+async def test_spend_from_before_midnight_stays_in_its_day(redis_server: RedisServer) -> None:
+    """Spend charged at 23:59:59 and shared after midnight is added to the day it was spent
+    in, not to the new day's budget."""
+    config = DistributedConfig(redis_url=redis_server.url)
+    midnight = 1_780_000_000 - 1_780_000_000 % 86_400  # a UTC midnight
+    now = [midnight - 1.0]
+
+    async def reload() -> None:
+        pass
+
+    async with open_redis(config) as redis:
+        here, there = VirtualKeys(clock=lambda: now[0]), VirtualKeys(clock=lambda: now[0])
+        for keys in (here, there):
+            keys.put(_key("key_d", budget=10.0))
+        mine = SharedBudgets(redis, here, SYNC, reload)
+        here.charge("key_d", 0.5)
+        now[0] = midnight + 1.0
+        await mine.sync()
+        await SharedBudgets(redis, there, SYNC, reload).sync()
+        day_before = await redis.call(
+            lambda client: client.get(redis.key("spend", "key_d", "2026-05-27"))
+        )
+    assert there.budgets.spent("key_d", "day") == 0.0
+    assert float(day_before or 0) == pytest.approx(0.5)

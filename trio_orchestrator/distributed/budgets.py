@@ -91,7 +91,8 @@ class SharedBudgets:
     keys: VirtualKeys
     interval: float
     reload_keys: Callable[[], Awaitable[None]]
-    _pending: dict[tuple[str, str], float] = attrs.field(factory=dict, init=False)
+    # (key id, budget period, the period's first day) -> dollars not yet added to Redis.
+    _pending: dict[tuple[str, str, str], float] = attrs.field(factory=dict, init=False)
     _version: str | None = attrs.field(default=None, init=False)
     _script: Script[str] = attrs.field(init=False)
     _syncs: int = attrs.field(default=0, init=False)
@@ -106,9 +107,9 @@ class SharedBudgets:
         self.keys.on_charge = self._charged
 
     def _charged(self, key_id: str, period: str, dollars: float) -> None:
-        # The key's period travels with its spend: a period ending between the charge and
-        # the round trip must not move this spend into the next one.
-        slot = (key_id, period)
+        # The period the spend fell in travels with it: a period ending between the charge
+        # and the round trip must not move this spend into the next one.
+        slot = (key_id, period, _first_day(period, self.keys.clock()))
         self._pending[slot] = self._pending.get(slot, 0.0) + dollars
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -121,18 +122,27 @@ class SharedBudgets:
     async def sync(self) -> None:
         """One round trip: add the spend waiting here, read the sums and the keys' version;
         reload the keys when another process changed one."""
+        now = self.keys.clock()
         budgeted = [
-            (record.id, record.budget_period) for record in self.keys if record.budget is not None
+            (record.id, record.budget_period, _first_day(record.budget_period, now))
+            for record in self.keys
+            if record.budget is not None
         ]
         slots = sorted({*self._pending, *budgeted})
         pending, self._pending = self._pending, {}
-        now = self.keys.clock()
         counters, args = [self.redis.key("keys", "version")], list[str]()
-        for key_id, period in slots:
-            start, end = period_bounds(period, now)
-            news = pending.get((key_id, period), 0.0)
-            known = self.keys.budgets.spent(key_id, period) - news
-            counters.append(self.redis.key("spend", key_id, start or "total"))
+        for slot in slots:
+            key_id, period, first_day = slot
+            current, end = period_bounds(period, now)
+            news = pending.get(slot, 0.0)
+            # What storage and earlier round trips said, to seed a counter Redis lacks (a
+            # past period's is not known here any more: what this process adds is counted).
+            known = (
+                self.keys.budgets.spent(key_id, period) - news
+                if first_day == (current or _TOTAL)
+                else 0.0
+            )
+            counters.append(self.redis.key("spend", key_id, first_day))
             ttl = 0 if end is None else int(end - now + _GRACE)
             args += [_decimal(known), _decimal(news), str(ttl)]
         script = self._script
@@ -146,8 +156,9 @@ class SharedBudgets:
             return
         self._syncs += 1
         version, *sums = answer
-        for (key_id, period), total in zip(slots, sums, strict=True):
-            self.keys.budgets.raise_to(key_id, period, float(total))
+        for (key_id, period, first_day), total in zip(slots, sums, strict=True):
+            if first_day == _first_day(period, now):  # a past period's sum limits nothing
+                self.keys.budgets.raise_to(key_id, period, float(total))
         if version != self._version:
             # The first answer reloads too: the keys were loaded before this process knew
             # the version, and a change made in between would otherwise never be seen.
@@ -172,6 +183,14 @@ class SharedBudgets:
             pending=len(self._pending),
             reloads=self._reloads,
         )
+
+
+_TOTAL = "total"  # the "first day" of a budget that never restarts
+
+
+def _first_day(period: str, when: float) -> str:
+    """The first UTC day of the budget ``period`` holding Unix time ``when``."""
+    return period_bounds(period, when)[0] or _TOTAL
 
 
 def _decimal(dollars: float) -> str:
