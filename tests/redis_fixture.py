@@ -21,6 +21,7 @@ import pytest
 __all__ = ["RedisServer", "redis_server"]
 
 _START_TIMEOUT = 10.0
+_PORT_TRIES = 5
 
 
 def _free_port() -> int:
@@ -30,13 +31,23 @@ def _free_port() -> int:
         return port
 
 
-def _answers_ping(port: int) -> bool:
+def _pid_answering(port: int) -> int | None:
+    """The process id of the Redis server answering on ``port`` (None: none answers). Under
+    pytest-xdist another worker's server may hold a port this one was given."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5) as connection:
-            connection.sendall(b"PING\r\n")
-            return connection.recv(16).startswith(b"+PONG")
+            connection.sendall(b"INFO server\r\n")
+            answer = b""
+            while b"process_id:" not in answer or not answer.split(b"process_id:")[1].count(
+                b"\r\n"
+            ):
+                chunk = connection.recv(4096)
+                if not chunk:
+                    return None
+                answer += chunk
     except OSError:
-        return False
+        return None
+    return int(answer.split(b"process_id:")[1].split(b"\r\n")[0])
 
 
 class RedisServer:
@@ -53,6 +64,7 @@ class RedisServer:
         self.directory = directory
         self.port = _free_port()
         self._process: subprocess.Popen[bytes] | None = None
+        self._started_once = False
 
     @property
     def url(self) -> str:
@@ -65,11 +77,20 @@ class RedisServer:
         return self._process is not None and self._process.poll() is None
 
     def start(self) -> None:
-        """Start the server and wait until it answers PING.
+        """Start the server and wait until it answers (itself, not another test's server on
+        the same port: then, on a first start, on a new port).
 
         Raises:
             RuntimeError: it did not answer within 10 s.
         """
+        for _ in range(_PORT_TRIES):
+            if self._start():
+                return
+            self.port = _free_port()  # another server holds it: only before any use
+        raise RuntimeError(f"redis-server did not start on port {self.port}")
+
+    def _start(self) -> bool:
+        """Start the server; True once it answers, False if the port is taken."""
         self._process = subprocess.Popen(
             [
                 self.executable,
@@ -81,11 +102,16 @@ class RedisServer:
             stderr=subprocess.DEVNULL,
         )
         give_up = time.monotonic() + _START_TIMEOUT
-        while not _answers_ping(self.port):
+        while _pid_answering(self.port) != self._process.pid:
+            if self._process.poll() is not None and not self._started_once:
+                self._process = None
+                return False  # the port was taken (bind failed)
             if self._process.poll() is not None or time.monotonic() > give_up:
                 self.stop()
                 raise RuntimeError(f"redis-server did not start on port {self.port}")
             time.sleep(0.01)
+        self._started_once = True
+        return True
 
     def pause(self) -> None:
         """Freeze the server (SIGSTOP): connections stay open but nothing is answered."""

@@ -222,8 +222,11 @@ async def test_keys_name_user_and_api_key_only_when_known() -> None:
 # ------------------------------------------------------------------ local buckets
 
 
-async def test_usage_above_the_estimate_is_taken_from_the_bucket() -> None:
-    """A call that used more tokens (500) than estimated (200) is charged the difference."""
+async def test_usage_above_the_estimate_is_taken_from_the_bucket(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """A call that used more tokens (500) than estimated (200) is charged the difference
+    (on a clock that stands still: the bucket refills by the clock)."""
     worker = ScriptedWorker([Step(tokens=("x",) * 497)])  # usage 3 + 497
     layer = _layer(None, worker=worker)
     await layer.generate(_request(), Recorder())
