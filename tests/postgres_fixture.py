@@ -31,6 +31,7 @@ import pytest
 __all__ = ["PostgresServer", "postgres_cluster", "postgres_server"]
 
 _START_TIMEOUT = 30.0
+_PORT_ATTEMPTS = 5
 _SKIP = "PostgreSQL is not installed (Debian: apt-get install postgresql; .ci/run installs it)"
 
 
@@ -91,6 +92,24 @@ class PostgresServer:
                 capture_output=True,
                 **self._user,
             )
+        for _attempt in range(_PORT_ATTEMPTS):
+            if self._launch(data):
+                return
+            # Under pytest-xdist another worker's server may have taken the port this one was
+            # given between the probe and the bind: this server exits, so take another port.
+            self.port = _free_port()
+        raise RuntimeError(f"postgres did not start on a free port ({_PORT_ATTEMPTS} tried)")
+
+    def _launch(self, data: Path) -> bool:
+        """Start ``postgres`` on :attr:`port` and wait until this server (not another
+        worker's on the same port) takes connections.
+
+        Returns:
+            Whether it did; ``False`` when it exited (its port was taken).
+
+        Raises:
+            RuntimeError: it neither answered nor exited within 30 s.
+        """
         self._process = subprocess.Popen(
             [
                 self.binaries / "postgres",
@@ -103,20 +122,27 @@ class PostgresServer:
             **self._user,
         )
         give_up = time.monotonic() + _START_TIMEOUT
-        while not self._ready():
-            if self._process.poll() is not None or time.monotonic() > give_up:
+        while not self._ready(data):
+            if self._process.poll() is not None:
+                self._process = None
+                return False
+            if time.monotonic() > give_up:
                 self.stop()
                 raise RuntimeError(f"postgres did not start on port {self.port}")
             time.sleep(0.05)
+        return True
 
-    def _ready(self) -> bool:
+    def _ready(self, data: Path) -> bool:
+        """Whether the server on :attr:`port` takes connections and is this one: its data
+        directory is ``data`` (another worker's may answer on a port both were given)."""
         import psycopg
 
         try:
-            with psycopg.connect(self.dsn(), connect_timeout=1):
-                return True
+            with psycopg.connect(self.dsn(), connect_timeout=1) as connection:
+                row = connection.execute("SHOW data_directory").fetchone()
         except psycopg.OperationalError:
             return False
+        return row is not None and Path(row[0]).resolve() == data.resolve()
 
     def new_database(self) -> str:
         """Create an empty database and return its connection string."""
