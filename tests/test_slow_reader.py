@@ -142,7 +142,8 @@ async def test_a_client_that_never_reads_a_whole_answer_loses_its_connection(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     """A non-streamed answer larger than the socket buffers, to a client that reads
-    nothing: past send_timeout its connection is reset, and the service goes on serving."""
+    nothing: past send_timeout its connection is reset (and counted in /metrics), and the
+    service goes on serving."""
     async with running_app(_config(), FloodWorker()) as (url, app):
         sends = app.state.service.sends
         stalled = await _non_reader(url, _chat(LARGE_CHUNKS, stream=False))
@@ -155,7 +156,9 @@ async def test_a_client_that_never_reads_a_whole_answer_loses_its_connection(
                     "/v1/chat/completions", json=json.loads(_chat(None, False))
                 )
             stats = await statistics(client)
+            metrics = (await client.get("/metrics")).text
     assert ending == "reset"
+    assert "trio_orchestrator_slow_clients_reset_total 1.0" in metrics
     assert health.status_code == 200
     assert answer.status_code == 200
     assert stats["completed"] == 2  # the large answer was ready: only its delivery stalled

@@ -285,6 +285,11 @@ def partial_lifespan(
                 gateway.add(state.keyring, "service")  # API keys rotate on reload
                 state.keyring.attach(gateway.keys)  # and virtual keys from storage
             gateway.add(state.sends, "service")  # send_timeout, stream_buffer_bytes
+            if state.observed is not None:  # added after the gateway exported its parts
+                sends = state.sends
+                state.observed.register_statistics(
+                    sends.metric_kind, sends, counters=sends.metric_counters
+                )
             served = ServedModels(state)
             gateway.add(served, "providers")
             if state.config.routing.enabled:

@@ -20,14 +20,14 @@ import logging
 import socket
 import struct
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import attrs
 import trio
 
 from ..config.service import ServiceConfig
 
-__all__ = ["SendWatch", "Stallable", "reset_connection", "socket_stream_of"]
+__all__ = ["SendStatistics", "SendWatch", "Stallable", "reset_connection", "socket_stream_of"]
 
 logger = logging.getLogger("trio_orchestrator.service")
 
@@ -46,6 +46,20 @@ class Stallable(Protocol):
         """The current send has taken too long: end the connection."""
 
 
+@attrs.frozen
+class SendStatistics:
+    """What :meth:`SendWatch.statistics` reports (``/metrics``:
+    ``trio_orchestrator_slow_clients_<field>``).
+
+    Attributes:
+        reset: connections reset because a write to them waited ``send_timeout`` (a counter).
+        sending: writes to clients under way now.
+    """
+
+    reset: int
+    sending: int
+
+
 @attrs.define(eq=False)
 class SendWatch:
     """The sends under way and the limits for clients that stop reading (a reload part of
@@ -55,6 +69,9 @@ class SendWatch:
         send_timeout: ``service.send_timeout``.
         stream_buffer_bytes: ``service.stream_buffer_bytes``.
     """
+
+    metric_kind: ClassVar[str] = "slow_clients"
+    metric_counters: ClassVar[tuple[str, ...]] = ("reset",)
 
     send_timeout: float
     stream_buffer_bytes: int
@@ -72,6 +89,10 @@ class SendWatch:
         self.send_timeout = section.send_timeout
         self.stream_buffer_bytes = section.stream_buffer_bytes
         return []
+
+    def statistics(self) -> SendStatistics:
+        """The connections reset so far and the writes under way."""
+        return SendStatistics(reset=self.closed, sending=len(self._since))
 
     def begin(self, sender: Stallable) -> None:
         """``sender`` starts a send (end it with :meth:`end`, in a ``finally``)."""
