@@ -93,64 +93,66 @@ class Assignment:
         return f"{self.experiment}={self.variant}"
 
 
-@attrs.define
-class _Sums:
-    """One variant's running sums (latency over successes only: a fast failure is no
+def _plus(sums: VariantSums, more: VariantSums) -> VariantSums:
+    """``sums`` with ``more``'s added to it, field by field (the variant's name kept)."""
+    added = (a + b for a, b in zip(attrs.astuple(sums)[1:], attrs.astuple(more)[1:], strict=True))
+    return VariantSums(sums.variant, *added)
+
+
+def _log_latency(sums: VariantSums) -> Moments:
+    """The moments of a variant's log latencies (over successes only: a fast failure is no
     evidence of a fast variant)."""
+    return Moments(sums.requests - sums.errors, sums.log_latency_sum, sums.log_latency_squares)
 
-    requests: int = 0
-    errors: int = 0
-    latency_sum: float = 0.0
-    log_latency_sum: float = 0.0
-    log_latency_squares: float = 0.0
-    cost: float = 0.0
-    tokens: int = 0
-    feedback_n: int = 0
-    feedback_sum: float = 0.0
-    feedback_squares: float = 0.0
 
-    def merge(self, other: _Sums | VariantSums) -> None:
-        for field in attrs.fields(_Sums):
-            setattr(self, field.name, getattr(self, field.name) + getattr(other, field.name))
-
-    def stored(self, variant: str) -> VariantSums:
-        return VariantSums(variant, *attrs.astuple(self))
-
-    @property
-    def log_latency(self) -> Moments:
-        n = self.requests - self.errors
-        return Moments(n, self.log_latency_sum, self.log_latency_squares)
-
-    @property
-    def feedback(self) -> Moments:
-        return Moments(self.feedback_n, self.feedback_sum, self.feedback_squares)
+def _feedback(sums: VariantSums) -> Moments:
+    """The moments of a variant's feedback scores."""
+    return Moments(sums.feedback_n, sums.feedback_sum, sums.feedback_squares)
 
 
 @attrs.define(eq=False)
 class _Variant:
     config: VariantConfig
-    total: _Sums = attrs.field(factory=_Sums)
-    unsaved: _Sums = attrs.field(factory=_Sums)
+    total: VariantSums = attrs.field()
+    unsaved: VariantSums = attrs.field()
     recent: collections.deque[float] = attrs.field(factory=collections.deque)
     buckets: list[int] = attrs.field(factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
     seconds: float = 0.0  # summed over ``buckets``: this process's successes
 
+    @total.default
+    @unsaved.default
+    def _nothing(self) -> VariantSums:
+        return VariantSums(self.config.name)
+
     def add(self, ok: bool, latency: float, tokens: int, cost: float) -> None:
-        outcome = _Sums(requests=1, errors=0 if ok else 1, tokens=tokens, cost=cost)
         if ok:
             log = math.log(max(latency, 1e-6))
-            outcome.latency_sum, outcome.log_latency_sum = latency, log
-            outcome.log_latency_squares = log * log
+            outcome = VariantSums(
+                self.config.name, 1, 0, latency, log, log * log, cost=cost, tokens=tokens
+            )
             self.recent.append(latency)
             self.buckets[bisect.bisect_left(LATENCY_BUCKETS, latency)] += 1
             self.seconds += latency
-        self.total.merge(outcome)
-        self.unsaved.merge(outcome)
+        else:
+            outcome = VariantSums(self.config.name, 1, 1, cost=cost, tokens=tokens)
+        self.count(outcome)
 
     def add_feedback(self, score: float) -> None:
-        feedback = _Sums(feedback_n=1, feedback_sum=score, feedback_squares=score * score)
-        self.total.merge(feedback)
-        self.unsaved.merge(feedback)
+        self.count(
+            VariantSums(
+                self.config.name, feedback_n=1, feedback_sum=score, feedback_squares=score * score
+            )
+        )
+
+    def count(self, more: VariantSums) -> None:
+        """Add ``more`` to the total and to what is not yet stored."""
+        self.total = _plus(self.total, more)
+        self.unsaved = _plus(self.unsaved, more)
+
+    def stored(self, sums: VariantSums) -> None:
+        """Take ``sums`` (every process's, as stored) as the total, plus what this process
+        counted since it last wrote."""
+        self.total = _plus(sums, self.unsaved)
 
 
 @attrs.frozen
@@ -497,8 +499,7 @@ class Experiments:
             for sums in record.variants:
                 variant = experiment.variants.get(sums.variant)
                 if variant is not None:
-                    variant.total = _Sums()
-                    variant.total.merge(sums)
+                    variant.total = sums
 
     def take_unsaved(self) -> list[ExperimentRecord]:
         """What changed since the last call: statuses and sums' increments (cleared here;
@@ -506,14 +507,14 @@ class Experiments:
         records = []
         for experiment_id, experiment in self._experiments.items():
             changed = [
-                variant.unsaved.stored(name)
-                for name, variant in experiment.variants.items()
-                if variant.unsaved != _Sums()
+                variant.unsaved
+                for variant in experiment.variants.values()
+                if variant.unsaved != VariantSums(variant.config.name)
             ]
             if not changed and not experiment.status_unsaved:
                 continue
             for variant in experiment.variants.values():
-                variant.unsaved = _Sums()
+                variant.unsaved = VariantSums(variant.config.name)
             experiment.status_unsaved = False
             records.append(
                 ExperimentRecord(
@@ -532,7 +533,8 @@ class Experiments:
             experiment = self._experiments[record.id]
             experiment.status_unsaved = True
             for sums in record.variants:
-                experiment.variants[sums.variant].unsaved.merge(sums)
+                variant = experiment.variants[sums.variant]
+                variant.unsaved = _plus(variant.unsaved, sums)
 
     async def flush(self, store: Store) -> None:
         """Write what changed to ``store``; on failure keep it for the next flush."""
@@ -562,9 +564,7 @@ class Experiments:
             for sums in record.variants:
                 variant = experiment.variants.get(sums.variant)
                 if variant is not None:
-                    variant.total = _Sums()
-                    variant.total.merge(sums)
-                    variant.total.merge(variant.unsaved)  # counted here since the flush
+                    variant.stored(sums)  # and what was counted here since the flush
             newer = (record.changed_at or 0.0) > (experiment.changed_at or 0.0)
             if newer and not experiment.status_unsaved and record.status in STATUSES:
                 if record.status != experiment.status:
@@ -601,7 +601,11 @@ class Experiments:
 
 
 def _worse(
-    name: str, variant: _Sums, control: _Sums, error_margin: float, latency_margin: float
+    name: str,
+    variant: VariantSums,
+    control: VariantSums,
+    error_margin: float,
+    latency_margin: float,
 ) -> tuple[float, str] | None:
     """The smaller p-value of the two tests and what it says, or None."""
     error_p = proportion_worse_p(
@@ -614,7 +618,7 @@ def _worse(
             f"control's {control.errors / control.requests:.3f} (margin {error_margin})",
         )
     ]
-    v_log, c_log = variant.log_latency, control.log_latency
+    v_log, c_log = _log_latency(variant), _log_latency(control)
     if v_log.n >= 2 and c_log.n >= 2:
         latency_p = log_latency_worse_p(v_log, c_log, latency_margin)
         ratio = math.exp(v_log.mean - c_log.mean)
@@ -628,7 +632,7 @@ def _worse(
     return min(found, key=lambda item: item[0])
 
 
-def _versus(variant: _Sums, control: _Sums, config: ExperimentConfig) -> dict[str, Any]:
+def _versus(variant: VariantSums, control: VariantSums, config: ExperimentConfig) -> dict[str, Any]:
     """The guard rails' p-values for a variant (None until both have a sample)."""
     guard = config.guard
     error_p = latency_p = None
@@ -636,7 +640,7 @@ def _versus(variant: _Sums, control: _Sums, config: ExperimentConfig) -> dict[st
         error_p = proportion_worse_p(
             variant.errors, variant.requests, control.errors, control.requests, guard.error_margin
         )
-    v_log, c_log = variant.log_latency, control.log_latency
+    v_log, c_log = _log_latency(variant), _log_latency(control)
     if v_log.n >= 2 and c_log.n >= 2:
         latency_p = log_latency_worse_p(v_log, c_log, guard.latency_margin)
     return {"error_p": error_p, "latency_p": latency_p}
@@ -665,7 +669,7 @@ def _variant_json(variant: _Variant, share: float) -> dict[str, Any]:
     sums = variant.total
     n = sums.requests
     successes = n - sums.errors
-    log_latency = sums.log_latency
+    log_latency = _log_latency(sums)
     recent = list(variant.recent)
     return {
         "name": variant.config.name,
@@ -682,7 +686,7 @@ def _variant_json(variant: _Variant, share: float) -> dict[str, Any]:
         },
         "cost": {"total": sums.cost, "mean": sums.cost / n if n else None},
         "tokens": {"total": sums.tokens, "mean": sums.tokens / n if n else None},
-        "feedback": {"n": sums.feedback_n, "mean": _interval(mean_interval(sums.feedback))},
+        "feedback": {"n": sums.feedback_n, "mean": _interval(mean_interval(_feedback(sums)))},
     }
 
 
