@@ -8,7 +8,9 @@ import re
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
+from typing import Any
 
+import attrs
 import httpx
 import openai
 import pytest
@@ -19,7 +21,7 @@ from test_admin_keys_e2e import ADMIN, ANSWER, COST, MODEL, ask, create, setting
 
 from trio_orchestrator.distributed.budgets import SharedBudgets
 from trio_orchestrator.distributed.config import DistributedConfig
-from trio_orchestrator.distributed.connection import open_redis
+from trio_orchestrator.distributed.connection import RedisUnavailable, open_redis
 from trio_orchestrator.routing.keys import VirtualKeys
 from trio_orchestrator.storage.base import KeyRecord
 from trio_orchestrator.testing import FakeBehaviour, FakeProvider, open_fake_provider
@@ -233,3 +235,72 @@ async def test_spend_from_before_midnight_stays_in_its_day(redis_server: RedisSe
         )
     assert there.budgets.spent("key_d", "day") == 0.0
     assert float(day_before or 0) == pytest.approx(0.5)
+
+
+class _LateAnswers:
+    """Wraps a Redis connection: the next ``failures`` operations fail, after running in
+    Redis (as if their answer had come after ``operation_timeout``) or, with ``run`` false,
+    without reaching it."""
+
+    def __init__(self, redis: Any, failures: int, run: bool = True) -> None:
+        self.redis, self.failures, self.run = redis, failures, run
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.redis, name)
+
+    async def call(self, operation: Any) -> Any:
+        if self.failures and not self.run:
+            self.failures -= 1
+            raise RedisUnavailable("Redis did not answer")
+        answer = await self.redis.call(operation)
+        if self.failures:
+            self.failures -= 1
+            raise RedisUnavailable("the answer came too late")
+        return answer
+
+
+async def test_spend_whose_answer_came_too_late_is_added_once(redis_server: RedisServer) -> None:
+    """A round trip that ran in Redis but whose answer came too late is sent again, and the
+    spend it carried is added once, not twice (twice would refuse a key under its budget)."""
+    config = DistributedConfig(redis_url=redis_server.url)
+
+    async def reload() -> None:
+        pass
+
+    async with open_redis(config) as redis:
+        here, there = VirtualKeys(), VirtualKeys()
+        for keys in (here, there):
+            keys.put(_key("key_c", budget=10.0))
+        late = _LateAnswers(redis, failures=2)
+        mine = SharedBudgets(late, here, SYNC, reload)  # type: ignore[arg-type]
+        here.charge("key_c", 0.25)
+        await mine.sync()  # ran, but failed as far as this process knows
+        here.charge("key_c", 0.5)
+        await mine.sync()  # the same batch again: ran, failed again
+        assert mine.statistics() == attrs.evolve(mine.statistics(), failures=2, pending=1)
+        await mine.sync()  # the batch once more (added already), then the $0.5
+        assert mine.statistics().pending == 0
+        await SharedBudgets(redis, there, SYNC, reload).sync()
+    assert there.budgets.spent("key_c", "day") == pytest.approx(0.75)
+
+
+async def test_a_key_change_announced_too_late_is_announced_by_the_next_round_trip(
+    redis_server: RedisServer,
+) -> None:
+    """A key change whose announcement fails is announced by the next round trip that gets
+    through: the other processes reload without waiting for storage."""
+    config = DistributedConfig(redis_url=redis_server.url)
+    reloads: list[str] = []
+
+    async def reload() -> None:
+        reloads.append("reloaded")
+
+    async with open_redis(config) as redis:
+        other = SharedBudgets(redis, VirtualKeys(), SYNC, reload)
+        await other.sync()  # reads the version: its first reload
+        down = _LateAnswers(redis, failures=1, run=False)
+        changer = SharedBudgets(down, VirtualKeys(), SYNC, reload)  # type: ignore[arg-type]
+        await changer.keys_changed()  # Redis did not answer: not announced
+        await changer.sync()
+        await other.sync()
+    assert reloads.count("reloaded") == 3  # other's first, changer's first, other's second
