@@ -22,6 +22,7 @@ from trio_orchestrator.events import (
 from trio_orchestrator.service import chat
 from trio_orchestrator.service.chat import (
     ChunkWriter,
+    completion_body,
     completions_body,
     messages_of,
     parse_chat_request,
@@ -139,6 +140,21 @@ def test_every_member_but_the_transport_ones_travels_in_extra() -> None:
     assert params_of(members)["extra"] == sent
     assert params_of({"vendor_option": 1})["extra"] == {"vendor_option": 1}
     assert params_of({"temperature": 1})["extra"] == {"temperature": 1}
+
+
+def test_the_members_are_checked_before_the_messages() -> None:
+    """With a bad member and a bad message, the member's 400 is the one reported: the
+    messages are left to their reader, which runs once, after the members."""
+    body = {"model": "echo", "messages": [{"role": "wizard"}], "temperature": "hot"}
+    with pytest.raises(ApiError) as caught:
+        parse_chat_request(Fields(body), (), {})
+    assert (caught.value.status, caught.value.param) == (400, "temperature")
+
+
+def test_the_parameters_name_the_requested_model() -> None:
+    """Read or defaulted, the parameters carry the model the body names."""
+    for members in ({}, {"n": 1}, {"temperature": 1}):
+        assert params_of({"model": "other"} | members)["model"] == "other"
 
 
 def test_a_single_parameter_is_read() -> None:
@@ -265,6 +281,8 @@ def test_tool_calls_are_read_function_and_custom() -> None:
     old = {"role": "assistant", "content": None, "function_call": {"name": "g", "arguments": "1"}}
     assert read(old)[0].tool_calls == (ToolCall("g", "g", "1"),)
     assert read({"role": "assistant", "content": "x", "name": "n"})[0].tool_calls == ()
+    both = old | {"tool_calls": calls[:1]}
+    assert read(both)[0].tool_calls == (ToolCall("c1", "f", "{}"), ToolCall("g", "g", "1"))
 
 
 def test_tool_answers_name_their_call() -> None:
@@ -364,9 +382,12 @@ def test_total_usage_sums_every_count() -> None:
         "n": {"k": 1},
     }
     assert total_usage([]) is None
-    mixed = total_usage([Usage(1, 1, details={"a": 1}), Usage(1, 1, details={"a": "x"})])
+    first = {"a": 1, "n": {"k": 1}, "m": 2}
+    mixed = total_usage(
+        [Usage(1, 1, details=first), Usage(1, 1, details={"a": "x", "n": 5, "m": {}})]
+    )
     assert mixed is not None
-    assert mixed.details == {"a": 1}
+    assert mixed.details == first
 
 
 # ----------------------------------------------------------------- answers
@@ -393,6 +414,7 @@ def test_a_completion_body_in_full(monkeypatch: pytest.MonkeyPatch) -> None:
     }
     assert completions_body([Completion("r", "x", model="served")], "asked")["model"] == "served"
     assert completions_body([Completion("r", "x")], "asked")["usage"] is None
+    assert completion_body(Completion("r", "x"), "asked")["model"] == "asked"
 
 
 def test_a_tool_call_answer_has_null_content() -> None:
