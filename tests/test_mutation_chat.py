@@ -414,7 +414,12 @@ def test_a_completion_body_in_full(monkeypatch: pytest.MonkeyPatch) -> None:
     }
     assert completions_body([Completion("r", "x", model="served")], "asked")["model"] == "served"
     assert completions_body([Completion("r", "x")], "asked")["usage"] is None
+
+
+def test_one_completions_body_names_the_requested_model() -> None:
+    """Without a model from the upstream, the answer names the model asked for."""
     assert completion_body(Completion("r", "x"), "asked")["model"] == "asked"
+    assert completion_body(Completion("r", "x", model="served"), "asked")["model"] == "served"
 
 
 def test_a_tool_call_answer_has_null_content() -> None:
