@@ -39,7 +39,11 @@ MODULES: dict[str, tuple[str, ...]] = {
         "tests/test_service_security.py",
         "tests/test_mutation_guard.py",
     ),
-    "service/chat.py": ("tests/test_service_chat.py", "tests/test_service_choices.py"),
+    "service/chat.py": (
+        "tests/test_service_chat.py",
+        "tests/test_service_choices.py",
+        "tests/test_mutation_chat.py",
+    ),
     "resilience/keys.py": ("tests/test_keys.py", "tests/test_cache.py", "tests/test_coalesce.py"),
     "resilience/retry.py": ("tests/test_retry.py",),
     "resilience/cache.py": ("tests/test_cache.py",),
