@@ -41,13 +41,10 @@ from bench_overhead import BODIES, MODEL, cpu_row, free_port, start_fake, wait_h
 GOAL = 1.05
 
 
-def start_gateway(
-    upstream: str, workdir: Path, variant: str
-) -> tuple[subprocess.Popen[bytes], str]:
-    """``trio-orchestrator serve`` in front of the fake, with storage ``variant``."""
-    port = free_port()
+def write_config(upstream: str, workdir: Path, variant: str, port: int) -> Path:
+    """The gateway's configuration file for storage ``variant`` (``off`` or ``on``)."""
     storage = (
-        f'backend = "sqlite"\npath = "{workdir / "gateway.sqlite"}"\n'
+        f'backend = "sqlite"\npath = "{workdir / f"{variant}.sqlite"}"\n'
         if variant == "on"
         else 'backend = "none"\n'
     )
@@ -66,6 +63,15 @@ models = ["{MODEL}"]
 [storage]
 {storage}"""
     )
+    return config
+
+
+def start_gateway(
+    upstream: str, workdir: Path, variant: str
+) -> tuple[subprocess.Popen[bytes], str]:
+    """``trio-orchestrator serve`` in front of the fake, with storage ``variant``."""
+    port = free_port()
+    config = write_config(upstream, workdir, variant, port)
     command = [sys.executable, "-m", "trio_orchestrator", "serve", "--config", str(config)]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
