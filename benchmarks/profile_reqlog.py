@@ -8,9 +8,10 @@ call count is not. For each variant (the bench's own two configurations, by
 concurrency ``--concurrency`` (each streamed answer read to its end), then the profile
 stops. The report: function calls per request in each variant and the difference, the same
 for the calls in spend's, the request log's and storage's own code (:func:`own_calls`, the
-steadier figure), and the functions whose calls per request differ most (``on`` minus ``off``), with their share of
-the profiled time. Only the event loop's thread is profiled: the writers' batched SQLite
-work in worker threads is not in it (``bench_reqlog.py`` measures it in the process's CPU).
+steadier figure), and the functions whose calls per request differ most (``on`` minus
+``off``), with their share of the profiled time. Only the event loop's thread is profiled:
+the writers' batched SQLite work in worker threads is not in it (``bench_reqlog_parts.py``
+times it in process, ``bench_reqlog.py`` has it in the process's CPU).
 
     python benchmarks/profile_reqlog.py [--shape stream|json] [--requests N] [--top K]
 """
