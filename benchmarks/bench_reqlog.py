@@ -11,9 +11,11 @@ processes in front of it, identical but for ``[storage]``:
 wrk drives each at concurrency 16 for ``--duration`` seconds, the two taking turns for
 ``--repeats`` rounds; each gateway process's user + system CPU is read from
 ``/proc/<pid>/stat`` around its run and divided by the requests answered. The figure is the
-median over rounds, and the ratio ``on / off`` is the issue's goal (<= 1.05). The writers'
-own work (the SQLite writes in worker threads) is in the ``on`` process's CPU: that is the
-point. Rows for a non-streaming and a streaming request. At the end the ``on`` gateway's
+median over rounds, and the ratio ``on / off`` is the issue's goal (<= 1.05); each round's
+own ratio is printed beside it, to show the noise. Each gateway serves a warm-up run of
+each shape first, and the shapes and the gateways' turns interleave (see :func:`measure`).
+The writers' own work (the SQLite writes in worker threads) is in the ``on`` process's CPU:
+that is the point. Rows for a non-streaming and a streaming request. At the end the ``on`` gateway's
 request log counters (written, dropped) are read from ``/metrics`` to show the records were
 kept. Needs wrk (Debian's ``wrk``) and Linux. Ends with one line of JSON.
 
@@ -41,13 +43,10 @@ from bench_overhead import BODIES, MODEL, cpu_row, free_port, start_fake, wait_h
 GOAL = 1.05
 
 
-def start_gateway(
-    upstream: str, workdir: Path, variant: str
-) -> tuple[subprocess.Popen[bytes], str]:
-    """``trio-orchestrator serve`` in front of the fake, with storage ``variant``."""
-    port = free_port()
+def write_config(upstream: str, workdir: Path, variant: str, port: int) -> Path:
+    """The gateway's configuration file for storage ``variant`` (``off`` or ``on``)."""
     storage = (
-        f'backend = "sqlite"\npath = "{workdir / "gateway.sqlite"}"\n'
+        f'backend = "sqlite"\npath = "{workdir / f"{variant}.sqlite"}"\n'
         if variant == "on"
         else 'backend = "none"\n'
     )
@@ -66,6 +65,15 @@ models = ["{MODEL}"]
 [storage]
 {storage}"""
     )
+    return config
+
+
+def start_gateway(
+    upstream: str, workdir: Path, variant: str
+) -> tuple[subprocess.Popen[bytes], str]:
+    """``trio-orchestrator serve`` in front of the fake, with storage ``variant``."""
+    port = free_port()
+    config = write_config(upstream, workdir, variant, port)
     command = [sys.executable, "-m", "trio_orchestrator", "serve", "--config", str(config)]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
@@ -82,14 +90,62 @@ def counters(url: str) -> dict[str, float]:
     return {f"{kind}_{name}": float(value) for kind, name, value in found}
 
 
+Gateways = dict[str, tuple[subprocess.Popen[bytes], str]]
+
+
+def measure(
+    gateways: Gateways, args: argparse.Namespace
+) -> tuple[dict[str, dict[str, list[float]]], dict[str, dict[str, int]]]:
+    """Each shape's CPU per request (ms) of each gateway, one figure per round; and the
+    requests each answered.
+
+    Why the order: each gateway first serves an unmeasured warm-up run of each shape; then
+    in every round each shape is measured on both gateways back to back, the gateway that
+    goes first alternating from round to round. So both shapes meet the ``on`` database at
+    the same sizes (it grows by every request, and an insert costs more in a bigger one;
+    the shapes used to run one after the other, all the streamed rounds against the
+    larger database), and neither gateway always takes the first turn after the other's.
+    """
+    for process, url in gateways.values():
+        for body in BODIES.values():
+            cpu_row(url, body, 1.0, {"gateway": process.pid})
+    cpu: dict[str, dict[str, list[float]]] = {s: {"off": [], "on": []} for s in BODIES}
+    answered = {s: {"off": 0, "on": 0} for s in BODIES}
+    for round_ in range(args.repeats):
+        order = ("off", "on") if round_ % 2 == 0 else ("on", "off")
+        for shape, body in BODIES.items():
+            for variant in order:
+                process, url = gateways[variant]
+                row = cpu_row(url, body, args.duration, {"gateway": process.pid})
+                if row["errors"]:
+                    print(f"  warning: {shape} {variant}: {row['errors']:g} wrk errors")
+                cpu[shape][variant].append(row["gateway_cpu_ms"])
+                answered[shape][variant] += int(row["requests"])
+    return cpu, answered
+
+
+def summary(cpu: dict[str, list[float]]) -> dict[str, Any]:
+    """The medians, their ratio (the goal's figure) and each round's own ratio (how much
+    the rounds disagree: the noise the median is taken over)."""
+    off, on = (statistics.median(cpu[v]) for v in ("off", "on"))
+    rounds = [round(b / a, 3) if a else None for a, b in zip(cpu["off"], cpu["on"], strict=True)]
+    return {
+        "off_cpu_ms": round(off, 4),
+        "on_cpu_ms": round(on, 4),
+        "ratio": round(on / off, 3) if off else None,
+        "round_ratios": rounds,
+        "cpu_ms": cpu,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a run of well under a minute")
     parser.add_argument("--duration", type=float, default=None, help="seconds per wrk run")
     parser.add_argument("--repeats", type=int, default=None, help="rounds (medians)")
     args = parser.parse_args()
-    args.duration = args.duration or (1.0 if args.quick else 10.0)
-    args.repeats = args.repeats or (1 if args.quick else 5)
+    args.duration = args.duration or (2.0 if args.quick else 10.0)
+    args.repeats = args.repeats or (2 if args.quick else 5)
     if shutil.which("wrk") is None:
         sys.exit("bench_reqlog needs wrk (apt install wrk)")
     print(
@@ -103,25 +159,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         gateways = {v: start_gateway(upstream, Path(tmp), v) for v in ("off", "on")}
         try:
-            for shape, body in BODIES.items():
-                cpu: dict[str, list[float]] = {"off": [], "on": []}
-                answered: dict[str, int] = {"off": 0, "on": 0}
-                for _ in range(args.repeats):
-                    for variant, (process, url) in gateways.items():
-                        row = cpu_row(url, body, args.duration, {"gateway": process.pid})
-                        cpu[variant].append(row["gateway_cpu_ms"])
-                        answered[variant] += int(row["requests"])
-                off, on = (statistics.median(cpu[v]) for v in ("off", "on"))
-                ratio = round(on / off, 3) if off else None
-                results[shape] = {
-                    "off_cpu_ms": round(off, 4),
-                    "on_cpu_ms": round(on, 4),
-                    "ratio": ratio,
-                    "requests": answered,
-                }
+            runs, answered = measure(gateways, args)
+            for shape, cpu in runs.items():
+                results[shape] = {**summary(cpu), "requests": answered[shape]}
+                row = results[shape]
                 print(
-                    f"  {shape}: CPU per request off {off:.3f} ms, on {on:.3f} ms, "
-                    f"ratio {ratio} (goal <= {GOAL})"
+                    f"  {shape}: CPU per request off {row['off_cpu_ms']:.3f} ms, on "
+                    f"{row['on_cpu_ms']:.3f} ms, ratio {row['ratio']} (goal <= {GOAL}); "
+                    f"each round's on/off {row['round_ratios']}"
                 )
             results["on_counters"] = counters(gateways["on"][1])
             print(f"  the 'on' gateway's writers: {results['on_counters']}")

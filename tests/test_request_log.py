@@ -5,7 +5,9 @@ the official ``openai`` SDK and plain HTTP through the running service, read bac
 from __future__ import annotations
 
 import datetime
+import json
 import math
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -88,6 +90,49 @@ async def chat(url: str, key: str, content: str = "hi", **extra: Any) -> str:
     request_id: str | None = answer._request_id
     assert request_id is not None
     return request_id
+
+
+async def streamed_usage(url: str, key: str) -> dict[str, Any]:
+    """Stream a chat completion (``include_usage``) to its end; the usage it reported."""
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "hi"}],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    headers = {"authorization": f"Bearer {key}"}
+    async with (
+        httpx.AsyncClient(base_url=url, headers=headers) as client,
+        client.stream("POST", "/v1/chat/completions", json=body) as response,
+    ):
+        assert response.status_code == 200
+        lines = [line async for line in response.aiter_lines() if line.startswith("data: {")]
+    usage: dict[str, Any] = json.loads(lines[-1].removeprefix("data: "))["usage"]
+    return usage
+
+
+async def leave_after_first_chunk(url: str, key: str, model: str) -> str:
+    """Ask for a stream over a plain socket and close it once the first chunk came; the
+    request id the service gave it."""
+    body = json.dumps(
+        {"model": model, "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    )
+    host, port = url.removeprefix("http://").split(":")
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\n"
+        f"Authorization: Bearer {key}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    received = b""
+    async with await trio.open_tcp_stream(host, int(port)) as sock:
+        await sock.send_all(head.encode() + body.encode())
+        while b"data:" not in received:
+            chunk = await sock.receive_some()
+            assert chunk, received
+            received += chunk
+    found = re.search(rb"(?im)^x-request-id: *(\S+)", received)
+    assert found is not None, received
+    return found.group(1).decode()
 
 
 async def logged(admin: httpx.AsyncClient, **params: Any) -> dict[str, Any]:
@@ -380,3 +425,51 @@ async def test_a_coalesced_request_is_logged_as_such(fake: FakeProvider) -> None
     assert fake.statistics().requests == 1
     flags = sorted((records[i]["coalesced"], records[i]["attempts"]) for i in ids)
     assert flags == [(False, 1), (True, 0)]
+
+
+async def test_a_streamed_request_and_a_stream_left_midway_are_logged_and_priced_once(
+    fake: FakeProvider,
+) -> None:
+    """Through an upstream that streams: a streamed request read to its end is logged
+    completed with its TTFT, the tokens the SDK was told and the cost spend charged (one
+    price for both); a stream the client leaves after its first chunk is logged cancelled,
+    with a TTFT, and charges nothing."""
+    config = parse_config(
+        f'[service]\nport = 0\n[[service.api_keys]]\nkey = "{ADMIN}"\nadmin = true\n'
+        f'[[providers.providers]]\nkind = "openai"\nname = "up"\n'
+        f'base_url = "{fake.openai_base_url}"\napi_keys = ["k"]\n'
+        f'[storage]\nbackend = "sqlite"\n{FAST}'
+    )
+    fake.set_model(MODEL, FakeBehaviour(text="one two three four"))
+    fake.set_model("stalls", FakeBehaviour(text="one two three four", stall_after=1))
+    async with running_service(config) as url:
+        headers = {"authorization": f"Bearer {ADMIN}"}
+        async with httpx.AsyncClient(base_url=url, headers=headers) as admin:
+            key = await create(admin, label="streams")
+            usage = await streamed_usage(url, key["key"])
+            left_id = await leave_after_first_chunk(url, key["key"], "stalls")
+            with trio.fail_after(10):
+                # The cancelled request ends when the service notices the socket close.
+                while len((page := await logged(admin, key=key["id"]))["data"]) < 2:  # noqa: ASYNC110
+                    await trio.sleep(0.05)
+            spend = (await admin.get("/v1/admin/spend", params={"group_by": "key"})).json()
+    cancelled, completed = page["data"]
+    assert cancelled["id"] == left_id
+    assert (cancelled["outcome"], cancelled["stream"]) == ("cancelled", True)
+    assert cancelled["ttft_ms"] is not None
+    assert (cancelled["completion_tokens"], cancelled["cost"]) == (0, 0)
+    assert (completed["outcome"], completed["status"], completed["stream"]) == (
+        "completed",
+        200,
+        True,
+    )
+    assert completed["ttft_ms"] is not None
+    assert completed["ttft_ms"] <= completed["latency_ms"]
+    assert (completed["prompt_tokens"], completed["completion_tokens"]) == (
+        usage["prompt_tokens"],
+        usage["completion_tokens"],
+    )
+    assert completed["cost"] > 0
+    (row,) = [r for r in spend["data"] if r["key"] == key["id"]]
+    assert row["requests"] == 1  # the stream left midway charged nothing
+    assert row["cost_usd"] == completed["cost"]

@@ -24,11 +24,13 @@ from trio_orchestrator.storage import (
     RequestFilter,
     RequestLogWriter,
     RequestRecord,
+    SpendRecord,
     SqliteStore,
     StorageConfig,
     Store,
     migrate,
 )
+from trio_orchestrator.storage.schema import request_row, spend_row
 from trio_orchestrator.types import PromptRequest
 
 __all__ = ["postgres_cluster", "postgres_server"]
@@ -196,3 +198,14 @@ async def test_content_logging_follows_a_reload() -> None:
     assert records[before.request_id].request is None
     assert records[after.request_id].request == '[{"role": "user", "content": "secret [REDACTED]"}]'
     assert records[after.request_id].response is not None
+
+
+def test_rows_are_the_records_fields_in_order_with_flags_as_integers() -> None:
+    """``request_row`` and ``spend_row`` give what ``attrs.astuple`` gave, flags as 0/1."""
+    record = logged(1, cache_hit=True, stream=True, ttft_ms=1.5, error_type=None)
+    expected = tuple(int(v) if isinstance(v, bool) else v for v in attrs.astuple(record))
+    row = request_row(record)
+    assert row == expected
+    assert [type(v) for v in row] == [type(v) for v in expected]
+    spend = SpendRecord("2026-12-05", "key_1", "m", "up", 1, 10, 2, 5, 1, 0.25)
+    assert spend_row(spend) == attrs.astuple(spend)

@@ -503,13 +503,14 @@ async def open_gateway(
                 gateway._pipeline = pipeline
                 gateway.add(pipeline, "pipeline")
                 gateway.add(pipeline.dead_letters)
-                pipeline.add_listener(
-                    SpendListener(
-                        gateway.spend, gateway.keys, gateway.priced_facts, gateway.provider_of
-                    )
+                spend = SpendListener(
+                    gateway.spend, gateway.keys, gateway.priced_facts, gateway.provider_of
                 )
-                if gateway.request_log is not None:
-                    listener = _request_logger(gateway, noting, error_status)
+                if gateway.request_log is None:
+                    pipeline.add_listener(spend)
+                else:
+                    # One listener for both: each request priced once.
+                    listener = _request_logger(gateway, noting, error_status, spend)
                     pipeline.add_listener(listener)
                     gateway.add(listener, "storage")  # content settings reload
                 gateway.observed = _instrument(gateway, registry)
@@ -530,7 +531,10 @@ async def open_gateway(
 
 
 def _request_logger(
-    gateway: Gateway, noting: NotingWorker | None, error_status: ErrorStatus | None
+    gateway: Gateway,
+    noting: NotingWorker | None,
+    error_status: ErrorStatus | None,
+    spend: SpendListener,
 ) -> RequestLogListener:
     assert gateway.request_log is not None
     storage = gateway.config.storage
@@ -542,6 +546,7 @@ def _request_logger(
         noting,
         log_content=storage.log_content,
         redactor=Redactor(storage.redact, storage.log_content_max_chars),
+        spend=spend,
     )
     if error_status is not None:
         listener.error_status = error_status

@@ -19,6 +19,7 @@ and truncated.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 from collections.abc import Callable, Iterable
@@ -41,7 +42,7 @@ from ..types import (
     set_request_notes,
 )
 from ..workers.base import EventSink, ModelWorker
-from .spend import price
+from .spend import SpendListener, price
 
 __all__ = [
     "DEFAULT_REDACTIONS",
@@ -51,6 +52,8 @@ __all__ = [
     "RequestLogListener",
     "outcome_of",
 ]
+
+logger = logging.getLogger("trio_orchestrator.requestlog")
 
 DEFAULT_REDACTIONS = (
     r"\bsk-[A-Za-z0-9_\-]{16,}",  # OpenAI, Anthropic (sk-ant-…) and many compatible keys
@@ -163,6 +166,9 @@ class RequestLogListener:
         redactor: what logged content goes through.
         error_status: the HTTP status and error code a client got for an error.
         clock: Unix time (the record's ``created``).
+        spend: the spend listener, called first with each finished request: the request is
+            priced once, for spend and its record (None: priced here; spend is then a
+            listener of its own).
     """
 
     writer: RequestLogWriter
@@ -174,10 +180,13 @@ class RequestLogListener:
     redactor: Redactor = attrs.field(factory=Redactor)
     error_status: ErrorStatus = _error_status
     clock: Callable[[], float] = time.time
+    spend: SpendListener | None = None
 
     def __call__(self, record: FinishedRequest) -> None:
-        """Record one finished request (never raises, never waits)."""
+        """Record one finished request (never raises, never waits); with ``spend``, charge
+        it first."""
         request, completion = record.request, record.completion
+        cost = None if self.spend is None else self._charge(self.spend, record)
         notes = None if self.noting is None else self.noting.take(request.request_id)
         fields: dict[str, Any] = {}
         if completion is not None and completion.usage is not None:
@@ -187,7 +196,11 @@ class RequestLogListener:
                 cached_tokens=usage.cached_input_tokens,
                 completion_tokens=usage.output_tokens,
                 reasoning_tokens=usage.reasoning_tokens,
-                cost=price(usage, request.params.model, completion.model, self.facts_of),
+                cost=(
+                    price(usage, request.params.model, completion.model, self.facts_of)
+                    if cost is None
+                    else cost
+                ),
             )
         if record.error is not None:
             fields["status"], fields["error_type"] = self.error_status(record.error)
@@ -225,6 +238,15 @@ class RequestLogListener:
                 **fields,
             )
         )
+
+    @staticmethod
+    def _charge(spend: SpendListener, record: FinishedRequest) -> float | None:
+        # Spend failing must not lose the record, as when the two were separate listeners.
+        try:
+            return spend.charge(record)
+        except Exception:
+            logger.exception("spend failed to charge a request; it was ignored")
+            return None
 
     def reconfigure(self, storage: StorageConfig, /) -> list[str]:
         """Apply a reloaded ``[storage]``'s content settings (``log_content``, ``redact``,

@@ -62,32 +62,38 @@ class SpendListener:
 
     def __call__(self, record: FinishedRequest) -> None:
         """Price and record one finished request (completed ones with a usage only)."""
+        self.charge(record)
+
+    def charge(self, record: FinishedRequest) -> float | None:
+        """Price and record one finished request; what it cost (None: not charged, being
+        not completed or without a usage). The request log's listener calls it so that a
+        request is priced once for both."""
         completion = record.completion
         if record.outcome is not Outcome.COMPLETED or completion is None:
-            return
+            return None
         usage = completion.usage
         if usage is None:
-            return
+            return None
         asked = record.request.params.model
         cost = price(usage, asked, completion.model, self.facts_of)
         key_id = record.request.meta.get("api_key_id", "")
         if key_id:
             self.keys.charge(key_id, cost)
-        if self.writer is None:
-            return
-        self.writer.add(
-            SpendRecord(
-                day=day_of(self.clock()),
-                key_id=key_id,
-                model=asked,
-                provider=self.provider_of(asked),
-                prompt_tokens=usage.input_tokens,
-                cached_tokens=usage.cached_input_tokens,
-                completion_tokens=usage.output_tokens,
-                reasoning_tokens=usage.reasoning_tokens,
-                cost=cost,
+        if self.writer is not None:
+            self.writer.add(
+                SpendRecord(
+                    day=day_of(self.clock()),
+                    key_id=key_id,
+                    model=asked,
+                    provider=self.provider_of(asked),
+                    prompt_tokens=usage.input_tokens,
+                    cached_tokens=usage.cached_input_tokens,
+                    completion_tokens=usage.output_tokens,
+                    reasoning_tokens=usage.reasoning_tokens,
+                    cost=cost,
+                )
             )
-        )
+        return cost
 
 
 @attrs.define(eq=False)

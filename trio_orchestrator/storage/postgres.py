@@ -54,6 +54,7 @@ from .schema import (
     request_of,
     request_query,
     request_row,
+    spend_row,
     statements,
     upgrade,
     upsert_status,
@@ -229,7 +230,7 @@ class PostgresStore:
 
     async def add_spend(self, records: Sequence[SpendRecord]) -> None:
         """Add these records to the daily totals, in one transaction."""
-        rows = [attrs.astuple(record) for record in records]
+        rows = [spend_row(record) for record in records]
 
         def write(connection: Any) -> None:
             with connection.transaction(), connection.cursor() as cursor:

@@ -12,12 +12,20 @@ from __future__ import annotations
 
 import json
 import logging
+import operator
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import attrs
 
-from .base import ExperimentRecord, KeyRecord, RequestFilter, RequestRecord, VariantSums
+from .base import (
+    ExperimentRecord,
+    KeyRecord,
+    RequestFilter,
+    RequestRecord,
+    SpendRecord,
+    VariantSums,
+)
 
 __all__ = [
     "GROUP_COLUMN",
@@ -36,6 +44,7 @@ __all__ = [
     "request_of",
     "request_query",
     "request_row",
+    "spend_row",
     "statements",
     "upgrade",
     "upsert_status",
@@ -257,16 +266,29 @@ def key_of(row: Sequence[Any]) -> KeyRecord:
     )
 
 
-REQUEST_COLUMNS = ", ".join(field.name for field in attrs.fields(RequestRecord))
+_REQUEST_NAMES = tuple(field.name for field in attrs.fields(RequestRecord))
+REQUEST_COLUMNS = ", ".join(_REQUEST_NAMES)
 """The ``requests`` table's columns, in the order of :func:`request_row`."""
 _FLAGS = frozenset(("cache_hit", "coalesced", "stream"))  # stored as 0/1 in both dialects
+# One C-level call per record rather than ``attrs.astuple``'s loop over fields, which
+# cost more than the record's SQLite insert (the writer builds a row per request).
+_REQUEST_VALUES = operator.attrgetter(*_REQUEST_NAMES)
+_FLAG_INDEXES = tuple(i for i, name in enumerate(_REQUEST_NAMES) if name in _FLAGS)
+_SPEND_VALUES = operator.attrgetter(*(field.name for field in attrs.fields(SpendRecord)))
 
 
 def request_row(record: RequestRecord) -> tuple[Any, ...]:
     """``record`` as the ``requests`` table's row (flags as 0/1)."""
-    return tuple(
-        int(value) if isinstance(value, bool) else value for value in attrs.astuple(record)
-    )
+    row = list(_REQUEST_VALUES(record))
+    for index in _FLAG_INDEXES:
+        row[index] = int(row[index])
+    return tuple(row)
+
+
+def spend_row(record: SpendRecord) -> tuple[Any, ...]:
+    """``record`` as the spend upsert's arguments (its fields in order)."""
+    row: tuple[Any, ...] = _SPEND_VALUES(record)
+    return row
 
 
 def request_of(row: Sequence[Any]) -> RequestRecord:

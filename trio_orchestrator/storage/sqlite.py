@@ -48,6 +48,7 @@ from .schema import (
     request_of,
     request_query,
     request_row,
+    spend_row,
     statements,
     upgrade,
     upsert_status,
@@ -205,7 +206,7 @@ class SqliteStore:
 
     async def add_spend(self, records: Sequence[SpendRecord]) -> None:
         """Add these records to the daily totals, in one transaction."""
-        rows = [attrs.astuple(record) for record in records]
+        rows = [spend_row(record) for record in records]
 
         def write(connection: sqlite3.Connection) -> None:
             with connection:

@@ -1,0 +1,96 @@
+"""What spend and the request log cost per request, in parts and in process: the listener's
+work on the event loop (the request priced, its records built and buffered) and the
+writers' flush (rows built, SQLite in its worker thread), for completed streamed requests.
+
+``bench_reqlog.py`` measures the whole served gateway, whose figure on a loaded machine
+moves by more than the 5 % it looks for; ``profile_reqlog.py`` counts the calls on the event
+loop but cannot see the writers' thread. This drives the gateway's own listener and writers
+(as ``open_gateway`` wires them with storage on: one listener charging spend and logging)
+with ``--requests`` finished requests against a SQLite file, in blocks, and reports the
+process CPU per request of each part (medians over blocks). Ends with one line of JSON.
+
+    python benchmarks/bench_reqlog_parts.py [--quick] [--requests N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import trio
+
+from trio_orchestrator.events import Completion, Usage
+from trio_orchestrator.observability.requestlog import NotingWorker, RequestLogListener
+from trio_orchestrator.observability.spend import SpendListener
+from trio_orchestrator.pipeline import FinishedRequest, Outcome
+from trio_orchestrator.routing.keys import VirtualKeys
+from trio_orchestrator.storage import RequestLogWriter, SpendWriter, SqliteStore, StorageConfig
+from trio_orchestrator.types import GenerationParams, PromptRequest, RequestNotes
+from trio_orchestrator.workers import EchoWorker
+
+BLOCKS = 6
+
+
+def finished(count: int) -> list[FinishedRequest]:
+    """``count`` completed streamed requests, with a usage, as the pipeline reports them."""
+    usage = Usage(input_tokens=5, output_tokens=8)
+    records = []
+    for _ in range(count):
+        request = PromptRequest(input="hello", params=GenerationParams(model="fake-model"))
+        completion = Completion(request.request_id, "one two", "stop", usage, model="fake-model")
+        records.append(FinishedRequest(request, Outcome.COMPLETED, completion, None, 0.003, 0.001))
+    return records
+
+
+async def measure(path: Path, count: int) -> dict[str, float]:
+    """CPU per request (µs) of the listener and of the writers' flush; medians over blocks."""
+    store = SqliteStore(str(path))
+    await store.open()
+    config = StorageConfig(backend="sqlite", path=str(path), buffer_capacity=count, flush_batch=500)
+    log, spend_writer = RequestLogWriter(store, config), SpendWriter(store, config)
+    keys = VirtualKeys()
+    noting = NotingWorker(EchoWorker())
+    spend = SpendListener(spend_writer, keys, lambda _name: None, lambda _name: "fake")
+    listener = RequestLogListener(
+        log, keys, lambda _name: None, lambda _name: "fake", noting, spend=spend
+    )
+    records = finished(count)
+    size = count // BLOCKS
+    loop, flush = [], []
+    for block in range(BLOCKS):
+        chunk = records[block * size : (block + 1) * size]
+        for record in chunk:  # what NotingWorker leaves for each call
+            noting._notes[record.request.request_id] = RequestNotes()
+        started = time.process_time()
+        for record in chunk:
+            listener(record)
+        loop.append((time.process_time() - started) / size * 1e6)
+        started = time.process_time()
+        await log.flush()
+        await spend_writer.flush()
+        flush.append((time.process_time() - started) / size * 1e6)
+    await store.aclose()
+    return {"event_loop_us": statistics.median(loop), "writers_us": statistics.median(flush)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a run of a few seconds")
+    parser.add_argument("--requests", type=int, default=None)
+    args = parser.parse_args()
+    count = args.requests or (3_000 if args.quick else 30_000)
+    with tempfile.TemporaryDirectory() as tmp:
+        result = trio.run(measure, Path(tmp) / "parts.sqlite", count)
+    print(
+        f"bench_reqlog_parts ({count} requests): CPU per request on the event loop "
+        f"{result['event_loop_us']:.1f} µs, in the writers' flush {result['writers_us']:.1f} µs"
+    )
+    print(json.dumps({"bench": "reqlog_parts", "requests": count, "results": result}))
+
+
+if __name__ == "__main__":
+    main()
