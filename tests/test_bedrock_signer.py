@@ -178,3 +178,20 @@ def test_a_request_signed_again_replaces_its_signature(clock: Clock) -> None:
         post(URLS[0], BODIES[1]), "AKIAEXAMPLE", "k", "t", "us-east-1", "bedrock"
     )
     assert {name: request.headers[name] for name in SIGNED} == expected
+
+
+def test_one_signer_interleaving_many_urls_in_one_second_signs_each_as_botocore(
+    clock: Clock,
+) -> None:
+    """Within one second a signer keeps a canonical-request head per URL and signed-header
+    set: requests interleaving more URLs than it keeps (so it drops them and starts again),
+    bodies and content types are each signed exactly as plain botocore signs them."""
+    signer = _SigV4Signer(AWSCredentials("AKIAEXAMPLE", Secret("k"), Secret("t")), "us-east-1")
+    urls = [*URLS, *(f"{URLS[0]}?n={n}" for n in range(300))]
+    for i, url in enumerate(urls * 2):
+        body, content_type = BODIES[i % 3], ("application/json", None)[i % 2]
+        ours = signed_by(signer, post(url, body, content_type))
+        theirs = plain_botocore(
+            post(url, body, content_type), "AKIAEXAMPLE", "k", "t", "us-east-1", "bedrock"
+        )
+        assert ours == theirs, (url, body[:20], content_type)
