@@ -23,7 +23,10 @@ CPU per request over the OpenAI-compatible row's: what the translation costs.
 One more row shows where the pipeline's margin comes from: ``bare sharded``, the bare client
 on this project's ``ShardedTransport`` (the same pools as row 2).
 
-The fake provider runs in its own process and answers at once (8 tokens), so CPU per request
+The fake provider runs in its own process and answers at once (8 tokens), and takes any SigV4
+signature from its key id without signing the request again (``--fake-checks-sigv4`` to
+check each: the fake then spends several times the gateway's signing cost per request, on
+the same cores), so CPU per request
 is the client process's CPU time (``time.process_time``) divided by requests. Each row is
 the median of ``--repeats`` runs; the rows take turns, one run each per round. Ends with one
 line of JSON.
@@ -75,10 +78,12 @@ BODY = {
 VERTEX_KEY_DIR = tempfile.mkdtemp(prefix="bench-vertex-")
 
 
-def start_fake(tokens: int) -> tuple[subprocess.Popen[str], str]:
+def start_fake(tokens: int, check_sigv4: bool = False) -> tuple[subprocess.Popen[str], str]:
     """Start the fake provider in its own process; return it and its base URL."""
     code = "from trio_orchestrator.testing.fake_provider import main; main()"
     arguments = ["--tokens", str(tokens), "--vertex-key-dir", VERTEX_KEY_DIR]
+    if not check_sigv4:
+        arguments.append("--no-sigv4-check")
     process = subprocess.Popen(
         [sys.executable, "-c", code, *arguments],
         stdin=subprocess.PIPE,
@@ -336,6 +341,13 @@ def main() -> None:
         help="provider kinds to run the pipeline row for (each against the fake's wire "
         "format for it); rows past openai print their CPU per request over openai's",
     )
+    parser.add_argument(
+        "--fake-checks-sigv4",
+        action="store_true",
+        help="the fake re-signs each SigV4 Bedrock request to check it (off by default: the "
+        "check costs the fake, on the same cores, several times what signing costs the "
+        "gateway; the conformance tests check every signature)",
+    )
     args = parser.parse_args()
     rows_to_run = dict(ROWS)
     for kind in args.kinds:
@@ -345,10 +357,12 @@ def main() -> None:
     repeats = args.repeats or (1 if args.quick else 3)
     concurrencies = args.concurrency or ([64] if args.quick else [64, 1024])
 
-    fake, url = start_fake(tokens=8)
+    fake, url = start_fake(tokens=8, check_sigv4=args.fake_checks_sigv4)
+    checks = "re-checks" if args.fake_checks_sigv4 else "does not re-check"
     print(
         f"bench_gateway: {n} requests x {repeats} repeats (medians), fake provider in its own "
-        f"process answering 8 tokens at once; Python {platform.python_version()}, "
+        f"process answering 8 tokens at once (it {checks} SigV4 signatures); "
+        f"Python {platform.python_version()}, "
         f"{os.cpu_count()} CPUs; pipeline rows with the breaker and retry layers on, "
         f"pools of {POOL_SIZE} connections"
     )
@@ -403,6 +417,7 @@ def main() -> None:
         "pool_size": POOL_SIZE,
         "layers": ["circuit_breaker", "retry"],
         "kinds": args.kinds,
+        "fake_checks_sigv4": args.fake_checks_sigv4,
     }
     print(json.dumps({"bench": "gateway", "conditions": conditions, "results": results}))
 

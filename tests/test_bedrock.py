@@ -26,7 +26,7 @@ from trio_orchestrator.errors import (
     ServerError,
     UnsupportedParameter,
 )
-from trio_orchestrator.testing.fake_bedrock import CREDENTIALS, verify_sigv4
+from trio_orchestrator.testing.fake_bedrock import CREDENTIALS, refusal, verify_sigv4
 from trio_orchestrator.testing.fake_provider import Behaviour, FakeProvider, open_fake_provider
 from trio_orchestrator.types import GenerationParams, PromptRequest
 from trio_orchestrator.workers import ProviderConfig, ProvidersConfig, build_worker, collect
@@ -102,6 +102,24 @@ async def test_the_signature_covers_the_body_the_headers_and_the_query() -> None
     request.headers["x-amz-security-token"] = "token"
     request.headers["content-type"] = "text/plain"
     assert _check(request)[0] == "InvalidSignatureException"
+
+
+async def test_without_the_check_the_fake_takes_any_signature_from_a_known_key() -> None:
+    """With ``check_sigv4`` off (benchmarks), the fake takes a wrong signature from a key id
+    it holds, still refuses an unknown key id and a missing signature, and with the check on
+    refuses the wrong signature."""
+    request = await _sent(AWSCredentials(KEY_ID, Secret(SECRET)))
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    scope = {"raw_path": request.url.raw_path, "method": "POST", "query_string": b""}
+    wrong = request.content + b" "
+    assert refusal(headers, scope, wrong, check_sigv4=False) is None
+    assert (refusal(headers, scope, wrong) or ("",))[0] == "InvalidSignatureException"
+    unknown = headers | {"authorization": headers["authorization"].replace(KEY_ID, "AKIDNOPE")}
+    refused = refusal(unknown, scope, request.content, check_sigv4=False)
+    assert refused == ("UnrecognizedClientException", "Unknown access key id")
+    unsigned = {k: v for k, v in headers.items() if k != "authorization"}
+    refused = refusal(unsigned, scope, request.content, check_sigv4=False)
+    assert refused == ("AccessDeniedException", "Missing Authentication Token")
 
 
 async def test_an_unknown_access_key_is_unrecognized(
