@@ -1,0 +1,429 @@
+"""The pipeline's own behaviour (pipeline/core.py) that no other test pins.
+
+Written for the mutation session (scripts/mutation.py): hooks, reload, the statistics each
+stage reports, the failures of the retriever, assembler and post-processors, embeddings
+skipping retrieval and assembly, shedding reasons, replay, misuse of the handles, and the
+deadline bookkeeping.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import attrs
+import pytest
+import trio
+import trio.testing
+
+from trio_orchestrator import (
+    Config,
+    DeadlineExceeded,
+    Document,
+    EchoWorker,
+    PipelineConfig,
+    PriorityConfig,
+    PromptRequest,
+    RequestCancelled,
+    RequestShed,
+    open_pipeline,
+)
+from trio_orchestrator.errors import PipelineClosed, WorkerCrashed
+from trio_orchestrator.events import Done, TextDelta
+from trio_orchestrator.pipeline.job import Job
+from trio_orchestrator.types import GenerationParams
+from trio_orchestrator.workers.base import EventSink
+
+
+def small(**kwargs: object) -> Config:
+    """A config with the given ``[pipeline]`` options."""
+    return Config(pipeline=PipelineConfig(**kwargs))  # type: ignore[arg-type]
+
+
+@attrs.define(eq=False)
+class Held:
+    """Answers "ok" once ``release`` is set (or after ``delay``), counting calls."""
+
+    release: trio.Event = attrs.field(factory=trio.Event)
+    delay: float | None = None
+    running: int = 0
+    calls: int = 0
+
+    async def generate(self, request: PromptRequest, emit: EventSink) -> None:
+        self.calls += 1
+        self.running += 1
+        try:
+            if self.delay is None:
+                await self.release.wait()
+            else:
+                await trio.sleep(self.delay)
+        finally:
+            self.running -= 1
+        await emit(TextDelta("ok"))
+        await emit(Done("stop", "ok"))
+
+
+@attrs.define(eq=False)
+class Recorder:
+    """Pipeline hooks that log each call as (what, request input, detail)."""
+
+    log: list[tuple[str, str, str]] = attrs.field(factory=list)
+
+    def started(self, job: Job) -> None:
+        self.log.append(("started", str(job.request.input), ""))
+
+    def stage_entered(self, job: Job, stage: str) -> None:
+        self.log.append(("entered", str(job.request.input), stage))
+
+    def stage_left(self, job: Job) -> None:
+        self.log.append(("left", str(job.request.input), ""))
+
+    @contextmanager
+    def inference(self, job: Job) -> Iterator[None]:
+        self.log.append(("inference", str(job.request.input), ""))
+        yield
+
+    def finished(self, job: Job) -> None:
+        assert job.outcome is not None
+        self.log.append(("finished", str(job.request.input), job.outcome.value))
+
+
+async def test_hooks_follow_a_request_through_every_stage_and_are_set_once() -> None:
+    """Hooks hear started, each stage entered and left in order, the inference, and the end;
+    setting a second set of hooks is refused."""
+    hooks = Recorder()
+    async with open_pipeline(EchoWorker()) as pipeline:
+        pipeline.set_hooks(hooks)
+        with pytest.raises(RuntimeError, match="set already"):
+            pipeline.set_hooks(Recorder())
+        await pipeline.submit(PromptRequest(input="a"))
+    assert [(what, detail) for what, _, detail in hooks.log] == [
+        ("started", ""),
+        ("entered", "rag"),
+        ("left", ""),
+        ("entered", "assemble"),
+        ("left", ""),
+        ("entered", "inference"),
+        ("inference", ""),
+        ("left", ""),
+        ("entered", "post"),
+        ("left", ""),
+        ("entered", "stream"),
+        ("finished", "completed"),
+    ]
+
+
+async def test_hooks_hear_a_request_refused_at_the_door_end() -> None:
+    """A request refused by a closed pipeline is started and finished for the hooks too."""
+    hooks = Recorder()
+    async with open_pipeline(EchoWorker()) as pipeline:
+        pipeline.set_hooks(hooks)
+    with pytest.raises(PipelineClosed):
+        await pipeline.submit(PromptRequest(input="late"))
+    assert [(what, detail) for what, _, detail in hooks.log] == [
+        ("started", ""),
+        ("finished", "shed"),
+    ]
+
+
+async def test_reconfigure_changes_concurrency_at_once_and_timeouts_for_new_requests(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A reloaded [pipeline] widens the inference slots for requests already waiting, and its
+    request timeout applies to the next request; nothing is refused."""
+    worker = Held()
+    async with open_pipeline(worker, small(inference_concurrency=1)) as pipeline:
+        async with trio.open_nursery() as nursery:
+            for _ in range(3):
+                nursery.start_soon(pipeline.submit, PromptRequest(input="x"))
+            await trio.testing.wait_all_tasks_blocked()
+            assert worker.running == 1
+            section = PipelineConfig(inference_concurrency=3, request_timeout=2.0)
+            assert pipeline.reconfigure(section) == []
+            await trio.testing.wait_all_tasks_blocked()
+            assert worker.running == 3
+            assert pipeline.config.pipeline is section
+            assert pipeline.statistics().inference_concurrency == 3
+            worker.release.set()
+        worker.release = trio.Event()
+        start = trio.current_time()
+        with pytest.raises(DeadlineExceeded):
+            await pipeline.submit(PromptRequest(input="late"))
+        assert trio.current_time() == start + 2.0
+
+
+async def test_statistics_describe_each_stage_and_the_inference_slots() -> None:
+    """Each stage is reported by name with its capacity and how many it took; the slots in
+    use and their number are the limiter's."""
+    config = small(
+        rag_capacity=3,
+        assemble_capacity=4,
+        inference_capacity=5,
+        post_capacity=6,
+        stream_capacity=7,
+        inference_concurrency=2,
+    )
+    worker = Held()
+    async with open_pipeline(worker, config) as pipeline:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pipeline.submit, PromptRequest(input="x"))
+            await trio.testing.wait_all_tasks_blocked()
+            running = pipeline.statistics()
+            worker.release.set()
+        stats = pipeline.statistics()
+    assert [(s.name, s.capacity) for s in stats.stages] == [
+        ("rag", 3),
+        ("assemble", 4),
+        ("inference", 5),
+        ("post", 6),
+        ("stream", 7),
+    ]
+    assert [s.processed for s in stats.stages] == [1, 1, 1, 1, 1]
+    assert [s.processed for s in running.stages] == [1, 1, 1, 0, 0]
+    assert [s.held for s in stats.stages] == [0, 0, 0, 0, 0]
+    assert (running.inference_active, running.inference_concurrency) == (1, 2)
+    assert (stats.inference_active, stats.in_flight, stats.waiting_to_enter) == (0, 0, 0)
+
+
+@attrs.define(eq=False)
+class Failing:
+    """A retriever, assembler and post-processor that raise ``error``."""
+
+    error: Exception
+
+    async def retrieve(self, request: PromptRequest) -> Sequence[Document]:
+        raise self.error
+
+    def assemble(self, request: PromptRequest, documents: Sequence[Document]) -> PromptRequest:
+        raise self.error
+
+    def open(self, request: PromptRequest) -> None:
+        raise self.error
+
+
+@pytest.mark.parametrize("part", ["retriever", "assembler"])
+async def test_a_failing_stage_part_fails_the_request_saying_which(part: str) -> None:
+    """A retriever or assembler that raises fails its request as a worker crash naming it
+    and the error, with the error as its cause; the worker is never called."""
+    error = ValueError("index gone")
+    worker = Held(delay=0)
+    async with open_pipeline(worker, **{part: Failing(error)}) as pipeline:  # type: ignore[arg-type]
+        with pytest.raises(WorkerCrashed) as info:
+            await pipeline.submit(PromptRequest(input="x"))
+        stats = pipeline.statistics()
+    assert str(info.value) == f"the {part} raised ValueError: index gone"
+    assert info.value.__cause__ is error
+    assert (worker.calls, stats.failed) == (0, 1)
+
+
+async def test_a_post_processor_failing_to_open_fails_only_its_request() -> None:
+    """A post-processor whose open() raises fails that request as a crash naming it, without
+    calling the worker; the pipeline goes on and answers the next request."""
+    error = KeyError("k")
+    broken = Failing(error)
+    worker = Held(delay=0)
+
+    @attrs.define
+    class BrokenFor:
+        """Raises for the request whose input is "bad", and has no filter for others."""
+
+        def open(self, request: PromptRequest) -> None:
+            if request.input == "bad":
+                broken.open(request)
+
+    async with open_pipeline(worker, post_processors=[BrokenFor()]) as pipeline:
+        with pytest.raises(WorkerCrashed) as info:
+            await pipeline.submit(PromptRequest(input="bad"))
+        assert (await pipeline.submit(PromptRequest(input="good"))).text == "ok"
+        stats = pipeline.statistics()
+    assert str(info.value) == "the post-processor raised KeyError: 'k'"
+    assert info.value.__cause__ is error
+    assert (worker.calls, stats.failed, stats.completed) == (1, 1, 1)
+
+
+@attrs.define(eq=False)
+class Counting:
+    """A retriever and assembler that count their calls and change nothing."""
+
+    retrieved: int = 0
+    assembled: int = 0
+
+    async def retrieve(self, request: PromptRequest) -> Sequence[Document]:
+        self.retrieved += 1
+        return (Document("d1", "context"),)
+
+    def assemble(self, request: PromptRequest, documents: Sequence[Document]) -> PromptRequest:
+        self.assembled += 1
+        return request
+
+
+async def test_an_embedding_request_skips_retrieval_and_assembly() -> None:
+    """Embeddings have no chat: neither the retriever nor the assembler sees them, while a
+    chat request goes through both."""
+    parts = Counting()
+    async with open_pipeline(EchoWorker(), retriever=parts, assembler=parts) as pipeline:
+        await pipeline.submit(PromptRequest(embed=("a",)))
+        assert (parts.retrieved, parts.assembled) == (0, 0)
+        await pipeline.submit(PromptRequest(input="chat"))
+    assert (parts.retrieved, parts.assembled) == (1, 1)
+
+
+@attrs.define(eq=False)
+class SlowRetriever:
+    """A retriever that takes ``delay`` seconds (or returns at once if ``delay`` is 0)."""
+
+    delay: float
+
+    async def retrieve(self, request: PromptRequest) -> Sequence[Document]:
+        await trio.sleep(self.delay)
+        return ()
+
+
+async def test_a_retrieval_outlasting_the_deadline_expires_the_request_at_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Retrieval is cut at the request's deadline: the request expires then and the worker
+    is never called."""
+    worker = Held(delay=0)
+    async with open_pipeline(worker, retriever=SlowRetriever(100.0)) as pipeline:
+        with pytest.raises(DeadlineExceeded, match="req_slow passed its deadline"):
+            await pipeline.submit(PromptRequest(input="x", timeout=3.0, request_id="req_slow"))
+        assert trio.current_time() == 3.0
+        stats = pipeline.statistics()
+    assert (worker.calls, stats.expired) == (0, 1)
+
+
+async def test_shed_reasons_name_the_full_channel_and_its_size(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A request shed at the entry says the entry channel is full with its size; one shed
+    between stages names the stage and its capacity, and counts against that stage."""
+    worker = Held()
+    fifo = PriorityConfig(enabled=False)
+    config = small(rag_capacity=1, inference_capacity=1, inference_concurrency=1, priority=fifo)
+    async with open_pipeline(worker, config) as pipeline:
+        for i in range(3):  # one running, one waiting for its slot, one in the channel
+            pipeline.try_start(PromptRequest(input=f"r{i}"))
+            await trio.testing.wait_all_tasks_blocked()
+        shed = pipeline.try_start(PromptRequest(input="shed"))
+        await trio.testing.wait_all_tasks_blocked()
+        with pytest.raises(RequestShed) as between:
+            shed.result()
+        retriever_full = RetrieverFull()
+        stats = pipeline.statistics()
+        worker.release.set()
+    async with open_pipeline(EchoWorker(), small(rag_capacity=2), retriever=retriever_full) as p:
+        p.try_start(PromptRequest(input="in retrieval"))
+        await trio.testing.wait_all_tasks_blocked()
+        p.try_start(PromptRequest(input="q1"))
+        p.try_start(PromptRequest(input="q2"))
+        refused = p.try_start(PromptRequest(input="refused"))
+        with pytest.raises(RequestShed) as entry:
+            refused.result()
+        retriever_full.release.set()
+    assert between.value.stage == "inference"
+    assert between.value.reason == "the inference stage's input channel is full (1)"
+    assert stats.stage("inference").shed == 1
+    assert [s.shed for s in stats.stages] == [0, 0, 1, 0, 0]
+    assert entry.value.reason == "the entry channel is full (2 requests)"
+    assert [letter.reason for letter in p.dead_letters.list()] == [entry.value.reason]
+    assert p.dead_letters.list()[0].stage == "admission"
+
+
+@attrs.define
+class RetrieverFull:
+    """A retriever that holds the retrieval stage until released."""
+
+    release: trio.Event = attrs.field(factory=trio.Event)
+
+    async def retrieve(self, request: PromptRequest) -> Sequence[Document]:
+        await self.release.wait()
+        return ()
+
+
+async def test_replay_drops_an_absolute_deadline_and_keeps_a_relative_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A replayed dead letter whose absolute deadline has passed is answered, while its
+    relative timeout still bounds it anew."""
+    worker = Held(delay=5.0)
+    fifo = PriorityConfig(enabled=False)
+    config = small(inference_capacity=1, inference_concurrency=1, priority=fifo)
+    async with open_pipeline(worker, config) as pipeline:
+        for i in range(3):
+            pipeline.try_start(PromptRequest(input=f"r{i}"))
+            await trio.testing.wait_all_tasks_blocked()
+        absolute = pipeline.try_start(PromptRequest(input="abs", deadline=trio.current_time() + 1))
+        relative = pipeline.try_start(PromptRequest(input="rel", timeout=1.0))
+        await trio.testing.wait_all_tasks_blocked()
+        assert (absolute.done, relative.done) == (True, True)
+        await trio.sleep(20.0)  # the absolute deadline is long past
+        assert (await pipeline.replay(absolute.request_id)).text == "ok"
+        start = trio.current_time()
+        with pytest.raises(DeadlineExceeded):
+            await pipeline.replay(relative.request_id)
+        assert trio.current_time() == start + 1.0
+
+
+async def test_a_stream_used_without_async_with_says_how() -> None:
+    """Iterating a stream that was never entered raises RuntimeError saying how to use it."""
+    async with open_pipeline(EchoWorker()) as pipeline:
+        stream = pipeline.stream(PromptRequest(input="x"))
+        with pytest.raises(RuntimeError, match=r"async with pipeline\.stream"):
+            await stream.__anext__()
+
+
+async def test_a_stream_refused_at_the_door_raises_on_entry() -> None:
+    """Opening a stream on a closed pipeline raises PipelineClosed from the async with."""
+    async with open_pipeline(EchoWorker()) as pipeline:
+        pass
+    with pytest.raises(PipelineClosed):
+        async with pipeline.stream(PromptRequest(input="late")):
+            raise AssertionError("a refused stream is never entered")
+
+
+async def test_a_stream_ends_with_the_held_back_tail_then_done_then_stops() -> None:
+    """Text a stop filter held back comes as a last TextDelta before the Done (which carries
+    the completion's fields), the stream's completion is set, and it then stops for good."""
+    request = PromptRequest(input="one two thr", params=GenerationParams(stop=("three",)))
+    async with open_pipeline(EchoWorker()) as pipeline, pipeline.stream(request) as events:
+        seen = [event async for event in events]
+        with pytest.raises(StopAsyncIteration):
+            await events.__anext__()
+    texts = [e.text for e in seen if isinstance(e, TextDelta)]
+    assert texts[-1] == "thr"
+    done = seen[-1]
+    assert isinstance(done, Done)
+    assert events.completion is not None
+    assert done == Done(
+        events.completion.finish_reason,
+        "one two thr",
+        events.completion.usage,
+        events.completion.tool_calls,
+        events.completion.model,
+    )
+    assert events.request_id == request.request_id
+
+
+async def test_a_body_error_leaves_open_pipeline_as_itself() -> None:
+    """An exception raised in the pipeline's block reaches the caller unwrapped."""
+    with pytest.raises(LookupError) as info:
+        async with open_pipeline(EchoWorker()):
+            raise LookupError("mine")
+    assert type(info.value) is LookupError
+
+
+async def test_cancel_in_flight_ends_every_request_with_the_reason(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """cancel_in_flight ends each request in flight as cancelled with the reason given, and
+    says how many it ended."""
+    async with open_pipeline(Held(), small(inference_concurrency=1)) as pipeline:
+        handles = [pipeline.try_start(PromptRequest(input=f"r{i}")) for i in range(3)]
+        await trio.testing.wait_all_tasks_blocked()
+        assert pipeline.cancel_in_flight("draining") == 3
+        assert pipeline.cancel_in_flight("again") == 0
+        for handle in handles:
+            with pytest.raises(RequestCancelled, match=r"^draining$"):
+                handle.result()
+        assert pipeline.statistics().cancelled == 3
