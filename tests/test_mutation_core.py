@@ -26,6 +26,7 @@ from trio_orchestrator import (
     PromptRequest,
     RequestCancelled,
     RequestShed,
+    ServerError,
     open_pipeline,
 )
 from trio_orchestrator.errors import PipelineClosed, WorkerCrashed
@@ -427,3 +428,82 @@ async def test_cancel_in_flight_ends_every_request_with_the_reason(
             with pytest.raises(RequestCancelled, match=r"^draining$"):
                 handle.result()
         assert pipeline.statistics().cancelled == 3
+
+
+@attrs.define(eq=False)
+class RaisingInNursery:
+    """Raises ``errors`` from tasks of its own nursery (wrapped in an exception group)."""
+
+    errors: Sequence[Exception]
+
+    async def generate(self, request: PromptRequest, emit: EventSink) -> None:
+        async def fail(error: Exception) -> None:
+            raise error
+
+        async with trio.open_nursery() as nursery:
+            for error in self.errors:
+                nursery.start_soon(fail, error)
+
+
+async def test_a_worker_error_from_the_workers_nursery_reaches_the_caller_unwrapped() -> None:
+    """A typed worker error raised inside the worker's nursery reaches the caller as itself,
+    not as the group wrapping it; a group of two errors is a crash."""
+    error = ServerError("upstream 500", provider="p", status=500)
+    async with open_pipeline(RaisingInNursery([error])) as pipeline:
+        with pytest.raises(ServerError) as info:
+            await pipeline.submit(PromptRequest(input="x"))
+        assert info.value is error
+    two = RaisingInNursery([ValueError("a"), ValueError("b")])
+    async with open_pipeline(two) as pipeline:
+        with pytest.raises(WorkerCrashed, match=r"^the worker raised ExceptionGroup: "):
+            await pipeline.submit(PromptRequest(input="x"))
+
+
+async def test_a_later_request_with_an_earlier_deadline_expires_at_its_own(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Waiting requests expire each at its own deadline, earliest first, whatever order they
+    came in (the reaper is woken for a deadline earlier than the one it sleeps until)."""
+    ended: list[tuple[str, float]] = []
+    async with open_pipeline(Held(), small(inference_concurrency=1)) as pipeline:
+        pipeline.add_listener(lambda f: ended.append((str(f.request.input), f.latency)))
+        pipeline.try_start(PromptRequest(input="running"))
+        await trio.testing.wait_all_tasks_blocked()
+        for name, timeout in (("late", 9.0), ("early", 2.0), ("middle", 5.0)):
+            pipeline.try_start(PromptRequest(input=name, timeout=timeout))
+        await trio.sleep(10.0)
+        assert ended == [("early", 2.0), ("middle", 5.0), ("late", 9.0)]
+        pipeline.cancel_in_flight("done")
+
+
+@attrs.define(eq=False)
+class HoldsSome:
+    """Holds requests whose input is "hold" until cancelled; answers the others at once."""
+
+    async def generate(self, request: PromptRequest, emit: EventSink) -> None:
+        if request.input == "hold":
+            await trio.sleep_forever()
+        await emit(Done("stop", ""))
+
+
+async def test_the_deadline_heap_sheds_ended_entries_once_past_64_and_twice_the_live() -> None:
+    """An ended request's deadline entry is dropped lazily: the heap is swept only once it
+    holds more than 64 entries and more than twice as many as are live, so memory stays
+    bounded at O(live) without a sweep per request."""
+    async with open_pipeline(HoldsSome()) as pipeline:
+        for _ in range(40):
+            pipeline.try_start(PromptRequest(input="hold"))
+        await trio.testing.wait_all_tasks_blocked()
+        sizes = []
+        for _ in range(45):
+            await pipeline.submit(PromptRequest(input="x"))
+            sizes.append(len(pipeline._deadlines))
+        # 40 live: past 64 at 65 entries, but swept only past 2 x 40 = 80, back to the 40.
+        assert sizes == [*range(41, 81), 40, 41, 42, 43, 44]
+        assert pipeline.cancel_in_flight("stop holding") == 40
+        assert len(pipeline._deadlines) == 44  # none live now, but not past 64: kept
+        sizes = []
+        for _ in range(22):
+            await pipeline.submit(PromptRequest(input="x"))
+            sizes.append(len(pipeline._deadlines))
+        assert sizes == [*range(45, 65), 0, 1]
