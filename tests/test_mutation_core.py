@@ -31,6 +31,7 @@ from trio_orchestrator import (
 )
 from trio_orchestrator.errors import PipelineClosed, WorkerCrashed
 from trio_orchestrator.events import Done, TextDelta
+from trio_orchestrator.pipeline import FinishedRequest
 from trio_orchestrator.pipeline.job import Job
 from trio_orchestrator.types import GenerationParams
 from trio_orchestrator.workers.base import EventSink
@@ -95,7 +96,7 @@ async def test_hooks_follow_a_request_through_every_stage_and_are_set_once() -> 
     hooks = Recorder()
     async with open_pipeline(EchoWorker()) as pipeline:
         pipeline.set_hooks(hooks)
-        with pytest.raises(RuntimeError, match="set already"):
+        with pytest.raises(RuntimeError, match=r"^this pipeline's hooks are set already \("):
             pipeline.set_hooks(Recorder())
         await pipeline.submit(PromptRequest(input="a"))
     assert [(what, detail) for what, _, detail in hooks.log] == [
@@ -507,3 +508,149 @@ async def test_the_deadline_heap_sheds_ended_entries_once_past_64_and_twice_the_
             await pipeline.submit(PromptRequest(input="x"))
             sizes.append(len(pipeline._deadlines))
         assert sizes == [*range(45, 65), 0, 1]
+
+
+@pytest.mark.parametrize(("concurrency", "burst", "kept"), [(4, 10, 4), (300, 300, 256)])
+async def test_runner_tasks_kept_parked_are_bounded_by_the_slots_and_256(
+    autojump_clock: trio.testing.MockClock, concurrency: int, burst: int, kept: int
+) -> None:
+    """After a burst, at most min(inference concurrency, 256) runner tasks stay parked for
+    the next requests; the rest end."""
+    capacities = {f"{stage}_capacity": burst for stage in ("rag", "assemble", "inference")}
+    capacities |= {"post_capacity": burst, "stream_capacity": burst}
+    config = small(inference_concurrency=concurrency, **capacities)
+    async with open_pipeline(Held(delay=1.0), config) as pipeline:
+        async with trio.open_nursery() as nursery:
+            for _ in range(burst):
+                nursery.start_soon(pipeline.submit, PromptRequest(input="x"))
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(pipeline._idle_runners) == kept
+        assert pipeline.statistics().completed == burst
+
+
+@attrs.define(eq=False)
+class Seeing:
+    """Records each request it is given; answers "ok" after ``delay`` seconds."""
+
+    delay: float = 0.0
+    seen: list[PromptRequest] = attrs.field(factory=list)
+
+    async def generate(self, request: PromptRequest, emit: EventSink) -> None:
+        self.seen.append(request)
+        await trio.sleep(self.delay)
+        await emit(TextDelta("ok"))
+        await emit(Done("stop", "ok"))
+
+
+async def test_streamed_requests_reach_the_worker_marked_streamed() -> None:
+    """A pushed or iterated stream reaches the worker with streaming True even when built
+    with False (a retry layer must never start it over); a submit keeps it as given."""
+    worker = Seeing()
+    ended = trio.Event()
+
+    async def push(event: object) -> None:
+        pass
+
+    async with open_pipeline(worker) as pipeline:
+        pipeline.try_start_stream(PromptRequest(input="pushed", streaming=False), push, ended.set)
+        await ended.wait()
+        async with pipeline.stream(PromptRequest(input="iterated", streaming=False)) as events:
+            _ = [event async for event in events]
+        await pipeline.submit(PromptRequest(input="whole", streaming=False))
+    assert [(r.input, r.streaming) for r in worker.seen] == [
+        ("pushed", True),
+        ("iterated", True),
+        ("whole", False),
+    ]
+
+
+async def test_listeners_get_the_completion_and_time_to_first_token_and_survive_a_raiser(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A listener gets the request's completion and its time to first token counted from
+    submission (not from the clock's zero); a listener that raises is logged and ignored,
+    and the next listener is still called."""
+    records: list[FinishedRequest] = []
+
+    def explode(record: FinishedRequest) -> None:
+        raise ValueError("listener down")
+
+    async with open_pipeline(Seeing(delay=2.0)) as pipeline:
+        pipeline.add_listener(explode)
+        pipeline.add_listener(records.append)
+        await trio.sleep(5.0)
+        completion = await pipeline.submit(PromptRequest(input="x"))
+    [record] = records
+    assert record.completion is completion
+    assert (record.latency, record.time_to_first_token) == (2.0, 2.0)
+    messages = [r.getMessage() for r in caplog.records if r.name == "trio_orchestrator.pipeline"]
+    assert messages == ["a pipeline listener raised; it was ignored"]
+
+
+async def test_a_request_cancelled_while_waiting_for_a_slot_gives_the_slot_on(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Without priority admission, a request whose caller leaves while it waits for the one
+    inference slot never runs, and the slot goes on to the next request."""
+    worker = Seeing(delay=1.0)
+    fifo = PriorityConfig(enabled=False)
+    async with open_pipeline(worker, small(inference_concurrency=1, priority=fifo)) as pipeline:
+        first = pipeline.try_start(PromptRequest(input="first"))
+        await trio.testing.wait_all_tasks_blocked()
+        waiting = pipeline.try_start(PromptRequest(input="waiting"))
+        await trio.testing.wait_all_tasks_blocked()
+        assert waiting.cancel()
+        after = await pipeline.submit(PromptRequest(input="after"))
+        assert first.result().text == after.text == "ok"
+        stats = pipeline.statistics()
+    assert [r.input for r in worker.seen] == ["first", "after"]
+    assert (stats.completed, stats.cancelled, stats.inference_active) == (2, 1, 0)
+
+
+async def test_cancelling_a_handle_without_a_reason_says_the_caller_stopped_waiting() -> None:
+    """PendingRequest.cancel() with no reason ends the request with RequestCancelled saying
+    the caller stopped waiting."""
+    async with open_pipeline(Held()) as pipeline:
+        pending = pipeline.try_start(PromptRequest(input="x"))
+        assert pending.cancel()
+        with pytest.raises(RequestCancelled) as info:
+            pending.result()
+    assert str(info.value) == "the caller stopped waiting"
+
+
+async def test_a_stream_ending_early_says_how_its_caller_left(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A streamed request is cancelled with a reason saying how its caller left: it stopped
+    waiting for the next event, it closed the stream, or it gave up waiting to enter."""
+    errors: dict[str, str] = {}
+    retriever = RetrieverFull()
+
+    def record(finished: FinishedRequest) -> None:
+        errors[str(finished.request.input)] = f"{type(finished.error).__name__}: {finished.error}"
+
+    async with open_pipeline(EchoWorker(token_delay=1.0), small(rag_capacity=1)) as pipeline:
+        pipeline.add_listener(record)
+        async with pipeline.stream(PromptRequest(input="waited a b c")) as events:
+            with trio.move_on_after(1.5):
+                _ = [event async for event in events]
+        async with pipeline.stream(PromptRequest(input="closed a b c")) as events:
+            async for _event in events:
+                break
+    async with open_pipeline(EchoWorker(), small(rag_capacity=1), retriever=retriever) as p:
+        p.add_listener(record)
+        p.try_start(PromptRequest(input="in retrieval"))
+        await trio.testing.wait_all_tasks_blocked()
+        p.try_start(PromptRequest(input="queued"))
+        with trio.move_on_after(2.0) as scope:
+            async with p.stream(PromptRequest(input="entering")):
+                raise AssertionError("the entry is full: the stream is never entered")
+        assert scope.cancelled_caught
+        retriever.release.set()
+    assert errors == {
+        "waited a b c": "RequestCancelled: the caller stopped waiting",
+        "closed a b c": "RequestCancelled: the caller closed the stream",
+        "entering": "RequestCancelled: the caller stopped waiting",
+        "in retrieval": "NoneType: None",
+        "queued": "NoneType: None",
+    }
