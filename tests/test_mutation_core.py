@@ -371,7 +371,8 @@ async def test_a_stream_used_without_async_with_says_how() -> None:
     """Iterating a stream that was never entered raises RuntimeError saying how to use it."""
     async with open_pipeline(EchoWorker()) as pipeline:
         stream = pipeline.stream(PromptRequest(input="x"))
-        with pytest.raises(RuntimeError, match=r"async with pipeline\.stream"):
+        message = r"^use the stream as `async with pipeline\.stream\(request\) as s:`$"
+        with pytest.raises(RuntimeError, match=message):
             await stream.__anext__()
 
 
@@ -389,6 +390,7 @@ async def test_a_stream_ends_with_the_held_back_tail_then_done_then_stops() -> N
     the completion's fields), the stream's completion is set, and it then stops for good."""
     request = PromptRequest(input="one two thr", params=GenerationParams(stop=("three",)))
     async with open_pipeline(EchoWorker()) as pipeline, pipeline.stream(request) as events:
+        assert events.completion is None
         seen = [event async for event in events]
         with pytest.raises(StopAsyncIteration):
             await events.__anext__()
@@ -654,3 +656,23 @@ async def test_a_stream_ending_early_says_how_its_caller_left(
         "in retrieval": "NoneType: None",
         "queued": "NoneType: None",
     }
+
+
+async def test_requests_refused_by_a_closed_pipeline_are_dead_lettered_saying_so(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Whether submitted, started or streamed, a request refused because the pipeline is
+    shutting down is dead-lettered at the admission stage with that reason and the time."""
+    async with open_pipeline(EchoWorker()) as pipeline:
+        pass
+    await trio.sleep(5.0)
+    with pytest.raises(PipelineClosed):
+        await pipeline.submit(PromptRequest(input="submitted", request_id="req_1"))
+    pipeline.try_start(PromptRequest(input="started", request_id="req_2"))
+    with pytest.raises(PipelineClosed):
+        async with pipeline.stream(PromptRequest(input="streamed", request_id="req_3")):
+            pass
+    letters = [(x.id, x.stage, x.reason, x.time) for x in pipeline.dead_letters.list()]
+    assert letters == [
+        (f"req_{i}", "admission", "the pipeline is shutting down", 5.0) for i in (1, 2, 3)
+    ]
