@@ -676,3 +676,56 @@ async def test_requests_refused_by_a_closed_pipeline_are_dead_lettered_saying_so
     assert letters == [
         (f"req_{i}", "admission", "the pipeline is shutting down", 5.0) for i in (1, 2, 3)
     ]
+
+
+@attrs.define(eq=False)
+class FinishFails:
+    """A post-processor whose filter passes text through and raises when finished."""
+
+    stopped: bool = False
+
+    def open(self, request: PromptRequest) -> FinishFails:
+        return self
+
+    def feed(self, text: str) -> str:
+        return text
+
+    def finish(self) -> str:
+        raise ArithmeticError("cannot finish")
+
+
+async def test_a_post_processor_failing_at_the_end_fails_the_request_naming_it() -> None:
+    """A filter that raises when the answer is finished fails the request as a crash of the
+    post-processor (not the worker)."""
+    async with open_pipeline(Held(delay=0), post_processors=[FinishFails()]) as pipeline:
+        with pytest.raises(WorkerCrashed) as info:
+            await pipeline.submit(PromptRequest(input="x"))
+    assert str(info.value) == "the post-processor raised ArithmeticError: cannot finish"
+
+
+@attrs.define(eq=False)
+class BrokenSink:
+    """An output sink that records what it is given, then raises."""
+
+    given: list[PromptRequest] = attrs.field(factory=list)
+
+    def deliver(self, request: PromptRequest, completion: object) -> None:
+        self.given.append(request)
+        raise OSError("disk full")
+
+
+async def test_each_sink_failure_is_counted_and_logged_naming_the_sink(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A sink gets each request with its answer; every failure counts once in sink_errors
+    and is logged with the sink's repr."""
+    sink = BrokenSink()
+    requests = [PromptRequest(input="a"), PromptRequest(input="b")]
+    async with open_pipeline(EchoWorker(), sinks=[sink]) as pipeline:
+        for request in requests:
+            await pipeline.submit(request)
+        stats = pipeline.statistics()
+    assert sink.given == requests
+    assert stats.sink_errors == 2
+    messages = [r.getMessage() for r in caplog.records if r.name == "trio_orchestrator.pipeline"]
+    assert messages == [f"output sink {sink!r} raised; it was ignored"] * 2
