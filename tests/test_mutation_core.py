@@ -729,3 +729,29 @@ async def test_each_sink_failure_is_counted_and_logged_naming_the_sink(
     assert stats.sink_errors == 2
     messages = [r.getMessage() for r in caplog.records if r.name == "trio_orchestrator.pipeline"]
     assert messages == [f"output sink {sink!r} raised; it was ignored"] * 2
+
+
+async def test_a_submit_whose_caller_leaves_is_cancelled_saying_so(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A caller of submit that stops waiting, for the answer or for room at the entry, ends
+    its request as cancelled because the caller stopped waiting."""
+    errors: dict[str, str] = {}
+    retriever = RetrieverFull()
+
+    def record(finished: FinishedRequest) -> None:
+        errors[str(finished.request.input)] = f"{type(finished.error).__name__}: {finished.error}"
+
+    async with open_pipeline(Held(), small(rag_capacity=1), retriever=retriever) as pipeline:
+        pipeline.add_listener(record)
+        pipeline.try_start(PromptRequest(input="in retrieval"))
+        await trio.testing.wait_all_tasks_blocked()
+        pipeline.try_start(PromptRequest(input="queued"))
+        with trio.move_on_after(1.0):
+            await pipeline.submit(PromptRequest(input="entering"))
+        assert errors == {"entering": "RequestCancelled: the caller stopped waiting"}
+        retriever.release.set()
+        with trio.move_on_after(1.0):
+            await pipeline.submit(PromptRequest(input="answer"))
+        assert errors["answer"] == "RequestCancelled: the caller stopped waiting"
+        pipeline.cancel_in_flight("done")
