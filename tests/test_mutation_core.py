@@ -755,3 +755,35 @@ async def test_a_submit_whose_caller_leaves_is_cancelled_saying_so(
             await pipeline.submit(PromptRequest(input="answer"))
         assert errors["answer"] == "RequestCancelled: the caller stopped waiting"
         pipeline.cancel_in_flight("done")
+
+
+def task_names() -> list[str]:
+    """The names of every task in the run, for a task dump to be read by."""
+    names: list[str] = []
+    tasks = [trio.lowlevel.current_root_task()]
+    while tasks:
+        task = tasks.pop()
+        assert task is not None
+        names.append(task.name)
+        tasks += [child for nursery in task.child_nurseries for child in nursery.child_tasks]
+    return names
+
+
+async def test_the_pipelines_tasks_are_named_for_a_task_dump() -> None:
+    """Each stage task and each inference runner carries a name saying what it is."""
+    worker = Held()
+    async with open_pipeline(worker) as pipeline:
+        pipeline.try_start(PromptRequest(input="x"))
+        await trio.testing.wait_all_tasks_blocked()
+        names = task_names()
+        worker.release.set()
+    ours = sorted(name for name in names if name.startswith("trio_orchestrator."))
+    assert ours == [
+        "trio_orchestrator.assemble_stage",
+        "trio_orchestrator.inference_runner",
+        "trio_orchestrator.inference_stage",
+        "trio_orchestrator.post_stage",
+        "trio_orchestrator.rag_stage",
+        "trio_orchestrator.reap_deadlines",
+        "trio_orchestrator.stream_stage",
+    ]
