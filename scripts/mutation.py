@@ -60,7 +60,14 @@ MODULES: dict[str, tuple[str, ...]] = {
         "tests/test_accounting.py",
         "tests/test_mutation_job.py",
     ),
-    "pipeline/core.py": ("tests/test_pipeline.py", "tests/test_accounting.py"),
+    "pipeline/core.py": (
+        "tests/test_pipeline.py",
+        "tests/test_accounting.py",
+        "tests/test_pipeline_push.py",
+        "tests/test_priority.py",
+        "tests/test_mutation_job.py",
+        "tests/test_mutation_core.py",
+    ),
     "routing/router.py": ("tests/test_router.py", "tests/test_mutation_router.py"),
     "workers/http.py": (
         "tests/test_openai_worker.py",

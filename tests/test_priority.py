@@ -369,6 +369,28 @@ async def test_a_level_ages_by_one_per_interval() -> None:
         a.send.close()
 
 
+async def test_resized_hands_new_slots_to_the_best_ranked_waiting_jobs() -> None:
+    """Once the limiter grows (a reload), resized() starts waiting jobs at once, best-ranked
+    first, as many as the new slots; with no slot free it starts nothing."""
+    a = Admission.make()
+    jobs = {
+        "first": job("first", Priority.NORMAL),
+        "low": job("low", Priority.LOW),
+        "crit": job("crit", Priority.CRITICAL),
+        "high": job("high", Priority.HIGH),
+    }
+    async with trio.open_nursery() as nursery:
+        await drive(a, nursery)
+        await a.feed(*jobs.values())
+        a.admission.resized()
+        assert a.started == ["first"]
+        a.admission._limiter.total_tokens = 3
+        a.admission.resized()
+        assert a.started == ["first", "crit", "high"]
+        assert a.admission.waiting == 1
+        a.send.close()
+
+
 async def test_a_dispatch_skips_ended_and_expired_jobs_and_starts_the_next() -> None:
     """A freed slot passes over a cancelled job and expires a late one, then starts the next."""
     a = Admission.make()

@@ -10,10 +10,13 @@ import signal
 from pathlib import Path
 
 import attrs
+import httpx
 import pytest
 import trio
 import trio.testing
 from config_classes import Provider, Root, Window
+from service_helpers import make_config, running_app, wait_for_statistic
+from terminal import PROMPTLY
 
 from trio_orchestrator.config import (
     Config,
@@ -340,3 +343,56 @@ async def test_example_reloads_without_dropping_requests(
     printed = capsys.readouterr().out
     assert "applied  pipeline.inference_concurrency: 256 → 8" in printed
     assert "submitted=100, completed=100," in printed
+
+
+@attrs.define(eq=False)
+class HeldWorker:
+    """Holds every request until ``release`` is set; ``running_reached`` fires once
+    ``target`` requests are running at once."""
+
+    target: int
+    release: trio.Event = attrs.field(factory=trio.Event)
+    running_reached: trio.Event = attrs.field(factory=trio.Event)
+    running: int = 0
+
+    async def generate(self, request: PromptRequest, emit: EventSink) -> None:
+        """Wait for the release, then answer "ok"."""
+        self.running += 1
+        if self.running >= self.target:
+            self.running_reached.set()
+        try:
+            await self.release.wait()
+        finally:
+            self.running -= 1
+        await emit(TextDelta("ok"))
+        await emit(Done("stop", "ok"))
+
+
+async def test_a_served_reload_raising_concurrency_starts_held_requests_at_once() -> None:
+    """Over HTTP, with priority admission holding requests for the one slot, a reload to
+    three slots starts the two held requests at once (not when the running one ends)."""
+    worker = HeldWorker(target=3)
+    body = {"model": "echo", "messages": [{"role": "user", "content": "hi"}]}
+    statuses: list[int] = []
+    async with (
+        running_app(make_config({"inference_concurrency": 1}), worker) as (url, app),
+        httpx.AsyncClient(base_url=url, timeout=PROMPTLY) as http,
+    ):
+
+        async def call() -> None:
+            statuses.append((await http.post("/v1/chat/completions", json=body)).status_code)
+
+        gateway = app.state.service.gateway
+        with trio.fail_after(PROMPTLY):
+            async with trio.open_nursery() as clients:
+                for _ in range(3):
+                    clients.start_soon(call)
+                await wait_for_statistic(http, "submitted", 3)
+                await trio.testing.wait_all_tasks_blocked()  # the stage hops are in-process
+                assert gateway.pipeline.statistics().stage("inference").held == 2
+                assert worker.running == 1
+                report = gateway.reload(make_config({"inference_concurrency": 3}))
+                assert report.ok, report
+                await worker.running_reached.wait()  # hangs (fail_after) if they stay held
+                worker.release.set()
+    assert statuses == [200, 200, 200]

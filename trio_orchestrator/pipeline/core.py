@@ -293,6 +293,9 @@ class Pipeline:
         """
         self._config = attrs.evolve(self._config, pipeline=section)
         self._limiter.total_tokens = section.inference_concurrency
+        if self._admission is not None:
+            # The limiter wakes its own waiters; the jobs priority admission holds wait on it.
+            self._admission.resized()
         return []
 
     @property
@@ -696,7 +699,12 @@ class Pipeline:
 
     async def _generate(self, job: Job) -> None:
         request = job.prepared or job.request
-        job.filter = open_filters(self._post_processors, request)
+        try:
+            job.filter = open_filters(self._post_processors, request)
+        except Exception as exc:
+            # Fails this request only: raised here, it would end the runner and the pipeline.
+            self._fail(job, exc, "post-processor")
+            return
         hooks = self._hooks
         try:
             with job.scope:

@@ -137,6 +137,12 @@ class PriorityAdmission(Generic[J]):
         if self._heap:
             self._dispatch()
 
+    def resized(self) -> None:
+        """Hand the slots a larger limiter has (a reload raised the concurrency) to the
+        best-ranked waiting jobs now, rather than when a running job next releases one."""
+        if self._heap:
+            self._dispatch()
+
     def statistics(self) -> PriorityStatistics:
         """Return a snapshot of the admission counters."""
         return PriorityStatistics(
