@@ -2,28 +2,37 @@
 upstream's capacity changes mid-run.
 
 The fake provider answers ``--capacity`` calls at once in ``--latency`` seconds each and
-queues the rest (its latency climbs, as a saturated inference server's does); its capacity
-goes ``--capacity`` → ``--low`` → ``--capacity``, one ``--phase`` each. ``--clients``
-callers, more than the capacity, call the gateway (hypercorn, the OpenAI-compatible
-``/v1/chat/completions``) in a loop over HTTP (after ``--warmup`` seconds not counted),
-each giving up after ``--slo`` seconds (a
-timed-out call is a failure, and its upstream call is cancelled); a caller refused (503,
-429) waits its ``Retry-After`` before calling again, as the official SDKs do (one
-``--latency`` after a timeout).
+queues the rest (its latency climbs, as a saturated inference server's does: a call behind
+a queue of q waits about q / capacity * latency more); its capacity goes ``--capacity`` →
+``--low`` → ``--capacity``, one ``--phase`` each. ``--clients`` callers, more than the
+capacity, make requests to the gateway (hypercorn, the OpenAI-compatible
+``/v1/chat/completions``) over HTTP one after another (after ``--warmup`` seconds not
+counted), as an official SDK makes them: a refused call (503, 429) is tried again after its
+``Retry-After`` while the request's ``--slo`` leaves time; at the SLO the request fails and
+its call is cancelled (upstream too). Calls take 0.8 to 1.2 times ``--latency`` (by model,
+one per client), so they do not finish in lockstep rounds.
 
-Rows, each a fresh gateway and fake in the same run: ``adaptive`` (the gradient limit,
-defaults but a shorter window of 5 calls or more), ``fixed-N`` for each of ``--fixed``
-(the same limiter held at N: min = max = N, so shedding works alike), and ``unlimited``
-(no limit at the gateway).
-Per row and phase: successful calls' p50 and p99 latency, the success rate (answered 200
-within the SLO, of all calls), goodput (successes per second); for ``adaptive`` also the
-limit's mean in the phase. Ends with one line of JSON.
+The sizes are chosen so that one machine drives them with CPU to spare: calls of 1.5 s make
+64 concurrent calls about 43 answers a second, and 96 clients are cheap at that rate (an
+earlier design, 200 ms calls and 320 answers a second, measured the CPU, not the limit).
+The run prints the process's CPU use per row; near 100 % of a core the numbers are suspect.
+
+Rows, each a fresh gateway and fake in the same run: ``adaptive`` (the gradient limit with
+its default settings, as a user would switch it on) and ``fixed-N`` for
+each of ``--fixed``, the limits a user would have chosen before the change (the same
+limiter held at N: min = max = N, so waiting and shedding work alike; N at least the
+clients is no limit at all). Per row and phase, and over the whole run: successful calls'
+p50 and p99 latency, the success rate (requests answered 200 within the SLO), goodput
+(successes per second); for ``adaptive`` also the limit sampled once a second. Ends with
+one line of JSON.
 
 Everything runs in this one process (fake, gateway, clients), so the numbers include the
 clients' own cost; compare rows, not absolute figures.
 
     python benchmarks/bench_adaptive.py [--quick] [--capacity 64] [--low 16] [--clients 96]
-        [--latency 0.2] [--phase 20] [--slo 1.0] [--fixed 16,32,64]
+        [--latency 1.5] [--phase 25] [--slo 4.0] [--fixed 32,64,96] [--warmup 10]
+
+The full run takes about 4 * (warmup + 3 phases) = 5 min 40 s; ``--quick`` under a minute.
 """
 
 from __future__ import annotations
@@ -33,8 +42,8 @@ import json
 import math
 import os
 import platform
-import statistics
 import sys
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
@@ -53,6 +62,10 @@ from trio_orchestrator.workers.config import ProviderConfig, ProvidersConfig
 
 CHAT = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}]}
 PHASES = ("high", "low", "recovered")
+# Calls take 0.8 to 1.2 times --latency (by model: each client asks one), so they do not
+# finish in lockstep rounds as identical calls through a FIFO queue would.
+SPREAD = tuple(0.8 + step / 25 for step in range(11))
+MODELS = tuple(f"fake-model-{step}" for step in range(len(SPREAD)))
 
 
 @attrs.frozen
@@ -64,22 +77,11 @@ class Call:
     ok: bool
 
 
-def _adaptive(row: str, args: argparse.Namespace) -> AdaptiveConfig:
-    if row == "unlimited":
-        return AdaptiveConfig(enabled=False)
-    shared = {"max_waiting": args.clients // 8, "max_wait": args.latency}
+def _adaptive(row: str) -> AdaptiveConfig:
     if row == "adaptive":
-        window = min(1.0, args.phase / 10)
-        return AdaptiveConfig(
-            enabled=True,
-            initial_limit=16,
-            max_limit=4 * args.capacity,
-            window=window,
-            min_samples=5,
-            **shared,
-        )
+        return AdaptiveConfig(enabled=True)  # the defaults: initial 20, window 1 s, ...
     n = int(row.removeprefix("fixed-"))
-    return AdaptiveConfig(enabled=True, initial_limit=n, min_limit=n, max_limit=n, **shared)
+    return AdaptiveConfig(enabled=True, initial_limit=n, min_limit=n, max_limit=n)
 
 
 def _config(url: str, adaptive: AdaptiveConfig) -> Config:
@@ -123,11 +125,13 @@ def _limit_layer(app: Any) -> AdaptiveLimitLayer | None:
 
 async def _run_row(row: str, args: argparse.Namespace) -> dict[str, Any]:
     calls: list[Call] = []
-    limits: list[list[int]] = [[] for _ in PHASES]
+    trace: list[list[int]] = [[] for _ in PHASES]
     phase = -1  # warming up: connections open, the limit finds the capacity; not counted
-    behaviour = Behaviour(text="ok", first_token_delay=args.latency)
-    async with open_fake_provider(behaviour, record=False, capacity=args.capacity) as fake:
-        config = _config(fake.base_url, _adaptive(row, args))
+    cpu_before = time.process_time()
+    async with open_fake_provider(record=False, capacity=args.capacity) as fake:
+        for model, share in zip(MODELS, SPREAD, strict=True):
+            fake.set_model(model, Behaviour(text="ok", first_token_delay=share * args.latency))
+        config = _config(fake.base_url, _adaptive(row))
         pool = httpx.Limits(max_connections=args.clients, max_keepalive_connections=args.clients)
         async with (
             _serving(config) as (url, app),
@@ -136,56 +140,71 @@ async def _run_row(row: str, args: argparse.Namespace) -> dict[str, Any]:
         ):
             stop = trio.Event()
 
-            async def client() -> None:
+            async def client(number: int) -> None:
+                # One user request at a time, as an official SDK makes it: a refused call
+                # (503, 429) is tried again after its Retry-After while the SLO leaves
+                # time; the request fails when the SLO passes (its call is cancelled).
+                body = {**CHAT, "model": MODELS[number % len(MODELS)]}
                 while not stop.is_set():
                     started, at = trio.current_time(), phase
-                    ok, pause = False, args.latency
+                    ok = False
                     with trio.move_on_after(args.slo):
-                        response = await http.post("/v1/chat/completions", json=CHAT)
-                        ok = response.status_code == 200
-                        pause = float(response.headers.get("retry-after", pause))
+                        while not ok:
+                            response = await http.post("/v1/chat/completions", json=body)
+                            ok = response.status_code == 200
+                            pause = float(response.headers.get("retry-after", args.latency))
+                            if not ok:
+                                await trio.sleep(pause)
                     if at >= 0:
                         calls.append(Call(at, trio.current_time() - started, ok))
-                    if not ok:
-                        await trio.sleep(pause)
 
             async def watch() -> None:
                 layer = _limit_layer(app)
                 while layer is not None and not stop.is_set():
                     if phase >= 0:
-                        limits[phase].append(layer.statistics().limit)
-                    await trio.sleep(args.phase / 50)
+                        trace[phase].append(layer.statistics().limit)
+                    await trio.sleep(args.sample)
 
-            for _ in range(args.clients):
-                nursery.start_soon(client)
-            nursery.start_soon(watch)
+            for number in range(args.clients):
+                nursery.start_soon(client, number)
             await trio.sleep(args.warmup)
+            nursery.start_soon(watch)
             for phase, capacity in enumerate((args.capacity, args.low, args.capacity)):  # noqa: B007
                 fake.set_capacity(capacity)
                 await trio.sleep(args.phase)
             stop.set()
-    return _summary(row, calls, limits, args)
+    cpu = (time.process_time() - cpu_before) / (args.warmup + 3 * args.phase)
+    return _summary(row, calls, trace, cpu, args)
+
+
+def _figures(calls: Sequence[Call], seconds: float) -> dict[str, Any]:
+    good = sorted(c.seconds for c in calls if c.ok)
+    return {
+        "calls": len(calls),
+        "success_rate": len(good) / len(calls) if calls else 0.0,
+        "goodput": len(good) / seconds,
+        "p50": _quantile(good, 0.5),
+        "p99": _quantile(good, 0.99),
+    }
 
 
 def _summary(
-    row: str, calls: Sequence[Call], limits: Sequence[Sequence[int]], args: argparse.Namespace
+    row: str,
+    calls: Sequence[Call],
+    trace: Sequence[Sequence[int]],
+    cpu: float,
+    args: argparse.Namespace,
 ) -> dict[str, Any]:
-    phases = []
-    for index, name in enumerate(PHASES):
-        mine = [c for c in calls if c.phase == index]
-        good = sorted(c.seconds for c in mine if c.ok)
-        phases.append(
-            {
-                "phase": name,
-                "calls": len(mine),
-                "success_rate": len(good) / len(mine) if mine else 0.0,
-                "goodput": len(good) / args.phase,
-                "p50": _quantile(good, 0.5),
-                "p99": _quantile(good, 0.99),
-                "mean_limit": statistics.fmean(limits[index]) if limits[index] else None,
-            }
-        )
-    return {"row": row, "phases": phases}
+    phases = [
+        {
+            "phase": name,
+            **_figures([c for c in calls if c.phase == index], args.phase),
+            "limit_trace": list(trace[index]),
+        }
+        for index, name in enumerate(PHASES)
+    ]
+    whole = {"phase": "whole run", **_figures(calls, 3 * args.phase)}
+    return {"row": row, "cpu_share": round(cpu, 3), "phases": phases, "whole": whole}
 
 
 def _quantile(values: Sequence[float], q: float) -> float:
@@ -194,15 +213,20 @@ def _quantile(values: Sequence[float], q: float) -> float:
     return values[min(len(values) - 1, math.ceil(q * len(values)) - 1)]
 
 
-def _print(result: dict[str, Any]) -> None:
-    for p in result["phases"]:
-        limit = "" if p["mean_limit"] is None else f"  limit≈{p['mean_limit']:.0f}"
+def _print(result: dict[str, Any], args: argparse.Namespace) -> None:
+    row = result["row"]
+    for p in [*result["phases"], result["whole"]]:
         print(
-            f"  {result['row']:<10} {p['phase']:<9} calls {p['calls']:>6}  "
-            f"ok {100 * p['success_rate']:5.1f} %  goodput {p['goodput']:7.1f}/s  "
-            f"p50 {1000 * p['p50']:7.0f} ms  p99 {1000 * p['p99']:7.0f} ms{limit}",
+            f"  {row:<9} {p['phase']:<10} calls {p['calls']:>6}  "
+            f"ok {100 * p['success_rate']:5.1f} %  goodput {p['goodput']:6.1f}/s  "
+            f"p50 {1000 * p['p50']:6.0f} ms  p99 {1000 * p['p99']:6.0f} ms",
             flush=True,
         )
+    for p in result["phases"]:
+        if p["limit_trace"]:
+            samples = " ".join(str(limit) for limit in p["limit_trace"])
+            print(f"  {row:<9} limit in {p['phase']}, every {args.sample:g} s: {samples}")
+    print(f"  {row:<9} CPU: {100 * result['cpu_share']:.0f} % of one core", flush=True)
 
 
 def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -211,22 +235,23 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--capacity", type=int, default=64, help="upstream capacity (64)")
     parser.add_argument("--low", type=int, default=16, help="capacity in the middle phase (16)")
     parser.add_argument("--clients", type=int, default=96, help="concurrent callers (96)")
-    parser.add_argument("--latency", type=float, default=0.2, help="seconds per call (0.2)")
-    parser.add_argument("--phase", type=float, default=20.0, help="seconds per phase (20)")
-    parser.add_argument("--slo", type=float, default=1.0, help="callers give up after (1.0)")
-    parser.add_argument("--fixed", default="16,32,64", help="fixed limits to compare")
-    parser.add_argument("--warmup", type=float, default=5.0, help="seconds not counted (5)")
+    parser.add_argument("--latency", type=float, default=1.5, help="seconds per call (1.5)")
+    parser.add_argument("--phase", type=float, default=25.0, help="seconds per phase (25)")
+    parser.add_argument("--slo", type=float, default=4.0, help="requests fail after (4.0)")
+    parser.add_argument("--fixed", default="32,64,96", help="fixed limits to compare")
+    parser.add_argument("--warmup", type=float, default=10.0, help="seconds not counted (10)")
     args = parser.parse_args(argv)
     if args.quick:
         args.capacity, args.low, args.clients = 8, 2, 12
-        args.latency, args.phase, args.slo, args.fixed = 0.2, 3.0, 1.0, "2,4,8"
-        args.warmup = 1.0
+        args.latency, args.phase, args.slo, args.fixed = 0.5, 4.0, 2.0, "4,8,12"
+        args.warmup = 2.0
+    args.sample = min(1.0, args.phase / 10)
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = _arguments(argv)
-    rows = ["adaptive", *(f"fixed-{n}" for n in args.fixed.split(",") if n), "unlimited"]
+    rows = ["adaptive", *(f"fixed-{n}" for n in args.fixed.split(",") if n)]
     conditions = {
         "capacity": [args.capacity, args.low, args.capacity],
         "clients": args.clients,
@@ -234,6 +259,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "phase_seconds": args.phase,
         "slo": args.slo,
         "warmup_seconds": args.warmup,
+        "sample_seconds": args.sample,
+        "loadavg_at_start": os.getloadavg(),
         "rows": rows,
         "quick": args.quick,
         "python": platform.python_version(),
@@ -250,7 +277,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     results = []
     for row in rows:
         result = trio.run(_run_row, row, args)
-        _print(result)
+        _print(result, args)
         results.append(result)
     print(json.dumps({"benchmark": "adaptive", "conditions": conditions, "results": results}))
 

@@ -92,15 +92,18 @@ def _near(rng: random.Random, base: tuple[float, ...], cos: float) -> tuple[floa
     return normalise([cos * b + side * n for b, n in zip(base, noise, strict=True)])
 
 
-def bench_scan(entries: int, dim: int, lookups: int, seed: int) -> dict[str, float]:
-    """Time single searches over ``entries`` stored vectors of one scope: exact flat scan,
-    and with the signature prefilter at threshold 0.95 against unrelated vectors (random)
-    and against a crowded scope (every entry at cosine 0.85 from the query)."""
+def bench_scan(
+    entries: int, dim: int, lookups: int, seed: int, kernel: str = "python"
+) -> dict[str, float]:
+    """Time single searches over ``entries`` stored vectors of one scope with ``kernel``:
+    exact flat scan, and at threshold 0.95 (the prefilter, for ``python``) against unrelated
+    vectors (random) and against a crowded scope (every entry at cosine 0.85 from the
+    query: real embeddings of questions on one topic)."""
     rng = random.Random(seed)
     query = _random_unit(rng, dim)
     result: dict[str, float] = {}
     for kind in ("random", "crowded"):
-        index = SemanticIndex(max_entries=entries, ttl=math.inf)
+        index = SemanticIndex(max_entries=entries, ttl=math.inf, kernel=kernel)
         for _ in range(entries):
             vector = _random_unit(rng, dim) if kind == "random" else _near(rng, query, 0.85)
             index.put("scope", vector, (), 0.0)
@@ -120,6 +123,72 @@ def bench_scan(entries: int, dim: int, lookups: int, seed: int) -> dict[str, flo
             result[f"{name}_p99_us"] = q["p99_us"]
             result[f"{name}_compared"] = (index.compared - compared) / lookups
     return result
+
+
+def bench_usearch(entries: int, dim: int, lookups: int, seed: int) -> dict[str, float] | None:
+    """usearch's HNSW index (cosine, f32) on the crowded scope of :func:`bench_scan`: the
+    search and one insertion, or None when usearch is not installed."""
+    from trio_orchestrator.resilience.semantic_cache import numpy_or_none
+
+    numpy = numpy_or_none()
+    try:
+        from usearch.index import Index  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    if numpy is None:
+        return None
+    rng = random.Random(seed)
+    query = _random_unit(rng, dim)
+    index = Index(ndim=dim, metric="cos", dtype="f32")
+    inserts = []
+    for key in range(entries):
+        vector = numpy.asarray(_near(rng, query, 0.85), dtype=numpy.float32)
+        started = time.perf_counter()
+        index.add(key, vector)
+        inserts.append(time.perf_counter() - started)
+    samples = []
+    for _ in range(lookups):
+        started = time.perf_counter()
+        index.search(numpy.asarray(query, dtype=numpy.float32), 1)
+        samples.append(time.perf_counter() - started)
+    return {
+        "search_median_us": _quantiles(samples)["median_us"],
+        "insert_median_us": statistics.median(inserts) * 1e6,
+    }
+
+
+def index_comparison(
+    entries: Sequence[int], dims: Sequence[int], lookups: int, seed: int
+) -> dict[str, dict[str, float | None]]:
+    """Median lookup time on a crowded scope (the worst case) per kernel, per size."""
+    from trio_orchestrator.resilience.semantic_cache import numpy_or_none
+
+    table: dict[str, dict[str, float | None]] = {}
+    for dim in dims:
+        for n in entries:
+            row: dict[str, float | None] = {}
+            # Pure Python on a crowded scope costs ~25 ms per 1 000 x 384: skip the hours.
+            slow = n * dim > 10_000 * 384
+            row["python_us"] = (
+                None
+                if slow
+                else bench_scan(n, dim, max(3, lookups // 10), seed)["prefilter_crowded_median_us"]
+            )
+            row["numpy_us"] = (
+                bench_scan(n, dim, lookups, seed, "numpy")["prefilter_crowded_median_us"]
+                if numpy_or_none() is not None
+                else None
+            )
+            hnsw = bench_usearch(n, dim, lookups, seed)
+            row["usearch_us"] = None if hnsw is None else hnsw["search_median_us"]
+            row["usearch_insert_us"] = None if hnsw is None else hnsw["insert_median_us"]
+            table[f"{n}x{dim}"] = row
+            shown = "  ".join(
+                f"{k.removesuffix('_us')} " + ("-" if v is None else f"{v:,.0f} µs")
+                for k, v in row.items()
+            )
+            print(f"index, crowded scope, {n:>6} x dim {dim:>5}: {shown}", flush=True)
+    return table
 
 
 def _word(rng: random.Random) -> str:
@@ -224,12 +293,19 @@ def main() -> None:
     parser.add_argument("--dims", default="256,768,1536", help="dimensions, comma-separated")
     parser.add_argument("--lookups", type=int, default=50, help="searches per size")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--index-entries", default="1000,10000,50000", help="index comparison: entries a scope"
+    )
+    parser.add_argument("--index-dims", default="384,1536", help="index comparison: dimensions")
     args = parser.parse_args()
     entries = [int(n) for n in args.entries.split(",")]
     dims = [int(d) for d in args.dims.split(",")]
     lookups, requests = args.lookups, 50
+    index_entries = [int(n) for n in args.index_entries.split(",")]
+    index_dims = [int(d) for d in args.index_dims.split(",")]
     if args.quick:
         entries, dims, lookups, requests = [100, 1000], [256], 10, 10
+        index_entries, index_dims = [100, 1000], [384]
     print(
         f"trio_orchestrator {__version__}, Python {platform.python_version()} "
         f"({platform.python_implementation()}), {platform.machine()}; pure-Python flat scan "
@@ -264,7 +340,18 @@ def main() -> None:
         f"{hit_rate['hit_rate']:.2f} (best possible {hit_rate['best_possible_hit_rate']:.2f}),"
         f" false hits {hit_rate['false_hits']}"
     )
-    print(json.dumps({"quick": args.quick, "scan": scan, "miss": miss, "workload": hit_rate}))
+    index = index_comparison(index_entries, index_dims, lookups, args.seed)
+    print(
+        json.dumps(
+            {
+                "quick": args.quick,
+                "scan": scan,
+                "miss": miss,
+                "workload": hit_rate,
+                "index_crowded_median_us": index,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -107,13 +107,50 @@ def test_the_prefilter_keeps_every_vector_at_the_threshold(dim: int) -> None:
 
 
 def test_the_prefilter_skips_unrelated_vectors() -> None:
-    """Random vectors (cosine near 0) are skipped without an exact comparison."""
+    """Random vectors (cosine near 0) are skipped without an exact comparison (the
+    pure-Python kernel's prefilter)."""
     rng = random.Random(7)
-    index = SemanticIndex(max_entries=500, ttl=math.inf)
+    index = SemanticIndex(max_entries=500, ttl=math.inf, kernel="python")
     for _ in range(500):
         index.put("s", _unit(rng, 768), (), 0.0)
     _, ident = index.search("s", _unit(rng, 768), 1.0, threshold=0.95)
     assert (ident, index.compared) == (-1, 0)
+
+
+@pytest.mark.parametrize("kernel", ["python", "numpy"])
+def test_both_kernels_find_the_same_nearest_live_entry(kernel: str) -> None:
+    """numpy's matrix and the pure-Python scan agree on the best entry and its similarity,
+    through puts, LRU evictions (rows removed mid-matrix), expiries and other dimensions."""
+    if kernel == "numpy":
+        pytest.importorskip("numpy")
+    rng = random.Random(3)
+    index = SemanticIndex(max_entries=40, ttl=10.0, kernel=kernel)
+    reference = SemanticIndex(max_entries=40, ttl=10.0, kernel="python")
+    for step in range(60):  # 20 evicted; entries put before time 5 expire at 15
+        vector = _unit(rng, 64)
+        for each in (index, reference):
+            each.put("s", vector, (TextDelta(str(step)),), step / 10)
+    other = _unit(rng, 32)  # another dimension: never compared with 64
+    for each in (index, reference):
+        each.put("s", other, (), 10.0)  # (live at 15.5: expiry is seen per dimension)
+    for now in (1.0, 15.5):
+        for _ in range(10):
+            query = _unit(rng, 64)
+            got, expected = index.search("s", query, now), reference.search("s", query, now)
+            assert got[0] == pytest.approx(expected[0], abs=1e-5)
+            assert index.take(got[1]) == reference.take(expected[1])
+    assert index.expirations == reference.expirations > 0
+
+
+def test_the_numpy_kernel_asked_for_without_numpy_says_how_to_install_it() -> None:
+    """kernel="numpy" without numpy fails at once naming the extra to install."""
+    from trio_orchestrator.resilience.semantic_cache import numpy_or_none
+
+    if numpy_or_none() is None:
+        with pytest.raises(RuntimeError, match=r"trio-orchestrator\[semantic\]"):
+            SemanticIndex(max_entries=1, ttl=1.0, kernel="numpy")
+    else:  # with numpy, it is used
+        assert SemanticIndex(max_entries=1, ttl=1.0, kernel="numpy").kernel == "numpy"
 
 
 def test_least_recently_used_entry_is_evicted_across_scopes() -> None:
