@@ -63,6 +63,7 @@ MODULES: dict[str, tuple[str, ...]] = {
         "tests/test_anthropic_worker.py",
         "tests/test_http_timeouts.py",
         "tests/test_http_send.py",
+        "tests/test_mutation_http.py",
     ),
 }
 
