@@ -59,11 +59,11 @@ MODULES: dict[str, tuple[str, ...]] = {
     "pipeline/core.py": ("tests/test_pipeline.py", "tests/test_accounting.py"),
     "routing/router.py": ("tests/test_router.py",),
     "workers/http.py": (
+        "tests/test_mutation_http.py",
         "tests/test_openai_worker.py",
         "tests/test_anthropic_worker.py",
         "tests/test_http_timeouts.py",
         "tests/test_http_send.py",
-        "tests/test_mutation_http.py",
     ),
 }
 

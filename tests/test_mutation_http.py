@@ -19,11 +19,12 @@ from trio_orchestrator import errors as e
 from trio_orchestrator.config.secret import Secret
 from trio_orchestrator.types import RequestTiming
 from trio_orchestrator.workers import KeyPool
-from trio_orchestrator.workers._sse import ServerSentEvent
+from trio_orchestrator.workers._sse import ServerSentEvent, SSEDecoder
 from trio_orchestrator.workers.config import ProviderConfig, Timeouts
 from trio_orchestrator.workers.http import (
     MAX_ERROR_BODY,
     HTTPProvider,
+    _finish_iteration,
     error_from_body,
     error_from_response,
     parse_retry_after,
@@ -681,6 +682,9 @@ async def test_a_429_rests_the_key_for_the_model_and_the_next_key_answers() -> N
     assert used == ["Bearer k1", "Bearer k2"]
     assert pool.has_ready("other")
     assert pool.wait("m") == 0
+    first = next(iter(pool.statistics().keys.values()))
+    assert first.state == "ready"
+    assert list(first.model_rests) == ["m"]
     stats = list(pool.statistics().keys.values())
     assert [s.rate_limited for s in stats] == [1, 0]
     assert [s.successes for s in stats] == [0, 1]
@@ -1082,3 +1086,131 @@ def test_a_reload_refuses_what_needs_a_restart() -> None:
     assert provider.reconfigure(attrs.evolve(same, pool_size=4)) == [
         "providers.acme: max_connections and pool_size change only on a restart"
     ]
+
+
+# ------------------------------------------------------------------ HTTP library errors
+
+
+class _Deep(httpx.ConnectError):
+    """A transport's own subclass of an HTTP library error."""
+
+
+class _Deeper(_Deep):
+    """Two levels below the library's class."""
+
+
+def _library_errors() -> list[Exception]:
+    import h2.exceptions
+    import h11
+    import httpcore
+    import httpcore2
+    import httpx2
+
+    return [
+        httpcore.ConnectError("c"),
+        httpcore2.ConnectError("c"),
+        httpx2.ConnectError("c"),
+        h11.LocalProtocolError("c"),
+        h2.exceptions.ProtocolError("c"),
+        _Deeper("c"),
+    ]
+
+
+@pytest.mark.parametrize("error", _library_errors(), ids=lambda x: type(x).__module__)
+async def test_every_http_librarys_error_is_typed_on_send(error: Exception) -> None:
+    """An exception from httpx, httpx2, httpcore(2), h11 or h2 (or a subclass of one, however
+    deep) raised while sending is a ProviderConnectionError naming the provider."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise error
+
+    with pytest.raises(e.ProviderConnectionError, match=r"^the connection to acme failed") as info:
+        await _provider(handler).post_json("/c", {})
+    assert info.value.__cause__ is error
+
+
+async def test_another_error_on_send_passes_unchanged() -> None:
+    """An exception from elsewhere (a bug, not the network) is not dressed as a provider's."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise RuntimeError("bug")
+
+    with pytest.raises(RuntimeError, match="bug"):
+        await _provider(handler).post_json("/c", {})
+
+
+class _Failing(httpx.AsyncByteStream):
+    """A body that sends one chunk, then fails with ``error``."""
+
+    def __init__(self, first: bytes, error: Exception) -> None:
+        self.first, self.error = first, error
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield self.first
+        raise self.error
+
+
+@pytest.mark.parametrize("status", [200, 500])
+async def test_a_body_that_fails_mid_read_is_typed(status: int) -> None:
+    """A JSON answer (or an error answer) whose body read fails is a connection error
+    naming the provider, the library's error its cause."""
+    error = httpx.ReadError("reset")
+    provider = _provider(lambda r: httpx.Response(status, stream=_Failing(b"{", error)))
+    with pytest.raises(e.ProviderConnectionError) as info:
+        await provider.post_json("/c", {})
+    assert str(info.value).startswith("the connection to acme failed (ReadError: reset)")
+    assert info.value.__cause__ is error
+
+
+async def test_a_stream_that_fails_mid_read_is_typed(autojump_clock: Any) -> None:
+    """A stream whose body fails after content is a connection error naming the provider."""
+    error = httpx.RemoteProtocolError("peer closed")
+    provider = _provider(lambda r: httpx.Response(200, stream=_Failing(b"data: a\n\n", error)))
+    parser = Parser()
+    with pytest.raises(e.ProviderConnectionError, match=r"^the connection to acme failed"):
+        await provider.post_stream("/c", {}, parser)
+    assert parser.seen == ["a"]
+
+
+async def test_the_decoder_is_made_for_the_provider(autojump_clock: Any) -> None:
+    """The stream decoder is made with the provider's name (for its errors)."""
+    names: list[str] = []
+
+    def decoder(name: str) -> SSEDecoder:
+        names.append(name)
+        return SSEDecoder(name)
+
+    body = Scripted([(0, b"data: end\n\n")])
+    await _stream_provider(body, decoder=decoder).post_stream("/c", {}, Parser())
+    assert names == ["acme"]
+
+
+@pytest.mark.parametrize(
+    "error", [httpx.ReadError("closed"), trio.ClosedResourceError(), _Deeper("x")]
+)
+async def test_finishing_a_closed_body_swallows_its_closing_errors(error: Exception) -> None:
+    """Unwinding a closed body ignores the HTTP library's errors and a closed resource."""
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b"a"
+        raise error
+
+    await _finish_iteration(chunks())
+
+
+async def test_finishing_a_closed_body_lets_other_errors_through() -> None:
+    """Any other error while unwinding a body is a bug and is raised."""
+
+    async def chunks() -> AsyncIterator[bytes]:
+        raise RuntimeError("bug")
+        yield b""  # pragma: no cover
+
+    with pytest.raises(RuntimeError, match="bug"):
+        await _finish_iteration(chunks())
+
+
+def test_a_known_type_outranks_the_status() -> None:
+    """A specific error type wins over a status that says otherwise."""
+    body = {"error": {"type": "permission_error", "message": "m"}}
+    assert type(_error(body, 400)) is e.PermissionDenied
+    assert type(_error({"error": {"type": "overloaded_error"}}, 500)) is e.Overloaded
