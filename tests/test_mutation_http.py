@@ -1214,3 +1214,30 @@ def test_a_known_type_outranks_the_status() -> None:
     body = {"error": {"type": "permission_error", "message": "m"}}
     assert type(_error(body, 400)) is e.PermissionDenied
     assert type(_error({"error": {"type": "overloaded_error"}}, 500)) is e.Overloaded
+
+
+def test_error_from_body_keeps_the_providers_name() -> None:
+    """The error carries the provider's name for the breaker and the logs."""
+    assert _error({"error": {"message": "m"}}, 400).provider == "acme"
+
+
+def test_an_error_body_is_cut_at_500_bytes_before_decoding() -> None:
+    """A text error body is quoted from its first 500 bytes: a character they split is
+    replaced, not completed from the 501st byte."""
+    body = b"y" * 499 + "\u00e9".encode()
+    error = error_from_response(400, {}, body, provider="p")
+    assert str(error).startswith("p answered HTTP 400 (error): " + "y" * 499 + "\ufffd;")
+
+
+async def test_a_timeout_names_an_unnamed_provider_and_carries_the_name(
+    autojump_clock: Any,
+) -> None:
+    """A time limit's error says "the provider" without a name, and carries the name."""
+    for name, said in (("", "the provider"), ("acme", "acme")):
+        body = Scripted([], stall=True)
+        with pytest.raises(e.ProviderTimeout) as info:
+            await _stream_provider(body, name=name).post_stream("/c", {}, Parser())
+        assert str(info.value) == (
+            f"{said} exceeded the first token timeout (3s); retry, or raise timeouts.first_token"
+        )
+        assert info.value.provider == name
