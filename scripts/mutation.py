@@ -70,6 +70,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     ),
     "routing/router.py": ("tests/test_router.py", "tests/test_mutation_router.py"),
     "workers/http.py": (
+        "tests/test_mutation_http.py",
         "tests/test_openai_worker.py",
         "tests/test_anthropic_worker.py",
         "tests/test_http_timeouts.py",

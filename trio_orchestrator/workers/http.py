@@ -899,11 +899,19 @@ def _direct_transport(client: httpx.AsyncClient, url: httpx.URL) -> Any | None:
 
 
 async def _read_some(response: httpx.Response, limit: int) -> bytes:
+    """The body's first ``limit`` bytes; a longer body is closed where it was cut."""
     data = bytearray()
-    async for chunk in response.aiter_bytes():
+    chunks = response.aiter_bytes()
+    async for chunk in chunks:
         data += chunk
         if len(data) >= limit:
             break
+    else:
+        return bytes(data)
+    # Leaving the loop early leaves httpx's nested body generators open, for the garbage
+    # collector (Trio reports that as a ResourceWarning): unwind them on the closed response.
+    await _aclose(response)
+    await _finish_iteration(chunks)
     return bytes(data[:limit])
 
 
