@@ -32,6 +32,7 @@ from trio_orchestrator import (
 from trio_orchestrator.errors import PipelineClosed, WorkerCrashed
 from trio_orchestrator.events import Done, TextDelta
 from trio_orchestrator.pipeline import FinishedRequest
+from trio_orchestrator.pipeline.core import Pipeline
 from trio_orchestrator.pipeline.job import Job
 from trio_orchestrator.types import GenerationParams
 from trio_orchestrator.workers.base import EventSink
@@ -787,3 +788,123 @@ async def test_the_pipelines_tasks_are_named_for_a_task_dump() -> None:
         "trio_orchestrator.reap_deadlines",
         "trio_orchestrator.stream_stage",
     ]
+
+
+@attrs.define(eq=False)
+class Witness:
+    """A retriever and assembler that keep what they are given and answer with their own."""
+
+    documents: tuple[Document, ...] = (Document("d1", "context"),)
+    retrieved_for: list[PromptRequest] = attrs.field(factory=list)
+    assembled: list[tuple[PromptRequest, Sequence[Document]]] = attrs.field(factory=list)
+
+    async def retrieve(self, request: PromptRequest) -> Sequence[Document]:
+        self.retrieved_for.append(request)
+        return self.documents
+
+    def assemble(self, request: PromptRequest, documents: Sequence[Document]) -> PromptRequest:
+        self.assembled.append((request, documents))
+        return attrs.evolve(request, input=f"{request.input} [{documents[0].text}]")
+
+
+async def test_the_retriever_gets_the_request_and_the_assembler_its_documents() -> None:
+    """Retrieval is asked about the request itself; assembly gets that request with what
+    retrieval found, and the worker answers what assembly made."""
+    parts = Witness()
+    request = PromptRequest(input="question")
+    async with open_pipeline(EchoWorker(), retriever=parts, assembler=parts) as pipeline:
+        completion = await pipeline.submit(request)
+    assert parts.retrieved_for == [request]
+    assert parts.assembled == [(request, parts.documents)]
+    assert completion.text == "question [context]"
+
+
+async def test_every_request_shed_between_stages_counts_against_that_stage() -> None:
+    """The per-stage shed count adds up: three requests shed at a full inference channel
+    count three there."""
+    worker = Held()
+    fifo = PriorityConfig(enabled=False)
+    config = small(inference_capacity=1, inference_concurrency=1, priority=fifo)
+    async with open_pipeline(worker, config) as pipeline:
+        handles = []
+        for i in range(5):  # one running, one waiting for its slot, one in the channel, ...
+            handles.append(pipeline.try_start(PromptRequest(input=f"r{i}")))
+            await trio.testing.wait_all_tasks_blocked()
+        handles.append(pipeline.try_start(PromptRequest(input="r5")))
+        await trio.testing.wait_all_tasks_blocked()
+        stats = pipeline.statistics()
+        worker.release.set()
+    assert [handle.done for handle in handles] == [True] * 6
+    assert [s.shed for s in stats.stages] == [0, 0, 3, 0, 0]
+    assert stats.shed == 3
+
+
+@attrs.define(eq=False)
+class ShieldedRetriever:
+    """A retriever that cannot be cancelled until ``release`` is set."""
+
+    entered: trio.Event = attrs.field(factory=trio.Event)
+    release: trio.Event = attrs.field(factory=trio.Event)
+
+    async def retrieve(self, request: PromptRequest) -> Sequence[Document]:
+        self.entered.set()
+        with trio.CancelScope(shield=True):
+            await self.release.wait()
+        return ()
+
+
+async def test_a_request_whose_next_stage_has_stopped_is_cancelled_saying_so(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """When the pipeline's tasks are cancelled from outside while a request is in a stage
+    that cannot be interrupted, the request ends cancelled because the pipeline shut down
+    once it is handed on, instead of waiting for a stage that is gone."""
+    retriever = ShieldedRetriever()
+    errors: list[BaseException] = []
+
+    async def ask(pipeline: Pipeline) -> None:
+        try:
+            await pipeline.submit(PromptRequest(input="x"))
+        except RequestCancelled as exc:
+            errors.append(exc)
+
+    with trio.CancelScope() as outside:
+        async with open_pipeline(EchoWorker(), retriever=retriever) as opened:
+            # The body goes on, shielded, while the stages are cancelled under it.
+            with trio.CancelScope(shield=True), trio.move_on_after(10.0):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(ask, opened)
+                    await retriever.entered.wait()
+                    outside.cancel()
+                    await trio.testing.wait_all_tasks_blocked()
+                    retriever.release.set()
+    assert [str(error) for error in errors] == ["the pipeline shut down"]
+    assert opened.statistics().cancelled == 1
+
+
+async def test_a_retrieval_cut_at_the_deadline_never_reaches_assembly(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A retrieval cut at the request's deadline ends the request there: the assembly
+    stage never takes it."""
+    async with open_pipeline(EchoWorker(), retriever=SlowRetriever(100.0)) as pipeline:
+        with pytest.raises(DeadlineExceeded):
+            await pipeline.submit(PromptRequest(input="x", timeout=3.0))
+        await trio.testing.wait_all_tasks_blocked()
+        stats = pipeline.statistics()
+    assert [s.processed for s in stats.stages] == [1, 0, 0, 0, 0]
+
+
+async def test_requests_cut_at_their_deadline_in_the_worker_never_reach_post(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A worker call cut at the request's deadline expires the request where it ran: the
+    post stage never takes it (each of twenty deadlines falls at its own instant)."""
+    worker = Held(delay=100.0)
+    async with open_pipeline(worker, small(inference_concurrency=20)) as pipeline:
+        for i in range(1, 21):
+            pipeline.try_start(PromptRequest(input=f"r{i}", timeout=float(i)))
+        await trio.sleep(30.0)
+        stats = pipeline.statistics()
+    assert stats.expired == 20
+    assert [s.processed for s in stats.stages] == [20, 20, 20, 0, 0]
