@@ -908,3 +908,40 @@ async def test_requests_cut_at_their_deadline_in_the_worker_never_reach_post(
         stats = pipeline.statistics()
     assert stats.expired == 20
     assert [s.processed for s in stats.stages] == [20, 20, 20, 0, 0]
+
+
+async def test_shutdown_drains_requests_started_after_the_pipeline_was_once_idle(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Leaving the block waits for every request in flight, however many and whenever they
+    end within the grace period, even after the pipeline was idle once; one still running
+    at the end of the grace period is cancelled saying the pipeline shut down before it
+    finished. The pipeline says it is closing only once shutdown has begun."""
+    async with open_pipeline(Held(delay=1.0), small(grace_period=10.0)) as pipeline:
+        assert not pipeline.closing
+        await pipeline.submit(PromptRequest(input="first"))  # nothing in flight: idle
+        short = pipeline.try_start(PromptRequest(input="a"))
+        await trio.sleep(0.5)
+        longer = pipeline.try_start(PromptRequest(input="b"))
+    assert pipeline.closing
+    assert (short.result().text, longer.result().text) == ("ok", "ok")
+    async with open_pipeline(Held(delay=100.0), small(grace_period=2.0)) as pipeline:
+        stuck = pipeline.try_start(PromptRequest(input="c"))
+    with pytest.raises(RequestCancelled) as info:
+        stuck.result()
+    assert str(info.value) == "the pipeline shut down before the request finished"
+
+
+async def test_each_stage_counts_every_request_it_took() -> None:
+    """A stage's processed count adds up over requests, and cancelling a request that has
+    ended changes nothing and says so."""
+    async with open_pipeline(EchoWorker()) as pipeline:
+        for _ in range(3):
+            await pipeline.submit(PromptRequest(input="x"))
+        handle = pipeline.try_start(PromptRequest(input="y"))
+        await trio.testing.wait_all_tasks_blocked()
+        assert handle.done
+        assert handle.cancel() is False
+        stats = pipeline.statistics()
+    assert [s.processed for s in stats.stages] == [4, 4, 4, 4, 4]
+    assert (stats.completed, stats.cancelled) == (4, 0)
