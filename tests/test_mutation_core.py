@@ -918,7 +918,7 @@ async def test_shutdown_drains_requests_started_after_the_pipeline_was_once_idle
     at the end of the grace period is cancelled saying the pipeline shut down before it
     finished. The pipeline says it is closing only once shutdown has begun."""
     async with open_pipeline(Held(delay=1.0), small(grace_period=10.0)) as pipeline:
-        assert not pipeline.closing
+        assert pipeline.closing is False
         await pipeline.submit(PromptRequest(input="first"))  # nothing in flight: idle
         short = pipeline.try_start(PromptRequest(input="a"))
         await trio.sleep(0.5)
@@ -933,12 +933,14 @@ async def test_shutdown_drains_requests_started_after_the_pipeline_was_once_idle
 
 
 async def test_each_stage_counts_every_request_it_took() -> None:
-    """A stage's processed count adds up over requests, and cancelling a request that has
-    ended changes nothing and says so."""
+    """A stage's processed count adds up over requests; a handle's result before the end
+    says it has not ended, and cancelling a request that has ended changes nothing."""
     async with open_pipeline(EchoWorker()) as pipeline:
         for _ in range(3):
             await pipeline.submit(PromptRequest(input="x"))
-        handle = pipeline.try_start(PromptRequest(input="y"))
+        handle = pipeline.try_start(PromptRequest(input="y", request_id="req_y"))
+        with pytest.raises(RuntimeError, match=r"^request req_y has not ended yet$"):
+            handle.result()
         await trio.testing.wait_all_tasks_blocked()
         assert handle.done
         assert handle.cancel() is False
