@@ -44,14 +44,15 @@ CREDENTIALS = AWSCredentials(
 )
 
 
-def plain_botocore(credentials: AWSCredentials, region: str) -> Callable[[httpx.Request], None]:
-    """The signer as it was: a full AWSRequest and SigV4Auth.add_auth for every request."""
-    # botocore ships no type hints: its modules are used as Any.
-    auth: Any = importlib.import_module("botocore.auth")
+def _add_auth_signer(
+    signer_class: Any, credentials: AWSCredentials, region: str
+) -> Callable[[httpx.Request], None]:
+    """A signer that builds a full AWSRequest and calls ``signer_class.add_auth`` for every
+    request, copying the headers it adds onto the httpx request."""
     awsrequest: Any = importlib.import_module("botocore.awsrequest")
     botocore_credentials: Any = importlib.import_module("botocore.credentials")
     token = credentials.session_token
-    signer = auth.SigV4Auth(
+    signer = signer_class(
         botocore_credentials.Credentials(
             credentials.access_key_id,
             credentials.secret_access_key.reveal(),
@@ -74,6 +75,13 @@ def plain_botocore(credentials: AWSCredentials, region: str) -> Callable[[httpx.
                 request.headers[name] = aws.headers[name]
 
     return sign
+
+
+def plain_botocore(credentials: AWSCredentials, region: str) -> Callable[[httpx.Request], None]:
+    """The signer as it was: a full AWSRequest and SigV4Auth.add_auth for every request."""
+    # botocore ships no type hints: its modules are used as Any.
+    auth: Any = importlib.import_module("botocore.auth")
+    return _add_auth_signer(auth.SigV4Auth, credentials, region)
 
 
 def crt_botocore(credentials: AWSCredentials, region: str) -> Callable[[httpx.Request], None]:
@@ -85,32 +93,7 @@ def crt_botocore(credentials: AWSCredentials, region: str) -> Callable[[httpx.Re
     importlib.import_module("awscrt")
     importlib.import_module("botocore.auth")  # botocore.crt.auth imports it back: first
     crt_auth: Any = importlib.import_module("botocore.crt.auth")
-    awsrequest: Any = importlib.import_module("botocore.awsrequest")
-    botocore_credentials: Any = importlib.import_module("botocore.credentials")
-    token = credentials.session_token
-    signer = crt_auth.CrtSigV4Auth(
-        botocore_credentials.Credentials(
-            credentials.access_key_id,
-            credentials.secret_access_key.reveal(),
-            None if token is None else token.reveal(),
-        ),
-        "bedrock",
-        region,
-    )
-
-    def sign(request: httpx.Request) -> None:
-        headers = {"host": request.headers["host"]}
-        if "content-type" in request.headers:
-            headers["content-type"] = request.headers["content-type"]
-        aws = awsrequest.AWSRequest(
-            method=request.method, url=str(request.url), data=request.content, headers=headers
-        )
-        signer.add_auth(aws)
-        for name in ("Authorization", "X-Amz-Date", "X-Amz-Security-Token"):
-            if name in aws.headers:
-                request.headers[name] = aws.headers[name]
-
-    return sign
+    return _add_auth_signer(crt_auth.CrtSigV4Auth, credentials, region)
 
 
 def _requests(count: int, body: bytes) -> list[httpx.Request]:

@@ -15,9 +15,9 @@ import attrs
 import pytest
 import trio
 import trio.testing
+from test_pipeline import small
 
 from trio_orchestrator import (
-    Config,
     DeadlineExceeded,
     Document,
     EchoWorker,
@@ -36,11 +36,6 @@ from trio_orchestrator.pipeline.core import Pipeline
 from trio_orchestrator.pipeline.job import Job
 from trio_orchestrator.types import GenerationParams
 from trio_orchestrator.workers.base import EventSink
-
-
-def small(**kwargs: object) -> Config:
-    """A config with the given ``[pipeline]`` options."""
-    return Config(pipeline=PipelineConfig(**kwargs))  # type: ignore[arg-type]
 
 
 @attrs.define(eq=False)
