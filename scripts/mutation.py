@@ -51,6 +51,16 @@ MODULES: dict[str, tuple[str, ...]] = {
     "resilience/stack.py": ("tests/test_stack.py", "tests/test_mutation_stack.py"),
     "resilience/ratelimit.py": ("tests/test_ratelimit.py", "tests/test_mutation_ratelimit.py"),
     "resilience/breaker.py": ("tests/test_breaker.py", "tests/test_mutation_breaker.py"),
+    "resilience/adaptive_limiter.py": (
+        "tests/test_adaptive_limiter.py",
+        "tests/test_mutation_adaptive_limiter.py",
+    ),
+    "resilience/config.py": (
+        "tests/test_config_load.py",
+        "tests/test_ratelimit.py",
+        "tests/test_reload_layers.py",
+        "tests/test_mutation_resilience_config.py",
+    ),
     "pipeline/dead_letters.py": ("tests/test_dead_letters.py",),
     "pipeline/post.py": ("tests/test_post.py",),
     "pipeline/rag.py": ("tests/test_rag.py",),
