@@ -57,7 +57,6 @@ MODULES: dict[str, tuple[str, ...]] = {
     ),
     "resilience/config.py": (
         "tests/test_config_load.py",
-        "tests/test_ratelimit.py",
         "tests/test_reload_layers.py",
         "tests/test_mutation_resilience_config.py",
     ),
