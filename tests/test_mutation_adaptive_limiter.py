@@ -503,3 +503,19 @@ async def test_an_abandoned_call_that_had_its_first_event_is_no_sample(
     stats = layer.statistics()
     assert stats.window_rtt == pytest.approx(3.0)
     assert (stats.drops, stats.in_flight) == (0, 0)
+
+
+async def test_a_gradient_limit_switched_to_starts_its_first_window_at_the_reload(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """AIMD switched to gradient at t=10 (window 1 s, one sample a window): a call ending
+    at 10.5 s is still in the first window; one ending at 11.5 s closes it."""
+    limiter = AdaptiveLimiter(_config(algorithm="aimd", initial_limit=4), "p")
+    await trio.sleep(10.0)
+    limiter.reconfigure(_config(initial_limit=4, min_samples=1, window=1.0))
+    await trio.sleep(0.5)
+    limiter.record(0.25, await limiter.acquire(), dropped=False)
+    assert limiter.statistics().window_rtt == 0.0
+    await trio.sleep(1.0)
+    limiter.record(0.5, await limiter.acquire(), dropped=False)
+    assert limiter.statistics().window_rtt > 0.0  # the window of both calls closed

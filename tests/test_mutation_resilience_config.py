@@ -77,8 +77,9 @@ def test_rate_limits_take_any_iterable_of_limits_as_a_tuple() -> None:
 def test_the_semantic_cache_needs_an_embedding_model_only_when_enabled() -> None:
     """Enabled without embedding_model is refused; disabled without one, or enabled with
     one, is accepted."""
-    with pytest.raises(ValueError, match="embedding_model is required when the semantic"):
+    with pytest.raises(ValueError, match="embedding_model") as refused:
         SemanticCacheConfig(enabled=True)
+    assert str(refused.value) == ("embedding_model is required when the semantic cache is enabled")
     assert not SemanticCacheConfig().enabled
     assert SemanticCacheConfig(enabled=True, embedding_model="e").embedding_model == "e"
 
