@@ -519,3 +519,19 @@ async def test_a_gradient_limit_switched_to_starts_its_first_window_at_the_reloa
     await trio.sleep(1.0)
     limiter.record(0.5, await limiter.acquire(), dropped=False)
     assert limiter.statistics().window_rtt > 0.0  # the window of both calls closed
+
+
+async def test_a_refusal_names_the_provider_of_a_model_whose_name_has_slashes(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Per model, a refusal for ``org/model`` at provider ``p`` names provider ``p``."""
+    layer = AdaptiveLimitLayer(
+        Scripted(first=5.0), _config(per_model=True, initial_limit=1, max_waiting=0), provider="p"
+    )
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(layer.generate, _request("meta-llama/Llama-3"), _ignore)
+        await trio.sleep(1.0)
+        with pytest.raises(ConcurrencyLimited) as refused:
+            await layer.generate(_request("meta-llama/Llama-3"), _ignore)
+    assert refused.value.provider == "p"
+    assert str(refused.value).startswith("p/meta-llama/Llama-3 is at its adaptive")
