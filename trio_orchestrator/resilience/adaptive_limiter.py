@@ -141,9 +141,11 @@ class AdaptiveLimiter:
             self._in_flight += 1
             self._admitted += 1
             return self._in_flight
-        budget = self._wait_budget()
-        if len(self._waiters) >= self.config.max_waiting or budget <= 0:
+        if len(self._waiters) >= self.config.max_waiting:
             raise self._refuse("its queue is full")
+        budget = self._wait_budget()
+        if budget <= 0:
+            raise self._refuse("the call's deadline leaves no time to wait for a slot")
         event = trio.Event()
         self._waiters.append(event)
         try:
