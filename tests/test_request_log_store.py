@@ -209,3 +209,21 @@ def test_rows_are_the_records_fields_in_order_with_flags_as_integers() -> None:
     assert [type(v) for v in row] == [type(v) for v in expected]
     spend = SpendRecord("2026-12-05", "key_1", "m", "up", 1, 10, 2, 5, 1, 0.25)
     assert spend_row(spend) == attrs.astuple(spend)
+
+
+async def test_a_batch_is_appended_in_a_few_statements_whole() -> None:
+    """A batch of 777 records is appended by a handful of multi-row INSERTs (not a statement
+    step per record: each step retakes the GIL in the writer's thread), all of them kept."""
+    store = SqliteStore()
+    await store.open()
+    executed: list[str] = []
+    assert store._connection is not None  # the store's own connection, to watch its statements
+    store._connection.set_trace_callback(executed.append)
+    await store.add_requests([logged(i) for i in range(777)])
+    inserts = [s for s in executed if s.startswith("INSERT INTO requests")]
+    assert len(inserts) == 4  # 512 + 256 + 8 + 1 rows
+    store._connection.set_trace_callback(None)
+    kept = await store.requests(RequestFilter(), 1000)
+    assert [r.id for r in kept] == [f"req_{i:03d}" for i in reversed(range(777))]
+    assert kept[0] == logged(776)
+    await store.aclose()
