@@ -15,7 +15,8 @@ median over rounds, and the ratio ``on / off`` is the issue's goal (<= 1.05); ea
 own ratio is printed beside it, to show the noise. Each gateway serves a warm-up run of
 each shape first, and the shapes and the gateways' turns interleave (see :func:`measure`).
 The writers' own work (the SQLite writes in worker threads) is in the ``on`` process's CPU:
-that is the point. Rows for a non-streaming and a streaming request. At the end the ``on`` gateway's
+that is the point; its worker threads' share is shown beside it (``/proc/<pid>/task``).
+Rows for a non-streaming and a streaming request. At the end the ``on`` gateway's
 request log counters (written, dropped) are read from ``/metrics`` to show the records were
 kept. Needs wrk (Debian's ``wrk``) and Linux. Ends with one line of JSON.
 
@@ -38,7 +39,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from bench_overhead import BODIES, MODEL, cpu_row, free_port, start_fake, wait_healthy
+from bench_overhead import (
+    BODIES,
+    CLOCK_TICKS,
+    MODEL,
+    cpu_row,
+    free_port,
+    start_fake,
+    wait_healthy,
+)
 
 GOAL = 1.05
 
@@ -93,6 +102,23 @@ def counters(url: str) -> dict[str, float]:
 Gateways = dict[str, tuple[subprocess.Popen[bytes], str]]
 
 
+def thread_seconds(pid: int) -> float:
+    """User + system CPU so far of the process's threads but its main one (the Trio worker
+    threads the writers' SQLite work runs in), from ``/proc/<pid>/task``. A thread that
+    ended is missing from the sum (Trio's idle ones end after 10 s; the writers' flush
+    every second keeps theirs)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        if task.name == str(pid):
+            continue
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:  # ended meanwhile
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / CLOCK_TICKS
+
+
 def measure(
     gateways: Gateways, args: argparse.Namespace
 ) -> tuple[dict[str, dict[str, list[float]]], dict[str, dict[str, int]]]:
@@ -109,18 +135,25 @@ def measure(
     for process, url in gateways.values():
         for body in BODIES.values():
             cpu_row(url, body, 1.0, {"gateway": process.pid})
-    cpu: dict[str, dict[str, list[float]]] = {s: {"off": [], "on": []} for s in BODIES}
+    cpu: dict[str, dict[str, list[float]]] = {
+        s: {"off": [], "on": [], "on_threads": []} for s in BODIES
+    }
     answered = {s: {"off": 0, "on": 0} for s in BODIES}
     for round_ in range(args.repeats):
         order = ("off", "on") if round_ % 2 == 0 else ("on", "off")
         for shape, body in BODIES.items():
             for variant in order:
                 process, url = gateways[variant]
+                threads = thread_seconds(process.pid)
                 row = cpu_row(url, body, args.duration, {"gateway": process.pid})
+                threads = thread_seconds(process.pid) - threads
                 if row["errors"]:
                     print(f"  warning: {shape} {variant}: {row['errors']:g} wrk errors")
                 cpu[shape][variant].append(row["gateway_cpu_ms"])
                 answered[shape][variant] += int(row["requests"])
+                if variant == "on":
+                    per_request = threads * 1000 / max(1, row["requests"])
+                    cpu[shape]["on_threads"].append(round(per_request, 4))
     return cpu, answered
 
 
@@ -132,6 +165,7 @@ def summary(cpu: dict[str, list[float]]) -> dict[str, Any]:
     return {
         "off_cpu_ms": round(off, 4),
         "on_cpu_ms": round(on, 4),
+        "on_threads_cpu_ms": round(statistics.median(cpu["on_threads"]), 4),
         "ratio": round(on / off, 3) if off else None,
         "round_ratios": rounds,
         "cpu_ms": cpu,
@@ -165,7 +199,8 @@ def main() -> None:
                 row = results[shape]
                 print(
                     f"  {shape}: CPU per request off {row['off_cpu_ms']:.3f} ms, on "
-                    f"{row['on_cpu_ms']:.3f} ms, ratio {row['ratio']} (goal <= {GOAL}); "
+                    f"{row['on_cpu_ms']:.3f} ms (of which its worker threads "
+                    f"{row['on_threads_cpu_ms']:.3f} ms), ratio {row['ratio']} (goal <= {GOAL}); "
                     f"each round's on/off {row['round_ratios']}"
                 )
             results["on_counters"] = counters(gateways["on"][1])

@@ -9,7 +9,10 @@ loop but cannot see the writers' thread. This drives the gateway's own listener 
 with ``--requests`` finished requests against a SQLite file, in blocks, and reports the
 process CPU per request of each part (medians over blocks). Ends with one line of JSON.
 
-    python benchmarks/bench_reqlog_parts.py [--quick] [--requests N]
+``--rows`` fills the request log first (the table the served bench's ``on`` gateway
+writes into grows by every request, and an insert costs more in a bigger one).
+
+    python benchmarks/bench_reqlog_parts.py [--quick] [--requests N] [--rows N]
 """
 
 from __future__ import annotations
@@ -28,8 +31,14 @@ from trio_orchestrator.observability.requestlog import NotingWorker, RequestLogL
 from trio_orchestrator.observability.spend import SpendListener
 from trio_orchestrator.pipeline import FinishedRequest, Outcome
 from trio_orchestrator.routing.keys import VirtualKeys
-from trio_orchestrator.storage import RequestLogWriter, SpendWriter, SqliteStore, StorageConfig
-from trio_orchestrator.types import GenerationParams, PromptRequest, RequestNotes
+from trio_orchestrator.storage import (
+    RequestLogWriter,
+    RequestRecord,
+    SpendWriter,
+    SqliteStore,
+    StorageConfig,
+)
+from trio_orchestrator.types import GenerationParams, PromptRequest, RequestNotes, new_request_id
 from trio_orchestrator.workers import EchoWorker
 
 BLOCKS = 6
@@ -46,10 +55,24 @@ def finished(count: int) -> list[FinishedRequest]:
     return records
 
 
-async def measure(path: Path, count: int) -> dict[str, float]:
-    """CPU per request (µs) of the listener and of the writers' flush; medians over blocks."""
+async def prefill(store: SqliteStore, rows: int) -> None:
+    """Give the request log ``rows`` records first: an insert costs more in a bigger table
+    (the request id's index takes each random id somewhere in its whole width, a page
+    written per record once the index is wider than a batch)."""
+    for start in range(0, rows, 5_000):
+        batch = [
+            RequestRecord(id=new_request_id(), created=1e9 + i, model="fake-model")
+            for i in range(start, min(rows, start + 5_000))
+        ]
+        await store.add_requests(batch)
+
+
+async def measure(path: Path, count: int, rows: int = 0) -> dict[str, float]:
+    """CPU per request (µs) of the listener and of the writers' flush; medians over blocks.
+    ``rows``: records in the request log before."""
     store = SqliteStore(str(path))
     await store.open()
+    await prefill(store, rows)
     config = StorageConfig(backend="sqlite", path=str(path), buffer_capacity=count, flush_batch=500)
     log, spend_writer = RequestLogWriter(store, config), SpendWriter(store, config)
     keys = VirtualKeys()
@@ -81,15 +104,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a run of a few seconds")
     parser.add_argument("--requests", type=int, default=None)
+    parser.add_argument(
+        "--rows", type=int, default=0, help="request log records written before (its size)"
+    )
     args = parser.parse_args()
     count = args.requests or (3_000 if args.quick else 30_000)
     with tempfile.TemporaryDirectory() as tmp:
-        result = trio.run(measure, Path(tmp) / "parts.sqlite", count)
+        result = trio.run(measure, Path(tmp) / "parts.sqlite", count, args.rows)
     print(
-        f"bench_reqlog_parts ({count} requests): CPU per request on the event loop "
+        f"bench_reqlog_parts ({count} requests, {args.rows} logged before): CPU per request "
+        f"on the event loop "
         f"{result['event_loop_us']:.1f} µs, in the writers' flush {result['writers_us']:.1f} µs"
     )
-    print(json.dumps({"bench": "reqlog_parts", "requests": count, "results": result}))
+    record = {"bench": "reqlog_parts", "requests": count, "rows": args.rows, "results": result}
+    print(json.dumps(record))
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from trio_orchestrator.storage import (
     Store,
     migrate,
 )
-from trio_orchestrator.storage.schema import request_row, spend_row
+from trio_orchestrator.storage.schema import request_query, request_row, spend_row
 from trio_orchestrator.types import PromptRequest
 
 __all__ = ["postgres_cluster", "postgres_server"]
@@ -209,3 +209,59 @@ def test_rows_are_the_records_fields_in_order_with_flags_as_integers() -> None:
     assert [type(v) for v in row] == [type(v) for v in expected]
     spend = SpendRecord("2026-12-05", "key_1", "m", "up", 1, 10, 2, 5, 1, 0.25)
     assert spend_row(spend) == attrs.astuple(spend)
+
+
+async def test_a_batch_is_appended_in_a_few_statements_whole() -> None:
+    """A batch of 777 records is appended by a handful of multi-row INSERTs (not a statement
+    step per record: each step retakes the GIL in the writer's thread), all of them kept."""
+    store = SqliteStore()
+    await store.open()
+    executed: list[str] = []
+    assert store._connection is not None  # the store's own connection, to watch its statements
+    store._connection.set_trace_callback(executed.append)
+    await store.add_requests([logged(i) for i in range(777)])
+    inserts = [s for s in executed if s.startswith("INSERT INTO requests")]
+    assert len(inserts) == 4  # 512 + 256 + 8 + 1 rows
+    store._connection.set_trace_callback(None)
+    kept = await store.requests(RequestFilter(), 1000)
+    assert [r.id for r in kept] == [f"req_{i:03d}" for i in reversed(range(777))]
+    assert kept[0] == logged(776)
+    await store.aclose()
+
+
+@pytest.mark.parametrize(
+    ("where", "index"),
+    [
+        (RequestFilter(), "requests_by_time"),
+        (RequestFilter(since=1.0, until=2.0), "requests_by_time"),
+        (RequestFilter(key_id="key_a"), "requests_by_key"),
+        (RequestFilter(model="m"), "requests_by_model"),
+        (RequestFilter(provider="up"), "requests_by_provider"),
+        (RequestFilter(outcome="failed"), "requests_by_outcome"),
+        (RequestFilter(outcome="completed"), "requests_by_time"),
+        (RequestFilter(status=502), "requests_by_status"),
+        (RequestFilter(status=200), "requests_by_time"),
+        (RequestFilter(id="req_001"), "requests_by_id"),
+    ],
+)
+def test_each_filter_reads_through_an_index(where: RequestFilter, index: str) -> None:
+    """Every filter of the admin API is answered through an index, the partial outcome and
+    status ones (rows not completed, not 200) included; the common outcome and status walk
+    the time index, in the pages' order."""
+    connection = sqlite3.connect(":memory:", isolation_level=None)
+    migrate(connection)
+    query, arguments = request_query(where, 50, "?")
+    plan = " ".join(row[3] for row in connection.execute("EXPLAIN QUERY PLAN " + query, arguments))
+    assert f"USING INDEX {index} " in plan + " ", plan
+
+
+async def test_outcome_and_status_filters_find_common_and_rare_rows(store: Store) -> None:
+    """The outcome and status filters find completed/200 rows and the rest alike (the rest
+    through their partial indexes)."""
+    failed = logged(1, outcome="failed", status=502)
+    await store.add_requests([logged(0), failed, logged(2)])
+    assert await store.requests(RequestFilter(outcome="failed"), 10) == [failed]
+    assert await store.requests(RequestFilter(status=502), 10) == [failed]
+    completed = await store.requests(RequestFilter(outcome="completed", status=200), 10)
+    assert [r.id for r in completed] == ["req_002", "req_000"]
+    assert await store.requests(RequestFilter(outcome="cancelled", status=499), 10) == []

@@ -4,6 +4,7 @@ batched spend writer (buffer bound, loss counted, failure kept and retried)."""
 
 from __future__ import annotations
 
+import datetime
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -24,6 +25,7 @@ from trio_orchestrator.storage import (
     SqliteStore,
     StorageConfig,
     StorageUnavailable,
+    day_of,
     migrate,
     period_start,
     store_for,
@@ -315,3 +317,31 @@ async def test_writer_flushes_on_its_interval_and_when_a_batch_fills(
         writer.add(spent("k", "m", 4.0))
         nursery.cancel_scope.cancel()
     assert len(store.written) == 4
+
+
+async def test_a_spend_batch_is_one_upsert_per_group() -> None:
+    """A batch of 300 records in two groups is written as two upserts (summed first: a
+    statement step per record cost the writer's thread), and the sums are those of all."""
+    store = SqliteStore()
+    await store.open()
+    executed: list[str] = []
+    assert store._connection is not None  # the store's own connection, to watch its statements
+    store._connection.set_trace_callback(executed.append)
+    records = [spent("k1", "m1", 0.25) for _ in range(200)] + [spent("k2", "m1", 0.5)] * 100
+    await store.add_spend(records)
+    store._connection.set_trace_callback(None)
+    assert len([s for s in executed if s.lstrip().startswith("INSERT INTO spend")]) == 2
+    by_key = {r.group: (r.requests, r.prompt_tokens, r.cost) for r in await store.spend("key")}
+    assert by_key == {"k1": (200, 200 * 10, 50.0), "k2": (100, 100 * 10, 50.0)}
+    await store.aclose()
+
+
+def test_day_of_names_the_utc_day_of_any_time() -> None:
+    """day_of (which keeps the last day it named) agrees with datetime's UTC day for times
+    around midnights, far apart and in any order."""
+    midnight = 1_767_225_600.0  # 2026-01-01T00:00:00Z
+    times = [midnight + d for d in (-86_400.5, -1e-6, 0.0, 1e-6, 86_399.999, 86_400.0, 5e6)]
+    times += [0.0, -1.5, 4e9, midnight + 3.0]
+    for when in times:
+        expected = datetime.datetime.fromtimestamp(when, datetime.UTC).date().isoformat()
+        assert day_of(when) == expected, when

@@ -335,9 +335,22 @@ class Store(Protocol):
         ...
 
 
+# The last day :func:`day_of` named, as (its first second, the next day's, its name): spend
+# asks for the day of every completed request, nearly always the same day as the last.
+_last_day: tuple[float, float, str] = (0.0, 0.0, "")
+
+
 def day_of(when: float) -> str:
     """The UTC day of Unix time ``when``, as ``YYYY-MM-DD``."""
-    return datetime.datetime.fromtimestamp(when, datetime.UTC).date().isoformat()
+    global _last_day
+    start, end, name = _last_day
+    if start <= when < end:
+        return name
+    day = datetime.datetime.fromtimestamp(when, datetime.UTC).date()
+    # Unix time has no leap seconds: a UTC day is 86400 of its seconds, from a multiple.
+    start = (when // 86_400) * 86_400
+    _last_day = (start, start + 86_400, day.isoformat())
+    return _last_day[2]
 
 
 def period_bounds(period: str, when: float) -> tuple[str | None, float | None]:

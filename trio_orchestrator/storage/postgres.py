@@ -54,7 +54,7 @@ from .schema import (
     request_of,
     request_query,
     request_row,
-    spend_row,
+    spend_rows,
     statements,
     upgrade,
     upsert_status,
@@ -230,7 +230,7 @@ class PostgresStore:
 
     async def add_spend(self, records: Sequence[SpendRecord]) -> None:
         """Add these records to the daily totals, in one transaction."""
-        rows = [spend_row(record) for record in records]
+        rows = spend_rows(records)
 
         def write(connection: Any) -> None:
             with connection.transaction(), connection.cursor() as cursor:
