@@ -4,7 +4,9 @@ redaction and outcomes. The served path is proven in ``test_request_log.py``."""
 
 from __future__ import annotations
 
+import re
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
@@ -31,7 +33,7 @@ from trio_orchestrator.storage import (
     migrate,
 )
 from trio_orchestrator.storage.schema import request_query, request_row, spend_row
-from trio_orchestrator.types import PromptRequest
+from trio_orchestrator.types import PromptRequest, new_request_id
 
 __all__ = ["postgres_cluster", "postgres_server"]
 
@@ -265,3 +267,15 @@ async def test_outcome_and_status_filters_find_common_and_rare_rows(store: Store
     completed = await store.requests(RequestFilter(outcome="completed", status=200), 10)
     assert [r.id for r in completed] == ["req_002", "req_000"]
     assert await store.requests(RequestFilter(outcome="cancelled", status=499), 10) == []
+
+
+def test_request_ids_sort_by_the_time_they_were_made(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ids made later sort later (the log's id index grows at its end), and ids made in the
+    same millisecond are still distinct."""
+    clock = iter(range(1_700_000_000_000_000_000, 1_700_000_100_000_000_000, 1_000_000_000))
+    monkeypatch.setattr(time, "time_ns", lambda: next(clock))
+    made = [new_request_id() for _ in range(50)]
+    assert made == sorted(made)
+    assert all(re.fullmatch(r"req_[0-9a-f]{24}", rid) for rid in made)
+    monkeypatch.setattr(time, "time_ns", lambda: 1_700_000_000_000_000_000)
+    assert len({new_request_id() for _ in range(10_000)}) == 10_000

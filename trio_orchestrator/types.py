@@ -6,6 +6,7 @@ import contextvars
 import enum
 import math
 import os
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal, TypeAlias
 
@@ -36,8 +37,14 @@ _ROLES = frozenset(("system", "user", "assistant", "tool"))
 
 
 def new_request_id() -> str:
-    """Return a fresh, unique request id (``req_`` and 24 hex digits)."""
-    return "req_" + os.urandom(12).hex()  # uuid4's randomness, without building a UUID
+    """Return a fresh, unique request id: ``req_`` and 24 hex digits, the first 12 the
+    milliseconds since the epoch and the last 12 random (48 bits), as UUIDv7 and ULID do.
+
+    Ids sort by the time they were made, so the request log's index on them grows at its end:
+    with random ids each insert dirtied an index page of its own, and a log of 200,000 rows
+    cost 55-65 µs of CPU per insert instead of 20 (``benchmarks/bench_reqlog_parts.py``).
+    """
+    return f"req_{time.time_ns() // 1_000_000:012x}{os.urandom(6).hex()}"
 
 
 class Priority(enum.IntEnum):
