@@ -28,7 +28,7 @@ one line of JSON.
 
     python benchmarks/sim_adaptive.py [--capacity 64] [--low 16] [--clients 96]
         [--latency 1.5] [--phase 25] [--slo 4.0] [--fixed 32,64,96] [--warmup 10]
-        [--set key=value ...]
+        [--seed 0] [--set key=value ...]
 
 ``--set`` changes a setting of the adaptive row (``--set window=2 --set tolerance=1.5``):
 for tuning.
@@ -74,7 +74,7 @@ class Upstream:
     async def generate(self, request: PromptRequest, emit: EventSink) -> None:
         share = SPREAD[int(request.params.model.rsplit("-", 1)[1])]
         async with self._slots:
-            await trio.sleep(share * self.latency)
+            await trio.sleep(share * self.latency + _tie_break(int(str(request.input))))
         await emit(TextDelta("ok"))
         await emit(Done("stop", "ok"))
 
@@ -99,13 +99,20 @@ async def _ignore(_event: StreamEvent) -> None:
     pass
 
 
-async def _request(layer: AdaptiveLimitLayer, model: str, slo: float) -> bool:
+def _tie_break(number: int) -> float:
+    """A client's own microseconds, added to each of its waits: Trio orders timers due at
+    the same instant by their objects' ids, which differ from run to run."""
+    return number * 1e-6
+
+
+async def _request(layer: AdaptiveLimitLayer, number: int, slo: float) -> bool:
     """One request as bench_adaptive's client makes it; True when answered within ``slo``."""
-    request = PromptRequest(input="hi", params=GenerationParams(model=model))
+    model = f"m-{number % len(SPREAD)}"
+    request = PromptRequest(input=str(number), params=GenerationParams(model=model))
     with trio.CancelScope() as client:  # the client's SLO: it cancels, it is no deadline
 
         async def give_up() -> None:
-            await trio.sleep(slo)
+            await trio.sleep(slo + _tie_break(number))
             client.cancel()
 
         async with trio.open_nursery() as nursery:
@@ -115,7 +122,8 @@ async def _request(layer: AdaptiveLimitLayer, model: str, slo: float) -> bool:
                     with trio.fail_after(REQUEST_TIMEOUT):
                         await layer.generate(request, _ignore)
                 except ConcurrencyLimited as exc:
-                    await trio.sleep(max(1, math.ceil(exc.retry_after or 1.0)))
+                    retry_after = max(1, math.ceil(exc.retry_after or 1.0))
+                    await trio.sleep(retry_after + _tie_break(number))
                     continue
                 nursery.cancel_scope.cancel()
                 return True
@@ -130,14 +138,15 @@ async def _run_row(row: str, args: argparse.Namespace) -> dict[str, Any]:
     layer = AdaptiveLimitLayer(upstream, _adaptive(row, args.changes), provider="sim")
 
     async def client(number: int) -> None:
-        model = f"m-{number % len(SPREAD)}"
+        await trio.sleep(_tie_break(number))
         while True:
             started, at = trio.current_time(), phase
-            ok = await _request(layer, model, args.slo)
+            ok = await _request(layer, number, args.slo)
             if at >= 0:
                 calls.append(Call(at, trio.current_time() - started, ok))
 
     async def watch() -> None:
+        await trio.sleep(0.5)  # between the phase changes
         while True:
             if phase >= 0:
                 trace[phase].append(layer.statistics().limit)
@@ -217,6 +226,7 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--slo", type=float, default=4.0, help="requests fail after (4.0)")
     parser.add_argument("--fixed", default="32,64,96", help="fixed limits to compare")
     parser.add_argument("--warmup", type=float, default=10.0, help="seconds not counted (10)")
+    parser.add_argument("--seed", type=int, default=0, help="the scheduler's seed (0)")
     parser.add_argument("--set", action="append", default=[], type=_setting, dest="changes")
     args = parser.parse_args(argv)
     args.changes = dict(args.changes)
@@ -234,6 +244,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "slo": args.slo,
         "warmup_seconds": args.warmup,
         "adaptive_changes": args.changes,
+        "seed": args.seed,
         "rows": rows,
         "clock": "trio.testing.MockClock(autojump_threshold=0)",
     }
@@ -247,6 +258,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     began = time.perf_counter()
     for row in rows:
         clock = trio.testing.MockClock(autojump_threshold=0)
+        # Trio reverses its run queue at random (each task can run before any other);
+        # seeded, every run of the simulation gives the same numbers.
+        trio._core._run._r.seed(args.seed)
         result = trio.run(_run_row, row, args, clock=clock)
         _print(result)
         results.append(result)
