@@ -38,6 +38,16 @@ When the limit shrinks, the gradient scales the calls that were in flight (what 
 latency) rather than a limit above them that the callers never filled, so a limit that grew
 past the load comes down in one window.
 
+LLM calls last longer than a window, so a window that took every call ending in it would
+judge the limit before the last decision, and the limit would swing. After each decision the
+calls ending within ``settle`` times the last window's latency are left out (most were
+admitted before it; Envoy and Netflix decide per window of samples for the same reason). A
+probe that meets a queue -- latency above ``tolerance`` times the old baseline, as when the
+capacity fell below the probe's limit -- does not take it for the baseline: it halves the
+limit again until the latency stops falling. And a window with no queue at all (within
+``fast_growth`` of the baseline) doubles the limit, TCP's slow start, so a capacity that came
+back is found in a few windows.
+
 Errors are the other signal: a drop cuts the limit by ``backoff`` at once (not at the end
 of the window: a 429 is the upstream saying "now"), but at most once per window, because
 the calls already in flight when the first 429 came were admitted under the old limit and
