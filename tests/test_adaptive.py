@@ -35,6 +35,8 @@ def configs(draw: st.DrawFn) -> AdaptiveConfig:
         smoothing=draw(st.sampled_from([0.2, 1.0])),
         backoff=draw(st.sampled_from([0.0, 0.5, 0.7, 0.9])),
         slow_call=draw(st.sampled_from([0.5, 5.0])),
+        settle=draw(st.sampled_from([0.0, 0.5, 2.0])),
+        fast_growth=draw(st.sampled_from([0.0, 0.6, 1.0])),
     )
 
 
@@ -119,7 +121,10 @@ def test_a_reload_raising_min_limit_during_a_probe_keeps_the_limit_in_bounds() -
 
 
 def _window(limit: LimitAlgorithm, start: float, rtt: float, in_flight: int) -> float:
-    """Four calls with latency ``rtt`` over one 1 s window; returns the window's end."""
+    """Four calls with latency ``rtt`` over one 1 s window, after the calls that end while
+    the last decision settles (left out); returns the window's end."""
+    if isinstance(limit, GradientLimit):
+        start = max(start, limit._settled)
     for step in range(4):
         limit.observe(start + 0.25 * (step + 1), rtt, in_flight, False)
     return start + 1.0
@@ -256,6 +261,7 @@ def test_a_drop_cuts_the_limit_in_effect_by_backoff() -> None:
         tolerance=1.0,
         smoothing=0.2,
         backoff=0.7,
+        fast_growth=0.0,
     )
     limit = limit_for(config, 0.0)
     limit.observe(0.0, 0.0, 10, True)
@@ -264,3 +270,55 @@ def test_a_drop_cuts_the_limit_in_effect_by_backoff() -> None:
     assert limit.limit == 7
     limit.observe(0.3, 0.0, 7, True)
     assert limit.limit == 4
+
+
+def test_calls_ending_while_a_decision_settles_are_left_out() -> None:
+    """After a decision, calls that end within ``settle`` times the last window's latency
+    were admitted before it: a slow one among them does not make the next window's latency."""
+    limit = _gradient(percentile=1.0, initial_limit=40)
+    now = _window(limit, 2.0, 2.0, 40)  # a window of 2 s calls: settle for 0.5 * 2 s
+    limit.observe(now + 0.5, 9.0, 40, False)  # admitted under the old limit
+    _window(limit, now, 2.0, 40)
+    assert limit.statistics().window_rtt == 2.0
+
+
+def test_a_probe_that_meets_a_queue_probes_lower_and_keeps_it_out_of_the_baseline() -> None:
+    """A probe slower than ``tolerance`` times the old baseline (the capacity fell below the
+    probe's limit) halves the limit again; the latency there is the baseline, and the
+    estimate comes down to twice that probe's limit."""
+    limit = _gradient(initial_limit=80, probe_interval=5.0)
+    now = 2.0
+    while not limit.probing:  # windows at the baseline until probe_interval has passed
+        now = _window(limit, now, 0.5, limit.limit)
+    probe = limit.limit
+    now = _window(limit, now, 4.0, probe)  # the upstream is still queued at the probe
+    assert (limit.probing, limit.limit) == (True, probe // 2)
+    assert limit.statistics().baseline_rtt == 0.5
+    _window(limit, now, 0.5, probe // 2)
+    assert not limit.probing
+    assert limit.statistics().baseline_rtt == 0.5
+    assert limit.limit <= 2 * (probe // 2)
+
+
+def test_a_probe_whose_latency_holds_at_half_the_load_is_the_new_baseline() -> None:
+    """A model that became slower for good: the probe at half the limit is as slow as the
+    probe before it, so its latency is the baseline from then on."""
+    limit = _gradient(initial_limit=80, probe_interval=5.0)
+    now = 2.0
+    while not limit.probing:
+        now = _window(limit, now, 0.5, limit.limit)
+    probe = limit.limit
+    now = _window(limit, now, 2.0, probe)
+    assert limit.probing
+    _window(limit, now, 2.0, probe // 2)
+    assert not limit.probing
+    assert limit.statistics().baseline_rtt == 2.0
+
+
+@pytest.mark.parametrize(("fast_growth", "factor"), [(0.6, 2.0), (0.0, 1.25)])
+def test_a_window_without_a_queue_doubles_the_limit(fast_growth: float, factor: float) -> None:
+    """At full load and the baseline's latency, the limit doubles (plus its square root);
+    with ``fast_growth = 0`` it grows by the gradient (``tolerance``) only."""
+    limit = _gradient(initial_limit=40, fast_growth=fast_growth)
+    _window(limit, 2.0, 0.5, 40)
+    assert limit.limit == int(factor * 40 + math.sqrt(factor * 40))

@@ -38,6 +38,16 @@ When the limit shrinks, the gradient scales the calls that were in flight (what 
 latency) rather than a limit above them that the callers never filled, so a limit that grew
 past the load comes down in one window.
 
+LLM calls last longer than a window, so a window that took every call ending in it would
+judge the limit before the last decision, and the limit would swing. After each decision the
+calls ending within ``settle`` times the last window's latency are left out (most were
+admitted before it; Envoy and Netflix decide per window of samples for the same reason). A
+probe that meets a queue -- latency above ``tolerance`` times the old baseline, as when the
+capacity fell below the probe's limit -- does not take it for the baseline: it halves the
+limit again until the latency stops falling. And a window with no queue at all (within
+``fast_growth`` of the baseline) doubles the limit, TCP's slow start, so a capacity that came
+back is found in a few windows.
+
 Errors are the other signal: a drop cuts the limit by ``backoff`` at once (not at the end
 of the window: a 429 is the upstream saying "now"), but at most once per window, because
 the calls already in flight when the first 429 came were admitted under the old limit and
@@ -172,8 +182,12 @@ class GradientLimit(_Limit):
     _max_in_flight: int = attrs.field(default=0, init=False)
     _baseline: float = attrs.field(default=0.0, init=False)
     _window_rtt: float = attrs.field(default=0.0, init=False)
+    # Samples of calls that end before this are left out of the window (see _restart).
+    _settled: float = attrs.field(default=-math.inf, init=False)
     # While probing, the limit is held at this (half the estimate) for one window.
     _probe_limit: int | None = attrs.field(default=None, init=False)
+    # While probing deeper: the latency of the probe's previous window (at twice the limit).
+    _probe_rtt: float | None = attrs.field(default=None, init=False)
     _next_probe: float = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -194,7 +208,14 @@ class GradientLimit(_Limit):
         """The limit is held low for a window to measure the baseline again."""
         return self._probe_limit is not None
 
-    def observe(self, now: float, rtt: float, in_flight: int, dropped: bool) -> None:
+    def observe(
+        self,
+        now: float,
+        rtt: float,
+        in_flight: int,
+        dropped: bool,
+        started: float | None = None,
+    ) -> None:
         """Take one finished call.
 
         Args:
@@ -203,21 +224,25 @@ class GradientLimit(_Limit):
                 comes back fast and says nothing of the upstream's latency).
             in_flight: calls in flight when it started, itself included.
             dropped: the upstream refused it, failed or timed out.
+            started: the time it was admitted (``now - rtt`` when not given: exact for a
+                call whose first event is its answer).
         """
         self._samples += 1
         if dropped:
             if now - self._last_cut >= self.config.window:
-                self._probe_limit = None  # the cut is news enough; probe later
+                self._probe_limit = self._probe_rtt = None  # the cut is news enough; probe later
             if self._drop(now):
                 self._restart(now)
             return
+        if now < self._settled:
+            return  # most calls in flight now were admitted before the last decision
         probe = self._probe_limit
         if probe is not None and in_flight > probe:
             return  # started before the probe, amid the old load: not a no-load sample
         self._rtts.append(max(rtt, 0.0))
         self._max_in_flight = max(self._max_in_flight, in_flight)
         config = self.config
-        if now - self._window_start >= config.window and len(self._rtts) >= config.min_samples:
+        if now - self._settled >= config.window and len(self._rtts) >= config.min_samples:
             self._close(now)
 
     def statistics(self) -> LimitStatistics:
@@ -233,10 +258,7 @@ class GradientLimit(_Limit):
         app_limited = used < self._estimate / 2
         self._restart(now)
         if self._probe_limit is not None:
-            # The probe's latency is the baseline from now on, lower or higher.
-            self._probe_limit = None
-            self._baseline = window_rtt
-            self._next_probe = now + config.probe_interval
+            self._probed(now, window_rtt)
             return
         if self._baseline <= 0.0 or window_rtt < self._baseline:
             self._baseline = window_rtt
@@ -248,6 +270,8 @@ class GradientLimit(_Limit):
             return  # answers faster than the clock ticks: nothing to judge by
         gradient = config.tolerance * baseline / window_rtt
         gradient = min(max(gradient, _MIN_GRADIENT), _MAX_GRADIENT)
+        if _unqueued(window_rtt, baseline, config):
+            gradient = _MAX_GRADIENT  # no queue at all: double, as TCP's slow start does
         if gradient >= 1.0 and app_limited:
             return  # low latency at low load says nothing about more load
         # Shrinking, the gradient scales the load that made the latency (the calls in
@@ -257,8 +281,35 @@ class GradientLimit(_Limit):
         target += math.sqrt(target)
         self._set(self._estimate + config.smoothing * (target - self._estimate))
 
+    def _probed(self, now: float, window_rtt: float) -> None:
+        """Judge a probe's window: its latency is the baseline from now on, lower or higher
+        -- unless the upstream was still queueing at the probe's limit.
+
+        A latency above ``tolerance`` times the old baseline may be a model that became
+        slower, or a queue: the capacity fell below the probe's limit, and the probe measured
+        the queue. Which one, a probe at half the limit again tells: a queue shrinks with the
+        load, a slower model does not. So the probe goes on at half until its latency stops
+        falling (or is within ``tolerance`` of the old baseline, or the limit is at its
+        minimum); then that latency is the baseline, and the estimate at most twice the
+        probe's limit that saw no queue.
+        """
+        config = self.config
+        probe = self._probe_limit or config.min_limit
+        old, before = self._baseline, self._probe_rtt
+        queued = old > 0.0 and config.tolerance * old < window_rtt
+        fell = before is None or window_rtt * config.tolerance < before
+        if queued and fell and probe // 2 >= config.min_limit:
+            self._probe_limit, self._probe_rtt = probe // 2, window_rtt
+            return
+        if before is not None:  # the probe had to go lower: the estimate was a queue's
+            self._set(min(self._estimate, 2 * probe))
+        self._probe_limit = self._probe_rtt = None
+        self._baseline = window_rtt
+        self._next_probe = now + config.probe_interval
+
     def _restart(self, now: float) -> None:
         self._window_start = now
+        self._settled = now + self.config.settle * self._window_rtt
         self._rtts.clear()
         self._max_in_flight = 0
 
@@ -274,7 +325,14 @@ class AimdLimit(_Limit):
 
     start: float = 0.0
 
-    def observe(self, now: float, rtt: float, in_flight: int, dropped: bool) -> None:
+    def observe(
+        self,
+        now: float,
+        rtt: float,
+        in_flight: int,
+        dropped: bool,
+        started: float | None = None,
+    ) -> None:
         """Take one finished call (the arguments are :meth:`GradientLimit.observe`'s)."""
         self._samples += 1
         if dropped or rtt > self.config.slow_call:
@@ -296,6 +354,13 @@ def limit_for(config: AdaptiveConfig, start: float) -> LimitAlgorithm:
     if config.algorithm == "aimd":
         return AimdLimit(config, start)
     return GradientLimit(config, start)
+
+
+def _unqueued(window_rtt: float, baseline: float, config: AdaptiveConfig) -> bool:
+    """Whether a window's latency is so close to the baseline that no call queued: within
+    ``fast_growth`` of the way from the baseline to ``tolerance`` times it."""
+    margin = (config.tolerance - 1.0) * config.fast_growth
+    return config.fast_growth > 0.0 and window_rtt <= baseline * (1.0 + margin)
 
 
 def _percentile(values: list[float], fraction: float) -> float:

@@ -15,11 +15,13 @@ from ..validators import (
     at_least_one,
     fraction,
     fraction_below_one,
+    non_negative_finite,
     non_negative_time,
     one_of,
     positive_int,
     positive_number,
     positive_time,
+    unit_interval,
 )
 
 __all__ = [
@@ -409,6 +411,10 @@ class AdaptiveConfig:
         max_limit: the limit never goes above this.
         window: seconds of one sampling window: the gradient limit is recalculated once per
             window, and the limit is cut at most once per window.
+        settle: after each decision, the calls that end within this many times the last
+            window's latency are left out of the next window (0: none): most were admitted
+            before the decision, and their latency is news the last window had. Without it a
+            window of calls longer than ``window`` judges the limit before the last one.
         min_samples: calls a window needs before the gradient limit judges it (a window with
             an error is acted on whatever its size).
         percentile: the window's latency is this percentile of its calls' times to the first
@@ -419,8 +425,15 @@ class AdaptiveConfig:
         probe_interval: seconds between probes of the baseline: the gradient limit halves
             itself for one window and takes that window's latency as the new baseline, so
             the baseline follows an upstream that became slower (or faster) for good. The
-            first probe follows the first window.
+            first probe follows the first window. A probe whose latency is above
+            ``tolerance`` times the old baseline halves the limit again for another window,
+            until the latency stops falling (a queue shrinks with the load, a slower model
+            does not): a probe that meets a queue does not take it for the baseline.
         smoothing: the share of each recalculation taken, in (0, 1] (1: all of it at once).
+        fast_growth: a window whose latency is within this share of the way from the
+            baseline to ``tolerance`` times it saw no queue at all, and the gradient limit
+            doubles (TCP's slow start), in [0, 1] (0: never; it grows by the gradient only).
+            An upstream whose capacity came back is found in a few windows.
         backoff: the factor that cuts the limit on an error (or, for ``aimd``, a slow call),
             in [0, 1).
         slow_call: for ``aimd``, seconds to the first token beyond which a call counts as a
@@ -438,11 +451,13 @@ class AdaptiveConfig:
     min_limit: int = attrs.field(default=1, validator=positive_int)
     max_limit: int = attrs.field(default=256, validator=positive_int)
     window: float = attrs.field(default=1.0, validator=positive_number)
+    settle: float = attrs.field(default=0.5, validator=non_negative_finite)
     min_samples: int = attrs.field(default=10, validator=positive_int)
     percentile: float = attrs.field(default=0.5, validator=fraction)
     tolerance: float = attrs.field(default=1.25, validator=at_least_one)
     probe_interval: float = attrs.field(default=60.0, validator=positive_time)
     smoothing: float = attrs.field(default=1.0, validator=fraction)
+    fast_growth: float = attrs.field(default=0.6, validator=unit_interval)
     backoff: float = attrs.field(default=0.7, validator=fraction_below_one)
     slow_call: float = attrs.field(default=5.0, validator=positive_number)
     max_waiting: int = attrs.field(default=16, validator=_whole_or_zero)
