@@ -17,7 +17,8 @@ with pymalloc 90.9 and 89.6 MB; 2,000 streams, 105.1 MB, 77.3 MB eight seconds a
 61.0 MB; with pymalloc 110.8 and 109.3 MB). No cache grows with a burst: what outlives one is
 a few hundred small objects (the parked inference runners, the deadline heap's entries not yet
 swept, trio's bookkeeping) out of some 60,000, but spread over the burst's arenas they keep
-every one of them (2,000 streams: 56 arenas kept, the same with no parked runner at all).
+every one of them (2,000 streams took 56 arenas; 61 were still held after they ended, 56
+with no parked runner at all).
 See docs/operations.md.
 """
 
