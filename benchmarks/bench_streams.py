@@ -330,6 +330,9 @@ def main() -> None:
         "rss_hwm_kb": after["VmHWM"],
         "rss_settled_kb": after["VmRSS"],
         "kb_per_stream": round((peak - start) / streams, 2),
+        # False when the ramp outlasted --hold (a loaded machine): the first streams ended
+        # before the last opened, and kb_per_stream understates the cost of one.
+        "all_open_at_once": result["most_open_at_once"] >= streams,
     }
     print(f"streams {streams}, held {hold:.1f} s each, {args.clients} client processes")
     print(f"completed {result['completed']}, lost {result['lost']}")
@@ -344,6 +347,11 @@ def main() -> None:
         f"({args.settle:.0f} s after)"
     )
     print(f"{figures['kb_per_stream']} KB per stream (all open - start) / K")
+    if not figures["all_open_at_once"]:
+        print(
+            f"warning: at most {result['most_open_at_once']} of {streams} were open at once "
+            "(the ramp outlasted --hold): KB per stream is too low; run again with a longer --hold"
+        )
     print(json.dumps(figures))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import tracemalloc
+import types
 
 import attrs
 import httpx
@@ -174,3 +175,60 @@ def test_json_bytes_hold_no_more_than_their_size() -> None:
         tracemalloc.stop()
     assert len(held) == 100
     assert traced < 100 * 256
+
+
+# Frames that only passed a call on: each was held, with its locals, for a stream's whole life.
+_PASS_THROUGH = frozenset(
+    {
+        "ServiceApp._dispatch",
+        "ChatFastPath.__call__",
+        "PushedEventStream._pump",
+        "BoundedBody.receive",
+    }
+)
+
+
+def _held_frames() -> dict[str, int]:
+    gc.collect()
+    found: dict[str, int] = {}
+    for thing in gc.get_objects():
+        if isinstance(thing, types.CoroutineType):
+            name = thing.cr_code.co_qualname
+            found[name] = found.get(name, 0) + 1
+    return found
+
+
+async def test_an_open_stream_holds_no_pass_through_frame_through_the_service() -> None:
+    """While streamed chats are open, none holds a coroutine of ours that only passes the
+    call on (the app's dispatch, the fast path's call, the body's receive, the pump): the
+    handler's chain is as short as the work it does."""
+    streams = 6
+    worker = HeldWorker()
+    first = [trio.Event() for _ in range(streams)]
+    received: list[str] = []
+
+    async def chat(client: httpx.AsyncClient, i: int) -> None:
+        body = {**CHAT, "stream": True}
+        async with client.stream("POST", "/v1/chat/completions", json=body) as response:
+            assert response.status_code == 200
+            async for text in response.aiter_text():
+                first[i].set()
+                received.append(text)
+
+    async with running_service(make_config(), worker) as url:
+        limits = httpx.Limits(max_connections=streams)
+        async with httpx.AsyncClient(base_url=url, limits=limits) as client:
+            await trio.testing.wait_all_tasks_blocked()
+            idle = _held_frames()  # the lifespan's own dispatch is there all along
+            async with trio.open_nursery() as nursery:
+                for i in range(streams):
+                    nursery.start_soon(chat, client, i)
+                for event in first:
+                    await event.wait()
+                await trio.testing.wait_all_tasks_blocked()
+                frames = _held_frames()
+                worker.release.set()
+    held = {name: frames.get(name, 0) - idle.get(name, 0) for name in _PASS_THROUGH}
+    assert frames.get("PushedEventStream.__call__") == streams  # the streams are open
+    assert held == dict.fromkeys(_PASS_THROUGH, 0)
+    assert "".join(received).count("data: [DONE]") == streams

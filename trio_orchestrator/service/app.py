@@ -225,13 +225,19 @@ class ServiceApp(Starlette):
         # Given the server's own send: a stalled one is traced back to its socket (.stalls).
         bounded = BoundedBody(receive, send, deadline, lambda: state.draining, state.sends)
         send = bounded.send
+        receive = bounded.receive
         if self.timed:
             timing = scope[TIMING_KEY] = RequestTiming(now)
             send = cache_marked(send, timing)  # x-cache: what a cache made of the request
         requests = self.requests
         requests.begin()
         try:
-            await self._dispatch(scope, bounded.receive, send)
+            # Not through _dispatch: a frame fewer held by every open stream.
+            fast_path = self.fast_path
+            if fast_path is not None and fast_path.handles(scope):
+                await fast_path(scope, receive, send)
+            else:
+                await super().__call__(scope, receive, send)
         finally:
             requests.end()
 

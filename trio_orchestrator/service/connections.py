@@ -130,12 +130,16 @@ class BoundedBody:
     _timed_out: bool = attrs.field(default=False, init=False)
     _started: bool = attrs.field(default=False, init=False)
 
-    async def receive(self) -> Message:
+    def receive(self) -> Awaitable[Message]:
         """The next request message; ``http.disconnect`` once the body is too late."""
+        if self._body_done and not self._timed_out:
+            # The server's own: no frame of ours held while a stream waits in it.
+            return self._receive()
+        return self._receive_body()
+
+    async def _receive_body(self) -> Message:
         if self._timed_out:
             return dict(_DISCONNECT)
-        if self._body_done:
-            return await self._receive()
         with trio.CancelScope(deadline=self.deadline):
             message = await self._receive()
             if message["type"] != "http.request" or not message.get("more_body", False):

@@ -87,13 +87,14 @@ class ChatFastPath:
             scope["type"] == "http" and scope["path"] == CHAT_PATH and scope["method"] == "POST"
         )
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        """Answer the request (the coroutine that does: no frame of this call is held
+        while it runs, for the whole life of a stream)."""
         request_id = new_request_id()
         error = self.guard.refusal(scope)
         if error is not None:
-            await send_error(send, error, (request_id_header(request_id),))
-            return
-        await chat_completions(self.state, scope, receive, send, self.guard, request_id)
+            return send_error(send, error, (request_id_header(request_id),))
+        return chat_completions(self.state, scope, receive, send, self.guard, request_id)
 
 
 class ChatRoute:

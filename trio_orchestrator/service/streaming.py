@@ -180,7 +180,7 @@ class PushedEventStream:
         buffer_bytes: int = 65_536,
     ) -> None:
         self.pipeline = pipeline
-        self.request = request
+        self.request: PromptRequest | None = request
         self.render = render
         self.error_event = error_event
         self.trailer = trailer
@@ -202,35 +202,38 @@ class PushedEventStream:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         out = self._out = _Output(send, self.extra_headers, late_header=self.late_header)
+        assert self.request is not None, "a pushed event stream is answered once"
         pending = self._pending = self.pipeline.try_start_stream(
             self.request, self._push, self._wake
         )
+        # The request is the pipeline's now: this stream keeps no reference to it (nor to
+        # its messages) while the answer streams.
+        self.request = None
+        gone = False
         try:
-            gone = await self._pump(pending, receive, out)
+            # Sends the events as they come until the request has ended and all are sent.
+            # One loop in this frame, not a coroutine of its own: every frame in this chain
+            # is held for the whole life of the stream.
+            while not out.gone:
+                if self._buffer:
+                    await self._flush(pending, out)
+                    continue
+                if pending.done:
+                    break
+                message = None
+                with trio.CancelScope() as self._waiting:
+                    message = await receive()
+                self._waiting = None
+                if message is not None and message["type"] == "http.disconnect":
+                    pending.cancel("the client disconnected")
+                    gone = True
+                    break
         finally:
             # Left at the request's end, or cancelled from outside (then this ends it).
             pending.cancel("the caller stopped waiting")
         if gone or out.gone:
             return  # no one to finish for
         await self._end(pending, out)
-
-    async def _pump(self, pending: PendingRequest, receive: Any, out: _Output) -> bool:
-        """Send the events as they come until the request has ended and all are sent;
-        return True if the client went away."""
-        while not out.gone:
-            if self._buffer:
-                await self._flush(pending, out)
-                continue
-            if pending.done:
-                return False
-            message = None
-            with trio.CancelScope() as self._waiting:
-                message = await receive()
-            self._waiting = None
-            if message is not None and message["type"] == "http.disconnect":
-                pending.cancel("the client disconnected")
-                return True
-        return True
 
     async def _flush(self, pending: PendingRequest, out: _Output) -> None:
         """Send what the buffer holds, in one write."""
