@@ -69,6 +69,13 @@ MODULES: dict[str, tuple[str, ...]] = {
         "tests/test_mutation_core.py",
     ),
     "routing/router.py": ("tests/test_router.py", "tests/test_mutation_router.py"),
+    "resilience/semantic_cache.py": (
+        "tests/test_semantic_cache.py",
+        "tests/test_mutation_semantic_cache.py",
+    ),
+    "pipeline/assemble.py": ("tests/test_rag.py", "tests/test_mutation_pipeline_parts.py"),
+    "pipeline/sinks.py": ("tests/test_pipeline.py", "tests/test_mutation_pipeline_parts.py"),
+    "pipeline/statistics.py": ("tests/test_pipeline.py", "tests/test_mutation_pipeline_parts.py"),
     "workers/http.py": (
         "tests/test_mutation_http.py",
         "tests/test_openai_worker.py",
