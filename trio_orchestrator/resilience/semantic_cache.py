@@ -375,9 +375,15 @@ class SemanticIndex:
         cutoff = hamming_cutoff(threshold) if threshold > -1.0 else SIGNATURE_BITS
         best, best_id = -2.0, -1
         expired: list[int] = []
+        dim = len(vector)
         for ident, entry in entries.items():
             if now >= entry.expires:
                 expired.append(ident)
+            elif len(entry.vector) != dim:
+                # Another model's vector (an entry shared by a process embedding with
+                # another one): zip would compare a prefix of it, as numpy's per-dimension
+                # matrices never do.
+                continue
             elif (signature ^ entry.signature).bit_count() <= cutoff:
                 self.compared += 1
                 similarity = sum(map(operator.mul, vector, entry.vector))
