@@ -395,6 +395,8 @@ def test_the_numpy_kernel_compares_every_row_of_the_scope() -> None:
     index.put("t", vector, _answer("t"), 0.0)
     index.search("s", vector, 0.0, threshold=0.9)
     assert index.compared == 2
+    index.search("s", vector, 0.0)
+    assert index.compared == 4
 
 
 @pytest.mark.parametrize("dim", [8, 64])
