@@ -218,6 +218,20 @@ def test_an_empty_or_unknown_scope_finds_nothing(kernel: str) -> None:
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
+def test_entries_of_another_dimension_are_passed_over(kernel: str) -> None:
+    """Behind an entry of another dimension, the scope's entries of the question's own
+    dimension are still compared (and expired ones still dropped)."""
+    index = _index(kernel, ttl=10.0)
+    index.put("s", normalise([1.0, 0.0, 0.0]), _answer("3d"), 5.0)
+    index.put("s", normalise([0.0, 1.0]), _answer("old"), 0.0)
+    index.put("s", normalise([1.0, 0.0]), _answer("2d"), 5.0)
+    similarity, ident = index.search("s", normalise([1.0, 0.0]), 12.0)
+    assert similarity == pytest.approx(1.0)
+    assert index.take(ident) == _answer("2d")
+    assert (index.expirations, len(index)) == (1, 2)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
 def test_the_first_entry_is_found_even_when_opposite(kernel: str) -> None:
     """The first entry stored (id 0) is found, and the best similarity is reported even
     when it is negative (the layer compares it with the threshold)."""
