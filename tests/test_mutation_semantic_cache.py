@@ -1146,3 +1146,16 @@ async def test_an_answer_cut_off_is_not_pushed(kernel: str, shared: FakeShared) 
     with pytest.raises(ServerError):
         await _events(layer, _ask("why"))
     assert shared.pushes == []
+
+
+async def test_the_search_after_a_pull_scans_with_the_threshold(
+    no_numpy: None, shared: FakeShared
+) -> None:
+    """Without numpy, the lookup after a pull also uses the signature prefilter: a pulled
+    entry opposite to the question is not compared."""
+    vector = _unit(random.Random(8), 64)
+    layer = _layer(embedder=TableEmbedder({"q": vector}), shared=shared, threshold=0.9)
+    shared.pending.append((_negated(vector), _answer("-q")))
+    await _events(layer, _ask("q"))
+    assert len(shared.pulls) == 1
+    assert layer._index.compared == 0
