@@ -380,9 +380,9 @@ class SemanticIndex:
             if now >= entry.expires:
                 expired.append(ident)
             elif len(entry.vector) != dim:
-                # Another model's vector (an entry shared by a process embedding with
-                # another one): zip would compare a prefix of it, as numpy's per-dimension
-                # matrices never do.
+                # Another dimension: another model answered for embedding_model (the
+                # router fell back to another deployment). zip would compare a prefix of
+                # it; numpy's per-dimension matrices never compare it either.
                 continue
             elif (signature ^ entry.signature).bit_count() <= cutoff:
                 self.compared += 1
