@@ -78,6 +78,12 @@ MODULES: dict[str, tuple[str, ...]] = {
         "tests/test_mutation_core.py",
     ),
     "routing/router.py": ("tests/test_router.py", "tests/test_mutation_router.py"),
+    # Not tests/test_semantic_cache.py: its prefilter test at 1536 dimensions and the worker
+    # contract suite cost ~45 s per surviving mutant; the mutation tests cover both kernels.
+    "resilience/semantic_cache.py": ("tests/test_mutation_semantic_cache.py",),
+    "pipeline/assemble.py": ("tests/test_rag.py", "tests/test_mutation_pipeline_parts.py"),
+    "pipeline/sinks.py": ("tests/test_pipeline.py", "tests/test_mutation_pipeline_parts.py"),
+    "pipeline/statistics.py": ("tests/test_pipeline.py", "tests/test_mutation_pipeline_parts.py"),
     "workers/http.py": (
         "tests/test_mutation_http.py",
         "tests/test_openai_worker.py",

@@ -419,3 +419,47 @@ async def test_the_embedding_call_counts_against_the_keys_rate_limit() -> None:
         assert len(worker.chats) == 2
         stats = await served.semantic_stats(ADMIN)
         assert (stats["embed_errors"], stats["hits"]) == (1, 0)
+
+
+# ------------------------------------------------- vectors of another dimension, no numpy
+
+
+@attrs.define(eq=False)
+class SwitchingWorker(SemanticWorker):
+    """Embeds with :func:`bag_of_words` in ``dim`` dimensions: the test changes ``dim`` as
+    when ``embedding_model`` comes to be answered by another deployment's model."""
+
+    dim: int = DIM
+
+    async def generate(self, request: PromptRequest, emit: EventSink) -> None:
+        """Embed in ``dim`` dimensions; echo (and count) a chat."""
+        if request.embed is None:
+            await super().generate(request, emit)
+            return
+        await trio.lowlevel.checkpoint()
+        vectors = tuple(tuple(bag_of_words(str(t), self.dim)) for t in request.embed)
+        await emit(Embeddings(vectors))
+        await emit(Done("stop", "", None, (), request.params.model))
+
+
+async def test_without_numpy_a_vector_of_another_dimension_is_never_compared(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With the pure-Python index, a question embedded in 8 dimensions is not compared with
+    an answer stored under a 16-dimension vector (it compared the first 8 coordinates, and
+    answered another question's answer), as numpy's index never does."""
+    from trio_orchestrator.resilience import semantic_cache
+
+    monkeypatch.setattr(semantic_cache, "_NUMPY", [None])  # the `semantic` extra absent
+    worker = SwitchingWorker(dim=16)
+    # Two different questions whose 8-dimension vector is the 16-dimension one's first half.
+    stored, asked = "paris rome", "paris sky"
+    assert bag_of_words(stored, 16)[:8] == bag_of_words(asked, 8)
+    assert not any(bag_of_words(stored, 16)[8:])  # so a prefix's cosine with it is 1
+    async with running_service(semantic_config(), worker) as url:
+        async with openai.AsyncOpenAI(base_url=url + "/v1", api_key=ALICE, max_retries=0) as sdk:
+            served = Served(url, worker, sdk, sdk)
+            assert await served.ask(stored) == stored
+            worker.dim = 8
+            assert await served.ask(asked) == asked
+        assert worker.chats == [stored, asked]

@@ -375,9 +375,15 @@ class SemanticIndex:
         cutoff = hamming_cutoff(threshold) if threshold > -1.0 else SIGNATURE_BITS
         best, best_id = -2.0, -1
         expired: list[int] = []
+        dim = len(vector)
         for ident, entry in entries.items():
             if now >= entry.expires:
                 expired.append(ident)
+            elif len(entry.vector) != dim:
+                # Another dimension: another model answered for embedding_model (the
+                # router fell back to another deployment). zip would compare a prefix of
+                # it; numpy's per-dimension matrices never compare it either.
+                continue
             elif (signature ^ entry.signature).bit_count() <= cutoff:
                 self.compared += 1
                 similarity = sum(map(operator.mul, vector, entry.vector))
