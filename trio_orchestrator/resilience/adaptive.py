@@ -192,7 +192,7 @@ class GradientLimit(_Limit):
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
-        self._window_start = self.start
+        self._window_start = self._settled = self.start
         self._next_probe = self.start  # the first window is followed by a probe
 
     @property
@@ -208,14 +208,7 @@ class GradientLimit(_Limit):
         """The limit is held low for a window to measure the baseline again."""
         return self._probe_limit is not None
 
-    def observe(
-        self,
-        now: float,
-        rtt: float,
-        in_flight: int,
-        dropped: bool,
-        started: float | None = None,
-    ) -> None:
+    def observe(self, now: float, rtt: float, in_flight: int, dropped: bool) -> None:
         """Take one finished call.
 
         Args:
@@ -224,8 +217,6 @@ class GradientLimit(_Limit):
                 comes back fast and says nothing of the upstream's latency).
             in_flight: calls in flight when it started, itself included.
             dropped: the upstream refused it, failed or timed out.
-            started: the time it was admitted (``now - rtt`` when not given: exact for a
-                call whose first event is its answer).
         """
         self._samples += 1
         if dropped:
@@ -325,14 +316,7 @@ class AimdLimit(_Limit):
 
     start: float = 0.0
 
-    def observe(
-        self,
-        now: float,
-        rtt: float,
-        in_flight: int,
-        dropped: bool,
-        started: float | None = None,
-    ) -> None:
+    def observe(self, now: float, rtt: float, in_flight: int, dropped: bool) -> None:
         """Take one finished call (the arguments are :meth:`GradientLimit.observe`'s)."""
         self._samples += 1
         if dropped or rtt > self.config.slow_call:
