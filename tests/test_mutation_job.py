@@ -162,6 +162,31 @@ async def test_the_worker_runs_at_most_the_stream_buffer_ahead_of_its_reader(
     assert emitted == [0, 1, 2]
 
 
+async def test_a_shielded_worker_is_not_left_waiting_when_its_reader_leaves(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A worker emitting under a shield (its last events, say) while its streaming caller
+    has left with the buffer full is let go: the rest of its events are dropped, and it
+    finishes without waiting out its shield's own deadline."""
+    cut_by_deadline: list[bool] = []
+
+    @attrs.define(eq=False)
+    class Shielded:
+        async def generate(self, request: PromptRequest, emit: EventSink) -> None:
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + 60.0) as scope:
+                for i in range(5):
+                    await emit(TextDelta(str(i)))
+            cut_by_deadline.append(scope.cancelled_caught)
+
+    config = Config(PipelineConfig(stream_buffer=1))
+    async with open_pipeline(Shielded(), config) as pipeline:
+        async with pipeline.stream(REQUEST):
+            await trio.sleep(1.0)  # the worker fills the buffer and waits for room
+        await trio.testing.wait_all_tasks_blocked()
+        assert pipeline.statistics().cancelled == 1
+    assert cut_by_deadline == [False]
+
+
 async def test_time_to_first_token_is_when_the_first_event_came(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
