@@ -223,3 +223,47 @@ async def test_tool_calls_the_done_carries_are_the_completions() -> None:
     worker = Playing([Done("tool_calls", "", None, (call,))])
     async with open_pipeline(worker) as pipeline:
         assert (await pipeline.submit(REQUEST)).tool_calls == (call,)
+
+
+async def test_a_pushed_stream_gets_each_event_but_done_in_order() -> None:
+    """try_start_stream's sink receives every event the worker emits but Done, as emitted,
+    while the request runs; the handle then holds the completion."""
+    worker = Playing([TextDelta("a"), Usage(1, 2), TextDelta("b"), Done("stop", "ab")])
+    pushed: list[StreamEvent] = []
+    ended = trio.Event()
+
+    async def push(event: StreamEvent) -> None:
+        pushed.append(event)
+
+    async with open_pipeline(worker) as pipeline:
+        pending = pipeline.try_start_stream(REQUEST, push, ended.set)
+        await ended.wait()
+    assert pushed == [TextDelta("a"), Usage(1, 2), TextDelta("b")]
+    assert pending.result().text == "ab"
+
+
+async def test_a_pushed_stream_gets_nothing_a_shielded_worker_emits_after_its_end(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Events a worker emits under a shield after its pushed request was cancelled are not
+    pushed: the sink sees only what came before the cancel."""
+    pushed: list[StreamEvent] = []
+
+    @attrs.define(eq=False)
+    class Shielded:
+        async def generate(self, request: PromptRequest, emit: EventSink) -> None:
+            with trio.CancelScope(shield=True):
+                await emit(TextDelta("a"))
+                await trio.sleep(1.0)
+                await emit(TextDelta("b"))
+
+    async def push(event: StreamEvent) -> None:
+        pushed.append(event)
+
+    async with open_pipeline(Shielded()) as pipeline:
+        pending = pipeline.try_start_stream(REQUEST, push)
+        await trio.sleep(0.5)  # between the worker's two events
+        assert pending.cancel("gone")
+        await trio.sleep(5.0)
+        assert pipeline.statistics().cancelled == 1
+    assert pushed == [TextDelta("a")]
