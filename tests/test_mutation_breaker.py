@@ -19,6 +19,7 @@ from trio_orchestrator.errors import BadRequest, CircuitOpen, ServerError
 from trio_orchestrator.events import Done, TextDelta, Usage
 from trio_orchestrator.resilience import (
     BreakerConfig,
+    BreakerState,
     CircuitBreaker,
     CircuitBreakerLayer,
     LatencyBaseline,
@@ -493,6 +494,17 @@ def test_a_closed_circuit_starts_its_run_of_failures_afresh() -> None:
     assert (stats.state, stats.calls, stats.consecutive_failures) == ("closed", 3, 1)
     breaker.record_failure(breaker.acquire(12.0), 12.0)
     assert breaker.statistics(12.0).state == "open"
+
+
+def test_a_closed_circuit_opens_again_with_the_base_cool_down() -> None:
+    """A failed probe round doubles the cool-down (20 s), but once a probe closes the
+    circuit, the next opening waits the base cool-down (10 s) again."""
+    breaker = _opened()
+    breaker.record_failure(breaker.acquire(10.0), 10.0)
+    assert breaker.retry_after(10.0) == 20.0
+    breaker.record_success(breaker.acquire(30.0), 30.0, 0.1)
+    breaker.record_failure(breaker.acquire(31.0), 31.0)
+    assert (breaker.state(31.0), breaker.retry_after(31.0)) == (BreakerState.OPEN, 10.0)
 
 
 def test_statistics_of_a_fresh_breaker_are_zero() -> None:
