@@ -507,6 +507,29 @@ def test_a_closed_circuit_opens_again_with_the_base_cool_down() -> None:
     assert (breaker.state(31.0), breaker.retry_after(31.0)) == (BreakerState.OPEN, 10.0)
 
 
+def test_a_probe_that_reported_frees_no_slot_of_its_round() -> None:
+    """Half-open with three probes: after one probe succeeds, exactly two more calls are
+    let through as probes, and the fourth is refused until the round is decided."""
+    breaker = _opened(half_open_probes=3)
+    breaker.record_success(breaker.acquire(10.0), 10.0, 0.1)
+    permits = [breaker.acquire(10.0) for _ in range(3)]
+    assert [(p.admitted, p.probe) for p in permits] == [(True, True), (True, True), (False, False)]
+    assert breaker.state(10.0) is BreakerState.HALF_OPEN
+
+
+def test_a_probe_round_is_decided_by_its_last_failure() -> None:
+    """Half-open with three probes: a failed probe's slot stays used (the fourth call is
+    refused); the circuit stays half-open after two failures and opens on the third."""
+    breaker = _opened(half_open_probes=3)
+    breaker.record_failure(breaker.acquire(10.0), 10.0)
+    second, third, fourth = (breaker.acquire(10.0) for _ in range(3))
+    assert (second.probe, third.probe, fourth.admitted) == (True, True, False)
+    breaker.record_failure(second, 10.0)
+    assert breaker.state(10.0) is BreakerState.HALF_OPEN
+    breaker.record_failure(third, 10.0)
+    assert breaker.state(10.0) is BreakerState.OPEN
+
+
 def test_statistics_of_a_fresh_breaker_are_zero() -> None:
     """Before any call: no latency, nothing to wait for."""
     stats = CircuitBreaker(_config(), "p/m1").statistics(0.0)
