@@ -530,6 +530,19 @@ def test_a_probe_round_is_decided_by_its_last_failure() -> None:
     assert breaker.state(10.0) is BreakerState.OPEN
 
 
+def test_a_call_from_before_the_last_opening_cannot_reopen_a_half_open_circuit() -> None:
+    """After open, half-open, closed, a call admitted while closed that fails only once the
+    circuit has opened again and turned half-open is stale: the circuit stays half-open and
+    admits its probe."""
+    breaker = _opened()
+    breaker.record_success(breaker.acquire(10.0), 10.0, 0.1)  # the probe closes it
+    late = breaker.acquire(11.0)
+    breaker.record_failure(breaker.acquire(11.0), 11.0)  # opens again, for 10 s
+    breaker.record_failure(late, 21.0)
+    assert breaker.state(21.0) is BreakerState.HALF_OPEN
+    assert breaker.acquire(21.0).probe
+
+
 def test_statistics_of_a_fresh_breaker_are_zero() -> None:
     """Before any call: no latency, nothing to wait for."""
     stats = CircuitBreaker(_config(), "p/m1").statistics(0.0)
