@@ -543,6 +543,15 @@ def test_a_call_from_before_the_last_opening_cannot_reopen_a_half_open_circuit()
     assert breaker.acquire(21.0).probe
 
 
+def test_a_closed_circuit_starts_its_error_rate_afresh() -> None:
+    """The failures that opened the circuit are not held against it once a probe closed
+    it: one success then shows an error rate of 0."""
+    breaker = _opened(minimum_calls=2, failure_rate_threshold=0.5)
+    breaker.record_success(breaker.acquire(10.0), 10.0, 0.1)
+    breaker.record_success(breaker.acquire(11.0), 11.0, 0.1)
+    assert breaker.statistics(11.0).error_rate == 0.0
+
+
 def test_statistics_of_a_fresh_breaker_are_zero() -> None:
     """Before any call: no latency, nothing to wait for."""
     stats = CircuitBreaker(_config(), "p/m1").statistics(0.0)
