@@ -552,6 +552,18 @@ def test_a_closed_circuit_starts_its_error_rate_afresh() -> None:
     assert breaker.statistics(11.0).error_rate == 0.0
 
 
+def test_with_latency_anomaly_off_a_slow_success_is_a_success() -> None:
+    """latency_anomaly "off": however slow a success after the warmup, it counts no anomaly
+    and no failure."""
+    breaker = CircuitBreaker(
+        _config(latency_anomaly="off", latency_warmup=1, latency_min_excess=0.01), "p/m1"
+    )
+    for latency in (0.1, 0.1, 0.1, 50.0):
+        breaker.record_success(breaker.acquire(0.0), 0.0, latency)
+    stats = breaker.statistics(0.0)
+    assert (stats.latency_anomalies, stats.failures, stats.state) == (0, 0, "closed")
+
+
 def test_statistics_of_a_fresh_breaker_are_zero() -> None:
     """Before any call: no latency, nothing to wait for."""
     stats = CircuitBreaker(_config(), "p/m1").statistics(0.0)
