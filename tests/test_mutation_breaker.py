@@ -19,6 +19,7 @@ from trio_orchestrator.errors import BadRequest, CircuitOpen, ServerError
 from trio_orchestrator.events import Done, TextDelta, Usage
 from trio_orchestrator.resilience import (
     BreakerConfig,
+    BreakerState,
     CircuitBreaker,
     CircuitBreakerLayer,
     LatencyBaseline,
@@ -493,6 +494,74 @@ def test_a_closed_circuit_starts_its_run_of_failures_afresh() -> None:
     assert (stats.state, stats.calls, stats.consecutive_failures) == ("closed", 3, 1)
     breaker.record_failure(breaker.acquire(12.0), 12.0)
     assert breaker.statistics(12.0).state == "open"
+
+
+def test_a_closed_circuit_opens_again_with_the_base_cool_down() -> None:
+    """A failed probe round doubles the cool-down (20 s), but once a probe closes the
+    circuit, the next opening waits the base cool-down (10 s) again."""
+    breaker = _opened()
+    breaker.record_failure(breaker.acquire(10.0), 10.0)
+    assert breaker.retry_after(10.0) == 20.0
+    breaker.record_success(breaker.acquire(30.0), 30.0, 0.1)
+    breaker.record_failure(breaker.acquire(31.0), 31.0)
+    assert (breaker.state(31.0), breaker.retry_after(31.0)) == (BreakerState.OPEN, 10.0)
+
+
+def test_a_probe_that_reported_frees_no_slot_of_its_round() -> None:
+    """Half-open with three probes: after one probe succeeds, exactly two more calls are
+    let through as probes, and the fourth is refused until the round is decided."""
+    breaker = _opened(half_open_probes=3)
+    breaker.record_success(breaker.acquire(10.0), 10.0, 0.1)
+    permits = [breaker.acquire(10.0) for _ in range(3)]
+    assert [(p.admitted, p.probe) for p in permits] == [(True, True), (True, True), (False, False)]
+    assert breaker.state(10.0) is BreakerState.HALF_OPEN
+
+
+def test_a_probe_round_is_decided_by_its_last_failure() -> None:
+    """Half-open with three probes: a failed probe's slot stays used (the fourth call is
+    refused); the circuit stays half-open after two failures and opens on the third."""
+    breaker = _opened(half_open_probes=3)
+    breaker.record_failure(breaker.acquire(10.0), 10.0)
+    second, third, fourth = (breaker.acquire(10.0) for _ in range(3))
+    assert (second.probe, third.probe, fourth.admitted) == (True, True, False)
+    breaker.record_failure(second, 10.0)
+    assert breaker.state(10.0) is BreakerState.HALF_OPEN
+    breaker.record_failure(third, 10.0)
+    assert breaker.state(10.0) is BreakerState.OPEN
+
+
+def test_a_call_from_before_the_last_opening_cannot_reopen_a_half_open_circuit() -> None:
+    """After open, half-open, closed, a call admitted while closed that fails only once the
+    circuit has opened again and turned half-open is stale: the circuit stays half-open and
+    admits its probe."""
+    breaker = _opened()
+    breaker.record_success(breaker.acquire(10.0), 10.0, 0.1)  # the probe closes it
+    late = breaker.acquire(11.0)
+    breaker.record_failure(breaker.acquire(11.0), 11.0)  # opens again, for 10 s
+    breaker.record_failure(late, 21.0)
+    assert breaker.state(21.0) is BreakerState.HALF_OPEN
+    assert breaker.acquire(21.0).probe
+
+
+def test_a_closed_circuit_starts_its_error_rate_afresh() -> None:
+    """The failures that opened the circuit are not held against it once a probe closed
+    it: one success then shows an error rate of 0."""
+    breaker = _opened(minimum_calls=2, failure_rate_threshold=0.5)
+    breaker.record_success(breaker.acquire(10.0), 10.0, 0.1)
+    breaker.record_success(breaker.acquire(11.0), 11.0, 0.1)
+    assert breaker.statistics(11.0).error_rate == 0.0
+
+
+def test_with_latency_anomaly_off_a_slow_success_is_a_success() -> None:
+    """latency_anomaly "off": however slow a success after the warmup, it counts no anomaly
+    and no failure."""
+    breaker = CircuitBreaker(
+        _config(latency_anomaly="off", latency_warmup=1, latency_min_excess=0.01), "p/m1"
+    )
+    for latency in (0.1, 0.1, 0.1, 50.0):
+        breaker.record_success(breaker.acquire(0.0), 0.0, latency)
+    stats = breaker.statistics(0.0)
+    assert (stats.latency_anomalies, stats.failures, stats.state) == (0, 0, "closed")
 
 
 def test_statistics_of_a_fresh_breaker_are_zero() -> None:

@@ -162,6 +162,31 @@ async def test_the_worker_runs_at_most_the_stream_buffer_ahead_of_its_reader(
     assert emitted == [0, 1, 2]
 
 
+async def test_a_shielded_worker_is_not_left_waiting_when_its_reader_leaves(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A worker emitting under a shield (its last events, say) while its streaming caller
+    has left with the buffer full is let go: the rest of its events are dropped, and it
+    finishes without waiting out its shield's own deadline."""
+    cut_by_deadline: list[bool] = []
+
+    @attrs.define(eq=False)
+    class Shielded:
+        async def generate(self, request: PromptRequest, emit: EventSink) -> None:
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + 60.0) as scope:
+                for i in range(5):
+                    await emit(TextDelta(str(i)))
+            cut_by_deadline.append(scope.cancelled_caught)
+
+    config = Config(PipelineConfig(stream_buffer=1))
+    async with open_pipeline(Shielded(), config) as pipeline:
+        async with pipeline.stream(REQUEST):
+            await trio.sleep(1.0)  # the worker fills the buffer and waits for room
+        await trio.testing.wait_all_tasks_blocked()
+        assert pipeline.statistics().cancelled == 1
+    assert cut_by_deadline == [False]
+
+
 async def test_time_to_first_token_is_when_the_first_event_came(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -198,3 +223,47 @@ async def test_tool_calls_the_done_carries_are_the_completions() -> None:
     worker = Playing([Done("tool_calls", "", None, (call,))])
     async with open_pipeline(worker) as pipeline:
         assert (await pipeline.submit(REQUEST)).tool_calls == (call,)
+
+
+async def test_a_pushed_stream_gets_each_event_but_done_in_order() -> None:
+    """try_start_stream's sink receives every event the worker emits but Done, as emitted,
+    while the request runs; the handle then holds the completion."""
+    worker = Playing([TextDelta("a"), Usage(1, 2), TextDelta("b"), Done("stop", "ab")])
+    pushed: list[StreamEvent] = []
+    ended = trio.Event()
+
+    async def push(event: StreamEvent) -> None:
+        pushed.append(event)
+
+    async with open_pipeline(worker) as pipeline:
+        pending = pipeline.try_start_stream(REQUEST, push, ended.set)
+        await ended.wait()
+    assert pushed == [TextDelta("a"), Usage(1, 2), TextDelta("b")]
+    assert pending.result().text == "ab"
+
+
+async def test_a_pushed_stream_gets_nothing_a_shielded_worker_emits_after_its_end(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Events a worker emits under a shield after its pushed request was cancelled are not
+    pushed: the sink sees only what came before the cancel."""
+    pushed: list[StreamEvent] = []
+
+    @attrs.define(eq=False)
+    class Shielded:
+        async def generate(self, request: PromptRequest, emit: EventSink) -> None:
+            with trio.CancelScope(shield=True):
+                await emit(TextDelta("a"))
+                await trio.sleep(1.0)
+                await emit(TextDelta("b"))
+
+    async def push(event: StreamEvent) -> None:
+        pushed.append(event)
+
+    async with open_pipeline(Shielded()) as pipeline:
+        pending = pipeline.try_start_stream(REQUEST, push)
+        await trio.sleep(0.5)  # between the worker's two events
+        assert pending.cancel("gone")
+        await trio.sleep(5.0)
+        assert pipeline.statistics().cancelled == 1
+    assert pushed == [TextDelta("a")]

@@ -468,3 +468,23 @@ async def test_a_queued_request_meeting_a_full_reject_limit_is_refused_on_its_tu
     with pytest.raises(RateLimitExceeded):
         await layer.generate(_request(user="a"), Recorder())
     assert layer.statistics().rejected == 2
+
+
+async def test_after_a_sweep_the_next_waits_for_twice_the_buckets_it_kept(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Past max_buckets (1), a sweep that keeps two busy buckets puts the next one off until
+    more than four are held; that one forgets the five refilled buckets."""
+    config = RateLimitsConfig(
+        enabled=True,
+        limits=(LimitConfig("user", requests_per_second=1.0, burst=1.0),),
+        max_buckets=1,
+    )
+    layer = RateLimitLayer(ScriptedWorker([Step()]), config, provider="p")
+    for user in ("a", "b", "c"):  # c's call sweeps: a and b are empty, so both are kept
+        await layer.generate(_request(user=user), Recorder())
+    await layer.generate(_request(user="d"), Recorder())
+    await layer.generate(_request(user="e"), Recorder())
+    await trio.sleep(10.0)  # every bucket refills
+    await layer.generate(_request(user="f"), Recorder())
+    assert [b.key for b in layer.statistics().buckets] == ["f"]
