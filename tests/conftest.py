@@ -9,10 +9,14 @@ from __future__ import annotations
 import os
 
 from hypothesis import HealthCheck, settings
+from socket_origins import trace_socket_origins
 
 # tiktoken comes with langchain-openai (a dev dependency) and would download its encoding from
 # the internet on first use; the tests count tokens with the documented heuristic instead.
 os.environ.setdefault("TRIO_ORCHESTRATOR_TOKENIZER", "heuristic")
+
+# An unclosed socket's ResourceWarning names the code (and the test) that made it.
+trace_socket_origins()
 
 _SLOW_OK = [HealthCheck.too_slow]
 
