@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -53,9 +54,11 @@ async def serve_process(config: Path, *options: str) -> AsyncIterator[Served]:
 
 @asynccontextmanager
 async def open_server(command: list[str]) -> AsyncIterator[Served]:
-    """Run a server process for the block; its output is collected as it runs."""
+    """Run a server process for the block; its output is collected as it runs. It leads a
+    process group of its own, killed whole afterwards: a test that fails while ``--workers``
+    children run must not leave them behind."""
     process = await trio.lowlevel.open_process(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
     )
     output = bytearray()
     try:
@@ -65,8 +68,8 @@ async def open_server(command: list[str]) -> AsyncIterator[Served]:
             nursery.start_soon(_drain, process.stdout, output)
             yield Served(url, process, output)
     finally:
-        if process.returncode is None:
-            process.kill()
+        with contextlib.suppress(ProcessLookupError):  # the group ended with its leader
+            os.killpg(process.pid, signal.SIGKILL)
         await process.wait()
 
 
