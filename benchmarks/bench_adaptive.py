@@ -229,9 +229,8 @@ def _print(result: dict[str, Any], args: argparse.Namespace) -> None:
     print(f"  {row:<9} CPU: {100 * result['cpu_share']:.0f} % of one core", flush=True)
 
 
-def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a run under a minute")
+def experiment_arguments(parser: argparse.ArgumentParser) -> None:
+    """The experiment's sizes, shared with ``sim_adaptive.py`` (which replays it)."""
     parser.add_argument("--capacity", type=int, default=64, help="upstream capacity (64)")
     parser.add_argument("--low", type=int, default=16, help="capacity in the middle phase (16)")
     parser.add_argument("--clients", type=int, default=96, help="concurrent callers (96)")
@@ -240,6 +239,12 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--slo", type=float, default=4.0, help="requests fail after (4.0)")
     parser.add_argument("--fixed", default="32,64,96", help="fixed limits to compare")
     parser.add_argument("--warmup", type=float, default=10.0, help="seconds not counted (10)")
+
+
+def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a run under a minute")
+    experiment_arguments(parser)
     args = parser.parse_args(argv)
     if args.quick:
         args.capacity, args.low, args.clients = 8, 2, 12

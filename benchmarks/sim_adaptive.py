@@ -46,6 +46,7 @@ from typing import Any
 import attrs
 import trio
 import trio.testing
+from bench_adaptive import experiment_arguments
 
 from trio_orchestrator.events import Done, StreamEvent, TextDelta
 from trio_orchestrator.resilience import AdaptiveConfig, AdaptiveLimitLayer, ConcurrencyLimited
@@ -218,14 +219,7 @@ def _setting(text: str) -> tuple[str, Any]:
 
 def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--capacity", type=int, default=64, help="upstream capacity (64)")
-    parser.add_argument("--low", type=int, default=16, help="capacity in the middle phase (16)")
-    parser.add_argument("--clients", type=int, default=96, help="concurrent callers (96)")
-    parser.add_argument("--latency", type=float, default=1.5, help="seconds per call (1.5)")
-    parser.add_argument("--phase", type=float, default=25.0, help="seconds per phase (25)")
-    parser.add_argument("--slo", type=float, default=4.0, help="requests fail after (4.0)")
-    parser.add_argument("--fixed", default="32,64,96", help="fixed limits to compare")
-    parser.add_argument("--warmup", type=float, default=10.0, help="seconds not counted (10)")
+    experiment_arguments(parser)
     parser.add_argument("--seed", type=int, default=0, help="the scheduler's seed (0)")
     parser.add_argument("--set", action="append", default=[], type=_setting, dest="changes")
     args = parser.parse_args(argv)
