@@ -180,31 +180,34 @@ def wrk(url: str, body: dict[str, Any], connections: int, seconds: float) -> dic
     }
 
 
-async def _open_loop(
-    host: str, port: int, payload: bytes, rate: float, seconds: float
-) -> dict[str, float]:
-    """Start one request every ``1 / rate`` seconds on keep-alive connections (a new one
-    when none is idle), whatever the answers do; latency from each scheduled start."""
-    idle: list[tuple[trio.SocketStream, h11.Connection]] = []
-    latencies: list[float] = []
-    errors = 0
-    head = [
-        ("Host", f"{host}:{port}"),
-        ("Content-Type", "application/json"),
-        ("Authorization", "Bearer sk-bench"),
-        ("Content-Length", str(len(payload))),
-    ]
+class LoopTarget:
+    """One server an open-loop generator sends to: its idle keep-alive connections (a new one
+    when none is idle), and the answers' latencies from each request's scheduled start."""
 
-    async def one(scheduled: float) -> None:
-        nonlocal errors
-        if idle:
-            stream, conn = idle.pop()
+    def __init__(self, host: str, port: int, payload: bytes) -> None:
+        self.host = host
+        self.port = port
+        self.payload = payload
+        self.idle: list[tuple[trio.SocketStream, h11.Connection]] = []
+        self.latencies: list[float] = []
+        self.errors = 0
+        self.head = [
+            ("Host", f"{host}:{port}"),
+            ("Content-Type", "application/json"),
+            ("Authorization", "Bearer sk-bench"),
+            ("Content-Length", str(len(payload))),
+        ]
+
+    async def one(self, scheduled: float) -> None:
+        """One request, read to its end; the connection kept when both sides are done."""
+        if self.idle:
+            stream, conn = self.idle.pop()
         else:
-            stream = await trio.open_tcp_stream(host, port)
+            stream = await trio.open_tcp_stream(self.host, self.port)
             conn = h11.Connection(h11.CLIENT)
         try:
-            request = h11.Request(method="POST", target="/v1/chat/completions", headers=head)
-            await stream.send_all(conn.send(request) + conn.send(h11.Data(data=payload)))
+            request = h11.Request(method="POST", target="/v1/chat/completions", headers=self.head)
+            await stream.send_all(conn.send(request) + conn.send(h11.Data(data=self.payload)))
             await stream.send_all(conn.send(h11.EndOfMessage()) or b"")
             status = 0
             while True:
@@ -217,39 +220,52 @@ async def _open_loop(
                 if isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
                     break
         except (OSError, trio.BrokenResourceError, h11.ProtocolError):
-            errors += 1
+            self.errors += 1
             await stream.aclose()
             return
-        latencies.append(trio.current_time() - scheduled)
+        self.latencies.append(trio.current_time() - scheduled)
         if status != 200:
-            errors += 1
+            self.errors += 1
         if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
             conn.start_next_cycle()
-            idle.append((stream, conn))
+            self.idle.append((stream, conn))
         else:
             await stream.aclose()
 
+    async def aclose(self) -> None:
+        for stream, _ in self.idle:
+            await stream.aclose()
+        self.idle.clear()
+
+    def summary(self) -> dict[str, float]:
+        """Requests answered, errors, and latency percentiles in ms."""
+        latencies = sorted(self.latencies)
+
+        def at(q: float) -> float:
+            return round(latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000, 3)
+
+        return {
+            "requests": len(latencies),
+            "errors": self.errors,
+            "p50_ms": at(0.50),
+            "p90_ms": at(0.90),
+            "p99_ms": at(0.99),
+        }
+
+
+async def _open_loop(
+    host: str, port: int, payload: bytes, rate: float, seconds: float
+) -> dict[str, float]:
+    """Start one request every ``1 / rate`` seconds, whatever the answers do."""
+    target = LoopTarget(host, port, payload)
     async with trio.open_nursery() as nursery:
         start = trio.current_time()
-        total = int(rate * seconds)
-        for i in range(total):
+        for i in range(int(rate * seconds)):
             scheduled = start + i / rate
             await trio.sleep_until(scheduled)
-            nursery.start_soon(one, scheduled)
-    for stream, _ in idle:
-        await stream.aclose()
-    latencies.sort()
-
-    def at(q: float) -> float:
-        return round(latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000, 3)
-
-    return {
-        "requests": len(latencies),
-        "errors": errors,
-        "p50_ms": at(0.50),
-        "p90_ms": at(0.90),
-        "p99_ms": at(0.99),
-    }
+            nursery.start_soon(target.one, scheduled)
+    await target.aclose()
+    return target.summary()
 
 
 def open_loop(url: str, body: dict[str, Any], rate: float, seconds: float) -> dict[str, float]:

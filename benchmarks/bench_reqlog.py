@@ -8,19 +8,29 @@ processes in front of it, identical but for ``[storage]``:
 - ``on``: ``backend = "sqlite"`` with a database file, spend and the request log written in
   batches by their writers (the defaults: ``flush_interval = 1``, ``flush_batch = 500``).
 
-wrk drives each at concurrency 16 for ``--duration`` seconds, the two taking turns for
-``--repeats`` rounds; each gateway process's user + system CPU is read from
-``/proc/<pid>/stat`` around its run and divided by the requests answered. The figure is the
-median over rounds, and the ratio ``on / off`` is the issue's goal (<= 1.05); each round's
-own ratio is printed beside it, to show the noise. Each gateway serves a warm-up run of
-each shape first, and the shapes and the gateways' turns interleave (see :func:`measure`).
+**Both gateways are measured at once, under the same load.** One open-loop generator (its
+own process) sends ``--rate`` requests per second to each, their requests interleaved (the
+``on`` gateway's i-th request half a period after the ``off`` one's), whatever the answers
+do. Every ``--window`` seconds it reads each gateway's user + system CPU from
+``/proc/<pid>/stat`` and the answers each gave, so each window yields both gateways' CPU per
+request over the same seconds of the same machine, and their ratio ``on / off``. The figure
+is the median of the windows' ratios (the issue's goal: <= 1.05), with its quartiles and the
+ratio of the totals beside it.
+
+Why this shape: an earlier version drove the two in turns with wrk at concurrency 16, closed
+loop. Its rounds disagreed by +-20 % -- more than the 5 % it had to resolve: whatever else
+the machine did in one gateway's turn but not in the other's moved the ratio, and at
+saturation the CPU a request costs depends on how many requests share a scheduler round (a
+closed loop's throughput). Here both see the same moments and the same fixed rate, below
+saturation.
+
 The writers' own work (the SQLite writes in worker threads) is in the ``on`` process's CPU:
 that is the point; its worker threads' share is shown beside it (``/proc/<pid>/task``).
-Rows for a non-streaming and a streaming request. At the end the ``on`` gateway's
-request log counters (written, dropped) are read from ``/metrics`` to show the records were
-kept. Needs wrk (Debian's ``wrk``) and Linux. Ends with one line of JSON.
+Rows for a non-streaming and a streaming request, each after an unmeasured warm-up of both
+gateways. At the end the ``on`` gateway's request log counters (written, dropped) are read
+from ``/metrics`` to show the records were kept. Needs Linux. Ends with one line of JSON.
 
-    python benchmarks/bench_reqlog.py [--quick] [--duration S] [--repeats R]
+    python benchmarks/bench_reqlog.py [--quick] [--rate R] [--window S] [--windows N]
 """
 
 from __future__ import annotations
@@ -30,7 +40,6 @@ import json
 import os
 import platform
 import re
-import shutil
 import statistics
 import subprocess
 import sys
@@ -39,11 +48,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import trio
 from bench_overhead import (
     BODIES,
     CLOCK_TICKS,
     MODEL,
-    cpu_row,
+    LoopTarget,
+    cpu_seconds,
     free_port,
     start_fake,
     wait_healthy,
@@ -119,89 +130,159 @@ def thread_seconds(pid: int) -> float:
     return total / CLOCK_TICKS
 
 
-def measure(
-    gateways: Gateways, args: argparse.Namespace
-) -> tuple[dict[str, dict[str, list[float]]], dict[str, dict[str, int]]]:
-    """Each shape's CPU per request (ms) of each gateway, one figure per round; and the
-    requests each answered.
+async def _paired(
+    targets: dict[str, tuple[str, int, int]],
+    payload: bytes,
+    rate: float,
+    window: float,
+    windows: int,
+) -> dict[str, Any]:
+    """Send ``rate`` requests per second to each of ``targets`` (name: host, port, pid), their
+    requests interleaved, for ``windows`` windows of ``window`` seconds; at each window's end
+    read each target's process CPU and count its answers. Returns, per target, the CPU
+    seconds and answers at every window boundary, and its latency summary."""
+    clients = {name: LoopTarget(host, port, payload) for name, (host, port, _) in targets.items()}
+    marks: list[dict[str, tuple[float, int]]] = []
 
-    Why the order: each gateway first serves an unmeasured warm-up run of each shape; then
-    in every round each shape is measured on both gateways back to back, the gateway that
-    goes first alternating from round to round. So both shapes meet the ``on`` database at
-    the same sizes (it grows by every request, and an insert costs more in a bigger one;
-    the shapes used to run one after the other, all the streamed rounds against the
-    larger database), and neither gateway always takes the first turn after the other's.
-    """
-    for process, url in gateways.values():
-        for body in BODIES.values():
-            cpu_row(url, body, 1.0, {"gateway": process.pid})
-    cpu: dict[str, dict[str, list[float]]] = {
-        s: {"off": [], "on": [], "on_threads": []} for s in BODIES
-    }
-    answered = {s: {"off": 0, "on": 0} for s in BODIES}
-    for round_ in range(args.repeats):
-        order = ("off", "on") if round_ % 2 == 0 else ("on", "off")
-        for shape, body in BODIES.items():
-            for variant in order:
-                process, url = gateways[variant]
-                threads = thread_seconds(process.pid)
-                row = cpu_row(url, body, args.duration, {"gateway": process.pid})
-                threads = thread_seconds(process.pid) - threads
-                if row["errors"]:
-                    print(f"  warning: {shape} {variant}: {row['errors']:g} wrk errors")
-                cpu[shape][variant].append(row["gateway_cpu_ms"])
-                answered[shape][variant] += int(row["requests"])
-                if variant == "on":
-                    per_request = threads * 1000 / max(1, row["requests"])
-                    cpu[shape]["on_threads"].append(round(per_request, 4))
-    return cpu, answered
+    def mark() -> None:
+        marks.append(
+            {
+                name: (cpu_seconds(pid), len(clients[name].latencies))
+                for name, (_, _, pid) in targets.items()
+            }
+        )
 
-
-def summary(cpu: dict[str, list[float]]) -> dict[str, Any]:
-    """The medians, their ratio (the goal's figure) and each round's own ratio (how much
-    the rounds disagree: the noise the median is taken over)."""
-    off, on = (statistics.median(cpu[v]) for v in ("off", "on"))
-    rounds = [round(b / a, 3) if a else None for a, b in zip(cpu["off"], cpu["on"], strict=True)]
+    per_window = round(rate * window)
+    offsets = {name: k / (len(clients) * rate) for k, name in enumerate(clients)}
+    async with trio.open_nursery() as nursery:
+        start = trio.current_time()
+        mark()
+        for w in range(windows):
+            for i in range(w * per_window, (w + 1) * per_window):
+                for name, client in clients.items():
+                    scheduled = start + i / rate + offsets[name]
+                    await trio.sleep_until(scheduled)
+                    nursery.start_soon(client.one, scheduled)
+            await trio.sleep_until(start + (w + 1) * per_window / rate)
+            mark()
+    for client in clients.values():
+        await client.aclose()
     return {
-        "off_cpu_ms": round(off, 4),
-        "on_cpu_ms": round(on, 4),
-        "on_threads_cpu_ms": round(statistics.median(cpu["on_threads"]), 4),
-        "ratio": round(on / off, 3) if off else None,
-        "round_ratios": rounds,
-        "cpu_ms": cpu,
+        name: {
+            "cpu": [m[name][0] for m in marks],
+            "answered": [m[name][1] for m in marks],
+            **clients[name].summary(),
+        }
+        for name in clients
+    }
+
+
+def paired(
+    gateways: Gateways, body: dict[str, Any], rate: float, window: float, windows: int
+) -> dict[str, Any]:
+    """:func:`_paired` in a process of its own (its CPU is not the gateways')."""
+    code = (
+        "import json, sys, trio; from bench_reqlog import _paired; "
+        "a = json.loads(sys.argv[1]); "
+        "print(json.dumps(trio.run(_paired, a['targets'], a['payload'].encode(), "
+        "a['rate'], a['window'], a['windows'])))"
+    )
+    targets = {}
+    for name, (process, url) in gateways.items():
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        targets[name] = (host, int(port), process.pid)
+    arguments = {
+        "targets": targets,
+        "payload": json.dumps(body),
+        "rate": rate,
+        "window": window,
+        "windows": windows,
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(arguments)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parent,
+    ).stdout
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return result
+
+
+def per_request(run: dict[str, Any]) -> list[float]:
+    """One gateway's CPU per request (ms) in each window of a :func:`paired` run."""
+    cpu, answered = run["cpu"], run["answered"]
+    return [
+        (cpu[i + 1] - cpu[i]) * 1000 / max(1, answered[i + 1] - answered[i])
+        for i in range(len(cpu) - 1)
+    ]
+
+
+def quartiles(values: list[float]) -> list[float]:
+    low, _, high = statistics.quantiles(values, n=4) if len(values) > 1 else values * 3
+    return [round(low, 3), round(high, 3)]
+
+
+def measure_shape(
+    gateways: Gateways, body: dict[str, Any], args: argparse.Namespace
+) -> dict[str, Any]:
+    """Both gateways at once: a warm-up, then the measured windows; the figures."""
+    paired(gateways, body, args.rate, args.window, 1)
+    on_pid = gateways["on"][0].pid
+    threads = thread_seconds(on_pid)
+    run = paired(gateways, body, args.rate, args.window, args.windows)
+    threads = thread_seconds(on_pid) - threads
+    off, on = per_request(run["off"]), per_request(run["on"])
+    ratios = [b / a for a, b in zip(off, on, strict=True) if a]
+    answered = {name: run[name]["answered"][-1] - run[name]["answered"][0] for name in run}
+    totals = {name: (run[name]["cpu"][-1] - run[name]["cpu"][0]) * 1000 for name in run}
+    off_total, on_total = (totals[v] / max(1, answered[v]) for v in ("off", "on"))
+    return {
+        "off_cpu_ms": round(statistics.median(off), 4),
+        "on_cpu_ms": round(statistics.median(on), 4),
+        "on_threads_cpu_ms": round(threads * 1000 / max(1, answered["on"]), 4),
+        "ratio": round(statistics.median(ratios), 3),
+        "ratio_quartiles": quartiles(ratios),
+        "ratio_of_totals": round(on_total / off_total, 3) if off_total else None,
+        "window_ratios": [round(r, 3) for r in ratios],
+        "requests": answered,
+        "errors": {name: run[name]["errors"] for name in run},
+        "latency_ms": {name: [run[name][k] for k in ("p50_ms", "p99_ms")] for name in run},
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a run of well under a minute")
-    parser.add_argument("--duration", type=float, default=None, help="seconds per wrk run")
-    parser.add_argument("--repeats", type=int, default=None, help="rounds (medians)")
+    parser.add_argument("--rate", type=float, default=100.0, help="req/s to each gateway")
+    parser.add_argument("--window", type=float, default=None, help="seconds per window")
+    parser.add_argument("--windows", type=int, default=None, help="measured windows per shape")
     args = parser.parse_args()
-    args.duration = args.duration or (2.0 if args.quick else 10.0)
-    args.repeats = args.repeats or (2 if args.quick else 5)
-    if shutil.which("wrk") is None:
-        sys.exit("bench_reqlog needs wrk (apt install wrk)")
+    args.window = args.window or (2.0 if args.quick else 5.0)
+    args.windows = args.windows or (4 if args.quick else 12)
     print(
         f"bench_reqlog: the fake provider and two gateways (storage off / spend + request log "
-        f"on SQLite) in their own processes; wrk c=16, {args.repeats} interleaved rounds of "
-        f"{args.duration:g} s each, CPU per request from /proc, medians; "
-        f"Python {platform.python_version()}, {os.cpu_count()} CPUs"
+        f"on SQLite) in their own processes, driven at once by one open-loop generator at "
+        f"{args.rate:g} req/s each, interleaved; {args.windows} windows of {args.window:g} s "
+        f"per shape after a warm-up window, CPU per request from /proc per window, the median "
+        f"of the windows' on/off ratios; Python {platform.python_version()}, "
+        f"{os.cpu_count()} CPUs"
     )
     fake, upstream = start_fake()
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         gateways = {v: start_gateway(upstream, Path(tmp), v) for v in ("off", "on")}
         try:
-            runs, answered = measure(gateways, args)
-            for shape, cpu in runs.items():
-                results[shape] = {**summary(cpu), "requests": answered[shape]}
-                row = results[shape]
+            for shape, body in BODIES.items():
+                results[shape] = row = measure_shape(gateways, body, args)
+                if any(row["errors"].values()):
+                    print(f"  warning: {shape}: errors {row['errors']}")
                 print(
                     f"  {shape}: CPU per request off {row['off_cpu_ms']:.3f} ms, on "
                     f"{row['on_cpu_ms']:.3f} ms (of which its worker threads "
-                    f"{row['on_threads_cpu_ms']:.3f} ms), ratio {row['ratio']} (goal <= {GOAL}); "
-                    f"each round's on/off {row['round_ratios']}"
+                    f"{row['on_threads_cpu_ms']:.3f} ms); on/off median {row['ratio']} "
+                    f"(quartiles {row['ratio_quartiles']}, totals {row['ratio_of_totals']}; "
+                    f"goal <= {GOAL}); each window's {row['window_ratios']}"
                 )
             results["on_counters"] = counters(gateways["on"][1])
             print(f"  the 'on' gateway's writers: {results['on_counters']}")
@@ -213,9 +294,9 @@ def main() -> None:
     fake.stdin.close()
     fake.wait(10)
     conditions = {
-        "duration_s": args.duration,
-        "repeats": args.repeats,
-        "connections": 16,
+        "rate_per_gateway": args.rate,
+        "window_s": args.window,
+        "windows": args.windows,
         "cpus": os.cpu_count(),
         "goal": GOAL,
     }
