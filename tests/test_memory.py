@@ -15,7 +15,7 @@ from service_helpers import make_config, running_service
 from test_accounting import live_tasks
 
 from trio_orchestrator import PromptRequest, open_pipeline
-from trio_orchestrator.config import Config, PipelineConfig
+from trio_orchestrator.config import Config, PipelineConfig, parse_config
 from trio_orchestrator.events import Done, TextDelta, Usage
 from trio_orchestrator.pipeline import Pipeline
 from trio_orchestrator.pipeline.core import IDLE_RUNNERS
@@ -198,11 +198,12 @@ def _held_frames() -> dict[str, int]:
     return found
 
 
-async def test_an_open_stream_holds_no_pass_through_frame_through_the_service() -> None:
-    """While streamed chats are open, none holds a coroutine of ours that only passes the
-    call on (the app's dispatch, the fast path's call, the body's receive, the pump): the
-    handler's chain is as short as the work it does."""
-    streams = 6
+async def _frames_of_open_streams(
+    config: Config, streams: int, headers: dict[str, str] | None = None, admin: str = ""
+) -> tuple[dict[str, int], dict[str, int], int]:
+    """Coroutines held while ``streams`` streamed chats are open through the service (and
+    before them); and how many streams were answered to their end. With ``admin``, a
+    virtual key is made first and the chats use it."""
     worker = HeldWorker()
     first = [trio.Event() for _ in range(streams)]
     received: list[str] = []
@@ -215,9 +216,15 @@ async def test_an_open_stream_holds_no_pass_through_frame_through_the_service() 
                 first[i].set()
                 received.append(text)
 
-    async with running_service(make_config(), worker) as url:
+    async with running_service(config, worker) as url:
         limits = httpx.Limits(max_connections=streams)
         async with httpx.AsyncClient(base_url=url, limits=limits) as client:
+            if admin:
+                made = await client.post(
+                    "/v1/admin/keys", json={}, headers={"authorization": f"Bearer {admin}"}
+                )
+                assert made.status_code == 201, made.text
+                client.headers["authorization"] = f"Bearer {made.json()['key']}"
             await trio.testing.wait_all_tasks_blocked()
             idle = _held_frames()  # the lifespan's own dispatch is there all along
             async with trio.open_nursery() as nursery:
@@ -228,7 +235,37 @@ async def test_an_open_stream_holds_no_pass_through_frame_through_the_service() 
                 await trio.testing.wait_all_tasks_blocked()
                 frames = _held_frames()
                 worker.release.set()
+    return idle, frames, "".join(received).count("data: [DONE]")
+
+
+async def test_an_open_stream_holds_no_pass_through_frame_through_the_service() -> None:
+    """While streamed chats are open, none holds a coroutine of ours that only passes the
+    call on (the app's dispatch, the fast path's call, the body's receive, the pump): the
+    handler's chain is as short as the work it does."""
+    streams = 6
+    idle, frames, done = await _frames_of_open_streams(make_config(), streams)
     held = {name: frames.get(name, 0) - idle.get(name, 0) for name in _PASS_THROUGH}
     assert frames.get("PushedEventStream.__call__") == streams  # the streams are open
     assert held == dict.fromkeys(_PASS_THROUGH, 0)
-    assert "".join(received).count("data: [DONE]") == streams
+    assert done == streams
+
+
+# The layers storage adds in front of the worker: each only checks or notes, then passes on.
+_STORAGE_PASS_THROUGH = frozenset({"NotingWorker.generate", "KeyPolicyWorker.generate"})
+
+
+async def test_storage_layers_hold_no_frame_per_open_stream() -> None:
+    """With spend and the request log on and a virtual key calling, the key-policy and
+    noting layers add no coroutine frame to an open stream (each was resumed at every
+    event, on the path whose cost the request log must keep under 5 %)."""
+    streams = 4
+    admin = "sk-admin-memory"
+    config = parse_config(
+        f'[service]\nport = 0\n[[service.api_keys]]\nkey = "{admin}"\nadmin = true\n'
+        '[storage]\nbackend = "sqlite"\n'
+    )
+    idle, frames, done = await _frames_of_open_streams(config, streams, admin=admin)
+    assert frames.get("PushedEventStream.__call__") == streams  # the streams are open
+    held = {name: frames.get(name, 0) - idle.get(name, 0) for name in _STORAGE_PASS_THROUGH}
+    assert held == dict.fromkeys(_STORAGE_PASS_THROUGH, 0)
+    assert done == streams

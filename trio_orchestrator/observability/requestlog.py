@@ -22,7 +22,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
 import attrs
@@ -38,7 +38,6 @@ from ..storage.writer import RequestLogWriter
 from ..types import (
     PromptRequest,
     RequestNotes,
-    reset_request_notes,
     set_request_notes,
 )
 from ..workers.base import EventSink, ModelWorker
@@ -138,14 +137,18 @@ class NotingWorker:
         """The worker this layer wraps."""
         return self._inner
 
-    async def generate(self, request: PromptRequest, emit: EventSink) -> None:
-        """Call ``inner`` with fresh notes set for ``request``."""
+    def generate(self, request: PromptRequest, emit: EventSink) -> Coroutine[Any, Any, None]:
+        """``inner``'s call, with fresh notes set for ``request``.
+
+        Not a coroutine function: the notes are set in the calling task's context when
+        called (the caller awaits the call at once, in the same task), and the call is
+        ``inner``'s own coroutine, with no frame of this layer resumed at every event. The
+        notes stay set in that task until its next call replaces them: every call of the
+        worker stack comes through here, so none reads another's.
+        """
         notes = self._notes[request.request_id] = RequestNotes()
-        token = set_request_notes(notes)
-        try:
-            await self._inner.generate(request, emit)
-        finally:
-            reset_request_notes(token)
+        set_request_notes(notes)
+        return self._inner.generate(request, emit)
 
     def take(self, request_id: str) -> RequestNotes | None:
         """The notes of ``request_id``'s call, forgotten here (None: no call was made)."""

@@ -9,7 +9,8 @@ path. The admin API writes a key to storage first, then puts it here.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any
 
 import attrs
 import trio
@@ -129,8 +130,12 @@ class KeyPolicyWorker:
     inner: ModelWorker
     keys: VirtualKeys
 
-    async def generate(self, request: PromptRequest, emit: EventSink) -> None:
+    def generate(self, request: PromptRequest, emit: EventSink) -> Coroutine[Any, Any, None]:
         """Apply the key's policy, then call ``inner``.
+
+        Not a coroutine function: the policy is checked when called (a refusal raises from
+        the call, inside the caller's ``await``), and unless the key meters tokens the call
+        is ``inner``'s own coroutine, with no frame of this layer resumed at every event.
 
         Raises:
             ModelNotFound: the key may not use the model.
@@ -140,8 +145,7 @@ class KeyPolicyWorker:
         key_id = request.meta.get("api_key_id")
         record = None if key_id is None else self.keys.get(key_id)
         if record is None:
-            await self.inner.generate(request, emit)
-            return
+            return self.inner.generate(request, emit)
         request = self._check_model(record, request)
         if record.budget is not None:
             refusal = self.keys.budgets.exceeded(record.id, record.budget, record.budget_period)
@@ -150,9 +154,8 @@ class KeyPolicyWorker:
         limits = self.keys.limits(record.id)
         estimate = self._admit(limits, request)
         if limits is None or limits.tokens is None:
-            await self.inner.generate(request, emit)
-            return
-        await self._metered(limits.tokens, estimate, request, emit)
+            return self.inner.generate(request, emit)
+        return self._metered(limits.tokens, estimate, request, emit)
 
     @staticmethod
     def _check_model(record: KeyRecord, request: PromptRequest) -> PromptRequest:
