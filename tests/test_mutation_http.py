@@ -72,6 +72,7 @@ def test_redact_without_secrets_still_removes_key_shapes() -> None:
         ({"retry-after": "1m30s"}, 90.0),
         ({"retry-after": "Fri, 02 Jan 2026 03:04:15 GMT"}, 10.0),
         ({"retry-after": "2026-01-02T03:04:08Z"}, 3.0),
+        ({"retry-after": "2026-01-02t03:04:08z"}, 3.0),
         ({"retry-after": "2026-01-02T03:04:09"}, 4.0),
         ({"retry-after": "2026-01-02T03:04:09+01:00"}, 0.0),
         ({"retry-after": "whenever", "x-ratelimit-reset-requests": "4s"}, 4.0),

@@ -148,7 +148,8 @@ def _duration(text: str) -> float | None:
 def _seconds_until(text: str, now: datetime) -> float | None:
     """An HTTP-date or an RFC 3339 timestamp, as seconds from ``now`` (never negative)."""
     try:
-        when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+        # RFC 3339 lets "T" and "Z" be lower-case; fromisoformat (3.11+) reads only "Z".
+        when = datetime.fromisoformat(text.strip().upper())
     except ValueError:
         try:
             when = email.utils.parsedate_to_datetime(text)
