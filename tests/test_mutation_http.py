@@ -1514,17 +1514,22 @@ async def test_the_base_url_loses_only_its_trailing_slashes(base_url: str, url: 
     assert seen == [url, url]
 
 
-async def test_a_json_body_is_sent_as_json_whatever_the_fixed_headers_say() -> None:
-    """A content-type among the fixed headers is replaced by the JSON one, not sent too."""
+@pytest.mark.parametrize("spelt", [str.lower, str.title])
+async def test_a_fixed_header_is_replaced_not_doubled(spelt: Any) -> None:
+    """A content-type or authorization among the fixed headers, however its name is
+    spelt, is replaced by the JSON body's and the key's, not sent as well."""
     seen: list[httpx.Request] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
         seen.append(request)
         return httpx.Response(200, json={})
 
-    provider = _provider(handler, headers={"content-type": "text/plain"})
+    fixed = {spelt("content-type"): "text/plain", spelt("authorization"): "none", "X-F": "f"}
+    provider = _provider(handler, keys=KeyPool([Secret("k1")]), headers=fixed)
     await provider.post_json("/c", {})
     assert seen[0].headers.get_list("content-type") == ["application/json"]
+    assert seen[0].headers.get_list("authorization") == ["Bearer k1"]
+    assert seen[0].headers.get_list("x-f") == ["f"]
 
 
 async def test_a_traced_call_sends_its_spans_traceparent() -> None:

@@ -614,7 +614,10 @@ class HTTPProvider:
     ) -> httpx.Request:
         t = self.timeouts
         connect = None if math.isinf(t.connect) else t.connect
-        headers = {**self.headers, **auth}
+        # Names lower-cased, so a fixed header and the key's or the body's header of the
+        # same name are one header, not two (``headers`` may be a live dict: Vertex AI's).
+        headers = {name.lower(): value for name, value in self.headers.items()}
+        headers.update(auth)
         if body is not None:
             headers["content-type"] = "application/json"
         inject_headers(headers)  # traceparent of the current attempt; nothing when tracing is off
