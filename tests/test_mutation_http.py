@@ -72,6 +72,7 @@ def test_redact_without_secrets_still_removes_key_shapes() -> None:
         ({"retry-after": "1m30s"}, 90.0),
         ({"retry-after": "Fri, 02 Jan 2026 03:04:15 GMT"}, 10.0),
         ({"retry-after": "2026-01-02T03:04:08Z"}, 3.0),
+        ({"retry-after": "2026-01-02t03:04:08z"}, 3.0),
         ({"retry-after": "2026-01-02T03:04:09"}, 4.0),
         ({"retry-after": "2026-01-02T03:04:09+01:00"}, 0.0),
         ({"retry-after": "whenever", "x-ratelimit-reset-requests": "4s"}, 4.0),
@@ -772,16 +773,25 @@ class Parser:
 
 
 class Scripted(httpx.AsyncByteStream):
-    """Each chunk after its delay; then the end, or a stall."""
+    """Each chunk after its delay; then the end, or a stall. With ``ends_when_closed`` the
+    body ends once closed, as a connection's does."""
 
-    def __init__(self, chunks: list[tuple[float, bytes]], *, stall: bool = False) -> None:
-        self.chunks, self.stall = chunks, stall
+    def __init__(
+        self,
+        chunks: list[tuple[float, bytes]],
+        *,
+        stall: bool = False,
+        ends_when_closed: bool = False,
+    ) -> None:
+        self.chunks, self.stall, self.ends_when_closed = chunks, stall, ends_when_closed
         self.closed = False
         self.sent = 0
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         for delay, chunk in self.chunks:
             await trio.sleep(delay)
+            if self.closed and self.ends_when_closed:
+                return
             self.sent += 1
             yield chunk
         if self.stall:
@@ -1241,3 +1251,310 @@ async def test_a_timeout_names_an_unnamed_provider_and_carries_the_name(
             f"{said} exceeded the first token timeout (3s); retry, or raise timeouts.first_token"
         )
         assert info.value.provider == name
+
+
+# ------------------------------------------------------------------ keys, per model
+
+
+async def test_a_key_resting_for_a_model_is_passed_over_for_that_model(
+    autojump_clock: Any,
+) -> None:
+    """After a 429 for model m on k1, the next call for m goes to k2, though k1 is next in
+    turn and still serves other models."""
+    used: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        used.append(request.headers["authorization"])
+        if len(used) == 1:
+            return httpx.Response(429, json={}, headers={"retry-after": "30"})
+        return httpx.Response(200, json={})
+
+    pool = KeyPool([Secret("k1"), Secret("k2")], jitter=0)
+    provider = _provider(handler, keys=pool)
+    await provider.post_json("/c", {"model": "m"})
+    await provider.post_json("/c", {"model": "m"})
+    assert used == ["Bearer k1", "Bearer k2", "Bearer k2"]
+
+
+async def test_a_probe_that_succeeds_ends_the_keys_rest_for_its_model(
+    autojump_clock: Any,
+) -> None:
+    """A call let through to a key resting for a model (a probe) that is answered ends that
+    rest: the key is ready for the model again at once."""
+    answers = iter(
+        [httpx.Response(429, json={}, headers={"retry-after": "30"}), httpx.Response(200, json={})]
+    )
+    pool = KeyPool([Secret("k1")], jitter=0, max_rest=30, probe_interval=5)
+    provider = _provider(lambda r: next(answers), keys=pool)
+    with pytest.raises(e.RateLimited):
+        await provider.post_json("/c", {"model": "m"})
+    assert not pool.has_ready("m")
+    await trio.sleep(5)
+    assert await provider.post_json("/c", {"model": "m"}) == {}
+    assert pool.has_ready("m")
+    (key,) = pool.statistics().keys.values()
+    assert (key.model_rests, key.successes) == ({}, 1)
+
+
+async def test_a_429_rests_the_key_for_as_long_as_it_asked(autojump_clock: Any) -> None:
+    """The key rests for the model for the upstream's retry-after, not the default rest."""
+    pool = KeyPool([Secret("k1")], jitter=0, default_rest=60, max_rest=100)
+    provider = _provider(
+        lambda r: httpx.Response(429, json={}, headers={"retry-after": "7"}), keys=pool
+    )
+    start = trio.current_time()
+    with pytest.raises(e.RateLimited):
+        await provider.post_json("/c", {"model": "m"})
+    (key,) = pool.statistics().keys.values()
+    assert key.model_rests == {"m": start + 7}
+
+
+@pytest.mark.parametrize("asked", [7, 30])
+async def test_the_last_429_is_the_upstreams_with_its_wait_up_to_max_rest(
+    asked: int, autojump_clock: Any
+) -> None:
+    """When no key may be tried, the caller gets the upstream's 429 itself, with the wait it
+    asked for (up to max_rest included), though the pool would probe the key sooner."""
+    pool = KeyPool([Secret("k1")], jitter=0, max_rest=30, probe_interval=5)
+    provider = _provider(
+        lambda r: httpx.Response(429, json={}, headers={"retry-after": str(asked)}), keys=pool
+    )
+    with pytest.raises(e.RateLimited) as info:
+        await provider.post_json("/c", {"model": "m"})
+    assert info.value.retry_after == asked
+    assert str(info.value).startswith("acme answered HTTP 429")
+
+
+async def test_a_401_while_the_other_keys_rest_for_the_model_is_raised(
+    autojump_clock: Any,
+) -> None:
+    """A 401 on the only key not resting for the model ends the call with that 401 (the
+    other keys serve other models, not this one)."""
+    pool = KeyPool([Secret("k1"), Secret("k2")], jitter=0)
+    pool.rate_limited(pool.secrets[1], 60, "m")
+    used: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        used.append(request.headers["authorization"])
+        return httpx.Response(401, json={"error": {"message": "bad key"}})
+
+    with pytest.raises(e.AuthenticationError, match="bad key"):
+        await _provider(handler, keys=pool).post_json("/c", {"model": "m"})
+    assert used == ["Bearer k1"]
+
+
+@pytest.mark.parametrize("model", ["", 7])
+async def test_a_body_naming_no_model_rests_the_whole_key(model: Any, autojump_clock: Any) -> None:
+    """A 429 on a body whose model is empty or not a string rests the key for every model."""
+    pool = KeyPool([Secret("k1")], jitter=0)
+    provider = _provider(lambda r: httpx.Response(429, json={}), keys=pool)
+    with pytest.raises(e.RateLimited):
+        await provider.post_json("/c", {"model": model})
+    (key,) = pool.statistics().keys.values()
+    assert (key.state, key.model_rests) == ("resting", {})
+
+
+# ------------------------------------------------------------------ closing
+
+
+class SlowClose(httpx.AsyncByteStream):
+    """A body that sends ``chunks`` then stalls, and whose close takes ``close_takes``
+    seconds (a real connection's close does I/O)."""
+
+    def __init__(self, close_takes: float, chunks: tuple[bytes, ...] = ()) -> None:
+        self.close_takes, self.chunks = close_takes, chunks
+        self.closed = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for chunk in self.chunks:
+            yield chunk
+        await trio.sleep_forever()
+        yield b""  # pragma: no cover
+
+    async def aclose(self) -> None:
+        await trio.sleep(self.close_takes)
+        self.closed = True
+
+
+async def test_a_call_cut_by_its_limit_still_closes_its_body(autojump_clock: Any) -> None:
+    """A JSON call cut at its first-token limit closes the body, though the close itself
+    waits (it is shielded from the cancellation that ended the call)."""
+    body = SlowClose(1)
+    provider = _provider(lambda r: httpx.Response(200, stream=body))
+    with pytest.raises(e.ProviderTimeout, match="first token"):
+        await provider.post_json("/c", {})
+    assert body.closed
+
+
+async def test_a_close_that_hangs_is_abandoned_after_five_seconds(autojump_clock: Any) -> None:
+    """A close that never ends cannot hang a cut call: it gets five seconds."""
+    body = SlowClose(1000)
+    provider = _provider(lambda r: httpx.Response(200, stream=body))
+    start = trio.current_time()
+    with pytest.raises(e.ProviderTimeout, match="first token"):
+        await provider.post_json("/c", {})
+    assert trio.current_time() - start == LIMITS.first_token + 5
+    assert not body.closed
+
+
+async def test_a_stream_whose_rest_stalls_still_closes_its_body(autojump_clock: Any) -> None:
+    """A complete answer whose body then stalls is cut at the idle limit and its body
+    closed, though the close waits."""
+    body = SlowClose(1, (b"data: end\n\n", b"data: after\n\n"))
+    parser = Parser()
+    await _provider(lambda r: httpx.Response(200, stream=body)).post_stream("/c", {}, parser)
+    assert parser.seen == ["end"]
+    assert body.closed
+
+
+async def test_the_rest_of_a_complete_stream_is_read_not_cut(autojump_clock: Any) -> None:
+    """After the answer's end the body is read to its end (so its connection can serve the
+    next call), not closed under the bytes still coming."""
+    body = Scripted(
+        [(0, b"data: end\n\n"), (1, b": x\n\n"), (1, b": y\n\n")], ends_when_closed=True
+    )
+    await _stream_provider(body).post_stream("/c", {}, Parser())
+    assert body.sent == 3
+
+
+class FailingClose(HugeError):
+    """A huge error body whose close fails with ``error``."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__()
+        self.error = error
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        raise self.error
+
+
+async def test_a_close_failing_in_the_http_library_is_ignored() -> None:
+    """An HTTP library's error while closing a cut error body changes nothing: the call
+    fails with the answer's typed error."""
+    body = FailingClose(httpx.ReadError("reset"))
+    provider = _provider(lambda r: httpx.Response(400, stream=body))
+    with pytest.raises(e.BadRequest):
+        await provider.post_json("/c", {})
+    assert body.closed
+
+
+async def test_another_error_while_closing_is_raised() -> None:
+    """Any other error while closing is a bug, and is raised as it is."""
+    body = FailingClose(RuntimeError("bug"))
+    provider = _provider(lambda r: httpx.Response(400, stream=body))
+    with pytest.raises(RuntimeError, match="bug"):
+        await provider.post_json("/c", {})
+
+
+# ------------------------------------------------------------------ sending
+
+
+async def test_a_read_timeout_mid_stream_is_a_timeout_naming_its_cause(
+    autojump_clock: Any,
+) -> None:
+    """A transport's read timeout after content is ProviderTimeout, quoting the library's
+    error; another failure is a connection error quoting it."""
+    timeout = _provider(
+        lambda r: httpx.Response(200, stream=_Failing(b"data: a\n\n", httpx.ReadTimeout("slow")))
+    )
+    with pytest.raises(e.ProviderTimeout) as info:
+        await timeout.post_stream("/c", {}, Parser())
+    assert str(info.value).startswith("timed out talking to acme (ReadTimeout: slow)")
+    reset = _provider(
+        lambda r: httpx.Response(200, stream=_Failing(b"data: a\n\n", httpx.ReadError("reset")))
+    )
+    with pytest.raises(e.ProviderConnectionError) as failed:
+        await reset.post_stream("/c", {}, Parser())
+    assert str(failed.value).startswith("the connection to acme failed (ReadError: reset)")
+
+
+async def test_a_client_with_hooks_still_streams_as_the_body_arrives(
+    autojump_clock: Any,
+) -> None:
+    """Through AsyncClient.send (a client with event hooks) each event is read as it
+    arrives: a stall after content is cut by the idle limit, the content delivered."""
+    seen: list[str] = []
+
+    async def hook(request: httpx.Request) -> None:
+        seen.append(request.url.path)
+
+    body = Scripted([(0, b"data: a\n\n")], stall=True)
+    client = httpx.AsyncClient(
+        transport=httpx.MockTransport(lambda r: httpx.Response(200, stream=body)),
+        event_hooks={"request": [hook]},
+    )
+    provider = HTTPProvider(client, "http://llm.test/v1", "acme", None, LIMITS, lambda k: {})
+    parser = Parser()
+    with pytest.raises(e.ProviderTimeout, match="the idle timeout"):
+        await provider.post_stream("/c", {}, parser)
+    assert parser.seen == ["a"]
+    assert seen == ["/v1/c"]
+
+
+@pytest.mark.parametrize(
+    ("base_url", "url"),
+    [
+        ("http://llm.test/v1//", "http://llm.test/v1/c"),
+        ("http://llm.test/BOX", "http://llm.test/BOX/c"),
+    ],
+)
+async def test_the_base_url_loses_only_its_trailing_slashes(base_url: str, url: str) -> None:
+    """The path is joined to the base URL without its trailing slashes, the rest kept."""
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(str(request.url))
+        return httpx.Response(200, json={})
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    provider = HTTPProvider(client, base_url, "acme", None, LIMITS, lambda k: {})
+    await provider.post_json("/c", {})
+    await provider.post_json("/c", {})
+    assert seen == [url, url]
+
+
+@pytest.mark.parametrize("spelt", [str.lower, str.title])
+async def test_a_fixed_header_is_replaced_not_doubled(spelt: Any) -> None:
+    """A content-type or authorization among the fixed headers, however its name is
+    spelt, is replaced by the JSON body's and the key's, not sent as well."""
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={})
+
+    fixed = {spelt("content-type"): "text/plain", spelt("authorization"): "none", "X-F": "f"}
+    provider = _provider(handler, keys=KeyPool([Secret("k1")]), headers=fixed)
+    await provider.post_json("/c", {})
+    assert seen[0].headers.get_list("content-type") == ["application/json"]
+    assert seen[0].headers.get_list("authorization") == ["Bearer k1"]
+    assert seen[0].headers.get_list("x-f") == ["f"]
+
+
+async def test_a_traced_call_sends_its_spans_traceparent() -> None:
+    """While tracing, the request carries the traceparent of the span it is sent in."""
+    pytest.importorskip("opentelemetry.sdk", reason="the otel extra is not installed")
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from trio_orchestrator.observability.spans import CURRENT_TRACER, otel
+
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={})
+
+    otel()
+    tracer_provider = TracerProvider()
+    tracer = tracer_provider.get_tracer("test")
+    token = CURRENT_TRACER.set(tracer)
+    try:
+        with tracer.start_as_current_span("attempt") as span:
+            await _provider(handler).post_json("/c", {})
+    finally:
+        CURRENT_TRACER.reset(token)
+        tracer_provider.shutdown()
+    _version, trace_id, span_id, _flags = seen[0].headers["traceparent"].split("-")
+    context = span.get_span_context()
+    assert (int(trace_id, 16), int(span_id, 16)) == (context.trace_id, context.span_id)

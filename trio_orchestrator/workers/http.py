@@ -148,7 +148,8 @@ def _duration(text: str) -> float | None:
 def _seconds_until(text: str, now: datetime) -> float | None:
     """An HTTP-date or an RFC 3339 timestamp, as seconds from ``now`` (never negative)."""
     try:
-        when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+        # RFC 3339 lets "T" and "Z" be lower-case; fromisoformat (3.11+) reads only "Z".
+        when = datetime.fromisoformat(text.strip().upper())
     except ValueError:
         try:
             when = email.utils.parsedate_to_datetime(text)
@@ -613,7 +614,10 @@ class HTTPProvider:
     ) -> httpx.Request:
         t = self.timeouts
         connect = None if math.isinf(t.connect) else t.connect
-        headers = {**self.headers, **auth}
+        # Names lower-cased, so a fixed header and the key's or the body's header of the
+        # same name are one header, not two (``headers`` may be a live dict: Vertex AI's).
+        headers = {name.lower(): value for name, value in self.headers.items()}
+        headers.update(auth)
         if body is not None:
             headers["content-type"] = "application/json"
         inject_headers(headers)  # traceparent of the current attempt; nothing when tracing is off
