@@ -201,6 +201,24 @@ def test_each_side_of_the_64_bit_range_is_refused(literal: bytes, path: str) -> 
 
 
 @pytest.mark.parametrize(
+    ("body", "path"),
+    [
+        (b'{"": 18446744073709551616}', '""'),
+        (b'{"": [1, 18446744073709551616]}', '""[1]'),
+        (b'{"a": {"": {"b": -9223372036854775809}}}', 'a."".b'),
+    ],
+)
+def test_an_empty_member_name_is_spelled_out_in_the_path(body: bytes, path: str) -> None:
+    """A member named "" is named `""` in the path: it is a member, not the body itself."""
+    assert refusal(refused(body)) == (
+        400,
+        "invalid_value",
+        path,
+        f"`{path}` must be an integer in {INT_RANGE} (64 bits), got an integer outside that range",
+    )
+
+
+@pytest.mark.parametrize(
     "literal", [b"9223372036854775808.0", b"-9223372036854775808.5e1", b"1e19", b"-1e300"]
 )
 def test_huge_floats_are_not_taken_for_integers(literal: bytes) -> None:
