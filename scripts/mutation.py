@@ -39,6 +39,7 @@ MODULES: dict[str, tuple[str, ...]] = {
         "tests/test_service_security.py",
         "tests/test_mutation_guard.py",
     ),
+    "service/validate.py": ("tests/test_validate.py", "tests/test_mutation_validate.py"),
     "service/chat.py": (
         "tests/test_service_chat.py",
         "tests/test_service_choices.py",

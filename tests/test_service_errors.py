@@ -162,6 +162,17 @@ async def test_bad_field_is_named_in_a_400() -> None:
     assert (response.status_code, error["param"]) == (400, "messages[0].content")
 
 
+async def test_an_out_of_range_integer_under_an_empty_member_name_is_named() -> None:
+    """A member named "" holding an integer past 64 bits is named `""`, not "the body"."""
+    messages = b'[{"role": "user", "content": "hi"}]'
+    body = b'{"model": "echo", "messages": ' + messages + b', "": [18446744073709551616]}'
+    async with running_service() as url, httpx.AsyncClient(base_url=url) as client:
+        response = await client.post("/v1/chat/completions", content=body)
+    error = response.json()["error"]
+    assert (response.status_code, error["code"], error["param"]) == (400, "invalid_value", '""[0]')
+    assert error["message"].startswith('`""[0]` must be an integer in [')
+
+
 async def test_invalid_json_is_a_400() -> None:
     """A body that is not JSON gets 400 in the OpenAI error shape."""
     async with running_service() as url, httpx.AsyncClient(base_url=url) as client:

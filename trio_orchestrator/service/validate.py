@@ -123,14 +123,20 @@ def _check_integers(body: bytes | str) -> None:
     path = _big_integer(json.loads(body), "")
     if path is not None:
         expected = f"an integer in [{_INT_MIN}, {_INT_MAX}] (64 bits)"
-        message = f"`{path or 'the body'}` must be {expected}, got an integer outside that range"
-        raise ApiError(400, message, code="invalid_value", param=path or None)
+        message = f"`{path}` must be {expected}, got an integer outside that range"
+        raise ApiError(400, message, code="invalid_value", param=path)
 
 
 def _big_integer(value: Any, path: str) -> str | None:
-    """The path of the first integer outside the 64-bit range in ``value``, or ``None``."""
+    """The path of the first integer outside the 64-bit range in ``value``, or ``None``.
+
+    The body is an object, so the path always names a member. A member named ``""`` is
+    spelled ``""`` in it (``a."".b``): left empty, it would vanish from the path, or at the
+    top leave no path at all.
+    """
     if isinstance(value, dict):
-        items: Any = ((f"{path}.{k}" if path else k, v) for k, v in value.items())
+        names = ((k or '""', v) for k, v in value.items())
+        items: Any = ((f"{path}.{k}" if path else k, v) for k, v in names)
     elif isinstance(value, list):
         items = ((f"{path}[{i}]", v) for i, v in enumerate(value))
     else:
