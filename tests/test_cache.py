@@ -25,6 +25,13 @@ from trio_orchestrator import (
     open_pipeline,
 )
 from trio_orchestrator.resilience import CacheConfig, CacheLayer, LRUStore
+from trio_orchestrator.resilience.config import SemanticCacheConfig
+from trio_orchestrator.types import (
+    RequestNotes,
+    RequestTiming,
+    reset_request_notes,
+    set_request_notes,
+)
 from trio_orchestrator.workers import EventSink, collect
 
 
@@ -342,3 +349,46 @@ async def test_a_reloaded_ttl_applies_to_new_answers(
     await trio.sleep(5.0)
     await ask(layer, greedy())
     assert worker.calls == 2
+
+
+async def test_a_lookup_marks_the_requests_timing_miss_then_hit() -> None:
+    """A miss marks the request's timing "miss"; a hit marks it "hit", over an outer miss."""
+    layer = CacheLayer(CountingWorker(), CacheConfig(enabled=True))
+    first = attrs.evolve(greedy(), timing=RequestTiming(arrived=0.0))
+    await ask(layer, first)
+    assert first.timing is not None
+    assert first.timing.cache == "miss"
+    # An outer cache (the semantic one) looked first and missed; the exact hit wins.
+    second = attrs.evolve(greedy(), timing=RequestTiming(arrived=0.0, cache="miss"))
+    await ask(layer, second)
+    assert second.timing is not None
+    assert second.timing.cache == "hit"
+
+
+async def test_a_hit_notes_cache_hit_for_the_request_log() -> None:
+    """The request's notes say cache_hit on a hit, and not on the miss before it."""
+    layer = CacheLayer(CountingWorker(), CacheConfig(enabled=True))
+    seen: list[bool] = []
+    for _ in range(2):
+        notes = RequestNotes()
+        token = set_request_notes(notes)
+        try:
+            await ask(layer, greedy())
+        finally:
+            reset_request_notes(token)
+        seen.append(notes.cache_hit)
+    assert seen == [False, True]
+
+
+async def test_reconfigure_refuses_toggling_the_semantic_cache_by_its_name() -> None:
+    """Turning the semantic cache on by a reload is refused, naming its section."""
+    layer = CacheLayer(CountingWorker(), CacheConfig(enabled=True, max_entries=4))
+    section = CacheConfig(
+        enabled=True,
+        max_entries=1,
+        semantic=SemanticCacheConfig(enabled=True, embedding_model="e"),
+    )
+    assert layer.reconfigure(section) == [
+        "resilience.cache.semantic.enabled: adding or removing a layer needs a restart False → True"
+    ]
+    assert layer.statistics().max_entries == 4

@@ -30,6 +30,7 @@ from trio_orchestrator.errors import ProviderTimeout, RequestCancelled
 from trio_orchestrator.resilience import CoalescingConfig, CoalescingLayer, request_key
 from trio_orchestrator.resilience.config import ResilienceConfig
 from trio_orchestrator.resilience.stack import iter_layers
+from trio_orchestrator.types import RequestNotes, reset_request_notes, set_request_notes
 from trio_orchestrator.workers import EventSink, collect
 
 GREEDY = GenerationParams(temperature=0)
@@ -549,3 +550,26 @@ async def test_shared_call_reaching_its_deadline_fails_subscribers_as_a_timeout(
         "the shared upstream call reached the latest deadline of its callers; "
         "give the request a longer timeout"
     )
+
+
+async def test_a_joiner_notes_coalesced_for_the_request_log() -> None:
+    """The request that joined a flight notes coalesced; the one that started it does not."""
+    worker = GatedWorker()
+    notes = [RequestNotes(), RequestNotes()]
+
+    async def noted(layer: CoalescingLayer, into: RequestNotes) -> None:
+        token = set_request_notes(into)
+        try:
+            await subscribe(layer, greedy(), [])
+        finally:
+            reset_request_notes(token)
+
+    async with trio.open_nursery() as nursery:
+        layer = CoalescingLayer(worker, CoalescingConfig(), nursery)
+        nursery.start_soon(noted, layer, notes[0])
+        await worker.first_sent.wait()
+        nursery.start_soon(noted, layer, notes[1])
+        await trio.testing.wait_all_tasks_blocked()
+        worker.gate.set()
+    assert worker.calls == 1
+    assert [n.coalesced for n in notes] == [False, True]

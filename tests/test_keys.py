@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import datetime
+import json
 
 import attrs
 import pytest
 
 from trio_orchestrator import GenerationParams, Message, PromptRequest, Tool
-from trio_orchestrator.resilience import is_deterministic, request_key
+from trio_orchestrator.resilience.keys import (
+    is_deterministic,
+    message_key,
+    params_key,
+    request_key,
+)
 from trio_orchestrator.types import Document, ToolCall
 
 
@@ -171,3 +177,25 @@ def test_values_json_cannot_express_still_key_by_value() -> None:
     first = request_key(make(extra={"when": datetime.date(2024, 1, 1)}))
     assert first == request_key(make(extra={"when": datetime.date(2024, 1, 1)}))
     assert first != request_key(make(extra={"when": datetime.date(2024, 1, 2)}))
+
+
+def test_message_key_and_params_key_are_what_request_key_keys_on() -> None:
+    """A message's and parameters' keys are plain JSON and split exactly where the request
+    key does (the semantic cache scopes its entries on them)."""
+    message = Message("user", "hi", name="ann")
+    assert json.loads(json.dumps(message_key(message))) == message_key(message)
+    assert message_key(message) == message_key(Message("user", "hi", name="ann"))
+    assert message_key(message) != message_key(Message("user", "hi", name="bob"))
+    params = GenerationParams(model="m", temperature=0, stop=("x",), extra={"b": 1, "a": 2})
+    assert params_key(params) == {
+        "model": "m",
+        "max_tokens": None,
+        "temperature": 0.0,
+        "top_p": None,
+        "stop": ["x"],
+        "tools": [],
+        "tool_choice": None,
+        "seed": None,
+        "extra": {"a": 2, "b": 1},
+    }
+    assert params_key(attrs.evolve(params, seed=1)) != params_key(params)

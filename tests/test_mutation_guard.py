@@ -8,10 +8,12 @@ import json
 import logging
 from typing import Any
 
+import attrs
 import pytest
 
 from trio_orchestrator.config.secret import Secret
 from trio_orchestrator.config.service import ApiKeyConfig, ServiceConfig
+from trio_orchestrator.routing.keys import VirtualKeys
 from trio_orchestrator.service.errors import ApiError
 from trio_orchestrator.service.guard import (
     CALLER_KEY,
@@ -30,6 +32,7 @@ from trio_orchestrator.service.guard import (
     send_error,
     set_request_id,
 )
+from trio_orchestrator.storage import KeyRecord
 from trio_orchestrator.types import Priority
 
 Message = dict[str, Any]
@@ -383,3 +386,26 @@ async def test_an_accepted_websocket_talks_through_the_guard() -> None:
     sent = await call(Guard(echo, RING, 100), scope)
     assert seen == [{"type": "http.request", "body": b"", "more_body": False}]
     assert sent == [{"type": "websocket.accept"}]
+
+
+def test_an_attached_virtual_key_identifies_its_own_capped_caller() -> None:
+    """Once attached, a live virtual key is its own id's caller, never an admin, with its
+    priority cap; configured keys still identify as before."""
+    ring = KeyRing.from_config([ApiKeyConfig("app", key=Secret(KEY), priority="low")])
+    keys = VirtualKeys(clock=lambda: 1000.0)
+    record = KeyRecord("key_0123456789abcdef", hashlib.sha256(b"vk-secret").digest())
+    keys.put(attrs.evolve(record, priority="high"))
+    assert ring.identify("vk-secret") is None
+    ring.attach(keys)
+    assert ring.identify("vk-secret") == Caller("key_0123456789abcdef", False, Priority.HIGH)
+    assert ring.identify(KEY) == RING.identify(KEY)
+    assert ring.identify("nope") is None
+
+
+async def test_no_key_at_all_is_not_an_empty_key() -> None:
+    """A request sending no key is refused even when the empty string is a configured key."""
+    blank = hashlib.sha256(b"").hexdigest()
+    ring = KeyRing.from_config([ApiKeyConfig("blank", sha256=blank)])
+    assert ring.identify("") is not None
+    sent = await call(Guard(Recorder(), ring, 10), http("/v1/models"))
+    assert sent[0]["status"] == 401

@@ -7,12 +7,16 @@ from __future__ import annotations
 from typing import Any, cast
 
 import attrs
+import pytest
 import trio
 
 from trio_orchestrator import EchoWorker, PromptRequest
 from trio_orchestrator.distributed.answers import SharedAnswerLayer
 from trio_orchestrator.distributed.breaker import SharedBreakers
+from trio_orchestrator.distributed.connection import RedisUnavailable
 from trio_orchestrator.distributed.ratelimit import SharedRateLimiter
+from trio_orchestrator.distributed.semantic import SharedSemanticIndex
+from trio_orchestrator.errors import ConfigError
 from trio_orchestrator.resilience import (
     BreakerConfig,
     CacheConfig,
@@ -27,9 +31,11 @@ from trio_orchestrator.resilience import (
     RetryConfig,
     RetryLayer,
 )
+from trio_orchestrator.resilience.config import SemanticCacheConfig
+from trio_orchestrator.resilience.semantic_cache import SemanticCacheLayer
 from trio_orchestrator.resilience.stack import LayerContext, iter_layers, wrap
 from trio_orchestrator.types import GenerationParams
-from trio_orchestrator.workers.base import collect
+from trio_orchestrator.workers.base import EventSink, ModelWorker, collect
 
 LIMITS = RateLimitsConfig(enabled=True, limits=(LimitConfig("model", requests_per_second=100.0),))
 ALL_ON = ResilienceConfig(
@@ -183,3 +189,124 @@ async def test_rate_limits_without_a_limit_build_no_layer() -> None:
         config = ResilienceConfig(rate_limits=RateLimitsConfig(enabled=True))
         echo = EchoWorker()
         assert wrap(echo, config, LayerContext(nursery, "p"), only=("rate_limit",)) is echo
+
+
+SEMANTIC = ResilienceConfig(
+    cache=CacheConfig(semantic=SemanticCacheConfig(enabled=True, embedding_model="emb"))
+)
+QUESTION = PromptRequest(input="what is trio", params=GenerationParams(temperature=0))
+
+
+@attrs.define(eq=False)
+class Counting:
+    """An echo worker (chats and fake embeddings) counting each kind of call."""
+
+    chats: int = 0
+    embeds: int = 0
+
+    async def generate(self, request: PromptRequest, emit: EventSink) -> None:
+        if request.embed is None:
+            self.chats += 1
+        else:
+            self.embeds += 1
+        await EchoWorker().generate(request, emit)
+
+
+class DownRedis:
+    """A RedisConnection whose every call fails: the shared index counts the errors."""
+
+    def script(self, source: str) -> object:
+        return source
+
+    def key(self, *parts: str) -> str:
+        return ":".join(parts)
+
+    async def call(self, operation: object) -> object:
+        raise RedisUnavailable("redis is down")
+
+
+def charging() -> tuple[list[ModelWorker], Any]:
+    """A LayerContext.charged that records the worker it is given."""
+    seen: list[ModelWorker] = []
+
+    def charged(worker: ModelWorker) -> ModelWorker:
+        seen.append(worker)
+        return worker
+
+    return seen, charged
+
+
+async def test_the_semantic_cache_embeds_through_the_worker_below_as_the_caller() -> None:
+    """By default the semantic cache embeds through the (charged) worker it wraps and answers
+    a repeated question from its entry; it is registered under its section."""
+    calls, register = recording()
+    seen, charged = charging()
+    below = Counting()
+    async with trio.open_nursery() as nursery:
+        context = LayerContext(nursery, "p", register=register, charged=charged)
+        top = wrap(below, SEMANTIC, context, only=("semantic_cache",))
+        assert isinstance(top, SemanticCacheLayer)
+        assert top.inner is below
+        assert calls == [(top, "resilience.cache.semantic")]
+        assert seen == [below]
+        first, second = await collect(top, QUESTION), await collect(top, QUESTION)
+    assert first.text == second.text == "what is trio"
+    assert (below.chats, below.embeds) == (1, 2)
+    assert top.statistics().hits == 1
+
+
+async def test_the_semantic_cache_embeds_through_the_provider_named() -> None:
+    """embedding_provider names the provider worker that embeds; the worker below only chats."""
+    seen, charged = charging()
+    below, embedder = Counting(), Counting()
+    config = attrs.evolve(
+        SEMANTIC,
+        cache=CacheConfig(
+            semantic=attrs.evolve(SEMANTIC.cache.semantic, embedding_provider="emb-provider")
+        ),
+    )
+    async with trio.open_nursery() as nursery:
+        providers = {"emb-provider": cast(ModelWorker, embedder)}
+        context = LayerContext(nursery, "p", providers=providers, charged=charged)
+        top = wrap(below, config, context, only=("semantic_cache",))
+        await collect(top, QUESTION)
+    assert seen == [embedder]
+    assert (below.chats, below.embeds, embedder.embeds) == (1, 0, 1)
+
+
+async def test_an_unknown_embedding_provider_is_a_config_error_naming_the_known() -> None:
+    """A semantic cache naming no known provider is refused, listing the labels there are."""
+    config = ResilienceConfig(
+        cache=CacheConfig(
+            semantic=SemanticCacheConfig(
+                enabled=True, embedding_model="emb", embedding_provider="nope"
+            )
+        )
+    )
+    async with trio.open_nursery() as nursery:
+        providers = {"b": cast(ModelWorker, EchoWorker()), "a": EchoWorker()}
+        context = LayerContext(nursery, "p", providers=providers)
+        with pytest.raises(ConfigError) as caught:
+            wrap(EchoWorker(), config, context, only=("semantic_cache",))
+    assert str(caught.value) == (
+        "invalid configuration:\n  resilience.cache.semantic.embedding_provider: no provider "
+        "is labelled 'nope' (known: ['a', 'b'])"
+    )
+
+
+async def test_with_redis_the_semantic_cache_shares_its_entries() -> None:
+    """With Redis the semantic cache gets a shared index of its embedding model, registered
+    before the layer under the same section, and consults it on a miss."""
+    calls, register = recording()
+    redis = DownRedis()
+    async with trio.open_nursery() as nursery:
+        context = LayerContext(nursery, "p", redis=cast(Any, redis), register=register)
+        top = wrap(EchoWorker(), SEMANTIC, context, only=("semantic_cache",))
+        assert [path for _, path in calls] == ["resilience.cache.semantic"] * 2
+        shared, layer = (component for component, _ in calls)
+        assert layer is top
+        assert isinstance(shared, SharedSemanticIndex)
+        assert shared.connection is cast(Any, redis)
+        assert shared.embedding_model == "emb"
+        assert (await collect(top, QUESTION)).text == "what is trio"
+    assert shared.statistics().errors >= 1

@@ -17,7 +17,12 @@ from trio_orchestrator.events import Done, Passthrough, TextDelta
 from trio_orchestrator.observability.spans import CURRENT_TRACER
 from trio_orchestrator.resilience import RetryConfig, RetryLayer
 from trio_orchestrator.resilience.retry import backoff_cap
-from trio_orchestrator.types import PromptRequest
+from trio_orchestrator.types import (
+    PromptRequest,
+    RequestNotes,
+    reset_request_notes,
+    set_request_notes,
+)
 from trio_orchestrator.workers.base import EventSink
 
 REQUEST = PromptRequest(input="hi")
@@ -356,3 +361,27 @@ async def test_give_ups_are_counted_per_request() -> None:
         with pytest.raises(BadRequest):
             await layer.generate(REQUEST, Recorder())
     assert layer.statistics().gave_up["not_retryable"] == 2
+
+
+async def test_a_failure_before_any_event_is_retried_with_restart_stream_off(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """With restart_stream off, a streamed attempt that failed before emitting is retried."""
+    layer, worker = _layer([fail(ServerError("refused")), OK], restart_stream=False)
+    recorder = Recorder()
+    await layer.generate(REQUEST, recorder)
+    assert worker.calls == 2
+    assert isinstance(recorder.events[-1], Done)
+    assert layer.statistics().gave_up["streamed"] == 0
+
+
+async def test_request_notes_count_each_retry(autojump_clock: trio.testing.MockClock) -> None:
+    """The request's notes count the attempts after the first, for its request log record."""
+    layer, _ = _layer([fail(ServerError("a")), fail(ServerError("b")), OK])
+    notes = RequestNotes()
+    token = set_request_notes(notes)
+    try:
+        await layer.generate(REQUEST, Recorder())
+    finally:
+        reset_request_notes(token)
+    assert notes.retries == 2

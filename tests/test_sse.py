@@ -212,3 +212,10 @@ def test_an_id_with_nul_is_ignored() -> None:
 def test_data_without_a_space_after_the_colon() -> None:
     """`data:xy` (no space) is the data `xy`: only one optional space is dropped."""
     assert decode(b"data:xy\ndata:  z\n\n") == [ServerSentEvent("message", "xy\n z")]
+
+
+def test_a_pending_line_of_exactly_the_limit_is_accepted() -> None:
+    """A line of max_line_bytes bytes still waiting for its end is not yet a runaway."""
+    decoder = SSEDecoder("p", max_line_bytes=16)
+    assert decoder.feed(b"data: " + b"x" * 10) == []
+    assert decoder.feed(b"\n\n") == [ServerSentEvent("message", "x" * 10)]
