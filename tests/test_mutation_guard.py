@@ -403,9 +403,10 @@ def test_an_attached_virtual_key_identifies_its_own_capped_caller() -> None:
 
 
 async def test_no_key_at_all_is_not_an_empty_key() -> None:
-    """A request sending no key is refused even when the empty string is a configured key."""
-    blank = hashlib.sha256(b"").hexdigest()
-    ring = KeyRing.from_config([ApiKeyConfig("blank", sha256=blank)])
+    """A request sending no key is refused even when the empty string is an accepted key
+    (configuration refuses an empty key; the guard does not lean on that alone)."""
+    blank = hashlib.sha256(b"").digest()
+    ring = KeyRing(((blank, Caller("sha256:blank", False, None)),))
     assert ring.identify("") is not None
     sent = await call(Guard(Recorder(), ring, 10), http("/v1/models"))
     assert sent[0]["status"] == 401

@@ -52,3 +52,18 @@ def test_a_digest_must_be_sha256_hex() -> None:
     """A digest that is not 64 hex digits is rejected."""
     with pytest.raises(ValueError, match="sha256"):
         ApiKeyConfig("short", sha256="abc")
+
+
+def test_an_empty_key_is_refused_not_an_open_door(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A key that is empty -- written so, read from an empty environment variable, or given
+    as the digest of "" -- is a ConfigError naming the key: it would let in any request
+    whose bearer token is empty."""
+    monkeypatch.setenv("GATEWAY_KEY", "")
+    empty_digest = hashlib.sha256(b"").hexdigest()
+    for member in ('key = ""', 'key = "${GATEWAY_KEY}"', f'sha256 = "{empty_digest}"'):
+        path = tmp_path / "c.toml"
+        path.write_text(f'[service]\n[[service.api_keys]]\nname = "app"\n{member}\n')
+        with pytest.raises(ConfigError, match=r"api_keys\[0\].* empty"):
+            load_config(path)

@@ -14,6 +14,8 @@ from .secret import Secret
 __all__ = ["ApiKeyConfig", "EchoConfig", "ServiceConfig"]
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+# The digest of the empty key: configured, it would let in ``Authorization: Bearer `` alone.
+_EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 _PRIORITIES = ("critical", "high", "normal", "low")
 
 
@@ -51,6 +53,13 @@ class ApiKeyConfig:
     def __attrs_post_init__(self) -> None:
         if (self.key is None) == (self.sha256 is None):
             raise ValueError("an API key needs exactly one of `key` or `sha256`")
+        # An empty key (often ``"${VAR}"`` with VAR set to "") would accept a request whose
+        # bearer token is empty: a service that looks guarded and is open.
+        if (self.key is not None and not self.key) or self.sha256 == _EMPTY_SHA256:
+            raise ValueError(
+                f"API key {self.name or '(unnamed)'} is empty (an empty key would let in any "
+                "request with an empty bearer token)"
+            )
 
     def digest(self) -> bytes:
         """The SHA-256 digest of the key, which is all the service keeps."""
