@@ -1022,3 +1022,22 @@ async def test_a_request_cancelled_during_retrieval_is_never_dead_lettered() -> 
         retriever.handles["b"].result()
     assert (stats.completed, stats.cancelled, stats.shed) == (2, 1, 0)
     assert p.dead_letters.list() == []
+
+
+async def test_a_request_reaching_a_stage_at_its_deadline_is_expired_there(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """A request whose deadline falls as a stage takes it ends there, expired: whether the
+    stage or the deadline reaper (woken in the same scheduler pass, in trio's random order)
+    gets to it first, the next stage never takes it. Twenty rounds, so both orders occur."""
+    async with open_pipeline(EchoWorker()) as pipeline:
+        for _ in range(20):
+            await trio.testing.wait_all_tasks_blocked()
+            handle = pipeline.try_start(PromptRequest(input="x", timeout=1.0))
+            mock_clock.jump(1.0)  # the retrieval stage wakes for it exactly at its deadline
+            await trio.testing.wait_all_tasks_blocked()
+            with pytest.raises(DeadlineExceeded):
+                handle.result()
+        stats = pipeline.statistics()
+    assert stats.expired == 20
+    assert [s.processed for s in stats.stages] == [20, 0, 0, 0, 0]
