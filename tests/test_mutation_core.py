@@ -8,6 +8,7 @@ deadline bookkeeping.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -32,7 +33,7 @@ from trio_orchestrator import (
 from trio_orchestrator.errors import PipelineClosed, WorkerCrashed
 from trio_orchestrator.events import Done, TextDelta
 from trio_orchestrator.pipeline import FinishedRequest
-from trio_orchestrator.pipeline.core import Pipeline
+from trio_orchestrator.pipeline.core import PendingRequest, Pipeline
 from trio_orchestrator.pipeline.job import Job
 from trio_orchestrator.types import GenerationParams
 from trio_orchestrator.workers.base import EventSink
@@ -942,3 +943,101 @@ async def test_each_stage_counts_every_request_it_took() -> None:
         stats = pipeline.statistics()
     assert [s.processed for s in stats.stages] == [4, 4, 4, 4, 4]
     assert (stats.completed, stats.cancelled) == (4, 0)
+
+
+@attrs.define(eq=False)
+class SchedulerPasses(trio.abc.Instrument):
+    """Counts the scheduler's passes (each runs the tasks runnable when it began)."""
+
+    count: int = 0
+
+    def after_io_wait(self, timeout: float) -> None:
+        self.count += 1
+
+
+@attrs.define(eq=False)
+class StartsInPass:
+    """Notes the scheduler pass in which each call starts; holds every call until released."""
+
+    passes: SchedulerPasses
+    started: list[int] = attrs.field(factory=list)
+    release: trio.Event = attrs.field(factory=trio.Event)
+
+    async def generate(self, request: PromptRequest, emit: EventSink) -> None:
+        self.started.append(self.passes.count)
+        await self.release.wait()
+        await emit(Done("stop", ""))
+
+
+@pytest.mark.parametrize("priority", [True, False])
+@pytest.mark.parametrize(("concurrency", "per_pass"), [(2, 1), (6, 1), (8, 2), (10, 2), (12, 3)])
+async def test_a_burst_starts_a_quarter_of_the_slots_per_scheduler_pass(
+    concurrency: int, per_pass: int, priority: bool
+) -> None:
+    """A burst that fills every inference slot starts its provider calls a quarter of the
+    slots (at least one) per scheduler pass, in consecutive passes, not all in one pass."""
+    passes = SchedulerPasses()
+    worker = StartsInPass(passes)
+    config = small(inference_concurrency=concurrency, priority=PriorityConfig(enabled=priority))
+    async with open_pipeline(worker, config) as pipeline:
+        trio.lowlevel.add_instrument(passes)
+        try:
+            handles = [pipeline.try_start(PromptRequest(input="x")) for _ in range(concurrency)]
+            await trio.testing.wait_all_tasks_blocked()
+        finally:
+            trio.lowlevel.remove_instrument(passes)
+        worker.release.set()
+    groups = [(count, len(list(calls))) for count, calls in itertools.groupby(worker.started)]
+    first = groups[0][0]
+    assert groups == [(first + i, per_pass) for i in range(concurrency // per_pass)]
+    assert [handle.result().text for handle in handles] == [""] * concurrency
+
+
+@attrs.define(eq=False)
+class GivesUpOnB:
+    """A retriever during whose call the caller of request "b" gives up on it (its handle is
+    cancelled then); returns no documents, without a checkpoint."""
+
+    handles: dict[str, PendingRequest] = attrs.field(factory=dict)
+
+    async def retrieve(self, request: PromptRequest) -> Sequence[Document]:
+        if request.input == "b":
+            self.handles["b"].cancel("gave up")
+        return ()
+
+
+async def test_a_request_cancelled_during_retrieval_is_never_dead_lettered() -> None:
+    """A request its caller cancelled while it was being retrieved stays cancelled when the
+    next stage then turns out to be full: it is not shed, so no dead letter is kept for it."""
+    retriever = GivesUpOnB()
+    async with open_pipeline(EchoWorker(), small(assemble_capacity=1), retriever=retriever) as p:
+        await trio.testing.wait_all_tasks_blocked()
+        # The first goes straight to the waiting assembly task, the second fills its buffer.
+        answered = [p.try_start(PromptRequest(input=text)) for text in ("a", "c")]
+        retriever.handles["b"] = p.try_start(PromptRequest(input="b"))
+        await trio.testing.wait_all_tasks_blocked()
+        stats = p.statistics()
+    assert [handle.result().text for handle in answered] == ["a", "c"]
+    with pytest.raises(RequestCancelled, match=r"^gave up$"):
+        retriever.handles["b"].result()
+    assert (stats.completed, stats.cancelled, stats.shed) == (2, 1, 0)
+    assert p.dead_letters.list() == []
+
+
+async def test_a_request_reaching_a_stage_at_its_deadline_is_expired_there(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """A request whose deadline falls as a stage takes it ends there, expired: whether the
+    stage or the deadline reaper (woken in the same scheduler pass, in trio's random order)
+    gets to it first, the next stage never takes it. Twenty rounds, so both orders occur."""
+    async with open_pipeline(EchoWorker()) as pipeline:
+        for _ in range(20):
+            await trio.testing.wait_all_tasks_blocked()
+            handle = pipeline.try_start(PromptRequest(input="x", timeout=1.0))
+            mock_clock.jump(1.0)  # the retrieval stage wakes for it exactly at its deadline
+            await trio.testing.wait_all_tasks_blocked()
+            with pytest.raises(DeadlineExceeded):
+                handle.result()
+        stats = pipeline.statistics()
+    assert stats.expired == 20
+    assert [s.processed for s in stats.stages] == [20, 0, 0, 0, 0]
