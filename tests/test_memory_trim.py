@@ -53,6 +53,28 @@ async def test_a_burst_is_trimmed_once_after_it_ends(
         nursery.cancel_scope.cancel()
 
 
+async def test_steady_traffic_with_gaps_is_never_trimmed(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Traffic that never stops is not a burst that ended, even though no request is in
+    flight at most instants: no full collection every interval while it runs (each one was
+    tens of milliseconds of CPU and of a request's latency), one once it stops."""
+    requests, trims = Requests(), Trims()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trim_when_idle, requests, 5.0, trims)
+        await trio.testing.wait_all_tasks_blocked()
+        for _ in range(600):  # 60 s of one short request every 100 ms
+            requests.begin()
+            await trio.sleep(0.01)
+            requests.end()
+            await trio.sleep(0.09)
+        assert trims.count == 0
+        await trims.wait()
+        await trio.sleep(60)
+        assert trims.count == 1
+        nursery.cancel_scope.cancel()
+
+
 async def test_an_infinite_interval_never_trims(autojump_clock: trio.testing.MockClock) -> None:
     """``idle_trim_interval = inf`` turns the trimming off: the task returns at once."""
     requests = Requests()

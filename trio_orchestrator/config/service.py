@@ -107,10 +107,11 @@ class ServiceConfig:
             kernel caps it at ``net.core.somaxconn``).
         request_read_timeout: seconds a request's body has, from its headers on, to arrive
             whole; past it the answer is 408 and the connection is closed.
-        idle_trim_interval: seconds between two looks at whether the process can hand the
-            memory freed by finished requests back to the operating system (glibc's
-            ``malloc_trim``, from a thread); it does when no request is in flight and some
-            ran since the last look. ``inf`` never does.
+        idle_trim_interval: seconds of quiet after which the process hands the memory freed
+            by finished requests back to the operating system (a full garbage collection,
+            then glibc's ``malloc_trim``): it does once an interval passes in which no request
+            began, with none in flight, after one in which some did -- once per burst, never
+            under steady traffic, never while idle. ``inf`` never does.
         mcp: serve the gateway's Model Context Protocol tools over streamable HTTP at
             ``/mcp`` (docs/mcp.md). Off by default: the tools spend tokens and reach the
             admin operations, a surface an operator should open on purpose, and they need
