@@ -10,7 +10,8 @@ read each to its end. The server's resident memory is read from ``/proc/<pid>/st
 - ``peak``: once every stream has received its first bytes (all K open at once), and the
   kernel's high-water mark (``VmHWM``) for the whole run;
 - ``settled``: ``--settle`` seconds after the last stream ended (the service hands freed
-  memory back once idle, see ``service.idle_trim_interval``; run the bench under
+  memory back after a whole ``service.idle_trim_interval`` with no request begun, 5 to 10 s
+  after the last one with the default 5 s, hence the default 12 s; run the bench under
   ``PYTHONMALLOC=malloc`` to see most of it come back, the server inherits it).
 
 A stream is *completed* when it answered 200, sent ``data: [DONE]`` and ended its chunked
@@ -289,7 +290,7 @@ def main() -> None:
     parser.add_argument("--hold", type=float, help="seconds each stream stays open")
     parser.add_argument("--clients", type=int, default=2, help="client processes")
     # Longer than service.idle_trim_interval (5 s): the service trims once it has been idle.
-    parser.add_argument("--settle", type=float, default=8.0, help="seconds idle before 'settled'")
+    parser.add_argument("--settle", type=float, default=12.0, help="seconds idle before 'settled'")
     parser.add_argument("--client", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.client:
