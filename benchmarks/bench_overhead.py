@@ -284,6 +284,13 @@ def open_loop(url: str, body: dict[str, Any], rate: float, seconds: float) -> di
         "rate": rate,
         "seconds": seconds,
     }
+    row: dict[str, float] = in_child(code, arguments)
+    return row
+
+
+def in_child(code: str, arguments: dict[str, Any]) -> Any:
+    """Run ``code`` in a Python process of its own (its CPU is not the servers'), with
+    ``arguments`` as JSON in ``sys.argv[1]``; the JSON of its last line of output."""
     out = subprocess.run(
         [sys.executable, "-c", code, json.dumps(arguments)],
         capture_output=True,
@@ -291,8 +298,7 @@ def open_loop(url: str, body: dict[str, Any], rate: float, seconds: float) -> di
         check=True,
         cwd=Path(__file__).resolve().parent,
     ).stdout
-    row: dict[str, float] = json.loads(out.strip().splitlines()[-1])
-    return row
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def added(through: dict[str, float], direct: dict[str, float]) -> dict[str, float]:

@@ -61,6 +61,7 @@ from bench_overhead import (
     LoopTarget,
     cpu_seconds,
     free_port,
+    in_child,
     start_fake,
     wait_healthy,
 )
@@ -207,14 +208,7 @@ def paired(
         "window": window,
         "windows": windows,
     }
-    out = subprocess.run(
-        [sys.executable, "-c", code, json.dumps(arguments)],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=Path(__file__).resolve().parent,
-    ).stdout
-    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    result: dict[str, Any] = in_child(code, arguments)
     return result
 
 
