@@ -6,6 +6,8 @@ from __future__ import annotations
 import gc
 import tracemalloc
 import types
+from collections.abc import Callable
+from typing import TypeVar
 
 import attrs
 import httpx
@@ -58,6 +60,8 @@ def _live(kind: type) -> int:
 def _tasks(name: str) -> int:
     return sum(task.name == name for task in live_tasks())
 
+
+T = TypeVar("T")
 
 CHAT = {"model": "echo", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -113,33 +117,9 @@ async def test_an_open_stream_costs_three_tasks_through_the_service() -> None:
     """While streamed chats are open, the service runs three tasks for each (hypercorn's
     connection and application tasks, one inference runner): none waits for a disconnect."""
     streams = 6
-    worker = HeldWorker()
-    first = [trio.Event() for _ in range(streams)]
-    received: list[str] = []
-
-    async def chat(client: httpx.AsyncClient, i: int) -> None:
-        body = {**CHAT, "stream": True}
-        async with client.stream("POST", "/v1/chat/completions", json=body) as response:
-            assert response.status_code == 200
-            async for text in response.aiter_text():
-                first[i].set()
-                received.append(text)
-
-    async with running_service(make_config(), worker) as url:
-        limits = httpx.Limits(max_connections=streams)
-        async with httpx.AsyncClient(base_url=url, limits=limits) as client:
-            await trio.testing.wait_all_tasks_blocked()
-            idle = _server_tasks()
-            async with trio.open_nursery() as nursery:
-                for i in range(streams):
-                    nursery.start_soon(chat, client, i)
-                for event in first:
-                    await event.wait()
-                await trio.testing.wait_all_tasks_blocked()
-                per_stream = (_server_tasks() - idle) / streams
-                worker.release.set()
-    assert per_stream == 3
-    assert "".join(received).count("data: [DONE]") == streams
+    idle, busy, done = await _while_streams_open(make_config(), streams, _server_tasks)
+    assert (busy - idle) / streams == 3
+    assert done == streams
 
 
 async def test_the_idle_inference_runners_are_capped() -> None:
@@ -198,12 +178,12 @@ def _held_frames() -> dict[str, int]:
     return found
 
 
-async def _frames_of_open_streams(
-    config: Config, streams: int, headers: dict[str, str] | None = None, admin: str = ""
-) -> tuple[dict[str, int], dict[str, int], int]:
-    """Coroutines held while ``streams`` streamed chats are open through the service (and
-    before them); and how many streams were answered to their end. With ``admin``, a
-    virtual key is made first and the chats use it."""
+async def _while_streams_open(
+    config: Config, streams: int, look: Callable[[], T], admin: str = ""
+) -> tuple[T, T, int]:
+    """What ``look`` finds before and while ``streams`` streamed chats are open through the
+    service, and how many streams were answered to their end. With ``admin``, a virtual key
+    is made first and the chats use it."""
     worker = HeldWorker()
     first = [trio.Event() for _ in range(streams)]
     received: list[str] = []
@@ -226,16 +206,16 @@ async def _frames_of_open_streams(
                 assert made.status_code == 201, made.text
                 client.headers["authorization"] = f"Bearer {made.json()['key']}"
             await trio.testing.wait_all_tasks_blocked()
-            idle = _held_frames()  # the lifespan's own dispatch is there all along
+            idle = look()
             async with trio.open_nursery() as nursery:
                 for i in range(streams):
                     nursery.start_soon(chat, client, i)
                 for event in first:
                     await event.wait()
                 await trio.testing.wait_all_tasks_blocked()
-                frames = _held_frames()
+                busy = look()
                 worker.release.set()
-    return idle, frames, "".join(received).count("data: [DONE]")
+    return idle, busy, "".join(received).count("data: [DONE]")
 
 
 async def test_an_open_stream_holds_no_pass_through_frame_through_the_service() -> None:
@@ -243,7 +223,8 @@ async def test_an_open_stream_holds_no_pass_through_frame_through_the_service() 
     call on (the app's dispatch, the fast path's call, the body's receive, the pump): the
     handler's chain is as short as the work it does."""
     streams = 6
-    idle, frames, done = await _frames_of_open_streams(make_config(), streams)
+    # The lifespan's own dispatch is held all along: counted in both looks.
+    idle, frames, done = await _while_streams_open(make_config(), streams, _held_frames)
     held = {name: frames.get(name, 0) - idle.get(name, 0) for name in _PASS_THROUGH}
     assert frames.get("PushedEventStream.__call__") == streams  # the streams are open
     assert held == dict.fromkeys(_PASS_THROUGH, 0)
@@ -264,7 +245,7 @@ async def test_storage_layers_hold_no_frame_per_open_stream() -> None:
         f'[service]\nport = 0\n[[service.api_keys]]\nkey = "{admin}"\nadmin = true\n'
         '[storage]\nbackend = "sqlite"\n'
     )
-    idle, frames, done = await _frames_of_open_streams(config, streams, admin=admin)
+    idle, frames, done = await _while_streams_open(config, streams, _held_frames, admin=admin)
     assert frames.get("PushedEventStream.__call__") == streams  # the streams are open
     held = {name: frames.get(name, 0) - idle.get(name, 0) for name in _STORAGE_PASS_THROUGH}
     assert held == dict.fromkeys(_STORAGE_PASS_THROUGH, 0)
