@@ -229,6 +229,18 @@ def _print(result: dict[str, Any], args: argparse.Namespace) -> None:
     print(f"  {row:<9} CPU: {100 * result['cpu_share']:.0f} % of one core", flush=True)
 
 
+def experiment_conditions(args: argparse.Namespace) -> dict[str, Any]:
+    """The experiment's sizes, as this benchmark and ``sim_adaptive.py`` print them."""
+    return {
+        "capacity": [args.capacity, args.low, args.capacity],
+        "clients": args.clients,
+        "latency": args.latency,
+        "phase_seconds": args.phase,
+        "slo": args.slo,
+        "warmup_seconds": args.warmup,
+    }
+
+
 def experiment_arguments(parser: argparse.ArgumentParser) -> None:
     """The experiment's sizes, shared with ``sim_adaptive.py`` (which replays it)."""
     parser.add_argument("--capacity", type=int, default=64, help="upstream capacity (64)")
@@ -258,12 +270,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = _arguments(argv)
     rows = ["adaptive", *(f"fixed-{n}" for n in args.fixed.split(",") if n)]
     conditions = {
-        "capacity": [args.capacity, args.low, args.capacity],
-        "clients": args.clients,
-        "latency": args.latency,
-        "phase_seconds": args.phase,
-        "slo": args.slo,
-        "warmup_seconds": args.warmup,
+        **experiment_conditions(args),
         "sample_seconds": args.sample,
         "loadavg_at_start": os.getloadavg(),
         "rows": rows,

@@ -46,7 +46,7 @@ from typing import Any
 import attrs
 import trio
 import trio.testing
-from bench_adaptive import experiment_arguments
+from bench_adaptive import experiment_arguments, experiment_conditions
 
 from trio_orchestrator.events import Done, StreamEvent, TextDelta
 from trio_orchestrator.resilience import AdaptiveConfig, AdaptiveLimitLayer, ConcurrencyLimited
@@ -231,12 +231,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = _arguments(argv)
     rows = ["adaptive", *(f"fixed-{n}" for n in args.fixed.split(",") if n)]
     conditions = {
-        "capacity": [args.capacity, args.low, args.capacity],
-        "clients": args.clients,
-        "latency": args.latency,
-        "phase_seconds": args.phase,
-        "slo": args.slo,
-        "warmup_seconds": args.warmup,
+        **experiment_conditions(args),
         "adaptive_changes": args.changes,
         "seed": args.seed,
         "rows": rows,
