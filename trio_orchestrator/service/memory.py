@@ -7,8 +7,8 @@ service calls it once the traffic has stopped: after a whole ``service.idle_trim
 in which no request began, with none in flight, following one in which some did. So once per
 burst, never under steady traffic (however many gaps it has between requests: a look that
 only asked "is one in flight now?" found one idle at most looks at 100 requests a second, and
-collected the whole heap every interval, ~90 ms of CPU and of latency for whoever came next,
-5 % of the service's CPU), and never while idle. A full garbage collection comes first:
+collected the whole heap every interval, tens of milliseconds of CPU each time and of latency
+for whoever came next), and never while idle. A full garbage collection comes first:
 finished requests leave reference cycles that only it frees. Both run in the event loop
 (tens of milliseconds, which only a request arriving in that instant waits for); from a
 worker thread, the Trio clock of a test could jump past its deadlines meanwhile.
