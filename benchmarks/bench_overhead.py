@@ -15,7 +15,9 @@ directly and through the gateway, and the difference is the gateway's cost:
 
 Each for a non-streaming request and a streaming one (8 tokens). With ``--litellm-python``
 pointing at a virtualenv with ``litellm[proxy]``, the same rows for LiteLLM's proxy in front
-of the same fake (skipped with a message otherwise). Needs wrk (Debian's ``wrk``) and Linux.
+of the same fake (skipped with a message otherwise), and the two side by side: throughput per
+core (LiteLLM's CPU per request over the gateway's) and added p50 at c=1 (the gateway's over
+LiteLLM's). Needs wrk (Debian's ``wrk``) and Linux.
 Ends with one line of JSON.
 
     python benchmarks/bench_overhead.py [--quick] [--duration S] [--rates R ...]
@@ -141,7 +143,17 @@ def start_litellm(python: str, upstream: str, workdir: Path) -> tuple[subprocess
     )
     litellm = str(Path(python).parent / "litellm")
     command = [litellm, "--config", str(config), "--port", str(port), "--host", "127.0.0.1"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    command += ["--telemetry", "False"]
+    environment = os.environ | {
+        # The bench's bearer token as its master key (newer proxies refuse to start without
+        # one, and call "sk-bench" weak); its model price map from the package, not fetched.
+        "LITELLM_MASTER_KEY": "sk-bench",
+        "LITELLM_DANGEROUSLY_PERMIT_WEAK_OR_UNSET_MASTER_KEY": "true",
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+    }
+    process = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=environment
+    )
     url = f"http://127.0.0.1:{port}"
     wait_healthy(url, process, "/health/liveliness")
     return process, url
@@ -373,6 +385,25 @@ def measure(
     return results
 
 
+def side_by_side(ours: dict[str, Any], litellm: dict[str, Any]) -> dict[str, float]:
+    """The issue's two comparisons, per shape: throughput per core (the inverse of CPU per
+    request at c=16: LiteLLM's CPU per request over ours) and added p50 latency at c=1 (ours
+    over LiteLLM's)."""
+    row: dict[str, float] = {}
+    print("side by side (same run, same fake upstream):")
+    for shape in BODIES:
+        cpu = litellm[f"{shape}/cpu"]["litellm_cpu_ms"] / ours[f"{shape}/cpu"]["gateway_cpu_ms"]
+        ours_added = ours[f"{shape}/c1"]["added"]["added_p50_ms"]
+        latency = ours_added / litellm[f"{shape}/c1"]["added"]["added_p50_ms"]
+        print(
+            f"  {shape}: throughput per core {cpu:.1f}x LiteLLM's; added p50 at c=1 "
+            f"{latency:.2f} of LiteLLM's"
+        )
+        row[f"{shape}_throughput_per_core_x"] = round(cpu, 2)
+        row[f"{shape}_added_p50_fraction"] = round(latency, 3)
+    return row
+
+
 def median_row(runs: list[dict[str, float]]) -> dict[str, float]:
     return {key: round(statistics.median(r[key] for r in runs), 3) for key in runs[0]}
 
@@ -422,6 +453,8 @@ def main() -> None:
     assert fake.stdin is not None
     fake.stdin.close()
     fake.wait(10)
+    if isinstance(results["litellm"], dict):
+        results["side_by_side"] = side_by_side(results["trio_orchestrator"], results["litellm"])
     conditions = {
         "duration_s": args.duration,
         "repeats": args.repeats,

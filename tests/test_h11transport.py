@@ -390,6 +390,52 @@ async def test_a_body_cut_short_raises_remote_protocol_error() -> None:
             await client.get(server.url)
 
 
+async def test_informational_answers_are_skipped_for_the_final_one() -> None:
+    """A ``100 Continue`` and a ``103 Early Hints`` before the answer: the answer is the
+    final one, and the connection is kept."""
+
+    async def hints_first(peer: Peer) -> None:
+        while await peer.request() is not None:
+            for status in (100, 103):
+                informational = h11.InformationalResponse(status_code=status, headers=[])
+                await peer.stream.send_all(peer.h11.send(informational))
+            await peer.answer(b"final")
+
+    async with (
+        serving(hints_first) as server,
+        H11Transport() as transport,
+        httpx.AsyncClient(transport=transport) as client,
+    ):
+        for _ in range(2):
+            assert (await client.get(server.url)).text == "final"
+        assert transport.connections == (1, 1)
+    assert server.connections == 1
+
+
+async def test_a_switch_of_protocols_answers_101_and_closes_the_connection() -> None:
+    """An upgrade the server accepts (a WebSocket handshake): the 101 comes back with no
+    body and the connection is closed, not reused (it would spin on h11's ``PAUSED``)."""
+
+    async def upgrade(peer: Peer) -> None:
+        await peer.request()
+        switched = h11.InformationalResponse(
+            status_code=101, headers=[("upgrade", "websocket"), ("connection", "upgrade")]
+        )
+        await peer.stream.send_all(peer.h11.send(switched) + b"not http any more")
+        await peer.stream.receive_some(65536)  # until the client closes
+
+    handshake = {"connection": "upgrade", "upgrade": "websocket"}
+    async with (
+        serving(upgrade) as server,
+        H11Transport() as transport,
+        httpx.AsyncClient(transport=transport) as client,
+    ):
+        with trio.fail_after(5):
+            response = await client.get(server.url, headers=handshake)
+        assert (response.status_code, response.content) == (101, b"")
+        assert transport.connections == (0, 0)
+
+
 def _certificate(tmp_path: Path) -> tuple[Path, Path]:
     """A self-signed certificate for 127.0.0.1 and its key, as PEM files."""
     import ipaddress

@@ -276,10 +276,18 @@ class H11Transport(httpx.AsyncBaseTransport):
         except BaseException:
             self._forget(connection)
             raise
+        if event.status_code == 101:
+            # Switched protocols: what follows is not HTTP, and this transport does not hand
+            # the connection over (httpcore does), so the answer has no body and the
+            # connection is closed.
+            self._forget(connection)
+            stream: Any = self._module.ByteStream(b"")
+        else:
+            stream = self._body(self, connection, request)
         return self._module.Response(  # type: ignore[no-any-return]
             event.status_code,
             headers=event.headers.raw_items(),
-            stream=self._body(self, connection, request),
+            stream=stream,
             extensions={"http_version": b"HTTP/1.1", "reason_phrase": event.reason},
         )
 
@@ -355,16 +363,20 @@ class H11Transport(httpx.AsyncBaseTransport):
         timeout = _timeouts(request).get("read")
         while True:
             event = self._next_event(state, request)
+            kind = type(event)
             if event is h11.NEED_DATA:
                 await self._read(connection, request, timeout)
-            elif type(event) is h11.Response:
+            elif kind is h11.Response:
                 return event
-            elif type(event) is h11.ConnectionClosed:
+            elif kind is h11.InformationalResponse:
+                if event.status_code == 101:  # the request asked to upgrade, and it did
+                    return event
+                # Any other 1xx: the final answer follows.
+            else:  # ConnectionClosed (or PAUSED, which asking again never changes)
                 raise self._module.RemoteProtocolError(
                     "the server closed the connection without sending a response",
                     request=request,
                 )
-            # An informational (1xx) answer: the final one follows.
 
     def _next_event(self, state: h11.Connection, request: httpx.Request) -> Any:
         try:
