@@ -235,18 +235,18 @@ class ServiceApp(Starlette):
             # Not through _dispatch: a frame fewer held by every open stream.
             fast_path = self.fast_path
             if fast_path is not None and fast_path.handles(scope):
-                await fast_path(scope, receive, send)
+                # A stream runs here, in no frame of the fast path's: a frame fewer again.
+                stream = await fast_path(scope, receive, send)
+                if stream is not None:
+                    await stream(scope, receive, send)
             else:
                 await super().__call__(scope, receive, send)
         finally:
             requests.end()
 
     async def _dispatch(self, scope: Any, receive: Any, send: Any) -> None:
-        fast_path = self.fast_path
-        if fast_path is not None and fast_path.handles(scope):
-            await fast_path(scope, receive, send)
-        else:
-            await super().__call__(scope, receive, send)
+        # Not HTTP (the lifespan, a WebSocket): never the fast path's.
+        await super().__call__(scope, receive, send)
 
 
 def _middleware(config: Config, keyring: KeyRing) -> list[Middleware]:
