@@ -167,6 +167,22 @@ class PushedEventStream:
             when nothing else is held.
     """
 
+    __slots__ = (
+        "_buffer",
+        "_held",
+        "_out",
+        "_pending",
+        "_waiting",
+        "buffer_bytes",
+        "error_event",
+        "extra_headers",
+        "late_header",
+        "pipeline",
+        "render",
+        "request",
+        "trailer",
+    )
+
     def __init__(
         self,
         pipeline: Pipeline,
@@ -373,6 +389,8 @@ class EventStream(Response):
 
 class _Output:
     """The response side of an event stream: headers go out with the first event."""
+
+    __slots__ = ("extra", "finished", "frame", "gone", "late_header", "send", "started")
 
     def __init__(
         self,
