@@ -364,6 +364,9 @@ class Pipeline:
             deadline = now + self._config.pipeline.request_timeout
         else:
             deadline = request.resolve_deadline(now)
+        # The scope's own deadline is redundant with the reaper's for ending the job, and
+        # costs Trio a deadline-heap entry per open stream; but the layers read it
+        # (`trio.current_effective_deadline()`: rate limit, coalescing, router).
         job = Job(request, deadline, now, trio.CancelScope(deadline=deadline))
         self._submitted += 1
         self._in_flight.add(job)
