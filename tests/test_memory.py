@@ -7,6 +7,7 @@ import gc
 import tracemalloc
 import types
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 import attrs
@@ -16,6 +17,7 @@ import trio.testing
 from service_helpers import make_config, running_service
 from test_accounting import live_tasks
 
+import trio_orchestrator
 from trio_orchestrator import PromptRequest, open_pipeline
 from trio_orchestrator.config import Config, PipelineConfig, parse_config
 from trio_orchestrator.events import Done, TextDelta, Usage
@@ -228,6 +230,40 @@ async def test_an_open_stream_holds_no_pass_through_frame_through_the_service() 
     held = {name: frames.get(name, 0) - idle.get(name, 0) for name in _PASS_THROUGH}
     assert frames.get("PushedEventStream.__call__") == streams  # the streams are open
     assert held == dict.fromkeys(_PASS_THROUGH, 0)
+    assert done == streams
+
+
+_PACKAGE = str(Path(trio_orchestrator.__file__).parent)
+
+
+def _package_frames() -> dict[str, int]:
+    """The coroutine frames of this package alive now, by qualified name."""
+    gc.collect()
+    found: dict[str, int] = {}
+    for thing in gc.get_objects():
+        if isinstance(thing, types.CoroutineType) and thing.cr_code.co_filename.startswith(
+            _PACKAGE
+        ):
+            name = thing.cr_code.co_qualname
+            found[name] = found.get(name, 0) + 1
+    return found
+
+
+async def test_an_open_stream_holds_three_frames_of_the_package() -> None:
+    """While streamed chats are open (default settings: stage timing's hooks on), each holds
+    exactly three coroutine frames of this package, each doing work for its whole life: the
+    app's (it counts the request), the stream's loop, the inference runner's. Neither the
+    fast path's handler (it returns the stream to the app) nor a frame for the call of the
+    worker (hooks with no context to enter add none) stays."""
+    streams = 6
+    idle, frames, done = await _while_streams_open(make_config(), streams, _package_frames)
+    added = {name: frames[name] - idle.get(name, 0) for name in frames}
+    held = {name: count / streams for name, count in added.items() if count}
+    assert held == {
+        "ServiceApp.__call__": 1,
+        "PushedEventStream.__call__": 1,
+        "Pipeline._runner": 1,
+    }
     assert done == streams
 
 

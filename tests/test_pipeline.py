@@ -178,6 +178,30 @@ async def test_deadline_cancels_the_worker_at_the_deadline(
         assert pipeline.statistics().expired == 1
 
 
+@attrs.define(eq=False)
+class DeadlineWorker:
+    """Notes the effective deadline its call runs under, then answers."""
+
+    seen: list[float] = attrs.field(factory=list)
+
+    async def generate(self, request: PromptRequest, emit: EventSink) -> None:
+        self.seen.append(trio.current_effective_deadline())
+        await emit(Done("stop", ""))
+
+
+async def test_the_worker_runs_under_its_request_deadline(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The worker's call has its request's deadline as Trio's effective deadline: the layers
+    that wait (rate limit, coalescing, the router) read it there, not from the request."""
+    worker = DeadlineWorker()
+    async with open_pipeline(worker) as pipeline:
+        start = trio.current_time()
+        await pipeline.submit(PromptRequest(input="x", timeout=5.0))
+        await pipeline.submit(PromptRequest(input="x", deadline=start + 7.0))
+    assert worker.seen == [start + 5.0, start + 7.0]
+
+
 async def test_deadline_expires_a_request_still_waiting_in_a_queue(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -3,26 +3,31 @@
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import pkgutil
 from collections.abc import AsyncIterator
+from typing import Any
 
 import attrs
 import httpx
 import pytest
+import trio
 from service_helpers import RaisingWorker, make_config, running_service
 
 import trio_orchestrator
 from trio_orchestrator import errors as e
 from trio_orchestrator.distributed.connection import RedisUnavailable
-from trio_orchestrator.events import EventGrammarError, TextDelta
+from trio_orchestrator.events import Completion, EventGrammarError, StreamEvent, TextDelta
+from trio_orchestrator.pipeline import open_pipeline
 from trio_orchestrator.resilience.adaptive_limiter import ConcurrencyLimited
 from trio_orchestrator.routing.budget import BudgetExceeded
 from trio_orchestrator.service import ApiError, map_exception
 from trio_orchestrator.service.app import create_app
+from trio_orchestrator.service.streaming import PushedEventStream
 from trio_orchestrator.storage import StorageUnavailable
 from trio_orchestrator.types import PromptRequest
-from trio_orchestrator.workers import EventSink
+from trio_orchestrator.workers import EchoWorker, EventSink
 
 CHAT_PATH = "/v1/chat/completions"
 CHAT = {"model": "echo", "messages": [{"role": "user", "content": "hi"}]}
@@ -314,3 +319,39 @@ async def test_the_request_after_a_413_on_the_same_connection_succeeds(
             assert refused.status_code == 413
             answered = await client.post(CHAT_PATH, json=CHAT)
             assert answered.status_code == 200
+
+
+class _CrashingRender:
+    """Renders no event, and fails on the stream's end: a bug in the service's own code."""
+
+    def event(self, event: StreamEvent) -> list[bytes]:
+        return []
+
+    def end(self, tail: str, completion: Completion) -> list[bytes]:
+        raise RuntimeError("a bug in rendering")
+
+
+async def test_a_pushed_stream_that_crashes_before_it_began_answers_500(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A pushed stream whose own code fails before anything was sent logs the error and
+    answers the generic 500 itself (no wrapper holds a frame for the stream's life)."""
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def receive() -> dict[str, Any]:
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    scope = {"type": "http", "method": "POST", "path": CHAT_PATH}
+    async with open_pipeline(EchoWorker()) as pipeline:
+        stream = PushedEventStream(
+            pipeline, PromptRequest(input="hi"), _CrashingRender(), lambda *_: b""
+        )
+        await stream(scope, receive, send)
+    assert sent[0]["type"] == "http.response.start"
+    assert sent[0]["status"] == 500
+    assert json.loads(sent[1]["body"])["error"]["code"] == "internal_error"
+    assert any(record.levelno >= logging.ERROR for record in caplog.records)

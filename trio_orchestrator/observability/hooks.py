@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -14,8 +14,6 @@ if TYPE_CHECKING:
     from .tracing import RequestTracer
 
 __all__ = ["ObservationHooks"]
-
-_NO_CONTEXT = nullcontext()
 
 
 @attrs.define(eq=False, slots=True)
@@ -78,11 +76,11 @@ class ObservationHooks:
             assert self._tracer is not None
             self._tracer.stage_ended(observation.spans)
 
-    def inference(self, job: Job) -> AbstractContextManager[None]:
+    def inference(self, job: Job) -> AbstractContextManager[None] | None:
         """Run the worker call in the request's trace context, when tracing."""
         observation: _Observation | None = job.observation
         if observation is None or observation.spans is None:
-            return _NO_CONTEXT
+            return None
         assert self._tracer is not None
         return self._tracer.generate(observation.spans)
 

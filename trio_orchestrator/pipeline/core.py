@@ -26,7 +26,7 @@ import itertools
 import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractContextManager, asynccontextmanager
 from types import TracebackType
 from typing import Final
 
@@ -364,6 +364,9 @@ class Pipeline:
             deadline = now + self._config.pipeline.request_timeout
         else:
             deadline = request.resolve_deadline(now)
+        # The scope's own deadline is redundant with the reaper's for ending the job, and
+        # costs Trio a deadline-heap entry per open stream; but the layers read it
+        # (`trio.current_effective_deadline()`: rate limit, coalescing, router).
         job = Job(request, deadline, now, trio.CancelScope(deadline=deadline))
         self._submitted += 1
         self._in_flight.add(job)
@@ -668,7 +671,18 @@ class Pipeline:
         # long as its stream, and every frame in its chain is held for as long.
         while job is not None:
             try:
-                await self._generate(job)
+                request = self._open_filters(job)
+                if request is not None:
+                    try:
+                        # Here, not in a coroutine of its own: a frame fewer per stream.
+                        with job.scope:
+                            await self._call_worker(job, request)
+                    except Exception as exc:
+                        self._fail(job, exc)
+                    else:
+                        if job.outcome is None and job.scope.cancelled_caught:
+                            # Every other cancellation ends the job before cancelling its scope.
+                            self._expire_if_running(job)
             finally:
                 if self._admission is None:
                     self._limiter.release_on_behalf_of(job)
@@ -697,34 +711,36 @@ class Pipeline:
         job: Job = await trio.lowlevel.wait_task_rescheduled(abort)
         return job
 
-    async def _generate(self, job: Job) -> None:
+    def _open_filters(self, job: Job) -> PromptRequest | None:
+        """The request the worker gets, its text filters opened; None if they failed it."""
         request = job.prepared or job.request
         try:
             job.filter = open_filters(self._post_processors, request)
         except Exception as exc:
             # Fails this request only: raised here, it would end the runner and the pipeline.
             self._fail(job, exc, "post-processor")
-            return
-        hooks = self._hooks
-        try:
-            with job.scope:
-                if hooks is None:
-                    await self._call_worker(job, request)
-                else:
-                    with hooks.inference(job):
-                        await self._call_worker(job, request)
-        except Exception as exc:
-            self._fail(job, exc)
-            return
-        if job.outcome is None and job.scope.cancelled_caught:
-            # Every other cancellation ends the job before cancelling its scope.
-            self._expire_if_running(job)
+            return None
+        return request
 
     def _call_worker(self, job: Job, request: PromptRequest) -> Awaitable[None]:
-        # The worker's own coroutine when there is no filter: no frame of ours in between.
+        # The worker's own coroutine when there is no hooks' context nor filter: no frame of
+        # ours in between.
+        context = None if self._hooks is None else self._hooks.inference(job)
+        if context is not None:
+            return self._call_in(context, job, request)
         if job.filter is None:
             return self._worker.generate(request, job.emit)
         return self._call_stoppable(job, request)
+
+    async def _call_in(
+        self, context: AbstractContextManager[None], job: Job, request: PromptRequest
+    ) -> None:
+        """The worker's call in the hooks' inference ``context``."""
+        with context:
+            if job.filter is None:
+                await self._worker.generate(request, job.emit)
+            else:
+                await self._call_stoppable(job, request)
 
     async def _call_stoppable(self, job: Job, request: PromptRequest) -> None:
         """The worker's call, in a scope a stop sequence cancels."""

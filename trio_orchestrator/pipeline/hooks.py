@@ -29,9 +29,10 @@ class PipelineHooks(Protocol):
     def stage_left(self, job: Job) -> None:
         """The current stage hands the request on to the next one."""
 
-    def inference(self, job: Job) -> AbstractContextManager[None]:
+    def inference(self, job: Job) -> AbstractContextManager[None] | None:
         """Wraps the worker call, in the task that runs it (context set here reaches the
-        worker)."""
+        worker); ``None`` when there is nothing to wrap it in (then the call holds no frame
+        of the pipeline's for its whole life, a stream's)."""
 
     def finished(self, job: Job) -> None:
         """The request ended; ``job.outcome`` is set."""

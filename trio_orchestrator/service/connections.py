@@ -16,17 +16,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 import trio
 
 from ..pipeline import Pipeline
+from ..types import RequestTiming
+from .cache_header import CACHE_HEADER
 from .errors import ApiError
 from .guard import send_error
 from .stalls import SendWatch, reset_connection, socket_stream_of
 
-__all__ = ["BoundedBody", "Requests", "drain", "drain_margin"]
+__all__ = ["BoundedBody", "Draining", "Requests", "drain", "drain_margin"]
 
 logger = logging.getLogger("trio_orchestrator.service")
 
@@ -103,6 +105,14 @@ async def drain(requests: Requests, pipeline: Pipeline | None, grace: float) -> 
         await requests.wait_idle()
 
 
+class Draining(Protocol):
+    """What says whether responses should close their connection (the service's state)."""
+
+    @property
+    def draining(self) -> bool:
+        """True once a draining service asks clients to reconnect elsewhere."""
+
+
 @attrs.define(eq=False)
 class BoundedBody:
     """One request's ``receive`` and ``send``, with a deadline for its body.
@@ -110,22 +120,29 @@ class BoundedBody:
     Until the body has arrived whole, ``receive`` waits no later than ``deadline``. Past it
     the client is answered 408 with ``Connection: close`` (if nothing was answered yet), the
     application is told the client has gone (``http.disconnect``), and what it sends after
-    that is dropped. Responses sent while ``closing()`` is true carry ``Connection: close``
-    (a draining service asks clients to reconnect elsewhere).
+    that is dropped. Responses sent while ``service.draining`` is true carry
+    ``Connection: close`` (a draining service asks clients to reconnect elsewhere). With a
+    ``timing``, the response's start carries :data:`~.cache_header.CACHE_HEADER` when a
+    cache has marked the request by then.
+
+    (One wrapper of ``send`` doing both, with no closure: each costs its bytes for the
+    whole life of every stream.)
 
     Args:
         receive: the server's ``receive``.
         send: the server's ``send``.
         deadline: when the body must have arrived (:func:`trio.current_time` clock).
-        closing: whether responses should close their connection.
+        service: whether responses should close their connection.
         watch: bounds each send's time (a client that stops reading loses its connection).
+        timing: the request's timing, which caches mark (``x-cache``).
     """
 
     _receive: Receive
     _send: Send
     deadline: float
-    closing: Callable[[], bool]
+    service: Draining
     watch: SendWatch | None = None
+    timing: RequestTiming | None = None
     _body_done: bool = attrs.field(default=False, init=False)
     _timed_out: bool = attrs.field(default=False, init=False)
     _started: bool = attrs.field(default=False, init=False)
@@ -154,8 +171,7 @@ class BoundedBody:
             return
         if message["type"] == "http.response.start":
             self._started = True
-            if self.closing():
-                message = {**message, "headers": [*message.get("headers", ()), _CLOSE]}
+            message = self._marked(message)
         watch = self.watch
         if watch is None:
             await self._send(message)
@@ -165,6 +181,18 @@ class BoundedBody:
             await self._send(message)
         finally:
             watch.end(self)
+
+    def _marked(self, start: Message) -> Message:
+        """The response's start with the headers this adds (``x-cache``, closing)."""
+        more = []
+        timing = self.timing
+        if timing is not None and timing.cache:
+            more.append((CACHE_HEADER, timing.cache.encode()))
+        if self.service.draining:
+            more.append(_CLOSE)
+        if not more:
+            return start
+        return {**start, "headers": [*start.get("headers", ()), *more]}
 
     def stalled(self) -> None:
         """A send has waited ``send_timeout`` for the client to read: reset the connection

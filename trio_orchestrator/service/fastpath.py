@@ -56,7 +56,7 @@ from .streaming import (
 )
 from .validate import parse_json_object
 
-__all__ = ["CHAT_PATH", "ChatFastPath", "ChatRoute", "chat_completions"]
+__all__ = ["CHAT_PATH", "ChatFastPath", "ChatRoute", "chat_answer", "chat_completions"]
 
 CHAT_PATH = "/v1/chat/completions"
 
@@ -87,14 +87,17 @@ class ChatFastPath:
             scope["type"] == "http" and scope["path"] == CHAT_PATH and scope["method"] == "POST"
         )
 
-    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
-        """Answer the request (the coroutine that does: no frame of this call is held
-        while it runs, for the whole life of a stream)."""
+    def __call__(
+        self, scope: Scope, receive: Receive, send: Send
+    ) -> Awaitable[PushedEventStream | None]:
+        """Answer the request, or return the stream that answers it, for the caller to run
+        (a coroutine that does: no frame of this call is held while it runs, and none of
+        it for the whole life of a stream)."""
         request_id = new_request_id()
         error = self.guard.refusal(scope)
         if error is not None:
-            return send_error(send, error, (request_id_header(request_id),))
-        return chat_completions(self.state, scope, receive, send, self.guard, request_id)
+            return _refuse(send, error, request_id)
+        return chat_answer(self.state, scope, receive, send, self.guard, request_id)
 
 
 class ChatRoute:
@@ -128,6 +131,22 @@ async def chat_completions(
             ``x-request-id``; ``None`` behind the layers, where
             :class:`~.guard.RequestIds` chose the id and tags the response itself.
     """
+    stream = await chat_answer(state, scope, receive, send, guard, request_id)
+    if stream is not None:
+        await stream(scope, receive, send)
+
+
+async def chat_answer(
+    state: ServiceState,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    guard: Guard | None = None,
+    request_id: str | None = None,
+) -> PushedEventStream | None:
+    """:func:`chat_completions`, but a streamed chat (``n`` = 1) is returned, not run: the
+    caller runs it, so that this frame is not held for the stream's whole life (the stream
+    answers its own crashes)."""
     tag: Headers = []
     if request_id is None:
         request_id = request_id_of(scope)
@@ -136,21 +155,15 @@ async def chat_completions(
     try:
         answer = await _answer(state, scope, receive, guard, request_id, tag)
     except ClientGone:
-        return  # nobody is listening
+        return None  # nobody is listening
     except Exception:
         await answer_crash(scope, send, started=False, extra=tag)
-        return
+        return None
     if isinstance(answer, PushedEventStream):
-        # Not wrapped in CatchAll: the stream knows whether its response began (a wrapper
-        # would cost its frame and closure for the whole life of every stream).
-        try:
-            await answer(scope, receive, send)
-        except Exception:
-            await answer_crash(scope, send, started=answer.started)
-        return
+        return answer
     if isinstance(answer, EventStream):
         await CatchAll(answer)(scope, receive, send)
-        return
+        return None
     status, body, headers = answer
     timing = timing_of(scope)
     if timing is not None:
@@ -160,6 +173,11 @@ async def chat_completions(
         await send({"type": "http.response.body", "body": body})
     except Exception:
         await answer_crash(scope, send, started=True)
+    return None
+
+
+async def _refuse(send: Send, error: ApiError, request_id: str) -> None:
+    await send_error(send, error, (request_id_header(request_id),))
 
 
 async def _answer(

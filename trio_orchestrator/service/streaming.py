@@ -28,7 +28,7 @@ from ..events import Completion, StreamEvent
 from ..pipeline import PendingRequest, Pipeline
 from ..types import PromptRequest
 from .errors import ApiError, map_exception
-from .guard import send_error
+from .guard import answer_crash, send_error
 from .jsonenc import json_bytes
 
 __all__ = [
@@ -167,6 +167,22 @@ class PushedEventStream:
             when nothing else is held.
     """
 
+    __slots__ = (
+        "_buffer",
+        "_held",
+        "_out",
+        "_pending",
+        "_waiting",
+        "buffer_bytes",
+        "error_event",
+        "extra_headers",
+        "late_header",
+        "pipeline",
+        "render",
+        "request",
+        "trailer",
+    )
+
     def __init__(
         self,
         pipeline: Pipeline,
@@ -201,39 +217,45 @@ class PushedEventStream:
         return self._out is not None and self._out.started
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        out = self._out = _Output(send, self.extra_headers, late_header=self.late_header)
-        assert self.request is not None, "a pushed event stream is answered once"
-        pending = self._pending = self.pipeline.try_start_stream(
-            self.request, self._push, self._wake
-        )
-        # The request is the pipeline's now: this stream keeps no reference to it (nor to
-        # its messages) while the answer streams.
-        self.request = None
-        gone = False
+        """Answer the request. Any other exception than the request's own is logged and
+        answered with a generic 500 if nothing was sent yet, here: a wrapper that caught it
+        would hold its frame for the stream's whole life."""
         try:
-            # Sends the events as they come until the request has ended and all are sent.
-            # One loop in this frame, not a coroutine of its own: every frame in this chain
-            # is held for the whole life of the stream.
-            while not out.gone:
-                if self._buffer:
-                    await self._flush(pending, out)
-                    continue
-                if pending.done:
-                    break
-                message = None
-                with trio.CancelScope() as self._waiting:
-                    message = await receive()
-                self._waiting = None
-                if message is not None and message["type"] == "http.disconnect":
-                    pending.cancel("the client disconnected")
-                    gone = True
-                    break
-        finally:
-            # Left at the request's end, or cancelled from outside (then this ends it).
-            pending.cancel("the caller stopped waiting")
-        if gone or out.gone:
-            return  # no one to finish for
-        await self._end(pending, out)
+            out = self._out = _Output(send, self.extra_headers, late_header=self.late_header)
+            assert self.request is not None, "a pushed event stream is answered once"
+            pending = self._pending = self.pipeline.try_start_stream(
+                self.request, self._push, self._wake
+            )
+            # The request is the pipeline's now: this stream keeps no reference to it (nor
+            # to its messages) while the answer streams.
+            self.request = None
+            gone = False
+            try:
+                # Sends the events as they come until the request has ended and all are
+                # sent. One loop in this frame, not a coroutine of its own: every frame in
+                # this chain is held for the whole life of the stream.
+                while not out.gone:
+                    if self._buffer:
+                        await self._flush(pending, out)
+                        continue
+                    if pending.done:
+                        break
+                    message = None
+                    with trio.CancelScope() as self._waiting:
+                        message = await receive()
+                    self._waiting = None
+                    if message is not None and message["type"] == "http.disconnect":
+                        pending.cancel("the client disconnected")
+                        gone = True
+                        break
+            finally:
+                # Left at the request's end, or cancelled from outside (then this ends it).
+                pending.cancel("the caller stopped waiting")
+            if gone or out.gone:
+                return  # no one to finish for
+            await self._end(pending, out)
+        except Exception:
+            await answer_crash(scope, send, started=self.started)
 
     async def _flush(self, pending: PendingRequest, out: _Output) -> None:
         """Send what the buffer holds, in one write."""
@@ -367,6 +389,8 @@ class EventStream(Response):
 
 class _Output:
     """The response side of an event stream: headers go out with the first event."""
+
+    __slots__ = ("extra", "finished", "frame", "gone", "late_header", "send", "started")
 
     def __init__(
         self,
