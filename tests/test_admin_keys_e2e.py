@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+import trio
 from postgres_fixture import PostgresServer, postgres_cluster, postgres_server
 from service_helpers import running_service
 
@@ -109,6 +110,16 @@ async def create(admin: httpx.AsyncClient, **members: Any) -> dict[str, Any]:
     assert response.status_code == 201, response.text
     key: dict[str, Any] = response.json()
     return key
+
+
+async def metrics_showing(admin: httpx.AsyncClient, line: str) -> str:
+    """``/metrics`` once it shows ``line``: the storage writer reports its state when it next
+    tries to write (every ``flush_interval``, 0.05 s here), not when a request ends -- a
+    fast client could read it before."""
+    with trio.fail_after(10):
+        while line not in (metrics := (await admin.get("/metrics")).text):  # noqa: ASYNC110
+            await trio.sleep(0.05)
+    return metrics
 
 
 async def spend_of(admin: httpx.AsyncClient, key_id: str) -> dict[str, Any]:
@@ -254,9 +265,8 @@ async def test_storage_down_requests_succeed_and_loss_is_counted(
         refused = await admin.post("/v1/admin/keys", json={})
         assert refused.status_code == 503
         assert refused.json()["error"]["code"] == ("storage_unavailable")
-        metrics = (await admin.get("/metrics")).text
+        metrics = await metrics_showing(admin, "trio_orchestrator_storage_up 0.0")
         assert "trio_orchestrator_storage_dropped_total 1.0" in metrics
-        assert "trio_orchestrator_storage_up 0.0" in metrics
         blocker.unlink()
         blocker.mkdir()  # the disk is back
         data = (await admin.get("/v1/admin/spend?group_by=model")).json()["data"]
@@ -284,8 +294,7 @@ async def test_a_lost_postgres_server_fails_no_request_and_catches_up(
             assert refused.status_code == 503
             assert refused.json()["error"]["code"] == "storage_unavailable"
             assert postgres_server not in refused.text
-            metrics = (await admin.get("/metrics")).text
-            assert "trio_orchestrator_storage_up 0.0" in metrics
+            metrics = await metrics_showing(admin, "trio_orchestrator_storage_up 0.0")
             assert "trio_orchestrator_storage_dropped_total 0.0" in metrics
         finally:
             postgres_cluster.start()

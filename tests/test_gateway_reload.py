@@ -67,9 +67,9 @@ async def test_changing_the_http_library_or_the_providers_is_refused() -> None:
         assert [r.split(":")[0] for r in report.refused] == ["providers.http_client"]
         assert gateway.config.providers is not None
         assert gateway.config.providers.http_client == "httpx2"
-        report = gateway.reload(two_echoes(transport="h11"))
+        report = gateway.reload(two_echoes(transport="httpcore"))
         assert [r.split(":")[0] for r in report.refused] == ["providers.transport"]
-        assert gateway.config.providers.transport == "httpcore"
+        assert gateway.config.providers.transport == "h11"
         assert config.providers is not None
         reordered = ProvidersConfig(tuple(reversed(config.providers.providers)))
         report = gateway.reload(attrs.evolve(config, providers=reordered))

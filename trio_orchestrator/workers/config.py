@@ -315,17 +315,18 @@ class ProvidersConfig:
         http_client: the HTTP library for the clients built here: ``"httpx2"`` (default:
             more requests per second than httpx under Trio in bench_gateway.py) or
             ``"httpx"`` (same API; see docs/providers.md).
-        transport: how those clients speak HTTP: ``"httpcore"`` (default: the library's
-            own transport) or ``"h11"`` (the project's HTTP/1.1 transport on h11 over Trio
-            sockets: less client CPU per call in bench_transport.py; no HTTP/2; proxies
-            from the environment still go through the library's own transport; see
-            :mod:`trio_orchestrator.workers.h11transport`). Changes only on a restart.
+        transport: how those clients speak HTTP: ``"h11"`` (default: the project's
+            HTTP/1.1 transport on h11 over Trio sockets, less CPU and fewer scheduler rounds
+            per call than httpcore's in bench_overhead.py; no HTTP/2; proxies from the
+            environment still go through the library's own transport; see
+            :mod:`trio_orchestrator.workers.h11transport`) or ``"httpcore"`` (the library's
+            own transport). Changes only on a restart.
     """
 
     providers: tuple[ProviderConfig, ...] = attrs.field(converter=_to_providers)
     strategy: Strategy = attrs.field(default="round_robin", validator=one_of(*STRATEGIES))
     http_client: HTTPClient = attrs.field(default="httpx2", validator=one_of("httpx", "httpx2"))
-    transport: HTTPTransport = attrs.field(default="httpcore", validator=one_of("httpcore", "h11"))
+    transport: HTTPTransport = attrs.field(default="h11", validator=one_of("httpcore", "h11"))
 
     @providers.validator
     def _check_providers(self, _attribute: object, value: tuple[ProviderConfig, ...]) -> None:

@@ -38,7 +38,7 @@ ClientFactory = Callable[[ProviderConfig], httpx.AsyncClient]
 
 
 def make_client(
-    provider: ProviderConfig, library: HTTPClient = "httpx2", transport: HTTPTransport = "httpcore"
+    provider: ProviderConfig, library: HTTPClient = "httpx2", transport: HTTPTransport = "h11"
 ) -> httpx.AsyncClient:
     """A new HTTP client sized for ``provider`` (the library's own timeouts off: the workers
     apply theirs): on httpcore, its connections split over pools of ``provider.pool_size``;
