@@ -142,18 +142,25 @@ class _Limit:
         elif self.limit > before:
             self._raises += 1
 
-    def _drop(self, now: float) -> bool:
-        """Count a drop and cut the limit, unless it was cut within this window already.
+    def _drop(self, now: float, started: float = math.inf, bound: float = math.inf) -> bool:
+        """Count a drop and cut the limit, unless it was cut within this window already
+        or the call started before the last cut.
+
+        Args:
+            now: the time the call ended.
+            started: the time it was admitted.
+            bound: the limit cut to at most (below what ``backoff`` gives).
 
         Returns:
             True when it cut (the current window then starts afresh).
         """
         self._drops += 1
-        if now - self._last_cut < self.config.window:
+        stale = started < self._last_cut and bound >= self.limit
+        if now - self._last_cut < self.config.window or stale:
             return False
         self._last_cut = now
         # The limit in effect is cut, not the fractional estimate behind it: 7 at 0.7 is 4.
-        self._set(math.floor(int(self._estimate) * self.config.backoff))
+        self._set(min(math.floor(int(self._estimate) * self.config.backoff), bound))
         return True
 
     def _statistics(self, baseline: float, window: float) -> LimitStatistics:
@@ -222,7 +229,7 @@ class GradientLimit(_Limit):
         if dropped:
             if now - self._last_cut >= self.config.window:
                 self._probe_limit = self._probe_rtt = None  # the cut is news enough; probe later
-            if self._drop(now):
+            if self._drop(now, now - rtt, self._drop_bound(rtt, in_flight)):
                 self._restart(now)
             return
         if now < self._settled:
@@ -233,8 +240,19 @@ class GradientLimit(_Limit):
         self._rtts.append(max(rtt, 0.0))
         self._max_in_flight = max(self._max_in_flight, in_flight)
         config = self.config
-        if now - self._settled >= config.window and len(self._rtts) >= config.min_samples:
+        enough = min(config.min_samples, self.limit)  # a low limit has few calls a round
+        if now - self._settled >= config.window and len(self._rtts) >= enough:
             self._close(now)
+
+    def _drop_bound(self, rtt: float, in_flight: int) -> float:
+        """The limit a drop after ``rtt`` seconds allows: a call that waited that long with
+        ``in_flight`` calls ahead and beside it met an upstream serving at most
+        ``in_flight * baseline / rtt`` at once (Little's law); the limit is cut to
+        ``tolerance`` times that, if lower than ``backoff`` gives. A drop that came fast
+        (a 429) bounds nothing."""
+        if self._baseline <= 0.0 or rtt <= self._baseline:
+            return math.inf
+        return _headroom(self.config.tolerance * in_flight * self._baseline / rtt)
 
     def statistics(self) -> LimitStatistics:
         """The limit, the latencies it is judged by, and the counters."""
@@ -263,13 +281,18 @@ class GradientLimit(_Limit):
         gradient = min(max(gradient, _MIN_GRADIENT), _MAX_GRADIENT)
         if _unqueued(window_rtt, baseline, config):
             gradient = _MAX_GRADIENT  # no queue at all: double, as TCP's slow start does
-        if gradient >= 1.0 and app_limited:
-            return  # low latency at low load says nothing about more load
-        # Shrinking, the gradient scales the load that made the latency (the calls in
-        # flight), not a limit the callers never filled.
-        load = self._estimate if gradient >= 1.0 else min(self._estimate, used)
-        target = gradient * max(load, 1.0)
-        target += math.sqrt(target)
+            self._next_probe = now + config.probe_interval  # and the baseline still holds
+        if gradient >= 1.0:
+            if app_limited:
+                return  # low latency at low load says nothing about more load
+            target = _headroom(gradient * self._estimate)
+            # Grown by use (TCP's and BBR's app-limited rule): to at most twice the calls
+            # that were in flight, so a limit above what the callers send stays near it.
+            target = min(target, max(self._estimate, 2.0 * used))
+        else:
+            # Shrinking, the gradient scales the load that made the latency (the calls in
+            # flight), not a limit the callers never filled.
+            target = _headroom(gradient * max(min(self._estimate, used), 1.0))
         self._set(self._estimate + config.smoothing * (target - self._estimate))
 
     def _probed(self, now: float, window_rtt: float) -> None:
@@ -338,6 +361,11 @@ def limit_for(config: AdaptiveConfig, start: float) -> LimitAlgorithm:
     if config.algorithm == "aimd":
         return AimdLimit(config, start)
     return GradientLimit(config, start)
+
+
+def _headroom(target: float) -> float:
+    """Envoy's headroom: a square root of the target on top of it."""
+    return target + math.sqrt(target)
 
 
 def _unqueued(window_rtt: float, baseline: float, config: AdaptiveConfig) -> bool:

@@ -185,6 +185,17 @@ class AdaptiveLimiter:
         baseline = self._algorithm.statistics().baseline_rtt
         return 0.0 < baseline < rtt
 
+    def abandoned(self, waited: float) -> bool | None:
+        """What a call its client abandoned after ``waited`` seconds without a first event
+        says: None (nothing: no slower than the baseline), False (a latency of at least
+        ``waited``) or True (a drop: it waited more than ``tolerance`` times the baseline,
+        so its caller's deadline passed in the upstream's queue -- a timeout in all but
+        name, whose latency, cut short by the caller, would understate the queue)."""
+        if not self.slower_than_baseline(waited):
+            return None
+        baseline = self._algorithm.statistics().baseline_rtt
+        return waited > self.config.tolerance * baseline
+
     def reconfigure(self, config: AdaptiveConfig) -> None:
         """Take reloaded settings; the limit stays (within the new bounds). A new algorithm
         starts from the current limit."""
@@ -349,11 +360,10 @@ class AdaptiveLimitLayer:
             now = trio.current_time()
             dropped = _dropped(exc, deadline)
             rtt = (first_event_at or now) - start
-            if dropped is None and first_event_at is None and limiter.slower_than_baseline(rtt):
-                # Abandoned while still waiting for its first event, and already slower
-                # than the baseline: a latency of at least ``rtt``. Left out, the callers
+            if dropped is None and first_event_at is None:
+                # Abandoned while still waiting for its first event: left out, the callers
                 # who give up on a queueing upstream would hide its latency from the limit.
-                dropped = False
+                dropped = limiter.abandoned(rtt)
             if dropped is None:
                 limiter.release()
             else:
