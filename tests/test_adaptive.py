@@ -121,13 +121,18 @@ def test_a_reload_raising_min_limit_during_a_probe_keeps_the_limit_in_bounds() -
 
 
 def _window(limit: LimitAlgorithm, start: float, rtt: float, in_flight: int) -> float:
-    """Four calls with latency ``rtt`` over one 1 s window, after the calls that end while
-    the last decision settles (left out); returns the window's end."""
+    """Calls with latency ``rtt``, ``in_flight`` at once, ending one after another from
+    ``start`` to the end of a 1 s window that follows the time the last decision settles:
+    as many a second as Little's law says (``in_flight / rtt``, at least four); returns the
+    window's end."""
+    end = start + 1.0
     if isinstance(limit, GradientLimit):
-        start = max(start, limit._settled)
-    for step in range(4):
-        limit.observe(start + 0.25 * (step + 1), rtt, in_flight, False)
-    return start + 1.0
+        end = max(start, limit._settled) + 1.0
+    per_second = max(4.0, in_flight / rtt) if rtt > 0 else 4.0
+    calls = max(4, round(per_second * (end - start)))
+    for step in range(calls):
+        limit.observe(start + (step + 1) * (end - start) / calls, rtt, in_flight, False)
+    return end
 
 
 def _gradient(**changes: Any) -> GradientLimit:
@@ -280,7 +285,8 @@ def test_a_drop_cuts_the_limit_in_effect_by_backoff() -> None:
 def test_calls_ending_while_a_decision_settles_are_left_out() -> None:
     """After a decision, calls that end within ``settle`` times the last window's latency
     were admitted before it: a slow one among them does not make the next window's latency."""
-    limit = _gradient(percentile=1.0, initial_limit=40)
+    # Calls four times slower than the baseline, within tolerance: no queue to cut for.
+    limit = _gradient(percentile=1.0, initial_limit=40, tolerance=5.0)
     now = _window(limit, 2.0, 2.0, 40)  # a window of 2 s calls: settle for 0.5 * 2 s
     limit.observe(now + 0.5, 9.0, 40, False)  # admitted under the old limit
     _window(limit, now, 2.0, 40)

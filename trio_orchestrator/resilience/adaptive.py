@@ -64,6 +64,7 @@ configuration without losing their state (:meth:`reconfigure`).
 from __future__ import annotations
 
 import math
+from collections import deque
 from typing import TypeAlias
 
 import attrs
@@ -196,6 +197,11 @@ class GradientLimit(_Limit):
     # While probing deeper: the latency of the probe's previous window (at twice the limit).
     _probe_rtt: float | None = attrs.field(default=None, init=False)
     _next_probe: float = attrs.field(init=False)
+    # The calls answered over the last span and since the window started (see _Served), and
+    # the slowest of the window's.
+    _recent: _Served = attrs.field(factory=lambda: _Served(), init=False)
+    _windowed: _Served = attrs.field(factory=lambda: _Served(), init=False)
+    _slowest: float = attrs.field(default=0.0, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -215,7 +221,9 @@ class GradientLimit(_Limit):
         """The limit is held low for a window to measure the baseline again."""
         return self._probe_limit is not None
 
-    def observe(self, now: float, rtt: float, in_flight: int, dropped: bool) -> None:
+    def observe(
+        self, now: float, rtt: float, in_flight: int, dropped: bool, held: float | None = None
+    ) -> None:
         """Take one finished call.
 
         Args:
@@ -224,6 +232,8 @@ class GradientLimit(_Limit):
                 comes back fast and says nothing of the upstream's latency).
             in_flight: calls in flight when it started, itself included.
             dropped: the upstream refused it, failed or timed out.
+            held: seconds from its start to its end (its stream's last event), if later
+                than its first event.
         """
         self._samples += 1
         if dropped:
@@ -231,6 +241,13 @@ class GradientLimit(_Limit):
                 self._probe_limit = self._probe_rtt = None  # the cut is news enough; probe later
             if self._drop(now, now - rtt, self._drop_bound(rtt, in_flight)):
                 self._restart(now)
+            return
+        held = rtt if held is None else held
+        service = max(held - max(rtt - self._baseline, 0.0), 0.0)  # less its queueing
+        self._recent.add(now - held, now, service)
+        self._windowed.add(now - held, now, service)
+        self._slowest = max(self._slowest, rtt)
+        if self._cut_to_served(now, rtt):
             return
         if now < self._settled:
             return  # most calls in flight now were admitted before the last decision
@@ -243,6 +260,31 @@ class GradientLimit(_Limit):
         enough = min(config.min_samples, self.limit)  # a low limit has few calls a round
         if now - self._settled >= config.window and len(self._rtts) >= enough:
             self._close(now)
+
+    def _cut_to_served(self, now: float, rtt: float) -> bool:
+        """Cut the limit at once to ``tolerance`` times what the upstream served over the
+        last span (a window, or a baseline latency if longer), plus headroom, when an
+        answer shows a queue (it came later than ``tolerance`` times the baseline) and
+        that is below what ``backoff`` gives: the capacity fell, and the limit goes to it
+        in one step, not window after window. Once a window at most, never while probing.
+
+        Returns:
+            True when it cut (the current window then starts afresh).
+        """
+        config, baseline = self.config, self._baseline
+        span = max(config.window, baseline)
+        self._recent.forget(now - span)
+        if baseline <= 0.0 or rtt <= config.tolerance * baseline or self.probing:
+            return False
+        if now - self._last_cut < config.window:
+            return False
+        bound = _headroom(config.tolerance * self._recent.concurrency(now - span, now))
+        if bound >= self.limit * config.backoff:
+            return False  # news for the window's gradient, not for a cut at once
+        self._last_cut = now
+        self._set(bound)
+        self._restart(now)
+        return True
 
     def _drop_bound(self, rtt: float, in_flight: int) -> float:
         """The limit a drop after ``rtt`` seconds allows: a call that waited that long with
@@ -265,6 +307,8 @@ class GradientLimit(_Limit):
         self._window_rtt = window_rtt
         used = self._max_in_flight
         app_limited = used < self._estimate / 2
+        served = self._windowed.concurrency(self._window_start, now)
+        slowest = self._slowest
         self._restart(now)
         if self._probe_limit is not None:
             self._probed(now, window_rtt)
@@ -293,6 +337,10 @@ class GradientLimit(_Limit):
             # Shrinking, the gradient scales the load that made the latency (the calls in
             # flight), not a limit the callers never filled.
             target = _headroom(gradient * max(min(self._estimate, used), 1.0))
+        if slowest > config.tolerance * baseline and used > config.tolerance * served:
+            # Some call queued, and more were in flight than the upstream served: the
+            # window's median may hide the queue (the calls still in it have not answered).
+            target = min(target, _headroom(config.tolerance * served))
         self._set(self._estimate + config.smoothing * (target - self._estimate))
 
     def _probed(self, now: float, window_rtt: float) -> None:
@@ -326,6 +374,8 @@ class GradientLimit(_Limit):
         self._settled = now + self.config.settle * self._window_rtt
         self._rtts.clear()
         self._max_in_flight = 0
+        self._windowed.forget(math.inf)
+        self._slowest = 0.0
 
 
 @attrs.define(eq=False)
@@ -339,7 +389,9 @@ class AimdLimit(_Limit):
 
     start: float = 0.0
 
-    def observe(self, now: float, rtt: float, in_flight: int, dropped: bool) -> None:
+    def observe(
+        self, now: float, rtt: float, in_flight: int, dropped: bool, held: float | None = None
+    ) -> None:
         """Take one finished call (the arguments are :meth:`GradientLimit.observe`'s)."""
         self._samples += 1
         if dropped or rtt > self.config.slow_call:
@@ -350,6 +402,36 @@ class AimdLimit(_Limit):
     def statistics(self) -> LimitStatistics:
         """The limit and the counters."""
         return self._statistics(0.0, 0.0)
+
+
+@attrs.define(eq=False)
+class _Served:
+    """Little's law over the calls answered: how many the upstream served at once."""
+
+    # (start, end, seconds of service) of each call answered, in order of their ends.
+    _answers: deque[tuple[float, float, float]] = attrs.field(factory=deque)
+    _seconds: float = 0.0
+
+    def add(self, start: float, end: float, seconds: float) -> None:
+        self._answers.append((start, end, seconds))
+        self._seconds += seconds
+
+    def forget(self, before: float) -> None:
+        """Leave out the calls answered before ``before``."""
+        answers = self._answers
+        while answers and answers[0][1] < before:
+            self._seconds -= answers.popleft()[2]
+        if not answers:
+            self._seconds = 0.0  # no drift of float sums
+
+    def concurrency(self, since: float, now: float) -> float:
+        """Calls served at once, on average, from ``since`` to ``now`` -- or from the first
+        of these calls' starts, if later: before it the upstream may have been idle, and
+        an idle second is no evidence of what it can serve (inf with no calls)."""
+        if not self._answers:
+            return math.inf
+        start = max(since, min(start for start, _, _ in self._answers))
+        return self._seconds / (now - start) if now > start else math.inf
 
 
 LimitAlgorithm: TypeAlias = GradientLimit | AimdLimit

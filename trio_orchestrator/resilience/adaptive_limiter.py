@@ -168,15 +168,18 @@ class AdaptiveLimiter:
         self._in_flight -= 1
         self._hand_over()
 
-    def record(self, rtt: float, in_flight: int, *, dropped: bool) -> None:
+    def record(
+        self, rtt: float, in_flight: int, *, dropped: bool, held: float | None = None
+    ) -> None:
         """Free a slot and give the algorithm the call's sample.
 
         Args:
             rtt: seconds from admission to the first event.
             in_flight: what :meth:`acquire` returned for it.
             dropped: the upstream refused or failed it, or it timed out.
+            held: seconds from admission to the end, if later than the first event.
         """
-        self._algorithm.observe(trio.current_time(), rtt, in_flight, dropped)
+        self._algorithm.observe(trio.current_time(), rtt, in_flight, dropped, held)
         self.release()
 
     def slower_than_baseline(self, rtt: float) -> bool:
@@ -184,17 +187,6 @@ class AdaptiveLimiter:
         there is one)."""
         baseline = self._algorithm.statistics().baseline_rtt
         return 0.0 < baseline < rtt
-
-    def abandoned(self, waited: float) -> bool | None:
-        """What a call its client abandoned after ``waited`` seconds without a first event
-        says: None (nothing: no slower than the baseline), False (a latency of at least
-        ``waited``) or True (a drop: it waited more than ``tolerance`` times the baseline,
-        so its caller's deadline passed in the upstream's queue -- a timeout in all but
-        name, whose latency, cut short by the caller, would understate the queue)."""
-        if not self.slower_than_baseline(waited):
-            return None
-        baseline = self._algorithm.statistics().baseline_rtt
-        return waited > self.config.tolerance * baseline
 
     def reconfigure(self, config: AdaptiveConfig) -> None:
         """Take reloaded settings; the limit stays (within the new bounds). A new algorithm
@@ -360,17 +352,20 @@ class AdaptiveLimitLayer:
             now = trio.current_time()
             dropped = _dropped(exc, deadline)
             rtt = (first_event_at or now) - start
-            if dropped is None and first_event_at is None:
-                # Abandoned while still waiting for its first event: left out, the callers
+            if dropped is None and first_event_at is None and limiter.slower_than_baseline(rtt):
+                # Abandoned while still waiting for its first event, and already slower
+                # than the baseline: a latency of at least ``rtt``. Left out, the callers
                 # who give up on a queueing upstream would hide its latency from the limit.
-                dropped = limiter.abandoned(rtt)
+                # Not a drop: a caller whose deadline was near (after a Retry-After, say)
+                # gives up on a call no slower than the others.
+                dropped = False
             if dropped is None:
                 limiter.release()
             else:
                 limiter.record(rtt, in_flight, dropped=dropped)
             raise
         end = trio.current_time()
-        limiter.record((first_event_at or end) - start, in_flight, dropped=False)
+        limiter.record((first_event_at or end) - start, in_flight, dropped=False, held=end - start)
 
     def _forget_idle(self) -> None:
         for key in [k for k, limiter in self._limiters.items() if limiter.idle]:
