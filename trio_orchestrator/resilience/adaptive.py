@@ -431,7 +431,7 @@ class _Served:
         if not self._answers:
             return math.inf
         start = max(since, min(start for start, _, _ in self._answers))
-        return self._seconds / (now - start) if now > start else math.inf
+        return max(self._seconds, 0.0) / (now - start) if now > start else math.inf
 
 
 LimitAlgorithm: TypeAlias = GradientLimit | AimdLimit
