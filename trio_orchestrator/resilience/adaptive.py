@@ -48,6 +48,18 @@ limit again until the latency stops falling. And a window with no queue at all (
 ``fast_growth`` of the baseline) doubles the limit, TCP's slow start, so a capacity that came
 back is found in a few windows.
 
+A queue hides from the median: the calls still in it have not answered. Little's law finds
+it: the upstream served at once, on average, the seconds of service of the calls answered
+over a span, divided by the span -- each call's service being the time it held its slot
+(``held``: to the end of its stream) less what its first event came later than the baseline.
+An answer later than ``tolerance`` times the baseline (a queue) cuts the limit at once to
+``tolerance`` times that plus its square root, when that is below what ``backoff`` gives --
+the capacity fell, and the limit goes to it in one step, not window after window (at most
+once per window; never while probing). A window in which some call queued while more were in
+flight than ``tolerance`` times what was served is capped the same way. Seconds before the
+first of the calls counted started are left out: an idle upstream shows nothing of what it
+can serve.
+
 Errors are the other signal: a drop cuts the limit by ``backoff`` at once (not at the end
 of the window: a 429 is the upstream saying "now"), but at most once per window, because
 the calls already in flight when the first 429 came were admitted under the old limit and

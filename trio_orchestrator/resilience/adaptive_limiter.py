@@ -17,7 +17,9 @@ connection failure, a malformed answer or a timeout (its deadline passing) is a 
 request the upstream refused as invalid says nothing and only frees its slot. A call its
 client abandoned says nothing either, unless it had waited for its first event longer than
 the baseline latency: then that wait is its sample (a lower bound of its latency) -- else
-the callers who give up on a queueing upstream would hide its latency from the limit.
+the callers who give up on a queueing upstream would hide its latency from the limit. It is
+no drop, however long it waited: a caller near its own deadline (after a Retry-After, say)
+gives up on calls no slower than the others.
 """
 
 from __future__ import annotations
