@@ -17,6 +17,7 @@ from trio_orchestrator.resilience import (
     AdaptiveLimitLayer,
     AdaptiveStatistics,
     ConcurrencyLimited,
+    GradientLimit,
 )
 from trio_orchestrator.types import GenerationParams, PromptRequest
 from trio_orchestrator.workers import EchoWorker, EventSink
@@ -537,3 +538,17 @@ async def test_a_refusal_names_the_provider_of_a_model_whose_name_has_slashes(
             await layer.generate(_request("meta-llama/Llama-3"), _ignore)
     assert refused.value.provider == "p"
     assert str(refused.value).startswith("p/meta-llama/Llama-3 is at its adaptive")
+
+
+async def test_a_streamed_call_holds_its_slot_until_its_end(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A call whose first token comes at 0.5 s and whose stream ends 3.5 s later is, to the
+    limit's count of what the upstream served, a call that started 4 s before its end (not
+    0.5 s: a stream holds the upstream's slot until its last token)."""
+    layer = AdaptiveLimitLayer(Scripted(first=0.5, rest=3.5), _config())
+    await layer.generate(_request(), _ignore)
+    algorithm = layer.limiter("m")._algorithm
+    assert isinstance(algorithm, GradientLimit)
+    start, end, _service = algorithm._recent._answers[-1]
+    assert end - start == 4.0
