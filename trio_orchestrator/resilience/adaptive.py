@@ -290,8 +290,13 @@ class GradientLimit(_Limit):
             return False
         if now - self._last_cut < config.window:
             return False
+        news = self.limit * config.backoff
+        if _headroom(config.tolerance * self._recent.seconds / span) >= news:
+            # The fewest it can have served (the whole span busy) says no cut: spare
+            # concurrency()'s walk over the span's calls on every answer of a steady queue.
+            return False
         bound = _headroom(config.tolerance * self._recent.concurrency(now - span, now))
-        if bound >= self.limit * config.backoff:
+        if bound >= news:
             return False  # news for the window's gradient, not for a cut at once
         self._last_cut = now
         self._set(bound)
@@ -423,6 +428,11 @@ class _Served:
     # (start, end, seconds of service) of each call answered, in order of their ends.
     _answers: deque[tuple[float, float, float]] = attrs.field(factory=deque)
     _seconds: float = 0.0
+
+    @property
+    def seconds(self) -> float:
+        """The calls' seconds of service, summed."""
+        return max(self._seconds, 0.0)
 
     def add(self, start: float, end: float, seconds: float) -> None:
         self._answers.append((start, end, seconds))
