@@ -1,4 +1,4 @@
-"""bench_adaptive's experiment as a deterministic simulation on Trio's mock clock: the real
+"""bench_adaptive's experiment as a simulation on Trio's mock clock: the real
 adaptive limit against fixed limits, in front of a modelled queueing upstream whose
 capacity changes mid-run.
 
@@ -16,9 +16,11 @@ deadline (that is the service's ``request_timeout``, minutes away), as on the se
 Calls take 0.8 to 1.2 times ``--latency`` (by client), capacity goes ``--capacity`` →
 ``--low`` → ``--capacity``, one ``--phase`` each, after ``--warmup`` seconds not counted.
 
-It measures the algorithm, not a CPU: every run gives the same numbers, and the full run
-takes a few seconds of real time. Use it to tune the algorithm; bench_adaptive checks the
-served path.
+It measures the algorithm, not a CPU, and the full run takes a few seconds of real time. A
+run differs from the next only where Trio breaks a tie between timers due at the same
+instant by object ids, which differ from one process to the next (``PYTHONHASHSEED`` does
+not fix them): compare means over ``--seed`` values. Use it to tune the algorithm;
+bench_adaptive checks the served path.
 
 Rows: ``adaptive`` (the defaults, as a user switches it on) and ``fixed-N`` for each of
 ``--fixed`` (the same limiter held at N). Per row and phase, and over the whole run:
@@ -248,7 +250,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     for row in rows:
         clock = trio.testing.MockClock(autojump_threshold=0)
         # Trio reverses its run queue at random (each task can run before any other);
-        # seeded, every run of the simulation gives the same numbers.
+        # seeded, runs differ only in ties between timers (broken by object ids).
         trio._core._run._r.seed(args.seed)
         result = trio.run(_run_row, row, args, clock=clock)
         _print(result)

@@ -64,6 +64,8 @@ class LimitMachine(RuleBasedStateMachine):
         before = self.limit.limit
         probing = isinstance(self.limit, GradientLimit) and self.limit.probing
         config = self.limit.config
+        # The gradient limit also cuts at once on an answer that queued (once a window too).
+        self.last_cut = max(self.last_cut, self.limit._last_cut)
         self.limit.observe(self.now, 0.0, before, True)
         self.drops += 1
         if self.now - self.last_cut >= config.window:
@@ -121,17 +123,23 @@ def test_a_reload_raising_min_limit_during_a_probe_keeps_the_limit_in_bounds() -
 
 
 def _window(limit: LimitAlgorithm, start: float, rtt: float, in_flight: int) -> float:
-    """Four calls with latency ``rtt`` over one 1 s window, after the calls that end while
-    the last decision settles (left out); returns the window's end."""
+    """Calls with latency ``rtt``, ``in_flight`` at once, ending one after another from
+    ``start`` to the end of a 1 s window that follows the time the last decision settles:
+    as many a second as Little's law says (``in_flight / rtt``, at least four); returns the
+    window's end."""
+    end = start + 1.0
     if isinstance(limit, GradientLimit):
-        start = max(start, limit._settled)
-    for step in range(4):
-        limit.observe(start + 0.25 * (step + 1), rtt, in_flight, False)
-    return start + 1.0
+        end = max(start, limit._settled) + 1.0
+    per_second = max(4.0, in_flight / rtt) if rtt > 0 else 4.0
+    calls = max(4, round(per_second * (end - start)))
+    for step in range(calls):
+        limit.observe(start + (step + 1) * (end - start) / calls, rtt, in_flight, False)
+    return end
 
 
 def _gradient(**changes: Any) -> GradientLimit:
-    """A gradient limit past its first window and first probe (at 0.5 s), at time 2."""
+    """A gradient limit past its first window and first probe (at 0.5 s), at about time 2
+    (its last decision: ``_window_start``)."""
     config = AdaptiveConfig(enabled=True, min_samples=4, max_limit=1000, probe_interval=1000.0)
     limit = GradientLimit(attrs.evolve(config, **changes), 0.0)
     now = _window(limit, 0.0, 0.5, limit.limit)
@@ -223,12 +231,17 @@ def _queueing(limit: GradientLimit, now: float, capacity: int, windows: int) -> 
 @given(first=st.integers(8, 128), second=st.integers(4, 128))
 def test_the_gradient_limit_tracks_a_queueing_upstreams_capacity(first: int, second: int) -> None:
     """Whatever the capacity and however it changes, the limit settles near it: at least the
-    capacity (no throughput lost) and at most about 1.6 times it (a short queue)."""
+    capacity (no throughput lost) and at most about ``tolerance`` (1.5) times it plus its
+    square root (a short queue)."""
     limit = _gradient(initial_limit=20, probe_interval=10.0)
     now = _queueing(limit, 2.0, first, 60)
-    assert first <= limit.limit <= 1.6 * first + 4
+    assert first <= limit.limit <= _short_queue(first)
     _queueing(limit, now, second, 60)
-    assert second <= limit.limit <= 1.6 * second + 4
+    assert second <= limit.limit <= _short_queue(second)
+
+
+def _short_queue(capacity: int) -> float:
+    return 1.5 * capacity + math.sqrt(1.5 * capacity) + 4
 
 
 def test_the_example_configuration_loads(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -275,7 +288,8 @@ def test_a_drop_cuts_the_limit_in_effect_by_backoff() -> None:
 def test_calls_ending_while_a_decision_settles_are_left_out() -> None:
     """After a decision, calls that end within ``settle`` times the last window's latency
     were admitted before it: a slow one among them does not make the next window's latency."""
-    limit = _gradient(percentile=1.0, initial_limit=40)
+    # Calls four times slower than the baseline, within tolerance: no queue to cut for.
+    limit = _gradient(percentile=1.0, initial_limit=40, tolerance=5.0)
     now = _window(limit, 2.0, 2.0, 40)  # a window of 2 s calls: settle for 0.5 * 2 s
     limit.observe(now + 0.5, 9.0, 40, False)  # admitted under the old limit
     _window(limit, now, 2.0, 40)
@@ -288,8 +302,8 @@ def test_a_probe_that_meets_a_queue_probes_lower_and_keeps_it_out_of_the_baselin
     estimate comes down to twice that probe's limit."""
     limit = _gradient(initial_limit=80, probe_interval=5.0)
     now = 2.0
-    while not limit.probing:  # windows at the baseline until probe_interval has passed
-        now = _window(limit, now, 0.5, limit.limit)
+    while not limit.probing:  # windows of a short queue until probe_interval has passed
+        now = _window(limit, now, 0.65, limit.limit)
     probe = limit.limit
     now = _window(limit, now, 4.0, probe)  # the upstream is still queued at the probe
     assert (limit.probing, limit.limit) == (True, probe // 2)
@@ -306,7 +320,7 @@ def test_a_probe_whose_latency_holds_at_half_the_load_is_the_new_baseline() -> N
     limit = _gradient(initial_limit=80, probe_interval=5.0)
     now = 2.0
     while not limit.probing:
-        now = _window(limit, now, 0.5, limit.limit)
+        now = _window(limit, now, 0.65, limit.limit)
     probe = limit.limit
     now = _window(limit, now, 2.0, probe)
     assert limit.probing
@@ -315,10 +329,128 @@ def test_a_probe_whose_latency_holds_at_half_the_load_is_the_new_baseline() -> N
     assert limit.statistics().baseline_rtt == 2.0
 
 
-@pytest.mark.parametrize(("fast_growth", "factor"), [(0.6, 2.0), (0.0, 1.25)])
-def test_a_window_without_a_queue_doubles_the_limit(fast_growth: float, factor: float) -> None:
-    """At full load and the baseline's latency, the limit doubles (plus its square root);
-    with ``fast_growth = 0`` it grows by the gradient (``tolerance``) only."""
+@pytest.mark.parametrize(("fast_growth", "expected"), [(0.3, 80), (0.0, 67)])
+def test_a_window_without_a_queue_doubles_the_limit(fast_growth: float, expected: int) -> None:
+    """At full load and the baseline's latency, the limit doubles (its square root on top
+    is capped at twice the calls in flight); with ``fast_growth = 0`` it grows by the
+    gradient (``tolerance``, 1.5, plus its square root) only."""
     limit = _gradient(initial_limit=40, fast_growth=fast_growth)
     _window(limit, 2.0, 0.5, 40)
-    assert limit.limit == int(factor * 40 + math.sqrt(factor * 40))
+    assert limit.limit == expected
+
+
+def _answers(
+    limit: GradientLimit, start: float, end: float, per_second: float, **call: Any
+) -> None:
+    """Calls ending one after another from ``start`` to ``end``, ``per_second`` of them a
+    second, each with the same ``rtt``, ``in_flight`` and ``held``."""
+    calls = round(per_second * (end - start))
+    for step in range(calls):
+        now = start + (step + 1) * (end - start) / calls
+        limit.observe(now, call["rtt"], call["in_flight"], False, call.get("held"))
+
+
+def test_an_answer_that_queued_cuts_at_once_to_what_the_upstream_served() -> None:
+    """Baseline 0.5 s, limit 40: the upstream answers 20 calls a second (10 served at once,
+    Little's law) and one answer comes after 2 s, a queue: the limit is cut before the
+    window closes, to ``tolerance`` (1.5) times 10 plus its square root -- not window after
+    window by the gradient."""
+    limit = _gradient(initial_limit=40)
+    start = limit._window_start  # the last decision's time: 40 was decided then
+    _answers(limit, start, start + 0.95, 20.0, rtt=0.5, in_flight=40)
+    assert limit.limit == 40
+    limit.observe(start + 1.01, 2.0, 40, False)
+    served = (19 * 0.5 + 0.5) / 1.0  # the slow one was served 0.5 s of its 2 s
+    assert limit.limit == int(1.5 * served + math.sqrt(1.5 * served))
+    assert limit.statistics().cuts == 1
+
+
+def test_a_cut_at_once_waits_for_news_deeper_than_backoff() -> None:
+    """An answer that queued while the upstream served 20 at once bounds the limit of 40 to
+    30 plus a square root: above ``backoff`` (0.7 x 40), no cut at once."""
+    limit = _gradient(initial_limit=40)
+    start = limit._window_start
+    _answers(limit, start, start + 0.95, 40.0, rtt=0.5, in_flight=40)
+    limit.observe(start + 1.0, 2.0, 40, False)
+    assert limit.limit == 40
+
+
+def test_a_stream_is_served_until_its_end_not_its_first_token() -> None:
+    """Calls whose first token comes at the baseline (0.5 s) and whose stream ends at 4 s,
+    10 a second, are 40 served at once: an answer that queued then says the limit of 40 is
+    no queue to cut (counted to their first token, 5 would be)."""
+    limit = _gradient(initial_limit=40)
+    start = limit._window_start
+    _answers(limit, start, start + 0.95, 10.0, rtt=0.5, in_flight=40, held=4.0)
+    limit.observe(start + 1.0, 1.0, 40, False, 4.5)
+    assert limit.limit == 40
+
+
+def test_a_window_where_a_call_queued_is_capped_by_what_the_upstream_served() -> None:
+    """A window at the baseline's median (no queue, by the gradient: the limit would
+    double) in which one call queued and 40 were in flight while the upstream served 20 at
+    once (too few answers to cut at once): the calls still queued have not answered, and
+    the limit goes to ``tolerance`` times what was served, plus its square root."""
+    limit = _gradient(initial_limit=40)
+    start = limit._window_start
+    end = limit._settled + 1.0
+    _answers(limit, start, end - 0.05, 40.0, rtt=0.5, in_flight=40)
+    limit.observe(end, 1.0, 40, False)  # queued: 1.0 s, past 1.5 x 0.5 s
+    assert limit.statistics().window_rtt == 0.5
+    served = (round(40.0 * (end - 0.05 - start)) * 0.5 + 0.5) / (end - start)
+    assert limit.limit == int(1.5 * served + math.sqrt(1.5 * served))
+
+
+def test_a_drop_after_a_long_wait_cuts_to_what_the_upstream_can_have_served() -> None:
+    """Baseline 0.5 s: a call that timed out after 3 s with 10 in flight met an upstream
+    serving at most 10 x 0.5 / 3 at once (Little's law); the limit of 40 is cut to 1.5
+    times that plus its square root, deeper than ``backoff`` (28)."""
+    limit = _gradient(initial_limit=40)
+    limit.observe(3.0, 3.0, 10, True)
+    bound = 1.5 * 10 * 0.5 / 3.0
+    assert limit.limit == int(bound + math.sqrt(bound))
+
+
+def test_a_stale_drop_cuts_again_only_with_news() -> None:
+    """After a 429 cut 40 to 28, a call admitted before that cut times out a window later:
+    its wait bounds the limit to about 44 (above 28), no news -- no second cut; one whose
+    bound is below the limit cuts."""
+    limit = _gradient(initial_limit=40)
+    limit.observe(2.0, 0.1, 40, True)
+    assert limit.limit == 28
+    limit.observe(3.5, 2.0, 100, True)  # admitted at 1.5, before the cut
+    assert limit.limit == 28
+    limit.observe(3.6, 2.0, 20, True)  # bound: 1.5 * 20 * 0.5 / 2 = 7.5 plus its root
+    assert limit.limit == int(7.5 + math.sqrt(7.5))
+
+
+def test_a_window_without_a_queue_puts_off_the_probe() -> None:
+    """Windows at the baseline's latency past ``probe_interval``: the baseline still holds,
+    and no probe halves the limit."""
+    limit = _gradient(initial_limit=40, probe_interval=3.0)
+    now = 2.0
+    for _ in range(6):
+        now = _window(limit, now, 0.5, limit.limit)
+        assert not limit.probing
+
+
+def test_a_low_limit_needs_no_more_samples_than_it_has_calls() -> None:
+    """With a limit of 4 and ``min_samples`` 10, a window of four calls at the baseline is
+    judged (a low limit has few calls a round): the limit grows."""
+    limit = GradientLimit(AdaptiveConfig(enabled=True, initial_limit=4, min_samples=10), 0.0)
+    for step in range(4):
+        limit.observe(0.25 * (step + 1), 0.5, 4, False)
+    assert limit.probing  # the first window was judged: the probe follows it
+
+
+def test_seconds_before_the_first_call_started_are_no_evidence_of_capacity() -> None:
+    """After an idle while, 20 calls start 0.8 s ago and answer at the baseline, and one
+    answers after 0.8 s, queued: the upstream served them over 0.8 s, not over the whole
+    1 s span (the idle 0.2 s would make it look smaller), and the cut is to 1.5 times that."""
+    limit = _gradient(initial_limit=40)
+    now = limit._window_start + 10.0  # idle since the last decision
+    for step in range(20):
+        limit.observe(now - 0.3 + 0.005 * step, 0.5, 40, False)
+    limit.observe(now, 0.8, 40, False)
+    served = (20 * 0.5 + 0.5) / 0.8
+    assert limit.limit == int(1.5 * served + math.sqrt(1.5 * served))

@@ -295,19 +295,41 @@ TestAdaptiveLimitLayerContract = contract(
 """The layer keeps the worker contract (event grammar, typed errors, cancellation)."""
 
 
-async def test_a_call_abandoned_after_waiting_longer_than_the_baseline_is_a_sample(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
-    """A client that gives up after 3 s on an upstream whose baseline is 0.5 s leaves a
-    3 s latency sample (callers giving up must not hide a queueing upstream's latency)."""
-    upstream = QueueingUpstream(100, service=0.5)
-    layer = AdaptiveLimitLayer(upstream, _config(initial_limit=4, min_samples=1, window=0.1))
+async def _abandon_after(layer: AdaptiveLimitLayer, upstream: QueueingUpstream, wait: float) -> int:
+    """A first call sets the baseline (0.5 s); the next is abandoned by its client after
+    ``wait`` seconds without an answer. Returns the samples before it."""
     await layer.generate(_request(), _ignore)  # the first window: baseline 0.5 s
     samples = layer.limiter("m")._algorithm.statistics().samples
     upstream.service = 10.0
     async with trio.open_nursery() as nursery:
         with trio.CancelScope() as client:
-            nursery.start_soon(_cancel_after, client, 3.0)
+            nursery.start_soon(_cancel_after, client, wait)
             await layer.generate(_request(), _ignore)
+    return samples
+
+
+async def test_a_call_abandoned_after_waiting_longer_than_the_baseline_is_a_sample(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A client that gives up after 0.7 s on an upstream whose baseline is 0.5 s (within
+    ``tolerance``, 1.5, of it) leaves a 0.7 s latency sample (callers giving up must not
+    hide a queueing upstream's latency)."""
+    upstream = QueueingUpstream(100, service=0.5)
+    layer = AdaptiveLimitLayer(upstream, _config(initial_limit=4, min_samples=1, window=0.1))
+    samples = await _abandon_after(layer, upstream, 0.7)
+    assert layer.limiter("m")._algorithm.statistics().samples == samples + 1
+    assert layer.statistics().drops == 0
+
+
+async def test_a_call_abandoned_after_waiting_past_the_tolerance_is_a_sample_not_a_drop(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A client that gives up after 3 s on an upstream whose baseline is 0.5 s (past
+    ``tolerance`` times it) leaves a latency sample, not a drop: a caller whose deadline was
+    near (after a Retry-After, say) gives up on calls no slower than the others, and drops
+    for those cut a limit that was right."""
+    upstream = QueueingUpstream(100, service=0.5)
+    layer = AdaptiveLimitLayer(upstream, _config(initial_limit=4, min_samples=1, window=0.1))
+    samples = await _abandon_after(layer, upstream, 3.0)
     assert layer.limiter("m")._algorithm.statistics().samples == samples + 1
     assert layer.statistics().drops == 0

@@ -17,6 +17,7 @@ from trio_orchestrator.resilience import (
     AdaptiveLimitLayer,
     AdaptiveStatistics,
     ConcurrencyLimited,
+    GradientLimit,
 )
 from trio_orchestrator.types import GenerationParams, PromptRequest
 from trio_orchestrator.workers import EchoWorker, EventSink
@@ -488,7 +489,7 @@ async def test_an_abandoned_call_that_had_its_first_event_is_no_sample(
 ) -> None:
     """Baseline 0.5 s: a call abandoned at 3 s after a first event at 0.6 s says nothing;
     one abandoned at 0.3 s before any event (not slower than the baseline) neither; one
-    abandoned at 3 s with no event is a 3 s sample."""
+    abandoned at 0.7 s with no event (within tolerance of the baseline) is a 0.7 s sample."""
     upstream = Scripted(first=0.5)
     layer = AdaptiveLimitLayer(upstream, _config(**_FIXED))
     await trio.sleep(1.0)
@@ -501,9 +502,9 @@ async def test_an_abandoned_call_that_had_its_first_event_is_no_sample(
         assert limiter.in_flight == 0
     upstream.first = 10.0
     await trio.sleep(1.0)
-    await _abandon_after(layer, 3.0)
+    await _abandon_after(layer, 0.7)
     stats = layer.statistics()
-    assert stats.window_rtt == pytest.approx(3.0)
+    assert stats.window_rtt == pytest.approx(0.7)
     assert (stats.drops, stats.in_flight) == (0, 0)
 
 
@@ -537,3 +538,17 @@ async def test_a_refusal_names_the_provider_of_a_model_whose_name_has_slashes(
             await layer.generate(_request("meta-llama/Llama-3"), _ignore)
     assert refused.value.provider == "p"
     assert str(refused.value).startswith("p/meta-llama/Llama-3 is at its adaptive")
+
+
+async def test_a_streamed_call_holds_its_slot_until_its_end(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A call whose first token comes at 0.5 s and whose stream ends 3.5 s later is, to the
+    limit's count of what the upstream served, a call that started 4 s before its end (not
+    0.5 s: a stream holds the upstream's slot until its last token)."""
+    layer = AdaptiveLimitLayer(Scripted(first=0.5, rest=3.5), _config())
+    await layer.generate(_request(), _ignore)
+    algorithm = layer.limiter("m")._algorithm
+    assert isinstance(algorithm, GradientLimit)
+    start, end, _service = algorithm._recent._answers[-1]
+    assert end - start == 4.0

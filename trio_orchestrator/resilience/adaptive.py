@@ -48,6 +48,18 @@ limit again until the latency stops falling. And a window with no queue at all (
 ``fast_growth`` of the baseline) doubles the limit, TCP's slow start, so a capacity that came
 back is found in a few windows.
 
+A queue hides from the median: the calls still in it have not answered. Little's law finds
+it: the upstream served at once, on average, the seconds of service of the calls answered
+over a span, divided by the span -- each call's service being the time it held its slot
+(``held``: to the end of its stream) less what its first event came later than the baseline.
+An answer later than ``tolerance`` times the baseline (a queue) cuts the limit at once to
+``tolerance`` times that plus its square root, when that is below what ``backoff`` gives --
+the capacity fell, and the limit goes to it in one step, not window after window (at most
+once per window; never while probing). A window in which some call queued while more were in
+flight than ``tolerance`` times what was served is capped the same way. Seconds before the
+first of the calls counted started are left out: an idle upstream shows nothing of what it
+can serve.
+
 Errors are the other signal: a drop cuts the limit by ``backoff`` at once (not at the end
 of the window: a 429 is the upstream saying "now"), but at most once per window, because
 the calls already in flight when the first 429 came were admitted under the old limit and
@@ -64,6 +76,7 @@ configuration without losing their state (:meth:`reconfigure`).
 from __future__ import annotations
 
 import math
+from collections import deque
 from typing import TypeAlias
 
 import attrs
@@ -142,18 +155,25 @@ class _Limit:
         elif self.limit > before:
             self._raises += 1
 
-    def _drop(self, now: float) -> bool:
-        """Count a drop and cut the limit, unless it was cut within this window already.
+    def _drop(self, now: float, started: float = math.inf, bound: float = math.inf) -> bool:
+        """Count a drop and cut the limit, unless it was cut within this window already
+        or the call started before the last cut.
+
+        Args:
+            now: the time the call ended.
+            started: the time it was admitted.
+            bound: the limit cut to at most (below what ``backoff`` gives).
 
         Returns:
             True when it cut (the current window then starts afresh).
         """
         self._drops += 1
-        if now - self._last_cut < self.config.window:
+        stale = started < self._last_cut and bound >= self.limit
+        if now - self._last_cut < self.config.window or stale:
             return False
         self._last_cut = now
         # The limit in effect is cut, not the fractional estimate behind it: 7 at 0.7 is 4.
-        self._set(math.floor(int(self._estimate) * self.config.backoff))
+        self._set(min(math.floor(int(self._estimate) * self.config.backoff), bound))
         return True
 
     def _statistics(self, baseline: float, window: float) -> LimitStatistics:
@@ -189,6 +209,11 @@ class GradientLimit(_Limit):
     # While probing deeper: the latency of the probe's previous window (at twice the limit).
     _probe_rtt: float | None = attrs.field(default=None, init=False)
     _next_probe: float = attrs.field(init=False)
+    # The calls answered over the last span and since the window started (see _Served), and
+    # the slowest of the window's.
+    _recent: _Served = attrs.field(factory=lambda: _Served(), init=False)
+    _windowed: _Served = attrs.field(factory=lambda: _Served(), init=False)
+    _slowest: float = attrs.field(default=0.0, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -208,7 +233,9 @@ class GradientLimit(_Limit):
         """The limit is held low for a window to measure the baseline again."""
         return self._probe_limit is not None
 
-    def observe(self, now: float, rtt: float, in_flight: int, dropped: bool) -> None:
+    def observe(
+        self, now: float, rtt: float, in_flight: int, dropped: bool, held: float | None = None
+    ) -> None:
         """Take one finished call.
 
         Args:
@@ -217,13 +244,22 @@ class GradientLimit(_Limit):
                 comes back fast and says nothing of the upstream's latency).
             in_flight: calls in flight when it started, itself included.
             dropped: the upstream refused it, failed or timed out.
+            held: seconds from its start to its end (its stream's last event), if later
+                than its first event.
         """
         self._samples += 1
         if dropped:
             if now - self._last_cut >= self.config.window:
                 self._probe_limit = self._probe_rtt = None  # the cut is news enough; probe later
-            if self._drop(now):
+            if self._drop(now, now - rtt, self._drop_bound(rtt, in_flight)):
                 self._restart(now)
+            return
+        held = rtt if held is None else held
+        service = max(held - max(rtt - self._baseline, 0.0), 0.0)  # less its queueing
+        self._recent.add(now - held, now, service)
+        self._windowed.add(now - held, now, service)
+        self._slowest = max(self._slowest, rtt)
+        if self._cut_to_served(now, rtt):
             return
         if now < self._settled:
             return  # most calls in flight now were admitted before the last decision
@@ -233,8 +269,49 @@ class GradientLimit(_Limit):
         self._rtts.append(max(rtt, 0.0))
         self._max_in_flight = max(self._max_in_flight, in_flight)
         config = self.config
-        if now - self._settled >= config.window and len(self._rtts) >= config.min_samples:
+        enough = min(config.min_samples, self.limit)  # a low limit has few calls a round
+        if now - self._settled >= config.window and len(self._rtts) >= enough:
             self._close(now)
+
+    def _cut_to_served(self, now: float, rtt: float) -> bool:
+        """Cut the limit at once to ``tolerance`` times what the upstream served over the
+        last span (a window, or a baseline latency if longer), plus headroom, when an
+        answer shows a queue (it came later than ``tolerance`` times the baseline) and
+        that is below what ``backoff`` gives: the capacity fell, and the limit goes to it
+        in one step, not window after window. Once a window at most, never while probing.
+
+        Returns:
+            True when it cut (the current window then starts afresh).
+        """
+        config, baseline = self.config, self._baseline
+        span = max(config.window, baseline)
+        self._recent.forget(now - span)
+        if baseline <= 0.0 or rtt <= config.tolerance * baseline or self.probing:
+            return False
+        if now - self._last_cut < config.window:
+            return False
+        news = self.limit * config.backoff
+        if _headroom(config.tolerance * self._recent.seconds / span) >= news:
+            # The fewest it can have served (the whole span busy) says no cut: spare
+            # concurrency()'s walk over the span's calls on every answer of a steady queue.
+            return False
+        bound = _headroom(config.tolerance * self._recent.concurrency(now - span, now))
+        if bound >= news:
+            return False  # news for the window's gradient, not for a cut at once
+        self._last_cut = now
+        self._set(bound)
+        self._restart(now)
+        return True
+
+    def _drop_bound(self, rtt: float, in_flight: int) -> float:
+        """The limit a drop after ``rtt`` seconds allows: a call that waited that long with
+        ``in_flight`` calls ahead and beside it met an upstream serving at most
+        ``in_flight * baseline / rtt`` at once (Little's law); the limit is cut to
+        ``tolerance`` times that, if lower than ``backoff`` gives. A drop that came fast
+        (a 429) bounds nothing."""
+        if self._baseline <= 0.0 or rtt <= self._baseline:
+            return math.inf
+        return _headroom(self.config.tolerance * in_flight * self._baseline / rtt)
 
     def statistics(self) -> LimitStatistics:
         """The limit, the latencies it is judged by, and the counters."""
@@ -247,6 +324,8 @@ class GradientLimit(_Limit):
         self._window_rtt = window_rtt
         used = self._max_in_flight
         app_limited = used < self._estimate / 2
+        served = self._windowed.concurrency(self._window_start, now)
+        slowest = self._slowest
         self._restart(now)
         if self._probe_limit is not None:
             self._probed(now, window_rtt)
@@ -263,13 +342,22 @@ class GradientLimit(_Limit):
         gradient = min(max(gradient, _MIN_GRADIENT), _MAX_GRADIENT)
         if _unqueued(window_rtt, baseline, config):
             gradient = _MAX_GRADIENT  # no queue at all: double, as TCP's slow start does
-        if gradient >= 1.0 and app_limited:
-            return  # low latency at low load says nothing about more load
-        # Shrinking, the gradient scales the load that made the latency (the calls in
-        # flight), not a limit the callers never filled.
-        load = self._estimate if gradient >= 1.0 else min(self._estimate, used)
-        target = gradient * max(load, 1.0)
-        target += math.sqrt(target)
+            self._next_probe = now + config.probe_interval  # and the baseline still holds
+        if gradient >= 1.0:
+            if app_limited:
+                return  # low latency at low load says nothing about more load
+            target = _headroom(gradient * self._estimate)
+            # Grown by use (TCP's and BBR's app-limited rule): to at most twice the calls
+            # that were in flight, so a limit above what the callers send stays near it.
+            target = min(target, max(self._estimate, 2.0 * used))
+        else:
+            # Shrinking, the gradient scales the load that made the latency (the calls in
+            # flight), not a limit the callers never filled.
+            target = _headroom(gradient * max(min(self._estimate, used), 1.0))
+        if slowest > config.tolerance * baseline and used > config.tolerance * served:
+            # Some call queued, and more were in flight than the upstream served: the
+            # window's median may hide the queue (the calls still in it have not answered).
+            target = min(target, _headroom(config.tolerance * served))
         self._set(self._estimate + config.smoothing * (target - self._estimate))
 
     def _probed(self, now: float, window_rtt: float) -> None:
@@ -303,6 +391,8 @@ class GradientLimit(_Limit):
         self._settled = now + self.config.settle * self._window_rtt
         self._rtts.clear()
         self._max_in_flight = 0
+        self._windowed.forget(math.inf)
+        self._slowest = 0.0
 
 
 @attrs.define(eq=False)
@@ -316,7 +406,9 @@ class AimdLimit(_Limit):
 
     start: float = 0.0
 
-    def observe(self, now: float, rtt: float, in_flight: int, dropped: bool) -> None:
+    def observe(
+        self, now: float, rtt: float, in_flight: int, dropped: bool, held: float | None = None
+    ) -> None:
         """Take one finished call (the arguments are :meth:`GradientLimit.observe`'s)."""
         self._samples += 1
         if dropped or rtt > self.config.slow_call:
@@ -329,6 +421,41 @@ class AimdLimit(_Limit):
         return self._statistics(0.0, 0.0)
 
 
+@attrs.define(eq=False)
+class _Served:
+    """Little's law over the calls answered: how many the upstream served at once."""
+
+    # (start, end, seconds of service) of each call answered, in order of their ends.
+    _answers: deque[tuple[float, float, float]] = attrs.field(factory=deque)
+    _seconds: float = 0.0
+
+    @property
+    def seconds(self) -> float:
+        """The calls' seconds of service, summed."""
+        return max(self._seconds, 0.0)
+
+    def add(self, start: float, end: float, seconds: float) -> None:
+        self._answers.append((start, end, seconds))
+        self._seconds += seconds
+
+    def forget(self, before: float) -> None:
+        """Leave out the calls answered before ``before``."""
+        answers = self._answers
+        while answers and answers[0][1] < before:
+            self._seconds -= answers.popleft()[2]
+        if not answers:
+            self._seconds = 0.0  # no drift of float sums
+
+    def concurrency(self, since: float, now: float) -> float:
+        """Calls served at once, on average, from ``since`` to ``now`` -- or from the first
+        of these calls' starts, if later: before it the upstream may have been idle, and
+        an idle second is no evidence of what it can serve (inf with no calls)."""
+        if not self._answers:
+            return math.inf
+        start = max(since, min(start for start, _, _ in self._answers))
+        return max(self._seconds, 0.0) / (now - start) if now > start else math.inf
+
+
 LimitAlgorithm: TypeAlias = GradientLimit | AimdLimit
 """Either algorithm."""
 
@@ -338,6 +465,11 @@ def limit_for(config: AdaptiveConfig, start: float) -> LimitAlgorithm:
     if config.algorithm == "aimd":
         return AimdLimit(config, start)
     return GradientLimit(config, start)
+
+
+def _headroom(target: float) -> float:
+    """Envoy's headroom: a square root of the target on top of it."""
+    return target + math.sqrt(target)
 
 
 def _unqueued(window_rtt: float, baseline: float, config: AdaptiveConfig) -> bool:

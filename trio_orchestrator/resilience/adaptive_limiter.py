@@ -17,7 +17,9 @@ connection failure, a malformed answer or a timeout (its deadline passing) is a 
 request the upstream refused as invalid says nothing and only frees its slot. A call its
 client abandoned says nothing either, unless it had waited for its first event longer than
 the baseline latency: then that wait is its sample (a lower bound of its latency) -- else
-the callers who give up on a queueing upstream would hide its latency from the limit.
+the callers who give up on a queueing upstream would hide its latency from the limit. It is
+no drop, however long it waited: a caller near its own deadline (after a Retry-After, say)
+gives up on calls no slower than the others.
 """
 
 from __future__ import annotations
@@ -168,15 +170,18 @@ class AdaptiveLimiter:
         self._in_flight -= 1
         self._hand_over()
 
-    def record(self, rtt: float, in_flight: int, *, dropped: bool) -> None:
+    def record(
+        self, rtt: float, in_flight: int, *, dropped: bool, held: float | None = None
+    ) -> None:
         """Free a slot and give the algorithm the call's sample.
 
         Args:
             rtt: seconds from admission to the first event.
             in_flight: what :meth:`acquire` returned for it.
             dropped: the upstream refused or failed it, or it timed out.
+            held: seconds from admission to the end, if later than the first event.
         """
-        self._algorithm.observe(trio.current_time(), rtt, in_flight, dropped)
+        self._algorithm.observe(trio.current_time(), rtt, in_flight, dropped, held)
         self.release()
 
     def slower_than_baseline(self, rtt: float) -> bool:
@@ -353,6 +358,8 @@ class AdaptiveLimitLayer:
                 # Abandoned while still waiting for its first event, and already slower
                 # than the baseline: a latency of at least ``rtt``. Left out, the callers
                 # who give up on a queueing upstream would hide its latency from the limit.
+                # Not a drop: a caller whose deadline was near (after a Retry-After, say)
+                # gives up on a call no slower than the others.
                 dropped = False
             if dropped is None:
                 limiter.release()
@@ -360,7 +367,7 @@ class AdaptiveLimitLayer:
                 limiter.record(rtt, in_flight, dropped=dropped)
             raise
         end = trio.current_time()
-        limiter.record((first_event_at or end) - start, in_flight, dropped=False)
+        limiter.record((first_event_at or end) - start, in_flight, dropped=False, held=end - start)
 
     def _forget_idle(self) -> None:
         for key in [k for k, limiter in self._limiters.items() if limiter.idle]:

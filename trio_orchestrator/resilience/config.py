@@ -421,7 +421,7 @@ class AdaptiveConfig:
             token, in (0, 1] (0.5: the median, as Envoy's default).
         tolerance: how much slower than the baseline (the latency at low load: the lowest
             window latency since the last probe) calls may get before the gradient limit
-            shrinks (≥ 1; 1.25 lets them be 25 % slower, as Envoy's default buffer).
+            shrinks (≥ 1; 1.5, the default, lets them be 50 % slower; Envoy buffers 25 %).
         probe_interval: seconds between probes of the baseline: the gradient limit halves
             itself for one window and takes that window's latency as the new baseline, so
             the baseline follows an upstream that became slower (or faster) for good. The
@@ -454,10 +454,10 @@ class AdaptiveConfig:
     settle: float = attrs.field(default=0.5, validator=non_negative_finite)
     min_samples: int = attrs.field(default=10, validator=positive_int)
     percentile: float = attrs.field(default=0.5, validator=fraction)
-    tolerance: float = attrs.field(default=1.25, validator=at_least_one)
+    tolerance: float = attrs.field(default=1.5, validator=at_least_one)
     probe_interval: float = attrs.field(default=60.0, validator=positive_time)
     smoothing: float = attrs.field(default=1.0, validator=fraction)
-    fast_growth: float = attrs.field(default=0.6, validator=unit_interval)
+    fast_growth: float = attrs.field(default=0.3, validator=unit_interval)
     backoff: float = attrs.field(default=0.7, validator=fraction_below_one)
     slow_call: float = attrs.field(default=5.0, validator=positive_number)
     max_waiting: int = attrs.field(default=16, validator=_whole_or_zero)
