@@ -21,6 +21,7 @@ LiteLLM's). Needs wrk (Debian's ``wrk``) and Linux.
 Ends with one line of JSON.
 
     python benchmarks/bench_overhead.py [--quick] [--duration S] [--rates R ...]
+        [--transport h11|httpcore] [--litellm-python PATH]
 """
 
 from __future__ import annotations
@@ -106,15 +107,20 @@ def start_fake() -> tuple[subprocess.Popen[str], str]:
     return process, process.stdout.readline().strip()
 
 
-def start_gateway(upstream: str, workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """``trio-orchestrator serve`` with its defaults and the fake as its one provider."""
+def start_gateway(
+    upstream: str, workdir: Path, transport: str | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
+    """``trio-orchestrator serve`` with its defaults and the fake as its one provider (and
+    ``[providers] transport`` when given)."""
     port = free_port()
     config = workdir / "overhead.toml"
+    providers = "" if transport is None else f'[providers]\ntransport = "{transport}"\n'
     config.write_text(
         f"""
 [service]
 port = {port}
 
+{providers}
 [[providers.providers]]
 kind = "openai"
 name = "fake"
@@ -417,6 +423,12 @@ def main() -> None:
     parser.add_argument(
         "--litellm-python", default=None, help="a virtualenv's python with litellm[proxy]"
     )
+    parser.add_argument(
+        "--transport",
+        choices=["h11", "httpcore"],
+        default=None,
+        help="the gateway's [providers] transport (default: the configuration's default)",
+    )
     args = parser.parse_args()
     args.duration = args.duration or (2.0 if args.quick else 10.0)
     args.repeats = args.repeats or (1 if args.quick else 3)
@@ -424,7 +436,8 @@ def main() -> None:
         sys.exit("bench_overhead needs wrk (apt install wrk)")
     print(
         f"bench_overhead: fake provider ({TOKENS} tokens, answers at once) and the gateway "
-        f"(trio-orchestrator serve, default settings) in their own processes; wrk c=1 "
+        f"(trio-orchestrator serve, default settings, transport {args.transport or 'default'}) "
+        f"in their own processes; wrk c=1 "
         f"({args.repeats} rounds, {args.duration:g} s each, medians), open loop at "
         f"{args.rates} req/s, CPU from /proc at c=16; Python {platform.python_version()}, "
         f"{os.cpu_count()} CPUs"
@@ -432,7 +445,7 @@ def main() -> None:
     fake, upstream = start_fake()
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        gateway, url = start_gateway(upstream, Path(tmp))
+        gateway, url = start_gateway(upstream, Path(tmp), args.transport)
         try:
             pids = {"gateway": gateway.pid, "upstream": fake.pid}
             results["trio_orchestrator"] = measure("gateway", url, upstream, pids, args)
@@ -460,6 +473,7 @@ def main() -> None:
         "repeats": args.repeats,
         "rates": args.rates,
         "tokens": TOKENS,
+        "transport": args.transport or "default",
         "cpus": os.cpu_count(),
     }
     print(json.dumps({"bench": "overhead", "conditions": conditions, "results": results}))
