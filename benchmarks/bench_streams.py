@@ -67,9 +67,9 @@ def memory_kb(pid: int) -> dict[str, int]:
 # ----------------------------------------------------------------------------- the client
 
 
-def request_bytes(host: str, port: int) -> bytes:
-    """One streaming chat request whose echo is ``PROMPT_TOKENS`` tokens long."""
-    words = " ".join(f"w{i}" for i in range(PROMPT_TOKENS))
+def request_bytes(host: str, port: int, tokens: int = PROMPT_TOKENS) -> bytes:
+    """One streaming chat request whose echo is ``tokens`` tokens long."""
+    words = " ".join(f"w{i}" for i in range(tokens))
     body = json.dumps(
         {"model": "echo", "stream": True, "messages": [{"role": "user", "content": words}]}
     ).encode()

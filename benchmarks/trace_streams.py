@@ -41,29 +41,18 @@ from typing import Any
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_streams import CONNECTING_AT_ONCE, one_stream, raise_fd_limit, write_config
+from bench_streams import (
+    CONNECTING_AT_ONCE,
+    one_stream,
+    raise_fd_limit,
+    request_bytes,
+    write_config,
+)
 
 from trio_orchestrator.config import parse_config
 from trio_orchestrator.service import serve
 
 TOKENS = 10
-
-
-def request_bytes(host: str, port: int, words: int) -> bytes:
-    """One streaming chat whose echo is ``words`` tokens long."""
-    body = json.dumps(
-        {
-            "model": "echo",
-            "stream": True,
-            "messages": [{"role": "user", "content": " ".join(f"w{i}" for i in range(words))}],
-        }
-    ).encode()
-    head = (
-        f"POST /v1/chat/completions HTTP/1.1\r\nhost: {host}:{port}\r\n"
-        f"content-type: application/json\r\ncontent-length: {len(body)}\r\n"
-        "connection: close\r\n\r\n"
-    )
-    return head.encode() + body
 
 
 async def client(host: str, port: int, streams: int, words: int) -> None:
