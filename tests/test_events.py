@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from trio_orchestrator import (
     Accumulator,
@@ -16,7 +20,7 @@ from trio_orchestrator import (
     ToolCallStart,
     Usage,
 )
-from trio_orchestrator.events import merge_passthrough
+from trio_orchestrator.events import TextPieces, merge_passthrough
 
 
 def test_accumulator_joins_text_tool_calls_and_usage() -> None:
@@ -101,3 +105,28 @@ def test_accumulator_folds_passthrough_into_the_completion() -> None:
     assert passed.message == {"reasoning_content": "Let me think."}
     assert passed.choice == {"logprobs": {"content": [{"token": "Hi"}]}}
     assert Accumulator().completion("r2").passthrough is None
+
+
+@given(st.lists(st.text(max_size=5), max_size=300))
+def test_text_pieces_give_back_the_pieces_joined(pieces: list[str]) -> None:
+    """Whatever the pieces and wherever the joins fall, the text is their concatenation."""
+    text = TextPieces()
+    for piece in pieces:
+        text.append(piece)
+    assert text.text() == "".join(pieces)
+
+
+def test_text_pieces_hold_about_the_text_not_a_string_per_piece() -> None:
+    """1,000 four-character pieces (a long answer's tokens) cost a few KB kept, not the
+    ~60 KB of a list of 1,000 strings: a stream's text is kept for as long as it is open."""
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        text = TextPieces()
+        for i in range(1000):
+            text.append(f"t{i:03d}")  # a new string each, freed unless kept
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert text.text().startswith("t000t001")
+    assert held < 12_000

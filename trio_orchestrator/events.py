@@ -27,6 +27,7 @@ __all__ = [
     "Passthrough",
     "StreamEvent",
     "TextDelta",
+    "TextPieces",
     "ToolCallDelta",
     "ToolCallStart",
     "Usage",
@@ -39,6 +40,34 @@ class TextDelta:
     """A piece of generated text."""
 
     text: str
+
+
+class TextPieces:
+    r"""A stream's text as it arrives in pieces (its ``TextDelta``\ s), joined every
+    :attr:`JOIN_EVERY` pieces: a list of one small string per token costs ~60 bytes a token
+    over the text itself, for as long as the stream is open, and an answer's text is kept by
+    its worker and by the pipeline both (the pieces are freed once both have joined them).
+    """
+
+    __slots__ = ("_chunks", "_pieces")
+
+    JOIN_EVERY = 64
+
+    def __init__(self) -> None:
+        self._chunks: list[str] = []
+        self._pieces: list[str] = []
+
+    def append(self, piece: str) -> None:
+        """Add the next piece."""
+        pieces = self._pieces
+        pieces.append(piece)
+        if len(pieces) >= self.JOIN_EVERY:
+            self._chunks.append("".join(pieces))
+            pieces.clear()
+
+    def text(self) -> str:
+        """The whole text so far."""
+        return "".join(self._chunks) + "".join(self._pieces)
 
 
 @attrs.frozen

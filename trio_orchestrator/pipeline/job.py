@@ -19,6 +19,7 @@ from ..events import (
     Passthrough,
     StreamEvent,
     TextDelta,
+    TextPieces,
     Usage,
     merge_passthrough,
 )
@@ -140,7 +141,7 @@ class Job:
     documents: Sequence[Document] = ()
     filter: TextFilter | None = None
     generation: trio.CancelScope | None = None
-    text: list[str] = attrs.field(factory=list)
+    text: TextPieces = attrs.field(factory=TextPieces)
     usage: Usage | None = None
     passthrough: Passthrough | None = None
     embeddings: tuple[tuple[float, ...], ...] = ()
@@ -200,7 +201,7 @@ class Job:
         finish_reason = "stop" if self.stopped or done is None else done.finish_reason
         return Completion(
             request_id=self.request.request_id,
-            text="".join(self.text) + self.tail,
+            text=self.text.text() + self.tail,
             finish_reason=finish_reason,
             usage=(done.usage if done else None) or self.usage,
             tool_calls=(done.tool_calls if done else ())

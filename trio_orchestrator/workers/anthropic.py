@@ -26,7 +26,7 @@ import httpx
 
 from ..config.secret import Secret
 from ..errors import MalformedResponse, ProviderConnectionError
-from ..events import Done, Passthrough, TextDelta, ToolCallDelta, ToolCallStart, Usage
+from ..events import Done, Passthrough, TextDelta, TextPieces, ToolCallDelta, ToolCallStart, Usage
 from ..types import PromptRequest, ToolCall
 from ._sse import ServerSentEvent, parse_event_data
 from .anthropic_request import messages_body
@@ -81,7 +81,7 @@ class _MessageStream:
     emit: EventSink
     started: bool = False
     finished: bool = False
-    _text: list[str] = attrs.field(factory=list)
+    _text: TextPieces = attrs.field(factory=TextPieces)
     _tools: dict[int, int] = attrs.field(factory=dict)  # content block index -> call index
     _calls: list[list[str]] = attrs.field(factory=list)
     _call_ids: list[tuple[str, str]] = attrs.field(factory=list)
@@ -164,7 +164,7 @@ class _MessageStream:
         calls = tuple(
             ToolCall(*self._call_ids[i], "".join(parts)) for i, parts in enumerate(self._calls)
         )
-        await self.emit(Done(self._stop, "".join(self._text), self._usage, calls, self._model))
+        await self.emit(Done(self._stop, self._text.text(), self._usage, calls, self._model))
 
 
 async def _emit_message(answer: Mapping[str, Any], provider: str, emit: EventSink) -> None:

@@ -56,7 +56,16 @@ from ..errors import (
     RateLimited,
     ServerError,
 )
-from ..events import Done, Embeddings, Passthrough, TextDelta, ToolCallDelta, ToolCallStart, Usage
+from ..events import (
+    Done,
+    Embeddings,
+    Passthrough,
+    TextDelta,
+    TextPieces,
+    ToolCallDelta,
+    ToolCallStart,
+    Usage,
+)
 from ..types import PromptRequest, ToolCall
 from ._sse import ServerSentEvent
 from .base import EventSink
@@ -340,7 +349,7 @@ class _ConverseStream:
     emit: EventSink
     started: bool = False
     finished: bool = False
-    _text: list[str] = attrs.field(factory=list)
+    _text: TextPieces = attrs.field(factory=TextPieces)
     _tools: dict[int, int] = attrs.field(factory=dict)  # content block index -> call index
     _calls: list[list[str]] = attrs.field(factory=list)
     _call_ids: list[tuple[str, str]] = attrs.field(factory=list)
@@ -414,7 +423,7 @@ class _ConverseStream:
         calls = tuple(
             ToolCall(*self._call_ids[i], "".join(parts)) for i, parts in enumerate(self._calls)
         )
-        await self.emit(Done(self._stop, "".join(self._text), self._usage, calls, self.model))
+        await self.emit(Done(self._stop, self._text.text(), self._usage, calls, self.model))
 
 
 async def _emit_answer(

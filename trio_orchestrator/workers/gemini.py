@@ -45,7 +45,16 @@ from ..errors import (
     RateLimited,
     ServerError,
 )
-from ..events import Done, Embeddings, Passthrough, TextDelta, ToolCallDelta, ToolCallStart, Usage
+from ..events import (
+    Done,
+    Embeddings,
+    Passthrough,
+    TextDelta,
+    TextPieces,
+    ToolCallDelta,
+    ToolCallStart,
+    Usage,
+)
 from ..types import PromptRequest, ToolCall
 from ._sse import ServerSentEvent, parse_event_data
 from .base import EventSink
@@ -208,7 +217,7 @@ class _Fold:
     emit: EventSink
     started: bool = False
     finished: bool = False  # Gemini's stream just ends: read it to its end
-    _text: list[str] = attrs.field(factory=list)
+    _text: TextPieces = attrs.field(factory=TextPieces)
     _calls: list[ToolCall] = attrs.field(factory=list)
     _usage: Usage | None = None
     _finish: str | None = None
@@ -269,7 +278,7 @@ class _Fold:
             finish = "tool_calls"
         if self._usage is not None:
             await self.emit(self._usage)
-        text = "".join(self._text)
+        text = self._text.text()
         await self.emit(Done(finish, text, self._usage, tuple(self._calls), self._model))
 
 

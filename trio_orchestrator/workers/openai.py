@@ -28,7 +28,7 @@ import httpx
 
 from ..config.secret import Secret
 from ..errors import MalformedResponse, ProviderConnectionError
-from ..events import Done, Passthrough, TextDelta, ToolCallDelta, ToolCallStart, Usage
+from ..events import Done, Passthrough, TextDelta, TextPieces, ToolCallDelta, ToolCallStart, Usage
 from ..types import Message, PromptRequest, Tool, ToolCall
 from ._sse import ServerSentEvent, parse_event_data
 from .base import EventSink
@@ -182,7 +182,7 @@ class _ChatStream:
     emit: EventSink
     started: bool = False
     finished: bool = False
-    _text: list[str] = attrs.field(factory=list)
+    _text: TextPieces = attrs.field(factory=TextPieces)
     _calls: dict[int, list[str]] = attrs.field(factory=dict)
     _call_ids: dict[int, tuple[str, str]] = attrs.field(factory=dict)
     _finish: str | None = None
@@ -292,7 +292,7 @@ class _ChatStream:
             ToolCall(*self._call_ids[i], "".join(self._calls[i])) for i in sorted(self._calls)
         )
         await self._release()
-        await self.emit(Done(self._finish, "".join(self._text), self._usage, calls, self._model))
+        await self.emit(Done(self._finish, self._text.text(), self._usage, calls, self._model))
 
 
 async def _emit_completion(answer: Mapping[str, Any], provider: str, emit: EventSink) -> None:

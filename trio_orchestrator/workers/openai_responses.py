@@ -33,7 +33,7 @@ from typing import Any
 import attrs
 
 from ..errors import MalformedResponse, ProviderConnectionError, ProviderError
-from ..events import Done, Passthrough, TextDelta, ToolCallDelta, ToolCallStart, Usage
+from ..events import Done, Passthrough, TextDelta, TextPieces, ToolCallDelta, ToolCallStart, Usage
 from ..types import PromptRequest, ToolCall
 from ._sse import ServerSentEvent, parse_event_data
 from .base import EventSink
@@ -181,7 +181,7 @@ class ResponsesStream:
     started: bool = False
     finished: bool = False
     _held: list[dict[str, Any]] = attrs.field(factory=list)
-    _text: list[str] = attrs.field(factory=list)
+    _text: TextPieces = attrs.field(factory=TextPieces)
     _calls: dict[Any, int] = attrs.field(factory=dict)  # output_index -> tool call index
     _call_parts: list[tuple[str, str, list[str]]] = attrs.field(factory=list)
     _done: Done | None = None
@@ -254,7 +254,7 @@ class ResponsesStream:
             await self.emit(usage)
         calls = tuple(ToolCall(i, n, "".join(a)) for i, n, a in self._call_parts)
         finish = _finish(response, bool(calls))
-        self._done = Done(finish, "".join(self._text), usage, calls, response.get("model"))
+        self._done = Done(finish, self._text.text(), usage, calls, response.get("model"))
 
     async def end(self) -> None:
         """The stream ended: ``Done``, or an error if it ended before its terminal event.
