@@ -162,7 +162,6 @@ def test_json_bytes_hold_no_more_than_their_size() -> None:
 # Frames that only passed a call on: each was held, with its locals, for a stream's whole life.
 _PASS_THROUGH = frozenset(
     {
-        "ServiceApp._dispatch",
         "ChatFastPath.__call__",
         "PushedEventStream._pump",
         "BoundedBody.receive",
