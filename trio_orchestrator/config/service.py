@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 
@@ -84,6 +84,10 @@ class EchoConfig:
     model: str = "echo"
 
 
+ServerKind = Literal["httptools", "hypercorn"]
+SERVERS: tuple[ServerKind, ...] = ("httptools", "hypercorn")
+
+
 @attrs.frozen
 class ServiceConfig:
     """The HTTP service (``trio-orchestrator serve``).
@@ -131,6 +135,11 @@ class ServiceConfig:
             reading (its socket buffers full); past it the connection is reset and the
             request, if still running, is cancelled. Hypercorn has no write timeout of its own.
             Reloadable.
+        server: what serves HTTP: ``"httptools"`` (default: the package's own HTTP/1.1
+            server on Trio sockets with httptools' parser, which hands a WebSocket or HTTP/2
+            connection to hypercorn; see :mod:`trio_orchestrator.service.h1server`) or
+            ``"hypercorn"`` (hypercorn's Trio worker for every connection). Changes only on a
+            restart.
         stream_buffer_bytes: bytes of a streamed chat's events the service holds for a client
             that reads slower than the answer comes (beyond what the kernel's socket buffers
             hold); when they would exceed it, the request is cancelled at once, freeing its
@@ -157,6 +166,7 @@ class ServiceConfig:
     send_timeout: float = attrs.field(
         default=30.0, validator=positive_seconds, metadata={"reloadable": True}
     )
+    server: ServerKind = attrs.field(default="hypercorn", validator=one_of(*SERVERS))
     stream_buffer_bytes: int = attrs.field(
         default=65_536, validator=positive_int, metadata={"reloadable": True}
     )
