@@ -7,11 +7,13 @@ import gc
 import tracemalloc
 import types
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
 import attrs
 import httpx
+import pytest
 import trio
 import trio.testing
 from service_helpers import make_config, running_service
@@ -24,6 +26,7 @@ from trio_orchestrator.events import Done, TextDelta, Usage
 from trio_orchestrator.pipeline import Pipeline
 from trio_orchestrator.pipeline.core import IDLE_RUNNERS
 from trio_orchestrator.pipeline.job import EventPipe, Job
+from trio_orchestrator.service import h1server
 from trio_orchestrator.service.jsonenc import json_bytes
 from trio_orchestrator.workers import EventSink
 
@@ -115,12 +118,15 @@ def _server_tasks() -> int:
     return sum("test_memory" not in task.name for task in live_tasks())
 
 
-async def test_an_open_stream_costs_three_tasks_through_the_service() -> None:
-    """While streamed chats are open, the service runs three tasks for each (hypercorn's
-    connection and application tasks, one inference runner): none waits for a disconnect."""
+@pytest.mark.parametrize(("server", "tasks"), [("httptools", 2), ("hypercorn", 3)])
+async def test_an_open_stream_costs_two_tasks_through_the_service(server: str, tasks: int) -> None:
+    """While streamed chats are open, the service runs two tasks for each (the connection's,
+    in which the application runs, and one inference runner; hypercorn runs the application
+    in a task of its own): none waits for a disconnect."""
     streams = 6
-    idle, busy, done = await _while_streams_open(make_config(), streams, _server_tasks)
-    assert (busy - idle) / streams == 3
+    config = make_config(server=server)
+    idle, busy, done = await _while_streams_open(config, streams, _server_tasks)
+    assert (busy - idle) / streams == tasks
     assert done == streams
 
 
@@ -233,16 +239,19 @@ async def test_an_open_stream_holds_no_pass_through_frame_through_the_service() 
 
 
 _PACKAGE = str(Path(trio_orchestrator.__file__).parent)
+_SERVER = str(Path(h1server.__file__))
 
 
-def _package_frames() -> dict[str, int]:
-    """The coroutine frames of this package alive now, by qualified name."""
+def _package_frames(server: bool = False) -> dict[str, int]:
+    """The coroutine frames of this package alive now, by qualified name: the HTTP server's
+    (``server``) or the rest's."""
     gc.collect()
     found: dict[str, int] = {}
     for thing in gc.get_objects():
-        if isinstance(thing, types.CoroutineType) and thing.cr_code.co_filename.startswith(
-            _PACKAGE
-        ):
+        if not isinstance(thing, types.CoroutineType):
+            continue
+        filename = thing.cr_code.co_filename
+        if filename.startswith(_PACKAGE) and (filename == _SERVER) == server:
             name = thing.cr_code.co_qualname
             found[name] = found.get(name, 0) + 1
     return found
@@ -263,6 +272,20 @@ async def test_an_open_stream_holds_three_frames_of_the_package() -> None:
         "PushedEventStream.__call__": 1,
         "Pipeline._runner": 1,
     }
+    assert done == streams
+
+
+async def test_an_open_stream_holds_three_frames_of_the_server() -> None:
+    """The HTTP server holds three coroutine frames for an open stream: the connection's
+    loop, the request's answer (which called the application), and the ``receive`` that
+    waits for the client to leave."""
+    streams = 6
+    idle, frames, done = await _while_streams_open(
+        make_config(), streams, partial(_package_frames, server=True)
+    )
+    added = {name: frames[name] - idle.get(name, 0) for name in frames}
+    held = {name: count / streams for name, count in added.items() if count}
+    assert held == {"_Connection.run": 1, "_Connection._answer": 1, "_Connection.receive": 1}
     assert done == streams
 
 

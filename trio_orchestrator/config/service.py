@@ -166,7 +166,7 @@ class ServiceConfig:
     send_timeout: float = attrs.field(
         default=30.0, validator=positive_seconds, metadata={"reloadable": True}
     )
-    server: ServerKind = attrs.field(default="hypercorn", validator=one_of(*SERVERS))
+    server: ServerKind = attrs.field(default="httptools", validator=one_of(*SERVERS))
     stream_buffer_bytes: int = attrs.field(
         default=65_536, validator=positive_int, metadata={"reloadable": True}
     )

@@ -22,6 +22,7 @@ from ..config import Config
 from ..workers import ModelWorker
 from .app import create_app
 from .connections import drain, drain_margin
+from .h1server import serve_http1
 from .settings import CONFIG_ENV, log_to_stderr
 from .state import ServiceState
 
@@ -117,13 +118,15 @@ async def serve(
             sock.listen(hconfig.backlog)
     try:
         async with trio.open_nursery() as nursery:
-            server = partial(
-                worker_serve,
-                wrap_app(cast(Any, app), hconfig.wsgi_max_body_size, "asgi"),
-                hconfig,
-                sockets=sockets,
-                shutdown_trigger=trigger,
-            )
+            wrapped = wrap_app(cast(Any, app), hconfig.wsgi_max_body_size, "asgi")
+            if config.service.server == "httptools":
+                server = partial(
+                    serve_http1, app, wrapped, hconfig, sockets=sockets, shutdown_trigger=trigger
+                )
+            else:
+                server = partial(
+                    worker_serve, wrapped, hconfig, sockets=sockets, shutdown_trigger=trigger
+                )
             binds: list[str] = await nursery.start(server)
             task_status.started(binds[0])
     finally:
