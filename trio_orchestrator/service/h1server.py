@@ -44,6 +44,9 @@ from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import AppWrapper
 from hypercorn.utils import repr_socket_addr
 
+from .errors import ApiError
+from .jsonenc import json_bytes
+
 __all__ = ["MAX_HEADER_BYTES", "serve_http1"]
 
 logger = logging.getLogger("trio_orchestrator.service")
@@ -112,6 +115,7 @@ class _Request:
         "headers_done",
         "keep_alive",
         "method",
+        "size",
         "url",
         "version",
     )
@@ -120,6 +124,7 @@ class _Request:
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.headers_done = False
+        self.size = 0  # of the request line's target and the headers
         self.body: list[bytes] = []
         self.complete = False
         self.delivered = False  # the body's last message has been received
@@ -177,7 +182,6 @@ class _Connection:
         "gone",
         "head",
         "head_written",
-        "header_bytes",
         "keep_alive",
         "linger",
         "parser",
@@ -197,7 +201,6 @@ class _Connection:
         self.parser = httptools.HttpRequestParser(self)
         self.queue: deque[_Request] = deque()
         self.raw_first: bytearray | None = bytearray()  # until the first request's headers
-        self.header_bytes = 0
         self.read_ahead = 0
         self.poisoned = False  # the parser failed on a later request: close after this one
         self.keep_alive = True
@@ -226,10 +229,17 @@ class _Connection:
         self.queue.append(_Request())
 
     def on_url(self, url: bytes) -> None:
-        self.queue[-1].url += url
+        request = self.queue[-1]
+        request.url += url
+        request.size += len(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.queue[-1].headers.append((name.lower(), value))
+        name = name.lower()
+        request = self.queue[-1]
+        request.headers.append((name, value))
+        request.size += len(name) + len(value) + 4
+        if name == b"expect" and value.lower() == b"100-continue":
+            request.expect_continue = True
 
     def on_headers_complete(self) -> None:
         request = self.queue[-1]
@@ -237,9 +247,6 @@ class _Connection:
         request.method = parser.get_method()
         request.version = parser.get_http_version()
         request.keep_alive = parser.should_keep_alive()
-        request.expect_continue = (b"expect", b"100-continue") in [
-            (name, value.lower()) for name, value in request.headers if name == b"expect"
-        ]
         request.headers_done = True
 
     def on_body(self, body: bytes) -> None:
@@ -280,41 +287,44 @@ class _Connection:
         if queue and queue[0].headers_done:
             return queue[0]
         server = self.server
-        self.header_bytes = 0
+        header_bytes = 0
+        upgrade = False
         scope = trio.CancelScope(deadline=trio.current_time() + server.keep_alive_timeout)
         server.idle.add(scope)
         try:
             with scope:
-                while not (queue and queue[0].headers_done):
+                while not (queue and queue[0].headers_done) and header_bytes <= MAX_HEADER_BYTES:
                     data = await self.stream.receive_some(MAX_RECV)
                     if not data:
                         return None
-                    self.header_bytes += len(data)
+                    header_bytes += len(data)
                     raw = self.raw_first
                     if raw is not None:
                         raw += data
                         if raw[: len(_H2_PREFACE)] == _H2_PREFACE:
-                            await self._hand_over()
-                            return None
+                            upgrade = True
+                            break
                     try:
                         self.parser.feed_data(data)
                     except httptools.HttpParserUpgrade:
                         if raw is None:
                             message = "an upgrade must be a connection's first request"
                             await self._refuse(400, message)
-                        else:
-                            await self._hand_over()
-                        return None
+                            return None
+                        upgrade = True
+                        break
                     except httptools.HttpParserError:
                         await self._refuse(400, "the request is not valid HTTP/1.1")
                         return None
-                    if self.header_bytes > MAX_HEADER_BYTES and not (
-                        queue and queue[0].headers_done
-                    ):
-                        await self._refuse(431, "the request's headers are too large")
+                else:
+                    if not (queue and queue[0].headers_done) or queue[0].size > MAX_HEADER_BYTES:
+                        await self._refuse(431, "the request's line and headers are over 64 KiB")
                         return None
         finally:
             server.idle.discard(scope)
+        if upgrade:
+            await self._hand_over()  # no longer under the keep-alive deadline
+            return None
         if scope.cancelled_caught:
             return None
         self.raw_first = None
@@ -332,11 +342,12 @@ class _Connection:
         await tcp.run()
 
     async def _refuse(self, status: int, message: str) -> None:
-        """Answer a request this server cannot read, then close."""
+        """Answer a request this server cannot read, then close (lingering: the client may
+        still be sending it)."""
         self.keep_alive = False
-        body = (
-            b'{"error": {"message": "' + message.encode() + b'", "type": "invalid_request_error"}}'
-        )
+        self.linger = True
+        kind = "server_error" if status >= 500 else "invalid_request_error"
+        body = json_bytes(ApiError(status, message, kind).body())
         head = (
             _STATUS_LINES[status]
             + b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n"
