@@ -304,7 +304,7 @@ async def test_expect_100_continue_is_answered_before_the_body(server: ServerKin
     assert answer.json()["choices"][0]["message"]["content"] == "hello there"
 
 
-EARLY_ANSWERS = {
+EARLY_ANSWERS: dict[str, tuple[dict[str, Any], int]] = {
     "401 without a key": ({"api_keys": (ApiKeyConfig(key=Secret(KEY)),)}, 401),
     "413 over max_body_bytes": ({"max_body_bytes": 1000}, 413),
 }
