@@ -400,6 +400,30 @@ async def test_content_length_with_chunked_gets_a_4xx_and_the_connection_closes(
     assert left == b""
 
 
+@hypercorn_flaw(
+    "hypercorn answers 400 with Connection: close and then holds the connection open for "
+    "good, past keep_alive_timeout too"
+)
+async def test_a_refused_websocket_handshake_is_answered_and_closed(
+    server: ServerKind, autojump_clock: trio.testing.MockClock
+) -> None:
+    """An upgrade to WebSocket without its key is refused (4xx) and the connection closed:
+    a server that kept it would hold a socket for a client that has nothing more to say."""
+    handshake = request(
+        "GET", "/v1/ws", headers=[("Connection", "Upgrade"), ("Upgrade", "websocket")]
+    )
+    async with peer_of(server, keep_alive_timeout=20) as peer:
+        await peer.send(handshake)
+        with trio.fail_after(PATIENCE):
+            answer = await peer.response()
+        closed, left = False, b""
+        with trio.move_on_after(PATIENCE * 10):  # past keep_alive_timeout: a hang guard
+            left = await peer.rest()
+            closed = True
+    assert 400 <= answer.status < 500
+    assert (closed, left) == (True, b"")
+
+
 async def test_headers_over_64_kb_get_a_4xx_or_a_close(server: ServerKind) -> None:
     """Headers too large to hold are refused (a 4xx) or the connection is closed; the
     server neither waits for more nor fails."""
