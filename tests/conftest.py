@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import os
 
+import pytest
 from hypothesis import HealthCheck, settings
 from socket_origins import trace_socket_origins
+
+from trio_orchestrator.config.service import SERVERS, ServerKind
 
 # tiktoken comes with langchain-openai (a dev dependency) and would download its encoding from
 # the internet on first use; the tests count tokens with the documented heuristic instead.
@@ -77,3 +80,11 @@ def _use_h11_transport() -> None:
 
 if os.environ.get("TRIO_ORCHESTRATOR_TEST_TRANSPORT") == "h11":
     _use_h11_transport()
+
+
+@pytest.fixture(params=SERVERS)
+def server(request: pytest.FixtureRequest) -> ServerKind:
+    """What serves HTTP under ``serve`` (``service.server``): a test taking this fixture runs
+    once per server, so every server is held to the same behaviour."""
+    kind: ServerKind = request.param
+    return kind

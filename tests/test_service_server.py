@@ -1,8 +1,9 @@
 """The server under faults: keep-alive, listen backlog, slow bodies, and the end of a drain.
 
-Each test runs the real service (``serve``: hypercorn's Trio worker on a real socket) inside
-the test's own Trio run, so hypercorn's timers run on the mock clock: an idle of 6 s or a
-grace period of 10 s passes at once, and no test sleeps or asserts a duration.
+Each test runs the real service (``serve`` on a real socket) inside the test's own Trio run,
+so the server's timers run on the mock clock: an idle of 6 s or a grace period of 10 s passes
+at once, and no test sleeps or asserts a duration. Each runs once per ``service.server`` (the
+``server`` fixture) but the one about hypercorn's own settings.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import trio.testing
 from service_helpers import make_config, wait_for_statistic
 
 from trio_orchestrator.config import Config
+from trio_orchestrator.config.service import ServerKind
 from trio_orchestrator.service import serve
 from trio_orchestrator.service.server import hypercorn_config
 from trio_orchestrator.workers import EchoWorker
@@ -87,11 +89,11 @@ HEALTH = b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n"
 
 
 async def test_a_connection_idle_past_clients_own_timeout_is_still_open(
-    autojump_clock: trio.testing.MockClock,
+    server: ServerKind, autojump_clock: trio.testing.MockClock
 ) -> None:
     """A client that reuses its connection after 6 s idle (httpx drops its own at 5 s, the
     server's old default) gets its answer: the server keeps idle connections 75 s."""
-    config = make_config()
+    config = make_config(server=server)
     async with draining_service(config) as (url, _stop, _stopped), await connect(url) as stream:
         await stream.send_all(HEALTH)
         with trio.fail_after(PATIENCE):
@@ -105,10 +107,10 @@ async def test_a_connection_idle_past_clients_own_timeout_is_still_open(
 
 
 async def test_an_idle_connection_is_closed_after_the_keep_alive_timeout(
-    autojump_clock: trio.testing.MockClock,
+    server: ServerKind, autojump_clock: trio.testing.MockClock
 ) -> None:
     """`service.keep_alive_timeout` is what the server applies: 30 s idle past 20 s, closed."""
-    config = make_config(keep_alive_timeout=20)
+    config = make_config(server=server, keep_alive_timeout=20)
     async with draining_service(config) as (url, _stop, _stopped), await connect(url) as stream:
         await stream.send_all(HEALTH)
         with trio.fail_after(PATIENCE):
@@ -136,11 +138,11 @@ async def _listen_queue_size(port: int) -> int:
     return int(line.split()[2])
 
 
-async def test_the_listening_socket_has_the_configured_backlog() -> None:
+async def test_the_listening_socket_has_the_configured_backlog(server: ServerKind) -> None:
     """The socket `serve` listens on queues `service.backlog` connections (not hypercorn's
     100), as far as net.core.somaxconn allows."""
     somaxconn = int(await trio.Path("/proc/sys/net/core/somaxconn").read_text())
-    async with draining_service(make_config(backlog=1000)) as (url, _stop, _stopped):
+    async with draining_service(make_config(server=server, backlog=1000)) as (url, _stop, _stopped):
         port = httpx.URL(url).port
         assert port is not None
         size = await _listen_queue_size(port)
@@ -154,11 +156,11 @@ STALLED_UPLOAD = (
 
 
 async def test_a_body_that_never_finishes_gets_408_and_the_connection_closes(
-    autojump_clock: trio.testing.MockClock,
+    server: ServerKind, autojump_clock: trio.testing.MockClock
 ) -> None:
     """A chunked upload that stalls half way is answered 408 once
     `service.request_read_timeout` passes, and its connection is closed."""
-    config = make_config()  # request_read_timeout: 30 s by default
+    config = make_config(server=server)  # request_read_timeout: 30 s by default
     async with draining_service(config) as (url, _stop, _stopped), await connect(url) as stream:
         await stream.send_all(STALLED_UPLOAD)
         with trio.fail_after(PATIENCE):
@@ -173,10 +175,10 @@ async def test_a_body_that_never_finishes_gets_408_and_the_connection_closes(
 
 
 async def test_a_body_that_arrives_in_time_is_served(
-    autojump_clock: trio.testing.MockClock,
+    server: ServerKind, autojump_clock: trio.testing.MockClock
 ) -> None:
     """A body sent in pieces, each a while apart but whole within the timeout, is answered."""
-    config = make_config()  # request_read_timeout: 30 s by default
+    config = make_config(server=server)  # request_read_timeout: 30 s by default
     body = json.dumps({"model": "echo", "messages": [{"role": "user", "content": "hi"}]})
     async with draining_service(config) as (url, _stop, _stopped), await connect(url) as stream:
         await stream.send_all(STALLED_UPLOAD.split(b"5\r\n")[0])
@@ -204,12 +206,12 @@ async def _stream_text(client: httpx.AsyncClient, path: str, body: dict[str, Any
 
 
 async def test_past_the_grace_period_every_client_gets_a_clean_end(
-    autojump_clock: trio.testing.MockClock,
+    server: ServerKind, autojump_clock: trio.testing.MockClock
 ) -> None:
     """Requests still running when the grace period ends: an OpenAI stream gets an error
     event then [DONE], an Anthropic stream an error event, a Responses stream
     response.failed, each ending properly; a non-streaming request gets a 503 in JSON."""
-    config = make_config(pipeline={"grace_period": GRACE})
+    config = make_config(server=server, pipeline={"grace_period": GRACE})
     worker = EchoWorker(token_delay=0.1)
     results: dict[str, Any] = {}
     anthropic = {"model": "echo", "max_tokens": 1000, "stream": True}
@@ -250,10 +252,10 @@ async def test_past_the_grace_period_every_client_gets_a_clean_end(
 
 
 async def test_a_request_arriving_while_draining_gets_503_and_connection_close(
-    autojump_clock: trio.testing.MockClock,
+    server: ServerKind, autojump_clock: trio.testing.MockClock
 ) -> None:
     """While the service drains it still answers: 503, and the connection closes after it."""
-    config = make_config(pipeline={"grace_period": GRACE})
+    config = make_config(server=server, pipeline={"grace_period": GRACE})
     worker = EchoWorker(token_delay=0.1)
     async with draining_service(config, worker) as (url, stop, stopped):
         client = httpx.AsyncClient(base_url=url, timeout=None)
