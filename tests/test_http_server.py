@@ -9,7 +9,6 @@ is the reference; a test of a behaviour hypercorn gets wrong is marked with
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -31,14 +30,6 @@ PATIENCE = 30  # seconds (virtual under autojump_clock): a hang guard, never ass
 CHAT = {"model": "echo", "messages": [{"role": "user", "content": "hello there"}]}
 KEY = "sk-h1tests"
 
-# `serve` runs hypercorn whatever `service.server` says until the httptools server lands.
-HTTPTOOLS_LANDED = importlib.util.find_spec("trio_orchestrator.service.h1server") is not None
-
-
-def served_by_hypercorn(kind: ServerKind) -> bool:
-    """Whether hypercorn answers when ``service.server`` is ``kind``, today."""
-    return kind == "hypercorn" or not HTTPTOOLS_LANDED
-
 
 def hypercorn_flaw(reason: str) -> pytest.MarkDecorator:
     """Run the test per server, expected to fail (strictly) wherever hypercorn serves: it
@@ -46,9 +37,7 @@ def hypercorn_flaw(reason: str) -> pytest.MarkDecorator:
     params = [
         pytest.param(
             kind,
-            marks=pytest.mark.xfail(
-                condition=served_by_hypercorn(kind), strict=True, reason=reason
-            ),
+            marks=pytest.mark.xfail(condition=kind == "hypercorn", strict=True, reason=reason),
         )
         for kind in SERVERS
     ]

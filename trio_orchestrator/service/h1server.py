@@ -71,6 +71,7 @@ _DISCONNECT = {"type": "http.disconnect"}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _NO_BODY_STATUSES = frozenset({204, 304})
 _ASGI = {"version": "3.0", "spec_version": "2.3"}
+_VERSIONS = frozenset({"1.1", "1.0"})
 
 
 def _status_line(status: int) -> bytes:
@@ -308,8 +309,11 @@ class _Connection:
                         self.parser.feed_data(data)
                     except httptools.HttpParserUpgrade:
                         if raw is None:
-                            message = "an upgrade must be a connection's first request"
-                            await self._refuse(400, message)
+                            refusal = "an upgrade must be a connection's first request"
+                        else:
+                            refusal = _upgrade_refusal(queue[-1])
+                        if refusal is not None:
+                            await self._refuse(400, refusal)
                             return None
                         upgrade = True
                         break
@@ -319,6 +323,9 @@ class _Connection:
                 else:
                     if not (queue and queue[0].headers_done) or queue[0].size > MAX_HEADER_BYTES:
                         await self._refuse(431, "the request's line and headers are over 64 KiB")
+                        return None
+                    if queue[0].version not in _VERSIONS:
+                        await self._refuse(400, "only HTTP/1.1 and HTTP/1.0 are served")
                         return None
         finally:
             server.idle.discard(scope)
@@ -523,6 +530,21 @@ class _Connection:
             except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
                 pass
         await stream.aclose()
+
+
+def _upgrade_refusal(request: _Request) -> str | None:
+    """Why a WebSocket handshake cannot succeed, if it cannot (answered here: hypercorn,
+    refusing one, would keep the connection open for good); ``None`` for any other upgrade."""
+    headers = dict(request.headers)
+    if b"websocket" not in headers.get(b"upgrade", b"").lower():
+        return None
+    if (
+        request.method != b"GET"
+        or not headers.get(b"sec-websocket-key")
+        or headers.get(b"sec-websocket-version") != b"13"
+    ):
+        return "a WebSocket handshake needs GET, Sec-WebSocket-Key and Sec-WebSocket-Version: 13"
+    return None
 
 
 def _address(address: Any) -> tuple[str, int] | None:
