@@ -4,7 +4,9 @@ Scenarios, each a server process of its own on 127.0.0.1, all loaded by the same
 (``wrk``, or an in-Python httpx generator when wrk is absent) at 64 connections:
 
 - ``raw``: a bare ASGI app that echoes the request body, under hypercorn's Trio worker — the
-  floor for any application on this server;
+  floor for any application on this server (the issue's reference);
+- ``raw_own``: the same app under the service's own HTTP/1.1 server
+  (``trio_orchestrator.service.h1server``, ``[service] server = "httptools"``, the default);
 - ``service``: ``POST /v1/chat/completions`` (non-streaming) with the echo worker.
 
 The third row is the service in front of the fake provider (its own process, answering at
@@ -31,6 +33,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -63,10 +66,12 @@ async def raw_echo_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 async def _serve(scenario: str, upstream: str | None = None) -> None:
     from hypercorn.config import Config as HypercornConfig
     from hypercorn.trio import serve as hypercorn_serve
+    from hypercorn.utils import wrap_app
 
     from trio_orchestrator.config import Config
     from trio_orchestrator.config.service import ServiceConfig
     from trio_orchestrator.service import serve
+    from trio_orchestrator.service.h1server import serve_http1
 
     async with trio.open_nursery() as nursery:
         if scenario == "raw":
@@ -74,6 +79,23 @@ async def _serve(scenario: str, upstream: str | None = None) -> None:
             hconfig.bind = ["127.0.0.1:0"]
             hconfig.accesslog = None
             binds = await nursery.start(hypercorn_serve, raw_echo_app, hconfig)
+            url = binds[0]
+        elif scenario == "raw_own":
+            hconfig = HypercornConfig()
+            hconfig.bind = ["127.0.0.1:0"]
+            sockets = hconfig.create_sockets()
+            for sock in sockets.insecure_sockets:
+                sock.listen(hconfig.backlog)
+            wrapped = wrap_app(raw_echo_app, hconfig.wsgi_max_body_size, "asgi")
+            server = partial(
+                serve_http1,
+                raw_echo_app,
+                wrapped,
+                hconfig,
+                sockets=sockets,
+                shutdown_trigger=trio.sleep_forever,
+            )
+            binds = await nursery.start(server)
             url = binds[0]
         else:
             config = Config(service=ServiceConfig(port=0))
@@ -91,6 +113,7 @@ async def _serve(scenario: str, upstream: str | None = None) -> None:
 # Scenario name -> the path to load.
 SCENARIOS: dict[str, str] = {
     "raw": "/",
+    "raw_own": "/",
     "service": "/v1/chat/completions",
     "fake_provider": "/v1/chat/completions",
 }
@@ -332,11 +355,13 @@ def main() -> None:
         }
         medians[scenario] = median
         print(
-            f"{scenario:>8}: {median['rps']:8.0f} req/s   p50 {median['p50_ms']:7.2f} ms   "
+            f"{scenario:>13}: {median['rps']:8.0f} req/s   p50 {median['p50_ms']:7.2f} ms   "
             f"p99 {median['p99_ms']:7.2f} ms"
         )
     ratio = medians["service"]["rps"] / medians["raw"]["rps"]
     print(f"service / raw floor: {ratio:.2f}x")
+    own_ratio = medians["raw_own"]["rps"] / medians["raw"]["rps"]
+    print(f"raw app under the service's server / under hypercorn: {own_ratio:.2f}x")
     upstream_ratio = medians["fake_provider"]["rps"] / medians["raw"]["rps"]
     print(f"service with a fake upstream / raw floor: {upstream_ratio:.2f}x")
     costs = trio.run(app_costs, 3200 if args.quick else 12800)
@@ -353,6 +378,7 @@ def main() -> None:
         "repeats": repeats,
         **{name: {k: round(v, 2) for k, v in m.items()} for name, m in medians.items()},
         "service_over_raw": round(ratio, 3),
+        "raw_own_over_raw": round(own_ratio, 3),
         "fake_provider_over_raw": round(upstream_ratio, 3),
         "in_process_us_per_request": {k: round(v, 1) for k, v in costs.items()},
     }

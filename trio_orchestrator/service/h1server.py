@@ -219,8 +219,8 @@ class _Connection:
             "asgi": _ASGI,
             "scheme": "http",
             "root_path": server.root_path,
-            "client": _address(sock.getpeername()),
-            "server": _address(sock.getsockname()),
+            "client": _address(sock.getpeername),
+            "server": _address(sock.getsockname),
             "state": dict(server.state),
         }
 
@@ -276,6 +276,10 @@ class _Connection:
                     return
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
+        except Exception:
+            # A fault of this connection's (the application's are caught in ``_answer``)
+            # must not reach the nursery every connection shares: it would stop the server.
+            logger.exception("an HTTP connection failed")
         finally:
             with trio.CancelScope(shield=True):
                 await self._close()
@@ -308,9 +312,8 @@ class _Connection:
                     try:
                         self.parser.feed_data(data)
                     except httptools.HttpParserUpgrade:
-                        if raw is None:
-                            refusal = "an upgrade must be a connection's first request"
-                        else:
+                        refusal: str | None = "an upgrade must be a connection's first request"
+                        if raw is not None:
                             refusal = _upgrade_refusal(queue[-1])
                         if refusal is not None:
                             await self._refuse(400, refusal)
@@ -547,7 +550,13 @@ def _upgrade_refusal(request: _Request) -> str | None:
     return None
 
 
-def _address(address: Any) -> tuple[str, int] | None:
+def _address(name: Callable[[], Any]) -> tuple[str, int] | None:
+    """``(host, port)`` from the socket's ``getpeername`` or ``getsockname``; ``None`` when it
+    has none (a client that has already gone, a Unix socket)."""
+    try:
+        address = name()
+    except OSError:
+        return None
     if isinstance(address, tuple) and len(address) >= 2:
         return str(address[0]), int(address[1])
     return None
