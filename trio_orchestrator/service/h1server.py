@@ -28,7 +28,6 @@ from __future__ import annotations
 import logging
 import time
 import urllib.parse
-from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
 from functools import partial
 from http import HTTPStatus
@@ -200,7 +199,9 @@ class _Connection:
         self.server = server
         self.stream = stream
         self.parser = httptools.HttpRequestParser(self)
-        self.queue: deque[_Request] = deque()
+        # Requests read, the first being answered; a list (rarely more than one: a deque's
+        # first block is 760 bytes, held for the connection's life).
+        self.queue: list[_Request] = []
         self.raw_first: bytearray | None = bytearray()  # until the first request's headers
         self.read_ahead = 0
         self.poisoned = False  # the parser failed on a later request: close after this one
@@ -269,7 +270,7 @@ class _Connection:
                 if request is None:
                     return
                 await self._answer(request)
-                queue.popleft()
+                del queue[0]
                 if not request.complete:
                     self.linger = True
                 if not self.keep_alive or self.gone or self.poisoned:
