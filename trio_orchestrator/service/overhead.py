@@ -12,7 +12,7 @@ The definition, in milliseconds on Trio's clock::
     overhead = (answered - arrived) - upstream
 
 - ``arrived``: the application was called with the request (:class:`~.app.ServiceApp`;
-  hypercorn's own parsing of the request before that is not counted, nor its writing of
+  the server's own parsing of the request before that is not counted, nor its writing of
   the response after).
 - ``answered``: the response's status and headers are handed to the server. A whole
   answer is complete by then (its body encoded); a stream's headers go with its first
