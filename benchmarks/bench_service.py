@@ -35,7 +35,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import attrs
 import trio
@@ -86,7 +86,7 @@ async def _serve(scenario: str, upstream: str | None = None) -> None:
             sockets = hconfig.create_sockets()
             for sock in sockets.insecure_sockets:
                 sock.listen(hconfig.backlog)
-            wrapped = wrap_app(raw_echo_app, hconfig.wsgi_max_body_size, "asgi")
+            wrapped = wrap_app(cast(Any, raw_echo_app), hconfig.wsgi_max_body_size, "asgi")
             server = partial(
                 serve_http1,
                 raw_echo_app,
