@@ -7,10 +7,15 @@ connection stays that connection's.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import partial
+from typing import Any, cast
 
 import pytest
 import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.utils import wrap_app
 from service_helpers import make_config, running_service
 from test_http_server import HEALTH, PATIENCE, connected, peer_of, request
 
@@ -120,3 +125,82 @@ def test_a_socket_without_an_address_has_none() -> None:
 
     assert h1server._address(gone) is None
     assert h1server._address(lambda: ("127.0.0.1", 8000)) == ("127.0.0.1", 8000)
+
+
+@asynccontextmanager
+async def serving(app: Any) -> AsyncIterator[str]:
+    """``app`` under this server on a free loopback port, for the block; yields its URL."""
+    config = HypercornConfig()
+    config.bind = ["127.0.0.1:0"]
+    sockets = config.create_sockets()
+    for sock in sockets.insecure_sockets:
+        sock.listen(16)
+    stop = trio.Event()
+    wrapped = wrap_app(cast(Any, app), config.wsgi_max_body_size, "asgi")
+    server = partial(
+        h1server.serve_http1, app, wrapped, config, sockets=sockets, shutdown_trigger=stop.wait
+    )
+    async with trio.open_nursery() as nursery:
+        (url,) = await nursery.start(server)
+        try:
+            yield url
+        finally:
+            stop.set()
+    for sock in sockets.insecure_sockets:
+        sock.close()
+
+
+def answering_with(headers: list[tuple[bytes, bytes]]) -> Any:
+    """An ASGI app answering every request 200 with ``headers`` and a short body."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    return app
+
+
+@pytest.mark.parametrize(
+    "header",
+    [(b"x-model", b"m\r\nx-injected: 1"), (b"x-model", b"m\nx-injected: 1"), (b"x a", b"v")],
+    ids=["CRLF in a value", "LF in a value", "space in a name"],
+)
+async def test_a_header_that_would_break_the_response_becomes_a_500(
+    header: tuple[bytes, bytes],
+) -> None:
+    """A header the application builds from input with a line break in it is never written
+    (it could add headers, or a whole response, of its own): the answer is a 500."""
+    async with serving(answering_with([header])) as url, connected(url) as peer:
+        await peer.send(HEALTH)
+        with trio.fail_after(PATIENCE):
+            answer = await peer.response()
+            rest = await peer.rest()
+    assert answer.status == 500
+    assert "x-injected" not in answer.headers
+    assert rest == b""
+
+
+async def test_the_applications_transfer_encoding_is_replaced_by_the_servers_framing() -> None:
+    """An application that names ``Transfer-Encoding`` itself gets the body framed by the
+    server (chunked, as its header said), not sent raw under a chunked header."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await answering_with([])(scope, receive, send)
+            return
+        headers = [(b"transfer-encoding", b"chunked")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"one ", "more_body": True})
+        await send({"type": "http.response.body", "body": b"two"})
+
+    async with serving(app) as url, connected(url) as peer:
+        await peer.send(HEALTH)
+        with trio.fail_after(PATIENCE):
+            answer = await peer.response()
+    assert (answer.status, answer.body) == (200, b"one two")
+    assert answer.headers["transfer-encoding"] == "chunked"

@@ -26,6 +26,7 @@ and the others after their answer, within hypercorn's ``graceful_timeout``.
 from __future__ import annotations
 
 import logging
+import re
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
@@ -71,6 +72,8 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _NO_BODY_STATUSES = frozenset({204, 304})
 _ASGI = {"version": "3.0", "spec_version": "2.3"}
 _VERSIONS = frozenset({"1.1", "1.0"})
+_UNSAFE_VALUE = re.compile(rb"[\r\n\0]")
+_UNSAFE_NAME = re.compile(rb"[\r\n\0: ]")
 
 
 def _status_line(status: int) -> bytes:
@@ -399,12 +402,12 @@ class _Connection:
         except Exception:
             logger.exception("the application raised while answering %s %s", method, path)
             self.keep_alive = False
-            if self.start is None and not self.gone:
+            if not self.head_written and not self.gone:
                 await self._refuse(500, "internal error")
                 self.response_done = True
         if not self.response_done:
             self.keep_alive = False
-            if self.start is None and not self.gone:
+            if not self.head_written and not self.gone:
                 await self._refuse(500, "the application returned without answering")
         self.current = None
         if not request.complete:
@@ -487,9 +490,15 @@ class _Connection:
         parts = [_STATUS_LINES.get(status) or _status_line(status)]
         framed = False
         for name, value in start.get("headers", ()):
+            if _UNSAFE_VALUE.search(value) or _UNSAFE_NAME.search(name):
+                # What h11 refuses too: a line break would let a value write headers (or a
+                # whole response) of its own.
+                raise ValueError(f"the application sent an invalid header: {name!r}: {value!r}")
             lowered = name.lower()
-            if lowered == b"content-length" or lowered == b"transfer-encoding":
+            if lowered == b"content-length":
                 framed = True
+            elif lowered == b"transfer-encoding":
+                continue  # this server frames the body itself
             elif lowered == b"connection" and value.lower() == b"close":
                 self.keep_alive = False
                 continue
