@@ -59,7 +59,12 @@ async def processes(
         resilience=ResilienceConfig(
             cache=cache or CacheConfig(), coalescing=CoalescingConfig(enabled=True)
         ),
-        distributed=DistributedConfig(redis_url=server.url, health_interval=0.05),
+        # Generous Redis timeouts: under a loaded CI run a first connection took over the
+        # default 0.25 s per operation for the whole 2 s start, failing a test that had
+        # nothing to do with starting (as tests/_distributed_child.py does).
+        distributed=DistributedConfig(
+            redis_url=server.url, health_interval=0.05, operation_timeout=2, start_timeout=10
+        ),
     )
     async with AsyncExitStack() as stack:
         gateways = [

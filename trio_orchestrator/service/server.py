@@ -1,4 +1,8 @@
-"""Running the service: inside a Trio program, or as processes of hypercorn's Trio worker."""
+"""Running the service: inside a Trio program, or as worker processes.
+
+HTTP/1.1 is served by the service's own server (:mod:`.h1server`) or by hypercorn's Trio
+worker, as ``service.server`` says.
+"""
 
 from __future__ import annotations
 
