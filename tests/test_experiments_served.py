@@ -98,8 +98,12 @@ async def chat(
 async def test_traffic_splits_near_the_shares_and_each_session_sticks() -> None:
     """400 sessions split 70/30 within 4 binomial sd; a session always meets its variant,
     whose overrides (model, template) shaped the answer."""
+    # No latency guard: this is about the split, and the two variants' wall-clock latencies
+    # (sub-millisecond, the template's work apart) are compared in real time -- a loaded CI
+    # run once rolled b back between the two passes. The guard has tests of its own.
+    experiment = split(latency_margin=math.inf)
     async with (
-        running_service(served(split()), FlakyEcho()) as url,
+        running_service(served(experiment), FlakyEcho()) as url,
         httpx.AsyncClient(base_url=url) as client,
     ):
         seen: dict[str, str] = {}
