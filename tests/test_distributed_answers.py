@@ -59,9 +59,9 @@ async def processes(
         resilience=ResilienceConfig(
             cache=cache or CacheConfig(), coalescing=CoalescingConfig(enabled=True)
         ),
-        # Generous Redis timeouts: under a loaded CI run a first connection took over the
-        # default 0.25 s per operation for the whole 2 s start, failing a test that had
-        # nothing to do with starting (as tests/_distributed_child.py does).
+        # Generous Redis timeouts (as tests/_distributed_child.py has): loaded CI runs failed
+        # tests here, none of them about starting, reaching their own fresh Redis within the
+        # default 2 s start at 0.25 s an operation.
         distributed=DistributedConfig(
             redis_url=server.url, health_interval=0.05, operation_timeout=2, start_timeout=10
         ),
