@@ -56,6 +56,31 @@ async def test_headers_just_under_64_kib_are_served() -> None:
     assert answer.status == 200
 
 
+@pytest.mark.parametrize(
+    "target", ["http://t:99999/healthz", "http://[::1/healthz"], ids=["port", "bracket"]
+)
+async def test_a_target_that_is_not_a_url_is_a_400_and_a_close(target: str) -> None:
+    """llhttp's request line takes targets its own URL parser then rejects: the client gets
+    a 400 and the connection closes, rather than a connection closed with no answer."""
+    async with peer_of("httptools") as peer:
+        await peer.send(f"GET {target} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+        with trio.fail_after(PATIENCE):
+            answer = await peer.response()
+            rest = await peer.rest()
+    assert (answer.status, rest) == (400, b"")
+
+
+async def test_an_absolute_target_without_a_path_is_the_root() -> None:
+    """``GET http://host HTTP/1.1`` names the root: answered as ``/`` (a 404 from the
+    service, not a failed connection)."""
+    async with peer_of("httptools") as peer:
+        await peer.send(b"GET http://t HTTP/1.1\r\nHost: t\r\n\r\n" + HEALTH)
+        with trio.fail_after(PATIENCE):
+            root = await peer.response()
+            health = await peer.response()
+    assert (root.status, health.status) == (404, 200)
+
+
 async def test_an_http2_preface_is_answered_by_hypercorn_in_http2() -> None:
     """A connection that opens with HTTP/2's preface is handed to hypercorn, which answers
     with its own SETTINGS frame (a 400 from this server's parser otherwise)."""

@@ -379,8 +379,14 @@ class _Connection:
     # ------------------------------------------------------------ one request
 
     async def _answer(self, request: _Request) -> None:
-        parsed = httptools.parse_url(request.url)
-        raw_path: bytes = parsed.path
+        try:
+            parsed = httptools.parse_url(request.url)
+        except httptools.HttpParserInvalidURLError:
+            # The request line's parser is laxer than the URL's (a port over 65535, an
+            # unclosed IPv6 bracket): the client's error, answered and closed.
+            await self._refuse(400, "the request's target is not a valid URL")
+            return
+        raw_path: bytes = parsed.path or b"/"  # an absolute target may have no path
         path = raw_path.decode("latin-1")
         if "%" in path:
             path = urllib.parse.unquote(path)
