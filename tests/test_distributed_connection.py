@@ -97,6 +97,28 @@ async def test_start_fails_clearly_when_redis_is_down(tmp_path: Path) -> None:
             pass  # pragma: no cover
 
 
+async def test_start_waits_for_a_redis_that_answers_within_start_timeout(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Redis that refuses the first PING (not listening yet) but answers before
+    start_timeout is used: start asks again until then, not once."""
+    server = closed_server(tmp_path)
+    caplog.set_level(logging.WARNING, "trio_orchestrator.distributed")
+
+    async def start_after_a_refusal() -> None:
+        await wait_until(lambda: "is unreachable" in caplog.text)
+        await trio.to_thread.run_sync(server.start)
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(start_after_a_refusal)
+            async with open_redis(distributed(server, start_timeout=20)) as redis:
+                assert redis.up
+                assert await redis.call(lambda r: r.ping())
+    finally:
+        server.stop()
+
+
 async def test_start_locally_then_use_redis_once_it_answers(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

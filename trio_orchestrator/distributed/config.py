@@ -34,7 +34,8 @@ class DistributedConfig:
             default): nothing is shared; every process keeps its state in memory.
         operation_timeout: seconds any one Redis operation may take before it counts as a
             failure; no request ever waits on Redis longer than this.
-        start_timeout: seconds to wait for Redis to answer at start.
+        start_timeout: seconds to wait for Redis to answer at start (it is asked again every
+            0.05 s until then).
         on_start_failure: ``fail`` (the default: refuse to start, saying why) or ``local``
             (start with local state, log a warning, and switch to Redis once it answers).
         rate_limit_policy: while Redis is unreachable, ``fail_open`` (the default: enforce

@@ -252,6 +252,25 @@ class RedisConnection:
         )
 
 
+_START_RETRY = 0.05
+"""Seconds between PINGs while waiting for Redis at start."""
+
+
+async def _first_answer(connection: RedisConnection, within: float) -> bool:
+    """PING until Redis answers or ``within`` seconds have passed; True if it answered.
+
+    One PING is not enough: a refused or slow connect fails it in far less than ``within``
+    (the connect is bounded by ``operation_timeout``), and Redis started beside the gateway
+    may not listen yet.
+    """
+    deadline = trio.current_time() + within
+    while not await connection.check(max(deadline - trio.current_time(), _START_RETRY)):
+        if trio.current_time() + _START_RETRY >= deadline:
+            return False
+        await trio.sleep(_START_RETRY)
+    return True
+
+
 @asynccontextmanager
 async def open_redis(config: DistributedConfig) -> AsyncIterator[RedisConnection]:
     """Connect to ``config.redis_url`` and watch its health for the ``async with``.
@@ -285,7 +304,8 @@ async def open_redis(config: DistributedConfig) -> AsyncIterator[RedisConnection
     # ExceptionGroup.
     async with client, trio.open_nursery() as nursery:
         connection = RedisConnection(config, client)
-        if not await connection.check(config.start_timeout) and config.on_start_failure == "fail":
+        answered = await _first_answer(connection, config.start_timeout)
+        if not answered and config.on_start_failure == "fail":
             start_error = RedisUnavailable(
                 f"could not reach Redis at {connection.url} within {config.start_timeout} s "
                 f"({connection.statistics().last_error}); start redis-server, fix "
