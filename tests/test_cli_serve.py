@@ -15,6 +15,7 @@ from pathlib import Path
 
 import attrs
 import httpx
+import pytest
 import trio
 from service_helpers import wait_for_statistic
 
@@ -253,3 +254,29 @@ async def test_worker_processes_end_streams_cleanly_past_the_grace_period(tmp_pa
     assert json.loads(events[-2].removeprefix("data: "))["error"]["code"] == "cancelled"
     assert events[-1] == "data: [DONE]"
     assert served.process.returncode == 0
+
+
+def _frozen_objects(metrics: str) -> float:
+    match = re.search(r"^trio_orchestrator_gc_frozen_objects (\S+)$", metrics, re.MULTILINE)
+    assert match is not None, "no trio_orchestrator_gc_frozen_objects in /metrics"
+    return float(match.group(1))
+
+
+@pytest.mark.parametrize("options", [(), ("--workers", "2")], ids=["one-process", "workers"])
+async def test_serve_freezes_its_heap_once_listening(
+    tmp_path: Path, options: tuple[str, ...]
+) -> None:
+    """``serve`` (each worker process too) freezes the heap it has once it listens, so full
+    collections under load do not scan it; ``freeze_heap = false`` leaves it unfrozen."""
+    config = write_config(tmp_path, token_delay=0, grace=5)
+    async with serve_process(config, *options) as served:
+        async with httpx.AsyncClient(base_url=served.url) as client:
+            frozen = _frozen_objects((await client.get("/metrics")).text)
+        served.process.send_signal(signal.SIGTERM)
+    assert frozen > 10_000  # the modules, the configuration, the gateway's parts
+    unfrozen = tmp_path / "unfrozen.toml"
+    unfrozen.write_text(config.read_text() + "\n[service]\nfreeze_heap = false\n")
+    async with serve_process(unfrozen, *options) as served:
+        async with httpx.AsyncClient(base_url=served.url) as client:
+            assert _frozen_objects((await client.get("/metrics")).text) == 0
+        served.process.send_signal(signal.SIGTERM)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import math
+import weakref
 
 import attrs
 import trio
@@ -88,3 +90,54 @@ def test_the_service_trims_every_five_seconds_by_default() -> None:
     trim = malloc_trim()
     assert trim is not None
     trim()
+
+
+class _Cycle:
+    """An object in a reference cycle: only the garbage collector frees it."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+
+async def test_a_burst_end_frees_garbage_the_frozen_heap_held(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A cycle frozen with the heap (service.freeze_heap) that became garbage is freed once
+    a burst ends, and the heap is frozen again: a gc.collect() alone never frees it."""
+    requests, trims = Requests(), Trims()
+    cycle = _Cycle()
+    alive = weakref.ref(cycle)
+    gc.collect()
+    gc.freeze()
+    try:
+        del cycle
+        gc.collect()
+        assert alive() is not None  # frozen: out of the collector's sight
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trim_when_idle, requests, 5.0, trims)
+            await trio.testing.wait_all_tasks_blocked()
+            requests.begin()
+            requests.end()
+            await trims.wait()
+            nursery.cancel_scope.cancel()
+        assert alive() is None
+        assert gc.get_freeze_count() > 0  # frozen again after the collection
+    finally:
+        gc.unfreeze()
+
+
+async def test_an_unfrozen_heap_stays_unfrozen_after_a_burst(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A process that did not freeze its heap (a library's, or freeze_heap = false) is not
+    frozen by the collection after a burst."""
+    requests, trims = Requests(), Trims()
+    assert gc.get_freeze_count() == 0
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trim_when_idle, requests, 5.0, trims)
+        await trio.testing.wait_all_tasks_blocked()
+        requests.begin()
+        requests.end()
+        await trims.wait()
+        nursery.cancel_scope.cancel()
+    assert gc.get_freeze_count() == 0

@@ -94,7 +94,12 @@ async def _serve_until_signal(config: Config) -> None:
         async with trio.open_nursery() as nursery:
 
             async def serve_then_stop(*, task_status: trio.TaskStatus[str]) -> None:
-                await serve(config, shutdown_trigger=draining.wait, task_status=task_status)
+                await serve(
+                    config,
+                    shutdown_trigger=draining.wait,
+                    own_process=True,
+                    task_status=task_status,
+                )
                 nursery.cancel_scope.cancel()  # drained: stop watching for signals
 
             url = await nursery.start(serve_then_stop)

@@ -145,6 +145,16 @@ class ServiceConfig:
             hold); when they would exceed it, the request is cancelled at once, freeing its
             provider slot, and the client gets what was held, then an error event and the
             stream's end. Reloadable.
+        freeze_heap: once ``trio-orchestrator serve`` listens (in each worker process), move
+            every object alive then -- the modules, the configuration, the gateway's parts --
+            out of the garbage collector's sight (``gc.freeze``), so that its full collections,
+            which come every few seconds under load, scan only what was made since (measured
+            by ``benchmarks/bench_pauses.py``; docs/operations.md). Once a burst of traffic
+            has ended (``idle_trim_interval``) the heap is collected whole and frozen again,
+            so a frozen object that became garbage since (an old configuration's, after a
+            reload) is freed then. :func:`~trio_orchestrator.service.serve` called by a
+            program of its own leaves that process's collector alone. Changes only on a
+            restart.
     """
 
     host: str = "127.0.0.1"
@@ -170,3 +180,4 @@ class ServiceConfig:
     stream_buffer_bytes: int = attrs.field(
         default=65_536, validator=positive_int, metadata={"reloadable": True}
     )
+    freeze_heap: bool = True

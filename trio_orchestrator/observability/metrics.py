@@ -19,6 +19,7 @@ Three sources feed one registry:
 from __future__ import annotations
 
 import enum
+import gc
 import re
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "PREFIX",
+    "HeapCollector",
     "Histogram",
     "OverheadTimes",
     "PipelineCollector",
@@ -458,6 +460,35 @@ class OverheadTimes:
         for (endpoint, stream), histogram in list(self.histograms.items()):
             histogram.add_to(family, [endpoint, stream])
         yield family
+
+
+class HeapCollector:
+    """The garbage collector's figures, read at scrape time: full collections stall every
+    request in flight, and a frozen heap (``service.freeze_heap``) is what keeps them short.
+    """
+
+    def describe(self) -> Iterator[Metric]:
+        """The metric families (so a registry notices a name clash)."""
+        return self.collect()
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield the frozen objects and the collections by generation."""
+        core = prometheus().core
+        yield core.GaugeMetricFamily(
+            f"{PREFIX}_gc_frozen_objects",
+            "Objects the garbage collector does not scan: the heap frozen once the service "
+            "listened, and again after each burst (service.freeze_heap); 0 when not frozen.",
+            value=gc.get_freeze_count(),
+        )
+        collections = core.CounterMetricFamily(
+            f"{PREFIX}_gc_collections",
+            "Garbage collections of each generation since the process started (2: full "
+            "collections, which scan every object not frozen).",
+            labels=["generation"],
+        )
+        for generation, figures in enumerate(gc.get_stats()):
+            collections.add_metric([str(generation)], figures["collections"])
+        yield collections
 
 
 # ------------------------------------------------------------------------- any component

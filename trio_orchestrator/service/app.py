@@ -40,7 +40,7 @@ from ..config.service import ServiceConfig
 from ..config.signals import reload_on_signal
 from ..errors import ConfigError, OrchestratorError
 from ..gateway import Gateway, open_gateway
-from ..observability.metrics import OverheadTimes
+from ..observability.metrics import HeapCollector, OverheadTimes
 from ..types import RequestTiming
 from ..workers import ModelWorker
 from . import admin_keys as keys
@@ -283,6 +283,8 @@ def partial_lifespan(
             state.refresh_models()
             state.observed = gateway.observed
             _count_overhead(state)
+            if state.observed is not None and state.observed.registry is not None:
+                state.observed.register_collector(HeapCollector())
             if state.keyring is not None:
                 gateway.add(state.keyring, "service")  # API keys rotate on reload
                 state.keyring.attach(gateway.keys)  # and virtual keys from storage

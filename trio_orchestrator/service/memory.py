@@ -38,7 +38,7 @@ import trio
 
 from .connections import Requests
 
-__all__ = ["malloc_trim", "trim_when_idle"]
+__all__ = ["collect_whole_heap", "freeze_heap", "malloc_trim", "trim_when_idle"]
 
 
 @functools.cache
@@ -82,5 +82,28 @@ async def trim_when_idle(
         busy = False
         # Finished requests leave reference cycles (tasks, cancelled scopes, tracebacks)
         # that only a full collection frees; the young-generation passes seldom reach them.
-        gc.collect()
+        collect_whole_heap()
         trim()
+
+
+def freeze_heap() -> None:
+    """Collect the garbage, then move every object alive now out of the collector's sight
+    (``gc.freeze``): the full collections that follow scan only what is made after.
+
+    For a process that has finished starting (see ``service.freeze_heap``): what it holds
+    then lives as long as it does, and a full collection of it under load stalls every
+    request in flight.
+    """
+    gc.collect()
+    gc.freeze()
+
+
+def collect_whole_heap() -> None:
+    """A full collection, of the frozen objects too when the heap was frozen (they are
+    frozen again after): a frozen object that became garbage is freed only so."""
+    frozen = gc.get_freeze_count() > 0
+    if frozen:
+        gc.unfreeze()
+    gc.collect()
+    if frozen:
+        gc.freeze()

@@ -27,6 +27,7 @@ from ..workers import ModelWorker
 from .app import create_app
 from .connections import drain, drain_margin
 from .h1server import serve_http1
+from .memory import freeze_heap
 from .settings import CONFIG_ENV, log_to_stderr
 from .state import ServiceState
 
@@ -66,6 +67,7 @@ async def serve(
     worker: ModelWorker | None = None,
     shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
     sockets: Sockets | None = None,
+    own_process: bool = False,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the API until ``shutdown_trigger`` returns, then drain and return.
@@ -84,6 +86,9 @@ async def serve(
         shutdown_trigger: returns to begin a graceful shutdown; by default, never.
         sockets: listening sockets to serve (a worker process's share); by default it binds
             ``service.host`` and ``service.port`` itself.
+        own_process: the process is the service's own (``trio-orchestrator serve``'s): once
+            listening, it freezes the heap as ``service.freeze_heap`` says, a setting of the
+            whole process that a program serving among other work decides for itself.
         task_status: receives the URL, such as ``http://127.0.0.1:8000``.
     """
     config = config or Config()
@@ -132,6 +137,8 @@ async def serve(
                     worker_serve, wrapped, hconfig, sockets=sockets, shutdown_trigger=trigger
                 )
             binds: list[str] = await nursery.start(server)
+            if own_process and config.service.freeze_heap:
+                freeze_heap()  # what the process holds once listening lives as long as it
             task_status.started(binds[0])
     finally:
         if own:
@@ -203,4 +210,4 @@ def _worker_process(config: Config, sockets: Sockets, stop: EventType) -> None:
     # would, instead of killing this one mid-answer.
     signal.signal(signal.SIGTERM, lambda _signum, _frame: stop.set())
     stopped = partial(check_multiprocess_shutdown_event, stop, trio.sleep)
-    trio.run(partial(serve, config, sockets=sockets, shutdown_trigger=stopped))
+    trio.run(partial(serve, config, sockets=sockets, shutdown_trigger=stopped, own_process=True))
