@@ -106,7 +106,8 @@ async def _serve(scenario: str, upstream: str | None = None) -> None:
                     f'[service]\nport = 0\n[[providers.providers]]\nkind = "openai"\n'
                     f'name = "fake"\nbase_url = "{upstream}/v1"\n'
                 )
-            url = await nursery.start(serve, config)
+            # This process is the service's own, as under `trio-orchestrator serve`.
+            url = await nursery.start(partial(serve, config, own_process=True))
         print(f"LISTENING {url}", flush=True)
 
 
