@@ -201,3 +201,17 @@ async def test_the_router_falls_back_from_a_provider_at_its_limit() -> None:
             shed = layer.statistics().shed
     assert statuses == [200, 200]
     assert shed == 1
+
+
+async def test_a_whole_answer_is_still_streamed_from_an_adaptive_provider() -> None:
+    """A client that does not stream is answered from one JSON answer by a plain provider,
+    but a provider with the adaptive limit is asked to stream: the limit's signal is the
+    time to the first token, which a whole answer shows only at its end."""
+    async with (
+        open_fake_provider(Behaviour(text="ok")) as fake,
+        running_app(_config(fake.base_url)) as (url, _app),
+        httpx.AsyncClient(base_url=url) as http,
+    ):
+        response = await http.post("/v1/chat/completions", json=CHAT)
+        assert response.json()["choices"][0]["message"]["content"] == "ok"
+    assert fake.requests[-1].body["stream"] is True

@@ -573,3 +573,28 @@ async def test_a_joiner_notes_coalesced_for_the_request_log() -> None:
         worker.gate.set()
     assert worker.calls == 1
     assert [n.coalesced for n in notes] == [False, True]
+
+
+async def test_a_shared_call_streams_whoever_leads_it() -> None:
+    """A caller that takes its answer whole may be answered unstreamed by the upstream; a
+    call it shares with others streams, so that a streaming caller joining it gets the text
+    as it comes."""
+    seen: list[bool] = []
+
+    @attrs.define(eq=False)
+    class Noting(GatedWorker):
+        async def generate(self, request: PromptRequest, emit: EventSink) -> None:
+            seen.append(request.streaming)
+            await super().generate(request, emit)
+
+    worker = Noting()
+    streamed: list[StreamEvent] = []
+    async with trio.open_nursery() as nursery:
+        layer = CoalescingLayer(worker, CoalescingConfig(), nursery)
+        nursery.start_soon(subscribe, layer, greedy().streamed(False), [])
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(subscribe, layer, greedy().streamed(True), streamed)
+        await trio.testing.wait_all_tasks_blocked()
+        assert streamed == [TextDelta("first ")]  # before the call has ended
+        worker.gate.set()
+    assert (worker.calls, seen) == (1, [True])

@@ -33,9 +33,11 @@ class Upstream:
     delay: float = 0.0
     fail: bool = False
     calls: int = 0
+    streaming: list[bool] = attrs.field(factory=list)
 
     async def generate(self, request: PromptRequest, emit: EventSink) -> None:
         self.calls += 1
+        self.streaming.append(request.streaming)
         await trio.sleep(self.delay)
         if self.fail:
             raise ServerError("upstream 500", retry_after=3.0)
@@ -296,3 +298,22 @@ async def test_a_shared_answer_keeps_passthrough_members_and_usage_details(
         assert completion.passthrough.choice["logprobs"]["content"][0]["bytes"] == [72, 105]
         assert completion.usage == Usage(9, 2, 8, 0, 1)
         assert completion.usage.details == {"prompt_tokens_details": {"cached_tokens": 8}}
+
+
+async def test_a_shared_call_streams_whoever_leads_it(redis_server: RedisServer) -> None:
+    """A call shared across processes streams even when its leader takes the answer whole
+    (followers elsewhere may stream). The layer is there for the cache; the local
+    coalescing layer, which streams its shared calls too, is off."""
+    upstream = Upstream()
+    config = Config(
+        resilience=ResilienceConfig(
+            cache=CacheConfig(enabled=True), coalescing=CoalescingConfig(enabled=False)
+        ),
+        distributed=DistributedConfig(
+            redis_url=redis_server.url, operation_timeout=2, start_timeout=10
+        ),
+    )
+    async with open_gateway(config, worker=upstream) as gateway:
+        completion = await gateway.pipeline.submit(ask("whole").streamed(False))
+    assert completion.text == "echo: whole"
+    assert upstream.streaming == [True]

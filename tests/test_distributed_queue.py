@@ -27,8 +27,12 @@ CONSUMER = Path(__file__).parent / "_queue_consumer.py"
 
 
 def settings(server: RedisServer) -> DistributedConfig:
-    """Quick health checks against ``server``."""
-    return DistributedConfig(redis_url=server.url, health_interval=0.05)
+    """Quick health checks against ``server``, and generous Redis timeouts (as
+    tests/_distributed_child.py has): a loaded CI run must not make an operation count as
+    Redis lost."""
+    return DistributedConfig(
+        redis_url=server.url, health_interval=0.05, operation_timeout=2, start_timeout=10
+    )
 
 
 def items(n: int) -> list[tuple[str, str]]:
@@ -63,7 +67,9 @@ async def test_two_consumers_share_one_batch(redis_server: RedisServer) -> None:
             queue = WorkQueue(connection, "batch", name)  # type: ignore[arg-type]
 
             async def slow(item: QueueItem) -> str:
-                await trio.sleep(0.005)
+                # Long enough (0.2 s for the batch) that the second consumer, started a
+                # moment later on a loaded machine, still finds items left.
+                await trio.sleep(0.02)
                 return item.payload
 
             recorded.append(await work_through(queue, slow, concurrency=4, poll_interval=0.01))

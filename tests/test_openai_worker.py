@@ -497,3 +497,48 @@ max_cooldown = 600.0
             completion = await gateway.pipeline.submit(REQUEST)
     assert completion.text == "still here"
     assert len(fake.requests) == 1
+
+
+WHOLE_ANSWER = {
+    "model": "m",
+    "choices": [{"message": {"content": "all of it"}, "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 1, "completion_tokens": 3},
+}
+
+
+def answering_after(seconds: float, seen: list[dict[str, Any]]) -> Handler:
+    """Answers the whole of WHOLE_ANSWER ``seconds`` after the request; records bodies."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(json.loads(request.content))
+        body = Stalling([json.dumps(WHOLE_ANSWER).encode()], delay=seconds, stall=False)
+        return httpx.Response(200, stream=body)
+
+    return handler
+
+
+async def test_a_caller_taking_the_answer_whole_is_answered_unstreamed_within_total(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A request whose caller takes the answer whole goes out unstreamed, and its answer
+    may take longer than first_token (it is generated whole before it comes): only total
+    bounds it."""
+    seen: list[dict[str, Any]] = []
+    w = worker(answering_after(10, seen), timeouts=Timeouts(first_token=3, total=20))
+    completion = await collect(w, REQUEST.streamed(False))
+    assert completion.text == "all of it"
+    assert "stream" not in seen[0]
+    w = worker(answering_after(30, seen), timeouts=Timeouts(first_token=3, total=20))
+    with pytest.raises(ProviderTimeout, match="total"):
+        await collect(w, REQUEST.streamed(False))
+
+
+async def test_a_provider_configured_not_to_stream_keeps_the_first_token_limit(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """``stream = false`` (the provider never streams): its answers, streamed to their
+    callers or not, are bounded by first_token, as they were."""
+    seen: list[dict[str, Any]] = []
+    w = worker(answering_after(10, seen), timeouts=Timeouts(first_token=3), stream=False)
+    with pytest.raises(ProviderTimeout, match="first token"):
+        await collect(w, REQUEST.streamed(False))

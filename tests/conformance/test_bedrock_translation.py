@@ -39,7 +39,8 @@ def ask(gw: Gateway, content: Any = "Hi", **options: Any) -> Any:
 
 
 def test_the_model_is_in_the_path_and_the_body_is_converse(gw: Gateway) -> None:
-    """The request goes to /model/{id}/converse-stream with system, messages and
+    """The request goes to /model/{id}/converse (the client takes its answer whole; a
+    streaming one's goes to converse-stream: the next test) with system, messages and
     inferenceConfig, and nothing of Chat Completions' own names."""
     gw.script(Behaviour(text="ok"))
     gw.openai().chat.completions.create(
@@ -51,7 +52,7 @@ def test_the_model_is_in_the_path_and_the_body_is_converse(gw: Gateway) -> None:
         stop=["END"],
     )
     request = gw.last()
-    assert request.path == "/model/anthropic.claude-3-haiku-20240307-v1:0/converse-stream"
+    assert request.path == "/model/anthropic.claude-3-haiku-20240307-v1:0/converse"
     assert request.body == {
         "messages": [{"role": "user", "content": [{"text": "Hi"}]}],
         "system": [{"text": "Be brief."}],
@@ -62,6 +63,18 @@ def test_the_model_is_in_the_path_and_the_body_is_converse(gw: Gateway) -> None:
             "stopSequences": ["END"],
         },
     }
+
+
+def test_a_streaming_client_is_streamed_from_converse_stream(gw: Gateway) -> None:
+    """A client that streams gets the text as Bedrock streams it: /converse-stream."""
+    gw.script(Behaviour(text="ok"))
+    chunks = gw.openai().chat.completions.create(
+        model="anthropic.claude-3-haiku-20240307-v1:0",
+        messages=[{"role": "user", "content": "Hi"}],
+        stream=True,
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "ok"
+    assert gw.last().path == "/model/anthropic.claude-3-haiku-20240307-v1:0/converse-stream"
 
 
 def test_an_image_part_arrives_as_image_bytes(gw: Gateway) -> None:

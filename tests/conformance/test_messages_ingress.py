@@ -506,17 +506,68 @@ _GOOGLE_CACHED: list[dict[str, Any]] = [
 ]
 
 
+# The same answer whole: a client that does not stream is answered from one JSON answer.
+_OPENAI_CACHED_WHOLE = {
+    "id": "chatcmpl-1",
+    "object": "chat.completion",
+    "created": 1,
+    "model": MODEL,
+    "choices": [
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": "Hi"},
+            "finish_reason": "stop",
+        }
+    ],
+    "usage": _OPENAI_CACHED[-1]["usage"],
+}
+_ANTHROPIC_CACHED_WHOLE = {
+    "id": "msg_1",
+    "type": "message",
+    "role": "assistant",
+    "model": MODEL,
+    "content": [{"type": "text", "text": "Hi"}],
+    "stop_reason": "end_turn",
+    "stop_sequence": None,
+    "usage": {
+        "input_tokens": 86,
+        "cache_creation_input_tokens": 100,
+        "cache_read_input_tokens": 1820,
+        "output_tokens": 300,
+    },
+}
+_BEDROCK_CACHED_WHOLE = {
+    "output": {"message": {"role": "assistant", "content": [{"text": "Hi"}]}},
+    "stopReason": "end_turn",
+    "usage": _BEDROCK_CACHED[-1]["metadata"]["usage"],
+    "metrics": {"latencyMs": 1372},
+}
+_GOOGLE_CACHED_WHOLE = {
+    "candidates": [
+        {
+            "content": {"parts": [{"text": "Hi"}], "role": "model"},
+            "finishReason": "STOP",
+            "index": 0,
+        }
+    ],
+    "usageMetadata": _GOOGLE_CACHED[-1]["usageMetadata"],
+    "modelVersion": MODEL,
+}
+
+
 def test_usage_reports_cache_reads_and_writes_as_anthropic_counts_them(gw: Gateway) -> None:
     """Cached prompt tokens come back as cache_read_input_tokens, and input_tokens excludes
     them. Needs the workers to report cache tokens (chat-answer branch)."""
     by_kind: dict[str, Any] = {
-        "openai": _OPENAI_CACHED,
-        "anthropic": _ANTHROPIC_CACHED,
-        "bedrock": _BEDROCK_CACHED,
+        "openai": (_OPENAI_CACHED, _OPENAI_CACHED_WHOLE),
+        "anthropic": (_ANTHROPIC_CACHED, _ANTHROPIC_CACHED_WHOLE),
+        "bedrock": (_BEDROCK_CACHED, _BEDROCK_CACHED_WHOLE),
     }
-    recorded = by_kind.get(gw.kind, _GOOGLE_CACHED)
+    # A client that streams is answered from the upstream's stream, one that does not from
+    # its whole answer: both carry the same counts.
+    recorded, whole = by_kind.get(gw.kind, (_GOOGLE_CACHED, _GOOGLE_CACHED_WHOLE))
     for stream in (False, True):
-        gw.script(Behaviour(events=tuple(recorded)))
+        gw.script(Behaviour(events=tuple(recorded), body=whole))
         usage = (_final(gw) if stream else _ask(gw)).usage
         if gw.kind not in ("anthropic", "bedrock"):
             assert (usage.input_tokens, usage.cache_read_input_tokens) == (86, 1920)

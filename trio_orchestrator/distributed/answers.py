@@ -215,7 +215,8 @@ class SharedAnswerLayer:
             await self.inner.generate(request, emit)
             return
         try:
-            await self._share(request_key(request), request, emit)
+            # Streamed whoever leads it: the followers in other processes may stream.
+            await self._share(request_key(request), request.streamed(True), emit)
         except RedisUnavailable:
             self._counts["local"] += 1
             await self.inner.generate(request, emit)

@@ -349,7 +349,9 @@ class AdaptiveLimitLayer:
             await emit(event)
 
         try:
-            await self.inner.generate(request, timed_emit)
+            # Streamed even for a caller that takes the answer whole: the limit's signal is
+            # the time to the first event, which an unstreamed answer shows only at its end.
+            await self.inner.generate(request.streamed(True), timed_emit)
         except BaseException as exc:
             now = trio.current_time()
             dropped = _dropped(exc, deadline)

@@ -179,7 +179,11 @@ class CoalescingLayer:
             self._flights[key] = flight
             self._live.add(flight)
             self._upstream_calls += 1
-            self._nursery.start_soon(self._upstream, flight, request, name=f"coalesced {key[:12]}")
+            # Streamed whoever leads it: a caller that streams may join a call begun for one
+            # that takes its answer whole, and must get the text as it comes.
+            self._nursery.start_soon(
+                self._upstream, flight, request.streamed(True), name=f"coalesced {key[:12]}"
+            )
         flight.subscribers += 1
         return flight
 

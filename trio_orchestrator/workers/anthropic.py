@@ -251,14 +251,15 @@ class AnthropicWorker:
         """
         if request.embed is not None:
             raise cannot_embed(request, self.name, "an Anthropic Messages provider")
-        body = messages_body(
-            request, stream=self.stream, max_tokens=self.max_tokens, provider=self.name
-        )
-        if self.stream:
+        stream = self.stream and request.streaming  # a caller taking it whole: one answer
+        body = messages_body(request, stream=stream, max_tokens=self.max_tokens, provider=self.name)
+        if stream:
             await self._http.post_stream(
                 "/v1/messages", body, _MessageStream(self.name, emit), request.timing
             )
             return
-        answer = await self._http.post_json("/v1/messages", body, request.timing)
+        answer = await self._http.post_json(
+            "/v1/messages", body, request.timing, first_token_bounds_answer=not self.stream
+        )
         with wire_format_guard(self.name):
             await _emit_message(answer, self.name, emit)

@@ -780,14 +780,16 @@ class BedrockWorker:
         model = request.params.model
         body = converse_body(request, max_tokens=self.max_tokens, provider=self.name)
         path = f"/model/{quote(model, safe='')}/converse"
-        if self.stream:
+        if self.stream and request.streaming:  # a caller taking it whole: one answer
             parser = _ConverseStream(self.name, model, emit)
             # The model is in the URL, not the body: named, so a 429 rests the key for it only.
             await self._http.post_stream(
                 path + "-stream", body, parser, request.timing, model=model
             )
             return
-        answer = await self._http.post_json(path, body, request.timing, model=model)
+        answer = await self._http.post_json(
+            path, body, request.timing, model=model, first_token_bounds_answer=not self.stream
+        )
         with wire_format_guard(self.name):
             await _emit_answer(answer, model, self.name, emit)
 

@@ -171,7 +171,10 @@ class ProviderConfig:
         models: the models this provider serves: with several providers and no routing,
             a request goes only to those listing its model (or listing none).
         timeouts: connect, first-token, idle and total timeouts in seconds.
-        stream: ask the provider to stream (SSE); ``False`` for one JSON answer.
+        stream: ask the provider to stream (SSE) when the client streams; a client that
+            takes its answer whole is answered from one JSON answer, bounded by
+            ``timeouts.total`` only (docs/providers.md). ``False``: one JSON answer always,
+            bounded by ``timeouts.first_token`` too.
         key_rest: seconds a key rests after a 429 that named no wait.
         max_key_rest: the longest a 429 rests a key, whatever its ``Retry-After`` asked (one
             answer must not take a provider out for an hour). A 429 to a request for one

@@ -347,7 +347,7 @@ class GeminiWorker:
             return
         body = generate_body(request, provider=self.name)
         path = f"{self.models_path}/{model}"
-        if self.stream:
+        if self.stream and request.streaming:  # a caller taking it whole: one answer
             fold = _Fold(self.name, emit)
             url = f"{path}:streamGenerateContent?alt=sse"
             await self._authorized(
@@ -359,7 +359,13 @@ class GeminiWorker:
         url = f"{path}:generateContent"
         # The model is in the URL, not the body: named, so that a 429 rests the key for it only.
         answer = await self._authorized(
-            lambda: self._http.post_json(url, body, request.timing, model=request.params.model)
+            lambda: self._http.post_json(
+                url,
+                body,
+                request.timing,
+                model=request.params.model,
+                first_token_bounds_answer=not self.stream,
+            )
         )
         with wire_format_guard(self.name):
             fold = _Fold(self.name, emit)

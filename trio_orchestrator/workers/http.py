@@ -467,6 +467,7 @@ class HTTPProvider:
         timing: RequestTiming | None = None,
         *,
         model: str | None = None,
+        first_token_bounds_answer: bool = True,
     ) -> Any:
         """POST ``body`` to ``path`` and return the JSON answer (no streaming).
 
@@ -477,11 +478,17 @@ class HTTPProvider:
                 sending the request to its answer read whole.
             model: the model the call is for, when ``body`` does not name it (Gemini's,
                 Vertex AI's and Bedrock's URLs do): a 429 rests the key for that model only.
+            first_token_bounds_answer: whether ``timeouts.first_token`` bounds the wait for
+                the answer (its first content is all of it), as for a provider configured
+                not to stream; ``False`` leaves it to ``timeouts.total``, for a call made
+                unstreamed only because its caller takes the answer whole.
 
         Raises:
             ProviderError: a typed failure.
         """
-        answer, _ = await self.post_json_headers(path, body, timing, model=model)
+        answer, _ = await self.post_json_headers(
+            path, body, timing, model=model, first_token_bounds_answer=first_token_bounds_answer
+        )
         return answer
 
     async def post_json_headers(
@@ -491,6 +498,7 @@ class HTTPProvider:
         timing: RequestTiming | None = None,
         *,
         model: str | None = None,
+        first_token_bounds_answer: bool = True,
     ) -> tuple[Any, httpx.Headers]:
         """:meth:`post_json`, with the answer's headers (Bedrock's InvokeModel reports
         its token count in one).
@@ -499,7 +507,7 @@ class HTTPProvider:
             ProviderError: a typed failure.
         """
         return await self._with_keys(
-            lambda h: self._json_once("POST", path, body, h, timing),
+            lambda h: self._json_once("POST", path, body, h, timing, first_token_bounds_answer),
             None,
             model or _model_of(body),
         )
@@ -672,10 +680,12 @@ class HTTPProvider:
         body: Mapping[str, Any] | None,
         auth: Mapping[str, str],
         timing: RequestTiming | None = None,
+        first_token_bounds_answer: bool = True,
     ) -> tuple[Any, httpx.Headers]:
         t = self.timeouts
         start = trio.current_time()
-        total, first = start + t.total, start + t.first_token
+        total = start + t.total
+        first = start + t.first_token if first_token_bounds_answer else math.inf
         # A whole answer's first content is all of it: both limits bound the same wait, so
         # one scope carries the nearer (entering a scope costs more than comparing two).
         with trio.CancelScope(deadline=min(total, first)) as scope:

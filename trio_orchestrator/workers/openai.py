@@ -390,7 +390,14 @@ class OpenAIWorker:
         Raises:
             UnsupportedParameter: a member the upstream refuses.
         """
-        return chat_body(request, stream=self.stream)
+        return chat_body(request, stream=self._streams(request))
+
+    def _streams(self, request: PromptRequest) -> bool:
+        """Whether the call for ``request`` streams: when the provider may (``stream``) and
+        its caller sees the events as they come. A caller that takes the answer whole gets
+        it from one JSON answer, which costs the upstream and the gateway less than the
+        same answer as server-sent events."""
+        return self.stream and request.streaming
 
     def _embeddings_body(self, request: PromptRequest) -> dict[str, Any]:
         """The ``/embeddings`` body for ``request``."""
@@ -413,10 +420,14 @@ class OpenAIWorker:
             return
         body = self._chat_body(request)
         path = self._path("/chat/completions", request.params.model)
-        if self.stream:
+        if self._streams(request):
             await self._http.post_stream(path, body, _ChatStream(self.name, emit), request.timing)
             return
-        answer = await self._http.post_json(path, body, request.timing)
+        # Unstreamed because its caller takes it whole, the answer may take as long as a
+        # stream would in all (``total``), not ``first_token``: its first content is all of it.
+        answer = await self._http.post_json(
+            path, body, request.timing, first_token_bounds_answer=not self.stream
+        )
         with wire_format_guard(self.name):
             await _emit_completion(answer, self.name, emit)
 
