@@ -12,7 +12,8 @@ Scenarios, each a server process of its own on 127.0.0.1, all loaded by the same
 The third row is the service in front of the fake provider (its own process, answering at
 once), through the OpenAI-compatible worker: what the gateway costs when it has an upstream.
 
-Each scenario runs ``--repeats`` times; medians of requests/s, p50 and p99 are reported, and
+Each scenario runs ``--repeats`` times, round by round (each scenario in turn, so that a slow
+spell of the machine falls on a whole round); medians of requests/s, p50 and p99 are reported, and
 the service's ratio to the floor. Ends with one line of JSON.
 
     python benchmarks/bench_service.py [--quick] [--duration S] [--repeats R]
@@ -346,9 +347,21 @@ def main() -> None:
         f"# bench_service: python {platform.python_version()}, {os.cpu_count()} CPUs, "
         f"{CONNECTIONS} connections, {generator}, {duration:g}s x {repeats} per scenario"
     )
+    # Round by round, each scenario in turn: a slow spell of this machine then falls on
+    # every scenario of a round, not on all the runs of one.
+    by_scenario: dict[str, list[Result]] = {scenario: [] for scenario in SCENARIOS}
+    for round_number in range(repeats):
+        for scenario in SCENARIOS:
+            by_scenario[scenario].append(run_scenario(scenario, load, duration))
+        ran = {scenario: runs[-1].rps for scenario, runs in by_scenario.items()}
+        print(
+            f"# round {round_number + 1}: "
+            + ", ".join(f"{scenario} {rps:.0f}" for scenario, rps in ran.items())
+            + f" req/s; fake_provider / raw {ran['fake_provider'] / ran['raw']:.2f}x",
+            flush=True,
+        )
     medians: dict[str, dict[str, float]] = {}
-    for scenario in SCENARIOS:
-        runs = [run_scenario(scenario, load, duration) for _ in range(repeats)]
+    for scenario, runs in by_scenario.items():
         median = {
             "rps": statistics.median(r.rps for r in runs),
             "p50_ms": statistics.median(r.p50_ms for r in runs),
