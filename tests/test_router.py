@@ -387,6 +387,22 @@ async def test_stream_requests_are_routed_by_time_to_first_token(
     assert worker.decide(request("a b c", meta={"stream": "1"})).chosen.name == "quick-start"
 
 
+async def test_a_whole_answer_gives_no_time_to_first_token(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A caller that takes its answer whole is answered unstreamed by the provider (its
+    first event comes with its last): such calls feed the latency, not the time to the
+    first token that streams are ranked by."""
+    worker = router(
+        (deployment("only", 1.0), Scripted(delay=1.0, echo=EchoWorker(token_delay=3.0)))
+    )
+    await collect(worker, request("a b c").streamed(False))
+    assert worker.tracker.latency("only") is not None
+    assert worker.tracker.ttft("only") is None
+    await collect(worker, request("a b c"))
+    assert worker.tracker.ttft("only") is not None
+
+
 async def test_reliability_strategy_avoids_the_deployment_that_errs() -> None:
     """The reliability strategy moves away from a deployment with recent errors."""
     config = RoutingConfig(strategy="reliability")

@@ -545,7 +545,10 @@ class RouterWorker:
     def _succeeded(self, attempt: _Attempt, request: PromptRequest) -> None:
         deployment, now = attempt.deployment, trio.current_time()
         latency, cost = now - attempt.started, attempt.cost()
-        ttft = None if attempt.first_at is None else attempt.first_at - attempt.started
+        # A caller that takes the answer whole is answered unstreamed by the provider: its
+        # first event comes with the last, and says nothing of the time to a first token.
+        first_at = attempt.first_at if request.streaming else None
+        ttft = None if first_at is None else first_at - attempt.started
         self._tracker.succeeded(deployment.name, latency=latency, ttft=ttft, cost=cost)
         self._ledger.charge(request.meta.get("api_key_id"), deployment.model, cost)
         score = reward(self._config.bandit, success=True, latency=latency, cost=cost)
