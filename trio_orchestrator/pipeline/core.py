@@ -511,7 +511,9 @@ class Pipeline:
     def _notify(self, job: Job) -> None:
         assert job.outcome is not None
         now = trio.current_time()
-        first = job.first_token_at
+        # A caller that takes the answer whole is answered unstreamed by the provider: its
+        # first event comes with its last, and is no time to a first token.
+        first = job.first_token_at if job.request.streaming else None
         record = FinishedRequest(
             request=job.request,
             outcome=job.outcome,

@@ -54,7 +54,9 @@ class FinishedRequest:
     latency: float
     """Seconds from submission to the end, on Trio's clock."""
     time_to_first_token: float | None
-    """Seconds from submission to the first event from the worker, when there was one."""
+    """Seconds from submission to the first event from the worker, when there was one and
+    the request was streaming (a whole answer comes unstreamed from the provider, its first
+    event with its last)."""
 
 
 def _wake(task: trio.lowlevel.Task | None) -> None:
