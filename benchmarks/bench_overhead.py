@@ -37,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -108,17 +109,33 @@ def start_fake() -> tuple[subprocess.Popen[str], str]:
 
 
 def start_gateway(
-    upstream: str, workdir: Path, transport: str | None = None
+    upstream: str,
+    workdir: Path,
+    transport: str | None = None,
+    *,
+    service: str = "",
+    launcher: Sequence[str] = ("-m", "trio_orchestrator"),
+    env: Mapping[str, str] | None = None,
 ) -> tuple[subprocess.Popen[bytes], str]:
     """``trio-orchestrator serve`` with its defaults and the fake as its one provider (and
-    ``[providers] transport`` when given)."""
+    ``[providers] transport`` when given).
+
+    Args:
+        upstream: the fake provider's URL.
+        workdir: where the configuration file goes.
+        transport: ``[providers] transport``, if not the default.
+        service: more ``[service]`` lines.
+        launcher: the Python arguments that run the CLI (``-c CODE`` for a wrapped one).
+        env: the process's environment, if not this one's.
+    """
     port = free_port()
-    config = workdir / "overhead.toml"
+    config = workdir / f"gateway-{port}.toml"
     providers = "" if transport is None else f'[providers]\ntransport = "{transport}"\n'
     config.write_text(
         f"""
 [service]
 port = {port}
+{service}
 
 {providers}
 [[providers.providers]]
@@ -128,8 +145,13 @@ base_url = "{upstream}/v1"
 models = ["{MODEL}"]
 """
     )
-    command = [sys.executable, "-m", "trio_orchestrator", "serve", "--config", str(config)]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    command = [sys.executable, *launcher, "serve", "--config", str(config)]
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=None if env is None else dict(env),
+    )
     url = f"http://127.0.0.1:{port}"
     wait_healthy(url, process, "/healthz")
     return process, url
@@ -171,24 +193,29 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
-def wrk(url: str, body: dict[str, Any], connections: int, seconds: float) -> dict[str, float]:
-    """A closed-loop wrk run against ``url``'s chat completions; latencies in ms."""
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        script.write(WRK_SCRIPT.format(body=json.dumps(json.dumps(body))))
+def run_wrk(
+    url: str, script: str, body: dict[str, Any], connections: int, seconds: float
+) -> dict[str, Any]:
+    """One closed-loop wrk run against ``url``'s chat completions with the Lua ``script``
+    (a format string taking ``body``), which prints one line of JSON at its end: that line.
+    """
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as lua:
+        lua.write(script.format(body=json.dumps(json.dumps(body))))
     command = [
-        "wrk",
-        "-t1",
-        f"-c{connections}",
-        f"-d{max(1, round(seconds))}s",
-        "-s",
-        script.name,
-        url + "/v1/chat/completions",
+        *("wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s"),
+        *("-s", lua.name, url + "/v1/chat/completions"),
     ]
     try:
         out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     finally:
-        os.unlink(script.name)
-    row = json.loads(out.strip().splitlines()[-1])
+        os.unlink(lua.name)
+    row: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return row
+
+
+def wrk(url: str, body: dict[str, Any], connections: int, seconds: float) -> dict[str, float]:
+    """A closed-loop wrk run against ``url``'s chat completions; latencies in ms."""
+    row = run_wrk(url, WRK_SCRIPT, body, connections, seconds)
     return {
         "requests": row["requests"],
         "errors": row["errors"],

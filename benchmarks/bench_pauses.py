@@ -29,7 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_overhead import BODIES, MODEL, free_port, start_fake, wait_healthy
+import bench_overhead
+from bench_overhead import BODIES, start_fake
 
 #: wrk's script: POST the body; report the latencies (microseconds) as one line of JSON.
 WRK_SCRIPT = """
@@ -71,30 +72,14 @@ def start_gateway(
     upstream: str, workdir: Path, frozen: bool
 ) -> tuple[subprocess.Popen[bytes], str]:
     """``trio-orchestrator serve`` with the fake as its one provider, its collections
-    timed into ``workdir / "gc-<frozen|unfrozen>.json"`` at exit."""
-    port = free_port()
-    config = workdir / f"pauses-{port}.toml"
-    config.write_text(
-        f"""
-[service]
-port = {port}
-freeze_heap = {str(frozen).lower()}
-
-[[providers.providers]]
-kind = "openai"
-name = "fake"
-base_url = "{upstream}/v1"
-models = ["{MODEL}"]
-"""
+    timed into ``gc_file(workdir, frozen)`` at exit."""
+    return bench_overhead.start_gateway(
+        upstream,
+        workdir,
+        service=f"freeze_heap = {str(frozen).lower()}",
+        launcher=("-c", TIMED_CLI),
+        env={**os.environ, "BENCH_GC_FILE": str(gc_file(workdir, frozen))},
     )
-    command = [sys.executable, "-c", TIMED_CLI, "serve", "--config", str(config)]
-    env = {**os.environ, "BENCH_GC_FILE": str(gc_file(workdir, frozen))}
-    process = subprocess.Popen(
-        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
-    )
-    url = f"http://127.0.0.1:{port}"
-    wait_healthy(url, process, "/healthz")
-    return process, url
 
 
 def gc_file(workdir: Path, frozen: bool) -> Path:
@@ -119,17 +104,7 @@ def full_collections(path: Path, windows: list[tuple[float, float]]) -> dict[str
 
 def wrk(url: str, connections: int, seconds: float) -> dict[str, float]:
     """One closed-loop wrk run of the streamed chat against ``url``; latencies in ms."""
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        script.write(WRK_SCRIPT.format(body=json.dumps(json.dumps(BODIES["stream"]))))
-    command = [
-        *("wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s"),
-        *("-s", script.name, url + "/v1/chat/completions"),
-    ]
-    try:
-        out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    finally:
-        os.unlink(script.name)
-    row = json.loads(out.strip().splitlines()[-1])
+    row = bench_overhead.run_wrk(url, WRK_SCRIPT, BODIES["stream"], connections, seconds)
     return {
         "requests": row["requests"],
         "errors": row["errors"],
