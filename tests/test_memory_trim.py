@@ -99,12 +99,23 @@ class _Cycle:
         self.me = self
 
 
+async def _one_burst_trimmed() -> None:
+    """One request, then the quiet that ends its burst: return once it was trimmed."""
+    requests, trims = Requests(), Trims()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trim_when_idle, requests, 5.0, trims)
+        await trio.testing.wait_all_tasks_blocked()
+        requests.begin()
+        requests.end()
+        await trims.wait()
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_burst_end_frees_garbage_the_frozen_heap_held(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     """A cycle frozen with the heap (service.freeze_heap) that became garbage is freed once
     a burst ends, and the heap is frozen again: a gc.collect() alone never frees it."""
-    requests, trims = Requests(), Trims()
     cycle = _Cycle()
     alive = weakref.ref(cycle)
     gc.collect()
@@ -113,13 +124,7 @@ async def test_a_burst_end_frees_garbage_the_frozen_heap_held(
         del cycle
         gc.collect()
         assert alive() is not None  # frozen: out of the collector's sight
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(trim_when_idle, requests, 5.0, trims)
-            await trio.testing.wait_all_tasks_blocked()
-            requests.begin()
-            requests.end()
-            await trims.wait()
-            nursery.cancel_scope.cancel()
+        await _one_burst_trimmed()
         assert alive() is None
         assert gc.get_freeze_count() > 0  # frozen again after the collection
     finally:
@@ -131,13 +136,6 @@ async def test_an_unfrozen_heap_stays_unfrozen_after_a_burst(
 ) -> None:
     """A process that did not freeze its heap (a library's, or freeze_heap = false) is not
     frozen by the collection after a burst."""
-    requests, trims = Requests(), Trims()
     assert gc.get_freeze_count() == 0
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(trim_when_idle, requests, 5.0, trims)
-        await trio.testing.wait_all_tasks_blocked()
-        requests.begin()
-        requests.end()
-        await trims.wait()
-        nursery.cancel_scope.cancel()
+    await _one_burst_trimmed()
     assert gc.get_freeze_count() == 0

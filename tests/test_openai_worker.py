@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import attrs
 import httpx
 import pytest
 import trio
@@ -506,12 +507,14 @@ WHOLE_ANSWER = {
 }
 
 
-def answering_after(seconds: float, seen: list[dict[str, Any]]) -> Handler:
-    """Answers the whole of WHOLE_ANSWER ``seconds`` after the request; records bodies."""
+def answering_after(
+    seconds: float, seen: list[dict[str, Any]], answer: dict[str, Any] = WHOLE_ANSWER
+) -> Handler:
+    """Answers the whole of ``answer`` ``seconds`` after the request; records bodies."""
 
     def handler(request: httpx.Request) -> httpx.Response:
         seen.append(json.loads(request.content))
-        body = Stalling([json.dumps(WHOLE_ANSWER).encode()], delay=seconds, stall=False)
+        body = Stalling([json.dumps(answer).encode()], delay=seconds, stall=False)
         return httpx.Response(200, stream=body)
 
     return handler
@@ -542,3 +545,33 @@ async def test_a_provider_configured_not_to_stream_keeps_the_first_token_limit(
     w = worker(answering_after(10, seen), timeouts=Timeouts(first_token=3), stream=False)
     with pytest.raises(ProviderTimeout, match="first token"):
         await collect(w, REQUEST.streamed(False))
+
+
+async def test_a_whole_responses_answer_is_bounded_by_total_too(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A ``/v1/responses`` request its client does not stream, forwarded natively, may take
+    longer than first_token too: only total bounds it."""
+    answer = {
+        "id": "resp_1",
+        "object": "response",
+        "status": "completed",
+        "model": "m",
+        "output": [
+            {
+                "type": "message",
+                "id": "msg_1",
+                "role": "assistant",
+                "status": "completed",
+                "content": [{"type": "output_text", "text": "all of it", "annotations": []}],
+            }
+        ],
+        "usage": {"input_tokens": 1, "output_tokens": 3, "total_tokens": 4},
+    }
+    seen: list[dict[str, Any]] = []
+    handler = answering_after(10, seen, answer)
+    w = worker(handler, timeouts=Timeouts(first_token=3, total=20), responses_api=True)
+    request = attrs.evolve(REQUEST, responses_body={"model": "m", "input": "hi"}, streaming=False)
+    completion = await collect(w, request)
+    assert completion.text == "all of it"
+    assert "stream" not in seen[0]

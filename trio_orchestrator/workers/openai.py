@@ -439,7 +439,10 @@ class OpenAIWorker:
                 "/responses", body, ResponsesStream(self.name, emit), request.timing
             )
             return
-        answer = await self._http.post_json("/responses", body, request.timing)
+        # Unstreamed because its client takes it whole: bounded by total, as a chat's is.
+        answer = await self._http.post_json(
+            "/responses", body, request.timing, first_token_bounds_answer=not self.stream
+        )
         with wire_format_guard(self.name):
             await emit_response(answer, self.name, emit)
 
