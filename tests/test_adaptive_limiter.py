@@ -245,6 +245,20 @@ async def _cancel_after(scope: trio.CancelScope, seconds: float) -> None:
     scope.cancel()
 
 
+async def test_a_call_whose_client_left_before_it_began_is_no_drop(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A caller cancelled as it is handed a slot (its client gave up while it waited) never
+    reached the upstream: no drop, no cut, and its slot is free again. (Its scope, already
+    cancelled, reads a deadline of -inf: that once counted as a timeout.)"""
+    layer = AdaptiveLimitLayer(QueueingUpstream(100), _config(initial_limit=10))
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await layer.generate(_request(), _ignore)
+    stats = layer.statistics()
+    assert (stats.drops, stats.cuts, stats.limit, stats.in_flight) == (0, 0, 10, 0)
+
+
 async def test_a_call_cancelled_by_its_deadline_is_a_drop(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

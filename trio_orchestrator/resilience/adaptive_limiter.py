@@ -24,6 +24,7 @@ gives up on calls no slower than the others.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from typing import TYPE_CHECKING, ClassVar
 
@@ -143,6 +144,7 @@ class AdaptiveLimiter:
             self._in_flight += 1
             self._admitted += 1
             return self._in_flight
+        await trio.lowlevel.checkpoint_if_cancelled()  # a caller already gone is no shed
         if len(self._waiters) >= self.config.max_waiting:
             raise self._refuse("its queue is full")
         budget = self._wait_budget()
@@ -382,8 +384,10 @@ def _dropped(exc: BaseException, deadline: float) -> bool | None:
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]  # a worker's nursery wraps its error
     if isinstance(exc, trio.Cancelled):
-        # Cancelled by its own deadline: a timeout; by its client leaving: nothing.
-        return True if trio.current_time() >= deadline else None
+        # Cancelled by its own deadline: a timeout; by its client leaving: nothing. A scope
+        # cancelled before the call began (its client left as it was handed a slot) reads
+        # a deadline of -inf: the upstream saw nothing of it.
+        return True if -math.inf < deadline <= trio.current_time() else None
     if isinstance(exc, WorkerError):
         return True if isinstance(exc, RateLimited) or exc.trips_breaker else None
     return None
