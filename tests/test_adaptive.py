@@ -32,6 +32,7 @@ def configs(draw: st.DrawFn) -> AdaptiveConfig:
         min_samples=draw(st.integers(1, 5)),
         percentile=draw(st.sampled_from([0.5, 0.9, 1.0])),
         tolerance=draw(st.sampled_from([1.0, 1.25, 2.0])),
+        waiting_tolerance=draw(st.sampled_from([1.0, 1.2, 3.0])),
         smoothing=draw(st.sampled_from([0.2, 1.0])),
         backoff=draw(st.sampled_from([0.0, 0.5, 0.7, 0.9])),
         slow_call=draw(st.sampled_from([0.5, 5.0])),
@@ -52,10 +53,10 @@ class LimitMachine(RuleBasedStateMachine):
         self.drops = 0
         self.cuts = self.raises = 0
 
-    @rule(rtt=st.floats(0.0, 10.0), share=st.floats(0.0, 1.5))
-    def succeed(self, rtt: float, share: float) -> None:
+    @rule(rtt=st.floats(0.0, 10.0), share=st.floats(0.0, 1.5), wanted=st.booleans())
+    def succeed(self, rtt: float, share: float, wanted: bool) -> None:
         in_flight = max(1, round(share * self.limit.limit))
-        self.limit.observe(self.now, rtt, in_flight, False)
+        self.limit.observe(self.now, rtt, in_flight, False, wanted=wanted)
         if isinstance(self.limit, AimdLimit) and rtt > self.limit.config.slow_call:
             self._expect_drop_counted()
 
@@ -122,18 +123,21 @@ def test_a_reload_raising_min_limit_during_a_probe_keeps_the_limit_in_bounds() -
     assert limit.limit == 2
 
 
-def _window(limit: LimitAlgorithm, start: float, rtt: float, in_flight: int) -> float:
+def _window(
+    limit: LimitAlgorithm, start: float, rtt: float, in_flight: int, *, wanted: bool = False
+) -> float:
     """Calls with latency ``rtt``, ``in_flight`` at once, ending one after another from
     ``start`` to the end of a 1 s window that follows the time the last decision settles:
-    as many a second as Little's law says (``in_flight / rtt``, at least four); returns the
-    window's end."""
+    as many a second as Little's law says (``in_flight / rtt``, at least four), while
+    callers wait for a slot if ``wanted``; returns the window's end."""
     end = start + 1.0
     if isinstance(limit, GradientLimit):
         end = max(start, limit._settled) + 1.0
     per_second = max(4.0, in_flight / rtt) if rtt > 0 else 4.0
     calls = max(4, round(per_second * (end - start)))
     for step in range(calls):
-        limit.observe(start + (step + 1) * (end - start) / calls, rtt, in_flight, False)
+        now = start + (step + 1) * (end - start) / calls
+        limit.observe(now, rtt, in_flight, False, wanted=wanted)
     return end
 
 
@@ -159,6 +163,41 @@ def test_the_first_window_is_followed_by_a_probe_at_half_the_limit() -> None:
     _window(limit, now, 0.5, 20)
     assert not limit.probing
     assert limit.statistics().baseline_rtt == 0.5
+
+
+def test_each_answer_without_a_queue_grows_the_limit_while_callers_wait() -> None:
+    """TCP's slow start per acknowledgement: while callers wait for a slot, each answer at
+    the baseline allows one more call at once, before any window closes -- up to twice the
+    limit the last decision left. Without waiting callers, or for an answer that queued,
+    the limit holds until the window is judged."""
+    limit, idle = _gradient(), _gradient()
+    start, now = limit.limit, limit._window_start + 0.01  # within the settling: no window
+    for step in range(5):
+        limit.observe(now + step * 0.01, 0.5, start, False, wanted=True)
+        idle.observe(now + step * 0.01, 0.5, start, False, wanted=False)
+    assert (limit.limit, idle.limit) == (start + 5, start)
+    limit.observe(now + 0.06, 0.5 * 1.4, start, False, wanted=True)  # it queued
+    assert limit.limit == start + 5
+    for step in range(3 * start):
+        limit.observe(now + 0.07 + step * 1e-4, 0.5, start, False, wanted=True)
+    assert limit.limit == 2 * start
+    assert limit.statistics().window_rtt == idle.statistics().window_rtt  # no window closed
+
+
+def test_a_window_in_which_callers_waited_is_judged_by_waiting_tolerance() -> None:
+    """A window 35 % slower than the baseline: within ``tolerance`` (1.5) the limit grows;
+    while callers wait for a slot, beyond ``waiting_tolerance`` (1.2), it shrinks -- the
+    gateway's queue keeps the upstream busy, a queue upstream only slows the calls."""
+    # 100 calls: the headroom (a square root of the limit) hides less of the cut than at 20.
+    waiting, idle = _gradient(initial_limit=100), _gradient(initial_limit=100)
+    before = waiting.limit
+    _window(waiting, waiting._window_start, 0.5 * 1.35, before, wanted=True)
+    _window(idle, idle._window_start, 0.5 * 1.35, before, wanted=False)
+    assert waiting.limit < before < idle.limit
+    # waiting_tolerance as wide as tolerance: waiting callers change nothing.
+    relaxed = _gradient(initial_limit=100, waiting_tolerance=1.5)
+    _window(relaxed, relaxed._window_start, 0.5 * 1.35, before, wanted=True)
+    assert relaxed.limit == idle.limit
 
 
 def test_the_gradient_limit_grows_while_latency_holds() -> None:

@@ -4,8 +4,10 @@ frees the slot of a call its client abandoned, and takes reloads."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import statistics
+from typing import Any
 
 import attrs
 import pytest
@@ -17,6 +19,7 @@ from test_contract import contract
 from trio_orchestrator.errors import BadRequest, RateLimited
 from trio_orchestrator.events import Done, StreamEvent, TextDelta
 from trio_orchestrator.resilience import AdaptiveConfig, AdaptiveLimitLayer, ConcurrencyLimited
+from trio_orchestrator.resilience.adaptive import LimitAlgorithm
 from trio_orchestrator.types import GenerationParams, PromptRequest
 from trio_orchestrator.workers import EchoWorker, EventSink
 from trio_orchestrator.workers.config import ProviderConfig
@@ -201,6 +204,48 @@ async def test_a_full_limit_queues_a_few_and_sheds_the_rest_at_once(
     (error,) = errors
     assert "adaptive concurrency limit of 2" in str(error)
     assert error.retry_after is not None
+
+
+async def test_the_algorithm_hears_when_callers_wait_or_were_shed(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Each sample tells the algorithm whether more calls are wanted than the limit admits:
+    a caller waits for a slot, or one was shed within the last window. Alone, it is not."""
+    config = _config(initial_limit=1, max_limit=1, max_waiting=1, window=2.0)
+    layer = AdaptiveLimitLayer(QueueingUpstream(100), config)
+    limiter = layer.limiter("m")
+    spy = _Heard(limiter._algorithm)
+    limiter._algorithm = spy  # type: ignore[assignment]
+    await layer.generate(_request(), _ignore)  # alone: 0 to 0.5 s
+    async with trio.open_nursery() as nursery:
+        for _ in range(3):  # at 0.5 s one runs, one waits (to 1.5 s), one is shed
+            nursery.start_soon(_call, layer)
+            await trio.lowlevel.checkpoint()
+    assert layer.statistics().shed == 1
+    await layer.generate(_request(), _ignore)  # ends 1.5 s after the shed: in its window
+    await trio.sleep(1.0)
+    await layer.generate(_request(), _ignore)  # alone again, the shed 3 s ago
+    assert spy.heard == [False, True, True, True, False]
+
+
+@attrs.define
+class _Heard:
+    """An algorithm that records what each sample said of waiting callers."""
+
+    inner: LimitAlgorithm
+    heard: list[bool] = attrs.Factory(list)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def observe(self, *args: Any, wanted: bool = False) -> None:
+        self.heard.append(wanted)
+        self.inner.observe(*args, wanted=wanted)
+
+
+async def _call(layer: AdaptiveLimitLayer) -> None:
+    with contextlib.suppress(ConcurrencyLimited):
+        await layer.generate(_request(), _ignore)
 
 
 async def test_a_waiting_call_gives_up_after_max_wait_and_before_its_deadline(

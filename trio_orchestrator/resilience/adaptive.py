@@ -46,7 +46,17 @@ probe that meets a queue -- latency above ``tolerance`` times the old baseline, 
 capacity fell below the probe's limit -- does not take it for the baseline: it halves the
 limit again until the latency stops falling. And a window with no queue at all (within
 ``fast_growth`` of the baseline) doubles the limit, TCP's slow start, so a capacity that came
-back is found in a few windows.
+back is found in a few windows. While callers wait for a slot (or were refused one within a
+window), the limit grows faster still: each answer that met no queue allows one more call,
+TCP's slow start per acknowledgement, which doubles the limit within one call's latency
+instead of once a window plus its settling (up to twice what the last decision left, so a
+window still judges each doubling).
+
+While callers wait, the window is also judged by ``waiting_tolerance`` (1.2) instead of
+``tolerance`` (1.5): the gateway's own queue then keeps the upstream busy, and a queue
+upstream as well only makes the admitted calls slower (the limit sits nearer the capacity;
+the rest wait at the gateway or are shed). Without callers waiting, the wider tolerance
+keeps a limit that noise in the latency would otherwise cut below what the callers need.
 
 A queue hides from the median: the calls still in it have not answered. Little's law finds
 it: the upstream served at once, on average, the seconds of service of the calls answered
@@ -214,9 +224,14 @@ class GradientLimit(_Limit):
     _recent: _Served = attrs.field(factory=lambda: _Served(), init=False)
     _windowed: _Served = attrs.field(factory=lambda: _Served(), init=False)
     _slowest: float = attrs.field(default=0.0, init=False)
+    # Whether callers waited for a slot (or were refused one) while the window's calls ended.
+    _wanted: bool = attrs.field(default=False, init=False)
+    # The estimate the last decision (a window's close or a cut) left.
+    _decided: float = attrs.field(default=0.0, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
+        self._decided = self._estimate
         self._window_start = self._settled = self.start
         self._next_probe = self.start  # the first window is followed by a probe
 
@@ -234,7 +249,14 @@ class GradientLimit(_Limit):
         return self._probe_limit is not None
 
     def observe(
-        self, now: float, rtt: float, in_flight: int, dropped: bool, held: float | None = None
+        self,
+        now: float,
+        rtt: float,
+        in_flight: int,
+        dropped: bool,
+        held: float | None = None,
+        *,
+        wanted: bool = False,
     ) -> None:
         """Take one finished call.
 
@@ -246,6 +268,8 @@ class GradientLimit(_Limit):
             dropped: the upstream refused it, failed or timed out.
             held: seconds from its start to its end (its stream's last event), if later
                 than its first event.
+            wanted: callers are waiting for a slot or were refused one lately (more calls
+                are wanted than the limit admits).
         """
         self._samples += 1
         if dropped:
@@ -259,8 +283,11 @@ class GradientLimit(_Limit):
         self._recent.add(now - held, now, service)
         self._windowed.add(now - held, now, service)
         self._slowest = max(self._slowest, rtt)
+        self._wanted = self._wanted or wanted
         if self._cut_to_served(now, rtt):
             return
+        if wanted:
+            self._grow_per_answer(now - held, rtt)
         if now < self._settled:
             return  # most calls in flight now were admitted before the last decision
         probe = self._probe_limit
@@ -303,6 +330,17 @@ class GradientLimit(_Limit):
         self._restart(now)
         return True
 
+    def _grow_per_answer(self, started: float, rtt: float) -> None:
+        """One more call allowed for an answer that met no queue while callers wait, TCP's
+        slow start per acknowledgement: the limit doubles in one call latency, not once a
+        window. At most twice the limit the last decision left."""
+        config, baseline = self.config, self._baseline
+        if self.probing or baseline <= 0.0 or started < self._last_cut:
+            return
+        if not _unqueued(rtt, baseline, config):
+            return
+        self._set(min(self._estimate + 1.0, max(self._decided, 1.0) * _MAX_GRADIENT))
+
     def _drop_bound(self, rtt: float, in_flight: int) -> float:
         """The limit a drop after ``rtt`` seconds allows: a call that waited that long with
         ``in_flight`` calls ahead and beside it met an upstream serving at most
@@ -325,7 +363,7 @@ class GradientLimit(_Limit):
         used = self._max_in_flight
         app_limited = used < self._estimate / 2
         served = self._windowed.concurrency(self._window_start, now)
-        slowest = self._slowest
+        slowest, wanted = self._slowest, self._wanted
         self._restart(now)
         if self._probe_limit is not None:
             self._probed(now, window_rtt)
@@ -338,7 +376,10 @@ class GradientLimit(_Limit):
         baseline = self._baseline
         if window_rtt <= 0.0 or baseline <= 0.0:
             return  # answers faster than the clock ticks: nothing to judge by
-        gradient = config.tolerance * baseline / window_rtt
+        # While callers wait for a slot, the gateway's queue keeps the upstream busy: a queue
+        # upstream as well adds latency, not throughput.
+        tolerance = min(config.waiting_tolerance, config.tolerance) if wanted else config.tolerance
+        gradient = tolerance * baseline / window_rtt
         gradient = min(max(gradient, _MIN_GRADIENT), _MAX_GRADIENT)
         if _unqueued(window_rtt, baseline, config):
             gradient = _MAX_GRADIENT  # no queue at all: double, as TCP's slow start does
@@ -354,10 +395,10 @@ class GradientLimit(_Limit):
             # Shrinking, the gradient scales the load that made the latency (the calls in
             # flight), not a limit the callers never filled.
             target = _headroom(gradient * max(min(self._estimate, used), 1.0))
-        if slowest > config.tolerance * baseline and used > config.tolerance * served:
+        if slowest > config.tolerance * baseline and used > tolerance * served:
             # Some call queued, and more were in flight than the upstream served: the
             # window's median may hide the queue (the calls still in it have not answered).
-            target = min(target, _headroom(config.tolerance * served))
+            target = min(target, _headroom(tolerance * served))
         self._set(self._estimate + config.smoothing * (target - self._estimate))
 
     def _probed(self, now: float, window_rtt: float) -> None:
@@ -387,12 +428,14 @@ class GradientLimit(_Limit):
         self._next_probe = now + config.probe_interval
 
     def _restart(self, now: float) -> None:
+        self._decided = self._estimate
         self._window_start = now
         self._settled = now + self.config.settle * self._window_rtt
         self._rtts.clear()
         self._max_in_flight = 0
         self._windowed.forget(math.inf)
         self._slowest = 0.0
+        self._wanted = False
 
 
 @attrs.define(eq=False)
@@ -407,7 +450,14 @@ class AimdLimit(_Limit):
     start: float = 0.0
 
     def observe(
-        self, now: float, rtt: float, in_flight: int, dropped: bool, held: float | None = None
+        self,
+        now: float,
+        rtt: float,
+        in_flight: int,
+        dropped: bool,
+        held: float | None = None,
+        *,
+        wanted: bool = False,
     ) -> None:
         """Take one finished call (the arguments are :meth:`GradientLimit.observe`'s)."""
         self._samples += 1

@@ -20,6 +20,10 @@ the baseline latency: then that wait is its sample (a lower bound of its latency
 the callers who give up on a queueing upstream would hide its latency from the limit. It is
 no drop, however long it waited: a caller near its own deadline (after a Retry-After, say)
 gives up on calls no slower than the others.
+
+Each sample also tells the algorithm whether more calls are wanted than the limit admits (a
+call waits for a slot, or one was shed within the last ``window``): the gradient limit then
+grows per answer and judges its window by ``waiting_tolerance`` (see :mod:`.adaptive`).
 """
 
 from __future__ import annotations
@@ -112,6 +116,7 @@ class AdaptiveLimiter:
     _waiters: deque[trio.Event] = attrs.field(factory=deque, init=False)
     _admitted: int = attrs.field(default=0, init=False)
     _shed: int = attrs.field(default=0, init=False)
+    _last_shed: float = attrs.field(default=-math.inf, init=False)
 
     def __attrs_post_init__(self) -> None:
         self._algorithm = limit_for(self.config, trio.current_time())
@@ -183,7 +188,9 @@ class AdaptiveLimiter:
             dropped: the upstream refused or failed it, or it timed out.
             held: seconds from admission to the end, if later than the first event.
         """
-        self._algorithm.observe(trio.current_time(), rtt, in_flight, dropped, held)
+        now = trio.current_time()
+        wanted = bool(self._waiters) or now - self._last_shed < self.config.window
+        self._algorithm.observe(now, rtt, in_flight, dropped, held, wanted=wanted)
         self.release()
 
     def slower_than_baseline(self, rtt: float) -> bool:
@@ -236,6 +243,7 @@ class AdaptiveLimiter:
 
     def _refuse(self, why: str) -> ConcurrencyLimited:
         self._shed += 1
+        self._last_shed = trio.current_time()
         retry_after = max(self._algorithm.statistics().baseline_rtt, 1.0)
         return ConcurrencyLimited(
             f"{self.name} is at its adaptive concurrency limit of {self.limit} calls and "

@@ -422,6 +422,10 @@ class AdaptiveConfig:
         tolerance: how much slower than the baseline (the latency at low load: the lowest
             window latency since the last probe) calls may get before the gradient limit
             shrinks (≥ 1; 1.5, the default, lets them be 50 % slower; Envoy buffers 25 %).
+        waiting_tolerance: the ``tolerance`` of a window in which callers waited for a slot
+            or were refused one (at most ``tolerance``; ≥ 1). Then the gateway's own queue
+            keeps the upstream busy, and a queue upstream as well adds latency, not
+            throughput: the admitted calls stay faster while the rest wait or are shed.
         probe_interval: seconds between probes of the baseline: the gradient limit halves
             itself for one window and takes that window's latency as the new baseline, so
             the baseline follows an upstream that became slower (or faster) for good. The
@@ -433,13 +437,17 @@ class AdaptiveConfig:
         fast_growth: a window whose latency is within this share of the way from the
             baseline to ``tolerance`` times it saw no queue at all, and the gradient limit
             doubles (TCP's slow start), in [0, 1] (0: never; it grows by the gradient only).
-            An upstream whose capacity came back is found in a few windows.
+            While callers wait for a slot, each answer this close to the baseline also
+            allows one more call at once (TCP's slow start per acknowledgement: the limit
+            doubles within one call's latency, up to twice what the last window decided),
+            so an upstream whose capacity came back is found within a few call latencies.
         backoff: the factor that cuts the limit on an error (or, for ``aimd``, a slow call),
             in [0, 1).
         slow_call: for ``aimd``, seconds to the first token beyond which a call counts as a
             drop.
         max_waiting: calls that may wait for a slot when the limit is reached; more are
-            refused at once (0: no queue).
+            refused at once (0: no queue). A waiting call costs no upstream work; the queue
+            feeds the upstream between the waves of callers coming back after a refusal.
         max_wait: the longest a call waits for a slot, in seconds; it waits no longer than its
             own deadline leaves for the call either.
     """
@@ -455,12 +463,13 @@ class AdaptiveConfig:
     min_samples: int = attrs.field(default=10, validator=positive_int)
     percentile: float = attrs.field(default=0.5, validator=fraction)
     tolerance: float = attrs.field(default=1.5, validator=at_least_one)
+    waiting_tolerance: float = attrs.field(default=1.2, validator=at_least_one)
     probe_interval: float = attrs.field(default=60.0, validator=positive_time)
     smoothing: float = attrs.field(default=1.0, validator=fraction)
     fast_growth: float = attrs.field(default=0.3, validator=unit_interval)
     backoff: float = attrs.field(default=0.7, validator=fraction_below_one)
     slow_call: float = attrs.field(default=5.0, validator=positive_number)
-    max_waiting: int = attrs.field(default=16, validator=_whole_or_zero)
+    max_waiting: int = attrs.field(default=64, validator=_whole_or_zero)
     max_wait: float = attrs.field(default=1.0, validator=non_negative_time)
 
     def __attrs_post_init__(self) -> None:
