@@ -4,8 +4,9 @@ Usage:
     python _distributed_child.py ratelimit REDIS_URL RATE SECONDS START_AT
         from wall time START_AT, for SECONDS, submit requests as fast as 8 tasks can under a
         global limit of RATE requests/s (reject mode, burst 10, so that a process starved of
-        CPU for a moment does not waste tokens); print how many were admitted, and when the
-        window opened and closed (wall time).
+        CPU for a moment does not waste tokens); print how many were admitted, when the
+        window opened and closed (wall time), and how many checks fell back to the local
+        buckets (Redis unreachable).
     python _distributed_child.py trip REDIS_URL
         send one request to a failing provider with a breaker that opens on one failure.
 """
@@ -26,6 +27,7 @@ from trio_orchestrator.resilience import (
     RateLimitsConfig,
     ResilienceConfig,
 )
+from trio_orchestrator.resilience.ratelimit import RateLimitLayer
 from trio_orchestrator.workers.base import EventSink
 
 BURST = 10
@@ -64,7 +66,12 @@ async def hammer(url: str, rate: float, seconds: float, start_at: float) -> None
                 for _ in range(8):
                     nursery.start_soon(loop)
         closed = time.time()
-    print(admitted, opened, closed, flush=True)
+        fallbacks = sum(
+            component.part.shared.statistics().fallbacks
+            for component in gateway.components
+            if isinstance(component.part, RateLimitLayer) and component.part.shared is not None
+        )
+    print(admitted, opened, closed, fallbacks, flush=True)
 
 
 class Broken:
