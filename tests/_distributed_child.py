@@ -19,7 +19,7 @@ import time
 import trio
 
 from trio_orchestrator import Config, EchoWorker, PromptRequest, open_gateway
-from trio_orchestrator.distributed import DistributedConfig
+from trio_orchestrator.distributed import DistributedConfig, SharedRateLimiter
 from trio_orchestrator.errors import RateLimitExceeded, ServerError, WorkerError
 from trio_orchestrator.resilience import (
     BreakerConfig,
@@ -69,7 +69,8 @@ async def hammer(url: str, rate: float, seconds: float, start_at: float) -> None
         fallbacks = sum(
             component.part.shared.statistics().fallbacks
             for component in gateway.components
-            if isinstance(component.part, RateLimitLayer) and component.part.shared is not None
+            if isinstance(component.part, RateLimitLayer)
+            and isinstance(component.part.shared, SharedRateLimiter)
         )
     print(admitted, opened, closed, fallbacks, flush=True)
 
