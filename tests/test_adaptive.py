@@ -347,10 +347,15 @@ def test_a_probe_that_meets_a_queue_probes_lower_and_keeps_it_out_of_the_baselin
     now = _window(limit, now, 4.0, probe)  # the upstream is still queued at the probe
     assert (limit.probing, limit.limit) == (True, probe // 2)
     assert limit.statistics().baseline_rtt == 0.5
-    _window(limit, now, 0.5, probe // 2)
+    now = _window(limit, now, 0.5, probe // 2)
     assert not limit.probing
     assert limit.statistics().baseline_rtt == 0.5
-    assert limit.limit <= 2 * (probe // 2)
+    after = limit.limit
+    assert after <= 2 * (probe // 2)
+    # The probe's estimate is the last decision: growth per answer doubles it at most.
+    for step in range(4 * after):
+        limit.observe(now + 0.01 + step * 1e-4, 0.5, after, False, wanted=True)
+    assert limit.limit == 2 * after
 
 
 def test_a_probe_whose_latency_holds_at_half_the_load_is_the_new_baseline() -> None:

@@ -423,6 +423,7 @@ class GradientLimit(_Limit):
             return
         if before is not None:  # the probe had to go lower: the estimate was a queue's
             self._set(min(self._estimate, 2 * probe))
+            self._decided = self._estimate  # a decision too: growth per answer starts here
         self._probe_limit = self._probe_rtt = None
         self._baseline = window_rtt
         self._next_probe = now + config.probe_interval
